@@ -1,0 +1,48 @@
+/**
+ * Every failure a user can see carries a stable code (for programs) and a one-line message
+ * (for people). The CLI prints `error: <message>` and exits non-zero; the API returns both.
+ */
+export const ErrorCodes = {
+  INVALID_ARGUMENT: 'invalid_argument',
+  NOT_FOUND: 'not_found',
+  AMBIGUOUS_REF: 'ambiguous_ref',
+  CONFLICT: 'conflict',
+  IMAGE_NOT_FOUND: 'image_not_found',
+  HOST_MISSING_DEPENDENCY: 'host_missing_dependency',
+  SETUP_FAILED: 'setup_failed',
+  BOOT_FAILED: 'boot_failed',
+  BOOT_TIMEOUT: 'boot_timeout',
+  AGENT_ERROR: 'agent_error',
+  AGENT_DISCONNECTED: 'agent_disconnected',
+  VM_NOT_RUNNING: 'vm_not_running',
+  TIMEOUT: 'timeout',
+  QMP_ERROR: 'qmp_error',
+  DAEMON_UNAVAILABLE: 'daemon_unavailable',
+  INTERNAL: 'internal',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+export class CellError extends Error {
+  readonly code: ErrorCode;
+  /** Extra machine-readable facts (candidates of an ambiguous ref, serial log tail, ...). */
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, details?: Record<string, unknown>, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'CellError';
+    this.code = code;
+    this.details = details;
+  }
+}
+
+export function isCellError(err: unknown): err is CellError {
+  return err instanceof CellError;
+}
+
+/** Wraps anything thrown into a CellError so boundaries (API, CLI) always have a code. */
+export function toCellError(err: unknown): CellError {
+  if (err instanceof CellError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  return new CellError(ErrorCodes.INTERNAL, message, undefined, { cause: err });
+}
