@@ -1,0 +1,299 @@
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import {
+  AgentErrorCode,
+  FrameDecoder,
+  FrameType,
+  PayloadReader,
+  PayloadWriter,
+  decodeError,
+  decodeExit,
+  encodeExec,
+  encodeFrame,
+  type ExecRequest,
+  type Frame,
+} from './frame.js';
+
+export interface ExecExit {
+  /** Exit status when the process exited, else null. */
+  exitCode: number | null;
+  /** Signal number when the process was killed by one, else null. */
+  signal: number | null;
+}
+
+export interface ExecHandlers {
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+}
+
+/** One running guest process: its output arrives through the handlers, `exit` settles once. */
+export class ExecSession {
+  readonly exit: Promise<ExecExit>;
+  private settle!: { resolve: (e: ExecExit) => void; reject: (err: Error) => void };
+  pid: number | null = null;
+
+  constructor(
+    private readonly client: AgentClient,
+    readonly id: number,
+    readonly handlers: ExecHandlers,
+  ) {
+    this.exit = new Promise<ExecExit>((resolve, reject) => {
+      this.settle = { resolve, reject };
+    });
+    // An exec nobody awaits must not crash the process with an unhandled rejection.
+    this.exit.catch(() => {});
+  }
+
+  writeStdin(data: Buffer): void {
+    if (data.length === 0) return;
+    for (let off = 0; off < data.length; off += 65536) {
+      this.client.send(FrameType.STDIN, this.id, data.subarray(off, off + 65536));
+    }
+  }
+
+  closeStdin(): void {
+    this.client.send(FrameType.STDIN, this.id);
+  }
+
+  /** Signals the process group; resolves once the agent acknowledged. */
+  kill(signal = 9): Promise<void> {
+    return this.client.request(FrameType.KILL, new PayloadWriter().u32(signal).build(), this.id).then(() => undefined);
+  }
+
+  /** @internal */
+  finish(exit: ExecExit): void {
+    this.settle.resolve(exit);
+  }
+
+  /** @internal */
+  fail(err: Error): void {
+    this.settle.reject(err);
+  }
+}
+
+interface PendingRequest {
+  resolve: (frame: Frame) => void;
+  reject: (err: Error) => void;
+  what: string;
+}
+
+/**
+ * Host side of the agent protocol over the VM's virtio-serial socket. Requests and execs are
+ * multiplexed by id; control replies and exec streams share the id space.
+ */
+export class AgentClient extends EventEmitter {
+  private readonly decoder = new FrameDecoder();
+  private readonly pending = new Map<number, PendingRequest>();
+  private readonly execs = new Map<number, ExecSession>();
+  private readonly starting = new Map<number, { resolve: (pid: number) => void; reject: (err: Error) => void }>();
+  private nextId = 1;
+  private closedError: CellError | null = null;
+
+  constructor(private readonly socket: Socket) {
+    super();
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('close', () => this.onClose());
+    socket.on('error', () => {
+      /* 'close' follows */
+    });
+  }
+
+  get closed(): boolean {
+    return this.closedError !== null;
+  }
+
+  /** Resolves once the guest answers a PING, retrying every `intervalMs` until the deadline. */
+  async waitReady(deadline: number, intervalMs = 20): Promise<void> {
+    const nonce = randomBytes(8);
+    let answered = false;
+    const id = this.allocId();
+    const ready = new Promise<void>((resolve, reject) => {
+      this.pending.set(id, {
+        resolve: () => {
+          answered = true;
+          resolve();
+        },
+        reject,
+        what: 'ping',
+      });
+    });
+    // Every PING carries the same id: whichever one the guest answers first settles the wait.
+    const tick = () => {
+      if (answered || this.closed) return;
+      this.send(FrameType.PING, id, nonce);
+    };
+    tick();
+    const timer = setInterval(tick, intervalMs);
+    try {
+      await Promise.race([
+        ready,
+        new Promise<never>((_, reject) =>
+          setTimeout(() => reject(new CellError(ErrorCodes.BOOT_TIMEOUT, 'the guest agent did not answer')), Math.max(0, deadline - Date.now())),
+        ),
+      ]);
+    } finally {
+      clearInterval(timer);
+      this.pending.delete(id);
+    }
+  }
+
+  async ping(timeoutMs = 5000): Promise<number> {
+    const started = performance.now();
+    await this.request(FrameType.PING, randomBytes(8), undefined, timeoutMs);
+    return performance.now() - started;
+  }
+
+  /** Starts a process; resolves with its session once the agent reports it running. */
+  async exec(req: ExecRequest, handlers: ExecHandlers = {}): Promise<ExecSession> {
+    this.assertOpen();
+    const id = this.allocId();
+    const session = new ExecSession(this, id, handlers);
+    this.execs.set(id, session);
+    const pid = await new Promise<number>((resolve, reject) => {
+      this.starting.set(id, { resolve, reject });
+      this.send(FrameType.EXEC, id, encodeExec(req));
+    }).catch((err: unknown) => {
+      this.execs.delete(id);
+      throw err;
+    });
+    session.pid = pid;
+    return session;
+  }
+
+  async setTime(date: Date = new Date()): Promise<void> {
+    const ms = BigInt(date.getTime());
+    const payload = new PayloadWriter().i64(ms / 1000n).u32(Number(ms % 1000n) * 1_000_000).build();
+    await this.request(FrameType.SET_TIME, payload);
+  }
+
+  async addEntropy(bytes: Buffer = randomBytes(256)): Promise<void> {
+    await this.request(FrameType.ADD_ENTROPY, bytes);
+  }
+
+  /** Sends a signal to every guest process but the agent; returns how many were signalled. */
+  async signalAll(signal: number): Promise<number> {
+    const reply = await this.request(FrameType.SIGNAL_ALL, new PayloadWriter().u32(signal).build());
+    return reply.payload.length >= 4 ? new PayloadReader(reply.payload).u32() : 0;
+  }
+
+  async shutdown(reboot = false): Promise<void> {
+    await this.request(FrameType.SHUTDOWN, new PayloadWriter().u8(reboot ? 1 : 0).build());
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  /** @internal */
+  send(type: number, id: number, payload?: Buffer): void {
+    this.assertOpen();
+    this.socket.write(encodeFrame(type, id, payload));
+  }
+
+  /** @internal */
+  request(type: number, payload: Buffer, id = this.allocId(), timeoutMs = 10_000): Promise<Frame> {
+    this.assertOpen();
+    return new Promise<Frame>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new CellError(ErrorCodes.TIMEOUT, `the guest agent did not answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(id, {
+        resolve: (f) => {
+          clearTimeout(timer);
+          resolve(f);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+        what: `frame type ${type}`,
+      });
+      this.send(type, id, payload);
+    });
+  }
+
+  private allocId(): number {
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    return id;
+  }
+
+  private assertOpen(): void {
+    if (this.closedError) throw this.closedError;
+  }
+
+  private onData(chunk: Buffer): void {
+    for (const frame of this.decoder.push(chunk)) this.onFrame(frame);
+  }
+
+  private onFrame(frame: Frame): void {
+    switch (frame.type) {
+      case FrameType.HELLO:
+        this.emit('hello', frame.payload);
+        return;
+      case FrameType.STARTED: {
+        const starting = this.starting.get(frame.id);
+        if (!starting) return;
+        this.starting.delete(frame.id);
+        starting.resolve(frame.payload.length >= 4 ? frame.payload.readUInt32BE(0) : 0);
+        return;
+      }
+      case FrameType.STDOUT:
+        this.execs.get(frame.id)?.handlers.onStdout?.(frame.payload);
+        return;
+      case FrameType.STDERR:
+        this.execs.get(frame.id)?.handlers.onStderr?.(frame.payload);
+        return;
+      case FrameType.EXIT: {
+        const session = this.execs.get(frame.id);
+        if (!session) return;
+        this.execs.delete(frame.id);
+        const { signaled, code } = decodeExit(frame.payload);
+        session.finish(signaled ? { exitCode: null, signal: code } : { exitCode: code, signal: null });
+        return;
+      }
+      case FrameType.ERROR: {
+        const { code, message } = decodeError(frame.payload);
+        const err = new CellError(
+          code === AgentErrorCode.BAD_CWD ? ErrorCodes.INVALID_ARGUMENT : ErrorCodes.AGENT_ERROR,
+          message,
+          { agentCode: code },
+        );
+        const starting = this.starting.get(frame.id);
+        if (starting) {
+          this.starting.delete(frame.id);
+          starting.reject(err);
+          return;
+        }
+        const pending = this.pending.get(frame.id);
+        if (pending) {
+          this.pending.delete(frame.id);
+          pending.reject(err);
+        }
+        return;
+      }
+      default: {
+        const pending = this.pending.get(frame.id);
+        if (pending) {
+          this.pending.delete(frame.id);
+          pending.resolve(frame);
+        }
+      }
+    }
+  }
+
+  private onClose(): void {
+    if (this.closedError) return;
+    this.closedError = new CellError(ErrorCodes.AGENT_DISCONNECTED, 'the connection to the guest agent closed (the VM stopped?)');
+    for (const p of this.pending.values()) p.reject(this.closedError);
+    for (const s of this.starting.values()) s.reject(this.closedError);
+    for (const e of this.execs.values()) e.fail(this.closedError);
+    this.pending.clear();
+    this.starting.clear();
+    this.execs.clear();
+    this.emit('close');
+  }
+}

@@ -1,0 +1,75 @@
+import { availableParallelism, totalmem } from 'node:os';
+import { CellError, ErrorCodes } from './errors.js';
+
+export type VmState = 'created' | 'starting' | 'running' | 'stopping' | 'stopped';
+
+/** What the user asked for; persisted so `cell start` boots the same machine again. */
+export interface VmSpec {
+  image: string;
+  imageDigest: string;
+  cpus: number;
+  memoryMib: number;
+  /** The main command (image entrypoint/cmd combined with the user's); empty = idle VM. */
+  cmd: string[];
+  env: string[];
+  workingDir: string;
+  user: string;
+  /** Seconds; 0 = no limit. Applies to the main command. */
+  timeoutSec: number;
+  autoRemove: boolean;
+}
+
+export interface VmExit {
+  exitCode: number | null;
+  signal: number | null;
+  /** Why the VM stopped: 'exited' (main command ended), 'stopped' (user), 'crashed', 'boot_failed', 'timeout'. */
+  reason: string;
+  at: string;
+}
+
+export interface VmRecord {
+  id: string;
+  name: string;
+  state: VmState;
+  spec: VmSpec;
+  createdAt: string;
+  startedAt: string | null;
+  stoppedAt: string | null;
+  pid: number | null;
+  accelerator: string | null;
+  exit: VmExit | null;
+}
+
+export const DEFAULT_CPUS = 1;
+export const DEFAULT_MEMORY_MIB = 256;
+export const MIN_MEMORY_MIB = 64;
+
+export function validateResources(cpus: number, memoryMib: number): void {
+  const hostCpus = availableParallelism();
+  if (!Number.isInteger(cpus) || cpus < 1 || cpus > hostCpus) {
+    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--cpus ${cpus} is out of range: this host allows 1 to ${hostCpus}`);
+  }
+  const hostMib = Math.floor(totalmem() / (1024 * 1024));
+  if (!Number.isInteger(memoryMib) || memoryMib < MIN_MEMORY_MIB || memoryMib > hostMib) {
+    throw new CellError(
+      ErrorCodes.INVALID_ARGUMENT,
+      `--memory ${memoryMib} is out of range: give MiB from ${MIN_MEMORY_MIB} to ${hostMib} (this host's memory)`,
+    );
+  }
+}
+
+export function validateEnv(env: readonly string[]): void {
+  for (const e of env) {
+    const eq = e.indexOf('=');
+    if (eq <= 0 || /[\0]/.test(e)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `invalid environment entry "${e}": expected KEY=VALUE`);
+    }
+  }
+}
+
+/** Later entries win, like `docker run -e` over the image's Env. */
+export function mergeEnv(...lists: readonly (readonly string[])[]): string[] {
+  const map = new Map<string, string>();
+  for (const list of lists) for (const e of list) map.set(e.slice(0, e.indexOf('=')), e);
+  return [...map.values()];
+}

@@ -1,0 +1,56 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+/**
+ * Schema migrations, applied in order inside one transaction each; `user_version` records how
+ * far a database has come, so an old CELL_HOME upgrades in place.
+ */
+const MIGRATIONS: string[] = [
+  `CREATE TABLE vms (
+     id TEXT PRIMARY KEY,
+     name TEXT NOT NULL UNIQUE,
+     state TEXT NOT NULL,
+     spec TEXT NOT NULL,
+     created_at TEXT NOT NULL,
+     started_at TEXT,
+     stopped_at TEXT,
+     pid INTEGER,
+     accelerator TEXT,
+     exit TEXT
+   );
+   CREATE TABLE images (
+     reference TEXT PRIMARY KEY,
+     digest TEXT NOT NULL,
+     disk_path TEXT NOT NULL,
+     size_bytes INTEGER NOT NULL,
+     config TEXT NOT NULL,
+     builtin INTEGER NOT NULL DEFAULT 0,
+     created_at TEXT NOT NULL,
+     last_used TEXT
+   );`,
+];
+
+export type Db = Database.Database;
+
+export function openDatabase(path: string): Db {
+  mkdirSync(dirname(path), { recursive: true });
+  const db = new Database(path);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  db.pragma('foreign_keys = ON');
+  // Several processes (celld, tests) may open the same file; wait rather than fail on a lock.
+  db.pragma('busy_timeout = 5000');
+  migrate(db);
+  return db;
+}
+
+function migrate(db: Db): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  for (let version = current; version < MIGRATIONS.length; version++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[version]!);
+      db.pragma(`user_version = ${version + 1}`);
+    })();
+  }
+}

@@ -1,0 +1,97 @@
+import type { Db } from './database.js';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import type { VmExit, VmRecord, VmSpec, VmState } from '../domain/vm.js';
+
+interface VmRow {
+  id: string;
+  name: string;
+  state: string;
+  spec: string;
+  created_at: string;
+  started_at: string | null;
+  stopped_at: string | null;
+  pid: number | null;
+  accelerator: string | null;
+  exit: string | null;
+}
+
+function fromRow(row: VmRow): VmRecord {
+  return {
+    id: row.id,
+    name: row.name,
+    state: row.state as VmState,
+    spec: JSON.parse(row.spec) as VmSpec,
+    createdAt: row.created_at,
+    startedAt: row.started_at,
+    stoppedAt: row.stopped_at,
+    pid: row.pid,
+    accelerator: row.accelerator,
+    exit: row.exit ? (JSON.parse(row.exit) as VmExit) : null,
+  };
+}
+
+export type VmPatch = Partial<Pick<VmRecord, 'state' | 'startedAt' | 'stoppedAt' | 'pid' | 'accelerator' | 'exit'>>;
+
+/** VM records. Every state change is written here before the engine acts on it. */
+export class VmStore {
+  constructor(private readonly db: Db) {}
+
+  insert(vm: VmRecord): void {
+    try {
+      this.db
+        .prepare(
+          `INSERT INTO vms (id, name, state, spec, created_at, started_at, stopped_at, pid, accelerator, exit)
+           VALUES (@id, @name, @state, @spec, @createdAt, @startedAt, @stoppedAt, @pid, @accelerator, @exit)`,
+        )
+        .run({ ...vm, spec: JSON.stringify(vm.spec), exit: vm.exit ? JSON.stringify(vm.exit) : null });
+    } catch (err) {
+      if (err instanceof Error && /UNIQUE constraint failed: vms.name/.test(err.message)) {
+        throw new CellError(ErrorCodes.CONFLICT, `the name "${vm.name}" is already in use by another VM`);
+      }
+      throw err;
+    }
+  }
+
+  get(id: string): VmRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM vms WHERE id = ?').get(id) as VmRow | undefined;
+    return row ? fromRow(row) : undefined;
+  }
+
+  list(): VmRecord[] {
+    return (this.db.prepare('SELECT * FROM vms ORDER BY created_at, id').all() as VmRow[]).map(fromRow);
+  }
+
+  nameExists(name: string): boolean {
+    return this.db.prepare('SELECT 1 FROM vms WHERE name = ?').get(name) !== undefined;
+  }
+
+  update(id: string, patch: VmPatch): VmRecord {
+    const current = this.get(id);
+    if (!current) throw new CellError(ErrorCodes.NOT_FOUND, `no such VM: ${id}`);
+    const next = { ...current, ...patch };
+    this.db
+      .prepare(
+        `UPDATE vms SET state = @state, started_at = @startedAt, stopped_at = @stoppedAt, pid = @pid,
+           accelerator = @accelerator, exit = @exit WHERE id = @id`,
+      )
+      .run({
+        id,
+        state: next.state,
+        startedAt: next.startedAt,
+        stoppedAt: next.stoppedAt,
+        pid: next.pid,
+        accelerator: next.accelerator,
+        exit: next.exit ? JSON.stringify(next.exit) : null,
+      });
+    return next;
+  }
+
+  delete(id: string): void {
+    this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
+  }
+
+  countByState(): Record<string, number> {
+    const rows = this.db.prepare('SELECT state, COUNT(*) AS n FROM vms GROUP BY state').all() as { state: string; n: number }[];
+    return Object.fromEntries(rows.map((r) => [r.state, r.n]));
+  }
+}

@@ -1,0 +1,91 @@
+import { mkdir, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { CellError, ErrorCodes } from '../../domain/errors.js';
+import type { BackendCapabilities, MachineFiles, MachineHandle, MachineSpec } from '../backend.js';
+import { buildQemuArgv } from './argv.js';
+import { machineFiles } from './files.js';
+import { createOverlay } from './overlay.js';
+import { isQemuOf, signalProcess, spawnQemu, tailFile, waitGone } from './process.js';
+import { QmpClient } from './qmp.js';
+
+export interface StartedMachine extends MachineHandle {
+  qmp: QmpClient;
+  /** Settles when QEMU exits (this process is its parent). */
+  exited: Promise<unknown>;
+}
+
+/** The QEMU `-M microvm` driver. */
+export class QemuBackend {
+  readonly name = 'qemu';
+  readonly capabilities: BackendCapabilities = { snapshots: false, fork: false, pause: true, console: true };
+
+  files(dir: string): MachineFiles {
+    return machineFiles(dir);
+  }
+
+  /**
+   * Creates the VM's overlay on first start (later starts keep the disk) and launches QEMU.
+   * Resolves once QMP answers, i.e. QEMU is up; the guest is still booting.
+   */
+  async start(spec: MachineSpec, extraKernelArgs: readonly string[] = []): Promise<StartedMachine> {
+    const files = machineFiles(spec.dir);
+    await mkdir(spec.dir, { recursive: true });
+    if (!existsSync(files.overlay)) await createOverlay(files.overlay, spec.baseDiskPath);
+    // Stale sockets from an earlier run would make QEMU fail to bind.
+    await Promise.all([rm(files.qmpSocket, { force: true }), rm(files.agentSocket, { force: true }), rm(files.serialLog, { force: true })]);
+    const spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs), files.qemuLog);
+    let exitedEarly = false;
+    void spawned.exited.then(() => {
+      exitedEarly = true;
+    });
+    try {
+      const qmp = await Promise.race([
+        QmpClient.connect(files.qmpSocket, 10_000),
+        spawned.exited.then(() => {
+          throw this.bootFailure(spec, files, 'QEMU exited during start-up');
+        }),
+      ]);
+      return { pid: spawned.pid, files, qmp, exited: spawned.exited };
+    } catch (err) {
+      if (!exitedEarly) await this.kill(spawned.pid, spec.id);
+      if (err instanceof CellError && err.code === ErrorCodes.BOOT_FAILED) throw err;
+      throw this.bootFailure(spec, files, (err as Error).message);
+    }
+  }
+
+  /** Reconnects to a QEMU started earlier (by another celld). */
+  async attach(id: string, dir: string, pid: number): Promise<{ files: MachineFiles; qmp: QmpClient } | null> {
+    if (!isQemuOf(pid, id)) return null;
+    const files = machineFiles(dir);
+    try {
+      return { files, qmp: await QmpClient.connect(files.qmpSocket, 2000) };
+    } catch {
+      return null;
+    }
+  }
+
+  isRunning(pid: number, id: string): boolean {
+    return isQemuOf(pid, id);
+  }
+
+  /** Ends QEMU: polite `quit` is the caller's business; this is SIGTERM then SIGKILL. */
+  async kill(pid: number, id: string): Promise<void> {
+    if (!isQemuOf(pid, id)) return;
+    signalProcess(pid, 'SIGTERM');
+    if (await waitGone(pid, id, 2000)) return;
+    signalProcess(pid, 'SIGKILL');
+    await waitGone(pid, id, 5000);
+  }
+
+  serialTail(dir: string, lines = 20): string {
+    return tailFile(machineFiles(dir).serialLog, lines);
+  }
+
+  bootFailure(spec: Pick<MachineSpec, 'dir'>, files: MachineFiles, why: string): CellError {
+    const qemuLog = tailFile(files.qemuLog, 10);
+    const serial = tailFile(files.serialLog, 20);
+    const parts = [`VM failed to boot: ${why}`];
+    if (qemuLog) parts.push(`qemu: ${qemuLog.split('\n').slice(-3).join(' | ')}`);
+    return new CellError(ErrorCodes.BOOT_FAILED, parts.join('; '), { serialTail: serial, qemuLog, dir: spec.dir });
+  }
+}

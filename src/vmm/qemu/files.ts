@@ -1,0 +1,26 @@
+import { join } from 'node:path';
+import { CellError, ErrorCodes } from '../../domain/errors.js';
+import type { MachineFiles } from '../backend.js';
+
+// sun_path holds 108 bytes with the NUL; refuse early rather than let QEMU fail obscurely.
+const MAX_SOCKET_PATH = 107;
+
+export function machineFiles(dir: string): MachineFiles {
+  const files: MachineFiles = {
+    overlay: join(dir, 'disk.qcow2'),
+    qmpSocket: join(dir, 'qmp.sock'),
+    agentSocket: join(dir, 'agent.sock'),
+    serialLog: join(dir, 'serial.log'),
+    qemuLog: join(dir, 'qemu.log'),
+    pidFile: join(dir, 'qemu.pid'),
+  };
+  for (const socket of [files.qmpSocket, files.agentSocket]) {
+    if (Buffer.byteLength(socket) > MAX_SOCKET_PATH) {
+      throw new CellError(
+        ErrorCodes.INVALID_ARGUMENT,
+        `CELL_HOME is too deep: the socket path ${socket} is longer than ${MAX_SOCKET_PATH} bytes`,
+      );
+    }
+  }
+  return files;
+}
