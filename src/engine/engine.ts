@@ -1,0 +1,424 @@
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { hostname as hostHostname } from 'node:os';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import { newId, randomName, resolveRef, shortId, validateName } from '../domain/ids.js';
+import { effectiveCommand, type ImageRecord } from '../domain/image.js';
+import type { CellPaths } from '../domain/paths.js';
+import {
+  DEFAULT_CPUS,
+  DEFAULT_MEMORY_MIB,
+  mergeEnv,
+  validateEnv,
+  validateResources,
+  type VmExit,
+  type VmRecord,
+} from '../domain/vm.js';
+import { openDatabase, type Db } from '../store/database.js';
+import { ImageStore } from '../store/image-store.js';
+import { VmStore } from '../store/vm-store.js';
+import { QemuBackend } from '../vmm/qemu/backend.js';
+import { runGuestCommand, parseUser } from './exec-runner.js';
+import { HostReadiness, type ProgressListener } from './host-readiness.js';
+import { LiveMachines } from './live-machines.js';
+import type { ExecOptions, ExecResult, OutputSink } from './output.js';
+import { VmLogs, type LogEntry } from './vm-logs.js';
+
+export interface CreateVmRequest {
+  image: string;
+  name?: string;
+  cpus?: number;
+  memoryMib?: number;
+  cmd?: string[];
+  env?: string[];
+  workingDir?: string;
+  user?: string;
+  timeoutSec?: number;
+  autoRemove?: boolean;
+}
+
+export interface RunRequest extends CreateVmRequest {
+  detach?: boolean;
+}
+
+export interface RunEvents {
+  /** The VM record exists (id and name known). */
+  onCreated?(vm: VmRecord): void;
+  /** The guest agent answered: the command is about to start. */
+  onRunning?(vm: VmRecord): void;
+}
+
+export interface EngineInfo {
+  home: string;
+  cacheDir: string;
+  accelerator: string;
+  acceleratorReason: string;
+  qemuVersion: string;
+  guestKernel: string;
+  vms: Record<string, number>;
+  images: number;
+}
+
+const NULL_SINK: OutputSink = { stdout() {}, stderr() {} };
+
+/** The runtime: the one place that combines the store, the host assets, the VMM and the agent. */
+export class Engine {
+  readonly vms: VmStore;
+  readonly images: ImageStore;
+  readonly logs: VmLogs;
+  readonly host: HostReadiness;
+  private readonly backend = new QemuBackend();
+  private readonly live: LiveMachines;
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  private constructor(
+    readonly paths: CellPaths,
+    private readonly db: Db,
+  ) {
+    this.vms = new VmStore(db);
+    this.images = new ImageStore(db);
+    this.logs = new VmLogs((id) => this.vmDir(id));
+    this.host = new HostReadiness(paths.cache, this.images);
+    this.live = new LiveMachines(this.backend, (id, expected) => this.onMachineGone(id, expected));
+  }
+
+  static async open(paths: CellPaths): Promise<Engine> {
+    await mkdir(paths.vms, { recursive: true });
+    const engine = new Engine(paths, openDatabase(paths.db));
+    await engine.reconcile();
+    return engine;
+  }
+
+  vmDir(id: string): string {
+    return join(this.paths.vms, id);
+  }
+
+  setup(onProgress?: ProgressListener, reprobe = false) {
+    return this.host.ensure(onProgress, { reprobe });
+  }
+
+  async info(): Promise<EngineInfo> {
+    const ready = await this.host.ensure();
+    return {
+      home: this.paths.home,
+      cacheDir: this.paths.cache,
+      accelerator: ready.accelerator.accelerator,
+      acceleratorReason: ready.accelerator.reason,
+      qemuVersion: ready.qemuVersion,
+      guestKernel: ready.assets.kernel.release,
+      vms: this.vms.countByState(),
+      images: this.images.list().length,
+    };
+  }
+
+  list(all = false): VmRecord[] {
+    const vms = this.vms.list();
+    return all ? vms : vms.filter((vm) => vm.state !== 'stopped' && vm.state !== 'created');
+  }
+
+  resolve(ref: string): VmRecord {
+    return resolveRef('VM', ref, this.vms.list());
+  }
+
+  /** Validates everything and records a VM in state `created`; nothing boots yet. */
+  async create(req: CreateVmRequest): Promise<VmRecord> {
+    const cpus = req.cpus ?? DEFAULT_CPUS;
+    const memoryMib = req.memoryMib ?? DEFAULT_MEMORY_MIB;
+    validateResources(cpus, memoryMib);
+    validateEnv(req.env ?? []);
+    if (req.timeoutSec !== undefined && (!Number.isFinite(req.timeoutSec) || req.timeoutSec < 0)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--timeout ${req.timeoutSec} must be a number of seconds >= 0`);
+    }
+    parseUser(req.user);
+    if (req.name !== undefined) validateName(req.name);
+    await this.host.ensure();
+    const image = this.findImage(req.image);
+    const name = req.name ?? this.freshName();
+    if (this.vms.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another VM`);
+    const now = new Date().toISOString();
+    const vm: VmRecord = {
+      id: newId(),
+      name,
+      state: 'created',
+      spec: {
+        image: image.reference,
+        imageDigest: image.digest,
+        cpus,
+        memoryMib,
+        cmd: effectiveCommand(image.config, req.cmd ?? []),
+        env: mergeEnv(image.config.Env ?? [], req.env ?? []),
+        workingDir: req.workingDir || image.config.WorkingDir || '/',
+        user: req.user || image.config.User || 'root',
+        timeoutSec: req.timeoutSec ?? 0,
+        autoRemove: req.autoRemove ?? false,
+      },
+      createdAt: now,
+      startedAt: null,
+      stoppedAt: null,
+      pid: null,
+      accelerator: null,
+      exit: null,
+    };
+    await mkdir(this.vmDir(vm.id), { recursive: true });
+    this.vms.insert(vm);
+    this.images.touch(image.reference, now);
+    return vm;
+  }
+
+  /** Boots a created or stopped VM and waits for its agent. The disk is kept across starts. */
+  start(ref: string): Promise<VmRecord> {
+    const vm = this.resolve(ref);
+    return this.withLock(vm.id, () => this.bootLocked(vm.id));
+  }
+
+  private async bootLocked(id: string): Promise<VmRecord> {
+    const vm = this.vms.get(id)!;
+    if (vm.state === 'running' || vm.state === 'starting') {
+      throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} is already ${vm.state}`);
+    }
+    const ready = await this.host.ensure();
+    const image = this.findImage(vm.spec.image);
+    this.vms.update(id, { state: 'starting', exit: null, pid: null, accelerator: ready.accelerator.accelerator });
+    try {
+      await this.live.boot(
+        {
+          id,
+          dir: this.vmDir(id),
+          kernelPath: ready.assets.kernel.path,
+          initrdPath: ready.assets.initramfs.path,
+          baseDiskPath: image.diskPath,
+          cpus: vm.spec.cpus,
+          memoryMib: vm.spec.memoryMib,
+          hostname: guestHostname(vm.name, id),
+          accelerator: ready.accelerator.accelerator,
+        },
+        (pid) => this.vms.update(id, { pid }),
+      );
+    } catch (err) {
+      this.vms.update(id, { state: 'stopped', stoppedAt: new Date().toISOString(), pid: null, exit: exitInfo('boot_failed') });
+      throw err;
+    }
+    return this.vms.update(id, { state: 'running', startedAt: new Date().toISOString() });
+  }
+
+  /**
+   * `cell run`: create, boot, run the main command. Attached, the VM stops when the command ends
+   * (and is removed with autoRemove); detached, it keeps running after its command. A VM that fails
+   * to boot during `run` is removed: a failed run leaves nothing behind.
+   */
+  async run(req: RunRequest, sink: OutputSink = NULL_SINK, events: RunEvents = {}, signal?: AbortSignal): Promise<{ vm: VmRecord; result?: ExecResult }> {
+    const created = await this.create(req);
+    events.onCreated?.(created);
+    let vm: VmRecord;
+    try {
+      vm = await this.start(created.id);
+    } catch (err) {
+      await this.remove(created.id, true).catch(() => {});
+      throw err;
+    }
+    events.onRunning?.(vm);
+    if (req.detach) {
+      if (vm.spec.cmd.length > 0) void this.runMain(vm, NULL_SINK).catch(() => {});
+      return { vm };
+    }
+    let result: ExecResult;
+    try {
+      result = await this.runMain(vm, sink, signal);
+    } finally {
+      await this.stop(vm.id, 0).catch(() => {});
+    }
+    if (vm.spec.autoRemove) await this.remove(vm.id, true);
+    return { vm: this.vms.get(vm.id) ?? vm, result };
+  }
+
+  /** Runs the VM's main command; its output goes to the VM's log and to the sink. */
+  private async runMain(vm: VmRecord, sink: OutputSink, signal?: AbortSignal): Promise<ExecResult> {
+    const live = this.live.require(vm.id);
+    const tee: OutputSink = {
+      stdout: (c) => {
+        this.logs.append(vm.id, 'stdout', c);
+        sink.stdout(c);
+      },
+      stderr: (c) => {
+        this.logs.append(vm.id, 'stderr', c);
+        sink.stderr(c);
+      },
+    };
+    const { uid, gid } = parseUser(vm.spec.user);
+    let result: ExecResult;
+    try {
+      result = await runGuestCommand(
+        live.agent,
+        { argv: vm.spec.cmd, env: vm.spec.env, cwd: vm.spec.workingDir, uid, gid, timeoutSec: vm.spec.timeoutSec, signal },
+        tee,
+      );
+    } catch (err) {
+      if (err instanceof CellError && err.code !== ErrorCodes.AGENT_DISCONNECTED) {
+        tee.stderr(Buffer.from(`cell: ${err.message}\n`));
+        result = { exitCode: 126, signal: null, timedOut: false, durationMs: 0 };
+      } else throw err;
+    }
+    await this.logs.flushed(vm.id);
+    if (this.vms.get(vm.id)) {
+      this.vms.update(vm.id, { exit: exitInfo(result.timedOut ? 'timeout' : 'exited', result.exitCode, result.signal) });
+    }
+    return result;
+  }
+
+  /** `cell exec`: a command in a running VM, with the VM's env under the caller's. */
+  async exec(ref: string, opts: ExecOptions, sink: OutputSink): Promise<ExecResult> {
+    const vm = this.resolve(ref);
+    if (vm.state !== 'running') throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${vm.state})`);
+    validateEnv(opts.env ?? []);
+    const live = this.live.require(vm.id);
+    const { uid, gid } = parseUser(opts.user ?? vm.spec.user);
+    return runGuestCommand(
+      live.agent,
+      {
+        argv: opts.cmd,
+        env: mergeEnv(vm.spec.env, opts.env ?? []),
+        cwd: opts.workingDir || vm.spec.workingDir,
+        uid,
+        gid,
+        timeoutSec: opts.timeoutSec ?? 0,
+        stdin: opts.stdin,
+        signal: opts.signal,
+      },
+      sink,
+    );
+  }
+
+  stop(ref: string, graceSec = 10): Promise<VmRecord> {
+    const vm = this.resolve(ref);
+    return this.withLock(vm.id, async () => {
+      const current = this.vms.get(vm.id)!;
+      if (current.state === 'stopped' || current.state === 'created') return current;
+      this.vms.update(vm.id, { state: 'stopping' });
+      await this.live.stop(vm.id, graceSec);
+      const after = this.vms.get(vm.id)!;
+      return this.vms.update(vm.id, {
+        state: 'stopped',
+        stoppedAt: new Date().toISOString(),
+        pid: null,
+        exit: after.exit ?? exitInfo('stopped'),
+      });
+    });
+  }
+
+  /** Removes a VM and its disk. A running VM needs `force` (then it is killed, no grace). */
+  remove(ref: string, force = false): Promise<void> {
+    const vm = this.resolve(ref);
+    return this.withLock(vm.id, async () => {
+      const current = this.vms.get(vm.id);
+      if (!current) return;
+      if (current.state !== 'stopped' && current.state !== 'created') {
+        if (!force) throw new CellError(ErrorCodes.CONFLICT, `VM ${current.name} is ${current.state}: stop it first or use --force`);
+        this.vms.update(vm.id, { state: 'stopping' });
+        await this.live.kill(vm.id);
+        if (current.pid) await this.backend.kill(current.pid, vm.id);
+      }
+      this.vms.delete(vm.id);
+      this.logs.end(vm.id);
+      await rm(this.vmDir(vm.id), { recursive: true, force: true });
+    });
+  }
+
+  /** The main command's output; with `follow`, keeps going until the VM stops or `signal` aborts. */
+  async *readLogs(ref: string, follow: boolean, signal?: AbortSignal): AsyncGenerator<LogEntry> {
+    const vm = this.resolve(ref);
+    let wake: (() => void) | null = null;
+    const poke = () => wake?.();
+    this.logs.on(`entry:${vm.id}`, poke);
+    this.logs.on(`end:${vm.id}`, poke);
+    signal?.addEventListener('abort', poke);
+    try {
+      let offset = 0;
+      for (;;) {
+        // Arm the wake-up before reading so an entry written meanwhile is not slept through.
+        const woken = new Promise<void>((resolve) => (wake = resolve));
+        const batch = await this.logs.readFrom(vm.id, offset);
+        offset = batch.offset;
+        yield* batch.entries;
+        const state = this.vms.get(vm.id)?.state;
+        if (!follow || signal?.aborted || !state || state === 'stopped' || state === 'created') return;
+        await woken;
+      }
+    } finally {
+      this.logs.off(`entry:${vm.id}`, poke);
+      this.logs.off(`end:${vm.id}`, poke);
+      signal?.removeEventListener('abort', poke);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.live.detachAll();
+    await Promise.allSettled([...this.locks.values()]);
+    this.db.close();
+  }
+
+  private findImage(reference: string): ImageRecord {
+    const normalized = reference.endsWith(':latest') ? reference.slice(0, -':latest'.length) : reference;
+    const image = this.images.get(normalized) ?? this.images.get(reference);
+    if (!image) {
+      const known = this.images.list().map((i) => i.reference);
+      throw new CellError(
+        ErrorCodes.IMAGE_NOT_FOUND,
+        `unknown image "${reference}"` + (known.length ? ` (local images: ${known.join(', ')})` : ''),
+      );
+    }
+    return image;
+  }
+
+  private freshName(): string {
+    for (;;) {
+      const name = randomName();
+      if (!this.vms.nameExists(name)) return name;
+    }
+  }
+
+  private withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(id) ?? Promise.resolve();
+    const next = previous.catch(() => {}).then(fn);
+    this.locks.set(id, next);
+    const cleanup = () => {
+      if (this.locks.get(id) === next) this.locks.delete(id);
+    };
+    next.then(cleanup, cleanup);
+    return next;
+  }
+
+  private onMachineGone(id: string, expected: boolean): void {
+    if (expected) return;
+    const vm = this.vms.get(id);
+    if (vm && (vm.state === 'running' || vm.state === 'starting')) {
+      this.vms.update(id, { state: 'stopped', stoppedAt: new Date().toISOString(), pid: null, exit: vm.exit ?? exitInfo('crashed') });
+    }
+    this.logs.end(id);
+  }
+
+  /** After a daemon restart: reconnect to machines still alive, record the rest as stopped. */
+  private async reconcile(): Promise<void> {
+    for (const vm of this.vms.list()) {
+      if (vm.state === 'created' || vm.state === 'stopped') continue;
+      const attached = vm.pid && vm.state === 'running' ? await this.live.attach(vm.id, this.vmDir(vm.id), vm.pid) : null;
+      if (attached) continue;
+      if (vm.pid) await this.backend.kill(vm.pid, vm.id);
+      this.vms.update(vm.id, {
+        state: 'stopped',
+        stoppedAt: new Date().toISOString(),
+        pid: null,
+        exit: vm.exit ?? exitInfo(vm.state === 'stopping' ? 'stopped' : 'lost'),
+      });
+    }
+  }
+}
+
+function exitInfo(reason: string, exitCode: number | null = null, signal: number | null = null): VmExit {
+  return { reason, exitCode, signal, at: new Date().toISOString() };
+}
+
+/** A valid RFC 1123 label from the VM name, else its short id. */
+function guestHostname(name: string, id: string): string {
+  const label = name.toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '').slice(0, 63);
+  return label || shortId(id) || hostHostname();
+}

@@ -1,0 +1,174 @@
+import { randomBytes } from 'node:crypto';
+import { AgentClient } from '../agent/client.js';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import type { MachineSpec } from '../vmm/backend.js';
+import type { QemuBackend } from '../vmm/qemu/backend.js';
+import { connectWithRetry, type QmpClient } from '../vmm/qemu/qmp.js';
+
+const SIGTERM = 15;
+const SIGKILL = 9;
+
+export interface LiveMachine {
+  id: string;
+  pid: number;
+  dir: string;
+  qmp: QmpClient;
+  agent: AgentClient;
+  /** Set when we asked the machine to go away, so its exit is not reported as a crash. */
+  stopping: boolean;
+  /** Settles when QEMU is gone. */
+  gone: Promise<void>;
+}
+
+export type GoneListener = (id: string, expected: boolean) => void;
+
+export function bootTimeoutMs(): number {
+  const fromEnv = Number(process.env.CELL_BOOT_TIMEOUT);
+  return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv * 1000 : 30_000;
+}
+
+/**
+ * The machines this daemon holds a QMP and agent connection to. Booting ends when the agent
+ * answers; a machine that misses the deadline is killed and reported with its serial log's tail.
+ */
+export class LiveMachines {
+  private readonly machines = new Map<string, LiveMachine>();
+
+  constructor(
+    private readonly backend: QemuBackend,
+    private readonly onGone: GoneListener,
+  ) {}
+
+  get(id: string): LiveMachine | undefined {
+    return this.machines.get(id);
+  }
+
+  require(id: string): LiveMachine {
+    const live = this.machines.get(id);
+    if (!live || live.agent.closed) throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${id.slice(0, 12)} is not running`);
+    return live;
+  }
+
+  ids(): string[] {
+    return [...this.machines.keys()];
+  }
+
+  async boot(spec: MachineSpec, onPid: (pid: number) => void): Promise<LiveMachine> {
+    const deadline = Date.now() + bootTimeoutMs();
+    const started = await this.backend.start(spec);
+    onPid(started.pid);
+    try {
+      const socket = await connectWithRetry(started.files.agentSocket, Math.max(0, deadline - Date.now()));
+      const agent = new AgentClient(socket);
+      const qemuExit = started.exited.then(() => {
+        throw this.backend.bootFailure(spec, started.files, 'QEMU exited before the guest agent answered');
+      });
+      await Promise.race([agent.waitReady(deadline), qemuExit]);
+      await initialiseGuest(agent);
+      return this.track(spec.id, started.pid, spec.dir, started.qmp, agent);
+    } catch (err) {
+      started.qmp.close();
+      await this.backend.kill(started.pid, spec.id);
+      if (err instanceof CellError && err.code === ErrorCodes.BOOT_FAILED) throw err;
+      const why =
+        err instanceof CellError && err.code === ErrorCodes.BOOT_TIMEOUT
+          ? `the guest agent did not answer within ${Math.round(bootTimeoutMs() / 1000)} s`
+          : (err as Error).message;
+      const failure = this.backend.bootFailure(spec, started.files, why);
+      throw new CellError(ErrorCodes.BOOT_FAILED, failure.message, failure.details);
+    }
+  }
+
+  /** Reconnects to a machine a previous daemon started; null when it is gone. */
+  async attach(id: string, dir: string, pid: number): Promise<LiveMachine | null> {
+    const attached = await this.backend.attach(id, dir, pid);
+    if (!attached) return null;
+    try {
+      const agent = new AgentClient(await connectWithRetry(attached.files.agentSocket, 2000));
+      await agent.waitReady(Date.now() + 5000);
+      return this.track(id, pid, dir, attached.qmp, agent);
+    } catch {
+      attached.qmp.close();
+      return null;
+    }
+  }
+
+  private track(id: string, pid: number, dir: string, qmp: QmpClient, agent: AgentClient): LiveMachine {
+    let markGone!: () => void;
+    const gone = new Promise<void>((resolve) => {
+      markGone = resolve;
+    });
+    const live: LiveMachine = { id, pid, dir, qmp, agent, stopping: false, gone };
+    this.machines.set(id, live);
+    // QMP closing is the one signal that works whether or not we are QEMU's parent.
+    qmp.once('close', () => {
+      this.machines.delete(id);
+      agent.close();
+      markGone();
+      this.onGone(id, live.stopping);
+    });
+    return live;
+  }
+
+  /**
+   * Docker-style stop: SIGTERM to every guest process, wait up to `graceSec` for them to end,
+   * SIGKILL the rest, then power the guest off; QEMU is killed if it does not exit by itself.
+   */
+  async stop(id: string, graceSec: number): Promise<void> {
+    const live = this.machines.get(id);
+    if (!live) return;
+    live.stopping = true;
+    if (!live.agent.closed) {
+      try {
+        if (graceSec > 0) {
+          let remaining = await live.agent.signalAll(SIGTERM);
+          const deadline = Date.now() + graceSec * 1000;
+          while (remaining > 0 && Date.now() < deadline) {
+            await new Promise((r) => setTimeout(r, 50));
+            remaining = await live.agent.signalAll(0);
+          }
+        }
+        await live.agent.signalAll(SIGKILL);
+        await live.agent.shutdown();
+      } catch {
+        /* the agent is unreachable: fall through to ending QEMU */
+      }
+    }
+    await this.waitGoneOrKill(live, 3000);
+  }
+
+  /** Ends the machine now (rm -f, failures): no grace, no guest shutdown. */
+  async kill(id: string): Promise<void> {
+    const live = this.machines.get(id);
+    if (!live) return;
+    live.stopping = true;
+    await this.waitGoneOrKill(live, 0);
+  }
+
+  private async waitGoneOrKill(live: LiveMachine, waitMs: number): Promise<void> {
+    const exited = await Promise.race([live.gone.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), waitMs))]);
+    if (!exited) {
+      await live.qmp.execute('quit').catch(() => {});
+      const quit = await Promise.race([live.gone.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 1000))]);
+      if (!quit) await this.backend.kill(live.pid, live.id);
+    }
+    await this.backend.kill(live.pid, live.id);
+    live.qmp.close();
+    await live.gone;
+  }
+
+  /** Closes connections without touching the machines (daemon shutdown: VMs outlive celld). */
+  detachAll(): void {
+    for (const live of this.machines.values()) {
+      live.qmp.removeAllListeners('close');
+      live.qmp.close();
+      live.agent.close();
+    }
+    this.machines.clear();
+  }
+}
+
+/** Every boot and restore starts with the host's clock and fresh entropy. */
+async function initialiseGuest(agent: AgentClient): Promise<void> {
+  await Promise.all([agent.setTime(), agent.addEntropy(randomBytes(256))]);
+}

@@ -1,0 +1,28 @@
+/** Where a guest command's output goes as it is produced. */
+export interface OutputSink {
+  stdout(chunk: Buffer): void;
+  stderr(chunk: Buffer): void;
+}
+
+export interface ExecOptions {
+  cmd: string[];
+  env?: string[];
+  workingDir?: string;
+  /** `uid[:gid]` as numbers; names are not resolved yet (the agent runs no NSS). */
+  user?: string;
+  /** Seconds; 0 or undefined = no limit. */
+  timeoutSec?: number;
+  /** Feed stdin from these chunks; undefined = /dev/null. */
+  stdin?: AsyncIterable<Buffer>;
+  signal?: AbortSignal;
+}
+
+export interface ExecResult {
+  /** Shell convention: the exit status, 128+N when killed by signal N, 124 after a timeout. */
+  exitCode: number;
+  signal: number | null;
+  timedOut: boolean;
+  durationMs: number;
+}
+
+export const TIMEOUT_EXIT_CODE = 124;
