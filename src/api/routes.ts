@@ -1,0 +1,36 @@
+/** Endpoint paths, shared so the SDK cannot drift from the server. */
+export const Routes = {
+  ping: '/v1/ping',
+  info: '/v1/info',
+  setup: '/v1/setup',
+  vms: '/v1/vms',
+  vmRun: '/v1/vms/run',
+  vm: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}`,
+  vmStart: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/start`,
+  vmStop: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/stop`,
+  vmExec: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/exec`,
+  vmLogs: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/logs`,
+  execStdin: (execId: string) => `/v1/execs/${encodeURIComponent(execId)}/stdin`,
+  images: '/v1/images',
+} as const;
+
+/** HTTP status for each error code. */
+export function statusForCode(code: string): number {
+  switch (code) {
+    case 'invalid_argument':
+      return 400;
+    case 'not_found':
+    case 'image_not_found':
+      return 404;
+    case 'ambiguous_ref':
+    case 'conflict':
+    case 'vm_not_running':
+      return 409;
+    case 'host_missing_dependency':
+      return 424;
+    case 'daemon_unavailable':
+      return 503;
+    default:
+      return 500;
+  }
+}

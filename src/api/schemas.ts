@@ -1,0 +1,135 @@
+import { Type, type Static } from '@sinclair/typebox';
+
+/**
+ * The wire contract of celld's HTTP API, shared by the server (validation, OpenAPI) and the SDK
+ * (types). Version prefix: /v1. Errors: HTTP status plus `{ error: { code, message, details? } }`.
+ * Streaming endpoints answer `application/x-ndjson`: one StreamEvent per line.
+ */
+
+export const ErrorBody = Type.Object({
+  error: Type.Object({
+    code: Type.String(),
+    message: Type.String(),
+    details: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  }),
+});
+export type ErrorBody = Static<typeof ErrorBody>;
+
+export const VmExit = Type.Object({
+  exitCode: Type.Union([Type.Integer(), Type.Null()]),
+  signal: Type.Union([Type.Integer(), Type.Null()]),
+  reason: Type.String(),
+  at: Type.String(),
+});
+
+export const VmSpec = Type.Object({
+  image: Type.String(),
+  imageDigest: Type.String(),
+  cpus: Type.Integer(),
+  memoryMib: Type.Integer(),
+  cmd: Type.Array(Type.String()),
+  env: Type.Array(Type.String()),
+  workingDir: Type.String(),
+  user: Type.String(),
+  timeoutSec: Type.Number(),
+  autoRemove: Type.Boolean(),
+});
+
+export const Vm = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  state: Type.Union([
+    Type.Literal('created'),
+    Type.Literal('starting'),
+    Type.Literal('running'),
+    Type.Literal('stopping'),
+    Type.Literal('stopped'),
+  ]),
+  spec: VmSpec,
+  createdAt: Type.String(),
+  startedAt: Type.Union([Type.String(), Type.Null()]),
+  stoppedAt: Type.Union([Type.String(), Type.Null()]),
+  pid: Type.Union([Type.Integer(), Type.Null()]),
+  accelerator: Type.Union([Type.String(), Type.Null()]),
+  exit: Type.Union([VmExit, Type.Null()]),
+});
+export type Vm = Static<typeof Vm>;
+
+export const RunRequest = Type.Object(
+  {
+    image: Type.String({ minLength: 1 }),
+    name: Type.Optional(Type.String()),
+    cpus: Type.Optional(Type.Integer()),
+    memoryMib: Type.Optional(Type.Integer()),
+    cmd: Type.Optional(Type.Array(Type.String())),
+    env: Type.Optional(Type.Array(Type.String())),
+    workingDir: Type.Optional(Type.String()),
+    user: Type.Optional(Type.String()),
+    timeoutSec: Type.Optional(Type.Number({ minimum: 0 })),
+    autoRemove: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+export type RunRequest = Static<typeof RunRequest>;
+
+export const ExecRequest = Type.Object(
+  {
+    cmd: Type.Array(Type.String(), { minItems: 1 }),
+    env: Type.Optional(Type.Array(Type.String())),
+    workingDir: Type.Optional(Type.String()),
+    user: Type.Optional(Type.String()),
+    timeoutSec: Type.Optional(Type.Number({ minimum: 0 })),
+    /** When true the stream's first event is `exec` with an id to send stdin to. */
+    stdin: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+export type ExecRequest = Static<typeof ExecRequest>;
+
+export const StopRequest = Type.Object({ timeoutSec: Type.Optional(Type.Number({ minimum: 0 })) }, { additionalProperties: false });
+export type StopRequest = Static<typeof StopRequest>;
+
+export const RefParams = Type.Object({ ref: Type.String({ minLength: 1 }) });
+
+export const ListQuery = Type.Object({ all: Type.Optional(Type.Boolean()) });
+export const RemoveQuery = Type.Object({ force: Type.Optional(Type.Boolean()) });
+export const LogsQuery = Type.Object({ follow: Type.Optional(Type.Boolean()) });
+
+export const Image = Type.Object({
+  reference: Type.String(),
+  digest: Type.String(),
+  sizeBytes: Type.Integer(),
+  builtin: Type.Boolean(),
+  createdAt: Type.String(),
+  lastUsed: Type.Union([Type.String(), Type.Null()]),
+});
+export type Image = Static<typeof Image>;
+
+export const Info = Type.Object({
+  version: Type.String(),
+  home: Type.String(),
+  cacheDir: Type.String(),
+  accelerator: Type.String(),
+  acceleratorReason: Type.String(),
+  qemuVersion: Type.String(),
+  guestKernel: Type.String(),
+  vms: Type.Record(Type.String(), Type.Integer()),
+  images: Type.Integer(),
+  daemonPid: Type.Integer(),
+});
+export type Info = Static<typeof Info>;
+
+/** One line of an ndjson stream. `data` of stdout/stderr is base64 (output may be binary). */
+export type StreamEvent =
+  | { type: 'progress'; step: string; status: 'start' | 'done' | 'cached'; detail?: string }
+  | { type: 'created'; vm: Vm }
+  | { type: 'running'; vm: Vm }
+  | { type: 'exec'; execId: string }
+  | { type: 'stdout'; data: string }
+  | { type: 'stderr'; data: string }
+  | { type: 'exit'; exitCode: number; signal: number | null; timedOut: boolean; durationMs: number }
+  | { type: 'log'; time: string; stream: 'stdout' | 'stderr'; text: string }
+  | { type: 'done'; vm?: Vm }
+  | { type: 'error'; error: ErrorBody['error'] };
+
+export const API_PREFIX = '/v1';

@@ -1,0 +1,44 @@
+import { rmSync, mkdirSync } from 'node:fs';
+import pino from 'pino';
+import { cellPaths } from '../domain/paths.js';
+import { toCellError } from '../domain/errors.js';
+import { Engine } from '../engine/engine.js';
+import { buildApp } from './app.js';
+import { acquireDaemonLock } from './daemon-lock.js';
+
+/**
+ * celld: the daemon behind `cell`. Serves the HTTP API on CELL_HOME/celld.sock. VMs are separate
+ * processes: stopping celld leaves them running, and the next celld reconnects to them.
+ */
+async function main(): Promise<void> {
+  const paths = cellPaths();
+  mkdirSync(paths.home, { recursive: true });
+  const release = acquireDaemonLock(paths.daemonPid);
+  const logger = pino({ level: process.env.CELL_LOG_LEVEL ?? 'info', base: { pid: process.pid } }, pino.destination({ dest: paths.daemonLog, append: true, sync: false }));
+  const engine = await Engine.open(paths);
+  const app = buildApp(engine, logger);
+  rmSync(paths.socket, { force: true });
+  await app.listen({ path: paths.socket });
+  logger.info({ socket: paths.socket, home: paths.home }, 'celld listening');
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'celld stopping (VMs keep running)');
+    await app.close().catch(() => {});
+    await engine.close().catch(() => {});
+    rmSync(paths.socket, { force: true });
+    release();
+    logger.flush();
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+main().catch((err: unknown) => {
+  const e = toCellError(err);
+  process.stderr.write(`celld: ${e.message}\n`);
+  process.exit(e.code === 'conflict' ? 3 : 1);
+});
