@@ -72,7 +72,7 @@ export class LiveMachines {
       if (err instanceof CellError && err.code === ErrorCodes.BOOT_FAILED) throw err;
       const why =
         err instanceof CellError && err.code === ErrorCodes.BOOT_TIMEOUT
-          ? `the guest agent did not answer within ${Math.round(bootTimeoutMs() / 1000)} s`
+          ? `the guest agent did not answer within ${bootTimeoutMs() / 1000} s`
           : (err as Error).message;
       const failure = this.backend.bootFailure(spec, started.files, why);
       throw new CellError(ErrorCodes.BOOT_FAILED, failure.message, failure.details);

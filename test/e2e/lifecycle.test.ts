@@ -1,0 +1,126 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { TestHome } from '../helpers/cell-home.js';
+
+describe('VM lifecycle: run -d, exec, stop, start, rm, refs', () => {
+  let h: TestHome;
+  before(() => {
+    h = new TestHome();
+  });
+  after(async () => {
+    await h.cleanup();
+    assert.deepEqual(h.qemuPids(), []);
+  });
+
+  test('run -d prints the id and leaves the VM running for exec', async () => {
+    const r = await h.ok(['run', '-d', '--name', 'web', '--memory', '192', '--cpus', '2', 'busybox']);
+    const id = r.stdout.trim();
+    assert.match(id, /^[0-9a-f]{64}$/);
+    const ps = await h.ok(['ps', '--format', 'json']);
+    const [vm] = JSON.parse(ps.stdout) as { id: string; name: string; state: string; spec: { cpus: number; memoryMib: number } }[];
+    assert.equal(vm?.id, id);
+    assert.equal(vm?.state, 'running');
+    assert.equal(vm?.spec.memoryMib, 192);
+    const inside = await h.ok(['exec', 'web', '--', 'sh', '-c', 'grep -c ^processor /proc/cpuinfo; echo $(( $(sed -n "s/MemTotal: *\\([0-9]*\\) kB/\\1/p" /proc/meminfo) / 1024 ))']);
+    const [cpus, memMib] = inside.stdout.trim().split('\n').map(Number);
+    assert.equal(cpus, 2);
+    assert.ok(memMib! > 100 && memMib! <= 192, `guest sees ${memMib} MiB`);
+  });
+
+  test('exec resolves names, full ids and id prefixes, and reports exit codes', async () => {
+    const id = (await h.ok(['ps', '-q'])).stdout.trim();
+    assert.equal((await h.cell(['exec', 'web', '--', 'sh', '-c', 'exit 5'])).code, 5);
+    assert.equal((await h.ok(['exec', id, '--', 'hostname'])).stdout, 'web\n');
+    assert.equal((await h.ok(['exec', id.slice(0, 5), '--', 'echo', 'prefix'])).stdout, 'prefix\n');
+    const bad = await h.cell(['exec', 'nope', '--', 'true']);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /no such VM: nope/);
+    assert.equal(bad.stderr.trim().split('\n').length, 1, 'one line of error');
+  });
+
+  test('exec -i streams stdin to the command', async () => {
+    const r = await h.ok(['exec', '-i', 'web', '--', 'sh', '-c', 'tr a-z A-Z; echo done'], { input: 'hello\nworld\n' });
+    assert.equal(r.stdout, 'HELLO\nWORLD\ndone\n');
+  });
+
+  test('exec --timeout, env and working dir', async () => {
+    const t = await h.cell(['exec', '--timeout', '1', 'web', '--', 'sleep', '30']);
+    assert.equal(t.code, 124);
+    const r = await h.ok(['exec', '-e', 'A=1', '-w', '/root', 'web', '--', 'sh', '-c', 'echo $A $(pwd)']);
+    assert.equal(r.stdout, '1 /root\n');
+  });
+
+  test('two VMs run at once, each with its own disk', async () => {
+    await h.ok(['run', '-d', '--name', 'other', 'busybox']);
+    await Promise.all([
+      h.ok(['exec', 'web', '--', 'sh', '-c', 'echo web > /root/who']),
+      h.ok(['exec', 'other', '--', 'sh', '-c', 'echo other > /root/who']),
+    ]);
+    const [a, b] = await Promise.all([h.ok(['exec', 'web', '--', 'cat', '/root/who']), h.ok(['exec', 'other', '--', 'cat', '/root/who'])]);
+    assert.equal(a.stdout, 'web\n');
+    assert.equal(b.stdout, 'other\n');
+    assert.equal(h.qemuPids().length, 2);
+    await h.ok(['rm', '-f', 'other']);
+    assert.equal(h.qemuPids().length, 1);
+  });
+
+  test('stop sends SIGTERM first: a process that traps it gets to clean up', async () => {
+    // The trap writes to the VM's disk, which survives the stop and the next start.
+    const script = 'trap "echo got-term > /root/term; exit 0" TERM; while true; do sleep 0.2; done';
+    await h.ok(['exec', 'web', '--', 'sh', '-c', `(${script}) > /dev/null 2>&1 &`]);
+    await new Promise((r) => setTimeout(r, 500));
+    const stopped = await h.ok(['stop', 'web']);
+    assert.match(stopped.stdout, /web/);
+    const ps = JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as { name: string; state: string }[];
+    assert.equal(ps.find((v) => v.name === 'web')?.state, 'stopped');
+    assert.deepEqual(h.qemuPids(), []);
+  });
+
+  test('start boots the stopped VM again with its disk as it was', async () => {
+    await h.ok(['start', 'web']);
+    const r = await h.ok(['exec', 'web', '--', 'cat', '/root/term', '/root/who']);
+    assert.equal(r.stdout, 'got-term\nweb\n');
+  });
+
+  test('stop -t gives up on a process that ignores SIGTERM and kills it', async () => {
+    await h.ok(['exec', 'web', '--', 'sh', '-c', '(trap "" TERM; while true; do sleep 1; done) > /dev/null 2>&1 &']);
+    const r = await h.ok(['stop', '-t', '1', 'web']);
+    assert.ok(r.ms >= 1000, `stop waited out the grace period (${r.ms} ms)`);
+    assert.deepEqual(h.qemuPids(), []);
+  });
+
+  test('rm refuses a running VM without -f and removes it with -f', async () => {
+    await h.ok(['start', 'web']);
+    const refused = await h.cell(['rm', 'web']);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /running/);
+    await h.ok(['rm', '-f', 'web']);
+    const ps = JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as unknown[];
+    assert.deepEqual(ps, []);
+    assert.deepEqual(h.qemuPids(), []);
+  });
+
+  test('logs shows what the main command of a detached VM printed', async () => {
+    await h.ok(['run', '-d', '--name', 'talker', 'busybox', '--', 'sh', '-c', 'echo one; echo two >&2; echo three']);
+    let out = '';
+    for (let i = 0; i < 100 && !out.includes('three'); i++) {
+      out = (await h.ok(['logs', 'talker'])).stdout;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const logs = await h.ok(['logs', 'talker']);
+    assert.equal(logs.stdout, 'one\nthree\n');
+    assert.equal(logs.stderr, 'two\n');
+    await h.ok(['rm', '-f', 'talker']);
+  });
+
+  test('inspect shows the record as JSON', async () => {
+    await h.ok(['run', '--name', 'insp', 'busybox', '--', 'true']);
+    const r = await h.ok(['inspect', 'insp']);
+    const [vm] = JSON.parse(r.stdout) as { name: string; spec: { image: string; cmd: string[] }; exit: { exitCode: number } }[];
+    assert.equal(vm?.name, 'insp');
+    assert.equal(vm?.spec.image, 'busybox');
+    assert.deepEqual(vm?.spec.cmd, ['true']);
+    assert.equal(vm?.exit.exitCode, 0);
+    await h.ok(['rm', 'insp']);
+  });
+});
