@@ -1,0 +1,79 @@
+/**
+ * `cell run --rm busybox -- true` (CLI -> celld -> QEMU -> agent -> exit) against a bare QEMU boot
+ * of the same kernel, initramfs and disk with the same argv to the same point (agent answers a
+ * PING). Interleaved runs, medians; target ratio <= 1.15.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { AgentClient } from '../src/agent/client.js';
+import { buildQemuArgv } from '../src/vmm/qemu/argv.js';
+import { machineFiles } from '../src/vmm/qemu/files.js';
+import { createOverlay } from '../src/vmm/qemu/overlay.js';
+import { signalProcess, spawnQemu, waitGone } from '../src/vmm/qemu/process.js';
+import { connectWithRetry } from '../src/vmm/qemu/qmp.js';
+import { CellClient } from '../src/sdk/index.js';
+import { benchHome, fmt, median, runCell } from './lib.js';
+
+const RUNS = Number(process.env.BENCH_RUNS ?? 7);
+
+async function bareBoot(kernel: string, initrd: string, base: string, accelerator: 'kvm' | 'tcg'): Promise<number> {
+  const dir = mkdtempSync('/tmp/cellbare-');
+  const id = `bare${Date.now()}`;
+  const files = machineFiles(dir);
+  try {
+    await createOverlay(files.overlay, base);
+    const argv = buildQemuArgv(
+      { id, dir, kernelPath: kernel, initrdPath: initrd, baseDiskPath: base, cpus: 1, memoryMib: 256, hostname: 'bare', accelerator },
+      files,
+    );
+    const started = performance.now();
+    const q = spawnQemu(argv, files.qemuLog);
+    try {
+      const agent = new AgentClient(await connectWithRetry(files.agentSocket, 30_000));
+      await agent.waitReady(Date.now() + 30_000);
+      const ms = performance.now() - started;
+      agent.close();
+      return ms;
+    } finally {
+      signalProcess(q.pid, 'SIGKILL');
+      await waitGone(q.pid, id, 5000);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const h = benchHome();
+  try {
+    // Warm up: start celld, set up assets, learn the paths the engine uses.
+    const client = await CellClient.connect({ home: h.home });
+    await client.setup({});
+    const info = await client.info();
+    const warm = await runCell(['run', '--rm', 'busybox', '--', 'true'], h.env);
+    if (warm.code !== 0) throw new Error(`warm-up run failed: ${warm.stderr}`);
+
+    const { ensureHostAssets } = await import('../src/host/index.js');
+    const assets = await ensureHostAssets({ cacheDir: info.cacheDir, install: false });
+    const busybox = assets.builtinImages.find((i) => i.reference === 'busybox')!;
+    const accel = info.accelerator as 'kvm' | 'tcg';
+
+    const bare: number[] = [];
+    const cell: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      bare.push(await bareBoot(assets.kernel.path, assets.initramfs.path, busybox.diskPath, accel));
+      const r = await runCell(['run', '--rm', 'busybox', '--', 'true'], h.env);
+      if (r.code !== 0) throw new Error(`cell run failed: ${r.stderr}`);
+      cell.push(r.ms);
+    }
+    const ratio = median(cell) / median(bare);
+    console.log(`accelerator: ${accel}; runs: ${RUNS} interleaved`);
+    console.log(`bare QEMU boot to agent ready: median ${fmt(median(bare))} (min ${fmt(Math.min(...bare))}, max ${fmt(Math.max(...bare))})`);
+    console.log(`cell run --rm busybox -- true:  median ${fmt(median(cell))} (min ${fmt(Math.min(...cell))}, max ${fmt(Math.max(...cell))})`);
+    console.log(`ratio cell/bare: ${ratio.toFixed(3)} (target <= 1.15)`);
+  } finally {
+    h.close();
+  }
+}
+
+await main();

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Benchmarks (figures go into README.md). Each prints ratios against a baseline run in the same script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+for b in bench/run-vs-bare.ts bench/exec-and-memory.ts; do
+  echo "== $b"
+  node --import tsx "$b"
+done
