@@ -1,0 +1,120 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { chmod, mkdir, mkdtemp, open, readFile, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+
+/**
+ * File helpers for the content-addressed cache. Everything the cache holds is built in a temp
+ * path on the same filesystem, fsynced, then renamed into place: a reader sees either nothing or
+ * a complete output, and a crash or failure mid-step leaves only a temp path behind (removed by
+ * the next set-up, see setup.ts).
+ */
+
+export function sha256Hex(...parts: (Buffer | string)[]): string {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p);
+  return h.digest('hex');
+}
+
+export function sha256File(path: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256');
+    createReadStream(path)
+      .on('data', (c) => h.update(c))
+      .on('error', reject)
+      .on('end', () => resolve(h.digest('hex')));
+  });
+}
+
+export async function fsyncPath(path: string): Promise<void> {
+  const fh = await open(path, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Writes `data` to `path` atomically (temp file in the same dir, fsync, rename, fsync dir). */
+export async function writeFileAtomic(path: string, data: Buffer | string, mode = 0o644): Promise<void> {
+  const dir = dirname(path);
+  await mkdir(dir, { recursive: true });
+  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    const fh = await open(tmp, 'wx', mode);
+    try {
+      await fh.writeFile(data);
+      await fh.chmod(mode); // the umask may have narrowed the mode given to open
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  await fsyncPath(dir);
+}
+
+/** Moves a finished temp file into place (it must already be fsynced) and makes the rename durable. */
+export async function publishFile(tmpPath: string, finalPath: string, mode?: number): Promise<void> {
+  await mkdir(dirname(finalPath), { recursive: true });
+  if (mode !== undefined) await chmod(tmpPath, mode);
+  await rename(tmpPath, finalPath);
+  await fsyncPath(dirname(finalPath));
+}
+
+/**
+ * Moves a finished temp directory into place. When `finalDir` already exists (another process
+ * published the same content first, or an outdated build of the same name), `replace` decides:
+ * false keeps the existing one and discards ours; true swaps ours in and removes the old one.
+ */
+export async function publishDir(tmpDir: string, finalDir: string, replace = false): Promise<void> {
+  await fsyncPath(tmpDir);
+  await mkdir(dirname(finalDir), { recursive: true });
+  try {
+    await rename(tmpDir, finalDir);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST') throw err;
+    if (!replace) {
+      await rm(tmpDir, { recursive: true, force: true });
+      return;
+    }
+    const old = `${tmpDir}.old`;
+    await rename(finalDir, old);
+    await rename(tmpDir, finalDir);
+    await rm(old, { recursive: true, force: true });
+  }
+  await fsyncPath(dirname(finalDir));
+}
+
+/** A fresh private work dir under `<cacheDir>/tmp` (same filesystem as the outputs, so renames work). */
+export async function makeWorkDir(cacheDir: string, label: string): Promise<string> {
+  const parent = join(cacheDir, 'tmp');
+  await mkdir(parent, { recursive: true });
+  return mkdtemp(join(parent, `${label}-`));
+}
+
+export async function readJsonIfExists<T>(path: string): Promise<T | null> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8')) as T;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR' || err instanceof SyntaxError) return null;
+    throw err;
+  }
+}
+
+/** Writes a file and fsyncs it (for files inside a temp dir that publishDir will move). */
+export async function writeFileSynced(path: string, data: Buffer | string, mode = 0o644): Promise<void> {
+  const fh = await open(path, 'w', mode);
+  try {
+    await fh.writeFile(data);
+    await fh.chmod(mode);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
