@@ -16,6 +16,7 @@ export interface RunResult {
 }
 
 /** How much of a failing command's stderr goes into the error message: enough to see why. */
+const STDERR_TAIL_LINES = 8;
 const STDERR_TAIL_CHARS = 1500;
 
 /**
@@ -98,7 +99,9 @@ export function hostSearchPath(env: NodeJS.ProcessEnv = process.env): string {
 
 const SBIN_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
 
+/** The last lines of a command's output as one line (error messages are one line). */
 function stderrTail(text: string): string {
-  const trimmed = text.trim();
-  return trimmed.length <= STDERR_TAIL_CHARS ? trimmed : `...${trimmed.slice(-STDERR_TAIL_CHARS)}`;
+  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+  const tail = lines.slice(-STDERR_TAIL_LINES).join(' | ');
+  return tail.length <= STDERR_TAIL_CHARS ? tail : `...${tail.slice(-STDERR_TAIL_CHARS)}`;
 }

@@ -1,4 +1,4 @@
-import { copyFile, mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { aptCandidate, aptDownload, aptStateFingerprint, aptUpdateOnce } from './apt.js';
@@ -87,7 +87,7 @@ export async function ensureKernel(opts: {
     // Offline (or the archive moved on): a kernel we already have still boots.
     const newest = cached[0];
     if (!newest) throw err;
-    const why = err instanceof Error ? err.message.split('\n')[0] : String(err);
+    const why = (err instanceof Error ? err.message : String(err)).slice(0, 400);
     return report(opts, 'cached', newest, `download failed (${why}), using the cached kernel`);
   }
   return report(opts, 'done', built);
@@ -153,6 +153,8 @@ function toGuestKernel(dir: string, manifest: KernelManifest): GuestKernel {
 
 async function downloadAndExtract(cacheDir: string, root: string, metaVersion: string): Promise<GuestKernel> {
   const work = await makeWorkDir(cacheDir, 'kernel');
+  // apt downloads as its _apt user, which must be able to reach the download dir.
+  await chmod(work, 0o711);
   try {
     const downloads = join(work, 'debs');
     await mkdir(downloads);

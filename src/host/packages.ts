@@ -43,9 +43,11 @@ export async function missingRequirements(
  * dpkg, no apt), so the common case costs nothing. Installing needs root and `install`; otherwise
  * the error says exactly what to install.
  */
-export async function ensureHostPackages(opts: { install?: boolean; onProgress?: ProgressFn } = {}): Promise<void> {
+export async function ensureHostPackages(
+  opts: { install?: boolean; onProgress?: ProgressFn; requirements?: readonly HostRequirement[] } = {},
+): Promise<void> {
   const step = 'host packages';
-  const missing = await missingRequirements();
+  const missing = await missingRequirements(opts.requirements);
   if (missing.length === 0) {
     opts.onProgress?.({ step, status: 'cached', detail: 'all present' });
     return;
