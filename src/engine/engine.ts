@@ -227,8 +227,9 @@ export class Engine {
     } finally {
       await this.stop(vm.id, 0).catch(() => {});
     }
+    const final = this.vms.get(vm.id) ?? vm;
     if (vm.spec.autoRemove) await this.remove(vm.id, true);
-    return { vm: this.vms.get(vm.id) ?? vm, result };
+    return { vm: final, result };
   }
 
   /** Runs the VM's main command; its output goes to the VM's log and to the sink. */
