@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { FastifyBaseLogger } from 'fastify';
 import { statusForCode } from '../api/routes.js';
-import { ErrorCodes, toCellError } from '../domain/errors.js';
+import { CellError, ErrorCodes, toCellError } from '../domain/errors.js';
 import type { Engine } from '../engine/engine.js';
 import { systemRoutes } from './routes/system.js';
 import { vmRoutes } from './routes/vms.js';
@@ -15,15 +15,30 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
     // A run or exec may last as long as the user's command does.
     requestTimeout: 0,
     connectionTimeout: 0,
+    // Unknown fields are a client's typo: refuse them instead of silently dropping them.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true } },
   });
 
   // Stdin for a running exec arrives as a raw, possibly long, byte stream: hand it over unparsed.
   app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
 
+  // An empty body with a JSON content type (DELETE, stop without options) means "no options".
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    const text = String(body);
+    if (text.trim() === '') return done(null, {});
+    try {
+      done(null, JSON.parse(text));
+    } catch {
+      done(new CellError(ErrorCodes.INVALID_ARGUMENT, 'invalid request: the body is not valid JSON'), undefined);
+    }
+  });
+
   app.setErrorHandler((err, request, reply) => {
-    const validation = (err as { validation?: unknown }).validation;
-    const cell = validation
-      ? { code: ErrorCodes.INVALID_ARGUMENT, message: `invalid request: ${(err as Error).message}`, details: undefined }
+    // Fastify's own 4xx errors (validation, bad content type) are the client's mistake.
+    const status = (err as { statusCode?: number }).statusCode;
+    const clientError = (err as { validation?: unknown }).validation || (status !== undefined && status >= 400 && status < 500 && !(err instanceof CellError));
+    const cell = clientError
+      ? { code: ErrorCodes.INVALID_ARGUMENT, message: `invalid request: ${describeClientError(err)}`, details: undefined }
       : toCellError(err);
     if (cell.code === ErrorCodes.INTERNAL) request.log.error({ err }, 'request failed');
     reply.code(statusForCode(cell.code)).send({ error: { code: cell.code, message: cell.message, details: cell.details } });
@@ -36,4 +51,10 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
   systemRoutes(app, engine);
   vmRoutes(app, engine);
   return app;
+}
+
+function describeClientError(err: unknown): string {
+  const first = (err as { validation?: { params?: { additionalProperty?: string } }[] }).validation?.[0];
+  if (first?.params?.additionalProperty) return `unknown field "${first.params.additionalProperty}"`;
+  return (err as Error).message;
 }
