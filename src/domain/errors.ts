@@ -19,6 +19,12 @@ export const ErrorCodes = {
   QMP_ERROR: 'qmp_error',
   DAEMON_UNAVAILABLE: 'daemon_unavailable',
   INTERNAL: 'internal',
+  DIGEST_MISMATCH: 'digest_mismatch',
+  UNSAFE_ARCHIVE: 'unsafe_archive',
+  REGISTRY_ERROR: 'registry_error',
+  UNAUTHORIZED: 'unauthorized',
+  UNSUPPORTED_MANIFEST: 'unsupported_manifest',
+  SIZE_LIMIT: 'size_limit',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

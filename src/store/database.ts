@@ -29,6 +29,25 @@ const MIGRATIONS: string[] = [
      created_at TEXT NOT NULL,
      last_used TEXT
    );`,
+  // OCI images: what a reference resolved to, which blobs each image digest needs, and pins that
+  // keep an image's disk and blobs alive while a VM or snapshot uses them (see image-pins.ts).
+  `ALTER TABLE images ADD COLUMN repo_digest TEXT;
+   ALTER TABLE images ADD COLUMN config_digest TEXT;
+   ALTER TABLE images ADD COLUMN platform TEXT;
+   CREATE TABLE image_blobs (
+     image_digest TEXT NOT NULL,
+     blob_digest TEXT NOT NULL,
+     PRIMARY KEY (image_digest, blob_digest)
+   );
+   CREATE INDEX image_blobs_by_blob ON image_blobs (blob_digest);
+   CREATE TABLE pins (
+     owner_kind TEXT NOT NULL,
+     owner_id TEXT NOT NULL,
+     digest TEXT NOT NULL,
+     created_at TEXT NOT NULL,
+     PRIMARY KEY (owner_kind, owner_id, digest)
+   );
+   CREATE INDEX pins_by_digest ON pins (digest);`,
 ];
 
 export type Db = Database.Database;

@@ -1,0 +1,221 @@
+import { createHash } from 'node:crypto';
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, rm, symlink, utimes } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CellError, ErrorCodes } from '../../domain/errors.js';
+import { runTool } from '../run-tool.js';
+import { ByteSource } from './byte-source.js';
+import { openTarStream } from './decompress.js';
+import { entryComponents, resolveDir, unsafe } from './safe-path.js';
+import { readTar, type TarEntry, type TarHeader } from './tar-reader.js';
+
+/**
+ * Applies one layer (a possibly compressed tar) on top of the tree in `state.root`, with OCI
+ * whiteout semantics: `.wh.NAME` deletes NAME from lower layers, `.wh..wh..opq` empties its
+ * directory of lower-layer content. State carried across layers: counters for the caps, xattrs to
+ * set at the end, warnings for what could not be reproduced.
+ */
+export interface UnpackLimits {
+  /** Entries over all layers. */
+  maxEntries: number;
+  /** Uncompressed tar bytes over all layers (guards against decompression bombs). */
+  maxBytes: number;
+}
+
+export interface UnpackState {
+  root: string;
+  limits: UnpackLimits;
+  entries: number;
+  bytes: number;
+  warnings: string[];
+  /** xattrs by image path, applied once all layers are in (a later layer may replace the file). */
+  xattrs: Map<string, Map<string, Buffer>>;
+  /** Image paths known to be real directories; cleared whenever something is removed. */
+  knownDirs: Set<string>;
+  isRoot: boolean;
+}
+
+const WHITEOUT = '.wh.';
+const OPAQUE = '.wh..wh..opq';
+
+export function newUnpackState(root: string, limits: UnpackLimits): UnpackState {
+  return { root, limits, entries: 0, bytes: 0, warnings: [], xattrs: new Map(), knownDirs: new Set(), isRoot: process.getuid?.() === 0 };
+}
+
+/** Returns the layer's diff id: the sha256 of its uncompressed tar. */
+export async function applyLayer(blobPath: string, state: UnpackState, what: string): Promise<string> {
+  const stream = await openTarStream(blobPath, what);
+  const hash = createHash('sha256');
+  async function* counted(): AsyncGenerator<Buffer> {
+    for await (const chunk of stream.bytes) {
+      state.bytes += chunk.length;
+      if (state.bytes > state.limits.maxBytes) {
+        throw new CellError(ErrorCodes.SIZE_LIMIT, `${what}: the image unpacks to more than ${state.limits.maxBytes} bytes`);
+      }
+      hash.update(chunk);
+      yield chunk;
+    }
+  }
+  const source = new ByteSource(counted(), what);
+  const layerPaths = new Set<string>();
+  const dirTimes: { path: string; mtime: number }[] = [];
+  try {
+    for await (const entry of readTar(source, what)) {
+      if (++state.entries > state.limits.maxEntries) {
+        throw new CellError(ErrorCodes.SIZE_LIMIT, `${what}: the image has more than ${state.limits.maxEntries} files`);
+      }
+      await applyEntry(entry, state, what, layerPaths, dirTimes);
+    }
+    await source.drain();
+    await stream.finished();
+  } catch (err) {
+    stream.destroy();
+    await source.close().catch(() => undefined);
+    throw err;
+  }
+  // Directory times last: creating their children changed them.
+  for (const d of dirTimes.reverse()) await utimes(d.path, d.mtime, d.mtime).catch(() => undefined);
+  return `sha256:${hash.digest('hex')}`;
+}
+
+async function applyEntry(
+  entry: TarEntry,
+  state: UnpackState,
+  what: string,
+  layerPaths: Set<string>,
+  dirTimes: { path: string; mtime: number }[],
+): Promise<void> {
+  const h = entry.header;
+  const parts = entryComponents(h.path, what);
+  if (parts.length === 0) {
+    // The root itself: only its metadata matters.
+    if (h.type === 'dir') await setMetadata(state.root, h, state, false);
+    return;
+  }
+  const base = parts[parts.length - 1]!;
+  const dirOpts = { entry: h.path, what, knownDirs: state.knownDirs };
+
+  if (base.startsWith(WHITEOUT)) {
+    if (base === OPAQUE) {
+      const dir = await resolveDir(state.root, parts.slice(0, -1), { ...dirOpts, create: true });
+      await makeOpaque(dir!.hostPath, dir!.imagePath, state, layerPaths);
+    } else if (base.startsWith(`${WHITEOUT}${WHITEOUT}`)) {
+      state.warnings.push(`${what}: ignored special whiteout ${h.path}`);
+    } else {
+      const parent = await resolveDir(state.root, parts.slice(0, -1), { ...dirOpts, create: false });
+      const name = base.slice(WHITEOUT.length);
+      if (parent && name && name !== '.' && name !== '..') await removePath(join(parent.hostPath, name), joinImage(parent.imagePath, name), state);
+    }
+    return;
+  }
+
+  const parent = await resolveDir(state.root, parts.slice(0, -1), { ...dirOpts, create: true });
+  const target = join(parent!.hostPath, base);
+  const imagePath = joinImage(parent!.imagePath, base);
+  // The path and its ancestors belong to this layer: an opaque marker must not remove them.
+  for (let i = imagePath.indexOf('/'); i !== -1; i = imagePath.indexOf('/', i + 1)) layerPaths.add(imagePath.slice(0, i));
+  layerPaths.add(imagePath);
+
+  const existing = await lstat(target).catch(() => undefined);
+  if (existing && !(existing.isDirectory() && h.type === 'dir')) await removePath(target, imagePath, state);
+  state.xattrs.delete(imagePath);
+
+  switch (h.type) {
+    case 'dir':
+      if (!existing?.isDirectory()) await mkdir(target, { mode: 0o700 });
+      state.knownDirs.add(imagePath);
+      await setMetadata(target, h, state, false);
+      dirTimes.push({ path: target, mtime: h.mtime });
+      break;
+    case 'file':
+      await writeFile(target, entry);
+      await setMetadata(target, h, state, true);
+      break;
+    case 'symlink':
+      await symlink(h.linkpath, target);
+      if (state.isRoot) await lchown(target, h.uid, h.gid);
+      await lutimes(target, h.mtime, h.mtime);
+      break;
+    case 'hardlink':
+      await hardLink(target, h, state, what);
+      break;
+    case 'char':
+    case 'block':
+    case 'fifo':
+      if (await makeNode(target, h, state, what)) await setMetadata(target, h, state, true);
+      break;
+    default:
+      state.warnings.push(`${what}: skipped ${h.path} (unsupported tar entry type '${h.typeflag}')`);
+      return;
+  }
+  if (h.xattrs.size > 0 && (h.type === 'file' || h.type === 'dir')) state.xattrs.set(imagePath, h.xattrs);
+}
+
+function joinImage(dir: string, name: string): string {
+  return dir ? `${dir}/${name}` : name;
+}
+
+async function writeFile(target: string, entry: TarEntry): Promise<void> {
+  const fh = await open(target, 'wx', 0o600);
+  try {
+    let pos = 0;
+    for await (const chunk of entry.body()) {
+      let off = 0;
+      while (off < chunk.length) {
+        const { bytesWritten } = await fh.write(chunk, off, chunk.length - off, pos);
+        off += bytesWritten;
+        pos += bytesWritten;
+      }
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Owner first (chown clears set-id bits), then mode, then times. */
+async function setMetadata(path: string, h: TarHeader, state: UnpackState, withTimes: boolean): Promise<void> {
+  if (state.isRoot) await lchown(path, h.uid, h.gid);
+  await chmod(path, h.mode);
+  if (withTimes) await utimes(path, h.mtime, h.mtime);
+}
+
+async function hardLink(target: string, h: TarHeader, state: UnpackState, what: string): Promise<void> {
+  const parts = entryComponents(h.linkpath, what);
+  if (parts.length === 0) throw unsafe(h.path, `hard link to the root directory`, what);
+  const dir = await resolveDir(state.root, parts.slice(0, -1), { entry: h.path, what, knownDirs: state.knownDirs, create: false });
+  const source = dir ? join(dir.hostPath, parts[parts.length - 1]!) : undefined;
+  const st = source ? await lstat(source).catch(() => undefined) : undefined;
+  if (!source || !st) throw unsafe(h.path, `hard link target "${h.linkpath}" does not exist in the image`, what);
+  if (st.isDirectory()) throw unsafe(h.path, `hard link target "${h.linkpath}" is a directory`, what);
+  await link(source, target);
+}
+
+/** Device nodes and FIFOs via mknod(1) (Node has no mknod); without the privilege, a warning. */
+async function makeNode(target: string, h: TarHeader, state: UnpackState, what: string): Promise<boolean> {
+  const kind = h.type === 'char' ? ['c', String(h.devmajor), String(h.devminor)] : h.type === 'block' ? ['b', String(h.devmajor), String(h.devminor)] : ['p'];
+  try {
+    await runTool('mknod', ['-m', (h.mode & 0o777).toString(8), '--', target, ...kind], { code: ErrorCodes.UNSAFE_ARCHIVE, pkg: 'coreutils' });
+    return true;
+  } catch (err) {
+    state.warnings.push(`${what}: could not create device ${h.path}: ${(err as Error).message}`);
+    return false;
+  }
+}
+
+async function removePath(hostPath: string, imagePath: string, state: UnpackState): Promise<void> {
+  await rm(hostPath, { recursive: true, force: true });
+  state.knownDirs.clear();
+  const prefix = `${imagePath}/`;
+  for (const key of state.xattrs.keys()) if (key === imagePath || key.startsWith(prefix)) state.xattrs.delete(key);
+}
+
+/**
+ * Removes what lower layers put in the directory, at any depth; what this layer wrote stays
+ * (the marker may come after its siblings in the tar).
+ */
+async function makeOpaque(hostDir: string, imageDir: string, state: UnpackState, layerPaths: Set<string>): Promise<void> {
+  for (const entry of await readdir(hostDir, { withFileTypes: true })) {
+    const imagePath = joinImage(imageDir, entry.name);
+    if (!layerPaths.has(imagePath)) await removePath(join(hostDir, entry.name), imagePath, state);
+    else if (entry.isDirectory()) await makeOpaque(join(hostDir, entry.name), imagePath, state, layerPaths);
+  }
+}

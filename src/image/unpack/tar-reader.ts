@@ -1,0 +1,217 @@
+import { CellError, ErrorCodes } from '../../domain/errors.js';
+import { ByteSource } from './byte-source.js';
+
+/**
+ * A streaming tar reader for ustar, POSIX pax and GNU long-name archives: what image layers and
+ * docker-save/OCI-layout archives use. Written here (rather than taken from a package) so that
+ * every field the unpacker trusts is parsed in one place we control, and bodies stream with
+ * back-pressure into whatever the caller awaits.
+ */
+export type TarEntryType = 'file' | 'hardlink' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo' | 'other';
+
+export interface TarHeader {
+  path: string;
+  type: TarEntryType;
+  /** The raw type flag, for messages about entries of type `other`. */
+  typeflag: string;
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  /** Seconds since the epoch (pax allows fractions). */
+  mtime: number;
+  linkpath: string;
+  devmajor: number;
+  devminor: number;
+  xattrs: Map<string, Buffer>;
+}
+
+export interface TarEntry {
+  header: TarHeader;
+  /** The entry's contents; if not read, they are skipped when the next entry is asked for. */
+  body(): AsyncGenerator<Buffer>;
+}
+
+const BLOCK = 512;
+/** pax and GNU long-name records are metadata: anything this big is hostile. */
+const MAX_META_BYTES = 1024 * 1024;
+
+function bad(what: string, why: string): CellError {
+  return new CellError(ErrorCodes.UNSAFE_ARCHIVE, `${what}: ${why}`);
+}
+
+function cString(buf: Buffer, start: number, len: number): string {
+  const field = buf.subarray(start, start + len);
+  const nul = field.indexOf(0);
+  return field.subarray(0, nul === -1 ? len : nul).toString('utf8');
+}
+
+/** Octal ASCII, or GNU base-256 when the high bit of the first byte is set. */
+function parseNumber(buf: Buffer, start: number, len: number, what: string): number {
+  const field = buf.subarray(start, start + len);
+  if (field[0]! & 0x80) {
+    if (field[0] === 0xff) throw bad(what, 'a negative number in a tar header');
+    let value = field[0]! & 0x7f;
+    for (let i = 1; i < field.length; i++) {
+      value = value * 256 + field[i]!;
+      if (!Number.isSafeInteger(value)) throw bad(what, 'a number too large in a tar header');
+    }
+    return value;
+  }
+  const text = field.toString('latin1').replace(/[\0 ]+$/g, '').replace(/^[ ]+/, '').split('\0')[0]!.trim();
+  if (text === '') return 0;
+  if (!/^[0-7]+$/.test(text)) throw bad(what, `an invalid number "${text.slice(0, 20)}" in a tar header`);
+  return parseInt(text, 8);
+}
+
+function checksumOk(block: Buffer, what: string): boolean {
+  const stored = parseNumber(block, 148, 8, what);
+  let unsigned = 0;
+  let signed = 0;
+  for (let i = 0; i < BLOCK; i++) {
+    const b = i >= 148 && i < 156 ? 0x20 : block[i]!;
+    unsigned += b;
+    signed += b > 127 ? b - 256 : b;
+  }
+  return stored === unsigned || stored === signed;
+}
+
+function typeOf(flag: string, name: string): TarEntryType {
+  switch (flag) {
+    case '0':
+    case '\0':
+    case '':
+    case '7':
+      return name.endsWith('/') ? 'dir' : 'file';
+    case '1':
+      return 'hardlink';
+    case '2':
+      return 'symlink';
+    case '3':
+      return 'char';
+    case '4':
+      return 'block';
+    case '5':
+      return 'dir';
+    case '6':
+      return 'fifo';
+    default:
+      return 'other';
+  }
+}
+
+/** pax extended header records: "<len> <key>=<value>\n", len counting the whole record. */
+function parsePax(data: Buffer, what: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  let pos = 0;
+  while (pos < data.length) {
+    if (data[pos] === 0) break;
+    const space = data.indexOf(0x20, pos);
+    if (space === -1) throw bad(what, 'a malformed pax record');
+    const len = Number(data.subarray(pos, space).toString('latin1'));
+    if (!Number.isSafeInteger(len) || len <= space - pos || pos + len > data.length) throw bad(what, 'a malformed pax record length');
+    const record = data.subarray(space + 1, pos + len - 1);
+    const eq = record.indexOf(0x3d);
+    if (eq === -1) throw bad(what, 'a pax record without "="');
+    out.set(record.subarray(0, eq).toString('utf8'), Buffer.from(record.subarray(eq + 1)));
+    pos += len;
+  }
+  return out;
+}
+
+function applyPax(h: TarHeader, pax: Map<string, Buffer>, what: string): void {
+  for (const [key, value] of pax) {
+    const text = value.toString('utf8');
+    const num = (): number => {
+      const n = Number(text);
+      if (!Number.isFinite(n) || n < 0) throw bad(what, `pax ${key}=${text.slice(0, 30)} is not a valid number`);
+      return n;
+    };
+    if (key === 'path') h.path = text;
+    else if (key === 'linkpath') h.linkpath = text;
+    else if (key === 'size') h.size = num();
+    else if (key === 'uid') h.uid = num();
+    else if (key === 'gid') h.gid = num();
+    else if (key === 'mtime') h.mtime = num();
+    else if (key.startsWith('SCHILY.xattr.')) h.xattrs.set(key.slice('SCHILY.xattr.'.length), value);
+    else if (key.startsWith('LIBARCHIVE.xattr.')) {
+      h.xattrs.set(decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length)), Buffer.from(text, 'base64'));
+    } else if (key.startsWith('GNU.sparse.')) throw bad(what, `sparse file ${h.path || '(unnamed)'} is not supported`);
+  }
+  if (!Number.isSafeInteger(h.size)) throw bad(what, `entry ${h.path} has an invalid size`);
+}
+
+/**
+ * Yields the entries of a tar stream in order. The caller must finish with one entry (or leave
+ * its body unread) before asking for the next. Ends at the end-of-archive blocks or the stream's end.
+ */
+export async function* readTar(source: ByteSource, what: string): AsyncGenerator<TarEntry> {
+  let globalPax = new Map<string, Buffer>();
+  let pax: Map<string, Buffer> | undefined;
+  let longName: string | undefined;
+  let longLink: string | undefined;
+
+  for (;;) {
+    const block = await source.readExact(BLOCK);
+    if (!block) return;
+    if (block.every((b) => b === 0)) return;
+    if (!checksumOk(block, what)) throw bad(what, 'not a tar archive (header checksum mismatch)');
+
+    const magic = block.subarray(257, 263).toString('latin1');
+    const flag = String.fromCharCode(block[156]!);
+    let name = cString(block, 0, 100);
+    if (magic === 'ustar\0') {
+      const prefix = cString(block, 345, 155);
+      if (prefix) name = `${prefix}/${name}`;
+    }
+    const size = parseNumber(block, 124, 12, what);
+
+    if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
+      if (size > MAX_META_BYTES) throw bad(what, `a ${flag} metadata record of ${size} bytes`);
+      const data = (await source.readExact(Math.ceil(size / BLOCK) * BLOCK))?.subarray(0, size);
+      if (!data) throw bad(what, 'the archive ends inside a metadata record');
+      if (flag === 'x') pax = new Map([...(pax ?? []), ...parsePax(data, what)]);
+      else if (flag === 'g') globalPax = new Map([...globalPax, ...parsePax(data, what)]);
+      else if (flag === 'L') longName = cString(data, 0, data.length);
+      else longLink = cString(data, 0, data.length);
+      continue;
+    }
+    if (flag === 'S') throw bad(what, `GNU sparse file ${longName ?? name} is not supported`);
+
+    const header: TarHeader = {
+      path: longName ?? name,
+      type: 'file',
+      typeflag: flag,
+      size,
+      mode: parseNumber(block, 100, 8, what) & 0o7777,
+      uid: parseNumber(block, 108, 8, what),
+      gid: parseNumber(block, 116, 8, what),
+      mtime: parseNumber(block, 136, 12, what),
+      linkpath: longLink ?? cString(block, 157, 100),
+      devmajor: magic.startsWith('ustar') ? parseNumber(block, 329, 8, what) : 0,
+      devminor: magic.startsWith('ustar') ? parseNumber(block, 337, 8, what) : 0,
+      xattrs: new Map(),
+    };
+    applyPax(header, new Map([...globalPax, ...(pax ?? [])]), what);
+    header.type = typeOf(flag, header.path);
+    // Only regular files (and unknown types) have contents. A hard link may carry data blocks
+    // (pax allows it), which are skipped; dirs, symlinks and devices never do (as libarchive reads them).
+    const bodySize = header.type === 'file' || header.type === 'other' ? header.size : 0;
+    const dataBytes = header.type === 'hardlink' ? Math.ceil(header.size / BLOCK) * BLOCK : Math.ceil(bodySize / BLOCK) * BLOCK;
+    if (header.type !== 'file' && header.type !== 'other') header.size = 0;
+    pax = undefined;
+    longName = undefined;
+    longLink = undefined;
+
+    let read = 0;
+    const body = async function* (): AsyncGenerator<Buffer> {
+      for await (const chunk of source.chunks(bodySize - read)) {
+        read += chunk.length;
+        yield chunk;
+      }
+    };
+    yield { header, body };
+    if (read < bodySize) await source.skip(bodySize - read);
+    if (dataBytes > bodySize) await source.skip(dataBytes - bodySize);
+  }
+}

@@ -1,0 +1,99 @@
+import { mkdtemp, mkdir, realpath, rm, writeFile, chmod } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CellError, ErrorCodes } from '../../domain/errors.js';
+import { runTool } from '../run-tool.js';
+import { applyLayer, newUnpackState, type UnpackLimits, type UnpackState } from './apply-layer.js';
+
+/**
+ * Unpacks an image's layers, in order, into a fresh staging dir. Layers may still be downloading:
+ * each is awaited just before it is applied, so unpacking overlaps the downloads. On any failure
+ * the staging dir is removed before the error propagates.
+ */
+export const DEFAULT_UNPACK_LIMITS: UnpackLimits = {
+  maxEntries: 2_000_000,
+  maxBytes: 64 * 1024 ** 3,
+};
+
+export interface LayerToUnpack {
+  /** The blob file, or a promise of it (the download in flight). */
+  path: string | Promise<string>;
+  what: string;
+  /** From the config's rootfs.diff_ids: checked when present. */
+  diffId?: string;
+}
+
+export interface Unpacked {
+  dir: string;
+  entries: number;
+  bytes: number;
+  warnings: string[];
+}
+
+export async function unpackLayers(opts: {
+  layers: readonly LayerToUnpack[];
+  /** Parent of the staging dir: same filesystem as the store. */
+  workDir: string;
+  limits?: Partial<UnpackLimits>;
+  onLayer?: (index: number, count: number) => void;
+}): Promise<Unpacked> {
+  await mkdir(opts.workDir, { recursive: true });
+  const dir = await mkdtemp(join(opts.workDir, 'unpack-'));
+  try {
+    const root = join(dir, 'rootfs');
+    await mkdir(root, { mode: 0o755 });
+    const state = newUnpackState(await realpath(root), { ...DEFAULT_UNPACK_LIMITS, ...opts.limits });
+    for (const [i, layer] of opts.layers.entries()) {
+      const path = await layer.path;
+      opts.onLayer?.(i, opts.layers.length);
+      const diffId = await applyLayer(path, state, layer.what);
+      if (layer.diffId && layer.diffId !== diffId) {
+        throw new CellError(ErrorCodes.DIGEST_MISMATCH, `${layer.what}: uncompressed content ${diffId} does not match the config's diff id ${layer.diffId}`);
+      }
+    }
+    await applyXattrs(state, dir);
+    return { dir, entries: state.entries, bytes: state.bytes, warnings: state.warnings };
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/** The staged tree inside an unpack dir. */
+export function rootfsOf(unpacked: Unpacked): string {
+  return join(unpacked.dir, 'rootfs');
+}
+
+function escapePath(path: string): string {
+  let out = '';
+  for (const byte of Buffer.from(path, 'utf8')) {
+    out += byte > 0x20 && byte < 0x7f && byte !== 0x5c ? String.fromCharCode(byte) : `\\${byte.toString(8).padStart(3, '0')}`;
+  }
+  return out;
+}
+
+/** One `setfattr --restore` for the whole tree (after every chown, which would clear capabilities). */
+async function applyXattrs(state: UnpackState, workDir: string): Promise<void> {
+  if (state.xattrs.size === 0) return;
+  const lines: string[] = [];
+  for (const [path, attrs] of state.xattrs) {
+    lines.push(`# file: ${escapePath(path)}`);
+    for (const [name, value] of attrs) {
+      if (!/^(user|trusted|security)\.[\x21-\x7e]+$/.test(name) || name.includes('=')) {
+        state.warnings.push(`skipped xattr ${name} on /${path}`);
+        continue;
+      }
+      lines.push(`${name}=0x${value.toString('hex')}`);
+    }
+    lines.push('');
+  }
+  const dump = join(workDir, 'xattrs.dump');
+  await writeFile(dump, `${lines.join('\n')}\n`);
+  await chmod(dump, 0o600);
+  try {
+    await runTool('setfattr', [`--restore=${dump}`], { code: ErrorCodes.UNSAFE_ARCHIVE, pkg: 'attr', cwd: state.root });
+  } catch (err) {
+    state.warnings.push(`extended attributes of ${state.xattrs.size} files not set: ${(err as Error).message}`);
+  } finally {
+    await rm(dump, { force: true });
+  }
+}
