@@ -22,12 +22,16 @@ export const GUEST_MODULE_DIR = '/lib/modules';
 export const GUEST_MODULE_LIST = '/etc/cell/modules';
 
 /**
- * gzip, measured: uncompressed spares the guest inflating under TCG, yet boots slower, presumably
- * because getting a 3x larger -initrd into the guest costs more than inflating. Time from QEMU spawn to
- * /init's first console write, 7 alternating boots each, -M microvm, TCG, 2-core Xeon host:
- *   none 1.63 MB: median 1735 ms (1720-2048) | gzip -9 0.57 MB: median 1615 ms (1604-1678)
- *   xz 0.43 MB: 1971 ms (decompression dominates) | zstd -19 0.47 MB: 1634 ms
- * gzip needs no tool beyond node:zlib, so gzip it is.
+ * gzip, measured rather than assumed. Uncompressed spares the guest the inflate under TCG (dmesg:
+ * unpacking takes 35 ms instead of 83 ms), but QEMU then loads a 2.8x larger -initrd, and the two
+ * about cancel out. QEMU spawn to the agent's root mount (cell.debug=1), real agent, TCG, 2-core
+ * host shared with other work, 21 alternating boots each, medians:
+ *   gzip (0.64 MB) 1870 ms wall, 1820 ms QEMU CPU | none (1.78 MB) 1880 ms wall, 1870 ms QEMU CPU
+ *   (another series: 1878 vs 1852 ms wall; a tie within noise)
+ * With a trivial /init, to its first console write: gzip 1615 ms, none 1735 ms (7 each);
+ * xz (0.43 MB) 1971 ms (inflating dominates); zstd -19 (0.47 MB) 1634 ms, no better than gzip.
+ * gzip: never slower, less CPU per boot (what counts when many guests boot at once), and it needs
+ * nothing beyond node:zlib.
  */
 export const INITRAMFS_COMPRESSION: 'none' | 'gzip' = 'gzip';
 
