@@ -179,7 +179,7 @@ async function setMetadata(path: string, h: TarHeader, state: UnpackState, withT
 }
 
 async function hardLink(target: string, h: TarHeader, state: UnpackState, what: string): Promise<void> {
-  const parts = entryComponents(h.linkpath, what);
+  const parts = entryComponents(h.linkpath, what, h.path);
   if (parts.length === 0) throw unsafe(h.path, `hard link to the root directory`, what);
   const dir = await resolveDir(state.root, parts.slice(0, -1), { entry: h.path, what, knownDirs: state.knownDirs, create: false });
   const source = dir ? join(dir.hostPath, parts[parts.length - 1]!) : undefined;

@@ -17,10 +17,12 @@ export function unsafe(entry: string, why: string, what: string): CellError {
 }
 
 /** The entry's path as components inside the root; [] is the root itself. */
-export function entryComponents(name: string, what: string): string[] {
-  if (name.includes('\0')) throw unsafe(name, 'the name contains a NUL byte', what);
+export function entryComponents(name: string, what: string, linkOf?: string): string[] {
+  const entry = linkOf ?? name;
+  const subject = linkOf ? `its hard link target "${name}"` : 'the path';
+  if (name.includes('\0')) throw unsafe(entry, `${subject} contains a NUL byte`, what);
   const parts = name.split('/').filter((p) => p !== '' && p !== '.');
-  if (parts.includes('..')) throw unsafe(name, 'the path has a ".." component', what);
+  if (parts.includes('..')) throw unsafe(entry, `${subject} has a ".." component`, what);
   return parts;
 }
 
