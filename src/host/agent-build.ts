@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { run } from './exec.js';
-import { fsyncPath, makeWorkDir, publishDir, readJsonIfExists, sha256File, sha256Hex, writeFileSynced } from './files.js';
+import { fsyncPath, isFile, makeWorkDir, publishDir, readJsonIfExists, sha256File, sha256Hex, writeFileSynced } from './files.js';
 import type { ProgressFn } from './types.js';
 
 /**
@@ -62,7 +62,7 @@ export async function ensureAgent(opts: { cacheDir: string; source?: string; onP
   const dir = join(opts.cacheDir, 'agent', key);
 
   const manifest = await readJsonIfExists<AgentManifest>(join(dir, 'manifest.json'));
-  if (manifest?.key === key) {
+  if (manifest?.key === key && (await isFile(join(dir, AGENT_BINARY_NAME)))) {
     opts.onProgress?.({ step: STEP, status: 'cached', detail: key.slice(0, 12) });
     return { path: join(dir, AGENT_BINARY_NAME), digest: `sha256:${manifest.sha256}`, key };
   }
@@ -88,7 +88,7 @@ export async function ensureAgent(opts: { cacheDir: string; source?: string; onP
       flags: GCC_FLAGS,
     };
     await writeFileSynced(join(out, 'manifest.json'), JSON.stringify(built, null, 2));
-    await publishDir(out, dir);
+    await publishDir(out, dir, true);
     opts.onProgress?.({ step: STEP, status: 'done', detail: `${key.slice(0, 12)} (${built.size} bytes)` });
     return { path: join(dir, AGENT_BINARY_NAME), digest: `sha256:${built.sha256}`, key };
   } finally {

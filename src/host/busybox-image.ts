@@ -1,9 +1,9 @@
-import { copyFile, lutimes, mkdir, open, readdir, rm, stat, symlink, chmod } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { chmod, copyFile, lutimes, mkdir, open, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { ImageConfig } from '../domain/image.js';
 import { run } from './exec.js';
-import { fsyncPath, makeWorkDir, publishFile, readJsonIfExists, sha256File, sha256Hex, writeFileAtomic } from './files.js';
+import { fsyncPath, isFile, makeWorkDir, publishFile, readJsonIfExists, sha256File, sha256Hex, writeFileAtomic } from './files.js';
 import { STATIC_BUSYBOX } from './packages.js';
 import type { BuiltinImage, ProgressFn } from './types.js';
 
@@ -15,7 +15,7 @@ import type { BuiltinImage, ProgressFn } from './types.js';
  */
 const STEP = 'image busybox';
 /** Bump when the staging tree or the mke2fs options change. */
-const IMAGE_LAYOUT = 1;
+const IMAGE_LAYOUT = 2;
 const REFERENCE = 'busybox';
 const MIB = 1024 * 1024;
 /**
@@ -57,9 +57,9 @@ export async function ensureBusyboxImage(opts: {
   const recordPath = join(dir, `${key}.json`);
 
   const existing = await readJsonIfExists<ImageRecordFile>(recordPath);
-  if (existing?.key === key) {
+  if (existing?.key === key && (await isFile(diskPath))) {
     opts.onProgress?.({ step: STEP, status: 'cached', detail: `${existing.digest.slice(0, 19)} (${existing.sizeBytes} bytes)` });
-    return toImage(existing);
+    return toImage(existing, diskPath);
   }
 
   opts.onProgress?.({ step: STEP, status: 'start' });
@@ -83,49 +83,54 @@ export async function ensureBusyboxImage(opts: {
     await publishFile(disk, diskPath, 0o444);
     await writeFileAtomic(recordPath, JSON.stringify(record, null, 2));
     opts.onProgress?.({ step: STEP, status: 'done', detail: `${record.digest.slice(0, 19)} (${sizeMib} MiB)` });
-    return toImage(record);
+    return toImage(record, diskPath);
   } finally {
     await rm(work, { recursive: true, force: true });
   }
 }
 
-function toImage(r: ImageRecordFile): BuiltinImage {
-  return { reference: r.reference, digest: r.digest, diskPath: r.diskPath, sizeBytes: r.sizeBytes, config: r.config };
+/** diskPath comes from where the record was found, so a moved cache dir still works. */
+function toImage(r: ImageRecordFile, diskPath: string): BuiltinImage {
+  return { reference: r.reference, digest: r.digest, diskPath, sizeBytes: r.sizeBytes, config: r.config };
 }
+
+/** Directories of the image and their modes (set explicitly: the umask must not leak into the image). */
+const DIRS: readonly [string, number][] = [
+  ['bin', 0o755], ['sbin', 0o755], ['usr', 0o755], ['usr/bin', 0o755], ['usr/sbin', 0o755],
+  ['etc', 0o755], ['proc', 0o555], ['sys', 0o555], ['dev', 0o755], ['run', 0o755], ['home', 0o755],
+  ['root', 0o700], ['tmp', 0o1777], ['var', 0o755], ['var/tmp', 0o1777],
+];
+
+const ETC_FILES: readonly [string, number, string][] = [
+  ['passwd', 0o644, 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n'],
+  ['group', 0o644, 'root:x:0:\nnogroup:x:65534:\n'],
+  ['shadow', 0o600, 'root:*:0:0:99999:7:::\nnobody:*:0:0:99999:7:::\n'],
+  // The agent sets the running hostname from the kernel command line; this is only the default.
+  ['hostname', 0o644, 'cell\n'],
+  ['hosts', 0o644, '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n'],
+  ['os-release', 0o644, 'NAME="cellvm busybox"\nID=busybox\nPRETTY_NAME="cellvm busybox"\n'],
+];
 
 /** Builds the image's tree in `root`; returns the bytes of content (for sizing). */
 async function stageRoot(root: string, busybox: string): Promise<number> {
-  for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'etc', 'proc', 'sys', 'dev', 'run', 'var', 'root', 'home']) {
-    await mkdir(join(root, d), { recursive: true, mode: 0o755 });
+  await mkdir(root);
+  await chmod(root, 0o755);
+  for (const [dir, mode] of DIRS) {
+    await mkdir(join(root, dir));
+    await chmod(join(root, dir), mode);
   }
-  await mkdir(join(root, 'tmp'));
-  await mkdir(join(root, 'var', 'tmp'));
-  await chmod(join(root, 'tmp'), 0o1777);
-  await chmod(join(root, 'var', 'tmp'), 0o1777);
-  await chmod(join(root, 'root'), 0o700);
-
   await copyFile(busybox, join(root, 'bin', 'busybox'));
   await chmod(join(root, 'bin', 'busybox'), 0o755);
   const applets = (await run(busybox, ['--list-full'])).stdout.split('\n').map((l) => l.trim());
   for (const applet of applets) {
-    // linuxrc is the initrd-era init; bin/busybox is the binary itself.
+    // linuxrc is the initrd-era init; bin/busybox is the binary itself. Applets live in the four
+    // bin dirs made above.
     if (!applet || applet === 'linuxrc' || applet === 'bin/busybox' || applet.includes('..')) continue;
-    await mkdir(join(root, dirname(applet)), { recursive: true });
     await symlink('/bin/busybox', join(root, applet));
   }
-
-  const etc: Record<string, string> = {
-    passwd: 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n',
-    group: 'root:x:0:\nnogroup:x:65534:\n',
-    shadow: 'root:*:0:0:99999:7:::\nnobody:*:0:0:99999:7:::\n',
-    hostname: 'cell\n',
-    hosts: '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n',
-    'os-release': 'NAME="cellvm busybox"\nID=busybox\nPRETTY_NAME="cellvm busybox"\n',
-  };
-  for (const [name, text] of Object.entries(etc)) {
-    const fh = await open(join(root, 'etc', name), 'w', name === 'shadow' ? 0o600 : 0o644);
-    await fh.writeFile(text);
-    await fh.close();
+  for (const [name, mode, text] of ETC_FILES) {
+    await writeFile(join(root, 'etc', name), text);
+    await chmod(join(root, 'etc', name), mode);
   }
   return normalizeTimes(root);
 }

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import type { AgentBinary } from './agent-build.js';
 import { CpioWriter } from './cpio.js';
-import { makeWorkDir, publishFile, readJsonIfExists, sha256Hex, writeFileAtomic, writeFileSynced } from './files.js';
+import { isFile, makeWorkDir, publishFile, readJsonIfExists, sha256Hex, writeFileAtomic, writeFileSynced } from './files.js';
 import type { GuestKernel } from './kernel.js';
 import type { ProgressFn } from './types.js';
 
@@ -70,7 +70,7 @@ export async function ensureInitramfs(opts: {
   const markerPath = join(dir, `${key}.json`);
 
   const marker = await readJsonIfExists<InitramfsMarker>(markerPath);
-  if (marker?.key === key) {
+  if (marker?.key === key && (await isFile(path))) {
     opts.onProgress?.({ step: STEP, status: 'cached', detail: `${key.slice(0, 12)} (${marker.size} bytes)` });
     return { path, digest: `sha256:${marker.sha256}`, sizeBytes: marker.size };
   }
