@@ -1,0 +1,130 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { importArchive } from '../../src/image/archive/import.js';
+import { exportImage } from '../../src/image/archive/export.js';
+import { collectGarbage, evictImages, removeImageReference } from '../../src/image/gc.js';
+import { sha256Digest } from '../../src/image/digest.js';
+import { ImagePins } from '../../src/store/image-pins.js';
+import { isCellError } from '../../src/domain/errors.js';
+import { tarOfTree } from './image-builder.js';
+import { dumpDisk, imageRows, makeStore, storeFiles } from './helpers.js';
+
+/** A docker-save archive made by hand: manifest.json, the config, one dir per layer, a linked repeat. */
+function dockerSave(dir: string, tag: string, layers: Buffer[]): string {
+  const root = join(dir, 'save');
+  mkdirSync(root, { recursive: true });
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/app'], Env: ['X=y'] }, rootfs: { type: 'layers', diff_ids: layers.map((l) => sha256Digest(l)) } }));
+  const configName = `${sha256Digest(config).slice(7)}.json`;
+  writeFileSync(join(root, configName), config);
+  const names: string[] = [];
+  layers.forEach((l, i) => {
+    const id = `layer${i}`;
+    mkdirSync(join(root, id));
+    if (i > 0 && l.equals(layers[0]!)) symlinkSync('../layer0/layer.tar', join(root, id, 'layer.tar'));
+    else writeFileSync(join(root, id, 'layer.tar'), l);
+    names.push(`${id}/layer.tar`);
+  });
+  writeFileSync(join(root, 'manifest.json'), JSON.stringify([{ Config: configName, RepoTags: [tag], Layers: names }]));
+  const file = join(dir, 'save.tar');
+  execFileSync('tar', ['-C', root, '-cf', file, '.']);
+  return file;
+}
+
+test('docker-save import, OCI-layout export and re-import, skopeo reads the export', async () => {
+  const dir = mkdtempSync('/tmp/cellt-archive-');
+  const s = makeStore();
+  const s2 = makeStore();
+  try {
+    const layer0 = tarOfTree({ 'bin/app': '#!/bin/sh\n', 'etc/a': 'a' });
+    const file = dockerSave(dir, 'example.com/team/app:2', [layer0, tarOfTree({ 'etc/.wh.a': '', 'etc/b': 'b' }), layer0]);
+    const imported = await importArchive({ file, storeRoot: s.root, db: s.db });
+    assert.equal(imported.reference, 'example.com/team/app:2');
+    assert.deepEqual(imported.config, { Cmd: ['/bin/app'], Env: ['X=y'] });
+    const dump = dumpDisk(imported.diskPath);
+    try {
+      assert.equal(readFileSync(join(dump.dir, 'bin/app'), 'utf8'), '#!/bin/sh\n');
+      assert.equal(readFileSync(join(dump.dir, 'etc/a'), 'utf8'), 'a');
+      assert.equal(readFileSync(join(dump.dir, 'etc/b'), 'utf8'), 'b');
+    } finally {
+      dump.cleanup();
+    }
+    assert.deepEqual(storeFiles(s.root).filter((f) => f.startsWith('tmp/')), []);
+
+    const exported = join(dir, 'export.tar');
+    const out = await exportImage({ reference: 'example.com/team/app:2', file: exported, storeRoot: s.root, db: s.db });
+    assert.equal(out.digest, imported.digest);
+    const inspected = JSON.parse(execFileSync('skopeo', ['inspect', `oci-archive:${exported}`], { encoding: 'utf8' }));
+    assert.equal(inspected.Digest, imported.digest);
+
+    const again = await importArchive({ file: exported, storeRoot: s2.root, db: s2.db });
+    assert.equal(again.digest, imported.digest);
+    assert.equal(again.reference, 'example.com/team/app:2');
+  } finally {
+    s.cleanup();
+    s2.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a corrupt blob in an OCI archive is refused and leaves nothing', async () => {
+  const dir = mkdtempSync('/tmp/cellt-archive-');
+  const s = makeStore();
+  const s2 = makeStore();
+  try {
+    const file = dockerSave(dir, 'example.com/x:1', [tarOfTree({ f: 'content' })]);
+    await importArchive({ file, storeRoot: s.root, db: s.db });
+    const exported = join(dir, 'export.tar');
+    await exportImage({ reference: 'example.com/x:1', file: exported, storeRoot: s.root, db: s.db });
+    // Flip bytes inside the archive's layer blob (the tar data of "content").
+    const bytes = readFileSync(exported);
+    const at = bytes.indexOf(Buffer.from('content'));
+    assert.ok(at > 0);
+    bytes.write('CONTENT', at);
+    writeFileSync(exported, bytes);
+    await assert.rejects(importArchive({ file: exported, storeRoot: s2.root, db: s2.db }), (err: unknown) => isCellError(err) && err.code === 'digest_mismatch');
+    assert.deepEqual(storeFiles(s2.root), []);
+    assert.equal(imageRows(s2.db), 0);
+  } finally {
+    s.cleanup();
+    s2.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('garbage collection spares pinned content; LRU eviction skips pinned images', async () => {
+  const dir = mkdtempSync('/tmp/cellt-archive-');
+  const s = makeStore();
+  try {
+    const a = await importArchive({ file: dockerSave(join(dir, 'a'), 'example.com/a:1', [tarOfTree({ a: 'a' })]), storeRoot: s.root, db: s.db });
+    const b = await importArchive({ file: dockerSave(join(dir, 'b'), 'example.com/b:1', [tarOfTree({ b: 'b' })]), storeRoot: s.root, db: s.db });
+    const pins = new ImagePins(s.db);
+    s.db.prepare('UPDATE images SET last_used = ? WHERE reference = ?').run('2000-01-01T00:00:00Z', a.reference);
+
+    // A VM uses image a: removing its reference and collecting keeps its disk and blobs.
+    pins.pin('vm', 'vm1', [a.digest]);
+    assert.equal(removeImageReference(s.db, a.reference), true);
+    let gc = await collectGarbage({ storeRoot: s.root, db: s.db, graceMs: 0 });
+    assert.deepEqual(gc.blobsRemoved, []);
+    assert.ok(existsSync(a.diskPath));
+    pins.unpin('vm', 'vm1');
+    gc = await collectGarbage({ storeRoot: s.root, db: s.db, graceMs: 0 });
+    assert.equal(gc.blobsRemoved.length, 3);
+    assert.equal(existsSync(a.diskPath), false);
+    assert.ok(existsSync(b.diskPath));
+
+    // Eviction: b is pinned, so even a zero cap keeps it; unpinned, it goes.
+    pins.pin('snapshot', 'snap1', [b.digest]);
+    let ev = await evictImages({ storeRoot: s.root, db: s.db, maxBytes: 0, graceMs: 0 });
+    assert.deepEqual(ev.evicted, []);
+    pins.unpin('snapshot', 'snap1');
+    ev = await evictImages({ storeRoot: s.root, db: s.db, maxBytes: 0, graceMs: 0 });
+    assert.deepEqual(ev.evicted, [b.reference]);
+    assert.deepEqual(storeFiles(s.root), []);
+  } finally {
+    s.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
