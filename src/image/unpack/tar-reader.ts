@@ -65,7 +65,12 @@ function parseNumber(buf: Buffer, start: number, len: number, what: string): num
 }
 
 function checksumOk(block: Buffer, what: string): boolean {
-  const stored = parseNumber(block, 148, 8, what);
+  let stored: number;
+  try {
+    stored = parseNumber(block, 148, 8, what);
+  } catch {
+    return false;
+  }
   let unsigned = 0;
   let signed = 0;
   for (let i = 0; i < BLOCK; i++) {
