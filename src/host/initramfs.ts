@@ -22,16 +22,15 @@ export const GUEST_MODULE_DIR = '/lib/modules';
 export const GUEST_MODULE_LIST = '/etc/cell/modules';
 
 /**
- * gzip, measured rather than assumed. Uncompressed spares the guest the inflate under TCG (dmesg:
- * unpacking takes 35 ms instead of 83 ms), but QEMU then loads a 2.8x larger -initrd, and the two
- * about cancel out. QEMU spawn to the agent's root mount (cell.debug=1), real agent, TCG, 2-core
- * host shared with other work, 21 alternating boots each, medians:
- *   gzip (0.64 MB) 1870 ms wall, 1820 ms QEMU CPU | none (1.78 MB) 1880 ms wall, 1870 ms QEMU CPU
- *   (another series: 1878 vs 1852 ms wall; a tie within noise)
- * With a trivial /init, to its first console write: gzip 1615 ms, none 1735 ms (7 each);
- * xz (0.43 MB) 1971 ms (inflating dominates); zstd -19 (0.47 MB) 1634 ms, no better than gzip.
- * gzip: never slower, less CPU per boot (what counts when many guests boot at once), and it needs
- * nothing beyond node:zlib.
+ * Measured, and a tie. Uncompressed spares the guest the inflate under TCG (dmesg: unpacking takes
+ * 35 ms instead of 83 ms) but has QEMU load a 2.8x larger -initrd (1.78 MB vs 0.64 MB); end to end
+ * the two cancel out. Real agent, TCG, 2-core host shared with other work, boots in alternating
+ * order (back-to-back boots in a fixed order favoured whichever went second by 100-250 ms, which
+ * first looked like a win for either side), medians:
+ *   QEMU spawn to first PONG, 20 pairs:   gzip 1975 ms (q1 1830) | none 1940 ms (q1 1833)
+ *   spawn to root mounted, 21 pairs:      gzip 1870 ms, QEMU CPU 1820 ms | none 1880 ms, CPU 1870 ms
+ *   xz (0.43 MB) was ~300 ms slower (inflating dominates); zstd -19 (0.47 MB) no better than gzip.
+ * gzip is kept: no slower, no more QEMU CPU, a third of the cache space, and only node:zlib.
  */
 export const INITRAMFS_COMPRESSION: 'none' | 'gzip' = 'gzip';
 
