@@ -1,5 +1,6 @@
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { createHash } from 'node:crypto';
 
 /**
  * Where cellvm keeps its state. CELL_HOME wins; root defaults to /var/lib/cellvm, others to the
@@ -16,6 +17,8 @@ export interface CellPaths {
   snapshots: string;
   daemonLog: string;
   daemonPid: string;
+  /** Running VMs' RAM files, on tmpfs, one folder per CELL_HOME (CELL_MEMORY_DIR overrides). */
+  memory: string;
 }
 
 export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
@@ -36,5 +39,6 @@ export function cellPaths(home: string = defaultHome(), env: NodeJS.ProcessEnv =
     snapshots: join(home, 'snapshots'),
     daemonLog: join(home, 'celld.log'),
     daemonPid: join(home, 'celld.pid'),
+    memory: env.CELL_MEMORY_DIR || join('/dev/shm', `cellvm-${createHash('sha256').update(home).digest('hex').slice(0, 12)}`),
   };
 }

@@ -1,4 +1,5 @@
 import { mkdir, rm } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { hostname as hostHostname } from 'node:os';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -84,6 +85,7 @@ export class Engine {
 
   static async open(paths: CellPaths): Promise<Engine> {
     await mkdir(paths.vms, { recursive: true });
+    await mkdir(paths.memory, { recursive: true });
     const engine = new Engine(paths, openDatabase(paths.db));
     await engine.reconcile();
     return engine;
@@ -91,6 +93,15 @@ export class Engine {
 
   vmDir(id: string): string {
     return join(this.paths.vms, id);
+  }
+
+  /**
+   * A running VM's RAM file, MAP_SHARED so a snapshot can take it as it is. It lives on tmpfs:
+   * on ext4 the guest's page faults cost block allocation (measured: boot 2.9 s against 2.2 s).
+   * Sparse, so it holds only the pages the guest touched; deleted when the VM stops.
+   */
+  memoryPath(id: string): string {
+    return join(this.paths.memory, `${id}.mem`);
   }
 
   setup(onProgress?: ProgressListener, reprobe = false) {
@@ -191,10 +202,12 @@ export class Engine {
           memoryMib: vm.spec.memoryMib,
           hostname: guestHostname(vm.name, id),
           accelerator: ready.accelerator.accelerator,
+          memory: { path: this.memoryPath(id), shared: true },
         },
         (pid) => this.vms.update(id, { pid }),
       );
     } catch (err) {
+      this.releaseMemory(id);
       this.vms.update(id, { state: 'stopped', stoppedAt: new Date().toISOString(), pid: null, exit: exitInfo('boot_failed') });
       throw err;
     }
@@ -318,6 +331,7 @@ export class Engine {
         await this.live.kill(vm.id);
         if (current.pid) await this.backend.kill(current.pid, vm.id);
       }
+      this.releaseMemory(vm.id);
       this.vms.delete(vm.id);
       this.logs.end(vm.id);
       await rm(this.vmDir(vm.id), { recursive: true, force: true });
@@ -357,6 +371,11 @@ export class Engine {
     this.db.close();
   }
 
+  /** A stopped VM's RAM is gone for good: free the tmpfs it held. */
+  private releaseMemory(id: string): void {
+    rmSync(this.memoryPath(id), { force: true });
+  }
+
   private findImage(reference: string): ImageRecord {
     const normalized = reference.endsWith(':latest') ? reference.slice(0, -':latest'.length) : reference;
     const image = this.images.get(normalized) ?? this.images.get(reference);
@@ -389,6 +408,7 @@ export class Engine {
   }
 
   private onMachineGone(id: string, expected: boolean): void {
+    this.releaseMemory(id);
     if (expected) return;
     const vm = this.vms.get(id);
     if (vm && (vm.state === 'running' || vm.state === 'starting')) {
@@ -404,6 +424,7 @@ export class Engine {
       const attached = vm.pid && vm.state === 'running' ? await this.live.attach(vm.id, this.vmDir(vm.id), vm.pid) : null;
       if (attached) continue;
       if (vm.pid) await this.backend.kill(vm.pid, vm.id);
+      this.releaseMemory(vm.id);
       this.vms.update(vm.id, {
         state: 'stopped',
         stoppedAt: new Date().toISOString(),

@@ -24,6 +24,14 @@ export interface MachineSpec {
   memoryMib: number;
   hostname: string;
   accelerator: Accelerator;
+  /**
+   * Guest RAM backed by a file, so a snapshot can keep it and forks can map it copy-on-write.
+   * `shared` (MAP_SHARED): the guest writes into the file (a VM whose memory a snapshot may take).
+   * Not shared (MAP_PRIVATE): the file is a read-only template, the guest's writes stay private.
+   */
+  memory: { path: string; shared: boolean };
+  /** Start paused, waiting for `migrate-incoming` (restore from a snapshot). */
+  incoming?: boolean;
 }
 
 /** Files a machine uses inside its directory. */

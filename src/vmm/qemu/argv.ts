@@ -1,6 +1,7 @@
 import type { MachineFiles, MachineSpec } from '../backend.js';
 
 export const AGENT_PORT_NAME = 'cell.agent';
+export const MACHINE_TYPE = 'microvm';
 
 /**
  * Kernel arguments. The three timer arguments matter under TCG: without them concurrent guests on
@@ -15,6 +16,8 @@ export function kernelCmdline(spec: Pick<MachineSpec, 'hostname'>, extra: readon
     'tsc_early_khz=2000000',
     'tsc=reliable',
     'panic=-1',
+    // microvm has no PCI bus: skip the probe and its 'No config space access' complaint.
+    'pci=off',
     `cell.hostname=${spec.hostname}`,
     ...extra,
   ].join(' ');
@@ -25,9 +28,11 @@ export function buildQemuArgv(spec: MachineSpec, files: MachineFiles, extraKerne
   const accel = spec.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg'];
   return [
     '-name', `cellvm-${spec.id},process=cellvm-${spec.id.slice(0, 12)}`,
-    '-M', 'microvm,x-option-roms=off,isa-serial=on,rtc=on',
+    '-M', `${MACHINE_TYPE},x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem0`,
     ...accel,
-    '-m', String(spec.memoryMib),
+    '-m', `${spec.memoryMib}M`,
+    '-object',
+    `memory-backend-file,id=mem0,size=${spec.memoryMib}M,mem-path=${spec.memory.path},share=${spec.memory.shared ? 'on' : 'off'}`,
     '-smp', String(spec.cpus),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
     '-serial', `file:${files.serialLog}`,
@@ -43,5 +48,7 @@ export function buildQemuArgv(spec: MachineSpec, files: MachineFiles, extraKerne
     '-device', 'virtio-rng-device,rng=rng0',
     '-qmp', `unix:${files.qmpSocket},server=on,wait=off`,
     '-pidfile', files.pidFile,
+    // -S keeps a restored guest paused until the host has checked the restore and resumes it.
+    ...(spec.incoming ? ['-S', '-incoming', 'defer'] : []),
   ];
 }
