@@ -18,6 +18,8 @@ export const ErrorCodes = {
   TIMEOUT: 'timeout',
   QMP_ERROR: 'qmp_error',
   DAEMON_UNAVAILABLE: 'daemon_unavailable',
+  SNAPSHOT_FAILED: 'snapshot_failed',
+  INCOMPATIBLE_SNAPSHOT: 'incompatible_snapshot',
   INTERNAL: 'internal',
   DIGEST_MISMATCH: 'digest_mismatch',
   UNSAFE_ARCHIVE: 'unsafe_archive',
