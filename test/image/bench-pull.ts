@@ -1,0 +1,62 @@
+/**
+ * A first benchmark figure for the image layer (not part of the test suite): pull + unpack + disk
+ * build of a multi-layer image from a local Distribution registry with `pullImage`, against
+ * `skopeo copy` to an OCI layout + `umoci unpack` of the same image.
+ * Run: node --import tsx test/image/bench-pull.ts
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { pullImage } from '../../src/image/pull.js';
+import { pushImage } from '../../src/image/push.js';
+import { BlobStore } from '../../src/store/blob-store.js';
+import { startRegistry } from './registry-harness.js';
+import { storeImage } from './image-builder.js';
+import { makeStore } from './helpers.js';
+
+function hostTree(path: string): Buffer {
+  return execFileSync('tar', ['--format=posix', '-C', '/', '-cf', '-', path.replace(/^\//, '')], { maxBuffer: 1 << 30 });
+}
+
+const registry = await startRegistry();
+const src = mkdtempSync('/tmp/cellt-bench-');
+try {
+  const layers = ['/usr/lib/python3.11', '/usr/share/perl', '/usr/include', '/usr/share/zoneinfo'].map((p) => ({ tar: hostTree(p), compression: 'gzip' as const }));
+  const image = await storeImage(src, { layers });
+  const store = new BlobStore(src);
+  let compressed = 0;
+  for (const d of image.layerDigests) compressed += (await store.size(d)) ?? 0;
+  const ref = `${registry.host}/bench/img:1`;
+  await pushImage({ image: image.manifestDigest, reference: ref, storeRoot: src });
+  const uncompressed = layers.reduce((a, l) => a + l.tar.length, 0);
+  console.log(`image: ${layers.length} layers, ${(compressed / 1e6).toFixed(1)} MB compressed, ${(uncompressed / 1e6).toFixed(1)} MB of tar`);
+
+  for (let run = 0; run < 2; run++) {
+    const s = makeStore();
+    try {
+      let t = performance.now();
+      await pullImage({ reference: ref, storeRoot: s.root, db: s.db, dockerConfigPath: null });
+      const cold = performance.now() - t;
+      t = performance.now();
+      await pullImage({ reference: ref, storeRoot: s.root, db: s.db, dockerConfigPath: null });
+      const warm = performance.now() - t;
+      console.log(`cellvm pullImage (download + verify + unpack + mke2fs): ${cold.toFixed(0)} ms; again (all cached): ${warm.toFixed(0)} ms`);
+    } finally {
+      s.cleanup();
+    }
+    const work = mkdtempSync('/tmp/cellt-bench-umoci-');
+    try {
+      const t = performance.now();
+      execFileSync('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${ref}`, `oci:${join(work, 'layout')}:img`]);
+      const copied = performance.now() - t;
+      execFileSync('umoci', ['unpack', '--image', `${join(work, 'layout')}:img`, join(work, 'bundle')], { stdio: 'pipe' });
+      const total = performance.now() - t;
+      console.log(`skopeo copy + umoci unpack: ${total.toFixed(0)} ms (copy ${copied.toFixed(0)} ms, unpack ${(total - copied).toFixed(0)} ms)`);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+  }
+} finally {
+  await registry.stop();
+  rmSync(src, { recursive: true, force: true });
+}
