@@ -38,6 +38,8 @@ export interface VmRecord {
   pid: number | null;
   accelerator: string | null;
   exit: VmExit | null;
+  /** The snapshot whose disk layer this VM's overlay sits on (null: the image's base disk). */
+  baseSnapshot: string | null;
 }
 
 export const DEFAULT_CPUS = 1;

@@ -169,6 +169,7 @@ export class Engine {
       pid: null,
       accelerator: null,
       exit: null,
+      baseSnapshot: null,
     };
     await mkdir(this.vmDir(vm.id), { recursive: true });
     this.vms.insert(vm);

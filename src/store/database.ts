@@ -48,6 +48,22 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (owner_kind, owner_id, digest)
    );
    CREATE INDEX pins_by_digest ON pins (digest);`,
+  // Snapshots: memory + device state + a frozen disk layer. A VM restored or forked from one
+  // runs on an overlay whose backing file is that layer (vms.base_snapshot).
+  `CREATE TABLE snapshots (
+     id TEXT PRIMARY KEY,
+     name TEXT NOT NULL UNIQUE,
+     parent_vm TEXT,
+     parent_vm_name TEXT,
+     parent_snapshot TEXT,
+     spec TEXT NOT NULL,
+     compat TEXT NOT NULL,
+     state_bytes INTEGER NOT NULL,
+     memory_bytes INTEGER NOT NULL,
+     disk_bytes INTEGER NOT NULL,
+     created_at TEXT NOT NULL
+   );
+   ALTER TABLE vms ADD COLUMN base_snapshot TEXT;`,
 ];
 
 export type Db = Database.Database;

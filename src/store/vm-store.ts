@@ -13,6 +13,7 @@ interface VmRow {
   pid: number | null;
   accelerator: string | null;
   exit: string | null;
+  base_snapshot: string | null;
 }
 
 function fromRow(row: VmRow): VmRecord {
@@ -27,10 +28,11 @@ function fromRow(row: VmRow): VmRecord {
     pid: row.pid,
     accelerator: row.accelerator,
     exit: row.exit ? (JSON.parse(row.exit) as VmExit) : null,
+    baseSnapshot: row.base_snapshot,
   };
 }
 
-export type VmPatch = Partial<Pick<VmRecord, 'state' | 'startedAt' | 'stoppedAt' | 'pid' | 'accelerator' | 'exit'>>;
+export type VmPatch = Partial<Pick<VmRecord, 'state' | 'startedAt' | 'stoppedAt' | 'pid' | 'accelerator' | 'exit' | 'baseSnapshot'>>;
 
 /** VM records. Every state change is written here before the engine acts on it. */
 export class VmStore {
@@ -40,8 +42,8 @@ export class VmStore {
     try {
       this.db
         .prepare(
-          `INSERT INTO vms (id, name, state, spec, created_at, started_at, stopped_at, pid, accelerator, exit)
-           VALUES (@id, @name, @state, @spec, @createdAt, @startedAt, @stoppedAt, @pid, @accelerator, @exit)`,
+          `INSERT INTO vms (id, name, state, spec, created_at, started_at, stopped_at, pid, accelerator, exit, base_snapshot)
+           VALUES (@id, @name, @state, @spec, @createdAt, @startedAt, @stoppedAt, @pid, @accelerator, @exit, @baseSnapshot)`,
         )
         .run({ ...vm, spec: JSON.stringify(vm.spec), exit: vm.exit ? JSON.stringify(vm.exit) : null });
     } catch (err) {
@@ -72,7 +74,7 @@ export class VmStore {
     this.db
       .prepare(
         `UPDATE vms SET state = @state, started_at = @startedAt, stopped_at = @stoppedAt, pid = @pid,
-           accelerator = @accelerator, exit = @exit WHERE id = @id`,
+           accelerator = @accelerator, exit = @exit, base_snapshot = @baseSnapshot WHERE id = @id`,
       )
       .run({
         id,
@@ -82,12 +84,18 @@ export class VmStore {
         pid: next.pid,
         accelerator: next.accelerator,
         exit: next.exit ? JSON.stringify(next.exit) : null,
+        baseSnapshot: next.baseSnapshot,
       });
     return next;
   }
 
   delete(id: string): void {
     this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
+  }
+
+  /** VMs whose disk overlay sits on this snapshot's layer. */
+  onSnapshot(snapshotId: string): VmRecord[] {
+    return (this.db.prepare('SELECT * FROM vms WHERE base_snapshot = ?').all(snapshotId) as VmRow[]).map(fromRow);
   }
 
   countByState(): Record<string, number> {

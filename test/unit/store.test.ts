@@ -18,6 +18,7 @@ function record(id: string, name: string): VmRecord {
     pid: null,
     accelerator: null,
     exit: null,
+    baseSnapshot: null,
   };
 }
 

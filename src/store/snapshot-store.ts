@@ -1,0 +1,75 @@
+import type { Db } from './database.js';
+import type { SnapshotRecord } from '../domain/snapshot.js';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+
+interface SnapshotRow {
+  id: string;
+  name: string;
+  parent_vm: string | null;
+  parent_vm_name: string | null;
+  parent_snapshot: string | null;
+  spec: string;
+  compat: string;
+  state_bytes: number;
+  memory_bytes: number;
+  disk_bytes: number;
+  created_at: string;
+}
+
+function fromRow(r: SnapshotRow): SnapshotRecord {
+  return {
+    id: r.id,
+    name: r.name,
+    parentVm: r.parent_vm,
+    parentVmName: r.parent_vm_name,
+    parentSnapshot: r.parent_snapshot,
+    spec: JSON.parse(r.spec) as SnapshotRecord['spec'],
+    compat: JSON.parse(r.compat) as SnapshotRecord['compat'],
+    stateBytes: r.state_bytes,
+    memoryBytes: r.memory_bytes,
+    diskBytes: r.disk_bytes,
+    createdAt: r.created_at,
+  };
+}
+
+export class SnapshotStore {
+  constructor(private readonly db: Db) {}
+
+  insert(s: SnapshotRecord): void {
+    try {
+      this.db
+        .prepare(
+          `INSERT INTO snapshots (id, name, parent_vm, parent_vm_name, parent_snapshot, spec, compat, state_bytes, memory_bytes, disk_bytes, created_at)
+           VALUES (@id, @name, @parentVm, @parentVmName, @parentSnapshot, @spec, @compat, @stateBytes, @memoryBytes, @diskBytes, @createdAt)`,
+        )
+        .run({ ...s, spec: JSON.stringify(s.spec), compat: JSON.stringify(s.compat) });
+    } catch (err) {
+      if (err instanceof Error && /UNIQUE constraint failed: snapshots.name/.test(err.message)) {
+        throw new CellError(ErrorCodes.CONFLICT, `the name "${s.name}" is already in use by another snapshot`);
+      }
+      throw err;
+    }
+  }
+
+  get(id: string): SnapshotRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM snapshots WHERE id = ?').get(id) as SnapshotRow | undefined;
+    return row ? fromRow(row) : undefined;
+  }
+
+  list(): SnapshotRecord[] {
+    return (this.db.prepare('SELECT * FROM snapshots ORDER BY created_at, id').all() as SnapshotRow[]).map(fromRow);
+  }
+
+  nameExists(name: string): boolean {
+    return this.db.prepare('SELECT 1 FROM snapshots WHERE name = ?').get(name) !== undefined;
+  }
+
+  delete(id: string): void {
+    this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id);
+  }
+
+  /** Snapshots whose disk layer sits directly on this one. */
+  children(id: string): SnapshotRecord[] {
+    return (this.db.prepare('SELECT * FROM snapshots WHERE parent_snapshot = ?').all(id) as SnapshotRow[]).map(fromRow);
+  }
+}
