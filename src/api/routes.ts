@@ -12,6 +12,11 @@ export const Routes = {
   vmLogs: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/logs`,
   execStdin: (execId: string) => `/v1/execs/${encodeURIComponent(execId)}/stdin`,
   images: '/v1/images',
+  snapshots: '/v1/snapshots',
+  snapshot: (ref: string) => `/v1/snapshots/${encodeURIComponent(ref)}`,
+  snapshotFork: (ref: string) => `/v1/snapshots/${encodeURIComponent(ref)}/fork`,
+  vmSnapshot: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/snapshot`,
+  vmRestore: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/restore`,
 } as const;
 
 /** HTTP status for each error code. */
@@ -25,6 +30,7 @@ export function statusForCode(code: string): number {
     case 'ambiguous_ref':
     case 'conflict':
     case 'vm_not_running':
+    case 'incompatible_snapshot':
       return 409;
     case 'host_missing_dependency':
       return 424;

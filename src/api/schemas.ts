@@ -52,6 +52,7 @@ export const Vm = Type.Object({
   pid: Type.Union([Type.Integer(), Type.Null()]),
   accelerator: Type.Union([Type.String(), Type.Null()]),
   exit: Type.Union([VmExit, Type.Null()]),
+  baseSnapshot: Type.Union([Type.String(), Type.Null()]),
 });
 export type Vm = Static<typeof Vm>;
 
@@ -133,3 +134,42 @@ export type StreamEvent =
   | { type: 'error'; error: ErrorBody['error'] };
 
 export const API_PREFIX = '/v1';
+
+export const SnapshotRequest = Type.Object(
+  { name: Type.Optional(Type.String()), stop: Type.Optional(Type.Boolean()) },
+  { additionalProperties: false },
+);
+export type SnapshotRequest = Static<typeof SnapshotRequest>;
+
+export const ForkRequest = Type.Object(
+  { count: Type.Optional(Type.Integer({ minimum: 1 })), name: Type.Optional(Type.String()) },
+  { additionalProperties: false },
+);
+export type ForkRequest = Static<typeof ForkRequest>;
+
+export const RestoreRequest = Type.Object({ snapshot: Type.String({ minLength: 1 }) }, { additionalProperties: false });
+export type RestoreRequest = Static<typeof RestoreRequest>;
+
+export const CompatKey = Type.Object({
+  qemuVersion: Type.String(),
+  machine: Type.String(),
+  cpuModel: Type.String(),
+  accelerator: Type.String(),
+  kernelDigest: Type.String(),
+  initramfsDigest: Type.String(),
+});
+
+export const Snapshot = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  parentVm: Type.Union([Type.String(), Type.Null()]),
+  parentVmName: Type.Union([Type.String(), Type.Null()]),
+  parentSnapshot: Type.Union([Type.String(), Type.Null()]),
+  spec: VmSpec,
+  compat: CompatKey,
+  stateBytes: Type.Integer(),
+  memoryBytes: Type.Integer(),
+  diskBytes: Type.Integer(),
+  createdAt: Type.String(),
+});
+export type Snapshot = Static<typeof Snapshot>;

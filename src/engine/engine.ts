@@ -1,9 +1,8 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { hostname as hostHostname } from 'node:os';
 import { CellError, ErrorCodes } from '../domain/errors.js';
-import { newId, randomName, resolveRef, shortId, validateName } from '../domain/ids.js';
+import { newId, randomName, resolveRef, validateName } from '../domain/ids.js';
 import { effectiveCommand, type ImageRecord } from '../domain/image.js';
 import type { CellPaths } from '../domain/paths.js';
 import {
@@ -12,7 +11,6 @@ import {
   mergeEnv,
   validateEnv,
   validateResources,
-  type VmExit,
   type VmRecord,
 } from '../domain/vm.js';
 import { openDatabase, type Db } from '../store/database.js';
@@ -20,8 +18,13 @@ import { ImageStore } from '../store/image-store.js';
 import { VmStore } from '../store/vm-store.js';
 import { QemuBackend } from '../vmm/qemu/backend.js';
 import { runGuestCommand, parseUser } from './exec-runner.js';
-import { HostReadiness, type ProgressListener } from './host-readiness.js';
-import { LiveMachines } from './live-machines.js';
+import { HostReadiness, type HostReady, type ProgressListener } from './host-readiness.js';
+import { assertCompatible, type CompatKey, type SnapshotRecord } from '../domain/snapshot.js';
+import { MACHINE_TYPE } from '../vmm/qemu/argv.js';
+import { SnapshotStore } from '../store/snapshot-store.js';
+import { Snapshots } from './snapshots.js';
+import { exitInfo, guestHostname } from './vm-records.js';
+import { LiveMachines, type GuestIdentity } from './live-machines.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
 import { VmLogs, type LogEntry } from './vm-logs.js';
 
@@ -68,8 +71,12 @@ export class Engine {
   readonly images: ImageStore;
   readonly logs: VmLogs;
   readonly host: HostReadiness;
-  private readonly backend = new QemuBackend();
-  private readonly live: LiveMachines;
+  readonly snapshotStore: SnapshotStore;
+  readonly snapshots: Snapshots;
+  /** @internal */
+  readonly backend = new QemuBackend();
+  /** @internal */
+  readonly live: LiveMachines;
   private readonly locks = new Map<string, Promise<unknown>>();
 
   private constructor(
@@ -78,6 +85,8 @@ export class Engine {
   ) {
     this.vms = new VmStore(db);
     this.images = new ImageStore(db);
+    this.snapshotStore = new SnapshotStore(db);
+    this.snapshots = new Snapshots(this);
     this.logs = new VmLogs((id) => this.vmDir(id));
     this.host = new HostReadiness(paths.cache, this.images);
     this.live = new LiveMachines(this.backend, (id, expected) => this.onMachineGone(id, expected));
@@ -86,6 +95,7 @@ export class Engine {
   static async open(paths: CellPaths): Promise<Engine> {
     await mkdir(paths.vms, { recursive: true });
     await mkdir(paths.memory, { recursive: true });
+    await mkdir(paths.snapshots, { recursive: true });
     const engine = new Engine(paths, openDatabase(paths.db));
     await engine.reconcile();
     return engine;
@@ -183,7 +193,12 @@ export class Engine {
     return this.withLock(vm.id, () => this.bootLocked(vm.id));
   }
 
-  private async bootLocked(id: string): Promise<VmRecord> {
+  /**
+   * Boots VM `id` (lock held). With `restore`, the VM comes back from the snapshot instead: a fresh
+   * overlay on the snapshot's disk layer, its RAM file mapped copy-on-write, its saved state loaded.
+   * @internal
+   */
+  async bootLocked(id: string, restore?: { snapshot: SnapshotRecord; identity?: GuestIdentity }): Promise<VmRecord> {
     const vm = this.vms.get(id)!;
     if (vm.state === 'running' || vm.state === 'starting') {
       throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} is already ${vm.state}`);
@@ -191,21 +206,29 @@ export class Engine {
     const ready = await this.host.ensure();
     const image = this.findImage(vm.spec.image);
     this.vms.update(id, { state: 'starting', exit: null, pid: null, accelerator: ready.accelerator.accelerator });
+    const snapshotDir = restore ? this.snapshotDir(restore.snapshot.id) : undefined;
     try {
+      if (restore && snapshotDir) {
+        assertCompatible(restore.snapshot.compat, this.compatKey(ready), restore.snapshot.name);
+        await rm(join(this.vmDir(id), 'disk.qcow2'), { force: true });
+        this.vms.update(id, { baseSnapshot: restore.snapshot.id });
+      }
+      const current = this.vms.get(id)!;
       await this.live.boot(
         {
           id,
           dir: this.vmDir(id),
           kernelPath: ready.assets.kernel.path,
           initrdPath: ready.assets.initramfs.path,
-          baseDiskPath: image.diskPath,
+          ...this.baseDiskOf(current, image),
           cpus: vm.spec.cpus,
           memoryMib: vm.spec.memoryMib,
           hostname: guestHostname(vm.name, id),
           accelerator: ready.accelerator.accelerator,
-          memory: { path: this.memoryPath(id), shared: true },
+          memory: snapshotDir ? { path: join(snapshotDir, 'memory'), shared: false } : { path: this.memoryPath(id), shared: true },
         },
         (pid) => this.vms.update(id, { pid }),
+        restore && snapshotDir ? { statePath: join(snapshotDir, 'state'), identity: restore.identity } : undefined,
       );
     } catch (err) {
       this.releaseMemory(id);
@@ -372,12 +395,37 @@ export class Engine {
     this.db.close();
   }
 
+  snapshotDir(id: string): string {
+    return join(this.paths.snapshots, id);
+  }
+
+  /** What a snapshot taken here depends on; restoring elsewhere checks it first. */
+  compatKey(ready: HostReady): CompatKey {
+    return {
+      qemuVersion: ready.qemuVersion,
+      machine: MACHINE_TYPE,
+      cpuModel: ready.accelerator.accelerator === 'kvm' ? 'host' : 'qemu64',
+      accelerator: ready.accelerator.accelerator,
+      kernelDigest: ready.assets.kernel.digest,
+      initramfsDigest: ready.assets.initramfs.digest,
+    };
+  }
+
+  /** A VM's overlay sits on its snapshot's frozen layer, or on its image's base disk. */
+  baseDiskOf(vm: VmRecord, image: ImageRecord): { baseDiskPath: string; baseDiskFormat: 'raw' | 'qcow2' } {
+    return vm.baseSnapshot
+      ? { baseDiskPath: join(this.paths.snapshots, vm.baseSnapshot, 'disk.qcow2'), baseDiskFormat: 'qcow2' }
+      : { baseDiskPath: image.diskPath, baseDiskFormat: 'raw' };
+  }
+
   /** A stopped VM's RAM is gone for good: free the tmpfs it held. */
-  private releaseMemory(id: string): void {
+  /** @internal */
+  releaseMemory(id: string): void {
     rmSync(this.memoryPath(id), { force: true });
   }
 
-  private findImage(reference: string): ImageRecord {
+  /** @internal */
+  findImage(reference: string): ImageRecord {
     const normalized = reference.endsWith(':latest') ? reference.slice(0, -':latest'.length) : reference;
     const image = this.images.get(normalized) ?? this.images.get(reference);
     if (!image) {
@@ -390,14 +438,16 @@ export class Engine {
     return image;
   }
 
-  private freshName(): string {
+  /** @internal */
+  freshName(): string {
     for (;;) {
       const name = randomName();
       if (!this.vms.nameExists(name)) return name;
     }
   }
 
-  private withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+  /** Serialises operations on one VM or snapshot. @internal */
+  withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
     const previous = this.locks.get(id) ?? Promise.resolve();
     const next = previous.catch(() => {}).then(fn);
     this.locks.set(id, next);
@@ -434,14 +484,4 @@ export class Engine {
       });
     }
   }
-}
-
-function exitInfo(reason: string, exitCode: number | null = null, signal: number | null = null): VmExit {
-  return { reason, exitCode, signal, at: new Date().toISOString() };
-}
-
-/** A valid RFC 1123 label from the VM name, else its short id. */
-function guestHostname(name: string, id: string): string {
-  const label = name.toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '').slice(0, 63);
-  return label || shortId(id) || hostHostname();
 }

@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { restoreState } from '../vmm/qemu/migration.js';
 import { AgentClient } from '../agent/client.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { MachineSpec } from '../vmm/backend.js';
@@ -14,6 +16,8 @@ export interface LiveMachine {
   dir: string;
   qmp: QmpClient;
   agent: AgentClient;
+  /** RAM is a MAP_SHARED file (cold boot), so a snapshot can take the file as it is. */
+  memoryShared: boolean;
   /** Set when we asked the machine to go away, so its exit is not reported as a crash. */
   stopping: boolean;
   /** Settles when QEMU is gone. */
@@ -53,23 +57,34 @@ export class LiveMachines {
     return [...this.machines.keys()];
   }
 
-  async boot(spec: MachineSpec, onPid: (pid: number) => void): Promise<LiveMachine> {
+  /**
+   * Boots a machine, or with `restore` brings one back from saved state: QEMU starts paused
+   * waiting for the state, loads it, and resumes; the guest continues where it was saved.
+   */
+  async boot(spec: MachineSpec, onPid: (pid: number) => void, restore?: RestoreOptions): Promise<LiveMachine> {
     const deadline = Date.now() + bootTimeoutMs();
-    const started = await this.backend.start(spec);
+    const started = await this.backend.start({ ...spec, incoming: restore !== undefined });
     onPid(started.pid);
     try {
+      if (restore) {
+        const qemuExit = started.exited.then(() => {
+          throw this.backend.bootFailure(spec, started.files, 'QEMU exited while loading the snapshot (corrupt or truncated state?)');
+        });
+        await Promise.race([restoreState(started.qmp, restore.statePath, { ignoreShared: true }), qemuExit]);
+        await started.qmp.execute('cont');
+      }
       const socket = await connectWithRetry(started.files.agentSocket, Math.max(0, deadline - Date.now()));
       const agent = new AgentClient(socket);
       const qemuExit = started.exited.then(() => {
         throw this.backend.bootFailure(spec, started.files, 'QEMU exited before the guest agent answered');
       });
       await Promise.race([agent.waitReady(deadline), qemuExit]);
-      await initialiseGuest(agent);
-      return this.track(spec.id, started.pid, spec.dir, started.qmp, agent);
+      await initialiseGuest(agent, restore?.identity);
+      return this.track(spec.id, started.pid, spec.dir, started.qmp, agent, spec.memory.shared);
     } catch (err) {
       started.qmp.close();
       await this.backend.kill(started.pid, spec.id);
-      if (err instanceof CellError && err.code === ErrorCodes.BOOT_FAILED) throw err;
+      if (err instanceof CellError && (err.code === ErrorCodes.BOOT_FAILED || err.code === ErrorCodes.SNAPSHOT_FAILED)) throw err;
       const why =
         err instanceof CellError && err.code === ErrorCodes.BOOT_TIMEOUT
           ? `the guest agent did not answer within ${bootTimeoutMs() / 1000} s`
@@ -86,19 +101,19 @@ export class LiveMachines {
     try {
       const agent = new AgentClient(await connectWithRetry(attached.files.agentSocket, 2000));
       await agent.waitReady(Date.now() + 5000);
-      return this.track(id, pid, dir, attached.qmp, agent);
+      return this.track(id, pid, dir, attached.qmp, agent, memoryIsShared(pid));
     } catch {
       attached.qmp.close();
       return null;
     }
   }
 
-  private track(id: string, pid: number, dir: string, qmp: QmpClient, agent: AgentClient): LiveMachine {
+  private track(id: string, pid: number, dir: string, qmp: QmpClient, agent: AgentClient, memoryShared: boolean): LiveMachine {
     let markGone!: () => void;
     const gone = new Promise<void>((resolve) => {
       markGone = resolve;
     });
-    const live: LiveMachine = { id, pid, dir, qmp, agent, stopping: false, gone };
+    const live: LiveMachine = { id, pid, dir, qmp, agent, memoryShared, stopping: false, gone };
     this.machines.set(id, live);
     // QMP closing is the one signal that works whether or not we are QEMU's parent.
     qmp.once('close', () => {
@@ -157,6 +172,25 @@ export class LiveMachines {
     await live.gone;
   }
 
+  /** Pauses the guest's CPUs (for a consistent snapshot). */
+  async pause(id: string): Promise<LiveMachine> {
+    const live = this.require(id);
+    await live.qmp.execute('stop');
+    return live;
+  }
+
+  async resume(id: string): Promise<void> {
+    await this.require(id).qmp.execute('cont');
+  }
+
+  /** Ends a paused machine whose state was saved: QEMU quits, the guest is not shut down. */
+  async quitPaused(id: string): Promise<void> {
+    const live = this.machines.get(id);
+    if (!live) return;
+    live.stopping = true;
+    await this.waitGoneOrKill(live, 0);
+  }
+
   /** Closes connections without touching the machines (daemon shutdown: VMs outlive celld). */
   detachAll(): void {
     for (const live of this.machines.values()) {
@@ -168,7 +202,33 @@ export class LiveMachines {
   }
 }
 
-/** Every boot and restore starts with the host's clock and fresh entropy. */
-async function initialiseGuest(agent: AgentClient): Promise<void> {
-  await Promise.all([agent.setTime(), agent.addEntropy(randomBytes(256))]);
+export interface GuestIdentity {
+  hostname: string;
+  machineId: string;
+}
+
+export interface RestoreOptions {
+  statePath: string;
+  /** A fork gets a new hostname and machine id; a VM rolled back keeps its own (undefined). */
+  identity?: GuestIdentity;
+}
+
+/**
+ * Every boot and restore starts with the host's clock and fresh entropy (the agent reseeds the
+ * kernel CRNG, so forks of one snapshot never share random bytes); forks also get a new identity.
+ */
+async function initialiseGuest(agent: AgentClient, identity?: GuestIdentity): Promise<void> {
+  await Promise.all([
+    agent.setTime(),
+    agent.addEntropy(randomBytes(256)),
+    identity ? agent.setIdentity(identity) : Promise.resolve(),
+  ]);
+}
+
+function memoryIsShared(pid: number): boolean {
+  try {
+    return /memory-backend-file[^\0]*share=on/.test(readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
+  } catch {
+    return false;
+  }
 }

@@ -5,6 +5,7 @@ import { CellError, ErrorCodes, toCellError } from '../domain/errors.js';
 import type { Engine } from '../engine/engine.js';
 import { systemRoutes } from './routes/system.js';
 import { vmRoutes } from './routes/vms.js';
+import { snapshotRoutes } from './routes/snapshots.js';
 
 /** The HTTP API in front of the engine. Errors become `{ error: { code, message, details } }`. */
 export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = false): FastifyInstance {
@@ -50,6 +51,7 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
 
   systemRoutes(app, engine);
   vmRoutes(app, engine);
+  snapshotRoutes(app, engine);
   return app;
 }
 

@@ -18,8 +18,9 @@ export interface MachineSpec {
   dir: string;
   kernelPath: string;
   initrdPath: string;
-  /** The image's base disk; the VM writes to a qcow2 overlay on top of it. */
+  /** The disk the VM's qcow2 overlay sits on: an image's base disk or a snapshot's frozen layer. */
   baseDiskPath: string;
+  baseDiskFormat: 'raw' | 'qcow2';
   cpus: number;
   memoryMib: number;
   hostname: string;

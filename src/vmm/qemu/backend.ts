@@ -30,7 +30,7 @@ export class QemuBackend {
   async start(spec: MachineSpec, extraKernelArgs: readonly string[] = []): Promise<StartedMachine> {
     const files = machineFiles(spec.dir);
     await mkdir(spec.dir, { recursive: true });
-    if (!existsSync(files.overlay)) await createOverlay(files.overlay, spec.baseDiskPath);
+    if (!existsSync(files.overlay)) await createOverlay(files.overlay, spec.baseDiskPath, spec.baseDiskFormat);
     // Stale sockets from an earlier run would make QEMU fail to bind.
     await Promise.all([rm(files.qmpSocket, { force: true }), rm(files.agentSocket, { force: true }), rm(files.serialLog, { force: true })]);
     const spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs), files.qemuLog);

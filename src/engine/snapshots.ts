@@ -1,0 +1,228 @@
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import { newId, resolveRef, validateName } from '../domain/ids.js';
+import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
+import type { VmRecord } from '../domain/vm.js';
+import { saveState } from '../vmm/qemu/migration.js';
+import type { Engine } from './engine.js';
+import { exitInfo, guestHostname } from './vm-records.js';
+import { convertToSharedMemory } from './memory-conversion.js';
+
+const run = promisify(execFile);
+
+export interface TakeSnapshotOptions {
+  name?: string;
+  /** Leave the VM stopped afterwards instead of resuming it. */
+  stop?: boolean;
+}
+
+export interface ForkOptions {
+  count?: number;
+  /** Fork names are PREFIX-1, PREFIX-2, ...; default: the snapshot's name. */
+  namePrefix?: string;
+}
+
+export const MAX_FORKS = 64;
+
+/**
+ * Snapshots and forks. A snapshot is three files under snapshots/<id>/: `memory` (the guest's RAM,
+ * mapped copy-on-write by every VM restored from it, so forks share its pages), `state` (device
+ * state, tens of KiB) and `disk.qcow2` (the VM's disk layer, frozen). Once written they never
+ * change.
+ */
+export class Snapshots {
+  constructor(private readonly engine: Engine) {}
+
+  list(): SnapshotRecord[] {
+    return this.engine.snapshotStore.list();
+  }
+
+  resolve(ref: string): SnapshotRecord {
+    return resolveRef('snapshot', ref, this.engine.snapshotStore.list());
+  }
+
+  /**
+   * Pauses the VM, saves its RAM, device state and disk layer, and resumes it restored from the
+   * new snapshot (so it too maps the frozen RAM copy-on-write and runs on a fresh overlay).
+   */
+  take(vmRef: string, opts: TakeSnapshotOptions = {}): Promise<SnapshotRecord> {
+    const vm = this.engine.resolve(vmRef);
+    if (opts.name !== undefined) validateName(opts.name);
+    return this.engine.withLock(vm.id, async () => {
+      const current = this.engine.vms.get(vm.id)!;
+      if (current.state !== 'running') {
+        throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): only a running VM can be snapshotted`);
+      }
+      const name = opts.name ?? `${vm.name}-snap-${randomBytes(2).toString('hex')}`;
+      if (this.engine.snapshotStore.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another snapshot`);
+      const ready = await this.engine.host.ensure();
+      const id = newId();
+      const staging = join(this.engine.paths.snapshots, `.tmp-${id}`);
+      await mkdir(staging, { recursive: true });
+      const live = await this.engine.live.pause(vm.id);
+      let quit = false;
+      try {
+        if (live.memoryShared) {
+          // RAM is already a file: save only device state, then copy the (sparse) file while paused.
+          await saveState(live.qmp, join(staging, 'state'), { ignoreShared: true });
+          await run('cp', ['--sparse=always', this.engine.memoryPath(vm.id), join(staging, 'memory')]);
+        } else {
+          // RAM is a private copy-on-write mapping: save it whole, then turn it into a file.
+          await saveState(live.qmp, join(staging, 'full-state'), { ignoreShared: false });
+          await convertToSharedMemory(this.engine, current, staging);
+        }
+        await this.engine.live.quitPaused(vm.id);
+        quit = true;
+        await rename(join(this.engine.vmDir(vm.id), 'disk.qcow2'), join(staging, 'disk.qcow2'));
+      } catch (err) {
+        if (!quit) await this.engine.live.resume(vm.id).catch(() => {});
+        await rm(staging, { recursive: true, force: true });
+        throw err instanceof CellError ? err : new CellError(ErrorCodes.SNAPSHOT_FAILED, `snapshot of ${vm.name} failed: ${(err as Error).message}`);
+      }
+
+      const sizes = await Promise.all(['state', 'memory', 'disk.qcow2'].map((f) => allocatedBytes(join(staging, f))));
+      const record: SnapshotRecord = {
+        id,
+        name,
+        parentVm: vm.id,
+        parentVmName: vm.name,
+        parentSnapshot: current.baseSnapshot,
+        spec: current.spec,
+        compat: this.engine.compatKey(ready),
+        stateBytes: sizes[0]!,
+        memoryBytes: sizes[1]!,
+        diskBytes: sizes[2]!,
+        createdAt: new Date().toISOString(),
+      };
+      await rename(staging, this.engine.snapshotDir(id));
+      this.engine.snapshotStore.insert(record);
+      // From now on the VM's disk is an overlay on the frozen layer.
+      this.engine.vms.update(vm.id, { baseSnapshot: id, state: 'stopped', pid: null, stoppedAt: new Date().toISOString(), exit: exitInfo('snapshot') });
+      this.engine.releaseMemory(vm.id);
+      if (!opts.stop) await this.engine.bootLocked(vm.id, { snapshot: record });
+      return record;
+    });
+  }
+
+  /** N new running VMs, each on its own overlay, all mapping the snapshot's RAM copy-on-write. */
+  async fork(snapshotRef: string, opts: ForkOptions = {}): Promise<VmRecord[]> {
+    const snapshot = this.resolve(snapshotRef);
+    const count = opts.count ?? 1;
+    if (!Number.isInteger(count) || count < 1 || count > MAX_FORKS) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--count ${count} is out of range: 1 to ${MAX_FORKS}`);
+    }
+    const prefix = opts.namePrefix ?? snapshot.name;
+    const names = Array.from({ length: count }, (_, i) => (opts.namePrefix !== undefined || count > 1 ? `${prefix}-${i + 1}` : this.engine.freshName()));
+    for (const n of names) {
+      validateName(n);
+      if (this.engine.vms.nameExists(n)) throw new CellError(ErrorCodes.CONFLICT, `the name "${n}" is already in use by another VM`);
+    }
+    assertCompatible(snapshot.compat, this.engine.compatKey(await this.engine.host.ensure()), snapshot.name);
+    const created = names.map((name) => this.createForkRecord(snapshot, name));
+    const results = await Promise.allSettled(
+      created.map((vm) =>
+        this.engine.withLock(vm.id, () =>
+          this.engine.bootLocked(vm.id, {
+            snapshot,
+            identity: { hostname: guestHostname(vm.name, vm.id), machineId: randomBytes(16).toString('hex') },
+          }),
+        ),
+      ),
+    );
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      // All or nothing: a fork that failed must not leave its siblings behind.
+      await Promise.all(created.map((vm) => this.engine.remove(vm.id, true).catch(() => {})));
+      throw failed.reason;
+    }
+    return results.map((r) => (r as PromiseFulfilledResult<VmRecord>).value);
+  }
+
+  /** Rolls a VM back to a snapshot of its own lineage (its memory, devices and disk). */
+  restore(vmRef: string, snapshotRef: string): Promise<VmRecord> {
+    const vm = this.engine.resolve(vmRef);
+    const snapshot = this.resolve(snapshotRef);
+    if (!this.inLineage(vm, snapshot)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `snapshot ${snapshot.name} is not of VM ${vm.name}'s lineage: fork it instead`);
+    }
+    return this.engine.withLock(vm.id, async () => {
+      assertCompatible(snapshot.compat, this.engine.compatKey(await this.engine.host.ensure()), snapshot.name);
+      const current = this.engine.vms.get(vm.id)!;
+      if (current.state !== 'stopped' && current.state !== 'created') {
+        this.engine.vms.update(vm.id, { state: 'stopping' });
+        await this.engine.live.kill(vm.id);
+        this.engine.vms.update(vm.id, { state: 'stopped', pid: null });
+      }
+      return this.engine.bootLocked(vm.id, { snapshot });
+    });
+  }
+
+  /**
+   * Removes a snapshot. Refused while VMs run on its disk layer (unless `force`, which removes
+   * them) or while snapshots taken from its descendants still chain through it.
+   */
+  remove(ref: string, force = false): Promise<void> {
+    const snapshot = this.resolve(ref);
+    return this.engine.withLock(snapshot.id, async () => {
+      const children = this.engine.snapshotStore.children(snapshot.id);
+      if (children.length > 0) {
+        throw new CellError(
+          ErrorCodes.CONFLICT,
+          `snapshot ${snapshot.name} is the base of snapshots ${children.map((c) => c.name).join(', ')}: remove them first`,
+        );
+      }
+      const dependents = this.engine.vms.onSnapshot(snapshot.id);
+      if (dependents.length > 0 && !force) {
+        throw new CellError(
+          ErrorCodes.CONFLICT,
+          `snapshot ${snapshot.name} is in use by VMs ${dependents.map((v) => v.name).join(', ')}: remove them or use --force`,
+        );
+      }
+      for (const vm of dependents) await this.engine.remove(vm.id, true);
+      this.engine.snapshotStore.delete(snapshot.id);
+      await rm(this.engine.snapshotDir(snapshot.id), { recursive: true, force: true });
+    });
+  }
+
+  /** Whether `snapshot` was taken from this VM or from one of the snapshots it descends from. */
+  private inLineage(vm: VmRecord, snapshot: SnapshotRecord): boolean {
+    if (snapshot.parentVm === vm.id) return true;
+    for (let id = vm.baseSnapshot; id; id = this.engine.snapshotStore.get(id)?.parentSnapshot ?? null) {
+      if (id === snapshot.id) return true;
+    }
+    return false;
+  }
+
+  private createForkRecord(snapshot: SnapshotRecord, name: string): VmRecord {
+    const now = new Date().toISOString();
+    const vm: VmRecord = {
+      id: newId(),
+      name,
+      state: 'created',
+      spec: { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false },
+      createdAt: now,
+      startedAt: null,
+      stoppedAt: null,
+      pid: null,
+      accelerator: null,
+      exit: null,
+      baseSnapshot: snapshot.id,
+    };
+    this.engine.vms.insert(vm);
+    return vm;
+  }
+}
+
+/** Bytes a file really occupies (sparse RAM files are mostly holes). */
+async function allocatedBytes(path: string): Promise<number> {
+  try {
+    const s = await stat(path);
+    return Math.min(s.size, s.blocks * 512);
+  } catch {
+    return 0;
+  }
+}
