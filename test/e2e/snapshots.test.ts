@@ -1,0 +1,128 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, truncateSync } from 'node:fs';
+import { join } from 'node:path';
+import { TestHome } from '../helpers/cell-home.js';
+
+interface VmJson {
+  id: string;
+  name: string;
+  state: string;
+  baseSnapshot: string | null;
+}
+
+describe('snapshots and forks', () => {
+  let h: TestHome;
+  let snapshotId = '';
+  before(() => {
+    h = new TestHome();
+  });
+  after(async () => {
+    await h.cleanup();
+    assert.deepEqual(h.qemuPids(), []);
+  });
+
+  const counter = 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done';
+
+  test('snapshot of a running VM: it keeps running, its counter keeps counting', async () => {
+    await h.ok(['run', '-d', '--name', 'src', 'busybox']);
+    await h.ok(['exec', 'src', '--', 'sh', '-c', `echo 0123456789abcdef0123456789abcdef > /etc/machine-id; echo kept > /root/file; (${counter}) >/dev/null 2>&1 &`]);
+    await new Promise((r) => setTimeout(r, 800));
+    const r = await h.ok(['snapshot', '--name', 'warm', 'src']);
+    snapshotId = r.stdout.trim();
+    assert.match(snapshotId, /^[0-9a-f]{64}$/);
+    const first = Number((await h.ok(['exec', 'src', '--', 'cat', '/tmp/counter'])).stdout);
+    await new Promise((r) => setTimeout(r, 600));
+    const second = Number((await h.ok(['exec', 'src', '--', 'cat', '/tmp/counter'])).stdout);
+    assert.ok(first >= 3, `the counter ran before the snapshot (${first})`);
+    assert.ok(second > first, `the source VM still counts after the snapshot (${first} -> ${second})`);
+  });
+
+  test('forks continue the counter, see the file, and get a fresh identity', async () => {
+    await new Promise((r) => setTimeout(r, 1500)); // the guest clock must be set on restore, not carried over
+    const r = await h.ok(['fork', '--count', '3', '--name', 'kid', 'warm']);
+    const ids = r.stdout.trim().split('\n');
+    assert.equal(ids.length, 3);
+    const facts = await Promise.all(
+      ['kid-1', 'kid-2', 'kid-3'].map(async (name) => {
+        const out = await h.ok([
+          'exec', name, '--', 'sh', '-c',
+          'a=$(cat /tmp/counter); sleep 0.5; b=$(cat /tmp/counter); echo $a $b; cat /root/file; hostname; cat /etc/hostname; cat /etc/machine-id; head -c 16 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; date +%s',
+        ]);
+        const [counts, file, hostname, etcHostname, machineId, random, clock] = out.stdout.trim().split('\n');
+        const [a, b] = counts!.split(' ').map(Number);
+        return { a: a!, b: b!, file, hostname, etcHostname, machineId, random, clock: Number(clock), at: Date.now() / 1000 };
+      }),
+    );
+    for (const f of facts) {
+      assert.ok(f.a >= 3, `fork starts from the snapshot's counter (${f.a})`);
+      assert.ok(f.b > f.a, `fork's counter keeps counting (${f.a} -> ${f.b})`);
+      assert.equal(f.file, 'kept');
+      assert.equal(f.etcHostname, f.hostname);
+      assert.ok(Math.abs(f.clock - f.at) <= 1.5, `guest clock ${f.clock} within a second of the host's ${f.at.toFixed(1)}`);
+    }
+    assert.deepEqual(facts.map((f) => f.hostname).sort(), ['kid-1', 'kid-2', 'kid-3']);
+    assert.equal(new Set(facts.map((f) => f.machineId)).size, 3, 'machine ids differ');
+    assert.ok(!facts.some((f) => f.machineId === '0123456789abcdef0123456789abcdef'), 'no fork keeps the source machine id');
+    assert.equal(new Set(facts.map((f) => f.random)).size, 3, '/dev/urandom differs between forks');
+  });
+
+  test('a write in one fork is invisible to its siblings and to the source', async () => {
+    await h.ok(['exec', 'kid-1', '--', 'sh', '-c', 'echo mine > /root/file; echo new > /root/only-kid-1']);
+    assert.equal((await h.ok(['exec', 'kid-1', '--', 'cat', '/root/file'])).stdout, 'mine\n');
+    assert.equal((await h.ok(['exec', 'kid-2', '--', 'cat', '/root/file'])).stdout, 'kept\n');
+    assert.equal((await h.ok(['exec', 'src', '--', 'cat', '/root/file'])).stdout, 'kept\n');
+    assert.notEqual((await h.cell(['exec', 'kid-2', '--', 'cat', '/root/only-kid-1'])).code, 0);
+  });
+
+  test('forks of a fork: snapshot a fork and fork again', async () => {
+    await h.ok(['snapshot', '--name', 'second', 'kid-1']);
+    await h.ok(['fork', '--name', 'grandkid', 'second']);
+    const out = await h.ok(['exec', 'grandkid-1', '--', 'sh', '-c', 'cat /root/file; a=$(cat /tmp/counter); sleep 0.4; b=$(cat /tmp/counter); [ $b -gt $a ] && echo counting']);
+    assert.equal(out.stdout, 'mine\ncounting\n');
+  });
+
+  test('run --from forks and runs a command in one step', async () => {
+    const r = await h.cell(['run', '--rm', '--from', 'warm', '--', 'sh', '-c', 'cat /root/file; exit 4']);
+    assert.equal(r.code, 4, r.stderr);
+    assert.equal(r.stdout, 'kept\n');
+  });
+
+  test('restore rolls a VM back to its snapshot', async () => {
+    await h.ok(['exec', 'src', '--', 'sh', '-c', 'echo changed > /root/file']);
+    await h.ok(['restore', 'src', 'warm']);
+    assert.equal((await h.ok(['exec', 'src', '--', 'cat', '/root/file'])).stdout, 'kept\n');
+    const bad = await h.cell(['restore', 'kid-2', 'second']);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /lineage/);
+  });
+
+  test('snapshots lists lineage; rm refuses a snapshot in use', async () => {
+    const list = JSON.parse((await h.ok(['snapshots', '--format', 'json'])).stdout) as { name: string; parentVmName: string; parentSnapshot: string | null }[];
+    assert.deepEqual(list.map((s) => s.name).sort(), ['second', 'warm']);
+    assert.equal(list.find((s) => s.name === 'second')?.parentSnapshot, snapshotId);
+    const tree = await h.ok(['snapshots', '--tree']);
+    assert.match(tree.stdout, /warm[\s\S]*second/);
+    const refused = await h.cell(['snapshot', 'rm', 'warm']);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /second|in use/);
+    const refusedSecond = await h.cell(['snapshot', 'rm', 'second']);
+    assert.match(refusedSecond.stderr, /in use by VMs/);
+    await h.ok(['snapshot', 'rm', '-f', 'second']);
+    const vms = JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as VmJson[];
+    assert.ok(!vms.some((v) => v.name === 'grandkid-1'), 'rm -f removed the VMs on that snapshot');
+  });
+
+  test('a corrupt state file gives a clear error and leaves no VM behind', async () => {
+    const dir = join(h.home, 'snapshots', snapshotId);
+    const before = (JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as VmJson[]).length;
+    truncateSync(join(dir, 'state'), 1000);
+    const r = await h.cell(['fork', 'warm']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /state|snapshot/i);
+    assert.equal(r.stderr.trim().split('\n')[0]!.startsWith('error: '), true);
+    const after = JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as VmJson[];
+    assert.equal(after.length, before, 'no VM record is left');
+    assert.equal(readdirSync(join(h.home, 'vms')).length, before, 'no VM directory is left');
+  });
+});
