@@ -58,7 +58,8 @@ export type Vm = Static<typeof Vm>;
 
 export const RunRequest = Type.Object(
   {
-    image: Type.String({ minLength: 1 }),
+    /** Required unless `fromSnapshot` is given. */
+    image: Type.Optional(Type.String({ minLength: 1 })),
     name: Type.Optional(Type.String()),
     cpus: Type.Optional(Type.Integer()),
     memoryMib: Type.Optional(Type.Integer()),
@@ -68,6 +69,8 @@ export const RunRequest = Type.Object(
     user: Type.Optional(Type.String()),
     timeoutSec: Type.Optional(Type.Number({ minimum: 0 })),
     autoRemove: Type.Optional(Type.Boolean()),
+    /** Fork this snapshot instead of booting `image` (which is then ignored). */
+    fromSnapshot: Type.Optional(Type.String({ minLength: 1 })),
   },
   { additionalProperties: false },
 );

@@ -29,7 +29,7 @@ import type { ExecOptions, ExecResult, OutputSink } from './output.js';
 import { VmLogs, type LogEntry } from './vm-logs.js';
 
 export interface CreateVmRequest {
-  image: string;
+  image?: string;
   name?: string;
   cpus?: number;
   memoryMib?: number;
@@ -43,6 +43,8 @@ export interface CreateVmRequest {
 
 export interface RunRequest extends CreateVmRequest {
   detach?: boolean;
+  /** Fork this snapshot instead of booting the image (`image` is then ignored). */
+  fromSnapshot?: string;
 }
 
 export interface RunEvents {
@@ -153,6 +155,7 @@ export class Engine {
     parseUser(req.user);
     if (req.name !== undefined) validateName(req.name);
     await this.host.ensure();
+    if (!req.image) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an image is required (for example: busybox)');
     const image = this.findImage(req.image);
     const name = req.name ?? this.freshName();
     if (this.vms.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another VM`);
@@ -244,14 +247,19 @@ export class Engine {
    * to boot during `run` is removed: a failed run leaves nothing behind.
    */
   async run(req: RunRequest, sink: OutputSink = NULL_SINK, events: RunEvents = {}, signal?: AbortSignal): Promise<{ vm: VmRecord; result?: ExecResult }> {
-    const created = await this.create(req);
-    events.onCreated?.(created);
     let vm: VmRecord;
-    try {
-      vm = await this.start(created.id);
-    } catch (err) {
-      await this.remove(created.id, true).catch(() => {});
-      throw err;
+    if (req.fromSnapshot) {
+      vm = await this.forkForRun(req);
+      events.onCreated?.(vm);
+    } else {
+      const created = await this.create(req);
+      events.onCreated?.(created);
+      try {
+        vm = await this.start(created.id);
+      } catch (err) {
+        await this.remove(created.id, true).catch(() => {});
+        throw err;
+      }
     }
     events.onRunning?.(vm);
     if (req.detach) {
@@ -267,6 +275,32 @@ export class Engine {
     const final = this.vms.get(vm.id) ?? vm;
     if (vm.spec.autoRemove) await this.remove(vm.id, true);
     return { vm: final, result };
+  }
+
+  /** `run --from`: one fork of the snapshot whose main command is the user's. */
+  private async forkForRun(req: RunRequest): Promise<VmRecord> {
+    if (!req.cmd || req.cmd.length === 0) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'run --from needs a command: cell run --from SNAPSHOT -- CMD...');
+    }
+    validateEnv(req.env ?? []);
+    parseUser(req.user);
+    if (req.cpus !== undefined || req.memoryMib !== undefined) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'a fork has its snapshot\'s CPUs and memory: drop --cpus and --memory with --from');
+    }
+    const snapshot = this.snapshots.resolve(req.fromSnapshot!);
+    const [vm] = await this.snapshots.fork(snapshot.id, {
+      count: 1,
+      name: req.name,
+      overrides: {
+        cmd: req.cmd,
+        env: mergeEnv(snapshot.spec.env, req.env ?? []),
+        workingDir: req.workingDir || snapshot.spec.workingDir,
+        user: req.user || snapshot.spec.user,
+        timeoutSec: req.timeoutSec ?? 0,
+        autoRemove: req.autoRemove ?? false,
+      },
+    });
+    return vm!;
   }
 
   /** Runs the VM's main command; its output goes to the VM's log and to the sink. */

@@ -24,6 +24,10 @@ export interface ForkOptions {
   count?: number;
   /** Fork names are PREFIX-1, PREFIX-2, ...; default: the snapshot's name. */
   namePrefix?: string;
+  /** The exact name of a single fork (`run --from --name`). */
+  name?: string;
+  /** Spec fields that differ from the snapshot's (`run --from`: the command, env, timeout, --rm). */
+  overrides?: Partial<Pick<VmRecord['spec'], 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove'>>;
 }
 
 export const MAX_FORKS = 64;
@@ -116,13 +120,16 @@ export class Snapshots {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--count ${count} is out of range: 1 to ${MAX_FORKS}`);
     }
     const prefix = opts.namePrefix ?? snapshot.name;
-    const names = Array.from({ length: count }, (_, i) => (opts.namePrefix !== undefined || count > 1 ? `${prefix}-${i + 1}` : this.engine.freshName()));
+    const names =
+      opts.name !== undefined && count === 1
+        ? [opts.name]
+        : Array.from({ length: count }, (_, i) => (opts.namePrefix !== undefined || count > 1 ? `${prefix}-${i + 1}` : this.engine.freshName()));
     for (const n of names) {
       validateName(n);
       if (this.engine.vms.nameExists(n)) throw new CellError(ErrorCodes.CONFLICT, `the name "${n}" is already in use by another VM`);
     }
     assertCompatible(snapshot.compat, this.engine.compatKey(await this.engine.host.ensure()), snapshot.name);
-    const created = names.map((name) => this.createForkRecord(snapshot, name));
+    const created = names.map((name) => this.createForkRecord(snapshot, name, opts.overrides ?? {}));
     const results = await Promise.allSettled(
       created.map((vm) =>
         this.engine.withLock(vm.id, () =>
@@ -197,13 +204,13 @@ export class Snapshots {
     return false;
   }
 
-  private createForkRecord(snapshot: SnapshotRecord, name: string): VmRecord {
+  private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object): VmRecord {
     const now = new Date().toISOString();
     const vm: VmRecord = {
       id: newId(),
       name,
       state: 'created',
-      spec: { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false },
+      spec: { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...overrides },
       createdAt: now,
       startedAt: null,
       stoppedAt: null,
