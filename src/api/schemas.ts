@@ -133,6 +133,8 @@ export type StreamEvent =
   | { type: 'stderr'; data: string }
   | { type: 'exit'; exitCode: number; signal: number | null; timedOut: boolean; durationMs: number }
   | { type: 'log'; time: string; stream: 'stdout' | 'stderr'; text: string }
+  | { type: 'pull'; event: Record<string, unknown> & { phase: string } }
+  | { type: 'image'; image: { reference: string; digest: string; sizeBytes: number } }
   | { type: 'done'; vm?: Vm }
   | { type: 'error'; error: ErrorBody['error'] };
 

@@ -23,6 +23,7 @@ import { assertCompatible, type CompatKey, type SnapshotRecord } from '../domain
 import { MACHINE_TYPE } from '../vmm/qemu/argv.js';
 import { SnapshotStore } from '../store/snapshot-store.js';
 import { Snapshots } from './snapshots.js';
+import { Images } from './images.js';
 import { exitInfo, guestHostname } from './vm-records.js';
 import { LiveMachines, type GuestIdentity } from './live-machines.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
@@ -70,7 +71,8 @@ const NULL_SINK: OutputSink = { stdout() {}, stderr() {} };
 /** The runtime: the one place that combines the store, the host assets, the VMM and the agent. */
 export class Engine {
   readonly vms: VmStore;
-  readonly images: ImageStore;
+  readonly imageStore: ImageStore;
+  readonly images: Images;
   readonly logs: VmLogs;
   readonly host: HostReadiness;
   readonly snapshotStore: SnapshotStore;
@@ -83,14 +85,16 @@ export class Engine {
 
   private constructor(
     readonly paths: CellPaths,
-    private readonly db: Db,
+    /** @internal */
+    readonly db: Db,
   ) {
     this.vms = new VmStore(db);
-    this.images = new ImageStore(db);
+    this.imageStore = new ImageStore(db);
+    this.images = new Images(this);
     this.snapshotStore = new SnapshotStore(db);
     this.snapshots = new Snapshots(this);
     this.logs = new VmLogs((id) => this.vmDir(id));
-    this.host = new HostReadiness(paths.cache, this.images);
+    this.host = new HostReadiness(paths.cache, this.imageStore);
     this.live = new LiveMachines(this.backend, (id, expected) => this.onMachineGone(id, expected));
   }
 
@@ -130,7 +134,7 @@ export class Engine {
       qemuVersion: ready.qemuVersion,
       guestKernel: ready.assets.kernel.release,
       vms: this.vms.countByState(),
-      images: this.images.list().length,
+      images: this.imageStore.list().length,
     };
   }
 
@@ -156,7 +160,7 @@ export class Engine {
     if (req.name !== undefined) validateName(req.name);
     await this.host.ensure();
     if (!req.image) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an image is required (for example: busybox)');
-    const image = this.findImage(req.image);
+    const image = await this.images.ensure(req.image);
     const name = req.name ?? this.freshName();
     if (this.vms.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another VM`);
     const now = new Date().toISOString();
@@ -185,8 +189,11 @@ export class Engine {
       baseSnapshot: null,
     };
     await mkdir(this.vmDir(vm.id), { recursive: true });
-    this.vms.insert(vm);
-    this.images.touch(image.reference, now);
+    this.db.transaction(() => {
+      this.vms.insert(vm);
+      this.images.pin('vm', vm.id, image.digest);
+    })();
+    this.imageStore.touch(image.reference, now);
     return vm;
   }
 
@@ -207,7 +214,7 @@ export class Engine {
       throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} is already ${vm.state}`);
     }
     const ready = await this.host.ensure();
-    const image = this.findImage(vm.spec.image);
+    const image = this.images.require(vm.spec.image);
     this.vms.update(id, { state: 'starting', exit: null, pid: null, accelerator: ready.accelerator.accelerator });
     const snapshotDir = restore ? this.snapshotDir(restore.snapshot.id) : undefined;
     try {
@@ -390,7 +397,10 @@ export class Engine {
         if (current.pid) await this.backend.kill(current.pid, vm.id);
       }
       this.releaseMemory(vm.id);
-      this.vms.delete(vm.id);
+      this.db.transaction(() => {
+        this.vms.delete(vm.id);
+        this.images.unpin('vm', vm.id);
+      })();
       this.logs.end(vm.id);
       await rm(this.vmDir(vm.id), { recursive: true, force: true });
     });
@@ -456,20 +466,6 @@ export class Engine {
   /** @internal */
   releaseMemory(id: string): void {
     rmSync(this.memoryPath(id), { force: true });
-  }
-
-  /** @internal */
-  findImage(reference: string): ImageRecord {
-    const normalized = reference.endsWith(':latest') ? reference.slice(0, -':latest'.length) : reference;
-    const image = this.images.get(normalized) ?? this.images.get(reference);
-    if (!image) {
-      const known = this.images.list().map((i) => i.reference);
-      throw new CellError(
-        ErrorCodes.IMAGE_NOT_FOUND,
-        `unknown image "${reference}"` + (known.length ? ` (local images: ${known.join(', ')})` : ''),
-      );
-    }
-    return image;
   }
 
   /** @internal */

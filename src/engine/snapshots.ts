@@ -103,7 +103,10 @@ export class Snapshots {
         createdAt: new Date().toISOString(),
       };
       await rename(staging, this.engine.snapshotDir(id));
-      this.engine.snapshotStore.insert(record);
+      this.engine.db.transaction(() => {
+        this.engine.snapshotStore.insert(record);
+        this.engine.images.pin('snapshot', id, record.spec.imageDigest);
+      })();
       // From now on the VM's disk is an overlay on the frozen layer.
       this.engine.vms.update(vm.id, { baseSnapshot: id, state: 'stopped', pid: null, stoppedAt: new Date().toISOString(), exit: exitInfo('snapshot') });
       this.engine.releaseMemory(vm.id);
@@ -190,7 +193,10 @@ export class Snapshots {
         );
       }
       for (const vm of dependents) await this.engine.remove(vm.id, true);
-      this.engine.snapshotStore.delete(snapshot.id);
+      this.engine.db.transaction(() => {
+        this.engine.snapshotStore.delete(snapshot.id);
+        this.engine.images.unpin('snapshot', snapshot.id);
+      })();
       await rm(this.engine.snapshotDir(snapshot.id), { recursive: true, force: true });
     });
   }
@@ -219,7 +225,10 @@ export class Snapshots {
       exit: null,
       baseSnapshot: snapshot.id,
     };
-    this.engine.vms.insert(vm);
+    this.engine.db.transaction(() => {
+      this.engine.vms.insert(vm);
+      this.engine.images.pin('vm', vm.id, vm.spec.imageDigest);
+    })();
     return vm;
   }
 }

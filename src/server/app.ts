@@ -6,6 +6,7 @@ import type { Engine } from '../engine/engine.js';
 import { systemRoutes } from './routes/system.js';
 import { vmRoutes } from './routes/vms.js';
 import { snapshotRoutes } from './routes/snapshots.js';
+import { imageRoutes } from './routes/images.js';
 
 /** The HTTP API in front of the engine. Errors become `{ error: { code, message, details } }`. */
 export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = false): FastifyInstance {
@@ -52,6 +53,7 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
   systemRoutes(app, engine);
   vmRoutes(app, engine);
   snapshotRoutes(app, engine);
+  imageRoutes(app, engine);
   return app;
 }
 

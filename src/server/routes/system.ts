@@ -21,15 +21,4 @@ export function systemRoutes(app: FastifyInstance, engine: Engine): void {
       stream.fail(err);
     }
   });
-
-  app.get('/v1/images', async () =>
-    engine.images.list().map(({ reference, digest, sizeBytes, builtin, createdAt, lastUsed }) => ({
-      reference,
-      digest,
-      sizeBytes,
-      builtin,
-      createdAt,
-      lastUsed,
-    })),
-  );
 }

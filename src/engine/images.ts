@@ -1,0 +1,115 @@
+import { join } from 'node:path';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import type { ImageRecord } from '../domain/image.js';
+import {
+  collectGarbage,
+  formatReference,
+  importArchive,
+  parseReference,
+  pullImage,
+  removeImageReference,
+  type PullProgressFn,
+} from '../image/index.js';
+import { ImagePins } from '../store/image-pins.js';
+import type { Engine } from './engine.js';
+
+export interface PullRequest {
+  reference: string;
+  platform?: string;
+  onProgress?: PullProgressFn;
+  signal?: AbortSignal;
+}
+
+/**
+ * Images as the engine sees them: built-in ones (made by host set-up) and ones pulled from OCI
+ * registries or imported from archives. A short name resolves to a local image first (`busybox`
+ * is the built-in one), then to its full Docker-style reference.
+ */
+export class Images {
+  private readonly pins: ImagePins;
+
+  constructor(private readonly engine: Engine) {
+    this.pins = new ImagePins(engine.db);
+  }
+
+  list(): ImageRecord[] {
+    return this.engine.imageStore.list();
+  }
+
+  /** The local image a reference names, or undefined. */
+  find(reference: string): ImageRecord | undefined {
+    const store = this.engine.imageStore;
+    const bare = reference.endsWith(':latest') ? reference.slice(0, -':latest'.length) : reference;
+    const local = store.get(reference) ?? store.get(bare);
+    if (local) return local;
+    try {
+      return store.get(formatReference(parseReference(reference)));
+    } catch {
+      return undefined;
+    }
+  }
+
+  require(reference: string): ImageRecord {
+    const image = this.find(reference);
+    if (!image) {
+      const known = this.list().map((i) => i.reference);
+      throw new CellError(
+        ErrorCodes.IMAGE_NOT_FOUND,
+        `unknown image "${reference}": pull it first (cell pull ${reference})` + (known.length ? `; local images: ${known.join(', ')}` : ''),
+      );
+    }
+    return image;
+  }
+
+  async pull(req: PullRequest): Promise<ImageRecord> {
+    await this.engine.host.ensure();
+    return pullImage({
+      reference: req.reference,
+      platform: req.platform,
+      storeRoot: this.engine.paths.home,
+      db: this.engine.db,
+      onProgress: req.onProgress,
+      credentialsPath: join(this.engine.paths.home, 'credentials.json'),
+      insecureRegistries: insecureRegistries(),
+      signal: req.signal,
+    });
+  }
+
+  /** The local image, pulling it first when it is not here (what `cell run IMAGE` does). */
+  async ensure(reference: string, onProgress?: PullProgressFn): Promise<ImageRecord> {
+    return this.find(reference) ?? (await this.pull({ reference, onProgress }));
+  }
+
+  async importArchive(file: string, reference?: string): Promise<ImageRecord> {
+    await this.engine.host.ensure();
+    return importArchive({ file, storeRoot: this.engine.paths.home, db: this.engine.db, reference });
+  }
+
+  /** Removes a reference; refused while a VM or snapshot uses the image, unless `force`. */
+  async remove(reference: string, force = false): Promise<void> {
+    const image = this.require(reference);
+    if (image.builtin) throw new CellError(ErrorCodes.CONFLICT, `${image.reference} is built in: it cannot be removed`);
+    const users = [
+      ...this.engine.vms.list().filter((vm) => vm.spec.imageDigest === image.digest).map((vm) => `VM ${vm.name}`),
+      ...this.engine.snapshotStore.list().filter((s) => s.spec.imageDigest === image.digest).map((s) => `snapshot ${s.name}`),
+    ];
+    if (users.length > 0 && !force) {
+      throw new CellError(ErrorCodes.CONFLICT, `image ${image.reference} is in use by ${users.join(', ')}: remove them or use --force`);
+    }
+    removeImageReference(this.engine.db, image.reference);
+    // Unpinned blobs and disks go now; a forced removal keeps what VMs and snapshots still pin.
+    await collectGarbage({ storeRoot: this.engine.paths.home, db: this.engine.db, graceMs: 0 });
+  }
+
+  pin(kind: 'vm' | 'snapshot', id: string, imageDigest: string): void {
+    this.pins.pin(kind, id, [imageDigest]);
+  }
+
+  unpin(kind: 'vm' | 'snapshot', id: string): void {
+    this.pins.unpin(kind, id);
+  }
+}
+
+function insecureRegistries(): string[] {
+  return (process.env.CELL_INSECURE_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+}
