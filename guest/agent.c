@@ -57,9 +57,15 @@
 #define MAX_ARGC 1024u
 #define MAX_ENVC 4096u
 #define MAX_ENTROPY 4096u
+#define MAX_HOSTNAME 63 /* one RFC 1123 label */
+#define MACHINE_ID_LEN 32
+
+#ifndef RNDRESEEDCRNG
+#define RNDRESEEDCRNG _IO('R', 0x07) /* Linux 4.17+ */
+#endif
 
 enum {
-	T_PING = 0x01, T_EXEC, T_STDIN, T_KILL, T_SET_TIME, T_ADD_ENTROPY, T_SHUTDOWN, T_SIGNAL_ALL,
+	T_PING = 0x01, T_EXEC, T_STDIN, T_KILL, T_SET_TIME, T_ADD_ENTROPY, T_SHUTDOWN, T_SIGNAL_ALL, T_SET_IDENTITY,
 	T_OK = 0x80, T_PONG, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_HELLO, T_ERROR = 0x8F,
 };
 enum { E_MALFORMED = 1, E_BAD_CWD, E_UNKNOWN_ID, E_DUPLICATE_ID, E_UNKNOWN_TYPE, E_LIMIT, E_SYSCALL };
@@ -73,7 +79,10 @@ enum { E_MALFORMED = 1, E_BAD_CWD, E_UNKNOWN_ID, E_DUPLICATE_ID, E_UNKNOWN_TYPE,
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #define NEWROOT "/newroot"
 #define PORT_NAME "cell.agent"
-#define DEVICE_WAIT_MS 5000 /* root disk and agent port: how long to wait for them to appear */
+/* Root disk and agent port: how long to wait for them to appear. Generous: under software emulation
+ * with several VMs booting at once on a few cores they can take seconds, and the host has its own
+ * deadline anyway. */
+#define DEVICE_WAIT_MS 20000
 
 /* ------------------------------------------------------------------------------------------ */
 /* Globals */
@@ -898,6 +907,11 @@ static void handle_add_entropy(uint32_t id, const uint8_t *p, size_t len)
 			memcpy(info->buf, p, len);
 			rc = ioctl(fd, RNDADDENTROPY, info);
 			err = errno;
+			/* Crediting the pool does not change what the CRNG generates until its next scheduled
+			 * reseed, and a VM restored from a snapshot (every fork of it) carries the CRNG state of
+			 * the snapshot: without a reseed now, forks would read the same /dev/urandom bytes.
+			 * (This kernel has no vmgenid driver to do it.) Old kernels lack the ioctl: not fatal. */
+			if (rc == 0 && ioctl(fd, RNDRESEEDCRNG) != 0) debugx("RNDRESEEDCRNG: %s", strerror(errno));
 			close(fd);
 		}
 		free(info);
@@ -907,6 +921,179 @@ static void handle_add_entropy(uint32_t id, const uint8_t *p, size_t len)
 		}
 	}
 	send_frame(T_OK, id, NULL, 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Identity: hostname and machine id */
+
+/*
+ * Replaces path with text crash-safely: a temporary file in the same directory, fsync, rename over
+ * path, fsync of the directory. An existing file keeps its mode and owner; a new one gets 0644.
+ * Returns NULL, or the name of the system call that failed (errno says why).
+ */
+static const char *write_file_atomic(const char *path, const char *text)
+{
+	char tmp[256];
+	const char *base = strrchr(path, '/'); /* paths here are absolute */
+	snprintf(tmp, sizeof tmp, "%.*s/.%s.cell-XXXXXX", (int)(base - path), path, base + 1);
+	mode_t mode = 0644;
+	uid_t uid = 0;
+	gid_t gid = 0;
+	struct stat st;
+	if (stat(path, &st) == 0) {
+		mode = st.st_mode & 07777;
+		uid = st.st_uid;
+		gid = st.st_gid;
+	}
+	int fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0) return "mkstemp";
+	const char *failed = NULL;
+	size_t n = strlen(text), off = 0;
+	while (!failed && off < n) {
+		ssize_t w = write(fd, text + off, n - off);
+		if (w < 0 && errno == EINTR) continue;
+		if (w <= 0) {
+			if (w == 0) errno = EIO;
+			failed = "write";
+		} else {
+			off += (size_t)w;
+		}
+	}
+	if (!failed && fchown(fd, uid, gid) != 0) failed = "fchown";
+	if (!failed && fchmod(fd, mode) != 0) failed = "fchmod";
+	if (!failed && fsync(fd) != 0) failed = "fsync";
+	int err = errno;
+	if (close(fd) != 0 && !failed) {
+		err = errno;
+		failed = "close";
+	}
+	if (!failed && rename(tmp, path) != 0) {
+		err = errno;
+		failed = "rename";
+	}
+	if (failed) {
+		unlink(tmp);
+		errno = err;
+		return failed;
+	}
+	char dir[256];
+	snprintf(dir, sizeof dir, "%.*s", base == path ? 1 : (int)(base - path), path);
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) { /* makes the rename itself durable; a failure here loses nothing yet */
+		fsync(dfd);
+		close(dfd);
+	}
+	return NULL;
+}
+
+/*
+ * Rewrites one identity file in dir. A dir that is missing or not writable (a read-only root) is
+ * skipped: not an error. Returns NULL or the failed system call, as write_file_atomic.
+ */
+static const char *write_identity_file(const char *dir, const char *path, const char *text)
+{
+	if (access(dir, W_OK) != 0) {
+		debugx("%s: %s; %s left as it is", dir, strerror(errno), path);
+		return NULL;
+	}
+	return write_file_atomic(path, text);
+}
+
+/* /etc/hostname, so that `cat /etc/hostname` agrees with `hostname`. */
+static const char *write_hostname_file(const char *hostname)
+{
+	char text[MAX_HOSTNAME + 3];
+	snprintf(text, sizeof text, "%s\n", hostname);
+	return write_identity_file("/etc", "/etc/hostname", text);
+}
+
+/* One RFC 1123 label: 1..63 of [A-Za-z0-9-], not starting or ending with '-'. */
+static const char *check_hostname(const char *h)
+{
+	size_t n = strlen(h);
+	if (n == 0 || n > MAX_HOSTNAME) return "must be 1..63 characters";
+	if (h[0] == '-' || h[n - 1] == '-') return "must not start or end with '-'";
+	for (; *h; h++)
+		if (!((*h >= 'a' && *h <= 'z') || (*h >= 'A' && *h <= 'Z') || (*h >= '0' && *h <= '9') || *h == '-'))
+			return "may contain only letters, digits and '-'";
+	return NULL;
+}
+
+/* Empty (leave the machine id alone) or 32 lowercase hex digits. */
+static const char *check_machine_id(const char *m)
+{
+	size_t n = strlen(m);
+	if (n != 0 && n != MACHINE_ID_LEN) return "must be 32 lowercase hex digits, or empty";
+	for (; *m; m++)
+		if (!((*m >= '0' && *m <= '9') || (*m >= 'a' && *m <= 'f'))) return "must be 32 lowercase hex digits, or empty";
+	return NULL;
+}
+
+/*
+ * SET_IDENTITY: a fork of a snapshot becomes a machine of its own before any user command runs.
+ * Machine-id files are rewritten only where the image has them (never created), and only when
+ * they are regular files: /var/lib/dbus/machine-id is often a symlink to /etc/machine-id.
+ */
+static void handle_set_identity(uint32_t id, const uint8_t *p, size_t len)
+{
+	struct reader r = { .p = p, .len = len };
+	char *hostname = NULL, *machine_id = NULL;
+	const char *err, *what = "hostname";
+	char *store = malloc(len + 2); /* each string costs at least its 4-byte length */
+	if (!store) {
+		send_error(id, E_SYSCALL, "malloc: %s", strerror(errno));
+		return;
+	}
+	r.store = store;
+	if (!(err = rd_str(&r, &hostname))) {
+		what = "machine_id";
+		err = rd_str(&r, &machine_id);
+	}
+	if (!err && r.off != r.len) {
+		what = "payload";
+		err = "has trailing bytes";
+	}
+	if (!err && (err = check_hostname(hostname))) what = "hostname";
+	if (!err && (err = check_machine_id(machine_id))) what = "machine_id";
+	if (err) {
+		send_error(id, E_MALFORMED, "malformed SET_IDENTITY: %s: %s", what, err);
+		goto out;
+	}
+	if (g_stdio) goto ok; /* test mode validates but never renames the machine it runs on */
+
+	if (sethostname(hostname, strlen(hostname)) != 0) {
+		send_error(id, E_SYSCALL, "sethostname: %s", strerror(errno));
+		goto out;
+	}
+	const char *failed = write_hostname_file(hostname);
+	if (failed) {
+		send_error(id, E_SYSCALL, "%s /etc/hostname: %s", failed, strerror(errno));
+		goto out;
+	}
+	if (*machine_id) {
+		static const char *const files[][2] = {
+			{ "/etc", "/etc/machine-id" },
+			{ "/var/lib/dbus", "/var/lib/dbus/machine-id" },
+		};
+		char text[MACHINE_ID_LEN + 2];
+		snprintf(text, sizeof text, "%s\n", machine_id);
+		for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+			struct stat st;
+			if (lstat(files[i][1], &st) != 0 || !S_ISREG(st.st_mode)) {
+				debugx("%s: not a regular file; left as it is", files[i][1]);
+				continue;
+			}
+			if ((failed = write_identity_file(files[i][0], files[i][1], text))) {
+				send_error(id, E_SYSCALL, "%s %s: %s", failed, files[i][1], strerror(errno));
+				goto out;
+			}
+		}
+	}
+	debugx("identity: hostname %s%s%s", hostname, *machine_id ? ", machine id " : "", machine_id);
+ok:
+	send_frame(T_OK, id, NULL, 0);
+out:
+	free(store);
 }
 
 /* Waits until no children are left (everything is reparented to PID 1), at most timeout_ms. */
@@ -1012,6 +1199,7 @@ static void handle_frame(uint8_t type, uint32_t id, const uint8_t *p, size_t len
 	case T_ADD_ENTROPY: handle_add_entropy(id, p, len); break;
 	case T_SHUTDOWN: handle_shutdown(id, p, len); break;
 	case T_SIGNAL_ALL: handle_signal_all(id, p, len); break;
+	case T_SET_IDENTITY: handle_set_identity(id, p, len); break;
 	default: send_error(id, E_UNKNOWN_TYPE, "unknown frame type 0x%02x", type); break;
 	}
 }
@@ -1347,7 +1535,11 @@ static void pid1_setup(void)
 		fatal("switching root to %s: %s", root, strerror(errno));
 	debugx("switched root");
 
-	if (*hostname && sethostname(hostname, strlen(hostname)) != 0) warnx("sethostname %s: %s", hostname, strerror(errno));
+	if (*hostname) {
+		const char *failed;
+		if (sethostname(hostname, strlen(hostname)) != 0) warnx("sethostname %s: %s", hostname, strerror(errno));
+		else if ((failed = write_hostname_file(hostname))) warnx("%s /etc/hostname: %s", failed, strerror(errno));
+	}
 	loopback_up();
 
 	char dev[300];

@@ -172,6 +172,16 @@ export class AgentClient extends EventEmitter {
     await this.request(FrameType.ADD_ENTROPY, bytes);
   }
 
+  /**
+   * Gives the guest a new identity: its hostname (and /etc/hostname) and, when `machineId` is given
+   * (32 lowercase hex digits), the machine-id files the image has. A fork gets one before any user
+   * command runs.
+   */
+  async setIdentity(identity: { hostname: string; machineId?: string }): Promise<void> {
+    const payload = new PayloadWriter().string(identity.hostname).string(identity.machineId ?? '').build();
+    await this.request(FrameType.SET_IDENTITY, payload);
+  }
+
   /** Sends a signal to every guest process but the agent; returns how many were signalled. */
   async signalAll(signal: number): Promise<number> {
     const reply = await this.request(FrameType.SIGNAL_ALL, new PayloadWriter().u32(signal).build());

@@ -17,6 +17,7 @@ export const FrameType = {
   ADD_ENTROPY: 0x06,
   SHUTDOWN: 0x07,
   SIGNAL_ALL: 0x08,
+  SET_IDENTITY: 0x09,
   OK: 0x80,
   PONG: 0x81,
   STARTED: 0x82,

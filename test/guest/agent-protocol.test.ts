@@ -7,7 +7,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { release, tmpdir } from 'node:os';
+import { hostname, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
@@ -485,6 +485,45 @@ test('SET_TIME, ADD_ENTROPY and SHUTDOWN validate their payloads', async () => {
   await agent.expectError(FrameType.SHUTDOWN, Buffer.from([2]), AgentErrorCode.MALFORMED);
   await agent.expectError(FrameType.SHUTDOWN, undefined, AgentErrorCode.MALFORMED);
   await agent.pingOk();
+});
+
+test('SET_IDENTITY validates the hostname and machine id (and changes nothing in --stdio mode)', async () => {
+  const identity = (hostname: string | Buffer, machineId: string | Buffer = '') =>
+    new PayloadWriter().string(hostname).string(machineId).build();
+  const machineId = '0123456789abcdef0123456789abcdef';
+  const hostBefore = hostname();
+  const etcHostname = () => {
+    try {
+      return readFileSync('/etc/hostname', 'utf8');
+    } catch {
+      return null;
+    }
+  };
+  const etcBefore = etcHostname();
+
+  for (const ok of [identity('kid-1', machineId), identity('Kid-1'), identity('a'), identity('x'.repeat(63), machineId)]) {
+    assert.equal((await agent.request(FrameType.SET_IDENTITY, ok)).type, FrameType.OK);
+  }
+
+  for (const hostname of ['', '-x', 'x-', 'x'.repeat(64), 'a b', 'a/b', 'a.b', 'a_b', 'hé', Buffer.from('a\0b')]) {
+    await agent.expectError(FrameType.SET_IDENTITY, identity(hostname, machineId), AgentErrorCode.MALFORMED);
+  }
+  for (const bad of [machineId.slice(1), `${machineId}0`, machineId.replace('a', 'g'), machineId.toUpperCase(), `${machineId.slice(0, 31)} `]) {
+    const msg = await agent.expectError(FrameType.SET_IDENTITY, identity('kid-1', bad), AgentErrorCode.MALFORMED);
+    assert.match(msg, /machine_id/);
+  }
+
+  const full = identity('kid-1', machineId);
+  await agent.expectError(FrameType.SET_IDENTITY, undefined, AgentErrorCode.MALFORMED);
+  await agent.expectError(FrameType.SET_IDENTITY, full.subarray(0, 3), AgentErrorCode.MALFORMED);
+  await agent.expectError(FrameType.SET_IDENTITY, full.subarray(0, 9), AgentErrorCode.MALFORMED); // no machine id length
+  await agent.expectError(FrameType.SET_IDENTITY, full.subarray(0, full.length - 1), AgentErrorCode.MALFORMED);
+  await agent.expectError(FrameType.SET_IDENTITY, new PayloadWriter().string('kid-1').build(), AgentErrorCode.MALFORMED);
+  const msg = await agent.expectError(FrameType.SET_IDENTITY, Buffer.concat([full, Buffer.from([0])]), AgentErrorCode.MALFORMED);
+  assert.match(msg, /trailing/);
+  await agent.pingOk();
+  assert.equal(hostname(), hostBefore, 'the host keeps its hostname');
+  assert.equal(etcHostname(), etcBefore, "the host's /etc/hostname is untouched");
 });
 
 test('a host that stops reading slows the process down instead of filling the agent memory', async () => {
