@@ -1,4 +1,3 @@
-import { hostname as hostHostname } from 'node:os';
 import { shortId } from '../domain/ids.js';
 import type { VmExit } from '../domain/vm.js';
 
@@ -6,8 +5,12 @@ export function exitInfo(reason: string, exitCode: number | null = null, signal:
   return { reason, exitCode, signal, at: new Date().toISOString() };
 }
 
-/** A valid RFC 1123 label from the VM name, else its short id. */
+/** A valid RFC 1123 label from the VM name (what the agent accepts), else the short id. */
 export function guestHostname(name: string, id: string): string {
-  const label = name.toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '').slice(0, 63);
-  return label || shortId(id) || hostHostname();
+  const label = name
+    .toLowerCase()
+    .replace(/[^a-z0-9-]/g, '-')
+    .slice(0, 63)
+    .replace(/^-+|-+$/g, '');
+  return label || shortId(id);
 }
