@@ -1,0 +1,126 @@
+import type { Command } from 'commander';
+import type { Snapshot } from '../../api/schemas.js';
+import { forEachRef, withClient } from '../action.js';
+import { wholeNumber } from '../errors.js';
+import { ago, bytes, short, table } from '../format.js';
+
+export function registerSnapshotCommands(program: Command): void {
+  const snapshot = program
+    .command('snapshot')
+    .description("capture a running VM (memory, devices, disk); it keeps running. Also: snapshot inspect|rm")
+    .argument('[vm]', 'VM name, id, or id prefix')
+    .option('--name <name>', 'name the snapshot (default: <vm>-snap-XXXX)')
+    .option('--stop', 'leave the VM stopped afterwards')
+    .addHelpText(
+      'after',
+      `
+Prints the snapshot id. Fork it with 'cell fork', roll the VM back with 'cell restore'.
+
+Examples:
+  cell run -d --name db busybox
+  cell exec db -- sh -c 'start-my-database &'
+  cell snapshot --name db-warm db
+  cell fork --count 5 db-warm`,
+    )
+    .action(
+      withClient(async (client, vm: string | undefined, flags: { name?: string; stop?: boolean }) => {
+        if (!vm) {
+          snapshot.help({ error: true });
+        }
+        const s = await client.snapshots.take(vm!, flags);
+        process.stdout.write(`${s.id}\n`);
+      }),
+    );
+
+  snapshot
+    .command('inspect')
+    .description('show snapshots as JSON')
+    .argument('<snapshot...>', 'snapshot names, ids, or id prefixes')
+    .action(
+      withClient(async (client, refs: string[]) => {
+        const found: Snapshot[] = [];
+        await forEachRef(refs, async (ref) => void found.push(await client.snapshots.get(ref)));
+        process.stdout.write(JSON.stringify(found, null, 2) + '\n');
+      }),
+    );
+
+  snapshot
+    .command('rm')
+    .description('remove snapshots (refused while VMs run on them, unless -f removes those VMs)')
+    .argument('<snapshot...>', 'snapshot names, ids, or id prefixes')
+    .option('-f, --force', 'also remove the VMs whose disks depend on the snapshot')
+    .action(
+      withClient(async (client, refs: string[], flags: { force?: boolean }) => {
+        await forEachRef(refs, async (ref) => {
+          const s = await client.snapshots.get(ref);
+          await client.snapshots.remove(s.id, { force: flags.force });
+          process.stdout.write(`${s.name}\n`);
+        });
+      }),
+    );
+
+  program
+    .command('fork')
+    .description('start new VMs from a snapshot, each with a fresh identity, sharing its memory copy-on-write')
+    .argument('<snapshot>', 'snapshot name, id, or id prefix')
+    .option('--count <n>', 'how many forks (default 1)', wholeNumber('--count', ''), 1)
+    .option('--name <prefix>', 'name forks PREFIX-1, PREFIX-2, ...')
+    .addHelpText('after', '\nPrints one VM id per line.\n\nExamples:\n  cell fork warm\n  cell fork --count 10 --name worker warm')
+    .action(
+      withClient(async (client, ref: string, flags: { count: number; name?: string }) => {
+        const vms = await client.snapshots.fork(ref, { count: flags.count, name: flags.name });
+        process.stdout.write(vms.map((v) => `${v.id}\n`).join(''));
+      }),
+    );
+
+  program
+    .command('restore')
+    .description("roll a VM back to a snapshot of its own lineage (memory, devices and disk)")
+    .argument('<vm>', 'VM name, id, or id prefix')
+    .argument('<snapshot>', 'snapshot name, id, or id prefix')
+    .action(
+      withClient(async (client, vm: string, ref: string) => {
+        const restored = await client.snapshots.restore(vm, ref);
+        process.stdout.write(`${restored.name}\n`);
+      }),
+    );
+
+  program
+    .command('snapshots')
+    .description('list snapshots')
+    .option('--tree', 'show lineage: which VM and snapshot each came from')
+    .option('--format <format>', 'table or json', 'table')
+    .action(
+      withClient(async (client, flags: { tree?: boolean; format: string }) => {
+        const list = await client.snapshots.list();
+        if (flags.format === 'json') process.stdout.write(JSON.stringify(list, null, 2) + '\n');
+        else if (flags.tree) process.stdout.write(lineage(list));
+        else
+          process.stdout.write(
+            table(
+              ['SNAPSHOT ID', 'NAME', 'FROM VM', 'IMAGE', 'MEMORY', 'DISK', 'CREATED'],
+              list.map((s) => [short(s.id), s.name, s.parentVmName ?? '-', s.spec.image, bytes(s.memoryBytes), bytes(s.diskBytes), ago(s.createdAt)]),
+            ),
+          );
+      }),
+    );
+}
+
+/** image -> snapshot -> child snapshots, as an indented tree. */
+export function lineage(list: Snapshot[]): string {
+  const children = new Map<string | null, Snapshot[]>();
+  for (const s of list) {
+    const key = s.parentSnapshot && list.some((p) => p.id === s.parentSnapshot) ? s.parentSnapshot : null;
+    children.set(key, [...(children.get(key) ?? []), s]);
+  }
+  const lines: string[] = [];
+  const walk = (parent: string | null, depth: number) => {
+    for (const s of children.get(parent) ?? []) {
+      const origin = depth === 0 ? ` (image ${s.spec.image})` : '';
+      lines.push(`${'  '.repeat(depth)}${depth ? '└─ ' : ''}${s.name} ${short(s.id)} from VM ${s.parentVmName ?? '?'}${origin}`);
+      walk(s.id, depth + 1);
+    }
+  };
+  walk(null, 0);
+  return lines.join('\n') + (lines.length ? '\n' : '');
+}

@@ -1,0 +1,105 @@
+import type { Command } from 'commander';
+import type { Vm } from '../../api/schemas.js';
+import { forEachRef, withClient } from '../action.js';
+import { seconds } from '../errors.js';
+import { ago, short, table, vmState } from '../format.js';
+
+export function registerVmCommands(program: Command): void {
+  program
+    .command('ps')
+    .description('list VMs (running ones; -a for all)')
+    .option('-a, --all', 'include created and stopped VMs')
+    .option('-q, --quiet', 'print full VM ids only')
+    .option('--format <format>', 'table or json', 'table')
+    .addHelpText('after', '\nExamples:\n  cell ps\n  cell ps -a --format json\n  cell rm -f $(cell ps -aq)')
+    .action(
+      withClient(async (client, flags: { all?: boolean; quiet?: boolean; format: string }) => {
+        const vms = await client.vms.list({ all: flags.all });
+        if (flags.format === 'json') process.stdout.write(JSON.stringify(vms, null, 2) + '\n');
+        else if (flags.quiet) process.stdout.write(vms.map((v) => `${v.id}\n`).join(''));
+        else process.stdout.write(vmTable(vms));
+      }),
+    );
+
+  program
+    .command('inspect')
+    .description('show VMs as JSON (like docker inspect)')
+    .argument('<vm...>', 'VM names, ids, or id prefixes')
+    .action(
+      withClient(async (client, refs: string[]) => {
+        const found: Vm[] = [];
+        await forEachRef(refs, async (ref) => void found.push(await client.vms.get(ref)));
+        process.stdout.write(JSON.stringify(found, null, 2) + '\n');
+      }),
+    );
+
+  program
+    .command('logs')
+    .description("print what a VM's main command wrote (stdout to stdout, stderr to stderr)")
+    .argument('<vm>', 'VM name, id, or id prefix')
+    .option('-f, --follow', 'keep printing new output until the VM stops')
+    .addHelpText('after', '\nExamples:\n  cell run -d --name job busybox -- sh -c "for i in 1 2 3; do echo $i; sleep 1; done"\n  cell logs -f job')
+    .action(
+      withClient(async (client, ref: string, flags: { follow?: boolean }) => {
+        const controller = new AbortController();
+        const onInt = () => controller.abort();
+        process.once('SIGINT', onInt);
+        try {
+          for await (const entry of client.logs(ref, { follow: flags.follow, signal: controller.signal })) {
+            (entry.stream === 'stderr' ? process.stderr : process.stdout).write(entry.text);
+          }
+        } finally {
+          process.off('SIGINT', onInt);
+        }
+      }),
+    );
+
+  program
+    .command('stop')
+    .description('stop VMs: SIGTERM to guest processes, SIGKILL after the grace period, power off')
+    .argument('<vm...>', 'VM names, ids, or id prefixes')
+    .option('-t, --time <sec>', 'seconds to wait after SIGTERM before SIGKILL', seconds('--time'), 10)
+    .action(
+      withClient(async (client, refs: string[], flags: { time: number }) => {
+        await forEachRef(refs, async (ref) => {
+          const vm = await client.vms.stop(ref, { timeoutSec: flags.time });
+          process.stdout.write(`${vm.name}\n`);
+        });
+      }),
+    );
+
+  program
+    .command('start')
+    .description('boot stopped VMs again, with their disks as they were left (the main command is not re-run)')
+    .argument('<vm...>', 'VM names, ids, or id prefixes')
+    .action(
+      withClient(async (client, refs: string[]) => {
+        await forEachRef(refs, async (ref) => {
+          const vm = await client.vms.start(ref);
+          process.stdout.write(`${vm.name}\n`);
+        });
+      }),
+    );
+
+  program
+    .command('rm')
+    .description('remove VMs and their disks')
+    .argument('<vm...>', 'VM names, ids, or id prefixes')
+    .option('-f, --force', 'remove running VMs too (killed without grace)')
+    .action(
+      withClient(async (client, refs: string[], flags: { force?: boolean }) => {
+        await forEachRef(refs, async (ref) => {
+          const vm = await client.vms.get(ref);
+          await client.vms.remove(vm.id, { force: flags.force });
+          process.stdout.write(`${vm.name}\n`);
+        });
+      }),
+    );
+}
+
+export function vmTable(vms: Vm[]): string {
+  return table(
+    ['VM ID', 'NAME', 'IMAGE', 'STATE', 'CPUS', 'MEMORY', 'CREATED'],
+    vms.map((v) => [short(v.id), v.name, v.spec.image, vmState(v), String(v.spec.cpus), `${v.spec.memoryMib} MiB`, ago(v.createdAt)]),
+  );
+}

@@ -1,0 +1,62 @@
+/** Output helpers for the CLI: tables, ages, sizes. Pure functions, unit-tested. */
+
+export function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
+      .join('   ')
+      .trimEnd();
+  return [line(headers), ...rows.map(line)].join('\n') + '\n';
+}
+
+/** "45s", "3m", "2h", "5d": how long ago or how long. */
+export function duration(ms: number): string {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m`;
+  const h = Math.floor(m / 60);
+  if (h < 48) return `${h}h`;
+  return `${Math.floor(h / 24)}d`;
+}
+
+export function ago(iso: string | null, now = Date.now()): string {
+  return iso ? `${duration(now - Date.parse(iso))} ago` : '-';
+}
+
+export function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${u === 0 ? v : v.toFixed(v < 10 ? 1 : 0)} ${units[u]}`;
+}
+
+export interface VmStateView {
+  state: string;
+  startedAt: string | null;
+  stoppedAt: string | null;
+  exit: { exitCode: number | null; signal: number | null; reason: string } | null;
+}
+
+/** "running 5s", "stopped (exit 0) 2m ago", "stopped (boot_failed) 1h ago". */
+export function vmState(vm: VmStateView, now = Date.now()): string {
+  if (vm.state === 'running') return `running ${vm.startedAt ? duration(now - Date.parse(vm.startedAt)) : ''}`.trim();
+  if (vm.state === 'stopped') {
+    const why = vm.exit
+      ? vm.exit.exitCode !== null
+        ? `exit ${vm.exit.exitCode}`
+        : vm.exit.signal !== null
+          ? `signal ${vm.exit.signal}`
+          : vm.exit.reason
+      : 'stopped';
+    return `stopped (${why})${vm.stoppedAt ? ' ' + ago(vm.stoppedAt, now) : ''}`;
+  }
+  return vm.state;
+}
+
+export const short = (id: string) => id.slice(0, 12);
