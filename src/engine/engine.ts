@@ -286,7 +286,7 @@ export class Engine {
 
   /** `run --from`: one fork of the snapshot whose main command is the user's. */
   private async forkForRun(req: RunRequest): Promise<VmRecord> {
-    if (!req.cmd || req.cmd.length === 0) {
+    if (!req.detach && (!req.cmd || req.cmd.length === 0)) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'run --from needs a command: cell run --from SNAPSHOT -- CMD...');
     }
     validateEnv(req.env ?? []);
@@ -299,7 +299,7 @@ export class Engine {
       count: 1,
       name: req.name,
       overrides: {
-        cmd: req.cmd,
+        cmd: req.cmd ?? [],
         env: mergeEnv(snapshot.spec.env, req.env ?? []),
         workingDir: req.workingDir || snapshot.spec.workingDir,
         user: req.user || snapshot.spec.user,
