@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cellPaths } from '../src/domain/paths.js';
 
 export const REPO = resolve(fileURLToPath(new URL('..', import.meta.url)));
 export const CELL_BIN = join(REPO, 'bin', 'cell');
@@ -31,6 +32,7 @@ export function benchHome(): { home: string; env: NodeJS.ProcessEnv; close: () =
         /* not running */
       }
       rmSync(home, { recursive: true, force: true });
+      rmSync(cellPaths(home, {}).memory, { recursive: true, force: true });
     },
   };
 }

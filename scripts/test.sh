@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+bash scripts/test-deps.sh
 
 export CELL_CACHE="${CELL_CACHE:-$PWD/.cell-test/cache}"
 mkdir -p "$CELL_CACHE"

@@ -2,6 +2,7 @@ import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cellPaths } from '../../src/domain/paths.js';
 
 export const REPO = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 export const CELL_BIN = join(REPO, 'bin', 'cell');
@@ -100,6 +101,7 @@ export class TestHome {
       }
     }
     rmSync(this.home, { recursive: true, force: true });
+    rmSync(cellPaths(this.home, {}).memory, { recursive: true, force: true });
   }
 }
 
