@@ -75,7 +75,7 @@ export class Sandbox {
     return this.client.vms.remove(this.vm.id, { force: true });
   }
 
-  async [Symbol.asyncDispose as typeof Symbol.asyncDispose](): Promise<void> {
+  async [Symbol.asyncDispose](): Promise<void> {
     await this.kill().catch(() => {});
   }
 }

@@ -1,0 +1,58 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CellClient, CellError, Sandbox } from '../../src/sdk/index.js';
+import { TestHome } from '../helpers/cell-home.js';
+
+// The SDK against a real celld (started on demand by the SDK itself) and real VMs.
+describe('SDK', () => {
+  let h: TestHome;
+  let client: CellClient;
+  before(async () => {
+    h = new TestHome();
+    client = await CellClient.connect({ home: h.home });
+  });
+  after(async () => {
+    client.close();
+    await h.cleanup();
+    assert.deepEqual(h.qemuPids(), []);
+  });
+
+  test('Sandbox.create, run with output captured, snapshot, fork from it, dispose', async () => {
+    let forkName = '';
+    {
+      await using sb = await Sandbox.create({ client, name: 'sdk-box', env: ['GREETING=hi'] });
+      const r = await sb.run('echo $GREETING; echo oops >&2; exit 2');
+      assert.deepEqual([r.exitCode, r.stdout, r.stderr], [2, 'hi\n', 'oops\n']);
+      await sb.run('echo remembered > /root/note');
+      const snap = await sb.snapshot({ name: 'sdk-snap' });
+      {
+        await using fork = await Sandbox.create({ client, fromSnapshot: snap.id });
+        forkName = fork.name;
+        const note = await fork.run(['cat', '/root/note']);
+        assert.equal(note.stdout, 'remembered\n');
+      }
+      const names = (await client.vms.list({ all: true })).map((v) => v.name);
+      assert.ok(!names.includes(forkName), 'the fork was removed when its block ended');
+    }
+    const names = (await client.vms.list({ all: true })).map((v) => v.name);
+    assert.ok(!names.includes('sdk-box'), 'the sandbox was removed when its block ended');
+    await client.snapshots.remove('sdk-snap');
+  });
+
+  test('errors carry stable codes', async () => {
+    await assert.rejects(client.vms.get('nope'), (err: unknown) => err instanceof CellError && err.code === 'not_found');
+    await assert.rejects(
+      client.vms.create({ image: 'busybox', memoryMib: 1 }),
+      (err: unknown) => err instanceof CellError && err.code === 'invalid_argument' && /--memory 1/.test(err.message),
+    );
+  });
+
+  test('exec streams output as it is produced, before the command ends', async () => {
+    await using sb = await Sandbox.create({ client });
+    const seen: number[] = [];
+    const started = Date.now();
+    await sb.exec(['sh', '-c', 'echo first; sleep 1; echo second'], { onStdout: () => seen.push(Date.now() - started) });
+    assert.equal(seen.length, 2);
+    assert.ok(seen[1]! - seen[0]! >= 800, `the first line arrived ${seen[1]! - seen[0]!} ms before the second`);
+  });
+});
