@@ -214,7 +214,8 @@ export class Engine {
       throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} is already ${vm.state}`);
     }
     const ready = await this.host.ensure();
-    const image = this.images.require(vm.spec.image);
+    // A VM on a snapshot's layer needs no image here (an imported snapshot's image may be absent).
+    const image = vm.baseSnapshot || restore ? undefined : this.images.require(vm.spec.image);
     this.vms.update(id, { state: 'starting', exit: null, pid: null, accelerator: ready.accelerator.accelerator });
     const snapshotDir = restore ? this.snapshotDir(restore.snapshot.id) : undefined;
     try {
@@ -456,10 +457,9 @@ export class Engine {
   }
 
   /** A VM's overlay sits on its snapshot's frozen layer, or on its image's base disk. */
-  baseDiskOf(vm: VmRecord, image: ImageRecord): { baseDiskPath: string; baseDiskFormat: 'raw' | 'qcow2' } {
-    return vm.baseSnapshot
-      ? { baseDiskPath: join(this.paths.snapshots, vm.baseSnapshot, 'disk.qcow2'), baseDiskFormat: 'qcow2' }
-      : { baseDiskPath: image.diskPath, baseDiskFormat: 'raw' };
+  baseDiskOf(vm: VmRecord, image: ImageRecord | undefined): { baseDiskPath: string; baseDiskFormat: 'raw' | 'qcow2' } {
+    if (vm.baseSnapshot) return { baseDiskPath: join(this.paths.snapshots, vm.baseSnapshot, 'disk.qcow2'), baseDiskFormat: 'qcow2' };
+    return { baseDiskPath: (image ?? this.images.require(vm.spec.image)).diskPath, baseDiskFormat: 'raw' };
   }
 
   /** A stopped VM's RAM is gone for good: free the tmpfs it held. */

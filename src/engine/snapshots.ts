@@ -201,6 +201,25 @@ export class Snapshots {
     });
   }
 
+  /**
+   * Removes the oldest snapshots nothing depends on (no VM on their layer, no snapshot on top)
+   * until at most `maxCount` remain and they hold at most `maxBytes`. Returns what was removed.
+   */
+  async prune(opts: { maxCount?: number; maxBytes?: number }): Promise<SnapshotRecord[]> {
+    const removed: SnapshotRecord[] = [];
+    const size = (s: SnapshotRecord) => s.stateBytes + s.memoryBytes + s.diskBytes;
+    for (;;) {
+      const all = this.engine.snapshotStore.list();
+      const total = all.reduce((sum, s) => sum + size(s), 0);
+      const over = (opts.maxCount !== undefined && all.length > opts.maxCount) || (opts.maxBytes !== undefined && total > opts.maxBytes);
+      if (!over) return removed;
+      const victim = all.find((s) => this.engine.vms.onSnapshot(s.id).length === 0 && this.engine.snapshotStore.children(s.id).length === 0);
+      if (!victim) return removed;
+      await this.remove(victim.id);
+      removed.push(victim);
+    }
+  }
+
   /** Whether `snapshot` was taken from this VM or from one of the snapshots it descends from. */
   private inLineage(vm: VmRecord, snapshot: SnapshotRecord): boolean {
     if (snapshot.parentVm === vm.id) return true;

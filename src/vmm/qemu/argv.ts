@@ -1,4 +1,5 @@
 import type { MachineFiles, MachineSpec } from '../backend.js';
+import { hostTscKhz } from './host-tsc.js';
 
 export const AGENT_PORT_NAME = 'cell.agent';
 export const MACHINE_TYPE = 'microvm';
@@ -13,7 +14,7 @@ export function kernelCmdline(spec: Pick<MachineSpec, 'hostname'>, extra: readon
     'console=ttyS0',
     'quiet',
     'no_timer_check',
-    'tsc_early_khz=2000000',
+    `tsc_early_khz=${hostTscKhz()}`,
     'tsc=reliable',
     'panic=-1',
     // microvm has no PCI bus: skip the probe and its 'No config space access' complaint.

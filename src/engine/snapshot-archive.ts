@@ -1,0 +1,88 @@
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import type { SnapshotRecord } from '../domain/snapshot.js';
+import type { Engine } from './engine.js';
+
+const run = promisify(execFile);
+const FORMAT = 'cellvm-snapshot/1';
+const MEMBERS = ['snapshot.json', 'state', 'memory', 'disk.qcow2'];
+
+interface ArchiveMeta {
+  format: string;
+  snapshot: SnapshotRecord;
+}
+
+async function tool(cmd: string, args: string[], what: string): Promise<void> {
+  try {
+    await run(cmd, args, { maxBuffer: 16 * 1024 * 1024 });
+  } catch (err) {
+    const stderr = ((err as { stderr?: string }).stderr ?? '').trim().split('\n').pop();
+    throw new CellError(ErrorCodes.SNAPSHOT_FAILED, `${what}: ${stderr || (err as Error).message}`);
+  }
+}
+
+/**
+ * Writes a snapshot to one tar file another host can import: its metadata, device state, the RAM
+ * file written out in full (tar's sparse mode keeps the archive small), and its disk flattened
+ * into one standalone qcow2 (the backing chain names paths that exist only on this host).
+ */
+export async function exportSnapshot(engine: Engine, snapshot: SnapshotRecord, file: string): Promise<{ bytes: number }> {
+  const src = engine.snapshotDir(snapshot.id);
+  const work = await mkdtemp(join(dirname(file), '.cell-export-'));
+  try {
+    await writeFile(join(work, 'snapshot.json'), JSON.stringify({ format: FORMAT, snapshot } satisfies ArchiveMeta, null, 2));
+    await tool('qemu-img', ['convert', '-O', 'qcow2', join(src, 'disk.qcow2'), join(work, 'disk.qcow2')], 'flattening the disk layer failed');
+    await tool('ln', ['-s', join(src, 'state'), join(work, 'state')], 'staging failed');
+    await tool('ln', ['-s', join(src, 'memory'), join(work, 'memory')], 'staging failed');
+    const tmp = `${file}.partial`;
+    await tool('tar', ['--sparse', '--dereference', '-cf', tmp, '-C', work, ...MEMBERS], 'writing the archive failed');
+    await rename(tmp, file);
+    return { bytes: (await stat(file)).size };
+  } finally {
+    await rm(work, { recursive: true, force: true });
+    await rm(`${file}.partial`, { force: true });
+  }
+}
+
+/** Reads an archive made by exportSnapshot; the snapshot keeps its id and name unless they clash. */
+export async function importSnapshot(engine: Engine, file: string, name?: string): Promise<SnapshotRecord> {
+  const staging = join(engine.paths.snapshots, `.import-${process.pid}-${Date.now()}`);
+  await mkdir(staging, { recursive: true });
+  try {
+    await tool('tar', ['-xf', file, '-C', staging, ...MEMBERS], `${file} is not a cellvm snapshot archive`);
+    let meta: ArchiveMeta;
+    try {
+      meta = JSON.parse(await readFile(join(staging, 'snapshot.json'), 'utf8')) as ArchiveMeta;
+    } catch {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${file} is not a cellvm snapshot archive (no readable snapshot.json)`);
+    }
+    if (meta.format !== FORMAT || !/^[0-9a-f]{64}$/.test(meta.snapshot?.id ?? '')) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${file} is not a cellvm snapshot archive (format ${String(meta.format)})`);
+    }
+    const record: SnapshotRecord = {
+      ...meta.snapshot,
+      name: name ?? meta.snapshot.name,
+      // It came from another host: no VM or snapshot here is its parent.
+      parentVm: null,
+      parentSnapshot: null,
+      createdAt: meta.snapshot.createdAt,
+    };
+    if (engine.snapshotStore.get(record.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${record.id.slice(0, 12)} is already here`);
+    await rm(join(staging, 'snapshot.json'));
+    await rename(staging, engine.snapshotDir(record.id));
+    try {
+      engine.db.transaction(() => {
+        engine.snapshotStore.insert(record);
+      })();
+    } catch (err) {
+      await rm(engine.snapshotDir(record.id), { recursive: true, force: true });
+      throw err;
+    }
+    return record;
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
+}
