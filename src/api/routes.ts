@@ -18,6 +18,9 @@ export const Routes = {
   snapshots: '/v1/snapshots',
   snapshot: (ref: string) => `/v1/snapshots/${encodeURIComponent(ref)}`,
   snapshotFork: (ref: string) => `/v1/snapshots/${encodeURIComponent(ref)}/fork`,
+  snapshotExport: (ref: string) => `/v1/snapshots/${encodeURIComponent(ref)}/export`,
+  snapshotImport: '/v1/snapshots/import',
+  snapshotPrune: '/v1/snapshots/prune',
   vmSnapshot: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/snapshot`,
   vmRestore: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/restore`,
 } as const;

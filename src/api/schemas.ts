@@ -178,3 +178,18 @@ export const Snapshot = Type.Object({
   createdAt: Type.String(),
 });
 export type Snapshot = Static<typeof Snapshot>;
+
+export const ExportRequest = Type.Object({ file: Type.String({ minLength: 1 }) }, { additionalProperties: false });
+export type ExportRequest = Static<typeof ExportRequest>;
+
+export const ImportRequest = Type.Object(
+  { file: Type.String({ minLength: 1 }), name: Type.Optional(Type.String()) },
+  { additionalProperties: false },
+);
+export type ImportRequest = Static<typeof ImportRequest>;
+
+export const PruneRequest = Type.Object(
+  { maxCount: Type.Optional(Type.Integer({ minimum: 0 })), maxBytes: Type.Optional(Type.Integer({ minimum: 0 })) },
+  { additionalProperties: false },
+);
+export type PruneRequest = Static<typeof PruneRequest>;

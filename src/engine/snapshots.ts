@@ -11,6 +11,7 @@ import { saveState } from '../vmm/qemu/migration.js';
 import type { Engine } from './engine.js';
 import { exitInfo, guestHostname } from './vm-records.js';
 import { convertToSharedMemory } from './memory-conversion.js';
+import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
 
 const run = promisify(execFile);
 
@@ -199,6 +200,17 @@ export class Snapshots {
       })();
       await rm(this.engine.snapshotDir(snapshot.id), { recursive: true, force: true });
     });
+  }
+
+  /** Writes the snapshot to one archive file another host can import. */
+  export(ref: string, file: string): Promise<{ bytes: number }> {
+    const snapshot = this.resolve(ref);
+    return this.engine.withLock(snapshot.id, () => exportSnapshot(this.engine, snapshot, file));
+  }
+
+  import(file: string, name?: string): Promise<SnapshotRecord> {
+    if (name !== undefined) validateName(name);
+    return importSnapshot(this.engine, file, name);
   }
 
   /**

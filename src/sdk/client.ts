@@ -105,6 +105,10 @@ export class CellClient {
     restore: (vmRef: string, snapshot: string): Promise<Vm> => this.transport.request('POST', Routes.vmRestore(vmRef), { snapshot }),
     remove: (ref: string, opts: { force?: boolean } = {}): Promise<void> =>
       this.transport.request('DELETE', Routes.snapshot(ref) + q({ force: opts.force })),
+    /** `file` is a path on celld's host. */
+    export: (ref: string, file: string): Promise<{ bytes: number }> => this.transport.request('POST', Routes.snapshotExport(ref), { file }),
+    import: (file: string, opts: { name?: string } = {}): Promise<Snapshot> => this.transport.request('POST', Routes.snapshotImport, { file, ...opts }),
+    prune: (opts: { maxCount?: number; maxBytes?: number }): Promise<{ removed: Snapshot[] }> => this.transport.request('POST', Routes.snapshotPrune, opts),
   };
 
   readonly images = {

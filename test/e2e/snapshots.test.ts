@@ -113,6 +113,38 @@ describe('snapshots and forks', () => {
     assert.ok(!vms.some((v) => v.name === 'grandkid-1'), 'rm -f removed the VMs on that snapshot');
   });
 
+  test('export then import on another home then fork works', async () => {
+    const file = join(h.home, 'warm.cellsnap');
+    await h.ok(['snapshot', 'export', 'warm', file]);
+    const other = new TestHome();
+    try {
+      const id = (await other.ok(['snapshot', 'import', '--name', 'moved', file])).stdout.trim();
+      assert.match(id, /^[0-9a-f]{64}$/);
+      await other.ok(['fork', '--name', 'arrival', 'moved']);
+      const out = await other.ok(['exec', 'arrival-1', '--', 'sh', '-c', 'cat /root/file; a=$(cat /tmp/counter); sleep 0.4; [ $(cat /tmp/counter) -gt $a ] && echo counting']);
+      assert.equal(out.stdout, 'kept\ncounting\n');
+      const again = await other.cell(['snapshot', 'import', file]);
+      assert.notEqual(again.code, 0, 'the same snapshot cannot be imported twice');
+      assert.match(again.stderr, /already here/);
+    } finally {
+      await other.cleanup();
+    }
+    const bad = await h.cell(['snapshot', 'import', join(h.home, 'cell.db')]);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /not a cellvm snapshot archive/);
+  });
+
+  test('prune removes the oldest snapshots nothing depends on', async () => {
+    await h.ok(['run', '-d', '--name', 'tmp', 'busybox']);
+    await h.ok(['snapshot', '--name', 'orphan', 'tmp']);
+    await h.ok(['rm', '-f', 'tmp']);
+    const before = JSON.parse((await h.ok(['snapshots', '--format', 'json'])).stdout) as { name: string }[];
+    const r = await h.ok(['snapshot', 'prune', '--max-count', '0']);
+    assert.equal(r.stdout, 'orphan\n', 'only the snapshot no VM depends on goes');
+    const after = JSON.parse((await h.ok(['snapshots', '--format', 'json'])).stdout) as { name: string }[];
+    assert.deepEqual(after.map((s) => s.name), before.map((s) => s.name).filter((n) => n !== 'orphan'));
+  });
+
   test('a corrupt state file gives a clear error and leaves no VM behind', async () => {
     const dir = join(h.home, 'snapshots', snapshotId);
     const before = (JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as VmJson[]).length;

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { resolve } from 'node:path';
 import type { Snapshot } from '../../api/schemas.js';
 import { forEachRef, withClient } from '../action.js';
 import { wholeNumber } from '../errors.js';
@@ -56,6 +57,42 @@ Examples:
           await client.snapshots.remove(s.id, { force: flags.force });
           process.stdout.write(`${s.name}\n`);
         });
+      }),
+    );
+
+  snapshot
+    .command('export')
+    .description('write a snapshot (memory, devices, flattened disk) to one archive file')
+    .argument('<snapshot>', 'snapshot name, id, or id prefix')
+    .argument('<file>', 'archive to write')
+    .action(
+      withClient(async (client, ref: string, file: string) => {
+        const { bytes: size } = await client.snapshots.export(ref, resolve(file));
+        process.stdout.write(`${resolve(file)} (${bytes(size)})\n`);
+      }),
+    );
+
+  snapshot
+    .command('import')
+    .description('add a snapshot from an archive made by "snapshot export" (on this or another host)')
+    .argument('<file>', 'archive to read')
+    .option('--name <name>', 'name it (default: its name on the exporting host)')
+    .action(
+      withClient(async (client, file: string, flags: { name?: string }) => {
+        const s = await client.snapshots.import(resolve(file), { name: flags.name });
+        process.stdout.write(`${s.id}\n`);
+      }),
+    );
+
+  snapshot
+    .command('prune')
+    .description('remove the oldest snapshots nothing depends on, down to the limits')
+    .option('--max-count <n>', 'keep at most this many snapshots', wholeNumber('--max-count', ''))
+    .option('--max-bytes <bytes>', 'keep at most this many bytes of snapshots', wholeNumber('--max-bytes', 'bytes'))
+    .action(
+      withClient(async (client, flags: { maxCount?: number; maxBytes?: number }) => {
+        const { removed } = await client.snapshots.prune(flags);
+        process.stdout.write(removed.map((s) => `${s.name}\n`).join(''));
       }),
     );
 
