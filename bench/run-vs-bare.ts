@@ -23,7 +23,7 @@ async function bareBoot(kernel: string, initrd: string, base: string, accelerato
   try {
     await createOverlay(files.overlay, base);
     const argv = buildQemuArgv(
-      { id, dir, kernelPath: kernel, initrdPath: initrd, baseDiskPath: base, baseDiskFormat: 'raw', cpus: 1, memoryMib: 256, hostname: 'bare', accelerator, memory: { path: join(dir, 'memory'), shared: true } },
+      { id, dir, kernelPath: kernel, initrdPath: initrd, baseDiskPath: base, baseDiskFormat: 'raw', cpus: 1, memoryMib: 256, hostname: 'bare', accelerator, memory: { path: `/dev/shm/cellbare-${id}.mem`, shared: true } },
       files,
     );
     const started = performance.now();
@@ -40,6 +40,7 @@ async function bareBoot(kernel: string, initrd: string, base: string, accelerato
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
+    rmSync(`/dev/shm/cellbare-${id}.mem`, { force: true });
   }
 }
 

@@ -63,7 +63,9 @@ export class LiveMachines {
    */
   async boot(spec: MachineSpec, onPid: (pid: number) => void, restore?: RestoreOptions): Promise<LiveMachine> {
     const deadline = Date.now() + bootTimeoutMs();
+    const trace = phaseTrace(spec.id);
     const started = await this.backend.start({ ...spec, incoming: restore !== undefined });
+    trace('qemu up');
     onPid(started.pid);
     try {
       if (restore) {
@@ -71,6 +73,7 @@ export class LiveMachines {
           throw this.backend.bootFailure(spec, started.files, 'QEMU exited while loading the snapshot (corrupt or truncated state?)');
         });
         await Promise.race([restoreState(started.qmp, restore.statePath, { ignoreShared: true }), qemuExit]);
+        trace('state loaded');
         await started.qmp.execute('cont');
       }
       const socket = await connectWithRetry(started.files.agentSocket, Math.max(0, deadline - Date.now()));
@@ -79,7 +82,9 @@ export class LiveMachines {
         throw this.backend.bootFailure(spec, started.files, 'QEMU exited before the guest agent answered');
       });
       await Promise.race([agent.waitReady(deadline), qemuExit]);
+      trace('agent ready');
       await initialiseGuest(agent, restore?.identity);
+      trace('guest initialised');
       return this.track(spec.id, started.pid, spec.dir, started.qmp, agent, spec.memory.shared);
     } catch (err) {
       started.qmp.close();
@@ -231,4 +236,11 @@ function memoryIsShared(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/** CELL_TRACE=1 logs boot phases with their times to celld's log (for finding where time goes). */
+function phaseTrace(id: string): (phase: string) => void {
+  if (!process.env.CELL_TRACE) return () => {};
+  const t0 = performance.now();
+  return (phase) => process.stderr.write(`[trace] ${id.slice(0, 12)} ${phase} +${(performance.now() - t0).toFixed(1)} ms\n`);
 }
