@@ -145,6 +145,22 @@ describe('snapshots and forks', () => {
     assert.deepEqual(after.map((s) => s.name), before.map((s) => s.name).filter((n) => n !== 'orphan'));
   });
 
+  test('a memory-heavy guest: 96 MiB of RAM-backed data survives snapshot, fork and fork of fork', async () => {
+    await h.ok(['run', '-d', '--name', 'heavy', 'busybox']);
+    const fill = await h.ok(['exec', 'heavy', '--', 'sh', '-c', 'dd if=/dev/urandom of=/tmp/big bs=1M count=96 2>/dev/null; md5sum /tmp/big | cut -d" " -f1']);
+    const sum = fill.stdout.trim();
+    assert.match(sum, /^[0-9a-f]{32}$/);
+    await h.ok(['snapshot', '--name', 'heavy-snap', 'heavy']);
+    await h.ok(['fork', '--count', '2', '--name', 'heavy-kid', 'heavy-snap']);
+    await h.ok(['snapshot', '--name', 'heavy-kid-snap', 'heavy-kid-1']);
+    await h.ok(['fork', '--name', 'heavy-grandkid', 'heavy-kid-snap']);
+    for (const vm of ['heavy', 'heavy-kid-1', 'heavy-kid-2', 'heavy-grandkid-1']) {
+      const r = await h.ok(['exec', vm, '--', 'sh', '-c', 'md5sum /tmp/big | cut -d" " -f1']);
+      assert.equal(r.stdout.trim(), sum, `${vm} sees the same 96 MiB`);
+    }
+    await h.ok(['rm', '-f', 'heavy', 'heavy-kid-1', 'heavy-kid-2', 'heavy-grandkid-1']);
+  });
+
   test('a corrupt state file gives a clear error and leaves no VM behind', async () => {
     const dir = join(h.home, 'snapshots', snapshotId);
     const before = (JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as VmJson[]).length;

@@ -132,7 +132,7 @@ describe('ensureHostAssets', () => {
       assert.equal(uname.stdout.trim(), assets.kernel.release);
     });
 
-    it('has /etc/hostname matching the hostname', { todo: 'the agent sets the kernel hostname but leaves /etc/hostname as the image has it' }, async () => {
+    it('has /etc/hostname matching the hostname', async () => {
       const r = await guest!.exec(['cat', '/etc/hostname']);
       assert.equal(r.code, 0);
       assert.equal(r.stdout, 't1\n');
