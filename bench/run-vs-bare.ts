@@ -4,7 +4,6 @@
  * PING). Interleaved runs, medians; target ratio <= 1.15.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
 import { AgentClient } from '../src/agent/client.js';
 import { buildQemuArgv } from '../src/vmm/qemu/argv.js';
 import { machineFiles } from '../src/vmm/qemu/files.js';

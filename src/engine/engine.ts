@@ -12,6 +12,7 @@ import {
   validateEnv,
   validateResources,
   type VmRecord,
+  type VmSpec,
 } from '../domain/vm.js';
 import { openDatabase, type Db } from '../store/database.js';
 import { ImageStore } from '../store/image-store.js';
@@ -163,37 +164,45 @@ export class Engine {
     const image = await this.images.ensure(req.image);
     const name = req.name ?? this.freshName();
     if (this.vms.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another VM`);
-    const now = new Date().toISOString();
+    const vm = await this.recordNewVm(name, {
+      image: image.reference,
+      imageDigest: image.digest,
+      cpus,
+      memoryMib,
+      cmd: effectiveCommand(image.config, req.cmd ?? []),
+      env: mergeEnv(image.config.Env ?? [], req.env ?? []),
+      workingDir: req.workingDir || image.config.WorkingDir || '/',
+      user: req.user || image.config.User || 'root',
+      timeoutSec: req.timeoutSec ?? 0,
+      autoRemove: req.autoRemove ?? false,
+    });
+    this.imageStore.touch(image.reference, vm.createdAt);
+    return vm;
+  }
+
+  /**
+   * Records a new VM in state `created` (with its directory, and a pin on its image's blobs).
+   * @internal
+   */
+  async recordNewVm(name: string, spec: VmSpec, baseSnapshot: string | null = null): Promise<VmRecord> {
     const vm: VmRecord = {
       id: newId(),
       name,
       state: 'created',
-      spec: {
-        image: image.reference,
-        imageDigest: image.digest,
-        cpus,
-        memoryMib,
-        cmd: effectiveCommand(image.config, req.cmd ?? []),
-        env: mergeEnv(image.config.Env ?? [], req.env ?? []),
-        workingDir: req.workingDir || image.config.WorkingDir || '/',
-        user: req.user || image.config.User || 'root',
-        timeoutSec: req.timeoutSec ?? 0,
-        autoRemove: req.autoRemove ?? false,
-      },
-      createdAt: now,
+      spec,
+      createdAt: new Date().toISOString(),
       startedAt: null,
       stoppedAt: null,
       pid: null,
       accelerator: null,
       exit: null,
-      baseSnapshot: null,
+      baseSnapshot,
     };
     await mkdir(this.vmDir(vm.id), { recursive: true });
     this.db.transaction(() => {
       this.vms.insert(vm);
-      this.images.pin('vm', vm.id, image.digest);
+      this.images.pin('vm', vm.id, spec.imageDigest);
     })();
-    this.imageStore.touch(image.reference, now);
     return vm;
   }
 

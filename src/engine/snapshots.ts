@@ -133,7 +133,8 @@ export class Snapshots {
       if (this.engine.vms.nameExists(n)) throw new CellError(ErrorCodes.CONFLICT, `the name "${n}" is already in use by another VM`);
     }
     assertCompatible(snapshot.compat, this.engine.compatKey(await this.engine.host.ensure()), snapshot.name);
-    const created = names.map((name) => this.createForkRecord(snapshot, name, opts.overrides ?? {}));
+    const created: VmRecord[] = [];
+    for (const name of names) created.push(await this.createForkRecord(snapshot, name, opts.overrides ?? {}));
     const results = await Promise.allSettled(
       created.map((vm) =>
         this.engine.withLock(vm.id, () =>
@@ -241,26 +242,8 @@ export class Snapshots {
     return false;
   }
 
-  private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object): VmRecord {
-    const now = new Date().toISOString();
-    const vm: VmRecord = {
-      id: newId(),
-      name,
-      state: 'created',
-      spec: { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...overrides },
-      createdAt: now,
-      startedAt: null,
-      stoppedAt: null,
-      pid: null,
-      accelerator: null,
-      exit: null,
-      baseSnapshot: snapshot.id,
-    };
-    this.engine.db.transaction(() => {
-      this.engine.vms.insert(vm);
-      this.engine.images.pin('vm', vm.id, vm.spec.imageDigest);
-    })();
-    return vm;
+  private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object): Promise<VmRecord> {
+    return this.engine.recordNewVm(name, { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...overrides }, snapshot.id);
   }
 }
 

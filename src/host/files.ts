@@ -1,7 +1,7 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { chmod, mkdir, mkdtemp, open, readFile, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 /**
  * File helpers for the content-addressed cache. Everything the cache holds is built in a temp
@@ -26,36 +26,8 @@ export function sha256File(path: string): Promise<string> {
   });
 }
 
-export async function fsyncPath(path: string): Promise<void> {
-  const fh = await open(path, 'r');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/** Writes `data` to `path` atomically (temp file in the same dir, fsync, rename, fsync dir). */
-export async function writeFileAtomic(path: string, data: Buffer | string, mode = 0o644): Promise<void> {
-  const dir = dirname(path);
-  await mkdir(dir, { recursive: true });
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  try {
-    const fh = await open(tmp, 'wx', mode);
-    try {
-      await fh.writeFile(data);
-      await fh.chmod(mode); // the umask may have narrowed the mode given to open
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  await fsyncPath(dir);
-}
+export { fsyncPath, writeFileAtomic } from '../store/atomic-file.js';
+import { fsyncPath } from '../store/atomic-file.js';
 
 /** Moves a finished temp file into place (it must already be fsynced) and makes the rename durable. */
 export async function publishFile(tmpPath: string, finalPath: string, mode?: number): Promise<void> {

@@ -1,7 +1,7 @@
 import { homedir } from 'node:os';
-import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
-import { dirname, join, basename } from 'node:path';
+import { mkdir, readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { writeFileAtomic } from '../../store/atomic-file.js';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { DOCKER_HUB } from '../reference.js';
 
@@ -83,24 +83,10 @@ export async function findCredential(registry: string, sources: CredentialSource
   return undefined;
 }
 
-/** Rewrites the file atomically with mode 0600 (temp file in the same dir, fsync, rename). */
+/** Rewrites the file atomically with mode 0600 in a 0700 directory. */
 async function writeAuthFile(path: string, file: AuthFile): Promise<void> {
   await mkdir(dirname(path), { recursive: true, mode: 0o700 });
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(4).toString('hex')}.tmp`);
-  try {
-    const fh = await open(tmp, 'wx', 0o600);
-    try {
-      await fh.writeFile(`${JSON.stringify(file, null, 2)}\n`);
-      await fh.chmod(0o600);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
+  await writeFileAtomic(path, `${JSON.stringify(file, null, 2)}\n`, 0o600);
 }
 
 export async function saveCredential(path: string, registry: string, cred: Credential): Promise<void> {
