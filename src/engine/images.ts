@@ -3,8 +3,13 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { ImageRecord } from '../domain/image.js';
 import {
   collectGarbage,
+  evictImages,
+  exportImage,
   formatReference,
   importArchive,
+  login,
+  logout,
+  pushImage,
   parseReference,
   pullImage,
   removeImageReference,
@@ -99,6 +104,46 @@ export class Images {
     removeImageReference(this.engine.db, image.reference);
     // Unpinned blobs and disks go now; a forced removal keeps what VMs and snapshots still pin.
     await collectGarbage({ storeRoot: this.engine.paths.home, db: this.engine.db, graceMs: 0 });
+  }
+
+  /** Uploads a local image to a registry under `target` (blobs it already has are skipped). */
+  push(reference: string, target: string): Promise<{ digest: string; reference: string }> {
+    const image = this.require(reference);
+    if (image.builtin) throw new CellError(ErrorCodes.CONFLICT, `${image.reference} is built in and has no OCI manifest to push`);
+    return pushImage({ image: image.reference, reference: target, storeRoot: this.engine.paths.home, db: this.engine.db, ...this.registryAccess() });
+  }
+
+  /** Checks the credentials against the registry, then stores them (mode 0600). */
+  login(registry: string, username: string, password: string): Promise<void> {
+    return login({ registry, username, password, credentialsPath: this.registryAccess().credentialsPath, insecureRegistries: insecureRegistries() });
+  }
+
+  logout(registry: string): Promise<boolean> {
+    return logout({ registry, credentialsPath: this.registryAccess().credentialsPath });
+  }
+
+  /** Writes an OCI-layout tar of a local image. */
+  export(reference: string, file: string): Promise<{ digest: string; bytes: number }> {
+    const image = this.require(reference);
+    return exportImage({ reference: image.reference, file, storeRoot: this.engine.paths.home, db: this.engine.db });
+  }
+
+  /**
+   * Frees space: with `maxBytes`, evicts least recently used images until their disks fit;
+   * always removes blobs and disks no image, VM or snapshot pins.
+   */
+  async prune(opts: { maxBytes?: number } = {}): Promise<{ evicted: string[]; bytesFreed: number }> {
+    const root = { storeRoot: this.engine.paths.home, db: this.engine.db, graceMs: 0 };
+    if (opts.maxBytes !== undefined) {
+      const { evicted, gc } = await evictImages({ ...root, maxBytes: opts.maxBytes });
+      return { evicted, bytesFreed: gc.bytesFreed };
+    }
+    const gc = await collectGarbage(root);
+    return { evicted: [], bytesFreed: gc.bytesFreed };
+  }
+
+  private registryAccess() {
+    return { credentialsPath: join(this.engine.paths.home, 'credentials.json'), insecureRegistries: insecureRegistries() };
   }
 
   pin(kind: 'vm' | 'snapshot', id: string, imageDigest: string): void {

@@ -124,6 +124,16 @@ export class CellClient {
     },
     import: (file: string, reference?: string) => this.transport.request<{ reference: string; digest: string }>('POST', Routes.imageImport, { file, reference }),
     remove: (ref: string, opts: { force?: boolean } = {}): Promise<void> => this.transport.request('DELETE', Routes.image(ref) + q({ force: opts.force })),
+    /** Pushes local image `reference` to `target` (default: the same reference). */
+    push: (reference: string, target?: string) => this.transport.request<{ digest: string; reference: string }>('POST', Routes.imagePush, { reference, target }),
+    /** `file` is a path on celld's host. */
+    export: (reference: string, file: string) => this.transport.request<{ digest: string; bytes: number }>('POST', Routes.imageExport, { reference, file }),
+    prune: (opts: { maxBytes?: number } = {}) => this.transport.request<{ evicted: string[]; bytesFreed: number }>('POST', Routes.imagePrune, opts),
+  };
+
+  readonly registries = {
+    login: (registry: string, username: string, password: string) => this.transport.request<{ ok: boolean }>('POST', Routes.login, { registry, username, password }),
+    logout: (registry: string) => this.transport.request<{ removed: boolean }>('POST', Routes.logout, { registry }),
   };
 
   /** Boots a VM, runs its command with output streamed to the handlers, and stops it. */

@@ -1,6 +1,9 @@
 import type { Command } from 'commander';
 import { forEachRef, withClient } from '../action.js';
 import { ago, bytes, table } from '../format.js';
+import { pullProgress } from '../pull-progress.js';
+import { resolve } from 'node:path';
+import { wholeNumber } from '../errors.js';
 
 export function registerImageCommands(program: Command): void {
   program
@@ -12,16 +15,14 @@ export function registerImageCommands(program: Command): void {
     .addHelpText('after', '\nplain http:// is used only for loopback registries or those in CELL_INSECURE_REGISTRIES.\n\nExamples:\n  cell pull alpine:3.20\n  cell pull --platform linux/arm64 127.0.0.1:5000/app:dev')
     .action(
       withClient(async (client, reference: string, flags: { platform: string; quiet?: boolean }) => {
-        const image = await client.images.pull(reference, {
-          platform: flags.platform,
-          onProgress: (e) => {
-            if (flags.quiet) return;
-            if (e.phase === 'blob' && e.status !== 'downloading') process.stderr.write(`${String(e.digest).slice(7, 19)}: ${e.status} (${bytes(Number(e.total))})\n`);
-            if (e.phase === 'unpack') process.stderr.write(`unpacking layer ${e.layer}/${e.layers}\n`);
-            if (e.phase === 'disk') process.stderr.write(`base disk: ${e.status}\n`);
-          },
-        });
-        process.stdout.write(flags.quiet ? `${image.digest}\n` : `${image.reference} ${image.digest}\n`);
+        const progress = await pullProgress(flags.quiet ?? false);
+        try {
+          const image = await client.images.pull(reference, { platform: flags.platform, onProgress: progress.onProgress });
+          progress.stop();
+          process.stdout.write(flags.quiet ? `${image.digest}\n` : `${image.reference} ${image.digest}\n`);
+        } finally {
+          progress.stop();
+        }
       }),
     );
 
@@ -61,7 +62,73 @@ export function registerImageCommands(program: Command): void {
       }),
     );
 
-  const image = program.command('image').description('image archives: import and export');
+  program
+    .command('push')
+    .description('upload a local image to a registry')
+    .argument('<image>', 'local image reference')
+    .argument('[target]', 'where to push, e.g. 127.0.0.1:5000/team/app:v1 (default: the same reference)')
+    .addHelpText('after', '\nCredentials come from cell login or ~/.docker/config.json.\n\nExample:\n  cell push alpine:3.20 127.0.0.1:5000/mirror/alpine:3.20')
+    .action(
+      withClient(async (client, reference: string, target: string | undefined) => {
+        const pushed = await client.images.push(reference, target);
+        process.stdout.write(`${pushed.reference} ${pushed.digest}\n`);
+      }),
+    );
+
+  program
+    .command('login')
+    .description('check and store credentials for a registry (basic or token auth)')
+    .argument('<registry>', 'registry host, e.g. ghcr.io or 127.0.0.1:5000')
+    .requiredOption('-u, --username <user>', 'user name')
+    .option('-p, --password <password>', 'password (prefer --password-stdin)')
+    .option('--password-stdin', 'read the password from stdin')
+    .action(
+      withClient(async (client, registry: string, flags: { username: string; password?: string; passwordStdin?: boolean }) => {
+        let password = flags.password ?? '';
+        if (flags.passwordStdin) {
+          const chunks: Buffer[] = [];
+          for await (const c of process.stdin) chunks.push(c as Buffer);
+          password = Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+        }
+        await client.registries.login(registry, flags.username, password);
+        process.stdout.write(`logged in to ${registry}\n`);
+      }),
+    );
+
+  program
+    .command('logout')
+    .description('forget stored credentials for a registry')
+    .argument('<registry>', 'registry host')
+    .action(
+      withClient(async (client, registry: string) => {
+        const { removed } = await client.registries.logout(registry);
+        process.stdout.write(removed ? `logged out of ${registry}\n` : `no stored credentials for ${registry}\n`);
+      }),
+    );
+
+  const image = program.command('image').description('image archives and clean-up: import, export, prune');
+  image
+    .command('export')
+    .description('write a local image as an OCI-layout tar archive')
+    .argument('<image>', 'local image reference')
+    .argument('<file>', 'archive to write')
+    .action(
+      withClient(async (client, reference: string, file: string) => {
+        const out = await client.images.export(reference, resolve(file));
+        process.stdout.write(`${resolve(file)} ${out.digest} (${bytes(out.bytes)})\n`);
+      }),
+    );
+  image
+    .command('prune')
+    .description('remove blobs and disks nothing uses; with --max-bytes, evict least recently used images too')
+    .option('--max-bytes <bytes>', 'keep image disks under this many bytes', wholeNumber('--max-bytes', 'bytes'))
+    .action(
+      withClient(async (client, flags: { maxBytes?: number }) => {
+        const out = await client.images.prune({ maxBytes: flags.maxBytes });
+        for (const ref of out.evicted) process.stdout.write(`evicted ${ref}\n`);
+        process.stdout.write(`freed ${bytes(out.bytesFreed)}\n`);
+      }),
+    );
   image
     .command('import')
     .description('import a docker-save or OCI-layout tar archive (air-gapped hosts)')
@@ -69,7 +136,7 @@ export function registerImageCommands(program: Command): void {
     .option('--name <reference>', 'reference to record it under')
     .action(
       withClient(async (client, file: string, flags: { name?: string }) => {
-        const imported = await client.images.import(file, flags.name);
+        const imported = await client.images.import(resolve(file), flags.name);
         process.stdout.write(`${imported.reference} ${imported.digest}\n`);
       }),
     );

@@ -13,6 +13,18 @@ const ImportBody = Type.Object(
   { additionalProperties: false },
 );
 
+const PushBody = Type.Object(
+  { reference: Type.String({ minLength: 1 }), target: Type.Optional(Type.String({ minLength: 1 })) },
+  { additionalProperties: false },
+);
+const ExportBody = Type.Object({ reference: Type.String({ minLength: 1 }), file: Type.String({ minLength: 1 }) }, { additionalProperties: false });
+const PruneBody = Type.Object({ maxBytes: Type.Optional(Type.Integer({ minimum: 0 })) }, { additionalProperties: false });
+const LoginBody = Type.Object(
+  { registry: Type.String({ minLength: 1 }), username: Type.String({ minLength: 1 }), password: Type.String() },
+  { additionalProperties: false },
+);
+const LogoutBody = Type.Object({ registry: Type.String({ minLength: 1 }) }, { additionalProperties: false });
+
 export function imageRoutes(app: FastifyInstance, engine: Engine): void {
   app.get('/v1/images', async () =>
     engine.images.list().map(({ reference, digest, sizeBytes, builtin, createdAt, lastUsed }) => ({
@@ -48,6 +60,27 @@ export function imageRoutes(app: FastifyInstance, engine: Engine): void {
     reply.code(201);
     return { reference: image.reference, digest: image.digest, sizeBytes: image.sizeBytes };
   });
+
+  app.post<{ Body: Static<typeof PushBody> }>('/v1/images/push', { schema: { body: PushBody } }, async (req) =>
+    engine.images.push(req.body.reference, req.body.target ?? req.body.reference),
+  );
+
+  app.post<{ Body: Static<typeof ExportBody> }>('/v1/images/export', { schema: { body: ExportBody } }, async (req) =>
+    engine.images.export(req.body.reference, req.body.file),
+  );
+
+  app.post<{ Body: Static<typeof PruneBody> }>('/v1/images/prune', { schema: { body: PruneBody } }, async (req) =>
+    engine.images.prune({ maxBytes: req.body.maxBytes }),
+  );
+
+  app.post<{ Body: Static<typeof LoginBody> }>('/v1/registries/login', { schema: { body: LoginBody } }, async (req) => {
+    await engine.images.login(req.body.registry, req.body.username, req.body.password);
+    return { ok: true };
+  });
+
+  app.post<{ Body: Static<typeof LogoutBody> }>('/v1/registries/logout', { schema: { body: LogoutBody } }, async (req) => ({
+    removed: await engine.images.logout(req.body.registry),
+  }));
 
   app.delete<{ Params: Static<typeof RefParams>; Querystring: Static<typeof RemoveQuery> }>(
     '/v1/images/:ref',
