@@ -2,17 +2,17 @@
  * A first benchmark figure for the image layer (not part of the test suite): pull + unpack + disk
  * build of a multi-layer image from a local Distribution registry with `pullImage`, against
  * `skopeo copy` to an OCI layout + `umoci unpack` of the same image.
- * Run: node --import tsx test/image/bench-pull.ts
+ * Run: node --import tsx bench/pull-vs-skopeo.ts (also part of npm run bench)
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { pullImage } from '../../src/image/pull.js';
-import { pushImage } from '../../src/image/push.js';
-import { BlobStore } from '../../src/store/blob-store.js';
-import { startRegistry } from './registry-harness.js';
-import { storeImage } from './image-builder.js';
-import { makeStore } from './helpers.js';
+import { pullImage } from '../src/image/pull.js';
+import { pushImage } from '../src/image/push.js';
+import { BlobStore } from '../src/store/blob-store.js';
+import { startRegistry } from '../test/image/registry-harness.js';
+import { storeImage } from '../test/image/image-builder.js';
+import { makeStore } from '../test/image/helpers.js';
 
 function hostTree(path: string): Buffer {
   return execFileSync('tar', ['--format=posix', '-C', '/', '-cf', '-', path.replace(/^\//, '')], { maxBuffer: 1 << 30 });
@@ -31,12 +31,16 @@ try {
   const uncompressed = layers.reduce((a, l) => a + l.tar.length, 0);
   console.log(`image: ${layers.length} layers, ${(compressed / 1e6).toFixed(1)} MB compressed, ${(uncompressed / 1e6).toFixed(1)} MB of tar`);
 
-  for (let run = 0; run < 2; run++) {
+  const ours: number[] = [];
+  const theirs: number[] = [];
+  const runs = Number(process.env.BENCH_RUNS ?? 3);
+  for (let run = 0; run < runs; run++) {
     const s = makeStore();
     try {
       let t = performance.now();
       await pullImage({ reference: ref, storeRoot: s.root, db: s.db, dockerConfigPath: null });
       const cold = performance.now() - t;
+      ours.push(cold);
       t = performance.now();
       await pullImage({ reference: ref, storeRoot: s.root, db: s.db, dockerConfigPath: null });
       const warm = performance.now() - t;
@@ -51,11 +55,14 @@ try {
       const copied = performance.now() - t;
       execFileSync('umoci', ['unpack', '--image', `${join(work, 'layout')}:img`, join(work, 'bundle')], { stdio: 'pipe' });
       const total = performance.now() - t;
+      theirs.push(total);
       console.log(`skopeo copy + umoci unpack: ${total.toFixed(0)} ms (copy ${copied.toFixed(0)} ms, unpack ${(total - copied).toFixed(0)} ms)`);
     } finally {
       rmSync(work, { recursive: true, force: true });
     }
   }
+  const mid = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
+  console.log(`median of ${runs} interleaved: cellvm ${mid(ours).toFixed(0)} ms, skopeo+umoci ${mid(theirs).toFixed(0)} ms: ratio ${(mid(ours) / mid(theirs)).toFixed(2)} (target <= 1.0)`);
 } finally {
   await registry.stop();
   rmSync(src, { recursive: true, force: true });
