@@ -25,6 +25,7 @@ import { MACHINE_TYPE } from '../vmm/qemu/argv.js';
 import { SnapshotStore } from '../store/snapshot-store.js';
 import { Snapshots } from './snapshots.js';
 import { Images } from './images.js';
+import { resolveImageUser } from '../image/image-users.js';
 import { exitInfo, guestHostname } from './vm-records.js';
 import { LiveMachines, type GuestIdentity } from './live-machines.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
@@ -157,11 +158,11 @@ export class Engine {
     if (req.timeoutSec !== undefined && (!Number.isFinite(req.timeoutSec) || req.timeoutSec < 0)) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--timeout ${req.timeoutSec} must be a number of seconds >= 0`);
     }
-    parseUser(req.user);
     if (req.name !== undefined) validateName(req.name);
     await this.host.ensure();
     if (!req.image) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an image is required (for example: busybox)');
     const image = await this.images.ensure(req.image);
+    const user = await resolveImageUser(image.diskPath, req.user || image.config.User || 'root');
     const name = req.name ?? this.freshName();
     if (this.vms.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another VM`);
     const vm = await this.recordNewVm(name, {
@@ -172,7 +173,7 @@ export class Engine {
       cmd: effectiveCommand(image.config, req.cmd ?? []),
       env: mergeEnv(image.config.Env ?? [], req.env ?? []),
       workingDir: req.workingDir || image.config.WorkingDir || '/',
-      user: req.user || image.config.User || 'root',
+      user,
       timeoutSec: req.timeoutSec ?? 0,
       autoRemove: req.autoRemove ?? false,
     });

@@ -62,12 +62,12 @@ async function pumpStdin(source: AsyncIterable<Buffer>, write: (c: Buffer) => vo
   }
 }
 
-/** `uid[:gid]` or `root`; names need the guest's passwd database, which the agent does not read. */
+/** `uid[:gid]` or `root`. Names are resolved against the image when a VM is created (image-users.ts). */
 export function parseUser(user: string | undefined): { uid: number; gid: number } {
   if (!user || user === 'root' || user === '0') return { uid: 0, gid: 0 };
   const match = /^(\d+)(?::(\d+))?$/.exec(user);
   if (!match) {
-    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `user "${user}" is not supported: give root or a numeric uid[:gid]`);
+    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `user "${user}" is not supported here: give root or a numeric uid[:gid]`);
   }
   const uid = Number(match[1]);
   return { uid, gid: match[2] !== undefined ? Number(match[2]) : uid };

@@ -58,6 +58,16 @@ describe('cell run', () => {
     assert.ok(Math.abs(Number(secs) - Date.now() / 1000) < 5, `guest clock ${secs} is close to the host's`);
   });
 
+  test('-u takes names from the image\'s /etc/passwd, or numbers', async () => {
+    const named = await h.cell(['run', '--rm', '-u', 'nobody', 'busybox', '--', 'sh', '-c', 'id -u; id -g']);
+    assert.equal(named.stdout, '65534\n65534\n', named.stderr);
+    const numeric = await h.cell(['run', '--rm', '-u', '1000:0', 'busybox', '--', 'sh', '-c', 'id -u; id -g']);
+    assert.equal(numeric.stdout, '1000\n0\n', numeric.stderr);
+    const unknown = await h.cell(['run', '--rm', '-u', 'ghost', 'busybox', '--', 'true']);
+    assert.equal(unknown.code, 125);
+    assert.match(unknown.stderr, /user "ghost" is not in the image's \/etc\/passwd/);
+  });
+
   test('a command that does not exist exits 127 like a shell', async () => {
     const r = await h.cell(['run', '--rm', 'busybox', '--', 'no-such-command', 'x']);
     assert.equal(r.code, 127);
