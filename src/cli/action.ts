@@ -1,11 +1,11 @@
 import type { Command } from 'commander';
 import type { CellClient } from '../sdk/client.js';
 import { connect } from './context.js';
-import { reportError } from './errors.js';
+import { EXIT_FAILURE, isCommanderExit, reportError } from './errors.js';
 
 /**
- * Wraps a command's work: connects to celld, reports any failure as one `error:` line with exit
- * code 1, and always releases the connection.
+ * Wraps a command's work: connects to celld (starting it if needed), reports any failure as one
+ * `error:` line with exit code 1, and always releases the connection.
  */
 export function withClient<A extends unknown[]>(work: (client: CellClient, ...args: A) => Promise<void>) {
   return async (...args: [...A, Command]): Promise<void> => {
@@ -15,8 +15,9 @@ export function withClient<A extends unknown[]>(work: (client: CellClient, ...ar
       client = await connect(cmd);
       await work(client, ...(args.slice(0, -1) as A));
     } catch (err) {
+      if (isCommanderExit(err)) throw err; // help or a usage error: commander has said it
       reportError(err);
-      process.exitCode = 1;
+      process.exitCode = EXIT_FAILURE;
     } finally {
       client?.close();
     }
@@ -30,7 +31,7 @@ export async function forEachRef(refs: string[], fn: (ref: string) => Promise<vo
       await fn(ref);
     } catch (err) {
       reportError(err);
-      process.exitCode = 1;
+      process.exitCode = EXIT_FAILURE;
     }
   }
 }

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { CellClient } from '../sdk/client.js';
+import { EXIT_SIGINT, EXIT_SIGTERM } from './errors.js';
 
 /** The client for this invocation: --home wins over CELL_HOME; celld starts on demand. */
 export function connect(cmd: Command): Promise<CellClient> {
@@ -7,29 +8,50 @@ export function connect(cmd: Command): Promise<CellClient> {
   return CellClient.connect({ home });
 }
 
-/** Streams a command's output to ours as it arrives. */
+/** Writes a chunk; the promise (only when the pipe is full) holds the stream back until it drains. */
+function writeTo(out: NodeJS.WriteStream) {
+  return (chunk: Buffer): Promise<void> | void => {
+    if (out.write(chunk)) return;
+    return new Promise((resolve) => {
+      const done = () => {
+        out.off('drain', done);
+        out.off('error', done);
+        resolve();
+      };
+      out.once('drain', done);
+      out.once('error', done);
+    });
+  };
+}
+
+/** Streams a guest command's output to ours, raw bytes, as it arrives. */
 export const passThrough = {
-  onStdout: (chunk: Buffer) => void process.stdout.write(chunk),
-  onStderr: (chunk: Buffer) => void process.stderr.write(chunk),
+  onStdout: writeTo(process.stdout),
+  onStderr: writeTo(process.stderr),
 };
 
-/** Aborts on Ctrl-C / SIGTERM (celld then kills the command) and reports the conventional code. */
-export function interruptible(): { signal: AbortSignal; interruptedCode: () => number | null; dispose: () => void } {
+export interface Interrupt {
+  signal: AbortSignal;
+  /** 130 after SIGINT, 143 after SIGTERM, null when not interrupted. */
+  code(): number | null;
+  dispose(): void;
+}
+
+/** Turns Ctrl-C / SIGTERM into an abort (celld then kills the command) and the usual exit code. */
+export function interruptible(): Interrupt {
   const controller = new AbortController();
   let code: number | null = null;
-  const onInt = () => {
-    code = 130;
+  const on = (exit: number) => () => {
+    code ??= exit;
     controller.abort();
   };
-  const onTerm = () => {
-    code = 143;
-    controller.abort();
-  };
+  const onInt = on(EXIT_SIGINT);
+  const onTerm = on(EXIT_SIGTERM);
   process.on('SIGINT', onInt);
   process.on('SIGTERM', onTerm);
   return {
     signal: controller.signal,
-    interruptedCode: () => code,
+    code: () => code,
     dispose: () => {
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
@@ -37,8 +59,17 @@ export function interruptible(): { signal: AbortSignal; interruptedCode: () => n
   };
 }
 
-/** The exit status `cell` reports for a guest command, with a line for timeouts. */
-export function commandExit(result: { exitCode: number; timedOut: boolean }, timeoutSec?: number): number {
-  if (result.timedOut) process.stderr.write(`cell: command timed out after ${timeoutSec ?? '?'} s\n`);
+/** The exit status for a guest command's result, with a line on stderr after a timeout. */
+export function commandExit(result: { exitCode: number; signal: number | null; timedOut: boolean }, timeoutSec?: number): number {
+  if (result.timedOut) {
+    process.stderr.write(`cell: command timed out after ${timeoutSec ?? '?'} s\n`);
+    return 124;
+  }
+  return exitStatus(result);
+}
+
+/** Shell convention: 128+N when killed by signal N, else the command's own code. */
+export function exitStatus(result: { exitCode: number; signal: number | null }): number {
+  if (result.signal !== null && result.signal > 0) return 128 + result.signal;
   return result.exitCode;
 }

@@ -60,3 +60,32 @@ export function vmState(vm: VmStateView, now = Date.now()): string {
 }
 
 export const short = (id: string) => id.slice(0, 12);
+
+/** Elapsed time for progress: "0.4s", "12s", "3m05s". */
+export function elapsed(ms: number): string {
+  if (ms < 10_000) return `${(Math.max(0, ms) / 1000).toFixed(1)}s`;
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s}s`;
+  return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+}
+
+export interface ProgressView {
+  step: string;
+  status: 'start' | 'done' | 'cached';
+  detail?: string;
+}
+
+const START_VERBS: Record<string, string> = { accelerator: 'probing', lock: 'waiting' };
+
+/** One plain line of host set-up progress: "[kernel] cached: 6.1.0", "[initramfs] building...". */
+export function setupLine(e: ProgressView, tookMs?: number): string {
+  const detail = e.detail ? `: ${e.detail}` : '';
+  switch (e.status) {
+    case 'start':
+      return `[${e.step}] ${e.detail ? `${e.detail} ...` : `${START_VERBS[e.step] ?? 'building'}...`}`;
+    case 'cached':
+      return `[${e.step}] cached${detail}`;
+    case 'done':
+      return `[${e.step}] done${detail}${tookMs === undefined ? '' : ` (${elapsed(tookMs)})`}`;
+  }
+}

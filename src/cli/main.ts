@@ -1,23 +1,44 @@
-import { Command } from 'commander';
-import { registerExec } from './commands/exec.js';
-import { registerImageCommands } from './commands/images.js';
-import { registerRun } from './commands/run.js';
-import { registerSnapshotCommands } from './commands/snapshots.js';
-import { registerSystemCommands } from './commands/system.js';
-import { registerVmCommands } from './commands/vms.js';
+import { createRequire } from 'node:module';
+import { readFileSync } from 'node:fs';
+import { EXIT_FAILURE, EXIT_RUN_FAILED, isCommanderExit, reportError } from './errors.js';
+import { groupsFor, subcommandOf } from './registry.js';
+
+// `cell` is on the hot path of every sandbox command: load commander through require (a few ms
+// faster than its ESM wrapper) and only the modules of the subcommand being run.
+const { Command } = createRequire(import.meta.url)('commander') as typeof import('commander');
+
+const args = process.argv.slice(2);
+
+// A closed stdout (`cell ps | head -1`) ends cell the way SIGPIPE ends other programs. Exiting
+// also closes the connection to celld, which then kills a command still running for us.
+const EXIT_SIGPIPE = 141;
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(EXIT_SIGPIPE);
+  throw err;
+});
+
+function version(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
 
 const program = new Command('cell')
   .description('cellvm: microVM sandboxes you can snapshot and fork in milliseconds')
-  .version('0.1.0')
-  .option('--home <dir>', 'state directory (default: $CELL_HOME, /var/lib/cellvm as root)')
+  .version(args.includes('-V') || args.includes('--version') ? version() : '', '-V, --version', 'print the version')
+  .option('--home <dir>', 'state directory; sets CELL_HOME (default ~/.local/share/cellvm, root: /var/lib/cellvm)')
   .enablePositionalOptions()
+  .exitOverride()
   .addHelpText(
     'after',
     `
 Quick start:
-  cell run --rm busybox -- echo hello          boot a VM, run a command, exit with its code
-  cell run -d --name box busybox               a VM that stays up; then: cell exec box -- sh -c '...'
-  cell snapshot --name warm box                capture it; then: cell fork --count 3 warm`,
+  cell run --rm busybox -- echo hello    boot a VM, run a command, exit with its code
+  cell run -d --name box busybox         a VM that stays up; then: cell exec box -- uname -a
+
+More: cell snapshot --name warm box; cell fork --count 3 warm. 'cell COMMAND --help' for examples.`,
   );
 
 program.hook('preAction', (_this, action) => {
@@ -25,11 +46,22 @@ program.hook('preAction', (_this, action) => {
   if (home) process.env.CELL_HOME = home;
 });
 
-registerRun(program);
-registerExec(program);
-registerVmCommands(program);
-registerSnapshotCommands(program);
-registerImageCommands(program);
-registerSystemCommands(program);
+for (const group of groupsFor(args)) {
+  program.commandsGroup(group.heading);
+  (await group.load()).register(program);
+}
+program.commandsGroup('Help:');
+program.helpCommand(true);
 
-await program.parseAsync(process.argv);
+// `cell run` reports its own failures with 125 like docker, so scripts can tell them apart from
+// the command's exit code; every other command uses 1.
+const failure = subcommandOf(args) === 'run' ? EXIT_RUN_FAILED : EXIT_FAILURE;
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (isCommanderExit(err)) process.exitCode = err.exitCode === 0 ? 0 : failure;
+  else {
+    reportError(err);
+    process.exitCode = failure;
+  }
+}

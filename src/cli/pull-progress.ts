@@ -1,4 +1,4 @@
-import type { PullEvent } from '../sdk/client.js';
+import type { PullEvent } from '../sdk/commands.js';
 import { bytes } from './format.js';
 
 /**
@@ -10,7 +10,7 @@ export async function pullProgress(quiet: boolean): Promise<{ onProgress: (e: Pu
   if (!process.stderr.isTTY) {
     return {
       onProgress: (e) => {
-        const line = plainLine(e);
+        const line = pullLine(e);
         if (line) process.stderr.write(line + '\n');
       },
       stop: () => {},
@@ -43,7 +43,7 @@ export async function pullProgress(quiet: boolean): Promise<{ onProgress: (e: Pu
         const speed = e.status === 'cached' ? 'cached' : `${bytes(done / secs)}/s`;
         entry.bar.update(e.status === 'cached' ? total : done, { done: bytes(done), size: bytes(total), speed });
       } else {
-        const line = plainLine(e);
+        const line = pullLine(e);
         if (line) multibar.log(line + '\n');
       }
     },
@@ -51,7 +51,7 @@ export async function pullProgress(quiet: boolean): Promise<{ onProgress: (e: Pu
   };
 }
 
-function plainLine(e: PullEvent): string | undefined {
+export function pullLine(e: PullEvent): string | undefined {
   switch (e.phase) {
     case 'resolved':
       return `resolved ${String(e.reference)} to ${String(e.digest).slice(0, 19)}`;

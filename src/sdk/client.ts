@@ -1,73 +1,87 @@
 import type { ExecRequest, Image, Info, RunRequest, Snapshot, StreamEvent, Vm } from '../api/schemas.js';
 import { Routes } from '../api/routes.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
-import { cellPaths, defaultHome } from '../domain/paths.js';
-import { daemonStartFailed, startDaemon } from './daemon.js';
+import { cellPaths, defaultHome, type CellPaths } from '../domain/paths.js';
+import { runStream, execStream, type CommandResult, type ExecHandlers, type RunHandlers, type SetupEvent, type PullEvent, type LogEntry } from './commands.js';
+import { DAEMON_ALREADY_RUNNING_EXIT, daemonStartFailed, startDaemon } from './daemon.js';
 import { Transport } from './transport.js';
 
+export type { CommandResult, ExecHandlers, OutputHandlers, RunHandlers, SetupEvent, PullEvent, LogEntry } from './commands.js';
+
 export interface ConnectOptions {
-  /** CELL_HOME; default from the environment. */
+  /** CELL_HOME (default: $CELL_HOME, /var/lib/cellvm as root, else ~/.local/share/cellvm). */
   home?: string;
+  /** celld's socket (default: CELL_HOME/celld.sock). celld is started on demand only for the default. */
   socketPath?: string;
   /** Start celld when it is not running (default true). */
   autoStart?: boolean;
-  /** How long to wait for a freshly started celld (default 10 s). */
+  /** How long to wait for celld to answer, including a fresh start (default 10 s). */
   timeoutMs?: number;
 }
 
-export interface OutputHandlers {
-  onStdout?(chunk: Buffer): void;
-  onStderr?(chunk: Buffer): void;
-  signal?: AbortSignal;
-}
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+const POLL_MS = 20;
 
-export interface CommandResult {
-  exitCode: number;
-  signal: number | null;
-  timedOut: boolean;
-  durationMs: number;
-}
-
-export interface RunHandlers extends OutputHandlers {
-  onCreated?(vm: Vm): void;
-  onRunning?(vm: Vm): void;
-}
-
-export interface ExecHandlers extends OutputHandlers {
-  stdin?: AsyncIterable<Buffer | string>;
-}
-
-export type SetupEvent = Extract<StreamEvent, { type: 'progress' }>;
-export type PullEvent = Extract<StreamEvent, { type: 'pull' }>['event'];
-
-const q = (params: Record<string, boolean | undefined>) => {
-  const entries = Object.entries(params).filter(([, v]) => v);
-  return entries.length ? `?${entries.map(([k]) => `${k}=true`).join('&')}` : '';
+const query = (params: Record<string, boolean | undefined>) => {
+  const set = Object.entries(params).filter(([, v]) => v);
+  return set.length ? `?${set.map(([k]) => `${k}=true`).join('&')}` : '';
 };
 
-/** The typed client of celld's API. */
-export class CellClient {
-  private constructor(readonly transport: Transport) {}
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The typed client of celld's HTTP API. */
+export class CellClient {
+  private constructor(
+    readonly transport: Transport,
+    readonly paths: CellPaths,
+  ) {}
+
+  /**
+   * Connects to celld, starting it when it is not running. Safe when many processes do this at
+   * once: only one celld wins the home's lock, every client waits for whichever one that is.
+   */
   static async connect(opts: ConnectOptions = {}): Promise<CellClient> {
     const paths = cellPaths(opts.home ?? defaultHome());
-    const transport = new Transport(opts.socketPath ?? paths.socket);
-    const client = new CellClient(transport);
-    if (await client.ping()) return client;
-    if (opts.autoStart === false) throw new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `celld is not running for ${paths.home}`);
-    startDaemon(paths);
-    // Two clients may start one at once: the daemon's lock lets one win, both wait for it.
-    const deadline = Date.now() + (opts.timeoutMs ?? 10_000);
-    while (Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 20));
-      if (await client.ping()) return client;
+    const socketPath = opts.socketPath ?? paths.socket;
+    const timeoutMs = opts.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    const client = new CellClient(new Transport(socketPath), paths);
+    try {
+      if (await client.ping(AbortSignal.timeout(timeoutMs))) return client;
+      if (opts.autoStart === false || socketPath !== paths.socket) {
+        throw new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `celld is not running (nothing answers on ${socketPath})`);
+      }
+      await client.startAndWait(timeoutMs);
+      return client;
+    } catch (err) {
+      client.close();
+      if (err instanceof DOMException && err.name === 'TimeoutError') {
+        throw new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `celld on ${socketPath} does not answer within ${timeoutMs / 1000} s`);
+      }
+      throw err;
     }
-    throw daemonStartFailed(paths);
   }
 
-  async ping(): Promise<boolean> {
+  private async startAndWait(timeoutMs: number): Promise<void> {
+    const child = startDaemon(this.paths);
+    let exitStatus: number | undefined;
+    child.once('exit', (code, signal) => (exitStatus = code ?? (signal ? 128 : 1)));
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      await sleep(POLL_MS);
+      if (await this.ping()) return;
+      // Exit 3: another celld won the race for this home; keep waiting for it to answer.
+      if (exitStatus !== undefined && exitStatus !== DAEMON_ALREADY_RUNNING_EXIT) {
+        if (await this.ping()) return;
+        throw daemonStartFailed(this.paths, `it exited with status ${exitStatus}`);
+      }
+    }
+    throw daemonStartFailed(this.paths, `its socket did not answer within ${timeoutMs / 1000} s`);
+  }
+
+  /** True when celld answers; false when nothing listens on the socket. */
+  async ping(signal?: AbortSignal): Promise<boolean> {
     try {
-      await this.transport.request('GET', Routes.ping);
+      await this.transport.request('GET', Routes.ping, undefined, signal);
       return true;
     } catch (err) {
       if (err instanceof CellError && err.code === ErrorCodes.DAEMON_UNAVAILABLE) return false;
@@ -75,25 +89,27 @@ export class CellClient {
     }
   }
 
-  info(): Promise<Info> {
-    return this.transport.request('GET', Routes.info);
+  info(opts: { signal?: AbortSignal } = {}): Promise<Info> {
+    return this.transport.request('GET', Routes.info, undefined, opts.signal);
   }
 
-  async setup(opts: { reprobe?: boolean; onProgress?(e: SetupEvent): void } = {}): Promise<void> {
-    for await (const event of this.transport.stream('POST', Routes.setup + q({ reprobe: opts.reprobe }))) {
+  /** Prepares the host (packages, kernel, initramfs, built-in image, accelerator); idempotent. */
+  async setup(opts: { reprobe?: boolean; onProgress?(e: SetupEvent): void; signal?: AbortSignal } = {}): Promise<void> {
+    for await (const event of this.transport.stream('POST', Routes.setup + query({ reprobe: opts.reprobe }), undefined, opts.signal)) {
       if (event.type === 'progress') opts.onProgress?.(event);
     }
   }
 
   readonly vms = {
-    list: (opts: { all?: boolean } = {}): Promise<Vm[]> => this.transport.request('GET', Routes.vms + q({ all: opts.all })),
+    list: (opts: { all?: boolean } = {}): Promise<Vm[]> => this.transport.request('GET', Routes.vms + query({ all: opts.all })),
     get: (ref: string): Promise<Vm> => this.transport.request('GET', Routes.vm(ref)),
     /** Creates and boots a VM that keeps running (its main command, if any, runs in the background). */
     create: (req: RunRequest): Promise<Vm> => this.transport.request('POST', Routes.vms, req),
     start: (ref: string): Promise<Vm> => this.transport.request('POST', Routes.vmStart(ref), {}),
-    stop: (ref: string, opts: { timeoutSec?: number } = {}): Promise<Vm> => this.transport.request('POST', Routes.vmStop(ref), opts),
-    remove: (ref: string, opts: { force?: boolean } = {}): Promise<void> => this.transport.request('DELETE', Routes.vm(ref) + q({ force: opts.force })),
-    logs: (ref: string, opts: { follow?: boolean; signal?: AbortSignal } = {}) => this.logs(ref, opts),
+    stop: (ref: string, opts: { timeoutSec?: number } = {}): Promise<Vm> =>
+      this.transport.request('POST', Routes.vmStop(ref), opts.timeoutSec === undefined ? {} : { timeoutSec: opts.timeoutSec }),
+    remove: (ref: string, opts: { force?: boolean } = {}): Promise<void> => this.transport.request('DELETE', Routes.vm(ref) + query({ force: opts.force })),
+    logs: (ref: string, opts: { follow?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<LogEntry> => this.logs(ref, opts),
   };
 
   readonly snapshots = {
@@ -104,7 +120,7 @@ export class CellClient {
     fork: (ref: string, opts: { count?: number; name?: string } = {}): Promise<Vm[]> => this.transport.request('POST', Routes.snapshotFork(ref), opts),
     restore: (vmRef: string, snapshot: string): Promise<Vm> => this.transport.request('POST', Routes.vmRestore(vmRef), { snapshot }),
     remove: (ref: string, opts: { force?: boolean } = {}): Promise<void> =>
-      this.transport.request('DELETE', Routes.snapshot(ref) + q({ force: opts.force })),
+      this.transport.request('DELETE', Routes.snapshot(ref) + query({ force: opts.force })),
     /** `file` is a path on celld's host. */
     export: (ref: string, file: string): Promise<{ bytes: number }> => this.transport.request('POST', Routes.snapshotExport(ref), { file }),
     import: (file: string, opts: { name?: string } = {}): Promise<Snapshot> => this.transport.request('POST', Routes.snapshotImport, { file, ...opts }),
@@ -123,7 +139,7 @@ export class CellClient {
       return image;
     },
     import: (file: string, reference?: string) => this.transport.request<{ reference: string; digest: string }>('POST', Routes.imageImport, { file, reference }),
-    remove: (ref: string, opts: { force?: boolean } = {}): Promise<void> => this.transport.request('DELETE', Routes.image(ref) + q({ force: opts.force })),
+    remove: (ref: string, opts: { force?: boolean } = {}): Promise<void> => this.transport.request('DELETE', Routes.image(ref) + query({ force: opts.force })),
     /** Pushes local image `reference` to `target` (default: the same reference). */
     push: (reference: string, target?: string) => this.transport.request<{ digest: string; reference: string }>('POST', Routes.imagePush, { reference, target }),
     /** `file` is a path on celld's host. */
@@ -136,49 +152,33 @@ export class CellClient {
     logout: (registry: string) => this.transport.request<{ removed: boolean }>('POST', Routes.logout, { registry }),
   };
 
-  /** Boots a VM, runs its command with output streamed to the handlers, and stops it. */
-  async run(req: RunRequest, handlers: RunHandlers = {}): Promise<CommandResult & { vm: Vm }> {
-    let result: CommandResult | undefined;
-    let vm: Vm | undefined;
-    for await (const event of this.transport.stream('POST', Routes.vmRun, req, handlers.signal)) {
-      if (event.type === 'created') handlers.onCreated?.(event.vm);
-      else if (event.type === 'running') handlers.onRunning?.(event.vm);
-      else if (event.type === 'stdout') handlers.onStdout?.(Buffer.from(event.data, 'base64'));
-      else if (event.type === 'stderr') handlers.onStderr?.(Buffer.from(event.data, 'base64'));
-      else if (event.type === 'exit') result = event;
-      else if (event.type === 'done') vm = event.vm;
-    }
-    if (!result || !vm) throw new CellError(ErrorCodes.DAEMON_UNAVAILABLE, 'the run ended without an exit status (aborted?)');
-    return { ...pickResult(result), vm };
+  /**
+   * `cell run`: boots a VM, runs its command with output streamed to the handlers as it arrives,
+   * then stops the VM (and removes it with `autoRemove`). Aborting `signal` kills the command and
+   * stops the VM; the promise then rejects with the signal's reason.
+   */
+  run(req: RunRequest, handlers: RunHandlers = {}): Promise<CommandResult & { vm: Vm }> {
+    return runStream(this.transport.stream('POST', Routes.vmRun, req, handlers.signal), handlers);
   }
 
-  /** Runs a command in a running VM. */
-  async exec(ref: string, req: Omit<ExecRequest, 'stdin'>, handlers: ExecHandlers = {}): Promise<CommandResult> {
-    let result: CommandResult | undefined;
-    let upload: Promise<void> | undefined;
-    const body: ExecRequest = { ...req, stdin: handlers.stdin !== undefined };
-    for await (const event of this.transport.stream('POST', Routes.vmExec(ref), body, handlers.signal)) {
-      if (event.type === 'exec' && handlers.stdin) upload = this.transport.upload(Routes.execStdin(event.execId), handlers.stdin);
-      else if (event.type === 'stdout') handlers.onStdout?.(Buffer.from(event.data, 'base64'));
-      else if (event.type === 'stderr') handlers.onStderr?.(Buffer.from(event.data, 'base64'));
-      else if (event.type === 'exit') result = event;
-    }
-    await upload?.catch(() => {});
-    if (!result) throw new CellError(ErrorCodes.DAEMON_UNAVAILABLE, 'the exec ended without an exit status (aborted?)');
-    return pickResult(result);
+  /**
+   * Runs a command in a running VM. With `stdin`, its bytes are streamed to the command (the end
+   * of the iterable closes the command's stdin). Aborting `signal` kills the command.
+   */
+  exec(ref: string, req: Omit<ExecRequest, 'stdin'>, handlers: ExecHandlers = {}): Promise<CommandResult> {
+    const body: ExecRequest = handlers.stdin ? { ...req, stdin: true } : req;
+    return execStream(this.transport, this.transport.stream('POST', Routes.vmExec(ref), body, handlers.signal), handlers);
   }
 
-  async *logs(ref: string, opts: { follow?: boolean; signal?: AbortSignal } = {}) {
-    for await (const event of this.transport.stream('GET', Routes.vmLogs(ref) + q({ follow: opts.follow }), undefined, opts.signal)) {
-      if (event.type === 'log') yield event;
+  /** A VM's main-command output: what is there, then (with `follow`) new lines until it stops. */
+  async *logs(ref: string, opts: { follow?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<LogEntry> {
+    for await (const event of this.transport.stream('GET', Routes.vmLogs(ref) + query({ follow: opts.follow }), undefined, opts.signal)) {
+      if (event.type === 'log') yield { time: event.time, stream: event.stream, text: event.text };
     }
   }
 
+  /** Releases idle connections (they do not keep the process alive either way). */
   close(): void {
     this.transport.close();
   }
-}
-
-function pickResult(e: CommandResult): CommandResult {
-  return { exitCode: e.exitCode, signal: e.signal, timedOut: e.timedOut, durationMs: e.durationMs };
 }

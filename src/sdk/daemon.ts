@@ -1,14 +1,17 @@
-import { spawn } from 'node:child_process';
-import { mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { CellPaths } from '../domain/paths.js';
 
+/** celld's exit status when another celld already serves this CELL_HOME (see src/server/main.ts). */
+export const DAEMON_ALREADY_RUNNING_EXIT = 3;
+
 /**
- * Starts celld for a CELL_HOME, detached, with its output in celld.log. Running from TypeScript
- * sources (a checkout without `npm run build`) starts it through tsx.
+ * Starts celld for a CELL_HOME, detached (it outlives this process), with its output appended to
+ * celld.log. From TypeScript sources (a checkout without `npm run build`) it runs through tsx.
  */
-export function startDaemon(paths: CellPaths): void {
+export function startDaemon(paths: CellPaths, env: NodeJS.ProcessEnv = process.env): ChildProcess {
   mkdirSync(paths.home, { recursive: true });
   const fromSource = import.meta.url.endsWith('.ts');
   const entry = fileURLToPath(new URL(`../server/main.${fromSource ? 'ts' : 'js'}`, import.meta.url));
@@ -18,27 +21,31 @@ export function startDaemon(paths: CellPaths): void {
     const child = spawn(process.execPath, args, {
       detached: true,
       stdio: ['ignore', log, log],
-      env: { ...process.env, CELL_HOME: paths.home },
+      env: { ...env, CELL_HOME: paths.home },
     });
+    child.on('error', () => {}); // reported through the log tail when the socket never answers
     child.unref();
+    return child;
   } finally {
     closeSync(log);
   }
 }
 
-export function daemonLogTail(paths: CellPaths, lines = 5): string {
+export function daemonLogTail(paths: CellPaths, lines = 10): string {
   try {
-    return readFileSync(paths.daemonLog, 'utf8').trim().split('\n').slice(-lines).join('\n');
+    return readFileSync(paths.daemonLog, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
   } catch {
     return '';
   }
 }
 
-export function daemonStartFailed(paths: CellPaths): CellError {
+/** The error for a celld that did not come up: the last log line in the message, more in details. */
+export function daemonStartFailed(paths: CellPaths, why: string): CellError {
   const tail = daemonLogTail(paths);
+  const last = tail.split('\n').pop()?.trim();
   return new CellError(
     ErrorCodes.DAEMON_UNAVAILABLE,
-    `celld did not start (see ${paths.daemonLog})${tail ? `: ${tail.split('\n').pop()}` : ''}`,
-    { logTail: tail },
+    `celld did not start: ${why} (log: ${paths.daemonLog})${last ? `; last log line: ${last}` : ''}`,
+    { logTail: tail, log: paths.daemonLog },
   );
 }

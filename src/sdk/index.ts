@@ -1,4 +1,5 @@
-export { CellClient, type ConnectOptions, type CommandResult, type ExecHandlers, type RunHandlers, type SetupEvent, type PullEvent } from './client.js';
-export { Sandbox, type SandboxOptions, type SandboxExecOptions } from './sandbox.js';
-export { CellError, ErrorCodes, type ErrorCode } from '../domain/errors.js';
-export type { Vm, Image, Info, Snapshot, RunRequest, ExecRequest, StreamEvent } from '../api/schemas.js';
+export { CellClient, DEFAULT_CONNECT_TIMEOUT_MS, type ConnectOptions } from './client.js';
+export type { CommandResult, ExecHandlers, LogEntry, OutputHandlers, PullEvent, RunHandlers, SetupEvent } from './commands.js';
+export { Sandbox, DEFAULT_SANDBOX_IMAGE, type OutputResult, type SandboxExecOptions, type SandboxOptions } from './sandbox.js';
+export { CellError, ErrorCodes, isCellError, type ErrorCode } from '../domain/errors.js';
+export type { ExecRequest, Image, Info, RunRequest, Snapshot, StreamEvent, Vm } from '../api/schemas.js';

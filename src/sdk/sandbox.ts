@@ -1,18 +1,28 @@
-import type { Vm } from '../api/schemas.js';
-import { CellClient, type CommandResult, type ExecHandlers } from './client.js';
+import type { Snapshot, Vm } from '../api/schemas.js';
+import { CellClient, type ConnectOptions } from './client.js';
+import type { CommandResult, ExecHandlers } from './commands.js';
 
-// Node 20 has no Symbol.asyncDispose yet; `await using` needs it.
+// Node 20 has no Symbol.asyncDispose yet; `await using` needs it (TypeScript emits a lookup of it).
 (Symbol as { asyncDispose?: symbol }).asyncDispose ??= Symbol.for('Symbol.asyncDispose');
 
+export const DEFAULT_SANDBOX_IMAGE = 'busybox';
+
 export interface SandboxOptions {
+  /** Image to boot (default busybox). */
   image?: string;
   name?: string;
   cpus?: number;
   memoryMib?: number;
+  /** KEY=VALUE pairs every command sees. */
   env?: string[];
+  workingDir?: string;
+  user?: string;
   /** Fork this snapshot instead of booting the image. */
   fromSnapshot?: string;
+  /** A client to share; without one the sandbox connects (and disconnects when disposed). */
   client?: CellClient;
+  /** How to connect when no client is given. */
+  connect?: ConnectOptions;
 }
 
 export interface SandboxExecOptions extends ExecHandlers {
@@ -22,21 +32,59 @@ export interface SandboxExecOptions extends ExecHandlers {
   timeoutSec?: number;
 }
 
-/** One running VM, E2B style: `await using sb = await Sandbox.create()` removes it afterwards. */
+export interface OutputResult extends CommandResult {
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * One running VM, E2B style:
+ *
+ *   await using sb = await Sandbox.create();
+ *   const { stdout } = await sb.run('uname -a');
+ *
+ * leaves nothing behind when the block ends (the VM is force-removed).
+ */
 export class Sandbox {
   private constructor(
     readonly client: CellClient,
     private vm: Vm,
+    private readonly ownsClient: boolean,
   ) {}
 
+  /** Boots a VM that stays up until it is stopped or removed. */
   static async create(opts: SandboxOptions = {}): Promise<Sandbox> {
-    const client = opts.client ?? (await CellClient.connect());
-    if (opts.fromSnapshot) {
-      const [vm] = await client.snapshots.fork(opts.fromSnapshot, { count: 1, name: opts.name });
-      return new Sandbox(client, vm!);
+    const client = opts.client ?? (await CellClient.connect(opts.connect));
+    try {
+      if (opts.fromSnapshot) {
+        const [vm] = await client.snapshots.fork(opts.fromSnapshot, { count: 1, name: opts.name });
+        return new Sandbox(client, vm!, !opts.client);
+      }
+      const vm = await client.vms.create({
+        image: opts.image ?? DEFAULT_SANDBOX_IMAGE,
+        name: opts.name,
+        cpus: opts.cpus,
+        memoryMib: opts.memoryMib,
+        env: opts.env,
+        workingDir: opts.workingDir,
+        user: opts.user,
+      });
+      return new Sandbox(client, vm, !opts.client);
+    } catch (err) {
+      if (!opts.client) client.close();
+      throw err;
     }
-    const vm = await client.vms.create({ image: opts.image ?? 'busybox', name: opts.name, cpus: opts.cpus, memoryMib: opts.memoryMib, env: opts.env });
-    return new Sandbox(client, vm);
+  }
+
+  /** A sandbox for an existing VM (by name, id or unique id prefix). */
+  static async connect(ref: string, opts: { client?: CellClient; connect?: ConnectOptions } = {}): Promise<Sandbox> {
+    const client = opts.client ?? (await CellClient.connect(opts.connect));
+    try {
+      return new Sandbox(client, await client.vms.get(ref), !opts.client);
+    } catch (err) {
+      if (!opts.client) client.close();
+      throw err;
+    }
   }
 
   get id(): string {
@@ -47,7 +95,17 @@ export class Sandbox {
     return this.vm.name;
   }
 
-  /** A string runs through `sh -c`; an array runs as is. */
+  /** The VM record as last seen (call `refresh()` for its current state). */
+  get info(): Vm {
+    return this.vm;
+  }
+
+  async refresh(): Promise<Vm> {
+    this.vm = await this.client.vms.get(this.vm.id);
+    return this.vm;
+  }
+
+  /** Runs a command, streaming its output to the handlers. A string runs through `sh -c`. */
   exec(cmd: string | string[], opts: SandboxExecOptions = {}): Promise<CommandResult> {
     const argv = typeof cmd === 'string' ? ['sh', '-c', cmd] : cmd;
     const { env, workingDir, user, timeoutSec, ...handlers } = opts;
@@ -55,27 +113,46 @@ export class Sandbox {
   }
 
   /** Runs a command and collects its output as text. */
-  async run(cmd: string | string[], opts: Omit<SandboxExecOptions, 'onStdout' | 'onStderr'> = {}): Promise<CommandResult & { stdout: string; stderr: string }> {
+  async run(cmd: string | string[], opts: Omit<SandboxExecOptions, 'onStdout' | 'onStderr'> = {}): Promise<OutputResult> {
     const out: Buffer[] = [];
     const err: Buffer[] = [];
-    const result = await this.exec(cmd, { ...opts, onStdout: (c) => out.push(c), onStderr: (c) => err.push(c) });
+    const result = await this.exec(cmd, { ...opts, onStdout: (c) => void out.push(c), onStderr: (c) => void err.push(c) });
     return { ...result, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') };
   }
 
-  snapshot(opts: { name?: string } = {}) {
+  /** Captures memory, devices and disk; the VM keeps running. */
+  snapshot(opts: { name?: string } = {}): Promise<Snapshot> {
     return this.client.snapshots.take(this.vm.id, opts);
   }
 
-  async stop(timeoutSec?: number): Promise<void> {
-    this.vm = await this.client.vms.stop(this.vm.id, { timeoutSec });
+  /** Stops the VM (SIGTERM to its processes, SIGKILL after `timeoutSec`), keeping its disk. */
+  async stop(opts: { timeoutSec?: number } = {}): Promise<void> {
+    this.vm = await this.client.vms.stop(this.vm.id, opts);
   }
 
-  /** Removes the VM, stopping it first if needed. */
+  /** Boots the stopped VM again. */
+  async start(): Promise<void> {
+    this.vm = await this.client.vms.start(this.vm.id);
+  }
+
+  /** Removes a stopped VM and its disk (celld refuses a running one: use `kill()`). */
+  remove(): Promise<void> {
+    return this.client.vms.remove(this.vm.id);
+  }
+
+  /** Removes the VM whatever its state, without a grace period. */
   kill(): Promise<void> {
     return this.client.vms.remove(this.vm.id, { force: true });
   }
 
+  /** `await using`: kills the VM (a VM already gone is fine) and closes a client it opened itself. */
   async [Symbol.asyncDispose](): Promise<void> {
-    await this.kill().catch(() => {});
+    try {
+      await this.kill().catch((err: unknown) => {
+        if ((err as { code?: string }).code !== 'not_found') throw err;
+      });
+    } finally {
+      if (this.ownsClient) this.client.close();
+    }
   }
 }

@@ -1,133 +1,172 @@
 import http from 'node:http';
-import { createInterface } from 'node:readline';
 import type { ErrorBody, StreamEvent } from '../api/schemas.js';
 import { CellError, ErrorCodes, type ErrorCode } from '../domain/errors.js';
+import { ndjsonLines } from './ndjson.js';
 
 const KNOWN_CODES = new Set<string>(Object.values(ErrorCodes));
 
-function toError(body: unknown, status: number): CellError {
+/** An error body (or an `error` stream event) as a CellError; unknown codes become `internal`. */
+export function toCellErrorFromBody(body: unknown, status: number): CellError {
   const error = (body as Partial<ErrorBody> | undefined)?.error;
-  if (error?.code && error.message) {
+  if (error && typeof error.code === 'string' && typeof error.message === 'string') {
     const code = (KNOWN_CODES.has(error.code) ? error.code : ErrorCodes.INTERNAL) as ErrorCode;
     return new CellError(code, error.message, error.details);
   }
-  return new CellError(ErrorCodes.INTERNAL, `celld answered HTTP ${status}`);
+  return new CellError(ErrorCodes.INTERNAL, `celld answered HTTP ${status} without an error body`);
 }
 
 function connectionError(err: NodeJS.ErrnoException, socketPath: string): CellError {
   if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
-    return new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `celld is not running (no answer on ${socketPath})`);
+    return new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `celld is not running (nothing answers on ${socketPath})`, undefined, { cause: err });
   }
-  return new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `cannot talk to celld on ${socketPath}: ${err.message}`);
+  return new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `cannot talk to celld on ${socketPath}: ${err.message}`, undefined, { cause: err });
 }
 
-/** HTTP over celld's unix socket: JSON calls and ndjson streams, errors as CellError. */
+/** What an aborted call rejects with: the signal's reason (an AbortError by default), like fetch. */
+export function abortReason(signal: AbortSignal): Error {
+  const reason: unknown = signal.reason;
+  if (reason instanceof Error) return reason;
+  return new DOMException(typeof reason === 'string' ? reason : 'the operation was aborted', 'AbortError');
+}
+
+async function readBody(res: http.IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  for await (const c of res) chunks.push(c as Buffer);
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (!text) return undefined;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * HTTP over celld's unix socket: JSON calls, ndjson streams and raw uploads. Every failure is a
+ * CellError (`daemon_unavailable` when nothing answers), except an abort by the caller's signal.
+ */
 export class Transport {
   private readonly agent = new http.Agent({ keepAlive: true });
 
   constructor(readonly socketPath: string) {}
 
-  private open(method: string, path: string, body: unknown, signal?: AbortSignal, contentType = 'application/json') {
-    const payload = body === undefined ? undefined : Buffer.isBuffer(body) ? body : Buffer.from(JSON.stringify(body));
-    return http.request({
-      socketPath: this.socketPath,
-      agent: this.agent,
-      method,
-      path,
-      signal,
-      headers: payload ? { 'content-type': contentType, 'content-length': payload.length } : {},
+  /** Sends a request and resolves with the response headers received (any status). */
+  private send(method: string, path: string, body: unknown, signal?: AbortSignal): Promise<http.IncomingMessage> {
+    if (signal?.aborted) return Promise.reject(abortReason(signal));
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    return new Promise((resolve, reject) => {
+      const req = http.request({
+        socketPath: this.socketPath,
+        agent: this.agent,
+        method,
+        path,
+        signal,
+        headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
+      });
+      req.on('error', (err: NodeJS.ErrnoException) => reject(signal?.aborted ? abortReason(signal) : connectionError(err, this.socketPath)));
+      req.on('response', resolve);
+      req.end(payload);
     });
   }
 
   /** One JSON request; resolves with the parsed body (undefined for 204). */
-  request<T>(method: string, path: string, body?: unknown): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      const req = this.open(method, path, body);
-      req.on('error', (err: NodeJS.ErrnoException) => reject(connectionError(err, this.socketPath)));
-      req.on('response', (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          let parsed: unknown;
-          try {
-            parsed = text ? JSON.parse(text) : undefined;
-          } catch {
-            parsed = undefined;
-          }
-          if ((res.statusCode ?? 500) >= 400) reject(toError(parsed, res.statusCode ?? 500));
-          else resolve(parsed as T);
-        });
-      });
-      if (body !== undefined) req.write(Buffer.from(JSON.stringify(body)));
-      req.end();
-    });
+  async request<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+    const res = await this.send(method, path, body, signal);
+    let parsed: unknown;
+    try {
+      parsed = await readBody(res);
+    } catch (err) {
+      if (signal?.aborted) throw abortReason(signal);
+      throw connectionError(err as NodeJS.ErrnoException, this.socketPath);
+    }
+    if ((res.statusCode ?? 500) >= 400) throw toCellErrorFromBody(parsed, res.statusCode ?? 500);
+    return parsed as T;
   }
 
-  /** A streaming request: yields each ndjson event; an `error` event is thrown as CellError. */
+  /**
+   * A streaming request: yields each ndjson event as it arrives; an `error` event is thrown as a
+   * CellError. Leaving the loop early (break, or an exception in the loop body) closes the
+   * connection, which celld takes as a cancellation.
+   */
   async *stream(method: string, path: string, body?: unknown, signal?: AbortSignal): AsyncGenerator<StreamEvent> {
-    const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
-      const req = this.open(method, path, body, signal);
-      req.on('error', (err: NodeJS.ErrnoException) =>
-        reject(err.name === 'AbortError' ? new CellError(ErrorCodes.INTERNAL, 'aborted') : connectionError(err, this.socketPath)),
-      );
-      req.on('response', resolve);
-      if (body !== undefined) req.write(Buffer.from(JSON.stringify(body)));
-      req.end();
-    });
-    if ((res.statusCode ?? 500) >= 400) {
-      const chunks: Buffer[] = [];
-      for await (const c of res) chunks.push(c as Buffer);
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-      } catch {
-        parsed = undefined;
-      }
-      throw toError(parsed, res.statusCode ?? 500);
-    }
-    const lines = createInterface({ input: res, crlfDelay: Infinity });
+    const res = await this.send(method, path, body, signal);
+    if ((res.statusCode ?? 500) >= 400) throw toCellErrorFromBody(await readBody(res).catch(() => undefined), res.statusCode ?? 500);
+    let finished = false;
     try {
-      for await (const line of lines) {
+      for await (const line of ndjsonLines(res)) {
         if (!line.trim()) continue;
-        const event = JSON.parse(line) as StreamEvent;
-        if (event.type === 'error') throw toError({ error: event.error }, 500);
+        let event: StreamEvent;
+        try {
+          event = JSON.parse(line) as StreamEvent;
+        } catch {
+          throw new CellError(ErrorCodes.INTERNAL, `celld sent a stream line that is not JSON: ${line.slice(0, 80)}`);
+        }
+        if (event.type === 'error') throw toCellErrorFromBody({ error: event.error }, 500);
         yield event;
       }
+      finished = true;
     } catch (err) {
-      if (signal?.aborted) return;
+      if (signal?.aborted) throw abortReason(signal);
       if (err instanceof CellError) throw err;
-      throw new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `the stream from celld broke: ${(err as Error).message}`);
+      throw new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `the connection to celld broke: ${(err as Error).message}`, undefined, { cause: err });
+    } finally {
+      if (!finished) res.destroy();
     }
   }
 
-  /** Streams raw bytes as a request body (stdin of an exec). */
-  upload(path: string, source: AsyncIterable<Buffer | string>): Promise<void> {
+  /**
+   * Streams raw bytes as a request body (the stdin of an exec). When `signal` aborts, reading
+   * `source` stops and the body ends there. Resolves when celld has taken the whole body.
+   */
+  upload(path: string, source: AsyncIterable<Buffer | string>, signal?: AbortSignal): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const req = http.request({
         socketPath: this.socketPath,
+        agent: this.agent,
         method: 'POST',
         path,
         headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' },
       });
       req.on('error', (err: NodeJS.ErrnoException) => reject(connectionError(err, this.socketPath)));
       req.on('response', (res) => {
-        res.resume();
-        res.on('end', () => ((res.statusCode ?? 500) >= 400 ? reject(new CellError(ErrorCodes.INTERNAL, `stdin upload failed: HTTP ${res.statusCode}`)) : resolve()));
+        readBody(res).then(
+          (parsed) => ((res.statusCode ?? 500) >= 400 ? reject(toCellErrorFromBody(parsed, res.statusCode ?? 500)) : resolve()),
+          (err: NodeJS.ErrnoException) => reject(connectionError(err, this.socketPath)),
+        );
       });
-      void (async () => {
-        try {
-          for await (const chunk of source) {
-            if (!req.write(chunk)) await new Promise((r) => req.once('drain', r));
-          }
-        } finally {
-          req.end();
-        }
-      })();
+      void pump(source, req, signal);
     });
   }
 
   close(): void {
     this.agent.destroy();
+  }
+}
+
+/** Copies `source` into `req` with backpressure; an abort stops reading `source` and ends `req`. */
+async function pump(source: AsyncIterable<Buffer | string>, req: http.ClientRequest, signal?: AbortSignal): Promise<void> {
+  const it = source[Symbol.asyncIterator]();
+  const stop = new Promise<'aborted' | 'closed'>((resolve) => {
+    if (signal?.aborted) resolve('aborted');
+    signal?.addEventListener('abort', () => resolve('aborted'), { once: true });
+    req.once('close', () => resolve('closed'));
+  });
+  try {
+    for (;;) {
+      const pending = it.next();
+      pending.catch(() => {}); // it may settle after we stopped waiting for it
+      const next = await Promise.race([pending, stop]);
+      if (typeof next === 'string') {
+        // The source may wait for input that never comes (a terminal): close it.
+        void Promise.resolve(it.return?.()).catch(() => {});
+        if (next === 'aborted') req.end();
+        return;
+      }
+      if (next.done) break;
+      if (!req.write(next.value)) await Promise.race([new Promise((r) => req.once('drain', r)), stop]);
+    }
+    req.end();
+  } catch (err) {
+    req.destroy(err as Error);
   }
 }

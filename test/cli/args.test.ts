@@ -1,6 +1,32 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { toRunRequest, withoutSeparator } from '../../src/cli/commands/run.js';
+import { Command } from 'commander';
+import { register as registerRun, toRunRequest, withoutSeparator, type RunFlags } from '../../src/cli/commands/run.js';
+import { register as registerExec, toExecRequest, type ExecFlags } from '../../src/cli/commands/exec.js';
+import { seconds, UsageError, wholeNumber } from '../../src/cli/errors.js';
+
+/** Parses a `cell` command line with the real option definitions, capturing what the action gets. */
+function parse(argv: string[]): { operands: string[]; flags: Record<string, unknown> } {
+  const program = new Command('cell').enablePositionalOptions().exitOverride();
+  registerRun(program);
+  registerExec(program);
+  let captured: { operands: string[]; flags: Record<string, unknown> } | undefined;
+  for (const cmd of program.commands) {
+    cmd.exitOverride().action((...args: unknown[]) => {
+      const flags = args.at(-2) as Record<string, unknown>;
+      const operands = args.slice(0, -2).flatMap((a) => (a === undefined ? [] : Array.isArray(a) ? (a as string[]) : [a as string]));
+      captured = { operands, flags };
+    });
+  }
+  program.parse(argv, { from: 'user' });
+  assert.ok(captured, 'the action ran');
+  return captured;
+}
+
+function runRequest(argv: string[]) {
+  const { operands, flags } = parse(['run', ...argv]);
+  return toRunRequest(operands, flags as RunFlags);
+}
 
 test('run: image, then the command verbatim, with or without --', () => {
   assert.deepEqual(toRunRequest(['busybox', '--', 'ls', '-la'], {}), { image: 'busybox', cmd: ['ls', '-la'] });
@@ -17,11 +43,60 @@ test('run --from: every operand is the command', () => {
   assert.deepEqual(toRunRequest(['--', 'cat', '/etc/hostname'], { from: 'warm' }), { fromSnapshot: 'warm', cmd: ['cat', '/etc/hostname'] });
 });
 
-test('run without an image is refused', () => {
-  assert.throws(() => toRunRequest([], {}), /an image is required/);
+test('run without an image is a usage error', () => {
+  assert.throws(() => toRunRequest([], {}), (err: unknown) => err instanceof UsageError && /an image is required/.test(err.message));
 });
 
 test('only a leading -- is a separator', () => {
   assert.deepEqual(withoutSeparator(['--', 'echo', '--']), ['echo', '--']);
   assert.deepEqual(withoutSeparator(['echo', '--']), ['echo', '--']);
+});
+
+test('commander: options stop at the image, so the command keeps its own flags', () => {
+  assert.deepEqual(runRequest(['busybox', 'ls', '-la']), { image: 'busybox', cmd: ['ls', '-la'] });
+  assert.deepEqual(runRequest(['--rm', 'busybox', 'sh', '-c', 'echo --rm -d']), { image: 'busybox', cmd: ['sh', '-c', 'echo --rm -d'], autoRemove: true });
+  assert.deepEqual(runRequest(['-d', 'busybox', '--', '--name', 'x']), { image: 'busybox', cmd: ['--name', 'x'] });
+  assert.deepEqual(runRequest(['busybox', '--rm']), { image: 'busybox', cmd: ['--rm'] }, 'a flag after the image belongs to the command');
+});
+
+test('commander: -e repeats, numbers are parsed, defaults stay unset', () => {
+  assert.deepEqual(runRequest(['-e', 'A=1', '--env', 'B=2', '--cpus', '2', '--memory', '512', '--timeout', '2.5', '-w', '/srv', '-u', 'nobody', '--name', 'n', 'busybox', 'env']), {
+    image: 'busybox',
+    cmd: ['env'],
+    env: ['A=1', 'B=2'],
+    cpus: 2,
+    memoryMib: 512,
+    timeoutSec: 2.5,
+    workingDir: '/srv',
+    user: 'nobody',
+    name: 'n',
+  });
+  assert.deepEqual(runRequest(['busybox']), { image: 'busybox', cmd: [] });
+});
+
+test('commander: bad numbers are usage errors with the flag in the message', () => {
+  assert.throws(() => runRequest(['--memory', 'abc', 'busybox']), { name: 'UsageError', message: '--memory must be a whole number of MiB, not "abc"' });
+  assert.throws(() => runRequest(['--cpus', '1.5', 'busybox']), { name: 'UsageError', message: '--cpus must be a whole number, not "1.5"' });
+  assert.throws(() => runRequest(['--timeout', 'soon', 'busybox']), { name: 'UsageError', message: '--timeout must be a number of seconds, not "soon"' });
+  // Ranges are the daemon's business: 0 parses fine here.
+  assert.deepEqual(runRequest(['--memory', '0', 'busybox']), { image: 'busybox', cmd: [], memoryMib: 0 });
+});
+
+test('number parsers', () => {
+  assert.equal(wholeNumber('--count')('12'), 12);
+  assert.throws(() => wholeNumber('--count')('-1'), UsageError);
+  assert.throws(() => wholeNumber('--count')(''), UsageError);
+  assert.equal(seconds('--time')('0'), 0);
+  assert.equal(seconds('--time')('0.25'), 0.25);
+  assert.throws(() => seconds('--time')('1e3'), UsageError);
+});
+
+test('exec: the VM, then the command verbatim; flags map to the request', () => {
+  const { operands, flags } = parse(['exec', '-e', 'A=1', '-w', '/tmp', '-u', '0', '--timeout', '3', '-i', 'box', 'ls', '-la']);
+  assert.equal(operands[0], 'box');
+  assert.equal(flags.interactive, true);
+  assert.deepEqual(toExecRequest(operands.slice(1), flags as unknown as ExecFlags), { cmd: ['ls', '-la'], env: ['A=1'], workingDir: '/tmp', user: '0', timeoutSec: 3 });
+  const sep = parse(['exec', 'box', '--', 'sh', '-c', 'exit 3']);
+  assert.deepEqual(toExecRequest(sep.operands.slice(1), sep.flags as unknown as ExecFlags), { cmd: ['sh', '-c', 'exit 3'] });
+  assert.throws(() => toExecRequest(['--'], {}), UsageError);
 });

@@ -1,6 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ago, bytes, duration, table, vmState } from '../../src/cli/format.js';
+import { ago, bytes, duration, elapsed, setupLine, table, vmState } from '../../src/cli/format.js';
+import { infoText } from '../../src/cli/commands/system.js';
+import { exitStatus } from '../../src/cli/context.js';
+import type { Info } from '../../src/api/schemas.js';
 import { lineage } from '../../src/cli/commands/snapshots.js';
 import type { Snapshot } from '../../src/api/schemas.js';
 
@@ -36,4 +39,44 @@ test('the snapshot tree nests children under their parent', () => {
     ({ id: id.repeat(64).slice(0, 64), name, parentVm: null, parentVmName: 'vm', parentSnapshot: parent ? parent.repeat(64).slice(0, 64) : null, spec: { image: 'busybox' } }) as unknown as Snapshot;
   const out = lineage([snap('a', 'base', null), snap('b', 'child', 'a'), snap('c', 'other', null)]);
   assert.equal(out, 'base aaaaaaaaaaaa from VM vm (image busybox)\n  └─ child bbbbbbbbbbbb from VM vm\nother cccccccccccc from VM vm (image busybox)\n');
+});
+
+test('set-up progress lines', () => {
+  assert.equal(setupLine({ step: 'kernel', status: 'cached', detail: '6.1.0-56-cloud-amd64' }), '[kernel] cached: 6.1.0-56-cloud-amd64');
+  assert.equal(setupLine({ step: 'initramfs', status: 'start' }), '[initramfs] building...');
+  assert.equal(setupLine({ step: 'accelerator', status: 'start' }), '[accelerator] probing...');
+  assert.equal(setupLine({ step: 'host packages', status: 'start', detail: 'installing qemu-system-x86' }), '[host packages] installing qemu-system-x86 ...');
+  assert.equal(setupLine({ step: 'agent', status: 'done', detail: 'abc (900 bytes)' }, 1234), '[agent] done: abc (900 bytes) (1.2s)');
+  assert.equal(setupLine({ step: 'agent', status: 'done' }), '[agent] done');
+});
+
+test('elapsed times for progress', () => {
+  assert.equal(elapsed(400), '0.4s');
+  assert.equal(elapsed(12_400), '12s');
+  assert.equal(elapsed(185_000), '3m05s');
+});
+
+test('exit status follows the shell', () => {
+  assert.equal(exitStatus({ exitCode: 3, signal: null }), 3);
+  assert.equal(exitStatus({ exitCode: 137, signal: 9 }), 137);
+  assert.equal(exitStatus({ exitCode: 0, signal: 15 }), 143);
+});
+
+test('cell info lines', () => {
+  const info: Info = {
+    version: '0.1.0',
+    home: '/h',
+    cacheDir: '/h/cache',
+    accelerator: 'tcg',
+    acceleratorReason: 'no /dev/kvm',
+    qemuVersion: '7.2.22',
+    guestKernel: '6.1.0',
+    vms: { stopped: 2 },
+    images: 1,
+    daemonPid: 42,
+  };
+  const text = infoText(info);
+  assert.match(text, /^Accelerator: +tcg \(no \/dev\/kvm\)$/m);
+  assert.match(text, /^VMs: +0 running, 2 stopped$/m);
+  assert.match(text, /^Daemon pid: +42$/m);
 });

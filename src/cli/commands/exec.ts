@@ -1,56 +1,81 @@
-import { Command } from 'commander';
-import { collect, reportError, seconds } from '../errors.js';
+import type { Command } from 'commander';
+import type { ExecRequest } from '../../api/schemas.js';
+import type { CellClient } from '../../sdk/client.js';
+import { collect, EXIT_FAILURE, reportError, seconds, UsageError } from '../errors.js';
 import { commandExit, connect, interruptible, passThrough } from '../context.js';
 import { withoutSeparator } from './run.js';
 
-export function registerExec(program: Command): void {
+export interface ExecFlags {
+  env?: string[];
+  workdir?: string;
+  user?: string;
+  timeout?: number;
+  interactive?: boolean;
+}
+
+/** `cell exec` flags and command as an API request (pure, unit-tested). */
+export function toExecRequest(command: string[], flags: ExecFlags): Omit<ExecRequest, 'stdin'> {
+  const cmd = withoutSeparator(command);
+  if (cmd.length === 0) throw new UsageError('a command is required: cell exec VM -- CMD...');
+  const req: Omit<ExecRequest, 'stdin'> = { cmd };
+  if (flags.env?.length) req.env = flags.env;
+  if (flags.workdir !== undefined) req.workingDir = flags.workdir;
+  if (flags.user !== undefined) req.user = flags.user;
+  if (flags.timeout !== undefined) req.timeoutSec = flags.timeout;
+  return req;
+}
+
+export function register(program: Command): void {
   program
     .command('exec')
     .description('run a command in a running VM')
     .argument('<vm>', 'VM name, id, or unique id prefix (3+ characters)')
-    .argument('<command...>', 'command and arguments')
-    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [])
-    .option('-w, --workdir <dir>', 'working directory (default: the VM\'s)')
-    .option('-u, --user <uid[:gid]>', 'run as this user (root or numeric)')
+    .argument('<command...>', 'command and arguments, verbatim')
+    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect)
+    .option('-w, --workdir <dir>', "working directory (default: the VM's)")
+    .option('-u, --user <user[:group]>', "run as this user: a name from the image or uid[:gid] (default: the VM's)")
     .option('--timeout <sec>', 'kill the command after this many seconds (exit 124)', seconds('--timeout'))
-    .option('-i, --interactive', 'send this terminal\'s stdin to the command')
+    .option('-i, --interactive', "send cell's stdin to the command (its end closes the command's stdin)")
     .passThroughOptions()
     .addHelpText(
       'after',
       `
-Exits with the command's code (124 after --timeout, 127 not found, 128+N killed by signal N).
+Everything after the VM (or after --) is the command, flags included.
+Exits with the command's code: 124 after --timeout, 127 not found, 128+N killed by signal N;
+1 when cell itself failed (no such VM, VM not running); 130/143 when interrupted (the command is killed).
 
 Examples:
   cell exec box -- uname -a
   cell exec -e DEBUG=1 -w /srv box -- ./serve.sh
-  cell exec -i box -- sh -c 'wc -l' < /etc/passwd`,
+  cell exec -i box -- wc -l < /etc/passwd`,
     )
-    .action(async (ref: string, command: string[], flags: { env: string[]; workdir?: string; user?: string; timeout?: number; interactive?: boolean }, cmd: Command) => {
-      const client = await connect(cmd).catch((err: unknown) => {
-        reportError(err);
-        process.exitCode = 1;
-        return null;
-      });
-      if (!client) return;
-      const interrupt = interruptible();
-      try {
-        const result = await client.exec(
-          ref,
-          { cmd: withoutSeparator(command), env: flags.env.length ? flags.env : undefined, workingDir: flags.workdir, user: flags.user, timeoutSec: flags.timeout },
-          { ...passThrough, signal: interrupt.signal, stdin: flags.interactive ? (process.stdin as AsyncIterable<Buffer>) : undefined },
-        );
-        process.exitCode = commandExit(result, flags.timeout);
-      } catch (err) {
-        const code = interrupt.interruptedCode();
-        if (code !== null) process.exitCode = code;
-        else {
-          reportError(err);
-          process.exitCode = 1;
-        }
-      } finally {
-        interrupt.dispose();
-        client.close();
-        if (flags.interactive) process.stdin.destroy();
-      }
+    .action(async (ref: string, command: string[], flags: ExecFlags, cmd: Command) => {
+      process.exitCode = await exec(ref, toExecRequest(command, flags), flags, cmd);
     });
+}
+
+async function exec(ref: string, req: Omit<ExecRequest, 'stdin'>, flags: ExecFlags, cmd: Command): Promise<number> {
+  let client: CellClient;
+  try {
+    client = await connect(cmd);
+  } catch (err) {
+    reportError(err);
+    return EXIT_FAILURE;
+  }
+  const interrupt = interruptible();
+  try {
+    const stdin = flags.interactive ? process.stdin : undefined;
+    const result = await client.exec(ref, req, { ...passThrough, signal: interrupt.signal, stdin });
+    return commandExit(result, flags.timeout);
+  } catch (err) {
+    const interrupted = interrupt.code();
+    if (interrupted !== null) return interrupted;
+    reportError(err);
+    return EXIT_FAILURE;
+  } finally {
+    interrupt.dispose();
+    client.close();
+    // Reading stdin keeps the process alive: let go of it once the command has ended.
+    if (flags.interactive) process.stdin.destroy();
+  }
 }

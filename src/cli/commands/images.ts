@@ -3,12 +3,14 @@ import { forEachRef, withClient } from '../action.js';
 import { ago, bytes, table } from '../format.js';
 import { pullProgress } from '../pull-progress.js';
 import { resolve } from 'node:path';
-import { wholeNumber } from '../errors.js';
+import { oneOf, wholeNumber } from '../errors.js';
+import { examples } from '../help.js';
 
-export function registerImageCommands(program: Command): void {
+export function register(program: Command): void {
   program
     .command('pull')
     .description('download an image from an OCI registry (Docker Hub, ghcr.io, a local registry, ...)')
+    .summary('download an image from a registry')
     .argument('<image>', 'reference, e.g. alpine:3.20 or 127.0.0.1:5000/team/app@sha256:...')
     .option('--platform <os/arch>', 'platform to select from a multi-platform image', 'linux/amd64')
     .option('-q, --quiet', 'print only the digest')
@@ -30,7 +32,8 @@ export function registerImageCommands(program: Command): void {
     .command('images')
     .description('list local images')
     .option('--digests', 'show digests')
-    .option('--format <format>', 'table or json', 'table')
+    .option('--format <format>', 'table or json', oneOf('--format', ['table', 'json']), 'table')
+    .addHelpText('after', examples('cell images', 'cell images --digests', 'cell images --format json'))
     .action(
       withClient(async (client, flags: { digests?: boolean; format: string }) => {
         const images = await client.images.list();
@@ -51,8 +54,10 @@ export function registerImageCommands(program: Command): void {
   program
     .command('rmi')
     .description('remove images (refused while a VM or snapshot uses one, unless -f)')
+    .summary('remove images')
     .argument('<image...>', 'references')
     .option('-f, --force', 'remove the reference even while VMs or snapshots use the image')
+    .addHelpText('after', examples('cell rmi alpine:3.20', 'cell rmi -f alpine:3.20'))
     .action(
       withClient(async (client, refs: string[], flags: { force?: boolean }) => {
         await forEachRef(refs, async (ref) => {
@@ -78,10 +83,12 @@ export function registerImageCommands(program: Command): void {
   program
     .command('login')
     .description('check and store credentials for a registry (basic or token auth)')
+    .summary('store credentials for a registry')
     .argument('<registry>', 'registry host, e.g. ghcr.io or 127.0.0.1:5000')
     .requiredOption('-u, --username <user>', 'user name')
     .option('-p, --password <password>', 'password (prefer --password-stdin)')
     .option('--password-stdin', 'read the password from stdin')
+    .addHelpText('after', examples('echo "$TOKEN" | cell login -u me --password-stdin ghcr.io', 'cell login -u admin -p secret 127.0.0.1:5000'))
     .action(
       withClient(async (client, registry: string, flags: { username: string; password?: string; passwordStdin?: boolean }) => {
         let password = flags.password ?? '';
@@ -99,6 +106,7 @@ export function registerImageCommands(program: Command): void {
     .command('logout')
     .description('forget stored credentials for a registry')
     .argument('<registry>', 'registry host')
+    .addHelpText('after', examples('cell logout ghcr.io'))
     .action(
       withClient(async (client, registry: string) => {
         const { removed } = await client.registries.logout(registry);
@@ -106,12 +114,13 @@ export function registerImageCommands(program: Command): void {
       }),
     );
 
-  const image = program.command('image').description('image archives and clean-up: import, export, prune');
+  const image = program.command('image').description('image archives and clean-up: import, export, prune').summary('image import|export|prune');
   image
     .command('export')
     .description('write a local image as an OCI-layout tar archive')
     .argument('<image>', 'local image reference')
     .argument('<file>', 'archive to write')
+    .addHelpText('after', examples('cell image export alpine:3.20 /tmp/alpine.tar', 'cell image import /tmp/alpine.tar'))
     .action(
       withClient(async (client, reference: string, file: string) => {
         const out = await client.images.export(reference, resolve(file));
@@ -122,6 +131,7 @@ export function registerImageCommands(program: Command): void {
     .command('prune')
     .description('remove blobs and disks nothing uses; with --max-bytes, evict least recently used images too')
     .option('--max-bytes <bytes>', 'keep image disks under this many bytes', wholeNumber('--max-bytes', 'bytes'))
+    .addHelpText('after', examples('cell image prune', 'cell image prune --max-bytes 5000000000'))
     .action(
       withClient(async (client, flags: { maxBytes?: number }) => {
         const out = await client.images.prune({ maxBytes: flags.maxBytes });
@@ -134,6 +144,7 @@ export function registerImageCommands(program: Command): void {
     .description('import a docker-save or OCI-layout tar archive (air-gapped hosts)')
     .argument('<file>', 'archive path')
     .option('--name <reference>', 'reference to record it under')
+    .addHelpText('after', examples('docker save alpine:3.20 -o alpine.tar && cell image import alpine.tar', 'cell image import --name mine:1 oci-layout.tar'))
     .action(
       withClient(async (client, file: string, flags: { name?: string }) => {
         const imported = await client.images.import(resolve(file), flags.name);

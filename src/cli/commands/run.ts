@@ -1,6 +1,7 @@
-import { Command } from 'commander';
+import type { Command } from 'commander';
 import type { RunRequest } from '../../api/schemas.js';
-import { collect, EXIT_RUN_FAILED, reportError, seconds, wholeNumber } from '../errors.js';
+import type { CellClient } from '../../sdk/client.js';
+import { collect, EXIT_FAILURE, EXIT_RUN_FAILED, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
 import { commandExit, connect, interruptible, passThrough } from '../context.js';
 
 export interface RunFlags {
@@ -20,10 +21,8 @@ export interface RunFlags {
 export function toRunRequest(args: string[], flags: RunFlags): RunRequest {
   const operands = withoutSeparator(args);
   const [first, ...rest] = operands;
-  const req: RunRequest = flags.from
-    ? { fromSnapshot: flags.from, cmd: operands }
-    : { image: first, cmd: withoutSeparator(rest) };
-  if (!flags.from && !first) throw new Error('an image is required: cell run IMAGE [-- CMD...]');
+  if (!flags.from && !first) throw new UsageError('an image is required: cell run IMAGE [-- CMD...]');
+  const req: RunRequest = flags.from ? { fromSnapshot: flags.from, cmd: operands } : { image: first, cmd: withoutSeparator(rest) };
   if (flags.name !== undefined) req.name = flags.name;
   if (flags.cpus !== undefined) req.cpus = flags.cpus;
   if (flags.memory !== undefined) req.memoryMib = flags.memory;
@@ -35,18 +34,24 @@ export function toRunRequest(args: string[], flags: RunFlags): RunRequest {
   return req;
 }
 
-export function registerRun(program: Command): void {
+/** With pass-through options commander keeps a `--` separator: it is not part of the command. */
+export function withoutSeparator(args: string[]): string[] {
+  return args[0] === '--' ? args.slice(1) : args;
+}
+
+export function register(program: Command): void {
   program
     .command('run')
     .description('boot a VM from an image (or fork a snapshot) and run a command in it')
+    .summary('boot a VM and run a command in it')
     .argument('[image]', 'image to boot, e.g. busybox (omit with --from)')
-    .argument('[command...]', 'command and arguments (default: the image\'s entrypoint/cmd)')
+    .argument('[command...]', "command and arguments, verbatim (default: the image's entrypoint/cmd)")
     .option('--name <name>', 'name the VM (default: a random name)')
-    .option('--cpus <n>', 'virtual CPUs (default 1)', wholeNumber('--cpus', ''))
+    .option('--cpus <n>', 'virtual CPUs (default 1)', wholeNumber('--cpus'))
     .option('--memory <MiB>', 'guest memory in MiB (default 256)', wholeNumber('--memory', 'MiB'))
-    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect, [])
+    .option('-e, --env <KEY=VALUE>', 'set an environment variable (repeatable)', collect)
     .option('-w, --workdir <dir>', 'working directory of the command')
-    .option('-u, --user <uid[:gid]>', 'run as this user (root or numeric)')
+    .option('-u, --user <user[:group]>', 'run as this user: a name from the image or uid[:gid] (default root)')
     .option('--timeout <sec>', 'kill the command after this many seconds (exit 124)', seconds('--timeout'))
     .option('--rm', 'remove the VM when the command ends')
     .option('-d, --detach', 'print the VM id and leave it running (exec into it later)')
@@ -55,11 +60,18 @@ export function registerRun(program: Command): void {
     .addHelpText(
       'after',
       `
+Everything after IMAGE (or after --) is the command, flags included: cell run busybox ls -la.
 The VM stops when the command ends (with --rm it is also removed); with -d it keeps running
-until 'cell stop'. Output streams as it is produced; cell exits with the command's code.
+until 'cell stop'. Output streams as it is produced. The first run on a new host also sets the
+host up (kernel, initramfs, ...; see 'cell setup'), which can take minutes.
 
-Exit codes: the command's own; 124 after --timeout; 127 command not found; 128+N killed by
-signal N; 125 the VM could not be created or booted (the command never ran).
+Exit codes:
+  the command's own   when it ran
+  124                 it was killed after --timeout
+  126 / 127           it could not be executed / was not found
+  128+N               it was killed by signal N
+  125                 cell could not start it: bad flags, unknown image, the VM failed to boot
+  130 / 143           cell was interrupted (Ctrl-C / SIGTERM); the VM is stopped (and removed with --rm)
 
 Examples:
   cell run --rm busybox -- sh -c 'echo hello from $(hostname)'
@@ -68,47 +80,62 @@ Examples:
   cell run --rm --from warm -- cat /etc/hostname`,
     )
     .action(async (image: string | undefined, command: string[], flags: RunFlags, cmd: Command) => {
-      let req: RunRequest;
-      try {
-        req = toRunRequest([...(image !== undefined ? [image] : []), ...command], flags);
-      } catch (err) {
-        reportError(err);
-        process.exitCode = EXIT_RUN_FAILED;
-        return;
-      }
-      const client = await connect(cmd);
-      try {
-        if (flags.detach) {
-          const vm = await client.vms.create(req);
-          process.stdout.write(`${vm.id}\n`);
-          return;
-        }
-        const interrupt = interruptible();
-        let started = false;
-        try {
-          const result = await client.run(req, { ...passThrough, signal: interrupt.signal, onRunning: () => (started = true) });
-          process.exitCode = commandExit(result, flags.timeout);
-        } catch (err) {
-          const code = interrupt.interruptedCode();
-          if (code !== null) {
-            process.exitCode = code;
-            return;
-          }
-          reportError(err);
-          process.exitCode = started ? 1 : EXIT_RUN_FAILED;
-        } finally {
-          interrupt.dispose();
-        }
-      } catch (err) {
-        reportError(err);
-        process.exitCode = EXIT_RUN_FAILED;
-      } finally {
-        client.close();
-      }
+      process.exitCode = await run(toRunRequest([...(image !== undefined ? [image] : []), ...command], flags), flags, cmd);
     });
 }
 
-/** With pass-through options commander keeps the `--` separator: it is not part of the command. */
-export function withoutSeparator(args: string[]): string[] {
-  return args[0] === '--' ? args.slice(1) : args;
+async function run(req: RunRequest, flags: RunFlags, cmd: Command): Promise<number> {
+  let client: CellClient;
+  try {
+    client = await connect(cmd);
+  } catch (err) {
+    reportError(err);
+    return EXIT_RUN_FAILED;
+  }
+  try {
+    if (flags.detach) {
+      const vm = await client.vms.create(req);
+      process.stdout.write(`${vm.id}\n`);
+      return 0;
+    }
+    return await attached(client, req, flags);
+  } catch (err) {
+    reportError(err);
+    return EXIT_RUN_FAILED;
+  } finally {
+    client.close();
+  }
+}
+
+async function attached(client: CellClient, req: RunRequest, flags: RunFlags): Promise<number> {
+  const interrupt = interruptible();
+  // celld may set the host up or pull the image first: show that on a terminal only, so that a
+  // script's stderr holds nothing but the command's.
+  const progress = process.stderr.isTTY ? (await import('../setup-progress.js')).setupProgress() : undefined;
+  const pullLine = progress ? (await import('../pull-progress.js')).pullLine : undefined;
+  let started = false;
+  try {
+    const result = await client.run(req, {
+      ...passThrough,
+      signal: interrupt.signal,
+      onProgress: (e) => progress?.onProgress(e),
+      onPull: (e) => {
+        const line = pullLine?.(e);
+        if (line) progress?.line(line);
+      },
+      onRunning: () => {
+        started = true;
+        progress?.stop();
+      },
+    });
+    return commandExit(result, flags.timeout);
+  } catch (err) {
+    progress?.stop();
+    const interrupted = interrupt.code();
+    if (interrupted !== null) return interrupted;
+    reportError(err);
+    return started ? EXIT_FAILURE : EXIT_RUN_FAILED;
+  } finally {
+    interrupt.dispose();
+  }
 }

@@ -2,13 +2,15 @@ import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import type { Snapshot } from '../../api/schemas.js';
 import { forEachRef, withClient } from '../action.js';
-import { wholeNumber } from '../errors.js';
+import { oneOf, wholeNumber } from '../errors.js';
+import { examples } from '../help.js';
 import { ago, bytes, short, table } from '../format.js';
 
-export function registerSnapshotCommands(program: Command): void {
+export function register(program: Command): void {
   const snapshot = program
     .command('snapshot')
-    .description("capture a running VM (memory, devices, disk); it keeps running. Also: snapshot inspect|rm")
+    .description('capture a running VM (memory, devices, disk); it keeps running. Also: snapshot inspect|rm|export|import|prune')
+    .summary('capture a running VM; snapshot inspect|rm|export|import|prune')
     .argument('[vm]', 'VM name, id, or id prefix')
     .option('--name <name>', 'name the snapshot (default: <vm>-snap-XXXX)')
     .option('--stop', 'leave the VM stopped afterwards')
@@ -23,20 +25,20 @@ Examples:
   cell snapshot --name db-warm db
   cell fork --count 5 db-warm`,
     )
-    .action(
-      withClient(async (client, vm: string | undefined, flags: { name?: string; stop?: boolean }) => {
-        if (!vm) {
-          snapshot.help({ error: true });
-        }
-        const s = await client.snapshots.take(vm!, flags);
-        process.stdout.write(`${s.id}\n`);
-      }),
-    );
+    .action((vm: string | undefined, flags: { name?: string; stop?: boolean }, cmd: Command) => {
+      if (!vm) return snapshot.help({ error: true });
+      return take(vm, flags, cmd);
+    });
+  const take = withClient(async (client, vm: string, flags: { name?: string; stop?: boolean }) => {
+    const s = await client.snapshots.take(vm, flags);
+    process.stdout.write(`${s.id}\n`);
+  });
 
   snapshot
     .command('inspect')
     .description('show snapshots as JSON')
     .argument('<snapshot...>', 'snapshot names, ids, or id prefixes')
+    .addHelpText('after', examples('cell snapshot inspect warm', "cell snapshot inspect warm | jq '.[0].compat'"))
     .action(
       withClient(async (client, refs: string[]) => {
         const found: Snapshot[] = [];
@@ -50,6 +52,7 @@ Examples:
     .description('remove snapshots (refused while VMs run on them, unless -f removes those VMs)')
     .argument('<snapshot...>', 'snapshot names, ids, or id prefixes')
     .option('-f, --force', 'also remove the VMs whose disks depend on the snapshot')
+    .addHelpText('after', examples('cell snapshot rm warm', 'cell snapshot rm -f warm'))
     .action(
       withClient(async (client, refs: string[], flags: { force?: boolean }) => {
         await forEachRef(refs, async (ref) => {
@@ -65,6 +68,7 @@ Examples:
     .description('write a snapshot (memory, devices, flattened disk) to one archive file')
     .argument('<snapshot>', 'snapshot name, id, or id prefix')
     .argument('<file>', 'archive to write')
+    .addHelpText('after', examples('cell snapshot export warm /tmp/warm.cellsnap', 'cell snapshot import --name warm2 /tmp/warm.cellsnap'))
     .action(
       withClient(async (client, ref: string, file: string) => {
         const { bytes: size } = await client.snapshots.export(ref, resolve(file));
@@ -77,6 +81,7 @@ Examples:
     .description('add a snapshot from an archive made by "snapshot export" (on this or another host)')
     .argument('<file>', 'archive to read')
     .option('--name <name>', 'name it (default: its name on the exporting host)')
+    .addHelpText('after', examples('cell snapshot import /tmp/warm.cellsnap', 'cell fork warm'))
     .action(
       withClient(async (client, file: string, flags: { name?: string }) => {
         const s = await client.snapshots.import(resolve(file), { name: flags.name });
@@ -87,8 +92,9 @@ Examples:
   snapshot
     .command('prune')
     .description('remove the oldest snapshots nothing depends on, down to the limits')
-    .option('--max-count <n>', 'keep at most this many snapshots', wholeNumber('--max-count', ''))
+    .option('--max-count <n>', 'keep at most this many snapshots', wholeNumber('--max-count'))
     .option('--max-bytes <bytes>', 'keep at most this many bytes of snapshots', wholeNumber('--max-bytes', 'bytes'))
+    .addHelpText('after', examples('cell snapshot prune --max-count 10', 'cell snapshot prune --max-bytes 10000000000'))
     .action(
       withClient(async (client, flags: { maxCount?: number; maxBytes?: number }) => {
         const { removed } = await client.snapshots.prune(flags);
@@ -99,10 +105,11 @@ Examples:
   program
     .command('fork')
     .description('start new VMs from a snapshot, each with a fresh identity, sharing its memory copy-on-write')
+    .summary('start new VMs from a snapshot')
     .argument('<snapshot>', 'snapshot name, id, or id prefix')
-    .option('--count <n>', 'how many forks (default 1)', wholeNumber('--count', ''), 1)
+    .option('--count <n>', 'how many forks (default 1)', wholeNumber('--count'), 1)
     .option('--name <prefix>', 'name forks PREFIX-1, PREFIX-2, ...')
-    .addHelpText('after', '\nPrints one VM id per line.\n\nExamples:\n  cell fork warm\n  cell fork --count 10 --name worker warm')
+    .addHelpText('after', `\nPrints one VM id per line.\n${examples('cell fork warm', 'cell fork --count 10 --name worker warm', 'cell exec worker-3 -- cat /etc/hostname')}`)
     .action(
       withClient(async (client, ref: string, flags: { count: number; name?: string }) => {
         const vms = await client.snapshots.fork(ref, { count: flags.count, name: flags.name });
@@ -112,9 +119,11 @@ Examples:
 
   program
     .command('restore')
-    .description("roll a VM back to a snapshot of its own lineage (memory, devices and disk)")
+    .description('roll a VM back to a snapshot of its own lineage (memory, devices and disk)')
+    .summary('roll a VM back to a snapshot')
     .argument('<vm>', 'VM name, id, or id prefix')
     .argument('<snapshot>', 'snapshot name, id, or id prefix')
+    .addHelpText('after', examples('cell snapshot --name before db', 'cell exec db -- rm -rf /data', 'cell restore db before'))
     .action(
       withClient(async (client, vm: string, ref: string) => {
         const restored = await client.snapshots.restore(vm, ref);
@@ -126,7 +135,8 @@ Examples:
     .command('snapshots')
     .description('list snapshots')
     .option('--tree', 'show lineage: which VM and snapshot each came from')
-    .option('--format <format>', 'table or json', 'table')
+    .option('--format <format>', 'table or json', oneOf('--format', ['table', 'json']), 'table')
+    .addHelpText('after', examples('cell snapshots', 'cell snapshots --tree', 'cell snapshots --format json'))
     .action(
       withClient(async (client, flags: { tree?: boolean; format: string }) => {
         const list = await client.snapshots.list();

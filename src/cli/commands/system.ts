@@ -1,48 +1,69 @@
 import type { Command } from 'commander';
+import type { Info } from '../../api/schemas.js';
 import { withClient } from '../action.js';
+import { oneOf } from '../errors.js';
+import { examples } from '../help.js';
+import { setupProgress } from '../setup-progress.js';
 
-export function registerSystemCommands(program: Command): void {
+export function register(program: Command): void {
   program
     .command('info')
     .description('show the accelerator (and why), QEMU, guest kernel, CELL_HOME and counts')
-    .option('--format <format>', 'text or json', 'text')
+    .summary('show the accelerator, versions and paths')
+    .option('--format <format>', 'text or json', oneOf('--format', ['text', 'json']), 'text')
+    .addHelpText('after', examples('cell info', "cell info --format json | jq -r .accelerator"))
     .action(
       withClient(async (client, flags: { format: string }) => {
         const info = await client.info();
-        if (flags.format === 'json') {
-          process.stdout.write(JSON.stringify(info, null, 2) + '\n');
-          return;
-        }
-        const vms = Object.entries(info.vms).map(([state, n]) => `${n} ${state}`).join(', ') || 'none';
-        process.stdout.write(
-          [
-            `cellvm:        ${info.version}`,
-            `Accelerator:   ${info.accelerator} (${info.acceleratorReason})`,
-            `QEMU:          ${info.qemuVersion}`,
-            `Guest kernel:  ${info.guestKernel}`,
-            `CELL_HOME:     ${info.home}`,
-            `Cache:         ${info.cacheDir}`,
-            `VMs:           ${vms}`,
-            `Images:        ${info.images}`,
-            `Daemon pid:    ${info.daemonPid}`,
-          ].join('\n') + '\n',
-        );
+        process.stdout.write(flags.format === 'json' ? JSON.stringify(info, null, 2) + '\n' : infoText(info));
       }),
     );
 
   program
     .command('setup')
-    .description('prepare this host: Debian packages, guest kernel, agent, initramfs, busybox image, accelerator probe')
+    .description('prepare this host: packages, guest kernel, agent, initramfs, busybox image, accelerator probe')
+    .summary('prepare this host (run does it on demand)')
     .option('--reprobe', 'probe the accelerator again instead of using the cached verdict')
-    .addHelpText('after', '\nIdempotent: a second run does no work. Other commands run it on demand.')
+    .addHelpText(
+      'after',
+      `
+Idempotent: a second run does no work. 'cell run' does the same on demand, so this is optional;
+run it once ahead of time because the first set-up of a host can take minutes (apt, downloads).
+Progress goes to stderr, the summary to stdout.
+${examples('cell setup', 'cell setup --reprobe    # after enabling KVM')}`,
+    )
     .action(
       withClient(async (client, flags: { reprobe?: boolean }) => {
-        await client.setup({
-          reprobe: flags.reprobe,
-          onProgress: (e) => process.stdout.write(`[${e.step}] ${e.status}${e.detail ? `: ${e.detail}` : ''}\n`),
-        });
+        const progress = setupProgress();
+        try {
+          await client.setup({ reprobe: flags.reprobe, onProgress: (e) => progress.onProgress(e) });
+        } finally {
+          progress.stop();
+        }
         const info = await client.info();
-        process.stdout.write(`ready: accelerator ${info.accelerator} (${info.acceleratorReason})\n`);
+        process.stdout.write(`ready: accelerator ${info.accelerator} (${info.acceleratorReason}), QEMU ${info.qemuVersion}, guest kernel ${info.guestKernel}\n`);
       }),
     );
+}
+
+/** `cell info` as aligned lines. */
+export function infoText(info: Info): string {
+  // Always "N running, M stopped", then any other state that has VMs (starting, ...).
+  const counts: Record<string, number> = { running: 0, stopped: 0, ...info.vms };
+  const vms = Object.entries(counts)
+    .filter(([state, n]) => n > 0 || state === 'running' || state === 'stopped')
+    .map(([state, n]) => `${n} ${state}`)
+    .join(', ');
+  const rows: [string, string | number][] = [
+    ['cellvm', info.version],
+    ['Accelerator', `${info.accelerator} (${info.acceleratorReason})`],
+    ['QEMU', info.qemuVersion],
+    ['Guest kernel', info.guestKernel],
+    ['CELL_HOME', info.home],
+    ['Cache', info.cacheDir],
+    ['VMs', vms],
+    ['Images', info.images],
+    ['Daemon pid', info.daemonPid],
+  ];
+  return rows.map(([k, v]) => `${`${k}:`.padEnd(14)}${v}\n`).join('');
 }

@@ -1,17 +1,28 @@
 import type { Command } from 'commander';
 import type { Vm } from '../../api/schemas.js';
 import { forEachRef, withClient } from '../action.js';
-import { seconds } from '../errors.js';
+import { oneOf, seconds } from '../errors.js';
+import { interruptible } from '../context.js';
 import { ago, short, table, vmState } from '../format.js';
+import { examples } from '../help.js';
 
-export function registerVmCommands(program: Command): void {
+export function register(program: Command): void {
   program
     .command('ps')
     .description('list VMs (running ones; -a for all)')
     .option('-a, --all', 'include created and stopped VMs')
     .option('-q, --quiet', 'print full VM ids only')
-    .option('--format <format>', 'table or json', 'table')
-    .addHelpText('after', '\nExamples:\n  cell ps\n  cell ps -a --format json\n  cell rm -f $(cell ps -aq)')
+    .option('--format <format>', 'table or json', oneOf('--format', ['table', 'json']), 'table')
+    .addHelpText(
+      'after',
+      `
+STATE says how long a VM has been running, or how and when it stopped ("stopped (exit 0) 2m ago").
+
+Examples:
+  cell ps
+  cell ps -a --format json
+  cell rm -f $(cell ps -aq)`,
+    )
     .action(
       withClient(async (client, flags: { all?: boolean; quiet?: boolean; format: string }) => {
         const vms = await client.vms.list({ all: flags.all });
@@ -25,6 +36,7 @@ export function registerVmCommands(program: Command): void {
     .command('inspect')
     .description('show VMs as JSON (like docker inspect)')
     .argument('<vm...>', 'VM names, ids, or id prefixes')
+    .addHelpText('after', examples('cell inspect box', "cell inspect box | jq '.[0].spec'", 'cell inspect $(cell ps -q)'))
     .action(
       withClient(async (client, refs: string[]) => {
         const found: Vm[] = [];
@@ -36,29 +48,36 @@ export function registerVmCommands(program: Command): void {
   program
     .command('logs')
     .description("print what a VM's main command wrote (stdout to stdout, stderr to stderr)")
+    .summary("print a VM's main command output")
     .argument('<vm>', 'VM name, id, or id prefix')
     .option('-f, --follow', 'keep printing new output until the VM stops')
-    .addHelpText('after', '\nExamples:\n  cell run -d --name job busybox -- sh -c "for i in 1 2 3; do echo $i; sleep 1; done"\n  cell logs -f job')
+    .addHelpText(
+      'after',
+      examples('cell run -d --name job busybox -- sh -c "for i in 1 2 3; do echo $i; sleep 1; done"', 'cell logs -f job', 'cell logs job 2>/dev/null'),
+    )
     .action(
       withClient(async (client, ref: string, flags: { follow?: boolean }) => {
-        const controller = new AbortController();
-        const onInt = () => controller.abort();
-        process.once('SIGINT', onInt);
+        const interrupt = interruptible();
         try {
-          for await (const entry of client.logs(ref, { follow: flags.follow, signal: controller.signal })) {
+          for await (const entry of client.logs(ref, { follow: flags.follow, signal: interrupt.signal })) {
             (entry.stream === 'stderr' ? process.stderr : process.stdout).write(entry.text);
           }
+        } catch (err) {
+          if (interrupt.code() === null) throw err;
         } finally {
-          process.off('SIGINT', onInt);
+          interrupt.dispose();
         }
+        process.exitCode = interrupt.code() ?? process.exitCode;
       }),
     );
 
   program
     .command('stop')
     .description('stop VMs: SIGTERM to guest processes, SIGKILL after the grace period, power off')
+    .summary('stop VMs (their disks are kept)')
     .argument('<vm...>', 'VM names, ids, or id prefixes')
     .option('-t, --time <sec>', 'seconds to wait after SIGTERM before SIGKILL', seconds('--time'), 10)
+    .addHelpText('after', examples('cell stop box', 'cell stop -t 0 box other', 'cell stop $(cell ps -q)'))
     .action(
       withClient(async (client, refs: string[], flags: { time: number }) => {
         await forEachRef(refs, async (ref) => {
@@ -71,7 +90,9 @@ export function registerVmCommands(program: Command): void {
   program
     .command('start')
     .description('boot stopped VMs again, with their disks as they were left (the main command is not re-run)')
+    .summary('boot stopped VMs again')
     .argument('<vm...>', 'VM names, ids, or id prefixes')
+    .addHelpText('after', examples('cell start box', 'cell exec box -- cat /root/notes'))
     .action(
       withClient(async (client, refs: string[]) => {
         await forEachRef(refs, async (ref) => {
@@ -86,6 +107,7 @@ export function registerVmCommands(program: Command): void {
     .description('remove VMs and their disks')
     .argument('<vm...>', 'VM names, ids, or id prefixes')
     .option('-f, --force', 'remove running VMs too (killed without grace)')
+    .addHelpText('after', examples('cell rm box', 'cell rm -f box', 'cell rm -f $(cell ps -aq)'))
     .action(
       withClient(async (client, refs: string[], flags: { force?: boolean }) => {
         await forEachRef(refs, async (ref) => {
