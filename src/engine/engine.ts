@@ -386,12 +386,15 @@ export class Engine {
       this.vms.update(vm.id, { state: 'stopping' });
       await this.live.stop(vm.id, graceSec);
       const after = this.vms.get(vm.id)!;
-      return this.vms.update(vm.id, {
+      const stopped = this.vms.update(vm.id, {
         state: 'stopped',
         stoppedAt: new Date().toISOString(),
         pid: null,
         exit: after.exit ?? exitInfo('stopped'),
       });
+      // Followers (`cell logs -f`) wake up, see the VM stopped and end.
+      this.logs.end(vm.id);
+      return stopped;
     });
   }
 
