@@ -18,6 +18,15 @@ export const FrameType = {
   SHUTDOWN: 0x07,
   SIGNAL_ALL: 0x08,
   SET_IDENTITY: 0x09,
+  PUT_FILE: 0x0a,
+  FILE_DATA: 0x0b,
+  FILE_END: 0x0c,
+  MKDIR: 0x0d,
+  SYMLINK: 0x0e,
+  READ_FILE: 0x0f,
+  LIST_DIR: 0x10,
+  STAT: 0x11,
+  CANCEL: 0x12,
   OK: 0x80,
   PONG: 0x81,
   STARTED: 0x82,
@@ -25,6 +34,7 @@ export const FrameType = {
   STDERR: 0x84,
   EXIT: 0x85,
   HELLO: 0x86,
+  DATA: 0x87,
   ERROR: 0x8f,
 } as const;
 
@@ -36,6 +46,9 @@ export const AgentErrorCode = {
   UNKNOWN_TYPE: 5,
   LIMIT: 6,
   SYSCALL: 7,
+  NOT_FOUND: 8,
+  WRONG_TYPE: 9,
+  BAD_PATH: 10,
 } as const;
 
 export interface Frame {
@@ -127,6 +140,12 @@ export class PayloadWriter {
     this.parts.push(b);
     return this;
   }
+  u64(v: bigint): this {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64BE(v);
+    this.parts.push(b);
+    return this;
+  }
   bytes(v: Buffer): this {
     this.parts.push(v);
     return this;
@@ -164,6 +183,29 @@ export class PayloadReader {
     const v = this.buf.readUInt32BE(this.offset);
     this.offset += 4;
     return v;
+  }
+  u64(): bigint {
+    this.need(8);
+    const v = this.buf.readBigUInt64BE(this.offset);
+    this.offset += 8;
+    return v;
+  }
+  i64(): bigint {
+    this.need(8);
+    const v = this.buf.readBigInt64BE(this.offset);
+    this.offset += 8;
+    return v;
+  }
+  /** A length-prefixed string as its raw bytes (guest file names need not be UTF-8). */
+  bytes(): Buffer {
+    const len = this.u32();
+    this.need(len);
+    const b = this.buf.subarray(this.offset, this.offset + len);
+    this.offset += len;
+    return b;
+  }
+  get remaining(): number {
+    return this.buf.length - this.offset;
   }
   i32(): number {
     this.need(4);

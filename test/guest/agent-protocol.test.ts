@@ -6,7 +6,20 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  linkSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { hostname, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,9 +36,21 @@ import {
   type ExecRequest,
   type Frame,
 } from '../../src/agent/frame.js';
+import {
+  decodeDirEntries,
+  decodeStat,
+  encodeFileEnd,
+  encodeListDir,
+  encodeMkdir,
+  encodePutFile,
+  encodeReadFile,
+  encodeStat,
+  encodeSymlink,
+  type PutFileMeta,
+} from '../../src/agent/file-frames.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const STREAM_TYPES: ReadonlySet<number> = new Set([FrameType.STDOUT, FrameType.STDERR, FrameType.EXIT]);
+const STREAM_TYPES: ReadonlySet<number> = new Set([FrameType.STDOUT, FrameType.STDERR, FrameType.EXIT, FrameType.DATA]);
 
 let workDir: string;
 let agentBin: string;
@@ -594,6 +619,427 @@ test('no STDOUT or STDERR frame ever follows the EXIT of its exec', () => {
       // An id may be reused after EXIT, but only after a new STARTED.
       assert.fail(`output for id ${f.id} after its EXIT`);
     } else if (f.type === FrameType.STARTED) exited.delete(f.id);
+  }
+});
+
+// ------------------------------------------------------------------------------------------
+// Files: PUT_FILE, FILE_DATA, FILE_END, MKDIR, SYMLINK, READ_FILE, LIST_DIR, STAT, CANCEL
+
+const asRoot = process.getuid?.() === 0;
+
+/** A fresh directory of its own for each test. */
+function scratch(name: string): string {
+  return mkdtempSync(join(workDir, `${name}-`));
+}
+
+/** Entries of dir that look like the agent's temporary files. */
+function leftovers(dir: string): string[] {
+  return readdirSync(dir).filter((n) => n.includes('.cell-'));
+}
+
+/** Sends a whole upload (PUT_FILE, FILE_DATA chunks, FILE_END) and returns the reply. */
+async function put(path: string, data: Buffer | string, meta: PutFileMeta = { mode: 0o644 }, chunk = 65536): Promise<Frame> {
+  const id = nextId++;
+  const bytes = Buffer.from(data);
+  agent.send(FrameType.PUT_FILE, id, encodePutFile(path, meta));
+  for (let off = 0; off < bytes.length; off += chunk) agent.send(FrameType.FILE_DATA, id, bytes.subarray(off, off + chunk));
+  agent.send(FrameType.FILE_END, id, encodeFileEnd(bytes.length));
+  return agent.reply(id, 20_000);
+}
+
+async function putOk(path: string, data: Buffer | string, meta?: PutFileMeta): Promise<void> {
+  const reply = await put(path, data, meta);
+  if (reply.type === FrameType.ERROR) assert.fail(`PUT_FILE ${path}: ${decodeError(reply.payload).message}`);
+  assert.equal(reply.type, FrameType.OK);
+}
+
+/** A READ_FILE: its DATA chunks and its final reply. */
+async function read(path: string, maxBytes = 0, timeoutMs = 20_000) {
+  const id = nextId++;
+  agent.send(FrameType.READ_FILE, id, encodeReadFile(path, maxBytes));
+  const reply = await agent.reply(id, timeoutMs);
+  const chunks = agent.frames.filter((f) => f.id === id && f.type === FrameType.DATA).map((f) => f.payload);
+  return { reply, chunks, data: Buffer.concat(chunks) };
+}
+
+/** A PUT_FILE that must fail with `code`; the FILE_END after it is swallowed (no second reply). */
+async function expectPutError(payload: Buffer, code: number): Promise<string> {
+  const id = nextId++;
+  agent.send(FrameType.PUT_FILE, id, payload);
+  agent.send(FrameType.FILE_DATA, id, Buffer.from('ignored'));
+  agent.send(FrameType.FILE_END, id, encodeFileEnd(7));
+  const reply = await agent.reply(id);
+  assert.equal(reply.type, FrameType.ERROR, 'ERROR expected');
+  const err = decodeError(reply.payload);
+  assert.equal(err.code, code, `error code (message: ${err.message})`);
+  await agent.pingOk();
+  assert.equal(agent.frames.filter((f) => f.id === id).length, 1, 'one reply only');
+  return err.message;
+}
+
+test('PUT_FILE writes the bytes with the mode, owner and mtime asked for, creating parents', async () => {
+  const dir = scratch('put');
+  const target = join(dir, 'a', 'b', 'c', 'file.txt');
+  const mtime = new Date('2001-02-03T04:05:06.789Z');
+  const owner = asRoot ? { uid: 1234, gid: 5678 } : { uid: process.getuid!(), gid: process.getgid!() };
+  await putOk(target, 'hello files\n', { mode: 0o4751, mtime, ...owner });
+  assert.equal(readFileSync(target, 'utf8'), 'hello files\n');
+  const st = statSync(target);
+  assert.equal(st.mode & 0o7777, asRoot ? 0o4751 : st.mode & 0o7777);
+  assert.equal(st.mode & 0o777, 0o751);
+  assert.deepEqual([st.uid, st.gid], [owner.uid, owner.gid]);
+  assert.equal(st.mtimeMs, mtime.getTime());
+  for (const parent of ['a', 'a/b', 'a/b/c']) {
+    const p = statSync(join(dir, parent));
+    assert.ok(p.isDirectory());
+    assert.equal(p.mode & 0o7777, 0o755, `${parent} is 0755`);
+  }
+  // An empty file, and one without an mtime (it gets the time it was written).
+  await putOk(join(dir, 'empty'), '', { mode: 0o600 });
+  assert.equal(statSync(join(dir, 'empty')).size, 0);
+  assert.ok(Math.abs(statSync(join(dir, 'empty')).mtimeMs - Date.now()) < 60_000);
+  assert.deepEqual(leftovers(dir), []);
+});
+
+test('PUT_FILE replaces an existing file atomically (a new inode renamed over it)', async () => {
+  const dir = scratch('replace');
+  const target = join(dir, 'config');
+  const keep = join(dir, 'old-link');
+  writeFileSync(target, 'old');
+  linkSync(target, keep);
+  await putOk(target, 'new contents');
+  assert.equal(readFileSync(target, 'utf8'), 'new contents');
+  assert.equal(readFileSync(keep, 'utf8'), 'old', 'the old inode was never written to');
+  // Over a symlink: the link itself is replaced, its target is left alone.
+  symlinkSync(keep, join(dir, 'link'));
+  await putOk(join(dir, 'link'), 'a file now');
+  assert.ok(lstatSync(join(dir, 'link')).isFile());
+  assert.equal(readFileSync(keep, 'utf8'), 'old');
+  assert.deepEqual(leftovers(dir), []);
+});
+
+test('a 5 MiB file goes up in 64 KiB frames and comes back unchanged from READ_FILE', async () => {
+  const dir = scratch('big');
+  const data = Buffer.alloc(5 * 1024 * 1024);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 131 + (i >> 16)) & 0xff;
+  const path = join(dir, 'blob.bin');
+  await putOk(path, data, { mode: 0o640 });
+  assert.ok(readFileSync(path).equals(data));
+  const r = await read(path);
+  assert.equal(r.reply.type, FrameType.OK);
+  assert.equal(r.reply.payload.readBigUInt64BE(0), BigInt(data.length), 'OK carries the size');
+  assert.ok(r.data.equals(data));
+  for (const c of r.chunks) assert.ok(c.length <= 65536, `chunk of ${c.length} bytes`);
+  // Frames smaller than the limit are fine too.
+  const small = await put(join(dir, 'pieces'), data.subarray(0, 100_000), { mode: 0o644 }, 1000);
+  assert.equal(small.type, FrameType.OK);
+  assert.ok(readFileSync(join(dir, 'pieces')).equals(data.subarray(0, 100_000)));
+});
+
+test('READ_FILE refuses what is not a regular file, a missing path and a file over maxBytes', async () => {
+  const dir = scratch('read');
+  writeFileSync(join(dir, 'f'), 'x'.repeat(100));
+  execFileSync('mkfifo', [join(dir, 'fifo')]);
+  const cases: [string, number, number, RegExp][] = [
+    [join(dir, 'missing'), 0, AgentErrorCode.NOT_FOUND, /stat .*missing: No such file/],
+    [dir, 0, AgentErrorCode.WRONG_TYPE, /is a directory, not a regular file/],
+    [join(dir, 'fifo'), 0, AgentErrorCode.WRONG_TYPE, /is a FIFO/], // and the agent did not block opening it
+    [join(dir, 'f', 'below'), 0, AgentErrorCode.WRONG_TYPE, /Not a directory/],
+    [join(dir, 'f'), 99, AgentErrorCode.LIMIT, /100 bytes, over the limit of 99/],
+    ['relative/path', 0, AgentErrorCode.BAD_PATH, /not absolute/],
+    ['', 0, AgentErrorCode.BAD_PATH, /empty/],
+  ];
+  for (const [path, max, code, message] of cases) {
+    const r = await read(path, max);
+    assert.equal(r.reply.type, FrameType.ERROR, path);
+    const err = decodeError(r.reply.payload);
+    assert.equal(err.code, code, err.message);
+    assert.match(err.message, message);
+    assert.equal(r.chunks.length, 0);
+  }
+  const exact = await read(join(dir, 'f'), 100);
+  assert.equal(exact.data.toString(), 'x'.repeat(100));
+  await agent.pingOk();
+});
+
+test('MKDIR creates directories with mode and owner, and only updates an existing one', async () => {
+  const dir = scratch('mkdir');
+  const owner = asRoot ? { uid: 42, gid: 43 } : { uid: process.getuid!(), gid: process.getgid!() };
+  const nested = join(dir, 'x', 'y', 'z');
+  assert.equal((await agent.request(FrameType.MKDIR, encodeMkdir(nested, { mode: 0o1770, ...owner }))).type, FrameType.OK);
+  let st = statSync(nested);
+  assert.ok(st.isDirectory());
+  assert.equal(st.mode & 0o7777, 0o1770);
+  assert.deepEqual([st.uid, st.gid], [owner.uid, owner.gid]);
+  assert.equal(statSync(join(dir, 'x', 'y')).mode & 0o7777, 0o755);
+
+  writeFileSync(join(nested, 'inside'), 'kept');
+  assert.equal((await agent.request(FrameType.MKDIR, encodeMkdir(`${nested}/`, { mode: 0o700, ...owner }))).type, FrameType.OK);
+  st = statSync(nested);
+  assert.equal(st.mode & 0o7777, 0o700);
+  assert.equal(readFileSync(join(nested, 'inside'), 'utf8'), 'kept', 'an existing directory keeps its contents');
+
+  const msg = await agent.expectError(FrameType.MKDIR, encodeMkdir(join(nested, 'inside'), { mode: 0o755 }), AgentErrorCode.WRONG_TYPE);
+  assert.match(msg, /inside: exists and is not a directory/);
+  await agent.expectError(FrameType.MKDIR, encodeMkdir('x/y', { mode: 0o755 }), AgentErrorCode.BAD_PATH);
+  await agent.expectError(FrameType.MKDIR, new PayloadWriter().u32(0o10000).u32(0).u32(0).string(join(dir, 'm')).build(), AgentErrorCode.MALFORMED);
+  await agent.expectError(FrameType.MKDIR, u32(0o755), AgentErrorCode.MALFORMED);
+});
+
+test('SYMLINK creates a link or atomically replaces a file or link with one', async () => {
+  const dir = scratch('symlink');
+  const link = join(dir, 'deep', 'link');
+  assert.equal((await agent.request(FrameType.SYMLINK, encodeSymlink(link, '../target'))).type, FrameType.OK);
+  assert.equal(readlinkSync(link), '../target');
+  assert.equal((await agent.request(FrameType.SYMLINK, encodeSymlink(link, '/elsewhere'))).type, FrameType.OK);
+  assert.equal(readlinkSync(link), '/elsewhere');
+  writeFileSync(join(dir, 'file'), 'a file');
+  const owner = asRoot ? { uid: 7, gid: 8 } : {};
+  assert.equal((await agent.request(FrameType.SYMLINK, encodeSymlink(join(dir, 'file'), 'deep/link', owner))).type, FrameType.OK);
+  const st = lstatSync(join(dir, 'file'));
+  assert.ok(st.isSymbolicLink());
+  if (asRoot) assert.deepEqual([st.uid, st.gid], [7, 8]);
+
+  mkdirSync(join(dir, 'adir'));
+  const msg = await agent.expectError(FrameType.SYMLINK, encodeSymlink(join(dir, 'adir'), 'x'), AgentErrorCode.WRONG_TYPE);
+  assert.match(msg, /^rename .*adir: Is a directory/);
+  await agent.expectError(FrameType.SYMLINK, encodeSymlink(join(dir, 'l2'), ''), AgentErrorCode.MALFORMED);
+  await agent.expectError(FrameType.SYMLINK, encodeSymlink(join(dir, 'l2'), Buffer.from('a\0b') as unknown as string), AgentErrorCode.MALFORMED);
+  await agent.expectError(FrameType.SYMLINK, encodeSymlink('/', 'x'), AgentErrorCode.BAD_PATH);
+  await agent.expectError(FrameType.SYMLINK, encodeSymlink(`${dir}/..`, 'x'), AgentErrorCode.BAD_PATH);
+  assert.deepEqual(leftovers(dir), []);
+  assert.deepEqual(leftovers(join(dir, 'deep')), []);
+});
+
+test('STAT reports kind, mode, owner, size, mtime and link target (lstat, or stat with the follow flag)', async () => {
+  const dir = scratch('stat');
+  writeFileSync(join(dir, 'f'), '12345');
+  chmodSync(join(dir, 'f'), 0o640);
+  symlinkSync('f', join(dir, 'l'));
+  const stat = async (path: string, follow = false) => {
+    const reply = await agent.request(FrameType.STAT, encodeStat(path, follow));
+    assert.equal(reply.type, FrameType.OK, reply.type === FrameType.ERROR ? decodeError(reply.payload).message : '');
+    return decodeStat(reply.payload);
+  };
+  const f = await stat(join(dir, 'f'));
+  const host = statSync(join(dir, 'f'));
+  assert.deepEqual(f, { kind: 'file', mode: 0o640, uid: host.uid, gid: host.gid, size: 5, mtimeMs: Math.floor(host.mtimeMs), linkTarget: '' });
+  assert.equal((await stat(dir)).kind, 'directory');
+  assert.equal((await stat('/')).kind, 'directory');
+  const l = await stat(join(dir, 'l'));
+  assert.equal(l.kind, 'symlink');
+  assert.equal(l.linkTarget, 'f');
+  assert.equal((await stat(join(dir, 'l'), true)).kind, 'file');
+  assert.equal((await stat('/dev/null')).kind, 'char-device');
+  const msg = await agent.expectError(FrameType.STAT, encodeStat(join(dir, 'nope'), false), AgentErrorCode.NOT_FOUND);
+  assert.match(msg, /^lstat .*nope: No such file or directory$/);
+  await agent.expectError(FrameType.STAT, new PayloadWriter().u32(2).string(dir).build(), AgentErrorCode.MALFORMED);
+  await agent.expectError(FrameType.STAT, encodeStat('nope', false), AgentErrorCode.BAD_PATH);
+});
+
+test('LIST_DIR streams every entry of a big directory in DATA frames, then OK with the count', async () => {
+  const dir = scratch('list');
+  const names = Array.from({ length: 2000 }, (_, i) => `${String(i).padStart(4, '0')}-${'n'.repeat(120)}`);
+  for (const n of names) writeFileSync(join(dir, n), n.slice(0, 4));
+  mkdirSync(join(dir, 'sub'));
+  symlinkSync('/some/where', join(dir, 'link'));
+  execFileSync('mkfifo', [join(dir, 'fifo')]);
+  const id = nextId++;
+  agent.send(FrameType.LIST_DIR, id, encodeListDir(dir));
+  const reply = await agent.reply(id, 20_000);
+  assert.equal(reply.type, FrameType.OK);
+  assert.equal(reply.payload.readUInt32BE(0), names.length + 3);
+  const data = agent.frames.filter((f) => f.id === id && f.type === FrameType.DATA);
+  assert.ok(data.length >= 4, `${data.length} DATA frames`);
+  for (const f of data) assert.ok(f.payload.length <= 65536);
+  const entries = data.flatMap((f) => decodeDirEntries(f.payload));
+  assert.deepEqual(entries.map((e) => e.name).sort(), [...names, 'fifo', 'link', 'sub'].sort());
+  const byName = new Map(entries.map((e) => [e.name, e]));
+  assert.equal(byName.get(names[7]!)?.kind, 'file');
+  assert.equal(byName.get(names[7]!)?.size, 4);
+  assert.equal(byName.get('sub')?.kind, 'directory');
+  assert.deepEqual([byName.get('link')?.kind, byName.get('link')?.linkTarget], ['symlink', '/some/where']);
+  assert.equal(byName.get('fifo')?.kind, 'fifo');
+
+  await agent.expectError(FrameType.LIST_DIR, encodeListDir(join(dir, names[0]!)), AgentErrorCode.WRONG_TYPE);
+  await agent.expectError(FrameType.LIST_DIR, encodeListDir(join(dir, 'missing')), AgentErrorCode.NOT_FOUND);
+  await agent.expectError(FrameType.LIST_DIR, Buffer.concat([encodeListDir(dir), Buffer.from([1])]), AgentErrorCode.MALFORMED);
+});
+
+test('a failed upload answers once, swallows its remaining frames and leaves the target alone', async () => {
+  const dir = scratch('fail');
+  writeFileSync(join(dir, 'file'), 'original');
+  mkdirSync(join(dir, 'adir'));
+  // A parent that is a file: refused at PUT_FILE, naming the call and the path.
+  let msg = await expectPutError(encodePutFile(join(dir, 'file', 'x'), { mode: 0o644 }), AgentErrorCode.WRONG_TYPE);
+  assert.match(msg, /^mkstemp .*file\/\.x\.cell-.*: Not a directory$/);
+  // A directory where the file should go: refused at FILE_END (rename).
+  let reply = await put(join(dir, 'adir'), 'data');
+  assert.equal(decodeError(reply.payload).code, AgentErrorCode.WRONG_TYPE);
+  assert.match(decodeError(reply.payload).message, /^rename .*adir: Is a directory$/);
+  assert.ok(statSync(join(dir, 'adir')).isDirectory());
+
+  // FILE_END declaring a size other than what arrived.
+  const id = nextId++;
+  agent.send(FrameType.PUT_FILE, id, encodePutFile(join(dir, 'file'), { mode: 0o644 }));
+  agent.send(FrameType.FILE_DATA, id, Buffer.from('0123456789'));
+  agent.send(FrameType.FILE_END, id, encodeFileEnd(11));
+  reply = await agent.reply(id);
+  assert.equal(decodeError(reply.payload).code, AgentErrorCode.MALFORMED);
+  assert.match(decodeError(reply.payload).message, /11 bytes declared, 10 received/);
+
+  // A FILE_DATA over 64 KiB ends the upload at once; the FILE_END after it is swallowed.
+  const big = nextId++;
+  agent.send(FrameType.PUT_FILE, big, encodePutFile(join(dir, 'file'), { mode: 0o644 }));
+  agent.send(FrameType.FILE_DATA, big, Buffer.alloc(65537));
+  agent.send(FrameType.FILE_END, big, encodeFileEnd(65537));
+  reply = await agent.reply(big);
+  assert.match(decodeError(reply.payload).message, /over 64 KiB/);
+  await agent.pingOk();
+  assert.equal(agent.frames.filter((f) => f.id === big).length, 1);
+
+  // CANCEL in the middle: OK, and nothing changes.
+  const cancelled = nextId++;
+  agent.send(FrameType.PUT_FILE, cancelled, encodePutFile(join(dir, 'file'), { mode: 0o644 }));
+  agent.send(FrameType.FILE_DATA, cancelled, Buffer.from('half'));
+  agent.send(FrameType.CANCEL, cancelled);
+  assert.equal((await agent.reply(cancelled)).type, FrameType.OK);
+  await agent.expectError(FrameType.FILE_DATA, undefined, AgentErrorCode.UNKNOWN_ID);
+
+  assert.equal(readFileSync(join(dir, 'file'), 'utf8'), 'original');
+  assert.deepEqual(leftovers(dir), []);
+});
+
+test('file frames with bad payloads or unknown ids get an ERROR and change nothing', async () => {
+  const dir = scratch('garbled');
+  const target = join(dir, 't');
+  const good = encodePutFile(target, { mode: 0o644 });
+  await expectPutError(good.subarray(0, 10), AgentErrorCode.MALFORMED);
+  await expectPutError(good.subarray(0, good.length - 1), AgentErrorCode.MALFORMED);
+  await expectPutError(Buffer.concat([good, Buffer.from([0])]), AgentErrorCode.MALFORMED);
+  await expectPutError(encodePutFile(`${dir}/a\0b`, { mode: 0o644 }), AgentErrorCode.MALFORMED);
+  await expectPutError(new PayloadWriter().u32(0).u32(0o10000).u32(0).u32(0).i64(0n).u32(0).string(target).build(), AgentErrorCode.MALFORMED);
+  await expectPutError(new PayloadWriter().u32(4).u32(0o644).u32(0).u32(0).i64(0n).u32(0).string(target).build(), AgentErrorCode.MALFORMED);
+  await expectPutError(new PayloadWriter().u32(1).u32(0o644).u32(0).u32(0).i64(0n).u32(2e9).string(target).build(), AgentErrorCode.MALFORMED);
+  for (const path of ['relative', '', '/', `${dir}/.`, `${dir}/..`, `/${'x'.repeat(5000)}`]) {
+    await expectPutError(encodePutFile(path, { mode: 0o644 }), AgentErrorCode.BAD_PATH);
+  }
+  await agent.expectError(FrameType.FILE_DATA, Buffer.from('x'), AgentErrorCode.UNKNOWN_ID);
+  await agent.expectError(FrameType.FILE_END, encodeFileEnd(0), AgentErrorCode.UNKNOWN_ID);
+  await agent.expectError(FrameType.CANCEL, undefined, AgentErrorCode.UNKNOWN_ID);
+  await agent.expectError(FrameType.READ_FILE, u32(0), AgentErrorCode.MALFORMED);
+  await agent.expectError(FrameType.STAT, undefined, AgentErrorCode.MALFORMED);
+  await agent.expectError(FrameType.SYMLINK, u32(0), AgentErrorCode.MALFORMED);
+  // FILE_DATA for a running exec's id is not an upload.
+  const { id } = await agent.start({ argv: ['sleep', '100'] });
+  agent.send(FrameType.FILE_DATA, id, Buffer.from('x'));
+  const notUpload = await agent.waitFor((f) => f.id === id && f.type === FrameType.ERROR, 'ERROR for FILE_DATA on an exec id');
+  assert.equal(decodeError(notUpload.payload).code, AgentErrorCode.UNKNOWN_ID);
+  agent.send(FrameType.KILL, id, u32(9));
+  await agent.finish(id);
+
+  // A second PUT_FILE on an upload's id is a duplicate; the first upload goes on.
+  const dup = nextId++;
+  agent.send(FrameType.PUT_FILE, dup, good);
+  agent.send(FrameType.PUT_FILE, dup, good);
+  const dupErr = await agent.reply(dup);
+  assert.equal(decodeError(dupErr.payload).code, AgentErrorCode.DUPLICATE_ID);
+  agent.send(FrameType.FILE_DATA, dup, Buffer.from('first'));
+  agent.send(FrameType.FILE_END, dup, encodeFileEnd(5));
+  await agent.waitFor((f) => f.id === dup && f.type === FrameType.OK, 'OK of the first upload');
+  assert.equal(readFileSync(target, 'utf8'), 'first');
+  assert.deepEqual(readdirSync(dir), ['t']);
+  await agent.pingOk();
+});
+
+test('32 uploads may be open at once; the 33rd is ERROR 6', async () => {
+  const dir = scratch('limit');
+  const ids = Array.from({ length: 32 }, () => nextId++);
+  for (const id of ids) agent.send(FrameType.PUT_FILE, id, encodePutFile(join(dir, `f${id}`), { mode: 0o644 }));
+  await agent.expectError(FrameType.PUT_FILE, encodePutFile(join(dir, 'one-too-many'), { mode: 0o644 }), AgentErrorCode.LIMIT);
+  for (const id of ids) agent.send(FrameType.CANCEL, id);
+  for (const id of ids) assert.equal((await agent.reply(id)).type, FrameType.OK);
+  assert.deepEqual(readdirSync(dir), []);
+  await putOk(join(dir, 'after'), 'slots are free again');
+});
+
+test('a host that stops reading pauses READ_FILE instead of filling the agent memory', async () => {
+  const dir = scratch('slow-reader');
+  const path = join(dir, 'sparse');
+  const total = 48 * 1024 * 1024;
+  execFileSync('truncate', ['-s', String(total), path]);
+  agent.proc.stdout.pause();
+  const id = nextId++;
+  agent.send(FrameType.READ_FILE, id, encodeReadFile(path));
+  await new Promise((r) => setTimeout(r, 700));
+  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${agent.proc.pid}/status`, 'utf8'))?.[1]);
+  agent.proc.stdout.resume();
+  assert.ok(rssKb < 16 * 1024, `agent RSS ${rssKb} kB while the host was not reading`);
+  const reply = await agent.reply(id, 30_000);
+  assert.equal(reply.type, FrameType.OK);
+  const received = agent.frames.filter((f) => f.id === id && f.type === FrameType.DATA).reduce((n, f) => n + f.payload.length, 0);
+  assert.equal(received, total);
+  // Drop the 48 MiB of frames: later tests scan agent.frames.
+  for (let i = agent.frames.length - 1; i >= 0; i--) if (agent.frames[i]!.id === id && agent.frames[i]!.type === FrameType.DATA) agent.frames.splice(i, 1);
+});
+
+test('fuzz: mutated file frames get exactly one reply each and leave no temporary files', async () => {
+  const dir = scratch('fuzz');
+  mkdirSync(join(dir, 'd'));
+  writeFileSync(join(dir, 'f'), 'fuzz');
+  const rand = prng(0xf11e);
+  const int = (n: number) => Math.floor(rand() * n);
+  // Only fixed fields are mutated, never a path: a shortened path could name something outside dir.
+  const requests: [number, Buffer, number][] = [
+    [FrameType.PUT_FILE, encodePutFile(join(dir, 'p'), { mode: 0o644, mtime: new Date() }), 28],
+    [FrameType.MKDIR, encodeMkdir(join(dir, 'd', 'm'), { mode: 0o755 }), 12],
+    [FrameType.SYMLINK, encodeSymlink(join(dir, 's'), 'target'), 8],
+    [FrameType.READ_FILE, encodeReadFile(join(dir, 'f')), 8],
+    [FrameType.LIST_DIR, encodeListDir(dir), 0],
+    [FrameType.STAT, encodeStat(join(dir, 'f'), true), 4],
+  ];
+  const ids: number[] = [];
+  for (let i = 0; i < 400; i++) {
+    const [type, payload, fixed] = requests[int(requests.length)]!;
+    let p = Buffer.from(payload);
+    const how = int(3);
+    if (how === 0) p = p.subarray(0, int(p.length));
+    else if (how === 1) p = Buffer.concat([p, Buffer.from(Array.from({ length: 1 + int(8) }, () => int(256)))]);
+    else if (fixed > 0) p[int(fixed)] = int(256);
+    const id = 2_000_000 + i;
+    ids.push(id);
+    agent.send(type, id, p);
+    if (type === FrameType.PUT_FILE) {
+      agent.send(FrameType.FILE_DATA, id, Buffer.from('data'));
+      agent.send(FrameType.FILE_END, id, encodeFileEnd(4));
+    }
+    // In batches: more than 32 transfers at once would be refused (ERROR 6), as they should.
+    if (i % 16 === 15) for (const done of ids.slice(-16)) await agent.reply(done, 10_000);
+  }
+  await agent.pingOk();
+  for (const id of ids) {
+    const replies = agent.frames.filter((f) => f.id === id && !STREAM_TYPES.has(f.type));
+    assert.equal(replies.length, 1, `request ${id} got exactly one reply: ${replies.map((f) => f.type.toString(16) + ' ' + (f.type === FrameType.ERROR ? decodeError(f.payload).message : '')).join('; ')}`);
+  }
+  assert.deepEqual(leftovers(dir), []);
+  assert.deepEqual(leftovers(join(dir, 'd')), []);
+  assert.ok(agent.alive);
+});
+
+test('end of input in the middle of an upload: the temporary file is removed', async () => {
+  const dir = scratch('eof');
+  const other = new Agent(agentBin);
+  try {
+    await other.pingOk();
+    other.send(FrameType.PUT_FILE, 1, encodePutFile(join(dir, 'never'), { mode: 0o644 }));
+    other.send(FrameType.FILE_DATA, 1, Buffer.from('partial'));
+    await other.pingOk();
+    assert.equal(leftovers(dir).length, 1, 'the upload is in progress');
+    other.proc.stdin.end();
+    assert.deepEqual(await other.exited, { code: 0, signal: null });
+    assert.deepEqual(readdirSync(dir), []);
+  } finally {
+    if (other.alive) other.proc.kill('SIGKILL');
   }
 });
 
