@@ -15,6 +15,17 @@ import {
   type ExecRequest,
   type Frame,
 } from './frame.js';
+import {
+  decodeStat,
+  encodeMkdir,
+  encodeStat,
+  encodeSymlink,
+  type GuestDirEntry,
+  type GuestOwnership,
+  type GuestStat,
+  type PutFileMeta,
+} from './file-frames.js';
+import * as files from './file-transfer.js';
 
 export interface ExecExit {
   /** Exit status when the process exited, else null. */
@@ -88,6 +99,10 @@ export class AgentClient extends EventEmitter {
   private readonly pending = new Map<number, PendingRequest>();
   private readonly execs = new Map<number, ExecSession>();
   private readonly starting = new Map<number, { resolve: (pid: number) => void; reject: (err: Error) => void }>();
+  /** DATA frames of downloads in progress, by id. */
+  private readonly dataSinks = new Map<number, (payload: Buffer) => void>();
+  /** Downloads whose reader is behind: the socket is paused while any is. */
+  private readonly pausedBy = new Set<number>();
   private nextId = 1;
   private closedError: CellError | null = null;
 
@@ -192,6 +207,47 @@ export class AgentClient extends EventEmitter {
     await this.request(FrameType.SHUTDOWN, new PayloadWriter().u8(reboot ? 1 : 0).build());
   }
 
+  // File operations: the implementations live in file-transfer.ts.
+
+  /**
+   * Creates or atomically replaces the regular file `path` (absolute) in the guest with the bytes
+   * of `source`, streamed with backpressure; missing parent directories are created (0755, root).
+   * Resolves with the size once the file is in place. If `source` throws, the upload is
+   * cancelled (the guest is left unchanged) and the error rethrown.
+   */
+  putFile(path: string, meta: PutFileMeta, source: Buffer | AsyncIterable<Buffer | Uint8Array>): Promise<number> {
+    return files.putFile(this, path, meta, source);
+  }
+
+  /** Creates a directory (and missing parents), or sets the mode and owner of an existing one. */
+  async mkdir(path: string, own: GuestOwnership): Promise<void> {
+    await this.request(FrameType.MKDIR, encodeMkdir(path, own));
+  }
+
+  /** Creates a symlink at `path`, atomically replacing whatever entry (not a directory) is there. */
+  async symlink(path: string, target: string, own: { uid?: number; gid?: number } = {}): Promise<void> {
+    await this.request(FrameType.SYMLINK, encodeSymlink(path, target, own));
+  }
+
+  /** lstat (or stat with `follow`) of a guest path; a missing path is a `not_found` CellError. */
+  async stat(path: string, opts: { follow?: boolean } = {}): Promise<GuestStat> {
+    return decodeStat((await this.request(FrameType.STAT, encodeStat(path, opts.follow ?? false))).payload);
+  }
+
+  /** The entries of a guest directory (not recursive, without . and ..). */
+  listDir(path: string): Promise<GuestDirEntry[]> {
+    return files.listDir(this, path);
+  }
+
+  /**
+   * A guest regular file, chunk by chunk as it arrives. With `maxBytes`, a larger file is a
+   * `size_limit` CellError. Leaving the loop early cancels the download. A reader that falls
+   * behind pauses the whole agent connection until it catches up.
+   */
+  readFile(path: string, opts: { maxBytes?: number } = {}): AsyncGenerator<Buffer> {
+    return files.readFile(this, path, opts.maxBytes ?? 0);
+  }
+
   close(): void {
     this.socket.destroy();
   }
@@ -200,6 +256,52 @@ export class AgentClient extends EventEmitter {
   send(type: number, id: number, payload?: Buffer): void {
     this.assertOpen();
     this.socket.write(encodeFrame(type, id, payload));
+  }
+
+  /** @internal Sends a frame, then waits while the socket's buffer is full (upload backpressure). */
+  async sendDrained(type: number, id: number, payload: Buffer): Promise<void> {
+    this.assertOpen();
+    if (this.socket.write(encodeFrame(type, id, payload))) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.off('close', done);
+        resolve();
+      };
+      this.socket.once('drain', done);
+      this.once('close', done);
+    });
+    this.assertOpen();
+  }
+
+  /** @internal Routes the DATA frames of request `id` to `sink` (null: stop). */
+  routeData(id: number, sink: ((payload: Buffer) => void) | null): void {
+    if (sink) this.dataSinks.set(id, sink);
+    else this.dataSinks.delete(id);
+  }
+
+  /**
+   * @internal Registers for the final reply of a request whose frames the caller sends itself:
+   * OK (or any reply) resolves, ERROR or a closed connection rejects. No timeout.
+   */
+  expectReply(id: number, what: string): Promise<Frame> {
+    this.assertOpen();
+    const reply = new Promise<Frame>((resolve, reject) => this.pending.set(id, { resolve, reject, what }));
+    reply.catch(() => {}); // settled by whoever awaits it, or abandoned with forgetReply
+    return reply;
+  }
+
+  /** @internal Stops waiting for request `id` (its late replies are then ignored). */
+  forgetReply(id: number): void {
+    this.pending.delete(id);
+  }
+
+  /** @internal A download whose reader is behind pauses the socket (all of this guest's traffic). */
+  pauseFor(id: number, paused: boolean): void {
+    if (paused) this.pausedBy.add(id);
+    else this.pausedBy.delete(id);
+    if (this.pausedBy.size > 0) this.socket.pause();
+    else if (!this.closed) this.socket.resume();
   }
 
   /** @internal */
@@ -225,7 +327,8 @@ export class AgentClient extends EventEmitter {
     });
   }
 
-  private allocId(): number {
+  /** @internal */
+  allocId(): number {
     const id = this.nextId;
     this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
     return id;
@@ -257,6 +360,9 @@ export class AgentClient extends EventEmitter {
       case FrameType.STDERR:
         this.execs.get(frame.id)?.handlers.onStderr?.(frame.payload);
         return;
+      case FrameType.DATA:
+        this.dataSinks.get(frame.id)?.(frame.payload);
+        return;
       case FrameType.EXIT: {
         const session = this.execs.get(frame.id);
         if (!session) return;
@@ -267,11 +373,7 @@ export class AgentClient extends EventEmitter {
       }
       case FrameType.ERROR: {
         const { code, message } = decodeError(frame.payload);
-        const err = new CellError(
-          code === AgentErrorCode.BAD_CWD ? ErrorCodes.INVALID_ARGUMENT : ErrorCodes.AGENT_ERROR,
-          message,
-          { agentCode: code },
-        );
+        const err = new CellError(cellCodeFor(code), message, { agentCode: code });
         const starting = this.starting.get(frame.id);
         if (starting) {
           this.starting.delete(frame.id);
@@ -304,6 +406,21 @@ export class AgentClient extends EventEmitter {
     this.pending.clear();
     this.starting.clear();
     this.execs.clear();
+    this.dataSinks.clear();
     this.emit('close');
+  }
+}
+
+/** The CellError code for an agent ERROR code: the caller's mistakes are not agent failures. */
+function cellCodeFor(agentCode: number) {
+  switch (agentCode) {
+    case AgentErrorCode.BAD_CWD:
+    case AgentErrorCode.WRONG_TYPE:
+    case AgentErrorCode.BAD_PATH:
+      return ErrorCodes.INVALID_ARGUMENT;
+    case AgentErrorCode.NOT_FOUND:
+      return ErrorCodes.NOT_FOUND;
+    default:
+      return ErrorCodes.AGENT_ERROR;
   }
 }

@@ -19,6 +19,7 @@ export interface GuestStat {
   uid: number;
   gid: number;
   size: number;
+  /** Milliseconds since the epoch, with the nanoseconds as a fraction (like fs.Stats). */
   mtimeMs: number;
   /** The target of a symlink, else ''. */
   linkTarget: string;
@@ -99,7 +100,7 @@ function readStatRecord(r: PayloadReader): GuestStat {
   const sec = r.i64();
   const nsec = r.u32();
   const linkTarget = r.bytes().toString('utf8');
-  return { kind, mode: m & MAX_MODE, uid, gid, size, mtimeMs: Number(sec) * 1000 + Math.floor(nsec / 1e6), linkTarget };
+  return { kind, mode: m & MAX_MODE, uid, gid, size, mtimeMs: Number(sec) * 1e3 + nsec / 1e6, linkTarget };
 }
 
 /** The OK payload of a STAT. Throws RangeError when it does not parse. */

@@ -1,0 +1,168 @@
+/**
+ * The multi-frame file requests of the agent protocol (docs/protocol.md, "Files"): uploads
+ * (PUT_FILE, FILE_DATA..., FILE_END) and downloads (READ_FILE, LIST_DIR: DATA..., then OK).
+ * AgentClient's putFile, listDir and readFile call these.
+ */
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import type { AgentClient } from './client.js';
+import { AgentErrorCode, FrameType } from './frame.js';
+import {
+  FILE_CHUNK,
+  decodeDirEntries,
+  encodeFileEnd,
+  encodeListDir,
+  encodePutFile,
+  encodeReadFile,
+  type GuestDirEntry,
+  type PutFileMeta,
+} from './file-frames.js';
+
+/** How long the guest may take to fsync and rename an uploaded file. */
+const CONFIRM_TIMEOUT_MS = 60_000;
+/** Bytes a download may queue for a slow reader before the agent connection is paused. */
+const READ_HIGH_WATER = 4 * 1024 * 1024;
+
+export async function putFile(
+  agent: AgentClient,
+  path: string,
+  meta: PutFileMeta,
+  source: Buffer | AsyncIterable<Buffer | Uint8Array>,
+): Promise<number> {
+  const id = agent.allocId();
+  const reply = agent.expectReply(id, `upload of ${path}`);
+  let refused = false; // the guest answered before FILE_END: that can only be an ERROR
+  reply.then(
+    () => (refused = true),
+    () => (refused = true),
+  );
+  // Ends the upload in the guest (its temporary file is removed); its answer is ignored.
+  const cancel = () => {
+    agent.forgetReply(id);
+    if (!agent.closed) agent.send(FrameType.CANCEL, id);
+  };
+  agent.send(FrameType.PUT_FILE, id, encodePutFile(path, meta));
+  let size = 0;
+  try {
+    for await (const chunk of chunksOf(source, FILE_CHUNK)) {
+      if (refused) break;
+      await agent.sendDrained(FrameType.FILE_DATA, id, chunk);
+      size += chunk.length;
+    }
+  } catch (err) {
+    cancel();
+    throw err;
+  }
+  if (refused) {
+    cancel();
+    await reply; // throws the guest's ERROR
+    return size;
+  }
+  agent.send(FrameType.FILE_END, id, encodeFileEnd(size));
+  await withTimeout(reply, CONFIRM_TIMEOUT_MS, () => agent.forgetReply(id), `the guest did not confirm the upload of ${path}`);
+  return size;
+}
+
+export async function listDir(agent: AgentClient, path: string): Promise<GuestDirEntry[]> {
+  const id = agent.allocId();
+  const entries: GuestDirEntry[] = [];
+  let garbled = false;
+  agent.routeData(id, (payload) => {
+    try {
+      entries.push(...decodeDirEntries(payload));
+    } catch {
+      garbled = true;
+    }
+  });
+  try {
+    await agent.request(FrameType.LIST_DIR, encodeListDir(path), id, CONFIRM_TIMEOUT_MS);
+  } finally {
+    agent.routeData(id, null);
+  }
+  if (garbled) throw new CellError(ErrorCodes.AGENT_ERROR, `the guest sent a listing of ${path} that does not parse`);
+  return entries;
+}
+
+/**
+ * Yields the DATA chunks of a READ_FILE as they arrive, and returns once the guest's OK came.
+ * Chunks queue while the reader is busy; past READ_HIGH_WATER the connection is paused.
+ */
+export async function* readFile(agent: AgentClient, path: string, maxBytes: number): AsyncGenerator<Buffer> {
+  const id = agent.allocId();
+  const queue: Buffer[] = [];
+  let queued = 0;
+  let finished = false;
+  let failure: Error | null = null;
+  let wake: (() => void) | null = null;
+  const poke = () => {
+    wake?.();
+    wake = null;
+  };
+  agent.routeData(id, (chunk) => {
+    queue.push(chunk);
+    queued += chunk.length;
+    if (queued > READ_HIGH_WATER) agent.pauseFor(id, true);
+    poke();
+  });
+  agent.expectReply(id, `download of ${path}`).then(
+    () => {
+      finished = true;
+      poke();
+    },
+    (err: Error) => {
+      failure = sizeLimitFor(err, path);
+      poke();
+    },
+  );
+  try {
+    agent.send(FrameType.READ_FILE, id, encodeReadFile(path, maxBytes));
+    for (;;) {
+      const chunk = queue.shift();
+      if (chunk) {
+        queued -= chunk.length;
+        if (queued <= READ_HIGH_WATER / 2) agent.pauseFor(id, false);
+        yield chunk;
+        continue;
+      }
+      if (failure) throw failure;
+      if (finished) return;
+      await new Promise<void>((resolve) => (wake = resolve));
+    }
+  } finally {
+    agent.routeData(id, null);
+    agent.pauseFor(id, false);
+    if (!finished && !failure) {
+      // The reader stopped early: stop the guest sending.
+      agent.forgetReply(id);
+      if (!agent.closed) agent.send(FrameType.CANCEL, id);
+    }
+  }
+}
+
+/** `source` in pieces of at most `size` bytes (FILE_DATA frames). */
+async function* chunksOf(source: Buffer | AsyncIterable<Buffer | Uint8Array>, size: number): AsyncGenerator<Buffer> {
+  const pieces = (b: Buffer) => Array.from({ length: Math.ceil(b.length / size) }, (_, i) => b.subarray(i * size, (i + 1) * size));
+  if (Buffer.isBuffer(source)) {
+    yield* pieces(source);
+    return;
+  }
+  for await (const chunk of source) yield* pieces(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk));
+}
+
+/** A download refused for its size (agent LIMIT) is a size_limit error. */
+function sizeLimitFor(err: Error, path: string): Error {
+  if (err instanceof CellError && err.details?.agentCode === AgentErrorCode.LIMIT) {
+    return new CellError(ErrorCodes.SIZE_LIMIT, err.message, { ...err.details, path });
+  }
+  return err;
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, onTimeout: () => void, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      onTimeout();
+      reject(new CellError(ErrorCodes.TIMEOUT, `${message} within ${ms / 1000} s`));
+    }, ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
