@@ -4,6 +4,7 @@ import type { Db } from '../store/database.js';
 import { BlobStore } from '../store/blob-store.js';
 import { ImagePins } from '../store/image-pins.js';
 import { imagesDir, workDir } from './store-layout.js';
+import { DEFAULT_TMPFS_STAGING, removeTree, TMPFS_STAGING_PREFIX } from './unpack/staging.js';
 
 /**
  * Garbage collection and LRU eviction of image content; the engine decides when to call them and
@@ -19,8 +20,11 @@ export interface GcResult {
   bytesFreed: number;
 }
 
-/** Removes blobs and base disks that no image reference and no pin needs, and stale temp files. */
-export async function collectGarbage(opts: { storeRoot: string; db: Db; graceMs?: number }): Promise<GcResult> {
+/**
+ * Removes blobs and base disks that no image reference and no pin needs, stale temp files, and
+ * tmpfs unpack staging dirs whose process is gone (they would hold RAM until reboot).
+ */
+export async function collectGarbage(opts: { storeRoot: string; db: Db; graceMs?: number; stagingTmpfs?: string | null }): Promise<GcResult> {
   const grace = opts.graceMs ?? DEFAULT_GC_GRACE_MS;
   const now = Date.now();
   const pins = new ImagePins(opts.db);
@@ -62,7 +66,27 @@ export async function collectGarbage(opts: { storeRoot: string; db: Db; graceMs?
       await rm(join(work, name), { recursive: true, force: true });
     }
   }
+  if (opts.stagingTmpfs !== null) await removeOrphanStaging(opts.stagingTmpfs ?? DEFAULT_TMPFS_STAGING, grace);
   return result;
+}
+
+/** `cellvm-unpack-<pid>-*` dirs of processes that no longer run (and older than the grace period). */
+async function removeOrphanStaging(dir: string, grace: number): Promise<void> {
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    const pid = name.startsWith(TMPFS_STAGING_PREFIX) ? Number(name.slice(TMPFS_STAGING_PREFIX.length).split('-')[0]) : NaN;
+    if (!Number.isSafeInteger(pid) || pid <= 0 || isAlive(pid)) continue;
+    const s = await stat(join(dir, name)).catch(() => undefined);
+    if (s?.isDirectory() && Date.now() - s.mtimeMs >= grace) await removeTree(join(dir, name));
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** Removes one image reference (never a built-in one); its content goes at the next collection. */

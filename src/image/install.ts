@@ -9,6 +9,7 @@ import type { PullProgressFn } from './progress.js';
 import { buildRootfsDisk } from './rootfs-disk.js';
 import { diskPathFor, workDir } from './store-layout.js';
 import type { UnpackLimits } from './unpack/apply-layer.js';
+import { DEFAULT_TMPFS_STAGING, removeTree } from './unpack/staging.js';
 import { rootfsOf, unpackLayers } from './unpack/unpack-layers.js';
 
 /**
@@ -30,6 +31,8 @@ export interface InstallInput {
   /** Every blob the record pins (manifests, config, layers). */
   blobs: readonly string[];
   limits?: Partial<UnpackLimits>;
+  /** tmpfs dir to stage the unpacked tree in when it fits (default /dev/shm); null: on disk only. */
+  stagingTmpfs?: string | null;
   onProgress?: PullProgressFn;
 }
 
@@ -61,6 +64,7 @@ export async function installImage(input: InstallInput): Promise<InstalledImage>
         ...(parsed.diffIds[i] ? { diffId: parsed.diffIds[i] } : {}),
       })),
       workDir: workDir(input.storeRoot),
+      ...(input.stagingTmpfs !== null ? { tmpfs: { dir: input.stagingTmpfs ?? DEFAULT_TMPFS_STAGING } } : {}),
       ...(input.limits ? { limits: input.limits } : {}),
       onLayer: (i, n) => input.onProgress?.({ phase: 'unpack', layer: i + 1, layers: n, digest: input.manifest.layers[i]!.digest }),
     });
@@ -71,7 +75,7 @@ export async function installImage(input: InstallInput): Promise<InstalledImage>
       built = disk.built;
       sizeBytes = disk.sizeBytes;
     } finally {
-      await rm(unpacked.dir, { recursive: true, force: true });
+      await removeTree(unpacked.dir);
     }
   }
 

@@ -37,6 +37,8 @@ export interface PullOptions {
   /** Largest declared blob size accepted, checked before downloading. */
   maxBlobBytes?: number;
   limits?: Partial<UnpackLimits>;
+  /** tmpfs dir for the unpack staging tree when it fits (default /dev/shm); null: on disk only. */
+  stagingTmpfs?: string | null;
   concurrency?: number;
   retry?: RetryPolicy;
   signal?: AbortSignal;
@@ -130,6 +132,7 @@ export async function pullImage(opts: PullOptions): Promise<PulledImage> {
       layerPaths,
       blobs: [...resolved.documents.keys(), manifest.config.digest, ...manifest.layers.map((l) => l.digest)],
       ...(opts.limits ? { limits: opts.limits } : {}),
+      ...(opts.stagingTmpfs !== undefined ? { stagingTmpfs: opts.stagingTmpfs } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
     });
   } catch (err) {

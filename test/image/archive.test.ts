@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { importArchive } from '../../src/image/archive/import.js';
 import { exportImage } from '../../src/image/archive/export.js';
@@ -126,5 +126,21 @@ test('garbage collection spares pinned content; LRU eviction skips pinned images
   } finally {
     s.cleanup();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('garbage collection removes tmpfs unpack staging dirs of processes that are gone, not of live ones', async () => {
+  const shm = mkdtempSync('/dev/shm/cellt-gc-');
+  const s = makeStore();
+  try {
+    const gone = spawnSync('true').pid!;
+    mkdirSync(join(shm, `cellvm-unpack-${gone}-abc/rootfs/etc`), { recursive: true });
+    mkdirSync(join(shm, `cellvm-unpack-${process.pid}-def/rootfs`), { recursive: true });
+    mkdirSync(join(shm, 'unrelated-dir'));
+    await collectGarbage({ storeRoot: s.root, db: s.db, graceMs: 0, stagingTmpfs: shm });
+    assert.deepEqual(readdirSync(shm).sort(), [`cellvm-unpack-${process.pid}-def`, 'unrelated-dir']);
+  } finally {
+    s.cleanup();
+    rmSync(shm, { recursive: true, force: true });
   }
 });

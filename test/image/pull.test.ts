@@ -16,6 +16,7 @@ import { BlobStore } from '../../src/store/blob-store.js';
 import { MediaTypes } from '../../src/image/media-types.js';
 import { registryBlobPath } from './registry-harness.js';
 import { rawTar } from './image-builder.js';
+import { DEFAULT_TMPFS_STAGING, TMPFS_STAGING_PREFIX } from '../../src/image/unpack/staging.js';
 
 const FAST_RETRY = { attempts: 3, baseDelayMs: 10, maxDelayMs: 50 };
 
@@ -72,11 +73,35 @@ describe('pull from a real registry (anonymous)', () => {
       assert.ok(again.some((e) => e.phase === 'disk' && e.status === 'cached'));
       assert.equal(lstatSync(pulled.diskPath).ino, diskStat.ino);
       assert.equal(storeFiles(s.root).filter((f) => f.startsWith('tmp/')).length, 0);
+      assert.deepEqual(tmpfsStagingLeft(), []);
+
+      // Staged on disk instead of tmpfs: the same tree.
+      const s2 = makeStore();
+      try {
+        const onDisk = await pullImage({ reference: ref, storeRoot: s2.root, db: s2.db, retry: FAST_RETRY, dockerConfigPath: null, stagingTmpfs: null });
+        const a = dumpDisk(pulled.diskPath);
+        const b = dumpDisk(onDisk.diskPath);
+        try {
+          const list = (dir: string) => execFileSync('find', ['.', '-printf', '%p %y %m %s %l\\n'], { cwd: dir, encoding: 'utf8' }).split('\n').sort();
+          assert.deepEqual(list(b.dir), list(a.dir));
+        } finally {
+          a.cleanup();
+          b.cleanup();
+        }
+        assert.equal(storeFiles(s2.root).filter((f) => f.startsWith('tmp/')).length, 0);
+      } finally {
+        s2.cleanup();
+      }
     } finally {
       s.cleanup();
     }
   });
 });
+
+/** tmpfs unpack staging dirs of this process still in /dev/shm. */
+function tmpfsStagingLeft(): string[] {
+  return readdirSync(DEFAULT_TMPFS_STAGING).filter((n) => n.startsWith(`${TMPFS_STAGING_PREFIX}${process.pid}-`));
+}
 
 describe('platforms, zstd and skopeo cross-checks', () => {
   let registry: RunningRegistry;
@@ -165,6 +190,7 @@ describe('bad input leaves nothing behind', () => {
     try {
       await assert.rejects(pullImage({ reference, storeRoot: s.root, db: s.db, retry: FAST_RETRY, dockerConfigPath: null, ...extra }), check);
       assert.deepEqual(storeFiles(s.root), []);
+      assert.deepEqual(tmpfsStagingLeft(), []);
       assert.equal(imageRows(s.db), 0);
     } finally {
       s.cleanup();

@@ -135,3 +135,59 @@ test('manifests: schema 1, artifacts and unknown types are refused clearly', () 
   const artifact = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config: { mediaType: 'application/vnd.cncf.helm.config.v1+json', digest: `sha256:${'b'.repeat(64)}`, size: 1 }, layers: [] };
   assert.throws(() => parseManifest(Buffer.from(JSON.stringify(artifact)), 'm'), /not a container image/);
 });
+
+/** tmpfs staging dirs this process left in `dir` (they would hold RAM until reboot). */
+function ourStaging(dir: string): string[] {
+  return readdirSync(dir).filter((n) => n.startsWith(`cellvm-unpack-${process.pid}-`));
+}
+
+test('staging on tmpfs: used when the tree fits, redone on disk when it outgrows its budget, never left behind', async () => {
+  await withWork(async (work) => {
+    const shm = mkdtempSync('/dev/shm/cellt-staging-');
+    try {
+      const tmp = join(work, 'tmp');
+      const l1 = layerFile(work, 'l1', compress(tarOfTree({ 'etc/small': 's', 'lib/big': 'b'.repeat(200_000), 'bin/x': { symlink: '../lib/big' } }), 'gzip'));
+      const l2 = layerFile(work, 'l2', rawTar([{ path: 'lib/.wh.big', type: 'file' }, { path: 'etc/new', type: 'file', data: 'n' }]));
+      const layers = [{ path: l1, what: 'l1' }, { path: Promise.resolve(l2), what: 'l2' }];
+      const check = (root: string): void => {
+        assert.equal(readFileSync(join(root, 'etc/small'), 'utf8'), 's');
+        assert.equal(readFileSync(join(root, 'etc/new'), 'utf8'), 'n');
+        assert.equal(existsSync(join(root, 'lib/big')), false);
+        assert.equal(readlinkSync(join(root, 'bin/x')), '../lib/big');
+      };
+
+      const fits = await unpackLayers({ layers, workDir: tmp, tmpfs: { dir: shm } });
+      assert.ok(fits.dir.startsWith(`${shm}/cellvm-unpack-${process.pid}-`), fits.dir);
+      check(rootfsOf(fits));
+      rmSync(fits.dir, { recursive: true, force: true });
+
+      // 200 kB of file data cannot fit 64 KiB: thrown away and redone in the store's tmp/.
+      const spilled = await unpackLayers({ layers, workDir: tmp, tmpfs: { dir: shm, maxBytes: 64 * 1024 } });
+      assert.ok(spilled.dir.startsWith(`${tmp}/unpack-`), spilled.dir);
+      check(rootfsOf(spilled));
+      assert.deepEqual(spilled.warnings, []);
+      assert.deepEqual(ourStaging(shm), []);
+      rmSync(spilled.dir, { recursive: true, force: true });
+
+      // A failure on tmpfs (not a lack of room) is not retried, and removes its dir.
+      const hostile = layerFile(work, 'hostile', rawTar([{ path: 'a', type: 'symlink', linkpath: '/etc' }, { path: 'a/passwd', type: 'file', data: 'evil' }]));
+      await assert.rejects(
+        unpackLayers({ layers: [{ path: hostile, what: 'hostile' }], workDir: tmp, tmpfs: { dir: shm } }),
+        (err: unknown) => isCellError(err) && err.code === 'unsafe_archive',
+      );
+      await assert.rejects(
+        unpackLayers({ layers: [{ path: l1, what: 'l1', diffId: 'sha256:' + '0'.repeat(64) }], workDir: tmp, tmpfs: { dir: shm } }),
+        (err: unknown) => isCellError(err) && err.code === 'digest_mismatch',
+      );
+      assert.deepEqual(ourStaging(shm), []);
+      assert.deepEqual(readdirSync(tmp), []);
+
+      // Not a tmpfs: staged on disk.
+      const onDisk = await unpackLayers({ layers, workDir: tmp, tmpfs: { dir: work } });
+      assert.ok(onDisk.dir.startsWith(`${tmp}/unpack-`), onDisk.dir);
+      rmSync(onDisk.dir, { recursive: true, force: true });
+    } finally {
+      rmSync(shm, { recursive: true, force: true });
+    }
+  });
+});

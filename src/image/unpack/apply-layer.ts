@@ -7,6 +7,7 @@ import { runTool } from '../run-tool.js';
 import { ByteSource } from './byte-source.js';
 import { openTarStream } from './decompress.js';
 import { entryComponents, resolveDir, unsafe } from './safe-path.js';
+import { stagedCost, StagingFullError } from './staging.js';
 import { readTar, type TarEntry, type TarHeader } from './tar-reader.js';
 
 /**
@@ -33,13 +34,16 @@ export interface UnpackState {
   /** Image paths known to be real directories; cleared whenever something is removed. */
   knownDirs: Set<string>;
   isRoot: boolean;
+  /** Estimated RAM the tree takes when staged on tmpfs, and the most it may take there. */
+  staged: number;
+  stageBudget: number;
 }
 
 const WHITEOUT = '.wh.';
 const OPAQUE = '.wh..wh..opq';
 
-export function newUnpackState(root: string, limits: UnpackLimits): UnpackState {
-  return { root, limits, entries: 0, bytes: 0, warnings: [], xattrs: new Map(), knownDirs: new Set(), isRoot: process.getuid?.() === 0 };
+export function newUnpackState(root: string, limits: UnpackLimits, stageBudget = Infinity): UnpackState {
+  return { root, limits, entries: 0, bytes: 0, warnings: [], xattrs: new Map(), knownDirs: new Set(), isRoot: process.getuid?.() === 0, staged: 0, stageBudget };
 }
 
 /** Returns the layer's diff id: the sha256 of its uncompressed tar. */
@@ -64,6 +68,8 @@ export async function applyLayer(blobPath: string, state: UnpackState, what: str
       if (++state.entries > state.limits.maxEntries) {
         throw new CellError(ErrorCodes.SIZE_LIMIT, `${what}: the image has more than ${state.limits.maxEntries} files`);
       }
+      state.staged += stagedCost(entry.header.type === 'file' ? entry.header.size : 0);
+      if (state.staged > state.stageBudget) throw new StagingFullError(`the tree needs more than ${state.stageBudget} bytes`);
       await applyEntry(entry, state, what, layerPaths, dirTimes);
     }
     await source.drain();

@@ -3,11 +3,13 @@ import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { runTool } from '../run-tool.js';
 import { applyLayer, newUnpackState, type UnpackLimits, type UnpackState } from './apply-layer.js';
+import { isOutOfSpace, removeTree, StagingFullError, TMPFS_STAGING_PREFIX, tmpfsStaging } from './staging.js';
 
 /**
- * Unpacks an image's layers, in order, into a fresh staging dir. Layers may still be downloading:
- * each is awaited just before it is applied, so unpacking overlaps the downloads. On any failure
- * the staging dir is removed before the error propagates.
+ * Unpacks an image's layers, in order, into a fresh staging dir (on tmpfs when it fits, see
+ * staging.ts). Layers may still be downloading: each is awaited just before it is applied, so
+ * unpacking overlaps the downloads. On any failure the staging dir is removed before the error
+ * propagates.
  */
 export const DEFAULT_UNPACK_LIMITS: UnpackLimits = {
   maxEntries: 2_000_000,
@@ -29,19 +31,35 @@ export interface Unpacked {
   warnings: string[];
 }
 
-export async function unpackLayers(opts: {
+export interface UnpackOptions {
   layers: readonly LayerToUnpack[];
-  /** Parent of the staging dir: same filesystem as the store. */
+  /** Parent of the on-disk staging dir: same filesystem as the store. */
   workDir: string;
+  /** A tmpfs dir to stage in first when the tree fits (see staging.ts); none: disk only. */
+  tmpfs?: { dir: string; maxBytes?: number };
   limits?: Partial<UnpackLimits>;
   onLayer?: (index: number, count: number) => void;
-}): Promise<Unpacked> {
-  await mkdir(opts.workDir, { recursive: true });
-  const dir = await mkdtemp(join(opts.workDir, 'unpack-'));
+}
+
+export async function unpackLayers(opts: UnpackOptions): Promise<Unpacked> {
+  const fast = opts.tmpfs ? await tmpfsStaging(opts.tmpfs.dir, opts.tmpfs.maxBytes) : undefined;
+  if (fast) {
+    try {
+      return await unpackInto(fast.parent, `${TMPFS_STAGING_PREFIX}${process.pid}-`, fast.budgetBytes, opts);
+    } catch (err) {
+      if (!(err instanceof StagingFullError)) throw err;
+    }
+  }
+  return unpackInto(opts.workDir, 'unpack-', Infinity, opts);
+}
+
+async function unpackInto(parent: string, prefix: string, budget: number, opts: UnpackOptions): Promise<Unpacked> {
+  await mkdir(parent, { recursive: true });
+  const dir = await mkdtemp(join(parent, prefix));
   try {
     const root = join(dir, 'rootfs');
     await mkdir(root, { mode: 0o755 });
-    const state = newUnpackState(await realpath(root), { ...DEFAULT_UNPACK_LIMITS, ...opts.limits });
+    const state = newUnpackState(await realpath(root), { ...DEFAULT_UNPACK_LIMITS, ...opts.limits }, budget);
     for (const [i, layer] of opts.layers.entries()) {
       const path = await layer.path;
       opts.onLayer?.(i, opts.layers.length);
@@ -50,10 +68,11 @@ export async function unpackLayers(opts: {
         throw new CellError(ErrorCodes.DIGEST_MISMATCH, `${layer.what}: uncompressed content ${diffId} does not match the config's diff id ${layer.diffId}`);
       }
     }
-    await applyXattrs(state, dir);
+    await applyXattrs(state, dir, budget !== Infinity);
     return { dir, entries: state.entries, bytes: state.bytes, warnings: state.warnings };
   } catch (err) {
-    await rm(dir, { recursive: true, force: true });
+    await removeTree(dir);
+    if (budget !== Infinity && isOutOfSpace(err)) throw new StagingFullError((err as Error).message);
     throw err;
   }
 }
@@ -71,8 +90,12 @@ function escapePath(path: string): string {
   return out;
 }
 
-/** One `setfattr --restore` for the whole tree (after every chown, which would clear capabilities). */
-async function applyXattrs(state: UnpackState, workDir: string): Promise<void> {
+/**
+ * One `setfattr --restore` for the whole tree (after every chown, which would clear capabilities).
+ * On tmpfs a failure means "redo on disk" (tmpfs before Linux 6.6 refuses user.* xattrs), so a
+ * warning about lost xattrs only ever comes from a disk unpack.
+ */
+async function applyXattrs(state: UnpackState, workDir: string, onTmpfs: boolean): Promise<void> {
   if (state.xattrs.size === 0) return;
   const lines: string[] = [];
   for (const [path, attrs] of state.xattrs) {
@@ -92,6 +115,7 @@ async function applyXattrs(state: UnpackState, workDir: string): Promise<void> {
   try {
     await runTool('setfattr', [`--restore=${dump}`], { code: ErrorCodes.UNSAFE_ARCHIVE, pkg: 'attr', cwd: state.root });
   } catch (err) {
+    if (onTmpfs) throw new StagingFullError(`extended attributes not supported: ${(err as Error).message}`);
     state.warnings.push(`extended attributes of ${state.xattrs.size} files not set: ${(err as Error).message}`);
   } finally {
     await rm(dump, { force: true });
