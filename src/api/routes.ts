@@ -28,6 +28,10 @@ export const Routes = {
   snapshotPrune: '/v1/snapshots/prune',
   vmSnapshot: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/snapshot`,
   vmRestore: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/restore`,
+  vmFileStat: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/files/stat`,
+  vmFileContent: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/files/content`,
+  vmCopyIn: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/files/copy-in`,
+  vmCopyOut: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/files/copy-out`,
 } as const;
 
 /** HTTP status for each error code. */

@@ -136,6 +136,8 @@ export type StreamEvent =
   | { type: 'pull'; event: Record<string, unknown> & { phase: string } }
   | { type: 'image'; image: { reference: string; digest: string; sizeBytes: number } }
   | { type: 'done'; vm?: Vm }
+  | { type: 'data'; data: string }
+  | { type: 'end'; size: number }
   | { type: 'error'; error: ErrorBody['error'] };
 
 export const API_PREFIX = '/v1';
@@ -193,3 +195,55 @@ export const PruneRequest = Type.Object(
   { additionalProperties: false },
 );
 export type PruneRequest = Static<typeof PruneRequest>;
+
+/**
+ * Files of a running VM (server/routes/files.ts). Host paths are absolute: celld runs on the
+ * caller's host and reads or writes them itself (as root when it runs as root).
+ */
+export const CopyInRequest = Type.Object(
+  { hostPath: Type.String({ minLength: 1 }), guestPath: Type.String({ minLength: 1 }) },
+  { additionalProperties: false },
+);
+export type CopyInRequest = Static<typeof CopyInRequest>;
+
+export const CopyOutRequest = Type.Object(
+  {
+    guestPath: Type.String({ minLength: 1 }),
+    hostPath: Type.String({ minLength: 1 }),
+    /** Owner to give the copied files (the CLI sends its user's); default: celld's user. */
+    uid: Type.Optional(Type.Integer({ minimum: 0 })),
+    gid: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+);
+export type CopyOutRequest = Static<typeof CopyOutRequest>;
+
+export const CopyResult = Type.Object({
+  /** Where the copy landed (in the VM for copy-in, on the host for copy-out). */
+  target: Type.String(),
+  files: Type.Integer(),
+  directories: Type.Integer(),
+  symlinks: Type.Integer(),
+  bytes: Type.Integer(),
+});
+export type CopyResult = Static<typeof CopyResult>;
+
+export const GuestPathQuery = Type.Object({ path: Type.String({ minLength: 1 }), follow: Type.Optional(Type.Boolean()) });
+export const ReadFileQuery = Type.Object({ path: Type.String({ minLength: 1 }), maxBytes: Type.Optional(Type.Integer({ minimum: 0 })) });
+export const WriteFileQuery = Type.Object({
+  path: Type.String({ minLength: 1 }),
+  mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })),
+  uid: Type.Optional(Type.Integer({ minimum: 0 })),
+  gid: Type.Optional(Type.Integer({ minimum: 0 })),
+});
+
+export const GuestFileStat = Type.Object({
+  kind: Type.String(),
+  mode: Type.Integer(),
+  uid: Type.Integer(),
+  gid: Type.Integer(),
+  size: Type.Integer(),
+  mtimeMs: Type.Number(),
+  linkTarget: Type.String(),
+});
+export type GuestFileStat = Static<typeof GuestFileStat>;

@@ -21,6 +21,7 @@ export interface CommandGroup {
 export const COMMAND_GROUPS: readonly CommandGroup[] = [
   { heading: 'Run commands in VMs:', names: ['run'], load: () => import('./commands/run.js') },
   { heading: 'Run commands in VMs:', names: ['exec'], load: () => import('./commands/exec.js') },
+  { heading: 'Run commands in VMs:', names: ['cp'], load: () => import('./commands/cp.js') },
   { heading: 'Manage VMs:', names: ['ps', 'inspect', 'logs', 'stop', 'start', 'rm'], load: () => import('./commands/vms.js') },
   { heading: 'Snapshots and forks:', names: ['snapshot', 'fork', 'restore', 'snapshots'], load: () => import('./commands/snapshots.js') },
   {

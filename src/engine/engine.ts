@@ -30,6 +30,10 @@ import { exitInfo, guestHostname } from './vm-records.js';
 import { LiveMachines, type GuestIdentity } from './live-machines.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
 import { VmLogs, type LogEntry } from './vm-logs.js';
+import type { AgentClient } from '../agent/client.js';
+import type { GuestStat, PutFileMeta } from '../agent/file-frames.js';
+import { copyIn, copyOut, type CopyResult } from './cp-targets.js';
+import type { Owner } from './guest-files.js';
 
 export interface CreateVmRequest {
   image?: string;
@@ -376,6 +380,37 @@ export class Engine {
       },
       sink,
     );
+  }
+
+  /** `cell cp HOST VM:PATH`: a host file or directory into a running VM (docker cp's rules, cp-targets.ts). */
+  copyIn(ref: string, hostPath: string, guestPath: string): Promise<CopyResult> {
+    return copyIn(this.runningAgent(ref), hostPath, guestPath);
+  }
+
+  /** `cell cp VM:PATH HOST`: a file or directory of a running VM onto the host, owned by `owner` when given. */
+  copyOut(ref: string, guestPath: string, hostPath: string, owner?: Owner): Promise<CopyResult> {
+    return copyOut(this.runningAgent(ref), guestPath, hostPath, owner);
+  }
+
+  statGuestPath(ref: string, path: string, follow = false): Promise<GuestStat> {
+    return this.runningAgent(ref).stat(path, { follow });
+  }
+
+  /** A regular file of a running VM, streamed; leaving the loop early cancels the read. */
+  readGuestFile(ref: string, path: string, maxBytes = 0): AsyncGenerator<Buffer> {
+    return this.runningAgent(ref).readFile(path, { maxBytes });
+  }
+
+  /** Creates or atomically replaces a file in a running VM; resolves with its size. */
+  writeGuestFile(ref: string, path: string, meta: PutFileMeta, source: AsyncIterable<Buffer>): Promise<number> {
+    return this.runningAgent(ref).putFile(path, meta, source);
+  }
+
+  /** The agent of a running VM, for file operations. */
+  private runningAgent(ref: string): AgentClient {
+    const vm = this.resolve(ref);
+    if (vm.state !== 'running') throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${vm.state})`);
+    return this.live.require(vm.id).agent;
   }
 
   stop(ref: string, graceSec = 10): Promise<VmRecord> {

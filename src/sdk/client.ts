@@ -1,5 +1,7 @@
 import type { ExecRequest, Image, Info, RunRequest, Snapshot, StreamEvent, Vm } from '../api/schemas.js';
 import { Routes } from '../api/routes.js';
+import type { CopyResult, GuestFileStat } from '../api/schemas.js';
+import { resolve as resolveHostPath } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { cellPaths, defaultHome, type CellPaths } from '../domain/paths.js';
 import { runStream, execStream, type CommandResult, type ExecHandlers, type RunHandlers, type SetupEvent, type PullEvent, type LogEntry } from './commands.js';
@@ -147,6 +149,35 @@ export class CellClient {
     prune: (opts: { maxBytes?: number } = {}) => this.transport.request<{ evicted: string[]; bytesFreed: number }>('POST', Routes.imagePrune, opts),
   };
 
+  /**
+   * Files of a running VM. Guest paths are absolute; host paths (copyIn/copyOut) are resolved
+   * against this process's working directory, and celld, on the same host, reads or writes them.
+   */
+  readonly files = {
+    stat: (ref: string, path: string, opts: { follow?: boolean } = {}): Promise<GuestFileStat> =>
+      this.transport.request('GET', Routes.vmFileStat(ref) + params({ path, follow: opts.follow })),
+    /** A guest file's bytes as they arrive. Leaving the loop early (or `signal`) cancels the read. */
+    readStream: (ref: string, path: string, opts: { maxBytes?: number; signal?: AbortSignal } = {}): AsyncGenerator<Buffer> =>
+      this.guestFileChunks(ref, path, opts),
+    /** A guest file, whole; a file over `maxBytes` is a `size_limit` error. */
+    read: async (ref: string, path: string, opts: { maxBytes?: number; signal?: AbortSignal } = {}): Promise<Buffer> => {
+      const chunks: Buffer[] = [];
+      for await (const chunk of this.files.readStream(ref, path, opts)) chunks.push(chunk);
+      return Buffer.concat(chunks);
+    },
+    /** Creates or atomically replaces a guest file (parents are created); mode defaults to 0644, owner root. */
+    write: (ref: string, path: string, data: string | Uint8Array | AsyncIterable<Buffer | string>, opts: { mode?: number; uid?: number; gid?: number } = {}): Promise<void> => {
+      const body = typeof data === 'string' || data instanceof Uint8Array ? oneChunk(Buffer.from(data)) : data;
+      return this.transport.upload(Routes.vmFileContent(ref) + params({ path, ...opts }), body);
+    },
+    /** `cell cp HOST VM:PATH`: a host file or directory into the VM (docker cp's rules for the destination). */
+    copyIn: (ref: string, hostPath: string, guestPath: string): Promise<CopyResult> =>
+      this.transport.request('POST', Routes.vmCopyIn(ref), { hostPath: hostPathOf(hostPath), guestPath }),
+    /** `cell cp VM:PATH HOST`: a file or directory of the VM onto the host, owned by `owner` when given. */
+    copyOut: (ref: string, guestPath: string, hostPath: string, owner?: { uid: number; gid: number }): Promise<CopyResult> =>
+      this.transport.request('POST', Routes.vmCopyOut(ref), { guestPath, hostPath: hostPathOf(hostPath), ...owner }),
+  };
+
   readonly registries = {
     login: (registry: string, username: string, password: string) => this.transport.request<{ ok: boolean }>('POST', Routes.login, { registry, username, password }),
     logout: (registry: string) => this.transport.request<{ removed: boolean }>('POST', Routes.logout, { registry }),
@@ -177,8 +208,32 @@ export class CellClient {
     }
   }
 
+  private async *guestFileChunks(ref: string, path: string, opts: { maxBytes?: number; signal?: AbortSignal }): AsyncGenerator<Buffer> {
+    const url = Routes.vmFileContent(ref) + params({ path, maxBytes: opts.maxBytes });
+    for await (const event of this.transport.stream('GET', url, undefined, opts.signal)) {
+      if (event.type === 'data') yield Buffer.from(event.data, 'base64');
+    }
+  }
+
   /** Releases idle connections (they do not keep the process alive either way). */
   close(): void {
     this.transport.close();
   }
+}
+
+/** A query string of the defined values (`?path=%2Fetc&maxBytes=10`). */
+function params(values: Record<string, string | number | boolean | undefined>): string {
+  const set = Object.entries(values).filter((e): e is [string, string | number | boolean] => e[1] !== undefined && e[1] !== false);
+  return set.length ? `?${new URLSearchParams(set.map(([k, v]): [string, string] => [k, String(v)])).toString()}` : '';
+}
+
+async function* oneChunk(data: Buffer): AsyncGenerator<Buffer> {
+  yield data;
+}
+
+/** An absolute host path; a trailing "/." (copy a directory's contents) survives resolving. */
+function hostPathOf(path: string): string {
+  const contents = path === '.' || path.endsWith('/.');
+  const resolved = resolveHostPath(path);
+  return contents ? `${resolved === '/' ? '' : resolved}/.` : resolved;
 }

@@ -1,4 +1,4 @@
-import type { Snapshot, Vm } from '../api/schemas.js';
+import type { CopyResult, GuestFileStat, Snapshot, Vm } from '../api/schemas.js';
 import { CellClient, type ConnectOptions } from './client.js';
 import type { CommandResult, ExecHandlers } from './commands.js';
 
@@ -90,6 +90,31 @@ export class Sandbox {
   get id(): string {
     return this.vm.id;
   }
+
+  /**
+   * Files in the VM. Guest paths are absolute; host paths are resolved against this process's
+   * working directory.
+   *
+   *   await box.files.write('/app/config.json', JSON.stringify(config));
+   *   const text = (await box.files.read('/app/out.txt')).toString();
+   *   await box.files.upload('./src', '/app/src');
+   */
+  readonly files = {
+    /** Creates or atomically replaces a file (parents are created; mode 0644 and owner root by default). */
+    write: (path: string, data: string | Uint8Array | AsyncIterable<Buffer | string>, opts: { mode?: number; uid?: number; gid?: number } = {}): Promise<void> =>
+      this.client.files.write(this.vm.id, path, data, opts),
+    /** A file's bytes; one over `maxBytes` is a `size_limit` error. */
+    read: (path: string, opts: { maxBytes?: number; signal?: AbortSignal } = {}): Promise<Buffer> => this.client.files.read(this.vm.id, path, opts),
+    /** A file's bytes as they arrive. */
+    readStream: (path: string, opts: { maxBytes?: number; signal?: AbortSignal } = {}): AsyncGenerator<Buffer> =>
+      this.client.files.readStream(this.vm.id, path, opts),
+    /** lstat (stat with `follow`); a missing path is a `not_found` error. */
+    stat: (path: string, opts: { follow?: boolean } = {}): Promise<GuestFileStat> => this.client.files.stat(this.vm.id, path, opts),
+    /** A host file or directory into the VM, like `cell cp HOST VM:PATH`. */
+    upload: (hostPath: string, guestPath: string): Promise<CopyResult> => this.client.files.copyIn(this.vm.id, hostPath, guestPath),
+    /** A file or directory of the VM onto the host, like `cell cp VM:PATH HOST`. */
+    download: (guestPath: string, hostPath: string): Promise<CopyResult> => this.client.files.copyOut(this.vm.id, guestPath, hostPath),
+  };
 
   get name(): string {
     return this.vm.name;

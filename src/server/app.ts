@@ -7,6 +7,7 @@ import { systemRoutes } from './routes/system.js';
 import { vmRoutes } from './routes/vms.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { imageRoutes } from './routes/images.js';
+import { fileRoutes } from './routes/files.js';
 
 /** The HTTP API in front of the engine. Errors become `{ error: { code, message, details } }`. */
 export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = false): FastifyInstance {
@@ -54,6 +55,7 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
   vmRoutes(app, engine);
   snapshotRoutes(app, engine);
   imageRoutes(app, engine);
+  fileRoutes(app, engine);
   return app;
 }
 
