@@ -28,6 +28,8 @@ export interface InstallInput {
   platform: string | null;
   /** Blob file of each layer, in order; promises while downloads are still running. */
   layerPaths: readonly (string | Promise<string>)[];
+  /** Per layer, its download's bytes as they arrive (see LayerToUnpack.live). */
+  liveLayers?: readonly Promise<(() => AsyncIterable<Buffer>) | undefined>[];
   /** Every blob the record pins (manifests, config, layers). */
   blobs: readonly string[];
   limits?: Partial<UnpackLimits>;
@@ -60,6 +62,7 @@ export async function installImage(input: InstallInput): Promise<InstalledImage>
     const unpacked = await unpackLayers({
       layers: input.manifest.layers.map((l, i) => ({
         path: input.layerPaths[i]!,
+        ...(input.liveLayers?.[i] ? { live: input.liveLayers[i] } : {}),
         what: `layer ${i + 1}/${input.manifest.layers.length} (${l.digest.slice(0, 19)}) of ${input.reference}`,
         ...(parsed.diffIds[i] ? { diffId: parsed.diffIds[i] } : {}),
       })),

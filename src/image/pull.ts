@@ -1,6 +1,6 @@
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { Db } from '../store/database.js';
-import { BlobStore } from '../store/blob-store.js';
+import { BlobStore, type BlobWriter } from '../store/blob-store.js';
 import { ImagePins } from '../store/image-pins.js';
 import type { Digest } from './digest.js';
 import { parseImageConfig } from './image-config.js';
@@ -19,8 +19,9 @@ import type { UnpackLimits } from './unpack/apply-layer.js';
 /**
  * `pullImage`: reference -> manifest -> blobs (checked, in parallel, at most `concurrency` at a
  * time) -> unpacked tree -> ext4 base disk -> one SQLite transaction recording the image and its
- * pins. Unpacking starts as soon as the first layer is in. On any failure nothing is recorded,
- * and blobs this pull added that nothing else uses are removed again.
+ * pins. Unpacking reads each layer while it downloads; the tree is used only once every blob
+ * passed its size and digest checks. On any failure nothing is recorded, and blobs this pull
+ * added that nothing else uses are removed again.
  */
 export interface PullOptions {
   reference: string;
@@ -101,12 +102,13 @@ export async function pullImage(opts: PullOptions): Promise<PulledImage> {
         });
       }
     }
-    const fetchBlob = async (desc: (typeof manifest.layers)[number], what: string, max: number): Promise<string> => {
+    const fetchBlob = async (desc: (typeof manifest.layers)[number], what: string, max: number, onWriter?: (w: BlobWriter) => void): Promise<string> => {
       const had = await store.has(desc.digest, desc.size);
       const path = await downloadBlob(client, ref.repository, desc, store, {
         what,
         maxBytes: max,
         onProgress: (p) => opts.onProgress?.({ phase: 'blob', ...p }),
+        ...(onWriter ? { onWriter } : {}),
       });
       if (!had) added.add(desc.digest);
       return path;
@@ -116,8 +118,17 @@ export async function pullImage(opts: PullOptions): Promise<PulledImage> {
     const configBytes = await store.read(manifest.config.digest);
     checkPlatform(parseImageConfig(configBytes, `config of ${reference}`).platform, wanted, reference, resolved.platform !== null);
 
+    // Each layer's download can be followed while it runs, so unpacking need not wait for it.
     const limit = limitConcurrency(opts.concurrency ?? DEFAULT_CONCURRENCY);
-    const layerPaths = manifest.layers.map((l, i) => limit(() => fetchBlob(l, `layer ${i + 1}/${manifest.layers.length} of ${reference}`, maxBlob)));
+    const layers = manifest.layers.map((l, i) => {
+      let started!: (follow: (() => AsyncIterable<Buffer>) | undefined) => void;
+      const live = new Promise<(() => AsyncIterable<Buffer>) | undefined>((resolve) => (started = resolve));
+      const path = limit(() => fetchBlob(l, `layer ${i + 1}/${manifest.layers.length} of ${reference}`, maxBlob, (w) => started(() => w.follow())));
+      // Already stored, or failed before it started: nothing to follow (a no-op once started).
+      void path.then(() => started(undefined), () => started(undefined));
+      return { path, live };
+    });
+    const layerPaths = layers.map((l) => l.path);
     for (const p of layerPaths) pending.push(p.catch(() => undefined));
 
     return await installImage({
@@ -130,6 +141,7 @@ export async function pullImage(opts: PullOptions): Promise<PulledImage> {
       configBytes,
       platform: formatPlatform(resolved.platform ?? wanted),
       layerPaths,
+      liveLayers: layers.map((l) => l.live),
       blobs: [...resolved.documents.keys(), manifest.config.digest, ...manifest.layers.map((l) => l.digest)],
       ...(opts.limits ? { limits: opts.limits } : {}),
       ...(opts.stagingTmpfs !== undefined ? { stagingTmpfs: opts.stagingTmpfs } : {}),

@@ -148,12 +148,19 @@ export class BlobStore {
 /**
  * One blob being written. `write` refuses to go past the expected size (a registry sending more
  * than it declared is cut off at once); `reset` starts over (a download restarted from byte 0);
- * `commit` checks size and digest and publishes; `abort` removes the temp file.
+ * `commit` checks size and digest and publishes; `abort` removes the temp file. `follow` lets a
+ * consumer (the unpacker) read the bytes while they arrive, instead of after the download.
  */
 export class BlobWriter {
   private hash: Hash = createHash('sha256');
   private written = 0;
   private done = false;
+  private state: 'open' | 'committed' | 'aborted' = 'open';
+  /** Where the bytes are once renamed (a follower may open the file after that). */
+  private published: string | undefined;
+  /** Bumped by `reset`: bytes a follower read before it may be rewritten. */
+  private generation = 0;
+  private waiters: (() => void)[] = [];
 
   constructor(
     private readonly store: BlobStore,
@@ -168,6 +175,10 @@ export class BlobWriter {
 
   private what(): string {
     return this.expected.what ?? `blob ${this.expected.digest ?? ''}`.trim();
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
   }
 
   async write(chunk: Buffer): Promise<void> {
@@ -185,12 +196,15 @@ export class BlobWriter {
       off += bytesWritten;
     }
     this.written += chunk.length;
+    this.wake();
   }
 
   async reset(): Promise<void> {
     await this.fh.truncate(0);
     this.hash = createHash('sha256');
     this.written = 0;
+    this.generation++;
+    this.wake();
   }
 
   async commit(): Promise<string> {
@@ -213,8 +227,11 @@ export class BlobWriter {
       await this.fh.close();
       this.done = true;
       await rename(this.tmp, this.store.path(actual));
+      this.published = this.store.path(actual);
       const dir = await open(this.store.dir, 'r');
       await dir.sync().finally(() => dir.close());
+      this.state = 'committed';
+      this.wake();
       return actual;
     } catch (err) {
       await this.abort();
@@ -223,10 +240,63 @@ export class BlobWriter {
   }
 
   async abort(): Promise<void> {
+    if (this.state === 'open') this.state = 'aborted';
+    this.wake();
     if (!this.done) {
       this.done = true;
       await this.fh.close().catch(() => undefined);
     }
     await rm(this.tmp, { force: true });
+  }
+
+  /**
+   * The blob's bytes from the start, yielded as they are written; ends once the blob is committed
+   * (size and digest checked). Until then the bytes are unverified: a consumer must not publish
+   * anything made from them before the commit. Throws FollowInterrupted if the writer aborts, or
+   * resets (a restarted download may send other bytes than those already read).
+   */
+  async *follow(chunkSize = 1024 * 1024): AsyncGenerator<Buffer> {
+    const generation = this.generation;
+    let fh: FileHandle | undefined;
+    let pos = 0;
+    try {
+      for (;;) {
+        if (this.generation !== generation) throw new FollowInterrupted(`${this.what()}: the download restarted from the beginning`);
+        if (this.state === 'aborted') throw new FollowInterrupted(`${this.what()}: the download failed`);
+        if (pos < this.written) {
+          fh ??= await this.openForRead();
+          const buf = Buffer.allocUnsafe(Math.min(chunkSize, this.written - pos));
+          const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+          if (bytesRead === 0) throw new FollowInterrupted(`${this.what()}: the blob file shrank while being read`);
+          pos += bytesRead;
+          yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
+        } else if (this.state === 'committed') {
+          return;
+        } else {
+          await new Promise<void>((resolve) => this.waiters.push(resolve));
+        }
+      }
+    } finally {
+      await fh?.close();
+    }
+  }
+
+  /** The temp file, or the published blob once the commit renamed it. */
+  private async openForRead(): Promise<FileHandle> {
+    try {
+      return await open(this.tmp, 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      if (!this.published) throw new FollowInterrupted(`${this.what()}: the download failed`);
+      return open(this.published, 'r');
+    }
+  }
+}
+
+/** A follower of a blob being written lost its footing: the caller should read the blob afresh. */
+export class FollowInterrupted extends CellError {
+  constructor(message: string) {
+    super(ErrorCodes.REGISTRY_ERROR, message);
+    this.name = 'FollowInterrupted';
   }
 }

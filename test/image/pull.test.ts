@@ -9,7 +9,8 @@ import { startRegistry, type RunningRegistry } from './registry-harness.js';
 import { storeImage, storeIndex, tarOfTree } from './image-builder.js';
 import { dumpDisk, imageRows, makeStore, storeFiles } from './helpers.js';
 import { execFileSync } from 'node:child_process';
-import { createServer } from 'node:http';
+import { randomBytes } from 'node:crypto';
+import { createServer, request as httpRequest } from 'node:http';
 import { openSync, writeSync, closeSync, statSync, truncateSync } from 'node:fs';
 import { isCellError } from '../../src/domain/errors.js';
 import { BlobStore } from '../../src/store/blob-store.js';
@@ -298,6 +299,110 @@ describe('bad input leaves nothing behind', () => {
     } finally {
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+});
+
+describe('a download that breaks part-way while the unpack follows it', () => {
+  let registry: RunningRegistry;
+  let src: string;
+  before(async () => {
+    registry = await startRegistry();
+    src = mkdtempSync('/tmp/cellt-src-');
+  });
+  after(async () => {
+    await registry?.stop();
+    rmSync(src, { recursive: true, force: true });
+  });
+
+  /**
+   * A proxy to the registry that stops the first GET of `blob` after half its bytes for 300 ms,
+   * then cuts it (`resume`: the retry's Range header is passed on; `restart`: it is dropped, so
+   * the retry starts again from byte 0) or sends the rest (`pause`).
+   */
+  async function flakyProxy(blob: string, mode: 'resume' | 'restart' | 'pause'): Promise<{ host: string; close: () => Promise<void> }> {
+    let cut = false;
+    const server = createServer((req, res) => {
+      const headers = { ...req.headers };
+      if (mode === 'restart') delete headers.range;
+      const upstream = httpRequest({ host: '127.0.0.1', port: registry.port, method: req.method, path: req.url, headers }, (up) => {
+        res.writeHead(up.statusCode ?? 502, up.headers);
+        if (cut || req.method !== 'GET' || !req.url?.endsWith(`/blobs/${blob}`)) return void up.pipe(res);
+        cut = true;
+        const half = Math.floor(Number(up.headers['content-length']) / 2);
+        const parts: Buffer[] = [];
+        up.on('data', (chunk: Buffer) => parts.push(chunk));
+        up.on('end', () => {
+          const body = Buffer.concat(parts);
+          res.write(body.subarray(0, half));
+          setTimeout(() => (mode === 'pause' ? res.end(body.subarray(half)) : res.destroy()), 300);
+        });
+      });
+      req.pipe(upstream);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return {
+      host: `127.0.0.1:${(server.address() as { port: number }).port}`,
+      close: async () => {
+        server.closeAllConnections();
+        await new Promise<void>((r) => server.close(() => r()));
+      },
+    };
+  }
+
+  for (const honourRange of [true, false]) {
+    test(`the tree is right when the download ${honourRange ? 'resumes with Range' : 'starts over from byte 0'}`, async () => {
+      const files: Record<string, string> = {};
+      for (let i = 0; i < 300; i++) files[`d${i % 7}/f${i}`] = `${i} `.repeat(2000 + i);
+      const image = await storeImage(src, { layers: [{ tar: tarOfTree(files), compression: 'gzip' }, { tar: tarOfTree({ 'd0/f0': 'replaced' }), compression: 'gzip' }] });
+      const name = `flaky/range-${honourRange}`;
+      await pushImage({ image: image.manifestDigest, reference: `${registry.host}/${name}:1`, storeRoot: src, retry: FAST_RETRY });
+      const proxy = await flakyProxy(image.layerDigests[0]!, honourRange ? 'resume' : 'restart');
+      const s = makeStore();
+      try {
+        const events: PullProgress[] = [];
+        const pulled = await pullImage({ reference: `${proxy.host}/${name}:1`, storeRoot: s.root, db: s.db, retry: FAST_RETRY, dockerConfigPath: null, onProgress: (e) => events.push(e) });
+        const dump = dumpDisk(pulled.diskPath);
+        try {
+          assert.equal(readFileSync(join(dump.dir, 'd0/f0'), 'utf8'), 'replaced');
+          assert.equal(readFileSync(join(dump.dir, 'd5/f299'), 'utf8'), '299 '.repeat(2299));
+          assert.equal(readdirSync(join(dump.dir, 'd3')).length, 43);
+        } finally {
+          dump.cleanup();
+        }
+        // Starting over from byte 0 means the bytes already unpacked may differ: the unpack is redone.
+        const firstLayerStarts = events.filter((e) => e.phase === 'unpack' && e.layer === 1).length;
+        assert.equal(firstLayerStarts, honourRange ? 1 : 2);
+        assert.equal(storeFiles(s.root).filter((f) => f.startsWith('tmp/')).length, 0);
+        assert.deepEqual(tmpfsStagingLeft(), []);
+      } finally {
+        s.cleanup();
+        await proxy.close();
+      }
+    });
+  }
+
+  test('a first layer corrupted in the registry fails as a digest mismatch, not as the tar error the unpack that read it saw', async () => {
+    const files: Record<string, string> = {};
+    for (let i = 0; i < 200; i++) files[`f${i}`] = randomBytes(3000).toString('hex');
+    const image = await storeImage(src, { layers: [{ tar: tarOfTree(files), compression: 'gzip' }] });
+    const ref = `flaky/corrupt-first:1`;
+    await pushImage({ image: image.manifestDigest, reference: `${registry.host}/${ref}`, storeRoot: src, retry: FAST_RETRY });
+    const data = registryBlobPath(registry.storage, image.layerDigests[0]!);
+    const fd = openSync(data, 'r+');
+    writeSync(fd, Buffer.alloc(64, 0xaa), 0, 64, 100);
+    closeSync(fd);
+    // The pause keeps the download running while the unpack already fails on the corrupt gzip.
+    const proxy = await flakyProxy(image.layerDigests[0]!, 'pause');
+    const s = makeStore();
+    try {
+      await assert.rejects(pullImage({ reference: `${proxy.host}/${ref}`, storeRoot: s.root, db: s.db, retry: FAST_RETRY, dockerConfigPath: null }), expectCode('digest_mismatch', /does not match/));
+      assert.deepEqual(storeFiles(s.root), []);
+      assert.deepEqual(tmpfsStagingLeft(), []);
+      assert.equal(imageRows(s.db), 0);
+    } finally {
+      s.cleanup();
+      await proxy.close();
     }
   });
 });

@@ -22,6 +22,8 @@ export interface DownloadOptions {
   what: string;
   maxBytes: number;
   onProgress?: (p: BlobProgress) => void;
+  /** Called once the download starts (not for a blob already stored), e.g. to `follow` its bytes. */
+  onWriter?: (writer: BlobWriter) => void;
 }
 
 export async function downloadBlob(
@@ -43,6 +45,7 @@ export async function downloadBlob(
     });
   }
   const writer = await store.writer({ digest: desc.digest, size: desc.size, what: opts.what });
+  opts.onWriter?.(writer);
   try {
     await fetchInto(client, repository, desc, writer, opts);
     await writer.commit();

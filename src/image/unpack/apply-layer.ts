@@ -46,9 +46,12 @@ export function newUnpackState(root: string, limits: UnpackLimits, stageBudget =
   return { root, limits, entries: 0, bytes: 0, warnings: [], xattrs: new Map(), knownDirs: new Set(), isRoot: process.getuid?.() === 0, staged: 0, stageBudget };
 }
 
-/** Returns the layer's diff id: the sha256 of its uncompressed tar. */
-export async function applyLayer(blobPath: string, state: UnpackState, what: string): Promise<string> {
-  const stream = await openTarStream(blobPath, what);
+/**
+ * Returns the layer's diff id: the sha256 of its uncompressed tar. `blob` is the blob file, or its
+ * bytes while they download (the caller checks the download's digest before using the tree).
+ */
+export async function applyLayer(blob: string | AsyncIterable<Buffer>, state: UnpackState, what: string): Promise<string> {
+  const stream = await openTarStream(blob, what);
   const hash = createHash('sha256');
   async function* counted(): AsyncGenerator<Buffer> {
     for await (const chunk of stream.bytes) {

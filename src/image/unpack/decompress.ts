@@ -29,6 +29,10 @@ export async function detectCompression(path: string, what: string): Promise<Com
   } finally {
     await fh.close();
   }
+  return compressionOf(head, what);
+}
+
+function compressionOf(head: Buffer, what: string): Compression {
   if (head.subarray(0, 2).equals(GZIP)) return 'gzip';
   if (head.subarray(0, 4).equals(ZSTD)) return 'zstd';
   if (head.subarray(0, 6).equals(XZ) || head.subarray(0, 3).equals(BZIP2)) {
@@ -45,21 +49,53 @@ export interface TarStream {
   destroy: () => void;
 }
 
-export async function openTarStream(path: string, what: string): Promise<TarStream> {
-  const compression = await detectCompression(path, what);
+/**
+ * `input` is a blob file, or the bytes of one as they arrive (BlobWriter.follow): decompressing
+ * while the download runs means the unpack need not wait for the whole layer.
+ */
+export async function openTarStream(input: string | AsyncIterable<Buffer>, what: string): Promise<TarStream> {
+  const raw = typeof input === 'string' ? createReadStream(input, { highWaterMark: 1024 * 1024 }) : input;
+  const { head, rest } = await peek(raw, 6);
+  const compression = compressionOf(head, what);
+  const source = Readable.from(rest, { objectMode: false });
   if (compression === 'none') {
-    const s = createReadStream(path, { highWaterMark: 1024 * 1024 });
-    return { bytes: s, finished: async () => undefined, destroy: () => s.destroy() };
+    return { bytes: source, finished: async () => undefined, destroy: () => source.destroy() };
   }
   if (compression === 'gzip') {
     const gunzip = createGunzip({ chunkSize: 256 * 1024 });
-    const file = createReadStream(path, { highWaterMark: 1024 * 1024 });
-    file.on('error', (e) => gunzip.destroy(e));
-    file.pipe(gunzip);
+    source.on('error', (e) => gunzip.destroy(e));
+    source.pipe(gunzip);
     const wrapped = wrapErrors(gunzip, what, 'gzip');
-    return { bytes: wrapped, finished: async () => undefined, destroy: () => (file.destroy(), gunzip.destroy()) };
+    return { bytes: wrapped, finished: async () => undefined, destroy: () => (source.destroy(), gunzip.destroy()) };
   }
-  return zstdStream(path, what);
+  return zstdStream(source, what);
+}
+
+/** The first `n` bytes (fewer at a short end) and the whole stream again, head included. */
+async function peek(input: AsyncIterable<Buffer>, n: number): Promise<{ head: Buffer; rest: AsyncIterable<Buffer> }> {
+  const it = input[Symbol.asyncIterator]();
+  const first: Buffer[] = [];
+  let have = 0;
+  let ended = false;
+  while (have < n) {
+    const next = await it.next();
+    if (next.done) {
+      ended = true;
+      break;
+    }
+    first.push(next.value);
+    have += next.value.length;
+  }
+  async function* rest(): AsyncGenerator<Buffer> {
+    try {
+      yield* first;
+      if (ended) return;
+      for (let next = await it.next(); !next.done; next = await it.next()) yield next.value;
+    } finally {
+      await it.return?.();
+    }
+  }
+  return { head: Buffer.concat(first).subarray(0, n), rest: rest() };
 }
 
 async function* wrapErrors(stream: Readable, what: string, kind: string): AsyncGenerator<Buffer> {
@@ -71,15 +107,23 @@ async function* wrapErrors(stream: Readable, what: string, kind: string): AsyncG
   }
 }
 
-function zstdStream(path: string, what: string): TarStream {
-  const child = spawn('zstd', ['-d', '-c', '-q', '--no-progress', '--', path], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+function zstdStream(source: Readable, what: string): TarStream {
+  const child = spawn('zstd', ['-d', '-c', '-q', '--no-progress'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, PATH: toolPath() },
   });
   let stderr = '';
   child.stderr.on('data', (c: Buffer) => {
     if (stderr.length < 2000) stderr += c.toString('utf8');
   });
+  // A failing source (a download that broke) is the error to report, not zstd's reaction to it.
+  let sourceError: unknown;
+  source.on('error', (e) => {
+    sourceError = e;
+    child.kill('SIGKILL');
+  });
+  child.stdin.on('error', () => undefined);
+  source.pipe(child.stdin);
   const exited = new Promise<void>((resolve, reject) => {
     child.on('error', (e: NodeJS.ErrnoException) =>
       reject(
@@ -89,7 +133,8 @@ function zstdStream(path: string, what: string): TarStream {
       ),
     );
     child.on('close', (code, signal) => {
-      if (code === 0) resolve();
+      if (sourceError) reject(sourceError);
+      else if (code === 0) resolve();
       else reject(new CellError(ErrorCodes.UNSAFE_ARCHIVE, `${what}: zstd data is corrupt (zstd ${signal ?? `exited ${code}`}: ${stderr.trim()})`));
     });
   });
@@ -102,6 +147,7 @@ function zstdStream(path: string, what: string): TarStream {
     bytes: bytes(),
     finished: () => exited,
     destroy: () => {
+      source.destroy();
       if (child.exitCode === null) child.kill('SIGKILL');
     },
   };

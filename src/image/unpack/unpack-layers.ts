@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { runTool } from '../run-tool.js';
 import { applyLayer, newUnpackState, type UnpackLimits, type UnpackState } from './apply-layer.js';
+import { FollowInterrupted } from '../../store/blob-store.js';
 import { isOutOfSpace, removeTree, StagingFullError, TMPFS_STAGING_PREFIX, tmpfsStaging } from './staging.js';
 
 /**
@@ -17,8 +18,13 @@ export const DEFAULT_UNPACK_LIMITS: UnpackLimits = {
 };
 
 export interface LayerToUnpack {
-  /** The blob file, or a promise of it (the download in flight). */
+  /** The blob file, or a promise of it (the download in flight); it resolves once the blob is verified. */
   path: string | Promise<string>;
+  /**
+   * While the blob downloads: resolves to a function that streams its bytes as they arrive
+   * (BlobWriter.follow), or to undefined when there is no download to follow.
+   */
+  live?: Promise<(() => AsyncIterable<Buffer>) | undefined>;
   what: string;
   /** From the config's rootfs.diff_ids: checked when present. */
   diffId?: string;
@@ -41,38 +47,64 @@ export interface UnpackOptions {
   onLayer?: (index: number, count: number) => void;
 }
 
-export async function unpackLayers(opts: UnpackOptions): Promise<Unpacked> {
-  const fast = opts.tmpfs ? await tmpfsStaging(opts.tmpfs.dir, opts.tmpfs.maxBytes) : undefined;
-  if (fast) {
-    try {
-      return await unpackInto(fast.parent, `${TMPFS_STAGING_PREFIX}${process.pid}-`, fast.budgetBytes, opts);
-    } catch (err) {
-      if (!(err instanceof StagingFullError)) throw err;
-    }
-  }
-  return unpackInto(opts.workDir, 'unpack-', Infinity, opts);
+interface Staging {
+  parent: string;
+  prefix: string;
+  /** Bytes of RAM the tree may take; Infinity on disk. */
+  budget: number;
 }
 
-async function unpackInto(parent: string, prefix: string, budget: number, opts: UnpackOptions): Promise<Unpacked> {
-  await mkdir(parent, { recursive: true });
-  const dir = await mkdtemp(join(parent, prefix));
+/**
+ * At most three attempts: tmpfs and streaming first; a tree too big for tmpfs is redone on disk;
+ * a followed download that restarted from byte 0 (its bytes may differ from those already
+ * unpacked) is redone from the verified blob files.
+ */
+export async function unpackLayers(opts: UnpackOptions): Promise<Unpacked> {
+  const onDisk: Staging = { parent: opts.workDir, prefix: 'unpack-', budget: Infinity };
+  const fast = opts.tmpfs ? await tmpfsStaging(opts.tmpfs.dir, opts.tmpfs.maxBytes) : undefined;
+  let staging = fast ? { parent: fast.parent, prefix: `${TMPFS_STAGING_PREFIX}${process.pid}-`, budget: fast.budgetBytes } : onDisk;
+  let follow = true;
+  for (;;) {
+    try {
+      return await unpackInto(staging, follow, opts);
+    } catch (err) {
+      if (err instanceof StagingFullError && staging !== onDisk) staging = onDisk;
+      else if (err instanceof FollowInterrupted && follow) follow = false;
+      else throw err;
+    }
+  }
+}
+
+async function unpackInto(staging: Staging, follow: boolean, opts: UnpackOptions): Promise<Unpacked> {
+  await mkdir(staging.parent, { recursive: true });
+  const dir = await mkdtemp(join(staging.parent, staging.prefix));
   try {
     const root = join(dir, 'rootfs');
     await mkdir(root, { mode: 0o755 });
-    const state = newUnpackState(await realpath(root), { ...DEFAULT_UNPACK_LIMITS, ...opts.limits }, budget);
+    const state = newUnpackState(await realpath(root), { ...DEFAULT_UNPACK_LIMITS, ...opts.limits }, staging.budget);
     for (const [i, layer] of opts.layers.entries()) {
-      const path = await layer.path;
+      const live = follow ? await layer.live : undefined;
+      const input = live ? live() : await layer.path;
       opts.onLayer?.(i, opts.layers.length);
-      const diffId = await applyLayer(path, state, layer.what);
+      let diffId: string;
+      try {
+        diffId = await applyLayer(input, state, layer.what);
+      } catch (err) {
+        // A failed download (a digest mismatch, say) explains a broken stream better than the tar reader can.
+        if (live) await layer.path;
+        throw err;
+      }
+      // Unverified bytes until here: the tree is used only if the download's checks passed.
+      if (live) await layer.path;
       if (layer.diffId && layer.diffId !== diffId) {
         throw new CellError(ErrorCodes.DIGEST_MISMATCH, `${layer.what}: uncompressed content ${diffId} does not match the config's diff id ${layer.diffId}`);
       }
     }
-    await applyXattrs(state, dir, budget !== Infinity);
+    await applyXattrs(state, dir, staging.budget !== Infinity);
     return { dir, entries: state.entries, bytes: state.bytes, warnings: state.warnings };
   } catch (err) {
     await removeTree(dir);
-    if (budget !== Infinity && isOutOfSpace(err)) throw new StagingFullError((err as Error).message);
+    if (staging.budget !== Infinity && isOutOfSpace(err)) throw new StagingFullError((err as Error).message);
     throw err;
   }
 }
