@@ -373,7 +373,9 @@ export class AgentClient extends EventEmitter {
       }
       case FrameType.ERROR: {
         const { code, message } = decodeError(frame.payload);
-        const err = new CellError(cellCodeFor(code), message, { agentCode: code });
+        // An agent that does not know a frame type predates this celld (a VM booted before an upgrade).
+        const hint = code === AgentErrorCode.UNKNOWN_TYPE ? " (the VM's agent is older than celld: restart the VM)" : '';
+        const err = new CellError(cellCodeFor(code), message + hint, { agentCode: code });
         const starting = this.starting.get(frame.id);
         if (starting) {
           this.starting.delete(frame.id);
