@@ -48,17 +48,33 @@ function cString(buf: Buffer, start: number, len: number): string {
 
 /** Octal ASCII, or GNU base-256 when the high bit of the first byte is set. */
 function parseNumber(buf: Buffer, start: number, len: number, what: string): number {
-  const field = buf.subarray(start, start + len);
-  if (field[0]! & 0x80) {
-    if (field[0] === 0xff) throw bad(what, 'a negative number in a tar header');
-    let value = field[0]! & 0x7f;
-    for (let i = 1; i < field.length; i++) {
-      value = value * 256 + field[i]!;
+  const end = start + len;
+  if (buf[start]! & 0x80) {
+    if (buf[start] === 0xff) throw bad(what, 'a negative number in a tar header');
+    let value = buf[start]! & 0x7f;
+    for (let i = start + 1; i < end; i++) {
+      value = value * 256 + buf[i]!;
       if (!Number.isSafeInteger(value)) throw bad(what, 'a number too large in a tar header');
     }
     return value;
   }
-  const text = field.toString('latin1').replace(/[\0 ]+$/g, '').replace(/^[ ]+/, '').split('\0')[0]!.trim();
+  // Fast path (seven numbers per header): optional spaces, octal digits, then spaces up to a NUL
+  // or the end of the field. Anything else takes the strict path, which also words the error.
+  let i = start;
+  while (i < end && buf[i] === 0x20) i++;
+  let value = 0;
+  for (; i < end; i++) {
+    const b = buf[i]!;
+    if (b < 0x30 || b > 0x37) break;
+    value = value * 8 + (b - 0x30);
+  }
+  while (i < end && buf[i] === 0x20) i++;
+  if (i === end || buf[i] === 0) return value;
+  return parseNumberStrict(buf, start, len, what);
+}
+
+function parseNumberStrict(buf: Buffer, start: number, len: number, what: string): number {
+  const text = buf.subarray(start, start + len).toString('latin1').replace(/[\0 ]+$/g, '').replace(/^[ ]+/, '').split('\0')[0]!.trim();
   if (text === '') return 0;
   if (!/^[0-7]+$/.test(text)) throw bad(what, `an invalid number "${text.slice(0, 20)}" in a tar header`);
   return parseInt(text, 8);
@@ -71,14 +87,16 @@ function checksumOk(block: Buffer, what: string): boolean {
   } catch {
     return false;
   }
-  let unsigned = 0;
-  let signed = 0;
+  // The checksum field counts as spaces; old tars summed signed bytes.
+  let unsigned = 8 * 0x20;
+  let high = 0;
   for (let i = 0; i < BLOCK; i++) {
-    const b = i >= 148 && i < 156 ? 0x20 : block[i]!;
+    if (i === 148) i = 156;
+    const b = block[i]!;
     unsigned += b;
-    signed += b > 127 ? b - 256 : b;
+    if (b > 127) high++;
   }
-  return stored === unsigned || stored === signed;
+  return stored === unsigned || stored === unsigned - 256 * high;
 }
 
 function typeOf(flag: string, name: string): TarEntryType {
