@@ -67,7 +67,9 @@ export async function installImage(input: InstallInput): Promise<InstalledImage>
         ...(parsed.diffIds[i] ? { diffId: parsed.diffIds[i] } : {}),
       })),
       workDir: workDir(input.storeRoot),
-      ...(input.stagingTmpfs !== null ? { tmpfs: { dir: input.stagingTmpfs ?? DEFAULT_TMPFS_STAGING } } : {}),
+      ...(input.stagingTmpfs !== null
+        ? { tmpfs: { dir: input.stagingTmpfs ?? DEFAULT_TMPFS_STAGING, layerBytes: input.manifest.layers.reduce((n, l) => n + l.size, 0) } }
+        : {}),
       ...(input.limits ? { limits: input.limits } : {}),
       onLayer: (i, n) => input.onProgress?.({ phase: 'unpack', layer: i + 1, layers: n, digest: input.manifest.layers[i]!.digest }),
     });

@@ -8,7 +8,7 @@ import type { PullProgress } from '../../src/image/progress.js';
 import { startRegistry, type RunningRegistry } from './registry-harness.js';
 import { storeImage, storeIndex, tarOfTree } from './image-builder.js';
 import { dumpDisk, imageRows, makeStore, storeFiles } from './helpers.js';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer, request as httpRequest } from 'node:http';
 import { openSync, writeSync, closeSync, statSync, truncateSync } from 'node:fs';
@@ -18,6 +18,7 @@ import { MediaTypes } from '../../src/image/media-types.js';
 import { registryBlobPath } from './registry-harness.js';
 import { rawTar } from './image-builder.js';
 import { DEFAULT_TMPFS_STAGING, TMPFS_STAGING_PREFIX } from '../../src/image/unpack/staging.js';
+import { toolPath } from '../../src/image/run-tool.js';
 
 const FAST_RETRY = { attempts: 3, baseDelayMs: 10, maxDelayMs: 50 };
 
@@ -278,6 +279,30 @@ describe('bad input leaves nothing behind', () => {
       } finally {
         dump.cleanup();
       }
+    } finally {
+      s.cleanup();
+    }
+  });
+
+  test('extended attributes and capabilities reach the base disk through the staged tree (a warning without setfattr)', async () => {
+    const xattrs = new Map([['user.cellvm-test', Buffer.from('hello')], ['security.capability', Buffer.from('0100000200200000000000000000000000000000', 'hex')]]);
+    const ref = await pushLayers('xattrs', [rawTar([{ path: 'bin/ping', type: 'file', data: 'elf', mode: 0o755, xattrs }])]);
+    const hasSetfattr = spawnSync('setfattr', ['--version'], { env: { ...process.env, PATH: toolPath() } }).status === 0;
+    const s = makeStore();
+    try {
+      const events: PullProgress[] = [];
+      const pulled = await pullImage({ reference: ref, storeRoot: s.root, db: s.db, retry: FAST_RETRY, dockerConfigPath: null, onProgress: (e) => events.push(e) });
+      // Unpacked once: a missing tool is no reason to redo the unpack on disk.
+      assert.equal(events.filter((e) => e.phase === 'unpack').length, 1);
+      if (hasSetfattr) {
+        assert.deepEqual(pulled.warnings, []);
+        const ea = (name: string) => execFileSync('debugfs', ['-R', `ea_get -x /bin/ping ${name}`, pulled.diskPath], { encoding: 'utf8', stdio: 'pipe' }).replace(/\s+/g, '');
+        assert.match(ea('user.cellvm-test'), /68656c6c6f/);
+        assert.match(ea('security.capability'), /0100000200200000/);
+      } else {
+        assert.match(pulled.warnings.join('\n'), /extended attributes of 1 files not set: .*setfattr/);
+      }
+      assert.deepEqual(tmpfsStagingLeft(), []);
     } finally {
       s.cleanup();
     }

@@ -182,6 +182,13 @@ test('staging on tmpfs: used when the tree fits, redone on disk when it outgrows
       assert.deepEqual(ourStaging(shm), []);
       assert.deepEqual(readdirSync(tmp), []);
 
+      // Layers bigger (compressed) than the budget: straight to disk, nothing unpacked twice.
+      let starts = 0;
+      const skipped = await unpackLayers({ layers, workDir: tmp, tmpfs: { dir: shm, maxBytes: 64 * 1024, layerBytes: 1024 * 1024 }, onLayer: () => starts++ });
+      assert.ok(skipped.dir.startsWith(`${tmp}/unpack-`), skipped.dir);
+      assert.equal(starts, 2);
+      rmSync(skipped.dir, { recursive: true, force: true });
+
       // Not a tmpfs: staged on disk.
       const onDisk = await unpackLayers({ layers, workDir: tmp, tmpfs: { dir: work } });
       assert.ok(onDisk.dir.startsWith(`${tmp}/unpack-`), onDisk.dir);

@@ -1,4 +1,5 @@
-import { readFile, rm, statfs } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { access, readFile, rm, statfs } from 'node:fs/promises';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { runTool } from '../run-tool.js';
 
@@ -19,8 +20,12 @@ const TMPFS_MAGIC = 0x01021994;
 const PAGE = 4096;
 /** tmpfs inode + dentry, roughly. */
 const ENTRY_OVERHEAD = 1024;
-/** The share of free tmpfs space and of MemAvailable one unpack may take. */
-const RAM_SHARE = 0.5;
+/**
+ * The share of free tmpfs space and of MemAvailable one unpack may take. Modest on purpose: VMs'
+ * RAM files live on tmpfs too (often the same /dev/shm), and a guest touching a page of a full
+ * tmpfs gets QEMU killed by SIGBUS. The tree is there only for the seconds mke2fs needs.
+ */
+const RAM_SHARE = 0.25;
 const MIN_BUDGET = 64 * 1024 * 1024;
 
 /** Raised inside an unpack on tmpfs to make the caller redo it on disk; never leaves unpackLayers. */
@@ -38,13 +43,20 @@ export interface TmpfsStaging {
   budgetBytes: number;
 }
 
-/** `dir` as a staging parent if it is on tmpfs with a useful budget, else undefined (stage on disk). */
-export async function tmpfsStaging(dir: string, maxBudget = Infinity): Promise<TmpfsStaging | undefined> {
+/**
+ * `dir` as a staging parent if it is on tmpfs with a useful budget, else undefined (stage on
+ * disk). `needAtLeast` (the compressed size of the layers: a tree is rarely smaller) skips tmpfs
+ * up front for an image that would surely outgrow it; `maxBudget` caps the budget (tests).
+ */
+export async function tmpfsStaging(dir: string, opts: { needAtLeast?: number; maxBudget?: number } = {}): Promise<TmpfsStaging | undefined> {
+  const maxBudget = opts.maxBudget ?? Infinity;
   const fs = await statfs(dir).catch(() => undefined);
   if (!fs || fs.type !== TMPFS_MAGIC) return undefined;
+  if (!(await access(dir, constants.W_OK).then(() => true, () => false))) return undefined;
   const free = fs.bavail * fs.bsize;
   const budgetBytes = Math.min(maxBudget, Math.floor(Math.min(free, await memAvailable()) * RAM_SHARE));
-  return budgetBytes >= Math.min(MIN_BUDGET, maxBudget) ? { parent: dir, budgetBytes } : undefined;
+  if (budgetBytes < Math.max(Math.min(MIN_BUDGET, maxBudget), opts.needAtLeast ?? 0)) return undefined;
+  return { parent: dir, budgetBytes };
 }
 
 async function memAvailable(): Promise<number> {

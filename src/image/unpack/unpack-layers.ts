@@ -41,8 +41,11 @@ export interface UnpackOptions {
   layers: readonly LayerToUnpack[];
   /** Parent of the on-disk staging dir: same filesystem as the store. */
   workDir: string;
-  /** A tmpfs dir to stage in first when the tree fits (see staging.ts); none: disk only. */
-  tmpfs?: { dir: string; maxBytes?: number };
+  /**
+   * A tmpfs dir to stage in first when the tree fits (see staging.ts); none: disk only.
+   * `layerBytes`: the layers' compressed size, `maxBytes`: a cap on the RAM budget.
+   */
+  tmpfs?: { dir: string; layerBytes?: number; maxBytes?: number };
   limits?: Partial<UnpackLimits>;
   onLayer?: (index: number, count: number) => void;
 }
@@ -61,7 +64,8 @@ interface Staging {
  */
 export async function unpackLayers(opts: UnpackOptions): Promise<Unpacked> {
   const onDisk: Staging = { parent: opts.workDir, prefix: 'unpack-', budget: Infinity };
-  const fast = opts.tmpfs ? await tmpfsStaging(opts.tmpfs.dir, opts.tmpfs.maxBytes) : undefined;
+  const t = opts.tmpfs;
+  const fast = t ? await tmpfsStaging(t.dir, { ...(t.layerBytes !== undefined ? { needAtLeast: t.layerBytes } : {}), ...(t.maxBytes !== undefined ? { maxBudget: t.maxBytes } : {}) }) : undefined;
   let staging = fast ? { parent: fast.parent, prefix: `${TMPFS_STAGING_PREFIX}${process.pid}-`, budget: fast.budgetBytes } : onDisk;
   let follow = true;
   for (;;) {
@@ -147,7 +151,8 @@ async function applyXattrs(state: UnpackState, workDir: string, onTmpfs: boolean
   try {
     await runTool('setfattr', [`--restore=${dump}`], { code: ErrorCodes.UNSAFE_ARCHIVE, pkg: 'attr', cwd: state.root });
   } catch (err) {
-    if (onTmpfs) throw new StagingFullError(`extended attributes not supported: ${(err as Error).message}`);
+    const missingTool = err instanceof CellError && err.code === ErrorCodes.HOST_MISSING_DEPENDENCY;
+    if (onTmpfs && !missingTool) throw new StagingFullError(`extended attributes not supported: ${(err as Error).message}`);
     state.warnings.push(`extended attributes of ${state.xattrs.size} files not set: ${(err as Error).message}`);
   } finally {
     await rm(dump, { force: true });
