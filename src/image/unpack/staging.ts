@@ -48,14 +48,13 @@ export interface TmpfsStaging {
  * disk). `needAtLeast` (the compressed size of the layers: a tree is rarely smaller) skips tmpfs
  * up front for an image that would surely outgrow it; `maxBudget` caps the budget (tests).
  */
-export async function tmpfsStaging(dir: string, opts: { needAtLeast?: number; maxBudget?: number } = {}): Promise<TmpfsStaging | undefined> {
-  const maxBudget = opts.maxBudget ?? Infinity;
+export async function tmpfsStaging(dir: string, needAtLeast = 0, maxBudget = Infinity): Promise<TmpfsStaging | undefined> {
   const fs = await statfs(dir).catch(() => undefined);
   if (!fs || fs.type !== TMPFS_MAGIC) return undefined;
   if (!(await access(dir, constants.W_OK).then(() => true, () => false))) return undefined;
   const free = fs.bavail * fs.bsize;
   const budgetBytes = Math.min(maxBudget, Math.floor(Math.min(free, await memAvailable()) * RAM_SHARE));
-  if (budgetBytes < Math.max(Math.min(MIN_BUDGET, maxBudget), opts.needAtLeast ?? 0)) return undefined;
+  if (budgetBytes < Math.max(Math.min(MIN_BUDGET, maxBudget), needAtLeast)) return undefined;
   return { parent: dir, budgetBytes };
 }
 

@@ -53,6 +53,7 @@ export interface UnpackOptions {
 interface Staging {
   parent: string;
   prefix: string;
+  onTmpfs: boolean;
   /** Bytes of RAM the tree may take; Infinity on disk. */
   budget: number;
 }
@@ -63,10 +64,9 @@ interface Staging {
  * unpacked) is redone from the verified blob files.
  */
 export async function unpackLayers(opts: UnpackOptions): Promise<Unpacked> {
-  const onDisk: Staging = { parent: opts.workDir, prefix: 'unpack-', budget: Infinity };
-  const t = opts.tmpfs;
-  const fast = t ? await tmpfsStaging(t.dir, { ...(t.layerBytes !== undefined ? { needAtLeast: t.layerBytes } : {}), ...(t.maxBytes !== undefined ? { maxBudget: t.maxBytes } : {}) }) : undefined;
-  let staging = fast ? { parent: fast.parent, prefix: `${TMPFS_STAGING_PREFIX}${process.pid}-`, budget: fast.budgetBytes } : onDisk;
+  const onDisk: Staging = { parent: opts.workDir, prefix: 'unpack-', onTmpfs: false, budget: Infinity };
+  const fast = opts.tmpfs ? await tmpfsStaging(opts.tmpfs.dir, opts.tmpfs.layerBytes, opts.tmpfs.maxBytes) : undefined;
+  let staging = fast ? { parent: fast.parent, prefix: `${TMPFS_STAGING_PREFIX}${process.pid}-`, onTmpfs: true, budget: fast.budgetBytes } : onDisk;
   let follow = true;
   for (;;) {
     try {
@@ -104,11 +104,11 @@ async function unpackInto(staging: Staging, follow: boolean, opts: UnpackOptions
         throw new CellError(ErrorCodes.DIGEST_MISMATCH, `${layer.what}: uncompressed content ${diffId} does not match the config's diff id ${layer.diffId}`);
       }
     }
-    await applyXattrs(state, dir, staging.budget !== Infinity);
+    await applyXattrs(state, dir, staging.onTmpfs);
     return { dir, entries: state.entries, bytes: state.bytes, warnings: state.warnings };
   } catch (err) {
     await removeTree(dir);
-    if (staging.budget !== Infinity && isOutOfSpace(err)) throw new StagingFullError((err as Error).message);
+    if (staging.onTmpfs && isOutOfSpace(err)) throw new StagingFullError((err as Error).message);
     throw err;
   }
 }
@@ -128,8 +128,8 @@ function escapePath(path: string): string {
 
 /**
  * One `setfattr --restore` for the whole tree (after every chown, which would clear capabilities).
- * On tmpfs a failure means "redo on disk" (tmpfs before Linux 6.6 refuses user.* xattrs), so a
- * warning about lost xattrs only ever comes from a disk unpack.
+ * On tmpfs a failure means "redo on disk" (tmpfs before Linux 6.6 refuses user.* xattrs); only
+ * a missing setfattr is a warning there, as it would be on disk.
  */
 async function applyXattrs(state: UnpackState, workDir: string, onTmpfs: boolean): Promise<void> {
   if (state.xattrs.size === 0) return;
