@@ -46,7 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define AGENT_VERSION "0.2.0"
+#define AGENT_VERSION "0.3.0"
 
 /* Wire format (docs/protocol.md). */
 #define MAGIC0 0xCE
@@ -69,7 +69,7 @@
 
 enum {
 	T_PING = 0x01, T_EXEC, T_STDIN, T_KILL, T_SET_TIME, T_ADD_ENTROPY, T_SHUTDOWN, T_SIGNAL_ALL, T_SET_IDENTITY,
-	T_PUT_FILE = 0x0A, T_FILE_DATA, T_FILE_END, T_MKDIR, T_SYMLINK, T_READ_FILE, T_LIST_DIR, T_STAT, T_CANCEL,
+	T_PUT_FILE = 0x0A, T_FILE_DATA, T_FILE_END, T_MKDIR, T_SYMLINK, T_READ_FILE, T_LIST_DIR, T_STAT, T_CANCEL, T_SYNC,
 	T_OK = 0x80, T_PONG, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_HELLO, T_DATA, T_ERROR = 0x8F,
 };
 enum {
@@ -1852,6 +1852,15 @@ static void handle_frame(uint8_t type, uint32_t id, const uint8_t *p, size_t len
 	case T_LIST_DIR: handle_download(type, id, p, len); break;
 	case T_STAT: handle_stat(id, p, len); break;
 	case T_CANCEL: handle_cancel(id, len); break;
+	case T_SYNC:
+		/* Before a snapshot: the disk layer is frozen as it is, so what the page cache holds must be
+		 * on it for a VM that later boots cold from that layer. */
+		if (len != 0) send_error(id, E_MALFORMED, "SYNC takes no payload, got %zu bytes", len);
+		else {
+			sync();
+			send_frame(T_OK, id, NULL, 0);
+		}
+		break;
 	default: send_error(id, E_UNKNOWN_TYPE, "unknown frame type 0x%02x", type); break;
 	}
 }
@@ -2084,6 +2093,40 @@ static bool wait_for_path(const char *path, int timeout_ms)
 	return true;
 }
 
+/* /dev/vdX whose virtio-blk serial (set by the host with -device ...,serial=) is `serial`. Disks
+ * are named by serial because the order in which virtio-mmio devices appear is not the order they
+ * were given on QEMU's command line. */
+static bool find_disk(const char *serial, char *dev, size_t dev_len, int timeout_ms)
+{
+	int64_t deadline = mono_ms() + timeout_ms;
+	for (;;) {
+		DIR *d = opendir("/sys/block");
+		struct dirent *de;
+		while (d && (de = readdir(d))) {
+			char path[300], value[64];
+			if (strncmp(de->d_name, "vd", 2) != 0) continue;
+			snprintf(path, sizeof path, "/sys/block/%s/serial", de->d_name);
+			int fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0) continue;
+			ssize_t n = read(fd, value, sizeof value - 1);
+			close(fd);
+			if (n <= 0) continue;
+			value[n] = '\0';
+			value[strcspn(value, "\n")] = '\0';
+			snprintf(path, sizeof path, "/dev/%s", de->d_name);
+			struct stat st;
+			if (strcmp(value, serial) == 0 && stat(path, &st) == 0) {
+				snprintf(dev, dev_len, "%s", path);
+				closedir(d);
+				return true;
+			}
+		}
+		if (d) closedir(d);
+		if (mono_ms() >= deadline) return false;
+		sleep_ms(2);
+	}
+}
+
 /* /dev/<vportNpM> whose sysfs name is PORT_NAME, or false. The name arrives from the host over
  * virtio's control queue after the device itself, so it is polled for. */
 static bool find_port(char *dev, size_t dev_len, int timeout_ms)
@@ -2141,6 +2184,25 @@ static void move_api_mount(const char *src, const char *type, unsigned long flag
 	do_mount(type, dst, type, flags, data);
 }
 
+/* cell.data=/PATH: the disk with serial cell-data (ext4, made by the host) is mounted at PATH in
+ * the new root. A missing disk is an error on the console, not a dead VM. */
+static void mount_data_disk(const char *where)
+{
+	char dev[300], target[300];
+	if (where[0] != '/' || strstr(where, "..")) {
+		warnx("cell.data=%s: not an absolute path; no data disk", where);
+		return;
+	}
+	if (!find_disk("cell-data", dev, sizeof dev, DEVICE_WAIT_MS)) {
+		warnx("cell.data=%s: no disk with serial cell-data", where);
+		return;
+	}
+	snprintf(target, sizeof target, NEWROOT "%s", where);
+	mkdir(target, 0755);
+	if (mount(dev, target, "ext4", MS_NOSUID | MS_NODEV, NULL) != 0) warnx("mount %s on %s: %s", dev, where, strerror(errno));
+	else debugx("mounted data disk %s on %s", dev, where);
+}
+
 static void pid1_setup(void)
 {
 	/* The kernel starts init with everything unblocked and a bare initramfs. */
@@ -2153,12 +2215,13 @@ static void pid1_setup(void)
 	fill_std_fds();
 	g_log_fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
 
-	char hostname[65] = "", root[128] = "/dev/vda";
+	char hostname[65] = "", root[300] = "/dev/vda", data[128] = "";
 	char *cmdline = read_text("/proc/cmdline", 4096);
 	if (!cmdline) fatal("cannot read /proc/cmdline: %s", strerror(errno));
 	for (char *tok = strtok(cmdline, " \t\n"); tok; tok = strtok(NULL, " \t\n")) {
 		if (strncmp(tok, "cell.hostname=", 14) == 0) snprintf(hostname, sizeof hostname, "%s", tok + 14);
 		else if (strncmp(tok, "cell.root=", 10) == 0) snprintf(root, sizeof root, "%s", tok + 10);
+		else if (strncmp(tok, "cell.data=", 10) == 0) snprintf(data, sizeof data, "%s", tok + 10);
 		else if (strcmp(tok, "cell.debug=1") == 0) g_debug = true;
 	}
 	free(cmdline);
@@ -2166,6 +2229,11 @@ static void pid1_setup(void)
 
 	load_modules();
 	debugx("modules loaded; waiting for %s", root);
+	if (strncmp(root, "serial:", 7) == 0) {
+		char dev[300];
+		if (!find_disk(root + 7, dev, sizeof dev, DEVICE_WAIT_MS)) fatal("no disk with serial %s within %d ms", root + 7, DEVICE_WAIT_MS);
+		snprintf(root, sizeof root, "%s", dev);
+	}
 	if (!wait_for_path(root, DEVICE_WAIT_MS)) fatal("root device %s did not appear within %d ms", root, DEVICE_WAIT_MS);
 	mkdir(NEWROOT, 0755);
 	if (mount(root, NEWROOT, "ext4", 0, NULL) != 0) {
@@ -2173,6 +2241,8 @@ static void pid1_setup(void)
 		if (mount(root, NEWROOT, "ext4", MS_RDONLY, NULL) != 0) fatal("cannot mount root %s (ext4): %s", root, strerror(errno));
 	}
 	debugx("mounted %s", root);
+	/* Before /sys and /dev move into the new root: find_disk reads them where they are now. */
+	if (*data) mount_data_disk(data);
 
 	move_api_mount("/dev", "devtmpfs", MS_NOSUID, "mode=0755");
 	move_api_mount("/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import {
   AgentErrorCode,
@@ -103,7 +103,10 @@ export class AgentClient extends EventEmitter {
   private readonly dataSinks = new Map<number, (payload: Buffer) => void>();
   /** Downloads whose reader is behind: the socket is paused while any is. */
   private readonly pausedBy = new Set<number>();
-  private nextId = 1;
+  // A VM restored from a snapshot may still run execs the previous connection started (a server
+  // a build step left running): their ids live on in the guest. Starting at a random id keeps a
+  // new connection's ids clear of them (the agent refuses a duplicate id rather than mix them).
+  private nextId = randomInt(1, 0x7fffffff);
   private closedError: CellError | null = null;
 
   constructor(private readonly socket: Socket) {
@@ -201,6 +204,11 @@ export class AgentClient extends EventEmitter {
   async signalAll(signal: number): Promise<number> {
     const reply = await this.request(FrameType.SIGNAL_ALL, new PayloadWriter().u32(signal).build());
     return reply.payload.length >= 4 ? new PayloadReader(reply.payload).u32() : 0;
+  }
+
+  /** Flushes the guest's page cache to its disks (before a snapshot freezes the disk layer). */
+  async sync(timeoutMs = 30_000): Promise<void> {
+    await this.request(FrameType.SYNC, Buffer.alloc(0), undefined, timeoutMs);
   }
 
   async shutdown(reboot = false): Promise<void> {

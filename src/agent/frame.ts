@@ -27,6 +27,7 @@ export const FrameType = {
   LIST_DIR: 0x10,
   STAT: 0x11,
   CANCEL: 0x12,
+  SYNC: 0x13,
   OK: 0x80,
   PONG: 0x81,
   STARTED: 0x82,

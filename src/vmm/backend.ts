@@ -31,6 +31,11 @@ export interface MachineSpec {
    * Not shared (MAP_PRIVATE): the file is a read-only template, the guest's writes stay private.
    */
   memory: { path: string; shared: boolean };
+  /**
+   * A second disk (ext4) the guest mounts at `mountPoint`: like the root disk, a qcow2 overlay in
+   * the VM's directory over a base (an empty ext4 image, or a snapshot's frozen data layer).
+   */
+  dataDisk?: { baseDiskPath: string; baseDiskFormat: 'raw' | 'qcow2'; mountPoint: string };
   /** Start paused, waiting for `migrate-incoming` (restore from a snapshot). */
   incoming?: boolean;
 }
@@ -38,6 +43,8 @@ export interface MachineSpec {
 /** Files a machine uses inside its directory. */
 export interface MachineFiles {
   overlay: string;
+  /** The data disk's overlay (used only by machines with a data disk). */
+  dataOverlay: string;
   qmpSocket: string;
   agentSocket: string;
   serialLog: string;

@@ -9,7 +9,11 @@ export const MACHINE_TYPE = 'microvm';
  * a busy host hang in early boot (measured: 4 at once on 2 cores all hung; with them all booted).
  * panic=-1 plus QEMU's -no-reboot turns a guest panic into a QEMU exit instead of a hang.
  */
-export function kernelCmdline(spec: Pick<MachineSpec, 'hostname'>, extra: readonly string[] = []): string {
+/** Disks are found in the guest by serial (virtio-mmio devices do not appear in command-line order). */
+export const ROOT_DISK_SERIAL = 'cell-root';
+export const DATA_DISK_SERIAL = 'cell-data';
+
+export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk'>, extra: readonly string[] = []): string {
   return [
     'console=ttyS0',
     'quiet',
@@ -20,6 +24,8 @@ export function kernelCmdline(spec: Pick<MachineSpec, 'hostname'>, extra: readon
     // microvm has no PCI bus: skip the probe and its 'No config space access' complaint.
     'pci=off',
     `cell.hostname=${spec.hostname}`,
+    `cell.root=serial:${ROOT_DISK_SERIAL}`,
+    ...(spec.dataDisk ? [`cell.data=${spec.dataDisk.mountPoint}`] : []),
     ...extra,
   ].join(' ');
 }
@@ -41,7 +47,10 @@ export function buildQemuArgv(spec: MachineSpec, files: MachineFiles, extraKerne
     '-initrd', spec.initrdPath,
     '-append', kernelCmdline(spec, extraKernelArgs),
     '-drive', `id=root,file=${files.overlay},format=qcow2,if=none,discard=unmap`,
-    '-device', 'virtio-blk-device,drive=root',
+    '-device', `virtio-blk-device,drive=root,serial=${ROOT_DISK_SERIAL}`,
+    ...(spec.dataDisk
+      ? ['-drive', `id=data,file=${files.dataOverlay},format=qcow2,if=none,discard=unmap`, '-device', `virtio-blk-device,drive=data,serial=${DATA_DISK_SERIAL}`]
+      : []),
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${files.agentSocket},server=on,wait=off`,
     '-device', `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,

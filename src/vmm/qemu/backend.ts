@@ -17,7 +17,7 @@ export interface StartedMachine extends MachineHandle {
 /** The QEMU `-M microvm` driver. */
 export class QemuBackend {
   readonly name = 'qemu';
-  readonly capabilities: BackendCapabilities = { snapshots: false, fork: false, pause: true, console: true };
+  readonly capabilities: BackendCapabilities = { snapshots: true, fork: true, pause: true, console: true };
 
   files(dir: string): MachineFiles {
     return machineFiles(dir);
@@ -31,6 +31,7 @@ export class QemuBackend {
     const files = machineFiles(spec.dir);
     await mkdir(spec.dir, { recursive: true });
     if (!existsSync(files.overlay)) await createOverlay(files.overlay, spec.baseDiskPath, spec.baseDiskFormat);
+    if (spec.dataDisk && !existsSync(files.dataOverlay)) await createOverlay(files.dataOverlay, spec.dataDisk.baseDiskPath, spec.dataDisk.baseDiskFormat);
     // Stale sockets from an earlier run would make QEMU fail to bind.
     await Promise.all([rm(files.qmpSocket, { force: true }), rm(files.agentSocket, { force: true }), rm(files.serialLog, { force: true })]);
     const spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs), files.qemuLog);

@@ -8,6 +8,7 @@ const MAX_SOCKET_PATH = 107;
 export function machineFiles(dir: string): MachineFiles {
   const files: MachineFiles = {
     overlay: join(dir, 'disk.qcow2'),
+    dataOverlay: join(dir, 'data.qcow2'),
     qmpSocket: join(dir, 'qmp.sock'),
     agentSocket: join(dir, 'agent.sock'),
     serialLog: join(dir, 'serial.log'),
