@@ -32,12 +32,20 @@ export const Routes = {
   vmFileContent: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/files/content`,
   vmCopyIn: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/files/copy-in`,
   vmCopyOut: (ref: string) => `/v1/vms/${encodeURIComponent(ref)}/files/copy-out`,
+  actions: '/v1/actions',
+  builds: '/v1/builds',
+  cache: '/v1/cache',
+  cachePrune: '/v1/cache/prune',
+  templates: '/v1/templates',
+  templateBuild: '/v1/templates/build',
+  template: (ref: string) => `/v1/templates/${encodeURIComponent(ref)}`,
 } as const;
 
 /** HTTP status for each error code. */
 export function statusForCode(code: string): number {
   switch (code) {
     case 'invalid_argument':
+    case 'bad_build_file':
       return 400;
     case 'not_found':
     case 'image_not_found':

@@ -33,6 +33,11 @@ export const VmSpec = Type.Object({
   user: Type.String(),
   timeoutSec: Type.Number(),
   autoRemove: Type.Boolean(),
+  dataDiskMib: Type.Optional(Type.Integer()),
+  /** VMs started with `run --template`: which template, and whether they were forked warm or booted cold. */
+  template: Type.Optional(
+    Type.Object({ name: Type.String(), revision: Type.String(), start: Type.Union([Type.Literal('warm'), Type.Literal('cold')]), reason: Type.String() }),
+  ),
 });
 
 export const Vm = Type.Object({
@@ -71,6 +76,10 @@ export const RunRequest = Type.Object(
     autoRemove: Type.Optional(Type.Boolean()),
     /** Fork this snapshot instead of booting `image` (which is then ignored). */
     fromSnapshot: Type.Optional(Type.String({ minLength: 1 })),
+    /** An empty ext4 disk of this many MiB mounted at /data (kept by snapshots and forks). */
+    dataDiskMib: Type.Optional(Type.Integer()),
+    /** Start from a template (`NAME` or `NAME:ROLE`): warm from its snapshot when it has one, else cold. */
+    template: Type.Optional(Type.String({ minLength: 1 })),
   },
   { additionalProperties: false },
 );
@@ -138,6 +147,11 @@ export type StreamEvent =
   | { type: 'done'; vm?: Vm }
   | { type: 'data'; data: string }
   | { type: 'end'; size: number }
+  | { type: 'action'; key: string | null; cached: boolean }
+  | { type: 'result'; result: ActionResult }
+  | BuildStreamEvent
+  | TemplateVariantEvent
+  | { type: 'templates'; result: TemplateBuildSummary }
   | { type: 'error'; error: ErrorBody['error'] };
 
 export const API_PREFIX = '/v1';
@@ -195,6 +209,157 @@ export const PruneRequest = Type.Object(
   { additionalProperties: false },
 );
 export type PruneRequest = Static<typeof PruneRequest>;
+
+/** POST /v1/actions: one command in a fresh VM, optionally cached (domain/action.ts). */
+export const ActionRequest = Type.Object(
+  {
+    /** Exactly one of image and fromSnapshot. */
+    image: Type.Optional(Type.String({ minLength: 1 })),
+    fromSnapshot: Type.Optional(Type.String({ minLength: 1 })),
+    cmd: Type.Array(Type.String()),
+    env: Type.Optional(Type.Array(Type.String())),
+    workingDir: Type.Optional(Type.String()),
+    user: Type.Optional(Type.String()),
+    timeoutSec: Type.Optional(Type.Number({ minimum: 0 })),
+    cpus: Type.Optional(Type.Integer()),
+    memoryMib: Type.Optional(Type.Integer()),
+    /** A host path (absolute; celld runs on the same host) copied into the guest first. */
+    inject: Type.Optional(
+      Type.Object({ hostPath: Type.String({ minLength: 1 }), guestPath: Type.Optional(Type.String()) }, { additionalProperties: false }),
+    ),
+    detach: Type.Optional(Type.Boolean()),
+    ready: Type.Optional(
+      Type.Object(
+        { cmd: Type.Array(Type.String(), { minItems: 1 }), timeoutSec: Type.Optional(Type.Integer({ minimum: 1 })), intervalMs: Type.Optional(Type.Integer({ minimum: 10 })) },
+        { additionalProperties: false },
+      ),
+    ),
+    /** Look up and store the result under the action's key (`salt` is mixed into the key). */
+    cache: Type.Optional(Type.Boolean()),
+    salt: Type.Optional(Type.String()),
+    /** Take a snapshot after a successful command even without caching. */
+    keepSnapshot: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+export type ActionRequest = Static<typeof ActionRequest>;
+
+export const ActionResult = Type.Object({
+  exitCode: Type.Integer(),
+  snapshot: Type.Union([Snapshot, Type.Null()]),
+  cached: Type.Boolean(),
+  key: Type.Union([Type.String(), Type.Null()]),
+  durationMs: Type.Number(),
+});
+export type ActionResult = Static<typeof ActionResult>;
+
+/** POST /v1/builds: a build file on celld's host (absolute path). */
+export const BuildRequest = Type.Object(
+  {
+    file: Type.String({ minLength: 1 }),
+    tag: Type.Optional(Type.String({ minLength: 1 })),
+    noCache: Type.Optional(Type.Boolean()),
+    target: Type.Optional(Type.String({ minLength: 1 })),
+  },
+  { additionalProperties: false },
+);
+export type BuildRequest = Static<typeof BuildRequest>;
+
+export interface BuildSummary {
+  snapshot: Snapshot | null;
+  exitCode: number;
+  ran: number;
+  cached: number;
+  durationMs: number;
+  key: string | null;
+}
+
+export type BuildStepKind = 'run' | 'copy' | 'env' | 'workdir';
+
+/** Events of a build stream, besides stdout/stderr of the steps' commands. */
+export type BuildStreamEvent =
+  | { type: 'base'; description: string }
+  | { type: 'step'; index: number; number: number; total: number; kind: BuildStepKind; description: string; line?: number }
+  | { type: 'step-done'; index: number; number: number; total: number; outcome: 'ran' | 'cached' | 'metadata'; snapshot: string | null; durationMs: number }
+  | { type: 'step-failed'; index: number; number: number; exitCode: number; message: string }
+  | { type: 'built'; result: BuildSummary };
+
+export const CacheEntry = Type.Object({
+  key: Type.String(),
+  snapshotId: Type.String(),
+  snapshotName: Type.Union([Type.String(), Type.Null()]),
+  bytes: Type.Integer(),
+  description: Type.String(),
+  createdAt: Type.String(),
+  lastUsed: Type.String(),
+  hits: Type.Integer(),
+});
+export type CacheEntry = Static<typeof CacheEntry>;
+
+export const CachePruneRequest = Type.Object(
+  {
+    maxCount: Type.Optional(Type.Integer({ minimum: 0 })),
+    maxBytes: Type.Optional(Type.Integer({ minimum: 0 })),
+    /** Entries last used longer ago than this go. */
+    maxAgeSec: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+);
+export type CachePruneRequest = Static<typeof CachePruneRequest>;
+
+/** POST /v1/templates/build: a template file on celld's host (absolute path). */
+export const TemplateBuildRequest = Type.Object(
+  { file: Type.String({ minLength: 1 }), snapshot: Type.Optional(Type.Boolean()) },
+  { additionalProperties: false },
+);
+export type TemplateBuildRequest = Static<typeof TemplateBuildRequest>;
+
+export interface TemplateVariantView {
+  name: string;
+  role: string;
+  profile: string;
+  vcpus: number;
+  memMib: number;
+  dataDiskMib: number;
+}
+
+export interface TemplateRevisionView {
+  id: string;
+  revisionHash: string;
+  cacheKey: string;
+  inputsHash: string;
+  schemaVersion: number;
+  variant: TemplateVariantView;
+  service: { start: string[]; ready?: { cmd: string[]; timeoutSec?: number } } | null;
+  diskSnapshot: string;
+  warmSnapshot: string | null;
+  builtAt: string;
+}
+
+export interface TemplateView {
+  name: string;
+  templateId: string;
+  role: string;
+  currentRevision: string | null;
+  updatedAt: string;
+  revision: TemplateRevisionView | null;
+  /** With GET /v1/templates/:ref: every kept revision, newest first. */
+  revisions?: TemplateRevisionView[];
+}
+
+export type TemplateVariantEvent = {
+  type: 'variant';
+  name: string;
+  role: string;
+  status: 'building' | 'unchanged' | 'built';
+  revision?: string;
+  warm?: boolean;
+};
+
+export interface TemplateBuildSummary {
+  exitCode: number;
+  variants: { name: string; role: string; revision: string; unchanged: boolean; warm: boolean }[];
+}
 
 /**
  * Files of a running VM (server/routes/files.ts). Host paths are absolute: celld runs on the

@@ -56,3 +56,26 @@ export function oneOf(flag: string, choices: readonly string[]) {
     return value;
   };
 }
+
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1e3, kib: 1024, m: 1024 ** 2, mb: 1e6, mib: 1024 ** 2, g: 1024 ** 3, gb: 1e9, gib: 1024 ** 3, t: 1024 ** 4, tb: 1e12, tib: 1024 ** 4 };
+
+/** Option parser: a size like 500M, 2GiB, 10GB or plain bytes (K/M/G alone are binary units). */
+export function byteSize(flag: string) {
+  return (value: string): number => {
+    const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(value.trim());
+    const unit = m ? SIZE_UNITS[m[2]!.toLowerCase()] : undefined;
+    if (!m || unit === undefined) throw new UsageError(`${flag} must be a size like 500M, 2GiB or 1000000 (bytes), not "${value}"`);
+    return Math.floor(Number(m[1]) * unit);
+  };
+}
+
+const AGE_UNITS: Record<string, number> = { s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
+
+/** Option parser: an age like 90s, 30m, 12h, 7d or 2w, in seconds. */
+export function age(flag: string) {
+  return (value: string): number => {
+    const m = /^(\d+)\s*([smhdw])$/.exec(value.trim());
+    if (!m) throw new UsageError(`${flag} must be an age like 30m, 12h or 7d, not "${value}"`);
+    return Number(m[1]) * AGE_UNITS[m[2]!]!;
+  };
+}

@@ -27,6 +27,9 @@ export const ErrorCodes = {
   UNAUTHORIZED: 'unauthorized',
   UNSUPPORTED_MANIFEST: 'unsupported_manifest',
   SIZE_LIMIT: 'size_limit',
+  READY_CHECK_FAILED: 'ready_check_failed',
+  CANCELLED: 'cancelled',
+  BAD_BUILD_FILE: 'bad_build_file',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -17,6 +17,19 @@ export interface VmSpec {
   /** Seconds; 0 = no limit. Applies to the main command. */
   timeoutSec: number;
   autoRemove: boolean;
+  /** An empty ext4 disk of this many MiB mounted at /data (0 or absent: none). Kept by snapshots. */
+  dataDiskMib?: number;
+  /** Set on VMs started with `run --template`: which template and how (warm fork or cold boot). */
+  template?: TemplateStart;
+}
+
+export interface TemplateStart {
+  /** The template variant's name. */
+  name: string;
+  revision: string;
+  start: 'warm' | 'cold';
+  /** Why: the snapshot it forked, or why there was none to fork. */
+  reason: string;
 }
 
 export interface VmExit {
@@ -45,6 +58,8 @@ export interface VmRecord {
 export const DEFAULT_CPUS = 1;
 export const DEFAULT_MEMORY_MIB = 256;
 export const MIN_MEMORY_MIB = 64;
+/** Where a VM's data disk is mounted in the guest. */
+export const DATA_DISK_MOUNT = '/data';
 
 export function validateResources(cpus: number, memoryMib: number): void {
   const hostCpus = availableParallelism();

@@ -1,5 +1,7 @@
+import { execFile } from 'node:child_process';
 import { mkdir, rm } from 'node:fs/promises';
-import { rmSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { newId, randomName, resolveRef, validateName } from '../domain/ids.js';
@@ -7,6 +9,7 @@ import { effectiveCommand, type ImageRecord } from '../domain/image.js';
 import type { CellPaths } from '../domain/paths.js';
 import {
   DEFAULT_CPUS,
+  DATA_DISK_MOUNT,
   DEFAULT_MEMORY_MIB,
   mergeEnv,
   validateEnv,
@@ -18,12 +21,19 @@ import { openDatabase, type Db } from '../store/database.js';
 import { ImageStore } from '../store/image-store.js';
 import { VmStore } from '../store/vm-store.js';
 import { QemuBackend } from '../vmm/qemu/backend.js';
+import type { MachineSpec } from '../vmm/backend.js';
+import { ensureEmptyExt4, MAX_DATA_DISK_MIB } from '../host/empty-ext4.js';
 import { runGuestCommand, parseUser } from './exec-runner.js';
 import { HostReadiness, type HostReady, type ProgressListener } from './host-readiness.js';
 import { assertCompatible, type CompatKey, type SnapshotRecord } from '../domain/snapshot.js';
 import { MACHINE_TYPE } from '../vmm/qemu/argv.js';
 import { SnapshotStore } from '../store/snapshot-store.js';
 import { Snapshots } from './snapshots.js';
+import { Actions } from './actions.js';
+import { Builds } from './builds.js';
+import { Templates } from './templates.js';
+import { TemplateStore } from '../store/template-store.js';
+import { ActionCacheStore } from '../store/action-cache-store.js';
 import { Images } from './images.js';
 import { resolveImageUser } from '../image/image-users.js';
 import { exitInfo, guestHostname } from './vm-records.js';
@@ -46,12 +56,28 @@ export interface CreateVmRequest {
   user?: string;
   timeoutSec?: number;
   autoRemove?: boolean;
+  /** An empty ext4 disk of this many MiB at /data. */
+  dataDiskMib?: number;
 }
 
 export interface RunRequest extends CreateVmRequest {
   detach?: boolean;
   /** Fork this snapshot instead of booting the image (`image` is then ignored). */
   fromSnapshot?: string;
+  /** Start from this template (`NAME` or `NAME:ROLE`): warm when it has a snapshot, else cold. */
+  template?: string;
+}
+
+export interface RestoreRequest {
+  snapshot: SnapshotRecord;
+  /** A fork's new identity; a VM rolled back keeps its own (undefined). */
+  identity?: GuestIdentity;
+  /**
+   * Give the VM its own writable copy of the snapshot's RAM instead of mapping it copy-on-write:
+   * costs a copy of the touched pages, but a snapshot of the VM is then a file copy, not a full
+   * RAM save (what build steps want: each one is snapshotted).
+   */
+  copyMemory?: boolean;
 }
 
 export interface RunEvents {
@@ -83,6 +109,11 @@ export class Engine {
   readonly host: HostReadiness;
   readonly snapshotStore: SnapshotStore;
   readonly snapshots: Snapshots;
+  readonly actionCache: ActionCacheStore;
+  readonly actions: Actions;
+  readonly builds: Builds;
+  readonly templateStore: TemplateStore;
+  readonly templates: Templates;
   /** @internal */
   readonly backend = new QemuBackend();
   /** @internal */
@@ -99,6 +130,11 @@ export class Engine {
     this.images = new Images(this);
     this.snapshotStore = new SnapshotStore(db);
     this.snapshots = new Snapshots(this);
+    this.actionCache = new ActionCacheStore(db);
+    this.actions = new Actions(this);
+    this.builds = new Builds(this);
+    this.templateStore = new TemplateStore(db);
+    this.templates = new Templates(this);
     this.logs = new VmLogs((id) => this.vmDir(id));
     this.host = new HostReadiness(paths.cache, this.imageStore);
     this.live = new LiveMachines(this.backend, (id, expected) => this.onMachineGone(id, expected));
@@ -163,6 +199,9 @@ export class Engine {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--timeout ${req.timeoutSec} must be a number of seconds >= 0`);
     }
     if (req.name !== undefined) validateName(req.name);
+    if (req.dataDiskMib !== undefined && (!Number.isInteger(req.dataDiskMib) || req.dataDiskMib < 1 || req.dataDiskMib > MAX_DATA_DISK_MIB)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--data-disk ${req.dataDiskMib} is out of range: give MiB from 1 to ${MAX_DATA_DISK_MIB}`);
+    }
     await this.host.ensure();
     if (!req.image) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an image is required (for example: busybox)');
     const image = await this.images.ensure(req.image);
@@ -180,6 +219,7 @@ export class Engine {
       user,
       timeoutSec: req.timeoutSec ?? 0,
       autoRemove: req.autoRemove ?? false,
+      ...(req.dataDiskMib ? { dataDiskMib: req.dataDiskMib } : {}),
     });
     this.imageStore.touch(image.reference, vm.createdAt);
     return vm;
@@ -222,7 +262,7 @@ export class Engine {
    * overlay on the snapshot's disk layer, its RAM file mapped copy-on-write, its saved state loaded.
    * @internal
    */
-  async bootLocked(id: string, restore?: { snapshot: SnapshotRecord; identity?: GuestIdentity }): Promise<VmRecord> {
+  async bootLocked(id: string, restore?: RestoreRequest): Promise<VmRecord> {
     const vm = this.vms.get(id)!;
     if (vm.state === 'running' || vm.state === 'starting') {
       throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} is already ${vm.state}`);
@@ -236,7 +276,9 @@ export class Engine {
       if (restore && snapshotDir) {
         assertCompatible(restore.snapshot.compat, this.compatKey(ready), restore.snapshot.name);
         await rm(join(this.vmDir(id), 'disk.qcow2'), { force: true });
+        await rm(join(this.vmDir(id), 'data.qcow2'), { force: true });
         this.vms.update(id, { baseSnapshot: restore.snapshot.id });
+        if (restore.copyMemory) await copySparse(join(snapshotDir, 'memory'), this.memoryPath(id));
       }
       const current = this.vms.get(id)!;
       await this.live.boot(
@@ -246,11 +288,15 @@ export class Engine {
           kernelPath: ready.assets.kernel.path,
           initrdPath: ready.assets.initramfs.path,
           ...this.baseDiskOf(current, image),
+          dataDisk: await this.dataDiskOf(current),
           cpus: vm.spec.cpus,
           memoryMib: vm.spec.memoryMib,
           hostname: guestHostname(vm.name, id),
           accelerator: ready.accelerator.accelerator,
-          memory: snapshotDir ? { path: join(snapshotDir, 'memory'), shared: false } : { path: this.memoryPath(id), shared: true },
+          memory:
+            snapshotDir && !restore?.copyMemory
+              ? { path: join(snapshotDir, 'memory'), shared: false }
+              : { path: this.memoryPath(id), shared: true },
         },
         (pid) => this.vms.update(id, { pid }),
         restore && snapshotDir ? { statePath: join(snapshotDir, 'state'), identity: restore.identity } : undefined,
@@ -270,8 +316,12 @@ export class Engine {
    */
   async run(req: RunRequest, sink: OutputSink = NULL_SINK, events: RunEvents = {}, signal?: AbortSignal): Promise<{ vm: VmRecord; result?: ExecResult }> {
     let vm: VmRecord;
+    if (req.fromSnapshot && req.template) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'give --from or --template, not both');
     if (req.fromSnapshot) {
       vm = await this.forkForRun(req);
+      events.onCreated?.(vm);
+    } else if (req.template) {
+      vm = await this.templateForRun(req);
       events.onCreated?.(vm);
     } else {
       const created = await this.create(req);
@@ -306,8 +356,8 @@ export class Engine {
     }
     validateEnv(req.env ?? []);
     parseUser(req.user);
-    if (req.cpus !== undefined || req.memoryMib !== undefined) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'a fork has its snapshot\'s CPUs and memory: drop --cpus and --memory with --from');
+    if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork has its snapshot's CPUs, memory and disks: drop --cpus, --memory and --data-disk with --from");
     }
     const snapshot = this.snapshots.resolve(req.fromSnapshot!);
     const [vm] = await this.snapshots.fork(snapshot.id, {
@@ -323,6 +373,29 @@ export class Engine {
       },
     });
     return vm!;
+  }
+
+  /** `run --template`: a VM of the template, forked warm or booted cold, whose main command is the user's. */
+  private async templateForRun(req: RunRequest): Promise<VmRecord> {
+    if (!req.detach && (!req.cmd || req.cmd.length === 0)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'run --template needs a command: cell run --template NAME -- CMD... (or -d)');
+    }
+    if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs have its variant's CPUs, memory and data disk: drop --cpus, --memory and --data-disk with --template");
+    }
+    validateEnv(req.env ?? []);
+    parseUser(req.user);
+    if (req.name !== undefined) validateName(req.name);
+    const name = req.name ?? this.freshName();
+    if (this.vms.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another VM`);
+    return this.templates.startVm(req.template!, name, {
+      cmd: req.cmd ?? [],
+      env: req.env ?? [],
+      workingDir: req.workingDir ?? '',
+      user: req.user ?? '',
+      timeoutSec: req.timeoutSec ?? 0,
+      autoRemove: req.autoRemove ?? false,
+    });
   }
 
   /** Runs the VM's main command; its output goes to the VM's log and to the sink. */
@@ -510,6 +583,18 @@ export class Engine {
     return { baseDiskPath: (image ?? this.images.require(vm.spec.image)).diskPath, baseDiskFormat: 'raw' };
   }
 
+  /**
+   * A VM's data disk overlay sits on its snapshot's frozen data layer, or (a new data disk) on a
+   * shared empty ext4 image of its size.
+   */
+  async dataDiskOf(vm: VmRecord): Promise<MachineSpec['dataDisk']> {
+    const mib = vm.spec.dataDiskMib ?? 0;
+    if (mib <= 0) return undefined;
+    const layer = vm.baseSnapshot ? join(this.paths.snapshots, vm.baseSnapshot, 'data.qcow2') : undefined;
+    if (layer && existsSync(layer)) return { baseDiskPath: layer, baseDiskFormat: 'qcow2', mountPoint: DATA_DISK_MOUNT };
+    return { baseDiskPath: await ensureEmptyExt4(this.paths.cache, mib), baseDiskFormat: 'raw', mountPoint: DATA_DISK_MOUNT };
+  }
+
   /** A stopped VM's RAM is gone for good: free the tmpfs it held. */
   /** @internal */
   releaseMemory(id: string): void {
@@ -562,4 +647,11 @@ export class Engine {
       });
     }
   }
+}
+
+const execFileAsync = promisify(execFile);
+
+/** Copies a sparse file keeping its holes (a RAM file holds only the pages the guest touched). */
+async function copySparse(from: string, to: string): Promise<void> {
+  await execFileAsync('cp', ['--sparse=always', from, to]);
 }

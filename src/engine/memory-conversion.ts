@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { VmRecord } from '../domain/vm.js';
+import { DATA_DISK_MOUNT, type VmRecord } from '../domain/vm.js';
 import { restoreState, saveState } from '../vmm/qemu/migration.js';
 import type { Engine } from './engine.js';
 
@@ -29,6 +30,10 @@ export async function convertToSharedMemory(engine: Engine, vm: VmRecord, stagin
       hostname: 'convert',
       accelerator: ready.accelerator.accelerator,
       memory: { path: join(staging, 'memory'), shared: true },
+      // The same devices as the VM, or its state would not load: its data disk too, if it has one.
+      dataDisk: existsSync(join(engine.vmDir(vm.id), 'data.qcow2'))
+        ? { baseDiskPath: join(engine.vmDir(vm.id), 'data.qcow2'), baseDiskFormat: 'qcow2', mountPoint: DATA_DISK_MOUNT }
+        : undefined,
       incoming: true,
     });
     pid = started.pid;

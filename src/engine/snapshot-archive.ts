@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -9,6 +10,8 @@ import type { Engine } from './engine.js';
 const run = promisify(execFile);
 const FORMAT = 'cellvm-snapshot/1';
 const MEMBERS = ['snapshot.json', 'state', 'memory', 'disk.qcow2'];
+/** Present when the VM had a data disk. */
+const DATA_MEMBER = 'data.qcow2';
 
 interface ArchiveMeta {
   format: string;
@@ -35,10 +38,15 @@ export async function exportSnapshot(engine: Engine, snapshot: SnapshotRecord, f
   try {
     await writeFile(join(work, 'snapshot.json'), JSON.stringify({ format: FORMAT, snapshot } satisfies ArchiveMeta, null, 2));
     await tool('qemu-img', ['convert', '-O', 'qcow2', join(src, 'disk.qcow2'), join(work, 'disk.qcow2')], 'flattening the disk layer failed');
+    const members = [...MEMBERS];
+    if (existsSync(join(src, DATA_MEMBER))) {
+      await tool('qemu-img', ['convert', '-O', 'qcow2', join(src, DATA_MEMBER), join(work, DATA_MEMBER)], 'flattening the data disk layer failed');
+      members.push(DATA_MEMBER);
+    }
     await tool('ln', ['-s', join(src, 'state'), join(work, 'state')], 'staging failed');
     await tool('ln', ['-s', join(src, 'memory'), join(work, 'memory')], 'staging failed');
     const tmp = `${file}.partial`;
-    await tool('tar', ['--sparse', '--dereference', '-cf', tmp, '-C', work, ...MEMBERS], 'writing the archive failed');
+    await tool('tar', ['--sparse', '--dereference', '-cf', tmp, '-C', work, ...members], 'writing the archive failed');
     await rename(tmp, file);
     return { bytes: (await stat(file)).size };
   } finally {
@@ -53,6 +61,8 @@ export async function importSnapshot(engine: Engine, file: string, name?: string
   await mkdir(staging, { recursive: true });
   try {
     await tool('tar', ['-xf', file, '-C', staging, ...MEMBERS], `${file} is not a cellvm snapshot archive`);
+    // The data disk is optional; extracting it alone tells whether the archive has one.
+    await tool('tar', ['-xf', file, '-C', staging, DATA_MEMBER], 'no data disk').catch(() => {});
     let meta: ArchiveMeta;
     try {
       meta = JSON.parse(await readFile(join(staging, 'snapshot.json'), 'utf8')) as ArchiveMeta;

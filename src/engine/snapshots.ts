@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { link, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -28,7 +29,9 @@ export interface ForkOptions {
   /** The exact name of a single fork (`run --from --name`). */
   name?: string;
   /** Spec fields that differ from the snapshot's (`run --from`: the command, env, timeout, --rm). */
-  overrides?: Partial<Pick<VmRecord['spec'], 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove'>>;
+  overrides?: Partial<Pick<VmRecord['spec'], 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'template'>>;
+  /** Each fork gets a private writable copy of the RAM (see RestoreRequest.copyMemory). */
+  copyMemory?: boolean;
 }
 
 export const MAX_FORKS = 64;
@@ -68,6 +71,9 @@ export class Snapshots {
       const id = newId();
       const staging = join(this.engine.paths.snapshots, `.tmp-${id}`);
       await mkdir(staging, { recursive: true });
+      // What the guest's page cache holds must reach the disk layer being frozen: a VM that later
+      // boots cold from it (start after --stop, a template's cold start) sees only the disk.
+      await this.engine.live.require(vm.id).agent.sync().catch(() => {});
       const live = await this.engine.live.pause(vm.id);
       let quit = false;
       try {
@@ -83,13 +89,15 @@ export class Snapshots {
         await this.engine.live.quitPaused(vm.id);
         quit = true;
         await rename(join(this.engine.vmDir(vm.id), 'disk.qcow2'), join(staging, 'disk.qcow2'));
+        const data = join(this.engine.vmDir(vm.id), 'data.qcow2');
+        if (existsSync(data)) await rename(data, join(staging, 'data.qcow2'));
       } catch (err) {
         if (!quit) await this.engine.live.resume(vm.id).catch(() => {});
         await rm(staging, { recursive: true, force: true });
         throw err instanceof CellError ? err : new CellError(ErrorCodes.SNAPSHOT_FAILED, `snapshot of ${vm.name} failed: ${(err as Error).message}`);
       }
 
-      const sizes = await Promise.all(['state', 'memory', 'disk.qcow2'].map((f) => allocatedBytes(join(staging, f))));
+      const sizes = await Promise.all(['state', 'memory', 'disk.qcow2', 'data.qcow2'].map((f) => allocatedBytes(join(staging, f))));
       const record: SnapshotRecord = {
         id,
         name,
@@ -100,7 +108,7 @@ export class Snapshots {
         compat: this.engine.compatKey(ready),
         stateBytes: sizes[0]!,
         memoryBytes: sizes[1]!,
-        diskBytes: sizes[2]!,
+        diskBytes: sizes[2]! + sizes[3]!,
         createdAt: new Date().toISOString(),
       };
       await rename(staging, this.engine.snapshotDir(id));
@@ -140,6 +148,7 @@ export class Snapshots {
         this.engine.withLock(vm.id, () =>
           this.engine.bootLocked(vm.id, {
             snapshot,
+            copyMemory: opts.copyMemory,
             identity: { hostname: guestHostname(vm.name, vm.id), machineId: randomBytes(16).toString('hex') },
           }),
         ),
@@ -152,6 +161,67 @@ export class Snapshots {
       throw failed.reason;
     }
     return results.map((r) => (r as PromiseFulfilledResult<VmRecord>).value);
+  }
+
+  /**
+   * A snapshot of the same machine with different defaults for the VMs forked from it (env,
+   * working directory, user): what a build's trailing `env` or `workdir` steps leave. Nothing
+   * boots; the new snapshot's files are hard links to the source's (they never change), and it
+   * counts as the source's child, so the source stays while it exists.
+   */
+  async derive(sourceRef: string, changes: Partial<Pick<VmRecord['spec'], 'env' | 'workingDir' | 'user'>>, name?: string): Promise<SnapshotRecord> {
+    const source = this.resolve(sourceRef);
+    if (name !== undefined) validateName(name);
+    return this.engine.withLock(source.id, async () => {
+      const id = newId();
+      const finalName = name ?? `${source.name}-${randomBytes(2).toString('hex')}`;
+      if (this.engine.snapshotStore.nameExists(finalName)) throw new CellError(ErrorCodes.CONFLICT, `the name "${finalName}" is already in use by another snapshot`);
+      const staging = join(this.engine.paths.snapshots, `.tmp-${id}`);
+      await mkdir(staging, { recursive: true });
+      try {
+        for (const file of ['state', 'memory', 'disk.qcow2', 'data.qcow2']) {
+          const from = join(this.engine.snapshotDir(source.id), file);
+          if (file !== 'data.qcow2' || existsSync(from)) await link(from, join(staging, file));
+        }
+        await rename(staging, this.engine.snapshotDir(id));
+      } catch (err) {
+        await rm(staging, { recursive: true, force: true });
+        throw new CellError(ErrorCodes.SNAPSHOT_FAILED, `could not derive a snapshot from ${source.name}: ${(err as Error).message}`);
+      }
+      const record: SnapshotRecord = {
+        ...source,
+        id,
+        name: finalName,
+        parentSnapshot: source.id,
+        spec: { ...source.spec, ...changes },
+        // The files are shared: they take no new space.
+        stateBytes: 0,
+        memoryBytes: 0,
+        diskBytes: 0,
+        createdAt: new Date().toISOString(),
+      };
+      this.engine.db.transaction(() => {
+        this.engine.snapshotStore.insert(record);
+        this.engine.images.pin('snapshot', id, record.spec.imageDigest);
+      })();
+      return record;
+    });
+  }
+
+  /**
+   * Gives a snapshot the name `name` (a build's tag). A snapshot already called that loses the
+   * name (it becomes `snap-<short id>`), like a Docker tag moving to a new image.
+   */
+  tag(ref: string, name: string): SnapshotRecord {
+    validateName(name);
+    const snapshot = this.resolve(ref);
+    if (snapshot.name === name) return snapshot;
+    this.engine.db.transaction(() => {
+      const holder = this.engine.snapshotStore.list().find((s) => s.name === name);
+      if (holder) this.engine.snapshotStore.rename(holder.id, `snap-${holder.id.slice(0, 12)}`);
+      this.engine.snapshotStore.rename(snapshot.id, name);
+    })();
+    return this.engine.snapshotStore.get(snapshot.id)!;
   }
 
   /** Rolls a VM back to a snapshot of its own lineage (its memory, devices and disk). */
@@ -194,8 +264,16 @@ export class Snapshots {
           `snapshot ${snapshot.name} is in use by VMs ${dependents.map((v) => v.name).join(', ')}: remove them or use --force`,
         );
       }
+      const holders = this.holders(snapshot.id);
+      if (holders.length > 0 && !force) {
+        throw new CellError(
+          ErrorCodes.CONFLICT,
+          `snapshot ${snapshot.name} is held by ${holders.join(', ')}: remove those first (cell cache prune, cell template rm) or use --force`,
+        );
+      }
       for (const vm of dependents) await this.engine.remove(vm.id, true);
       this.engine.db.transaction(() => {
+        this.engine.actionCache.deleteForSnapshot(snapshot.id);
         this.engine.snapshotStore.delete(snapshot.id);
         this.engine.images.unpin('snapshot', snapshot.id);
       })();
@@ -215,7 +293,8 @@ export class Snapshots {
   }
 
   /**
-   * Removes the oldest snapshots nothing depends on (no VM on their layer, no snapshot on top)
+   * Removes the oldest snapshots nothing depends on (no VM on their layer, no snapshot on top, no
+   * cache entry or template holding them)
    * until at most `maxCount` remain and they hold at most `maxBytes`. Returns what was removed.
    */
   async prune(opts: { maxCount?: number; maxBytes?: number }): Promise<SnapshotRecord[]> {
@@ -226,11 +305,23 @@ export class Snapshots {
       const total = all.reduce((sum, s) => sum + size(s), 0);
       const over = (opts.maxCount !== undefined && all.length > opts.maxCount) || (opts.maxBytes !== undefined && total > opts.maxBytes);
       if (!over) return removed;
-      const victim = all.find((s) => this.engine.vms.onSnapshot(s.id).length === 0 && this.engine.snapshotStore.children(s.id).length === 0);
+      const victim = all.find((s) => this.removable(s.id));
       if (!victim) return removed;
       await this.remove(victim.id);
       removed.push(victim);
     }
+  }
+
+  /** Nothing needs it: no VM on its layer, no snapshot on top, no cache entry or template holding it. */
+  removable(id: string): boolean {
+    return this.engine.vms.onSnapshot(id).length === 0 && this.engine.snapshotStore.children(id).length === 0 && this.holders(id).length === 0;
+  }
+
+  /** Records that keep a snapshot on purpose: action-cache entries (and template revisions). */
+  holders(id: string): string[] {
+    const cache = this.engine.actionCache.bySnapshot(id).map((e) => `cache entry ${e.key.slice(0, 12)}`);
+    const templates = [...new Set(this.engine.templateStore.holding(id).map((r) => `template ${r.templateName}`))];
+    return [...cache, ...templates];
   }
 
   /** Whether `snapshot` was taken from this VM or from one of the snapshots it descends from. */

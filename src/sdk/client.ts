@@ -1,10 +1,40 @@
-import type { ExecRequest, Image, Info, RunRequest, Snapshot, StreamEvent, Vm } from '../api/schemas.js';
+import type {
+  ActionRequest,
+  ActionResult,
+  BuildRequest,
+  BuildStreamEvent,
+  BuildSummary,
+  CacheEntry,
+  CachePruneRequest,
+  ExecRequest,
+  Image,
+  Info,
+  RunRequest,
+  Snapshot,
+  StreamEvent,
+  TemplateBuildRequest,
+  TemplateBuildSummary,
+  TemplateVariantEvent,
+  TemplateView,
+  Vm,
+} from '../api/schemas.js';
 import { Routes } from '../api/routes.js';
 import type { CopyResult, GuestFileStat } from '../api/schemas.js';
 import { resolve as resolveHostPath } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { cellPaths, defaultHome, type CellPaths } from '../domain/paths.js';
-import { runStream, execStream, type CommandResult, type ExecHandlers, type RunHandlers, type SetupEvent, type PullEvent, type LogEntry } from './commands.js';
+import {
+  runStream,
+  execStream,
+  deliverOutput,
+  type CommandResult,
+  type ExecHandlers,
+  type OutputHandlers,
+  type RunHandlers,
+  type SetupEvent,
+  type PullEvent,
+  type LogEntry,
+} from './commands.js';
 import { DAEMON_ALREADY_RUNNING_EXIT, daemonStartFailed, startDaemon } from './daemon.js';
 import { Transport } from './transport.js';
 
@@ -150,6 +180,68 @@ export class CellClient {
   };
 
   /**
+   * Actions: one command in a fresh VM from an image or a snapshot, its output streamed to the
+   * handlers. With `cache: true` the snapshot it leaves is stored under a key made of everything
+   * that could change the result; the same action again returns that snapshot and runs nothing.
+   */
+  readonly actions = {
+    run: async (req: ActionRequest, handlers: OutputHandlers & { onPlan?(plan: { key: string | null; cached: boolean }): void } = {}): Promise<ActionResult> => {
+      let result: ActionResult | undefined;
+      for await (const event of this.transport.stream('POST', Routes.actions, req, handlers.signal)) {
+        if (await deliverOutput(event, handlers)) continue;
+        if (event.type === 'action') handlers.onPlan?.({ key: event.key, cached: event.cached });
+        else if (event.type === 'result') result = event.result;
+      }
+      if (!result) throw new CellError(ErrorCodes.INTERNAL, 'celld ended the action stream without a result');
+      return result;
+    },
+  };
+
+  /** `cell build`: runs a build file (a path on celld's host) step by step, cached per step. */
+  readonly builds = {
+    build: async (req: BuildRequest, handlers: OutputHandlers & { onEvent?(event: BuildStreamEvent): void } = {}): Promise<BuildSummary> => {
+      let result: BuildSummary | undefined;
+      for await (const event of this.transport.stream('POST', Routes.builds, req, handlers.signal)) {
+        if (await deliverOutput(event, handlers)) continue;
+        if (event.type === 'built') result = event.result;
+        if (isBuildEvent(event)) handlers.onEvent?.(event);
+      }
+      if (!result) throw new CellError(ErrorCodes.INTERNAL, 'celld ended the build stream without a result');
+      return result;
+    },
+  };
+
+  /** Templates: a build plus variants, each built into revisions (docs/templates.md). */
+  readonly templates = {
+    /** Builds every variant of a template file (a path on celld's host); `snapshot` also stores warm-start snapshots. */
+    build: async (
+      req: TemplateBuildRequest,
+      handlers: OutputHandlers & { onEvent?(event: BuildStreamEvent | TemplateVariantEvent): void } = {},
+    ): Promise<TemplateBuildSummary> => {
+      let result: TemplateBuildSummary | undefined;
+      for await (const event of this.transport.stream('POST', Routes.templateBuild, req, handlers.signal)) {
+        if (await deliverOutput(event, handlers)) continue;
+        if (event.type === 'templates') result = event.result;
+        else if (event.type === 'variant' || isBuildEvent(event)) handlers.onEvent?.(event);
+      }
+      if (!result) throw new CellError(ErrorCodes.INTERNAL, 'celld ended the template build stream without a result');
+      return result;
+    },
+    list: (): Promise<TemplateView[]> => this.transport.request('GET', Routes.templates),
+    /** A variant by name, `TEMPLATE_ID:ROLE`, or a template id with one variant; with all its revisions. */
+    get: (ref: string): Promise<TemplateView> => this.transport.request('GET', Routes.template(ref)),
+    remove: (ref: string, opts: { force?: boolean } = {}): Promise<{ removed: string[] }> =>
+      this.transport.request('DELETE', Routes.template(ref) + query({ force: opts.force })),
+  };
+
+  readonly cache = {
+    /** Least recently used first. */
+    list: (): Promise<CacheEntry[]> => this.transport.request('GET', Routes.cache),
+    prune: (opts: CachePruneRequest): Promise<{ removed: { key: string; snapshotId: string; description: string }[] }> =>
+      this.transport.request('POST', Routes.cachePrune, opts),
+  };
+
+  /**
    * Files of a running VM. Guest paths are absolute; host paths (copyIn/copyOut) are resolved
    * against this process's working directory, and celld, on the same host, reads or writes them.
    */
@@ -219,6 +311,12 @@ export class CellClient {
   close(): void {
     this.transport.close();
   }
+}
+
+const BUILD_EVENTS: ReadonlySet<string> = new Set(['base', 'step', 'step-done', 'step-failed', 'built']);
+
+function isBuildEvent(event: StreamEvent): event is BuildStreamEvent {
+  return BUILD_EVENTS.has(event.type);
 }
 
 /** A query string of the defined values (`?path=%2Fetc&maxBytes=10`). */

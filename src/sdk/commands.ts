@@ -41,7 +41,7 @@ export interface ExecHandlers extends OutputHandlers {
 }
 
 /** Hands stdout/stderr events to their handler (false for other events). */
-async function output(event: StreamEvent, handlers: OutputHandlers): Promise<boolean> {
+export async function deliverOutput(event: StreamEvent, handlers: OutputHandlers): Promise<boolean> {
   let pending: unknown;
   if (event.type === 'stdout') pending = handlers.onStdout?.(Buffer.from(event.data, 'base64'));
   else if (event.type === 'stderr') pending = handlers.onStderr?.(Buffer.from(event.data, 'base64'));
@@ -63,7 +63,7 @@ export async function runStream(events: AsyncIterable<StreamEvent>, handlers: Ru
   let exit: CommandResult | undefined;
   let vm: Vm | undefined;
   for await (const event of events) {
-    if (await output(event, handlers)) continue;
+    if (await deliverOutput(event, handlers)) continue;
     switch (event.type) {
       case 'created':
         vm = event.vm;
@@ -98,7 +98,7 @@ export async function execStream(transport: Transport, events: AsyncIterable<Str
   const stopUpload = new AbortController();
   try {
     for await (const event of events) {
-      if (await output(event, handlers)) continue;
+      if (await deliverOutput(event, handlers)) continue;
       if (event.type === 'exec' && handlers.stdin && !upload) {
         const source = handlers.stdin as AsyncIterable<Buffer | string>;
         // A failed upload shows in the command's behaviour (it sees EOF); never crash on it.

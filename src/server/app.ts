@@ -8,6 +8,7 @@ import { vmRoutes } from './routes/vms.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { imageRoutes } from './routes/images.js';
 import { fileRoutes } from './routes/files.js';
+import { buildRoutes, templateRoutes } from './routes/builds.js';
 
 /** The HTTP API in front of the engine. Errors become `{ error: { code, message, details } }`. */
 export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = false): FastifyInstance {
@@ -56,6 +57,8 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
   snapshotRoutes(app, engine);
   imageRoutes(app, engine);
   fileRoutes(app, engine);
+  buildRoutes(app, engine);
+  templateRoutes(app, engine);
   return app;
 }
 

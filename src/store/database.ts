@@ -64,6 +64,43 @@ const MIGRATIONS: string[] = [
      created_at TEXT NOT NULL
    );
    ALTER TABLE vms ADD COLUMN base_snapshot TEXT;`,
+  // The action cache: a content key (domain/action.ts) and the snapshot an action left. An entry
+  // pins its snapshot: snapshot rm and prune leave it alone unless the entry goes too.
+  `CREATE TABLE action_cache (
+     key TEXT PRIMARY KEY,
+     snapshot_id TEXT NOT NULL,
+     description TEXT NOT NULL,
+     created_at TEXT NOT NULL,
+     last_used TEXT NOT NULL,
+     hits INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE INDEX action_cache_by_snapshot ON action_cache (snapshot_id);`,
+  // Templates: one row per variant (its name), pointing at its current revision. A revision holds
+  // the build's snapshot (the disk cold boots start from) and, when built with --snapshot, a
+  // snapshot of a booted, ready VM (warm starts); both are held while the revision exists.
+  `CREATE TABLE templates (
+     name TEXT PRIMARY KEY,
+     template_id TEXT NOT NULL,
+     role TEXT NOT NULL,
+     current_revision TEXT,
+     updated_at TEXT NOT NULL
+   );
+   CREATE TABLE template_revisions (
+     id TEXT PRIMARY KEY,
+     template_name TEXT NOT NULL,
+     revision_hash TEXT NOT NULL,
+     cache_key TEXT NOT NULL,
+     inputs_hash TEXT NOT NULL,
+     schema_version INTEGER NOT NULL,
+     variant TEXT NOT NULL,
+     service TEXT,
+     disk_snapshot TEXT NOT NULL,
+     warm_snapshot TEXT,
+     built_at TEXT NOT NULL
+   );
+   CREATE INDEX template_revisions_by_template ON template_revisions (template_name);
+   CREATE INDEX template_revisions_by_disk ON template_revisions (disk_snapshot);
+   CREATE INDEX template_revisions_by_warm ON template_revisions (warm_snapshot);`,
 ];
 
 export type Db = Database.Database;

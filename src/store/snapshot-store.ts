@@ -64,6 +64,10 @@ export class SnapshotStore {
     return this.db.prepare('SELECT 1 FROM snapshots WHERE name = ?').get(name) !== undefined;
   }
 
+  rename(id: string, name: string): void {
+    this.db.prepare('UPDATE snapshots SET name = ? WHERE id = ?').run(name, id);
+  }
+
   delete(id: string): void {
     this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id);
   }

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { RunRequest } from '../../api/schemas.js';
+import type { RunRequest, Vm } from '../../api/schemas.js';
 import type { CellClient } from '../../sdk/client.js';
 import { collect, EXIT_FAILURE, EXIT_RUN_FAILED, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
 import { commandExit, connect, interruptible, passThrough } from '../context.js';
@@ -15,14 +15,22 @@ export interface RunFlags {
   rm?: boolean;
   detach?: boolean;
   from?: string;
+  template?: string;
+  dataDisk?: number;
 }
 
 /** `cell run` flags and operands as an API request (pure, unit-tested). */
 export function toRunRequest(args: string[], flags: RunFlags): RunRequest {
   const operands = withoutSeparator(args);
   const [first, ...rest] = operands;
-  if (!flags.from && !first) throw new UsageError('an image is required: cell run IMAGE [-- CMD...]');
-  const req: RunRequest = flags.from ? { fromSnapshot: flags.from, cmd: operands } : { image: first, cmd: withoutSeparator(rest) };
+  if (flags.from && flags.template) throw new UsageError('give --from or --template, not both');
+  const noImage = flags.from !== undefined || flags.template !== undefined;
+  if (!noImage && !first) throw new UsageError('an image is required: cell run IMAGE [-- CMD...]');
+  const req: RunRequest = flags.from
+    ? { fromSnapshot: flags.from, cmd: operands }
+    : flags.template
+      ? { template: flags.template, cmd: operands }
+      : { image: first, cmd: withoutSeparator(rest) };
   if (flags.name !== undefined) req.name = flags.name;
   if (flags.cpus !== undefined) req.cpus = flags.cpus;
   if (flags.memory !== undefined) req.memoryMib = flags.memory;
@@ -31,6 +39,7 @@ export function toRunRequest(args: string[], flags: RunFlags): RunRequest {
   if (flags.user !== undefined) req.user = flags.user;
   if (flags.timeout !== undefined) req.timeoutSec = flags.timeout;
   if (flags.rm) req.autoRemove = true;
+  if (flags.dataDisk !== undefined) req.dataDiskMib = flags.dataDisk;
   return req;
 }
 
@@ -53,9 +62,11 @@ export function register(program: Command): void {
     .option('-w, --workdir <dir>', 'working directory of the command')
     .option('-u, --user <user[:group]>', 'run as this user: a name from the image or uid[:gid] (default root)')
     .option('--timeout <sec>', 'kill the command after this many seconds (exit 124)', seconds('--timeout'))
+    .option('--data-disk <MiB>', 'attach an empty ext4 disk of this size at /data (kept by snapshots and forks)', wholeNumber('--data-disk', 'MiB'))
     .option('--rm', 'remove the VM when the command ends')
     .option('-d, --detach', 'print the VM id and leave it running (exec into it later)')
     .option('--from <snapshot>', 'fork this snapshot instead of booting an image')
+    .option('--template <name[:role]>', "start from a template: forked warm from its snapshot when it has one, else booted cold (says which)")
     .passThroughOptions()
     .addHelpText(
       'after',
@@ -77,7 +88,8 @@ Examples:
   cell run --rm busybox -- sh -c 'echo hello from $(hostname)'
   cell run -d --name box --memory 512 busybox
   cell run --rm --timeout 5 -e MODE=test busybox -- ./run-tests.sh
-  cell run --rm --from warm -- cat /etc/hostname`,
+  cell run --rm --from warm -- cat /etc/hostname
+  cell run --rm --template web:server -- wget -q -O- http://127.0.0.1:8080/`,
     )
     .action(async (image: string | undefined, command: string[], flags: RunFlags, cmd: Command) => {
       process.exitCode = await run(toRunRequest([...(image !== undefined ? [image] : []), ...command], flags), flags, cmd);
@@ -95,6 +107,7 @@ async function run(req: RunRequest, flags: RunFlags, cmd: Command): Promise<numb
   try {
     if (flags.detach) {
       const vm = await client.vms.create(req);
+      reportTemplateStart(vm);
       process.stdout.write(`${vm.id}\n`);
       return 0;
     }
@@ -123,9 +136,10 @@ async function attached(client: CellClient, req: RunRequest, flags: RunFlags): P
         const line = pullLine?.(e);
         if (line) progress?.line(line);
       },
-      onRunning: () => {
+      onRunning: (vm) => {
         started = true;
         progress?.stop();
+        reportTemplateStart(vm);
       },
     });
     return commandExit(result, flags.timeout);
@@ -138,4 +152,12 @@ async function attached(client: CellClient, req: RunRequest, flags: RunFlags): P
   } finally {
     interrupt.dispose();
   }
+}
+
+/** `run --template` says how the VM started: forked warm, or booted cold and why. */
+function reportTemplateStart(vm: Vm): void {
+  const t = vm.spec.template;
+  if (!t) return;
+  const how = t.start === 'warm' ? 'warm start' : 'cold boot';
+  process.stderr.write(`cell: template ${t.name} (revision ${t.revision.slice(0, 12)}): ${how}, ${t.reason}\n`);
 }

@@ -1,0 +1,320 @@
+import { randomBytes } from 'node:crypto';
+import { isAbsolute, posix } from 'node:path';
+import {
+  actionCacheKey,
+  type ActionResult,
+  type ActionSpec,
+  type CachePolicy,
+  type CacheEntry,
+} from '../domain/action.js';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import { shortId } from '../domain/ids.js';
+import { assertCompatible, compatKeyHash, type SnapshotRecord } from '../domain/snapshot.js';
+import { DEFAULT_CPUS, DEFAULT_MEMORY_MIB, mergeEnv, validateEnv, validateResources, type VmRecord } from '../domain/vm.js';
+import { resolveImageUser } from '../image/image-users.js';
+import type { Engine } from './engine.js';
+import { parseUser, runGuestCommand } from './exec-runner.js';
+import { readdir, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import type { AgentClient } from '../agent/client.js';
+import { copyIntoGuest } from './guest-files.js';
+import type { ExecResult, OutputSink } from './output.js';
+import { awaitReady } from './ready-check.js';
+import { treeHash } from './tree-hash.js';
+
+export interface ActionRunOptions {
+  /** Take a snapshot after a successful command even when the policy does not cache. */
+  snapshot?: boolean;
+  sink?: OutputSink;
+  signal?: AbortSignal;
+  /** Name of the VM the action runs in (default `action-<hex>`). */
+  vmName?: string;
+  /** Told once the cache was consulted: whether the action will run. */
+  onPlan?(plan: { key: string | null; cached: boolean }): void;
+}
+
+/** The source and settings of an action, resolved against what is on this host. */
+interface Resolved {
+  kind: 'image' | 'snapshot';
+  /** Image reference or snapshot id. */
+  ref: string;
+  sourceKey: string;
+  snapshot?: SnapshotRecord;
+  env: string[];
+  workingDir: string;
+  user: string;
+  cpus: number;
+  memoryMib: number;
+  inject: { hostPath: string; guestPath: string; treeHash: string } | null;
+  compat: string;
+}
+
+const NULL_SINK: OutputSink = { stdout() {}, stderr() {} };
+
+/**
+ * Actions: one command in a fresh VM, optionally cached. A cached action's snapshot is stored
+ * under its key; the same action again returns that snapshot and runs nothing. Only actions that
+ * exit 0 are cached; identical actions running at once are serialised on their key so the second
+ * one is a hit, while different actions (siblings of one parent) run side by side, each with its
+ * own snapshot.
+ */
+export class Actions {
+  constructor(private readonly engine: Engine) {}
+
+  async run(spec: ActionSpec, policy: CachePolicy = { mode: 'none' }, opts: ActionRunOptions = {}): Promise<ActionResult> {
+    const started = performance.now();
+    const resolved = await this.resolve(spec);
+    if (policy.mode === 'none') {
+      opts.onPlan?.({ key: null, cached: false });
+      return this.execute(spec, resolved, null, opts, started);
+    }
+    const key = actionCacheKey({
+      source: resolved.sourceKey,
+      cmd: spec.cmd,
+      env: resolved.env,
+      workingDir: resolved.workingDir,
+      user: resolved.user,
+      timeoutSec: spec.timeoutSec ?? 0,
+      cpus: resolved.cpus,
+      memoryMib: resolved.memoryMib,
+      detach: spec.detach ?? false,
+      ready: spec.ready?.cmd ?? null,
+      inject: resolved.inject ? { treeHash: resolved.inject.treeHash, guestPath: resolved.inject.guestPath } : null,
+      compat: resolved.compat,
+      salt: policy.salt,
+    });
+    return this.engine.withLock(`action:${key}`, async () => {
+      const hit = policy.refresh ? undefined : this.lookup(key);
+      if (hit) {
+        opts.onPlan?.({ key, cached: true });
+        return { exitCode: 0, snapshot: hit, cached: true, key, durationMs: performance.now() - started };
+      }
+      opts.onPlan?.({ key, cached: false });
+      return this.execute(spec, resolved, { key, replace: policy.refresh ?? false }, opts, started);
+    });
+  }
+
+  /** Cache entries, least recently used first, with the snapshot each holds. */
+  listCache(): { entry: CacheEntry; snapshot: SnapshotRecord | undefined }[] {
+    return this.engine.actionCache.list().map((entry) => ({ entry, snapshot: this.engine.snapshotStore.get(entry.snapshotId) }));
+  }
+
+  /**
+   * Drops least recently used entries, with their snapshots, until at most `maxCount` remain,
+   * their snapshots hold at most `maxBytes`, and none was last used longer than `maxAgeMs` ago. An
+   * entry whose snapshot something else still needs (a VM on it, a later step's snapshot on top)
+   * stays until that goes: later steps are dropped before the steps they grew from.
+   */
+  async pruneCache(opts: { maxCount?: number; maxBytes?: number; maxAgeMs?: number }): Promise<CacheEntry[]> {
+    const removed: CacheEntry[] = [];
+    const size = (s: SnapshotRecord | undefined) => (s ? s.stateBytes + s.memoryBytes + s.diskBytes : 0);
+    for (;;) {
+      const all = this.listCache();
+      const total = all.reduce((sum, e) => sum + size(e.snapshot), 0);
+      const cutoff = opts.maxAgeMs !== undefined ? Date.now() - opts.maxAgeMs : -Infinity;
+      const overCount = opts.maxCount !== undefined && all.length > opts.maxCount;
+      const overBytes = opts.maxBytes !== undefined && total > opts.maxBytes;
+      const candidates = all.filter(({ snapshot }) => {
+        if (!snapshot) return true;
+        const otherHolders = this.engine.snapshots.holders(snapshot.id).length - 1;
+        return otherHolders === 0 && this.engine.vms.onSnapshot(snapshot.id).length === 0 && this.engine.snapshotStore.children(snapshot.id).length === 0;
+      });
+      const victim =
+        overCount || overBytes ? candidates[0] : candidates.find(({ entry }) => Date.parse(entry.lastUsed) < cutoff);
+      if (!victim) return removed;
+      if (victim.snapshot) await this.engine.snapshots.remove(victim.snapshot.id, true);
+      this.engine.actionCache.delete(victim.entry.key);
+      removed.push(victim.entry);
+    }
+  }
+
+  /** The cached snapshot for a key; a stale entry (its snapshot removed by force) is dropped. */
+  lookup(key: string): SnapshotRecord | undefined {
+    const entry = this.engine.actionCache.get(key);
+    if (!entry) return undefined;
+    const snapshot = this.engine.snapshotStore.get(entry.snapshotId);
+    if (!snapshot) {
+      this.engine.actionCache.delete(key);
+      return undefined;
+    }
+    this.engine.actionCache.recordHit(key, new Date().toISOString());
+    return snapshot;
+  }
+
+  private async resolve(spec: ActionSpec): Promise<Resolved> {
+    validateEnv(spec.env ?? []);
+    if (spec.cmd.length === 0 && !spec.inject) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an action needs a command or files to copy in');
+    }
+    if (spec.detach && !spec.ready) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'a detached command needs a ready check (how else would we know it is up?)');
+    }
+    if (spec.timeoutSec !== undefined && (!Number.isFinite(spec.timeoutSec) || spec.timeoutSec < 0)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `timeout ${spec.timeoutSec} must be a number of seconds >= 0`);
+    }
+    const ready = await this.engine.host.ensure();
+    const compat = compatKeyHash(this.engine.compatKey(ready));
+    let resolved: Omit<Resolved, 'inject'>;
+    if ('snapshot' in spec.source) {
+      if (spec.cpus !== undefined || spec.memoryMib !== undefined) {
+        throw new CellError(ErrorCodes.INVALID_ARGUMENT, "an action on a snapshot has the snapshot's CPUs and memory");
+      }
+      const snapshot = this.engine.snapshots.resolve(spec.source.snapshot);
+      assertCompatible(snapshot.compat, this.engine.compatKey(ready), snapshot.name);
+      const user = spec.user || snapshot.spec.user;
+      parseUser(user);
+      resolved = {
+        kind: 'snapshot',
+        ref: snapshot.id,
+        sourceKey: `snapshot:${snapshot.id}`,
+        snapshot,
+        env: mergeEnv(snapshot.spec.env, spec.env ?? []),
+        workingDir: spec.workingDir || snapshot.spec.workingDir,
+        user,
+        cpus: snapshot.spec.cpus,
+        memoryMib: snapshot.spec.memoryMib,
+        compat,
+      };
+    } else {
+      const cpus = spec.cpus ?? DEFAULT_CPUS;
+      const memoryMib = spec.memoryMib ?? DEFAULT_MEMORY_MIB;
+      validateResources(cpus, memoryMib);
+      const image = await this.engine.images.ensure(spec.source.image);
+      resolved = {
+        kind: 'image',
+        ref: image.reference,
+        sourceKey: `image:${image.digest}`,
+        env: mergeEnv(image.config.Env ?? [], spec.env ?? []),
+        workingDir: spec.workingDir || image.config.WorkingDir || '/',
+        user: await resolveImageUser(image.diskPath, spec.user || image.config.User || 'root'),
+        cpus,
+        memoryMib,
+        compat,
+      };
+    }
+    if (!resolved.workingDir.startsWith('/')) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `working directory "${resolved.workingDir}" must be an absolute path`);
+    }
+    let inject: Resolved['inject'] = null;
+    if (spec.inject) {
+      if (!isAbsolute(spec.inject.hostPath)) {
+        throw new CellError(ErrorCodes.INVALID_ARGUMENT, `the host path to copy in must be absolute: ${spec.inject.hostPath}`);
+      }
+      const hash = await treeHash(spec.inject.hostPath);
+      const into = spec.inject.guestPath ?? '';
+      // A file lands inside a directory target (`to` absent or ending in /), like `cp file dir/`.
+      const isFile = !(await stat(spec.inject.hostPath)).isDirectory();
+      const target = isFile && (into === '' || into.endsWith('/')) ? posix.join(into || '.', basename(spec.inject.hostPath)) : into || '.';
+      inject = { hostPath: spec.inject.hostPath, guestPath: posix.resolve(resolved.workingDir, target), treeHash: hash };
+    }
+    return { ...resolved, inject };
+  }
+
+  /** Boots or forks the VM, copies files in, runs the command, snapshots a success, removes the VM. */
+  private async execute(
+    spec: ActionSpec,
+    r: Resolved,
+    cache: { key: string; replace: boolean } | null,
+    opts: ActionRunOptions,
+    started: number,
+  ): Promise<ActionResult> {
+    const key = cache?.key ?? null;
+    const sink = opts.sink ?? NULL_SINK;
+    const vmName = opts.vmName ?? `action-${randomBytes(3).toString('hex')}`;
+    const vm = await this.startVm(r, vmName);
+    let service: Promise<ExecResult> | undefined;
+    try {
+      const live = this.engine.live.require(vm.id);
+      if (r.inject) await inject(live.agent, r.inject.hostPath, r.inject.guestPath);
+      const { uid, gid } = parseUser(r.user);
+      const command = { env: r.env, cwd: r.workingDir, uid, gid, signal: opts.signal };
+      let exitCode = 0;
+      if (spec.cmd.length > 0) {
+        const running = runGuestCommand(live.agent, { ...command, argv: spec.cmd, timeoutSec: spec.timeoutSec ?? 0 }, sink);
+        if (spec.detach) {
+          service = running;
+          running.catch(() => {});
+        } else {
+          exitCode = (await running).exitCode;
+        }
+      }
+      if (exitCode === 0 && spec.ready) {
+        await awaitReady(live.agent, spec.ready, { ...command, serviceExit: service?.then((res) => res.exitCode) });
+      }
+      if (opts.signal?.aborted) throw new CellError(ErrorCodes.CANCELLED, 'the action was cancelled');
+      let snapshot: SnapshotRecord | null = null;
+      if (exitCode === 0 && (key !== null || opts.snapshot)) {
+        const name = key !== null && !this.engine.snapshotStore.nameExists(`cache-${key.slice(0, 12)}`) ? `cache-${key.slice(0, 12)}` : undefined;
+        snapshot = await this.engine.snapshots.take(vm.id, { name, stop: true });
+        if (cache) this.store(cache.key, cache.replace, snapshot, spec, r);
+      }
+      return { exitCode, snapshot, cached: false, key, durationMs: performance.now() - started };
+    } finally {
+      await this.engine.remove(vm.id, true).catch(() => {});
+      await service?.catch(() => {});
+    }
+  }
+
+  private async startVm(r: Resolved, name: string): Promise<VmRecord> {
+    if (r.kind === 'snapshot') {
+      const [vm] = await this.engine.snapshots.fork(r.ref, {
+        count: 1,
+        name: this.engine.vms.nameExists(name) ? `${name}-${randomBytes(2).toString('hex')}` : name,
+        overrides: { cmd: [], env: r.env, workingDir: r.workingDir, user: r.user },
+        copyMemory: true,
+      });
+      return vm!;
+    }
+    const created = await this.engine.create({
+      image: r.ref,
+      name: this.engine.vms.nameExists(name) ? `${name}-${randomBytes(2).toString('hex')}` : name,
+      cpus: r.cpus,
+      memoryMib: r.memoryMib,
+      env: r.env,
+      workingDir: r.workingDir,
+      user: r.user,
+    });
+    try {
+      return await this.engine.start(created.id);
+    } catch (err) {
+      await this.engine.remove(created.id, true).catch(() => {});
+      throw err;
+    }
+  }
+
+  private store(key: string, replace: boolean, snapshot: SnapshotRecord, spec: ActionSpec, r: Resolved): void {
+    const now = new Date().toISOString();
+    const source = r.kind === 'image' ? r.ref : (r.snapshot?.name ?? shortId(r.ref));
+    const what = spec.cmd.length > 0 ? spec.cmd.join(' ') : `copy ${r.inject?.hostPath} -> ${r.inject?.guestPath}`;
+    const entry: CacheEntry = {
+      key,
+      snapshotId: snapshot.id,
+      description: `${source}: ${what}`.slice(0, 200),
+      createdAt: now,
+      lastUsed: now,
+      hits: 0,
+    };
+    // Replacing leaves the old snapshot unheld: `cell snapshot prune` can take it.
+    this.engine.db.transaction(() => {
+      if (replace) this.engine.actionCache.delete(key);
+      this.engine.actionCache.insert(entry);
+    })();
+  }
+}
+
+/**
+ * Copies a host directory's contents into a guest directory (created 0755 if missing; an existing
+ * one keeps its mode and owner: injecting into / must not chmod /), or a host file to a path.
+ */
+async function inject(agent: AgentClient, hostPath: string, guestPath: string): Promise<void> {
+  if (!(await stat(hostPath)).isDirectory()) {
+    await copyIntoGuest(agent, hostPath, guestPath);
+    return;
+  }
+  const exists = await agent.stat(guestPath, { follow: true }).then(
+    (s) => s.kind === 'directory',
+    () => false,
+  );
+  if (!exists) await agent.mkdir(guestPath, { mode: 0o755, uid: 0, gid: 0 });
+  for (const name of (await readdir(hostPath)).sort()) await copyIntoGuest(agent, join(hostPath, name), posix.join(guestPath, name));
+}

@@ -1,0 +1,192 @@
+import { readFile } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, posix } from 'node:path';
+import { createHash } from 'node:crypto';
+import type { ActionSource, ActionSpec } from '../domain/action.js';
+import { parseBuildFile, type BuildPlan, type BuildStep } from '../domain/build-file.js';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import { compatKeyHash, type SnapshotRecord } from '../domain/snapshot.js';
+import { mergeEnv } from '../domain/vm.js';
+import type { Engine } from './engine.js';
+import type { OutputSink } from './output.js';
+
+export type BuildEvent =
+  | { type: 'base'; description: string }
+  | { type: 'step'; index: number; number: number; total: number; kind: BuildStep['kind']; description: string; line: number | undefined }
+  | {
+      type: 'step-done';
+      index: number;
+      number: number;
+      total: number;
+      /** ran: a VM ran it; cached: its snapshot came from the cache; metadata: nothing to run. */
+      outcome: 'ran' | 'cached' | 'metadata';
+      snapshot: string | null;
+      durationMs: number;
+    }
+  | { type: 'step-failed'; index: number; number: number; exitCode: number; message: string };
+
+export interface BuildOptions {
+  tag?: string;
+  /** Run every step, ignoring the cache (results replace the cached ones). */
+  noCache?: boolean;
+  target?: string;
+  sink?: OutputSink;
+  signal?: AbortSignal;
+  onEvent?(event: BuildEvent): void;
+}
+
+export interface BuildResult {
+  /** The final snapshot (null when a step failed). */
+  snapshot: SnapshotRecord | null;
+  /** 0, or the failing step's exit code. */
+  exitCode: number;
+  ran: number;
+  cached: number;
+  durationMs: number;
+  /** The cache key of the final step's result: what templates use as their inputs' hash. */
+  key: string | null;
+}
+
+/**
+ * `cell build`: each step of the chain to the target is an action on the previous step's
+ * snapshot, cached by key. `env` and `workdir` steps run nothing: they change what later steps
+ * run with (and so their keys); if they come last, a derived snapshot carries them.
+ */
+export class Builds {
+  constructor(private readonly engine: Engine) {}
+
+  /** Reads and checks a build file (errors carry line numbers). */
+  async load(file: string, target?: string): Promise<BuildPlan> {
+    if (!isAbsolute(file)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `the build file path must be absolute: ${file}`);
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      throw new CellError(ErrorCodes.NOT_FOUND, `cannot read build file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    return parseBuildFile(basename(file), text, dirname(file), { target });
+  }
+
+  async buildFile(file: string, opts: BuildOptions = {}): Promise<BuildResult> {
+    return this.build(await this.load(file, opts.target), opts);
+  }
+
+  async build(plan: BuildPlan, opts: BuildOptions = {}): Promise<BuildResult> {
+    const started = performance.now();
+    const emit = opts.onEvent ?? (() => {});
+    const baseDescription = 'image' in plan.base ? plan.base.image : `snapshot ${plan.base.snapshot}`;
+    emit({ type: 'base', description: baseDescription });
+    let source: ActionSource = plan.base;
+    let current: SnapshotRecord | null = 'snapshot' in plan.base ? this.engine.snapshots.resolve(plan.base.snapshot) : null;
+    let pendingEnv: string[] = [];
+    let pendingWorkdir: string | undefined;
+    let workdir = current?.spec.workingDir ?? '/';
+    let key: string | null = null;
+    let ran = 0;
+    let cached = 0;
+    const total = plan.chain.length;
+    for (const [position, index] of plan.chain.entries()) {
+      const step = plan.steps[index]!;
+      const number = position + 1;
+      const stepStarted = performance.now();
+      emit({ type: 'step', index, number, total, kind: step.kind, description: describeStep(step), line: step.line });
+      if (step.kind === 'env' || step.kind === 'workdir') {
+        if (step.kind === 'env') pendingEnv = mergeEnv(pendingEnv, step.env);
+        else pendingWorkdir = workdir = posix.resolve(workdir, step.dir);
+        emit({ type: 'step-done', index, number, total, outcome: 'metadata', snapshot: null, durationMs: performance.now() - stepStarted });
+        continue;
+      }
+      const spec: ActionSpec = {
+        source,
+        cmd: step.kind === 'run' ? step.cmd : [],
+        env: pendingEnv,
+        workingDir: pendingWorkdir,
+        ...(step.kind === 'run'
+          ? { timeoutSec: step.timeoutSec, detach: step.detach, ready: step.ready, user: step.user }
+          : { inject: { hostPath: step.hostPath, guestPath: step.to } }),
+        ...('image' in source ? { cpus: plan.cpus, memoryMib: plan.memoryMib } : {}),
+      };
+      let result;
+      try {
+        result = await this.engine.actions.run(
+          spec,
+          { mode: 'cache', refresh: opts.noCache },
+          { sink: opts.sink, signal: opts.signal, vmName: `build-step${index + 1}` },
+        );
+      } catch (err) {
+        const message = (err as Error).message;
+        emit({ type: 'step-failed', index, number, exitCode: 1, message });
+        throw err;
+      }
+      if (result.exitCode !== 0 || !result.snapshot) {
+        const message = `step ${number}/${total} (${describeStep(step)}) exited with code ${result.exitCode}`;
+        emit({ type: 'step-failed', index, number, exitCode: result.exitCode, message });
+        return { snapshot: null, exitCode: result.exitCode, ran: ran + 1, cached, durationMs: performance.now() - started, key: null };
+      }
+      if (result.cached) cached++;
+      else ran++;
+      current = result.snapshot;
+      key = result.key;
+      source = { snapshot: current.id };
+      workdir = current.spec.workingDir;
+      pendingEnv = [];
+      pendingWorkdir = undefined;
+      emit({
+        type: 'step-done',
+        index,
+        number,
+        total,
+        outcome: result.cached ? 'cached' : 'ran',
+        snapshot: current.id,
+        durationMs: performance.now() - stepStarted,
+      });
+    }
+    if (!current) throw new CellError(ErrorCodes.BAD_BUILD_FILE, 'a build on an image needs at least one run or copy step');
+    if (pendingEnv.length > 0 || pendingWorkdir !== undefined) {
+      ({ snapshot: current, key } = await this.carryMetadata(current, pendingEnv, pendingWorkdir));
+    }
+    if (opts.tag) current = this.engine.snapshots.tag(current.id, opts.tag);
+    return { snapshot: current, exitCode: 0, ran, cached, durationMs: performance.now() - started, key };
+  }
+
+  /** Trailing env/workdir steps: a derived snapshot, cached like a step so rebuilds reuse it. */
+  private async carryMetadata(source: SnapshotRecord, env: string[], workingDir: string | undefined): Promise<{ snapshot: SnapshotRecord; key: string }> {
+    const ready = await this.engine.host.ensure();
+    const spec = { env: mergeEnv(source.spec.env, env), workingDir: workingDir ?? source.spec.workingDir };
+    const key = createHash('sha256')
+      .update(JSON.stringify(['derive', source.id, [...spec.env].sort(), spec.workingDir, compatKeyHash(this.engine.compatKey(ready))]))
+      .digest('hex');
+    return this.engine.withLock(`action:${key}`, async () => {
+      const hit = this.engine.actions.lookup(key);
+      if (hit) return { snapshot: hit, key };
+      const name = this.engine.snapshotStore.nameExists(`cache-${key.slice(0, 12)}`) ? undefined : `cache-${key.slice(0, 12)}`;
+      const snapshot = await this.engine.snapshots.derive(source.id, spec, name);
+      const now = new Date().toISOString();
+      this.engine.actionCache.insert({
+        key,
+        snapshotId: snapshot.id,
+        description: `${source.name}: set ${[...env, ...(workingDir ? [`workdir ${workingDir}`] : [])].join(' ')}`.slice(0, 200),
+        createdAt: now,
+        lastUsed: now,
+        hits: 0,
+      });
+      return { snapshot, key };
+    });
+  }
+}
+
+/** One line saying what a step does, as build output shows it. */
+export function describeStep(step: BuildStep): string {
+  switch (step.kind) {
+    case 'run': {
+      const cmd = step.cmd.length === 3 && step.cmd[0] === '/bin/sh' && step.cmd[1] === '-c' ? step.cmd[2]! : JSON.stringify(step.cmd);
+      return `RUN ${cmd}${step.detach ? ' (detached)' : ''}${step.ready ? ' + ready check' : ''}`;
+    }
+    case 'copy':
+      return `COPY ${step.hostPath}${step.to ? ` -> ${step.to}` : ''}`;
+    case 'env':
+      return `ENV ${step.env.join(' ')}`;
+    case 'workdir':
+      return `WORKDIR ${step.dir}`;
+  }
+}
+

@@ -1,0 +1,289 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { basename, dirname, isAbsolute } from 'node:path';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import { shortId } from '../domain/ids.js';
+import type { SnapshotRecord } from '../domain/snapshot.js';
+import { parseTemplateFile, revisionKeys, TEMPLATE_SCHEMA_VERSION, type TemplateFile, type TemplateService, type TemplateVariant } from '../domain/template-file.js';
+import { mergeEnv, type TemplateStart, type VmRecord, type VmSpec } from '../domain/vm.js';
+import type { TemplateRecord, TemplateRevision } from '../store/template-store.js';
+import type { BuildEvent } from './builds.js';
+import type { Engine } from './engine.js';
+import { parseUser, runGuestCommand } from './exec-runner.js';
+import type { OutputSink } from './output.js';
+import { awaitReady } from './ready-check.js';
+
+export type TemplateEvent =
+  | BuildEvent
+  | {
+      type: 'variant';
+      name: string;
+      role: string;
+      /** unchanged: a revision with the same inputs exists; built: a new revision. */
+      status: 'building' | 'unchanged' | 'built';
+      revision?: string;
+      warm?: boolean;
+    };
+
+export interface TemplateBuildOptions {
+  /** Boot each variant, await its service, and store a snapshot for warm starts. */
+  snapshot?: boolean;
+  sink?: OutputSink;
+  signal?: AbortSignal;
+  onEvent?(event: TemplateEvent): void;
+}
+
+export interface TemplateBuildResult {
+  exitCode: number;
+  variants: { name: string; role: string; revision: string; unchanged: boolean; warm: boolean }[];
+}
+
+export interface TemplateView {
+  template: TemplateRecord;
+  revision: TemplateRevision | undefined;
+}
+
+/** Old revisions kept per variant (besides the current one) before they and their warm snapshots go. */
+const KEEP_REVISIONS = 2;
+
+/**
+ * Templates, as in the mvm seed: a build plus variants (roles with their own resources). Each
+ * variant becomes a revision; `--snapshot` adds a snapshot of a booted VM whose service passed its
+ * ready check. `run --template` forks that snapshot when there is one and the backend can restore
+ * snapshots, and otherwise cold-boots the built disk and starts the service, saying which it did.
+ */
+export class Templates {
+  constructor(private readonly engine: Engine) {}
+
+  async load(file: string): Promise<TemplateFile> {
+    if (!isAbsolute(file)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `the template file path must be absolute: ${file}`);
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      throw new CellError(ErrorCodes.NOT_FOUND, `cannot read template file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    return parseTemplateFile(basename(file), text, dirname(file));
+  }
+
+  async build(tf: TemplateFile, opts: TemplateBuildOptions = {}): Promise<TemplateBuildResult> {
+    const emit = opts.onEvent ?? (() => {});
+    const built = await this.engine.builds.build(tf.build, { sink: opts.sink, signal: opts.signal, onEvent: emit });
+    if (built.exitCode !== 0 || !built.snapshot || !built.key) return { exitCode: built.exitCode || 1, variants: [] };
+    const disk = built.snapshot;
+    const wantWarm = (opts.snapshot ?? false) && this.engine.backend.capabilities.snapshots;
+    const variants: TemplateBuildResult['variants'] = [];
+    for (const variant of tf.variants) {
+      const { inputsHash, cacheKey } = revisionKeys(built.key, tf.service, variant);
+      const existing = this.engine.templateStore
+        .revisions(variant.name)
+        .find((r) => r.cacheKey === cacheKey && this.intact(r) && (!wantWarm || r.warmSnapshot !== null));
+      const record = { name: variant.name, templateId: tf.templateId, role: variant.role };
+      if (existing) {
+        this.engine.templateStore.setCurrent(record, existing.id, new Date().toISOString());
+        emit({ type: 'variant', name: variant.name, role: variant.role, status: 'unchanged', revision: existing.id, warm: existing.warmSnapshot !== null });
+        variants.push({ name: variant.name, role: variant.role, revision: existing.id, unchanged: true, warm: existing.warmSnapshot !== null });
+        continue;
+      }
+      emit({ type: 'variant', name: variant.name, role: variant.role, status: 'building' });
+      const warm = wantWarm ? await this.warmSnapshot(variant, disk, tf.service, cacheKey, opts.signal) : null;
+      const revisionHash = sha256(JSON.stringify([cacheKey, disk.id, warm?.id ?? null]));
+      const revision: TemplateRevision = {
+        id: revisionHash.slice(0, 32),
+        templateName: variant.name,
+        revisionHash,
+        cacheKey,
+        inputsHash,
+        schemaVersion: TEMPLATE_SCHEMA_VERSION,
+        variant,
+        service: tf.service,
+        diskSnapshot: disk.id,
+        warmSnapshot: warm?.id ?? null,
+        builtAt: new Date().toISOString(),
+      };
+      this.engine.db.transaction(() => {
+        this.engine.templateStore.insertRevision(revision);
+        this.engine.templateStore.setCurrent(record, revision.id, revision.builtAt);
+      })();
+      await this.pruneRevisions(variant.name);
+      emit({ type: 'variant', name: variant.name, role: variant.role, status: 'built', revision: revision.id, warm: warm !== null });
+      variants.push({ name: variant.name, role: variant.role, revision: revision.id, unchanged: false, warm: warm !== null });
+    }
+    return { exitCode: 0, variants };
+  }
+
+  list(): TemplateView[] {
+    return this.engine.templateStore.list().map((template) => ({
+      template,
+      revision: template.currentRevision ? this.engine.templateStore.revision(template.currentRevision) : undefined,
+    }));
+  }
+
+  /**
+   * `NAME` (a variant's name, or a template id with one variant) or `NAME:ROLE` (a template id and
+   * one of its roles).
+   */
+  resolve(ref: string): TemplateView & { revision: TemplateRevision } {
+    const store = this.engine.templateStore;
+    const colon = ref.lastIndexOf(':');
+    let template: TemplateRecord | undefined;
+    if (colon > 0) {
+      const [id, role] = [ref.slice(0, colon), ref.slice(colon + 1)];
+      template = store.byTemplateId(id).find((t) => t.role === role) ?? store.get(id);
+      if (template && template.role !== role) template = undefined;
+      if (!template) {
+        const roles = store.byTemplateId(id).map((t) => t.role);
+        throw new CellError(ErrorCodes.NOT_FOUND, `no template ${id} with role ${role}${roles.length ? ` (roles: ${roles.join(', ')})` : ''}`);
+      }
+    } else {
+      template = store.get(ref);
+      if (!template) {
+        const variants = store.byTemplateId(ref);
+        if (variants.length > 1) {
+          throw new CellError(ErrorCodes.AMBIGUOUS_REF, `template ${ref} has several roles: say which, e.g. ${ref}:${variants[0]!.role} (roles: ${variants.map((v) => v.role).join(', ')})`);
+        }
+        template = variants[0];
+      }
+      if (!template) {
+        const known = store.list().map((t) => t.name);
+        throw new CellError(ErrorCodes.NOT_FOUND, `no such template: ${ref}${known.length ? ` (templates: ${known.join(', ')})` : ''}; build one with cell template build FILE`);
+      }
+    }
+    const revision = template.currentRevision ? store.revision(template.currentRevision) : undefined;
+    if (!revision) throw new CellError(ErrorCodes.NOT_FOUND, `template ${template.name} has no revision: build it with cell template build FILE`);
+    return { template, revision };
+  }
+
+  /** Removes variants (by name, NAME:ROLE, or every variant of a template id) and their warm snapshots. */
+  async remove(ref: string, force = false): Promise<string[]> {
+    const store = this.engine.templateStore;
+    const targets = store.get(ref) ? [store.get(ref)!] : ref.includes(':') ? [this.resolve(ref).template] : store.byTemplateId(ref);
+    if (targets.length === 0) throw new CellError(ErrorCodes.NOT_FOUND, `no such template: ${ref}`);
+    for (const t of targets) {
+      const warm = store.revisions(t.name).map((r) => r.warmSnapshot).filter((id): id is string => id !== null);
+      const inUse = warm.flatMap((id) => this.engine.vms.onSnapshot(id).map((vm) => vm.name));
+      if (inUse.length > 0 && !force) {
+        throw new CellError(ErrorCodes.CONFLICT, `template ${t.name} is in use by VMs ${inUse.join(', ')}: remove them or use --force`);
+      }
+      this.engine.db.transaction(() => store.delete(t.name))();
+      for (const id of warm) if (this.engine.snapshotStore.get(id)) await this.engine.snapshots.remove(id, true);
+    }
+    return targets.map((t) => t.name);
+  }
+
+  /**
+   * A VM for `run --template`: a fork of the revision's warm snapshot when it has one (and the
+   * backend restores snapshots), else a cold boot of the built disk with the service started and
+   * awaited. Its spec records which it was.
+   */
+  async startVm(ref: string, name: string, overrides: Pick<VmSpec, 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove'>): Promise<VmRecord> {
+    const { template, revision } = this.resolve(ref);
+    const warm = revision.warmSnapshot ? this.engine.snapshotStore.get(revision.warmSnapshot) : undefined;
+    const canRestore = this.engine.backend.capabilities.snapshots;
+    if (warm && canRestore) {
+      const start: TemplateStart = { name: template.name, revision: revision.id, start: 'warm', reason: `forked snapshot ${shortId(warm.id)}` };
+      const [vm] = await this.engine.snapshots.fork(warm.id, {
+        count: 1,
+        name,
+        overrides: { ...overrides, env: mergeEnv(warm.spec.env, overrides.env), workingDir: overrides.workingDir || warm.spec.workingDir, user: overrides.user || warm.spec.user, template: start },
+      });
+      return vm!;
+    }
+    const reason = !canRestore ? 'this backend cannot restore snapshots' : revision.warmSnapshot ? 'its snapshot is gone' : 'the revision has no snapshot (build it with --snapshot)';
+    return this.coldVm(revision, name, overrides, { name: template.name, revision: revision.id, start: 'cold', reason });
+  }
+
+  /** Boots the built disk with the variant's resources and brings its service up. */
+  private async coldVm(
+    revision: TemplateRevision,
+    name: string,
+    overrides: Pick<VmSpec, 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove'>,
+    start: TemplateStart | undefined,
+    signal?: AbortSignal,
+  ): Promise<VmRecord> {
+    const disk = this.engine.snapshotStore.get(revision.diskSnapshot);
+    if (!disk) throw new CellError(ErrorCodes.NOT_FOUND, `template ${revision.templateName}: its built disk (snapshot ${shortId(revision.diskSnapshot)}) is gone; rebuild it`);
+    const spec: VmSpec = {
+      ...disk.spec,
+      cpus: revision.variant.vcpus,
+      memoryMib: revision.variant.memMib,
+      ...(revision.variant.dataDiskMib > 0 ? { dataDiskMib: revision.variant.dataDiskMib } : {}),
+      ...overrides,
+      env: mergeEnv(disk.spec.env, overrides.env),
+      workingDir: overrides.workingDir || disk.spec.workingDir,
+      user: overrides.user || disk.spec.user,
+      ...(start ? { template: start } : {}),
+    };
+    const vm = await this.engine.recordNewVm(this.engine.vms.nameExists(name) ? `${name}-${randomBytes(2).toString('hex')}` : name, spec, disk.id);
+    try {
+      const running = await this.engine.withLock(vm.id, () => this.engine.bootLocked(vm.id));
+      if (revision.service) await this.startService(running, revision.service, signal);
+      return running;
+    } catch (err) {
+      await this.engine.remove(vm.id, true).catch(() => {});
+      throw err;
+    }
+  }
+
+  /** Starts the service in the background (its output goes to the VM's log) and awaits its ready check. */
+  private async startService(vm: VmRecord, service: TemplateService, signal?: AbortSignal): Promise<void> {
+    const live = this.engine.live.require(vm.id);
+    const { uid, gid } = parseUser(vm.spec.user);
+    const ctx = { env: vm.spec.env, cwd: vm.spec.workingDir, uid, gid, signal };
+    const log: OutputSink = {
+      stdout: (c) => this.engine.logs.append(vm.id, 'stdout', c),
+      stderr: (c) => this.engine.logs.append(vm.id, 'stderr', c),
+    };
+    const running = runGuestCommand(live.agent, { ...ctx, argv: service.start, timeoutSec: 0 }, log);
+    running.catch(() => {});
+    if (service.ready) await awaitReady(live.agent, service.ready, { ...ctx, serviceExit: running.then((r) => r.exitCode) });
+  }
+
+  /** Boots the variant cold, brings its service up and snapshots it (the VM goes away). */
+  private async warmSnapshot(variant: TemplateVariant, disk: SnapshotRecord, service: TemplateService | null, cacheKey: string, signal?: AbortSignal): Promise<SnapshotRecord> {
+    const provisional: TemplateRevision = {
+      id: 'provisional',
+      templateName: variant.name,
+      revisionHash: '',
+      cacheKey,
+      inputsHash: '',
+      schemaVersion: TEMPLATE_SCHEMA_VERSION,
+      variant,
+      service,
+      diskSnapshot: disk.id,
+      warmSnapshot: null,
+      builtAt: '',
+    };
+    const vm = await this.coldVm(provisional, `${variant.name}-template-build`, { cmd: [], env: [], workingDir: '', user: '', timeoutSec: 0, autoRemove: false }, undefined, signal);
+    try {
+      const name = `${variant.name}-warm-${cacheKey.slice(0, 8)}-${randomBytes(2).toString('hex')}`;
+      return await this.engine.snapshots.take(vm.id, { name, stop: true });
+    } finally {
+      await this.engine.remove(vm.id, true).catch(() => {});
+    }
+  }
+
+  /** Whether a revision's snapshots are all still there. */
+  private intact(r: TemplateRevision): boolean {
+    const store = this.engine.snapshotStore;
+    return store.get(r.diskSnapshot) !== undefined && (r.warmSnapshot === null || store.get(r.warmSnapshot) !== undefined);
+  }
+
+  /** Keeps the current revision and the newest few others; older ones and their warm snapshots go. */
+  private async pruneRevisions(name: string): Promise<void> {
+    const store = this.engine.templateStore;
+    const current = store.get(name)?.currentRevision;
+    const old = store.revisions(name).filter((r) => r.id !== current).slice(KEEP_REVISIONS);
+    for (const r of old) {
+      store.deleteRevision(r.id);
+      const warm = r.warmSnapshot;
+      if (warm && store.holding(warm).length === 0 && this.engine.snapshotStore.get(warm) && this.engine.snapshots.removable(warm)) {
+        await this.engine.snapshots.remove(warm);
+      }
+    }
+  }
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}

@@ -1,0 +1,128 @@
+import type { FastifyInstance } from 'fastify';
+import type { Static } from '@sinclair/typebox';
+import {
+  ActionRequest,
+  BuildRequest,
+  CachePruneRequest,
+  RefParams,
+  RemoveQuery,
+  TemplateBuildRequest,
+  type CacheEntry,
+  type TemplateView,
+} from '../../api/schemas.js';
+import type { ActionSpec } from '../../domain/action.js';
+import { CellError, ErrorCodes } from '../../domain/errors.js';
+import type { Engine } from '../../engine/engine.js';
+import { openNdjson, outputEvents } from '../ndjson.js';
+
+/** Actions, builds and the action cache. */
+export function buildRoutes(app: FastifyInstance, engine: Engine): void {
+  // Stream: `action` (cache verdict), stdout/stderr of the command, `result`.
+  app.post<{ Body: ActionRequest }>('/v1/actions', { schema: { body: ActionRequest } }, async (req, reply) => {
+    const spec = actionSpec(req.body);
+    const stream = openNdjson(req, reply);
+    try {
+      const result = await engine.actions.run(spec, req.body.cache ? { mode: 'cache', salt: req.body.salt } : { mode: 'none' }, {
+        snapshot: req.body.keepSnapshot,
+        sink: outputEvents(stream),
+        signal: stream.signal,
+        onPlan: (plan) => stream.send({ type: 'action', ...plan }),
+      });
+      stream.send({ type: 'result', result });
+      stream.end();
+    } catch (err) {
+      stream.fail(err);
+    }
+  });
+
+  // Stream: `base`, then per step `step`, the step's output, `step-done` (or `step-failed`); `built`.
+  app.post<{ Body: BuildRequest }>('/v1/builds', { schema: { body: BuildRequest } }, async (req, reply) => {
+    // A bad build file is a plain HTTP error, before the stream opens.
+    const plan = await engine.builds.load(req.body.file, req.body.target);
+    const stream = openNdjson(req, reply);
+    try {
+      const result = await engine.builds.build(plan, {
+        tag: req.body.tag,
+        noCache: req.body.noCache,
+        sink: outputEvents(stream),
+        signal: stream.signal,
+        onEvent: (event) => stream.send(event),
+      });
+      stream.send({ type: 'built', result });
+      stream.end();
+    } catch (err) {
+      stream.fail(err);
+    }
+  });
+
+  app.get('/v1/cache', async (): Promise<CacheEntry[]> =>
+    engine.actions.listCache().map(({ entry, snapshot }) => ({
+      ...entry,
+      snapshotName: snapshot?.name ?? null,
+      bytes: snapshot ? snapshot.stateBytes + snapshot.memoryBytes + snapshot.diskBytes : 0,
+    })),
+  );
+
+  app.post<{ Body: CachePruneRequest }>('/v1/cache/prune', { schema: { body: CachePruneRequest } }, async (req) => {
+    const { maxCount, maxBytes, maxAgeSec } = req.body;
+    if (maxCount === undefined && maxBytes === undefined && maxAgeSec === undefined) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'say what to keep: maxCount, maxBytes or maxAgeSec');
+    }
+    const removed = await engine.actions.pruneCache({ maxCount, maxBytes, maxAgeMs: maxAgeSec === undefined ? undefined : maxAgeSec * 1000 });
+    return { removed };
+  });
+}
+
+function actionSpec(body: ActionRequest): ActionSpec {
+  if ((body.image === undefined) === (body.fromSnapshot === undefined)) {
+    throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an action needs exactly one source: image or fromSnapshot');
+  }
+  return {
+    source: body.image !== undefined ? { image: body.image } : { snapshot: body.fromSnapshot! },
+    cmd: body.cmd,
+    env: body.env,
+    workingDir: body.workingDir,
+    user: body.user,
+    timeoutSec: body.timeoutSec,
+    cpus: body.cpus,
+    memoryMib: body.memoryMib,
+    inject: body.inject,
+    detach: body.detach,
+    ready: body.ready,
+  };
+}
+
+/** Templates: build (stream), list, inspect, remove. */
+export function templateRoutes(app: FastifyInstance, engine: Engine): void {
+  app.post<{ Body: TemplateBuildRequest }>('/v1/templates/build', { schema: { body: TemplateBuildRequest } }, async (req, reply) => {
+    const file = await engine.templates.load(req.body.file);
+    const stream = openNdjson(req, reply);
+    try {
+      const result = await engine.templates.build(file, {
+        snapshot: req.body.snapshot,
+        sink: outputEvents(stream),
+        signal: stream.signal,
+        onEvent: (event) => stream.send(event),
+      });
+      stream.send({ type: 'templates', result });
+      stream.end();
+    } catch (err) {
+      stream.fail(err);
+    }
+  });
+
+  app.get('/v1/templates', async (): Promise<TemplateView[]> =>
+    engine.templates.list().map(({ template, revision }) => ({ ...template, revision: revision ?? null })),
+  );
+
+  app.get<{ Params: Static<typeof RefParams> }>('/v1/templates/:ref', { schema: { params: RefParams } }, async (req): Promise<TemplateView> => {
+    const { template, revision } = engine.templates.resolve(req.params.ref);
+    return { ...template, revision, revisions: engine.templateStore.revisions(template.name) };
+  });
+
+  app.delete<{ Params: Static<typeof RefParams>; Querystring: Static<typeof RemoveQuery> }>(
+    '/v1/templates/:ref',
+    { schema: { params: RefParams, querystring: RemoveQuery } },
+    async (req) => ({ removed: await engine.templates.remove(req.params.ref, req.query.force ?? false) }),
+  );
+}
