@@ -19,6 +19,10 @@ export interface SandboxOptions {
   user?: string;
   /** Fork this snapshot instead of booting the image. */
   fromSnapshot?: string;
+  /** Start from a template (`NAME` or `TEMPLATE_ID:ROLE`): warm from its snapshot when it has one. */
+  template?: string;
+  /** An empty ext4 disk of this many MiB at /data. */
+  dataDiskMib?: number;
   /** A client to share; without one the sandbox connects (and disconnects when disposed). */
   client?: CellClient;
   /** How to connect when no client is given. */
@@ -61,7 +65,7 @@ export class Sandbox {
         return new Sandbox(client, vm!, !opts.client);
       }
       const vm = await client.vms.create({
-        image: opts.image ?? DEFAULT_SANDBOX_IMAGE,
+        ...(opts.template ? { template: opts.template } : { image: opts.image ?? DEFAULT_SANDBOX_IMAGE, dataDiskMib: opts.dataDiskMib }),
         name: opts.name,
         cpus: opts.cpus,
         memoryMib: opts.memoryMib,

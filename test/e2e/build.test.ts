@@ -76,6 +76,19 @@ run = "echo $THIRD > /three; cat /proc/sys/kernel/random/uuid | tee /four"
     assert.match(verbose.stderr, /0 steps ran, 3 from cache/);
   });
 
+  test('--no-cache runs every step again and its results replace the cached ones', async () => {
+    const before = await facts('four');
+    const file = join(dir, 'four.toml');
+    const fresh = await h.ok(['build', '--no-cache', '-f', file, '-t', 'four']);
+    assert.equal((fresh.stdout.match(UUID) ?? []).length, 3, 'every run step ran');
+    assert.doesNotMatch(fresh.stderr, /CACHED/);
+    const after = await facts('four');
+    assert.notEqual(after[0], before[0]);
+    const cached = await h.ok(['build', '-f', file]);
+    assert.equal((cached.stderr.match(/CACHED/g) ?? []).length, 3, 'the next build hits the new entries');
+    assert.deepEqual(await facts('four'), after);
+  });
+
   test('a change in step 3 re-runs steps 3 and 4 only; env reaches later steps and the result', async () => {
     const before = await facts('four');
     const file = writeBuild('four.toml', fourSteps('b'));
@@ -186,10 +199,13 @@ run = "echo $THIRD > /three; cat /proc/sys/kernel/random/uuid | tee /four"
     assert.ok(list.length >= 5);
     const table = await h.ok(['cache', 'ls']);
     assert.match(table.stdout, /^KEY\s+SNAPSHOT\s+SIZE\s+HITS\s+LAST USED\s+WHAT/);
-    const held = list[0]!;
+    const snapshots = await client.snapshots.list();
+    const held = list.find((e) => !snapshots.some((s) => s.parentSnapshot === e.snapshotId))!;
     const rm = await h.cell(['snapshot', 'rm', held.snapshotId]);
     assert.notEqual(rm.code, 0);
     assert.match(rm.stderr, /held by cache entry/);
+    assert.equal((await h.ok(['cache', 'prune', '--older-than', '1h'])).stdout, '', 'everything was used within the hour');
+    assert.equal((await h.ok(['cache', 'prune', '--max-bytes', '1T'])).stdout, '', 'everything fits in a terabyte');
     const pruned = await h.ok(['cache', 'prune', '--max-count', '0']);
     assert.ok(pruned.stdout.split('\n').filter(Boolean).length >= list.length - 1);
     const rest = JSON.parse((await h.ok(['cache', 'ls', '--format', 'json'])).stdout) as CacheJson[];
