@@ -21,6 +21,8 @@ import type { Engine } from './engine.js';
 export interface PullRequest {
   reference: string;
   platform?: string;
+  /** Registries (host[:port]) this request may reach over plain http, besides CELL_INSECURE_REGISTRIES. */
+  insecureRegistries?: string[];
   onProgress?: PullProgressFn;
   signal?: AbortSignal;
 }
@@ -75,7 +77,7 @@ export class Images {
       db: this.engine.db,
       onProgress: req.onProgress,
       credentialsPath: join(this.engine.paths.home, 'credentials.json'),
-      insecureRegistries: insecureRegistries(),
+      insecureRegistries: insecureRegistries(req.insecureRegistries),
       signal: req.signal,
     });
   }
@@ -107,15 +109,15 @@ export class Images {
   }
 
   /** Uploads a local image to a registry under `target` (blobs it already has are skipped). */
-  push(reference: string, target: string): Promise<{ digest: string; reference: string }> {
+  push(reference: string, target: string, insecure: string[] = []): Promise<{ digest: string; reference: string }> {
     const image = this.require(reference);
     if (image.builtin) throw new CellError(ErrorCodes.CONFLICT, `${image.reference} is built in and has no OCI manifest to push`);
-    return pushImage({ image: image.reference, reference: target, storeRoot: this.engine.paths.home, db: this.engine.db, ...this.registryAccess() });
+    return pushImage({ image: image.reference, reference: target, storeRoot: this.engine.paths.home, db: this.engine.db, ...this.registryAccess(insecure) });
   }
 
   /** Checks the credentials against the registry, then stores them (mode 0600). */
-  login(registry: string, username: string, password: string): Promise<void> {
-    return login({ registry, username, password, credentialsPath: this.registryAccess().credentialsPath, insecureRegistries: insecureRegistries() });
+  login(registry: string, username: string, password: string, insecure: string[] = []): Promise<void> {
+    return login({ registry, username, password, ...this.registryAccess(insecure) });
   }
 
   logout(registry: string): Promise<boolean> {
@@ -142,8 +144,8 @@ export class Images {
     return { evicted: [], bytesFreed: gc.bytesFreed };
   }
 
-  private registryAccess() {
-    return { credentialsPath: join(this.engine.paths.home, 'credentials.json'), insecureRegistries: insecureRegistries() };
+  private registryAccess(insecure: string[] = []) {
+    return { credentialsPath: join(this.engine.paths.home, 'credentials.json'), insecureRegistries: insecureRegistries(insecure) };
   }
 
   pin(kind: 'vm' | 'snapshot', id: string, imageDigest: string): void {
@@ -155,6 +157,8 @@ export class Images {
   }
 }
 
-function insecureRegistries(): string[] {
-  return (process.env.CELL_INSECURE_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+/** CELL_INSECURE_REGISTRIES (celld's own setting, like Docker's daemon config) plus a request's own. */
+function insecureRegistries(extra: string[] = []): string[] {
+  const fromEnv = (process.env.CELL_INSECURE_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+  return [...new Set([...fromEnv, ...extra.map((s) => s.trim()).filter(Boolean)])];
 }

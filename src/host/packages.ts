@@ -27,6 +27,10 @@ export const HOST_REQUIREMENTS: readonly HostRequirement[] = [
   { what: 'gcc', package: 'gcc', present: () => hasCommand('gcc') },
   // The agent is linked statically: it is PID 1 in an initramfs without a libc.
   { what: STATIC_LIBC, package: 'libc6-dev', present: () => exists(STATIC_LIBC) },
+  // Image layers: zstd-compressed ones (Node 20's zlib has no zstd) and extended attributes
+  // (file capabilities such as ping's cap_net_raw) on the unpacked tree.
+  { what: 'zstd', package: 'zstd', present: () => hasCommand('zstd') },
+  { what: 'setfattr', package: 'attr', present: () => hasCommand('setfattr') },
   { what: 'dpkg-deb', package: 'dpkg', present: () => hasCommand('dpkg-deb') },
   { what: 'apt-get', package: 'apt', present: () => hasCommand('apt-get') },
 ];

@@ -161,9 +161,11 @@ export class CellClient {
 
   readonly images = {
     list: (): Promise<Image[]> => this.transport.request('GET', Routes.images),
-    pull: async (reference: string, opts: { platform?: string; onProgress?(e: PullEvent): void; signal?: AbortSignal } = {}) => {
+    /** `insecureRegistries`: hosts this pull may reach over plain http (besides loopback and celld's CELL_INSECURE_REGISTRIES). */
+    pull: async (reference: string, opts: { platform?: string; insecureRegistries?: string[]; onProgress?(e: PullEvent): void; signal?: AbortSignal } = {}) => {
       let image: Extract<StreamEvent, { type: 'image' }>['image'] | undefined;
-      for await (const event of this.transport.stream('POST', Routes.imagePull, { reference, platform: opts.platform }, opts.signal)) {
+      const body = { reference, platform: opts.platform, ...(opts.insecureRegistries?.length ? { insecureRegistries: opts.insecureRegistries } : {}) };
+      for await (const event of this.transport.stream('POST', Routes.imagePull, body, opts.signal)) {
         if (event.type === 'pull') opts.onProgress?.(event.event);
         if (event.type === 'image') image = event.image;
       }
@@ -173,7 +175,12 @@ export class CellClient {
     import: (file: string, reference?: string) => this.transport.request<{ reference: string; digest: string }>('POST', Routes.imageImport, { file, reference }),
     remove: (ref: string, opts: { force?: boolean } = {}): Promise<void> => this.transport.request('DELETE', Routes.image(ref) + query({ force: opts.force })),
     /** Pushes local image `reference` to `target` (default: the same reference). */
-    push: (reference: string, target?: string) => this.transport.request<{ digest: string; reference: string }>('POST', Routes.imagePush, { reference, target }),
+    push: (reference: string, target?: string, opts: { insecureRegistries?: string[] } = {}) =>
+      this.transport.request<{ digest: string; reference: string }>('POST', Routes.imagePush, {
+        reference,
+        target,
+        ...(opts.insecureRegistries?.length ? { insecureRegistries: opts.insecureRegistries } : {}),
+      }),
     /** `file` is a path on celld's host. */
     export: (reference: string, file: string) => this.transport.request<{ digest: string; bytes: number }>('POST', Routes.imageExport, { reference, file }),
     prune: (opts: { maxBytes?: number } = {}) => this.transport.request<{ evicted: string[]; bytesFreed: number }>('POST', Routes.imagePrune, opts),
@@ -271,7 +278,13 @@ export class CellClient {
   };
 
   readonly registries = {
-    login: (registry: string, username: string, password: string) => this.transport.request<{ ok: boolean }>('POST', Routes.login, { registry, username, password }),
+    login: (registry: string, username: string, password: string, opts: { insecureRegistries?: string[] } = {}) =>
+      this.transport.request<{ ok: boolean }>('POST', Routes.login, {
+        registry,
+        username,
+        password,
+        ...(opts.insecureRegistries?.length ? { insecureRegistries: opts.insecureRegistries } : {}),
+      }),
     logout: (registry: string) => this.transport.request<{ removed: boolean }>('POST', Routes.logout, { registry }),
   };
 

@@ -53,11 +53,19 @@ function authYaml(auth: RegistryAuth, dir: string): string {
   return '';
 }
 
-export async function startRegistry(auth: RegistryAuth = { kind: 'none' }): Promise<RunningRegistry> {
+export interface RegistryPlace {
+  /** Listen address (default 127.0.0.1). */
+  address?: string;
+  /** Run inside this network namespace (made by the test, see helpers/netns.ts). */
+  netns?: string;
+}
+
+export async function startRegistry(auth: RegistryAuth = { kind: 'none' }, place: RegistryPlace = {}): Promise<RunningRegistry> {
   ensureRegistryInstalled();
   const dir = mkdtempSync('/tmp/cellt-registry-');
   const storage = join(dir, 'storage');
-  const port = await freePort();
+  const address = place.address ?? '127.0.0.1';
+  const port = place.netns ? 5000 : await freePort();
   const config = join(dir, 'config.yml');
   writeFileSync(
     config,
@@ -72,11 +80,13 @@ storage:
   delete:
     enabled: true
 http:
-  addr: 127.0.0.1:${port}
+  addr: ${address}:${port}
 ${authYaml(auth, dir)}`,
   );
   let output = '';
-  const child: ChildProcess = spawn(REGISTRY_BIN, ['serve', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // `ip netns exec` execs the registry in place: the pid is the registry's.
+  const argv = place.netns ? ['ip', ['netns', 'exec', place.netns, REGISTRY_BIN, 'serve', config]] as const : [REGISTRY_BIN, ['serve', config]] as const;
+  const child: ChildProcess = spawn(argv[0], [...argv[1]], { stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout!.on('data', (c: Buffer) => (output += c.toString()));
   child.stderr!.on('data', (c: Buffer) => (output += c.toString()));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -96,7 +106,7 @@ ${authYaml(auth, dir)}`,
       throw new Error(`docker-registry exited at start: ${output}`);
     }
     try {
-      const res = await fetch(`http://127.0.0.1:${port}/v2/`);
+      const res = await fetch(`http://${address}:${port}/v2/`);
       await res.body?.cancel();
       if (res.status === 200 || res.status === 401) break;
     } catch {
@@ -108,7 +118,7 @@ ${authYaml(auth, dir)}`,
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { host: `127.0.0.1:${port}`, port, storage, stop, logs: () => output };
+  return { host: `${address}:${port}`, port, storage, stop, logs: () => output };
 }
 
 /** Where Distribution keeps a blob's bytes in its filesystem storage. */

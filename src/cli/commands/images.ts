@@ -3,7 +3,11 @@ import { forEachRef, withClient } from '../action.js';
 import { ago, bytes, table } from '../format.js';
 import { pullProgress } from '../pull-progress.js';
 import { resolve } from 'node:path';
-import { oneOf, wholeNumber } from '../errors.js';
+import { collect, oneOf, wholeNumber } from '../errors.js';
+
+const INSECURE_FLAG = '--insecure-registry <host[:port]>';
+const INSECURE_HELP = 'allow plain http to this registry (repeatable)';
+const INSECURE_NOTE = 'Plain http:// is used only for loopback registries, those given with --insecure-registry, and those in celld\'s CELL_INSECURE_REGISTRIES.';
 import { examples } from '../help.js';
 
 export function register(program: Command): void {
@@ -14,12 +18,16 @@ export function register(program: Command): void {
     .argument('<image>', 'reference, e.g. alpine:3.20 or 127.0.0.1:5000/team/app@sha256:...')
     .option('--platform <os/arch>', 'platform to select from a multi-platform image', 'linux/amd64')
     .option('-q, --quiet', 'print only the digest')
-    .addHelpText('after', '\nplain http:// is used only for loopback registries or those in CELL_INSECURE_REGISTRIES.\n\nExamples:\n  cell pull alpine:3.20\n  cell pull --platform linux/arm64 127.0.0.1:5000/app:dev')
+    .option(INSECURE_FLAG, INSECURE_HELP, collect)
+    .addHelpText(
+      'after',
+      `\n${INSECURE_NOTE}\n${examples('cell pull alpine:3.20', 'cell pull --platform linux/arm64 127.0.0.1:5000/app:dev', 'cell pull --insecure-registry registry.lan:5000 registry.lan:5000/team/app:v1')}`,
+    )
     .action(
-      withClient(async (client, reference: string, flags: { platform: string; quiet?: boolean }) => {
+      withClient(async (client, reference: string, flags: { platform: string; quiet?: boolean; insecureRegistry?: string[] }) => {
         const progress = await pullProgress(flags.quiet ?? false);
         try {
-          const image = await client.images.pull(reference, { platform: flags.platform, onProgress: progress.onProgress });
+          const image = await client.images.pull(reference, { platform: flags.platform, insecureRegistries: flags.insecureRegistry, onProgress: progress.onProgress });
           progress.stop();
           process.stdout.write(flags.quiet ? `${image.digest}\n` : `${image.reference} ${image.digest}\n`);
         } finally {
@@ -72,10 +80,11 @@ export function register(program: Command): void {
     .description('upload a local image to a registry')
     .argument('<image>', 'local image reference')
     .argument('[target]', 'where to push, e.g. 127.0.0.1:5000/team/app:v1 (default: the same reference)')
-    .addHelpText('after', '\nCredentials come from cell login or ~/.docker/config.json.\n\nExample:\n  cell push alpine:3.20 127.0.0.1:5000/mirror/alpine:3.20')
+    .option(INSECURE_FLAG, INSECURE_HELP, collect)
+    .addHelpText('after', `\nCredentials come from cell login or ~/.docker/config.json. ${INSECURE_NOTE}\n${examples('cell push alpine:3.20 127.0.0.1:5000/mirror/alpine:3.20')}`)
     .action(
-      withClient(async (client, reference: string, target: string | undefined) => {
-        const pushed = await client.images.push(reference, target);
+      withClient(async (client, reference: string, target: string | undefined, flags: { insecureRegistry?: string[] }) => {
+        const pushed = await client.images.push(reference, target, { insecureRegistries: flags.insecureRegistry });
         process.stdout.write(`${pushed.reference} ${pushed.digest}\n`);
       }),
     );
@@ -88,16 +97,17 @@ export function register(program: Command): void {
     .requiredOption('-u, --username <user>', 'user name')
     .option('-p, --password <password>', 'password (prefer --password-stdin)')
     .option('--password-stdin', 'read the password from stdin')
+    .option(INSECURE_FLAG, INSECURE_HELP, collect)
     .addHelpText('after', examples('echo "$TOKEN" | cell login -u me --password-stdin ghcr.io', 'cell login -u admin -p secret 127.0.0.1:5000'))
     .action(
-      withClient(async (client, registry: string, flags: { username: string; password?: string; passwordStdin?: boolean }) => {
+      withClient(async (client, registry: string, flags: { username: string; password?: string; passwordStdin?: boolean; insecureRegistry?: string[] }) => {
         let password = flags.password ?? '';
         if (flags.passwordStdin) {
           const chunks: Buffer[] = [];
           for await (const c of process.stdin) chunks.push(c as Buffer);
           password = Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
         }
-        await client.registries.login(registry, flags.username, password);
+        await client.registries.login(registry, flags.username, password, { insecureRegistries: flags.insecureRegistry });
         process.stdout.write(`logged in to ${registry}\n`);
       }),
     );

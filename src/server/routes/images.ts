@@ -4,8 +4,9 @@ import { RefParams, RemoveQuery } from '../../api/schemas.js';
 import type { Engine } from '../../engine/engine.js';
 import { openNdjson } from '../ndjson.js';
 
+const Insecure = Type.Optional(Type.Array(Type.String({ minLength: 1 })));
 const PullBody = Type.Object(
-  { reference: Type.String({ minLength: 1 }), platform: Type.Optional(Type.String()) },
+  { reference: Type.String({ minLength: 1 }), platform: Type.Optional(Type.String()), insecureRegistries: Insecure },
   { additionalProperties: false },
 );
 const ImportBody = Type.Object(
@@ -14,13 +15,13 @@ const ImportBody = Type.Object(
 );
 
 const PushBody = Type.Object(
-  { reference: Type.String({ minLength: 1 }), target: Type.Optional(Type.String({ minLength: 1 })) },
+  { reference: Type.String({ minLength: 1 }), target: Type.Optional(Type.String({ minLength: 1 })), insecureRegistries: Insecure },
   { additionalProperties: false },
 );
 const ExportBody = Type.Object({ reference: Type.String({ minLength: 1 }), file: Type.String({ minLength: 1 }) }, { additionalProperties: false });
 const PruneBody = Type.Object({ maxBytes: Type.Optional(Type.Integer({ minimum: 0 })) }, { additionalProperties: false });
 const LoginBody = Type.Object(
-  { registry: Type.String({ minLength: 1 }), username: Type.String({ minLength: 1 }), password: Type.String() },
+  { registry: Type.String({ minLength: 1 }), username: Type.String({ minLength: 1 }), password: Type.String(), insecureRegistries: Insecure },
   { additionalProperties: false },
 );
 const LogoutBody = Type.Object({ registry: Type.String({ minLength: 1 }) }, { additionalProperties: false });
@@ -44,6 +45,7 @@ export function imageRoutes(app: FastifyInstance, engine: Engine): void {
       const image = await engine.images.pull({
         reference: req.body.reference,
         platform: req.body.platform,
+        insecureRegistries: req.body.insecureRegistries,
         signal: stream.signal,
         onProgress: (event) => stream.send({ type: 'pull', event }),
       });
@@ -62,7 +64,7 @@ export function imageRoutes(app: FastifyInstance, engine: Engine): void {
   });
 
   app.post<{ Body: Static<typeof PushBody> }>('/v1/images/push', { schema: { body: PushBody } }, async (req) =>
-    engine.images.push(req.body.reference, req.body.target ?? req.body.reference),
+    engine.images.push(req.body.reference, req.body.target ?? req.body.reference, req.body.insecureRegistries),
   );
 
   app.post<{ Body: Static<typeof ExportBody> }>('/v1/images/export', { schema: { body: ExportBody } }, async (req) =>
@@ -74,7 +76,7 @@ export function imageRoutes(app: FastifyInstance, engine: Engine): void {
   );
 
   app.post<{ Body: Static<typeof LoginBody> }>('/v1/registries/login', { schema: { body: LoginBody } }, async (req) => {
-    await engine.images.login(req.body.registry, req.body.username, req.body.password);
+    await engine.images.login(req.body.registry, req.body.username, req.body.password, req.body.insecureRegistries);
     return { ok: true };
   });
 
