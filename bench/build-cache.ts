@@ -92,7 +92,7 @@ async function main(): Promise<void> {
       await ok(['template', 'build', '--snapshot', join(ctx, 'web.toml')], h.env);
       // The cold baseline does the same work by hand: write the site, start httpd, poll, fetch.
       const coldScript =
-        'mkdir -p /www && for i in $(seq 0 199); do echo page $i > /www/p$i.html; done; (httpd -f -p 8080 -h /www &); ' +
+        'mkdir -p /www && for i in $(seq 0 199); do echo page $i > /www/p$i.html; done; (httpd -f -p 8080 -h /www >/dev/null 2>&1 &); ' +
         'until wget -q -O /dev/null http://127.0.0.1:8080/p0.html 2>/dev/null; do sleep 0.05; done; wget -q -O- http://127.0.0.1:8080/p7.html';
       for (let i = 0; i < RUNS; i++) {
         const w = await ok(['run', '--rm', '--template', 'web', '--', 'wget', '-q', '-O-', 'http://127.0.0.1:8080/p7.html'], h.env);

@@ -128,6 +128,7 @@ export const Info = Type.Object({
   guestKernel: Type.String(),
   vms: Type.Record(Type.String(), Type.Integer()),
   images: Type.Integer(),
+  spares: Type.Integer(),
   daemonPid: Type.Integer(),
 });
 export type Info = Static<typeof Info>;

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { CellClient } from '../sdk/client.js';
-import { EXIT_SIGINT, EXIT_SIGTERM } from './errors.js';
+import { EXIT_FAILURE, EXIT_SIGINT, EXIT_SIGTERM, reportError } from './errors.js';
 
 /** The client for this invocation: --home wins over CELL_HOME; celld starts on demand. */
 export function connect(cmd: Command): Promise<CellClient> {
@@ -57,6 +57,27 @@ export function interruptible(): Interrupt {
       process.off('SIGTERM', onTerm);
     },
   };
+}
+
+/**
+ * A command that streams from celld until it ends (build, template build): connects, turns Ctrl-C
+ * into an abort, reports a failure as one line; resolves with the exit status to use.
+ */
+export async function streamed(cmd: Command, work: (client: CellClient, signal: AbortSignal) => Promise<number>): Promise<number> {
+  const interrupt = interruptible();
+  let client: CellClient | undefined;
+  try {
+    client = await connect(cmd);
+    return await work(client, interrupt.signal);
+  } catch (err) {
+    const interrupted = interrupt.code();
+    if (interrupted !== null) return interrupted;
+    reportError(err);
+    return EXIT_FAILURE;
+  } finally {
+    interrupt.dispose();
+    client?.close();
+  }
 }
 
 /** The exit status for a guest command's result, with a line on stderr after a timeout. */

@@ -55,6 +55,23 @@ export interface VmRecord {
   baseSnapshot: string | null;
 }
 
+/** A VM as first recorded: created, never started. */
+export function newVmRecord(id: string, name: string, spec: VmSpec, baseSnapshot: string | null): VmRecord {
+  return {
+    id,
+    name,
+    state: 'created',
+    spec,
+    createdAt: new Date().toISOString(),
+    startedAt: null,
+    stoppedAt: null,
+    pid: null,
+    accelerator: null,
+    exit: null,
+    baseSnapshot,
+  };
+}
+
 export const DEFAULT_CPUS = 1;
 export const DEFAULT_MEMORY_MIB = 256;
 export const MIN_MEMORY_MIB = 64;

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,6 +12,7 @@ import {
   DATA_DISK_MOUNT,
   DEFAULT_MEMORY_MIB,
   mergeEnv,
+  newVmRecord,
   validateEnv,
   validateResources,
   type VmRecord,
@@ -32,12 +33,13 @@ import { Snapshots } from './snapshots.js';
 import { Actions } from './actions.js';
 import { Builds } from './builds.js';
 import { Templates } from './templates.js';
+import { SparePool, type Spare } from './spare-pool.js';
 import { TemplateStore } from '../store/template-store.js';
 import { ActionCacheStore } from '../store/action-cache-store.js';
 import { Images } from './images.js';
 import { resolveImageUser } from '../image/image-users.js';
 import { exitInfo, guestHostname } from './vm-records.js';
-import { LiveMachines, type GuestIdentity } from './live-machines.js';
+import { LiveMachines, type GuestIdentity, type PreparedRestore } from './live-machines.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
 import { VmLogs, type LogEntry } from './vm-logs.js';
 import type { AgentClient } from '../agent/client.js';
@@ -78,6 +80,8 @@ export interface RestoreRequest {
    * RAM save (what build steps want: each one is snapshotted).
    */
   copyMemory?: boolean;
+  /** A spare of the snapshot, restored and paused, made for this VM's id: only resume it. */
+  spare?: Spare;
 }
 
 export interface RunEvents {
@@ -96,6 +100,8 @@ export interface EngineInfo {
   guestKernel: string;
   vms: Record<string, number>;
   images: number;
+  /** Restored, paused QEMUs waiting to become forks (see spare-pool.ts). */
+  spares: number;
 }
 
 const NULL_SINK: OutputSink = { stdout() {}, stderr() {} };
@@ -114,6 +120,7 @@ export class Engine {
   readonly builds: Builds;
   readonly templateStore: TemplateStore;
   readonly templates: Templates;
+  readonly spares: SparePool;
   /** @internal */
   readonly backend = new QemuBackend();
   /** @internal */
@@ -135,6 +142,7 @@ export class Engine {
     this.builds = new Builds(this);
     this.templateStore = new TemplateStore(db);
     this.templates = new Templates(this);
+    this.spares = new SparePool(this);
     this.logs = new VmLogs((id) => this.vmDir(id));
     this.host = new HostReadiness(paths.cache, this.imageStore);
     this.live = new LiveMachines(this.backend, (id, expected) => this.onMachineGone(id, expected));
@@ -146,11 +154,17 @@ export class Engine {
     await mkdir(paths.snapshots, { recursive: true });
     const engine = new Engine(paths, openDatabase(paths.db));
     await engine.reconcile();
+    await engine.sweepOrphans();
     return engine;
   }
 
   vmDir(id: string): string {
     return join(this.paths.vms, id);
+  }
+
+  /** Where a spare (spare-pool.ts) waits until a fork takes it. */
+  spareDir(id: string): string {
+    return join(this.paths.home, 'spares', id);
   }
 
   /**
@@ -177,6 +191,7 @@ export class Engine {
       guestKernel: ready.assets.kernel.release,
       vms: this.vms.countByState(),
       images: this.imageStore.list().length,
+      spares: this.spares.count(),
     };
   }
 
@@ -229,20 +244,8 @@ export class Engine {
    * Records a new VM in state `created` (with its directory, and a pin on its image's blobs).
    * @internal
    */
-  async recordNewVm(name: string, spec: VmSpec, baseSnapshot: string | null = null): Promise<VmRecord> {
-    const vm: VmRecord = {
-      id: newId(),
-      name,
-      state: 'created',
-      spec,
-      createdAt: new Date().toISOString(),
-      startedAt: null,
-      stoppedAt: null,
-      pid: null,
-      accelerator: null,
-      exit: null,
-      baseSnapshot,
-    };
+  async recordNewVm(name: string, spec: VmSpec, baseSnapshot: string | null = null, id: string = newId()): Promise<VmRecord> {
+    const vm = newVmRecord(id, name, spec, baseSnapshot);
     await mkdir(this.vmDir(vm.id), { recursive: true });
     this.db.transaction(() => {
       this.vms.insert(vm);
@@ -275,31 +278,19 @@ export class Engine {
     try {
       if (restore && snapshotDir) {
         assertCompatible(restore.snapshot.compat, this.compatKey(ready), restore.snapshot.name);
-        await rm(join(this.vmDir(id), 'disk.qcow2'), { force: true });
-        await rm(join(this.vmDir(id), 'data.qcow2'), { force: true });
+        // A spare made its overlays already; anything else starts on fresh ones.
+        if (!restore.spare) {
+          await rm(join(this.vmDir(id), 'disk.qcow2'), { force: true });
+          await rm(join(this.vmDir(id), 'data.qcow2'), { force: true });
+        }
         this.vms.update(id, { baseSnapshot: restore.snapshot.id });
         if (restore.copyMemory) await copySparse(join(snapshotDir, 'memory'), this.memoryPath(id));
       }
       const current = this.vms.get(id)!;
       await this.live.boot(
-        {
-          id,
-          dir: this.vmDir(id),
-          kernelPath: ready.assets.kernel.path,
-          initrdPath: ready.assets.initramfs.path,
-          ...this.baseDiskOf(current, image),
-          dataDisk: await this.dataDiskOf(current),
-          cpus: vm.spec.cpus,
-          memoryMib: vm.spec.memoryMib,
-          hostname: guestHostname(vm.name, id),
-          accelerator: ready.accelerator.accelerator,
-          memory:
-            snapshotDir && !restore?.copyMemory
-              ? { path: join(snapshotDir, 'memory'), shared: false }
-              : { path: this.memoryPath(id), shared: true },
-        },
+        await this.machineSpecFor(current, ready, image, restore),
         (pid) => this.vms.update(id, { pid }),
-        restore && snapshotDir ? { statePath: join(snapshotDir, 'state'), identity: restore.identity } : undefined,
+        restore && snapshotDir ? { statePath: join(snapshotDir, 'state'), identity: restore.identity, prepared: restore.spare?.prepared } : undefined,
       );
     } catch (err) {
       this.releaseMemory(id);
@@ -307,6 +298,44 @@ export class Engine {
       throw err;
     }
     return this.vms.update(id, { state: 'running', startedAt: new Date().toISOString() });
+  }
+
+  /** What QEMU needs to boot VM `vm` (or, with `restore`, to bring it back from the snapshot). @internal */
+  async machineSpecFor(vm: VmRecord, ready: HostReady, image: ImageRecord | undefined, restore?: Pick<RestoreRequest, 'snapshot' | 'copyMemory'>): Promise<MachineSpec> {
+    const snapshotDir = restore ? this.snapshotDir(restore.snapshot.id) : undefined;
+    return {
+      id: vm.id,
+      dir: this.vmDir(vm.id),
+      kernelPath: ready.assets.kernel.path,
+      initrdPath: ready.assets.initramfs.path,
+      ...this.baseDiskOf(vm, image),
+      dataDisk: await this.dataDiskOf(vm),
+      cpus: vm.spec.cpus,
+      memoryMib: vm.spec.memoryMib,
+      hostname: guestHostname(vm.name, vm.id),
+      accelerator: ready.accelerator.accelerator,
+      memory:
+        snapshotDir && !restore?.copyMemory
+          ? { path: join(snapshotDir, 'memory'), shared: false }
+          : { path: this.memoryPath(vm.id), shared: true },
+    };
+  }
+
+  /** A spare for the pool: a fork of `snapshot` restored up to its first instruction, as VM `id` will be. @internal */
+  async prepareSpare(id: string, snapshot: SnapshotRecord): Promise<PreparedRestore> {
+    const ready = await this.host.ensure();
+    assertCompatible(snapshot.compat, this.compatKey(ready), snapshot.name);
+    const placeholder = newVmRecord(id, 'spare', snapshot.spec, snapshot.id);
+    // Spares wait in spares/<id>/; the fork that takes one moves the folder to vms/<id>/.
+    const dir = this.spareDir(id);
+    await mkdir(dir, { recursive: true });
+    try {
+      const spec = { ...(await this.machineSpecFor(placeholder, ready, undefined, { snapshot })), dir };
+      return await this.live.prepareRestore(spec, join(this.snapshotDir(snapshot.id), 'state'));
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true });
+      throw err;
+    }
   }
 
   /**
@@ -342,10 +371,13 @@ export class Engine {
     try {
       result = await this.runMain(vm, sink, signal);
     } finally {
-      await this.stop(vm.id, 0).catch(() => {});
+      // A VM about to be removed needs no clean shutdown (its disk goes too): ending QEMU at once
+      // saves the guest's power-off, tens of milliseconds under TCG.
+      if (!vm.spec.autoRemove) await this.stop(vm.id, 0).catch(() => {});
     }
-    const final = this.vms.get(vm.id) ?? vm;
-    if (vm.spec.autoRemove) await this.remove(vm.id, true);
+    if (!vm.spec.autoRemove) return { vm: this.vms.get(vm.id) ?? vm, result };
+    const final = { ...(this.vms.get(vm.id) ?? vm), state: 'stopped' as const, pid: null, stoppedAt: new Date().toISOString() };
+    await this.remove(vm.id, true);
     return { vm: final, result };
   }
 
@@ -556,6 +588,7 @@ export class Engine {
   }
 
   async close(): Promise<void> {
+    await this.spares.closeAll();
     this.live.detachAll();
     await Promise.allSettled([...this.locks.values()]);
     this.db.close();
@@ -629,6 +662,25 @@ export class Engine {
       this.vms.update(id, { state: 'stopped', stoppedAt: new Date().toISOString(), pid: null, exit: vm.exit ?? exitInfo('crashed') });
     }
     this.logs.end(id);
+  }
+
+  /**
+   * VM directories no record names: spares of a celld that crashed, or a VM whose creation was cut
+   * short. Their QEMU (if it still runs, and is theirs) is ended and the directory removed.
+   */
+  private async sweepOrphans(): Promise<void> {
+    const known = new Set(this.vms.list().map((vm) => vm.id));
+    const orphans = [
+      ...(await readdir(this.paths.vms)).filter((id) => !known.has(id)).map((id) => ({ id, dir: this.vmDir(id) })),
+      ...(await readdir(join(this.paths.home, 'spares')).catch(() => [] as string[])).map((id) => ({ id, dir: this.spareDir(id) })),
+    ];
+    for (const { id, dir } of orphans) {
+      if (!/^[0-9a-f]{64}$/.test(id)) continue;
+      const pid = Number(await readFile(join(dir, 'qemu.pid'), 'utf8').catch(() => ''));
+      if (pid > 0) await this.backend.kill(pid, id);
+      this.releaseMemory(id);
+      await rm(dir, { recursive: true, force: true });
+    }
   }
 
   /** After a daemon restart: reconnect to machines still alive, record the rest as stopped. */

@@ -4,7 +4,7 @@ import { restoreState } from '../vmm/qemu/migration.js';
 import { AgentClient } from '../agent/client.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { MachineSpec } from '../vmm/backend.js';
-import type { QemuBackend } from '../vmm/qemu/backend.js';
+import type { QemuBackend, StartedMachine } from '../vmm/qemu/backend.js';
 import { connectWithRetry, type QmpClient } from '../vmm/qemu/qmp.js';
 
 const SIGTERM = 15;
@@ -64,16 +64,15 @@ export class LiveMachines {
   async boot(spec: MachineSpec, onPid: (pid: number) => void, restore?: RestoreOptions): Promise<LiveMachine> {
     const deadline = Date.now() + bootTimeoutMs();
     const trace = phaseTrace(spec.id);
-    const started = await this.backend.start({ ...spec, incoming: restore !== undefined });
-    trace('qemu up');
+    const started = restore?.prepared?.started ?? (await this.backend.start({ ...spec, incoming: restore !== undefined }));
+    trace(restore?.prepared ? 'spare taken' : 'qemu up');
     onPid(started.pid);
     try {
       if (restore) {
-        const qemuExit = started.exited.then(() => {
-          throw this.backend.bootFailure(spec, started.files, 'QEMU exited while loading the snapshot (corrupt or truncated state?)');
-        });
-        await Promise.race([restoreState(started.qmp, restore.statePath, { ignoreShared: true }), qemuExit]);
-        trace('state loaded');
+        if (!restore.prepared) {
+          await this.loadState(spec, started, restore.statePath);
+          trace('state loaded');
+        }
         await started.qmp.execute('cont');
       }
       const socket = await connectWithRetry(started.files.agentSocket, Math.max(0, deadline - Date.now()));
@@ -97,6 +96,29 @@ export class LiveMachines {
       const failure = this.backend.bootFailure(spec, started.files, why);
       throw new CellError(ErrorCodes.BOOT_FAILED, failure.message, failure.details);
     }
+  }
+
+  /**
+   * A machine restored as far as it goes without running: QEMU up, the snapshot's state loaded,
+   * the guest paused before its first instruction. `boot` with `prepared` takes it from there.
+   */
+  async prepareRestore(spec: MachineSpec, statePath: string): Promise<PreparedRestore> {
+    const started = await this.backend.start({ ...spec, incoming: true });
+    try {
+      await this.loadState(spec, started, statePath);
+      return { started };
+    } catch (err) {
+      started.qmp.close();
+      await this.backend.kill(started.pid, spec.id);
+      throw err;
+    }
+  }
+
+  private async loadState(spec: MachineSpec, started: StartedMachine, statePath: string): Promise<void> {
+    const qemuExit = started.exited.then(() => {
+      throw this.backend.bootFailure(spec, started.files, 'QEMU exited while loading the snapshot (corrupt or truncated state?)');
+    });
+    await Promise.race([restoreState(started.qmp, statePath, { ignoreShared: true }), qemuExit]);
   }
 
   /** Reconnects to a machine a previous daemon started; null when it is gone. */
@@ -212,8 +234,14 @@ export interface GuestIdentity {
   machineId: string;
 }
 
+export interface PreparedRestore {
+  started: StartedMachine;
+}
+
 export interface RestoreOptions {
   statePath: string;
+  /** Already started and loaded (a spare): only resume it. */
+  prepared?: PreparedRestore;
   /** A fork gets a new hostname and machine id; a VM rolled back keeps its own (undefined). */
   identity?: GuestIdentity;
 }

@@ -12,6 +12,7 @@ import { saveState } from '../vmm/qemu/migration.js';
 import type { Engine } from './engine.js';
 import { exitInfo, guestHostname } from './vm-records.js';
 import { convertToSharedMemory } from './memory-conversion.js';
+import type { Spare } from './spare-pool.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
 
 const run = promisify(execFile);
@@ -141,23 +142,35 @@ export class Snapshots {
       if (this.engine.vms.nameExists(n)) throw new CellError(ErrorCodes.CONFLICT, `the name "${n}" is already in use by another VM`);
     }
     assertCompatible(snapshot.compat, this.engine.compatKey(await this.engine.host.ensure()), snapshot.name);
-    const created: VmRecord[] = [];
-    for (const name of names) created.push(await this.createForkRecord(snapshot, name, opts.overrides ?? {}));
+    const created: { vm: VmRecord; spare: Spare | undefined }[] = [];
+    for (const name of names) {
+      // A spare (restored, paused) saves QEMU's start and the state load; private-RAM forks need their own.
+      const spare = opts.copyMemory ? undefined : await this.engine.spares.take(snapshot.id);
+      try {
+        created.push({ vm: await this.createForkRecord(snapshot, name, opts.overrides ?? {}, spare?.id), spare });
+      } catch (err) {
+        if (spare) await this.engine.spares.discard(spare);
+        await Promise.all(created.map(({ vm }) => this.engine.remove(vm.id, true).catch(() => {})));
+        throw err;
+      }
+    }
     const results = await Promise.allSettled(
-      created.map((vm) =>
+      created.map(({ vm, spare }) =>
         this.engine.withLock(vm.id, () =>
           this.engine.bootLocked(vm.id, {
             snapshot,
             copyMemory: opts.copyMemory,
+            spare,
             identity: { hostname: guestHostname(vm.name, vm.id), machineId: randomBytes(16).toString('hex') },
           }),
         ),
       ),
     );
+    if (!opts.copyMemory) this.engine.spares.replenish(snapshot);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
       // All or nothing: a fork that failed must not leave its siblings behind.
-      await Promise.all(created.map((vm) => this.engine.remove(vm.id, true).catch(() => {})));
+      await Promise.all(created.map(({ vm }) => this.engine.remove(vm.id, true).catch(() => {})));
       throw failed.reason;
     }
     return results.map((r) => (r as PromiseFulfilledResult<VmRecord>).value);
@@ -272,6 +285,7 @@ export class Snapshots {
         );
       }
       for (const vm of dependents) await this.engine.remove(vm.id, true);
+      await this.engine.spares.drop(snapshot.id);
       this.engine.db.transaction(() => {
         this.engine.actionCache.deleteForSnapshot(snapshot.id);
         this.engine.snapshotStore.delete(snapshot.id);
@@ -333,8 +347,8 @@ export class Snapshots {
     return false;
   }
 
-  private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object): Promise<VmRecord> {
-    return this.engine.recordNewVm(name, { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...overrides }, snapshot.id);
+  private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object, id?: string): Promise<VmRecord> {
+    return this.engine.recordNewVm(name, { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...overrides }, snapshot.id, id);
   }
 }
 

@@ -73,6 +73,7 @@ test('cell info lines', () => {
     guestKernel: '6.1.0',
     vms: { stopped: 2 },
     images: 1,
+    spares: 0,
     daemonPid: 42,
   };
   const text = infoText(info);

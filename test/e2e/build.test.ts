@@ -116,7 +116,9 @@ run = "echo $THIRD > /three; cat /proc/sys/kernel/random/uuid | tee /four"
     assert.equal(entries.length, entriesBefore + 1, 'only the step that succeeded is cached');
     const names = (JSON.parse((await h.ok(['snapshots', '--format', 'json'])).stdout) as { name: string }[]).map((s) => s.name);
     assert.ok(!names.includes('broken'));
-    assert.deepEqual(h.qemuPids(), [], 'no VM of the build is left running');
+    assert.deepEqual(JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout), [], 'no VM of the build is left');
+    const { spares } = JSON.parse((await h.ok(['info', '--format', 'json'])).stdout) as { spares: number };
+    assert.equal(h.qemuPids().length, spares, 'no QEMU is left but the spares of snapshots forked earlier');
     const fixed = writeBuild('fail.toml', 'base = "busybox"\n[[step]]\nrun = "echo ok > /ok"\n[[step]]\nrun = "echo fixed"\n');
     const again = await h.ok(['build', '-f', fixed]);
     assert.match(again.stderr, /\[1\/2\] CACHED/);

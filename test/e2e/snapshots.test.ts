@@ -162,10 +162,13 @@ describe('snapshots and forks', () => {
   });
 
   test('a corrupt state file gives a clear error and leaves no VM behind', async () => {
-    const dir = join(h.home, 'snapshots', snapshotId);
+    // A snapshot never forked before: no spare has loaded its state while it was intact.
+    await h.ok(['run', '-d', '--name', 'to-corrupt', 'busybox']);
+    const fresh = (await h.ok(['snapshot', '--stop', '--name', 'corrupt-me', 'to-corrupt'])).stdout.trim();
+    const dir = join(h.home, 'snapshots', fresh);
     const before = (JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as VmJson[]).length;
     truncateSync(join(dir, 'state'), 1000);
-    const r = await h.cell(['fork', 'warm']);
+    const r = await h.cell(['fork', 'corrupt-me']);
     assert.notEqual(r.code, 0);
     assert.match(r.stderr, /state|snapshot/i);
     assert.equal(r.stderr.trim().split('\n')[0]!.startsWith('error: '), true);

@@ -2,8 +2,8 @@ import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import type { BuildStreamEvent } from '../../api/schemas.js';
 import { withClient } from '../action.js';
-import { connect, interruptible, passThrough } from '../context.js';
-import { age, byteSize, EXIT_FAILURE, oneOf, reportError, wholeNumber } from '../errors.js';
+import { passThrough, streamed } from '../context.js';
+import { age, byteSize, oneOf, wholeNumber } from '../errors.js';
 import { ago, bytes, elapsed, short, table } from '../format.js';
 import { examples } from '../help.js';
 
@@ -94,19 +94,16 @@ ${examples('cell cache prune --max-count 0', 'cell cache prune --older-than 7d',
     );
 }
 
-async function build(flags: BuildFlags, cmd: Command): Promise<number> {
-  const interrupt = interruptible();
+function build(flags: BuildFlags, cmd: Command): Promise<number> {
   const say = (line: string) => {
     if (!flags.quiet) process.stderr.write(line + '\n');
   };
-  let client;
-  try {
-    client = await connect(cmd);
+  return streamed(cmd, async (client, signal) => {
     const result = await client.builds.build(
       { file: resolve(flags.file), tag: flags.tag, noCache: !flags.cache, target: flags.target },
       {
         ...(flags.quiet ? {} : passThrough),
-        signal: interrupt.signal,
+        signal,
         onEvent: (e) => {
           const line = describe(e);
           if (line) say(line);
@@ -118,15 +115,7 @@ async function build(flags: BuildFlags, cmd: Command): Promise<number> {
     say(`built ${s.name} (${short(s.id)}) in ${elapsed(result.durationMs)}: ${result.ran} step${result.ran === 1 ? '' : 's'} ran, ${result.cached} from cache`);
     if (flags.quiet) process.stdout.write(`${s.id}\n`);
     return 0;
-  } catch (err) {
-    const interrupted = interrupt.code();
-    if (interrupted !== null) return interrupted;
-    reportError(err);
-    return EXIT_FAILURE;
-  } finally {
-    interrupt.dispose();
-    client?.close();
-  }
+  });
 }
 
 /** The line a build event prints (stderr), Docker-build style. */

@@ -63,6 +63,7 @@ export function infoText(info: Info): string {
     ['Cache', info.cacheDir],
     ['VMs', vms],
     ['Images', info.images],
+    ['Spare forks', `${info.spares} (restored, paused: the next fork of their snapshot resumes one; CELL_SPARES=0 turns them off)`],
     ['Daemon pid', info.daemonPid],
   ];
   return rows.map(([k, v]) => `${`${k}:`.padEnd(14)}${v}\n`).join('');

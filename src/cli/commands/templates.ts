@@ -2,8 +2,8 @@ import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import type { TemplateView } from '../../api/schemas.js';
 import { forEachRef, withClient } from '../action.js';
-import { connect, interruptible, passThrough } from '../context.js';
-import { EXIT_FAILURE, oneOf, reportError } from '../errors.js';
+import { passThrough, streamed } from '../context.js';
+import { oneOf } from '../errors.js';
 import { ago, short, table } from '../format.js';
 import { examples } from '../help.js';
 import { describe } from './build.js';
@@ -109,16 +109,13 @@ export function templateTable(list: TemplateView[]): string {
   );
 }
 
-async function build(file: string, flags: { snapshot?: boolean; quiet?: boolean }, cmd: Command): Promise<number> {
-  const interrupt = interruptible();
-  let client;
-  try {
-    client = await connect(cmd);
+function build(file: string, flags: { snapshot?: boolean; quiet?: boolean }, cmd: Command): Promise<number> {
+  return streamed(cmd, async (client, signal) => {
     const result = await client.templates.build(
       { file, snapshot: flags.snapshot },
       {
         ...(flags.quiet ? {} : passThrough),
-        signal: interrupt.signal,
+        signal,
         onEvent: (e) => {
           if (e.type === 'variant') {
             if (e.status === 'building') process.stderr.write(`variant ${e.name} (${e.role}): building a new revision${flags.snapshot ? ' with a snapshot' : ''}\n`);
@@ -131,13 +128,5 @@ async function build(file: string, flags: { snapshot?: boolean; quiet?: boolean 
       },
     );
     return result.exitCode;
-  } catch (err) {
-    const interrupted = interrupt.code();
-    if (interrupted !== null) return interrupted;
-    reportError(err);
-    return EXIT_FAILURE;
-  } finally {
-    interrupt.dispose();
-    client?.close();
-  }
+  });
 }

@@ -1,0 +1,128 @@
+import { rename, rm } from 'node:fs/promises';
+import { machineFiles } from '../vmm/qemu/files.js';
+import { newId } from '../domain/ids.js';
+import type { SnapshotRecord } from '../domain/snapshot.js';
+import type { Engine } from './engine.js';
+import type { PreparedRestore } from './live-machines.js';
+
+/** A QEMU restored from a snapshot and paused before its first instruction, waiting for a fork. */
+export interface Spare {
+  /** The id the VM that takes it will have (its directory and QEMU name are made for it). */
+  id: string;
+  snapshotId: string;
+  prepared: PreparedRestore;
+  createdAt: number;
+}
+
+/** How many spares the pool keeps at most (the oldest goes first), and for how long. */
+const MAX_SPARES = 4;
+const IDLE_MS = 10 * 60_000;
+
+export function sparesEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.CELL_SPARES !== '0';
+}
+
+/**
+ * Spares for snapshots that were forked recently. Starting QEMU and loading a snapshot's device
+ * state is most of a fork before the guest runs (measured here under TCG: ~75 of ~190 ms); a
+ * spare has done both, so a fork that takes one only resumes it. Every fork of a snapshot
+ * starts a new spare for the next one in the background. Spares have no VM record: they die with
+ * celld (`closeAll`), when their snapshot is removed (`drop`), and after ten idle minutes; a
+ * celld that crashed leaves their directories, which the next one sweeps (Engine.sweepOrphans).
+ * CELL_SPARES=0 turns them off.
+ */
+export class SparePool {
+  private readonly spares = new Map<string, Spare>();
+  /** Spares on their way, by snapshot id: closeAll waits for them (they end themselves). */
+  private readonly starting = new Map<string, Promise<void>>();
+  private closed = false;
+
+  constructor(private readonly engine: Engine) {}
+
+  /**
+   * Takes the spare of a snapshot, if one is ready, and moves its folder to vms/<id>/ where the VM
+   * record will point. QEMU holds its files open and its sockets move with the folder.
+   */
+  async take(snapshotId: string): Promise<Spare | undefined> {
+    for (const [id, spare] of this.spares) {
+      if (spare.snapshotId !== snapshotId) continue;
+      this.spares.delete(id);
+      spare.prepared.started.qmp.removeAllListeners('close');
+      try {
+        await rename(this.engine.spareDir(id), this.engine.vmDir(id));
+      } catch {
+        await this.kill(spare);
+        return undefined;
+      }
+      spare.prepared.started.files = machineFiles(this.engine.vmDir(id));
+      return spare;
+    }
+    return undefined;
+  }
+
+  /** Starts a spare for the snapshot in the background unless it has one (or one is on its way). */
+  replenish(snapshot: SnapshotRecord): void {
+    if (this.closed || !sparesEnabled() || this.starting.has(snapshot.id)) return;
+    if ([...this.spares.values()].some((s) => s.snapshotId === snapshot.id)) return;
+    const started = this.start(snapshot)
+      .catch(() => {
+        /* a spare is an optimisation: the next fork restores the usual way */
+      })
+      .finally(() => this.starting.delete(snapshot.id));
+    this.starting.set(snapshot.id, started);
+  }
+
+  /** Kills the spares of a snapshot (it is about to be removed). */
+  async drop(snapshotId: string): Promise<void> {
+    await this.starting.get(snapshotId);
+    await Promise.all([...this.spares.values()].filter((s) => s.snapshotId === snapshotId).map((s) => this.kill(s)));
+  }
+
+  /** Ends a spare that was taken but will not be used after all. */
+  discard(spare: Spare): Promise<void> {
+    return this.kill(spare);
+  }
+
+  async closeAll(): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.starting.values()]);
+    await Promise.all([...this.spares.values()].map((s) => this.kill(s)));
+  }
+
+  count(): number {
+    return this.spares.size;
+  }
+
+  private async start(snapshot: SnapshotRecord): Promise<void> {
+    const id = newId();
+    const prepared = await this.engine.prepareSpare(id, snapshot);
+    const spare: Spare = { id, snapshotId: snapshot.id, prepared, createdAt: Date.now() };
+    if (this.closed || !this.engine.snapshotStore.get(snapshot.id)) {
+      await this.kill(spare);
+      return;
+    }
+    this.spares.set(id, spare);
+    // A spare whose QEMU died is forgotten; one nobody took in time is ended.
+    prepared.started.qmp.once('close', () => {
+      if (this.spares.get(id) === spare) this.spares.delete(id);
+      void rm(this.engine.spareDir(id), { recursive: true, force: true });
+    });
+    setTimeout(() => {
+      if (this.spares.get(id) === spare) void this.kill(spare);
+    }, IDLE_MS).unref();
+    while (this.spares.size > MAX_SPARES) {
+      const oldest = [...this.spares.values()].sort((a, b) => a.createdAt - b.createdAt)[0]!;
+      await this.kill(oldest);
+    }
+  }
+
+  private async kill(spare: Spare): Promise<void> {
+    this.spares.delete(spare.id);
+    const { started } = spare.prepared;
+    started.qmp.removeAllListeners('close');
+    await started.qmp.execute('quit').catch(() => {});
+    started.qmp.close();
+    await this.engine.backend.kill(started.pid, spare.id);
+    await rm(this.engine.spareDir(spare.id), { recursive: true, force: true });
+  }
+}
