@@ -129,6 +129,7 @@ export const Info = Type.Object({
   vms: Type.Record(Type.String(), Type.Integer()),
   images: Type.Integer(),
   spares: Type.Integer(),
+  imageCacheMaxBytes: Type.Union([Type.Integer(), Type.Null()]),
   daemonPid: Type.Integer(),
 });
 export type Info = Static<typeof Info>;

@@ -17,6 +17,8 @@ export interface CellPaths {
   snapshots: string;
   daemonLog: string;
   daemonPid: string;
+  /** celld's settings (domain/config.ts); optional. */
+  config: string;
   /** Running VMs' RAM files, on tmpfs, one folder per CELL_HOME (CELL_MEMORY_DIR overrides). */
   memory: string;
 }
@@ -39,6 +41,7 @@ export function cellPaths(home: string = defaultHome(), env: NodeJS.ProcessEnv =
     snapshots: join(home, 'snapshots'),
     daemonLog: join(home, 'celld.log'),
     daemonPid: join(home, 'celld.pid'),
+    config: join(home, 'config.json'),
     memory: env.CELL_MEMORY_DIR || join('/dev/shm', `cellvm-${createHash('sha256').update(home).digest('hex').slice(0, 12)}`),
   };
 }

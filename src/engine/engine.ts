@@ -7,6 +7,7 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import { newId, randomName, resolveRef, validateName } from '../domain/ids.js';
 import { effectiveCommand, type ImageRecord } from '../domain/image.js';
 import type { CellPaths } from '../domain/paths.js';
+import { parseConfig, withEnvironment, type CellConfig } from '../domain/config.js';
 import {
   DEFAULT_CPUS,
   DATA_DISK_MOUNT,
@@ -102,6 +103,8 @@ export interface EngineInfo {
   images: number;
   /** Restored, paused QEMUs waiting to become forks (see spare-pool.ts). */
   spares: number;
+  /** config.json / CELL_IMAGE_CACHE_MAX_BYTES; null = no cap. */
+  imageCacheMaxBytes: number | null;
 }
 
 const NULL_SINK: OutputSink = { stdout() {}, stderr() {} };
@@ -131,6 +134,7 @@ export class Engine {
     readonly paths: CellPaths,
     /** @internal */
     readonly db: Db,
+    readonly config: CellConfig,
   ) {
     this.vms = new VmStore(db);
     this.imageStore = new ImageStore(db);
@@ -152,7 +156,7 @@ export class Engine {
     await mkdir(paths.vms, { recursive: true });
     await mkdir(paths.memory, { recursive: true });
     await mkdir(paths.snapshots, { recursive: true });
-    const engine = new Engine(paths, openDatabase(paths.db));
+    const engine = new Engine(paths, openDatabase(paths.db), await loadConfig(paths.config));
     await engine.reconcile();
     await engine.sweepOrphans();
     return engine;
@@ -192,6 +196,7 @@ export class Engine {
       vms: this.vms.countByState(),
       images: this.imageStore.list().length,
       spares: this.spares.count(),
+      imageCacheMaxBytes: this.config.imageCacheMaxBytes ?? null,
     };
   }
 
@@ -706,4 +711,23 @@ const execFileAsync = promisify(execFile);
 /** Copies a sparse file keeping its holes (a RAM file holds only the pages the guest touched). */
 async function copySparse(from: string, to: string): Promise<void> {
   await execFileAsync('cp', ['--sparse=always', from, to]);
+}
+
+/** CELL_HOME/config.json (absent: defaults) with celld's environment on top. A bad file stops celld with a clear line. */
+async function loadConfig(path: string): Promise<CellConfig> {
+  let text: string | undefined;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  let raw: unknown = {};
+  if (text !== undefined) {
+    try {
+      raw = JSON.parse(text);
+    } catch (err) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${path}: not valid JSON (${(err as Error).message})`);
+    }
+  }
+  return withEnvironment(parseConfig(raw, path), process.env);
 }

@@ -70,16 +70,18 @@ export class Images {
 
   async pull(req: PullRequest): Promise<ImageRecord> {
     await this.engine.host.ensure();
-    return pullImage({
+    const image = await pullImage({
       reference: req.reference,
       platform: req.platform,
       storeRoot: this.engine.paths.home,
       db: this.engine.db,
       onProgress: req.onProgress,
       credentialsPath: join(this.engine.paths.home, 'credentials.json'),
-      insecureRegistries: insecureRegistries(req.insecureRegistries),
+      insecureRegistries: this.insecureRegistries(req.insecureRegistries),
       signal: req.signal,
     });
+    await this.enforceCacheCap(image);
+    return image;
   }
 
   /** The local image, pulling it first when it is not here (what `cell run IMAGE` does). */
@@ -89,7 +91,9 @@ export class Images {
 
   async importArchive(file: string, reference?: string): Promise<ImageRecord> {
     await this.engine.host.ensure();
-    return importArchive({ file, storeRoot: this.engine.paths.home, db: this.engine.db, reference });
+    const image = await importArchive({ file, storeRoot: this.engine.paths.home, db: this.engine.db, reference });
+    await this.enforceCacheCap(image);
+    return image;
   }
 
   /** Removes a reference; refused while a VM or snapshot uses the image, unless `force`. */
@@ -144,8 +148,25 @@ export class Images {
     return { evicted: [], bytesFreed: gc.bytesFreed };
   }
 
+  /** celld's insecure registries (config.json, CELL_INSECURE_REGISTRIES) plus a request's own. */
+  private insecureRegistries(extra: string[] = []): string[] {
+    return [...new Set([...(this.engine.config.insecureRegistries ?? []), ...extra.map((s) => s.trim()).filter(Boolean)])];
+  }
+
+  /** With imageCacheMaxBytes set, least recently used images past the cap go (never `keep`). */
+  private async enforceCacheCap(keep: ImageRecord): Promise<void> {
+    const max = this.engine.config.imageCacheMaxBytes;
+    if (max === undefined) return;
+    this.pins.pin('pull', keep.digest, [keep.digest]);
+    try {
+      await evictImages({ storeRoot: this.engine.paths.home, db: this.engine.db, maxBytes: max, graceMs: 0 });
+    } finally {
+      this.pins.unpin('pull', keep.digest);
+    }
+  }
+
   private registryAccess(insecure: string[] = []) {
-    return { credentialsPath: join(this.engine.paths.home, 'credentials.json'), insecureRegistries: insecureRegistries(insecure) };
+    return { credentialsPath: join(this.engine.paths.home, 'credentials.json'), insecureRegistries: this.insecureRegistries(insecure) };
   }
 
   pin(kind: 'vm' | 'snapshot', id: string, imageDigest: string): void {
@@ -157,8 +178,3 @@ export class Images {
   }
 }
 
-/** CELL_INSECURE_REGISTRIES (celld's own setting, like Docker's daemon config) plus a request's own. */
-function insecureRegistries(extra: string[] = []): string[] {
-  const fromEnv = (process.env.CELL_INSECURE_REGISTRIES ?? '').split(',').map((s) => s.trim()).filter(Boolean);
-  return [...new Set([...fromEnv, ...extra.map((s) => s.trim()).filter(Boolean)])];
-}

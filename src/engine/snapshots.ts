@@ -120,7 +120,9 @@ export class Snapshots {
       // From now on the VM's disk is an overlay on the frozen layer.
       this.engine.vms.update(vm.id, { baseSnapshot: id, state: 'stopped', pid: null, stoppedAt: new Date().toISOString(), exit: exitInfo('snapshot') });
       this.engine.releaseMemory(vm.id);
-      if (!opts.stop) await this.engine.bootLocked(vm.id, { snapshot: record });
+      // It continues on its own copy of the RAM it was saved with (not a copy-on-write mapping), so
+      // its next snapshot is again a file copy (~0.2 s) rather than a full RAM save (~1.4 s here).
+      if (!opts.stop) await this.engine.bootLocked(vm.id, { snapshot: record, copyMemory: true });
       return record;
     });
   }
@@ -252,7 +254,7 @@ export class Snapshots {
         await this.engine.live.kill(vm.id);
         this.engine.vms.update(vm.id, { state: 'stopped', pid: null });
       }
-      return this.engine.bootLocked(vm.id, { snapshot });
+      return this.engine.bootLocked(vm.id, { snapshot, copyMemory: true });
     });
   }
 

@@ -6,7 +6,8 @@ import type { ImageConfig } from '../domain/image.js';
  * (`image_blobs`) while some reference (a row in `images`) or some owner (a row in `pins`: a VM or
  * snapshot using that image) names it; a pin may also name a blob digest directly.
  */
-export type PinOwnerKind = 'vm' | 'snapshot' | 'template' | 'build';
+/** `pull`: held for a moment after a pull, so the cache cap never evicts the image just fetched. */
+export type PinOwnerKind = 'vm' | 'snapshot' | 'template' | 'build' | 'pull';
 
 export interface ImageRegistration {
   /** Canonical reference, the images table's key. */

@@ -74,6 +74,7 @@ test('cell info lines', () => {
     vms: { stopped: 2 },
     images: 1,
     spares: 0,
+    imageCacheMaxBytes: null,
     daemonPid: 42,
   };
   const text = infoText(info);

@@ -3,6 +3,7 @@ import type { Info } from '../../api/schemas.js';
 import { withClient } from '../action.js';
 import { oneOf } from '../errors.js';
 import { examples } from '../help.js';
+import { bytes } from '../format.js';
 import { setupProgress } from '../setup-progress.js';
 
 export function register(program: Command): void {
@@ -62,7 +63,7 @@ export function infoText(info: Info): string {
     ['CELL_HOME', info.home],
     ['Cache', info.cacheDir],
     ['VMs', vms],
-    ['Images', info.images],
+    ['Images', `${info.images}${info.imageCacheMaxBytes !== null ? ` (least recently used ones evicted past ${bytes(info.imageCacheMaxBytes)})` : ''}`],
     ['Spare forks', `${info.spares} (restored, paused: the next fork of their snapshot resumes one; CELL_SPARES=0 turns them off)`],
     ['Daemon pid', info.daemonPid],
   ];

@@ -1,0 +1,62 @@
+import { CellError, ErrorCodes } from './errors.js';
+
+/**
+ * celld's settings, from CELL_HOME/config.json (like Docker's daemon.json), each overridable by an
+ * environment variable of celld's. Everything is optional.
+ *
+ *   { "imageCacheMaxBytes": 20000000000, "insecureRegistries": ["registry.lan:5000"] }
+ */
+export interface CellConfig {
+  /** Least recently used images beyond this many bytes of base disks are evicted after each pull
+   * or import (never one a VM or snapshot uses, never a built-in one). Env: CELL_IMAGE_CACHE_MAX_BYTES. */
+  imageCacheMaxBytes?: number;
+  /** Registries (host[:port]) reachable over plain http. Env: CELL_INSECURE_REGISTRIES (comma-separated). */
+  insecureRegistries?: string[];
+}
+
+const KEYS = ['imageCacheMaxBytes', 'insecureRegistries'] as const;
+
+/** Checks a parsed config.json; `where` names the file in errors. */
+export function parseConfig(raw: unknown, where: string): CellConfig {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${where}: the settings must be a JSON object`);
+  }
+  const obj = raw as Record<string, unknown>;
+  for (const key of Object.keys(obj)) {
+    if (!(KEYS as readonly string[]).includes(key)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${where}: unknown setting "${key}" (known: ${KEYS.join(', ')})`);
+    }
+  }
+  const config: CellConfig = {};
+  if (obj.imageCacheMaxBytes !== undefined) {
+    const n = obj.imageCacheMaxBytes;
+    if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${where}: imageCacheMaxBytes must be a whole number of bytes`);
+    }
+    config.imageCacheMaxBytes = n;
+  }
+  if (obj.insecureRegistries !== undefined) {
+    const list = obj.insecureRegistries;
+    if (!Array.isArray(list) || !list.every((x) => typeof x === 'string' && x.length > 0)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${where}: insecureRegistries must be a list of host[:port] strings`);
+    }
+    config.insecureRegistries = list as string[];
+  }
+  return config;
+}
+
+/** The environment's overrides on top of the file's settings. */
+export function withEnvironment(config: CellConfig, env: NodeJS.ProcessEnv): CellConfig {
+  const out = { ...config };
+  if (env.CELL_IMAGE_CACHE_MAX_BYTES !== undefined && env.CELL_IMAGE_CACHE_MAX_BYTES !== '') {
+    const n = Number(env.CELL_IMAGE_CACHE_MAX_BYTES);
+    if (!Number.isSafeInteger(n) || n < 0) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `CELL_IMAGE_CACHE_MAX_BYTES must be a whole number of bytes, not "${env.CELL_IMAGE_CACHE_MAX_BYTES}"`);
+    }
+    out.imageCacheMaxBytes = n;
+  }
+  if (env.CELL_INSECURE_REGISTRIES) {
+    out.insecureRegistries = env.CELL_INSECURE_REGISTRIES.split(',').map((s) => s.trim()).filter(Boolean);
+  }
+  return out;
+}
