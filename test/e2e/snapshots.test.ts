@@ -2,6 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { TestHome } from '../helpers/cell-home.js';
 
 interface VmJson {
@@ -159,6 +160,24 @@ describe('snapshots and forks', () => {
       assert.equal(r.stdout.trim(), sum, `${vm} sees the same 96 MiB`);
     }
     await h.ok(['rm', '-f', 'heavy', 'heavy-kid-1', 'heavy-kid-2', 'heavy-grandkid-1']);
+  });
+
+  test('a snapshot from an incompatible host is refused up front, naming what differs', async () => {
+    await h.ok(['run', '-d', '--name', 'elsewhere', 'busybox']);
+    const id = (await h.ok(['snapshot', '--stop', '--name', 'foreign', 'elsewhere'])).stdout.trim();
+    // As if it had been taken by another QEMU: what an import from such a host would carry.
+    const db = new Database(join(h.home, 'cell.db'));
+    const row = db.prepare('SELECT compat FROM snapshots WHERE id = ?').get(id) as { compat: string };
+    db.prepare('UPDATE snapshots SET compat = ? WHERE id = ?').run(JSON.stringify({ ...JSON.parse(row.compat), qemuVersion: '6.2.0' }), id);
+    db.close();
+    const before = (JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as VmJson[]).length;
+    const r = await h.cell(['fork', 'foreign']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^error: snapshot foreign was taken on an incompatible host: qemuVersion 6\.2\.0 \(here: [\d.]+\)\n$/);
+    assert.equal((JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as VmJson[]).length, before, 'no VM was made');
+    const run = await h.cell(['run', '--rm', '--from', 'foreign', '--', 'true']);
+    assert.equal(run.code, 125);
+    assert.match(run.stderr, /incompatible host/);
   });
 
   test('a corrupt state file gives a clear error and leaves no VM behind', async () => {
