@@ -56,14 +56,7 @@ export class Builds {
 
   /** Reads and checks a build file (errors carry line numbers). */
   async load(file: string, target?: string): Promise<BuildPlan> {
-    if (!isAbsolute(file)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `the build file path must be absolute: ${file}`);
-    let text: string;
-    try {
-      text = await readFile(file, 'utf8');
-    } catch (err) {
-      throw new CellError(ErrorCodes.NOT_FOUND, `cannot read build file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-    }
-    return parseBuildFile(basename(file), text, dirname(file), { target });
+    return parseBuildFile(basename(file), await readDefinition(file, 'build file'), dirname(file), { target });
   }
 
   async buildFile(file: string, opts: BuildOptions = {}): Promise<BuildResult> {
@@ -190,3 +183,12 @@ export function describeStep(step: BuildStep): string {
   }
 }
 
+/** The text of a build or template file on celld's host (the CLI sends absolute paths). */
+export async function readDefinition(file: string, what: string): Promise<string> {
+  if (!isAbsolute(file)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `the ${what} path must be absolute: ${file}`);
+  try {
+    return await readFile(file, 'utf8');
+  } catch (err) {
+    throw new CellError(ErrorCodes.NOT_FOUND, `cannot read ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}

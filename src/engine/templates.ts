@@ -1,13 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
-import { basename, dirname, isAbsolute } from 'node:path';
+import { basename, dirname } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { shortId } from '../domain/ids.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
 import { parseTemplateFile, revisionKeys, TEMPLATE_SCHEMA_VERSION, type TemplateFile, type TemplateService, type TemplateVariant } from '../domain/template-file.js';
 import { mergeEnv, type TemplateStart, type VmRecord, type VmSpec } from '../domain/vm.js';
 import type { TemplateRecord, TemplateRevision } from '../store/template-store.js';
-import type { BuildEvent } from './builds.js';
+import { readDefinition, type BuildEvent } from './builds.js';
 import type { Engine } from './engine.js';
 import { parseUser, runGuestCommand } from './exec-runner.js';
 import type { OutputSink } from './output.js';
@@ -56,14 +55,7 @@ export class Templates {
   constructor(private readonly engine: Engine) {}
 
   async load(file: string): Promise<TemplateFile> {
-    if (!isAbsolute(file)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `the template file path must be absolute: ${file}`);
-    let text: string;
-    try {
-      text = await readFile(file, 'utf8');
-    } catch (err) {
-      throw new CellError(ErrorCodes.NOT_FOUND, `cannot read template file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-    }
-    return parseTemplateFile(basename(file), text, dirname(file));
+    return parseTemplateFile(basename(file), await readDefinition(file, 'template file'), dirname(file));
   }
 
   async build(tf: TemplateFile, opts: TemplateBuildOptions = {}): Promise<TemplateBuildResult> {

@@ -1,8 +1,7 @@
 import type { Command } from 'commander';
 import type { ExecRequest } from '../../api/schemas.js';
-import type { CellClient } from '../../sdk/client.js';
-import { collect, EXIT_FAILURE, reportError, seconds, UsageError } from '../errors.js';
-import { commandExit, connect, interruptible, passThrough } from '../context.js';
+import { collect, seconds, UsageError } from '../errors.js';
+import { commandExit, passThrough, streamed } from '../context.js';
 import { withoutSeparator } from './run.js';
 
 export interface ExecFlags {
@@ -54,28 +53,15 @@ Examples:
     });
 }
 
-async function exec(ref: string, req: Omit<ExecRequest, 'stdin'>, flags: ExecFlags, cmd: Command): Promise<number> {
-  let client: CellClient;
-  try {
-    client = await connect(cmd);
-  } catch (err) {
-    reportError(err);
-    return EXIT_FAILURE;
-  }
-  const interrupt = interruptible();
-  try {
-    const stdin = flags.interactive ? process.stdin : undefined;
-    const result = await client.exec(ref, req, { ...passThrough, signal: interrupt.signal, stdin });
-    return commandExit(result, flags.timeout);
-  } catch (err) {
-    const interrupted = interrupt.code();
-    if (interrupted !== null) return interrupted;
-    reportError(err);
-    return EXIT_FAILURE;
-  } finally {
-    interrupt.dispose();
-    client.close();
-    // Reading stdin keeps the process alive: let go of it once the command has ended.
-    if (flags.interactive) process.stdin.destroy();
-  }
+function exec(ref: string, req: Omit<ExecRequest, 'stdin'>, flags: ExecFlags, cmd: Command): Promise<number> {
+  return streamed(cmd, async (client, signal) => {
+    try {
+      const stdin = flags.interactive ? process.stdin : undefined;
+      const result = await client.exec(ref, req, { ...passThrough, signal, stdin });
+      return commandExit(result, flags.timeout);
+    } finally {
+      // Reading stdin keeps the process alive: let go of it once the command has ended.
+      if (flags.interactive) process.stdin.destroy();
+    }
+  });
 }
