@@ -1,16 +1,15 @@
 import { execFile } from 'node:child_process';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { promisify } from 'node:util';
-import { existsSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { newId, randomName, resolveRef, validateName } from '../domain/ids.js';
-import { effectiveCommand, type ImageRecord } from '../domain/image.js';
+import { effectiveCommand } from '../domain/image.js';
 import type { CellPaths } from '../domain/paths.js';
-import { parseConfig, withEnvironment, type CellConfig } from '../domain/config.js';
+import type { CellConfig } from '../domain/config.js';
 import {
   DEFAULT_CPUS,
-  DATA_DISK_MOUNT,
   DEFAULT_MEMORY_MIB,
   mergeEnv,
   newVmRecord,
@@ -23,8 +22,7 @@ import { openDatabase, type Db } from '../store/database.js';
 import { ImageStore } from '../store/image-store.js';
 import { VmStore } from '../store/vm-store.js';
 import { QemuBackend } from '../vmm/qemu/backend.js';
-import type { MachineSpec } from '../vmm/backend.js';
-import { ensureEmptyExt4, MAX_DATA_DISK_MIB } from '../host/empty-ext4.js';
+import { MAX_DATA_DISK_MIB } from '../host/empty-ext4.js';
 import { runGuestCommand, parseUser } from './exec-runner.js';
 import { HostReadiness, type HostReady, type ProgressListener } from './host-readiness.js';
 import { assertCompatible, type CompatKey, type SnapshotRecord } from '../domain/snapshot.js';
@@ -35,11 +33,14 @@ import { Actions } from './actions.js';
 import { Builds } from './builds.js';
 import { Templates } from './templates.js';
 import { SparePool, type Spare } from './spare-pool.js';
+import { Runs } from './runs.js';
+import { machineSpecFor, prepareSpare } from './machine-spec.js';
+import { loadConfig, reconcile, sweepOrphans } from './recovery.js';
 import { TemplateStore } from '../store/template-store.js';
 import { ActionCacheStore } from '../store/action-cache-store.js';
 import { Images } from './images.js';
 import { resolveImageUser } from '../image/image-users.js';
-import { exitInfo, guestHostname } from './vm-records.js';
+import { exitInfo } from './vm-records.js';
 import { LiveMachines, type GuestIdentity, type PreparedRestore } from './live-machines.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
 import { VmLogs, type LogEntry } from './vm-logs.js';
@@ -125,6 +126,8 @@ export class Engine {
   readonly templates: Templates;
   readonly spares: SparePool;
   /** @internal */
+  readonly runs: Runs;
+  /** @internal */
   readonly backend = new QemuBackend();
   /** @internal */
   readonly live: LiveMachines;
@@ -147,6 +150,7 @@ export class Engine {
     this.templateStore = new TemplateStore(db);
     this.templates = new Templates(this);
     this.spares = new SparePool(this);
+    this.runs = new Runs(this);
     this.logs = new VmLogs((id) => this.vmDir(id));
     this.host = new HostReadiness(paths.cache, this.imageStore);
     this.live = new LiveMachines(this.backend, (id, expected) => this.onMachineGone(id, expected));
@@ -157,8 +161,8 @@ export class Engine {
     await mkdir(paths.memory, { recursive: true });
     await mkdir(paths.snapshots, { recursive: true });
     const engine = new Engine(paths, openDatabase(paths.db), await loadConfig(paths.config));
-    await engine.reconcile();
-    await engine.sweepOrphans();
+    await reconcile(engine);
+    await sweepOrphans(engine);
     return engine;
   }
 
@@ -259,6 +263,11 @@ export class Engine {
     return vm;
   }
 
+  /** A spare for the pool: a fork of `snapshot` restored up to its first instruction, as VM `id` will be. @internal */
+  prepareSpare(id: string, snapshot: SnapshotRecord): Promise<PreparedRestore> {
+    return prepareSpare(this, id, snapshot);
+  }
+
   /** Boots a created or stopped VM and waits for its agent. The disk is kept across starts. */
   start(ref: string): Promise<VmRecord> {
     const vm = this.resolve(ref);
@@ -293,7 +302,7 @@ export class Engine {
       }
       const current = this.vms.get(id)!;
       await this.live.boot(
-        await this.machineSpecFor(current, ready, image, restore),
+        await machineSpecFor(this, current, ready, image, restore),
         (pid) => this.vms.update(id, { pid }),
         restore && snapshotDir ? { statePath: join(snapshotDir, 'state'), identity: restore.identity, prepared: restore.spare?.prepared } : undefined,
       );
@@ -305,168 +314,11 @@ export class Engine {
     return this.vms.update(id, { state: 'running', startedAt: new Date().toISOString() });
   }
 
-  /** What QEMU needs to boot VM `vm` (or, with `restore`, to bring it back from the snapshot). @internal */
-  async machineSpecFor(vm: VmRecord, ready: HostReady, image: ImageRecord | undefined, restore?: Pick<RestoreRequest, 'snapshot' | 'copyMemory'>): Promise<MachineSpec> {
-    const snapshotDir = restore ? this.snapshotDir(restore.snapshot.id) : undefined;
-    return {
-      id: vm.id,
-      dir: this.vmDir(vm.id),
-      kernelPath: ready.assets.kernel.path,
-      initrdPath: ready.assets.initramfs.path,
-      ...this.baseDiskOf(vm, image),
-      dataDisk: await this.dataDiskOf(vm),
-      cpus: vm.spec.cpus,
-      memoryMib: vm.spec.memoryMib,
-      hostname: guestHostname(vm.name, vm.id),
-      accelerator: ready.accelerator.accelerator,
-      memory:
-        snapshotDir && !restore?.copyMemory
-          ? { path: join(snapshotDir, 'memory'), shared: false }
-          : { path: this.memoryPath(vm.id), shared: true },
-    };
-  }
-
-  /** A spare for the pool: a fork of `snapshot` restored up to its first instruction, as VM `id` will be. @internal */
-  async prepareSpare(id: string, snapshot: SnapshotRecord): Promise<PreparedRestore> {
-    const ready = await this.host.ensure();
-    assertCompatible(snapshot.compat, this.compatKey(ready), snapshot.name);
-    const placeholder = newVmRecord(id, 'spare', snapshot.spec, snapshot.id);
-    // Spares wait in spares/<id>/; the fork that takes one moves the folder to vms/<id>/.
-    const dir = this.spareDir(id);
-    await mkdir(dir, { recursive: true });
-    try {
-      const spec = { ...(await this.machineSpecFor(placeholder, ready, undefined, { snapshot })), dir };
-      return await this.live.prepareRestore(spec, join(this.snapshotDir(snapshot.id), 'state'));
-    } catch (err) {
-      await rm(dir, { recursive: true, force: true });
-      throw err;
-    }
-  }
-
   /**
-   * `cell run`: create, boot, run the main command. Attached, the VM stops when the command ends
-   * (and is removed with autoRemove); detached, it keeps running after its command. A VM that fails
-   * to boot during `run` is removed: a failed run leaves nothing behind.
+   * `cell run`: create (or fork, or start from a template), boot, run the main command (runs.ts).
    */
-  async run(req: RunRequest, sink: OutputSink = NULL_SINK, events: RunEvents = {}, signal?: AbortSignal): Promise<{ vm: VmRecord; result?: ExecResult }> {
-    let vm: VmRecord;
-    if (req.fromSnapshot && req.template) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'give --from or --template, not both');
-    if (req.fromSnapshot) {
-      vm = await this.forkForRun(req);
-      events.onCreated?.(vm);
-    } else if (req.template) {
-      vm = await this.templateForRun(req);
-      events.onCreated?.(vm);
-    } else {
-      const created = await this.create(req);
-      events.onCreated?.(created);
-      try {
-        vm = await this.start(created.id);
-      } catch (err) {
-        await this.remove(created.id, true).catch(() => {});
-        throw err;
-      }
-    }
-    events.onRunning?.(vm);
-    if (req.detach) {
-      if (vm.spec.cmd.length > 0) void this.runMain(vm, NULL_SINK).catch(() => {});
-      return { vm };
-    }
-    let result: ExecResult;
-    try {
-      result = await this.runMain(vm, sink, signal);
-    } finally {
-      // A VM about to be removed needs no clean shutdown (its disk goes too): ending QEMU at once
-      // saves the guest's power-off, tens of milliseconds under TCG.
-      if (!vm.spec.autoRemove) await this.stop(vm.id, 0).catch(() => {});
-    }
-    if (!vm.spec.autoRemove) return { vm: this.vms.get(vm.id) ?? vm, result };
-    const final = { ...(this.vms.get(vm.id) ?? vm), state: 'stopped' as const, pid: null, stoppedAt: new Date().toISOString() };
-    await this.remove(vm.id, true);
-    return { vm: final, result };
-  }
-
-  /** `run --from`: one fork of the snapshot whose main command is the user's. */
-  private async forkForRun(req: RunRequest): Promise<VmRecord> {
-    if (!req.detach && (!req.cmd || req.cmd.length === 0)) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'run --from needs a command: cell run --from SNAPSHOT -- CMD...');
-    }
-    validateEnv(req.env ?? []);
-    parseUser(req.user);
-    if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork has its snapshot's CPUs, memory and disks: drop --cpus, --memory and --data-disk with --from");
-    }
-    const snapshot = this.snapshots.resolve(req.fromSnapshot!);
-    const [vm] = await this.snapshots.fork(snapshot.id, {
-      count: 1,
-      name: req.name,
-      overrides: {
-        cmd: req.cmd ?? [],
-        env: mergeEnv(snapshot.spec.env, req.env ?? []),
-        workingDir: req.workingDir || snapshot.spec.workingDir,
-        user: req.user || snapshot.spec.user,
-        timeoutSec: req.timeoutSec ?? 0,
-        autoRemove: req.autoRemove ?? false,
-      },
-    });
-    return vm!;
-  }
-
-  /** `run --template`: a VM of the template, forked warm or booted cold, whose main command is the user's. */
-  private async templateForRun(req: RunRequest): Promise<VmRecord> {
-    if (!req.detach && (!req.cmd || req.cmd.length === 0)) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'run --template needs a command: cell run --template NAME -- CMD... (or -d)');
-    }
-    if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs have its variant's CPUs, memory and data disk: drop --cpus, --memory and --data-disk with --template");
-    }
-    validateEnv(req.env ?? []);
-    parseUser(req.user);
-    if (req.name !== undefined) validateName(req.name);
-    const name = req.name ?? this.freshName();
-    if (this.vms.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another VM`);
-    return this.templates.startVm(req.template!, name, {
-      cmd: req.cmd ?? [],
-      env: req.env ?? [],
-      workingDir: req.workingDir ?? '',
-      user: req.user ?? '',
-      timeoutSec: req.timeoutSec ?? 0,
-      autoRemove: req.autoRemove ?? false,
-    });
-  }
-
-  /** Runs the VM's main command; its output goes to the VM's log and to the sink. */
-  private async runMain(vm: VmRecord, sink: OutputSink, signal?: AbortSignal): Promise<ExecResult> {
-    const live = this.live.require(vm.id);
-    const tee: OutputSink = {
-      stdout: (c) => {
-        this.logs.append(vm.id, 'stdout', c);
-        sink.stdout(c);
-      },
-      stderr: (c) => {
-        this.logs.append(vm.id, 'stderr', c);
-        sink.stderr(c);
-      },
-    };
-    const { uid, gid } = parseUser(vm.spec.user);
-    let result: ExecResult;
-    try {
-      result = await runGuestCommand(
-        live.agent,
-        { argv: vm.spec.cmd, env: vm.spec.env, cwd: vm.spec.workingDir, uid, gid, timeoutSec: vm.spec.timeoutSec, signal },
-        tee,
-      );
-    } catch (err) {
-      if (err instanceof CellError && err.code !== ErrorCodes.AGENT_DISCONNECTED) {
-        tee.stderr(Buffer.from(`cell: ${err.message}\n`));
-        result = { exitCode: 126, signal: null, timedOut: false, durationMs: 0 };
-      } else throw err;
-    }
-    await this.logs.flushed(vm.id);
-    if (this.vms.get(vm.id)) {
-      this.vms.update(vm.id, { exit: exitInfo(result.timedOut ? 'timeout' : 'exited', result.exitCode, result.signal) });
-    }
-    return result;
+  run(req: RunRequest, sink: OutputSink = NULL_SINK, events: RunEvents = {}, signal?: AbortSignal): Promise<{ vm: VmRecord; result?: ExecResult }> {
+    return this.runs.run(req, sink, events, signal);
   }
 
   /** `cell exec`: a command in a running VM, with the VM's env under the caller's. */
@@ -615,24 +467,6 @@ export class Engine {
     };
   }
 
-  /** A VM's overlay sits on its snapshot's frozen layer, or on its image's base disk. */
-  baseDiskOf(vm: VmRecord, image: ImageRecord | undefined): { baseDiskPath: string; baseDiskFormat: 'raw' | 'qcow2' } {
-    if (vm.baseSnapshot) return { baseDiskPath: join(this.paths.snapshots, vm.baseSnapshot, 'disk.qcow2'), baseDiskFormat: 'qcow2' };
-    return { baseDiskPath: (image ?? this.images.require(vm.spec.image)).diskPath, baseDiskFormat: 'raw' };
-  }
-
-  /**
-   * A VM's data disk overlay sits on its snapshot's frozen data layer, or (a new data disk) on a
-   * shared empty ext4 image of its size.
-   */
-  async dataDiskOf(vm: VmRecord): Promise<MachineSpec['dataDisk']> {
-    const mib = vm.spec.dataDiskMib ?? 0;
-    if (mib <= 0) return undefined;
-    const layer = vm.baseSnapshot ? join(this.paths.snapshots, vm.baseSnapshot, 'data.qcow2') : undefined;
-    if (layer && existsSync(layer)) return { baseDiskPath: layer, baseDiskFormat: 'qcow2', mountPoint: DATA_DISK_MOUNT };
-    return { baseDiskPath: await ensureEmptyExt4(this.paths.cache, mib), baseDiskFormat: 'raw', mountPoint: DATA_DISK_MOUNT };
-  }
-
   /** A stopped VM's RAM is gone for good: free the tmpfs it held. */
   /** @internal */
   releaseMemory(id: string): void {
@@ -669,41 +503,7 @@ export class Engine {
     this.logs.end(id);
   }
 
-  /**
-   * VM directories no record names: spares of a celld that crashed, or a VM whose creation was cut
-   * short. Their QEMU (if it still runs, and is theirs) is ended and the directory removed.
-   */
-  private async sweepOrphans(): Promise<void> {
-    const known = new Set(this.vms.list().map((vm) => vm.id));
-    const orphans = [
-      ...(await readdir(this.paths.vms)).filter((id) => !known.has(id)).map((id) => ({ id, dir: this.vmDir(id) })),
-      ...(await readdir(join(this.paths.home, 'spares')).catch(() => [] as string[])).map((id) => ({ id, dir: this.spareDir(id) })),
-    ];
-    for (const { id, dir } of orphans) {
-      if (!/^[0-9a-f]{64}$/.test(id)) continue;
-      const pid = Number(await readFile(join(dir, 'qemu.pid'), 'utf8').catch(() => ''));
-      if (pid > 0) await this.backend.kill(pid, id);
-      this.releaseMemory(id);
-      await rm(dir, { recursive: true, force: true });
-    }
-  }
 
-  /** After a daemon restart: reconnect to machines still alive, record the rest as stopped. */
-  private async reconcile(): Promise<void> {
-    for (const vm of this.vms.list()) {
-      if (vm.state === 'created' || vm.state === 'stopped') continue;
-      const attached = vm.pid && vm.state === 'running' ? await this.live.attach(vm.id, this.vmDir(vm.id), vm.pid) : null;
-      if (attached) continue;
-      if (vm.pid) await this.backend.kill(vm.pid, vm.id);
-      this.releaseMemory(vm.id);
-      this.vms.update(vm.id, {
-        state: 'stopped',
-        stoppedAt: new Date().toISOString(),
-        pid: null,
-        exit: vm.exit ?? exitInfo(vm.state === 'stopping' ? 'stopped' : 'lost'),
-      });
-    }
-  }
 }
 
 const execFileAsync = promisify(execFile);
@@ -711,23 +511,4 @@ const execFileAsync = promisify(execFile);
 /** Copies a sparse file keeping its holes (a RAM file holds only the pages the guest touched). */
 async function copySparse(from: string, to: string): Promise<void> {
   await execFileAsync('cp', ['--sparse=always', from, to]);
-}
-
-/** CELL_HOME/config.json (absent: defaults) with celld's environment on top. A bad file stops celld with a clear line. */
-async function loadConfig(path: string): Promise<CellConfig> {
-  let text: string | undefined;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  let raw: unknown = {};
-  if (text !== undefined) {
-    try {
-      raw = JSON.parse(text);
-    } catch (err) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${path}: not valid JSON (${(err as Error).message})`);
-    }
-  }
-  return withEnvironment(parseConfig(raw, path), process.env);
 }

@@ -1,0 +1,140 @@
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import { validateName } from '../domain/ids.js';
+import { mergeEnv, validateEnv, type VmRecord } from '../domain/vm.js';
+import type { Engine, RunEvents, RunRequest } from './engine.js';
+import { parseUser, runGuestCommand } from './exec-runner.js';
+import type { ExecResult, OutputSink } from './output.js';
+import { exitInfo } from './vm-records.js';
+
+const NULL_SINK: OutputSink = { stdout() {}, stderr() {} };
+
+/** `cell run` in its three forms: boot an image, fork a snapshot (`--from`), start a template. */
+export class Runs {
+  constructor(private readonly engine: Engine) {}
+
+  /**
+   * `cell run`: create, boot, run the main command. Attached, the VM stops when the command ends
+   * (and is removed with autoRemove); detached, it keeps running after its command. A VM that fails
+   * to boot during `run` is removed: a failed run leaves nothing behind.
+   */
+  async run(req: RunRequest, sink: OutputSink, events: RunEvents, signal?: AbortSignal): Promise<{ vm: VmRecord; result?: ExecResult }> {
+    let vm: VmRecord;
+    if (req.fromSnapshot && req.template) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'give --from or --template, not both');
+    if (req.fromSnapshot) {
+      vm = await this.forkForRun(req);
+      events.onCreated?.(vm);
+    } else if (req.template) {
+      vm = await this.templateForRun(req);
+      events.onCreated?.(vm);
+    } else {
+      const created = await this.engine.create(req);
+      events.onCreated?.(created);
+      try {
+        vm = await this.engine.start(created.id);
+      } catch (err) {
+        await this.engine.remove(created.id, true).catch(() => {});
+        throw err;
+      }
+    }
+    events.onRunning?.(vm);
+    if (req.detach) {
+      if (vm.spec.cmd.length > 0) void this.runMain(vm, NULL_SINK).catch(() => {});
+      return { vm };
+    }
+    let result: ExecResult;
+    try {
+      result = await this.runMain(vm, sink, signal);
+    } finally {
+      // A VM about to be removed needs no clean shutdown (its disk goes too): ending QEMU at once
+      // saves the guest's power-off, tens of milliseconds under TCG.
+      if (!vm.spec.autoRemove) await this.engine.stop(vm.id, 0).catch(() => {});
+    }
+    if (!vm.spec.autoRemove) return { vm: this.engine.vms.get(vm.id) ?? vm, result };
+    const final = { ...(this.engine.vms.get(vm.id) ?? vm), state: 'stopped' as const, pid: null, stoppedAt: new Date().toISOString() };
+    await this.engine.remove(vm.id, true);
+    return { vm: final, result };
+  }
+
+  /** `run --from`: one fork of the snapshot whose main command is the user's. */
+  private async forkForRun(req: RunRequest): Promise<VmRecord> {
+    if (!req.detach && (!req.cmd || req.cmd.length === 0)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'run --from needs a command: cell run --from SNAPSHOT -- CMD...');
+    }
+    validateEnv(req.env ?? []);
+    parseUser(req.user);
+    if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork has its snapshot's CPUs, memory and disks: drop --cpus, --memory and --data-disk with --from");
+    }
+    const snapshot = this.engine.snapshots.resolve(req.fromSnapshot!);
+    const [vm] = await this.engine.snapshots.fork(snapshot.id, {
+      count: 1,
+      name: req.name,
+      overrides: {
+        cmd: req.cmd ?? [],
+        env: mergeEnv(snapshot.spec.env, req.env ?? []),
+        workingDir: req.workingDir || snapshot.spec.workingDir,
+        user: req.user || snapshot.spec.user,
+        timeoutSec: req.timeoutSec ?? 0,
+        autoRemove: req.autoRemove ?? false,
+      },
+    });
+    return vm!;
+  }
+
+  /** `run --template`: a VM of the template, forked warm or booted cold, whose main command is the user's. */
+  private async templateForRun(req: RunRequest): Promise<VmRecord> {
+    if (!req.detach && (!req.cmd || req.cmd.length === 0)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'run --template needs a command: cell run --template NAME -- CMD... (or -d)');
+    }
+    if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs have its variant's CPUs, memory and data disk: drop --cpus, --memory and --data-disk with --template");
+    }
+    validateEnv(req.env ?? []);
+    parseUser(req.user);
+    if (req.name !== undefined) validateName(req.name);
+    const name = req.name ?? this.engine.freshName();
+    if (this.engine.vms.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another VM`);
+    return this.engine.templates.startVm(req.template!, name, {
+      cmd: req.cmd ?? [],
+      env: req.env ?? [],
+      workingDir: req.workingDir ?? '',
+      user: req.user ?? '',
+      timeoutSec: req.timeoutSec ?? 0,
+      autoRemove: req.autoRemove ?? false,
+    });
+  }
+
+  /** Runs the VM's main command; its output goes to the VM's log and to the sink. */
+  private async runMain(vm: VmRecord, sink: OutputSink, signal?: AbortSignal): Promise<ExecResult> {
+    const live = this.engine.live.require(vm.id);
+    const tee: OutputSink = {
+      stdout: (c) => {
+        this.engine.logs.append(vm.id, 'stdout', c);
+        sink.stdout(c);
+      },
+      stderr: (c) => {
+        this.engine.logs.append(vm.id, 'stderr', c);
+        sink.stderr(c);
+      },
+    };
+    const { uid, gid } = parseUser(vm.spec.user);
+    let result: ExecResult;
+    try {
+      result = await runGuestCommand(
+        live.agent,
+        { argv: vm.spec.cmd, env: vm.spec.env, cwd: vm.spec.workingDir, uid, gid, timeoutSec: vm.spec.timeoutSec, signal },
+        tee,
+      );
+    } catch (err) {
+      if (err instanceof CellError && err.code !== ErrorCodes.AGENT_DISCONNECTED) {
+        tee.stderr(Buffer.from(`cell: ${err.message}\n`));
+        result = { exitCode: 126, signal: null, timedOut: false, durationMs: 0 };
+      } else throw err;
+    }
+    await this.engine.logs.flushed(vm.id);
+    if (this.engine.vms.get(vm.id)) {
+      this.engine.vms.update(vm.id, { exit: exitInfo(result.timedOut ? 'timeout' : 'exited', result.exitCode, result.signal) });
+    }
+    return result;
+  }
+}
