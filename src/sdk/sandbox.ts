@@ -154,6 +154,17 @@ export class Sandbox {
     return this.client.snapshots.take(this.vm.id, opts);
   }
 
+  /**
+   * Snapshots this VM (it keeps running) and starts `count` forks of the snapshot, each with its
+   * own identity: sandboxes sharing this one's client, each removed by its own `await using`.
+   * The snapshot stays (the forks' disks sit on it); remove it with client.snapshots.remove.
+   */
+  async fork(opts: { count?: number; name?: string; snapshotName?: string } = {}): Promise<Sandbox[]> {
+    const snap = await this.snapshot({ name: opts.snapshotName });
+    const vms = await this.client.snapshots.fork(snap.id, { count: opts.count ?? 1, ...(opts.name !== undefined ? { name: opts.name } : {}) });
+    return vms.map((vm) => new Sandbox(this.client, vm, false));
+  }
+
   /** Stops the VM (SIGTERM to its processes, SIGKILL after `timeoutSec`), keeping its disk. */
   async stop(opts: { timeoutSec?: number } = {}): Promise<void> {
     this.vm = await this.client.vms.stop(this.vm.id, opts);

@@ -39,6 +39,21 @@ describe('SDK', () => {
     await client.snapshots.remove('sdk-snap');
   });
 
+  test('sandbox.fork: a snapshot and N running forks with their own identities', async () => {
+    await using sb = await Sandbox.create({ client, name: 'parent' });
+    await sb.run('echo shared > /root/state');
+    const forks = await sb.fork({ count: 2, name: 'child', snapshotName: 'parent-snap' });
+    try {
+      const seen = await Promise.all(forks.map(async (f) => (await f.run('cat /root/state; hostname')).stdout));
+      assert.deepEqual(seen, ['shared\nchild-1\n', 'shared\nchild-2\n']);
+      assert.equal((await sb.run('hostname')).stdout, 'parent\n', 'the parent keeps running, as itself');
+    } finally {
+      for (const f of forks) await f[Symbol.asyncDispose]();
+    }
+    await sb.kill();
+    await client.snapshots.remove('parent-snap');
+  });
+
   test('errors carry stable codes', async () => {
     await assert.rejects(client.vms.get('nope'), (err: unknown) => err instanceof CellError && err.code === 'not_found');
     await assert.rejects(
