@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { TestHome } from '../helpers/cell-home.js';
+import { TestHome, waitFor } from '../helpers/cell-home.js';
 
 // A VM's data disk (/data) through the life of a VM: snapshots keep it, forks get their own copy.
 describe('data disks', () => {
@@ -38,6 +38,10 @@ describe('data disks', () => {
     await h.ok(['exec', 'kid-1', '--', 'sh', '-c', 'echo kid-1 > /data/file']);
     const seen = await Promise.all(['kid-1', 'kid-2', 'box'].map(async (vm) => (await h.ok(['exec', vm, '--', 'cat', '/data/file'])).stdout));
     assert.deepEqual(seen, ['kid-1\n', 'kept\n', 'kept\n']);
+    // The next fork resumes a spare that was restored with the data disk attached.
+    assert.ok(await waitFor(async () => JSON.parse((await h.ok(['info', '--format', 'json'])).stdout).spares === 1, 20_000, 100));
+    const r = await h.ok(['run', '--rm', '--from', 'with-data', '--', 'sh', '-c', 'cat /data/file; echo spare > /data/file; cat /data/file']);
+    assert.equal(r.stdout, 'kept\nspare\n');
   });
 
   test('export and import carry the data disk to another host', async () => {
