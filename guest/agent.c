@@ -2093,19 +2093,22 @@ static bool wait_for_path(const char *path, int timeout_ms)
 	return true;
 }
 
-/* /dev/vdX whose virtio-blk serial (set by the host with -device ...,serial=) is `serial`. Disks
- * are named by serial because the order in which virtio-mmio devices appear is not the order they
- * were given on QEMU's command line. */
-static bool find_disk(const char *serial, char *dev, size_t dev_len, int timeout_ms)
+/*
+ * Waits for an entry of `sysdir` (named `prefix`...) whose attribute file `attr` reads `want`, and
+ * whose /dev node exists; writes that node's path to dev. The attribute can appear after the
+ * device itself (a port's name comes over virtio's control queue), so it is polled for.
+ */
+static bool find_device(const char *sysdir, const char *prefix, const char *attr, const char *want, char *dev, size_t dev_len,
+			int timeout_ms)
 {
 	int64_t deadline = mono_ms() + timeout_ms;
 	for (;;) {
-		DIR *d = opendir("/sys/block");
+		DIR *d = opendir(sysdir);
 		struct dirent *de;
 		while (d && (de = readdir(d))) {
 			char path[300], value[64];
-			if (strncmp(de->d_name, "vd", 2) != 0) continue;
-			snprintf(path, sizeof path, "/sys/block/%s/serial", de->d_name);
+			if (de->d_name[0] == '.' || strncmp(de->d_name, prefix, strlen(prefix)) != 0) continue;
+			snprintf(path, sizeof path, "%s/%s/%s", sysdir, de->d_name, attr);
 			int fd = open(path, O_RDONLY | O_CLOEXEC);
 			if (fd < 0) continue;
 			ssize_t n = read(fd, value, sizeof value - 1);
@@ -2115,7 +2118,7 @@ static bool find_disk(const char *serial, char *dev, size_t dev_len, int timeout
 			value[strcspn(value, "\n")] = '\0';
 			snprintf(path, sizeof path, "/dev/%s", de->d_name);
 			struct stat st;
-			if (strcmp(value, serial) == 0 && stat(path, &st) == 0) {
+			if (strcmp(value, want) == 0 && stat(path, &st) == 0) {
 				snprintf(dev, dev_len, "%s", path);
 				closedir(d);
 				return true;
@@ -2127,35 +2130,18 @@ static bool find_disk(const char *serial, char *dev, size_t dev_len, int timeout
 	}
 }
 
-/* /dev/<vportNpM> whose sysfs name is PORT_NAME, or false. The name arrives from the host over
- * virtio's control queue after the device itself, so it is polled for. */
+/* /dev/vdX whose virtio-blk serial (set by the host with -device ...,serial=) is `serial`. Disks
+ * are named by serial because the order in which virtio-mmio devices appear is not the order they
+ * were given on QEMU's command line. */
+static bool find_disk(const char *serial, char *dev, size_t dev_len, int timeout_ms)
+{
+	return find_device("/sys/block", "vd", "serial", serial, dev, dev_len, timeout_ms);
+}
+
+/* /dev/<vportNpM> whose sysfs name is PORT_NAME. */
 static bool find_port(char *dev, size_t dev_len, int timeout_ms)
 {
-	int64_t deadline = mono_ms() + timeout_ms;
-	for (;;) {
-		DIR *d = opendir("/sys/class/virtio-ports");
-		struct dirent *de;
-		while (d && (de = readdir(d))) {
-			char path[300], name[64];
-			if (de->d_name[0] == '.') continue;
-			snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", de->d_name);
-			int fd = open(path, O_RDONLY | O_CLOEXEC);
-			if (fd < 0) continue;
-			ssize_t n = read(fd, name, sizeof name - 1);
-			close(fd);
-			if (n <= 0) continue;
-			name[n] = '\0';
-			name[strcspn(name, "\n")] = '\0';
-			if (strcmp(name, PORT_NAME) == 0) {
-				snprintf(dev, dev_len, "/dev/%s", de->d_name);
-				closedir(d);
-				return true;
-			}
-		}
-		if (d) closedir(d);
-		if (mono_ms() >= deadline) return false;
-		sleep_ms(2);
-	}
+	return find_device("/sys/class/virtio-ports", "", "name", PORT_NAME, dev, dev_len, timeout_ms);
 }
 
 static void loopback_up(void)
