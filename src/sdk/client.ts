@@ -26,7 +26,7 @@ import { cellPaths, defaultHome, type CellPaths } from '../domain/paths.js';
 import {
   runStream,
   execStream,
-  deliverOutput,
+  resultStream,
   type CommandResult,
   type ExecHandlers,
   type OutputHandlers,
@@ -192,48 +192,30 @@ export class CellClient {
    * that could change the result; the same action again returns that snapshot and runs nothing.
    */
   readonly actions = {
-    run: async (req: ActionRequest, handlers: OutputHandlers & { onPlan?(plan: { key: string | null; cached: boolean }): void } = {}): Promise<ActionResult> => {
-      let result: ActionResult | undefined;
-      for await (const event of this.transport.stream('POST', Routes.actions, req, handlers.signal)) {
-        if (await deliverOutput(event, handlers)) continue;
+    run: (req: ActionRequest, handlers: OutputHandlers & { onPlan?(plan: { key: string | null; cached: boolean }): void } = {}): Promise<ActionResult> =>
+      resultStream(this.transport.stream('POST', Routes.actions, req, handlers.signal), handlers, 'result', 'action', (event) => {
         if (event.type === 'action') handlers.onPlan?.({ key: event.key, cached: event.cached });
-        else if (event.type === 'result') result = event.result;
-      }
-      if (!result) throw new CellError(ErrorCodes.INTERNAL, 'celld ended the action stream without a result');
-      return result;
-    },
+      }),
   };
 
   /** `cell build`: runs a build file (a path on celld's host) step by step, cached per step. */
   readonly builds = {
-    build: async (req: BuildRequest, handlers: OutputHandlers & { onEvent?(event: BuildStreamEvent): void } = {}): Promise<BuildSummary> => {
-      let result: BuildSummary | undefined;
-      for await (const event of this.transport.stream('POST', Routes.builds, req, handlers.signal)) {
-        if (await deliverOutput(event, handlers)) continue;
-        if (event.type === 'built') result = event.result;
+    build: (req: BuildRequest, handlers: OutputHandlers & { onEvent?(event: BuildStreamEvent): void } = {}): Promise<BuildSummary> =>
+      resultStream(this.transport.stream('POST', Routes.builds, req, handlers.signal), handlers, 'built', 'build', (event) => {
         if (isBuildEvent(event)) handlers.onEvent?.(event);
-      }
-      if (!result) throw new CellError(ErrorCodes.INTERNAL, 'celld ended the build stream without a result');
-      return result;
-    },
+      }),
   };
 
   /** Templates: a build plus variants, each built into revisions (docs/templates.md). */
   readonly templates = {
     /** Builds every variant of a template file (a path on celld's host); `snapshot` also stores warm-start snapshots. */
-    build: async (
+    build: (
       req: TemplateBuildRequest,
       handlers: OutputHandlers & { onEvent?(event: BuildStreamEvent | TemplateVariantEvent): void } = {},
-    ): Promise<TemplateBuildSummary> => {
-      let result: TemplateBuildSummary | undefined;
-      for await (const event of this.transport.stream('POST', Routes.templateBuild, req, handlers.signal)) {
-        if (await deliverOutput(event, handlers)) continue;
-        if (event.type === 'templates') result = event.result;
-        else if (event.type === 'variant' || isBuildEvent(event)) handlers.onEvent?.(event);
-      }
-      if (!result) throw new CellError(ErrorCodes.INTERNAL, 'celld ended the template build stream without a result');
-      return result;
-    },
+    ): Promise<TemplateBuildSummary> =>
+      resultStream(this.transport.stream('POST', Routes.templateBuild, req, handlers.signal), handlers, 'templates', 'template build', (event) => {
+        if (event.type === 'variant' || isBuildEvent(event)) handlers.onEvent?.(event);
+      }),
     list: (): Promise<TemplateView[]> => this.transport.request('GET', Routes.templates),
     /** A variant by name, `TEMPLATE_ID:ROLE`, or a template id with one variant; with all its revisions. */
     get: (ref: string): Promise<TemplateView> => this.transport.request('GET', Routes.template(ref)),

@@ -58,6 +58,28 @@ function noExit(what: string): CellError {
   return new CellError(ErrorCodes.INTERNAL, `celld ended the ${what} stream without the command's exit status`);
 }
 
+/**
+ * Consumes a stream that ends in one result event (`resultType`: actions, builds, template builds):
+ * output goes to the handlers, every other event to `onEvent`, and the result event's `result` is
+ * returned.
+ */
+export async function resultStream<T>(
+  events: AsyncIterable<StreamEvent>,
+  handlers: OutputHandlers,
+  resultType: StreamEvent['type'],
+  what: string,
+  onEvent: (event: StreamEvent) => void,
+): Promise<T> {
+  let result: T | undefined;
+  for await (const event of events) {
+    if (await deliverOutput(event, handlers)) continue;
+    if (event.type === resultType) result = (event as unknown as { result: T }).result;
+    onEvent(event);
+  }
+  if (result === undefined) throw new CellError(ErrorCodes.INTERNAL, `celld ended the ${what} stream without a result`);
+  return result;
+}
+
 /** Consumes the event stream of POST /v1/vms/run. */
 export async function runStream(events: AsyncIterable<StreamEvent>, handlers: RunHandlers): Promise<CommandResult & { vm: Vm }> {
   let exit: CommandResult | undefined;

@@ -42,6 +42,20 @@ export function openNdjson(request: FastifyRequest, reply: FastifyReply): Ndjson
   return stream;
 }
 
+/**
+ * A stream whose work ends in one result: opens it, runs `work`, sends the event it returns as the
+ * last line and ends; whatever `work` throws becomes an `error` event.
+ */
+export async function streamResult(request: FastifyRequest, reply: FastifyReply, work: (stream: NdjsonStream) => Promise<StreamEvent>): Promise<void> {
+  const stream = openNdjson(request, reply);
+  try {
+    stream.send(await work(stream));
+    stream.end();
+  } catch (err) {
+    stream.fail(err);
+  }
+}
+
 export function outputEvents(stream: NdjsonStream) {
   return {
     stdout: (chunk: Buffer) => stream.send({ type: 'stdout', data: chunk.toString('base64') }),

@@ -13,34 +13,29 @@ import {
 import type { ActionSpec } from '../../domain/action.js';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import type { Engine } from '../../engine/engine.js';
-import { openNdjson, outputEvents } from '../ndjson.js';
+import { outputEvents, streamResult } from '../ndjson.js';
 
 /** Actions, builds and the action cache. */
 export function buildRoutes(app: FastifyInstance, engine: Engine): void {
   // Stream: `action` (cache verdict), stdout/stderr of the command, `result`.
   app.post<{ Body: ActionRequest }>('/v1/actions', { schema: { body: ActionRequest } }, async (req, reply) => {
     const spec = actionSpec(req.body);
-    const stream = openNdjson(req, reply);
-    try {
+    await streamResult(req, reply, async (stream) => {
       const result = await engine.actions.run(spec, req.body.cache ? { mode: 'cache', salt: req.body.salt } : { mode: 'none' }, {
         snapshot: req.body.keepSnapshot,
         sink: outputEvents(stream),
         signal: stream.signal,
         onPlan: (plan) => stream.send({ type: 'action', ...plan }),
       });
-      stream.send({ type: 'result', result });
-      stream.end();
-    } catch (err) {
-      stream.fail(err);
-    }
+      return { type: 'result', result };
+    });
   });
 
   // Stream: `base`, then per step `step`, the step's output, `step-done` (or `step-failed`); `built`.
   app.post<{ Body: BuildRequest }>('/v1/builds', { schema: { body: BuildRequest } }, async (req, reply) => {
     // A bad build file is a plain HTTP error, before the stream opens.
     const plan = await engine.builds.load(req.body.file, req.body.target);
-    const stream = openNdjson(req, reply);
-    try {
+    await streamResult(req, reply, async (stream) => {
       const result = await engine.builds.build(plan, {
         tag: req.body.tag,
         noCache: req.body.noCache,
@@ -48,11 +43,8 @@ export function buildRoutes(app: FastifyInstance, engine: Engine): void {
         signal: stream.signal,
         onEvent: (event) => stream.send(event),
       });
-      stream.send({ type: 'built', result });
-      stream.end();
-    } catch (err) {
-      stream.fail(err);
-    }
+      return { type: 'built', result };
+    });
   });
 
   app.get('/v1/cache', async (): Promise<CacheEntry[]> =>
@@ -96,19 +88,15 @@ function actionSpec(body: ActionRequest): ActionSpec {
 export function templateRoutes(app: FastifyInstance, engine: Engine): void {
   app.post<{ Body: TemplateBuildRequest }>('/v1/templates/build', { schema: { body: TemplateBuildRequest } }, async (req, reply) => {
     const file = await engine.templates.load(req.body.file);
-    const stream = openNdjson(req, reply);
-    try {
+    await streamResult(req, reply, async (stream) => {
       const result = await engine.templates.build(file, {
         snapshot: req.body.snapshot,
         sink: outputEvents(stream),
         signal: stream.signal,
         onEvent: (event) => stream.send(event),
       });
-      stream.send({ type: 'templates', result });
-      stream.end();
-    } catch (err) {
-      stream.fail(err);
-    }
+      return { type: 'templates', result };
+    });
   });
 
   app.get('/v1/templates', async (): Promise<TemplateView[]> =>
