@@ -18,7 +18,7 @@ import { readdir, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { AgentClient } from '../agent/client.js';
 import { copyIntoGuest } from './guest-files.js';
-import type { ExecResult, OutputSink } from './output.js';
+import { NULL_SINK, type ExecResult, type OutputSink } from './output.js';
 import { awaitReady } from './ready-check.js';
 import { treeHash } from './tree-hash.js';
 
@@ -45,11 +45,10 @@ interface Resolved {
   user: string;
   cpus: number;
   memoryMib: number;
-  inject: { hostPath: string; guestPath: string; treeHash: string } | null;
+  inject: { hostPath: string; guestPath: string; treeHash: string; isDirectory: boolean } | null;
   compat: string;
 }
 
-const NULL_SINK: OutputSink = { stdout() {}, stderr() {} };
 
 /**
  * Actions: one command in a fresh VM, optionally cached. A cached action's snapshot is stored
@@ -114,11 +113,7 @@ export class Actions {
       const cutoff = opts.maxAgeMs !== undefined ? Date.now() - opts.maxAgeMs : -Infinity;
       const overCount = opts.maxCount !== undefined && all.length > opts.maxCount;
       const overBytes = opts.maxBytes !== undefined && total > opts.maxBytes;
-      const candidates = all.filter(({ snapshot }) => {
-        if (!snapshot) return true;
-        const otherHolders = this.engine.snapshots.holders(snapshot.id).length - 1;
-        return otherHolders === 0 && this.engine.vms.onSnapshot(snapshot.id).length === 0 && this.engine.snapshotStore.children(snapshot.id).length === 0;
-      });
+      const candidates = all.filter(({ entry, snapshot }) => !snapshot || this.engine.snapshots.removable(snapshot.id, entry.key));
       const victim =
         overCount || overBytes ? candidates[0] : candidates.find(({ entry }) => Date.parse(entry.lastUsed) < cutoff);
       if (!victim) return removed;
@@ -203,9 +198,9 @@ export class Actions {
       const hash = await treeHash(spec.inject.hostPath);
       const into = spec.inject.guestPath ?? '';
       // A file lands inside a directory target (`to` absent or ending in /), like `cp file dir/`.
-      const isFile = !(await stat(spec.inject.hostPath)).isDirectory();
-      const target = isFile && (into === '' || into.endsWith('/')) ? posix.join(into || '.', basename(spec.inject.hostPath)) : into || '.';
-      inject = { hostPath: spec.inject.hostPath, guestPath: posix.resolve(resolved.workingDir, target), treeHash: hash };
+      const isDirectory = (await stat(spec.inject.hostPath)).isDirectory();
+      const target = !isDirectory && (into === '' || into.endsWith('/')) ? posix.join(into || '.', basename(spec.inject.hostPath)) : into || '.';
+      inject = { hostPath: spec.inject.hostPath, guestPath: posix.resolve(resolved.workingDir, target), treeHash: hash, isDirectory };
     }
     return { ...resolved, inject };
   }
@@ -225,7 +220,7 @@ export class Actions {
     let service: Promise<ExecResult> | undefined;
     try {
       const live = this.engine.live.require(vm.id);
-      if (r.inject) await inject(live.agent, r.inject.hostPath, r.inject.guestPath);
+      if (r.inject) await inject(live.agent, r.inject);
       const { uid, gid } = parseUser(r.user);
       const command = { env: r.env, cwd: r.workingDir, uid, gid, signal: opts.signal };
       let exitCode = 0;
@@ -244,9 +239,8 @@ export class Actions {
       if (opts.signal?.aborted) throw new CellError(ErrorCodes.CANCELLED, 'the action was cancelled');
       let snapshot: SnapshotRecord | null = null;
       if (exitCode === 0 && (key !== null || opts.snapshot)) {
-        const name = key !== null && !this.engine.snapshotStore.nameExists(`cache-${key.slice(0, 12)}`) ? `cache-${key.slice(0, 12)}` : undefined;
-        snapshot = await this.engine.snapshots.take(vm.id, { name, stop: true });
-        if (cache) this.store(cache.key, cache.replace, snapshot, spec, r);
+        snapshot = await this.engine.snapshots.take(vm.id, { name: cache ? this.snapshotName(cache.key) : undefined, stop: true });
+        if (cache) this.record(cache.key, snapshot.id, describeAction(spec, r), cache.replace);
       }
       return { exitCode, snapshot, cached: false, key, durationMs: performance.now() - started };
     } finally {
@@ -259,7 +253,7 @@ export class Actions {
     if (r.kind === 'snapshot') {
       const [vm] = await this.engine.snapshots.fork(r.ref, {
         count: 1,
-        name: this.engine.vms.nameExists(name) ? `${name}-${randomBytes(2).toString('hex')}` : name,
+        name: this.engine.availableName(name),
         overrides: { cmd: [], env: r.env, workingDir: r.workingDir, user: r.user },
         copyMemory: true,
       });
@@ -267,7 +261,7 @@ export class Actions {
     }
     const created = await this.engine.create({
       image: r.ref,
-      name: this.engine.vms.nameExists(name) ? `${name}-${randomBytes(2).toString('hex')}` : name,
+      name: this.engine.availableName(name),
       cpus: r.cpus,
       memoryMib: r.memoryMib,
       env: r.env,
@@ -282,32 +276,37 @@ export class Actions {
     }
   }
 
-  private store(key: string, replace: boolean, snapshot: SnapshotRecord, spec: ActionSpec, r: Resolved): void {
+  /** `cache-<key>` for the snapshot a cached result makes, unless a snapshot is called that already. */
+  snapshotName(key: string): string | undefined {
+    const name = `cache-${key.slice(0, 12)}`;
+    return this.engine.snapshotStore.nameExists(name) ? undefined : name;
+  }
+
+  /** Stores `key` -> snapshot. With `replace` the entry takes the old one's place (its snapshot is then unheld: `cell snapshot prune` can take it). */
+  record(key: string, snapshotId: string, description: string, replace = false): void {
     const now = new Date().toISOString();
-    const source = r.kind === 'image' ? r.ref : (r.snapshot?.name ?? shortId(r.ref));
-    const what = spec.cmd.length > 0 ? spec.cmd.join(' ') : `copy ${r.inject?.hostPath} -> ${r.inject?.guestPath}`;
-    const entry: CacheEntry = {
-      key,
-      snapshotId: snapshot.id,
-      description: `${source}: ${what}`.slice(0, 200),
-      createdAt: now,
-      lastUsed: now,
-      hits: 0,
-    };
-    // Replacing leaves the old snapshot unheld: `cell snapshot prune` can take it.
+    const entry: CacheEntry = { key, snapshotId, description: description.slice(0, 200), createdAt: now, lastUsed: now, hits: 0 };
     this.engine.db.transaction(() => {
       if (replace) this.engine.actionCache.delete(key);
       this.engine.actionCache.insert(entry);
     })();
   }
+
+}
+
+/** What ran, for `cell cache ls`: the source and the command (or the copy). */
+function describeAction(spec: ActionSpec, r: Resolved): string {
+  const source = r.kind === 'image' ? r.ref : (r.snapshot?.name ?? shortId(r.ref));
+  const what = spec.cmd.length > 0 ? spec.cmd.join(' ') : `copy ${r.inject?.hostPath} -> ${r.inject?.guestPath}`;
+  return `${source}: ${what}`;
 }
 
 /**
  * Copies a host directory's contents into a guest directory (created 0755 if missing; an existing
  * one keeps its mode and owner: injecting into / must not chmod /), or a host file to a path.
  */
-async function inject(agent: AgentClient, hostPath: string, guestPath: string): Promise<void> {
-  if (!(await stat(hostPath)).isDirectory()) {
+async function inject(agent: AgentClient, { hostPath, guestPath, isDirectory }: NonNullable<Resolved['inject']>): Promise<void> {
+  if (!isDirectory) {
     await copyIntoGuest(agent, hostPath, guestPath);
     return;
   }

@@ -59,10 +59,6 @@ export class Builds {
     return parseBuildFile(basename(file), await readDefinition(file, 'build file'), dirname(file), { target });
   }
 
-  async buildFile(file: string, opts: BuildOptions = {}): Promise<BuildResult> {
-    return this.build(await this.load(file, opts.target), opts);
-  }
-
   async build(plan: BuildPlan, opts: BuildOptions = {}): Promise<BuildResult> {
     const started = performance.now();
     const emit = opts.onEvent ?? (() => {});
@@ -151,17 +147,8 @@ export class Builds {
     return this.engine.withLock(`action:${key}`, async () => {
       const hit = this.engine.actions.lookup(key);
       if (hit) return { snapshot: hit, key };
-      const name = this.engine.snapshotStore.nameExists(`cache-${key.slice(0, 12)}`) ? undefined : `cache-${key.slice(0, 12)}`;
-      const snapshot = await this.engine.snapshots.derive(source.id, spec, name);
-      const now = new Date().toISOString();
-      this.engine.actionCache.insert({
-        key,
-        snapshotId: snapshot.id,
-        description: `${source.name}: set ${[...env, ...(workingDir ? [`workdir ${workingDir}`] : [])].join(' ')}`.slice(0, 200),
-        createdAt: now,
-        lastUsed: now,
-        hits: 0,
-      });
+      const snapshot = await this.engine.snapshots.derive(source.id, spec, this.engine.actions.snapshotName(key));
+      this.engine.actions.record(key, snapshot.id, `${source.name}: set ${[...env, ...(workingDir ? [`workdir ${workingDir}`] : [])].join(' ')}`);
       return { snapshot, key };
     });
   }

@@ -1,6 +1,5 @@
-import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
-import { promisify } from 'node:util';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -23,6 +22,7 @@ import { ImageStore } from '../store/image-store.js';
 import { VmStore } from '../store/vm-store.js';
 import { QemuBackend } from '../vmm/qemu/backend.js';
 import { MAX_DATA_DISK_MIB } from '../host/empty-ext4.js';
+import { copySparse } from '../host/files.js';
 import { runGuestCommand, parseUser } from './exec-runner.js';
 import { HostReadiness, type HostReady, type ProgressListener } from './host-readiness.js';
 import { assertCompatible, type CompatKey, type SnapshotRecord } from '../domain/snapshot.js';
@@ -42,7 +42,7 @@ import { Images } from './images.js';
 import { resolveImageUser } from '../image/image-users.js';
 import { exitInfo } from './vm-records.js';
 import { LiveMachines, type GuestIdentity, type PreparedRestore } from './live-machines.js';
-import type { ExecOptions, ExecResult, OutputSink } from './output.js';
+import { NULL_SINK, type ExecOptions, type ExecResult, type OutputSink } from './output.js';
 import { VmLogs, type LogEntry } from './vm-logs.js';
 import type { AgentClient } from '../agent/client.js';
 import type { GuestStat, PutFileMeta } from '../agent/file-frames.js';
@@ -108,7 +108,6 @@ export interface EngineInfo {
   imageCacheMaxBytes: number | null;
 }
 
-const NULL_SINK: OutputSink = { stdout() {}, stderr() {} };
 
 /** The runtime: the one place that combines the store, the host assets, the VMM and the agent. */
 export class Engine {
@@ -473,6 +472,11 @@ export class Engine {
     rmSync(this.memoryPath(id), { force: true });
   }
 
+  /** `name`, or `name-<hex>` when a VM has it already (the VMs of actions and templates). @internal */
+  availableName(name: string): string {
+    return this.vms.nameExists(name) ? `${name}-${randomBytes(2).toString('hex')}` : name;
+  }
+
   /** @internal */
   freshName(): string {
     for (;;) {
@@ -502,13 +506,4 @@ export class Engine {
     }
     this.logs.end(id);
   }
-
-
-}
-
-const execFileAsync = promisify(execFile);
-
-/** Copies a sparse file keeping its holes (a RAM file holds only the pages the guest touched). */
-async function copySparse(from: string, to: string): Promise<void> {
-  await execFileAsync('cp', ['--sparse=always', from, to]);
 }

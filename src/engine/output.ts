@@ -4,6 +4,9 @@ export interface OutputSink {
   stderr(chunk: Buffer): void;
 }
 
+/** Output nobody reads. */
+export const NULL_SINK: OutputSink = { stdout() {}, stderr() {} };
+
 export interface ExecOptions {
   cmd: string[];
   env?: string[];

@@ -3,10 +3,9 @@ import { validateName } from '../domain/ids.js';
 import { mergeEnv, validateEnv, type VmRecord } from '../domain/vm.js';
 import type { Engine, RunEvents, RunRequest } from './engine.js';
 import { parseUser, runGuestCommand } from './exec-runner.js';
-import type { ExecResult, OutputSink } from './output.js';
+import { NULL_SINK, type ExecResult, type OutputSink } from './output.js';
 import { exitInfo } from './vm-records.js';
 
-const NULL_SINK: OutputSink = { stdout() {}, stderr() {} };
 
 /** `cell run` in its three forms: boot an image, fork a snapshot (`--from`), start a template. */
 export class Runs {

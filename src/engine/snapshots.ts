@@ -1,13 +1,12 @@
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { link, mkdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { newId, resolveRef, validateName } from '../domain/ids.js';
 import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
 import type { VmRecord } from '../domain/vm.js';
+import { copySparse } from '../host/files.js';
 import { saveState } from '../vmm/qemu/migration.js';
 import type { Engine } from './engine.js';
 import { exitInfo, guestHostname } from './vm-records.js';
@@ -15,7 +14,6 @@ import { convertToSharedMemory } from './memory-conversion.js';
 import type { Spare } from './spare-pool.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
 
-const run = promisify(execFile);
 
 export interface TakeSnapshotOptions {
   name?: string;
@@ -81,7 +79,7 @@ export class Snapshots {
         if (live.memoryShared) {
           // RAM is already a file: save only device state, then copy the (sparse) file while paused.
           await saveState(live.qmp, join(staging, 'state'), { ignoreShared: true });
-          await run('cp', ['--sparse=always', this.engine.memoryPath(vm.id), join(staging, 'memory')]);
+          await copySparse(this.engine.memoryPath(vm.id), join(staging, 'memory'));
         } else {
           // RAM is a private copy-on-write mapping: save it whole, then turn it into a file.
           await saveState(live.qmp, join(staging, 'full-state'), { ignoreShared: false });
@@ -328,14 +326,20 @@ export class Snapshots {
     }
   }
 
-  /** Nothing needs it: no VM on its layer, no snapshot on top, no cache entry or template holding it. */
-  removable(id: string): boolean {
-    return this.engine.vms.onSnapshot(id).length === 0 && this.engine.snapshotStore.children(id).length === 0 && this.holders(id).length === 0;
+  /**
+   * Nothing needs it: no VM on its layer, no snapshot on top, no cache entry or template holding
+   * it (but the cache entry `exceptKey`, which is about to go with it).
+   */
+  removable(id: string, exceptKey?: string): boolean {
+    return this.engine.vms.onSnapshot(id).length === 0 && this.engine.snapshotStore.children(id).length === 0 && this.holders(id, exceptKey).length === 0;
   }
 
-  /** Records that keep a snapshot on purpose: action-cache entries (and template revisions). */
-  holders(id: string): string[] {
-    const cache = this.engine.actionCache.bySnapshot(id).map((e) => `cache entry ${e.key.slice(0, 12)}`);
+  /** Records that keep a snapshot on purpose: action-cache entries (but `exceptKey`) and template revisions. */
+  holders(id: string, exceptKey?: string): string[] {
+    const cache = this.engine.actionCache
+      .bySnapshot(id)
+      .filter((e) => e.key !== exceptKey)
+      .map((e) => `cache entry ${e.key.slice(0, 12)}`);
     const templates = [...new Set(this.engine.templateStore.holding(id).map((r) => `template ${r.templateName}`))];
     return [...cache, ...templates];
   }

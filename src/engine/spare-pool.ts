@@ -78,9 +78,10 @@ export class SparePool {
     await Promise.all([...this.spares.values()].filter((s) => s.snapshotId === snapshotId).map((s) => this.kill(s)));
   }
 
-  /** Ends a spare that was taken but will not be used after all. */
-  discard(spare: Spare): Promise<void> {
-    return this.kill(spare);
+  /** Ends a spare that was taken (its folder is in vms/ now) but will not be used after all. */
+  async discard(spare: Spare): Promise<void> {
+    await this.kill(spare);
+    await rm(this.engine.vmDir(spare.id), { recursive: true, force: true });
   }
 
   async closeAll(): Promise<void> {

@@ -187,7 +187,7 @@ export class Templates {
 
   /** Boots the built disk with the variant's resources and brings its service up. */
   private async coldVm(
-    revision: TemplateRevision,
+    revision: Pick<TemplateRevision, 'templateName' | 'diskSnapshot' | 'variant' | 'service'>,
     name: string,
     overrides: Pick<VmSpec, 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove'>,
     start: TemplateStart | undefined,
@@ -206,7 +206,7 @@ export class Templates {
       user: overrides.user || disk.spec.user,
       ...(start ? { template: start } : {}),
     };
-    const vm = await this.engine.recordNewVm(this.engine.vms.nameExists(name) ? `${name}-${randomBytes(2).toString('hex')}` : name, spec, disk.id);
+    const vm = await this.engine.recordNewVm(this.engine.availableName(name), spec, disk.id);
     try {
       const running = await this.engine.withLock(vm.id, () => this.engine.bootLocked(vm.id));
       if (revision.service) await this.startService(running, revision.service, signal);
@@ -233,20 +233,8 @@ export class Templates {
 
   /** Boots the variant cold, brings its service up and snapshots it (the VM goes away). */
   private async warmSnapshot(variant: TemplateVariant, disk: SnapshotRecord, service: TemplateService | null, cacheKey: string, signal?: AbortSignal): Promise<SnapshotRecord> {
-    const provisional: TemplateRevision = {
-      id: 'provisional',
-      templateName: variant.name,
-      revisionHash: '',
-      cacheKey,
-      inputsHash: '',
-      schemaVersion: TEMPLATE_SCHEMA_VERSION,
-      variant,
-      service,
-      diskSnapshot: disk.id,
-      warmSnapshot: null,
-      builtAt: '',
-    };
-    const vm = await this.coldVm(provisional, `${variant.name}-template-build`, { cmd: [], env: [], workingDir: '', user: '', timeoutSec: 0, autoRemove: false }, undefined, signal);
+    const revision = { templateName: variant.name, diskSnapshot: disk.id, variant, service };
+    const vm = await this.coldVm(revision, `${variant.name}-template-build`, { cmd: [], env: [], workingDir: '', user: '', timeoutSec: 0, autoRemove: false }, undefined, signal);
     try {
       const name = `${variant.name}-warm-${cacheKey.slice(0, 8)}-${randomBytes(2).toString('hex')}`;
       return await this.engine.snapshots.take(vm.id, { name, stop: true });
@@ -269,7 +257,7 @@ export class Templates {
     for (const r of old) {
       store.deleteRevision(r.id);
       const warm = r.warmSnapshot;
-      if (warm && store.holding(warm).length === 0 && this.engine.snapshotStore.get(warm) && this.engine.snapshots.removable(warm)) {
+      if (warm && this.engine.snapshotStore.get(warm) && this.engine.snapshots.removable(warm)) {
         await this.engine.snapshots.remove(warm);
       }
     }

@@ -1,7 +1,9 @@
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { chmod, mkdir, mkdtemp, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
 
 /**
  * File helpers for the content-addressed cache. Everything the cache holds is built in a temp
@@ -28,6 +30,13 @@ export function sha256File(path: string): Promise<string> {
 
 export { fsyncPath, writeFileAtomic } from '../store/atomic-file.js';
 import { fsyncPath } from '../store/atomic-file.js';
+
+/** Copies a sparse file keeping its holes (a RAM file holds only the pages the guest touched). */
+export async function copySparse(from: string, to: string): Promise<void> {
+  await execFileAsync('cp', ['--sparse=always', from, to]);
+}
+
+const execFileAsync = promisify(execFile);
 
 /** Moves a finished temp file into place (it must already be fsynced) and makes the rename durable. */
 export async function publishFile(tmpPath: string, finalPath: string, mode?: number): Promise<void> {
