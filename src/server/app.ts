@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { FastifyBaseLogger } from 'fastify';
-import { statusForCode } from '../api/routes.js';
+import { statusForCode } from '../api/contract.js';
 import { CellError, ErrorCodes, toCellError } from '../domain/errors.js';
 import type { Engine } from '../engine/engine.js';
 import { systemRoutes } from './routes/system.js';

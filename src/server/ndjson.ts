@@ -1,9 +1,11 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import type { StreamEvent } from '../api/schemas.js';
+import type { ErrorEvent, EventOf, StreamRoute } from '../api/contract.js';
+import type { OutputEvent } from '../api/common.js';
 import { toCellError } from '../domain/errors.js';
 
-export interface NdjsonStream {
-  send(event: StreamEvent): void;
+/** An open ndjson response that only takes the events its route declares. */
+export interface NdjsonStream<E> {
+  send(event: E): void;
   /** Sends an `error` event for whatever was thrown, then ends. */
   fail(err: unknown): void;
   end(): void;
@@ -11,8 +13,8 @@ export interface NdjsonStream {
   signal: AbortSignal;
 }
 
-/** Takes over the response and writes one JSON event per line as things happen. */
-export function openNdjson(request: FastifyRequest, reply: FastifyReply): NdjsonStream {
+/** Takes over the response of a stream route and writes one JSON event per line as things happen. */
+export function openStream<R extends StreamRoute>(_def: R, request: FastifyRequest, reply: FastifyReply): NdjsonStream<EventOf<R>> {
   reply.hijack();
   const res = reply.raw;
   res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
@@ -22,15 +24,16 @@ export function openNdjson(request: FastifyRequest, reply: FastifyReply): Ndjson
   res.on('close', () => {
     if (!ended) controller.abort();
   });
-  const stream: NdjsonStream = {
+  const write = (event: EventOf<R> | ErrorEvent) => {
+    if (!ended && !res.destroyed) res.write(JSON.stringify(event) + '\n');
+  };
+  const stream: NdjsonStream<EventOf<R>> = {
     signal: controller.signal,
-    send(event) {
-      if (!ended && !res.destroyed) res.write(JSON.stringify(event) + '\n');
-    },
+    send: write,
     fail(err) {
       const e = toCellError(err);
       if (e.code === 'internal') request.log.error({ err }, 'stream failed');
-      stream.send({ type: 'error', error: { code: e.code, message: e.message, details: e.details } });
+      write({ type: 'error', error: { code: e.code, message: e.message, details: e.details } });
       stream.end();
     },
     end() {
@@ -46,8 +49,13 @@ export function openNdjson(request: FastifyRequest, reply: FastifyReply): Ndjson
  * A stream whose work ends in one result: opens it, runs `work`, sends the event it returns as the
  * last line and ends; whatever `work` throws becomes an `error` event.
  */
-export async function streamResult(request: FastifyRequest, reply: FastifyReply, work: (stream: NdjsonStream) => Promise<StreamEvent>): Promise<void> {
-  const stream = openNdjson(request, reply);
+export async function streamResult<R extends StreamRoute>(
+  def: R,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  work: (stream: NdjsonStream<EventOf<R>>) => Promise<EventOf<R>>,
+): Promise<void> {
+  const stream = openStream(def, request, reply);
   try {
     stream.send(await work(stream));
     stream.end();
@@ -56,7 +64,8 @@ export async function streamResult(request: FastifyRequest, reply: FastifyReply,
   }
 }
 
-export function outputEvents(stream: NdjsonStream) {
+/** An output sink that streams a command's stdout and stderr as base64 events. */
+export function outputEvents(stream: NdjsonStream<OutputEvent>) {
   return {
     stdout: (chunk: Buffer) => stream.send({ type: 'stdout', data: chunk.toString('base64') }),
     stderr: (chunk: Buffer) => stream.send({ type: 'stderr', data: chunk.toString('base64') }),

@@ -1,41 +1,35 @@
 import type { FastifyInstance } from 'fastify';
-import type { Static } from '@sinclair/typebox';
-import {
-  ActionRequest,
-  BuildRequest,
-  CachePruneRequest,
-  RefParams,
-  RemoveQuery,
-  TemplateBuildRequest,
-  type CacheEntry,
-  type TemplateView,
-} from '../../api/schemas.js';
+import { Api } from '../../api/routes.js';
+import type { ActionRequest } from '../../api/builds.js';
 import type { ActionSpec } from '../../domain/action.js';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import type { Engine } from '../../engine/engine.js';
 import { outputEvents, streamResult } from '../ndjson.js';
+import { serve } from '../serve-route.js';
+
+const { actions, builds, cache, templates } = Api;
 
 /** Actions, builds and the action cache. */
 export function buildRoutes(app: FastifyInstance, engine: Engine): void {
   // Stream: `action` (cache verdict), stdout/stderr of the command, `result`.
-  app.post<{ Body: ActionRequest }>('/v1/actions', { schema: { body: ActionRequest } }, async (req, reply) => {
+  serve(app, actions.run, async (req, reply) => {
     const spec = actionSpec(req.body);
-    await streamResult(req, reply, async (stream) => {
+    await streamResult(actions.run, req, reply, async (stream) => {
       const result = await engine.actions.run(spec, req.body.cache ? { mode: 'cache', salt: req.body.salt } : { mode: 'none' }, {
         snapshot: req.body.keepSnapshot,
         sink: outputEvents(stream),
         signal: stream.signal,
         onPlan: (plan) => stream.send({ type: 'action', ...plan }),
       });
-      return { type: 'result', result };
+      return { type: 'result' as const, result };
     });
   });
 
   // Stream: `base`, then per step `step`, the step's output, `step-done` (or `step-failed`); `built`.
-  app.post<{ Body: BuildRequest }>('/v1/builds', { schema: { body: BuildRequest } }, async (req, reply) => {
+  serve(app, builds.build, async (req, reply) => {
     // A bad build file is a plain HTTP error, before the stream opens.
     const plan = await engine.builds.load(req.body.file, req.body.target);
-    await streamResult(req, reply, async (stream) => {
+    await streamResult(builds.build, req, reply, async (stream) => {
       const result = await engine.builds.build(plan, {
         tag: req.body.tag,
         noCache: req.body.noCache,
@@ -43,11 +37,11 @@ export function buildRoutes(app: FastifyInstance, engine: Engine): void {
         signal: stream.signal,
         onEvent: (event) => stream.send(event),
       });
-      return { type: 'built', result };
+      return { type: 'built' as const, result };
     });
   });
 
-  app.get('/v1/cache', async (): Promise<CacheEntry[]> =>
+  serve(app, cache.list, async () =>
     engine.actions.listCache().map(({ entry, snapshot }) => ({
       ...entry,
       snapshotName: snapshot?.name ?? null,
@@ -55,7 +49,7 @@ export function buildRoutes(app: FastifyInstance, engine: Engine): void {
     })),
   );
 
-  app.post<{ Body: CachePruneRequest }>('/v1/cache/prune', { schema: { body: CachePruneRequest } }, async (req) => {
+  serve(app, cache.prune, async (req) => {
     const { maxCount, maxBytes, maxAgeSec } = req.body;
     if (maxCount === undefined && maxBytes === undefined && maxAgeSec === undefined) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'say what to keep: maxCount, maxBytes or maxAgeSec');
@@ -86,31 +80,27 @@ function actionSpec(body: ActionRequest): ActionSpec {
 
 /** Templates: build (stream), list, inspect, remove. */
 export function templateRoutes(app: FastifyInstance, engine: Engine): void {
-  app.post<{ Body: TemplateBuildRequest }>('/v1/templates/build', { schema: { body: TemplateBuildRequest } }, async (req, reply) => {
+  serve(app, templates.build, async (req, reply) => {
     const file = await engine.templates.load(req.body.file);
-    await streamResult(req, reply, async (stream) => {
+    await streamResult(templates.build, req, reply, async (stream) => {
       const result = await engine.templates.build(file, {
         snapshot: req.body.snapshot,
         sink: outputEvents(stream),
         signal: stream.signal,
         onEvent: (event) => stream.send(event),
       });
-      return { type: 'templates', result };
+      return { type: 'templates' as const, result };
     });
   });
 
-  app.get('/v1/templates', async (): Promise<TemplateView[]> =>
+  serve(app, templates.list, async () =>
     engine.templates.list().map(({ template, revision }) => ({ ...template, revision: revision ?? null })),
   );
 
-  app.get<{ Params: Static<typeof RefParams> }>('/v1/templates/:ref', { schema: { params: RefParams } }, async (req): Promise<TemplateView> => {
+  serve(app, templates.get, async (req) => {
     const { template, revision } = engine.templates.resolve(req.params.ref);
     return { ...template, revision, revisions: engine.templateStore.revisions(template.name) };
   });
 
-  app.delete<{ Params: Static<typeof RefParams>; Querystring: Static<typeof RemoveQuery> }>(
-    '/v1/templates/:ref',
-    { schema: { params: RefParams, querystring: RemoveQuery } },
-    async (req) => ({ removed: await engine.templates.remove(req.params.ref, req.query.force ?? false) }),
-  );
+  serve(app, templates.remove, async (req) => ({ removed: await engine.templates.remove(req.params.ref, req.query.force ?? false) }));
 }

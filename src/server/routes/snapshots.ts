@@ -1,52 +1,30 @@
 import type { FastifyInstance } from 'fastify';
-import type { Static } from '@sinclair/typebox';
-import { ExportRequest, ForkRequest, ImportRequest, PruneRequest, RefParams, RemoveQuery, RestoreRequest, SnapshotRequest } from '../../api/schemas.js';
+import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
+import { serve } from '../serve-route.js';
 
-type Ref = { Params: Static<typeof RefParams> };
+const { snapshots } = Api;
 
 export function snapshotRoutes(app: FastifyInstance, engine: Engine): void {
-  app.get('/v1/snapshots', async () => engine.snapshots.list());
+  serve(app, snapshots.list, async () => engine.snapshots.list());
 
-  app.get<Ref>('/v1/snapshots/:ref', { schema: { params: RefParams } }, async (req) => engine.snapshots.resolve(req.params.ref));
+  serve(app, snapshots.get, async (req) => engine.snapshots.resolve(req.params.ref));
 
-  app.post<Ref & { Body: SnapshotRequest }>(
-    '/v1/vms/:ref/snapshot',
-    { schema: { params: RefParams, body: SnapshotRequest } },
-    async (req, reply) => {
-      reply.code(201);
-      return engine.snapshots.take(req.params.ref, { name: req.body.name, stop: req.body.stop });
-    },
-  );
+  serve(app, snapshots.take, async (req) => engine.snapshots.take(req.params.ref, { name: req.body.name, stop: req.body.stop }));
 
-  app.post<Ref & { Body: ForkRequest }>('/v1/snapshots/:ref/fork', { schema: { params: RefParams, body: ForkRequest } }, async (req, reply) => {
-    reply.code(201);
-    return engine.snapshots.fork(req.params.ref, { count: req.body.count, namePrefix: req.body.name });
-  });
+  serve(app, snapshots.fork, async (req) => engine.snapshots.fork(req.params.ref, { count: req.body.count, namePrefix: req.body.name }));
 
-  app.post<Ref & { Body: RestoreRequest }>('/v1/vms/:ref/restore', { schema: { params: RefParams, body: RestoreRequest } }, async (req) =>
-    engine.snapshots.restore(req.params.ref, req.body.snapshot),
-  );
+  serve(app, snapshots.restore, async (req) => engine.snapshots.restore(req.params.ref, req.body.snapshot));
 
-  app.post<Ref & { Body: ExportRequest }>('/v1/snapshots/:ref/export', { schema: { params: RefParams, body: ExportRequest } }, async (req) =>
-    engine.snapshots.export(req.params.ref, req.body.file),
-  );
+  serve(app, snapshots.export, async (req) => engine.snapshots.export(req.params.ref, req.body.file));
 
-  app.post<{ Body: ImportRequest }>('/v1/snapshots/import', { schema: { body: ImportRequest } }, async (req, reply) => {
-    reply.code(201);
-    return engine.snapshots.import(req.body.file, req.body.name);
-  });
+  serve(app, snapshots.import, async (req) => engine.snapshots.import(req.body.file, req.body.name));
 
-  app.post<{ Body: PruneRequest }>('/v1/snapshots/prune', { schema: { body: PruneRequest } }, async (req) => ({
+  serve(app, snapshots.prune, async (req) => ({
     removed: await engine.snapshots.prune({ maxCount: req.body.maxCount, maxBytes: req.body.maxBytes }),
   }));
 
-  app.delete<Ref & { Querystring: Static<typeof RemoveQuery> }>(
-    '/v1/snapshots/:ref',
-    { schema: { params: RefParams, querystring: RemoveQuery } },
-    async (req, reply) => {
-      await engine.snapshots.remove(req.params.ref, req.query.force ?? false);
-      reply.code(204);
-    },
-  );
+  serve(app, snapshots.remove, async (req) => {
+    await engine.snapshots.remove(req.params.ref, req.query.force ?? false);
+  });
 }

@@ -1,18 +1,20 @@
-import type { FastifyInstance } from 'fastify';
-import { Type, type Static } from '@sinclair/typebox';
+import { Api } from '../../api/routes.js';
+import { openApiDocument } from '../../api/openapi.js';
 import type { Engine } from '../../engine/engine.js';
-import { openNdjson } from '../ndjson.js';
+import { openStream } from '../ndjson.js';
+import { serve } from '../serve-route.js';
 import { CELL_VERSION } from '../version.js';
+import type { FastifyInstance } from 'fastify';
 
-const SetupQuery = Type.Object({ reprobe: Type.Optional(Type.Boolean()) });
+const { system } = Api;
 
 export function systemRoutes(app: FastifyInstance, engine: Engine): void {
-  app.get('/v1/ping', async () => ({ ok: true, pid: process.pid }));
+  serve(app, system.ping, async () => ({ ok: true, pid: process.pid }));
 
-  app.get('/v1/info', async () => ({ version: CELL_VERSION, ...(await engine.info()), daemonPid: process.pid }));
+  serve(app, system.info, async () => ({ version: CELL_VERSION, ...(await engine.info()), daemonPid: process.pid }));
 
-  app.post<{ Querystring: Static<typeof SetupQuery> }>('/v1/setup', { schema: { querystring: SetupQuery } }, async (req, reply) => {
-    const stream = openNdjson(req, reply);
+  serve(app, system.setup, async (req, reply) => {
+    const stream = openStream(system.setup, req, reply);
     try {
       await engine.setup((e) => stream.send({ type: 'progress', ...e }), req.query.reprobe ?? false);
       stream.send({ type: 'done' });
@@ -21,4 +23,8 @@ export function systemRoutes(app: FastifyInstance, engine: Engine): void {
       stream.fail(err);
     }
   });
+
+  // Built once: the route table does not change while celld runs.
+  const document = openApiDocument(CELL_VERSION);
+  serve(app, system.openapi, async () => document as { openapi: string });
 }

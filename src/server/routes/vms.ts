@@ -1,41 +1,30 @@
 import { PassThrough } from 'node:stream';
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
-import type { Static } from '@sinclair/typebox';
-import {
-  ExecRequest,
-  ListQuery,
-  LogsQuery,
-  RefParams,
-  RemoveQuery,
-  RunRequest,
-  StopRequest,
-} from '../../api/schemas.js';
+import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
-import { openNdjson, outputEvents } from '../ndjson.js';
+import { openStream, outputEvents } from '../ndjson.js';
+import { serve } from '../serve-route.js';
 
-type Ref = { Params: Static<typeof RefParams> };
+const { vms } = Api;
 
 export function vmRoutes(app: FastifyInstance, engine: Engine): void {
   /** Stdin pipes of running execs that asked for one, by exec id. */
   const stdinPipes = new Map<string, PassThrough>();
 
-  app.get<{ Querystring: Static<typeof ListQuery> }>('/v1/vms', { schema: { querystring: ListQuery } }, async (req) =>
-    engine.list(req.query.all ?? false),
-  );
+  serve(app, vms.list, async (req) => engine.list(req.query.all ?? false));
 
-  app.get<Ref>('/v1/vms/:ref', { schema: { params: RefParams } }, async (req) => engine.resolve(req.params.ref));
+  serve(app, vms.get, async (req) => engine.resolve(req.params.ref));
 
   // Detached run: the VM is running when this answers; its main command runs in the background.
-  app.post<{ Body: RunRequest }>('/v1/vms', { schema: { body: RunRequest } }, async (req, reply) => {
+  serve(app, vms.create, async (req) => {
     const { vm } = await engine.run({ ...req.body, detach: true });
-    reply.code(201);
     return vm;
   });
 
-  app.post<{ Body: RunRequest }>('/v1/vms/run', { schema: { body: RunRequest } }, async (req, reply) => {
-    const stream = openNdjson(req, reply);
+  serve(app, vms.run, async (req, reply) => {
+    const stream = openStream(vms.run, req, reply);
     try {
       const { vm, result } = await engine.run(
         req.body,
@@ -54,25 +43,18 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     }
   });
 
-  app.post<Ref>('/v1/vms/:ref/start', { schema: { params: RefParams } }, async (req) => engine.start(req.params.ref));
+  serve(app, vms.start, async (req) => engine.start(req.params.ref));
 
-  app.post<Ref & { Body: StopRequest }>('/v1/vms/:ref/stop', { schema: { params: RefParams, body: StopRequest } }, async (req) =>
-    engine.stop(req.params.ref, req.body?.timeoutSec ?? 10),
-  );
+  serve(app, vms.stop, async (req) => engine.stop(req.params.ref, req.body?.timeoutSec ?? 10));
 
-  app.delete<Ref & { Querystring: Static<typeof RemoveQuery> }>(
-    '/v1/vms/:ref',
-    { schema: { params: RefParams, querystring: RemoveQuery } },
-    async (req, reply) => {
-      await engine.remove(req.params.ref, req.query.force ?? false);
-      reply.code(204);
-    },
-  );
+  serve(app, vms.remove, async (req) => {
+    await engine.remove(req.params.ref, req.query.force ?? false);
+  });
 
-  app.post<Ref & { Body: ExecRequest }>('/v1/vms/:ref/exec', { schema: { params: RefParams, body: ExecRequest } }, async (req, reply) => {
+  serve(app, vms.exec, async (req, reply) => {
     // Resolve before the stream opens so a bad ref is a plain HTTP error.
     engine.resolve(req.params.ref);
-    const stream = openNdjson(req, reply);
+    const stream = openStream(vms.exec, req, reply);
     let execId: string | undefined;
     let stdin: PassThrough | undefined;
     if (req.body.stdin) {
@@ -105,7 +87,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     }
   });
 
-  app.post<{ Params: { execId: string } }>('/v1/execs/:execId/stdin', async (req, reply) => {
+  serve(app, vms.execStdin, async (req) => {
     const pipe = stdinPipes.get(req.params.execId);
     if (!pipe) throw new CellError(ErrorCodes.NOT_FOUND, `no running exec ${req.params.execId} waits for stdin`);
     const body = req.body as NodeJS.ReadableStream | Buffer | undefined;
@@ -115,23 +97,18 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
       pipe.write(body);
     }
     pipe.end();
-    reply.code(204);
   });
 
-  app.get<Ref & { Querystring: Static<typeof LogsQuery> }>(
-    '/v1/vms/:ref/logs',
-    { schema: { params: RefParams, querystring: LogsQuery } },
-    async (req, reply) => {
-      engine.resolve(req.params.ref);
-      const stream = openNdjson(req, reply);
-      try {
-        for await (const entry of engine.readLogs(req.params.ref, req.query.follow ?? false, stream.signal)) {
-          stream.send({ type: 'log', ...entry });
-        }
-        stream.end();
-      } catch (err) {
-        stream.fail(err);
+  serve(app, vms.logs, async (req, reply) => {
+    engine.resolve(req.params.ref);
+    const stream = openStream(vms.logs, req, reply);
+    try {
+      for await (const entry of engine.readLogs(req.params.ref, req.query.follow ?? false, stream.signal)) {
+        stream.send({ type: 'log', ...entry });
       }
-    },
-  );
+      stream.end();
+    } catch (err) {
+      stream.fail(err);
+    }
+  });
 }

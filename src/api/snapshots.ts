@@ -1,0 +1,106 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { created, empty, json, route } from './contract.js';
+import { RefParams, Removed, RemoveQuery } from './common.js';
+import { Vm, VmSpec } from './vms.js';
+
+/** Snapshots: take, fork, restore, export, import, prune. */
+
+export const SnapshotRequest = Type.Object(
+  { name: Type.Optional(Type.String()), stop: Type.Optional(Type.Boolean()) },
+  { additionalProperties: false },
+);
+export type SnapshotRequest = Static<typeof SnapshotRequest>;
+
+export const ForkRequest = Type.Object(
+  { count: Type.Optional(Type.Integer({ minimum: 1 })), name: Type.Optional(Type.String()) },
+  { additionalProperties: false },
+);
+export type ForkRequest = Static<typeof ForkRequest>;
+
+export const RestoreRequest = Type.Object({ snapshot: Type.String({ minLength: 1 }) }, { additionalProperties: false });
+export type RestoreRequest = Static<typeof RestoreRequest>;
+
+export const CompatKey = Type.Object({
+  qemuVersion: Type.String(),
+  machine: Type.String(),
+  cpuModel: Type.String(),
+  accelerator: Type.String(),
+  kernelDigest: Type.String(),
+  initramfsDigest: Type.String(),
+});
+
+export const Snapshot = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  parentVm: Type.Union([Type.String(), Type.Null()]),
+  parentVmName: Type.Union([Type.String(), Type.Null()]),
+  parentSnapshot: Type.Union([Type.String(), Type.Null()]),
+  spec: VmSpec,
+  compat: CompatKey,
+  stateBytes: Type.Integer(),
+  memoryBytes: Type.Integer(),
+  diskBytes: Type.Integer(),
+  createdAt: Type.String(),
+});
+export type Snapshot = Static<typeof Snapshot>;
+
+export const ExportRequest = Type.Object({ file: Type.String({ minLength: 1 }) }, { additionalProperties: false });
+export type ExportRequest = Static<typeof ExportRequest>;
+
+export const ImportRequest = Type.Object(
+  { file: Type.String({ minLength: 1 }), name: Type.Optional(Type.String()) },
+  { additionalProperties: false },
+);
+export type ImportRequest = Static<typeof ImportRequest>;
+
+export const PruneRequest = Type.Object(
+  { maxCount: Type.Optional(Type.Integer({ minimum: 0 })), maxBytes: Type.Optional(Type.Integer({ minimum: 0 })) },
+  { additionalProperties: false },
+);
+export type PruneRequest = Static<typeof PruneRequest>;
+
+export const snapshots = {
+  list: route({ method: 'GET', path: '/v1/snapshots', summary: 'every snapshot', reply: json(Type.Array(Snapshot)) }),
+  get: route({ method: 'GET', path: '/v1/snapshots/:ref', summary: 'one snapshot', params: RefParams, reply: json(Snapshot) }),
+  take: route({
+    method: 'POST',
+    path: '/v1/vms/:ref/snapshot',
+    summary: "capture a VM's memory, devices and disk (it keeps running unless stop)",
+    params: RefParams,
+    body: SnapshotRequest,
+    reply: created(Snapshot),
+  }),
+  fork: route({
+    method: 'POST',
+    path: '/v1/snapshots/:ref/fork',
+    summary: 'start count running forks of a snapshot, each with its own identity',
+    params: RefParams,
+    body: ForkRequest,
+    reply: created(Type.Array(Vm)),
+  }),
+  restore: route({ method: 'POST', path: '/v1/vms/:ref/restore', summary: 'roll a VM back to a snapshot', params: RefParams, body: RestoreRequest, reply: json(Vm) }),
+  export: route({
+    method: 'POST',
+    path: '/v1/snapshots/:ref/export',
+    summary: "write a snapshot to an archive on celld's host",
+    params: RefParams,
+    body: ExportRequest,
+    reply: json(Type.Object({ bytes: Type.Integer() })),
+  }),
+  import: route({ method: 'POST', path: '/v1/snapshots/import', summary: "read a snapshot archive on celld's host", body: ImportRequest, reply: created(Snapshot) }),
+  prune: route({
+    method: 'POST',
+    path: '/v1/snapshots/prune',
+    summary: 'remove least recently created snapshots nothing needs, down to the limits',
+    body: PruneRequest,
+    reply: json(Removed(Snapshot)),
+  }),
+  remove: route({
+    method: 'DELETE',
+    path: '/v1/snapshots/:ref',
+    summary: 'remove a snapshot (one something needs with ?force=true)',
+    params: RefParams,
+    query: RemoveQuery,
+    reply: empty(),
+  }),
+};

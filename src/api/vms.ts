@@ -1,0 +1,181 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { created, empty, json, ndjson, route } from './contract.js';
+import { event, ExitEvent, OutputEvent, ProgressEvent, PullEvent, RefParams, RemoveQuery } from './common.js';
+
+/** VMs: create, run (attached), start, stop, remove, exec with stdin, logs. */
+
+export const VmExit = Type.Object({
+  exitCode: Type.Union([Type.Integer(), Type.Null()]),
+  signal: Type.Union([Type.Integer(), Type.Null()]),
+  reason: Type.String(),
+  at: Type.String(),
+});
+
+export const VmSpec = Type.Object({
+  image: Type.String(),
+  imageDigest: Type.String(),
+  cpus: Type.Integer(),
+  memoryMib: Type.Integer(),
+  cmd: Type.Array(Type.String()),
+  env: Type.Array(Type.String()),
+  workingDir: Type.String(),
+  user: Type.String(),
+  timeoutSec: Type.Number(),
+  autoRemove: Type.Boolean(),
+  dataDiskMib: Type.Optional(Type.Integer()),
+  /** VMs started with `run --template`: which template, and whether they were forked warm or booted cold. */
+  template: Type.Optional(
+    Type.Object({ name: Type.String(), revision: Type.String(), start: Type.Union([Type.Literal('warm'), Type.Literal('cold')]), reason: Type.String() }),
+  ),
+});
+
+export const VmState = Type.Union([
+  Type.Literal('created'),
+  Type.Literal('starting'),
+  Type.Literal('running'),
+  Type.Literal('stopping'),
+  Type.Literal('stopped'),
+]);
+
+export const Vm = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  state: VmState,
+  spec: VmSpec,
+  createdAt: Type.String(),
+  startedAt: Type.Union([Type.String(), Type.Null()]),
+  stoppedAt: Type.Union([Type.String(), Type.Null()]),
+  pid: Type.Union([Type.Integer(), Type.Null()]),
+  accelerator: Type.Union([Type.String(), Type.Null()]),
+  exit: Type.Union([VmExit, Type.Null()]),
+  baseSnapshot: Type.Union([Type.String(), Type.Null()]),
+});
+export type Vm = Static<typeof Vm>;
+
+export const RunRequest = Type.Object(
+  {
+    /** Required unless `fromSnapshot` or `template` is given. */
+    image: Type.Optional(Type.String({ minLength: 1 })),
+    name: Type.Optional(Type.String()),
+    cpus: Type.Optional(Type.Integer()),
+    memoryMib: Type.Optional(Type.Integer()),
+    cmd: Type.Optional(Type.Array(Type.String())),
+    env: Type.Optional(Type.Array(Type.String())),
+    workingDir: Type.Optional(Type.String()),
+    user: Type.Optional(Type.String()),
+    timeoutSec: Type.Optional(Type.Number({ minimum: 0 })),
+    autoRemove: Type.Optional(Type.Boolean()),
+    /** Fork this snapshot instead of booting `image` (which is then ignored). */
+    fromSnapshot: Type.Optional(Type.String({ minLength: 1 })),
+    /** An empty ext4 disk of this many MiB mounted at /data (kept by snapshots and forks). */
+    dataDiskMib: Type.Optional(Type.Integer()),
+    /** Start from a template (`NAME` or `NAME:ROLE`): warm from its snapshot when it has one, else cold. */
+    template: Type.Optional(Type.String({ minLength: 1 })),
+  },
+  { additionalProperties: false },
+);
+export type RunRequest = Static<typeof RunRequest>;
+
+export const ExecRequest = Type.Object(
+  {
+    cmd: Type.Array(Type.String(), { minItems: 1 }),
+    env: Type.Optional(Type.Array(Type.String())),
+    workingDir: Type.Optional(Type.String()),
+    user: Type.Optional(Type.String()),
+    timeoutSec: Type.Optional(Type.Number({ minimum: 0 })),
+    /** When true the stream's first event is `exec` with an id to send stdin to. */
+    stdin: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+export type ExecRequest = Static<typeof ExecRequest>;
+
+export const StopRequest = Type.Object({ timeoutSec: Type.Optional(Type.Number({ minimum: 0 })) }, { additionalProperties: false });
+export type StopRequest = Static<typeof StopRequest>;
+
+export const ListQuery = Type.Object({ all: Type.Optional(Type.Boolean()) });
+export const LogsQuery = Type.Object({ follow: Type.Optional(Type.Boolean()) });
+
+/**
+ * Events of an attached run. `progress` and `pull` are reserved for set-up and pulls celld does on
+ * demand before the boot (the SDK passes them on; today's engine does that work without reporting it).
+ */
+export const RunEvent = Type.Union([
+  event('created', { vm: Vm }),
+  event('running', { vm: Vm }),
+  ProgressEvent,
+  PullEvent,
+  OutputEvent,
+  ExitEvent,
+  /** The VM stopped (and is removed with `autoRemove`). */
+  event('done', { vm: Vm }),
+]);
+export type RunEvent = Static<typeof RunEvent>;
+
+export const ExecEvent = Type.Union([
+  /** First, when stdin was asked for: where to send it. */
+  event('exec', { execId: Type.String() }),
+  OutputEvent,
+  ExitEvent,
+]);
+export type ExecEvent = Static<typeof ExecEvent>;
+
+export const LogEvent = event('log', {
+  time: Type.String(),
+  stream: Type.Union([Type.Literal('stdout'), Type.Literal('stderr')]),
+  text: Type.String(),
+});
+export type LogEvent = Static<typeof LogEvent>;
+
+export const vms = {
+  list: route({ method: 'GET', path: '/v1/vms', summary: 'VM records (running ones, all with ?all=true)', query: ListQuery, reply: json(Type.Array(Vm)) }),
+  get: route({ method: 'GET', path: '/v1/vms/:ref', summary: 'one VM record', params: RefParams, reply: json(Vm) }),
+  create: route({
+    method: 'POST',
+    path: '/v1/vms',
+    summary: 'boot a VM that keeps running; its main command runs in the background (cell run -d)',
+    body: RunRequest,
+    reply: created(Vm),
+  }),
+  run: route({
+    method: 'POST',
+    path: '/v1/vms/run',
+    summary: 'boot a VM, run its command with output streamed, stop it (cell run)',
+    body: RunRequest,
+    reply: ndjson(RunEvent),
+  }),
+  start: route({ method: 'POST', path: '/v1/vms/:ref/start', summary: 'boot a stopped VM again', params: RefParams, reply: json(Vm) }),
+  stop: route({
+    method: 'POST',
+    path: '/v1/vms/:ref/stop',
+    summary: 'SIGTERM, SIGKILL after timeoutSec (default 10), power off',
+    params: RefParams,
+    body: StopRequest,
+    reply: json(Vm),
+  }),
+  remove: route({ method: 'DELETE', path: '/v1/vms/:ref', summary: 'remove a VM (a running one with ?force=true)', params: RefParams, query: RemoveQuery, reply: empty() }),
+  exec: route({
+    method: 'POST',
+    path: '/v1/vms/:ref/exec',
+    summary: 'run a command in a running VM, output streamed',
+    params: RefParams,
+    body: ExecRequest,
+    reply: ndjson(ExecEvent),
+  }),
+  execStdin: route({
+    method: 'POST',
+    path: '/v1/execs/:execId/stdin',
+    summary: "bytes for a running exec's stdin; the end of the body closes it",
+    params: Type.Object({ execId: Type.String({ minLength: 1 }) }),
+    body: 'octet-stream',
+    reply: empty(),
+  }),
+  logs: route({
+    method: 'GET',
+    path: '/v1/vms/:ref/logs',
+    summary: "the main command's output (and, with ?follow=true, new lines until the VM stops)",
+    params: RefParams,
+    query: LogsQuery,
+    reply: ndjson(LogEvent),
+  }),
+};

@@ -1,0 +1,34 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify';
+import type { BodyOf, JsonRoute, ParamsOf, QueryOf, ReplyOf, RouteDef, StreamRoute } from '../api/contract.js';
+
+export type RequestFor<R extends RouteDef> = FastifyRequest<{ Params: ParamsOf<R>; Querystring: QueryOf<R>; Body: BodyOf<R> }>;
+
+/** A JSON route's handler: resolves with the reply the contract declares (undefined for 204). */
+export type JsonHandler<R extends JsonRoute> = (req: RequestFor<R>, reply: FastifyReply) => Promise<ReplyOf<R>>;
+/** A stream route's handler: takes the response over (openStream) and writes its events. */
+export type StreamHandler<R extends StreamRoute> = (req: RequestFor<R>, reply: FastifyReply) => Promise<void>;
+
+/**
+ * Registers one route of the contract: its method and path, its params, query and JSON body as
+ * fastify's validation schemas, its success status. Replies are not given to fastify as response
+ * schemas: fastify would then drop fields the schema does not list, and the wire must not change.
+ */
+export function serve<R extends JsonRoute>(app: FastifyInstance, def: R, handler: JsonHandler<R>): void;
+export function serve<R extends StreamRoute>(app: FastifyInstance, def: R, handler: StreamHandler<R>): void;
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- the overloads above carry the types
+export function serve(app: FastifyInstance, def: RouteDef, handler: (req: FastifyRequest<any>, reply: FastifyReply) => Promise<unknown>): void {
+  const schema: FastifySchema = {};
+  if (def.params) schema.params = def.params;
+  if (def.query) schema.querystring = def.query;
+  if (def.body && def.body !== 'octet-stream') schema.body = def.body;
+  const status = def.reply.kind === 'ndjson' ? undefined : def.reply.status;
+  app.route({
+    method: def.method,
+    url: def.path,
+    schema,
+    handler: async (req, reply) => {
+      if (status !== undefined) reply.code(status);
+      return handler(req, reply);
+    },
+  });
+}
