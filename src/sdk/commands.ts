@@ -1,6 +1,8 @@
-import type { StreamEvent, Vm } from '../api/schemas.js';
-import { Routes } from '../api/routes.js';
+import type { ExitEvent, OutputEvent, ProgressEvent, PullProgress } from '../api/common.js';
+import { Api } from '../api/routes.js';
+import type { ExecEvent, LogEvent, RunEvent, Vm } from '../api/vms.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import type { OutputHandlers } from './options.js';
 import type { Transport } from './transport.js';
 
 /** How a command ended. `exitCode` follows the shell: 124 after a timeout, 128+N for signal N. */
@@ -11,21 +13,14 @@ export interface CommandResult {
   durationMs: number;
 }
 
-export interface OutputHandlers {
-  /**
-   * Called with each chunk as it arrives. A handler may return a promise: the stream waits for it
-   * before reading on (backpressure for a slow consumer).
-   */
-  onStdout?(chunk: Buffer): void;
-  onStderr?(chunk: Buffer): void;
-  signal?: AbortSignal;
-}
+export type SetupEvent = ProgressEvent;
+export type PullEvent = PullProgress;
+export type LogEntry = Omit<LogEvent, 'type'>;
 
-export type SetupEvent = Extract<StreamEvent, { type: 'progress' }>;
-export type PullEvent = Extract<StreamEvent, { type: 'pull' }>['event'];
-export type LogEntry = Omit<Extract<StreamEvent, { type: 'log' }>, 'type'>;
+/** Bytes for a command's stdin; the end of the iterable closes it. Read until the command ends. */
+export type StdinSource = AsyncIterable<Buffer | string> | NodeJS.ReadableStream;
 
-export interface RunHandlers extends OutputHandlers {
+export interface RunEventHandlers extends OutputHandlers {
   onCreated?(vm: Vm): void;
   /** The VM booted; the command starts now. */
   onRunning?(vm: Vm): void;
@@ -35,22 +30,18 @@ export interface RunHandlers extends OutputHandlers {
   onPull?(e: PullEvent): void;
 }
 
-export interface ExecHandlers extends OutputHandlers {
-  /** Bytes for the command's stdin; its end closes the command's stdin. Read until the command ends. */
-  stdin?: AsyncIterable<Buffer | string> | NodeJS.ReadableStream;
+function isOutput<E extends { type: string }>(event: E | OutputEvent): event is OutputEvent {
+  return event.type === 'stdout' || event.type === 'stderr';
 }
 
 /** Hands stdout/stderr events to their handler (false for other events). */
-export async function deliverOutput(event: StreamEvent, handlers: OutputHandlers): Promise<boolean> {
-  let pending: unknown;
-  if (event.type === 'stdout') pending = handlers.onStdout?.(Buffer.from(event.data, 'base64'));
-  else if (event.type === 'stderr') pending = handlers.onStderr?.(Buffer.from(event.data, 'base64'));
-  else return false;
-  if (typeof (pending as PromiseLike<unknown> | undefined)?.then === 'function') await pending;
+export async function deliverOutput(event: { type: string }, handlers: OutputHandlers): Promise<boolean> {
+  if (!isOutput(event)) return false;
+  await (event.type === 'stdout' ? handlers.onStdout : handlers.onStderr)?.(Buffer.from(event.data, 'base64'));
   return true;
 }
 
-function result(e: CommandResult): CommandResult {
+function result(e: ExitEvent): CommandResult {
   return { exitCode: e.exitCode, signal: e.signal, timedOut: e.timedOut, durationMs: e.durationMs };
 }
 
@@ -59,29 +50,31 @@ function noExit(what: string): CellError {
 }
 
 /**
- * Consumes a stream that ends in one result event (`resultType`: actions, builds, template builds):
- * output goes to the handlers, every other event to `onEvent`, and the result event's `result` is
- * returned.
+ * Consumes a stream that ends in one result event (actions, builds, template builds): output
+ * goes to the handlers, every other event to `onEvent`, and what `resultOf` finds is returned.
  */
-export async function resultStream<T>(
-  events: AsyncIterable<StreamEvent>,
+export async function resultStream<E extends { type: string }, T>(
+  events: AsyncIterable<E>,
   handlers: OutputHandlers,
-  resultType: StreamEvent['type'],
   what: string,
-  onEvent: (event: StreamEvent) => void,
+  resultOf: (event: Exclude<E, OutputEvent>) => T | undefined,
+  onEvent: (event: Exclude<E, OutputEvent>) => void,
 ): Promise<T> {
-  let result: T | undefined;
-  for await (const event of events) {
-    if (await deliverOutput(event, handlers)) continue;
-    if (event.type === resultType) result = (event as unknown as { result: T }).result;
+  let found: T | undefined;
+  for await (const event of events as AsyncIterable<Exclude<E, OutputEvent> | OutputEvent>) {
+    if (isOutput(event)) {
+      await deliverOutput(event, handlers);
+      continue;
+    }
+    found = resultOf(event) ?? found;
     onEvent(event);
   }
-  if (result === undefined) throw new CellError(ErrorCodes.INTERNAL, `celld ended the ${what} stream without a result`);
-  return result;
+  if (found === undefined) throw new CellError(ErrorCodes.INTERNAL, `celld ended the ${what} stream without a result`);
+  return found;
 }
 
-/** Consumes the event stream of POST /v1/vms/run. */
-export async function runStream(events: AsyncIterable<StreamEvent>, handlers: RunHandlers): Promise<CommandResult & { vm: Vm }> {
+/** Consumes the event stream of an attached run (POST /v1/vms/run). */
+export async function runStream(events: AsyncIterable<RunEvent>, handlers: RunEventHandlers): Promise<CommandResult & { vm: Vm }> {
   let exit: CommandResult | undefined;
   let vm: Vm | undefined;
   for await (const event of events) {
@@ -105,7 +98,7 @@ export async function runStream(events: AsyncIterable<StreamEvent>, handlers: Ru
         exit = result(event);
         break;
       case 'done':
-        vm = event.vm ?? vm;
+        vm = event.vm;
         break;
     }
   }
@@ -113,8 +106,12 @@ export async function runStream(events: AsyncIterable<StreamEvent>, handlers: Ru
   return { ...exit, vm };
 }
 
-/** Consumes the event stream of POST /v1/vms/:ref/exec, sending stdin once celld names the exec. */
-export async function execStream(transport: Transport, events: AsyncIterable<StreamEvent>, handlers: ExecHandlers): Promise<CommandResult> {
+/** Consumes the event stream of an exec, sending `stdin` once celld names the exec. */
+export async function execStream(
+  transport: Transport,
+  events: AsyncIterable<ExecEvent>,
+  handlers: OutputHandlers & { stdin?: StdinSource },
+): Promise<CommandResult> {
   let exit: CommandResult | undefined;
   let upload: Promise<unknown> | undefined;
   const stopUpload = new AbortController();
@@ -124,7 +121,9 @@ export async function execStream(transport: Transport, events: AsyncIterable<Str
       if (event.type === 'exec' && handlers.stdin && !upload) {
         const source = handlers.stdin as AsyncIterable<Buffer | string>;
         // A failed upload shows in the command's behaviour (it sees EOF); never crash on it.
-        upload = transport.upload(Routes.execStdin(event.execId), source, stopUpload.signal).catch(() => {});
+        upload = transport
+          .upload(Api.vms.execStdin, { params: { execId: event.execId } }, source, { endSignal: stopUpload.signal })
+          .catch(() => {});
       } else if (event.type === 'exit') exit = result(event);
     }
   } finally {

@@ -1,13 +1,25 @@
-import type { CopyResult, GuestFileStat, Snapshot, Vm } from '../api/schemas.js';
+import type { Snapshot } from '../api/snapshots.js';
+import type { Vm } from '../api/vms.js';
 import { CellClient, type ConnectOptions } from './client.js';
-import type { CommandResult, ExecHandlers } from './commands.js';
+import { isNotFound } from './errors.js';
+import type { RequestOptions } from './options.js';
+import { SandboxCommands } from './sandbox-commands.js';
+import { SandboxFiles } from './sandbox-files.js';
+import type { VmStopOptions } from './vms.js';
 
 // Node 20 has no Symbol.asyncDispose yet; `await using` needs it (TypeScript emits a lookup of it).
 (Symbol as { asyncDispose?: symbol }).asyncDispose ??= Symbol.for('Symbol.asyncDispose');
 
 export const DEFAULT_SANDBOX_IMAGE = 'busybox';
 
-export interface SandboxOptions {
+export interface SandboxConnectOptions extends RequestOptions {
+  /** A client to share; without one the sandbox connects (and disconnects when disposed). */
+  client?: CellClient;
+  /** How to connect when no client is given. */
+  connect?: ConnectOptions;
+}
+
+export interface SandboxOptions extends SandboxConnectOptions {
   /** Image to boot (default busybox). */
   image?: string;
   name?: string;
@@ -23,56 +35,66 @@ export interface SandboxOptions {
   template?: string;
   /** An empty ext4 disk of this many MiB at /data. */
   dataDiskMib?: number;
-  /** A client to share; without one the sandbox connects (and disconnects when disposed). */
-  client?: CellClient;
-  /** How to connect when no client is given. */
-  connect?: ConnectOptions;
 }
 
-export interface SandboxExecOptions extends ExecHandlers {
-  env?: string[];
-  workingDir?: string;
-  user?: string;
-  timeoutSec?: number;
+export interface SandboxSnapshotOptions extends RequestOptions {
+  name?: string;
 }
 
-export interface OutputResult extends CommandResult {
-  stdout: string;
-  stderr: string;
+export interface SandboxForkOptions extends RequestOptions {
+  /** How many forks (default 1). */
+  count?: number;
+  /** Name of the fork, or prefix of the forks' names. */
+  name?: string;
+  /** Name of the snapshot taken first. */
+  snapshotName?: string;
 }
 
 /**
- * One running VM, E2B style:
+ * One running VM, E2B style: sub-clients for its commands and files on one shared client.
  *
  *   await using sb = await Sandbox.create();
- *   const { stdout } = await sb.run('uname -a');
+ *   const { stdout } = await sb.commands.run('uname -a');
  *
  * leaves nothing behind when the block ends (the VM is force-removed).
  */
 export class Sandbox {
+  /** Commands: `run` to the end, or `start` for a handle (wait, kill, stdin, output as it comes). */
+  readonly commands: SandboxCommands;
+  /** Files: read, write, stat, exists, list, mkdir, remove, upload, download. */
+  readonly files: SandboxFiles;
+
   private constructor(
     readonly client: CellClient,
     private vm: Vm,
     private readonly ownsClient: boolean,
-  ) {}
+  ) {
+    const id = () => this.vm.id;
+    this.commands = new SandboxCommands(client.vms, id);
+    this.files = new SandboxFiles(client.files, client.vms, id);
+  }
 
-  /** Boots a VM that stays up until it is stopped or removed. */
+  /** Boots a VM (or forks a snapshot) that stays up until it is stopped or removed. */
   static async create(opts: SandboxOptions = {}): Promise<Sandbox> {
     const client = opts.client ?? (await CellClient.connect(opts.connect));
+    const call = { signal: opts.signal, timeoutMs: opts.timeoutMs };
     try {
       if (opts.fromSnapshot) {
-        const [vm] = await client.snapshots.fork(opts.fromSnapshot, { count: 1, name: opts.name });
+        const [vm] = await client.snapshots.fork(opts.fromSnapshot, { ...call, count: 1, name: opts.name });
         return new Sandbox(client, vm!, !opts.client);
       }
-      const vm = await client.vms.create({
-        ...(opts.template ? { template: opts.template } : { image: opts.image ?? DEFAULT_SANDBOX_IMAGE, dataDiskMib: opts.dataDiskMib }),
-        name: opts.name,
-        cpus: opts.cpus,
-        memoryMib: opts.memoryMib,
-        env: opts.env,
-        workingDir: opts.workingDir,
-        user: opts.user,
-      });
+      const vm = await client.vms.create(
+        {
+          ...(opts.template ? { template: opts.template } : { image: opts.image ?? DEFAULT_SANDBOX_IMAGE, dataDiskMib: opts.dataDiskMib }),
+          name: opts.name,
+          cpus: opts.cpus,
+          memoryMib: opts.memoryMib,
+          env: opts.env,
+          workingDir: opts.workingDir,
+          user: opts.user,
+        },
+        call,
+      );
       return new Sandbox(client, vm, !opts.client);
     } catch (err) {
       if (!opts.client) client.close();
@@ -81,10 +103,10 @@ export class Sandbox {
   }
 
   /** A sandbox for an existing VM (by name, id or unique id prefix). */
-  static async connect(ref: string, opts: { client?: CellClient; connect?: ConnectOptions } = {}): Promise<Sandbox> {
+  static async connect(ref: string, opts: SandboxConnectOptions = {}): Promise<Sandbox> {
     const client = opts.client ?? (await CellClient.connect(opts.connect));
     try {
-      return new Sandbox(client, await client.vms.get(ref), !opts.client);
+      return new Sandbox(client, await client.vms.get(ref, opts), !opts.client);
     } catch (err) {
       if (!opts.client) client.close();
       throw err;
@@ -95,31 +117,6 @@ export class Sandbox {
     return this.vm.id;
   }
 
-  /**
-   * Files in the VM. Guest paths are absolute; host paths are resolved against this process's
-   * working directory.
-   *
-   *   await box.files.write('/app/config.json', JSON.stringify(config));
-   *   const text = (await box.files.read('/app/out.txt')).toString();
-   *   await box.files.upload('./src', '/app/src');
-   */
-  readonly files = {
-    /** Creates or atomically replaces a file (parents are created; mode 0644 and owner root by default). */
-    write: (path: string, data: string | Uint8Array | AsyncIterable<Buffer | string>, opts: { mode?: number; uid?: number; gid?: number } = {}): Promise<void> =>
-      this.client.files.write(this.vm.id, path, data, opts),
-    /** A file's bytes; one over `maxBytes` is a `size_limit` error. */
-    read: (path: string, opts: { maxBytes?: number; signal?: AbortSignal } = {}): Promise<Buffer> => this.client.files.read(this.vm.id, path, opts),
-    /** A file's bytes as they arrive. */
-    readStream: (path: string, opts: { maxBytes?: number; signal?: AbortSignal } = {}): AsyncGenerator<Buffer> =>
-      this.client.files.readStream(this.vm.id, path, opts),
-    /** lstat (stat with `follow`); a missing path is a `not_found` error. */
-    stat: (path: string, opts: { follow?: boolean } = {}): Promise<GuestFileStat> => this.client.files.stat(this.vm.id, path, opts),
-    /** A host file or directory into the VM, like `cell cp HOST VM:PATH`. */
-    upload: (hostPath: string, guestPath: string): Promise<CopyResult> => this.client.files.copyIn(this.vm.id, hostPath, guestPath),
-    /** A file or directory of the VM onto the host, like `cell cp VM:PATH HOST`. */
-    download: (guestPath: string, hostPath: string): Promise<CopyResult> => this.client.files.copyOut(this.vm.id, guestPath, hostPath),
-  };
-
   get name(): string {
     return this.vm.name;
   }
@@ -129,28 +126,13 @@ export class Sandbox {
     return this.vm;
   }
 
-  async refresh(): Promise<Vm> {
-    this.vm = await this.client.vms.get(this.vm.id);
+  async refresh(opts: RequestOptions = {}): Promise<Vm> {
+    this.vm = await this.client.vms.get(this.vm.id, opts);
     return this.vm;
   }
 
-  /** Runs a command, streaming its output to the handlers. A string runs through `sh -c`. */
-  exec(cmd: string | string[], opts: SandboxExecOptions = {}): Promise<CommandResult> {
-    const argv = typeof cmd === 'string' ? ['sh', '-c', cmd] : cmd;
-    const { env, workingDir, user, timeoutSec, ...handlers } = opts;
-    return this.client.exec(this.vm.id, { cmd: argv, env, workingDir, user, timeoutSec }, handlers);
-  }
-
-  /** Runs a command and collects its output as text. */
-  async run(cmd: string | string[], opts: Omit<SandboxExecOptions, 'onStdout' | 'onStderr'> = {}): Promise<OutputResult> {
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    const result = await this.exec(cmd, { ...opts, onStdout: (c) => void out.push(c), onStderr: (c) => void err.push(c) });
-    return { ...result, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') };
-  }
-
   /** Captures memory, devices and disk; the VM keeps running. */
-  snapshot(opts: { name?: string } = {}): Promise<Snapshot> {
+  snapshot(opts: SandboxSnapshotOptions = {}): Promise<Snapshot> {
     return this.client.snapshots.take(this.vm.id, opts);
   }
 
@@ -159,37 +141,38 @@ export class Sandbox {
    * own identity: sandboxes sharing this one's client, each removed by its own `await using`.
    * The snapshot stays (the forks' disks sit on it); remove it with client.snapshots.remove.
    */
-  async fork(opts: { count?: number; name?: string; snapshotName?: string } = {}): Promise<Sandbox[]> {
-    const snap = await this.snapshot({ name: opts.snapshotName });
-    const vms = await this.client.snapshots.fork(snap.id, { count: opts.count ?? 1, ...(opts.name !== undefined ? { name: opts.name } : {}) });
+  async fork(opts: SandboxForkOptions = {}): Promise<Sandbox[]> {
+    const call = { signal: opts.signal, timeoutMs: opts.timeoutMs };
+    const snap = await this.snapshot({ ...call, name: opts.snapshotName });
+    const vms = await this.client.snapshots.fork(snap.id, { ...call, count: opts.count ?? 1, name: opts.name });
     return vms.map((vm) => new Sandbox(this.client, vm, false));
   }
 
-  /** Stops the VM (SIGTERM to its processes, SIGKILL after `timeoutSec`), keeping its disk. */
-  async stop(opts: { timeoutSec?: number } = {}): Promise<void> {
+  /** Stops the VM (SIGTERM to its processes, SIGKILL after `graceMs`), keeping its disk. */
+  async stop(opts: VmStopOptions = {}): Promise<void> {
     this.vm = await this.client.vms.stop(this.vm.id, opts);
   }
 
   /** Boots the stopped VM again. */
-  async start(): Promise<void> {
-    this.vm = await this.client.vms.start(this.vm.id);
+  async start(opts: RequestOptions = {}): Promise<void> {
+    this.vm = await this.client.vms.start(this.vm.id, opts);
   }
 
   /** Removes a stopped VM and its disk (celld refuses a running one: use `kill()`). */
-  remove(): Promise<void> {
-    return this.client.vms.remove(this.vm.id);
+  remove(opts: RequestOptions = {}): Promise<void> {
+    return this.client.vms.remove(this.vm.id, opts);
   }
 
   /** Removes the VM whatever its state, without a grace period. */
-  kill(): Promise<void> {
-    return this.client.vms.remove(this.vm.id, { force: true });
+  kill(opts: RequestOptions = {}): Promise<void> {
+    return this.client.vms.remove(this.vm.id, { ...opts, force: true });
   }
 
   /** `await using`: kills the VM (a VM already gone is fine) and closes a client it opened itself. */
   async [Symbol.asyncDispose](): Promise<void> {
     try {
       await this.kill().catch((err: unknown) => {
-        if ((err as { code?: string }).code !== 'not_found') throw err;
+        if (!isNotFound(err)) throw err;
       });
     } finally {
       if (this.ownsClient) this.client.close();

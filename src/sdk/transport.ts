@@ -1,7 +1,30 @@
 import http from 'node:http';
-import type { ErrorBody, StreamEvent } from '../api/schemas.js';
+import type { TSchema } from '@sinclair/typebox';
+import {
+  pathFor,
+  queryString,
+  type BodyOf,
+  type ErrorBody,
+  type ErrorEvent,
+  type EventOf,
+  type JsonRoute,
+  type ParamsOf,
+  type QueryOf,
+  type ReplyOf,
+  type RouteDef,
+  type StreamRoute,
+} from '../api/contract.js';
 import { CellError, ErrorCodes, type ErrorCode } from '../domain/errors.js';
 import { ndjsonLines } from './ndjson.js';
+import { callSignal, type RequestOptions } from './options.js';
+
+/** What a call of a route sends: its path params, query and JSON body, each required when the route has one. */
+export type CallInput<R extends RouteDef> = (R extends { params: TSchema } ? { params: ParamsOf<R> } : { params?: undefined }) &
+  (R extends { query: TSchema } ? { query?: QueryOf<R> } : { query?: undefined }) &
+  (R extends { body: TSchema } ? { body: BodyOf<R> } : { body?: undefined });
+
+/** A route whose request body is raw bytes. */
+export type UploadRoute = RouteDef & { body: 'octet-stream' };
 
 const KNOWN_CODES = new Set<string>(Object.values(ErrorCodes));
 
@@ -69,8 +92,31 @@ export class Transport {
     });
   }
 
+  /** One JSON route of the contract; resolves with its reply (undefined for 204). */
+  call<R extends JsonRoute>(def: R, input: CallInput<R>, opts: RequestOptions = {}): Promise<ReplyOf<R>> {
+    return this.request<ReplyOf<R>>(def.method, urlOf(def, input), input.body, callSignal(opts));
+  }
+
+  /** A stream route of the contract: its events as they arrive (see `rawStream`). */
+  stream<R extends StreamRoute>(def: R, input: CallInput<R>, opts: RequestOptions = {}): AsyncGenerator<EventOf<R>> {
+    return this.rawStream(def.method, urlOf(def, input), input.body, callSignal(opts)) as AsyncGenerator<EventOf<R>>;
+  }
+
+  /**
+   * A raw-body route of the contract. `signal` (or `timeoutMs`) aborts the request; `endSignal`
+   * instead stops reading `source` and ends the body there (the stdin of an exec).
+   */
+  upload<R extends UploadRoute>(
+    def: R,
+    input: CallInput<R>,
+    source: AsyncIterable<Buffer | string>,
+    opts: RequestOptions & { endSignal?: AbortSignal } = {},
+  ): Promise<ReplyOf<R>> {
+    return this.rawUpload(urlOf(def, input), source, callSignal(opts), opts.endSignal) as Promise<ReplyOf<R>>;
+  }
+
   /** One JSON request; resolves with the parsed body (undefined for 204). */
-  async request<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+  private async request<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
     const res = await this.send(method, path, body, signal);
     let parsed: unknown;
     try {
@@ -88,20 +134,20 @@ export class Transport {
    * CellError. Leaving the loop early (break, or an exception in the loop body) closes the
    * connection, which celld takes as a cancellation.
    */
-  async *stream(method: string, path: string, body?: unknown, signal?: AbortSignal): AsyncGenerator<StreamEvent> {
+  private async *rawStream(method: string, path: string, body?: unknown, signal?: AbortSignal): AsyncGenerator<unknown> {
     const res = await this.send(method, path, body, signal);
     if ((res.statusCode ?? 500) >= 400) throw toCellErrorFromBody(await readBody(res).catch(() => undefined), res.statusCode ?? 500);
     let finished = false;
     try {
       for await (const line of ndjsonLines(res)) {
         if (!line.trim()) continue;
-        let event: StreamEvent;
+        let event: { type?: unknown };
         try {
-          event = JSON.parse(line) as StreamEvent;
+          event = JSON.parse(line) as { type?: unknown };
         } catch {
           throw new CellError(ErrorCodes.INTERNAL, `celld sent a stream line that is not JSON: ${line.slice(0, 80)}`);
         }
-        if (event.type === 'error') throw toCellErrorFromBody({ error: event.error }, 500);
+        if (event.type === 'error') throw toCellErrorFromBody({ error: (event as ErrorEvent).error }, 500);
         yield event;
       }
       finished = true;
@@ -115,32 +161,41 @@ export class Transport {
   }
 
   /**
-   * Streams raw bytes as a request body (the stdin of an exec). When `signal` aborts, reading
-   * `source` stops and the body ends there. Resolves when celld has taken the whole body.
+   * Streams raw bytes as a request body; resolves with the parsed answer once celld has taken the
+   * whole body. `signal` aborts the request; when `endSignal` aborts, reading `source` stops and
+   * the body ends there.
    */
-  upload(path: string, source: AsyncIterable<Buffer | string>, signal?: AbortSignal): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
+  private rawUpload(path: string, source: AsyncIterable<Buffer | string>, signal?: AbortSignal, endSignal?: AbortSignal): Promise<unknown> {
+    if (signal?.aborted) return Promise.reject(abortReason(signal));
+    return new Promise<unknown>((resolve, reject) => {
       const req = http.request({
         socketPath: this.socketPath,
         agent: this.agent,
         method: 'POST',
         path,
+        signal,
         headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' },
       });
-      req.on('error', (err: NodeJS.ErrnoException) => reject(connectionError(err, this.socketPath)));
+      const failed = (err: NodeJS.ErrnoException) => reject(signal?.aborted ? abortReason(signal) : connectionError(err, this.socketPath));
+      req.on('error', failed);
       req.on('response', (res) => {
         readBody(res).then(
-          (parsed) => ((res.statusCode ?? 500) >= 400 ? reject(toCellErrorFromBody(parsed, res.statusCode ?? 500)) : resolve()),
-          (err: NodeJS.ErrnoException) => reject(connectionError(err, this.socketPath)),
+          (parsed) => ((res.statusCode ?? 500) >= 400 ? reject(toCellErrorFromBody(parsed, res.statusCode ?? 500)) : resolve(parsed)),
+          failed,
         );
       });
-      void pump(source, req, signal);
+      void pump(source, req, endSignal);
     });
   }
 
   close(): void {
     this.agent.destroy();
   }
+}
+
+/** The concrete URL of a route call: path params filled in, query appended. */
+function urlOf(def: RouteDef, input: { params?: object; query?: object }): string {
+  return pathFor(def, input.params as Record<string, string> | undefined) + queryString(input.query);
 }
 
 /** Copies `source` into `req` with backpressure; an abort stops reading `source` and ends `req`. */

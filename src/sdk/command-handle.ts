@@ -1,0 +1,108 @@
+import { PassThrough, type Writable } from 'node:stream';
+import type { CommandResult, StdinSource } from './commands.js';
+import type { OutputHandlers } from './options.js';
+
+/** A piece of a command's output. */
+export interface OutputChunk {
+  stream: 'stdout' | 'stderr';
+  data: Buffer;
+}
+
+/** Runs the command: output to `handlers`, stdin from `stdin`, cancelled by `signal`. */
+export type CommandStarter = (handlers: OutputHandlers, stdin: StdinSource | undefined, signal: AbortSignal) => Promise<CommandResult>;
+
+/** Chunks an iterator may fall behind by before the command's output is held back. */
+const MAX_QUEUED = 16;
+
+/**
+ * A command running in a sandbox (`sandbox.commands.start`). Its output goes to the onStdout and
+ * onStderr callbacks and, for `for await (const { stream, data } of handle)`, into a queue that the
+ * loop reads; `wait()` without such a loop stops the queueing.
+ */
+export class CommandHandle implements AsyncIterable<OutputChunk> {
+  /** The command's stdin when started with `stdin: true`: write to it, `end()` closes it. */
+  readonly stdin: Writable | undefined;
+  private readonly controller = new AbortController();
+  private readonly finished: Promise<CommandResult>;
+  private readonly queue: OutputChunk[] = [];
+  private keepOutput = true;
+  private iterating = false;
+  private ended = false;
+  private failure: unknown;
+  private wakeReader: (() => void) | undefined;
+  private wakeWriter: (() => void) | undefined;
+
+  constructor(start: CommandStarter, handlers: OutputHandlers, stdin: boolean | StdinSource | undefined, signal: AbortSignal | undefined) {
+    const pipe = stdin === true ? new PassThrough() : undefined;
+    this.stdin = pipe;
+    const source = pipe ?? (stdin === true || stdin === false ? undefined : stdin);
+    if (signal) {
+      if (signal.aborted) this.controller.abort(signal.reason);
+      else signal.addEventListener('abort', () => this.controller.abort(signal.reason), { once: true });
+    }
+    const deliver = (stream: OutputChunk['stream'], callback: ((c: Buffer) => void | Promise<void>) | undefined) => async (data: Buffer) => {
+      await callback?.(data);
+      await this.enqueue({ stream, data });
+    };
+    this.finished = start({ onStdout: deliver('stdout', handlers.onStdout), onStderr: deliver('stderr', handlers.onStderr) }, source, this.controller.signal);
+    this.finished.then(
+      () => this.end(undefined),
+      (err: unknown) => this.end(err),
+    );
+  }
+
+  /** How the command ended (a non-zero exit is a result, not an error). */
+  wait(): Promise<CommandResult> {
+    if (!this.iterating) this.dropOutput();
+    return this.finished;
+  }
+
+  /** Kills the command (celld kills it when the stream closes); `wait()` then rejects with an AbortError. */
+  async kill(): Promise<void> {
+    this.controller.abort(new DOMException('the command was killed', 'AbortError'));
+    await this.finished.catch(() => {});
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<OutputChunk> {
+    this.iterating = true;
+    try {
+      for (;;) {
+        const chunk = this.queue.shift();
+        if (chunk) {
+          this.wakeWriter?.();
+          yield chunk;
+        } else if (this.ended) {
+          if (this.failure !== undefined) throw this.failure;
+          return;
+        } else {
+          await new Promise<void>((resolve) => (this.wakeReader = resolve));
+        }
+      }
+    } finally {
+      this.iterating = false;
+      this.wakeWriter?.();
+    }
+  }
+
+  /** Queues a chunk for an iterator; holds the output back while an iterator is far behind. */
+  private async enqueue(chunk: OutputChunk): Promise<void> {
+    if (!this.keepOutput) return;
+    this.queue.push(chunk);
+    this.wakeReader?.();
+    while (this.iterating && this.queue.length >= MAX_QUEUED) {
+      await new Promise<void>((resolve) => (this.wakeWriter = resolve));
+    }
+  }
+
+  private dropOutput(): void {
+    this.keepOutput = false;
+    this.queue.length = 0;
+  }
+
+  private end(failure: unknown): void {
+    this.ended = true;
+    this.failure = failure;
+    this.stdin?.end();
+    this.wakeReader?.();
+  }
+}

@@ -1,0 +1,73 @@
+import { Api } from '../api/routes.js';
+import type { Snapshot } from '../api/snapshots.js';
+import type { Vm } from '../api/vms.js';
+import type { RequestOptions } from './options.js';
+import type { Transport } from './transport.js';
+import type { RemoveOptions } from './vms.js';
+
+const { snapshots } = Api;
+
+export interface SnapshotTakeOptions extends RequestOptions {
+  name?: string;
+  /** Stop the VM after the snapshot (default: it keeps running). */
+  stop?: boolean;
+}
+export interface SnapshotForkOptions extends RequestOptions {
+  /** How many forks (default 1). */
+  count?: number;
+  /** Name of the fork, or prefix of the forks' names (`NAME-1`, `NAME-2`, ...). */
+  name?: string;
+}
+export interface SnapshotImportOptions extends RequestOptions {
+  name?: string;
+}
+export interface SnapshotPruneOptions extends RequestOptions {
+  maxCount?: number;
+  maxBytes?: number;
+}
+
+/** Snapshots: take, fork, restore, export and import, prune. */
+export class SnapshotsClient {
+  constructor(private readonly transport: Transport) {}
+
+  list(opts: RequestOptions = {}): Promise<Snapshot[]> {
+    return this.transport.call(snapshots.list, {}, opts);
+  }
+
+  get(ref: string, opts: RequestOptions = {}): Promise<Snapshot> {
+    return this.transport.call(snapshots.get, { params: { ref } }, opts);
+  }
+
+  /** Captures a VM's memory, devices and disk. */
+  take(vmRef: string, opts: SnapshotTakeOptions = {}): Promise<Snapshot> {
+    return this.transport.call(snapshots.take, { params: { ref: vmRef }, body: { name: opts.name, stop: opts.stop } }, opts);
+  }
+
+  /** Starts running forks of a snapshot, each with its own identity. */
+  fork(ref: string, opts: SnapshotForkOptions = {}): Promise<Vm[]> {
+    return this.transport.call(snapshots.fork, { params: { ref }, body: { count: opts.count, name: opts.name } }, opts);
+  }
+
+  /** Rolls a VM back to a snapshot. */
+  restore(vmRef: string, snapshot: string, opts: RequestOptions = {}): Promise<Vm> {
+    return this.transport.call(snapshots.restore, { params: { ref: vmRef }, body: { snapshot } }, opts);
+  }
+
+  remove(ref: string, opts: RemoveOptions = {}): Promise<void> {
+    return this.transport.call(snapshots.remove, { params: { ref }, query: { force: opts.force } }, opts);
+  }
+
+  /** `file` is a path on celld's host. */
+  export(ref: string, file: string, opts: RequestOptions = {}): Promise<{ bytes: number }> {
+    return this.transport.call(snapshots.export, { params: { ref }, body: { file } }, opts);
+  }
+
+  /** `file` is a path on celld's host. */
+  import(file: string, opts: SnapshotImportOptions = {}): Promise<Snapshot> {
+    return this.transport.call(snapshots.import, { body: { file, name: opts.name } }, opts);
+  }
+
+  prune(opts: SnapshotPruneOptions = {}): Promise<{ removed: Snapshot[] }> {
+    return this.transport.call(snapshots.prune, { body: { maxCount: opts.maxCount, maxBytes: opts.maxBytes } }, opts);
+  }
+}

@@ -1,0 +1,109 @@
+import { Api } from '../api/routes.js';
+import type { RunRequest, Vm } from '../api/vms.js';
+import { execStream, runStream, type CommandResult, type LogEntry, type RunEventHandlers, type StdinSource } from './commands.js';
+import { toSeconds, type OutputHandlers, type RequestOptions } from './options.js';
+import type { Transport } from './transport.js';
+
+const { vms } = Api;
+
+/** What to boot and run: the wire's RunRequest with the command's time limit in milliseconds. */
+export type VmSpec = Omit<RunRequest, 'timeoutSec'> & {
+  /** celld kills the command after this long; the result then has exit code 124 and `timedOut`. */
+  commandTimeoutMs?: number;
+};
+
+/** A command to run in a running VM. */
+export interface ExecSpec {
+  cmd: string[];
+  /** KEY=VALUE pairs. */
+  env?: string[];
+  workingDir?: string;
+  user?: string;
+  /** celld kills the command after this long; the result then has exit code 124 and `timedOut`. */
+  commandTimeoutMs?: number;
+}
+
+export interface VmListOptions extends RequestOptions {
+  /** Stopped VMs too. */
+  all?: boolean;
+}
+export interface VmRunOptions extends RequestOptions, RunEventHandlers {}
+export interface VmStopOptions extends RequestOptions {
+  /** How long processes get after SIGTERM before SIGKILL (default 10 000). */
+  graceMs?: number;
+}
+export interface RemoveOptions extends RequestOptions {
+  /** Remove it even when running (a VM) or still needed (snapshot, image, template). */
+  force?: boolean;
+}
+export interface ExecOptions extends RequestOptions, OutputHandlers {
+  /** Bytes for the command's stdin; the end of the iterable closes it. */
+  stdin?: StdinSource;
+}
+export interface LogsOptions extends RequestOptions {
+  /** Keep going with new lines until the VM stops. */
+  follow?: boolean;
+}
+
+function runRequest({ commandTimeoutMs, ...spec }: VmSpec): RunRequest {
+  return commandTimeoutMs === undefined ? spec : { ...spec, timeoutSec: toSeconds(commandTimeoutMs) };
+}
+
+/** VMs: records, lifecycle, commands and logs. */
+export class VmsClient {
+  constructor(private readonly transport: Transport) {}
+
+  list(opts: VmListOptions = {}): Promise<Vm[]> {
+    return this.transport.call(vms.list, { query: { all: opts.all } }, opts);
+  }
+
+  /** By id, name or unique id prefix (3+ characters). */
+  get(ref: string, opts: RequestOptions = {}): Promise<Vm> {
+    return this.transport.call(vms.get, { params: { ref } }, opts);
+  }
+
+  /** Creates and boots a VM that keeps running (its main command, if any, runs in the background). */
+  create(spec: VmSpec, opts: RequestOptions = {}): Promise<Vm> {
+    return this.transport.call(vms.create, { body: runRequest(spec) }, opts);
+  }
+
+  /**
+   * `cell run`: boots a VM, runs its command with output streamed to the handlers as it arrives,
+   * then stops the VM (and removes it with `autoRemove`). Aborting kills the command and stops the
+   * VM; the promise then rejects with the signal's reason.
+   */
+  run(spec: VmSpec, opts: VmRunOptions = {}): Promise<CommandResult & { vm: Vm }> {
+    return runStream(this.transport.stream(vms.run, { body: runRequest(spec) }, opts), opts);
+  }
+
+  /** Boots a stopped VM again, its disk as it was left. */
+  start(ref: string, opts: RequestOptions = {}): Promise<Vm> {
+    return this.transport.call(vms.start, { params: { ref } }, opts);
+  }
+
+  /** SIGTERM to every process, SIGKILL after `graceMs`, power off. */
+  stop(ref: string, opts: VmStopOptions = {}): Promise<Vm> {
+    return this.transport.call(vms.stop, { params: { ref }, body: opts.graceMs === undefined ? {} : { timeoutSec: toSeconds(opts.graceMs) } }, opts);
+  }
+
+  remove(ref: string, opts: RemoveOptions = {}): Promise<void> {
+    return this.transport.call(vms.remove, { params: { ref }, query: { force: opts.force } }, opts);
+  }
+
+  /**
+   * Runs a command in a running VM, output to the handlers as it arrives; resolves with how it
+   * ended (a non-zero exit is a result, not an error). Aborting kills the command.
+   */
+  exec(ref: string, spec: ExecSpec, opts: ExecOptions = {}): Promise<CommandResult> {
+    const { commandTimeoutMs, ...rest } = spec;
+    const body = { ...rest, ...(commandTimeoutMs !== undefined ? { timeoutSec: toSeconds(commandTimeoutMs) } : {}), ...(opts.stdin ? { stdin: true } : {}) };
+    return execStream(this.transport, this.transport.stream(vms.exec, { params: { ref }, body }, opts), opts);
+  }
+
+  /** A VM's main-command output: what is there, then (with `follow`) new lines until it stops. */
+  async *logs(ref: string, opts: LogsOptions = {}): AsyncGenerator<LogEntry> {
+    for await (const event of this.transport.stream(vms.logs, { params: { ref }, query: { follow: opts.follow } }, opts)) {
+      yield { time: event.time, stream: event.stream, text: event.text };
+    }
+  }
+}
