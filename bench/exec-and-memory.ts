@@ -23,7 +23,7 @@ async function main(): Promise<void> {
     const sdk: number[] = [];
     for (let i = 0; i < EXECS; i++) {
       const t = performance.now();
-      const r = await client.exec(target, { cmd: ['true'] }, quiet);
+      const r = await client.vms.exec(target, { cmd: ['true'] }, quiet);
       if (r.exitCode !== 0) throw new Error('exec failed');
       sdk.push(performance.now() - t);
     }

@@ -27,7 +27,7 @@ async function main(): Promise<void> {
     await client.setup({});
     // A warm source: a process running inside, as a REPL or server would be.
     const source = await client.vms.create({ image: 'busybox', name: 'source' });
-    await client.exec(source.id, { cmd: ['sh', '-c', '(while true; do sleep 1; done) >/dev/null 2>&1 &'] });
+    await client.vms.exec(source.id, { cmd: ['sh', '-c', '(while true; do sleep 1; done) >/dev/null 2>&1 &'] });
     const snapTimes: number[] = [];
     let snapshot = '';
     for (let i = 0; i < 3; i++) {
@@ -53,7 +53,7 @@ async function main(): Promise<void> {
       const t = performance.now();
       const [vm] = await client.snapshots.fork(snapshot, { name: `probe${i}` });
       let first = 0;
-      await client.exec(vm!.id, { cmd: CMD }, { onStdout: () => (first ||= performance.now() - t) });
+      await client.vms.exec(vm!.id, { cmd: CMD }, { onStdout: () => void (first ||= performance.now() - t) });
       firstResult.push(first);
       await client.vms.remove(vm!.id, { force: true });
     }
@@ -66,7 +66,7 @@ async function main(): Promise<void> {
 
     const coldIds: string[] = [];
     for (let i = 0; i < FLEET; i++) coldIds.push((await client.vms.create({ image: 'busybox', name: `cold${i}` })).id);
-    await Promise.all(coldIds.map((id) => client.exec(id, { cmd: ['sh', '-c', '(while true; do sleep 1; done) >/dev/null 2>&1 &'] })));
+    await Promise.all(coldIds.map((id) => client.vms.exec(id, { cmd: ['sh', '-c', '(while true; do sleep 1; done) >/dev/null 2>&1 &'] })));
     const coldPss = await fleetPss(client, coldIds);
     for (const id of coldIds) await client.vms.remove(id, { force: true });
 

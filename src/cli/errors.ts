@@ -44,6 +44,13 @@ export function seconds(flag: string) {
   };
 }
 
+/** Seconds from a flag as the SDK's milliseconds (rounded: 1.1 s is 1100 ms, not 1100.0000000000002). */
+export function milliseconds(sec: number): number;
+export function milliseconds(sec: number | undefined): number | undefined;
+export function milliseconds(sec: number | undefined): number | undefined {
+  return sec === undefined ? undefined : Math.round(sec * 1000);
+}
+
 /** Option parser: a repeatable KEY=VALUE (the daemon checks the rest). */
 export function collect(value: string, previous: string[] = []): string[] {
   return [...previous, value];

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Command } from 'commander';
-import { register as registerRun, toRunRequest, withoutSeparator, type RunFlags } from '../../src/cli/commands/run.js';
-import { register as registerExec, toExecRequest, type ExecFlags } from '../../src/cli/commands/exec.js';
+import { register as registerRun, toVmSpec, withoutSeparator, type RunFlags } from '../../src/cli/commands/run.js';
+import { register as registerExec, toExecSpec, type ExecFlags } from '../../src/cli/commands/exec.js';
 import { seconds, UsageError, wholeNumber } from '../../src/cli/errors.js';
 
 /** Parses a `cell` command line with the real option definitions, capturing what the action gets. */
@@ -25,26 +25,26 @@ function parse(argv: string[]): { operands: string[]; flags: Record<string, unkn
 
 function runRequest(argv: string[]) {
   const { operands, flags } = parse(['run', ...argv]);
-  return toRunRequest(operands, flags as RunFlags);
+  return toVmSpec(operands, flags as RunFlags);
 }
 
 test('run: image, then the command verbatim, with or without --', () => {
-  assert.deepEqual(toRunRequest(['busybox', '--', 'ls', '-la'], {}), { image: 'busybox', cmd: ['ls', '-la'] });
-  assert.deepEqual(toRunRequest(['busybox', 'ls', '-la'], {}), { image: 'busybox', cmd: ['ls', '-la'] });
-  assert.deepEqual(toRunRequest(['busybox'], {}), { image: 'busybox', cmd: [] });
+  assert.deepEqual(toVmSpec(['busybox', '--', 'ls', '-la'], {}), { image: 'busybox', cmd: ['ls', '-la'] });
+  assert.deepEqual(toVmSpec(['busybox', 'ls', '-la'], {}), { image: 'busybox', cmd: ['ls', '-la'] });
+  assert.deepEqual(toVmSpec(['busybox'], {}), { image: 'busybox', cmd: [] });
 });
 
 test('run: flags become request fields, -e repeats', () => {
-  const req = toRunRequest(['busybox', 'true'], { name: 'n', cpus: 2, memory: 512, env: ['A=1', 'B=2'], workdir: '/tmp', user: '1000', timeout: 1.5, rm: true });
-  assert.deepEqual(req, { image: 'busybox', cmd: ['true'], name: 'n', cpus: 2, memoryMib: 512, env: ['A=1', 'B=2'], workingDir: '/tmp', user: '1000', timeoutSec: 1.5, autoRemove: true });
+  const req = toVmSpec(['busybox', 'true'], { name: 'n', cpus: 2, memory: 512, env: ['A=1', 'B=2'], workdir: '/tmp', user: '1000', timeout: 1.5, rm: true });
+  assert.deepEqual(req, { image: 'busybox', cmd: ['true'], name: 'n', cpus: 2, memoryMib: 512, env: ['A=1', 'B=2'], workingDir: '/tmp', user: '1000', commandTimeoutMs: 1500, autoRemove: true });
 });
 
 test('run --from: every operand is the command', () => {
-  assert.deepEqual(toRunRequest(['--', 'cat', '/etc/hostname'], { from: 'warm' }), { fromSnapshot: 'warm', cmd: ['cat', '/etc/hostname'] });
+  assert.deepEqual(toVmSpec(['--', 'cat', '/etc/hostname'], { from: 'warm' }), { fromSnapshot: 'warm', cmd: ['cat', '/etc/hostname'] });
 });
 
 test('run without an image is a usage error', () => {
-  assert.throws(() => toRunRequest([], {}), (err: unknown) => err instanceof UsageError && /an image is required/.test(err.message));
+  assert.throws(() => toVmSpec([], {}), (err: unknown) => err instanceof UsageError && /an image is required/.test(err.message));
 });
 
 test('only a leading -- is a separator', () => {
@@ -66,7 +66,7 @@ test('commander: -e repeats, numbers are parsed, defaults stay unset', () => {
     env: ['A=1', 'B=2'],
     cpus: 2,
     memoryMib: 512,
-    timeoutSec: 2.5,
+    commandTimeoutMs: 2500,
     workingDir: '/srv',
     user: 'nobody',
     name: 'n',
@@ -95,8 +95,8 @@ test('exec: the VM, then the command verbatim; flags map to the request', () => 
   const { operands, flags } = parse(['exec', '-e', 'A=1', '-w', '/tmp', '-u', '0', '--timeout', '3', '-i', 'box', 'ls', '-la']);
   assert.equal(operands[0], 'box');
   assert.equal(flags.interactive, true);
-  assert.deepEqual(toExecRequest(operands.slice(1), flags as unknown as ExecFlags), { cmd: ['ls', '-la'], env: ['A=1'], workingDir: '/tmp', user: '0', timeoutSec: 3 });
+  assert.deepEqual(toExecSpec(operands.slice(1), flags as unknown as ExecFlags), { cmd: ['ls', '-la'], env: ['A=1'], workingDir: '/tmp', user: '0', commandTimeoutMs: 3000 });
   const sep = parse(['exec', 'box', '--', 'sh', '-c', 'exit 3']);
-  assert.deepEqual(toExecRequest(sep.operands.slice(1), sep.flags as unknown as ExecFlags), { cmd: ['sh', '-c', 'exit 3'] });
-  assert.throws(() => toExecRequest(['--'], {}), UsageError);
+  assert.deepEqual(toExecSpec(sep.operands.slice(1), sep.flags as unknown as ExecFlags), { cmd: ['sh', '-c', 'exit 3'] });
+  assert.throws(() => toExecSpec(['--'], {}), UsageError);
 });

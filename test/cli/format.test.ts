@@ -3,9 +3,9 @@ import assert from 'node:assert/strict';
 import { ago, bytes, duration, elapsed, setupLine, table, vmState } from '../../src/cli/format.js';
 import { infoText } from '../../src/cli/commands/system.js';
 import { exitStatus } from '../../src/cli/context.js';
-import type { Info } from '../../src/api/schemas.js';
+import type { Info } from '../../src/api/system.js';
 import { lineage } from '../../src/cli/commands/snapshots.js';
-import type { Snapshot } from '../../src/api/schemas.js';
+import type { Snapshot } from '../../src/api/snapshots.js';
 
 test('durations read like docker ps', () => {
   assert.equal(duration(4_400), '4s');

@@ -5,7 +5,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CellClient, CellError } from '../../src/sdk/index.js';
-import type { StreamEvent, Vm } from '../../src/api/schemas.js';
+import type { ErrorEvent } from '../../src/api/contract.js';
+import type { ExecEvent, RunEvent, Vm } from '../../src/api/vms.js';
 
 // The SDK against a tiny fake celld on a unix socket: wire handling only, no VMs.
 
@@ -32,7 +33,7 @@ describe('SDK over a fake celld', () => {
         res.writeHead(status, { 'content-type': 'application/json' });
         res.end(body === undefined ? undefined : JSON.stringify(body));
       };
-      const stream = (events: StreamEvent[], end = true) => {
+      const stream = (events: (RunEvent | ExecEvent | ErrorEvent)[], end = true) => {
         res.writeHead(200, { 'content-type': 'application/x-ndjson' });
         for (const e of events) res.write(JSON.stringify(e) + '\n');
         if (end) res.end();
@@ -111,7 +112,7 @@ describe('SDK over a fake celld', () => {
   test('run streams output to the handlers and resolves with the exit status', async () => {
     const out: string[] = [];
     const seen: string[] = [];
-    const result = await client.run(
+    const result = await client.vms.run(
       { image: 'busybox', cmd: ['echo', 'hi'] },
       {
         onCreated: () => seen.push('created'),
@@ -127,14 +128,14 @@ describe('SDK over a fake celld', () => {
   });
 
   test('an error event after the headers rejects with its code and details', async () => {
-    await assert.rejects(client.run({ image: 'busybox', name: 'fail' }), (err: unknown) => {
+    await assert.rejects(client.vms.run({ image: 'busybox', name: 'fail' }), (err: unknown) => {
       return err instanceof CellError && err.code === 'boot_failed' && err.details?.serialTail === 'no vda';
     });
   });
 
   test('aborting a run rejects with the abort reason and closes the connection', async () => {
     const controller = new AbortController();
-    const pending = client.run({ image: 'busybox', name: 'hang' }, { signal: controller.signal, onRunning: () => controller.abort() });
+    const pending = client.vms.run({ image: 'busybox', name: 'hang' }, { signal: controller.signal, onRunning: () => controller.abort() });
     await assert.rejects(pending, { name: 'AbortError' });
     await hungClosed; // celld sees the client go away: that is its cue to kill the command
   });
@@ -145,7 +146,7 @@ describe('SDK over a fake celld', () => {
       yield 'world';
     }
     let out = '';
-    const result = await client.exec('box', { cmd: ['cat'] }, { stdin: input(), onStdout: (c) => void (out += c) });
+    const result = await client.vms.exec('box', { cmd: ['cat'] }, { stdin: input(), onStdout: (c) => void (out += c) });
     assert.equal(out, 'HELLO WORLD');
     assert.equal(result.exitCode, 0);
   });
@@ -155,7 +156,7 @@ describe('SDK over a fake celld', () => {
       yield Buffer.from('typed');
       await new Promise(() => {}); // a terminal nobody types into
     }
-    const result = await client.exec('quick', { cmd: ['true'] }, { stdin: terminal() });
+    const result = await client.vms.exec('quick', { cmd: ['true'] }, { stdin: terminal() });
     assert.equal(result.exitCode, 0);
   });
 });

@@ -140,14 +140,14 @@ describe('cell cp: files between the host and a running VM', () => {
     await h.ok(['rm', 'idle']);
   });
 
-  test('SDK: box.files.write, read, stat, upload and download', async () => {
+  test('SDK: box.files.write, read, stat, exists, list, mkdir, remove, upload and download', async () => {
     const box = await Sandbox.connect('box', { connect: { home: h.home, autoStart: false } });
     try {
       await box.files.write('/work/notes.txt', 'written by the SDK\n');
       assert.equal((await box.files.read('/work/notes.txt')).toString(), 'written by the SDK\n');
-      assert.equal((await box.run('cat /work/notes.txt')).stdout, 'written by the SDK\n');
+      assert.equal((await box.commands.run('cat /work/notes.txt')).stdout, 'written by the SDK\n');
       await box.files.write('/work/tool.sh', '#!/bin/sh\necho tool\n', { mode: 0o755 });
-      assert.equal((await box.run('/work/tool.sh')).stdout, 'tool\n');
+      assert.equal((await box.commands.run('/work/tool.sh')).stdout, 'tool\n');
       const st = await box.files.stat('/work/tool.sh');
       assert.deepEqual([st.kind, st.mode, st.size], ['file', 0o755, 20]);
 
@@ -164,6 +164,20 @@ describe('cell cp: files between the host and a running VM', () => {
       const down = await box.files.download('/work/app', join(host, 'downloaded'));
       assert.equal(readFileSync(join(down.target, 'README'), 'utf8'), 'hello from the host\n');
 
+      // mkdir, list and remove run mkdir, find and rm in the guest with the path as one argument: no shell.
+      await box.files.mkdir('/work/a dir/$(touch /work/pwned); x');
+      assert.equal(await box.files.exists('/work/a dir/$(touch /work/pwned); x'), true);
+      await box.files.write('/work/a dir/file', 'abc');
+      const entries = (await box.files.list('/work/a dir')).map((e) => [e.name, e.path, e.kind]).sort();
+      assert.deepEqual(entries, [
+        ['$(touch /work/pwned); x', '/work/a dir/$(touch /work/pwned); x', 'directory'],
+        ['file', '/work/a dir/file', 'file'],
+      ]);
+      await box.files.remove('/work/a dir');
+      assert.equal(await box.files.exists('/work/a dir'), false);
+      assert.equal(await box.files.exists('/work/pwned'), false);
+      await box.files.remove('/work/never-there'); // a missing path is fine
+
       const code = async (p: Promise<unknown>) => p.then(() => 'ok', (e: unknown) => (e instanceof CellError ? e.code : String(e)));
       assert.equal(await code(box.files.read('/work/missing')), 'not_found');
       assert.equal(await code(box.files.read('/work')), 'invalid_argument');
@@ -171,6 +185,8 @@ describe('cell cp: files between the host and a running VM', () => {
       assert.equal(await code(box.files.write('/work/notes.txt/below', 'x')), 'invalid_argument');
       assert.equal(await code(box.files.write('relative', 'x')), 'invalid_argument');
       assert.equal(await code(box.files.stat('/nope')), 'not_found');
+      assert.equal(await code(box.files.list('/nope')), 'not_found');
+      assert.equal(await code(box.files.list('/work/notes.txt')), 'invalid_argument');
     } finally {
       box.client.close();
     }

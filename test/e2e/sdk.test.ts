@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CellClient, CellError, Sandbox } from '../../src/sdk/index.js';
+import { CellClient, isInvalidArgument, isNotFound, Sandbox } from '../../src/sdk/index.js';
 import { TestHome } from '../helpers/cell-home.js';
 
 // The SDK against a real celld (started on demand by the SDK itself) and real VMs.
@@ -21,14 +21,14 @@ describe('SDK', () => {
     let forkName = '';
     {
       await using sb = await Sandbox.create({ client, name: 'sdk-box', env: ['GREETING=hi'] });
-      const r = await sb.run('echo $GREETING; echo oops >&2; exit 2');
+      const r = await sb.commands.run('echo $GREETING; echo oops >&2; exit 2');
       assert.deepEqual([r.exitCode, r.stdout, r.stderr], [2, 'hi\n', 'oops\n']);
-      await sb.run('echo remembered > /root/note');
+      await sb.commands.run('echo remembered > /root/note');
       const snap = await sb.snapshot({ name: 'sdk-snap' });
       {
         await using fork = await Sandbox.create({ client, fromSnapshot: snap.id });
         forkName = fork.name;
-        const note = await fork.run(['cat', '/root/note']);
+        const note = await fork.commands.run(['cat', '/root/note']);
         assert.equal(note.stdout, 'remembered\n');
       }
       const names = (await client.vms.list({ all: true })).map((v) => v.name);
@@ -41,12 +41,12 @@ describe('SDK', () => {
 
   test('sandbox.fork: a snapshot and N running forks with their own identities', async () => {
     await using sb = await Sandbox.create({ client, name: 'parent' });
-    await sb.run('echo shared > /root/state');
+    await sb.commands.run('echo shared > /root/state');
     const forks = await sb.fork({ count: 2, name: 'child', snapshotName: 'parent-snap' });
     try {
-      const seen = await Promise.all(forks.map(async (f) => (await f.run('cat /root/state; hostname')).stdout));
+      const seen = await Promise.all(forks.map(async (f) => (await f.commands.run('cat /root/state; hostname')).stdout));
       assert.deepEqual(seen, ['shared\nchild-1\n', 'shared\nchild-2\n']);
-      assert.equal((await sb.run('hostname')).stdout, 'parent\n', 'the parent keeps running, as itself');
+      assert.equal((await sb.commands.run('hostname')).stdout, 'parent\n', 'the parent keeps running, as itself');
     } finally {
       for (const f of forks) await f[Symbol.asyncDispose]();
     }
@@ -55,10 +55,10 @@ describe('SDK', () => {
   });
 
   test('errors carry stable codes', async () => {
-    await assert.rejects(client.vms.get('nope'), (err: unknown) => err instanceof CellError && err.code === 'not_found');
+    await assert.rejects(client.vms.get('nope'), isNotFound);
     await assert.rejects(
       client.vms.create({ image: 'busybox', memoryMib: 1 }),
-      (err: unknown) => err instanceof CellError && err.code === 'invalid_argument' && /--memory 1/.test(err.message),
+      (err: unknown) => isInvalidArgument(err) && /--memory 1/.test(err.message),
     );
   });
 
@@ -66,8 +66,25 @@ describe('SDK', () => {
     await using sb = await Sandbox.create({ client });
     const seen: number[] = [];
     const started = Date.now();
-    await sb.exec(['sh', '-c', 'echo first; sleep 1; echo second'], { onStdout: () => seen.push(Date.now() - started) });
+    await sb.commands.run(['sh', '-c', 'echo first; sleep 1; echo second'], { onStdout: () => void seen.push(Date.now() - started) });
     assert.equal(seen.length, 2);
     assert.ok(seen[1]! - seen[0]! >= 800, `the first line arrived ${seen[1]! - seen[0]!} ms before the second`);
+  });
+
+  test('commands.start: stdin, output by async iteration, wait; kill ends a command that would run on', async () => {
+    await using sb = await Sandbox.create({ client });
+    const cat = await sb.commands.start(['sh', '-c', 'tr a-z A-Z; echo done >&2'], { stdin: true });
+    cat.stdin!.end('hello\n');
+    const seen: string[] = [];
+    for await (const { stream, data } of cat) seen.push(`${stream}:${data}`);
+    assert.deepEqual(seen, ['stdout:HELLO\n', 'stderr:done\n']);
+    assert.equal((await cat.wait()).exitCode, 0);
+
+    const sleeper = await sb.commands.start('sleep 600');
+    await sleeper.kill();
+    await assert.rejects(sleeper.wait(), { name: 'AbortError' });
+
+    const limited = await sb.commands.run('sleep 5', { commandTimeoutMs: 300 });
+    assert.deepEqual([limited.exitCode, limited.timedOut], [124, true]);
   });
 });

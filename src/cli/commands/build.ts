@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
-import type { BuildStreamEvent } from '../../api/schemas.js';
+import type { BuildProgressEvent } from '../../sdk/index.js';
 import { withClient } from '../action.js';
 import { passThrough, streamed } from '../context.js';
-import { age, byteSize, oneOf, wholeNumber } from '../errors.js';
+import { age, byteSize, milliseconds, oneOf, wholeNumber } from '../errors.js';
 import { ago, bytes, elapsed, short, table } from '../format.js';
 import { examples } from '../help.js';
 
@@ -88,7 +88,7 @@ ${examples('cell cache prune --max-count 0', 'cell cache prune --older-than 7d',
     )
     .action(
       withClient(async (client, flags: { maxCount?: number; maxBytes?: number; olderThan?: number }) => {
-        const { removed } = await client.cache.prune({ maxCount: flags.maxCount, maxBytes: flags.maxBytes, maxAgeSec: flags.olderThan });
+        const { removed } = await client.cache.prune({ maxCount: flags.maxCount, maxBytes: flags.maxBytes, maxAgeMs: milliseconds(flags.olderThan) });
         process.stdout.write(removed.map((e) => `${short(e.key)} ${e.description}\n`).join(''));
       }),
     );
@@ -119,7 +119,7 @@ function build(flags: BuildFlags, cmd: Command): Promise<number> {
 }
 
 /** The line a build event prints (stderr), Docker-build style. */
-export function describe(e: BuildStreamEvent): string | null {
+export function describe(e: BuildProgressEvent): string | null {
   switch (e.type) {
     case 'base':
       return `FROM ${e.description}`;
@@ -131,7 +131,5 @@ export function describe(e: BuildStreamEvent): string | null {
       return `[${e.number}/${e.total}] done in ${elapsed(e.durationMs)} -> ${short(e.snapshot ?? '')}`;
     case 'step-failed':
       return `[${e.number}] FAILED: ${e.message}`;
-    case 'built':
-      return null;
   }
 }

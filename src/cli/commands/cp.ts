@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
-import type { CopyResult } from '../../api/schemas.js';
+import type { CopyResult } from '../../sdk/index.js';
 import { withClient } from '../action.js';
 import { EXIT_FAILURE, reportError, UsageError } from '../errors.js';
 import { bytes } from '../format.js';
@@ -98,7 +98,7 @@ Examples:
         const result =
           plan.direction === 'in'
             ? await client.files.copyIn(plan.vm, plan.hostPath, plan.guestPath)
-            : await client.files.copyOut(plan.vm, plan.guestPath, plan.hostPath, ownerForCopyOut());
+            : await client.files.copyOut(plan.vm, plan.guestPath, plan.hostPath, { owner: ownerForCopyOut() });
         const where = plan.direction === 'in' ? `${plan.vm}:${result.target}` : result.target;
         if (process.stderr.isTTY) process.stderr.write(`copied ${describeCopy(result)} to ${where}\n`);
       })(cmd);

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
-import type { ExecRequest } from '../../api/schemas.js';
-import { collect, seconds, UsageError } from '../errors.js';
+import type { ExecSpec } from '../../sdk/index.js';
+import { collect, milliseconds, seconds, UsageError } from '../errors.js';
 import { commandExit, passThrough, streamed } from '../context.js';
 import { withoutSeparator } from './run.js';
 
@@ -12,15 +12,15 @@ export interface ExecFlags {
   interactive?: boolean;
 }
 
-/** `cell exec` flags and command as an API request (pure, unit-tested). */
-export function toExecRequest(command: string[], flags: ExecFlags): Omit<ExecRequest, 'stdin'> {
+/** `cell exec` flags and command as the SDK's exec spec (pure, unit-tested). */
+export function toExecSpec(command: string[], flags: ExecFlags): ExecSpec {
   const cmd = withoutSeparator(command);
   if (cmd.length === 0) throw new UsageError('a command is required: cell exec VM -- CMD...');
-  const req: Omit<ExecRequest, 'stdin'> = { cmd };
+  const req: ExecSpec = { cmd };
   if (flags.env?.length) req.env = flags.env;
   if (flags.workdir !== undefined) req.workingDir = flags.workdir;
   if (flags.user !== undefined) req.user = flags.user;
-  if (flags.timeout !== undefined) req.timeoutSec = flags.timeout;
+  if (flags.timeout !== undefined) req.commandTimeoutMs = milliseconds(flags.timeout);
   return req;
 }
 
@@ -49,15 +49,15 @@ Examples:
   cell exec -i box -- wc -l < /etc/passwd`,
     )
     .action(async (ref: string, command: string[], flags: ExecFlags, cmd: Command) => {
-      process.exitCode = await exec(ref, toExecRequest(command, flags), flags, cmd);
+      process.exitCode = await exec(ref, toExecSpec(command, flags), flags, cmd);
     });
 }
 
-function exec(ref: string, req: Omit<ExecRequest, 'stdin'>, flags: ExecFlags, cmd: Command): Promise<number> {
+function exec(ref: string, req: ExecSpec, flags: ExecFlags, cmd: Command): Promise<number> {
   return streamed(cmd, async (client, signal) => {
     try {
       const stdin = flags.interactive ? process.stdin : undefined;
-      const result = await client.exec(ref, req, { ...passThrough, signal, stdin });
+      const result = await client.vms.exec(ref, req, { ...passThrough, signal, stdin });
       return commandExit(result, flags.timeout);
     } finally {
       // Reading stdin keeps the process alive: let go of it once the command has ended.

@@ -157,7 +157,7 @@ export function register(program: Command): void {
     .addHelpText('after', examples('docker save alpine:3.20 -o alpine.tar && cell image import alpine.tar', 'cell image import --name mine:1 oci-layout.tar'))
     .action(
       withClient(async (client, file: string, flags: { name?: string }) => {
-        const imported = await client.images.import(resolve(file), flags.name);
+        const imported = await client.images.import(resolve(file), { reference: flags.name });
         process.stdout.write(`${imported.reference} ${imported.digest}\n`);
       }),
     );

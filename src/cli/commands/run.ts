@@ -1,7 +1,6 @@
 import type { Command } from 'commander';
-import type { RunRequest, Vm } from '../../api/schemas.js';
-import type { CellClient } from '../../sdk/client.js';
-import { collect, EXIT_FAILURE, EXIT_RUN_FAILED, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
+import type { CellClient, Vm, VmSpec } from '../../sdk/index.js';
+import { collect, EXIT_FAILURE, EXIT_RUN_FAILED, milliseconds, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
 import { commandExit, connect, interruptible, passThrough } from '../context.js';
 
 export interface RunFlags {
@@ -19,14 +18,14 @@ export interface RunFlags {
   dataDisk?: number;
 }
 
-/** `cell run` flags and operands as an API request (pure, unit-tested). */
-export function toRunRequest(args: string[], flags: RunFlags): RunRequest {
+/** `cell run` flags and operands as the SDK's VM spec (pure, unit-tested). */
+export function toVmSpec(args: string[], flags: RunFlags): VmSpec {
   const operands = withoutSeparator(args);
   const [first, ...rest] = operands;
   if (flags.from && flags.template) throw new UsageError('give --from or --template, not both');
   const noImage = flags.from !== undefined || flags.template !== undefined;
   if (!noImage && !first) throw new UsageError('an image is required: cell run IMAGE [-- CMD...]');
-  const req: RunRequest = flags.from
+  const req: VmSpec = flags.from
     ? { fromSnapshot: flags.from, cmd: operands }
     : flags.template
       ? { template: flags.template, cmd: operands }
@@ -37,7 +36,7 @@ export function toRunRequest(args: string[], flags: RunFlags): RunRequest {
   if (flags.env?.length) req.env = flags.env;
   if (flags.workdir !== undefined) req.workingDir = flags.workdir;
   if (flags.user !== undefined) req.user = flags.user;
-  if (flags.timeout !== undefined) req.timeoutSec = flags.timeout;
+  if (flags.timeout !== undefined) req.commandTimeoutMs = milliseconds(flags.timeout);
   if (flags.rm) req.autoRemove = true;
   if (flags.dataDisk !== undefined) req.dataDiskMib = flags.dataDisk;
   return req;
@@ -92,11 +91,11 @@ Examples:
   cell run --rm --template web:server -- wget -q -O- http://127.0.0.1:8080/`,
     )
     .action(async (image: string | undefined, command: string[], flags: RunFlags, cmd: Command) => {
-      process.exitCode = await run(toRunRequest([...(image !== undefined ? [image] : []), ...command], flags), flags, cmd);
+      process.exitCode = await run(toVmSpec([...(image !== undefined ? [image] : []), ...command], flags), flags, cmd);
     });
 }
 
-async function run(req: RunRequest, flags: RunFlags, cmd: Command): Promise<number> {
+async function run(req: VmSpec, flags: RunFlags, cmd: Command): Promise<number> {
   let client: CellClient;
   try {
     client = await connect(cmd);
@@ -120,7 +119,7 @@ async function run(req: RunRequest, flags: RunFlags, cmd: Command): Promise<numb
   }
 }
 
-async function attached(client: CellClient, req: RunRequest, flags: RunFlags): Promise<number> {
+async function attached(client: CellClient, req: VmSpec, flags: RunFlags): Promise<number> {
   const interrupt = interruptible();
   // celld may set the host up or pull the image first: show that on a terminal only, so that a
   // script's stderr holds nothing but the command's.
@@ -128,7 +127,7 @@ async function attached(client: CellClient, req: RunRequest, flags: RunFlags): P
   const pullLine = progress ? (await import('../pull-progress.js')).pullLine : undefined;
   let started = false;
   try {
-    const result = await client.run(req, {
+    const result = await client.vms.run(req, {
       ...passThrough,
       signal: interrupt.signal,
       onProgress: (e) => progress?.onProgress(e),

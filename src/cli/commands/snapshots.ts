@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
-import type { Snapshot } from '../../api/schemas.js';
+import type { Snapshot } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
 import { oneOf, wholeNumber } from '../errors.js';
 import { examples } from '../help.js';

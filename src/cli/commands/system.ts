@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { Info } from '../../api/schemas.js';
+import type { Info } from '../../sdk/index.js';
 import { withClient } from '../action.js';
 import { oneOf } from '../errors.js';
 import { examples } from '../help.js';

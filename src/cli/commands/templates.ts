@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { resolve } from 'node:path';
-import type { TemplateView } from '../../api/schemas.js';
+import type { TemplateView } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
 import { passThrough, streamed } from '../context.js';
 import { oneOf } from '../errors.js';

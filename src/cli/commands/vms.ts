@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
-import type { Vm } from '../../api/schemas.js';
+import type { Vm } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
-import { oneOf, seconds } from '../errors.js';
+import { milliseconds, oneOf, seconds } from '../errors.js';
 import { interruptible } from '../context.js';
 import { ago, short, table, vmState } from '../format.js';
 import { examples } from '../help.js';
@@ -59,7 +59,7 @@ Examples:
       withClient(async (client, ref: string, flags: { follow?: boolean }) => {
         const interrupt = interruptible();
         try {
-          for await (const entry of client.logs(ref, { follow: flags.follow, signal: interrupt.signal })) {
+          for await (const entry of client.vms.logs(ref, { follow: flags.follow, signal: interrupt.signal })) {
             (entry.stream === 'stderr' ? process.stderr : process.stdout).write(entry.text);
           }
         } catch (err) {
@@ -81,7 +81,7 @@ Examples:
     .action(
       withClient(async (client, refs: string[], flags: { time: number }) => {
         await forEachRef(refs, async (ref) => {
-          const vm = await client.vms.stop(ref, { timeoutSec: flags.time });
+          const vm = await client.vms.stop(ref, { graceMs: milliseconds(flags.time) });
           process.stdout.write(`${vm.name}\n`);
         });
       }),
