@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { json, ndjson, route } from './contract.js';
-import { event, OutputEvent, Removed } from './common.js';
+import { event, OutputEvents, Removed } from './common.js';
 import { Snapshot } from './snapshots.js';
 
 /** Cached actions, builds (a chain of actions from a build file) and the action cache. */
@@ -56,7 +56,7 @@ export type ActionResult = Static<typeof ActionResult>;
 export const ActionEvent = Type.Union([
   /** First: the cache verdict (key null without caching). */
   event('action', { key: Type.Union([Type.String(), Type.Null()]), cached: Type.Boolean() }),
-  OutputEvent,
+  ...OutputEvents,
   event('result', { result: ActionResult }),
 ]);
 export type ActionEvent = Static<typeof ActionEvent>;
@@ -112,7 +112,7 @@ export const BuildProgressEvent = Type.Union([
 ]);
 export type BuildProgressEvent = Static<typeof BuildProgressEvent>;
 
-export const BuildEvent = Type.Union([BuildProgressEvent, OutputEvent, event('built', { result: BuildSummary })]);
+export const BuildEvent = Type.Union([...BuildProgressEvent.anyOf, ...OutputEvents, event('built', { result: BuildSummary })]);
 export type BuildEvent = Static<typeof BuildEvent>;
 
 export const CacheEntry = Type.Object({

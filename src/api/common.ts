@@ -14,7 +14,9 @@ export function event<const N extends string, P extends TProperties>(type: N, fi
 /** A command's output; `data` is base64 (output may be binary). */
 export const StdoutEvent = event('stdout', { data: Type.String({ contentEncoding: 'base64' }) });
 export const StderrEvent = event('stderr', { data: Type.String({ contentEncoding: 'base64' }) });
-export const OutputEvent = Type.Union([StdoutEvent, StderrEvent]);
+/** Spread `...OutputEvents` into a stream's union: nested unions would read badly in OpenAPI. */
+export const OutputEvents = [StdoutEvent, StderrEvent] as const;
+export const OutputEvent = Type.Union([...OutputEvents]);
 export type OutputEvent = Static<typeof OutputEvent>;
 
 /** How a command ended. `exitCode` follows the shell: 124 after a timeout, 128+N for signal N. */

@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { json, ndjson, route } from './contract.js';
-import { event, OutputEvent, RefParams, RemoveQuery } from './common.js';
+import { event, OutputEvents, RefParams, RemoveQuery } from './common.js';
 import { BuildProgressEvent } from './builds.js';
 
 /** Templates: a build plus variants, each built into revisions (docs/templates.md). */
@@ -73,9 +73,9 @@ export const TemplateBuildSummary = Type.Object({
 export type TemplateBuildSummary = Static<typeof TemplateBuildSummary>;
 
 export const TemplateBuildEvent = Type.Union([
-  BuildProgressEvent,
+  ...BuildProgressEvent.anyOf,
   TemplateVariantEvent,
-  OutputEvent,
+  ...OutputEvents,
   event('templates', { result: TemplateBuildSummary }),
 ]);
 export type TemplateBuildEvent = Static<typeof TemplateBuildEvent>;

@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { created, empty, json, ndjson, route } from './contract.js';
-import { event, ExitEvent, OutputEvent, ProgressEvent, PullEvent, RefParams, RemoveQuery } from './common.js';
+import { event, ExitEvent, OutputEvents, ProgressEvent, PullEvent, RefParams, RemoveQuery } from './common.js';
 
 /** VMs: create, run (attached), start, stop, remove, exec with stdin, logs. */
 
@@ -105,7 +105,7 @@ export const RunEvent = Type.Union([
   event('running', { vm: Vm }),
   ProgressEvent,
   PullEvent,
-  OutputEvent,
+  ...OutputEvents,
   ExitEvent,
   /** The VM stopped (and is removed with `autoRemove`). */
   event('done', { vm: Vm }),
@@ -115,7 +115,7 @@ export type RunEvent = Static<typeof RunEvent>;
 export const ExecEvent = Type.Union([
   /** First, when stdin was asked for: where to send it. */
   event('exec', { execId: Type.String() }),
-  OutputEvent,
+  ...OutputEvents,
   ExitEvent,
 ]);
 export type ExecEvent = Static<typeof ExecEvent>;
