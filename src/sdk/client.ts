@@ -14,7 +14,7 @@ import { TemplatesClient } from './templates.js';
 import { Transport } from './transport.js';
 import { VmsClient } from './vms.js';
 
-export interface ConnectOptions {
+export interface ConnectOptions extends RequestOptions {
   /** CELL_HOME (default: $CELL_HOME, /var/lib/cellvm as root, else ~/.local/share/cellvm). */
   home?: string;
   /** celld's socket (default: CELL_HOME/celld.sock). celld is started on demand only for the default. */
@@ -23,6 +23,8 @@ export interface ConnectOptions {
   autoStart?: boolean;
   /** How long to wait for celld to answer, including a fresh start (default 10 000). */
   timeoutMs?: number;
+  /** Gives up waiting (rejects with the signal's reason); a celld already started keeps running. */
+  signal?: AbortSignal;
 }
 
 export interface SetupOptions extends RequestOptions {
@@ -79,11 +81,11 @@ export class CellClient {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     const client = new CellClient(new Transport(socketPath), paths);
     try {
-      if (await client.ping({ timeoutMs })) return client;
+      if (await client.ping({ timeoutMs, signal: opts.signal })) return client;
       if (opts.autoStart === false || socketPath !== paths.socket) {
         throw new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `celld is not running (nothing answers on ${socketPath})`);
       }
-      await client.startAndWait(timeoutMs);
+      await client.startAndWait(timeoutMs, opts.signal);
       return client;
     } catch (err) {
       client.close();
@@ -94,14 +96,15 @@ export class CellClient {
     }
   }
 
-  private async startAndWait(timeoutMs: number): Promise<void> {
+  private async startAndWait(timeoutMs: number, signal: AbortSignal | undefined): Promise<void> {
     const child = startDaemon(this.paths);
     let exitStatus: number | undefined;
     child.once('exit', (code, signal) => (exitStatus = code ?? (signal ? 128 : 1)));
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       await sleep(POLL_MS);
-      if (await this.ping()) return;
+      signal?.throwIfAborted();
+      if (await this.ping({ signal })) return;
       // Exit 3: another celld won the race for this home; keep waiting for it to answer.
       if (exitStatus !== undefined && exitStatus !== DAEMON_ALREADY_RUNNING_EXIT) {
         if (await this.ping()) return;

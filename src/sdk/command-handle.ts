@@ -16,8 +16,10 @@ const MAX_QUEUED = 16;
 
 /**
  * A command running in a sandbox (`sandbox.commands.start`). Its output goes to the onStdout and
- * onStderr callbacks and, for `for await (const { stream, data } of handle)`, into a queue that the
- * loop reads; `wait()` without such a loop stops the queueing.
+ * onStderr callbacks as it arrives and is also kept for `for await (const { stream, data } of
+ * handle)`: a loop started late still gets everything from the start (as E2B keeps a command's
+ * output), and while a loop runs behind, the command's output is held back rather than buffered.
+ * With `keepOutput: false` (callbacks only) nothing is kept.
  */
 export class CommandHandle implements AsyncIterable<OutputChunk> {
   /** The command's stdin when started with `stdin: true`: write to it, `end()` closes it. */
@@ -25,14 +27,19 @@ export class CommandHandle implements AsyncIterable<OutputChunk> {
   private readonly controller = new AbortController();
   private readonly finished: Promise<CommandResult>;
   private readonly queue: OutputChunk[] = [];
-  private keepOutput = true;
   private iterating = false;
   private ended = false;
   private failure: unknown;
   private wakeReader: (() => void) | undefined;
   private wakeWriter: (() => void) | undefined;
 
-  constructor(start: CommandStarter, handlers: OutputHandlers, stdin: boolean | StdinSource | undefined, signal: AbortSignal | undefined) {
+  constructor(
+    start: CommandStarter,
+    handlers: OutputHandlers,
+    stdin: boolean | StdinSource | undefined,
+    signal: AbortSignal | undefined,
+    private readonly keepOutput = true,
+  ) {
     const pipe = stdin === true ? new PassThrough() : undefined;
     this.stdin = pipe;
     const source = pipe ?? (stdin === true || stdin === false ? undefined : stdin);
@@ -53,7 +60,6 @@ export class CommandHandle implements AsyncIterable<OutputChunk> {
 
   /** How the command ended (a non-zero exit is a result, not an error). */
   wait(): Promise<CommandResult> {
-    if (!this.iterating) this.dropOutput();
     return this.finished;
   }
 
@@ -92,11 +98,6 @@ export class CommandHandle implements AsyncIterable<OutputChunk> {
     while (this.iterating && this.queue.length >= MAX_QUEUED) {
       await new Promise<void>((resolve) => (this.wakeWriter = resolve));
     }
-  }
-
-  private dropOutput(): void {
-    this.keepOutput = false;
-    this.queue.length = 0;
   }
 
   private end(failure: unknown): void {

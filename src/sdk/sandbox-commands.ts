@@ -18,6 +18,8 @@ export interface CommandRunOptions extends CommandOptions {
 export interface CommandStartOptions extends CommandOptions {
   /** `true`: write to `handle.stdin` yourself; or a source of bytes to send. */
   stdin?: boolean | StdinSource;
+  /** Keep output for `for await` over the handle (default true); false when callbacks are all you use. */
+  keepOutput?: boolean;
 }
 
 /** A finished command with its output as text. */
@@ -68,6 +70,7 @@ export class SandboxCommands {
       opts,
       opts.stdin,
       opts.signal,
+      opts.keepOutput ?? true,
     );
   }
 }

@@ -126,6 +126,16 @@ describe('SDK sandbox over the app with an engine double', () => {
     assert.equal((await handle.wait()).exitCode, 0);
   });
 
+  test('commands.start: a loop that starts after wait() still gets the whole output; callbacks see it as it comes', async () => {
+    const seen: string[] = [];
+    const handle = await box.commands.start(['upper'], { stdin: (async function* () { yield 'late'; })(), onStdout: (c) => void seen.push(c.toString()) });
+    assert.equal((await handle.wait()).exitCode, 0);
+    const chunks: string[] = [];
+    for await (const { data } of handle) chunks.push(data.toString());
+    assert.deepEqual(chunks, ['LATE', 'done\n']);
+    assert.deepEqual(seen, ['LATE']);
+  });
+
   test('commands.start: kill ends the command in celld; wait rejects with an AbortError', async () => {
     const handle = await box.commands.start(['sleep', '600']);
     while (execs.at(-1)?.cmd.join(' ') !== 'sleep 600') await new Promise((r) => setTimeout(r, 5));
