@@ -105,7 +105,7 @@ export function templateRoutes(app: FastifyInstance, engine: Engine): void {
 
   app.get<{ Params: Static<typeof RefParams> }>('/v1/templates/:ref', { schema: { params: RefParams } }, async (req): Promise<TemplateView> => {
     const { template, revision } = engine.templates.resolve(req.params.ref);
-    return { ...template, revision, revisions: engine.templateStore.revisions(template.name) };
+    return { ...template, revision, revisions: engine.templates.revisions(template.name) };
   });
 
   app.delete<{ Params: Static<typeof RefParams>; Querystring: Static<typeof RemoveQuery> }>(

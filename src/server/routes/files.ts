@@ -23,7 +23,7 @@ export function fileRoutes(app: FastifyInstance, engine: Engine): void {
   app.get<Ref & { Querystring: Static<typeof GuestPathQuery> }>(
     '/v1/vms/:ref/files/stat',
     { schema: { params: RefParams, querystring: GuestPathQuery } },
-    async (req) => engine.statGuestPath(req.params.ref, req.query.path, req.query.follow ?? false),
+    async (req) => engine.vms.statGuestPath(req.params.ref, req.query.path, req.query.follow ?? false),
   );
 
   app.get<Ref & { Querystring: Static<typeof ReadFileQuery> }>(
@@ -32,7 +32,7 @@ export function fileRoutes(app: FastifyInstance, engine: Engine): void {
     async (req, reply) => {
       const { path, maxBytes = 0 } = req.query;
       // Checked before the stream opens, so a missing file or a stopped VM is a plain HTTP error.
-      const st = await engine.statGuestPath(req.params.ref, path, true);
+      const st = await engine.vms.statGuestPath(req.params.ref, path, true);
       if (st.kind !== 'file') throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${path} is a ${st.kind}, not a regular file`);
       if (maxBytes > 0 && st.size > maxBytes) {
         throw new CellError(ErrorCodes.SIZE_LIMIT, `${path} is ${st.size} bytes, over the limit of ${maxBytes}`);
@@ -40,7 +40,7 @@ export function fileRoutes(app: FastifyInstance, engine: Engine): void {
       const stream = openNdjson(req, reply);
       try {
         let size = 0;
-        for await (const chunk of engine.readGuestFile(req.params.ref, path, maxBytes)) {
+        for await (const chunk of engine.vms.readGuestFile(req.params.ref, path, maxBytes)) {
           stream.send({ type: 'data', data: chunk.toString('base64') });
           size += chunk.length;
           // A slow client holds the guest back instead of growing celld's buffers.
@@ -66,7 +66,7 @@ export function fileRoutes(app: FastifyInstance, engine: Engine): void {
         throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'send the file as the request body with content-type application/octet-stream');
       }
       const source = (body as AsyncIterable<Buffer> | undefined) ?? emptyBody();
-      const bytes = await engine.writeGuestFile(req.params.ref, path, { mode, uid, gid }, source);
+      const bytes = await engine.vms.writeGuestFile(req.params.ref, path, { mode, uid, gid }, source);
       reply.code(201);
       return { path, bytes };
     },
@@ -75,7 +75,7 @@ export function fileRoutes(app: FastifyInstance, engine: Engine): void {
   app.post<Ref & { Body: CopyInRequest }>(
     '/v1/vms/:ref/files/copy-in',
     { schema: { params: RefParams, body: CopyInRequest } },
-    async (req) => engine.copyIn(req.params.ref, req.body.hostPath, req.body.guestPath),
+    async (req) => engine.vms.copyIn(req.params.ref, req.body.hostPath, req.body.guestPath),
   );
 
   app.post<Ref & { Body: CopyOutRequest }>(
@@ -84,7 +84,7 @@ export function fileRoutes(app: FastifyInstance, engine: Engine): void {
     async (req) => {
       const { guestPath, hostPath, uid, gid } = req.body;
       if ((uid === undefined) !== (gid === undefined)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'give both uid and gid, or neither');
-      return engine.copyOut(req.params.ref, guestPath, hostPath, uid !== undefined && gid !== undefined ? { uid, gid } : undefined);
+      return engine.vms.copyOut(req.params.ref, guestPath, hostPath, uid !== undefined && gid !== undefined ? { uid, gid } : undefined);
     },
   );
 }

@@ -22,14 +22,14 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
   const stdinPipes = new Map<string, PassThrough>();
 
   app.get<{ Querystring: Static<typeof ListQuery> }>('/v1/vms', { schema: { querystring: ListQuery } }, async (req) =>
-    engine.list(req.query.all ?? false),
+    engine.vms.list(req.query.all ?? false),
   );
 
-  app.get<Ref>('/v1/vms/:ref', { schema: { params: RefParams } }, async (req) => engine.resolve(req.params.ref));
+  app.get<Ref>('/v1/vms/:ref', { schema: { params: RefParams } }, async (req) => engine.vms.resolve(req.params.ref));
 
   // Detached run: the VM is running when this answers; its main command runs in the background.
   app.post<{ Body: RunRequest }>('/v1/vms', { schema: { body: RunRequest } }, async (req, reply) => {
-    const { vm } = await engine.run({ ...req.body, detach: true });
+    const { vm } = await engine.runs.run({ ...req.body, detach: true });
     reply.code(201);
     return vm;
   });
@@ -37,7 +37,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
   app.post<{ Body: RunRequest }>('/v1/vms/run', { schema: { body: RunRequest } }, async (req, reply) => {
     const stream = openNdjson(req, reply);
     try {
-      const { vm, result } = await engine.run(
+      const { vm, result } = await engine.runs.run(
         req.body,
         outputEvents(stream),
         {
@@ -54,24 +54,24 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     }
   });
 
-  app.post<Ref>('/v1/vms/:ref/start', { schema: { params: RefParams } }, async (req) => engine.start(req.params.ref));
+  app.post<Ref>('/v1/vms/:ref/start', { schema: { params: RefParams } }, async (req) => engine.vms.start(req.params.ref));
 
   app.post<Ref & { Body: StopRequest }>('/v1/vms/:ref/stop', { schema: { params: RefParams, body: StopRequest } }, async (req) =>
-    engine.stop(req.params.ref, req.body?.timeoutSec ?? 10),
+    engine.vms.stop(req.params.ref, req.body?.timeoutSec ?? 10),
   );
 
   app.delete<Ref & { Querystring: Static<typeof RemoveQuery> }>(
     '/v1/vms/:ref',
     { schema: { params: RefParams, querystring: RemoveQuery } },
     async (req, reply) => {
-      await engine.remove(req.params.ref, req.query.force ?? false);
+      await engine.vms.remove(req.params.ref, req.query.force ?? false);
       reply.code(204);
     },
   );
 
   app.post<Ref & { Body: ExecRequest }>('/v1/vms/:ref/exec', { schema: { params: RefParams, body: ExecRequest } }, async (req, reply) => {
     // Resolve before the stream opens so a bad ref is a plain HTTP error.
-    engine.resolve(req.params.ref);
+    engine.vms.resolve(req.params.ref);
     const stream = openNdjson(req, reply);
     let execId: string | undefined;
     let stdin: PassThrough | undefined;
@@ -82,7 +82,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
       stream.send({ type: 'exec', execId });
     }
     try {
-      const result = await engine.exec(
+      const result = await engine.vms.exec(
         req.params.ref,
         {
           cmd: req.body.cmd,
@@ -122,10 +122,10 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     '/v1/vms/:ref/logs',
     { schema: { params: RefParams, querystring: LogsQuery } },
     async (req, reply) => {
-      engine.resolve(req.params.ref);
+      engine.vms.resolve(req.params.ref);
       const stream = openNdjson(req, reply);
       try {
-        for await (const entry of engine.readLogs(req.params.ref, req.query.follow ?? false, stream.signal)) {
+        for await (const entry of engine.vms.readLogs(req.params.ref, req.query.follow ?? false, stream.signal)) {
           stream.send({ type: 'log', ...entry });
         }
         stream.end();
