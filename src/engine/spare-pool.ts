@@ -85,8 +85,9 @@ export class SparePool {
     if (this.closed || !this.enabled || this.starting.has(snapshot.id)) return;
     if ([...this.spares.values()].some((s) => s.snapshotId === snapshot.id)) return;
     const started = this.start(snapshot)
-      .catch(() => {
-        /* a spare is an optimisation: the next fork restores the usual way */
+      .catch((err: unknown) => {
+        // A spare is an optimisation: the next fork restores the usual way. Say why, once.
+        this.ctx.log.warn(`spare of snapshot ${snapshot.name} not started: ${(err as Error).message}`);
       })
       .finally(() => this.starting.delete(snapshot.id));
     this.starting.set(snapshot.id, started);
