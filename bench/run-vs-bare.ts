@@ -9,7 +9,7 @@ import { buildQemuArgv } from '../src/vmm/qemu/argv.js';
 import { machineFiles } from '../src/vmm/qemu/files.js';
 import { createOverlay } from '../src/vmm/qemu/overlay.js';
 import { signalProcess, spawnQemu, waitGone } from '../src/vmm/qemu/process.js';
-import { connectWithRetry } from '../src/vmm/qemu/qmp.js';
+import { connectWithRetry } from '../src/vmm/unix-socket.js';
 import { CellClient } from '../src/sdk/index.js';
 import { benchHome, fmt, median, runCell } from './lib.js';
 

@@ -1,10 +1,10 @@
 /**
  * The multi-frame file requests of the agent protocol (docs/protocol.md, "Files"): uploads
  * (PUT_FILE, FILE_DATA..., FILE_END) and downloads (READ_FILE, LIST_DIR: DATA..., then OK).
- * AgentClient's putFile, listDir and readFile call these.
+ * AgentClient's putFile, listDir and readFile call these with its channel.
  */
 import { CellError, ErrorCodes } from '../domain/errors.js';
-import type { AgentClient } from './client.js';
+import type { AgentChannel } from './channel.js';
 import { AgentErrorCode, FrameType } from './frame.js';
 import {
   FILE_CHUNK,
@@ -17,19 +17,25 @@ import {
   type PutFileMeta,
 } from './file-frames.js';
 
+/** What a transfer needs of the channel: it sends its own frames and waits for its own reply. */
+export type TransferChannel = Pick<
+  AgentChannel,
+  'closed' | 'allocId' | 'send' | 'sendDrained' | 'request' | 'expectReply' | 'forgetReply' | 'listen' | 'unlisten' | 'pauseFor'
+>;
+
 /** How long the guest may take to fsync and rename an uploaded file. */
 const CONFIRM_TIMEOUT_MS = 60_000;
 /** Bytes a download may queue for a slow reader before the agent connection is paused. */
 const READ_HIGH_WATER = 4 * 1024 * 1024;
 
 export async function putFile(
-  agent: AgentClient,
+  channel: TransferChannel,
   path: string,
   meta: PutFileMeta,
   source: Buffer | AsyncIterable<Buffer | Uint8Array>,
 ): Promise<number> {
-  const id = agent.allocId();
-  const reply = agent.expectReply(id, `upload of ${path}`);
+  const id = channel.allocId();
+  const reply = channel.expectReply(id, `upload of ${path}`);
   let refused = false; // the guest answered before FILE_END: that can only be an ERROR
   reply.then(
     () => (refused = true),
@@ -37,15 +43,15 @@ export async function putFile(
   );
   // Ends the upload in the guest (its temporary file is removed); its answer is ignored.
   const cancel = () => {
-    agent.forgetReply(id);
-    if (!agent.closed) agent.send(FrameType.CANCEL, id);
+    channel.forgetReply(id);
+    if (!channel.closed) channel.send(FrameType.CANCEL, id);
   };
-  agent.send(FrameType.PUT_FILE, id, encodePutFile(path, meta));
+  channel.send(FrameType.PUT_FILE, id, encodePutFile(path, meta));
   let size = 0;
   try {
     for await (const chunk of chunksOf(source, FILE_CHUNK)) {
       if (refused) break;
-      await agent.sendDrained(FrameType.FILE_DATA, id, chunk);
+      await channel.sendDrained(FrameType.FILE_DATA, id, chunk);
       size += chunk.length;
     }
   } catch (err) {
@@ -57,26 +63,27 @@ export async function putFile(
     await reply; // throws the guest's ERROR
     return size;
   }
-  agent.send(FrameType.FILE_END, id, encodeFileEnd(size));
-  await withTimeout(reply, CONFIRM_TIMEOUT_MS, () => agent.forgetReply(id), `the guest did not confirm the upload of ${path}`);
+  channel.send(FrameType.FILE_END, id, encodeFileEnd(size));
+  await withTimeout(reply, CONFIRM_TIMEOUT_MS, () => channel.forgetReply(id), `the guest did not confirm the upload of ${path}`);
   return size;
 }
 
-export async function listDir(agent: AgentClient, path: string): Promise<GuestDirEntry[]> {
-  const id = agent.allocId();
+export async function listDir(channel: TransferChannel, path: string): Promise<GuestDirEntry[]> {
+  const id = channel.allocId();
   const entries: GuestDirEntry[] = [];
   let garbled = false;
-  agent.routeData(id, (payload) => {
+  channel.listen(id, (frame) => {
+    if (frame.type !== FrameType.DATA) return;
     try {
-      entries.push(...decodeDirEntries(payload));
+      entries.push(...decodeDirEntries(frame.payload));
     } catch {
       garbled = true;
     }
   });
   try {
-    await agent.request(FrameType.LIST_DIR, encodeListDir(path), id, CONFIRM_TIMEOUT_MS);
+    await channel.request(FrameType.LIST_DIR, encodeListDir(path), id, CONFIRM_TIMEOUT_MS);
   } finally {
-    agent.routeData(id, null);
+    channel.unlisten(id);
   }
   if (garbled) throw new CellError(ErrorCodes.AGENT_ERROR, `the guest sent a listing of ${path} that does not parse`);
   return entries;
@@ -86,8 +93,8 @@ export async function listDir(agent: AgentClient, path: string): Promise<GuestDi
  * Yields the DATA chunks of a READ_FILE as they arrive, and returns once the guest's OK came.
  * Chunks queue while the reader is busy; past READ_HIGH_WATER the connection is paused.
  */
-export async function* readFile(agent: AgentClient, path: string, maxBytes: number): AsyncGenerator<Buffer> {
-  const id = agent.allocId();
+export async function* readFile(channel: TransferChannel, path: string, maxBytes: number): AsyncGenerator<Buffer> {
+  const id = channel.allocId();
   const queue: Buffer[] = [];
   let queued = 0;
   let finished = false;
@@ -97,13 +104,15 @@ export async function* readFile(agent: AgentClient, path: string, maxBytes: numb
     wake?.();
     wake = null;
   };
-  agent.routeData(id, (chunk) => {
+  channel.listen(id, (frame) => {
+    if (frame.type !== FrameType.DATA) return;
+    const chunk = frame.payload;
     queue.push(chunk);
     queued += chunk.length;
-    if (queued > READ_HIGH_WATER) agent.pauseFor(id, true);
+    if (queued > READ_HIGH_WATER) channel.pauseFor(id, true);
     poke();
   });
-  agent.expectReply(id, `download of ${path}`).then(
+  channel.expectReply(id, `download of ${path}`).then(
     () => {
       finished = true;
       poke();
@@ -114,12 +123,12 @@ export async function* readFile(agent: AgentClient, path: string, maxBytes: numb
     },
   );
   try {
-    agent.send(FrameType.READ_FILE, id, encodeReadFile(path, maxBytes));
+    channel.send(FrameType.READ_FILE, id, encodeReadFile(path, maxBytes));
     for (;;) {
       const chunk = queue.shift();
       if (chunk) {
         queued -= chunk.length;
-        if (queued <= READ_HIGH_WATER / 2) agent.pauseFor(id, false);
+        if (queued <= READ_HIGH_WATER / 2) channel.pauseFor(id, false);
         yield chunk;
         continue;
       }
@@ -128,12 +137,12 @@ export async function* readFile(agent: AgentClient, path: string, maxBytes: numb
       await new Promise<void>((resolve) => (wake = resolve));
     }
   } finally {
-    agent.routeData(id, null);
-    agent.pauseFor(id, false);
+    channel.unlisten(id);
+    channel.pauseFor(id, false);
     if (!finished && !failure) {
       // The reader stopped early: stop the guest sending.
-      agent.forgetReply(id);
-      if (!agent.closed) agent.send(FrameType.CANCEL, id);
+      channel.forgetReply(id);
+      if (!channel.closed) channel.send(FrameType.CANCEL, id);
     }
   }
 }

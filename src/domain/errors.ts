@@ -30,6 +30,8 @@ export const ErrorCodes = {
   READY_CHECK_FAILED: 'ready_check_failed',
   CANCELLED: 'cancelled',
   BAD_BUILD_FILE: 'bad_build_file',
+  /** A VM state change the lifecycle table (domain/vm-state.ts) does not allow. */
+  INVALID_STATE: 'invalid_state',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

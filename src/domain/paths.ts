@@ -21,6 +21,20 @@ export interface CellPaths {
   config: string;
   /** Running VMs' RAM files, on tmpfs, one folder per CELL_HOME (CELL_MEMORY_DIR overrides). */
   memory: string;
+  /** Restored, paused QEMUs waiting for a fork (engine/spare-pool.ts). */
+  spares: string;
+  /** vms/<id>/: a VM's overlay disks, sockets, logs and pidfile. */
+  vmDir(id: string): string;
+  /** spares/<id>/: a spare's files until a fork takes it (then they move to vmDir(id)). */
+  spareDir(id: string): string;
+  /**
+   * A running VM's RAM file, MAP_SHARED so a snapshot can take it as it is. It lives on tmpfs:
+   * on ext4 the guest's page faults cost block allocation (measured: boot 2.9 s against 2.2 s).
+   * Sparse, so it holds only the pages the guest touched; deleted when the VM stops.
+   */
+  memoryFile(id: string): string;
+  /** snapshots/<id>/: `memory`, `state`, `disk.qcow2` (and `data.qcow2`); never changed once written. */
+  snapshotDir(id: string): string;
 }
 
 export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
@@ -31,6 +45,7 @@ export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
 }
 
 export function cellPaths(home: string = defaultHome(), env: NodeJS.ProcessEnv = process.env): CellPaths {
+  const memory = env.CELL_MEMORY_DIR || join('/dev/shm', `cellvm-${createHash('sha256').update(home).digest('hex').slice(0, 12)}`);
   return {
     home,
     cache: env.CELL_CACHE || join(home, 'cache'),
@@ -42,6 +57,11 @@ export function cellPaths(home: string = defaultHome(), env: NodeJS.ProcessEnv =
     daemonLog: join(home, 'celld.log'),
     daemonPid: join(home, 'celld.pid'),
     config: join(home, 'config.json'),
-    memory: env.CELL_MEMORY_DIR || join('/dev/shm', `cellvm-${createHash('sha256').update(home).digest('hex').slice(0, 12)}`),
+    memory,
+    spares: join(home, 'spares'),
+    vmDir: (id) => join(home, 'vms', id),
+    spareDir: (id) => join(home, 'spares', id),
+    memoryFile: (id) => join(memory, `${id}.mem`),
+    snapshotDir: (id) => join(home, 'snapshots', id),
   };
 }

@@ -1,7 +1,8 @@
 import { availableParallelism, totalmem } from 'node:os';
 import { CellError, ErrorCodes } from './errors.js';
 
-export type VmState = 'created' | 'starting' | 'running' | 'stopping' | 'stopped';
+export type { VmState } from './vm-state.js';
+import type { VmState } from './vm-state.js';
 
 /** What the user asked for; persisted so `cell start` boots the same machine again. */
 export interface VmSpec {

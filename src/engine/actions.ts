@@ -12,7 +12,10 @@ import { shortId } from '../domain/ids.js';
 import { assertCompatible, compatKeyHash, type SnapshotRecord } from '../domain/snapshot.js';
 import { DEFAULT_CPUS, DEFAULT_MEMORY_MIB, mergeEnv, validateEnv, validateResources, type VmRecord } from '../domain/vm.js';
 import { resolveImageUser } from '../image/image-users.js';
-import type { Engine } from './engine.js';
+import { compatKey, type EngineContext } from './context.js';
+import type { Images } from './images.js';
+import type { Snapshots } from './snapshots.js';
+import type { Vms } from './vms.js';
 import { parseUser, runGuestCommand } from './exec-runner.js';
 import { readdir, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -58,7 +61,12 @@ interface Resolved {
  * own snapshot.
  */
 export class Actions {
-  constructor(private readonly engine: Engine) {}
+  constructor(
+    private readonly ctx: EngineContext,
+    private readonly vms: Vms,
+    private readonly snapshots: Snapshots,
+    private readonly images: Images,
+  ) {}
 
   async run(spec: ActionSpec, policy: CachePolicy = { mode: 'none' }, opts: ActionRunOptions = {}): Promise<ActionResult> {
     const started = performance.now();
@@ -82,7 +90,7 @@ export class Actions {
       compat: resolved.compat,
       salt: policy.salt,
     });
-    return this.engine.withLock(`action:${key}`, async () => {
+    return this.ctx.locks.run(`action:${key}`, async () => {
       const hit = policy.refresh ? undefined : this.lookup(key);
       if (hit) {
         opts.onPlan?.({ key, cached: true });
@@ -95,7 +103,7 @@ export class Actions {
 
   /** Cache entries, least recently used first, with the snapshot each holds. */
   listCache(): { entry: CacheEntry; snapshot: SnapshotRecord | undefined }[] {
-    return this.engine.actionCache.list().map((entry) => ({ entry, snapshot: this.engine.snapshotStore.get(entry.snapshotId) }));
+    return this.ctx.stores.actionCache.list().map((entry) => ({ entry, snapshot: this.snapshots.get(entry.snapshotId) }));
   }
 
   /**
@@ -113,26 +121,27 @@ export class Actions {
       const cutoff = opts.maxAgeMs !== undefined ? Date.now() - opts.maxAgeMs : -Infinity;
       const overCount = opts.maxCount !== undefined && all.length > opts.maxCount;
       const overBytes = opts.maxBytes !== undefined && total > opts.maxBytes;
-      const candidates = all.filter(({ entry, snapshot }) => !snapshot || this.engine.snapshots.removable(snapshot.id, entry.key));
+      const candidates = all.filter(({ entry, snapshot }) => !snapshot || this.snapshots.removable(snapshot.id, entry.key));
       const victim =
         overCount || overBytes ? candidates[0] : candidates.find(({ entry }) => Date.parse(entry.lastUsed) < cutoff);
       if (!victim) return removed;
-      if (victim.snapshot) await this.engine.snapshots.remove(victim.snapshot.id, true);
-      this.engine.actionCache.delete(victim.entry.key);
+      if (victim.snapshot) await this.snapshots.remove(victim.snapshot.id, true);
+      this.ctx.stores.actionCache.delete(victim.entry.key);
       removed.push(victim.entry);
     }
   }
 
   /** The cached snapshot for a key; a stale entry (its snapshot removed by force) is dropped. */
   lookup(key: string): SnapshotRecord | undefined {
-    const entry = this.engine.actionCache.get(key);
+    const cache = this.ctx.stores.actionCache;
+    const entry = cache.get(key);
     if (!entry) return undefined;
-    const snapshot = this.engine.snapshotStore.get(entry.snapshotId);
+    const snapshot = this.snapshots.get(entry.snapshotId);
     if (!snapshot) {
-      this.engine.actionCache.delete(key);
+      cache.delete(key);
       return undefined;
     }
-    this.engine.actionCache.recordHit(key, new Date().toISOString());
+    cache.recordHit(key, new Date().toISOString());
     return snapshot;
   }
 
@@ -147,15 +156,15 @@ export class Actions {
     if (spec.timeoutSec !== undefined && (!Number.isFinite(spec.timeoutSec) || spec.timeoutSec < 0)) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, `timeout ${spec.timeoutSec} must be a number of seconds >= 0`);
     }
-    const ready = await this.engine.host.ensure();
-    const compat = compatKeyHash(this.engine.compatKey(ready));
+    const ready = await this.ctx.host.ensure();
+    const compat = compatKeyHash(compatKey(this.ctx, ready));
     let resolved: Omit<Resolved, 'inject'>;
     if ('snapshot' in spec.source) {
       if (spec.cpus !== undefined || spec.memoryMib !== undefined) {
         throw new CellError(ErrorCodes.INVALID_ARGUMENT, "an action on a snapshot has the snapshot's CPUs and memory");
       }
-      const snapshot = this.engine.snapshots.resolve(spec.source.snapshot);
-      assertCompatible(snapshot.compat, this.engine.compatKey(ready), snapshot.name);
+      const snapshot = this.snapshots.resolve(spec.source.snapshot);
+      assertCompatible(snapshot.compat, compatKey(this.ctx, ready), snapshot.name);
       const user = spec.user || snapshot.spec.user;
       parseUser(user);
       resolved = {
@@ -174,7 +183,7 @@ export class Actions {
       const cpus = spec.cpus ?? DEFAULT_CPUS;
       const memoryMib = spec.memoryMib ?? DEFAULT_MEMORY_MIB;
       validateResources(cpus, memoryMib);
-      const image = await this.engine.images.ensure(spec.source.image);
+      const image = await this.images.ensure(spec.source.image);
       resolved = {
         kind: 'image',
         ref: image.reference,
@@ -219,7 +228,7 @@ export class Actions {
     const vm = await this.startVm(r, vmName);
     let service: Promise<ExecResult> | undefined;
     try {
-      const live = this.engine.live.require(vm.id);
+      const live = this.ctx.live.require(vm.id);
       if (r.inject) await inject(live.agent, r.inject);
       const { uid, gid } = parseUser(r.user);
       const command = { env: r.env, cwd: r.workingDir, uid, gid, signal: opts.signal };
@@ -239,29 +248,29 @@ export class Actions {
       if (opts.signal?.aborted) throw new CellError(ErrorCodes.CANCELLED, 'the action was cancelled');
       let snapshot: SnapshotRecord | null = null;
       if (exitCode === 0 && (key !== null || opts.snapshot)) {
-        snapshot = await this.engine.snapshots.take(vm.id, { name: cache ? this.snapshotName(cache.key) : undefined, stop: true });
+        snapshot = await this.snapshots.take(vm.id, { name: cache ? this.snapshotName(cache.key) : undefined, stop: true });
         if (cache) this.record(cache.key, snapshot.id, describeAction(spec, r), cache.replace);
       }
       return { exitCode, snapshot, cached: false, key, durationMs: performance.now() - started };
     } finally {
-      await this.engine.remove(vm.id, true).catch(() => {});
+      await this.vms.remove(vm.id, true).catch(() => {});
       await service?.catch(() => {});
     }
   }
 
   private async startVm(r: Resolved, name: string): Promise<VmRecord> {
     if (r.kind === 'snapshot') {
-      const [vm] = await this.engine.snapshots.fork(r.ref, {
+      const [vm] = await this.snapshots.fork(r.ref, {
         count: 1,
-        name: this.engine.availableName(name),
+        name: this.vms.availableName(name),
         overrides: { cmd: [], env: r.env, workingDir: r.workingDir, user: r.user },
         copyMemory: true,
       });
       return vm!;
     }
-    const created = await this.engine.create({
+    const created = await this.vms.create({
       image: r.ref,
-      name: this.engine.availableName(name),
+      name: this.vms.availableName(name),
       cpus: r.cpus,
       memoryMib: r.memoryMib,
       env: r.env,
@@ -269,9 +278,9 @@ export class Actions {
       user: r.user,
     });
     try {
-      return await this.engine.start(created.id);
+      return await this.vms.start(created.id);
     } catch (err) {
-      await this.engine.remove(created.id, true).catch(() => {});
+      await this.vms.remove(created.id, true).catch(() => {});
       throw err;
     }
   }
@@ -279,16 +288,17 @@ export class Actions {
   /** `cache-<key>` for the snapshot a cached result makes, unless a snapshot is called that already. */
   snapshotName(key: string): string | undefined {
     const name = `cache-${key.slice(0, 12)}`;
-    return this.engine.snapshotStore.nameExists(name) ? undefined : name;
+    return this.snapshots.nameExists(name) ? undefined : name;
   }
 
   /** Stores `key` -> snapshot. With `replace` the entry takes the old one's place (its snapshot is then unheld: `cell snapshot prune` can take it). */
   record(key: string, snapshotId: string, description: string, replace = false): void {
     const now = new Date().toISOString();
     const entry: CacheEntry = { key, snapshotId, description: description.slice(0, 200), createdAt: now, lastUsed: now, hits: 0 };
-    this.engine.db.transaction(() => {
-      if (replace) this.engine.actionCache.delete(key);
-      this.engine.actionCache.insert(entry);
+    const cache = this.ctx.stores.actionCache;
+    this.ctx.db.transaction(() => {
+      if (replace) cache.delete(key);
+      cache.insert(entry);
     })();
   }
 

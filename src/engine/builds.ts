@@ -6,7 +6,9 @@ import { parseBuildFile, type BuildPlan, type BuildStep } from '../domain/build-
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { compatKeyHash, type SnapshotRecord } from '../domain/snapshot.js';
 import { mergeEnv } from '../domain/vm.js';
-import type { Engine } from './engine.js';
+import type { Actions } from './actions.js';
+import { compatKey, type EngineContext } from './context.js';
+import type { Snapshots } from './snapshots.js';
 import type { OutputSink } from './output.js';
 
 export type BuildEvent =
@@ -52,7 +54,11 @@ export interface BuildResult {
  * run with (and so their keys); if they come last, a derived snapshot carries them.
  */
 export class Builds {
-  constructor(private readonly engine: Engine) {}
+  constructor(
+    private readonly ctx: EngineContext,
+    private readonly actions: Actions,
+    private readonly snapshots: Snapshots,
+  ) {}
 
   /** Reads and checks a build file (errors carry line numbers). */
   async load(file: string, target?: string): Promise<BuildPlan> {
@@ -65,7 +71,7 @@ export class Builds {
     const baseDescription = 'image' in plan.base ? plan.base.image : `snapshot ${plan.base.snapshot}`;
     emit({ type: 'base', description: baseDescription });
     let source: ActionSource = plan.base;
-    let current: SnapshotRecord | null = 'snapshot' in plan.base ? this.engine.snapshots.resolve(plan.base.snapshot) : null;
+    let current: SnapshotRecord | null = 'snapshot' in plan.base ? this.snapshots.resolve(plan.base.snapshot) : null;
     let pendingEnv: string[] = [];
     let pendingWorkdir: string | undefined;
     let workdir = current?.spec.workingDir ?? '/';
@@ -96,7 +102,7 @@ export class Builds {
       };
       let result;
       try {
-        result = await this.engine.actions.run(
+        result = await this.actions.run(
           spec,
           { mode: 'cache', refresh: opts.noCache },
           { sink: opts.sink, signal: opts.signal, vmName: `build-step${index + 1}` },
@@ -133,22 +139,22 @@ export class Builds {
     if (pendingEnv.length > 0 || pendingWorkdir !== undefined) {
       ({ snapshot: current, key } = await this.carryMetadata(current, pendingEnv, pendingWorkdir));
     }
-    if (opts.tag) current = this.engine.snapshots.tag(current.id, opts.tag);
+    if (opts.tag) current = this.snapshots.tag(current.id, opts.tag);
     return { snapshot: current, exitCode: 0, ran, cached, durationMs: performance.now() - started, key };
   }
 
   /** Trailing env/workdir steps: a derived snapshot, cached like a step so rebuilds reuse it. */
   private async carryMetadata(source: SnapshotRecord, env: string[], workingDir: string | undefined): Promise<{ snapshot: SnapshotRecord; key: string }> {
-    const ready = await this.engine.host.ensure();
+    const ready = await this.ctx.host.ensure();
     const spec = { env: mergeEnv(source.spec.env, env), workingDir: workingDir ?? source.spec.workingDir };
     const key = createHash('sha256')
-      .update(JSON.stringify(['derive', source.id, [...spec.env].sort(), spec.workingDir, compatKeyHash(this.engine.compatKey(ready))]))
+      .update(JSON.stringify(['derive', source.id, [...spec.env].sort(), spec.workingDir, compatKeyHash(compatKey(this.ctx, ready))]))
       .digest('hex');
-    return this.engine.withLock(`action:${key}`, async () => {
-      const hit = this.engine.actions.lookup(key);
+    return this.ctx.locks.run(`action:${key}`, async () => {
+      const hit = this.actions.lookup(key);
       if (hit) return { snapshot: hit, key };
-      const snapshot = await this.engine.snapshots.derive(source.id, spec, this.engine.actions.snapshotName(key));
-      this.engine.actions.record(key, snapshot.id, `${source.name}: set ${[...env, ...(workingDir ? [`workdir ${workingDir}`] : [])].join(' ')}`);
+      const snapshot = await this.snapshots.derive(source.id, spec, this.actions.snapshotName(key));
+      this.actions.record(key, snapshot.id, `${source.name}: set ${[...env, ...(workingDir ? [`workdir ${workingDir}`] : [])].join(' ')}`);
       return { snapshot, key };
     });
   }

@@ -16,7 +16,7 @@ import {
   type PullProgressFn,
 } from '../image/index.js';
 import { ImagePins } from '../store/image-pins.js';
-import type { Engine } from './engine.js';
+import type { EngineContext } from './context.js';
 
 export interface PullRequest {
   reference: string;
@@ -35,17 +35,17 @@ export interface PullRequest {
 export class Images {
   private readonly pins: ImagePins;
 
-  constructor(private readonly engine: Engine) {
-    this.pins = new ImagePins(engine.db);
+  constructor(private readonly ctx: EngineContext) {
+    this.pins = new ImagePins(ctx.db);
   }
 
   list(): ImageRecord[] {
-    return this.engine.imageStore.list();
+    return this.ctx.stores.images.list();
   }
 
   /** The local image a reference names, or undefined. */
   find(reference: string): ImageRecord | undefined {
-    const store = this.engine.imageStore;
+    const store = this.ctx.stores.images;
     const bare = reference.endsWith(':latest') ? reference.slice(0, -':latest'.length) : reference;
     const local = store.get(reference) ?? store.get(bare);
     if (local) return local;
@@ -69,14 +69,14 @@ export class Images {
   }
 
   async pull(req: PullRequest): Promise<ImageRecord> {
-    await this.engine.host.ensure();
+    await this.ctx.host.ensure();
     const image = await pullImage({
       reference: req.reference,
       platform: req.platform,
-      storeRoot: this.engine.paths.home,
-      db: this.engine.db,
+      storeRoot: this.ctx.paths.home,
+      db: this.ctx.db,
       onProgress: req.onProgress,
-      credentialsPath: join(this.engine.paths.home, 'credentials.json'),
+      credentialsPath: join(this.ctx.paths.home, 'credentials.json'),
       insecureRegistries: this.insecureRegistries(req.insecureRegistries),
       signal: req.signal,
     });
@@ -90,8 +90,8 @@ export class Images {
   }
 
   async importArchive(file: string, reference?: string): Promise<ImageRecord> {
-    await this.engine.host.ensure();
-    const image = await importArchive({ file, storeRoot: this.engine.paths.home, db: this.engine.db, reference });
+    await this.ctx.host.ensure();
+    const image = await importArchive({ file, storeRoot: this.ctx.paths.home, db: this.ctx.db, reference });
     await this.enforceCacheCap(image);
     return image;
   }
@@ -101,22 +101,22 @@ export class Images {
     const image = this.require(reference);
     if (image.builtin) throw new CellError(ErrorCodes.CONFLICT, `${image.reference} is built in: it cannot be removed`);
     const users = [
-      ...this.engine.vms.list().filter((vm) => vm.spec.imageDigest === image.digest).map((vm) => `VM ${vm.name}`),
-      ...this.engine.snapshotStore.list().filter((s) => s.spec.imageDigest === image.digest).map((s) => `snapshot ${s.name}`),
+      ...this.ctx.stores.vms.list().filter((vm) => vm.spec.imageDigest === image.digest).map((vm) => `VM ${vm.name}`),
+      ...this.ctx.stores.snapshots.list().filter((s) => s.spec.imageDigest === image.digest).map((s) => `snapshot ${s.name}`),
     ];
     if (users.length > 0 && !force) {
       throw new CellError(ErrorCodes.CONFLICT, `image ${image.reference} is in use by ${users.join(', ')}: remove them or use --force`);
     }
-    removeImageReference(this.engine.db, image.reference);
+    removeImageReference(this.ctx.db, image.reference);
     // Unpinned blobs and disks go now; a forced removal keeps what VMs and snapshots still pin.
-    await collectGarbage({ storeRoot: this.engine.paths.home, db: this.engine.db, graceMs: 0 });
+    await collectGarbage({ storeRoot: this.ctx.paths.home, db: this.ctx.db, graceMs: 0 });
   }
 
   /** Uploads a local image to a registry under `target` (blobs it already has are skipped). */
   push(reference: string, target: string, insecure: string[] = []): Promise<{ digest: string; reference: string }> {
     const image = this.require(reference);
     if (image.builtin) throw new CellError(ErrorCodes.CONFLICT, `${image.reference} is built in and has no OCI manifest to push`);
-    return pushImage({ image: image.reference, reference: target, storeRoot: this.engine.paths.home, db: this.engine.db, ...this.registryAccess(insecure) });
+    return pushImage({ image: image.reference, reference: target, storeRoot: this.ctx.paths.home, db: this.ctx.db, ...this.registryAccess(insecure) });
   }
 
   /** Checks the credentials against the registry, then stores them (mode 0600). */
@@ -131,7 +131,7 @@ export class Images {
   /** Writes an OCI-layout tar of a local image. */
   export(reference: string, file: string): Promise<{ digest: string; bytes: number }> {
     const image = this.require(reference);
-    return exportImage({ reference: image.reference, file, storeRoot: this.engine.paths.home, db: this.engine.db });
+    return exportImage({ reference: image.reference, file, storeRoot: this.ctx.paths.home, db: this.ctx.db });
   }
 
   /**
@@ -139,7 +139,7 @@ export class Images {
    * always removes blobs and disks no image, VM or snapshot pins.
    */
   async prune(opts: { maxBytes?: number } = {}): Promise<{ evicted: string[]; bytesFreed: number }> {
-    const root = { storeRoot: this.engine.paths.home, db: this.engine.db, graceMs: 0 };
+    const root = { storeRoot: this.ctx.paths.home, db: this.ctx.db, graceMs: 0 };
     if (opts.maxBytes !== undefined) {
       const { evicted, gc } = await evictImages({ ...root, maxBytes: opts.maxBytes });
       return { evicted, bytesFreed: gc.bytesFreed };
@@ -150,23 +150,23 @@ export class Images {
 
   /** celld's insecure registries (config.json, CELL_INSECURE_REGISTRIES) plus a request's own. */
   private insecureRegistries(extra: string[] = []): string[] {
-    return [...new Set([...(this.engine.config.insecureRegistries ?? []), ...extra.map((s) => s.trim()).filter(Boolean)])];
+    return [...new Set([...(this.ctx.config.insecureRegistries ?? []), ...extra.map((s) => s.trim()).filter(Boolean)])];
   }
 
   /** With imageCacheMaxBytes set, least recently used images past the cap go (never `keep`). */
   private async enforceCacheCap(keep: ImageRecord): Promise<void> {
-    const max = this.engine.config.imageCacheMaxBytes;
+    const max = this.ctx.config.imageCacheMaxBytes;
     if (max === undefined) return;
     this.pins.pin('pull', keep.digest, [keep.digest]);
     try {
-      await evictImages({ storeRoot: this.engine.paths.home, db: this.engine.db, maxBytes: max, graceMs: 0 });
+      await evictImages({ storeRoot: this.ctx.paths.home, db: this.ctx.db, maxBytes: max, graceMs: 0 });
     } finally {
       this.pins.unpin('pull', keep.digest);
     }
   }
 
   private registryAccess(insecure: string[] = []) {
-    return { credentialsPath: join(this.engine.paths.home, 'credentials.json'), insecureRegistries: this.insecureRegistries(insecure) };
+    return { credentialsPath: join(this.ctx.paths.home, 'credentials.json'), insecureRegistries: this.insecureRegistries(insecure) };
   }
 
   pin(kind: 'vm' | 'snapshot', id: string, imageDigest: string): void {

@@ -1,11 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { restoreState } from '../vmm/qemu/migration.js';
 import { AgentClient } from '../agent/client.js';
+import { connectWithRetry } from '../vmm/unix-socket.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
-import type { MachineSpec } from '../vmm/backend.js';
-import type { QemuBackend, StartedMachine } from '../vmm/qemu/backend.js';
-import { connectWithRetry, type QmpClient } from '../vmm/qemu/qmp.js';
+import type { Backend, MachineControl, MachineSpec, StartedMachine } from '../vmm/backend.js';
 
 const SIGTERM = 15;
 const SIGKILL = 9;
@@ -14,7 +11,7 @@ export interface LiveMachine {
   id: string;
   pid: number;
   dir: string;
-  qmp: QmpClient;
+  control: MachineControl;
   agent: AgentClient;
   /** RAM is a MAP_SHARED file (cold boot), so a snapshot can take the file as it is. */
   memoryShared: boolean;
@@ -39,7 +36,7 @@ export class LiveMachines {
   private readonly machines = new Map<string, LiveMachine>();
 
   constructor(
-    private readonly backend: QemuBackend,
+    private readonly backend: Backend,
     private readonly onGone: GoneListener,
   ) {}
 
@@ -73,7 +70,7 @@ export class LiveMachines {
           await this.loadState(spec, started, restore.statePath);
           trace('state loaded');
         }
-        await started.qmp.execute('cont');
+        await started.control.resume();
       }
       const socket = await connectWithRetry(started.files.agentSocket, Math.max(0, deadline - Date.now()));
       const agent = new AgentClient(socket);
@@ -84,9 +81,9 @@ export class LiveMachines {
       trace('agent ready');
       await initialiseGuest(agent, restore?.identity);
       trace('guest initialised');
-      return this.track(spec.id, started.pid, spec.dir, started.qmp, agent, spec.memory.shared);
+      return this.track(spec.id, started.pid, spec.dir, started.control, agent, spec.memory.shared);
     } catch (err) {
-      started.qmp.close();
+      started.control.close();
       await this.backend.kill(started.pid, spec.id);
       if (err instanceof CellError && (err.code === ErrorCodes.BOOT_FAILED || err.code === ErrorCodes.SNAPSHOT_FAILED)) throw err;
       const why =
@@ -108,7 +105,7 @@ export class LiveMachines {
       await this.loadState(spec, started, statePath);
       return { started };
     } catch (err) {
-      started.qmp.close();
+      started.control.close();
       await this.backend.kill(started.pid, spec.id);
       throw err;
     }
@@ -118,7 +115,7 @@ export class LiveMachines {
     const qemuExit = started.exited.then(() => {
       throw this.backend.bootFailure(spec, started.files, 'QEMU exited while loading the snapshot (corrupt or truncated state?)');
     });
-    await Promise.race([restoreState(started.qmp, statePath, { ignoreShared: true }), qemuExit]);
+    await Promise.race([started.control.loadState(statePath, { withRam: false }), qemuExit]);
   }
 
   /** Reconnects to a machine a previous daemon started; null when it is gone. */
@@ -128,22 +125,22 @@ export class LiveMachines {
     try {
       const agent = new AgentClient(await connectWithRetry(attached.files.agentSocket, 2000));
       await agent.waitReady(Date.now() + 5000);
-      return this.track(id, pid, dir, attached.qmp, agent, memoryIsShared(pid));
+      return this.track(id, pid, dir, attached.control, agent, attached.memoryShared);
     } catch {
-      attached.qmp.close();
+      attached.control.close();
       return null;
     }
   }
 
-  private track(id: string, pid: number, dir: string, qmp: QmpClient, agent: AgentClient, memoryShared: boolean): LiveMachine {
+  private track(id: string, pid: number, dir: string, control: MachineControl, agent: AgentClient, memoryShared: boolean): LiveMachine {
     let markGone!: () => void;
     const gone = new Promise<void>((resolve) => {
       markGone = resolve;
     });
-    const live: LiveMachine = { id, pid, dir, qmp, agent, memoryShared, stopping: false, gone };
+    const live: LiveMachine = { id, pid, dir, control, agent, memoryShared, stopping: false, gone };
     this.machines.set(id, live);
-    // QMP closing is the one signal that works whether or not we are QEMU's parent.
-    qmp.once('close', () => {
+    // The control channel closing is the one signal that works whether or not we are QEMU's parent.
+    control.onClose(() => {
       this.machines.delete(id);
       agent.close();
       markGone();
@@ -190,24 +187,24 @@ export class LiveMachines {
   private async waitGoneOrKill(live: LiveMachine, waitMs: number): Promise<void> {
     const exited = await Promise.race([live.gone.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), waitMs))]);
     if (!exited) {
-      await live.qmp.execute('quit').catch(() => {});
+      await live.control.quit().catch(() => {});
       const quit = await Promise.race([live.gone.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 1000))]);
       if (!quit) await this.backend.kill(live.pid, live.id);
     }
     await this.backend.kill(live.pid, live.id);
-    live.qmp.close();
+    live.control.close();
     await live.gone;
   }
 
   /** Pauses the guest's CPUs (for a consistent snapshot). */
   async pause(id: string): Promise<LiveMachine> {
     const live = this.require(id);
-    await live.qmp.execute('stop');
+    await live.control.pause();
     return live;
   }
 
   async resume(id: string): Promise<void> {
-    await this.require(id).qmp.execute('cont');
+    await this.require(id).control.resume();
   }
 
   /** Ends a paused machine whose state was saved: QEMU quits, the guest is not shut down. */
@@ -221,8 +218,8 @@ export class LiveMachines {
   /** Closes connections without touching the machines (daemon shutdown: VMs outlive celld). */
   detachAll(): void {
     for (const live of this.machines.values()) {
-      live.qmp.removeAllListeners('close');
-      live.qmp.close();
+      live.control.clearCloseListeners();
+      live.control.close();
       live.agent.close();
     }
     this.machines.clear();
@@ -256,14 +253,6 @@ async function initialiseGuest(agent: AgentClient, identity?: GuestIdentity): Pr
     agent.addEntropy(randomBytes(256)),
     identity ? agent.setIdentity(identity) : Promise.resolve(),
   ]);
-}
-
-function memoryIsShared(pid: number): boolean {
-  try {
-    return /memory-backend-file[^\0]*share=on/.test(readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
-  } catch {
-    return false;
-  }
 }
 
 /** CELL_TRACE=1 logs boot phases with their times to celld's log (for finding where time goes). */

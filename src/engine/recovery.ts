@@ -1,23 +1,28 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import { parseConfig, withEnvironment, type CellConfig } from '../domain/config.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
-import type { Engine } from './engine.js';
+import { mayHaveMachine, recoveredExitReason } from '../domain/vm-state.js';
+import type { EngineContext } from './context.js';
+import { releaseMemory } from './machine-spec.js';
 import { exitInfo } from './vm-records.js';
 
-/** After a daemon restart: reconnect to machines still alive, record the rest as stopped. */
-export async function reconcile(engine: Engine): Promise<void> {
-  for (const vm of engine.vms.list()) {
-    if (vm.state === 'created' || vm.state === 'stopped') continue;
-    const attached = vm.pid && vm.state === 'running' ? await engine.live.attach(vm.id, engine.vmDir(vm.id), vm.pid) : null;
+/**
+ * After a daemon restart: reconnect to running machines still alive, end and record as stopped
+ * the rest (a VM left `starting` or `stopping` by a daemon that died is not trusted to finish).
+ * The state changes go through the same lifecycle table as everything else.
+ */
+export async function reconcile(ctx: Pick<EngineContext, 'stores' | 'live' | 'backend' | 'paths'>): Promise<void> {
+  const { vms } = ctx.stores;
+  for (const vm of vms.list()) {
+    if (!mayHaveMachine(vm.state)) continue;
+    const attached = vm.pid && vm.state === 'running' ? await ctx.live.attach(vm.id, ctx.paths.vmDir(vm.id), vm.pid) : null;
     if (attached) continue;
-    if (vm.pid) await engine.backend.kill(vm.pid, vm.id);
-    engine.releaseMemory(vm.id);
-    engine.vms.update(vm.id, {
-      state: 'stopped',
+    if (vm.pid) await ctx.backend.kill(vm.pid, vm.id);
+    releaseMemory(ctx.paths, vm.id);
+    vms.setState(vm.id, 'stopped', {
       stoppedAt: new Date().toISOString(),
       pid: null,
-      exit: vm.exit ?? exitInfo(vm.state === 'stopping' ? 'stopped' : 'lost'),
+      exit: vm.exit ?? exitInfo(recoveredExitReason(vm.state)),
     });
   }
 }
@@ -26,17 +31,18 @@ export async function reconcile(engine: Engine): Promise<void> {
  * VM directories no record names: spares of a celld that crashed, or a VM whose creation was cut
  * short. Their QEMU (if it still runs, and is theirs) is ended and the directory removed.
  */
-export async function sweepOrphans(engine: Engine): Promise<void> {
-  const known = new Set(engine.vms.list().map((vm) => vm.id));
+export async function sweepOrphans(ctx: Pick<EngineContext, 'stores' | 'backend' | 'paths'>): Promise<void> {
+  const { paths } = ctx;
+  const known = new Set(ctx.stores.vms.list().map((vm) => vm.id));
   const orphans = [
-    ...(await readdir(engine.paths.vms)).filter((id) => !known.has(id)).map((id) => ({ id, dir: engine.vmDir(id) })),
-    ...(await readdir(join(engine.paths.home, 'spares')).catch(() => [] as string[])).map((id) => ({ id, dir: engine.spareDir(id) })),
+    ...(await readdir(paths.vms)).filter((id) => !known.has(id)).map((id) => ({ id, dir: paths.vmDir(id) })),
+    ...(await readdir(paths.spares).catch(() => [] as string[])).map((id) => ({ id, dir: paths.spareDir(id) })),
   ];
   for (const { id, dir } of orphans) {
     if (!/^[0-9a-f]{64}$/.test(id)) continue;
-    const pid = Number(await readFile(join(dir, 'qemu.pid'), 'utf8').catch(() => ''));
-    if (pid > 0) await engine.backend.kill(pid, id);
-    engine.releaseMemory(id);
+    const pid = Number(await readFile(ctx.backend.files(dir).pidFile, 'utf8').catch(() => ''));
+    if (pid > 0) await ctx.backend.kill(pid, id);
+    releaseMemory(paths, id);
     await rm(dir, { recursive: true, force: true });
   }
 }

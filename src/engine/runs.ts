@@ -1,22 +1,45 @@
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { validateName } from '../domain/ids.js';
 import { mergeEnv, validateEnv, type VmRecord } from '../domain/vm.js';
-import type { Engine, RunEvents, RunRequest } from './engine.js';
+import type { EngineContext } from './context.js';
 import { parseUser, runGuestCommand } from './exec-runner.js';
 import { NULL_SINK, type ExecResult, type OutputSink } from './output.js';
+import type { Snapshots } from './snapshots.js';
+import type { Templates } from './templates.js';
 import { exitInfo } from './vm-records.js';
+import type { CreateVmRequest, Vms } from './vms.js';
+
+export interface RunRequest extends CreateVmRequest {
+  detach?: boolean;
+  /** Fork this snapshot instead of booting the image (`image` is then ignored). */
+  fromSnapshot?: string;
+  /** Start from this template (`NAME` or `NAME:ROLE`): warm when it has a snapshot, else cold. */
+  template?: string;
+}
+
+export interface RunEvents {
+  /** The VM record exists (id and name known). */
+  onCreated?(vm: VmRecord): void;
+  /** The guest agent answered: the command is about to start. */
+  onRunning?(vm: VmRecord): void;
+}
 
 
 /** `cell run` in its three forms: boot an image, fork a snapshot (`--from`), start a template. */
 export class Runs {
-  constructor(private readonly engine: Engine) {}
+  constructor(
+    private readonly ctx: EngineContext,
+    private readonly vms: Vms,
+    private readonly snapshots: Snapshots,
+    private readonly templates: Templates,
+  ) {}
 
   /**
    * `cell run`: create, boot, run the main command. Attached, the VM stops when the command ends
    * (and is removed with autoRemove); detached, it keeps running after its command. A VM that fails
    * to boot during `run` is removed: a failed run leaves nothing behind.
    */
-  async run(req: RunRequest, sink: OutputSink, events: RunEvents, signal?: AbortSignal): Promise<{ vm: VmRecord; result?: ExecResult }> {
+  async run(req: RunRequest, sink: OutputSink = NULL_SINK, events: RunEvents = {}, signal?: AbortSignal): Promise<{ vm: VmRecord; result?: ExecResult }> {
     let vm: VmRecord;
     if (req.fromSnapshot && req.template) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'give --from or --template, not both');
     if (req.fromSnapshot) {
@@ -26,12 +49,12 @@ export class Runs {
       vm = await this.templateForRun(req);
       events.onCreated?.(vm);
     } else {
-      const created = await this.engine.create(req);
+      const created = await this.vms.create(req);
       events.onCreated?.(created);
       try {
-        vm = await this.engine.start(created.id);
+        vm = await this.vms.start(created.id);
       } catch (err) {
-        await this.engine.remove(created.id, true).catch(() => {});
+        await this.vms.remove(created.id, true).catch(() => {});
         throw err;
       }
     }
@@ -46,11 +69,11 @@ export class Runs {
     } finally {
       // A VM about to be removed needs no clean shutdown (its disk goes too): ending QEMU at once
       // saves the guest's power-off, tens of milliseconds under TCG.
-      if (!vm.spec.autoRemove) await this.engine.stop(vm.id, 0).catch(() => {});
+      if (!vm.spec.autoRemove) await this.vms.stop(vm.id, 0).catch(() => {});
     }
-    if (!vm.spec.autoRemove) return { vm: this.engine.vms.get(vm.id) ?? vm, result };
-    const final = { ...(this.engine.vms.get(vm.id) ?? vm), state: 'stopped' as const, pid: null, stoppedAt: new Date().toISOString() };
-    await this.engine.remove(vm.id, true);
+    if (!vm.spec.autoRemove) return { vm: this.vms.get(vm.id) ?? vm, result };
+    const final = { ...(this.vms.get(vm.id) ?? vm), state: 'stopped' as const, pid: null, stoppedAt: new Date().toISOString() };
+    await this.vms.remove(vm.id, true);
     return { vm: final, result };
   }
 
@@ -64,8 +87,8 @@ export class Runs {
     if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork has its snapshot's CPUs, memory and disks: drop --cpus, --memory and --data-disk with --from");
     }
-    const snapshot = this.engine.snapshots.resolve(req.fromSnapshot!);
-    const [vm] = await this.engine.snapshots.fork(snapshot.id, {
+    const snapshot = this.snapshots.resolve(req.fromSnapshot!);
+    const [vm] = await this.snapshots.fork(snapshot.id, {
       count: 1,
       name: req.name,
       overrides: {
@@ -91,9 +114,9 @@ export class Runs {
     validateEnv(req.env ?? []);
     parseUser(req.user);
     if (req.name !== undefined) validateName(req.name);
-    const name = req.name ?? this.engine.freshName();
-    if (this.engine.vms.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another VM`);
-    return this.engine.templates.startVm(req.template!, name, {
+    const name = req.name ?? this.vms.freshName();
+    this.vms.assertNameFree(name);
+    return this.templates.startVm(req.template!, name, {
       cmd: req.cmd ?? [],
       env: req.env ?? [],
       workingDir: req.workingDir ?? '',
@@ -105,14 +128,14 @@ export class Runs {
 
   /** Runs the VM's main command; its output goes to the VM's log and to the sink. */
   private async runMain(vm: VmRecord, sink: OutputSink, signal?: AbortSignal): Promise<ExecResult> {
-    const live = this.engine.live.require(vm.id);
+    const live = this.ctx.live.require(vm.id);
     const tee: OutputSink = {
       stdout: (c) => {
-        this.engine.logs.append(vm.id, 'stdout', c);
+        this.vms.logs.append(vm.id, 'stdout', c);
         sink.stdout(c);
       },
       stderr: (c) => {
-        this.engine.logs.append(vm.id, 'stderr', c);
+        this.vms.logs.append(vm.id, 'stderr', c);
         sink.stderr(c);
       },
     };
@@ -130,9 +153,9 @@ export class Runs {
         result = { exitCode: 126, signal: null, timedOut: false, durationMs: 0 };
       } else throw err;
     }
-    await this.engine.logs.flushed(vm.id);
-    if (this.engine.vms.get(vm.id)) {
-      this.engine.vms.update(vm.id, { exit: exitInfo(result.timedOut ? 'timeout' : 'exited', result.exitCode, result.signal) });
+    await this.vms.logs.flushed(vm.id);
+    if (this.vms.get(vm.id)) {
+      this.ctx.stores.vms.update(vm.id, { exit: exitInfo(result.timedOut ? 'timeout' : 'exited', result.exitCode, result.signal) });
     }
     return result;
   }

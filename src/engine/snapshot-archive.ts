@@ -5,7 +5,8 @@ import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
-import type { Engine } from './engine.js';
+import type { CellPaths } from '../domain/paths.js';
+import type { EngineContext } from './context.js';
 
 const run = promisify(execFile);
 const FORMAT = 'cellvm-snapshot/1';
@@ -32,8 +33,8 @@ async function tool(cmd: string, args: string[], what: string): Promise<void> {
  * file written out in full (tar's sparse mode keeps the archive small), and its disk flattened
  * into one standalone qcow2 (the backing chain names paths that exist only on this host).
  */
-export async function exportSnapshot(engine: Engine, snapshot: SnapshotRecord, file: string): Promise<{ bytes: number }> {
-  const src = engine.snapshotDir(snapshot.id);
+export async function exportSnapshot(paths: CellPaths, snapshot: SnapshotRecord, file: string): Promise<{ bytes: number }> {
+  const src = paths.snapshotDir(snapshot.id);
   const work = await mkdtemp(join(dirname(file), '.cell-export-'));
   try {
     await writeFile(join(work, 'snapshot.json'), JSON.stringify({ format: FORMAT, snapshot } satisfies ArchiveMeta, null, 2));
@@ -56,8 +57,9 @@ export async function exportSnapshot(engine: Engine, snapshot: SnapshotRecord, f
 }
 
 /** Reads an archive made by exportSnapshot; the snapshot keeps its id and name unless they clash. */
-export async function importSnapshot(engine: Engine, file: string, name?: string): Promise<SnapshotRecord> {
-  const staging = join(engine.paths.snapshots, `.import-${process.pid}-${Date.now()}`);
+export async function importSnapshot(ctx: Pick<EngineContext, 'paths' | 'db' | 'stores'>, file: string, name?: string): Promise<SnapshotRecord> {
+  const { paths, stores } = ctx;
+  const staging = join(paths.snapshots, `.import-${process.pid}-${Date.now()}`);
   await mkdir(staging, { recursive: true });
   try {
     await tool('tar', ['-xf', file, '-C', staging, ...MEMBERS], `${file} is not a cellvm snapshot archive`);
@@ -80,15 +82,15 @@ export async function importSnapshot(engine: Engine, file: string, name?: string
       parentSnapshot: null,
       createdAt: meta.snapshot.createdAt,
     };
-    if (engine.snapshotStore.get(record.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${record.id.slice(0, 12)} is already here`);
+    if (stores.snapshots.get(record.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${record.id.slice(0, 12)} is already here`);
     await rm(join(staging, 'snapshot.json'));
-    await rename(staging, engine.snapshotDir(record.id));
+    await rename(staging, paths.snapshotDir(record.id));
     try {
-      engine.db.transaction(() => {
-        engine.snapshotStore.insert(record);
+      ctx.db.transaction(() => {
+        stores.snapshots.insert(record);
       })();
     } catch (err) {
-      await rm(engine.snapshotDir(record.id), { recursive: true, force: true });
+      await rm(paths.snapshotDir(record.id), { recursive: true, force: true });
       throw err;
     }
     return record;

@@ -7,12 +7,14 @@ import { newId, resolveRef, validateName } from '../domain/ids.js';
 import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
 import type { VmRecord } from '../domain/vm.js';
 import { copySparse } from '../host/files.js';
-import { saveState } from '../vmm/qemu/migration.js';
-import type { Engine } from './engine.js';
+import { compatKey, type EngineContext } from './context.js';
+import type { Images } from './images.js';
+import { releaseMemory } from './machine-spec.js';
 import { exitInfo, guestHostname } from './vm-records.js';
 import { convertToSharedMemory } from './memory-conversion.js';
-import type { Spare } from './spare-pool.js';
+import type { Spare, SparePool } from './spare-pool.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
+import type { Vms } from './vms.js';
 
 
 export interface TakeSnapshotOptions {
@@ -42,14 +44,27 @@ export const MAX_FORKS = 64;
  * change.
  */
 export class Snapshots {
-  constructor(private readonly engine: Engine) {}
+  constructor(
+    private readonly ctx: EngineContext,
+    private readonly vms: Vms,
+    private readonly spares: SparePool,
+    private readonly images: Images,
+  ) {}
 
   list(): SnapshotRecord[] {
-    return this.engine.snapshotStore.list();
+    return this.ctx.stores.snapshots.list();
+  }
+
+  get(id: string): SnapshotRecord | undefined {
+    return this.ctx.stores.snapshots.get(id);
+  }
+
+  nameExists(name: string): boolean {
+    return this.ctx.stores.snapshots.nameExists(name);
   }
 
   resolve(ref: string): SnapshotRecord {
-    return resolveRef('snapshot', ref, this.engine.snapshotStore.list());
+    return resolveRef('snapshot', ref, this.ctx.stores.snapshots.list());
   }
 
   /**
@@ -57,41 +72,42 @@ export class Snapshots {
    * new snapshot (so it too maps the frozen RAM copy-on-write and runs on a fresh overlay).
    */
   take(vmRef: string, opts: TakeSnapshotOptions = {}): Promise<SnapshotRecord> {
-    const vm = this.engine.resolve(vmRef);
+    const vm = this.vms.resolve(vmRef);
     if (opts.name !== undefined) validateName(opts.name);
-    return this.engine.withLock(vm.id, async () => {
-      const current = this.engine.vms.get(vm.id)!;
+    return this.ctx.locks.run(vm.id, async () => {
+      const { stores, paths, live } = this.ctx;
+      const current = stores.vms.get(vm.id)!;
       if (current.state !== 'running') {
         throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): only a running VM can be snapshotted`);
       }
       const name = opts.name ?? `${vm.name}-snap-${randomBytes(2).toString('hex')}`;
-      if (this.engine.snapshotStore.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another snapshot`);
-      const ready = await this.engine.host.ensure();
+      if (stores.snapshots.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another snapshot`);
+      const ready = await this.ctx.host.ensure();
       const id = newId();
-      const staging = join(this.engine.paths.snapshots, `.tmp-${id}`);
+      const staging = join(paths.snapshots, `.tmp-${id}`);
       await mkdir(staging, { recursive: true });
       // What the guest's page cache holds must reach the disk layer being frozen: a VM that later
       // boots cold from it (start after --stop, a template's cold start) sees only the disk.
-      await this.engine.live.require(vm.id).agent.sync().catch(() => {});
-      const live = await this.engine.live.pause(vm.id);
+      await live.require(vm.id).agent.sync().catch(() => {});
+      const machine = await live.pause(vm.id);
       let quit = false;
       try {
-        if (live.memoryShared) {
+        if (machine.memoryShared) {
           // RAM is already a file: save only device state, then copy the (sparse) file while paused.
-          await saveState(live.qmp, join(staging, 'state'), { ignoreShared: true });
-          await copySparse(this.engine.memoryPath(vm.id), join(staging, 'memory'));
+          await machine.control.saveState(join(staging, 'state'), { withRam: false });
+          await copySparse(paths.memoryFile(vm.id), join(staging, 'memory'));
         } else {
           // RAM is a private copy-on-write mapping: save it whole, then turn it into a file.
-          await saveState(live.qmp, join(staging, 'full-state'), { ignoreShared: false });
-          await convertToSharedMemory(this.engine, current, staging);
+          await machine.control.saveState(join(staging, 'full-state'), { withRam: true });
+          await convertToSharedMemory(this.ctx, current, staging);
         }
-        await this.engine.live.quitPaused(vm.id);
+        await live.quitPaused(vm.id);
         quit = true;
-        await rename(join(this.engine.vmDir(vm.id), 'disk.qcow2'), join(staging, 'disk.qcow2'));
-        const data = join(this.engine.vmDir(vm.id), 'data.qcow2');
+        await rename(join(paths.vmDir(vm.id), 'disk.qcow2'), join(staging, 'disk.qcow2'));
+        const data = join(paths.vmDir(vm.id), 'data.qcow2');
         if (existsSync(data)) await rename(data, join(staging, 'data.qcow2'));
       } catch (err) {
-        if (!quit) await this.engine.live.resume(vm.id).catch(() => {});
+        if (!quit) await live.resume(vm.id).catch(() => {});
         await rm(staging, { recursive: true, force: true });
         throw err instanceof CellError ? err : new CellError(ErrorCodes.SNAPSHOT_FAILED, `snapshot of ${vm.name} failed: ${(err as Error).message}`);
       }
@@ -104,23 +120,23 @@ export class Snapshots {
         parentVmName: vm.name,
         parentSnapshot: current.baseSnapshot,
         spec: current.spec,
-        compat: this.engine.compatKey(ready),
+        compat: compatKey(this.ctx, ready),
         stateBytes: sizes[0]!,
         memoryBytes: sizes[1]!,
         diskBytes: sizes[2]! + sizes[3]!,
         createdAt: new Date().toISOString(),
       };
-      await rename(staging, this.engine.snapshotDir(id));
-      this.engine.db.transaction(() => {
-        this.engine.snapshotStore.insert(record);
-        this.engine.images.pin('snapshot', id, record.spec.imageDigest);
+      await rename(staging, paths.snapshotDir(id));
+      this.ctx.db.transaction(() => {
+        stores.snapshots.insert(record);
+        this.images.pin('snapshot', id, record.spec.imageDigest);
       })();
       // From now on the VM's disk is an overlay on the frozen layer.
-      this.engine.vms.update(vm.id, { baseSnapshot: id, state: 'stopped', pid: null, stoppedAt: new Date().toISOString(), exit: exitInfo('snapshot') });
-      this.engine.releaseMemory(vm.id);
+      stores.vms.setState(vm.id, 'stopped', { baseSnapshot: id, pid: null, stoppedAt: new Date().toISOString(), exit: exitInfo('snapshot') });
+      releaseMemory(paths, vm.id);
       // It continues on its own copy of the RAM it was saved with (not a copy-on-write mapping), so
       // its next snapshot is again a file copy (~0.2 s) rather than a full RAM save (~1.4 s here).
-      if (!opts.stop) await this.engine.bootLocked(vm.id, { snapshot: record, copyMemory: true });
+      if (!opts.stop) await this.vms.boot(vm.id, { snapshot: record, copyMemory: true });
       return record;
     });
   }
@@ -136,28 +152,28 @@ export class Snapshots {
     const names =
       opts.name !== undefined && count === 1
         ? [opts.name]
-        : Array.from({ length: count }, (_, i) => (opts.namePrefix !== undefined || count > 1 ? `${prefix}-${i + 1}` : this.engine.freshName()));
+        : Array.from({ length: count }, (_, i) => (opts.namePrefix !== undefined || count > 1 ? `${prefix}-${i + 1}` : this.vms.freshName()));
     for (const n of names) {
       validateName(n);
-      if (this.engine.vms.nameExists(n)) throw new CellError(ErrorCodes.CONFLICT, `the name "${n}" is already in use by another VM`);
+      this.vms.assertNameFree(n);
     }
-    assertCompatible(snapshot.compat, this.engine.compatKey(await this.engine.host.ensure()), snapshot.name);
+    assertCompatible(snapshot.compat, compatKey(this.ctx, await this.ctx.host.ensure()), snapshot.name);
     const created: { vm: VmRecord; spare: Spare | undefined }[] = [];
     for (const name of names) {
       // A spare (restored, paused) saves QEMU's start and the state load; private-RAM forks need their own.
-      const spare = opts.copyMemory ? undefined : await this.engine.spares.take(snapshot.id);
+      const spare = opts.copyMemory ? undefined : await this.spares.take(snapshot.id);
       try {
         created.push({ vm: await this.createForkRecord(snapshot, name, opts.overrides ?? {}, spare?.id), spare });
       } catch (err) {
-        if (spare) await this.engine.spares.discard(spare);
-        await Promise.all(created.map(({ vm }) => this.engine.remove(vm.id, true).catch(() => {})));
+        if (spare) await this.spares.discard(spare);
+        await Promise.all(created.map(({ vm }) => this.vms.remove(vm.id, true).catch(() => {})));
         throw err;
       }
     }
     const results = await Promise.allSettled(
       created.map(({ vm, spare }) =>
-        this.engine.withLock(vm.id, () =>
-          this.engine.bootLocked(vm.id, {
+        this.vms.withLock(vm.id, () =>
+          this.vms.boot(vm.id, {
             snapshot,
             copyMemory: opts.copyMemory,
             spare,
@@ -166,11 +182,11 @@ export class Snapshots {
         ),
       ),
     );
-    if (!opts.copyMemory) this.engine.spares.replenish(snapshot);
+    if (!opts.copyMemory) this.spares.replenish(snapshot);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) {
       // All or nothing: a fork that failed must not leave its siblings behind.
-      await Promise.all(created.map(({ vm }) => this.engine.remove(vm.id, true).catch(() => {})));
+      await Promise.all(created.map(({ vm }) => this.vms.remove(vm.id, true).catch(() => {})));
       throw failed.reason;
     }
     return results.map((r) => (r as PromiseFulfilledResult<VmRecord>).value);
@@ -185,18 +201,19 @@ export class Snapshots {
   async derive(sourceRef: string, changes: Partial<Pick<VmRecord['spec'], 'env' | 'workingDir' | 'user'>>, name?: string): Promise<SnapshotRecord> {
     const source = this.resolve(sourceRef);
     if (name !== undefined) validateName(name);
-    return this.engine.withLock(source.id, async () => {
+    return this.ctx.locks.run(source.id, async () => {
+      const { paths, stores } = this.ctx;
       const id = newId();
       const finalName = name ?? `${source.name}-${randomBytes(2).toString('hex')}`;
-      if (this.engine.snapshotStore.nameExists(finalName)) throw new CellError(ErrorCodes.CONFLICT, `the name "${finalName}" is already in use by another snapshot`);
-      const staging = join(this.engine.paths.snapshots, `.tmp-${id}`);
+      if (stores.snapshots.nameExists(finalName)) throw new CellError(ErrorCodes.CONFLICT, `the name "${finalName}" is already in use by another snapshot`);
+      const staging = join(paths.snapshots, `.tmp-${id}`);
       await mkdir(staging, { recursive: true });
       try {
         for (const file of ['state', 'memory', 'disk.qcow2', 'data.qcow2']) {
-          const from = join(this.engine.snapshotDir(source.id), file);
+          const from = join(paths.snapshotDir(source.id), file);
           if (file !== 'data.qcow2' || existsSync(from)) await link(from, join(staging, file));
         }
-        await rename(staging, this.engine.snapshotDir(id));
+        await rename(staging, paths.snapshotDir(id));
       } catch (err) {
         await rm(staging, { recursive: true, force: true });
         throw new CellError(ErrorCodes.SNAPSHOT_FAILED, `could not derive a snapshot from ${source.name}: ${(err as Error).message}`);
@@ -213,9 +230,9 @@ export class Snapshots {
         diskBytes: 0,
         createdAt: new Date().toISOString(),
       };
-      this.engine.db.transaction(() => {
-        this.engine.snapshotStore.insert(record);
-        this.engine.images.pin('snapshot', id, record.spec.imageDigest);
+      this.ctx.db.transaction(() => {
+        stores.snapshots.insert(record);
+        this.images.pin('snapshot', id, record.spec.imageDigest);
       })();
       return record;
     });
@@ -229,30 +246,26 @@ export class Snapshots {
     validateName(name);
     const snapshot = this.resolve(ref);
     if (snapshot.name === name) return snapshot;
-    this.engine.db.transaction(() => {
-      const holder = this.engine.snapshotStore.list().find((s) => s.name === name);
-      if (holder) this.engine.snapshotStore.rename(holder.id, `snap-${holder.id.slice(0, 12)}`);
-      this.engine.snapshotStore.rename(snapshot.id, name);
+    const store = this.ctx.stores.snapshots;
+    this.ctx.db.transaction(() => {
+      const holder = store.list().find((s) => s.name === name);
+      if (holder) store.rename(holder.id, `snap-${holder.id.slice(0, 12)}`);
+      store.rename(snapshot.id, name);
     })();
-    return this.engine.snapshotStore.get(snapshot.id)!;
+    return store.get(snapshot.id)!;
   }
 
   /** Rolls a VM back to a snapshot of its own lineage (its memory, devices and disk). */
   restore(vmRef: string, snapshotRef: string): Promise<VmRecord> {
-    const vm = this.engine.resolve(vmRef);
+    const vm = this.vms.resolve(vmRef);
     const snapshot = this.resolve(snapshotRef);
     if (!this.inLineage(vm, snapshot)) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, `snapshot ${snapshot.name} is not of VM ${vm.name}'s lineage: fork it instead`);
     }
-    return this.engine.withLock(vm.id, async () => {
-      assertCompatible(snapshot.compat, this.engine.compatKey(await this.engine.host.ensure()), snapshot.name);
-      const current = this.engine.vms.get(vm.id)!;
-      if (current.state !== 'stopped' && current.state !== 'created') {
-        this.engine.vms.update(vm.id, { state: 'stopping' });
-        await this.engine.live.kill(vm.id);
-        this.engine.vms.update(vm.id, { state: 'stopped', pid: null });
-      }
-      return this.engine.bootLocked(vm.id, { snapshot, copyMemory: true });
+    return this.vms.withLock(vm.id, async () => {
+      assertCompatible(snapshot.compat, compatKey(this.ctx, await this.ctx.host.ensure()), snapshot.name);
+      await this.vms.halt(vm.id);
+      return this.vms.boot(vm.id, { snapshot, copyMemory: true });
     });
   }
 
@@ -262,15 +275,16 @@ export class Snapshots {
    */
   remove(ref: string, force = false): Promise<void> {
     const snapshot = this.resolve(ref);
-    return this.engine.withLock(snapshot.id, async () => {
-      const children = this.engine.snapshotStore.children(snapshot.id);
+    return this.ctx.locks.run(snapshot.id, async () => {
+      const { stores } = this.ctx;
+      const children = stores.snapshots.children(snapshot.id);
       if (children.length > 0) {
         throw new CellError(
           ErrorCodes.CONFLICT,
           `snapshot ${snapshot.name} is the base of snapshots ${children.map((c) => c.name).join(', ')}: remove them first`,
         );
       }
-      const dependents = this.engine.vms.onSnapshot(snapshot.id);
+      const dependents = stores.vms.onSnapshot(snapshot.id);
       if (dependents.length > 0 && !force) {
         throw new CellError(
           ErrorCodes.CONFLICT,
@@ -284,26 +298,26 @@ export class Snapshots {
           `snapshot ${snapshot.name} is held by ${holders.join(', ')}: remove those first (cell cache prune, cell template rm) or use --force`,
         );
       }
-      for (const vm of dependents) await this.engine.remove(vm.id, true);
-      await this.engine.spares.drop(snapshot.id);
-      this.engine.db.transaction(() => {
-        this.engine.actionCache.deleteForSnapshot(snapshot.id);
-        this.engine.snapshotStore.delete(snapshot.id);
-        this.engine.images.unpin('snapshot', snapshot.id);
+      for (const vm of dependents) await this.vms.remove(vm.id, true);
+      await this.spares.drop(snapshot.id);
+      this.ctx.db.transaction(() => {
+        stores.actionCache.deleteForSnapshot(snapshot.id);
+        stores.snapshots.delete(snapshot.id);
+        this.images.unpin('snapshot', snapshot.id);
       })();
-      await rm(this.engine.snapshotDir(snapshot.id), { recursive: true, force: true });
+      await rm(this.ctx.paths.snapshotDir(snapshot.id), { recursive: true, force: true });
     });
   }
 
   /** Writes the snapshot to one archive file another host can import. */
   export(ref: string, file: string): Promise<{ bytes: number }> {
     const snapshot = this.resolve(ref);
-    return this.engine.withLock(snapshot.id, () => exportSnapshot(this.engine, snapshot, file));
+    return this.ctx.locks.run(snapshot.id, () => exportSnapshot(this.ctx.paths, snapshot, file));
   }
 
   import(file: string, name?: string): Promise<SnapshotRecord> {
     if (name !== undefined) validateName(name);
-    return importSnapshot(this.engine, file, name);
+    return importSnapshot(this.ctx, file, name);
   }
 
   /**
@@ -315,7 +329,7 @@ export class Snapshots {
     const removed: SnapshotRecord[] = [];
     const size = (s: SnapshotRecord) => s.stateBytes + s.memoryBytes + s.diskBytes;
     for (;;) {
-      const all = this.engine.snapshotStore.list();
+      const all = this.ctx.stores.snapshots.list();
       const total = all.reduce((sum, s) => sum + size(s), 0);
       const over = (opts.maxCount !== undefined && all.length > opts.maxCount) || (opts.maxBytes !== undefined && total > opts.maxBytes);
       if (!over) return removed;
@@ -331,30 +345,31 @@ export class Snapshots {
    * it (but the cache entry `exceptKey`, which is about to go with it).
    */
   removable(id: string, exceptKey?: string): boolean {
-    return this.engine.vms.onSnapshot(id).length === 0 && this.engine.snapshotStore.children(id).length === 0 && this.holders(id, exceptKey).length === 0;
+    const { stores } = this.ctx;
+    return stores.vms.onSnapshot(id).length === 0 && stores.snapshots.children(id).length === 0 && this.holders(id, exceptKey).length === 0;
   }
 
   /** Records that keep a snapshot on purpose: action-cache entries (but `exceptKey`) and template revisions. */
   holders(id: string, exceptKey?: string): string[] {
-    const cache = this.engine.actionCache
+    const cache = this.ctx.stores.actionCache
       .bySnapshot(id)
       .filter((e) => e.key !== exceptKey)
       .map((e) => `cache entry ${e.key.slice(0, 12)}`);
-    const templates = [...new Set(this.engine.templateStore.holding(id).map((r) => `template ${r.templateName}`))];
+    const templates = [...new Set(this.ctx.stores.templates.holding(id).map((r) => `template ${r.templateName}`))];
     return [...cache, ...templates];
   }
 
   /** Whether `snapshot` was taken from this VM or from one of the snapshots it descends from. */
   private inLineage(vm: VmRecord, snapshot: SnapshotRecord): boolean {
     if (snapshot.parentVm === vm.id) return true;
-    for (let id = vm.baseSnapshot; id; id = this.engine.snapshotStore.get(id)?.parentSnapshot ?? null) {
+    for (let id = vm.baseSnapshot; id; id = this.ctx.stores.snapshots.get(id)?.parentSnapshot ?? null) {
       if (id === snapshot.id) return true;
     }
     return false;
   }
 
   private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object, id?: string): Promise<VmRecord> {
-    return this.engine.recordNewVm(name, { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...overrides }, snapshot.id, id);
+    return this.vms.record(name, { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...overrides }, snapshot.id, id);
   }
 }
 

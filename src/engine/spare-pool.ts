@@ -1,9 +1,9 @@
 import { rename, rm } from 'node:fs/promises';
-import { machineFiles } from '../vmm/qemu/files.js';
 import { newId } from '../domain/ids.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
-import type { Engine } from './engine.js';
+import type { EngineContext } from './context.js';
 import type { PreparedRestore } from './live-machines.js';
+import { prepareSpare } from './machine-spec.js';
 
 /** A QEMU restored from a snapshot and paused before its first instruction, waiting for a fork. */
 export interface Spare {
@@ -18,6 +18,15 @@ export interface Spare {
 const MAX_SPARES = 4;
 const IDLE_MS = 10 * 60_000;
 
+export interface SparePoolOptions {
+  /** Default: unless CELL_SPARES=0. */
+  enabled?: boolean;
+  /** Spares kept at most (the oldest goes first). */
+  max?: number;
+  /** A spare nobody took for this long is ended. */
+  idleMs?: number;
+}
+
 export function sparesEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
   return env.CELL_SPARES !== '0';
 }
@@ -28,7 +37,7 @@ export function sparesEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
  * spare has done both, so a fork that takes one only resumes it. Every fork of a snapshot
  * starts a new spare for the next one in the background. Spares have no VM record: they die with
  * celld (`closeAll`), when their snapshot is removed (`drop`), and after ten idle minutes; a
- * celld that crashed leaves their directories, which the next one sweeps (Engine.sweepOrphans).
+ * celld that crashed leaves their directories, which the next one sweeps (recovery.ts).
  * CELL_SPARES=0 turns them off.
  */
 export class SparePool {
@@ -37,7 +46,18 @@ export class SparePool {
   private readonly starting = new Map<string, Promise<void>>();
   private closed = false;
 
-  constructor(private readonly engine: Engine) {}
+  private readonly enabled: boolean;
+  private readonly max: number;
+  private readonly idleMs: number;
+
+  constructor(
+    private readonly ctx: EngineContext,
+    opts: SparePoolOptions = {},
+  ) {
+    this.enabled = opts.enabled ?? sparesEnabled();
+    this.max = opts.max ?? MAX_SPARES;
+    this.idleMs = opts.idleMs ?? IDLE_MS;
+  }
 
   /**
    * Takes the spare of a snapshot, if one is ready, and moves its folder to vms/<id>/ where the VM
@@ -47,14 +67,14 @@ export class SparePool {
     for (const [id, spare] of this.spares) {
       if (spare.snapshotId !== snapshotId) continue;
       this.spares.delete(id);
-      spare.prepared.started.qmp.removeAllListeners('close');
+      spare.prepared.started.control.clearCloseListeners();
       try {
-        await rename(this.engine.spareDir(id), this.engine.vmDir(id));
+        await rename(this.ctx.paths.spareDir(id), this.ctx.paths.vmDir(id));
       } catch {
         await this.kill(spare);
         return undefined;
       }
-      spare.prepared.started.files = machineFiles(this.engine.vmDir(id));
+      spare.prepared.started.files = this.ctx.backend.files(this.ctx.paths.vmDir(id));
       return spare;
     }
     return undefined;
@@ -62,11 +82,12 @@ export class SparePool {
 
   /** Starts a spare for the snapshot in the background unless it has one (or one is on its way). */
   replenish(snapshot: SnapshotRecord): void {
-    if (this.closed || !sparesEnabled() || this.starting.has(snapshot.id)) return;
+    if (this.closed || !this.enabled || this.starting.has(snapshot.id)) return;
     if ([...this.spares.values()].some((s) => s.snapshotId === snapshot.id)) return;
     const started = this.start(snapshot)
-      .catch(() => {
-        /* a spare is an optimisation: the next fork restores the usual way */
+      .catch((err: unknown) => {
+        // A spare is an optimisation: the next fork restores the usual way. Say why, once.
+        this.ctx.log.warn(`spare of snapshot ${snapshot.name} not started: ${(err as Error).message}`);
       })
       .finally(() => this.starting.delete(snapshot.id));
     this.starting.set(snapshot.id, started);
@@ -81,7 +102,7 @@ export class SparePool {
   /** Ends a spare that was taken (its folder is in vms/ now) but will not be used after all. */
   async discard(spare: Spare): Promise<void> {
     await this.kill(spare);
-    await rm(this.engine.vmDir(spare.id), { recursive: true, force: true });
+    await rm(this.ctx.paths.vmDir(spare.id), { recursive: true, force: true });
   }
 
   async closeAll(): Promise<void> {
@@ -96,22 +117,22 @@ export class SparePool {
 
   private async start(snapshot: SnapshotRecord): Promise<void> {
     const id = newId();
-    const prepared = await this.engine.prepareSpare(id, snapshot);
+    const prepared = await prepareSpare(this.ctx, id, snapshot);
     const spare: Spare = { id, snapshotId: snapshot.id, prepared, createdAt: Date.now() };
-    if (this.closed || !this.engine.snapshotStore.get(snapshot.id)) {
+    if (this.closed || !this.ctx.stores.snapshots.get(snapshot.id)) {
       await this.kill(spare);
       return;
     }
     this.spares.set(id, spare);
     // A spare whose QEMU died is forgotten; one nobody took in time is ended.
-    prepared.started.qmp.once('close', () => {
+    prepared.started.control.onClose(() => {
       if (this.spares.get(id) === spare) this.spares.delete(id);
-      void rm(this.engine.spareDir(id), { recursive: true, force: true });
+      void rm(this.ctx.paths.spareDir(id), { recursive: true, force: true });
     });
     setTimeout(() => {
       if (this.spares.get(id) === spare) void this.kill(spare);
-    }, IDLE_MS).unref();
-    while (this.spares.size > MAX_SPARES) {
+    }, this.idleMs).unref();
+    while (this.spares.size > this.max) {
       const oldest = [...this.spares.values()].sort((a, b) => a.createdAt - b.createdAt)[0]!;
       await this.kill(oldest);
     }
@@ -120,10 +141,10 @@ export class SparePool {
   private async kill(spare: Spare): Promise<void> {
     this.spares.delete(spare.id);
     const { started } = spare.prepared;
-    started.qmp.removeAllListeners('close');
-    await started.qmp.execute('quit').catch(() => {});
-    started.qmp.close();
-    await this.engine.backend.kill(started.pid, spare.id);
-    await rm(this.engine.spareDir(spare.id), { recursive: true, force: true });
+    started.control.clearCloseListeners();
+    await started.control.quit().catch(() => {});
+    started.control.close();
+    await this.ctx.backend.kill(started.pid, spare.id);
+    await rm(this.ctx.paths.spareDir(spare.id), { recursive: true, force: true });
   }
 }

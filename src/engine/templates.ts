@@ -7,7 +7,10 @@ import { parseTemplateFile, revisionKeys, TEMPLATE_SCHEMA_VERSION, type Template
 import { mergeEnv, type TemplateStart, type VmRecord, type VmSpec } from '../domain/vm.js';
 import type { TemplateRecord, TemplateRevision } from '../store/template-store.js';
 import { readDefinition, type BuildEvent } from './builds.js';
-import type { Engine } from './engine.js';
+import type { Builds } from './builds.js';
+import type { EngineContext } from './context.js';
+import type { Snapshots } from './snapshots.js';
+import type { Vms } from './vms.js';
 import { parseUser, runGuestCommand } from './exec-runner.js';
 import type { OutputSink } from './output.js';
 import { awaitReady } from './ready-check.js';
@@ -52,7 +55,12 @@ const KEEP_REVISIONS = 2;
  * snapshots, and otherwise cold-boots the built disk and starts the service, saying which it did.
  */
 export class Templates {
-  constructor(private readonly engine: Engine) {}
+  constructor(
+    private readonly ctx: EngineContext,
+    private readonly vms: Vms,
+    private readonly snapshots: Snapshots,
+    private readonly builds: Builds,
+  ) {}
 
   async load(file: string): Promise<TemplateFile> {
     return parseTemplateFile(basename(file), await readDefinition(file, 'template file'), dirname(file));
@@ -60,19 +68,19 @@ export class Templates {
 
   async build(tf: TemplateFile, opts: TemplateBuildOptions = {}): Promise<TemplateBuildResult> {
     const emit = opts.onEvent ?? (() => {});
-    const built = await this.engine.builds.build(tf.build, { sink: opts.sink, signal: opts.signal, onEvent: emit });
+    const built = await this.builds.build(tf.build, { sink: opts.sink, signal: opts.signal, onEvent: emit });
     if (built.exitCode !== 0 || !built.snapshot || !built.key) return { exitCode: built.exitCode || 1, variants: [] };
     const disk = built.snapshot;
-    const wantWarm = (opts.snapshot ?? false) && this.engine.backend.capabilities.snapshots;
+    const wantWarm = (opts.snapshot ?? false) && this.ctx.backend.capabilities.snapshots;
     const variants: TemplateBuildResult['variants'] = [];
     for (const variant of tf.variants) {
       const { inputsHash, cacheKey } = revisionKeys(built.key, tf.service, variant);
-      const existing = this.engine.templateStore
+      const existing = this.ctx.stores.templates
         .revisions(variant.name)
         .find((r) => r.cacheKey === cacheKey && this.intact(r) && (!wantWarm || r.warmSnapshot !== null));
       const record = { name: variant.name, templateId: tf.templateId, role: variant.role };
       if (existing) {
-        this.engine.templateStore.setCurrent(record, existing.id, new Date().toISOString());
+        this.ctx.stores.templates.setCurrent(record, existing.id, new Date().toISOString());
         emit({ type: 'variant', name: variant.name, role: variant.role, status: 'unchanged', revision: existing.id, warm: existing.warmSnapshot !== null });
         variants.push({ name: variant.name, role: variant.role, revision: existing.id, unchanged: true, warm: existing.warmSnapshot !== null });
         continue;
@@ -93,9 +101,9 @@ export class Templates {
         warmSnapshot: warm?.id ?? null,
         builtAt: new Date().toISOString(),
       };
-      this.engine.db.transaction(() => {
-        this.engine.templateStore.insertRevision(revision);
-        this.engine.templateStore.setCurrent(record, revision.id, revision.builtAt);
+      this.ctx.db.transaction(() => {
+        this.ctx.stores.templates.insertRevision(revision);
+        this.ctx.stores.templates.setCurrent(record, revision.id, revision.builtAt);
       })();
       await this.pruneRevisions(variant.name);
       emit({ type: 'variant', name: variant.name, role: variant.role, status: 'built', revision: revision.id, warm: warm !== null });
@@ -104,10 +112,15 @@ export class Templates {
     return { exitCode: 0, variants };
   }
 
+  /** A variant's revisions, newest first. */
+  revisions(name: string): TemplateRevision[] {
+    return this.ctx.stores.templates.revisions(name);
+  }
+
   list(): TemplateView[] {
-    return this.engine.templateStore.list().map((template) => ({
+    return this.ctx.stores.templates.list().map((template) => ({
       template,
-      revision: template.currentRevision ? this.engine.templateStore.revision(template.currentRevision) : undefined,
+      revision: template.currentRevision ? this.ctx.stores.templates.revision(template.currentRevision) : undefined,
     }));
   }
 
@@ -116,7 +129,7 @@ export class Templates {
    * one of its roles).
    */
   resolve(ref: string): TemplateView & { revision: TemplateRevision } {
-    const store = this.engine.templateStore;
+    const store = this.ctx.stores.templates;
     const colon = ref.lastIndexOf(':');
     let template: TemplateRecord | undefined;
     if (colon > 0) {
@@ -148,17 +161,17 @@ export class Templates {
 
   /** Removes variants (by name, NAME:ROLE, or every variant of a template id) and their warm snapshots. */
   async remove(ref: string, force = false): Promise<string[]> {
-    const store = this.engine.templateStore;
+    const store = this.ctx.stores.templates;
     const targets = store.get(ref) ? [store.get(ref)!] : ref.includes(':') ? [this.resolve(ref).template] : store.byTemplateId(ref);
     if (targets.length === 0) throw new CellError(ErrorCodes.NOT_FOUND, `no such template: ${ref}`);
     for (const t of targets) {
       const warm = store.revisions(t.name).map((r) => r.warmSnapshot).filter((id): id is string => id !== null);
-      const inUse = warm.flatMap((id) => this.engine.vms.onSnapshot(id).map((vm) => vm.name));
+      const inUse = warm.flatMap((id) => this.ctx.stores.vms.onSnapshot(id).map((vm) => vm.name));
       if (inUse.length > 0 && !force) {
         throw new CellError(ErrorCodes.CONFLICT, `template ${t.name} is in use by VMs ${inUse.join(', ')}: remove them or use --force`);
       }
-      this.engine.db.transaction(() => store.delete(t.name))();
-      for (const id of warm) if (this.engine.snapshotStore.get(id)) await this.engine.snapshots.remove(id, true);
+      this.ctx.db.transaction(() => store.delete(t.name))();
+      for (const id of warm) if (this.snapshots.get(id)) await this.snapshots.remove(id, true);
     }
     return targets.map((t) => t.name);
   }
@@ -170,11 +183,11 @@ export class Templates {
    */
   async startVm(ref: string, name: string, overrides: Pick<VmSpec, 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove'>): Promise<VmRecord> {
     const { template, revision } = this.resolve(ref);
-    const warm = revision.warmSnapshot ? this.engine.snapshotStore.get(revision.warmSnapshot) : undefined;
-    const canRestore = this.engine.backend.capabilities.snapshots;
+    const warm = revision.warmSnapshot ? this.snapshots.get(revision.warmSnapshot) : undefined;
+    const canRestore = this.ctx.backend.capabilities.snapshots;
     if (warm && canRestore) {
       const start: TemplateStart = { name: template.name, revision: revision.id, start: 'warm', reason: `forked snapshot ${shortId(warm.id)}` };
-      const [vm] = await this.engine.snapshots.fork(warm.id, {
+      const [vm] = await this.snapshots.fork(warm.id, {
         count: 1,
         name,
         overrides: { ...overrides, env: mergeEnv(warm.spec.env, overrides.env), workingDir: overrides.workingDir || warm.spec.workingDir, user: overrides.user || warm.spec.user, template: start },
@@ -193,7 +206,7 @@ export class Templates {
     start: TemplateStart | undefined,
     signal?: AbortSignal,
   ): Promise<VmRecord> {
-    const disk = this.engine.snapshotStore.get(revision.diskSnapshot);
+    const disk = this.snapshots.get(revision.diskSnapshot);
     if (!disk) throw new CellError(ErrorCodes.NOT_FOUND, `template ${revision.templateName}: its built disk (snapshot ${shortId(revision.diskSnapshot)}) is gone; rebuild it`);
     const spec: VmSpec = {
       ...disk.spec,
@@ -206,25 +219,25 @@ export class Templates {
       user: overrides.user || disk.spec.user,
       ...(start ? { template: start } : {}),
     };
-    const vm = await this.engine.recordNewVm(this.engine.availableName(name), spec, disk.id);
+    const vm = await this.vms.record(this.vms.availableName(name), spec, disk.id);
     try {
-      const running = await this.engine.withLock(vm.id, () => this.engine.bootLocked(vm.id));
+      const running = await this.vms.withLock(vm.id, () => this.vms.boot(vm.id));
       if (revision.service) await this.startService(running, revision.service, signal);
       return running;
     } catch (err) {
-      await this.engine.remove(vm.id, true).catch(() => {});
+      await this.vms.remove(vm.id, true).catch(() => {});
       throw err;
     }
   }
 
   /** Starts the service in the background (its output goes to the VM's log) and awaits its ready check. */
   private async startService(vm: VmRecord, service: TemplateService, signal?: AbortSignal): Promise<void> {
-    const live = this.engine.live.require(vm.id);
+    const live = this.ctx.live.require(vm.id);
     const { uid, gid } = parseUser(vm.spec.user);
     const ctx = { env: vm.spec.env, cwd: vm.spec.workingDir, uid, gid, signal };
     const log: OutputSink = {
-      stdout: (c) => this.engine.logs.append(vm.id, 'stdout', c),
-      stderr: (c) => this.engine.logs.append(vm.id, 'stderr', c),
+      stdout: (c) => this.vms.logs.append(vm.id, 'stdout', c),
+      stderr: (c) => this.vms.logs.append(vm.id, 'stderr', c),
     };
     const running = runGuestCommand(live.agent, { ...ctx, argv: service.start, timeoutSec: 0 }, log);
     running.catch(() => {});
@@ -237,28 +250,28 @@ export class Templates {
     const vm = await this.coldVm(revision, `${variant.name}-template-build`, { cmd: [], env: [], workingDir: '', user: '', timeoutSec: 0, autoRemove: false }, undefined, signal);
     try {
       const name = `${variant.name}-warm-${cacheKey.slice(0, 8)}-${randomBytes(2).toString('hex')}`;
-      return await this.engine.snapshots.take(vm.id, { name, stop: true });
+      return await this.snapshots.take(vm.id, { name, stop: true });
     } finally {
-      await this.engine.remove(vm.id, true).catch(() => {});
+      await this.vms.remove(vm.id, true).catch(() => {});
     }
   }
 
   /** Whether a revision's snapshots are all still there. */
   private intact(r: TemplateRevision): boolean {
-    const store = this.engine.snapshotStore;
+    const store = this.ctx.stores.snapshots;
     return store.get(r.diskSnapshot) !== undefined && (r.warmSnapshot === null || store.get(r.warmSnapshot) !== undefined);
   }
 
   /** Keeps the current revision and the newest few others; older ones and their warm snapshots go. */
   private async pruneRevisions(name: string): Promise<void> {
-    const store = this.engine.templateStore;
+    const store = this.ctx.stores.templates;
     const current = store.get(name)?.currentRevision;
     const old = store.revisions(name).filter((r) => r.id !== current).slice(KEEP_REVISIONS);
     for (const r of old) {
       store.deleteRevision(r.id);
       const warm = r.warmSnapshot;
-      if (warm && this.engine.snapshotStore.get(warm) && this.engine.snapshots.removable(warm)) {
-        await this.engine.snapshots.remove(warm);
+      if (warm && this.snapshots.get(warm) && this.snapshots.removable(warm)) {
+        await this.snapshots.remove(warm);
       }
     }
   }

@@ -8,10 +8,10 @@ import { fsyncPath, isFile, makeWorkDir, publishDir, readJsonIfExists, sha256Fil
 import type { ProgressFn } from './types.js';
 
 /**
- * The guest agent (guest/agent.c), compiled statically because it runs as PID 1 in an initramfs
- * that has no libc. Stored as `<cache>/agent/<key>/cell-agent` where key = sha256 of the source
- * (agent.c and any guest/*.h beside it), the compiler's version line and the flags: a new source
- * or compiler builds a new binary, the same ones never build twice.
+ * The guest agent (every guest/*.c, with the guest/*.h they include), compiled statically because
+ * it runs as PID 1 in an initramfs that has no libc. Stored as `<cache>/agent/<key>/cell-agent`
+ * where key = sha256 of the sources (names and bytes, in name order), the compiler's version line
+ * and the flags: a new source or compiler builds a new binary, the same ones never build twice.
  */
 const STEP = 'agent';
 const GCC_FLAGS = ['-static', '-Os', '-Wall', '-Wextra', '-Werror'];
@@ -33,13 +33,13 @@ interface AgentManifest {
 }
 
 /**
- * The repository root: the nearest ancestor of this module that holds guest/agent.c. Works from
- * both src/host/ (tsx) and dist/src/host/ or dist/host/ (compiled).
+ * The guest/ directory of the repository: the nearest one above this module. Works from both
+ * src/host/ (tsx) and dist/src/host/ or dist/host/ (compiled).
  */
 export function defaultAgentSource(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, 'guest'))) return join(dir, 'guest', 'agent.c');
+    if (existsSync(join(dir, 'guest'))) return join(dir, 'guest');
     const parent = dirname(dir);
     if (parent === dir) break;
     dir = parent;
@@ -47,18 +47,14 @@ export function defaultAgentSource(): string {
   throw new CellError(ErrorCodes.SETUP_FAILED, `cannot find the guest/ directory above ${fileURLToPath(import.meta.url)}`);
 }
 
+/** Builds (or finds in the cache) the agent from the *.c and *.h files in `source` (default: guest/). */
 export async function ensureAgent(opts: { cacheDir: string; source?: string; onProgress?: ProgressFn }): Promise<AgentBinary> {
   const source = opts.source ?? defaultAgentSource();
-  let code: Buffer;
-  try {
-    code = await readFile(source);
-  } catch (err) {
-    throw new CellError(ErrorCodes.SETUP_FAILED, `cannot read the guest agent source ${source}: ${(err as Error).message}`);
-  }
-  const guestDir = dirname(source);
-  const headers = await readHeaders(guestDir);
+  const files = await readSources(source);
+  const units = files.map((f) => f.name).filter((n) => n.endsWith('.c'));
+  if (units.length === 0) throw new CellError(ErrorCodes.SETUP_FAILED, `no guest agent source (*.c) in ${source}`);
   const gcc = (await run('gcc', ['--version'])).stdout.split('\n')[0]!.trim();
-  const key = sha256Hex(code, '\0', ...headers.flatMap((h) => [h.name, '\0', h.data, '\0']), gcc, '\0', GCC_FLAGS.join(' '));
+  const key = sha256Hex(...files.flatMap((f) => [f.name, '\0', f.data, '\0']), gcc, '\0', GCC_FLAGS.join(' '));
   const dir = join(opts.cacheDir, 'agent', key);
 
   const manifest = await readJsonIfExists<AgentManifest>(join(dir, 'manifest.json'));
@@ -67,7 +63,7 @@ export async function ensureAgent(opts: { cacheDir: string; source?: string; onP
     return { path: join(dir, AGENT_BINARY_NAME), digest: `sha256:${manifest.sha256}`, key };
   }
 
-  opts.onProgress?.({ step: STEP, status: 'start', detail: `gcc ${GCC_FLAGS.join(' ')} ${source}` });
+  opts.onProgress?.({ step: STEP, status: 'start', detail: `gcc ${GCC_FLAGS.join(' ')} ${units.join(' ')} (${source})` });
   const work = await makeWorkDir(opts.cacheDir, 'agent');
   try {
     const out = join(work, key);
@@ -75,10 +71,10 @@ export async function ensureAgent(opts: { cacheDir: string; source?: string; onP
     const binary = join(out, AGENT_BINARY_NAME);
     // Compile a copy of exactly the bytes that were hashed, so the key always matches the binary
     // even if someone edits guest/ while we build.
-    const snapshot = join(work, 'agent.c');
-    await writeFileSynced(snapshot, code);
-    for (const h of headers) await writeFileSynced(join(work, h.name), h.data);
-    await run('gcc', [...GCC_FLAGS, '-o', binary, snapshot], { cwd: work });
+    const copy = join(work, 'src');
+    await mkdir(copy);
+    for (const f of files) await writeFileSynced(join(copy, f.name), f.data);
+    await run('gcc', [...GCC_FLAGS, '-o', binary, ...units], { cwd: copy });
     await fsyncPath(binary);
     const built: AgentManifest = {
       key,
@@ -96,7 +92,17 @@ export async function ensureAgent(opts: { cacheDir: string; source?: string; onP
   }
 }
 
-async function readHeaders(dir: string): Promise<{ name: string; data: Buffer }[]> {
-  const names = (await readdir(dir)).filter((n) => n.endsWith('.h')).sort();
-  return Promise.all(names.map(async (name) => ({ name, data: await readFile(join(dir, name)) })));
+/** The *.c and *.h files of the agent, sorted by name so the key does not depend on readdir's order. */
+async function readSources(dir: string): Promise<{ name: string; data: Buffer }[]> {
+  try {
+    const entries = await readdir(dir, { withFileTypes: true });
+    // As the shell's guest/*.c would: no hidden files (editor lock files), regular files only.
+    const names = entries
+      .filter((e) => e.isFile() && !e.name.startsWith('.') && (e.name.endsWith('.c') || e.name.endsWith('.h')))
+      .map((e) => e.name)
+      .sort();
+    return await Promise.all(names.map(async (name) => ({ name, data: await readFile(join(dir, name)) })));
+  } catch (err) {
+    throw new CellError(ErrorCodes.SETUP_FAILED, `cannot read the guest agent source ${dir}: ${(err as Error).message}`);
+  }
 }

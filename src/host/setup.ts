@@ -14,7 +14,7 @@ export interface EnsureHostAssetsOptions {
   /** Install missing host packages with apt (needs root). Default true. */
   install?: boolean;
   onProgress?: ProgressFn;
-  /** guest/agent.c by default (found above this module). */
+  /** The directory of the guest agent's *.c and *.h files; guest/ by default (found above this module). */
   agentSource?: string;
 }
 

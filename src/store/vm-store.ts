@@ -1,6 +1,7 @@
 import type { Db } from './database.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { VmExit, VmRecord, VmSpec, VmState } from '../domain/vm.js';
+import { assertTransition } from '../domain/vm-state.js';
 
 interface VmRow {
   id: string;
@@ -32,7 +33,8 @@ function fromRow(row: VmRow): VmRecord {
   };
 }
 
-export type VmPatch = Partial<Pick<VmRecord, 'state' | 'startedAt' | 'stoppedAt' | 'pid' | 'accelerator' | 'exit' | 'baseSnapshot'>>;
+/** Fields that change without a state change. The state itself changes only through `setState`. */
+export type VmPatch = Partial<Pick<VmRecord, 'startedAt' | 'stoppedAt' | 'pid' | 'accelerator' | 'exit' | 'baseSnapshot'>>;
 
 /** VM records. Every state change is written here before the engine acts on it. */
 export class VmStore {
@@ -70,14 +72,31 @@ export class VmStore {
   update(id: string, patch: VmPatch): VmRecord {
     const current = this.get(id);
     if (!current) throw new CellError(ErrorCodes.NOT_FOUND, `no such VM: ${id}`);
-    const next = { ...current, ...patch };
+    return this.write({ ...current, ...patch });
+  }
+
+  /**
+   * The one writer of a VM's state: checks the edge against the lifecycle table and writes the
+   * state with `patch` in one transaction (the caller acts only after this returned). An illegal
+   * edge throws `invalid_state` and writes nothing.
+   */
+  setState(id: string, to: VmState, patch: VmPatch = {}): VmRecord {
+    return this.db.transaction(() => {
+      const current = this.get(id);
+      if (!current) throw new CellError(ErrorCodes.NOT_FOUND, `no such VM: ${id}`);
+      assertTransition(current.name, current.state, to);
+      return this.write({ ...current, ...patch, state: to });
+    })();
+  }
+
+  private write(next: VmRecord): VmRecord {
     this.db
       .prepare(
         `UPDATE vms SET state = @state, started_at = @startedAt, stopped_at = @stoppedAt, pid = @pid,
            accelerator = @accelerator, exit = @exit, base_snapshot = @baseSnapshot WHERE id = @id`,
       )
       .run({
-        id,
+        id: next.id,
         state: next.state,
         startedAt: next.startedAt,
         stoppedAt: next.stoppedAt,

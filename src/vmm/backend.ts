@@ -1,6 +1,10 @@
+import type { CellError } from '../domain/errors.js';
+
 /**
- * The backend contract the engine programs against. QEMU is the one driver today; a backend
- * without snapshot support says so in `capabilities` and the engine falls back to cold boots.
+ * The backend contract the engine programs against. QEMU is the one driver (`vmm/qemu/`); tests
+ * drive the engine through a fake one (test/engine/fake-backend.ts) whose truth the real-QEMU
+ * tests check. A backend without snapshot support says so in `capabilities` and the engine falls
+ * back to cold boots.
  */
 export type Accelerator = 'kvm' | 'tcg';
 
@@ -55,4 +59,67 @@ export interface MachineFiles {
 export interface MachineHandle {
   pid: number;
   files: MachineFiles;
+}
+
+/**
+ * The control channel of one running machine (QMP for QEMU). Its closing is the one signal that
+ * the machine ended, whether or not this process started it.
+ */
+export interface MachineControl {
+  /** Stops the guest's CPUs. */
+  pause(): Promise<void>;
+  /** Lets the guest run: after `pause`, or after a state was loaded into a machine started `incoming`. */
+  resume(): Promise<void>;
+  /** Asks the VMM to exit now (no guest shutdown). */
+  quit(): Promise<void>;
+  /**
+   * Writes the paused machine's device state to `path`; with `withRam`, its RAM too (a machine
+   * whose RAM is a private mapping cannot hand the RAM over as a file).
+   */
+  saveState(path: string, opts: { withRam: boolean }): Promise<void>;
+  /** Loads a state written by `saveState` into a machine started `incoming`; it stays paused. */
+  loadState(path: string, opts: { withRam: boolean }): Promise<void>;
+  /** Called once when the channel closes: the machine is gone, or `close` was called. */
+  onClose(listener: () => void): void;
+  /** Drops the close listeners (a machine handed from one owner to another). */
+  clearCloseListeners(): void;
+  /** Closes the channel; the machine keeps running. */
+  close(): void;
+}
+
+export interface StartedMachine extends MachineHandle {
+  control: MachineControl;
+  /** Settles when the machine's process exits (this process is its parent). */
+  exited: Promise<unknown>;
+}
+
+export interface AttachedMachine {
+  files: MachineFiles;
+  control: MachineControl;
+  /** Whether its RAM is a MAP_SHARED file a snapshot can take as it is. */
+  memoryShared: boolean;
+}
+
+/** A VMM driver: starts machines and finds, attaches to and ends them again by pid. */
+export interface Backend {
+  readonly name: string;
+  readonly capabilities: BackendCapabilities;
+  /** The machine model, part of every snapshot's compatibility key. */
+  readonly machineType: string;
+  files(dir: string): MachineFiles;
+  /**
+   * Creates the machine's overlays on first start (later starts keep the disks) and launches it.
+   * Resolves once its control channel answers; the guest is still booting (or, `incoming`,
+   * waits for `loadState`).
+   */
+  start(spec: MachineSpec): Promise<StartedMachine>;
+  /** Reconnects to a machine started earlier (by another celld); null when it is gone or not ours. */
+  attach(id: string, dir: string, pid: number): Promise<AttachedMachine | null>;
+  /** Whether `pid` is still the machine `id` (pids are reused). */
+  isRunning(pid: number, id: string): boolean;
+  /** Ends the machine's process: SIGTERM, then SIGKILL. A pid that is not machine `id` is left alone. */
+  kill(pid: number, id: string): Promise<void>;
+  /** A boot failure with what the machine's logs say. */
+  bootFailure(spec: Pick<MachineSpec, 'dir'>, files: MachineFiles, why: string): CellError;
+  serialTail(dir: string, lines?: number): string;
 }

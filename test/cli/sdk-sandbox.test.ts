@@ -39,13 +39,12 @@ describe('SDK sandbox over the app with an engine double', () => {
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'cell-sdk-app-'));
-    const members: Record<string, unknown> = {
+    const vms: Record<string, unknown> = {
       resolve: (ref: string) => {
         if (ref === 'box' || ref === vm.id) return vm;
         throw new CellError(ErrorCodes.NOT_FOUND, `no such VM: ${ref}`);
       },
       stop: async (_ref: string, timeoutSec: number) => (stops.push(timeoutSec), { ...vm, state: 'stopped' }),
-      info: () => new Promise((resolve) => (releaseInfo = () => resolve({}))),
       statGuestPath: async (_ref: string, path: string) => {
         if (path === '/nope' || path === '/work/gone') throw new CellError(ErrorCodes.NOT_FOUND, `${path}: no such file or directory`);
         const kind = path === '/work/d' ? 'directory' : 'file';
@@ -81,6 +80,10 @@ describe('SDK sandbox over the app with an engine double', () => {
             return exited(3);
         }
       },
+    };
+    const members: Record<string, unknown> = {
+      vms,
+      info: () => new Promise((resolve) => (releaseInfo = () => resolve({}))),
     };
     const engine = new Proxy(members, {
       get(target, name) {

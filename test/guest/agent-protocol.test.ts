@@ -1,7 +1,7 @@
 /**
- * The guest agent (guest/agent.c) against the wire protocol (docs/protocol.md), without a VM:
- * the agent is compiled here and run as `agent --stdio`, which serves the protocol on its stdin
- * and stdout and runs commands on this machine.
+ * The guest agent (guest/*.c) against the wire protocol (docs/protocol.md), without a VM: the
+ * agent is compiled here (by ensureAgent) and run as `agent --stdio`, which serves the protocol on
+ * its stdin and stdout and runs commands on this machine.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -21,8 +21,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { hostname, release, tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import {
   AgentErrorCode,
   FrameDecoder,
@@ -48,8 +47,8 @@ import {
   encodeSymlink,
   type PutFileMeta,
 } from '../../src/agent/file-frames.js';
+import { ensureAgent } from '../../src/host/agent-build.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const STREAM_TYPES: ReadonlySet<number> = new Set([FrameType.STDOUT, FrameType.STDERR, FrameType.EXIT, FrameType.DATA]);
 
 let workDir: string;
@@ -200,12 +199,10 @@ function processGone(pid: number): boolean {
   }
 }
 
-before(() => {
+before(async () => {
   workDir = mkdtempSync(join(tmpdir(), 'cell-agent-test-'));
-  agentBin = join(workDir, 'agent');
-  execFileSync('gcc', ['-static', '-Os', '-Wall', '-Wextra', '-Werror', '-o', agentBin, join(repoRoot, 'guest/agent.c')], {
-    stdio: 'pipe',
-  });
+  // Built the way the host set-up builds it: every guest/*.c, the same flags.
+  agentBin = (await ensureAgent({ cacheDir: join(workDir, 'cache') })).path;
   agent = new Agent(agentBin);
 });
 

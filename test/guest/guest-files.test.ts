@@ -24,14 +24,13 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { AgentClient } from '../../src/agent/client.js';
 import { FrameDecoder, FrameType, encodeFrame } from '../../src/agent/frame.js';
 import { copyFromGuest, copyIntoGuest } from '../../src/engine/guest-files.js';
 import { copyIn, copyOut } from '../../src/engine/cp-targets.js';
 import { CellError } from '../../src/domain/errors.js';
+import { ensureAgent } from '../../src/host/agent-build.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 let work: string;
 let agentBin: string;
 let agentProc: ChildProcess;
@@ -56,8 +55,7 @@ async function startAgent(): Promise<void> {
 
 before(async () => {
   work = mkdtempSync(join(tmpdir(), 'cell-guest-files-'));
-  agentBin = join(work, 'agent');
-  execFileSync('gcc', ['-static', '-Os', '-Wall', '-Wextra', '-Werror', '-o', agentBin, join(repoRoot, 'guest/agent.c')]);
+  agentBin = (await ensureAgent({ cacheDir: join(work, 'cache') })).path;
   await startAgent();
 });
 

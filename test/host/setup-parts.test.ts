@@ -50,8 +50,8 @@ describe('ensureHostPackages', () => {
 describe('ensureAgent', () => {
   it('fails with the compiler error and leaves nothing in the cache', async () => {
     const cacheDir = join(tmp, 'agent-cache');
-    const source = join(tmp, 'broken.c');
-    writeFileSync(source, 'int main(void) { return undeclared_thing; }\n');
+    const source = mkdtempSync(join(tmp, 'guest-'));
+    writeFileSync(join(source, 'broken.c'), 'int main(void) { return undeclared_thing; }\n');
     await assert.rejects(ensureAgent({ cacheDir, source }), (err: unknown) => {
       assert.ok(err instanceof CellError);
       assert.equal(err.code, 'setup_failed');

@@ -89,8 +89,10 @@ test('GET /v1/openapi.json serves the document of the route table', async () => 
 test('error replies keep their shape and codes', async () => {
   const app = buildApp(
     engineDouble({
-      resolve: (ref: string) => {
-        throw new CellError(ErrorCodes.NOT_FOUND, `no such VM: ${ref}`);
+      vms: {
+        resolve: (ref: string) => {
+          throw new CellError(ErrorCodes.NOT_FOUND, `no such VM: ${ref}`);
+        },
       },
     }),
   );

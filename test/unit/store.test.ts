@@ -29,7 +29,9 @@ test('VM records survive reopening the database and keep their updates', () => {
     const db = openDatabase(path);
     const store = new VmStore(db);
     store.insert(record('a'.repeat(64), 'one'));
-    store.update('a'.repeat(64), { state: 'stopped', exit: { exitCode: 3, signal: null, reason: 'exited', at: 'now' } });
+    store.setState('a'.repeat(64), 'starting');
+    store.setState('a'.repeat(64), 'running', { pid: 42 });
+    store.setState('a'.repeat(64), 'stopped', { pid: null, exit: { exitCode: 3, signal: null, reason: 'exited', at: 'now' } });
     db.close();
 
     const reopened = new VmStore(openDatabase(path));

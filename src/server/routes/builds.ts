@@ -99,7 +99,7 @@ export function templateRoutes(app: FastifyInstance, engine: Engine): void {
 
   serve(app, templates.get, async (req) => {
     const { template, revision } = engine.templates.resolve(req.params.ref);
-    return { ...template, revision, revisions: engine.templateStore.revisions(template.name) };
+    return { ...template, revision, revisions: engine.templates.revisions(template.name) };
   });
 
   serve(app, templates.remove, async (req) => ({ removed: await engine.templates.remove(req.params.ref, req.query.force ?? false) }));

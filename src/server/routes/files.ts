@@ -13,12 +13,12 @@ const { files } = Api;
  * (a raw request body), and `cell cp` both ways between the VM and paths on celld's host.
  */
 export function fileRoutes(app: FastifyInstance, engine: Engine): void {
-  serve(app, files.stat, async (req) => engine.statGuestPath(req.params.ref, req.query.path, req.query.follow ?? false));
+  serve(app, files.stat, async (req) => engine.vms.statGuestPath(req.params.ref, req.query.path, req.query.follow ?? false));
 
   serve(app, files.read, async (req, reply) => {
     const { path, maxBytes = 0 } = req.query;
     // Checked before the stream opens, so a missing file or a stopped VM is a plain HTTP error.
-    const st = await engine.statGuestPath(req.params.ref, path, true);
+    const st = await engine.vms.statGuestPath(req.params.ref, path, true);
     if (st.kind !== 'file') throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${path} is a ${st.kind}, not a regular file`);
     if (maxBytes > 0 && st.size > maxBytes) {
       throw new CellError(ErrorCodes.SIZE_LIMIT, `${path} is ${st.size} bytes, over the limit of ${maxBytes}`);
@@ -26,7 +26,7 @@ export function fileRoutes(app: FastifyInstance, engine: Engine): void {
     const stream = openStream(files.read, req, reply);
     try {
       let size = 0;
-      for await (const chunk of engine.readGuestFile(req.params.ref, path, maxBytes)) {
+      for await (const chunk of engine.vms.readGuestFile(req.params.ref, path, maxBytes)) {
         stream.send({ type: 'data', data: chunk.toString('base64') });
         size += chunk.length;
         // A slow client holds the guest back instead of growing celld's buffers.
@@ -48,16 +48,16 @@ export function fileRoutes(app: FastifyInstance, engine: Engine): void {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'send the file as the request body with content-type application/octet-stream');
     }
     const source = (body as AsyncIterable<Buffer> | undefined) ?? emptyBody();
-    const bytes = await engine.writeGuestFile(req.params.ref, path, { mode, uid, gid }, source);
+    const bytes = await engine.vms.writeGuestFile(req.params.ref, path, { mode, uid, gid }, source);
     return { path, bytes };
   });
 
-  serve(app, files.copyIn, async (req) => engine.copyIn(req.params.ref, req.body.hostPath, req.body.guestPath));
+  serve(app, files.copyIn, async (req) => engine.vms.copyIn(req.params.ref, req.body.hostPath, req.body.guestPath));
 
   serve(app, files.copyOut, async (req) => {
     const { guestPath, hostPath, uid, gid } = req.body;
     if ((uid === undefined) !== (gid === undefined)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'give both uid and gid, or neither');
-    return engine.copyOut(req.params.ref, guestPath, hostPath, uid !== undefined && gid !== undefined ? { uid, gid } : undefined);
+    return engine.vms.copyOut(req.params.ref, guestPath, hostPath, uid !== undefined && gid !== undefined ? { uid, gid } : undefined);
   });
 }
 

@@ -13,20 +13,20 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
   /** Stdin pipes of running execs that asked for one, by exec id. */
   const stdinPipes = new Map<string, PassThrough>();
 
-  serve(app, vms.list, async (req) => engine.list(req.query.all ?? false));
+  serve(app, vms.list, async (req) => engine.vms.list(req.query.all ?? false));
 
-  serve(app, vms.get, async (req) => engine.resolve(req.params.ref));
+  serve(app, vms.get, async (req) => engine.vms.resolve(req.params.ref));
 
   // Detached run: the VM is running when this answers; its main command runs in the background.
   serve(app, vms.create, async (req) => {
-    const { vm } = await engine.run({ ...req.body, detach: true });
+    const { vm } = await engine.runs.run({ ...req.body, detach: true });
     return vm;
   });
 
   serve(app, vms.run, async (req, reply) => {
     const stream = openStream(vms.run, req, reply);
     try {
-      const { vm, result } = await engine.run(
+      const { vm, result } = await engine.runs.run(
         req.body,
         outputEvents(stream),
         {
@@ -43,17 +43,17 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     }
   });
 
-  serve(app, vms.start, async (req) => engine.start(req.params.ref));
+  serve(app, vms.start, async (req) => engine.vms.start(req.params.ref));
 
-  serve(app, vms.stop, async (req) => engine.stop(req.params.ref, req.body?.timeoutSec ?? 10));
+  serve(app, vms.stop, async (req) => engine.vms.stop(req.params.ref, req.body?.timeoutSec ?? 10));
 
   serve(app, vms.remove, async (req) => {
-    await engine.remove(req.params.ref, req.query.force ?? false);
+    await engine.vms.remove(req.params.ref, req.query.force ?? false);
   });
 
   serve(app, vms.exec, async (req, reply) => {
     // Resolve before the stream opens so a bad ref is a plain HTTP error.
-    engine.resolve(req.params.ref);
+    engine.vms.resolve(req.params.ref);
     const stream = openStream(vms.exec, req, reply);
     let execId: string | undefined;
     let stdin: PassThrough | undefined;
@@ -64,7 +64,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
       stream.send({ type: 'exec', execId });
     }
     try {
-      const result = await engine.exec(
+      const result = await engine.vms.exec(
         req.params.ref,
         {
           cmd: req.body.cmd,
@@ -100,10 +100,10 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
   });
 
   serve(app, vms.logs, async (req, reply) => {
-    engine.resolve(req.params.ref);
+    engine.vms.resolve(req.params.ref);
     const stream = openStream(vms.logs, req, reply);
     try {
-      for await (const entry of engine.readLogs(req.params.ref, req.query.follow ?? false, stream.signal)) {
+      for await (const entry of engine.vms.readLogs(req.params.ref, req.query.follow ?? false, stream.signal)) {
         stream.send({ type: 'log', ...entry });
       }
       stream.end();

@@ -1,23 +1,19 @@
 import { mkdir, rm } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
-import type { BackendCapabilities, MachineFiles, MachineHandle, MachineSpec } from '../backend.js';
-import { buildQemuArgv } from './argv.js';
+import type { AttachedMachine, Backend, BackendCapabilities, MachineFiles, MachineSpec, StartedMachine } from '../backend.js';
+import { buildQemuArgv, MACHINE_TYPE } from './argv.js';
+import { QmpControl } from './control.js';
 import { machineFiles } from './files.js';
 import { createOverlay } from './overlay.js';
 import { isQemuOf, signalProcess, spawnQemu, tailFile, waitGone } from './process.js';
 import { QmpClient } from './qmp.js';
 
-export interface StartedMachine extends MachineHandle {
-  qmp: QmpClient;
-  /** Settles when QEMU exits (this process is its parent). */
-  exited: Promise<unknown>;
-}
-
 /** The QEMU `-M microvm` driver. */
-export class QemuBackend {
+export class QemuBackend implements Backend {
   readonly name = 'qemu';
   readonly capabilities: BackendCapabilities = { snapshots: true, fork: true, pause: true, console: true };
+  readonly machineType = MACHINE_TYPE;
 
   files(dir: string): MachineFiles {
     return machineFiles(dir);
@@ -46,7 +42,7 @@ export class QemuBackend {
           throw this.bootFailure(spec, files, 'QEMU exited during start-up');
         }),
       ]);
-      return { pid: spawned.pid, files, qmp, exited: spawned.exited };
+      return { pid: spawned.pid, files, control: new QmpControl(qmp), exited: spawned.exited };
     } catch (err) {
       if (!exitedEarly) await this.kill(spawned.pid, spec.id);
       if (err instanceof CellError && err.code === ErrorCodes.BOOT_FAILED) throw err;
@@ -55,11 +51,11 @@ export class QemuBackend {
   }
 
   /** Reconnects to a QEMU started earlier (by another celld). */
-  async attach(id: string, dir: string, pid: number): Promise<{ files: MachineFiles; qmp: QmpClient } | null> {
+  async attach(id: string, dir: string, pid: number): Promise<AttachedMachine | null> {
     if (!isQemuOf(pid, id)) return null;
     const files = machineFiles(dir);
     try {
-      return { files, qmp: await QmpClient.connect(files.qmpSocket, 2000) };
+      return { files, control: new QmpControl(await QmpClient.connect(files.qmpSocket, 2000)), memoryShared: memoryIsShared(pid) };
     } catch {
       return null;
     }
@@ -88,5 +84,14 @@ export class QemuBackend {
     const parts = [`VM failed to boot: ${why}`];
     if (qemuLog) parts.push(`qemu: ${qemuLog.split('\n').slice(-3).join(' | ')}`);
     return new CellError(ErrorCodes.BOOT_FAILED, parts.join('; '), { serialTail: serial, qemuLog, dir: spec.dir });
+  }
+}
+
+/** Whether a QEMU's RAM is a MAP_SHARED file (cold boot) rather than a private mapping (a fork). */
+function memoryIsShared(pid: number): boolean {
+  try {
+    return /memory-backend-file[^\0]*share=on/.test(readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
+  } catch {
+    return false;
   }
 }

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
+import { connectWithRetry } from '../unix-socket.js';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 
 export interface QmpEvent {
@@ -119,28 +120,5 @@ export class QmpClient extends EventEmitter {
     }
     this.pending.clear();
     this.emit('close');
-  }
-}
-
-/** Connects to a unix socket that QEMU may not have created yet. */
-export async function connectWithRetry(path: string, timeoutMs: number, intervalMs = 5): Promise<Socket> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await new Promise<Socket>((resolve, reject) => {
-        const socket = connect(path);
-        socket.once('connect', () => {
-          socket.removeAllListeners('error');
-          resolve(socket);
-        });
-        socket.once('error', reject);
-      });
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > deadline) {
-        throw new CellError(ErrorCodes.BOOT_FAILED, `cannot connect to ${path}: ${(err as Error).message}`);
-      }
-      await new Promise((r) => setTimeout(r, intervalMs));
-    }
   }
 }

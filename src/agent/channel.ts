@@ -1,0 +1,211 @@
+/**
+ * The connection to one guest agent (docs/protocol.md): the socket, the frame decoder, the
+ * requests waiting for their reply, the listeners of stream frames, flow control and the closed
+ * state. It knows frames and ids, not what the requests mean: the typed operations are in
+ * client.ts and file-transfer.ts, which both work through a channel.
+ */
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import { randomInt } from 'node:crypto';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import { AgentErrorCode, FrameDecoder, FrameType, decodeError, encodeFrame, type Frame } from './frame.js';
+
+interface PendingReply {
+  resolve: (frame: Frame) => void;
+  reject: (err: Error) => void;
+  what: string;
+}
+
+/** Receives the stream frames (STDOUT, STDERR, EXIT, DATA) of one id. */
+export type StreamListener = (frame: Frame) => void;
+
+/**
+ * Requests and their replies are matched by id; exec output and download data share the id
+ * space. Every frame but HELLO and the stream frames is a final reply: ERROR rejects the request
+ * waiting for it, anything else (OK, PONG, STARTED, ...) resolves it. Frames nobody waits for are
+ * dropped. Events: 'hello' (its payload), 'close' (once).
+ */
+export class AgentChannel extends EventEmitter {
+  private readonly decoder = new FrameDecoder();
+  private readonly pending = new Map<number, PendingReply>();
+  private readonly streams = new Map<number, StreamListener>();
+  /** Readers that are behind: the socket is paused while any is. */
+  private readonly pausedBy = new Set<number>();
+  // A VM restored from a snapshot may still run execs the previous connection started (a server
+  // a build step left running): their ids live on in the guest. Starting at a random id keeps a
+  // new connection's ids clear of them (the agent refuses a duplicate id rather than mix them).
+  private nextId = randomInt(1, 0x7fffffff);
+  private closedError: CellError | null = null;
+
+  constructor(private readonly socket: Socket) {
+    super();
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('close', () => this.onClose());
+    socket.on('error', () => {
+      /* 'close' follows */
+    });
+  }
+
+  get closed(): boolean {
+    return this.closedError !== null;
+  }
+
+  /** Why the channel closed (AGENT_DISCONNECTED), or null while it is open. */
+  get closeError(): CellError | null {
+    return this.closedError;
+  }
+
+  /** Throws the error that closed the channel, if it is closed. */
+  assertOpen(): void {
+    if (this.closedError) throw this.closedError;
+  }
+
+  allocId(): number {
+    const id = this.nextId;
+    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    return id;
+  }
+
+  send(type: number, id: number, payload?: Buffer): void {
+    this.assertOpen();
+    this.socket.write(encodeFrame(type, id, payload));
+  }
+
+  /** Sends a frame, then waits while the socket's buffer is full (upload backpressure). */
+  async sendDrained(type: number, id: number, payload: Buffer): Promise<void> {
+    this.assertOpen();
+    if (this.socket.write(encodeFrame(type, id, payload))) return;
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.off('close', done);
+        resolve();
+      };
+      this.socket.once('drain', done);
+      this.once('close', done);
+    });
+    this.assertOpen();
+  }
+
+  /** Sends a request and waits for its reply: ERROR, no answer within `timeoutMs` or a close reject. */
+  request(type: number, payload: Buffer, id = this.allocId(), timeoutMs = 10_000): Promise<Frame> {
+    this.assertOpen();
+    return new Promise<Frame>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new CellError(ErrorCodes.TIMEOUT, `the guest agent did not answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pending.set(id, {
+        resolve: (f) => {
+          clearTimeout(timer);
+          resolve(f);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+        what: `frame type ${type}`,
+      });
+      this.send(type, id, payload);
+    });
+  }
+
+  /**
+   * Registers for the final reply of a request whose frames the caller sends itself: OK (or any
+   * reply) resolves, ERROR or a closed connection rejects. No timeout.
+   */
+  expectReply(id: number, what: string): Promise<Frame> {
+    this.assertOpen();
+    const reply = new Promise<Frame>((resolve, reject) => this.pending.set(id, { resolve, reject, what }));
+    reply.catch(() => {}); // settled by whoever awaits it, or abandoned with forgetReply
+    return reply;
+  }
+
+  /** Stops waiting for request `id` (its late replies are then ignored). */
+  forgetReply(id: number): void {
+    this.pending.delete(id);
+  }
+
+  /** Routes the stream frames of `id` to `listener` until unlisten (or the close). */
+  listen(id: number, listener: StreamListener): void {
+    this.streams.set(id, listener);
+  }
+
+  unlisten(id: number): void {
+    this.streams.delete(id);
+  }
+
+  /** A reader of `id` that is behind pauses the socket (all of this guest's traffic) until it is not. */
+  pauseFor(id: number, paused: boolean): void {
+    if (paused) this.pausedBy.add(id);
+    else this.pausedBy.delete(id);
+    if (this.pausedBy.size > 0) this.socket.pause();
+    else if (!this.closed) this.socket.resume();
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  private onData(chunk: Buffer): void {
+    for (const frame of this.decoder.push(chunk)) this.onFrame(frame);
+  }
+
+  private onFrame(frame: Frame): void {
+    switch (frame.type) {
+      case FrameType.HELLO:
+        this.emit('hello', frame.payload);
+        return;
+      case FrameType.STDOUT:
+      case FrameType.STDERR:
+      case FrameType.EXIT:
+      case FrameType.DATA:
+        this.streams.get(frame.id)?.(frame);
+        return;
+      case FrameType.ERROR: {
+        const pending = this.pending.get(frame.id);
+        if (!pending) return;
+        this.pending.delete(frame.id);
+        pending.reject(errorFrom(frame));
+        return;
+      }
+      default: {
+        const pending = this.pending.get(frame.id);
+        if (!pending) return;
+        this.pending.delete(frame.id);
+        pending.resolve(frame);
+      }
+    }
+  }
+
+  private onClose(): void {
+    if (this.closedError) return;
+    this.closedError = new CellError(ErrorCodes.AGENT_DISCONNECTED, 'the connection to the guest agent closed (the VM stopped?)');
+    for (const p of this.pending.values()) p.reject(this.closedError);
+    this.pending.clear();
+    this.streams.clear();
+    this.emit('close');
+  }
+}
+
+/** The CellError of an ERROR frame, carrying the agent's code. */
+function errorFrom(frame: Frame): CellError {
+  const { code, message } = decodeError(frame.payload);
+  // An agent that does not know a frame type predates this celld (a VM booted before an upgrade).
+  const hint = code === AgentErrorCode.UNKNOWN_TYPE ? " (the VM's agent is older than celld: restart the VM)" : '';
+  return new CellError(cellCodeFor(code), message + hint, { agentCode: code });
+}
+
+/** The CellError code for an agent ERROR code: the caller's mistakes are not agent failures. */
+function cellCodeFor(agentCode: number) {
+  switch (agentCode) {
+    case AgentErrorCode.BAD_CWD:
+    case AgentErrorCode.WRONG_TYPE:
+    case AgentErrorCode.BAD_PATH:
+      return ErrorCodes.INVALID_ARGUMENT;
+    case AgentErrorCode.NOT_FOUND:
+      return ErrorCodes.NOT_FOUND;
+    default:
+      return ErrorCodes.AGENT_ERROR;
+  }
+}

@@ -1,0 +1,62 @@
+import type { CellConfig } from '../domain/config.js';
+import type { CellPaths } from '../domain/paths.js';
+import type { CompatKey } from '../domain/snapshot.js';
+import type { ActionCacheStore } from '../store/action-cache-store.js';
+import type { Db } from '../store/database.js';
+import type { ImageStore } from '../store/image-store.js';
+import type { SnapshotStore } from '../store/snapshot-store.js';
+import type { TemplateStore } from '../store/template-store.js';
+import type { VmStore } from '../store/vm-store.js';
+import type { Backend } from '../vmm/backend.js';
+import type { HostReady, ProgressListener } from './host-readiness.js';
+import type { LiveMachines } from './live-machines.js';
+import type { KeyedLocks } from './locks.js';
+
+/** The records the engine keeps, all in one SQLite database. */
+export interface EngineStores {
+  vms: VmStore;
+  images: ImageStore;
+  snapshots: SnapshotStore;
+  actionCache: ActionCacheStore;
+  templates: TemplateStore;
+}
+
+/** Host set-up (packages, kernel, initramfs, agent, built-in images, accelerator), once per daemon. */
+export interface HostProvider {
+  ensure(onProgress?: ProgressListener, opts?: { reprobe?: boolean }): Promise<HostReady>;
+}
+
+export interface EngineLog {
+  info(message: string): void;
+  warn(message: string): void;
+}
+
+/**
+ * What every engine service may use. A leaf: it names types only, so a service's constructor
+ * (this plus the sibling services it calls) says everything it depends on.
+ */
+export interface EngineContext {
+  readonly paths: CellPaths;
+  readonly db: Db;
+  readonly stores: EngineStores;
+  readonly config: CellConfig;
+  readonly host: HostProvider;
+  readonly backend: Backend;
+  /** The machines this daemon holds a control and agent connection to. */
+  readonly live: LiveMachines;
+  /** Per-VM, per-snapshot and per-cache-key serialisation. */
+  readonly locks: KeyedLocks;
+  readonly log: EngineLog;
+}
+
+/** What a snapshot taken here depends on; restoring elsewhere checks it first. */
+export function compatKey(ctx: Pick<EngineContext, 'backend'>, ready: HostReady): CompatKey {
+  return {
+    qemuVersion: ready.qemuVersion,
+    machine: ctx.backend.machineType,
+    cpuModel: ready.accelerator.accelerator === 'kvm' ? 'host' : 'qemu64',
+    accelerator: ready.accelerator.accelerator,
+    kernelDigest: ready.assets.kernel.digest,
+    initramfsDigest: ready.assets.initramfs.digest,
+  };
+}

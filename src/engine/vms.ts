@@ -1,0 +1,341 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { GuestStat, PutFileMeta } from '../agent/file-frames.js';
+import type { AgentClient } from '../agent/client.js';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import { newId, randomName, resolveRef, validateName } from '../domain/ids.js';
+import { effectiveCommand } from '../domain/image.js';
+import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
+import { DEFAULT_CPUS, DEFAULT_MEMORY_MIB, mergeEnv, newVmRecord, validateEnv, validateResources, type VmRecord, type VmSpec } from '../domain/vm.js';
+import { MAX_DATA_DISK_MIB } from '../host/empty-ext4.js';
+import { copySparse } from '../host/files.js';
+import { resolveImageUser } from '../image/image-users.js';
+import { compatKey, type EngineContext } from './context.js';
+import { copyIn, copyOut, type CopyResult } from './cp-targets.js';
+import { parseUser, runGuestCommand } from './exec-runner.js';
+import type { Owner } from './guest-files.js';
+import type { Images } from './images.js';
+import type { GuestIdentity } from './live-machines.js';
+import { machineSpecFor, releaseMemory } from './machine-spec.js';
+import type { ExecOptions, ExecResult, OutputSink } from './output.js';
+import type { Spare } from './spare-pool.js';
+import { VmLogs, type LogEntry } from './vm-logs.js';
+import { exitInfo } from './vm-records.js';
+
+export interface CreateVmRequest {
+  image?: string;
+  name?: string;
+  cpus?: number;
+  memoryMib?: number;
+  cmd?: string[];
+  env?: string[];
+  workingDir?: string;
+  user?: string;
+  timeoutSec?: number;
+  autoRemove?: boolean;
+  /** An empty ext4 disk of this many MiB at /data. */
+  dataDiskMib?: number;
+}
+
+export interface RestoreRequest {
+  snapshot: SnapshotRecord;
+  /** A fork's new identity; a VM rolled back keeps its own (undefined). */
+  identity?: GuestIdentity;
+  /**
+   * Give the VM its own writable copy of the snapshot's RAM instead of mapping it copy-on-write:
+   * costs a copy of the touched pages, but a snapshot of the VM is then a file copy, not a full
+   * RAM save (what build steps want: each one is snapshotted).
+   */
+  copyMemory?: boolean;
+  /** A spare of the snapshot, restored and paused, made for this VM's id: only resume it. */
+  spare?: Spare;
+}
+
+/**
+ * VMs: their records, boots, commands, files, logs, stop and removal. Every operation on one VM
+ * holds its lock; every state change goes through VmStore.setState (the lifecycle table in
+ * domain/vm-state.ts) before it is acted on.
+ */
+export class Vms {
+  readonly logs: VmLogs;
+
+  constructor(
+    private readonly ctx: EngineContext,
+    private readonly images: Images,
+  ) {
+    this.logs = new VmLogs((id) => ctx.paths.vmDir(id));
+  }
+
+  list(all = false): VmRecord[] {
+    const vms = this.ctx.stores.vms.list();
+    return all ? vms : vms.filter((vm) => vm.state !== 'stopped' && vm.state !== 'created');
+  }
+
+  resolve(ref: string): VmRecord {
+    return resolveRef('VM', ref, this.ctx.stores.vms.list());
+  }
+
+  get(id: string): VmRecord | undefined {
+    return this.ctx.stores.vms.get(id);
+  }
+
+  /** Serialises operations on one VM. */
+  withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.ctx.locks.run(id, fn);
+  }
+
+  /** Validates everything and records a VM in state `created`; nothing boots yet. */
+  async create(req: CreateVmRequest): Promise<VmRecord> {
+    const cpus = req.cpus ?? DEFAULT_CPUS;
+    const memoryMib = req.memoryMib ?? DEFAULT_MEMORY_MIB;
+    validateResources(cpus, memoryMib);
+    validateEnv(req.env ?? []);
+    if (req.timeoutSec !== undefined && (!Number.isFinite(req.timeoutSec) || req.timeoutSec < 0)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--timeout ${req.timeoutSec} must be a number of seconds >= 0`);
+    }
+    if (req.name !== undefined) validateName(req.name);
+    if (req.dataDiskMib !== undefined && (!Number.isInteger(req.dataDiskMib) || req.dataDiskMib < 1 || req.dataDiskMib > MAX_DATA_DISK_MIB)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--data-disk ${req.dataDiskMib} is out of range: give MiB from 1 to ${MAX_DATA_DISK_MIB}`);
+    }
+    await this.ctx.host.ensure();
+    if (!req.image) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an image is required (for example: busybox)');
+    const image = await this.images.ensure(req.image);
+    const user = await resolveImageUser(image.diskPath, req.user || image.config.User || 'root');
+    const name = req.name ?? this.freshName();
+    this.assertNameFree(name);
+    const vm = await this.record(name, {
+      image: image.reference,
+      imageDigest: image.digest,
+      cpus,
+      memoryMib,
+      cmd: effectiveCommand(image.config, req.cmd ?? []),
+      env: mergeEnv(image.config.Env ?? [], req.env ?? []),
+      workingDir: req.workingDir || image.config.WorkingDir || '/',
+      user,
+      timeoutSec: req.timeoutSec ?? 0,
+      autoRemove: req.autoRemove ?? false,
+      ...(req.dataDiskMib ? { dataDiskMib: req.dataDiskMib } : {}),
+    });
+    this.ctx.stores.images.touch(image.reference, vm.createdAt);
+    return vm;
+  }
+
+  /** Records a new VM in state `created` (with its directory, and a pin on its image's blobs). */
+  async record(name: string, spec: VmSpec, baseSnapshot: string | null = null, id: string = newId()): Promise<VmRecord> {
+    const vm = newVmRecord(id, name, spec, baseSnapshot);
+    await mkdir(this.ctx.paths.vmDir(vm.id), { recursive: true });
+    this.ctx.db.transaction(() => {
+      this.ctx.stores.vms.insert(vm);
+      this.images.pin('vm', vm.id, spec.imageDigest);
+    })();
+    return vm;
+  }
+
+  /** Boots a created or stopped VM and waits for its agent. The disk is kept across starts. */
+  start(ref: string): Promise<VmRecord> {
+    const vm = this.resolve(ref);
+    return this.withLock(vm.id, () => this.boot(vm.id));
+  }
+
+  /**
+   * Boots VM `id` (its lock held). With `restore`, the VM comes back from the snapshot instead: a
+   * fresh overlay on the snapshot's disk layer, its RAM file mapped copy-on-write (or copied), its
+   * saved state loaded.
+   */
+  async boot(id: string, restore?: RestoreRequest): Promise<VmRecord> {
+    const { stores, paths } = this.ctx;
+    const vm = stores.vms.get(id)!;
+    if (vm.state === 'running' || vm.state === 'starting') {
+      throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} is already ${vm.state}`);
+    }
+    const ready = await this.ctx.host.ensure();
+    // A VM on a snapshot's layer needs no image here (an imported snapshot's image may be absent).
+    const image = vm.baseSnapshot || restore ? undefined : this.images.require(vm.spec.image);
+    stores.vms.setState(id, 'starting', { exit: null, pid: null, accelerator: ready.accelerator.accelerator });
+    const snapshotDir = restore ? paths.snapshotDir(restore.snapshot.id) : undefined;
+    try {
+      if (restore && snapshotDir) {
+        assertCompatible(restore.snapshot.compat, compatKey(this.ctx, ready), restore.snapshot.name);
+        // A spare made its overlays already; anything else starts on fresh ones.
+        if (!restore.spare) {
+          await rm(join(paths.vmDir(id), 'disk.qcow2'), { force: true });
+          await rm(join(paths.vmDir(id), 'data.qcow2'), { force: true });
+        }
+        stores.vms.update(id, { baseSnapshot: restore.snapshot.id });
+        if (restore.copyMemory) await copySparse(join(snapshotDir, 'memory'), paths.memoryFile(id));
+      }
+      const current = stores.vms.get(id)!;
+      await this.ctx.live.boot(
+        await machineSpecFor(paths, current, ready, image, restore),
+        (pid) => stores.vms.update(id, { pid }),
+        restore && snapshotDir ? { statePath: join(snapshotDir, 'state'), identity: restore.identity, prepared: restore.spare?.prepared } : undefined,
+      );
+    } catch (err) {
+      releaseMemory(paths, id);
+      stores.vms.setState(id, 'stopped', { stoppedAt: new Date().toISOString(), pid: null, exit: exitInfo('boot_failed') });
+      throw err;
+    }
+    return stores.vms.setState(id, 'running', { startedAt: new Date().toISOString() });
+  }
+
+  /** `cell exec`: a command in a running VM, with the VM's env under the caller's. */
+  async exec(ref: string, opts: ExecOptions, sink: OutputSink): Promise<ExecResult> {
+    const vm = this.resolve(ref);
+    validateEnv(opts.env ?? []);
+    const agent = this.agentOf(vm);
+    const { uid, gid } = parseUser(opts.user ?? vm.spec.user);
+    return runGuestCommand(
+      agent,
+      {
+        argv: opts.cmd,
+        env: mergeEnv(vm.spec.env, opts.env ?? []),
+        cwd: opts.workingDir || vm.spec.workingDir,
+        uid,
+        gid,
+        timeoutSec: opts.timeoutSec ?? 0,
+        stdin: opts.stdin,
+        signal: opts.signal,
+      },
+      sink,
+    );
+  }
+
+  /** `cell cp HOST VM:PATH`: a host file or directory into a running VM (docker cp's rules, cp-targets.ts). */
+  copyIn(ref: string, hostPath: string, guestPath: string): Promise<CopyResult> {
+    return copyIn(this.agentOf(this.resolve(ref)), hostPath, guestPath);
+  }
+
+  /** `cell cp VM:PATH HOST`: a file or directory of a running VM onto the host, owned by `owner` when given. */
+  copyOut(ref: string, guestPath: string, hostPath: string, owner?: Owner): Promise<CopyResult> {
+    return copyOut(this.agentOf(this.resolve(ref)), guestPath, hostPath, owner);
+  }
+
+  statGuestPath(ref: string, path: string, follow = false): Promise<GuestStat> {
+    return this.agentOf(this.resolve(ref)).stat(path, { follow });
+  }
+
+  /** A regular file of a running VM, streamed; leaving the loop early cancels the read. */
+  readGuestFile(ref: string, path: string, maxBytes = 0): AsyncGenerator<Buffer> {
+    return this.agentOf(this.resolve(ref)).readFile(path, { maxBytes });
+  }
+
+  /** Creates or atomically replaces a file in a running VM; resolves with its size. */
+  writeGuestFile(ref: string, path: string, meta: PutFileMeta, source: AsyncIterable<Buffer>): Promise<number> {
+    return this.agentOf(this.resolve(ref)).putFile(path, meta, source);
+  }
+
+  /** The agent of a running VM. */
+  agentOf(vm: VmRecord): AgentClient {
+    const current = this.ctx.stores.vms.get(vm.id) ?? vm;
+    if (current.state !== 'running') throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state})`);
+    return this.ctx.live.require(vm.id).agent;
+  }
+
+  stop(ref: string, graceSec = 10): Promise<VmRecord> {
+    const vm = this.resolve(ref);
+    return this.withLock(vm.id, async () => {
+      const { vms } = this.ctx.stores;
+      const current = vms.get(vm.id)!;
+      if (current.state === 'stopped' || current.state === 'created') return current;
+      if (current.state !== 'stopping') vms.setState(vm.id, 'stopping');
+      await this.ctx.live.stop(vm.id, graceSec);
+      const stopped = vms.setState(vm.id, 'stopped', {
+        stoppedAt: new Date().toISOString(),
+        pid: null,
+        exit: vms.get(vm.id)!.exit ?? exitInfo('stopped'),
+      });
+      // Followers (`cell logs -f`) wake up, see the VM stopped and end.
+      this.logs.end(vm.id);
+      return stopped;
+    });
+  }
+
+  /** Removes a VM and its disk. A running VM needs `force` (then it is killed, no grace). */
+  remove(ref: string, force = false): Promise<void> {
+    const vm = this.resolve(ref);
+    return this.withLock(vm.id, async () => {
+      const { vms } = this.ctx.stores;
+      const current = vms.get(vm.id);
+      if (!current) return;
+      if (current.state !== 'stopped' && current.state !== 'created') {
+        if (!force) throw new CellError(ErrorCodes.CONFLICT, `VM ${current.name} is ${current.state}: stop it first or use --force`);
+        if (current.state !== 'stopping') vms.setState(vm.id, 'stopping');
+        await this.ctx.live.kill(vm.id);
+        if (current.pid) await this.ctx.backend.kill(current.pid, vm.id);
+      }
+      releaseMemory(this.ctx.paths, vm.id);
+      this.ctx.db.transaction(() => {
+        vms.delete(vm.id);
+        this.images.unpin('vm', vm.id);
+      })();
+      this.logs.end(vm.id);
+      await rm(this.ctx.paths.vmDir(vm.id), { recursive: true, force: true });
+    });
+  }
+
+  /** Kills a running VM now (no grace) and records it stopped: a restore about to replace it. Lock held. */
+  async halt(id: string): Promise<void> {
+    const { vms } = this.ctx.stores;
+    const current = vms.get(id)!;
+    if (current.state === 'stopped' || current.state === 'created') return;
+    if (current.state !== 'stopping') vms.setState(id, 'stopping');
+    await this.ctx.live.kill(id);
+    vms.setState(id, 'stopped', { pid: null });
+  }
+
+  /** The main command's output; with `follow`, keeps going until the VM stops or `signal` aborts. */
+  async *readLogs(ref: string, follow: boolean, signal?: AbortSignal): AsyncGenerator<LogEntry> {
+    const vm = this.resolve(ref);
+    let wake: (() => void) | null = null;
+    const poke = () => wake?.();
+    this.logs.on(`entry:${vm.id}`, poke);
+    this.logs.on(`end:${vm.id}`, poke);
+    signal?.addEventListener('abort', poke);
+    try {
+      let offset = 0;
+      for (;;) {
+        // Arm the wake-up before reading so an entry written meanwhile is not slept through.
+        const woken = new Promise<void>((resolve) => (wake = resolve));
+        const batch = await this.logs.readFrom(vm.id, offset);
+        offset = batch.offset;
+        yield* batch.entries;
+        const state = this.ctx.stores.vms.get(vm.id)?.state;
+        if (!follow || signal?.aborted || !state || state === 'stopped' || state === 'created') return;
+        await woken;
+      }
+    } finally {
+      this.logs.off(`entry:${vm.id}`, poke);
+      this.logs.off(`end:${vm.id}`, poke);
+      signal?.removeEventListener('abort', poke);
+    }
+  }
+
+  /** Throws `conflict` when a VM has the name already. */
+  assertNameFree(name: string): void {
+    if (this.ctx.stores.vms.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another VM`);
+  }
+
+  /** `name`, or `name-<hex>` when a VM has it already (the VMs of actions and templates). */
+  availableName(name: string): string {
+    return this.ctx.stores.vms.nameExists(name) ? `${name}-${randomBytes(2).toString('hex')}` : name;
+  }
+
+  freshName(): string {
+    for (;;) {
+      const name = randomName();
+      if (!this.ctx.stores.vms.nameExists(name)) return name;
+    }
+  }
+
+  /** The machine of VM `id` ended; unless someone asked for that, the VM crashed. */
+  onMachineGone(id: string, expected: boolean): void {
+    releaseMemory(this.ctx.paths, id);
+    if (expected) return;
+    const vm = this.ctx.stores.vms.get(id);
+    if (vm && (vm.state === 'running' || vm.state === 'starting')) {
+      this.ctx.stores.vms.setState(id, 'stopped', { stoppedAt: new Date().toISOString(), pid: null, exit: vm.exit ?? exitInfo('crashed') });
+    }
+    this.logs.end(id);
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * The engine's VM lifecycle on the fake backend (no QEMU): boot, exec, stop, crash, illegal
+ * transitions, and reconcile after a daemon restart or crash in each state.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { CellError } from '../../src/domain/errors.js';
+import type { Engine } from '../../src/engine/engine.js';
+import type { OutputSink } from '../../src/engine/output.js';
+import { openFakeEngine, type FakeEngine } from './harness.js';
+
+let fake: FakeEngine;
+before(async () => {
+  fake = await openFakeEngine();
+});
+after(async () => {
+  await fake?.cleanup();
+});
+
+function collect(): OutputSink & { out: () => string } {
+  const chunks: Buffer[] = [];
+  return { stdout: (c) => chunks.push(c), stderr: () => {}, out: () => Buffer.concat(chunks).toString() };
+}
+
+async function runningVm(engine: Engine, name: string) {
+  const vm = await engine.vms.create({ image: 'busybox', name });
+  return engine.vms.start(vm.id);
+}
+
+test('create, start, exec, stop and remove go through the lifecycle and leave nothing', async () => {
+  const { engine, backend, paths } = fake;
+  const created = await engine.vms.create({ image: 'busybox', name: 'life' });
+  assert.equal(created.state, 'created');
+  const running = await engine.vms.start('life');
+  assert.equal(running.state, 'running');
+  assert.ok(backend.isRunning(running.pid!, running.id), 'the record names the live machine');
+  const sink = collect();
+  const result = await engine.vms.exec('life', { cmd: ['sh', '-c', 'echo hello from $X'], env: ['X=fake'] }, sink);
+  assert.equal(result.exitCode, 0);
+  assert.equal(sink.out(), 'hello from fake\n');
+
+  await assert.rejects(engine.vms.start('life'), (err: unknown) => err instanceof CellError && err.code === 'conflict');
+  const stopped = await engine.vms.stop('life', 1);
+  assert.equal(stopped.state, 'stopped');
+  assert.equal(stopped.exit?.reason, 'stopped');
+  assert.equal(backend.isRunning(running.pid!, running.id), false, 'stop ends the machine');
+  await assert.rejects(engine.vms.exec('life', { cmd: ['true'] }, collect()), (err: unknown) => err instanceof CellError && err.code === 'vm_not_running');
+
+  const again = await engine.vms.start('life');
+  assert.equal(again.state, 'running');
+  assert.notEqual(again.pid, running.pid);
+  await assert.rejects(engine.vms.remove('life'), (err: unknown) => err instanceof CellError && err.code === 'conflict');
+  await engine.vms.remove('life', true);
+  assert.equal(engine.vms.list(true).length, 0);
+  assert.equal(existsSync(paths.vmDir(running.id)), false);
+  assert.equal(existsSync(paths.memoryFile(running.id)), false, 'the RAM file goes with the VM');
+  assert.equal(backend.alive().length, 0);
+});
+
+test('a machine that dies on its own is recorded as crashed, and its VM can start again', async () => {
+  const { engine, backend } = fake;
+  const vm = await runningVm(engine, 'crashy');
+  await backend.crash(vm.id);
+  // The control channel closing is the signal; give the listener its turn.
+  await new Promise((r) => setTimeout(r, 50));
+  const after = engine.vms.get(vm.id)!;
+  assert.equal(after.state, 'stopped');
+  assert.equal(after.exit?.reason, 'crashed');
+  assert.equal((await engine.vms.start(vm.id)).state, 'running');
+  await engine.vms.remove(vm.id, true);
+});
+
+test('a boot that fails leaves the VM stopped with boot_failed, and nothing running', async () => {
+  const { engine, backend } = fake;
+  const vm = await engine.vms.create({ image: 'busybox', name: 'broken' });
+  backend.failStarts = 1;
+  await assert.rejects(engine.vms.start(vm.id), (err: unknown) => err instanceof CellError && err.code === 'boot_failed');
+  const after = engine.vms.get(vm.id)!;
+  assert.equal(after.state, 'stopped');
+  assert.equal(after.exit?.reason, 'boot_failed');
+  assert.equal(backend.alive().length, 0);
+  await engine.vms.remove(vm.id);
+});
+
+test('a daemon restart reconnects to running VMs, which keep working', async () => {
+  const vm = await runningVm(fake.engine, 'survivor');
+  const engine = await fake.reopen();
+  const after = engine.vms.get(vm.id)!;
+  assert.equal(after.state, 'running');
+  assert.equal(after.pid, vm.pid);
+  const sink = collect();
+  assert.equal((await engine.vms.exec(vm.id, { cmd: ['echo', 'still here'] }, sink)).exitCode, 0);
+  assert.equal(sink.out(), 'still here\n');
+  await engine.vms.remove(vm.id, true);
+});
+
+test('after a crash of celld, reconcile settles every state by the lifecycle table', async () => {
+  const { engine, backend, paths } = fake;
+  const alive = await runningVm(engine, 'rec-alive');
+  const dead = await runningVm(engine, 'rec-dead');
+  const starting = await runningVm(engine, 'rec-starting');
+  const stopping = await runningVm(engine, 'rec-stopping');
+  const idle = await engine.vms.create({ image: 'busybox', name: 'rec-created' });
+  // Freeze records as a daemon killed mid-operation leaves them (through the one writer).
+  const { VmStore } = await import('../../src/store/vm-store.js');
+  const { openDatabase } = await import('../../src/store/database.js');
+  const db = openDatabase(paths.db);
+  const store = new VmStore(db);
+  store.setState(starting.id, 'stopped');
+  store.setState(starting.id, 'starting', { pid: starting.pid });
+  store.setState(stopping.id, 'stopping');
+  db.close();
+
+  // The dead one's machine goes while no daemon watches.
+  const again = await fake.crashAndReopen({ whileDown: () => backend.crash(dead.id) });
+  const state = (id: string) => again.vms.get(id)!;
+  assert.equal(state(alive.id).state, 'running', 'a live running VM is reattached');
+  assert.equal(backend.isRunning(alive.pid!, alive.id), true);
+  assert.equal(state(dead.id).state, 'stopped');
+  assert.equal(state(dead.id).exit?.reason, 'lost');
+  assert.equal(state(starting.id).state, 'stopped', 'a half-booted VM is not trusted to finish');
+  assert.equal(state(starting.id).exit?.reason, 'lost');
+  assert.equal(backend.isRunning(starting.pid!, starting.id), false, "its machine is ended");
+  assert.equal(state(stopping.id).state, 'stopped');
+  assert.equal(state(stopping.id).exit?.reason, 'stopped');
+  assert.equal(backend.isRunning(stopping.pid!, stopping.id), false);
+  assert.equal(state(idle.id).state, 'created', 'a VM that never booted is left alone');
+  assert.equal(existsSync(paths.memoryFile(dead.id)), false, "a lost VM's RAM file is freed");
+  for (const vm of again.vms.list(true)) await again.vms.remove(vm.id, true);
+  assert.equal(backend.alive().length, 0);
+});
