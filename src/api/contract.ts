@@ -126,6 +126,7 @@ export function statusForCode(code: string): number {
     case 'conflict':
     case 'vm_not_running':
     case 'incompatible_snapshot':
+    case 'invalid_state':
       return 409;
     case 'host_missing_dependency':
       return 424;
