@@ -15,7 +15,7 @@ async function main(): Promise<void> {
   mkdirSync(paths.home, { recursive: true });
   const release = acquireDaemonLock(paths.daemonPid);
   const logger = pino({ level: process.env.CELL_LOG_LEVEL ?? 'info', base: { pid: process.pid } }, pino.destination({ dest: paths.daemonLog, append: true, sync: false }));
-  const engine = await Engine.open(paths);
+  const engine = await Engine.open(paths, { log: { info: (message) => logger.info(message), warn: (message) => logger.warn(message) } });
   const app = buildApp(engine, logger);
   rmSync(paths.socket, { force: true });
   await app.listen({ path: paths.socket });
