@@ -136,3 +136,32 @@ test('leftovers of a dead celld are swept: import staging, folders of deleted ro
     await fake.cleanup();
   }
 });
+
+test('a full file system during a snapshot says so, with what was needed and what is free; the VM goes on', { skip: process.getuid?.() !== 0 && 'needs root to mount a small tmpfs' }, async () => {
+  const { execFileSync } = await import('node:child_process');
+  const { randomBytes } = await import('node:crypto');
+  const { writeFileSync } = await import('node:fs');
+  const fake = await openFakeEngine();
+  const { engine, paths } = fake;
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'cellt-full', paths.snapshots]);
+  try {
+    const created = await engine.vms.create({ image: 'busybox', name: 'big' });
+    const vm = await engine.vms.start(created.id);
+    // The guest touched 8 MiB of its RAM: the snapshot's copy of it cannot fit in 2 MiB.
+    writeFileSync(paths.memoryFile(vm.id), randomBytes(8 * 1024 * 1024));
+    await assert.rejects(engine.snapshots.take(vm.id, { name: 'nope' }), (err: unknown) => {
+      const e = err as { code?: string; message: string };
+      return e.code === 'snapshot_failed' && /is full: the snapshot needs about 8\.0 MiB for the guest's RAM, [0-9.]+ MiB are free/.test(e.message);
+    });
+    assert.equal(engine.vms.get(vm.id)!.state, 'running');
+    const sink = { out: '', stdout(c: Buffer) { this.out += c; }, stderr() {} };
+    assert.equal((await engine.vms.exec(vm.id, { cmd: ['echo', 'fine'] }, sink)).exitCode, 0, 'the VM was resumed');
+    assert.deepEqual(readdirSync(paths.snapshots), [], 'no half-written snapshot is left');
+    assert.equal(engine.snapshots.list().length, 0);
+  } finally {
+    await fake.engine.close().catch(() => {});
+    await fake.backend.killAll();
+    execFileSync('umount', [paths.snapshots]);
+    await fake.cleanup();
+  }
+});
