@@ -3,6 +3,7 @@ import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { CellPaths } from '../domain/paths.js';
+import { stripControl } from '../domain/terminal-text.js';
 
 /** celld's exit status when another celld already serves this CELL_HOME (see src/server/main.ts). */
 export const DAEMON_ALREADY_RUNNING_EXIT = 3;
@@ -33,7 +34,8 @@ export function startDaemon(paths: CellPaths, env: NodeJS.ProcessEnv = process.e
 
 export function daemonLogTail(paths: CellPaths, lines = 10): string {
   try {
-    return readFileSync(paths.daemonLog, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+    // celld's stderr lands here too: no escape sequences to the user's terminal.
+    return stripControl(readFileSync(paths.daemonLog, 'utf8')).trimEnd().split('\n').slice(-lines).join('\n');
   } catch {
     return '';
   }

@@ -1,6 +1,7 @@
 import { mkdir, rm } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
+import { stripControl } from '../../domain/terminal-text.js';
 import type { AttachedMachine, Backend, BackendCapabilities, MachineFiles, MachineSpec, StartedMachine } from '../backend.js';
 import { buildQemuArgv, MACHINE_TYPE } from './argv.js';
 import { QmpControl } from './control.js';
@@ -81,7 +82,8 @@ export class QemuBackend implements Backend {
   bootFailure(spec: Pick<MachineSpec, 'dir'>, files: MachineFiles, why: string): CellError {
     const qemuLog = tailFile(files.qemuLog, 10);
     const serial = tailFile(files.serialLog, 20);
-    const parts = [`VM failed to boot: ${why}`];
+    // `why` may quote the guest (an agent's answer): no control sequences in the message either.
+    const parts = [`VM failed to boot: ${stripControl(why)}`];
     if (qemuLog) parts.push(`qemu: ${qemuLog.split('\n').slice(-3).join(' | ')}`);
     return new CellError(ErrorCodes.BOOT_FAILED, parts.join('; '), { serialTail: serial, qemuLog, dir: spec.dir });
   }
