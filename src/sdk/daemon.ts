@@ -13,11 +13,12 @@ export const DAEMON_ALREADY_RUNNING_EXIT = 3;
  * celld.log. From TypeScript sources (a checkout without `npm run build`) it runs through tsx.
  */
 export function startDaemon(paths: CellPaths, env: NodeJS.ProcessEnv = process.env): ChildProcess {
-  mkdirSync(paths.home, { recursive: true });
+  // Private from the start (celld narrows an existing home itself, see Engine.prepareHome).
+  mkdirSync(paths.home, { recursive: true, mode: 0o700 });
   const fromSource = import.meta.url.endsWith('.ts');
   const entry = fileURLToPath(new URL(`../server/main.${fromSource ? 'ts' : 'js'}`, import.meta.url));
   const args = fromSource ? ['--import', 'tsx', entry] : [entry];
-  const log = openSync(paths.daemonLog, 'a');
+  const log = openSync(paths.daemonLog, 'a', 0o600);
   try {
     const child = spawn(process.execPath, args, {
       detached: true,

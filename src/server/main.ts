@@ -1,4 +1,4 @@
-import { rmSync, mkdirSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import pino from 'pino';
 import { cellPaths } from '../domain/paths.js';
 import { toCellError } from '../domain/errors.js';
@@ -12,7 +12,8 @@ import { acquireDaemonLock } from './daemon-lock.js';
  */
 async function main(): Promise<void> {
   const paths = cellPaths();
-  mkdirSync(paths.home, { recursive: true });
+  // Before anything is written there: a home of ours, private (see README "Who may use celld").
+  Engine.prepareHome(paths, null);
   const release = acquireDaemonLock(paths.daemonPid);
   const logger = pino({ level: process.env.CELL_LOG_LEVEL ?? 'info', base: { pid: process.pid } }, pino.destination({ dest: paths.daemonLog, append: true, sync: false }));
   const engine = await Engine.open(paths, { log: { info: (message) => logger.info(message), warn: (message) => logger.warn(message) } });

@@ -1,5 +1,5 @@
 import { mkdir, rm } from 'node:fs/promises';
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readFileSync } from 'node:fs';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { stripControl } from '../../domain/terminal-text.js';
 import type { AttachedMachine, Backend, BackendCapabilities, MachineFiles, MachineSpec, StartedMachine } from '../backend.js';
@@ -26,11 +26,13 @@ export class QemuBackend implements Backend {
    */
   async start(spec: MachineSpec, extraKernelArgs: readonly string[] = []): Promise<StartedMachine> {
     const files = machineFiles(spec.dir);
-    await mkdir(spec.dir, { recursive: true });
+    await mkdir(spec.dir, { recursive: true, mode: 0o700 });
     if (!existsSync(files.overlay)) await createOverlay(files.overlay, spec.baseDiskPath, spec.baseDiskFormat);
     if (spec.dataDisk && !existsSync(files.dataOverlay)) await createOverlay(files.dataOverlay, spec.dataDisk.baseDiskPath, spec.dataDisk.baseDiskFormat);
     // Stale sockets from an earlier run would make QEMU fail to bind.
     await Promise.all([rm(files.qmpSocket, { force: true }), rm(files.agentSocket, { force: true }), rm(files.serialLog, { force: true })]);
+    // The guest's console output is the user's: 0600 (QEMU would make it 0644), made exclusively.
+    closeSync(openSync(files.serialLog, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
     const spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs), files.qemuLog);
     let exitedEarly = false;
     void spawned.exited.then(() => {

@@ -16,7 +16,7 @@ export interface SpawnedQemu {
  * stdout and stderr go to a log file that boot errors quote.
  */
 export function spawnQemu(argv: readonly string[], logPath: string): SpawnedQemu {
-  const log = openSync(logPath, 'a');
+  const log = openSync(logPath, 'a', 0o600);
   try {
     const child = spawn(QEMU_BINARY, argv, { detached: true, stdio: ['ignore', log, log] });
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
