@@ -99,7 +99,7 @@ export class Engine {
       ensureOwnDir(dir, what);
     }
     for (const file of [paths.daemonLog, paths.daemonPid, paths.config]) narrowFileMode(file);
-    ensurePrivateDir(paths.memory, 'the guest RAM folder');
+    ensurePrivateDir(paths.memory, 'the guest RAM folder', ' (with no VM running)');
     const db = openDatabase(paths.db);
     const stores = {
       vms: new VmStore(db),

@@ -29,7 +29,7 @@ export function sha256File(path: string): Promise<string> {
 
 export { fsyncPath, writeFileAtomic } from '../store/atomic-file.js';
 import { fsyncPath } from '../store/atomic-file.js';
-import { createPrivateFile } from '../store/private-files.js';
+import { createPrivateFile, ensureNotWritableByOthers } from '../store/private-files.js';
 
 /**
  * Copies a sparse file keeping its holes (a RAM file holds only the pages the guest touched) into
@@ -88,11 +88,19 @@ export async function publishDir(tmpDir: string, finalDir: string, replace = fal
   await fsyncPath(dirname(finalDir));
 }
 
-/** A fresh private work dir under `<cacheDir>/tmp` (same filesystem as the outputs, so renames work). */
+/**
+ * A fresh private (0700) work dir under `<cacheDir>/tmp` (same filesystem as the outputs, so renames
+ * work). Root unpacks and runs what is built there: the cache and its tmp must not be writable by
+ * anyone else, or they could swap our work dir for theirs.
+ */
 export async function makeWorkDir(cacheDir: string, label: string): Promise<string> {
   const parent = join(cacheDir, 'tmp');
   await mkdir(parent, { recursive: true });
-  return mkdtemp(join(parent, `${label}-`));
+  ensureNotWritableByOthers(cacheDir, 'the host cache');
+  ensureNotWritableByOthers(parent, 'the host cache');
+  const dir = await mkdtemp(join(parent, `${label}-`));
+  await chmod(dir, 0o700);
+  return dir;
 }
 
 export async function readJsonIfExists<T>(path: string): Promise<T | null> {

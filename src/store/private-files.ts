@@ -55,10 +55,10 @@ function makeDir(path: string, mode: number): boolean {
  * symlink) owned by our uid with no group or other permission bits, or it is refused: its
  * contents may have been read or planted by whoever could get in.
  */
-export function ensurePrivateDir(path: string, what: string): void {
+export function ensurePrivateDir(path: string, what: string, removeWhen = ''): void {
   makeDir(path, PRIVATE_DIR_MODE);
   const st = lstatSync(path);
-  const fix = `remove it (with no VM running) or, if it is yours, make it private (chown ${myUid()} and chmod 700 it)`;
+  const fix = `remove it${removeWhen} or, if it is yours, make it private (chown ${myUid()} and chmod 700 it)`;
   if (st.isSymbolicLink()) throw refuse(what, path, 'it is a symlink', st, `remove it`);
   if (!st.isDirectory()) throw refuse(what, path, 'it is not a folder', st, 'remove it');
   if (st.uid !== myUid()) throw refuse(what, path, `it is owned by another user, not by celld's uid ${myUid()}`, st, fix);
@@ -128,4 +128,21 @@ export function createPrivateFile(path: string): number {
   const fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, PRIVATE_FILE_MODE);
   fchmodSync(fd, PRIVATE_FILE_MODE);
   return fd;
+}
+
+/**
+ * A folder others must not be able to write to (the host cache, where set-up downloads and builds
+ * what root then runs): owned by us or root, and not group or world writable unless sticky. One
+ * of ours is narrowed (go-w); anyone else's is refused.
+ */
+export function ensureNotWritableByOthers(path: string, what: string): void {
+  const st = statSync(path);
+  const ownerOk = st.uid === myUid() || st.uid === 0;
+  const open = (st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0;
+  if (ownerOk && !open) return;
+  if (st.uid === myUid()) {
+    chmodSync(path, st.mode & 0o7755);
+    return;
+  }
+  throw refuse(what, path, ownerOk ? 'other users may write to it' : `it is owned by another user, not by uid ${myUid()} or root`, st, `chown ${myUid()} it and chmod go-w it, or remove it`);
 }
