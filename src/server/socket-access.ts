@@ -23,15 +23,17 @@ export function lookupGroup(name: string): number | null {
 }
 
 /**
- * The socket's group: `CELL_SOCKET_GROUP` (default `cell`, empty for none) if it exists and celld
- * may give files to it (root, or a member), else null.
+ * The socket's group: `CELL_SOCKET_GROUP` (empty for none) if it exists and celld may give files
+ * to it (root, or a member), else null. Unset, it is `cell` for root's celld only: a user's own
+ * celld is that user's alone unless they name a group (the `cell` group is for root's celld).
  */
 export function socketGroup(env: NodeJS.ProcessEnv = process.env): number | null {
-  const name = env.CELL_SOCKET_GROUP ?? DEFAULT_SOCKET_GROUP;
+  const root = process.getuid?.() === 0;
+  const name = env.CELL_SOCKET_GROUP ?? (root ? DEFAULT_SOCKET_GROUP : '');
   if (!name) return null;
   const gid = lookupGroup(name);
   if (gid === null) return null;
-  if (process.getuid?.() === 0 || process.getgroups?.().includes(gid)) return gid;
+  if (root || process.getgroups?.().includes(gid)) return gid;
   return null;
 }
 
