@@ -47,6 +47,12 @@ export interface EngineContext {
   /** Per-VM, per-snapshot and per-cache-key serialisation. */
   readonly locks: KeyedLocks;
   readonly log: EngineLog;
+  /**
+   * A named step of a multi-step operation (`snapshot:saved`, ...) where a crash drill may stop
+   * the daemon: a no-op unless CELL_CRASH_AT names the step (celld then kills itself with
+   * SIGKILL) or a test hands in its own.
+   */
+  readonly checkpoint: (step: string) => Promise<void>;
 }
 
 /** What a snapshot taken here depends on; restoring elsewhere checks it first. */

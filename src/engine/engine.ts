@@ -18,6 +18,7 @@ import { LiveMachines } from './live-machines.js';
 import { KeyedLocks } from './locks.js';
 import { loadConfig, reconcile, sweepOrphans } from './recovery.js';
 import { Runs } from './runs.js';
+import { recoverSnapshots } from './snapshot-recovery.js';
 import { Snapshots } from './snapshots.js';
 import { SparePool, type SparePoolOptions } from './spare-pool.js';
 import { Templates } from './templates.js';
@@ -45,12 +46,21 @@ export interface EngineDeps {
   config?: CellConfig;
   spares?: SparePoolOptions;
   log?: EngineLog;
+  checkpoint?: (step: string) => Promise<void>;
 }
 
 const STDERR_LOG: EngineLog = {
   info: (message) => process.stderr.write(`${message}\n`),
   warn: (message) => process.stderr.write(`warning: ${message}\n`),
 };
+
+/** CELL_CRASH_AT=STEP: celld kills itself (SIGKILL, as `kill -9`) when it reaches that step. */
+function crashDrill(step: string | undefined): (at: string) => Promise<void> {
+  if (!step) return async () => {};
+  return async (at) => {
+    if (at === step) process.kill(process.pid, 'SIGKILL');
+  };
+}
 
 /**
  * The composition root: builds the context and the services, each given exactly the siblings it
@@ -121,6 +131,7 @@ export class Engine {
       live: new LiveMachines(backend, (id, expected) => vms?.onMachineGone(id, expected)),
       locks: new KeyedLocks(),
       log: deps.log ?? STDERR_LOG,
+      checkpoint: deps.checkpoint ?? crashDrill(process.env.CELL_CRASH_AT),
     };
     const images = new Images(ctx);
     vms = new Vms(ctx, images);
@@ -133,6 +144,7 @@ export class Engine {
     const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs);
     await reconcile(ctx);
     await sweepOrphans(ctx);
+    await recoverSnapshots(ctx, vms, images);
     return engine;
   }
 

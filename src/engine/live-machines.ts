@@ -123,6 +123,9 @@ export class LiveMachines {
     const attached = await this.backend.attach(id, dir, pid);
     if (!attached) return null;
     try {
+      // A machine a dead daemon left paused (in the middle of a snapshot) runs again; `cont` on a
+      // running one changes nothing.
+      await attached.control.resume();
       const agent = new AgentClient(await connectWithRetry(attached.files.agentSocket, 2000));
       await agent.waitReady(Date.now() + 5000);
       return this.track(id, pid, dir, attached.control, agent, attached.memoryShared);

@@ -1,8 +1,17 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { DATA_DISK_MOUNT, type VmRecord } from '../domain/vm.js';
+import type { CellPaths } from '../domain/paths.js';
 import type { EngineContext } from './context.js';
+
+export const CONVERTER_ID_FILE = 'machine-id';
+
+/** Converters' folders in /tmp, one prefix per CELL_HOME so a celld sweeps only its own. */
+export function conversionDirPrefix(paths: Pick<CellPaths, 'home'>): string {
+  return `/tmp/cell-conv-${createHash('sha256').update(paths.home).digest('hex').slice(0, 12)}-`;
+}
 
 /**
  * A VM restored from a snapshot maps that snapshot's RAM privately, so QEMU cannot hand its RAM
@@ -14,8 +23,10 @@ export async function convertToSharedMemory(ctx: Pick<EngineContext, 'host' | 'b
   const ready = await ctx.host.ensure();
   const vmDir = ctx.paths.vmDir(vm.id);
   // Sockets need a short path; the converter's disk is an overlay on the VM's (it never runs).
-  const dir = await mkdtemp('/tmp/cell-conv-');
+  const dir = await mkdtemp(conversionDirPrefix(ctx.paths));
   const id = `conv${vm.id}`;
+  // Recovery after a crash finds this converter by its folder and ends it (snapshot-recovery.ts).
+  await writeFile(join(dir, CONVERTER_ID_FILE), id);
   let pid: number | undefined;
   try {
     const started = await ctx.backend.start({

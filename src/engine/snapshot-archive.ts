@@ -82,7 +82,7 @@ export async function importSnapshot(ctx: Pick<EngineContext, 'paths' | 'db' | '
       parentSnapshot: null,
       createdAt: meta.snapshot.createdAt,
     };
-    if (stores.snapshots.get(record.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${record.id.slice(0, 12)} is already here`);
+    if (stores.snapshots.getAny(record.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${record.id.slice(0, 12)} is already here`);
     await rm(join(staging, 'snapshot.json'));
     await rename(staging, paths.snapshotDir(record.id));
     try {

@@ -1,19 +1,18 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { link, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { link, mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { newId, resolveRef, validateName } from '../domain/ids.js';
 import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
 import type { VmRecord } from '../domain/vm.js';
-import { copySparse } from '../host/files.js';
 import { compatKey, type EngineContext } from './context.js';
 import type { Images } from './images.js';
-import { releaseMemory } from './machine-spec.js';
-import { exitInfo, guestHostname } from './vm-records.js';
-import { convertToSharedMemory } from './memory-conversion.js';
+import { guestHostname } from './vm-records.js';
 import type { Spare, SparePool } from './spare-pool.js';
+import { collectRetiredSnapshots } from './retired-snapshots.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
+import { takeSnapshot, type SnapshotIntent } from './snapshot-take.js';
 import type { Vms } from './vms.js';
 
 
@@ -75,7 +74,7 @@ export class Snapshots {
     const vm = this.vms.resolve(vmRef);
     if (opts.name !== undefined) validateName(opts.name);
     return this.ctx.locks.run(vm.id, async () => {
-      const { stores, paths, live } = this.ctx;
+      const { stores } = this.ctx;
       const current = stores.vms.get(vm.id)!;
       if (current.state !== 'running') {
         throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): only a running VM can be snapshotted`);
@@ -83,61 +82,21 @@ export class Snapshots {
       const name = opts.name ?? `${vm.name}-snap-${randomBytes(2).toString('hex')}`;
       if (stores.snapshots.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another snapshot`);
       const ready = await this.ctx.host.ensure();
-      const id = newId();
-      const staging = join(paths.snapshots, `.tmp-${id}`);
-      await mkdir(staging, { recursive: true });
-      // What the guest's page cache holds must reach the disk layer being frozen: a VM that later
-      // boots cold from it (start after --stop, a template's cold start) sees only the disk.
-      await live.require(vm.id).agent.sync().catch(() => {});
-      const machine = await live.pause(vm.id);
-      let quit = false;
-      try {
-        if (machine.memoryShared) {
-          // RAM is already a file: save only device state, then copy the (sparse) file while paused.
-          await machine.control.saveState(join(staging, 'state'), { withRam: false });
-          await copySparse(paths.memoryFile(vm.id), join(staging, 'memory'));
-        } else {
-          // RAM is a private copy-on-write mapping: save it whole, then turn it into a file.
-          await machine.control.saveState(join(staging, 'full-state'), { withRam: true });
-          await convertToSharedMemory(this.ctx, current, staging);
-        }
-        await live.quitPaused(vm.id);
-        quit = true;
-        await rename(join(paths.vmDir(vm.id), 'disk.qcow2'), join(staging, 'disk.qcow2'));
-        const data = join(paths.vmDir(vm.id), 'data.qcow2');
-        if (existsSync(data)) await rename(data, join(staging, 'data.qcow2'));
-      } catch (err) {
-        if (!quit) await live.resume(vm.id).catch(() => {});
-        await rm(staging, { recursive: true, force: true });
-        throw err instanceof CellError ? err : new CellError(ErrorCodes.SNAPSHOT_FAILED, `snapshot of ${vm.name} failed: ${(err as Error).message}`);
-      }
-
-      const sizes = await Promise.all(['state', 'memory', 'disk.qcow2', 'data.qcow2'].map((f) => allocatedBytes(join(staging, f))));
-      const record: SnapshotRecord = {
-        id,
-        name,
-        parentVm: vm.id,
-        parentVmName: vm.name,
-        parentSnapshot: current.baseSnapshot,
-        spec: current.spec,
-        compat: compatKey(this.ctx, ready),
-        stateBytes: sizes[0]!,
-        memoryBytes: sizes[1]!,
-        diskBytes: sizes[2]! + sizes[3]!,
-        createdAt: new Date().toISOString(),
+      const intent: SnapshotIntent = {
+        vm: vm.id,
+        resume: !opts.stop,
+        record: {
+          id: newId(),
+          name,
+          parentVm: vm.id,
+          parentVmName: vm.name,
+          parentSnapshot: current.baseSnapshot,
+          spec: current.spec,
+          compat: compatKey(this.ctx, ready),
+          createdAt: new Date().toISOString(),
+        },
       };
-      await rename(staging, paths.snapshotDir(id));
-      this.ctx.db.transaction(() => {
-        stores.snapshots.insert(record);
-        this.images.pin('snapshot', id, record.spec.imageDigest);
-      })();
-      // From now on the VM's disk is an overlay on the frozen layer.
-      stores.vms.setState(vm.id, 'stopped', { baseSnapshot: id, pid: null, stoppedAt: new Date().toISOString(), exit: exitInfo('snapshot') });
-      releaseMemory(paths, vm.id);
-      // It continues on its own copy of the RAM it was saved with (not a copy-on-write mapping), so
-      // its next snapshot is again a file copy (~0.2 s) rather than a full RAM save (~1.4 s here).
-      if (!opts.stop) await this.vms.boot(vm.id, { snapshot: record, copyMemory: true });
-      return record;
+      return takeSnapshot(this.ctx, this.vms, this.images, current, intent);
     });
   }
 
@@ -270,25 +229,22 @@ export class Snapshots {
   }
 
   /**
-   * Removes a snapshot. Refused while VMs run on its disk layer (unless `force`, which removes
-   * them) or while snapshots taken from its descendants still chain through it.
+   * Removes a snapshot. A snapshot that VMs or later snapshots stand on (their disks are overlays
+   * on its layer) is refused unless `force`, and even then no VM is touched: it is retired (gone
+   * from lists, its name free) and its files stay until the last of them is removed. `force` also
+   * drops the cache entries that hold it; template revisions holding it are refused without it.
    */
   remove(ref: string, force = false): Promise<void> {
     const snapshot = this.resolve(ref);
     return this.ctx.locks.run(snapshot.id, async () => {
       const { stores } = this.ctx;
-      const children = stores.snapshots.children(snapshot.id);
-      if (children.length > 0) {
-        throw new CellError(
-          ErrorCodes.CONFLICT,
-          `snapshot ${snapshot.name} is the base of snapshots ${children.map((c) => c.name).join(', ')}: remove them first`,
-        );
-      }
+      const children = stores.snapshots.children(snapshot.id).filter((c) => !stores.snapshots.isRetired(c.id));
       const dependents = stores.vms.onSnapshot(snapshot.id);
-      if (dependents.length > 0 && !force) {
+      const users = [...dependents.map((v) => `VM ${v.name}`), ...children.map((c) => `snapshot ${c.name}`)];
+      if (users.length > 0 && !force) {
         throw new CellError(
           ErrorCodes.CONFLICT,
-          `snapshot ${snapshot.name} is in use by VMs ${dependents.map((v) => v.name).join(', ')}: remove them or use --force`,
+          `snapshot ${snapshot.name} is in use by ${users.join(', ')}: remove them first, or use --force to remove it from the list now (its files go with the last of them; no VM is removed)`,
         );
       }
       const holders = this.holders(snapshot.id);
@@ -298,14 +254,19 @@ export class Snapshots {
           `snapshot ${snapshot.name} is held by ${holders.join(', ')}: remove those first (cell cache prune, cell template rm) or use --force`,
         );
       }
-      for (const vm of dependents) await this.vms.remove(vm.id, true);
       await this.spares.drop(snapshot.id);
+      const standsOn = stores.vms.onSnapshot(snapshot.id).length > 0 || stores.snapshots.children(snapshot.id).length > 0;
       this.ctx.db.transaction(() => {
         stores.actionCache.deleteForSnapshot(snapshot.id);
-        stores.snapshots.delete(snapshot.id);
-        this.images.unpin('snapshot', snapshot.id);
+        if (standsOn) stores.snapshots.retire(snapshot.id, new Date().toISOString());
+        else {
+          stores.snapshots.delete(snapshot.id);
+          this.images.unpin('snapshot', snapshot.id);
+        }
       })();
-      await rm(this.ctx.paths.snapshotDir(snapshot.id), { recursive: true, force: true });
+      if (!standsOn) await rm(this.ctx.paths.snapshotDir(snapshot.id), { recursive: true, force: true });
+      // Its parent may have been retired and waiting for this one.
+      await collectRetiredSnapshots(this.ctx, (id) => this.images.unpin('snapshot', id));
     });
   }
 
@@ -362,7 +323,7 @@ export class Snapshots {
   /** Whether `snapshot` was taken from this VM or from one of the snapshots it descends from. */
   private inLineage(vm: VmRecord, snapshot: SnapshotRecord): boolean {
     if (snapshot.parentVm === vm.id) return true;
-    for (let id = vm.baseSnapshot; id; id = this.ctx.stores.snapshots.get(id)?.parentSnapshot ?? null) {
+    for (let id = vm.baseSnapshot; id; id = this.ctx.stores.snapshots.getAny(id)?.parentSnapshot ?? null) {
       if (id === snapshot.id) return true;
     }
     return false;
@@ -370,15 +331,5 @@ export class Snapshots {
 
   private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object, id?: string): Promise<VmRecord> {
     return this.vms.record(name, { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...overrides }, snapshot.id, id);
-  }
-}
-
-/** Bytes a file really occupies (sparse RAM files are mostly holes). */
-async function allocatedBytes(path: string): Promise<number> {
-  try {
-    const s = await stat(path);
-    return Math.min(s.size, s.blocks * 512);
-  } catch {
-    return 0;
   }
 }

@@ -18,6 +18,7 @@ import type { Owner } from './guest-files.js';
 import type { Images } from './images.js';
 import type { GuestIdentity } from './live-machines.js';
 import { createMemoryFile, machineSpecFor, releaseMemory } from './machine-spec.js';
+import { collectRetiredSnapshots } from './retired-snapshots.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
 import type { Spare } from './spare-pool.js';
 import { VmLogs, type LogEntry } from './vm-logs.js';
@@ -273,6 +274,8 @@ export class Vms {
       })();
       this.logs.end(vm.id);
       await rm(this.ctx.paths.vmDir(vm.id), { recursive: true, force: true });
+      // It may have been the last VM on a snapshot the user removed already.
+      if (current.baseSnapshot) await collectRetiredSnapshots(this.ctx, (id) => this.images.unpin('snapshot', id));
     });
   }
 

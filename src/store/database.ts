@@ -102,6 +102,9 @@ const MIGRATIONS: string[] = [
    CREATE INDEX template_revisions_by_template ON template_revisions (template_name);
    CREATE INDEX template_revisions_by_disk ON template_revisions (disk_snapshot);
    CREATE INDEX template_revisions_by_warm ON template_revisions (warm_snapshot);`,
+  // A removed snapshot that VMs or later snapshots still stand on is retired, not deleted: gone
+  // from lists and names, its files kept until its last user is removed.
+  `ALTER TABLE snapshots ADD COLUMN retired_at TEXT;`,
 ];
 
 export type Db = Database.Database;

@@ -51,13 +51,46 @@ export class SnapshotStore {
     }
   }
 
+  /** A snapshot users can see (not retired). */
   get(id: string): SnapshotRecord | undefined {
+    const row = this.db.prepare('SELECT * FROM snapshots WHERE id = ? AND retired_at IS NULL').get(id) as SnapshotRow | undefined;
+    return row ? fromRow(row) : undefined;
+  }
+
+  /** Any snapshot row, retired or not (lineage walks, id collisions). */
+  getAny(id: string): SnapshotRecord | undefined {
     const row = this.db.prepare('SELECT * FROM snapshots WHERE id = ?').get(id) as SnapshotRow | undefined;
     return row ? fromRow(row) : undefined;
   }
 
+  /** The snapshots users see: all but retired ones. */
   list(): SnapshotRecord[] {
-    return (this.db.prepare('SELECT * FROM snapshots ORDER BY created_at, id').all() as SnapshotRow[]).map(fromRow);
+    return (this.db.prepare('SELECT * FROM snapshots WHERE retired_at IS NULL ORDER BY created_at, id').all() as SnapshotRow[]).map(fromRow);
+  }
+
+  /**
+   * Takes a snapshot out of lists and frees its name; the row stays while VMs or snapshots stand
+   * on its layer (`unusedRetired` says when that is over).
+   */
+  retire(id: string, at: string): void {
+    this.db.prepare("UPDATE snapshots SET retired_at = ?, name = '.retired-' || id WHERE id = ?").run(at, id);
+  }
+
+  isRetired(id: string): boolean {
+    return this.db.prepare('SELECT 1 FROM snapshots WHERE id = ? AND retired_at IS NOT NULL').get(id) !== undefined;
+  }
+
+  /** Retired snapshots nothing stands on any more: no VM on their layer, no snapshot on top. */
+  unusedRetired(): SnapshotRecord[] {
+    return (
+      this.db
+        .prepare(
+          `SELECT * FROM snapshots s WHERE s.retired_at IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM vms v WHERE v.base_snapshot = s.id)
+             AND NOT EXISTS (SELECT 1 FROM snapshots c WHERE c.parent_snapshot = s.id)`,
+        )
+        .all() as SnapshotRow[]
+    ).map(fromRow);
   }
 
   nameExists(name: string): boolean {
@@ -72,7 +105,7 @@ export class SnapshotStore {
     this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id);
   }
 
-  /** Snapshots whose disk layer sits directly on this one. */
+  /** Snapshots whose disk layer sits directly on this one (retired ones too: they chain through it). */
   children(id: string): SnapshotRecord[] {
     return (this.db.prepare('SELECT * FROM snapshots WHERE parent_snapshot = ?').all(id) as SnapshotRow[]).map(fromRow);
   }

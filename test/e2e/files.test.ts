@@ -165,16 +165,18 @@ describe('cell cp: files between the host and a running VM', () => {
       assert.equal(readFileSync(join(down.target, 'README'), 'utf8'), 'hello from the host\n');
 
       // mkdir, list and remove run mkdir, find and rm in the guest with the path as one argument: no shell.
-      await box.files.mkdir('/work/a dir/$(touch /work/pwned); x');
-      assert.equal(await box.files.exists('/work/a dir/$(touch /work/pwned); x'), true);
+      await box.files.mkdir('/work/a dir/$(touch pwned); x');
+      assert.equal(await box.files.exists('/work/a dir/$(touch pwned); x'), true);
       await box.files.write('/work/a dir/file', 'abc');
       const entries = (await box.files.list('/work/a dir')).map((e) => [e.name, e.path, e.kind]).sort();
       assert.deepEqual(entries, [
-        ['$(touch /work/pwned); x', '/work/a dir/$(touch /work/pwned); x', 'directory'],
+        ['$(touch pwned); x', '/work/a dir/$(touch pwned); x', 'directory'],
         ['file', '/work/a dir/file', 'file'],
       ]);
       await box.files.remove('/work/a dir');
       assert.equal(await box.files.exists('/work/a dir'), false);
+      // A file name cannot hold '/'; a shell would have run touch in the working directory.
+      assert.equal(await box.files.exists('/pwned'), false);
       assert.equal(await box.files.exists('/work/pwned'), false);
       await box.files.remove('/work/never-there'); // a missing path is fine
 

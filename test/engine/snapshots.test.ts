@@ -65,7 +65,12 @@ test('a snapshot keeps its source running on the new layer; forks run on it; rem
 
   const child = await engine.snapshots.take('kid-1', { name: 'child' });
   assert.equal(child.parentSnapshot, snapshot.id);
-  await assert.rejects(engine.snapshots.remove('base', true), (err: unknown) => code('conflict')(err) && /child/.test((err as Error).message), 'a snapshot on top chains through it, even with force');
+  await engine.vms.remove('kid-1', true);
+  await assert.rejects(engine.snapshots.remove('base'), (err: unknown) => code('conflict')(err) && /snapshot child/.test((err as Error).message), 'a snapshot on top chains through it');
+  await engine.snapshots.remove('base', true);
+  assert.deepEqual(engine.snapshots.list().map((s) => s.name), ['child'], 'forced: out of the list, but kept for what stands on it');
+  assert.ok(existsSync(join(paths.snapshotDir(snapshot.id), 'disk.qcow2')));
+  assert.equal(engine.vms.get(vm.id)!.state, 'running', 'its source VM is untouched');
   await removeAll(engine);
   assert.equal(engine.snapshots.list().length, 0);
   assert.deepEqual(readdirSync(paths.snapshots), []);

@@ -49,10 +49,13 @@ Examples:
 
   snapshot
     .command('rm')
-    .description('remove snapshots (refused while VMs run on them, unless -f removes those VMs)')
+    .description('remove snapshots (refused while VMs or later snapshots stand on them, or a cache entry or template holds them)')
     .argument('<snapshot...>', 'snapshot names, ids, or id prefixes')
-    .option('-f, --force', 'also remove the VMs whose disks depend on the snapshot')
-    .addHelpText('after', examples('cell snapshot rm warm', 'cell snapshot rm -f warm'))
+    .option(
+      '-f, --force',
+      'remove it from the list even so: VMs and snapshots on it keep working (its files go with the last of them) and no VM is ever removed; cache entries holding it are dropped',
+    )
+    .addHelpText('after', examples('cell snapshot rm warm', 'cell snapshot rm -f warm    # VMs forked from warm keep running'))
     .action(
       withClient(async (client, refs: string[], flags: { force?: boolean }) => {
         await forEachRef(refs, async (ref) => {

@@ -1,0 +1,96 @@
+import { existsSync } from 'node:fs';
+import { readdir, readFile, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import type { EngineContext } from './context.js';
+import type { Images } from './images.js';
+import { CONVERTER_ID_FILE, conversionDirPrefix } from './memory-conversion.js';
+import { collectRetiredSnapshots } from './retired-snapshots.js';
+import { finishSnapshot, INTENT_FILE, readIntent, SAVED_MARKER, type SnapshotIntent } from './snapshot-take.js';
+import type { Vms } from './vms.js';
+
+const SNAPSHOT_ID = /^[0-9a-f]{64}$/;
+
+/**
+ * After a start: what a celld killed in the middle of a snapshot, an import or a removal left.
+ * Runs after reconcile (VMs whose machine lives are attached and running again).
+ *
+ * - A snapshot whose state and RAM were saved completely (its `saved` marker) and whose VM's
+ *   machine is gone is finished: layers moved, published, recorded, the VM resumed from it.
+ * - One cut short earlier is undone: any disk layer it took goes back to the VM, the folder goes.
+ *   The VM keeps running on its own disk (reconcile resumed it), or, if its machine is gone, is
+ *   stopped with its disk intact.
+ * - Import staging folders, folders of snapshots whose rows were deleted, and paused RAM
+ *   converters of this CELL_HOME are removed; retired snapshots nothing stands on are deleted.
+ */
+export async function recoverSnapshots(ctx: EngineContext, vms: Vms, images: Images): Promise<void> {
+  for (const entry of await readdir(ctx.paths.snapshots)) {
+    const dir = join(ctx.paths.snapshots, entry);
+    try {
+      if (entry.startsWith('.import-')) await rm(dir, { recursive: true, force: true });
+      else if (entry.startsWith('.tmp-')) await recoverStaged(ctx, vms, images, dir);
+      else if (SNAPSHOT_ID.test(entry)) await recoverPublished(ctx, vms, images, entry, dir);
+    } catch (err) {
+      ctx.log.warn(`recovering ${dir} after a restart failed: ${(err as Error).message}`);
+    }
+  }
+  await sweepConverters(ctx);
+  await collectRetiredSnapshots(ctx, (id) => images.unpin('snapshot', id));
+}
+
+async function recoverStaged(ctx: EngineContext, vms: Vms, images: Images, dir: string): Promise<void> {
+  const intent = await readIntent(dir);
+  if (intent && canFinish(ctx, intent, dir)) {
+    await finishSnapshot(ctx, vms, images, intent, dir);
+    return;
+  }
+  if (intent) await giveLayersBack(ctx, intent, dir);
+  await rm(dir, { recursive: true, force: true });
+}
+
+async function recoverPublished(ctx: EngineContext, vms: Vms, images: Images, id: string, dir: string): Promise<void> {
+  const recorded = ctx.stores.snapshots.getAny(id) !== undefined;
+  const intent = existsSync(join(dir, INTENT_FILE)) ? await readIntent(dir) : null;
+  if (recorded) {
+    // Recorded, but the VM may not have been resumed from it yet.
+    const vm = intent ? ctx.stores.vms.get(intent.vm) : undefined;
+    if (intent && (vm?.state !== 'stopped' || vm.baseSnapshot !== id)) intent.resume = false;
+    if (intent) await finishSnapshot(ctx, vms, images, intent, dir);
+    return;
+  }
+  if (intent && canFinish(ctx, intent, dir)) {
+    await finishSnapshot(ctx, vms, images, intent, dir);
+    return;
+  }
+  // A removal deletes the row first, then the files: these are such files (or a cut-short publish).
+  if (intent) await giveLayersBack(ctx, intent, dir);
+  await rm(dir, { recursive: true, force: true });
+}
+
+/** The save completed, the VM still exists and its machine is gone: the snapshot can be finished. */
+function canFinish(ctx: EngineContext, intent: SnapshotIntent, dir: string): boolean {
+  const vm = ctx.stores.vms.get(intent.vm);
+  return existsSync(join(dir, SAVED_MARKER)) && vm !== undefined && ctx.live.get(vm.id) === undefined && vm.state === 'stopped';
+}
+
+/** Disk layers a cut-short snapshot took from its VM go back, unless the VM has its own again. */
+async function giveLayersBack(ctx: EngineContext, intent: SnapshotIntent, dir: string): Promise<void> {
+  if (!ctx.stores.vms.get(intent.vm)) return;
+  for (const layer of ['disk.qcow2', 'data.qcow2']) {
+    const taken = join(dir, layer);
+    const own = join(ctx.paths.vmDir(intent.vm), layer);
+    if (existsSync(taken) && !existsSync(own)) await rename(taken, own);
+  }
+}
+
+/** RAM converters (memory-conversion.ts) of this CELL_HOME left paused by a dead celld. */
+async function sweepConverters(ctx: EngineContext): Promise<void> {
+  const prefix = conversionDirPrefix(ctx.paths);
+  const entries = await readdir(dirname(prefix)).catch(() => [] as string[]);
+  for (const entry of entries.filter((e) => e.startsWith(basename(prefix)))) {
+    const dir = join(dirname(prefix), entry);
+    const id = (await readFile(join(dir, CONVERTER_ID_FILE), 'utf8').catch(() => '')).trim();
+    const pid = Number(await readFile(ctx.backend.files(dir).pidFile, 'utf8').catch(() => ''));
+    if (id && pid > 0) await ctx.backend.kill(pid, id);
+    await rm(dir, { recursive: true, force: true });
+  }
+}

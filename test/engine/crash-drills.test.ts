@@ -1,0 +1,167 @@
+/**
+ * Crash drills on the fake backend: celld "killed -9" at each step of a snapshot (the operation
+ * freezes at a checkpoint, the daemon's connections drop, a new engine opens on the same home and
+ * machines). Afterwards the VM runs with every write it made, the snapshot is either complete or
+ * gone, and nothing is left behind.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { openFakeEngine, type FakeEngine } from './harness.js';
+
+const STEPS = ['snapshot:staged', 'snapshot:paused', 'snapshot:saved', 'snapshot:quit', 'snapshot:disk-moved', 'snapshot:published', 'snapshot:recorded'];
+
+/** The fake's disks are text files: "overlay on <base>" plus what was written. */
+function diskChainHolds(path: string, marker: string): boolean {
+  for (let file: string | undefined = path, depth = 0; file && depth < 10; depth++) {
+    if (!existsSync(file)) return false;
+    const text: string = readFileSync(file, 'utf8');
+    if (text.includes(marker)) return true;
+    file = /^overlay on (.+)$/m.exec(text)?.[1];
+  }
+  return false;
+}
+
+for (const step of STEPS) {
+  test(`kill -9 of celld at ${step}: the VM runs with its data, the snapshot is whole or gone, nothing leaks`, async () => {
+    let reached!: () => void;
+    const frozen = new Promise<void>((resolve) => (reached = resolve));
+    const armed = { on: true };
+    const fake: FakeEngine = await openFakeEngine({
+      checkpoint: async (at) => {
+        if (armed.on && at === step) {
+          reached();
+          await new Promise(() => {}); // the daemon dies here: nothing after this step runs
+        }
+      },
+    });
+    try {
+      const { backend, paths } = fake;
+      const created = await fake.engine.vms.create({ image: 'busybox', name: 'victim' });
+      const vm = await fake.engine.vms.start(created.id);
+      // The guest writes to its disk after its last snapshot: that write must survive.
+      appendFileSync(join(paths.vmDir(vm.id), 'disk.qcow2'), `data written before ${step}\n`);
+      void fake.engine.snapshots.take(vm.id, { name: 'cut' }).catch(() => {});
+      await frozen;
+      armed.on = false;
+      const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
+
+      const after = engine.vms.get(vm.id)!;
+      assert.equal(after.state, 'running', `the VM runs again (exit: ${JSON.stringify(after.exit)})`);
+      const sink = { out: '', stdout(c: Buffer) { this.out += c; }, stderr() {} };
+      assert.equal((await engine.vms.exec(vm.id, { cmd: ['echo', 'alive'] }, sink)).exitCode, 0);
+      assert.equal(sink.out, 'alive\n');
+      assert.ok(diskChainHolds(join(paths.vmDir(vm.id), 'disk.qcow2'), `data written before ${step}`), 'its disk still has what it wrote');
+
+      const snapshots = engine.snapshots.list();
+      assert.ok(snapshots.length <= 1);
+      if (snapshots.length === 1) {
+        const [s] = snapshots;
+        assert.equal(s!.name, 'cut');
+        assert.equal(after.baseSnapshot, s!.id, 'a finished snapshot is what the VM runs on');
+        for (const f of ['state', 'memory', 'disk.qcow2']) assert.ok(existsSync(join(paths.snapshotDir(s!.id), f)), `${f} of the finished snapshot`);
+        assert.ok(!existsSync(join(paths.snapshotDir(s!.id), 'intent.json')), 'its intent is done with');
+      }
+      // Only recorded snapshots have folders; no staging, no converter, no stray machine.
+      assert.deepEqual(readdirSync(paths.snapshots).sort(), snapshots.map((s) => s.id).sort());
+      assert.deepEqual(backend.alive().map((m) => m.id), [vm.id]);
+      assert.deepEqual(readdirSync(paths.memory), [`${vm.id}.mem`]);
+      if (['snapshot:saved', 'snapshot:quit', 'snapshot:disk-moved', 'snapshot:published', 'snapshot:recorded'].includes(step) && !backend.isRunning(vm.pid!, vm.id)) {
+        assert.equal(snapshots.length, 1, 'once state and RAM were saved and the machine ended, the snapshot is finished');
+      }
+      await engine.vms.remove(vm.id, true);
+      for (const s of engine.snapshots.list()) await engine.snapshots.remove(s.id, true);
+      assert.equal(backend.alive().length, 0);
+    } finally {
+      await fake.cleanup();
+    }
+  });
+}
+
+test('removing a snapshot never removes or breaks the VMs on it; its files go with the last of them', async () => {
+  const fake = await openFakeEngine();
+  try {
+    const { engine, paths, backend } = fake;
+    const created = await engine.vms.create({ image: 'busybox', name: 'origin' });
+    await engine.vms.start(created.id);
+    const snap = await engine.snapshots.take(created.id, { name: 'base' });
+    const [kid] = await engine.snapshots.fork('base', { name: 'kid' });
+    await assert.rejects(engine.snapshots.remove('base'), (err: unknown) => /in use by VM origin, VM kid/.test((err as Error).message));
+    await engine.snapshots.remove('base', true);
+    assert.equal(engine.snapshots.list().length, 0, 'gone from the list at once');
+    await assert.rejects(engine.snapshots.fork('base', { name: 'late' }), (err: unknown) => (err as { code?: string }).code === 'not_found');
+    for (const id of [created.id, kid!.id]) {
+      assert.equal(engine.vms.get(id)!.state, 'running', 'no VM is removed or stopped');
+      assert.ok(backend.isRunning(engine.vms.get(id)!.pid!, id));
+    }
+    assert.ok(existsSync(join(paths.snapshotDir(snap.id), 'disk.qcow2')), 'the layer stays while VMs stand on it');
+    // The name is free again.
+    const again = await engine.snapshots.take('kid', { name: 'base' });
+    assert.equal(again.parentSnapshot, snap.id, 'a snapshot of a fork chains through the retired layer');
+    await engine.vms.remove('origin', true);
+    assert.ok(existsSync(paths.snapshotDir(snap.id)), 'kid and the new snapshot still stand on it');
+    await engine.vms.remove('kid', true);
+    assert.ok(existsSync(paths.snapshotDir(snap.id)), 'the new snapshot still chains through it');
+    await engine.snapshots.remove('base');
+    assert.ok(!existsSync(paths.snapshotDir(snap.id)), 'its last user gone, the retired layer goes too');
+    assert.deepEqual(readdirSync(paths.snapshots), []);
+    // A daemon restart in between does not lose track of a retired layer.
+    const vm2 = await engine.vms.create({ image: 'busybox', name: 'two' });
+    await engine.vms.start(vm2.id);
+    const s2 = await engine.snapshots.take(vm2.id, { name: 's2' });
+    await engine.snapshots.remove('s2', true);
+    const reopened = await fake.reopen();
+    assert.ok(existsSync(paths.snapshotDir(s2.id)));
+    await reopened.vms.remove('two', true);
+    assert.ok(!existsSync(paths.snapshotDir(s2.id)));
+  } finally {
+    await fake.cleanup();
+  }
+});
+
+test('leftovers of a dead celld are swept: import staging, folders of deleted rows', async () => {
+  const fake = await openFakeEngine();
+  try {
+    const { paths } = fake;
+    const { mkdirSync, writeFileSync } = await import('node:fs');
+    mkdirSync(join(paths.snapshots, '.import-123-456'));
+    writeFileSync(join(paths.snapshots, '.import-123-456', 'memory'), 'x');
+    mkdirSync(paths.snapshotDir('e'.repeat(64)));
+    writeFileSync(join(paths.snapshotDir('e'.repeat(64)), 'memory'), 'x');
+    mkdirSync(join(paths.snapshots, '.tmp-' + 'd'.repeat(64)));
+    await fake.crashAndReopen();
+    assert.deepEqual(readdirSync(paths.snapshots), []);
+  } finally {
+    await fake.cleanup();
+  }
+});
+
+test('a full file system during a snapshot says so, with what was needed and what is free; the VM goes on', { skip: process.getuid?.() !== 0 && 'needs root to mount a small tmpfs' }, async () => {
+  const { execFileSync } = await import('node:child_process');
+  const { randomBytes } = await import('node:crypto');
+  const { writeFileSync } = await import('node:fs');
+  const fake = await openFakeEngine();
+  const { engine, paths } = fake;
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'cellt-full', paths.snapshots]);
+  try {
+    const created = await engine.vms.create({ image: 'busybox', name: 'big' });
+    const vm = await engine.vms.start(created.id);
+    // The guest touched 8 MiB of its RAM: the snapshot's copy of it cannot fit in 2 MiB.
+    writeFileSync(paths.memoryFile(vm.id), randomBytes(8 * 1024 * 1024));
+    await assert.rejects(engine.snapshots.take(vm.id, { name: 'nope' }), (err: unknown) => {
+      const e = err as { code?: string; message: string };
+      return e.code === 'snapshot_failed' && /is full: the snapshot needs about 8\.0 MiB for the guest's RAM, [0-9.]+ MiB are free/.test(e.message);
+    });
+    assert.equal(engine.vms.get(vm.id)!.state, 'running');
+    const sink = { out: '', stdout(c: Buffer) { this.out += c; }, stderr() {} };
+    assert.equal((await engine.vms.exec(vm.id, { cmd: ['echo', 'fine'] }, sink)).exitCode, 0, 'the VM was resumed');
+    assert.deepEqual(readdirSync(paths.snapshots), [], 'no half-written snapshot is left');
+    assert.equal(engine.snapshots.list().length, 0);
+  } finally {
+    await fake.engine.close().catch(() => {});
+    await fake.backend.killAll();
+    execFileSync('umount', [paths.snapshots]);
+    await fake.cleanup();
+  }
+});
