@@ -52,8 +52,8 @@ function makeDir(path: string, mode: number): boolean {
 
 /**
  * A folder only we may use, made 0700 when missing. An existing one must be a real folder (not a
- * symlink) owned by our uid with no group or other permission bits, or it is refused: its
- * contents may have been read or planted by whoever could get in.
+ * symlink) owned by our uid that nobody else could write to, or it is refused: its contents may
+ * have been planted by whoever could get in. One that others could only read is narrowed to 0700.
  */
 export function ensurePrivateDir(path: string, what: string, removeWhen = ''): void {
   makeDir(path, PRIVATE_DIR_MODE);
@@ -62,7 +62,10 @@ export function ensurePrivateDir(path: string, what: string, removeWhen = ''): v
   if (st.isSymbolicLink()) throw refuse(what, path, 'it is a symlink', st, `remove it`);
   if (!st.isDirectory()) throw refuse(what, path, 'it is not a folder', st, 'remove it');
   if (st.uid !== myUid()) throw refuse(what, path, `it is owned by another user, not by celld's uid ${myUid()}`, st, fix);
-  if ((st.mode & 0o077) !== 0) throw refuse(what, path, 'other users may use it (group or world permission bits)', st, fix);
+  // Writable by others: anything in it may have been planted. Readable only (what an older celld
+  // made): nobody else could put anything in, so narrowing it is safe and upgrades just work.
+  if ((st.mode & 0o022) !== 0) throw refuse(what, path, 'other users may write to it (group or world write bits)', st, fix);
+  if ((st.mode & 0o077) !== 0) chmodSync(path, PRIVATE_DIR_MODE);
 }
 
 /**

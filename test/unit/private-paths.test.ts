@@ -97,11 +97,28 @@ test('a RAM folder made first by another user is refused, naming its owner and m
   }, /owned by another user.*\(owner uid 65534, mode 0700\)/);
 });
 
-test('a RAM folder that others may read is refused', async () => {
+test('a RAM folder that others may write to is refused', async () => {
   await refusedMemoryFolder((memory) => {
     mkdirSync(memory);
-    chmodSync(memory, 0o755);
-  }, /other users may use it .*\(owner uid 0, mode 0755\)/);
+    chmodSync(memory, 0o1777);
+  }, /other users may write to it .*\(owner uid 0, mode 01777\)/);
+});
+
+test("our own RAM folder that others could only read (an older celld's 0755) is narrowed to 0700", async () => {
+  const fake = await openFakeEngine(
+    {},
+    {
+      beforeOpen: (paths) => {
+        mkdirSync(paths.memory, { recursive: true });
+        chmodSync(paths.memory, 0o755);
+      },
+    },
+  );
+  try {
+    assert.equal(statSync(fake.paths.memory).mode & 0o7777, 0o700);
+  } finally {
+    await fake.cleanup();
+  }
 });
 
 test('a RAM folder that is a symlink is refused, even to a private folder', async () => {
