@@ -1,8 +1,8 @@
-import { mkdir } from 'node:fs/promises';
 import type { CellConfig } from '../domain/config.js';
 import type { CellPaths } from '../domain/paths.js';
 import { ActionCacheStore } from '../store/action-cache-store.js';
 import { openDatabase } from '../store/database.js';
+import { ensureCellHome, ensureOwnDir, ensurePrivateDir, ensurePrivateFile, narrowFileMode } from '../store/private-files.js';
 import { ImageStore } from '../store/image-store.js';
 import { SnapshotStore } from '../store/snapshot-store.js';
 import { TemplateStore } from '../store/template-store.js';
@@ -91,10 +91,25 @@ export class Engine {
     return this.ctx.config;
   }
 
+  /**
+   * celld's first step, before it writes anything in CELL_HOME: the home must be ours (refused if
+   * not) and private, 0700, or 0710 with `socketGroup` so that group's members reach celld.sock
+   * and nothing else; celld.log 0600.
+   */
+  static prepareHome(paths: CellPaths, socketGroup: number | null): void {
+    ensureCellHome(paths.home, socketGroup);
+    ensurePrivateFile(paths.daemonLog);
+  }
+
   static async open(paths: CellPaths, deps: EngineDeps = {}): Promise<Engine> {
-    await mkdir(paths.vms, { recursive: true });
-    await mkdir(paths.memory, { recursive: true });
-    await mkdir(paths.snapshots, { recursive: true });
+    // Private state (docs: README "Who may use celld"): the home and its folders 0700, files 0600;
+    // the guests' RAM folder on tmpfs is refused if anyone else made it or may get in.
+    ensureCellHome(paths.home);
+    for (const [dir, what] of [[paths.vms, 'the VMs folder'], [paths.snapshots, 'the snapshots folder'], [paths.spares, 'the spares folder']] as const) {
+      ensureOwnDir(dir, what);
+    }
+    for (const file of [paths.daemonLog, paths.daemonPid, paths.config]) narrowFileMode(file);
+    ensurePrivateDir(paths.memory, 'the guest RAM folder', ' (with no VM running)');
     const db = openDatabase(paths.db);
     const stores = {
       vms: new VmStore(db),

@@ -1,4 +1,4 @@
-import { existsSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, rmSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -7,6 +7,7 @@ import type { ImageRecord } from '../domain/image.js';
 import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
 import { DATA_DISK_MOUNT, newVmRecord, type VmRecord } from '../domain/vm.js';
 import { ensureEmptyExt4 } from '../host/empty-ext4.js';
+import { createPrivateFile } from '../store/private-files.js';
 import type { MachineSpec } from '../vmm/backend.js';
 import { compatKey, type EngineContext } from './context.js';
 import type { HostReady } from './host-readiness.js';
@@ -47,7 +48,7 @@ export async function prepareSpare(ctx: Pick<EngineContext, 'paths' | 'host' | '
   const placeholder = newVmRecord(id, 'spare', snapshot.spec, snapshot.id);
   // Spares wait in spares/<id>/; the fork that takes one moves the folder to vms/<id>/.
   const dir = ctx.paths.spareDir(id);
-  await mkdir(dir, { recursive: true });
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   try {
     const spec = { ...(await machineSpecFor(ctx.paths, placeholder, ready, undefined, { snapshot })), dir };
     return await ctx.live.prepareRestore(spec, join(ctx.paths.snapshotDir(snapshot.id), 'state'));
@@ -79,4 +80,12 @@ async function dataDiskOf(paths: CellPaths, vm: VmRecord): Promise<MachineSpec['
 /** A stopped VM's RAM is gone for good: free the tmpfs it held. */
 export function releaseMemory(paths: CellPaths, id: string): void {
   rmSync(paths.memoryFile(id), { force: true });
+}
+
+/**
+ * A cold boot's RAM file, empty, for QEMU to size and fill: made here 0600 and exclusively (QEMU
+ * would open whatever is at the path, a planted symlink included, and make it 0644).
+ */
+export function createMemoryFile(paths: CellPaths, id: string): void {
+  closeSync(createPrivateFile(paths.memoryFile(id)));
 }

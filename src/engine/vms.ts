@@ -17,7 +17,7 @@ import { parseUser, runGuestCommand } from './exec-runner.js';
 import type { Owner } from './guest-files.js';
 import type { Images } from './images.js';
 import type { GuestIdentity } from './live-machines.js';
-import { machineSpecFor, releaseMemory } from './machine-spec.js';
+import { createMemoryFile, machineSpecFor, releaseMemory } from './machine-spec.js';
 import { collectRetiredSnapshots } from './retired-snapshots.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
 import type { Spare } from './spare-pool.js';
@@ -125,7 +125,7 @@ export class Vms {
   /** Records a new VM in state `created` (with its directory, and a pin on its image's blobs). */
   async record(name: string, spec: VmSpec, baseSnapshot: string | null = null, id: string = newId()): Promise<VmRecord> {
     const vm = newVmRecord(id, name, spec, baseSnapshot);
-    await mkdir(this.ctx.paths.vmDir(vm.id), { recursive: true });
+    await mkdir(this.ctx.paths.vmDir(vm.id), { recursive: true, mode: 0o700 });
     this.ctx.db.transaction(() => {
       this.ctx.stores.vms.insert(vm);
       this.images.pin('vm', vm.id, spec.imageDigest);
@@ -165,6 +165,8 @@ export class Vms {
         }
         stores.vms.update(id, { baseSnapshot: restore.snapshot.id });
         if (restore.copyMemory) await copySparse(join(snapshotDir, 'memory'), paths.memoryFile(id));
+      } else {
+        createMemoryFile(paths, id);
       }
       const current = stores.vms.get(id)!;
       await this.ctx.live.boot(

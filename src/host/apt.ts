@@ -1,8 +1,9 @@
-import { readdir, stat, chmod } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { run } from './exec.js';
-import { sha256Hex } from './files.js';
+import { ensurePrivateDir } from '../store/private-files.js';
+import { sha256File, sha256Hex } from './files.js';
 
 /** apt as a package source: candidate versions, `apt-get download` (never install), one update per process. */
 
@@ -74,14 +75,30 @@ async function statLine(path: string): Promise<string> {
 }
 
 /**
- * `apt-get download NAME=VERSION` into `dir`; returns the .deb's path. The dir is made
- * world-writable because apt drops to its `_apt` user to download (as root into a dir `_apt`
- * cannot write it warns "Download is performed unsandboxed" and works anyway).
+ * `apt-get download NAME=VERSION` into `dir`; returns the .deb's path. Root unpacks that .deb, so
+ * nobody else may be able to swap it: `dir` must be private (0700, ours; refused otherwise) and
+ * apt downloads as root into it (APT::Sandbox::User=root: its `_apt` user could not write there,
+ * and a folder `_apt` can write to is one other users could too). The file is then checked
+ * against the SHA256 of apt's signed index, so what we use is what the archive published.
  */
 export async function aptDownload(pkg: string, version: string, dir: string): Promise<string> {
-  await chmod(dir, 0o777);
-  await run('apt-get', ['download', '-q', `${pkg}=${version}`], { cwd: dir, env: APT_ENV });
+  ensurePrivateDir(dir, 'the download folder');
+  await run('apt-get', ['download', '-q', '-o', 'APT::Sandbox::User=root', `${pkg}=${version}`], { cwd: dir, env: APT_ENV });
   const deb = (await readdir(dir)).find((f) => f.startsWith(`${pkg}_`) && f.endsWith('.deb'));
   if (!deb) throw new CellError(ErrorCodes.SETUP_FAILED, `apt-get download ${pkg}=${version} produced no .deb in ${dir}`);
-  return join(dir, deb);
+  const path = join(dir, deb);
+  const expected = await indexSha256(pkg, version);
+  if (expected) {
+    const actual = await sha256File(path);
+    if (actual !== expected) {
+      throw new CellError(ErrorCodes.DIGEST_MISMATCH, `${deb} does not match apt's index (sha256 ${actual}, expected ${expected}): not using it`, { path, expected, actual });
+    }
+  }
+  return path;
+}
+
+/** The SHA256 apt's index gives for NAME=VERSION, or null when it gives none. */
+async function indexSha256(pkg: string, version: string): Promise<string | null> {
+  const { stdout } = await run('apt-cache', ['show', '--no-all-versions', `${pkg}=${version}`]);
+  return /^SHA256: ([0-9a-f]{64})$/m.exec(stdout)?.[1] ?? null;
 }

@@ -1,9 +1,8 @@
-import { execFile } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { closeSync, createReadStream } from 'node:fs';
 import { chmod, mkdir, mkdtemp, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { promisify } from 'node:util';
 
 /**
  * File helpers for the content-addressed cache. Everything the cache holds is built in a temp
@@ -30,13 +29,31 @@ export function sha256File(path: string): Promise<string> {
 
 export { fsyncPath, writeFileAtomic } from '../store/atomic-file.js';
 import { fsyncPath } from '../store/atomic-file.js';
+import { createPrivateFile, ensureNotWritableByOthers } from '../store/private-files.js';
 
-/** Copies a sparse file keeping its holes (a RAM file holds only the pages the guest touched). */
+/**
+ * Copies a sparse file keeping its holes (a RAM file holds only the pages the guest touched) into
+ * a new 0600 file. `to` is created exclusively here, whatever was there removed first and never
+ * followed (a symlink planted at a RAM file's path must not redirect a guest's RAM onto
+ * /etc/passwd); cp writes through our descriptor (/dev/fd/3), so the path is not looked up again.
+ */
 export async function copySparse(from: string, to: string): Promise<void> {
-  await execFileAsync('cp', ['--sparse=always', from, to]);
+  const fd = createPrivateFile(to);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const child = spawn('cp', ['--sparse=always', from, '/dev/fd/3'], { stdio: ['ignore', 'ignore', 'pipe', fd] });
+      let stderr = '';
+      child.stderr?.on('data', (c: Buffer) => (stderr += c.toString('utf8')));
+      child.on('error', reject);
+      child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`cp --sparse=always ${from} ${to} exited ${code}: ${stderr.trim()}`))));
+    });
+  } catch (err) {
+    await rm(to, { force: true });
+    throw err;
+  } finally {
+    closeSync(fd);
+  }
 }
-
-const execFileAsync = promisify(execFile);
 
 /** Moves a finished temp file into place (it must already be fsynced) and makes the rename durable. */
 export async function publishFile(tmpPath: string, finalPath: string, mode?: number): Promise<void> {
@@ -71,11 +88,19 @@ export async function publishDir(tmpDir: string, finalDir: string, replace = fal
   await fsyncPath(dirname(finalDir));
 }
 
-/** A fresh private work dir under `<cacheDir>/tmp` (same filesystem as the outputs, so renames work). */
+/**
+ * A fresh private (0700) work dir under `<cacheDir>/tmp` (same filesystem as the outputs, so renames
+ * work). Root unpacks and runs what is built there: the cache and its tmp must not be writable by
+ * anyone else, or they could swap our work dir for theirs.
+ */
 export async function makeWorkDir(cacheDir: string, label: string): Promise<string> {
   const parent = join(cacheDir, 'tmp');
   await mkdir(parent, { recursive: true });
-  return mkdtemp(join(parent, `${label}-`));
+  ensureNotWritableByOthers(cacheDir, 'the host cache');
+  ensureNotWritableByOthers(parent, 'the host cache');
+  const dir = await mkdtemp(join(parent, `${label}-`));
+  await chmod(dir, 0o700);
+  return dir;
 }
 
 export async function readJsonIfExists<T>(path: string): Promise<T | null> {

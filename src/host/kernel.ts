@@ -1,4 +1,4 @@
-import { chmod, copyFile, mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { aptCandidate, aptDownload, aptStateFingerprint, aptUpdateOnce } from './apt.js';
@@ -152,12 +152,11 @@ function toGuestKernel(dir: string, manifest: KernelManifest): GuestKernel {
 }
 
 async function downloadAndExtract(cacheDir: string, root: string, metaVersion: string): Promise<GuestKernel> {
+  // Private (0700) all the way down: root unpacks the .debs apt downloads here.
   const work = await makeWorkDir(cacheDir, 'kernel');
-  // apt downloads as its _apt user, which must be able to reach the download dir.
-  await chmod(work, 0o711);
   try {
     const downloads = join(work, 'debs');
-    await mkdir(downloads);
+    await mkdir(downloads, { mode: 0o700 });
     const metaDeb = await aptDownload(KERNEL_META_PACKAGE, metaVersion, downloads);
     const depends = (await run('dpkg-deb', ['-f', metaDeb, 'Depends'])).stdout;
     const image = /(linux-image-[0-9][^\s,(]*)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?/.exec(depends);

@@ -3,6 +3,7 @@ import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { CellPaths } from '../domain/paths.js';
+import { stripControl } from '../domain/terminal-text.js';
 
 /** celld's exit status when another celld already serves this CELL_HOME (see src/server/main.ts). */
 export const DAEMON_ALREADY_RUNNING_EXIT = 3;
@@ -12,11 +13,12 @@ export const DAEMON_ALREADY_RUNNING_EXIT = 3;
  * celld.log. From TypeScript sources (a checkout without `npm run build`) it runs through tsx.
  */
 export function startDaemon(paths: CellPaths, env: NodeJS.ProcessEnv = process.env): ChildProcess {
-  mkdirSync(paths.home, { recursive: true });
+  // Private from the start (celld narrows an existing home itself, see Engine.prepareHome).
+  mkdirSync(paths.home, { recursive: true, mode: 0o700 });
   const fromSource = import.meta.url.endsWith('.ts');
   const entry = fileURLToPath(new URL(`../server/main.${fromSource ? 'ts' : 'js'}`, import.meta.url));
   const args = fromSource ? ['--import', 'tsx', entry] : [entry];
-  const log = openSync(paths.daemonLog, 'a');
+  const log = openSync(paths.daemonLog, 'a', 0o600);
   try {
     const child = spawn(process.execPath, args, {
       detached: true,
@@ -33,7 +35,8 @@ export function startDaemon(paths: CellPaths, env: NodeJS.ProcessEnv = process.e
 
 export function daemonLogTail(paths: CellPaths, lines = 10): string {
   try {
-    return readFileSync(paths.daemonLog, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+    // celld's stderr lands here too: no escape sequences to the user's terminal.
+    return stripControl(readFileSync(paths.daemonLog, 'utf8')).trimEnd().split('\n').slice(-lines).join('\n');
   } catch {
     return '';
   }

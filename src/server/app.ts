@@ -4,6 +4,7 @@ import { statusForCode } from '../api/contract.js';
 import { CellError, ErrorCodes, toCellError } from '../domain/errors.js';
 import type { Engine } from '../engine/engine.js';
 import { systemRoutes } from './routes/system.js';
+import { wireError } from './wire-error.js';
 import { vmRoutes } from './routes/vms.js';
 import { snapshotRoutes } from './routes/snapshots.js';
 import { imageRoutes } from './routes/images.js';
@@ -45,7 +46,7 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
       ? { code: ErrorCodes.INVALID_ARGUMENT, message: `invalid request: ${describeClientError(err)}`, details: undefined }
       : toCellError(err);
     if (cell.code === ErrorCodes.INTERNAL) request.log.error({ err }, 'request failed');
-    reply.code(statusForCode(cell.code)).send({ error: { code: cell.code, message: cell.message, details: cell.details } });
+    reply.code(statusForCode(cell.code)).send({ error: wireError(cell) });
   });
 
   app.setNotFoundHandler((request, reply) => {

@@ -8,7 +8,7 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 export function acquireDaemonLock(path: string): () => void {
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const fd = openSync(path, 'wx', 0o644);
+      const fd = openSync(path, 'wx', 0o600);
       writeSync(fd, `${process.pid}\n`);
       closeSync(fd);
       return () => {

@@ -1,10 +1,11 @@
-import { rmSync, mkdirSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import pino from 'pino';
 import { cellPaths } from '../domain/paths.js';
 import { toCellError } from '../domain/errors.js';
 import { Engine } from '../engine/engine.js';
 import { buildApp } from './app.js';
 import { acquireDaemonLock } from './daemon-lock.js';
+import { restrictSocket, socketGroup } from './socket-access.js';
 
 /**
  * celld: the daemon behind `cell`. Serves the HTTP API on CELL_HOME/celld.sock. VMs are separate
@@ -12,14 +13,17 @@ import { acquireDaemonLock } from './daemon-lock.js';
  */
 async function main(): Promise<void> {
   const paths = cellPaths();
-  mkdirSync(paths.home, { recursive: true });
+  // Before anything is written there: a home of ours, private (see README "Who may use celld").
+  const group = socketGroup();
+  Engine.prepareHome(paths, group);
   const release = acquireDaemonLock(paths.daemonPid);
   const logger = pino({ level: process.env.CELL_LOG_LEVEL ?? 'info', base: { pid: process.pid } }, pino.destination({ dest: paths.daemonLog, append: true, sync: false }));
   const engine = await Engine.open(paths, { log: { info: (message) => logger.info(message), warn: (message) => logger.warn(message) } });
   const app = buildApp(engine, logger);
   rmSync(paths.socket, { force: true });
   await app.listen({ path: paths.socket });
-  logger.info({ socket: paths.socket, home: paths.home }, 'celld listening');
+  restrictSocket(paths.socket, group);
+  logger.info({ socket: paths.socket, home: paths.home, socketGroup: group }, 'celld listening');
 
   let stopping = false;
   const shutdown = async (signal: string) => {

@@ -2,6 +2,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { ErrorEvent, EventOf, StreamRoute } from '../api/contract.js';
 import type { OutputEvent } from '../api/common.js';
 import { toCellError } from '../domain/errors.js';
+import { wireError } from './wire-error.js';
 
 /** An open ndjson response that only takes the events its route declares. */
 export interface NdjsonStream<E> {
@@ -33,7 +34,7 @@ export function openStream<R extends StreamRoute>(_def: R, request: FastifyReque
     fail(err) {
       const e = toCellError(err);
       if (e.code === 'internal') request.log.error({ err }, 'stream failed');
-      write({ type: 'error', error: { code: e.code, message: e.message, details: e.details } });
+      write({ type: 'error', error: wireError(e) });
       stream.end();
     },
     end() {

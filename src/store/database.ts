@@ -1,6 +1,7 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { ensurePrivateFile, narrowFileMode } from './private-files.js';
 
 /**
  * Schema migrations, applied in order inside one transaction each; `user_version` records how
@@ -109,7 +110,12 @@ const MIGRATIONS: string[] = [
 export type Db = Database.Database;
 
 export function openDatabase(path: string): Db {
-  mkdirSync(dirname(path), { recursive: true });
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  // It holds VMs' env values: 0600. SQLite makes -wal and -shm with the database file's mode;
+  // an older version's files (0644) are narrowed.
+  ensurePrivateFile(path);
+  narrowFileMode(`${path}-wal`);
+  narrowFileMode(`${path}-shm`);
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');

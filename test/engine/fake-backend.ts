@@ -10,7 +10,7 @@
  * RAM, qcow2 backing chains. The parity test in test/e2e runs the same lifecycle on QEMU.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -194,7 +194,8 @@ export class FakeBackend implements Backend {
     // The overlay names its base, so tests can see which layer a VM runs on.
     if (!existsSync(files.overlay)) await writeFile(files.overlay, `overlay on ${spec.baseDiskPath}\n`);
     if (spec.dataDisk && !existsSync(files.dataOverlay)) await writeFile(files.dataOverlay, `overlay on ${spec.dataDisk.baseDiskPath}\n`);
-    if (spec.memory.shared && !existsSync(spec.memory.path)) await writeFile(spec.memory.path, `ram of ${spec.id}`);
+    // Like QEMU: an empty RAM file (the engine makes it for a cold boot) is sized and filled.
+    if (spec.memory.shared && !(existsSync(spec.memory.path) && statSync(spec.memory.path).size > 0)) await writeFile(spec.memory.path, `ram of ${spec.id}`);
     const machine = new FakeMachine(spec, files, this.agentBin);
     // An incoming machine waits for its state before its "guest" runs.
     if (spec.incoming) machine.signal('SIGSTOP');

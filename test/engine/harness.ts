@@ -55,7 +55,13 @@ export interface FakeEngine {
   cleanup(): Promise<void>;
 }
 
-export async function openFakeEngine(deps: EngineDeps = {}): Promise<FakeEngine> {
+export interface FakeEngineOptions {
+  /** Runs on the new home before the engine opens it (a test that plants files there). */
+  beforeOpen?: (paths: CellPaths) => void;
+}
+
+/** Opens an engine on a fresh home; if opening fails, the home is removed and the error thrown. */
+export async function openFakeEngine(deps: EngineDeps = {}, opts: FakeEngineOptions = {}): Promise<FakeEngine> {
   const home = mkdtempSync('/tmp/celle-');
   const paths = cellPaths(home, { CELL_CACHE: SHARED_CACHE, CELL_MEMORY_DIR: join(home, 'memory') });
   const agent = await ensureAgent({ cacheDir: SHARED_CACHE });
@@ -63,8 +69,16 @@ export async function openFakeEngine(deps: EngineDeps = {}): Promise<FakeEngine>
   registerImage(paths);
   const open = (more: EngineDeps = {}) =>
     Engine.open(paths, { backend, host: new FakeHost(paths), config: {}, spares: { enabled: false }, log: { info() {}, warn() {} }, ...deps, ...more });
+  let first: Engine;
+  try {
+    opts.beforeOpen?.(paths);
+    first = await open();
+  } catch (err) {
+    rmSync(home, { recursive: true, force: true });
+    throw err;
+  }
   const handle: FakeEngine = {
-    engine: await open(),
+    engine: first,
     backend,
     paths,
     async reopen(more) {

@@ -1,10 +1,13 @@
-import { describe, it, after } from 'node:test';
+import { describe, it, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CellError } from '../../src/domain/errors.js';
 import { ensureAgent } from '../../src/host/agent-build.js';
+import { aptDownload } from '../../src/host/apt.js';
+import { makeWorkDir } from '../../src/host/files.js';
+import { ensureKernel } from '../../src/host/kernel.js';
 import { run } from '../../src/host/exec.js';
 import { ensureHostPackages } from '../../src/host/packages.js';
 import { acquireSetupLock } from '../../src/host/setup-lock.js';
@@ -86,5 +89,103 @@ describe('acquireSetupLock', () => {
     await release();
     const again = await acquireSetupLock(dir, { timeoutMs: 1000 });
     await again();
+  });
+});
+
+/**
+ * Root unpacks the kernel .deb apt downloads: nobody else may be able to swap it. Fake apt-get and
+ * apt-cache record where and how they were run.
+ */
+describe('kernel .deb downloads', () => {
+  const bin = join(tmp, 'fake-apt');
+  const log = join(tmp, 'fake-apt.log');
+  const savedPath = process.env.PATH;
+  before(() => {
+    mkdirSync(bin);
+    writeFileSync(
+      join(bin, 'apt-get'),
+      `#!/bin/sh
+echo "$* | $(stat -c %a .) $(stat -c %a ..)" >> "$FAKE_APT_LOG"
+[ -n "$FAKE_APT_FAIL" ] && { echo "E: fake failure" >&2; exit 100; }
+for a; do case "$a" in *=*) pkg=\${a%%=*}; ver=\${a#*=};; esac; done
+printf 'deb of %s\n' "$pkg" > "\${pkg}_\${ver}_amd64.deb"
+`,
+      { mode: 0o755 },
+    );
+    writeFileSync(
+      join(bin, 'apt-cache'),
+      `#!/bin/sh
+for a; do last=$a; done
+pkg=\${last%%=*}
+printf 'Package: %s\nVersion: 1.0\nSHA256: %s\n' "$pkg" "\${FAKE_APT_SHA:-$(printf 'deb of %s\n' "$pkg" | sha256sum | cut -d' ' -f1)}"
+`,
+      { mode: 0o755 },
+    );
+    process.env.PATH = `${bin}:${savedPath}`;
+    process.env.FAKE_APT_LOG = log;
+  });
+  after(() => {
+    process.env.PATH = savedPath;
+    delete process.env.FAKE_APT_FAIL;
+    delete process.env.FAKE_APT_SHA;
+  });
+  const calls = () => (existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n') : []);
+
+  it('downloads as root into the private folder it is given, which stays 0700', async () => {
+    rmSync(log, { force: true });
+    const dir = mkdtempSync(join(tmp, 'debs-'));
+    const deb = await aptDownload('linux-image-6.1.0-99-cloud-amd64', '6.1.99-1', dir);
+    assert.equal(deb, join(dir, 'linux-image-6.1.0-99-cloud-amd64_6.1.99-1_amd64.deb'));
+    assert.equal(calls().length, 1);
+    assert.match(calls()[0]!, /^download -q -o APT::Sandbox::User=root linux-image-6\.1\.0-99-cloud-amd64=6\.1\.99-1 \| 700 /);
+    assert.equal((statSync(dir).mode & 0o777).toString(8), '700');
+  });
+
+  it('refuses a download folder others may write to, before apt runs', async () => {
+    rmSync(log, { force: true });
+    const dir = mkdtempSync(join(tmp, 'debs-'));
+    chmodSync(dir, 0o777);
+    await assert.rejects(aptDownload('linux-image-cloud-amd64', '1.0', dir), (err: unknown) => {
+      assert.ok(err instanceof CellError);
+      assert.equal(err.code, 'setup_failed');
+      assert.equal(err.message, `refusing to use the download folder ${dir}: other users may use it (group or world permission bits) (owner uid 0, mode 0777); remove it or, if it is yours, make it private (chown 0 and chmod 700 it)`);
+      return true;
+    });
+    assert.deepEqual(calls(), []);
+  });
+
+  it("does not use a .deb that does not match apt's index", async () => {
+    process.env.FAKE_APT_SHA = 'a'.repeat(64);
+    try {
+      const dir = mkdtempSync(join(tmp, 'debs-'));
+      await assert.rejects(aptDownload('linux-image-cloud-amd64', '1.0', dir), (err: unknown) => {
+        assert.ok(err instanceof CellError);
+        assert.equal(err.code, 'digest_mismatch');
+        assert.match(err.message, /^linux-image-cloud-amd64_1\.0_amd64\.deb does not match apt's index \(sha256 [0-9a-f]{64}, expected a{64}\): not using it$/);
+        return true;
+      });
+    } finally {
+      delete process.env.FAKE_APT_SHA;
+    }
+  });
+
+  it("the kernel set-up downloads into a 0700 folder inside a 0700 work folder", async () => {
+    rmSync(log, { force: true });
+    process.env.FAKE_APT_FAIL = '1';
+    try {
+      await assert.rejects(ensureKernel({ cacheDir: join(tmp, 'kernel-cache'), mayUpdateApt: false }), { code: 'setup_failed', message: /E: fake failure/ });
+    } finally {
+      delete process.env.FAKE_APT_FAIL;
+    }
+    assert.equal(calls().length, 1);
+    assert.match(calls()[0]!, /\| 700 700$/, 'debs/ and the work folder around it');
+  });
+
+  it("refuses a cache whose tmp folder is another user's (they could swap the work folder)", async () => {
+    const cacheDir = join(tmp, 'shared-cache');
+    mkdirSync(join(cacheDir, 'tmp'), { recursive: true });
+    chownSync(join(cacheDir, 'tmp'), 65534, 65534);
+    await assert.rejects(makeWorkDir(cacheDir, 'kernel'), { code: 'setup_failed', message: /^refusing to use the host cache .*\/tmp: it is owned by another user/ });
+    assert.deepEqual(readdirSync(join(cacheDir, 'tmp')), []);
   });
 });

@@ -1,6 +1,7 @@
 import { mkdir, rm } from 'node:fs/promises';
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, constants, existsSync, openSync, readFileSync } from 'node:fs';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
+import { stripControl } from '../../domain/terminal-text.js';
 import type { AttachedMachine, Backend, BackendCapabilities, MachineFiles, MachineSpec, StartedMachine } from '../backend.js';
 import { buildQemuArgv, MACHINE_TYPE } from './argv.js';
 import { QmpControl } from './control.js';
@@ -25,11 +26,13 @@ export class QemuBackend implements Backend {
    */
   async start(spec: MachineSpec, extraKernelArgs: readonly string[] = []): Promise<StartedMachine> {
     const files = machineFiles(spec.dir);
-    await mkdir(spec.dir, { recursive: true });
+    await mkdir(spec.dir, { recursive: true, mode: 0o700 });
     if (!existsSync(files.overlay)) await createOverlay(files.overlay, spec.baseDiskPath, spec.baseDiskFormat);
     if (spec.dataDisk && !existsSync(files.dataOverlay)) await createOverlay(files.dataOverlay, spec.dataDisk.baseDiskPath, spec.dataDisk.baseDiskFormat);
     // Stale sockets from an earlier run would make QEMU fail to bind.
     await Promise.all([rm(files.qmpSocket, { force: true }), rm(files.agentSocket, { force: true }), rm(files.serialLog, { force: true })]);
+    // The guest's console output is the user's: 0600 (QEMU would make it 0644), made exclusively.
+    closeSync(openSync(files.serialLog, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
     const spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs), files.qemuLog);
     let exitedEarly = false;
     void spawned.exited.then(() => {
@@ -81,7 +84,8 @@ export class QemuBackend implements Backend {
   bootFailure(spec: Pick<MachineSpec, 'dir'>, files: MachineFiles, why: string): CellError {
     const qemuLog = tailFile(files.qemuLog, 10);
     const serial = tailFile(files.serialLog, 20);
-    const parts = [`VM failed to boot: ${why}`];
+    // `why` may quote the guest (an agent's answer): no control sequences in the message either.
+    const parts = [`VM failed to boot: ${stripControl(why)}`];
     if (qemuLog) parts.push(`qemu: ${qemuLog.split('\n').slice(-3).join(' | ')}`);
     return new CellError(ErrorCodes.BOOT_FAILED, parts.join('; '), { serialTail: serial, qemuLog, dir: spec.dir });
   }

@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { openSync, closeSync, readFileSync } from 'node:fs';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
+import { stripControl } from '../../domain/terminal-text.js';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -15,7 +16,7 @@ export interface SpawnedQemu {
  * stdout and stderr go to a log file that boot errors quote.
  */
 export function spawnQemu(argv: readonly string[], logPath: string): SpawnedQemu {
-  const log = openSync(logPath, 'a');
+  const log = openSync(logPath, 'a', 0o600);
   try {
     const child = spawn(QEMU_BINARY, argv, { detached: true, stdio: ['ignore', log, log] });
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
@@ -65,10 +66,13 @@ export async function waitGone(pid: number, vmId: string, timeoutMs: number): Pr
   return true;
 }
 
-/** The last `lines` lines of a log file, for error messages. */
+/**
+ * The last `lines` lines of a log file, for error messages, without control sequences: the guest
+ * writes the serial console, and these lines reach users' terminals.
+ */
 export function tailFile(path: string, lines = 20): string {
   try {
-    const text = readFileSync(path, 'utf8');
+    const text = stripControl(readFileSync(path, 'utf8'));
     return text.split('\n').filter((l) => l.trim() !== '').slice(-lines).join('\n');
   } catch {
     return '';
