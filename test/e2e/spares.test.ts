@@ -50,9 +50,12 @@ describe('spare forks', () => {
 
   test('removing the snapshot ends its spare; so does stopping celld', async () => {
     assert.ok(await spareReady());
+    const { vms: onWarm, spare: warmSpare } = await spareAndVms();
     await h.ok(['snapshot', 'rm', '-f', 'warm']);
     assert.equal((await info()).spares, 0);
-    assert.deepEqual(h.qemuPids(), [], 'the spare went with its snapshot');
+    assert.ok(!alive(warmSpare), 'the spare went with its snapshot');
+    assert.deepEqual(h.qemuPids().sort(), onWarm.map((v) => v.pid).sort(), 'the VMs on it keep running (rm -f never removes a VM)');
+    await h.ok(['rm', '-f', 'src', 'first-1', 'second-1']);
 
     await h.ok(['run', '-d', '--name', 'src2', 'busybox']);
     await h.ok(['snapshot', '--name', 'warm2', 'src2']);

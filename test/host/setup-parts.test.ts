@@ -148,7 +148,7 @@ printf 'Package: %s\nVersion: 1.0\nSHA256: %s\n' "$pkg" "\${FAKE_APT_SHA:-$(prin
     await assert.rejects(aptDownload('linux-image-cloud-amd64', '1.0', dir), (err: unknown) => {
       assert.ok(err instanceof CellError);
       assert.equal(err.code, 'setup_failed');
-      assert.equal(err.message, `refusing to use the download folder ${dir}: other users may use it (group or world permission bits) (owner uid 0, mode 0777); remove it or, if it is yours, make it private (chown 0 and chmod 700 it)`);
+      assert.equal(err.message, `refusing to use the download folder ${dir}: other users may write to it (group or world write bits) (owner uid 0, mode 0777); remove it or, if it is yours, make it private (chown 0 and chmod 700 it)`);
       return true;
     });
     assert.deepEqual(calls(), []);
