@@ -1,15 +1,17 @@
 import { execFile } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
+import { MAX_ARCHIVE_META_BYTES, parseArchiveMeta, SNAPSHOT_ARCHIVE_FORMAT } from '../domain/snapshot-archive.js';
 import type { CellPaths } from '../domain/paths.js';
 import type { EngineContext } from './context.js';
+import { allocatedBytes } from './snapshot-take.js';
 
 const run = promisify(execFile);
-const FORMAT = 'cellvm-snapshot/1';
+const FORMAT = SNAPSHOT_ARCHIVE_FORMAT;
 const MEMBERS = ['snapshot.json', 'state', 'memory', 'disk.qcow2'];
 /** Present when the VM had a data disk. */
 const DATA_MEMBER = 'data.qcow2';
@@ -56,33 +58,36 @@ export async function exportSnapshot(paths: CellPaths, snapshot: SnapshotRecord,
   }
 }
 
-/** Reads an archive made by exportSnapshot; the snapshot keeps its id and name unless they clash. */
+/**
+ * Reads an archive made by exportSnapshot; the snapshot keeps its id and name unless they clash.
+ * Nothing in it is trusted: the metadata is checked field by field (domain/snapshot-archive.ts),
+ * every member must come out as a plain file with one link (no symlink to /etc/shadow as
+ * `memory`), each disk must be a qcow2 with no backing file and no external data file (else a
+ * fork would read, and an export copy out, whatever host file it names), RAM and state sizes
+ * must fit the spec, and all of it is checked before anything is recorded.
+ */
 export async function importSnapshot(ctx: Pick<EngineContext, 'paths' | 'db' | 'stores'>, file: string, name?: string): Promise<SnapshotRecord> {
   const { paths, stores } = ctx;
   const staging = join(paths.snapshots, `.import-${process.pid}-${Date.now()}`);
   await mkdir(staging, { recursive: true });
   try {
-    await tool('tar', ['-xf', file, '-C', staging, ...MEMBERS], `${file} is not a cellvm snapshot archive`);
+    await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', file, '-C', staging, ...MEMBERS], `${file} is not a cellvm snapshot archive`);
     // The data disk is optional; extracting it alone tells whether the archive has one.
-    await tool('tar', ['-xf', file, '-C', staging, DATA_MEMBER], 'no data disk').catch(() => {});
-    let meta: ArchiveMeta;
-    try {
-      meta = JSON.parse(await readFile(join(staging, 'snapshot.json'), 'utf8')) as ArchiveMeta;
-    } catch {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${file} is not a cellvm snapshot archive (no readable snapshot.json)`);
-    }
-    if (meta.format !== FORMAT || !/^[0-9a-f]{64}$/.test(meta.snapshot?.id ?? '')) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${file} is not a cellvm snapshot archive (format ${String(meta.format)})`);
-    }
-    const record: SnapshotRecord = {
-      ...meta.snapshot,
-      name: name ?? meta.snapshot.name,
-      // It came from another host: no VM or snapshot here is its parent.
-      parentVm: null,
-      parentSnapshot: null,
-      createdAt: meta.snapshot.createdAt,
-    };
-    if (stores.snapshots.getAny(record.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${record.id.slice(0, 12)} is already here`);
+    await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', file, '-C', staging, DATA_MEMBER], 'no data disk').catch(() => {});
+    const members = existsSync(join(staging, DATA_MEMBER)) || (await isLink(join(staging, DATA_MEMBER))) ? [...MEMBERS, DATA_MEMBER] : MEMBERS;
+    const sizes = new Map<string, number>();
+    for (const member of members) sizes.set(member, await plainFileSize(file, join(staging, member), member));
+    if (sizes.get('snapshot.json')! > MAX_ARCHIVE_META_BYTES) throw unusable(file, 'snapshot.json is too large');
+    const meta = parseArchiveMeta(file, await readFile(join(staging, 'snapshot.json'), 'utf8'), name);
+    const memoryBytes = meta.spec.memoryMib * 1024 * 1024;
+    if (sizes.get('memory') !== memoryBytes) throw unusable(file, `its RAM file is ${sizes.get('memory')} bytes, not the ${memoryBytes} of a ${meta.spec.memoryMib} MiB guest`);
+    if (sizes.get('state')! > MAX_STATE_BYTES) throw unusable(file, `its device state is ${sizes.get('state')} bytes (at most ${MAX_STATE_BYTES})`);
+    for (const disk of members.filter((m) => m.endsWith('.qcow2'))) await assertStandaloneQcow2(file, join(staging, disk), disk);
+    if ((meta.spec.dataDiskMib ?? 0) > 0 !== members.includes(DATA_MEMBER)) throw unusable(file, 'its data disk does not match its spec');
+    if (stores.snapshots.getAny(meta.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${meta.id.slice(0, 12)} is already here`);
+    if (stores.snapshots.nameExists(meta.name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${meta.name}" is already in use by another snapshot: import it with --name`);
+    const allocated = await Promise.all(['state', 'memory', 'disk.qcow2', DATA_MEMBER].map((f) => allocatedBytes(join(staging, f))));
+    const record: SnapshotRecord = { ...meta, stateBytes: allocated[0]!, memoryBytes: allocated[1]!, diskBytes: allocated[2]! + allocated[3]! };
     await rm(join(staging, 'snapshot.json'));
     await rename(staging, paths.snapshotDir(record.id));
     try {
@@ -97,4 +102,49 @@ export async function importSnapshot(ctx: Pick<EngineContext, 'paths' | 'db' | '
   } finally {
     await rm(staging, { recursive: true, force: true });
   }
+}
+
+/** Device state is tens of KiB; a state file this large is not one. */
+const MAX_STATE_BYTES = 256 * 1024 * 1024;
+
+function unusable(file: string, why: string): CellError {
+  return new CellError(ErrorCodes.INVALID_ARGUMENT, `${file} is not a usable cellvm snapshot archive: ${why}`);
+}
+
+async function isLink(path: string): Promise<boolean> {
+  return lstat(path).then(
+    (s) => s.isSymbolicLink(),
+    () => false,
+  );
+}
+
+/** The size of an extracted member that must be a plain file: no symlink, no device, no hard link to anything. */
+async function plainFileSize(file: string, path: string, member: string): Promise<number> {
+  let st;
+  try {
+    st = await lstat(path);
+  } catch {
+    throw unusable(file, `${member} is missing`);
+  }
+  if (!st.isFile()) throw unusable(file, `${member} is not a plain file (${st.isSymbolicLink() ? 'a symlink' : 'a special file'})`);
+  if (st.nlink !== 1) throw unusable(file, `${member} is a hard link`);
+  return st.size;
+}
+
+/** A qcow2 that stands alone: no backing file, no external data file (checked before QEMU opens it as a disk). */
+async function assertStandaloneQcow2(file: string, path: string, member: string): Promise<void> {
+  let info: { format?: string; 'backing-filename'?: string; 'full-backing-filename'?: string; 'format-specific'?: { data?: { 'data-file'?: string } } };
+  try {
+    // -f qcow2: never let qemu-img guess the format of an untrusted file.
+    const { stdout } = await run('qemu-img', ['info', '--output=json', '-f', 'qcow2', path], { maxBuffer: 1024 * 1024 });
+    info = JSON.parse(stdout) as typeof info;
+  } catch (err) {
+    const stderr = ((err as { stderr?: string }).stderr ?? '').trim().split('\n').pop();
+    throw unusable(file, `${member} is not a qcow2 disk${stderr ? ` (${stderr})` : ''}`);
+  }
+  if (info.format !== 'qcow2') throw unusable(file, `${member} is not a qcow2 disk`);
+  const backing = info['backing-filename'] ?? info['full-backing-filename'];
+  if (backing) throw unusable(file, `${member} names a backing file (${backing}): an exported disk stands alone`);
+  const dataFile = info['format-specific']?.data?.['data-file'];
+  if (dataFile) throw unusable(file, `${member} names an external data file (${dataFile})`);
 }
