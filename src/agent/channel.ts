@@ -14,6 +14,8 @@ interface PendingReply {
   resolve: (frame: Frame) => void;
   reject: (err: Error) => void;
   what: string;
+  /** The request's timeout, cleared when it is forgotten. */
+  timer?: NodeJS.Timeout;
 }
 
 /** Receives the stream frames (STDOUT, STDERR, EXIT, DATA) of one id. */
@@ -105,6 +107,7 @@ export class AgentChannel extends EventEmitter {
           reject(e);
         },
         what: `frame type ${type}`,
+        timer,
       });
       this.send(type, id, payload);
     });
@@ -123,6 +126,7 @@ export class AgentChannel extends EventEmitter {
 
   /** Stops waiting for request `id` (its late replies are then ignored). */
   forgetReply(id: number): void {
+    clearTimeout(this.pending.get(id)?.timer);
     this.pending.delete(id);
   }
 
@@ -147,8 +151,39 @@ export class AgentChannel extends EventEmitter {
     this.socket.destroy();
   }
 
+  /**
+   * The guest's bytes. Nothing here may throw: an exception out of a socket's 'data' handler is
+   * uncaught and ends celld, every VM's daemon. Decoders and listeners report a malformed frame
+   * as the failure of the one operation it concerns; should one throw all the same, the
+   * connection to this guest is closed with an agent_error that says why, and every request on
+   * it is rejected with that error.
+   */
   private onData(chunk: Buffer): void {
-    for (const frame of this.decoder.push(chunk)) this.onFrame(frame);
+    try {
+      for (const frame of this.decoder.push(chunk)) {
+        if (this.closedError) return;
+        try {
+          this.onFrame(frame);
+        } catch (err) {
+          const why = err instanceof Error ? err.message : String(err);
+          this.abort(
+            new CellError(
+              ErrorCodes.AGENT_ERROR,
+              `the guest agent sent a frame celld could not handle (type 0x${frame.type.toString(16)}, id ${frame.id}, ${frame.payload.length} bytes: ${why}); its connection was closed`,
+            ),
+          );
+          return;
+        }
+      }
+    } catch (err) {
+      this.abort(new CellError(ErrorCodes.AGENT_ERROR, `reading the guest agent's frames failed: ${err instanceof Error ? err.message : String(err)}`));
+    }
+  }
+
+  /** Closes the connection because of what the guest sent: `err` is what every waiter gets. */
+  private abort(err: CellError): void {
+    this.settleClosed(err);
+    this.socket.destroy();
   }
 
   private onFrame(frame: Frame): void {
@@ -179,12 +214,23 @@ export class AgentChannel extends EventEmitter {
   }
 
   private onClose(): void {
+    this.settleClosed(new CellError(ErrorCodes.AGENT_DISCONNECTED, 'the connection to the guest agent closed (the VM stopped?)'));
+  }
+
+  /** Marks the channel closed (once) and rejects every request still waiting. */
+  private settleClosed(err: CellError): void {
     if (this.closedError) return;
-    this.closedError = new CellError(ErrorCodes.AGENT_DISCONNECTED, 'the connection to the guest agent closed (the VM stopped?)');
-    for (const p of this.pending.values()) p.reject(this.closedError);
+    this.closedError = err;
+    const pending = [...this.pending.values()];
     this.pending.clear();
     this.streams.clear();
-    this.emit('close');
+    this.pausedBy.clear();
+    for (const p of pending) p.reject(err);
+    try {
+      this.emit('close');
+    } catch {
+      // A 'close' listener's failure must not escape the socket's event handler either.
+    }
   }
 }
 
