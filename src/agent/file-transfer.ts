@@ -28,6 +28,13 @@ const CONFIRM_TIMEOUT_MS = 60_000;
 /** Bytes a download may queue for a slow reader before the agent connection is paused. */
 const READ_HIGH_WATER = 4 * 1024 * 1024;
 
+/**
+ * The most a directory listing may hold, whatever the guest sends: entries, and bytes of entry
+ * records (names and stat records). A listing is kept whole in memory, so a guest that lists
+ * without end must not be able to grow celld. Far above what a real directory needs.
+ */
+export const LIST_LIMITS = { maxEntries: 250_000, maxBytes: 64 * 1024 * 1024 };
+
 export async function putFile(
   channel: TransferChannel,
   path: string,
@@ -68,63 +75,133 @@ export async function putFile(
   return size;
 }
 
-export async function listDir(channel: TransferChannel, path: string): Promise<GuestDirEntry[]> {
+export async function listDir(
+  channel: TransferChannel,
+  path: string,
+  limits: { maxEntries?: number; maxBytes?: number } = {},
+): Promise<GuestDirEntry[]> {
+  const maxEntries = limits.maxEntries ?? LIST_LIMITS.maxEntries;
+  const maxBytes = limits.maxBytes ?? LIST_LIMITS.maxBytes;
   const id = channel.allocId();
   const entries: GuestDirEntry[] = [];
-  let garbled = false;
+  let bytes = 0;
+  // The first thing wrong with what the guest sent; the rest of its frames are ignored.
+  let failure: CellError | null = null;
+  let fail!: (err: CellError) => void;
+  const failed = new Promise<never>((_, reject) => (fail = reject));
+  failed.catch(() => {});
+  const stop = (err: CellError) => {
+    if (failure) return;
+    failure = err;
+    channel.unlisten(id);
+    fail(err);
+  };
   channel.listen(id, (frame) => {
-    if (frame.type !== FrameType.DATA) return;
+    if (frame.type !== FrameType.DATA || failure) return;
+    bytes += frame.payload.length;
+    let got: GuestDirEntry[];
     try {
-      entries.push(...decodeDirEntries(frame.payload));
+      got = decodeDirEntries(frame.payload);
     } catch {
-      garbled = true;
+      stop(new CellError(ErrorCodes.AGENT_ERROR, `the guest sent a listing of ${path} that does not parse`));
+      return;
     }
+    if (entries.length + got.length > maxEntries || bytes > maxBytes) {
+      stop(
+        new CellError(
+          ErrorCodes.SIZE_LIMIT,
+          `the listing of ${path} has more than ${maxEntries} entries or ${maxBytes} bytes of them: refused (a directory that large, or a guest that lists without end)`,
+          { path, maxEntries, maxBytes },
+        ),
+      );
+      return;
+    }
+    for (const e of got) entries.push(e);
   });
+  const reply = channel.request(FrameType.LIST_DIR, encodeListDir(path), id, CONFIRM_TIMEOUT_MS);
   try {
-    await channel.request(FrameType.LIST_DIR, encodeListDir(path), id, CONFIRM_TIMEOUT_MS);
+    const ok = await Promise.race([reply, failed]);
+    if (failure) throw failure;
+    // OK carries the number of entries sent: a mismatch means frames were lost or forged.
+    if (ok.payload.length === 4 && ok.payload.readUInt32BE(0) !== entries.length) {
+      throw new CellError(ErrorCodes.AGENT_ERROR, `the guest listed ${entries.length} entries of ${path} but said it sent ${ok.payload.readUInt32BE(0)} entries`);
+    }
+  } catch (err) {
+    if (failure) {
+      // Stop the guest sending (its late replies are ignored).
+      reply.catch(() => {});
+      channel.forgetReply(id);
+      if (!channel.closed) channel.send(FrameType.CANCEL, id);
+      throw failure;
+    }
+    throw err;
   } finally {
     channel.unlisten(id);
   }
-  if (garbled) throw new CellError(ErrorCodes.AGENT_ERROR, `the guest sent a listing of ${path} that does not parse`);
   return entries;
 }
 
 /**
  * Yields the DATA chunks of a READ_FILE as they arrive, and returns once the guest's OK came.
  * Chunks queue while the reader is busy; past READ_HIGH_WATER the connection is paused.
+ * `maxBytes` (0: no limit) is enforced here as well as asked of the guest: bytes past it are
+ * never handed out, the download is cancelled and the read fails with size_limit. The OK's size
+ * must match the bytes sent.
  */
 export async function* readFile(channel: TransferChannel, path: string, maxBytes: number): AsyncGenerator<Buffer> {
   const id = channel.allocId();
   const queue: Buffer[] = [];
   let queued = 0;
+  let received = 0;
   let finished = false;
   let failure: Error | null = null;
+  // The failure is ours (not the guest's ERROR): the guest is still sending and must be told to stop.
+  let cancel = false;
   let wake: (() => void) | null = null;
   const poke = () => {
     wake?.();
     wake = null;
   };
+  const stop = (err: Error) => {
+    if (failure || finished) return;
+    failure = err;
+    cancel = true;
+    channel.unlisten(id);
+    poke();
+  };
   channel.listen(id, (frame) => {
-    if (frame.type !== FrameType.DATA) return;
+    if (frame.type !== FrameType.DATA || failure) return;
     const chunk = frame.payload;
+    received += chunk.length;
+    if (maxBytes > 0 && received > maxBytes) {
+      stop(new CellError(ErrorCodes.SIZE_LIMIT, `${path} is larger than the ${maxBytes} bytes allowed (the guest sent more)`, { path, maxBytes }));
+      return;
+    }
     queue.push(chunk);
     queued += chunk.length;
     if (queued > READ_HIGH_WATER) channel.pauseFor(id, true);
     poke();
   });
   channel.expectReply(id, `download of ${path}`).then(
-    () => {
-      finished = true;
+    (ok) => {
+      if (failure) return;
+      // DATA frames all come before their OK: `received` is what the guest sent.
+      const said = ok.payload.length === 8 ? ok.payload.readBigUInt64BE(0) : null;
+      if (said !== null && said !== BigInt(received)) {
+        failure = new CellError(ErrorCodes.AGENT_ERROR, `the guest sent ${received} bytes of ${path} but said it sent ${said}`, { path });
+      } else finished = true;
       poke();
     },
     (err: Error) => {
-      failure = sizeLimitFor(err, path);
+      if (!failure) failure = sizeLimitFor(err, path);
       poke();
     },
   );
   try {
     channel.send(FrameType.READ_FILE, id, encodeReadFile(path, maxBytes));
     for (;;) {
+      // A failure of ours comes first: nothing past the limit is handed out.
+      if (failure && cancel) throw failure;
       const chunk = queue.shift();
       if (chunk) {
         queued -= chunk.length;
@@ -139,8 +216,8 @@ export async function* readFile(channel: TransferChannel, path: string, maxBytes
   } finally {
     channel.unlisten(id);
     channel.pauseFor(id, false);
-    if (!finished && !failure) {
-      // The reader stopped early: stop the guest sending.
+    if ((!finished && !failure) || cancel) {
+      // The reader stopped early, or the guest sent more than asked for: stop the guest sending.
       channel.forgetReply(id);
       if (!channel.closed) channel.send(FrameType.CANCEL, id);
     }
