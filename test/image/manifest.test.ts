@@ -9,6 +9,7 @@ import fc from 'fast-check';
 import { CellError, ErrorCodes } from '../../src/domain/errors.js';
 import { MAX_LAYERS, parseManifest, type Descriptor } from '../../src/image/manifest.js';
 import { isDigest } from '../../src/image/digest.js';
+import { parseDockerSaveManifest } from '../../src/image/archive/import.js';
 import { MediaTypes, isLayerType } from '../../src/image/media-types.js';
 import { fuzzParams } from '../agent/fuzz-runs.js';
 
@@ -140,4 +141,36 @@ test('fuzzed manifests and indexes: a CellError with a code, or a result of the 
     fuzzParams(300),
   );
   assert.throws(() => parseManifest(Buffer.from(`${'['.repeat(100_000)}${']'.repeat(100_000)}`), 'deep'), CellError);
+});
+
+test("a docker save archive's manifest.json is checked for the types import relies on", () => {
+  const ok = [{ Config: 'c.json', RepoTags: ['app:1'], Layers: ['l/layer.tar'] }];
+  assert.deepEqual(parseDockerSaveManifest(json(ok), 'manifest.json'), ok);
+  assert.deepEqual(parseDockerSaveManifest(json([{ Config: 'c', Layers: [] }]), 'm'), [{ Config: 'c', Layers: [], RepoTags: null }]);
+  // The first three were TypeErrors (reported as "internal") in the import before.
+  for (const [doc, code] of [
+    [[null], 'invalid_argument'],
+    [[{ Config: 'c', Layers: [1] }], 'invalid_argument'],
+    [[{ Config: 'c', Layers: ['l'], RepoTags: 'app:1' }], 'invalid_argument'],
+    [[{ Config: 'c', Layers: ['l'] }, 7], 'invalid_argument'],
+    [{ Config: 'c', Layers: [] }, 'image_not_found'],
+    [[], 'image_not_found'],
+    [[{ Config: 'c', Layers: Array.from({ length: MAX_LAYERS + 1 }, () => 'l') }], 'size_limit'],
+  ] as const) {
+    assert.throws(() => parseDockerSaveManifest(json(doc), 'm'), (err: unknown) => err instanceof CellError && err.code === code, JSON.stringify(doc).slice(0, 80));
+  }
+  fc.assert(
+    fc.property(fc.oneof(fc.jsonValue({ maxDepth: 3 }), fc.array(fc.dictionary(fc.constantFrom('Config', 'RepoTags', 'Layers'), fc.jsonValue({ maxDepth: 1 })), { maxLength: 3 })), (doc) => {
+      try {
+        for (const e of parseDockerSaveManifest(json(doc), 'm')) {
+          assert.equal(typeof e.Config, 'string');
+          assert.ok(e.Layers.every((l) => typeof l === 'string'));
+          assert.ok(e.RepoTags === null || e.RepoTags.every((t) => typeof t === 'string'));
+        }
+      } catch (err) {
+        assert.ok(err instanceof CellError, `not a CellError: ${String(err)}`);
+      }
+    }),
+    fuzzParams(300),
+  );
 });
