@@ -73,20 +73,29 @@ export class AgentChannel extends EventEmitter {
     this.socket.write(encodeFrame(type, id, payload));
   }
 
-  /** Sends a frame, then waits while the socket's buffer is full (upload backpressure). */
-  async sendDrained(type: number, id: number, payload: Buffer): Promise<void> {
+  /**
+   * Sends a frame, then waits while the socket's buffer is full (upload backpressure). A guest
+   * that stops reading for `stallMs` fails the wait with a timeout rather than holding the
+   * caller forever.
+   */
+  async sendDrained(type: number, id: number, payload: Buffer, stallMs = 60_000): Promise<void> {
     this.assertOpen();
     if (this.socket.write(encodeFrame(type, id, payload))) return;
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        this.socket.off('drain', done);
-        this.off('close', done);
-        resolve();
+    const drained = await new Promise<boolean>((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        this.socket.off('drain', onDrain);
+        this.off('close', onClose);
+        resolve(ok);
       };
-      this.socket.once('drain', done);
-      this.once('close', done);
+      const onDrain = () => done(true);
+      const onClose = () => done(true);
+      const timer = setTimeout(() => done(false), stallMs);
+      this.socket.once('drain', onDrain);
+      this.once('close', onClose);
     });
     this.assertOpen();
+    if (!drained) throw new CellError(ErrorCodes.TIMEOUT, `the guest agent has read nothing for ${stallMs / 1000} s`);
   }
 
   /** Sends a request and waits for its reply: ERROR, no answer within `timeoutMs` or a close reject. */
@@ -137,6 +146,11 @@ export class AgentChannel extends EventEmitter {
 
   unlisten(id: number): void {
     this.streams.delete(id);
+  }
+
+  /** Whether a reader that is behind holds the socket paused (no frame arrives meanwhile). */
+  get paused(): boolean {
+    return this.pausedBy.size > 0;
   }
 
   /** A reader of `id` that is behind pauses the socket (all of this guest's traffic) until it is not. */

@@ -20,11 +20,15 @@ import {
 /** What a transfer needs of the channel: it sends its own frames and waits for its own reply. */
 export type TransferChannel = Pick<
   AgentChannel,
-  'closed' | 'allocId' | 'send' | 'sendDrained' | 'request' | 'expectReply' | 'forgetReply' | 'listen' | 'unlisten' | 'pauseFor'
+  'closed' | 'paused' | 'allocId' | 'send' | 'sendDrained' | 'request' | 'expectReply' | 'forgetReply' | 'listen' | 'unlisten' | 'pauseFor'
 >;
 
-/** How long the guest may take to fsync and rename an uploaded file. */
-const CONFIRM_TIMEOUT_MS = 60_000;
+/**
+ * Deadlines a guest cannot stretch: how long it may take to fsync and rename an uploaded file (or
+ * to list a directory), and how long a transfer may go without progress (no DATA while the reader
+ * waits, no room in the socket while an upload sends). Mutable for tests.
+ */
+export const TRANSFER_TIMEOUTS = { confirmMs: 60_000, stallMs: 60_000 };
 /** Bytes a download may queue for a slow reader before the agent connection is paused. */
 const READ_HIGH_WATER = 4 * 1024 * 1024;
 
@@ -58,7 +62,7 @@ export async function putFile(
   try {
     for await (const chunk of chunksOf(source, FILE_CHUNK)) {
       if (refused) break;
-      await channel.sendDrained(FrameType.FILE_DATA, id, chunk);
+      await channel.sendDrained(FrameType.FILE_DATA, id, chunk, TRANSFER_TIMEOUTS.stallMs);
       size += chunk.length;
     }
   } catch (err) {
@@ -71,7 +75,7 @@ export async function putFile(
     return size;
   }
   channel.send(FrameType.FILE_END, id, encodeFileEnd(size));
-  await withTimeout(reply, CONFIRM_TIMEOUT_MS, () => channel.forgetReply(id), `the guest did not confirm the upload of ${path}`);
+  await withTimeout(reply, TRANSFER_TIMEOUTS.confirmMs, () => channel.forgetReply(id), `the guest did not confirm the upload of ${path}`);
   return size;
 }
 
@@ -118,7 +122,7 @@ export async function listDir(
     }
     for (const e of got) entries.push(e);
   });
-  const reply = channel.request(FrameType.LIST_DIR, encodeListDir(path), id, CONFIRM_TIMEOUT_MS);
+  const reply = channel.request(FrameType.LIST_DIR, encodeListDir(path), id, TRANSFER_TIMEOUTS.confirmMs);
   try {
     const ok = await Promise.race([reply, failed]);
     if (failure) throw failure;
@@ -211,7 +215,19 @@ export async function* readFile(channel: TransferChannel, path: string, maxBytes
       }
       if (failure) throw failure;
       if (finished) return;
-      await new Promise<void>((resolve) => (wake = resolve));
+      // The reader waits for the guest: a guest that sends nothing for stallMs is given up on
+      // (unless the connection is paused for another, slower reader: then nothing can arrive).
+      const stallMs = TRANSFER_TIMEOUTS.stallMs;
+      let timer: NodeJS.Timeout | undefined;
+      const woken = await new Promise<boolean>((resolve) => {
+        wake = () => resolve(true);
+        timer = setTimeout(() => resolve(false), stallMs);
+      });
+      clearTimeout(timer);
+      if (!woken) {
+        wake = null;
+        if (!channel.paused) stop(new CellError(ErrorCodes.TIMEOUT, `the guest sent nothing of ${path} for ${stallMs / 1000} s`, { path }));
+      }
     }
   } finally {
     channel.unlisten(id);

@@ -7,6 +7,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FrameType, PayloadWriter } from '../../src/agent/frame.js';
+import { TRANSFER_TIMEOUTS } from '../../src/agent/file-transfer.js';
 import { FakeGuestServer, dirEntry, pongs, rejectsWithCode } from './fake-guest.js';
 
 const server = new FakeGuestServer();
@@ -99,3 +100,43 @@ test('a listing whose OK count disagrees with the entries sent is an agent_error
   }
 });
 
+
+/** `p`, or a failure saying it was still pending after `ms` (the defect: waiting forever). */
+function within<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`still waiting after ${ms} ms`)), ms)))]).finally(() =>
+    clearTimeout(timer),
+  );
+}
+
+test('a guest that never answers a file read does not hold the reader forever', async () => {
+  const saved = { ...TRANSFER_TIMEOUTS };
+  TRANSFER_TIMEOUTS.stallMs = 300;
+  const g = await server.connect(pongs); // READ_FILE: no DATA, no OK, ever
+  try {
+    const read = (async () => {
+      for await (const _ of g.client.readFile('/var/log/huge')) {
+        /* nothing comes */
+      }
+    })();
+    await rejectsWithCode(within(read, 5000), 'timeout', /sent nothing of \/var\/log\/huge/);
+    await g.next((f) => f.type === FrameType.CANCEL);
+    assert.ok((await g.client.ping()) >= 0);
+  } finally {
+    Object.assign(TRANSFER_TIMEOUTS, saved);
+    await g.close();
+  }
+});
+
+test('a guest that stops reading during an upload does not hold the upload forever', async () => {
+  const saved = { ...TRANSFER_TIMEOUTS };
+  TRANSFER_TIMEOUTS.stallMs = 300;
+  const g = await server.connect();
+  g.guest.pause(); // reads nothing: the host's socket buffer fills up
+  try {
+    await rejectsWithCode(within(g.client.putFile('/big', { mode: 0o644 }, Buffer.alloc(64 * 1024 * 1024)), 10_000), 'timeout', /read nothing/);
+  } finally {
+    Object.assign(TRANSFER_TIMEOUTS, saved);
+    await g.close();
+  }
+});
