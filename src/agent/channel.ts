@@ -14,6 +14,8 @@ interface PendingReply {
   resolve: (frame: Frame) => void;
   reject: (err: Error) => void;
   what: string;
+  /** The request's timeout, cleared when it is forgotten. */
+  timer?: NodeJS.Timeout;
 }
 
 /** Receives the stream frames (STDOUT, STDERR, EXIT, DATA) of one id. */
@@ -71,20 +73,29 @@ export class AgentChannel extends EventEmitter {
     this.socket.write(encodeFrame(type, id, payload));
   }
 
-  /** Sends a frame, then waits while the socket's buffer is full (upload backpressure). */
-  async sendDrained(type: number, id: number, payload: Buffer): Promise<void> {
+  /**
+   * Sends a frame, then waits while the socket's buffer is full (upload backpressure). A guest
+   * that stops reading for `stallMs` fails the wait with a timeout rather than holding the
+   * caller forever.
+   */
+  async sendDrained(type: number, id: number, payload: Buffer, stallMs = 60_000): Promise<void> {
     this.assertOpen();
     if (this.socket.write(encodeFrame(type, id, payload))) return;
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        this.socket.off('drain', done);
-        this.off('close', done);
-        resolve();
+    const drained = await new Promise<boolean>((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        this.socket.off('drain', onDrain);
+        this.off('close', onClose);
+        resolve(ok);
       };
-      this.socket.once('drain', done);
-      this.once('close', done);
+      const onDrain = () => done(true);
+      const onClose = () => done(true);
+      const timer = setTimeout(() => done(false), stallMs);
+      this.socket.once('drain', onDrain);
+      this.once('close', onClose);
     });
     this.assertOpen();
+    if (!drained) throw new CellError(ErrorCodes.TIMEOUT, `the guest agent has read nothing for ${stallMs / 1000} s`);
   }
 
   /** Sends a request and waits for its reply: ERROR, no answer within `timeoutMs` or a close reject. */
@@ -105,6 +116,7 @@ export class AgentChannel extends EventEmitter {
           reject(e);
         },
         what: `frame type ${type}`,
+        timer,
       });
       this.send(type, id, payload);
     });
@@ -123,6 +135,7 @@ export class AgentChannel extends EventEmitter {
 
   /** Stops waiting for request `id` (its late replies are then ignored). */
   forgetReply(id: number): void {
+    clearTimeout(this.pending.get(id)?.timer);
     this.pending.delete(id);
   }
 
@@ -133,6 +146,11 @@ export class AgentChannel extends EventEmitter {
 
   unlisten(id: number): void {
     this.streams.delete(id);
+  }
+
+  /** Whether a reader that is behind holds the socket paused (no frame arrives meanwhile). */
+  get paused(): boolean {
+    return this.pausedBy.size > 0;
   }
 
   /** A reader of `id` that is behind pauses the socket (all of this guest's traffic) until it is not. */
@@ -147,8 +165,39 @@ export class AgentChannel extends EventEmitter {
     this.socket.destroy();
   }
 
+  /**
+   * The guest's bytes. Nothing here may throw: an exception out of a socket's 'data' handler is
+   * uncaught and ends celld, every VM's daemon. Decoders and listeners report a malformed frame
+   * as the failure of the one operation it concerns; should one throw all the same, the
+   * connection to this guest is closed with an agent_error that says why, and every request on
+   * it is rejected with that error.
+   */
   private onData(chunk: Buffer): void {
-    for (const frame of this.decoder.push(chunk)) this.onFrame(frame);
+    try {
+      for (const frame of this.decoder.push(chunk)) {
+        if (this.closedError) return;
+        try {
+          this.onFrame(frame);
+        } catch (err) {
+          const why = err instanceof Error ? err.message : String(err);
+          this.abort(
+            new CellError(
+              ErrorCodes.AGENT_ERROR,
+              `the guest agent sent a frame celld could not handle (type 0x${frame.type.toString(16)}, id ${frame.id}, ${frame.payload.length} bytes: ${why}); its connection was closed`,
+            ),
+          );
+          return;
+        }
+      }
+    } catch (err) {
+      this.abort(new CellError(ErrorCodes.AGENT_ERROR, `reading the guest agent's frames failed: ${err instanceof Error ? err.message : String(err)}`));
+    }
+  }
+
+  /** Closes the connection because of what the guest sent: `err` is what every waiter gets. */
+  private abort(err: CellError): void {
+    this.settleClosed(err);
+    this.socket.destroy();
   }
 
   private onFrame(frame: Frame): void {
@@ -179,12 +228,23 @@ export class AgentChannel extends EventEmitter {
   }
 
   private onClose(): void {
+    this.settleClosed(new CellError(ErrorCodes.AGENT_DISCONNECTED, 'the connection to the guest agent closed (the VM stopped?)'));
+  }
+
+  /** Marks the channel closed (once) and rejects every request still waiting. */
+  private settleClosed(err: CellError): void {
     if (this.closedError) return;
-    this.closedError = new CellError(ErrorCodes.AGENT_DISCONNECTED, 'the connection to the guest agent closed (the VM stopped?)');
-    for (const p of this.pending.values()) p.reject(this.closedError);
+    this.closedError = err;
+    const pending = [...this.pending.values()];
     this.pending.clear();
     this.streams.clear();
-    this.emit('close');
+    this.pausedBy.clear();
+    for (const p of pending) p.reject(err);
+    try {
+      this.emit('close');
+    } catch {
+      // A 'close' listener's failure must not escape the socket's event handler either.
+    }
   }
 }
 

@@ -214,7 +214,12 @@ export class AgentClient extends EventEmitter {
 
   /** lstat (or stat with `follow`) of a guest path; a missing path is a `not_found` CellError. */
   async stat(path: string, opts: { follow?: boolean } = {}): Promise<GuestStat> {
-    return decodeStat((await this.channel.request(FrameType.STAT, encodeStat(path, opts.follow ?? false))).payload);
+    const reply = await this.channel.request(FrameType.STAT, encodeStat(path, opts.follow ?? false));
+    try {
+      return decodeStat(reply.payload);
+    } catch {
+      throw new CellError(ErrorCodes.AGENT_ERROR, `the guest agent's STAT reply for ${path} does not parse (${reply.payload.length} bytes)`);
+    }
   }
 
   /** The entries of a guest directory (not recursive, without . and ..). */
@@ -235,23 +240,40 @@ export class AgentClient extends EventEmitter {
     this.channel.close();
   }
 
-  /** Output goes to the session's handlers; EXIT ends the session. Other frames are not an exec's. */
+  /**
+   * Output goes to the session's handlers; EXIT ends the session. Other frames are not an exec's.
+   * Never throws (it runs in the socket's data handler): a malformed EXIT fails the session with
+   * an agent_error, and a handler that throws fails its session (the process is killed) rather
+   * than the connection.
+   */
   private onExecFrame(session: ExecSession, frame: Frame): void {
-    switch (frame.type) {
-      case FrameType.STDOUT:
-        session.handlers.onStdout?.(frame.payload);
-        return;
-      case FrameType.STDERR:
-        session.handlers.onStderr?.(frame.payload);
-        return;
-      case FrameType.EXIT: {
-        this.execs.delete(session.id);
-        this.channel.unlisten(session.id);
-        const { signaled, code } = decodeExit(frame.payload);
-        session.finish(signaled ? { exitCode: null, signal: code } : { exitCode: code, signal: null });
-        return;
+    try {
+      switch (frame.type) {
+        case FrameType.STDOUT:
+          session.handlers.onStdout?.(frame.payload);
+          return;
+        case FrameType.STDERR:
+          session.handlers.onStderr?.(frame.payload);
+          return;
+        case FrameType.EXIT: {
+          this.endSession(session);
+          const { signaled, code } = decodeExit(frame.payload);
+          session.finish(signaled ? { exitCode: null, signal: code } : { exitCode: code, signal: null });
+          return;
+        }
       }
+    } catch (err) {
+      const ended = frame.type === FrameType.EXIT;
+      this.endSession(session);
+      session.fail(err instanceof CellError ? err : new CellError(ErrorCodes.AGENT_ERROR, `exec ${session.id}: ${(err as Error)?.message ?? String(err)}`, undefined, { cause: err }));
+      // Output nobody can take any more: stop the process rather than let it run unobserved.
+      if (!ended && !this.channel.closed) this.channel.send(FrameType.KILL, session.id, new PayloadWriter().u32(9).build());
     }
+  }
+
+  private endSession(session: ExecSession): void {
+    this.execs.delete(session.id);
+    this.channel.unlisten(session.id);
   }
 
   private onClose(): void {

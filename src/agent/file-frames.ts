@@ -91,21 +91,30 @@ export function encodeStat(path: string, follow: boolean): Buffer {
   return new PayloadWriter().u32(follow ? 1 : 0).string(path).build();
 }
 
+/** Seconds a guest's mtime may be from the epoch (about 285,000 years): beyond, it is not a time. */
+const MAX_MTIME_SECONDS = 2n ** 53n / 1000n;
+
+/** One stat record; the guest's numbers are checked, not trusted (RangeError when they are wrong). */
 function readStatRecord(r: PayloadReader): GuestStat {
   const kind = KINDS[r.u8()] ?? 'unknown';
   const m = r.u32();
   const uid = r.u32();
   const gid = r.u32();
-  const size = Number(r.u64());
+  const size = r.u64();
   const sec = r.i64();
   const nsec = r.u32();
   const linkTarget = r.bytes().toString('utf8');
-  return { kind, mode: m & MAX_MODE, uid, gid, size, mtimeMs: Number(sec) * 1e3 + nsec / 1e6, linkTarget };
+  if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new RangeError(`size ${size} is too large`);
+  if (sec > MAX_MTIME_SECONDS || sec < -MAX_MTIME_SECONDS || nsec >= 1e9) throw new RangeError(`mtime ${sec}.${nsec} is not a time`);
+  return { kind, mode: m & MAX_MODE, uid, gid, size: Number(size), mtimeMs: Number(sec) * 1e3 + nsec / 1e6, linkTarget };
 }
 
-/** The OK payload of a STAT. Throws RangeError when it does not parse. */
+/** The OK payload of a STAT: one stat record, nothing after it. Throws RangeError when it does not parse. */
 export function decodeStat(payload: Buffer): GuestStat {
-  return readStatRecord(new PayloadReader(payload));
+  const r = new PayloadReader(payload);
+  const st = readStatRecord(r);
+  if (r.remaining !== 0) throw new RangeError(`${r.remaining} bytes after the stat record`);
+  return st;
 }
 
 /** One DATA frame of a LIST_DIR: entries back to back. Throws RangeError when it does not parse. */

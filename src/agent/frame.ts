@@ -3,6 +3,8 @@
  * payload. The decoder resynchronises on the magic so a garbled or half-delivered frame (for
  * example one written before celld reconnected) costs that frame only, not the channel.
  */
+import { CellError, ErrorCodes } from '../domain/errors.js';
+
 export const MAGIC_0 = 0xce;
 export const MAGIC_1 = 0x11;
 export const HEADER_SIZE = 12;
@@ -69,47 +71,76 @@ export function encodeFrame(type: number, id: number, payload: Buffer = Buffer.a
   return Buffer.concat([header, payload]);
 }
 
-/** Incremental decoder: push bytes as they arrive, get whole frames back. */
+/**
+ * Incremental decoder: push bytes as they arrive, get whole frames back. Everything it reads is
+ * the guest's (hostile) input, so it never throws and its memory is bounded: a header announcing
+ * more than MAX_PAYLOAD is treated as garbage (resync), so at most one frame's bytes plus the
+ * chunk being pushed are held. Reassembly is linear in the bytes received: chunks are kept in a
+ * list and joined once, when the frame they make up is complete (joining on every push cost
+ * quadratic time for a frame delivered in small pieces).
+ */
 export class FrameDecoder {
-  private buffered: Buffer = Buffer.alloc(0);
+  private chunks: Buffer[] = [];
+  private length = 0;
+  /** Bytes needed before parsing can make progress: a header, or a header and its payload. */
+  private needed = HEADER_SIZE;
   /** Bytes skipped while looking for a magic; a non-zero count means the stream was garbled. */
   skippedBytes = 0;
 
+  /** Bytes held for a frame not complete yet (at most HEADER_SIZE + MAX_PAYLOAD + one chunk). */
+  get bufferedBytes(): number {
+    return this.length;
+  }
+
   push(chunk: Buffer): Frame[] {
-    this.buffered = this.buffered.length === 0 ? chunk : Buffer.concat([this.buffered, chunk]);
+    if (chunk.length === 0) return [];
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+    if (this.length < this.needed) return [];
+    let buf = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.length);
     const frames: Frame[] = [];
+    let pos = 0;
     for (;;) {
-      this.resync();
-      if (this.buffered.length < HEADER_SIZE) break;
-      const length = this.buffered.readUInt32BE(8);
+      pos = this.resync(buf, pos);
+      const left = buf.length - pos;
+      if (left < HEADER_SIZE) {
+        this.needed = HEADER_SIZE;
+        break;
+      }
+      const length = buf.readUInt32BE(pos + 8);
       if (length > MAX_PAYLOAD) {
         // Not a real frame header: drop the magic and look for the next one.
-        this.skip(2);
+        this.skippedBytes += 2;
+        pos += 2;
         continue;
       }
-      if (this.buffered.length < HEADER_SIZE + length) break;
+      if (left < HEADER_SIZE + length) {
+        this.needed = HEADER_SIZE + length;
+        break;
+      }
       frames.push({
-        type: this.buffered[2]!,
-        id: this.buffered.readUInt32BE(4),
-        payload: Buffer.from(this.buffered.subarray(HEADER_SIZE, HEADER_SIZE + length)),
+        type: buf[pos + 2]!,
+        id: buf.readUInt32BE(pos + 4),
+        // A copy: the frame must not pin the (up to 1 MiB) buffer it was cut from.
+        payload: Buffer.from(buf.subarray(pos + HEADER_SIZE, pos + HEADER_SIZE + length)),
       });
-      this.buffered = this.buffered.subarray(HEADER_SIZE + length);
+      pos += HEADER_SIZE + length;
     }
+    buf = buf.subarray(pos);
+    this.chunks = buf.length > 0 ? [buf] : [];
+    this.length = buf.length;
     return frames;
   }
 
-  private resync(): void {
-    let i = 0;
-    while (i < this.buffered.length) {
-      if (this.buffered[i] === MAGIC_0 && (i + 1 >= this.buffered.length || this.buffered[i + 1] === MAGIC_1)) break;
+  /** The offset of the next magic (or of a last byte that may begin one) at or after `pos`. */
+  private resync(buf: Buffer, pos: number): number {
+    let i = pos;
+    while (i < buf.length) {
+      if (buf[i] === MAGIC_0 && (i + 1 >= buf.length || buf[i + 1] === MAGIC_1)) break;
       i++;
     }
-    if (i > 0) this.skip(i);
-  }
-
-  private skip(n: number): void {
-    this.skippedBytes += n;
-    this.buffered = this.buffered.subarray(n);
+    this.skippedBytes += i - pos;
+    return i;
   }
 }
 
@@ -241,17 +272,46 @@ export function encodeExec(req: ExecRequest): Buffer {
   return w.build();
 }
 
+/** The most of a guest's ERROR message that is kept (it ends up in logs, API answers, terminals). */
+export const MAX_ERROR_MESSAGE = 1024;
+
+/**
+ * An ERROR payload. Never throws: an unreadable one is code 0. The message is the guest's text,
+ * cut to MAX_ERROR_MESSAGE characters, with control characters (terminal escapes, newlines that
+ * would forge log lines) replaced by U+FFFD.
+ */
 export function decodeError(payload: Buffer): { code: number; message: string } {
   try {
     const r = new PayloadReader(payload);
-    return { code: r.u16(), message: r.string() };
+    const code = r.u16();
+    const len = r.u32();
+    if (len > r.remaining) throw new RangeError('payload too short');
+    const raw = payload.subarray(6, 6 + Math.min(len, MAX_ERROR_MESSAGE * 4));
+    let message = raw.toString('utf8').replace(/[\x00-\x08\x0a-\x1f\x7f\u0080-\u009f]/g, '\ufffd');
+    if (message.length > MAX_ERROR_MESSAGE || raw.length < len) message = `${message.slice(0, MAX_ERROR_MESSAGE)}...`;
+    return { code, message };
   } catch {
     return { code: 0, message: 'unreadable error frame' };
   }
 }
 
+/**
+ * An EXIT payload: u8 kind (0 exited, 1 killed by a signal), i32 code. Exactly 5 bytes, an exit
+ * status in 0..255 or a signal in 1..127; anything else is an agent_error CellError (the guest is
+ * not trusted to send sane values: an exit code becomes the CLI's exit status).
+ */
 export function decodeExit(payload: Buffer): { signaled: boolean; code: number } {
-  const r = new PayloadReader(payload);
-  const kind = r.u8();
-  return { signaled: kind === 1, code: r.i32() };
+  const bad = (why: string) => new CellError(ErrorCodes.AGENT_ERROR, `the guest agent sent a malformed EXIT frame: ${why}`);
+  if (payload.length !== 5) throw bad(`${payload.length} bytes of payload instead of 5`);
+  const kind = payload.readUInt8(0);
+  const code = payload.readInt32BE(1);
+  if (kind === 0) {
+    if (code < 0 || code > 255) throw bad(`exit status ${code} is not within 0..255`);
+    return { signaled: false, code };
+  }
+  if (kind === 1) {
+    if (code < 1 || code > 127) throw bad(`signal ${code} is not within 1..127`);
+    return { signaled: true, code };
+  }
+  throw bad(`unknown kind ${kind}`);
 }

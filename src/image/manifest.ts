@@ -32,6 +32,11 @@ export type Manifest = ImageManifest | ImageIndex;
 
 /** Registries and specs suggest 4 MiB as the most a manifest may be; more is an attack or a mistake. */
 export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+/**
+ * The most layers an image may have: each is a download and an unpack. Docker's overlay driver
+ * stops at 128; a few thousand in a 4 MiB manifest would only be an attack.
+ */
+export const MAX_LAYERS = 1000;
 
 function unsupported(what: string, why: string): CellError {
   return new CellError(ErrorCodes.UNSUPPORTED_MANIFEST, `${what}: ${why}`);
@@ -48,11 +53,22 @@ function parseDescriptor(raw: unknown, what: string): Descriptor {
   if (typeof d.size !== 'number' || !Number.isSafeInteger(d.size) || d.size < 0) throw malformed(what, `descriptor ${String(d.digest)} has an invalid size`);
   const out: Descriptor = { mediaType: d.mediaType, digest: checkDigest(d.digest, what), size: d.size };
   const p = d.platform as Record<string, unknown> | undefined;
-  if (p && typeof p.os === 'string' && typeof p.architecture === 'string') {
+  if (p && typeof p === 'object' && typeof p.os === 'string' && typeof p.architecture === 'string') {
     out.platform = { os: p.os, architecture: p.architecture, ...(typeof p.variant === 'string' && p.variant ? { variant: p.variant } : {}) };
   }
-  if (d.annotations && typeof d.annotations === 'object') out.annotations = d.annotations as Record<string, string>;
+  if (d.annotations !== undefined) {
+    const a = d.annotations;
+    // A map of strings (OCI image spec); later code uses the values as strings.
+    if (typeof a !== 'object' || a === null || Array.isArray(a) || !Object.values(a).every((v) => typeof v === 'string')) {
+      throw malformed(what, `descriptor ${out.digest} has annotations that are not a map of strings`);
+    }
+    out.annotations = a as Record<string, string>;
+  }
   return out;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 /**
@@ -67,12 +83,24 @@ export function parseManifest(bytes: Buffer, what: string, contentType?: string)
   } catch {
     throw malformed(what, 'it is not JSON');
   }
-  if (typeof doc !== 'object' || doc === null) throw malformed(what, 'it is not a JSON object');
+  if (!isObject(doc)) throw malformed(what, 'it is not a JSON object');
+  if (doc.mediaType !== undefined && typeof doc.mediaType !== 'string') throw malformed(what, '"mediaType" is not a string');
   const headerType = contentType?.split(';')[0]?.trim();
-  let mediaType = typeof doc.mediaType === 'string' ? doc.mediaType : undefined;
+  const ownType = typeof doc.mediaType === 'string' && doc.mediaType ? doc.mediaType : undefined;
+  let mediaType = ownType;
   if (!mediaType && headerType && headerType !== 'application/json') mediaType = headerType;
   if (doc.schemaVersion === 1 || (mediaType && SCHEMA1_TYPES.includes(mediaType))) {
     throw unsupported(what, 'Docker image manifest schema 1 is not supported (deprecated since 2017); push the image again with a current client');
+  }
+  if (doc.schemaVersion !== undefined && doc.schemaVersion !== 2) throw malformed(what, `schemaVersion ${JSON.stringify(doc.schemaVersion)?.slice(0, 20)} is not 2`);
+  // CVE-2021-41190: a document that reads as an image manifest and as an index could be taken
+  // as one by cellvm and as the other by a tool that verified it. Neither reading is safe.
+  if (doc.layers !== undefined && doc.manifests !== undefined) {
+    throw unsupported(what, 'it has both "layers" and "manifests", so it is both a manifest and an index (ambiguous, CVE-2021-41190): refused');
+  }
+  // The same ambiguity between the document's own type and the one it was served (or listed) as.
+  if (ownType && headerType && kindOf(ownType) && kindOf(headerType) && kindOf(ownType) !== kindOf(headerType)) {
+    throw unsupported(what, `it says it is ${ownType} but was served as ${headerType} (ambiguous, CVE-2021-41190): refused`);
   }
   if (!mediaType) {
     if (Array.isArray(doc.manifests)) mediaType = MediaTypes.OCI_INDEX;
@@ -82,10 +110,12 @@ export function parseManifest(bytes: Buffer, what: string, contentType?: string)
 
   if (INDEX_TYPES.includes(mediaType)) {
     if (!Array.isArray(doc.manifests)) throw malformed(what, 'an index without "manifests"');
+    if (doc.layers !== undefined || doc.config !== undefined) throw unsupported(what, 'an index with "layers" or "config" is ambiguous (CVE-2021-41190): refused');
     return { kind: 'index', mediaType, manifests: doc.manifests.map((m) => parseDescriptor(m, what)) };
   }
   if (IMAGE_MANIFEST_TYPES.includes(mediaType)) {
     if (!Array.isArray(doc.layers)) throw malformed(what, 'a manifest without "layers"');
+    if (doc.layers.length > MAX_LAYERS) throw new CellError(ErrorCodes.SIZE_LIMIT, `${what} has ${doc.layers.length} layers, more than the ${MAX_LAYERS} allowed`);
     const config = parseDescriptor(doc.config, what);
     if (!CONFIG_TYPES.includes(config.mediaType)) {
       throw unsupported(what, `config type ${config.mediaType} is not a container image (an OCI artifact?)`);
@@ -97,6 +127,13 @@ export function parseManifest(bytes: Buffer, what: string, contentType?: string)
     return { kind: 'manifest', mediaType, config, layers };
   }
   throw unsupported(what, `unsupported media type ${mediaType}`);
+}
+
+/** 'index' or 'manifest' for the media types of either, else undefined. */
+function kindOf(mediaType: string): 'index' | 'manifest' | undefined {
+  if (INDEX_TYPES.includes(mediaType)) return 'index';
+  if (IMAGE_MANIFEST_TYPES.includes(mediaType)) return 'manifest';
+  return undefined;
 }
 
 /** Picks the manifest for `wanted` from an index; the error lists what the index does offer. */

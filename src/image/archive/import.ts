@@ -7,7 +7,7 @@ import { BlobStore } from '../../store/blob-store.js';
 import { ImagePins } from '../../store/image-pins.js';
 import { checkDigest, digestHex, sha256Digest, type Digest } from '../digest.js';
 import { installImage, type InstalledImage } from '../install.js';
-import { parseManifest, selectPlatform, type Descriptor, type ImageManifest } from '../manifest.js';
+import { MAX_LAYERS, parseManifest, selectPlatform, type Descriptor, type ImageManifest } from '../manifest.js';
 import { MediaTypes } from '../media-types.js';
 import { DEFAULT_PLATFORM, formatPlatform, parsePlatform, type Platform } from '../platform.js';
 import type { PullProgressFn } from '../progress.js';
@@ -154,34 +154,52 @@ function safeFormat(name: string): string | undefined {
   }
 }
 
-interface DockerSaveEntry {
-  Config?: string;
-  RepoTags?: string[] | null;
-  Layers?: string[];
+export interface DockerSaveEntry {
+  Config: string;
+  RepoTags: string[] | null;
+  Layers: string[];
 }
 
 const LAYER_TYPE = { gzip: MediaTypes.OCI_LAYER_GZIP, zstd: MediaTypes.OCI_LAYER_ZSTD, none: MediaTypes.OCI_LAYER } as const;
 
-async function planDockerSave(archive: ExtractedArchive, opts: ImportOptions): Promise<ImportPlan> {
-  let entries: DockerSaveEntry[];
+/**
+ * The `manifest.json` of a docker save archive: a non-empty array of { Config, RepoTags, Layers }
+ * with the types they must have (the archive is input like any registry's). Throws a CellError.
+ */
+export function parseDockerSaveManifest(bytes: Buffer, what: string): DockerSaveEntry[] {
+  let doc: unknown;
   try {
-    entries = JSON.parse((await readMember(archive, 'manifest.json', opts.file)).toString('utf8')) as DockerSaveEntry[];
-  } catch (err) {
-    if (err instanceof CellError) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${opts.file} is neither an OCI layout (index.json) nor a docker save archive (manifest.json)`);
-    }
-    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `manifest.json of ${opts.file} is not valid JSON`);
+    doc = JSON.parse(bytes.toString('utf8'));
+  } catch {
+    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${what} is not valid JSON`);
   }
-  if (!Array.isArray(entries) || entries.length === 0) throw new CellError(ErrorCodes.IMAGE_NOT_FOUND, `archive ${opts.file} holds no image`);
+  if (!Array.isArray(doc) || doc.length === 0) throw new CellError(ErrorCodes.IMAGE_NOT_FOUND, `${what} lists no image`);
+  const strings = (v: unknown) => Array.isArray(v) && v.every((x) => typeof x === 'string');
+  return doc.map((e: unknown, i) => {
+    const entry = e as Record<string, unknown>;
+    if (typeof e !== 'object' || e === null || Array.isArray(e)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${what}: entry ${i} is not an object`);
+    if (typeof entry.Config !== 'string' || !strings(entry.Layers)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${what}: entry ${i} lacks Config or Layers (or they are not strings)`);
+    if (entry.RepoTags !== undefined && entry.RepoTags !== null && !strings(entry.RepoTags)) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${what}: entry ${i} has RepoTags that are not strings`);
+    }
+    if ((entry.Layers as string[]).length > MAX_LAYERS) {
+      throw new CellError(ErrorCodes.SIZE_LIMIT, `${what}: entry ${i} has ${(entry.Layers as string[]).length} layers, more than the ${MAX_LAYERS} allowed`);
+    }
+    return { Config: entry.Config, Layers: entry.Layers as string[], RepoTags: (entry.RepoTags as string[] | null | undefined) ?? null };
+  });
+}
+
+async function planDockerSave(archive: ExtractedArchive, opts: ImportOptions): Promise<ImportPlan> {
+  if (!archive.has('manifest.json')) {
+    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${opts.file} is neither an OCI layout (index.json) nor a docker save archive (manifest.json)`);
+  }
+  const entries = parseDockerSaveManifest(await readMember(archive, 'manifest.json', opts.file), `manifest.json of ${opts.file}`);
   let entry = entries[0]!;
   if (entries.length > 1) {
     const wantedRef = opts.reference ? formatReference(parseReference(opts.reference)) : undefined;
     const match = entries.find((e) => (e.RepoTags ?? []).some((t) => safeFormat(t) === wantedRef));
     if (!match) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `archive ${opts.file} holds ${entries.length} images: name the one to import`);
     entry = match;
-  }
-  if (typeof entry.Config !== 'string' || !Array.isArray(entry.Layers)) {
-    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `manifest.json of ${opts.file} lacks Config or Layers`);
   }
   const reference = nameFor(opts, entry.RepoTags ?? [], opts.file);
   const configBytes = await readMember(archive, entry.Config, opts.file);

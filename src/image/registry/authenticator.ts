@@ -1,6 +1,7 @@
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { parseChallenge, type AuthChallenge } from './challenge.js';
 import type { Credential } from './credentials.js';
+import { readBodyPrefix } from './body.js';
 
 /**
  * Answers a registry's `WWW-Authenticate` challenge. Basic: the stored credential. Bearer: a token
@@ -12,6 +13,10 @@ import type { Credential } from './credentials.js';
 const TOKEN_SLACK_MS = 10_000;
 /** The distribution spec's default when a token response gives no expires_in. */
 const DEFAULT_TOKEN_SECONDS = 60;
+/** How long a token is reused at most, whatever the token server says. */
+const MAX_TOKEN_SECONDS = 24 * 3600;
+/** A token answer is a few kilobytes; more is not one. */
+const MAX_TOKEN_ANSWER = 1024 * 1024;
 
 export type FetchFn = typeof fetch;
 
@@ -87,12 +92,25 @@ export class Authenticator {
       await res.body?.cancel();
       throw new CellError(ErrorCodes.REGISTRY_ERROR, `${this.registry}: token server answered ${res.status}`);
     }
-    const body = (await res.json().catch(() => ({}))) as { token?: string; access_token?: string; expires_in?: number; issued_at?: string };
-    const token = body.token ?? body.access_token;
+    // The token server's answer is input like any other: bounded, and typed before use.
+    const { bytes, truncated } = await readBodyPrefix(res, MAX_TOKEN_ANSWER);
+    if (truncated) throw new CellError(ErrorCodes.REGISTRY_ERROR, `${this.registry}: the token server's answer is larger than ${MAX_TOKEN_ANSWER} bytes`);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(bytes.toString('utf8'));
+    } catch {
+      parsed = {};
+    }
+    const body = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as { token?: unknown; access_token?: unknown; expires_in?: unknown; issued_at?: unknown };
+    const token = body.token || body.access_token;
     if (!token) throw new CellError(ErrorCodes.REGISTRY_ERROR, `${this.registry}: the token server's answer has no token`);
-    const issued = body.issued_at ? Date.parse(body.issued_at) : NaN;
+    // It goes into an Authorization header: visible ASCII only (a bearer token's alphabet is smaller still).
+    if (typeof token !== 'string' || !/^[\x21-\x7e]+$/.test(token)) {
+      throw new CellError(ErrorCodes.REGISTRY_ERROR, `${this.registry}: the token server's answer has a token that is not a printable string`);
+    }
+    const issued = typeof body.issued_at === 'string' && body.issued_at ? Date.parse(body.issued_at) : NaN;
     const start = Number.isFinite(issued) && issued <= Date.now() ? issued : Date.now();
-    const seconds = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_SECONDS;
+    const seconds = typeof body.expires_in === 'number' && body.expires_in > 0 ? Math.min(body.expires_in, MAX_TOKEN_SECONDS) : DEFAULT_TOKEN_SECONDS;
     this.tokens.set(scopeKey(scopes), { token, expiresAt: start + seconds * 1000 });
     return token;
   }

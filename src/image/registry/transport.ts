@@ -3,6 +3,7 @@ import { registryApiHost } from '../reference.js';
 import { Authenticator } from './authenticator.js';
 import type { Credential } from './credentials.js';
 import { backoffMs, DEFAULT_RETRY, isRetryableStatus, sleep, type RetryPolicy } from './retry.js';
+import { readBodyPrefix } from './body.js';
 
 /**
  * HTTP to one registry: picks the scheme, authenticates (see Authenticator), and retries
@@ -107,17 +108,35 @@ function causeOf(err: unknown): string {
   return e.cause ? `${e.cause.code ?? ''} ${e.cause.message}`.trim() : e.message;
 }
 
-/** The message of an OCI error body (`{"errors":[{"code","message"}]}`), or the status text. */
+/** The most of an error body read: its message is a line in an error, not a download. */
+const MAX_ERROR_BODY = 64 * 1024;
+/** The most of a registry's own error message kept. */
+const MAX_ERROR_TEXT = 200;
+
+/** A registry's words, made safe for a one-line message: short, no control characters. */
+function oneLine(text: string): string {
+  const clean = text.replace(/[\x00-\x1f\x7f\u0080-\u009f]+/g, ' ').trim();
+  return clean.length > MAX_ERROR_TEXT ? `${clean.slice(0, MAX_ERROR_TEXT)}...` : clean;
+}
+
+/**
+ * The message of an OCI error body (`{"errors":[{"code","message"}]}`), or the status text. The
+ * body is the registry's: at most 64 KiB of it is read, and what is kept is one short line.
+ */
 export async function errorText(res: Response): Promise<string> {
-  const text = await res.text().catch(() => '');
+  const { bytes } = await readBodyPrefix(res, MAX_ERROR_BODY).catch(() => ({ bytes: Buffer.alloc(0) }));
+  const text = bytes.toString('utf8');
   try {
-    const body = JSON.parse(text) as { errors?: { code?: string; message?: string }[] };
-    const first = body.errors?.[0];
-    if (first) return [first.code, first.message].filter(Boolean).join(': ');
+    const body = JSON.parse(text) as { errors?: unknown };
+    const first = Array.isArray(body?.errors) ? (body.errors[0] as { code?: unknown; message?: unknown } | undefined) : undefined;
+    if (first && typeof first === 'object') {
+      const said = [first.code, first.message].filter((v): v is string => typeof v === 'string' && v !== '').join(': ');
+      if (said) return oneLine(said);
+    }
   } catch {
     /* not JSON */
   }
-  return text.slice(0, 200).trim() || res.statusText;
+  return oneLine(text) || res.statusText;
 }
 
 export function registryFailure(res: Response, what: string, detail: string): CellError {

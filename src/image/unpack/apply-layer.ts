@@ -6,7 +6,7 @@ import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { runTool } from '../run-tool.js';
 import { ByteSource } from './byte-source.js';
 import { openTarStream } from './decompress.js';
-import { entryComponents, resolveDir, unsafe } from './safe-path.js';
+import { MAX_PATH_BYTES, entryComponents, resolveDir, unsafe } from './safe-path.js';
 import { stagedCost, StagingFullError } from './staging.js';
 import { readTar, type TarEntry, type TarHeader } from './tar-reader.js';
 
@@ -73,7 +73,11 @@ export async function applyLayer(blob: string | AsyncIterable<Buffer>, state: Un
       }
       state.staged += stagedCost(entry.header.type === 'file' ? entry.header.size : 0);
       if (state.staged > state.stageBudget) throw new StagingFullError(`the tree needs more than ${state.stageBudget} bytes`);
-      await applyEntry(entry, state, what, layerPaths, dirTimes);
+      try {
+        await applyEntry(entry, state, what, layerPaths, dirTimes);
+      } catch (err) {
+        throw entryFailure(err, entry.header.path, what);
+      }
     }
     await source.drain();
     await stream.finished();
@@ -154,6 +158,7 @@ async function applyEntry(
       await writeFile(await fresh(async () => openSync(target, 'wx', 0o600)), entry, h, state);
       break;
     case 'symlink':
+      if (h.linkpath === '' || h.linkpath.includes('\0') || Buffer.byteLength(h.linkpath) > MAX_PATH_BYTES) throw unsafe(h.path, `the symlink's target is not a path Linux can hold`, what);
       await fresh(async () => symlinkSync(h.linkpath, target));
       if (state.isRoot) lchownSync(target, h.uid, h.gid);
       lutimesSync(target, h.mtime, h.mtime);
@@ -172,6 +177,24 @@ async function applyEntry(
   }
   if (h.xattrs.size > 0 && (h.type === 'file' || h.type === 'dir')) state.xattrs.set(imagePath, h.xattrs);
 }
+
+/**
+ * What an entry's failure becomes. CellErrors stay as they are; a full tmpfs or disk (ENOSPC,
+ * EDQUOT) too, so that unpackLayers can redo a tmpfs unpack on disk. Any other error is a
+ * CellError naming the entry: unsafe_archive when the entry itself cannot exist on Linux (a
+ * name too long, a value out of range), internal for what the host failed at.
+ */
+function entryFailure(err: unknown, path: string, what: string): unknown {
+  if (err instanceof CellError) return err;
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') return err;
+  const message = err instanceof Error ? err.message : String(err);
+  const archive = code !== undefined && ENTRY_ERRORS.has(code);
+  return new CellError(archive ? ErrorCodes.UNSAFE_ARCHIVE : ErrorCodes.INTERNAL, `${what}: entry "${path.slice(0, 200)}" could not be unpacked: ${message}`, { entry: path }, { cause: err });
+}
+
+/** Errors that an entry's own name, link or numbers cause. */
+const ENTRY_ERRORS: ReadonlySet<string> = new Set(['ENAMETOOLONG', 'ELOOP', 'ENOTDIR', 'EISDIR', 'EEXIST', 'EINVAL', 'EMLINK', 'ENOTEMPTY', 'ERR_OUT_OF_RANGE', 'ERR_INVALID_ARG_VALUE', 'ERR_INVALID_ARG_TYPE']);
 
 function joinImage(dir: string, name: string): string {
   return dir ? `${dir}/${name}` : name;

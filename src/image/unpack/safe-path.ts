@@ -11,6 +11,9 @@ import { CellError, ErrorCodes } from '../../domain/errors.js';
  *   middle of a path is refused, so nothing is ever written outside the staging dir.
  */
 const MAX_SYMLINK_HOPS = 40;
+/** Linux's NAME_MAX and PATH_MAX: an entry beyond them could not be created (nor fit in ext4). */
+export const MAX_NAME_BYTES = 255;
+export const MAX_PATH_BYTES = 4095;
 
 export function unsafe(entry: string, why: string, what: string): CellError {
   return new CellError(ErrorCodes.UNSAFE_ARCHIVE, `${what}: refusing entry "${entry}": ${why}`, { entry });
@@ -21,8 +24,10 @@ export function entryComponents(name: string, what: string, linkOf?: string): st
   const entry = linkOf ?? name;
   const subject = linkOf ? `its hard link target "${name}"` : 'the path';
   if (name.includes('\0')) throw unsafe(entry, `${subject} contains a NUL byte`, what);
+  if (Buffer.byteLength(name) > MAX_PATH_BYTES) throw unsafe(entry.slice(0, 200), `${subject} is longer than ${MAX_PATH_BYTES} bytes`, what);
   const parts = name.split('/').filter((p) => p !== '' && p !== '.');
   if (parts.includes('..')) throw unsafe(entry, `${subject} has a ".." component`, what);
+  if (parts.some((p) => Buffer.byteLength(p) > MAX_NAME_BYTES)) throw unsafe(entry, `${subject} has a component longer than ${MAX_NAME_BYTES} bytes`, what);
   return parts;
 }
 

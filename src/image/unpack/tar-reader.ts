@@ -35,6 +35,10 @@ export interface TarEntry {
 const BLOCK = 512;
 /** pax and GNU long-name records are metadata: anything this big is hostile. */
 const MAX_META_BYTES = 1024 * 1024;
+/** The largest uid or gid (32-bit, without the -1 that chown reads as "leave it"). */
+const MAX_ID = 0xfffffffe;
+/** The latest mtime accepted (seconds; year 5138): later is not a time a layer means. */
+const MAX_MTIME = 1e11;
 
 function bad(what: string, why: string): CellError {
   return new CellError(ErrorCodes.UNSAFE_ARCHIVE, `${what}: ${why}`);
@@ -158,10 +162,21 @@ function applyPax(h: TarHeader, pax: Map<string, Buffer>, what: string): void {
     else if (key === 'mtime') h.mtime = num();
     else if (key.startsWith('SCHILY.xattr.')) h.xattrs.set(key.slice('SCHILY.xattr.'.length), value);
     else if (key.startsWith('LIBARCHIVE.xattr.')) {
-      h.xattrs.set(decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length)), Buffer.from(text, 'base64'));
+      let name: string;
+      try {
+        name = decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length));
+      } catch {
+        throw bad(what, `a malformed pax xattr name ${key.slice(0, 60)}`);
+      }
+      h.xattrs.set(name, Buffer.from(text, 'base64'));
     } else if (key.startsWith('GNU.sparse.')) throw bad(what, `sparse file ${h.path || '(unnamed)'} is not supported`);
   }
   if (!Number.isSafeInteger(h.size)) throw bad(what, `entry ${h.path} has an invalid size`);
+  // Owners are 32-bit ids (0xffffffff means "no change" to chown: not an owner either).
+  for (const [name, id] of [['uid', h.uid], ['gid', h.gid]] as const) {
+    if (!Number.isInteger(id) || id < 0 || id > MAX_ID) throw bad(what, `entry ${h.path} has an invalid ${name} ${id}`);
+  }
+  if (!(h.mtime >= 0 && h.mtime <= MAX_MTIME)) throw bad(what, `entry ${h.path} has an invalid mtime ${h.mtime}`);
 }
 
 /**
