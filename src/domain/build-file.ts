@@ -53,6 +53,8 @@ export interface BuildPlan {
   steps: BuildStep[];
   /** Indexes from the first step after the base to the target, in build order. */
   chain: number[];
+  /** The build file's folder: `copy` paths resolve against it and must stay inside it. */
+  contextDir: string;
 }
 
 const STEP_KINDS = ['run', 'copy', 'env', 'workdir'] as const;
@@ -100,7 +102,13 @@ export function readBuild(source: TomlSource, table: Record<string, unknown>, pr
   }
   const chain: number[] = [];
   for (let i = targetIndex; i >= 0; i = steps[i]!.parent) chain.unshift(i);
-  return { base, cpus, memoryMib, steps, chain };
+  return { base, cpus, memoryMib, steps, chain, contextDir: dir };
+}
+
+/** Whether `path` is `dir` or below it (both absolute, normalised). */
+export function isWithin(dir: string, path: string): boolean {
+  const rel = posix.relative(dir, path);
+  return rel === '' || (rel !== '..' && !rel.startsWith('../') && !posix.isAbsolute(rel));
 }
 
 function readStep(source: TomlSource, raw: unknown, path: string, index: number, dir: string): BuildStep {
@@ -143,7 +151,11 @@ function readStep(source: TomlSource, raw: unknown, path: string, index: number,
     case 'copy': {
       const from = fields.string('copy')!;
       const to = fields.string('to');
-      return { ...base, kind, hostPath: posix.resolve(dir, from), to };
+      const hostPath = posix.resolve(dir, from);
+      // A build file may come with code nobody reviewed: it copies what sits beside it, never
+      // the host's other files (../../etc/shadow, /root/.ssh).
+      if (!isWithin(dir, hostPath)) throw source.error(`${path}.copy`, `copy "${from}" is outside the build file's folder ${dir}: a build copies only files in that folder`);
+      return { ...base, kind, hostPath, to };
     }
     case 'env':
       return { ...base, kind, env: fields.stringTable('env')! };

@@ -1,8 +1,8 @@
-import { readFile } from 'node:fs/promises';
+import { readFile, realpath } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, posix } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { ActionSource, ActionSpec } from '../domain/action.js';
-import { parseBuildFile, type BuildPlan, type BuildStep } from '../domain/build-file.js';
+import { isWithin, parseBuildFile, type BuildPlan, type BuildStep } from '../domain/build-file.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { compatKeyHash, type SnapshotRecord } from '../domain/snapshot.js';
 import { mergeEnv } from '../domain/vm.js';
@@ -90,6 +90,7 @@ export class Builds {
         emit({ type: 'step-done', index, number, total, outcome: 'metadata', snapshot: null, durationMs: performance.now() - stepStarted });
         continue;
       }
+      if (step.kind === 'copy') await assertInContext(plan.contextDir, step.hostPath, step.line);
       const spec: ActionSpec = {
         source,
         cmd: step.kind === 'run' ? step.cmd : [],
@@ -177,6 +178,17 @@ export function describeStep(step: BuildStep): string {
 }
 
 /** The text of a build or template file on celld's host (the CLI sends absolute paths). */
+/** A copy path that stays in the build file's folder by name must stay there through symlinks too. */
+async function assertInContext(contextDir: string, hostPath: string, line: number | undefined): Promise<void> {
+  const [root, real] = await Promise.all([realpath(contextDir), realpath(hostPath).catch(() => hostPath)]);
+  if (!isWithin(root, real)) {
+    throw new CellError(
+      ErrorCodes.BAD_BUILD_FILE,
+      `${line ? `line ${line}: ` : ''}copy ${hostPath} leads (through a symlink) to ${real}, outside the build file's folder ${root}`,
+    );
+  }
+}
+
 export async function readDefinition(file: string, what: string): Promise<string> {
   if (!isAbsolute(file)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `the ${what} path must be absolute: ${file}`);
   try {

@@ -116,3 +116,12 @@ test('multi-line strings and arrays do not confuse the line map', () => {
     /^build\.toml:11: unknown key "wat"/,
   );
 });
+
+test('copy stays in the build file folder: ../ and absolute paths elsewhere are refused with their line', () => {
+  fails('base = "busybox"\n[[step]]\ncopy = "../../etc/shadow"\n', /^build\.toml:3: copy "\.\.\/\.\.\/etc\/shadow" is outside the build file's folder \/ctx/);
+  fails('base = "busybox"\n[[step]]\nrun = "true"\n[[step]]\ncopy = "/root/.ssh"\n', /^build\.toml:5: copy "\/root\/\.ssh" is outside the build file's folder/);
+  fails('base = "busybox"\n[[step]]\ncopy = "site/../../ctx2"\n', /outside the build file's folder/);
+  const ok = parseBuildFile('build.toml', 'base = "busybox"\n[[step]]\ncopy = "/ctx/site/../app"\n[[step]]\ncopy = "."\n', '/ctx');
+  assert.deepEqual(ok.steps.map((s) => (s.kind === 'copy' ? s.hostPath : '')), ['/ctx/app', '/ctx']);
+  assert.equal(ok.contextDir, '/ctx');
+});
