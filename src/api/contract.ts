@@ -130,6 +130,8 @@ export function statusForCode(code: string): number {
       return 409;
     case 'host_missing_dependency':
       return 424;
+    case 'resources_exhausted':
+      return 507;
     case 'daemon_unavailable':
       return 503;
     default:

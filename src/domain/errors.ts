@@ -32,6 +32,8 @@ export const ErrorCodes = {
   BAD_BUILD_FILE: 'bad_build_file',
   /** A VM state change the lifecycle table (domain/vm-state.ts) does not allow. */
   INVALID_STATE: 'invalid_state',
+  /** The host has no room for what was asked (guest RAM on its tmpfs, ...). */
+  RESOURCES_EXHAUSTED: 'resources_exhausted',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

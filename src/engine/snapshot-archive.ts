@@ -8,7 +8,7 @@ import type { SnapshotRecord } from '../domain/snapshot.js';
 import { MAX_ARCHIVE_META_BYTES, parseArchiveMeta, SNAPSHOT_ARCHIVE_FORMAT } from '../domain/snapshot-archive.js';
 import type { CellPaths } from '../domain/paths.js';
 import type { EngineContext } from './context.js';
-import { allocatedBytes } from './snapshot-take.js';
+import { allocatedBytes } from '../host/files.js';
 
 const run = promisify(execFile);
 const FORMAT = SNAPSHOT_ARCHIVE_FORMAT;

@@ -1,10 +1,10 @@
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, stat, statfs } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
 import type { VmRecord } from '../domain/vm.js';
-import { copySparse, writeFileSynced } from '../host/files.js';
+import { allocatedBytes, copySparse, writeFileSynced } from '../host/files.js';
 import type { EngineContext } from './context.js';
 import type { Images } from './images.js';
 import { releaseMemory } from './machine-spec.js';
@@ -145,13 +145,3 @@ async function explainNoSpace(err: unknown, dir: string, memoryFile: string): Pr
 }
 
 const mib = (bytes: number) => (bytes / (1024 * 1024)).toFixed(1);
-
-/** Bytes a file really occupies (sparse RAM files are mostly holes). */
-export async function allocatedBytes(path: string): Promise<number> {
-  try {
-    const s = await stat(path);
-    return Math.min(s.size, s.blocks * 512);
-  } catch {
-    return 0;
-  }
-}

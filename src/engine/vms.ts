@@ -18,6 +18,7 @@ import type { Owner } from './guest-files.js';
 import type { Images } from './images.js';
 import type { GuestIdentity } from './live-machines.js';
 import { createMemoryFile, machineSpecFor, releaseMemory } from './machine-spec.js';
+import { assertRamFits } from './ram-budget.js';
 import { collectRetiredSnapshots } from './retired-snapshots.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
 import type { Spare } from './spare-pool.js';
@@ -164,8 +165,12 @@ export class Vms {
           await rm(join(paths.vmDir(id), 'data.qcow2'), { force: true });
         }
         stores.vms.update(id, { baseSnapshot: restore.snapshot.id });
-        if (restore.copyMemory) await copySparse(join(snapshotDir, 'memory'), paths.memoryFile(id));
+        if (restore.copyMemory) {
+          await assertRamFits(this.ctx, vm);
+          await copySparse(join(snapshotDir, 'memory'), paths.memoryFile(id));
+        }
       } else {
+        await assertRamFits(this.ctx, vm);
         createMemoryFile(paths, id);
       }
       const current = stores.vms.get(id)!;

@@ -133,3 +133,13 @@ export async function isFile(path: string): Promise<boolean> {
     return false;
   }
 }
+
+/** Bytes a file really occupies (sparse RAM files are mostly holes). */
+export async function allocatedBytes(path: string): Promise<number> {
+  try {
+    const s = await stat(path);
+    return Math.min(s.size, s.blocks * 512);
+  } catch {
+    return 0;
+  }
+}

@@ -24,6 +24,8 @@ export const isVmNotRunning = is(ErrorCodes.VM_NOT_RUNNING);
 export const isIncompatibleSnapshot = is(ErrorCodes.INCOMPATIBLE_SNAPSHOT);
 /** The VM's lifecycle does not allow that step from its current state (`details.from`, `details.allowed`). */
 export const isInvalidState = is(ErrorCodes.INVALID_STATE);
+/** The host had no room for it (guest RAM on its tmpfs, ...); `details` has the numbers. */
+export const isResourcesExhausted = is(ErrorCodes.RESOURCES_EXHAUSTED);
 /** celld is not running and could not be started, or the connection to it broke. */
 export const isDaemonUnavailable = is(ErrorCodes.DAEMON_UNAVAILABLE);
 /** `details.serialTail` holds the guest console's last lines. */

@@ -130,3 +130,29 @@ test('after a crash of celld, reconcile settles every state by the lifecycle tab
   for (const vm of again.vms.list(true)) await again.vms.remove(vm.id, true);
   assert.equal(backend.alive().length, 0);
 });
+
+test('guest RAM that would not fit the tmpfs is refused up front with the numbers, and a VM fits again once another stops', { skip: process.getuid?.() !== 0 && 'needs root to mount a small tmpfs' }, async () => {
+  const { execFileSync } = await import('node:child_process');
+  const small = await openFakeEngine();
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=100m', 'cellt-ram', small.paths.memory]);
+  try {
+    const first = await small.engine.vms.create({ image: 'busybox', name: 'one', memoryMib: 64 });
+    await small.engine.vms.start(first.id);
+    const second = await small.engine.vms.create({ image: 'busybox', name: 'two', memoryMib: 64 });
+    await assert.rejects(small.engine.vms.start(second.id), (err: unknown) => {
+      const e = err as { code?: string; message: string };
+      assert.equal(e.code, 'resources_exhausted');
+      assert.match(e.message, /^no room for VM two's RAM in .*: it needs up to 64 MiB and running VMs may still claim 64 MiB, but 9[0-9] MiB are free/);
+      return true;
+    });
+    assert.equal(small.engine.vms.get(second.id)!.state, 'stopped');
+    assert.equal(small.backend.alive().length, 1, 'the refused VM never started a machine');
+    await small.engine.vms.stop(first.id, 0);
+    assert.equal((await small.engine.vms.start(second.id)).state, 'running');
+  } finally {
+    await small.engine.close().catch(() => {});
+    await small.backend.killAll();
+    execFileSync('umount', [small.paths.memory]);
+    await small.cleanup();
+  }
+});
