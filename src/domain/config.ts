@@ -4,7 +4,7 @@ import { CellError, ErrorCodes } from './errors.js';
  * celld's settings, from CELL_HOME/config.json (like Docker's daemon.json), each overridable by an
  * environment variable of celld's. Everything is optional.
  *
- *   { "imageCacheMaxBytes": 20000000000, "insecureRegistries": ["registry.lan:5000"] }
+ *   { "imageCacheMaxBytes": 20000000000, "insecureRegistries": ["registry.lan:5000"], "logMaxBytes": 16777216 }
  */
 export interface CellConfig {
   /** Least recently used images beyond this many bytes of base disks are evicted after each pull
@@ -12,9 +12,11 @@ export interface CellConfig {
   imageCacheMaxBytes?: number;
   /** Registries (host[:port]) reachable over plain http. Env: CELL_INSECURE_REGISTRIES (comma-separated). */
   insecureRegistries?: string[];
+  /** A VM's output.log is rotated to output.log.1 past this size (two files kept; default 16 MiB). Env: CELL_LOG_MAX_BYTES. */
+  logMaxBytes?: number;
 }
 
-const KEYS = ['imageCacheMaxBytes', 'insecureRegistries'] as const;
+const KEYS = ['imageCacheMaxBytes', 'insecureRegistries', 'logMaxBytes'] as const;
 
 /** Checks a parsed config.json; `where` names the file in errors. */
 export function parseConfig(raw: unknown, where: string): CellConfig {
@@ -35,6 +37,7 @@ export function parseConfig(raw: unknown, where: string): CellConfig {
     }
     config.imageCacheMaxBytes = n;
   }
+  if (obj.logMaxBytes !== undefined) config.logMaxBytes = logMax(obj.logMaxBytes, `${where}: logMaxBytes`);
   if (obj.insecureRegistries !== undefined) {
     const list = obj.insecureRegistries;
     if (!Array.isArray(list) || !list.every((x) => typeof x === 'string' && x.length > 0)) {
@@ -55,8 +58,17 @@ export function withEnvironment(config: CellConfig, env: NodeJS.ProcessEnv): Cel
     }
     out.imageCacheMaxBytes = n;
   }
+  if (env.CELL_LOG_MAX_BYTES !== undefined && env.CELL_LOG_MAX_BYTES !== '') out.logMaxBytes = logMax(Number(env.CELL_LOG_MAX_BYTES), 'CELL_LOG_MAX_BYTES');
   if (env.CELL_INSECURE_REGISTRIES) {
     out.insecureRegistries = env.CELL_INSECURE_REGISTRIES.split(',').map((s) => s.trim()).filter(Boolean);
   }
   return out;
+}
+
+/** At least 4 KiB (one line of output has to fit), at most 1 TiB. */
+function logMax(n: unknown, what: string): number {
+  if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 4096 || n > 2 ** 40) {
+    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${what} must be a whole number of bytes from 4096 up`);
+  }
+  return n;
 }

@@ -66,7 +66,7 @@ export class Vms {
     private readonly ctx: EngineContext,
     private readonly images: Images,
   ) {
-    this.logs = new VmLogs((id) => ctx.paths.vmDir(id));
+    this.logs = new VmLogs((id) => ctx.paths.vmDir(id), { maxBytes: ctx.config.logMaxBytes });
   }
 
   list(all = false): VmRecord[] {
@@ -278,6 +278,7 @@ export class Vms {
         this.images.unpin('vm', vm.id);
       })();
       this.logs.end(vm.id);
+      this.logs.forget(vm.id);
       await rm(this.ctx.paths.vmDir(vm.id), { recursive: true, force: true });
       // It may have been the last VM on a snapshot the user removed already.
       if (current.baseSnapshot) await collectRetiredSnapshots(this.ctx, (id) => this.images.unpin('snapshot', id));
@@ -303,13 +304,14 @@ export class Vms {
     this.logs.on(`end:${vm.id}`, poke);
     signal?.addEventListener('abort', poke);
     try {
-      let offset = 0;
+      let cursor = this.logs.start(vm.id);
       for (;;) {
         // Arm the wake-up before reading so an entry written meanwhile is not slept through.
         const woken = new Promise<void>((resolve) => (wake = resolve));
-        const batch = await this.logs.readFrom(vm.id, offset);
-        offset = batch.offset;
+        const batch = await this.logs.readFrom(vm.id, cursor);
+        cursor = batch.cursor;
         yield* batch.entries;
+        if (batch.more && !signal?.aborted) continue;
         const state = this.ctx.stores.vms.get(vm.id)?.state;
         if (!follow || signal?.aborted || !state || state === 'stopped' || state === 'created') return;
         await woken;
