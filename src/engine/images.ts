@@ -16,6 +16,7 @@ import {
   type PullProgressFn,
 } from '../image/index.js';
 import { ImagePins } from '../store/image-pins.js';
+import { ContentGate } from './content-gate.js';
 import type { EngineContext } from './context.js';
 
 export interface PullRequest {
@@ -34,6 +35,8 @@ export interface PullRequest {
  */
 export class Images {
   private readonly pins: ImagePins;
+  /** Pulls, imports, pushes and exports lease the store; GC waits for them (content-gate.ts). */
+  private readonly gate = new ContentGate();
 
   constructor(private readonly ctx: EngineContext) {
     this.pins = new ImagePins(ctx.db);
@@ -70,7 +73,7 @@ export class Images {
 
   async pull(req: PullRequest): Promise<ImageRecord> {
     await this.ctx.host.ensure();
-    const image = await pullImage({
+    const image = await this.gate.withShared(() => pullImage({
       reference: req.reference,
       platform: req.platform,
       storeRoot: this.ctx.paths.home,
@@ -79,7 +82,7 @@ export class Images {
       credentialsPath: join(this.ctx.paths.home, 'credentials.json'),
       insecureRegistries: this.insecureRegistries(req.insecureRegistries),
       signal: req.signal,
-    });
+    }));
     await this.enforceCacheCap(image);
     return image;
   }
@@ -91,7 +94,7 @@ export class Images {
 
   async importArchive(file: string, reference?: string): Promise<ImageRecord> {
     await this.ctx.host.ensure();
-    const image = await importArchive({ file, storeRoot: this.ctx.paths.home, db: this.ctx.db, reference });
+    const image = await this.gate.withShared(() => importArchive({ file, storeRoot: this.ctx.paths.home, db: this.ctx.db, reference }));
     await this.enforceCacheCap(image);
     return image;
   }
@@ -107,16 +110,18 @@ export class Images {
     if (users.length > 0 && !force) {
       throw new CellError(ErrorCodes.CONFLICT, `image ${image.reference} is in use by ${users.join(', ')}: remove them or use --force`);
     }
-    removeImageReference(this.ctx.db, image.reference);
     // Unpinned blobs and disks go now; a forced removal keeps what VMs and snapshots still pin.
-    await collectGarbage({ storeRoot: this.ctx.paths.home, db: this.ctx.db, graceMs: 0 });
+    await this.gate.withExclusive(async () => {
+      removeImageReference(this.ctx.db, image.reference);
+      await collectGarbage({ storeRoot: this.ctx.paths.home, db: this.ctx.db, graceMs: 0 });
+    });
   }
 
   /** Uploads a local image to a registry under `target` (blobs it already has are skipped). */
   push(reference: string, target: string, insecure: string[] = []): Promise<{ digest: string; reference: string }> {
     const image = this.require(reference);
     if (image.builtin) throw new CellError(ErrorCodes.CONFLICT, `${image.reference} is built in and has no OCI manifest to push`);
-    return pushImage({ image: image.reference, reference: target, storeRoot: this.ctx.paths.home, db: this.ctx.db, ...this.registryAccess(insecure) });
+    return this.gate.withShared(() => pushImage({ image: image.reference, reference: target, storeRoot: this.ctx.paths.home, db: this.ctx.db, ...this.registryAccess(insecure) }));
   }
 
   /** Checks the credentials against the registry, then stores them (mode 0600). */
@@ -131,21 +136,23 @@ export class Images {
   /** Writes an OCI-layout tar of a local image. */
   export(reference: string, file: string): Promise<{ digest: string; bytes: number }> {
     const image = this.require(reference);
-    return exportImage({ reference: image.reference, file, storeRoot: this.ctx.paths.home, db: this.ctx.db });
+    return this.gate.withShared(() => exportImage({ reference: image.reference, file, storeRoot: this.ctx.paths.home, db: this.ctx.db }));
   }
 
   /**
    * Frees space: with `maxBytes`, evicts least recently used images until their disks fit;
    * always removes blobs and disks no image, VM or snapshot pins.
    */
-  async prune(opts: { maxBytes?: number } = {}): Promise<{ evicted: string[]; bytesFreed: number }> {
+  prune(opts: { maxBytes?: number } = {}): Promise<{ evicted: string[]; bytesFreed: number }> {
     const root = { storeRoot: this.ctx.paths.home, db: this.ctx.db, graceMs: 0 };
-    if (opts.maxBytes !== undefined) {
-      const { evicted, gc } = await evictImages({ ...root, maxBytes: opts.maxBytes });
-      return { evicted, bytesFreed: gc.bytesFreed };
-    }
-    const gc = await collectGarbage(root);
-    return { evicted: [], bytesFreed: gc.bytesFreed };
+    return this.gate.withExclusive(async () => {
+      if (opts.maxBytes !== undefined) {
+        const { evicted, gc } = await evictImages({ ...root, maxBytes: opts.maxBytes });
+        return { evicted, bytesFreed: gc.bytesFreed };
+      }
+      const gc = await collectGarbage(root);
+      return { evicted: [], bytesFreed: gc.bytesFreed };
+    });
   }
 
   /** celld's insecure registries (config.json, CELL_INSECURE_REGISTRIES) plus a request's own. */
@@ -159,7 +166,7 @@ export class Images {
     if (max === undefined) return;
     this.pins.pin('pull', keep.digest, [keep.digest]);
     try {
-      await evictImages({ storeRoot: this.ctx.paths.home, db: this.ctx.db, maxBytes: max, graceMs: 0 });
+      await this.gate.withExclusive(() => evictImages({ storeRoot: this.ctx.paths.home, db: this.ctx.db, maxBytes: max, graceMs: 0 }));
     } finally {
       this.pins.unpin('pull', keep.digest);
     }
