@@ -62,6 +62,15 @@ export class ExecSession {
     this.channel.send(FrameType.STDIN, this.id);
   }
 
+  /**
+   * While its reader is behind, this exec holds the guest's traffic back (the socket stops being
+   * read, the guest's writes block, the command's pipe fills and it waits): output never piles up
+   * in celld. Like a slow download, it holds the whole agent connection of that VM.
+   */
+  hold(paused: boolean): void {
+    this.channel.pauseFor(this.id, paused);
+  }
+
   /** Signals the process group; resolves once the agent acknowledged. */
   kill(signal = 9): Promise<void> {
     return this.channel.request(FrameType.KILL, new PayloadWriter().u32(signal).build(), this.id).then(() => undefined);

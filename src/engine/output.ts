@@ -2,6 +2,11 @@
 export interface OutputSink {
   stdout(chunk: Buffer): void;
   stderr(chunk: Buffer): void;
+  /**
+   * A promise while the reader is behind (the guest is then held back until it settles), else
+   * undefined. Sinks that cannot fall behind leave it out.
+   */
+  behind?(): Promise<void> | undefined;
 }
 
 /** Output nobody reads. */

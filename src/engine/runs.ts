@@ -138,6 +138,7 @@ export class Runs {
         this.vms.logs.append(vm.id, 'stderr', c);
         sink.stderr(c);
       },
+      behind: () => sink.behind?.(),
     };
     const { uid, gid } = parseUser(vm.spec.user);
     let result: ExecResult;

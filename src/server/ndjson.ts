@@ -12,6 +12,8 @@ export interface NdjsonStream<E> {
   end(): void;
   /** Aborts when the client goes away before the stream ended (Ctrl-C in the CLI). */
   signal: AbortSignal;
+  /** Settles when the client has read what was sent, if it is behind; else undefined. */
+  behind(): Promise<void> | undefined;
 }
 
 /** Takes over the response of a stream route and writes one JSON event per line as things happen. */
@@ -42,6 +44,18 @@ export function openStream<R extends StreamRoute>(_def: R, request: FastifyReque
       ended = true;
       res.end();
     },
+    behind() {
+      if (ended || res.destroyed || !res.writableNeedDrain) return undefined;
+      return new Promise<void>((resolve) => {
+        const done = () => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
+        res.on('drain', done);
+        res.on('close', done);
+      });
+    },
   };
   return stream;
 }
@@ -70,5 +84,7 @@ export function outputEvents(stream: NdjsonStream<OutputEvent>) {
   return {
     stdout: (chunk: Buffer) => stream.send({ type: 'stdout', data: chunk.toString('base64') }),
     stderr: (chunk: Buffer) => stream.send({ type: 'stderr', data: chunk.toString('base64') }),
+    // A client that reads slowly holds the guest's output back instead of celld buffering it.
+    behind: () => stream.behind(),
   };
 }

@@ -156,3 +156,33 @@ test('guest RAM that would not fit the tmpfs is refused up front with the number
     await small.cleanup();
   }
 });
+
+test('a reader that falls behind holds the guest back: output never piles up in celld, and none is lost', async () => {
+  const { engine } = fake;
+  const vm = await runningVm(engine, 'chatty');
+  const TOTAL = 20_000_000;
+  let received = 0;
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let heldAt = -1;
+  const sink: OutputSink = {
+    stdout: (c) => void (received += c.length),
+    stderr: () => {},
+    // Behind once, after the first MiB: like an API client that stopped reading.
+    behind: () => (received > 1024 * 1024 && heldAt < 0 ? ((heldAt = received), released) : undefined),
+  };
+  const run = engine.vms.exec(vm.id, { cmd: ['head', '-c', String(TOTAL), '/dev/zero'] }, sink);
+  for (let waited = 0; heldAt < 0 && waited < 10_000; waited += 10) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(heldAt > 0, 'the sink said it was behind');
+  // What was already in flight (socket buffers) may still land; then nothing more.
+  await new Promise((r) => setTimeout(r, 200));
+  const during = received;
+  await new Promise((r) => setTimeout(r, 400));
+  assert.ok(received - heldAt < 4 * 1024 * 1024, `held back: ${received - heldAt} bytes arrived after the hold`);
+  assert.equal(received, during, 'nothing more arrives while the reader is behind');
+  release();
+  const result = await run;
+  assert.equal(result.exitCode, 0);
+  assert.equal(received, TOTAL, 'and nothing is lost');
+  await engine.vms.remove(vm.id, true);
+});
