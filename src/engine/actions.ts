@@ -265,12 +265,14 @@ export class Actions {
         name: this.vms.availableName(name),
         overrides: { cmd: [], env: r.env, workingDir: r.workingDir, user: r.user },
         copyMemory: true,
+        ephemeral: true,
       });
       return vm!;
     }
     const created = await this.vms.create({
       image: r.ref,
       name: this.vms.availableName(name),
+      ephemeral: true,
       cpus: r.cpus,
       memoryMib: r.memoryMib,
       env: r.env,

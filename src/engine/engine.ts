@@ -16,7 +16,7 @@ import { HostReadiness, type ProgressListener } from './host-readiness.js';
 import { Images } from './images.js';
 import { LiveMachines } from './live-machines.js';
 import { KeyedLocks } from './locks.js';
-import { loadConfig, reconcile, sweepOrphans } from './recovery.js';
+import { loadConfig, reconcile, removeHalfMade, sweepOrphans } from './recovery.js';
 import { Runs } from './runs.js';
 import { recoverSnapshots } from './snapshot-recovery.js';
 import { Snapshots } from './snapshots.js';
@@ -145,6 +145,8 @@ export class Engine {
     await reconcile(ctx);
     await sweepOrphans(ctx);
     await recoverSnapshots(ctx, vms, images);
+    const halfMade = await removeHalfMade(ctx, vms);
+    if (halfMade.length > 0) ctx.log.warn(`removed VMs a stopped celld left half-made: ${halfMade.join(', ')}`);
     return engine;
   }
 

@@ -4,7 +4,9 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import { mayHaveMachine, recoveredExitReason } from '../domain/vm-state.js';
 import type { EngineContext } from './context.js';
 import { releaseMemory } from './machine-spec.js';
+import { halfMade } from './half-made.js';
 import { exitInfo } from './vm-records.js';
+import type { Vms } from './vms.js';
 
 /**
  * After a daemon restart: reconnect to running machines still alive, end and record as stopped
@@ -45,6 +47,22 @@ export async function sweepOrphans(ctx: Pick<EngineContext, 'stores' | 'backend'
     releaseMemory(paths, id);
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * VMs a dead celld was still making (a run, fork or build cut short before their first boot
+ * finished) and VMs of its own operations (actions, template builds) are removed: after a crash,
+ * every half-made thing is either finished or gone. Runs after reconcile, so a VM whose machine
+ * is running again counts as finished.
+ */
+export async function removeHalfMade(ctx: Pick<EngineContext, 'stores' | 'paths'>, vms: Pick<Vms, 'remove'>): Promise<string[]> {
+  const removed: string[] = [];
+  for (const vm of ctx.stores.vms.list()) {
+    if (!halfMade(ctx.paths.vmDir(vm.id), vm.state === 'running')) continue;
+    await vms.remove(vm.id, true);
+    removed.push(vm.name);
+  }
+  return removed;
 }
 
 /** CELL_HOME/config.json (absent: defaults) with celld's environment on top. A bad file stops celld with a clear line. */

@@ -32,6 +32,8 @@ export interface ForkOptions {
   overrides?: Partial<Pick<VmRecord['spec'], 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'template'>>;
   /** Each fork gets a private writable copy of the RAM (see RestoreRequest.copyMemory). */
   copyMemory?: boolean;
+  /** Forks an engine operation makes and removes (an action's): removed after a crash. */
+  ephemeral?: boolean;
 }
 
 export const MAX_FORKS = 64;
@@ -122,13 +124,14 @@ export class Snapshots {
       // A spare (restored, paused) saves QEMU's start and the state load; private-RAM forks need their own.
       const spare = opts.copyMemory ? undefined : await this.spares.take(snapshot.id);
       try {
-        created.push({ vm: await this.createForkRecord(snapshot, name, opts.overrides ?? {}, spare?.id), spare });
+        created.push({ vm: await this.createForkRecord(snapshot, name, opts.overrides ?? {}, spare?.id, opts.ephemeral), spare });
       } catch (err) {
         if (spare) await this.spares.discard(spare);
         await Promise.all(created.map(({ vm }) => this.vms.remove(vm.id, true).catch(() => {})));
         throw err;
       }
     }
+    await this.ctx.checkpoint('fork:recorded');
     const results = await Promise.allSettled(
       created.map(({ vm, spare }) =>
         this.vms.withLock(vm.id, () =>
@@ -329,7 +332,7 @@ export class Snapshots {
     return false;
   }
 
-  private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object, id?: string): Promise<VmRecord> {
-    return this.vms.record(name, { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...overrides }, snapshot.id, id);
+  private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object, id?: string, ephemeral = false): Promise<VmRecord> {
+    return this.vms.record(name, { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...overrides }, snapshot.id, id, { ephemeral });
   }
 }

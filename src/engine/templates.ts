@@ -219,7 +219,8 @@ export class Templates {
       user: overrides.user || disk.spec.user,
       ...(start ? { template: start } : {}),
     };
-    const vm = await this.vms.record(this.vms.availableName(name), spec, disk.id);
+    // The VM a template build boots to snapshot is its own to remove: gone after a crash.
+    const vm = await this.vms.record(this.vms.availableName(name), spec, disk.id, undefined, { ephemeral: start === undefined });
     try {
       const running = await this.vms.withLock(vm.id, () => this.vms.boot(vm.id));
       if (revision.service) await this.startService(running, revision.service, signal);

@@ -18,6 +18,7 @@ import type { Owner } from './guest-files.js';
 import type { Images } from './images.js';
 import type { GuestIdentity } from './live-machines.js';
 import { createMemoryFile, machineSpecFor, releaseMemory } from './machine-spec.js';
+import { clearCreating, markHalfMade } from './half-made.js';
 import { assertRamFits } from './ram-budget.js';
 import { collectRetiredSnapshots } from './retired-snapshots.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
@@ -38,6 +39,8 @@ export interface CreateVmRequest {
   autoRemove?: boolean;
   /** An empty ext4 disk of this many MiB at /data. */
   dataDiskMib?: number;
+  /** A VM an engine operation makes and removes (an action's, a template build's): gone after a crash. */
+  ephemeral?: boolean;
 }
 
 export interface RestoreRequest {
@@ -118,15 +121,17 @@ export class Vms {
       timeoutSec: req.timeoutSec ?? 0,
       autoRemove: req.autoRemove ?? false,
       ...(req.dataDiskMib ? { dataDiskMib: req.dataDiskMib } : {}),
-    });
+    }, null, undefined, { ephemeral: req.ephemeral });
     this.ctx.stores.images.touch(image.reference, vm.createdAt);
     return vm;
   }
 
   /** Records a new VM in state `created` (with its directory, and a pin on its image's blobs). */
-  async record(name: string, spec: VmSpec, baseSnapshot: string | null = null, id: string = newId()): Promise<VmRecord> {
+  async record(name: string, spec: VmSpec, baseSnapshot: string | null = null, id: string = newId(), opts: { ephemeral?: boolean } = {}): Promise<VmRecord> {
     const vm = newVmRecord(id, name, spec, baseSnapshot);
     await mkdir(this.ctx.paths.vmDir(vm.id), { recursive: true, mode: 0o700 });
+    // Half-made until its first boot succeeds (half-made.ts): a dead celld's successor removes it.
+    await markHalfMade(this.ctx.paths.vmDir(vm.id), opts.ephemeral ?? false);
     this.ctx.db.transaction(() => {
       this.ctx.stores.vms.insert(vm);
       this.images.pin('vm', vm.id, spec.imageDigest);
@@ -184,7 +189,10 @@ export class Vms {
       stores.vms.setState(id, 'stopped', { stoppedAt: new Date().toISOString(), pid: null, exit: exitInfo('boot_failed') });
       throw err;
     }
-    return stores.vms.setState(id, 'running', { startedAt: new Date().toISOString() });
+    const running = stores.vms.setState(id, 'running', { startedAt: new Date().toISOString() });
+    await clearCreating(paths.vmDir(id));
+    await this.ctx.checkpoint('boot:running');
+    return running;
   }
 
   /** `cell exec`: a command in a running VM, with the VM's env under the caller's. */

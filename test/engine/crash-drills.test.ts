@@ -165,3 +165,103 @@ test('a full file system during a snapshot says so, with what was needed and wha
     await fake.cleanup();
   }
 });
+
+/** Opens a fake engine whose daemon "dies" the first time it reaches `step`. */
+async function dyingAt(step: string, nth = 1): Promise<{ fake: FakeEngine; reached: Promise<void>; disarm: () => void }> {
+  let reached!: () => void;
+  const promise = new Promise<void>((resolve) => (reached = resolve));
+  const armed = { on: true, seen: 0 };
+  const fake = await openFakeEngine({
+    checkpoint: async (at) => {
+      if (armed.on && at === step && ++armed.seen === nth) {
+        reached();
+        await new Promise(() => {});
+      }
+    },
+  });
+  return { fake, reached: promise, disarm: () => (armed.on = false) };
+}
+
+/** Nothing of a cut-short operation is left: only `keep` VMs, their machines, folders and RAM files. */
+function onlyLeft(fake: FakeEngine, engine: FakeEngine['engine'], keep: string[]): void {
+  const vms = engine.vms.list(true);
+  assert.deepEqual(vms.map((v) => v.name).sort(), [...keep].sort());
+  assert.deepEqual(fake.backend.alive().map((m) => m.id).sort(), vms.filter((v) => v.state === 'running').map((v) => v.id).sort());
+  assert.deepEqual(readdirSync(fake.paths.vms).sort(), vms.map((v) => v.id).sort());
+  assert.deepEqual(readdirSync(fake.paths.memory).sort(), vms.filter((v) => v.state === 'running').map((v) => `${v.id}.mem`).sort().filter((f) => existsSync(join(fake.paths.memory, f))));
+}
+
+test('kill -9 in the middle of fork --count 3 (records made, nothing booted): the forks are gone, the source runs', async () => {
+  const { fake, reached, disarm } = await dyingAt('fork:recorded');
+  try {
+    const src = await fake.engine.vms.create({ image: 'busybox', name: 'src' });
+    await fake.engine.vms.start(src.id);
+    await fake.engine.snapshots.take(src.id, { name: 'base' });
+    void fake.engine.snapshots.fork('base', { count: 3, namePrefix: 'kid' }).catch(() => {});
+    await reached;
+    disarm();
+    const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
+    onlyLeft(fake, engine, ['src']);
+    assert.equal(engine.vms.get(src.id)!.state, 'running');
+    // The names are free again.
+    assert.equal((await engine.snapshots.fork('base', { count: 3, namePrefix: 'kid' })).length, 3);
+  } finally {
+    await fake.cleanup();
+  }
+});
+
+test('kill -9 after one fork of three reached running: that one is finished and stays, the others are gone', async () => {
+  const { fake, reached, disarm } = await dyingAt('boot:running', 3);
+  try {
+    const src = await fake.engine.vms.create({ image: 'busybox', name: 'src' });
+    await fake.engine.vms.start(src.id); // 1st boot:running
+    await fake.engine.snapshots.take(src.id, { name: 'base' }); // 2nd (the source resumes)
+    void fake.engine.snapshots.fork('base', { count: 3, namePrefix: 'kid' }).catch(() => {});
+    await reached;
+    disarm();
+    // Give the siblings a moment to get as far as they get before the daemon "dies".
+    await new Promise((r) => setTimeout(r, 100));
+    const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
+    const kids = engine.vms.list(true).filter((v) => v.name.startsWith('kid'));
+    assert.ok(kids.length >= 1, 'the fork that reached running is kept');
+    for (const kid of kids) assert.equal(kid.state, 'running', `${kid.name} is finished: running`);
+    onlyLeft(fake, engine, ['src', ...kids.map((k) => k.name)]);
+  } finally {
+    await fake.cleanup();
+  }
+});
+
+test("kill -9 while an action's VM runs its command: the action's VM is gone after the restart", async () => {
+  const { fake, reached, disarm } = await dyingAt('boot:running', 1);
+  try {
+    void fake.engine.actions.run({ source: { image: 'busybox' }, cmd: ['true'] }, { mode: 'none' }, { snapshot: true }).catch(() => {});
+    await reached;
+    disarm();
+    const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
+    onlyLeft(fake, engine, []);
+  } finally {
+    await fake.cleanup();
+  }
+});
+
+test('twenty crash-and-restart cycles with VMs, snapshots and forks leak no file descriptors and no machines', async () => {
+  const fake = await openFakeEngine();
+  try {
+    const fds = () => readdirSync('/proc/self/fd').length;
+    let engine = fake.engine;
+    const vm = await engine.vms.create({ image: 'busybox', name: 'steady' });
+    await engine.vms.start(vm.id);
+    const before = fds();
+    for (let i = 0; i < 20; i++) {
+      const s = await engine.snapshots.take('steady', { name: `s${i}` });
+      const [kid] = await engine.snapshots.fork(s.id, { name: `k${i}` });
+      engine = i % 2 ? await fake.crashAndReopen() : await fake.reopen();
+      await engine.vms.remove(kid!.id, true);
+    }
+    assert.deepEqual(fake.backend.alive().map((m) => m.id), [vm.id]);
+    // Each machine of the fake is a child process with pipes in this process: only they count.
+    assert.ok(fds() - before <= 3, `file descriptors grew from ${before} to ${fds()}`);
+  } finally {
+    await fake.cleanup();
+  }
+});
