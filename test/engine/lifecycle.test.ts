@@ -125,7 +125,7 @@ test('after a crash of celld, reconcile settles every state by the lifecycle tab
   assert.equal(state(stopping.id).state, 'stopped');
   assert.equal(state(stopping.id).exit?.reason, 'stopped');
   assert.equal(backend.isRunning(stopping.pid!, stopping.id), false);
-  assert.equal(state(idle.id).state, 'created', 'a VM that never booted is left alone');
+  assert.equal(again.vms.get(idle.id), undefined, 'a VM whose first boot never happened was half-made: it is gone');
   assert.equal(existsSync(paths.memoryFile(dead.id)), false, "a lost VM's RAM file is freed");
   for (const vm of again.vms.list(true)) await again.vms.remove(vm.id, true);
   assert.equal(backend.alive().length, 0);
