@@ -59,8 +59,11 @@ export function buildQemuArgv(
   extraKernelArgs: readonly string[] = [],
   confinement: QemuConfinement = { sandbox: false },
 ): string[] {
-  const rootFile = confinement.diskFds ? `/dev/fdset/${ROOT_FDSET}` : files.overlay;
-  const dataFile = confinement.diskFds?.data ? `/dev/fdset/${DATA_FDSET}` : files.dataOverlay;
+  // An fdset keeps its descriptors open, and with them the OFD locks QEMU took on them: a lock
+  // taken while the disk was written would outlive the write and block the next QEMU on the
+  // layer (measured: "Failed to get shared \"write\" lock"). celld itself keeps one writer per overlay.
+  const rootFile = confinement.diskFds ? `/dev/fdset/${ROOT_FDSET},file.locking=off` : files.overlay;
+  const dataFile = confinement.diskFds?.data ? `/dev/fdset/${DATA_FDSET},file.locking=off` : files.dataOverlay;
   const accel = spec.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg'];
   return [
     '-name', `cellvm-${spec.id},process=cellvm-${spec.id.slice(0, 12)}`,
