@@ -124,7 +124,8 @@ export class QemuBackend implements Backend {
       signalProcess(pid, 'SIGKILL');
       await waitGone(pid, id, 5000);
     }
-    cgroup?.removeSoon();
+    // Now, not in a timer: celld may be on its way out (it ends spares when it stops).
+    if (cgroup && !(await cgroup.removeWithin(2000))) cgroup.removeSoon();
   }
 
   serialTail(dir: string, lines = 20): string {

@@ -55,6 +55,16 @@ export class MachineCgroup {
     return all;
   }
 
+  /** Tries `remove` for up to `timeoutMs` (a QEMU that just exited is in it until it is reaped). */
+  async removeWithin(timeoutMs: number): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    while (!this.remove()) {
+      if (Date.now() > deadline) return false;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return true;
+  }
+
   /** Tries `remove` until it succeeds (the QEMU has ended) or `timeoutMs` passed (it outlives us). */
   removeSoon(timeoutMs = 10_000): void {
     const deadline = Date.now() + timeoutMs;
