@@ -5,6 +5,7 @@ import { release } from 'node:os';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Accelerator } from '../backend.js';
+import { confinementArgv, confinementEnabled, pickRunAs } from './confinement.js';
 import { QEMU_BINARY, signalProcess, spawnQemu, tailFile, waitGone } from './process.js';
 
 const run = promisify(execFile);
@@ -87,6 +88,7 @@ async function probe(
       '-m', '128', '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
       '-serial', `file:${serial}`, '-kernel', opts.kernelPath, '-initrd', opts.initrdPath,
       '-append', 'console=ttyS0 panic=-1 cell.probe=1',
+      ...confinementArgv({ sandbox: confinementEnabled(), runAs: pickRunAs() }),
     ],
     join(dir, 'qemu.log'),
   );

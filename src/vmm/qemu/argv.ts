@@ -1,4 +1,6 @@
 import type { MachineFiles, MachineSpec } from '../backend.js';
+import { confinementArgv, type RunAs } from './confinement.js';
+import { incomingSocketPath } from './files.js';
 import { hostTscKhz } from './host-tsc.js';
 
 export const AGENT_PORT_NAME = 'cell.agent';
@@ -30,8 +32,38 @@ export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk'>, 
   ].join(' ');
 }
 
+/** How the QEMU is confined (confinement.ts); none by default (bare benchmarks). */
+export interface QemuConfinement {
+  sandbox: boolean;
+  runAs?: RunAs;
+  /**
+   * With `runAs`, disks come as inherited descriptors (`-add-fd`, `/dev/fdset/N`): QEMU reopens a
+   * disk read-only when a migration ends (and read-write when an incoming one does), and as its
+   * own user it could not reach the path in the machine's 0700 folder. Each set holds the
+   * overlay opened read-write and read-only, at these descriptor numbers in the child.
+   */
+  diskFds?: { root: [number, number]; data?: [number, number] };
+}
+
+const ROOT_FDSET = 1;
+const DATA_FDSET = 2;
+
+function addFds(set: number, fds: [number, number] | undefined): string[] {
+  return fds ? fds.flatMap((fd) => ['-add-fd', `fd=${fd},set=${set}`]) : [];
+}
+
 /** The qemu-system-x86_64 argument vector for a `-M microvm` guest. */
-export function buildQemuArgv(spec: MachineSpec, files: MachineFiles, extraKernelArgs: readonly string[] = []): string[] {
+export function buildQemuArgv(
+  spec: MachineSpec,
+  files: MachineFiles,
+  extraKernelArgs: readonly string[] = [],
+  confinement: QemuConfinement = { sandbox: false },
+): string[] {
+  // An fdset keeps its descriptors open, and with them the OFD locks QEMU took on them: a lock
+  // taken while the disk was written would outlive the write and block the next QEMU on the
+  // layer (measured: "Failed to get shared \"write\" lock"). celld itself keeps one writer per overlay.
+  const rootFile = confinement.diskFds ? `/dev/fdset/${ROOT_FDSET},file.locking=off` : files.overlay;
+  const dataFile = confinement.diskFds?.data ? `/dev/fdset/${DATA_FDSET},file.locking=off` : files.dataOverlay;
   const accel = spec.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg'];
   return [
     '-name', `cellvm-${spec.id},process=cellvm-${spec.id.slice(0, 12)}`,
@@ -46,10 +78,12 @@ export function buildQemuArgv(spec: MachineSpec, files: MachineFiles, extraKerne
     '-kernel', spec.kernelPath,
     '-initrd', spec.initrdPath,
     '-append', kernelCmdline(spec, extraKernelArgs),
-    '-drive', `id=root,file=${files.overlay},format=qcow2,if=none,discard=unmap`,
+    ...addFds(ROOT_FDSET, confinement.diskFds?.root),
+    ...addFds(DATA_FDSET, confinement.diskFds?.data),
+    '-drive', `id=root,file=${rootFile},format=qcow2,if=none,discard=unmap`,
     '-device', `virtio-blk-device,drive=root,serial=${ROOT_DISK_SERIAL}`,
     ...(spec.dataDisk
-      ? ['-drive', `id=data,file=${files.dataOverlay},format=qcow2,if=none,discard=unmap`, '-device', `virtio-blk-device,drive=data,serial=${DATA_DISK_SERIAL}`]
+      ? ['-drive', `id=data,file=${dataFile},format=qcow2,if=none,discard=unmap`, '-device', `virtio-blk-device,drive=data,serial=${DATA_DISK_SERIAL}`]
       : []),
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${files.agentSocket},server=on,wait=off`,
@@ -59,6 +93,8 @@ export function buildQemuArgv(spec: MachineSpec, files: MachineFiles, extraKerne
     '-qmp', `unix:${files.qmpSocket},server=on,wait=off`,
     '-pidfile', files.pidFile,
     // -S keeps a restored guest paused until the host has checked the restore and resumes it.
-    ...(spec.incoming ? ['-S', '-incoming', 'defer'] : []),
+    // The incoming socket is made now, while QEMU is still root (it cannot write here after -runas).
+    ...(spec.incoming ? ['-S', '-incoming', `unix:${incomingSocketPath(spec.dir)}`] : []),
+    ...confinementArgv(confinement),
   ];
 }

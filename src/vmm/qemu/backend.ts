@@ -4,8 +4,10 @@ import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { stripControl } from '../../domain/terminal-text.js';
 import type { AttachedMachine, Backend, BackendCapabilities, MachineFiles, MachineSpec, StartedMachine } from '../backend.js';
 import { buildQemuArgv, MACHINE_TYPE } from './argv.js';
+import { Cgroups } from './cgroup.js';
+import { confinementEnabled, pickRunAs } from './confinement.js';
 import { QmpControl } from './control.js';
-import { machineFiles } from './files.js';
+import { incomingSocketPath, machineFiles } from './files.js';
 import { createOverlay } from './overlay.js';
 import { isQemuOf, signalProcess, spawnQemu, tailFile, waitGone } from './process.js';
 import { QmpClient } from './qmp.js';
@@ -15,6 +17,27 @@ export class QemuBackend implements Backend {
   readonly name = 'qemu';
   readonly capabilities: BackendCapabilities = { snapshots: true, fork: true, pause: true, console: true };
   readonly machineType = MACHINE_TYPE;
+  private cgroupsFound?: Cgroups;
+
+  /** The host's cgroups, found on first use (none when confinement is off or celld is not root). */
+  private get cgroups(): Cgroups {
+    if (!this.cgroupsFound) {
+      if (!confinementEnabled()) this.cgroupsFound = Cgroups.none('CELL_CONFINE=0');
+      else if (process.getuid?.() !== 0) this.cgroupsFound = Cgroups.none('celld is not root');
+      else {
+        this.cgroupsFound = Cgroups.detect();
+        if (this.cgroupsFound.unavailable) process.stderr.write(`warning: QEMUs run without cgroup limits: ${this.cgroupsFound.unavailable}\n`);
+        this.cgroupsFound.sweep();
+      }
+    }
+    return this.cgroupsFound;
+  }
+
+  /** Confinement as it applies here: CELL_CONFINE, root or not, what the host's cgroups allow. */
+  confinement(): { sandbox: boolean; runAs: boolean; cgroups: string } {
+    const on = confinementEnabled();
+    return { sandbox: on, runAs: on && process.getuid?.() === 0, cgroups: this.cgroups.unavailable ?? 'per machine' };
+  }
 
   files(dir: string): MachineFiles {
     return machineFiles(dir);
@@ -30,24 +53,45 @@ export class QemuBackend implements Backend {
     if (!existsSync(files.overlay)) await createOverlay(files.overlay, spec.baseDiskPath, spec.baseDiskFormat);
     if (spec.dataDisk && !existsSync(files.dataOverlay)) await createOverlay(files.dataOverlay, spec.dataDisk.baseDiskPath, spec.dataDisk.baseDiskFormat);
     // Stale sockets from an earlier run would make QEMU fail to bind.
-    await Promise.all([rm(files.qmpSocket, { force: true }), rm(files.agentSocket, { force: true }), rm(files.serialLog, { force: true })]);
+    const incoming = incomingSocketPath(spec.dir);
+    await Promise.all([files.qmpSocket, files.agentSocket, files.serialLog, incoming].map((f) => rm(f, { force: true })));
     // The guest's console output is the user's: 0600 (QEMU would make it 0644), made exclusively.
     closeSync(openSync(files.serialLog, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
-    const spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs), files.qemuLog);
+    const sandbox = confinementEnabled();
+    const runAs = pickRunAs();
+    const cgroup = this.cgroups.create(spec.id, { cpus: spec.cpus, memoryMib: spec.memoryMib });
+    // As its own user, QEMU gets its disks as descriptors (see QemuConfinement.diskFds).
+    const diskFds = runAs ? [openSync(files.overlay, 'r+'), openSync(files.overlay, 'r')] : [];
+    if (runAs && spec.dataDisk) diskFds.push(openSync(files.dataOverlay, 'r+'), openSync(files.dataOverlay, 'r'));
+    let spawned;
+    try {
+      const childFds = runAs ? { root: [3, 4] as [number, number], data: spec.dataDisk ? ([5, 6] as [number, number]) : undefined } : undefined;
+      spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs, { sandbox, runAs, diskFds: childFds }), files.qemuLog, diskFds);
+    } finally {
+      for (const fd of diskFds) closeSync(fd);
+    }
     let exitedEarly = false;
     void spawned.exited.then(() => {
       exitedEarly = true;
     });
     try {
+      // Right after exec, before QEMU has set up the guest: what it allocates from now on counts.
+      try {
+        cgroup?.add(spawned.pid);
+      } catch (err) {
+        throw this.bootFailure(spec, files, `cannot move QEMU into its cgroup: ${(err as Error).message}`);
+      }
       const qmp = await Promise.race([
         QmpClient.connect(files.qmpSocket, 10_000),
         spawned.exited.then(() => {
           throw this.bootFailure(spec, files, 'QEMU exited during start-up');
         }),
       ]);
-      return { pid: spawned.pid, files, control: new QmpControl(qmp), exited: spawned.exited };
+      const control = new QmpControl(qmp, { pid: spawned.pid, incomingSocket: spec.incoming ? incoming : undefined, onEnd: () => cgroup?.removeSoon() });
+      return { pid: spawned.pid, files, control, exited: spawned.exited };
     } catch (err) {
       if (!exitedEarly) await this.kill(spawned.pid, spec.id);
+      cgroup?.removeSoon();
       if (err instanceof CellError && err.code === ErrorCodes.BOOT_FAILED) throw err;
       throw this.bootFailure(spec, files, (err as Error).message);
     }
@@ -58,7 +102,10 @@ export class QemuBackend implements Backend {
     if (!isQemuOf(pid, id)) return null;
     const files = machineFiles(dir);
     try {
-      return { files, control: new QmpControl(await QmpClient.connect(files.qmpSocket, 2000)), memoryShared: memoryIsShared(pid) };
+      const qmp = await QmpClient.connect(files.qmpSocket, 2000);
+      const cgroup = this.cgroups.groupOf(pid);
+      const control = new QmpControl(qmp, { pid, onEnd: () => cgroup?.removeSoon() });
+      return { files, control, memoryShared: memoryIsShared(pid) };
     } catch {
       return null;
     }
@@ -71,10 +118,14 @@ export class QemuBackend implements Backend {
   /** Ends QEMU: polite `quit` is the caller's business; this is SIGTERM then SIGKILL. */
   async kill(pid: number, id: string): Promise<void> {
     if (!isQemuOf(pid, id)) return;
+    const cgroup = this.cgroups.groupOf(pid);
     signalProcess(pid, 'SIGTERM');
-    if (await waitGone(pid, id, 2000)) return;
-    signalProcess(pid, 'SIGKILL');
-    await waitGone(pid, id, 5000);
+    if (!(await waitGone(pid, id, 2000))) {
+      signalProcess(pid, 'SIGKILL');
+      await waitGone(pid, id, 5000);
+    }
+    // Now, not in a timer: celld may be on its way out (it ends spares when it stops).
+    if (cgroup && !(await cgroup.removeWithin(2000))) cgroup.removeSoon();
   }
 
   serialTail(dir: string, lines = 20): string {

@@ -5,6 +5,21 @@ import type { MachineFiles } from '../backend.js';
 // sun_path holds 108 bytes with the NUL; refuse early rather than let QEMU fail obscurely.
 const MAX_SOCKET_PATH = 107;
 
+/**
+ * Where a machine started `incoming` listens for its state (`-incoming unix:PATH`): QEMU makes
+ * the socket at start-up, before it drops its privileges, in the machine's own folder.
+ */
+export function incomingSocketPath(dir: string): string {
+  return checkSocketPath(join(dir, 'incoming.sock'));
+}
+
+function checkSocketPath(socket: string): string {
+  if (Buffer.byteLength(socket) > MAX_SOCKET_PATH) {
+    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `CELL_HOME is too deep: the socket path ${socket} is longer than ${MAX_SOCKET_PATH} bytes`);
+  }
+  return socket;
+}
+
 export function machineFiles(dir: string): MachineFiles {
   const files: MachineFiles = {
     overlay: join(dir, 'disk.qcow2'),
@@ -15,13 +30,7 @@ export function machineFiles(dir: string): MachineFiles {
     qemuLog: join(dir, 'qemu.log'),
     pidFile: join(dir, 'qemu.pid'),
   };
-  for (const socket of [files.qmpSocket, files.agentSocket]) {
-    if (Buffer.byteLength(socket) > MAX_SOCKET_PATH) {
-      throw new CellError(
-        ErrorCodes.INVALID_ARGUMENT,
-        `CELL_HOME is too deep: the socket path ${socket} is longer than ${MAX_SOCKET_PATH} bytes`,
-      );
-    }
-  }
+  for (const socket of [files.qmpSocket, files.agentSocket]) checkSocketPath(socket);
+  incomingSocketPath(dir);
   return files;
 }

@@ -15,10 +15,11 @@ export interface SpawnedQemu {
  * Starts QEMU in its own session with no pipes to us, so it outlives the CLI and celld; its
  * stdout and stderr go to a log file that boot errors quote.
  */
-export function spawnQemu(argv: readonly string[], logPath: string): SpawnedQemu {
+export function spawnQemu(argv: readonly string[], logPath: string, inheritFds: readonly number[] = []): SpawnedQemu {
   const log = openSync(logPath, 'a', 0o600);
   try {
-    const child = spawn(QEMU_BINARY, argv, { detached: true, stdio: ['ignore', log, log] });
+    // `inheritFds` become the child's descriptors 3, 4, ... (for `-add-fd`).
+    const child = spawn(QEMU_BINARY, argv, { detached: true, stdio: ['ignore', log, log, ...inheritFds] });
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
       child.once('exit', (code, signal) => resolve({ code, signal }));
       child.once('error', () => resolve({ code: -1, signal: null }));

@@ -1,0 +1,71 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { Cgroups, cgroupLimits } from '../../src/vmm/qemu/cgroup.js';
+import { buildQemuArgv } from '../../src/vmm/qemu/argv.js';
+import { machineFiles } from '../../src/vmm/qemu/files.js';
+import { confinementArgv } from '../../src/vmm/qemu/confinement.js';
+import type { MachineSpec } from '../../src/vmm/backend.js';
+
+test('cgroup v2: a group per QEMU under cellvm/ with memory.max, pids.max and cpu.max', () => {
+  const root = mkdtempSync('/tmp/cg2-');
+  try {
+    writeFileSync(join(root, 'cgroup.controllers'), 'cpuset cpu io memory pids\n');
+    const cgroups = Cgroups.detect(root);
+    assert.equal(cgroups.unavailable, null);
+    assert.equal(readFileSync(join(root, 'cellvm', 'cgroup.subtree_control'), 'utf8'), '+cpu +memory +pids');
+    const group = cgroups.create('abcdef0123456789ffff', { cpus: 2, memoryMib: 512 })!;
+    const [dir] = group.dirs as [string];
+    assert.match(dir, /\/cellvm\/abcdef0123456789-[0-9a-f]{8}$/);
+    const l = cgroupLimits({ cpus: 2, memoryMib: 512 });
+    assert.equal(readFileSync(join(dir, 'memory.max'), 'utf8'), String(l.memoryBytes));
+    assert.ok(l.memoryBytes > 512 * 2 ** 20 && l.memoryBytes < 1024 * 2 ** 20, 'a bit above its RAM');
+    assert.equal(readFileSync(join(dir, 'pids.max'), 'utf8'), '130');
+    assert.equal(readFileSync(join(dir, 'cpu.max'), 'utf8'), '250000 100000');
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('cgroup v1: one group per controller; without the controllers, cgroups are unavailable and say why', () => {
+  const root = mkdtempSync('/tmp/cg1-');
+  try {
+    for (const c of ['cpu,cpuacct', 'memory', 'pids']) {
+      mkdirSync(join(root, c));
+      writeFileSync(join(root, c, 'cgroup.procs'), '');
+    }
+    const cgroups = Cgroups.detect(root);
+    const group = cgroups.create('vm1', { cpus: 1, memoryMib: 256 })!;
+    assert.equal(group.dirs.length, 3);
+    const [memory, pids, cpu] = group.dirs as [string, string, string];
+    assert.equal(readFileSync(join(memory, 'memory.limit_in_bytes'), 'utf8'), String(cgroupLimits({ cpus: 1, memoryMib: 256 }).memoryBytes));
+    assert.equal(readFileSync(join(pids, 'pids.max'), 'utf8'), '129');
+    assert.equal(readFileSync(join(cpu, 'cpu.cfs_quota_us'), 'utf8'), '150000');
+    assert.ok(cpu.includes('/cpu,cpuacct/cellvm/'));
+    const none = Cgroups.detect(join(root, 'nothing-here'));
+    assert.match(none.unavailable!, /no cgroup v2 and no v1/);
+    assert.equal(none.create('x', { cpus: 1, memoryMib: 256 }), null);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+  assert.ok(!existsSync(root));
+});
+
+test('confined argv: seccomp sandbox, -runas uid:gid, disks as fdsets without locking, incoming over a unix socket', () => {
+  const dir = '/tmp/cellvm-argv-test';
+  const spec: MachineSpec = {
+    id: 'abc', dir, kernelPath: '/k', initrdPath: '/i', baseDiskPath: '/b', baseDiskFormat: 'raw', cpus: 1, memoryMib: 256,
+    hostname: 'h', accelerator: 'tcg', memory: { path: '/m', shared: false }, incoming: true,
+  };
+  const argv = buildQemuArgv(spec, machineFiles(dir), [], { sandbox: true, runAs: { uid: 1879048193, gid: 1879048193 }, diskFds: { root: [3, 4] } });
+  const joined = argv.join(' ');
+  assert.match(joined, /-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny -runas 1879048193:1879048193/);
+  assert.match(joined, /-add-fd fd=3,set=1 -add-fd fd=4,set=1/);
+  assert.match(joined, /-drive id=root,file=\/dev\/fdset\/1,file\.locking=off,format=qcow2/);
+  assert.match(joined, /-incoming unix:\/tmp\/cellvm-argv-test\/incoming\.sock/);
+  assert.ok(!joined.includes('exec:'), 'nothing for QEMU to spawn');
+  // Not root: no -runas, and set*id stays denied.
+  assert.deepEqual(confinementArgv({ sandbox: true }), ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny']);
+  assert.deepEqual(confinementArgv({ sandbox: false }), []);
+});
