@@ -11,6 +11,7 @@ import type { Backend } from '../vmm/backend.js';
 import { QemuBackend } from '../vmm/qemu/backend.js';
 import { Actions } from './actions.js';
 import { Builds } from './builds.js';
+import { ConsoleLogCap } from './console-log-cap.js';
 import type { EngineContext, EngineLog, HostProvider } from './context.js';
 import { HostReadiness, type ProgressListener } from './host-readiness.js';
 import { Images } from './images.js';
@@ -22,6 +23,7 @@ import { recoverSnapshots } from './snapshot-recovery.js';
 import { Snapshots } from './snapshots.js';
 import { SparePool, type SparePoolOptions } from './spare-pool.js';
 import { Templates } from './templates.js';
+import { DEFAULT_LOG_MAX_BYTES } from './vm-logs.js';
 import { Vms } from './vms.js';
 
 export interface EngineInfo {
@@ -81,6 +83,8 @@ export class Engine {
     readonly builds: Builds,
     readonly templates: Templates,
     readonly runs: Runs,
+    /** @see console-log-cap.ts */
+    readonly consoleCap: ConsoleLogCap,
   ) {}
 
   get paths(): CellPaths {
@@ -141,12 +145,17 @@ export class Engine {
     const builds = new Builds(ctx, actions, snapshots);
     const templates = new Templates(ctx, vms, snapshots, builds);
     const runs = new Runs(ctx, vms, snapshots, templates);
-    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs);
+    const consoleCap = new ConsoleLogCap(
+      () => ctx.live.ids().map((id) => backend.files(ctx.live.get(id)!.dir).serialLog),
+      ctx.config.logMaxBytes ?? DEFAULT_LOG_MAX_BYTES,
+    );
+    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap);
     await reconcile(ctx);
     await sweepOrphans(ctx);
     await recoverSnapshots(ctx, vms, images);
     const halfMade = await removeHalfMade(ctx, vms);
     if (halfMade.length > 0) ctx.log.warn(`removed VMs a stopped celld left half-made: ${halfMade.join(', ')}`);
+    consoleCap.start();
     return engine;
   }
 
@@ -175,6 +184,7 @@ export class Engine {
    * VMs outlive celld, and the next one reconnects.
    */
   async close(): Promise<void> {
+    this.consoleCap.stop();
     await this.spares.closeAll();
     this.ctx.live.detachAll();
     await this.ctx.locks.drain();

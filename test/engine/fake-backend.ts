@@ -13,7 +13,6 @@ import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
-import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../../src/domain/errors.js';
 import type {
   AttachedMachine,
@@ -24,6 +23,7 @@ import type {
   MachineSpec,
   StartedMachine,
 } from '../../src/vmm/backend.js';
+import { machineFiles } from '../../src/vmm/qemu/files.js';
 
 interface FakeState {
   format: 'fake-state/1';
@@ -171,16 +171,9 @@ export class FakeBackend implements Backend {
 
   constructor(private readonly agentBin: string) {}
 
+  /** The same layout as QEMU's machines, so the engine's paths are checked too. */
   files(dir: string): MachineFiles {
-    return {
-      overlay: join(dir, 'disk.qcow2'),
-      dataOverlay: join(dir, 'data.qcow2'),
-      qmpSocket: join(dir, 'qmp.sock'),
-      agentSocket: join(dir, 'agent.sock'),
-      serialLog: join(dir, 'serial.log'),
-      qemuLog: join(dir, 'qemu.log'),
-      pidFile: join(dir, 'qemu.pid'),
-    };
+    return machineFiles(dir);
   }
 
   async start(spec: MachineSpec): Promise<StartedMachine> {

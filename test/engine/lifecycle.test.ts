@@ -186,3 +186,21 @@ test('a reader that falls behind holds the guest back: output never piles up in 
   assert.equal(received, TOTAL, 'and nothing is lost');
   await engine.vms.remove(vm.id, true);
 });
+
+test("a guest flooding its console cannot fill the disk: celld cuts serial.log back past the cap", async () => {
+  const capped = await openFakeEngine({ config: { logMaxBytes: 4096 } });
+  try {
+    const vm = await capped.engine.vms.create({ image: 'busybox', name: 'loud' });
+    await capped.engine.vms.start(vm.id);
+    const serial = capped.backend.files(capped.paths.vmDir(vm.id)).serialLog;
+    const { appendFileSync, readFileSync, statSync } = await import('node:fs');
+    appendFileSync(serial, 'x'.repeat(100_000));
+    assert.equal(await capped.engine.consoleCap.sweep(), 1);
+    assert.ok(statSync(serial).size < 4096);
+    assert.match(readFileSync(serial, 'utf8'), /^\[cellvm: 100000 bytes of console output past the 4096-byte cap were dropped\]\n$/);
+    appendFileSync(serial, 'quiet now\n');
+    assert.equal(await capped.engine.consoleCap.sweep(), 0, 'a log under the cap is left alone');
+  } finally {
+    await capped.cleanup();
+  }
+});
