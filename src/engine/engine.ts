@@ -152,9 +152,11 @@ export class Engine {
     const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap);
     await reconcile(ctx);
     await sweepOrphans(ctx);
-    await recoverSnapshots(ctx, vms, images);
+    // Half-made VMs go first: a snapshot an action's VM was taking is then undone, not finished
+    // into a snapshot nobody holds.
     const halfMade = await removeHalfMade(ctx, vms);
     if (halfMade.length > 0) ctx.log.warn(`removed VMs a stopped celld left half-made: ${halfMade.join(', ')}`);
+    await recoverSnapshots(ctx, vms, images);
     consoleCap.start();
     return engine;
   }

@@ -5,7 +5,7 @@ import type { EngineContext } from './context.js';
 import type { Images } from './images.js';
 import { CONVERTER_ID_FILE, conversionDirPrefix } from './memory-conversion.js';
 import { collectRetiredSnapshots } from './retired-snapshots.js';
-import { finishSnapshot, INTENT_FILE, readIntent, SAVED_MARKER, type SnapshotIntent } from './snapshot-take.js';
+import { finishSnapshot, INTENT_FILE, LAYERS, readIntent, SAVED_MARKER, type SnapshotIntent } from './snapshot-take.js';
 import type { Vms } from './vms.js';
 
 const SNAPSHOT_ID = /^[0-9a-f]{64}$/;
@@ -75,7 +75,7 @@ function canFinish(ctx: EngineContext, intent: SnapshotIntent, dir: string): boo
 /** Disk layers a cut-short snapshot took from its VM go back, unless the VM has its own again. */
 async function giveLayersBack(ctx: EngineContext, intent: SnapshotIntent, dir: string): Promise<void> {
   if (!ctx.stores.vms.get(intent.vm)) return;
-  for (const layer of ['disk.qcow2', 'data.qcow2']) {
+  for (const layer of LAYERS) {
     const taken = join(dir, layer);
     const own = join(ctx.paths.vmDir(intent.vm), layer);
     if (existsSync(taken) && !existsSync(own)) await rename(taken, own);

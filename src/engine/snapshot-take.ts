@@ -28,7 +28,8 @@ export interface SnapshotIntent {
 export const INTENT_FILE = 'intent.json';
 /** Written once state and RAM are complete: from here the snapshot is finished, not undone. */
 export const SAVED_MARKER = 'saved';
-const LAYERS = ['disk.qcow2', 'data.qcow2'];
+/** A snapshot's disk layers (the data disk's only when the VM has one). */
+export const LAYERS = ['disk.qcow2', 'data.qcow2'];
 
 export function stagingDir(ctx: Pick<EngineContext, 'paths'>, id: string): string {
   return join(ctx.paths.snapshots, `.tmp-${id}`);
@@ -53,14 +54,14 @@ export async function takeSnapshot(ctx: EngineContext, vms: Vms, images: Images,
   const staging = stagingDir(ctx, intent.record.id);
   await mkdir(staging, { recursive: true });
   await writeFileSynced(join(staging, INTENT_FILE), JSON.stringify(intent));
-  await ctx.checkpoint('snapshot:staged');
-  // What the guest's page cache holds must reach the disk layer being frozen: a VM that later
-  // boots cold from it (start after --stop, a template's cold start) sees only the disk.
-  await live.require(vm.id).agent.sync().catch(() => {});
-  const machine = await live.pause(vm.id);
-  await ctx.checkpoint('snapshot:paused');
   let quit = false;
   try {
+    await ctx.checkpoint('snapshot:staged');
+    // What the guest's page cache holds must reach the disk layer being frozen: a VM that later
+    // boots cold from it (start after --stop, a template's cold start) sees only the disk.
+    await live.require(vm.id).agent.sync().catch(() => {});
+    const machine = await live.pause(vm.id);
+    await ctx.checkpoint('snapshot:paused');
     try {
       if (machine.memoryShared) {
         // RAM is already a file: save only device state, then copy the (sparse) file while paused.
@@ -125,9 +126,13 @@ export async function finishSnapshot(ctx: EngineContext, vms: Vms, images: Image
   }
   // It continues on its own copy of the RAM it was saved with (not a copy-on-write mapping), so
   // its next snapshot is again a file copy (~0.2 s) rather than a full RAM save (~1.4 s here).
-  if (intent.resume && stores.vms.get(intent.vm)) await vms.boot(intent.vm, { snapshot: record, copyMemory: true });
-  await rm(join(final, INTENT_FILE), { force: true });
-  await rm(join(final, SAVED_MARKER), { force: true });
+  try {
+    if (intent.resume && stores.vms.get(intent.vm)) await vms.boot(intent.vm, { snapshot: record, copyMemory: true });
+  } finally {
+    // Done with, whether the VM came back or not: a later start must not boot it unasked.
+    await rm(join(final, INTENT_FILE), { force: true });
+    await rm(join(final, SAVED_MARKER), { force: true });
+  }
   return record;
 }
 

@@ -12,7 +12,7 @@ import { guestHostname } from './vm-records.js';
 import type { Spare, SparePool } from './spare-pool.js';
 import { collectRetiredSnapshots } from './retired-snapshots.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
-import { takeSnapshot, type SnapshotIntent } from './snapshot-take.js';
+import { stagingDir, takeSnapshot, type SnapshotIntent } from './snapshot-take.js';
 import type { Vms } from './vms.js';
 
 
@@ -168,7 +168,7 @@ export class Snapshots {
       const id = newId();
       const finalName = name ?? `${source.name}-${randomBytes(2).toString('hex')}`;
       if (stores.snapshots.nameExists(finalName)) throw new CellError(ErrorCodes.CONFLICT, `the name "${finalName}" is already in use by another snapshot`);
-      const staging = join(paths.snapshots, `.tmp-${id}`);
+      const staging = stagingDir(this.ctx, id);
       await mkdir(staging, { recursive: true });
       try {
         for (const file of ['state', 'memory', 'disk.qcow2', 'data.qcow2']) {

@@ -132,10 +132,15 @@ export class Vms {
     await mkdir(this.ctx.paths.vmDir(vm.id), { recursive: true, mode: 0o700 });
     // Half-made until its first boot succeeds (half-made.ts): a dead celld's successor removes it.
     await markHalfMade(this.ctx.paths.vmDir(vm.id), opts.ephemeral ?? false);
-    this.ctx.db.transaction(() => {
-      this.ctx.stores.vms.insert(vm);
-      this.images.pin('vm', vm.id, spec.imageDigest);
-    })();
+    try {
+      this.ctx.db.transaction(() => {
+        this.ctx.stores.vms.insert(vm);
+        this.images.pin('vm', vm.id, spec.imageDigest);
+      })();
+    } catch (err) {
+      await rm(this.ctx.paths.vmDir(vm.id), { recursive: true, force: true });
+      throw err;
+    }
     return vm;
   }
 
@@ -170,13 +175,9 @@ export class Vms {
           await rm(join(paths.vmDir(id), 'data.qcow2'), { force: true });
         }
         stores.vms.update(id, { baseSnapshot: restore.snapshot.id });
-        if (restore.copyMemory) {
-          await assertRamFits(this.ctx, vm);
-          await copySparse(join(snapshotDir, 'memory'), paths.memoryFile(id));
-        }
+        if (restore.copyMemory) await this.withRamBudget(vm, () => copySparse(join(snapshotDir, 'memory'), paths.memoryFile(id)));
       } else {
-        await assertRamFits(this.ctx, vm);
-        createMemoryFile(paths, id);
+        await this.withRamBudget(vm, async () => createMemoryFile(paths, id));
       }
       const current = stores.vms.get(id)!;
       await this.ctx.live.boot(
@@ -193,6 +194,17 @@ export class Vms {
     await clearCreating(paths.vmDir(id));
     await this.ctx.checkpoint('boot:running');
     return running;
+  }
+
+  /**
+   * Checks the tmpfs has room for the VM's RAM and makes its file, one VM at a time: a check
+   * that ran before a sibling's file existed would let concurrent boots oversubscribe it.
+   */
+  private withRamBudget(vm: VmRecord, makeFile: () => Promise<void>): Promise<void> {
+    return this.ctx.locks.run('ram-budget', async () => {
+      await assertRamFits(this.ctx, vm);
+      await makeFile();
+    });
   }
 
   /** `cell exec`: a command in a running VM, with the VM's env under the caller's. */
@@ -276,8 +288,8 @@ export class Vms {
       if (!current) return;
       if (current.state !== 'stopped' && current.state !== 'created') {
         if (!force) throw new CellError(ErrorCodes.CONFLICT, `VM ${current.name} is ${current.state}: stop it first or use --force`);
-        if (current.state !== 'stopping') vms.setState(vm.id, 'stopping');
-        await this.ctx.live.kill(vm.id);
+        await this.halt(vm.id);
+        // A machine this daemon never attached to (it could not) is ended by its pid.
         if (current.pid) await this.ctx.backend.kill(current.pid, vm.id);
       }
       releaseMemory(this.ctx.paths, vm.id);
@@ -300,7 +312,7 @@ export class Vms {
     if (current.state === 'stopped' || current.state === 'created') return;
     if (current.state !== 'stopping') vms.setState(id, 'stopping');
     await this.ctx.live.kill(id);
-    vms.setState(id, 'stopped', { pid: null });
+    vms.setState(id, 'stopped', { pid: null, stoppedAt: new Date().toISOString(), exit: vms.get(id)!.exit ?? exitInfo('stopped') });
   }
 
   /** The main command's output; with `follow`, keeps going until the VM stops or `signal` aborts. */

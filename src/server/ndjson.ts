@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { ErrorEvent, EventOf, StreamRoute } from '../api/contract.js';
 import type { OutputEvent } from '../api/common.js';
@@ -45,16 +46,7 @@ export function openStream<R extends StreamRoute>(_def: R, request: FastifyReque
       res.end();
     },
     behind() {
-      if (ended || res.destroyed || !res.writableNeedDrain) return undefined;
-      return new Promise<void>((resolve) => {
-        const done = () => {
-          res.off('drain', done);
-          res.off('close', done);
-          resolve();
-        };
-        res.on('drain', done);
-        res.on('close', done);
-      });
+      return ended || res.destroyed || !res.writableNeedDrain ? undefined : drained(res);
     },
   };
   return stream;
@@ -87,4 +79,17 @@ export function outputEvents(stream: NdjsonStream<OutputEvent>) {
     // A client that reads slowly holds the guest's output back instead of celld buffering it.
     behind: () => stream.behind(),
   };
+}
+
+/** Settles when a response's buffered bytes were taken by the client, or it went away. */
+export function drained(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.once('drain', done);
+    res.once('close', done);
+  });
 }

@@ -1,9 +1,8 @@
 import type { FastifyInstance } from 'fastify';
-import type { ServerResponse } from 'node:http';
 import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
-import { openStream } from '../ndjson.js';
+import { drained, openStream } from '../ndjson.js';
 import { serve } from '../serve-route.js';
 
 const { files } = Api;
@@ -63,14 +62,3 @@ export function fileRoutes(app: FastifyInstance, engine: Engine): void {
 
 async function* emptyBody(): AsyncGenerator<Buffer> {}
 
-function drained(res: ServerResponse): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      res.off('drain', done);
-      res.off('close', done);
-      resolve();
-    };
-    res.once('drain', done);
-    res.once('close', done);
-  });
-}

@@ -61,12 +61,17 @@ export class QemuBackend implements Backend {
     const runAs = pickRunAs();
     const cgroup = this.cgroups.create(spec.id, { cpus: spec.cpus, memoryMib: spec.memoryMib });
     // As its own user, QEMU gets its disks as descriptors (see QemuConfinement.diskFds).
-    const diskFds = runAs ? [openSync(files.overlay, 'r+'), openSync(files.overlay, 'r')] : [];
-    if (runAs && spec.dataDisk) diskFds.push(openSync(files.dataOverlay, 'r+'), openSync(files.dataOverlay, 'r'));
+    const diskFds: number[] = [];
     let spawned;
     try {
+      if (runAs) diskFds.push(openSync(files.overlay, 'r+'), openSync(files.overlay, 'r'));
+      if (runAs && spec.dataDisk) diskFds.push(openSync(files.dataOverlay, 'r+'), openSync(files.dataOverlay, 'r'));
       const childFds = runAs ? { root: [3, 4] as [number, number], data: spec.dataDisk ? ([5, 6] as [number, number]) : undefined } : undefined;
       spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs, { sandbox, runAs, diskFds: childFds }), files.qemuLog, diskFds);
+    } catch (err) {
+      // Nothing started: the group made for it goes too.
+      cgroup?.removeSoon();
+      throw err;
     } finally {
       for (const fd of diskFds) closeSync(fd);
     }

@@ -124,9 +124,11 @@ export async function saveState(
   const received = receiveInto(listener.server, statePath);
   try {
     await qmp.execute('migrate', { uri: `unix:${listener.path}` });
-    await waitMigration(qmp, 'saving the VM state', deadline, timeoutMs).catch((err: unknown) => {
+    await waitMigration(qmp, 'saving the VM state', deadline, timeoutMs).catch(async (err: unknown) => {
+      // If our end failed first (a full disk), QEMU only saw the connection drop: say ours.
+      const ours = await Promise.race([received.done.then(() => undefined, (e: unknown) => e), new Promise((r) => setTimeout(r, 50, undefined))]);
       received.abort(err as Error);
-      throw err;
+      throw ours ?? err;
     });
     // QEMU closes its end once the stream is complete; the file is fsynced before this resolves.
     const timer = setTimeout(() => received.abort(new CellError(ErrorCodes.SNAPSHOT_FAILED, 'saving the VM state: the stream did not end')), Math.max(1000, deadline - Date.now()));
