@@ -13,13 +13,15 @@ export type CommandStarter = (handlers: OutputHandlers, stdin: StdinSource | und
 
 /** Chunks an iterator may fall behind by before the command's output is held back. */
 const MAX_QUEUED = 16;
+/** Bytes kept for a loop that has not started yet; past this the oldest go (a server's endless log). */
+const MAX_KEPT_BYTES = 16 * 1024 * 1024;
 
 /**
  * A command running in a sandbox (`sandbox.commands.start`). Its output goes to the onStdout and
  * onStderr callbacks as it arrives and is also kept for `for await (const { stream, data } of
- * handle)`: a loop started late still gets everything from the start (as E2B keeps a command's
- * output), and while a loop runs behind, the command's output is held back rather than buffered.
- * With `keepOutput: false` (callbacks only) nothing is kept.
+ * handle)`: a loop started late still gets the output from the start (as E2B keeps a command's
+ * output), up to its last 16 MiB, and while a loop runs behind, the command's output is held back
+ * rather than buffered. With `keepOutput: false` (callbacks only) nothing is kept.
  */
 export class CommandHandle implements AsyncIterable<OutputChunk> {
   /** The command's stdin when started with `stdin: true`: write to it, `end()` closes it. */
@@ -27,6 +29,7 @@ export class CommandHandle implements AsyncIterable<OutputChunk> {
   private readonly controller = new AbortController();
   private readonly finished: Promise<CommandResult>;
   private readonly queue: OutputChunk[] = [];
+  private keptBytes = 0;
   private iterating = false;
   private ended = false;
   private failure: unknown;
@@ -75,6 +78,7 @@ export class CommandHandle implements AsyncIterable<OutputChunk> {
       for (;;) {
         const chunk = this.queue.shift();
         if (chunk) {
+          this.keptBytes -= chunk.data.length;
           this.wakeWriter?.();
           yield chunk;
         } else if (this.ended) {
@@ -94,6 +98,9 @@ export class CommandHandle implements AsyncIterable<OutputChunk> {
   private async enqueue(chunk: OutputChunk): Promise<void> {
     if (!this.keepOutput) return;
     this.queue.push(chunk);
+    this.keptBytes += chunk.data.length;
+    // Nobody reads yet: keep the newest output only, so a long-running command cannot grow this without end.
+    while (!this.iterating && this.keptBytes > MAX_KEPT_BYTES && this.queue.length > 1) this.keptBytes -= this.queue.shift()!.data.length;
     this.wakeReader?.();
     while (this.iterating && this.queue.length >= MAX_QUEUED) {
       await new Promise<void>((resolve) => (this.wakeWriter = resolve));

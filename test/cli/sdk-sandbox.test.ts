@@ -64,6 +64,9 @@ describe('SDK sandbox over the app with an engine double', () => {
             return exited();
           case 'rm':
             return exited();
+          case 'flood':
+            for (let i = 0; i < 24; i++) sink.stdout(Buffer.alloc(1024 * 1024, i));
+            return exited();
           case 'upper': {
             let text = '';
             for await (const chunk of opts.stdin ?? []) text += chunk.toString();
@@ -194,5 +197,14 @@ describe('SDK sandbox over the app with an engine double', () => {
     assert.ok(Date.now() - started < 2000);
     await box.stop({ graceMs: 2500 });
     assert.deepEqual(stops, [2.5], 'graceMs is sent as the wire seconds');
+  });
+  test('a handle nobody iterates keeps only the newest 16 MiB of output, not all of it', async () => {
+    const handle = await box.commands.start(['flood']);
+    await handle.wait();
+    const kept: Buffer[] = [];
+    for await (const { data } of handle) kept.push(data);
+    const bytes = kept.reduce((n, c) => n + c.length, 0);
+    assert.ok(bytes <= 16 * 1024 * 1024 && bytes >= 15 * 1024 * 1024, `kept ${bytes} bytes`);
+    assert.equal(kept.at(-1)![0], 23, 'the newest output is what is kept');
   });
 });
