@@ -12,6 +12,8 @@ setup_home=$(mktemp -d /tmp/cell-setup-XXXXXX)
 cleanup_setup() {
   if [ -f "$setup_home/celld.pid" ]; then kill "$(cat "$setup_home/celld.pid")" 2>/dev/null || true; fi
   rm -rf "$setup_home"
+  # celld made this home's guest RAM folder on /dev/shm (domain/paths.ts names it by the home's hash).
+  rm -rf "/dev/shm/cellvm-$(printf %s "$setup_home" | sha256sum | cut -c1-12)"
 }
 trap cleanup_setup EXIT
 echo "[test] host set-up (cached after the first run)"
