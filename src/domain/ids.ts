@@ -1,6 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { CellError, ErrorCodes } from './errors.js';
 
+/** What newId makes: 64 lowercase hex digits (also the name of a VM's or snapshot's folder). */
+export const ID_PATTERN = /^[0-9a-f]{64}$/;
+
 /** 64 hex chars like Docker ids; the first 12 are what people see and type. */
 export function newId(): string {
   return randomBytes(32).toString('hex');

@@ -1,5 +1,5 @@
 import { CellError, ErrorCodes } from './errors.js';
-import { validateName } from './ids.js';
+import { ID_PATTERN, validateName } from './ids.js';
 import type { CompatKey, SnapshotRecord } from './snapshot.js';
 import type { VmSpec } from './vm.js';
 
@@ -107,7 +107,7 @@ export function parseArchiveMeta(file: string, text: string, name?: string): Omi
     throw name === undefined ? bad(file, `its name: ${(err as Error).message}`) : err;
   }
   return {
-    id: str(file, s, 'id', { pattern: /^[0-9a-f]{64}$/ }),
+    id: str(file, s, 'id', { pattern: ID_PATTERN }),
     name: finalName,
     // It came from another host: no VM or snapshot here is its parent.
     parentVm: null,

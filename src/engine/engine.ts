@@ -87,14 +87,6 @@ export class Engine {
     readonly consoleCap: ConsoleLogCap,
   ) {}
 
-  get paths(): CellPaths {
-    return this.ctx.paths;
-  }
-
-  get config(): CellConfig {
-    return this.ctx.config;
-  }
-
   /**
    * celld's first step, before it writes anything in CELL_HOME: the home must be ours (refused if
    * not) and private, 0700, or 0710 with `socketGroup` so that group's members reach celld.sock

@@ -1,6 +1,7 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { parseConfig, withEnvironment, type CellConfig } from '../domain/config.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import { ID_PATTERN } from '../domain/ids.js';
 import { mayHaveMachine, recoveredExitReason } from '../domain/vm-state.js';
 import type { EngineContext } from './context.js';
 import { releaseMemory } from './machine-spec.js';
@@ -41,7 +42,7 @@ export async function sweepOrphans(ctx: Pick<EngineContext, 'stores' | 'backend'
     ...(await readdir(paths.spares).catch(() => [] as string[])).map((id) => ({ id, dir: paths.spareDir(id) })),
   ];
   for (const { id, dir } of orphans) {
-    if (!/^[0-9a-f]{64}$/.test(id)) continue;
+    if (!ID_PATTERN.test(id)) continue;
     const pid = Number(await readFile(ctx.backend.files(dir).pidFile, 'utf8').catch(() => ''));
     if (pid > 0) await ctx.backend.kill(pid, id);
     releaseMemory(paths, id);

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { readdir, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { ID_PATTERN } from '../domain/ids.js';
 import type { EngineContext } from './context.js';
 import type { Images } from './images.js';
 import { CONVERTER_ID_FILE, conversionDirPrefix } from './memory-conversion.js';
@@ -8,7 +9,6 @@ import { collectRetiredSnapshots } from './retired-snapshots.js';
 import { finishSnapshot, INTENT_FILE, LAYERS, readIntent, SAVED_MARKER, type SnapshotIntent } from './snapshot-take.js';
 import type { Vms } from './vms.js';
 
-const SNAPSHOT_ID = /^[0-9a-f]{64}$/;
 
 /**
  * After a start: what a celld killed in the middle of a snapshot, an import or a removal left.
@@ -28,7 +28,7 @@ export async function recoverSnapshots(ctx: EngineContext, vms: Vms, images: Ima
     try {
       if (entry.startsWith('.import-')) await rm(dir, { recursive: true, force: true });
       else if (entry.startsWith('.tmp-')) await recoverStaged(ctx, vms, images, dir);
-      else if (SNAPSHOT_ID.test(entry)) await recoverPublished(ctx, vms, images, entry, dir);
+      else if (ID_PATTERN.test(entry)) await recoverPublished(ctx, vms, images, entry, dir);
     } catch (err) {
       ctx.log.warn(`recovering ${dir} after a restart failed: ${(err as Error).message}`);
     }
