@@ -128,6 +128,8 @@ export function statusForCode(code: string): number {
     case 'incompatible_snapshot':
     case 'invalid_state':
       return 409;
+    case 'permission_denied':
+      return 403;
     case 'host_missing_dependency':
       return 424;
     case 'resources_exhausted':

@@ -34,6 +34,8 @@ export const ErrorCodes = {
   INVALID_STATE: 'invalid_state',
   /** The host has no room for what was asked (guest RAM on its tmpfs, ...). */
   RESOURCES_EXHAUSTED: 'resources_exhausted',
+  /** The caller may not do this: not allowed to use celld, or no access to a host path it named. */
+  PERMISSION_DENIED: 'permission_denied',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -8,6 +8,7 @@ import {
   type CacheEntry,
 } from '../domain/action.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import { CELLD_HOST_FS, hostPathError, type HostFs } from './host-fs.js';
 import { shortId } from '../domain/ids.js';
 import { assertCompatible, compatKeyHash, type SnapshotRecord } from '../domain/snapshot.js';
 import { DEFAULT_CPUS, DEFAULT_MEMORY_MIB, mergeEnv, validateEnv, validateResources, type VmRecord } from '../domain/vm.js';
@@ -17,7 +18,6 @@ import type { Images } from './images.js';
 import type { Snapshots } from './snapshots.js';
 import type { Vms } from './vms.js';
 import { parseUser, runGuestCommand } from './exec-runner.js';
-import { readdir, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { AgentClient } from '../agent/client.js';
 import { copyIntoGuest } from './guest-files.js';
@@ -34,6 +34,8 @@ export interface ActionRunOptions {
   vmName?: string;
   /** Told once the cache was consulted: whether the action will run. */
   onPlan?(plan: { key: string | null; cached: boolean }): void;
+  /** Whose file access reads the host path a copy names (engine/host-fs.ts); celld's own by default. */
+  host?: HostFs;
 }
 
 /** The source and settings of an action, resolved against what is on this host. */
@@ -70,7 +72,7 @@ export class Actions {
 
   async run(spec: ActionSpec, policy: CachePolicy = { mode: 'none' }, opts: ActionRunOptions = {}): Promise<ActionResult> {
     const started = performance.now();
-    const resolved = await this.resolve(spec);
+    const resolved = await this.resolve(spec, opts.host ?? CELLD_HOST_FS);
     if (policy.mode === 'none') {
       opts.onPlan?.({ key: null, cached: false });
       return this.execute(spec, resolved, null, opts, started);
@@ -145,7 +147,7 @@ export class Actions {
     return snapshot;
   }
 
-  private async resolve(spec: ActionSpec): Promise<Resolved> {
+  private async resolve(spec: ActionSpec, host: HostFs): Promise<Resolved> {
     validateEnv(spec.env ?? []);
     if (spec.cmd.length === 0 && !spec.inject) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an action needs a command or files to copy in');
@@ -204,10 +206,10 @@ export class Actions {
       if (!isAbsolute(spec.inject.hostPath)) {
         throw new CellError(ErrorCodes.INVALID_ARGUMENT, `the host path to copy in must be absolute: ${spec.inject.hostPath}`);
       }
-      const hash = await treeHash(spec.inject.hostPath);
+      const hash = await treeHash(spec.inject.hostPath, host);
       const into = spec.inject.guestPath ?? '';
       // A file lands inside a directory target (`to` absent or ending in /), like `cp file dir/`.
-      const isDirectory = (await stat(spec.inject.hostPath)).isDirectory();
+      const isDirectory = (await host.stat(spec.inject.hostPath).catch(hostPathError(spec.inject.hostPath))).isDirectory();
       const target = !isDirectory && (into === '' || into.endsWith('/')) ? posix.join(into || '.', basename(spec.inject.hostPath)) : into || '.';
       inject = { hostPath: spec.inject.hostPath, guestPath: posix.resolve(resolved.workingDir, target), treeHash: hash, isDirectory };
     }
@@ -229,7 +231,7 @@ export class Actions {
     let service: Promise<ExecResult> | undefined;
     try {
       const live = this.ctx.live.require(vm.id);
-      if (r.inject) await inject(live.agent, r.inject);
+      if (r.inject) await inject(live.agent, r.inject, opts.host ?? CELLD_HOST_FS);
       const { uid, gid } = parseUser(r.user);
       const command = { env: r.env, cwd: r.workingDir, uid, gid, signal: opts.signal };
       let exitCode = 0;
@@ -317,9 +319,9 @@ function describeAction(spec: ActionSpec, r: Resolved): string {
  * Copies a host directory's contents into a guest directory (created 0755 if missing; an existing
  * one keeps its mode and owner: injecting into / must not chmod /), or a host file to a path.
  */
-async function inject(agent: AgentClient, { hostPath, guestPath, isDirectory }: NonNullable<Resolved['inject']>): Promise<void> {
+async function inject(agent: AgentClient, { hostPath, guestPath, isDirectory }: NonNullable<Resolved['inject']>, host: HostFs): Promise<void> {
   if (!isDirectory) {
-    await copyIntoGuest(agent, hostPath, guestPath);
+    await copyIntoGuest(agent, hostPath, guestPath, {}, host);
     return;
   }
   const exists = await agent.stat(guestPath, { follow: true }).then(
@@ -327,5 +329,5 @@ async function inject(agent: AgentClient, { hostPath, guestPath, isDirectory }: 
     () => false,
   );
   if (!exists) await agent.mkdir(guestPath, { mode: 0o755, uid: 0, gid: 0 });
-  for (const name of (await readdir(hostPath)).sort()) await copyIntoGuest(agent, join(hostPath, name), posix.join(guestPath, name));
+  for (const name of (await host.readdir(hostPath).catch(hostPathError(hostPath))).sort()) await copyIntoGuest(agent, join(hostPath, name), posix.join(guestPath, name), {}, host);
 }

@@ -1,4 +1,3 @@
-import { readFile, realpath } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, posix } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { ActionSource, ActionSpec } from '../domain/action.js';
@@ -10,6 +9,7 @@ import type { Actions } from './actions.js';
 import { compatKey, type EngineContext } from './context.js';
 import type { Snapshots } from './snapshots.js';
 import type { OutputSink } from './output.js';
+import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
 
 export type BuildEvent =
   | { type: 'base'; description: string }
@@ -34,6 +34,8 @@ export interface BuildOptions {
   sink?: OutputSink;
   signal?: AbortSignal;
   onEvent?(event: BuildEvent): void;
+  /** Whose file access reads the files `copy` steps name (engine/host-fs.ts); celld's own by default. */
+  host?: HostFs;
 }
 
 export interface BuildResult {
@@ -61,8 +63,8 @@ export class Builds {
   ) {}
 
   /** Reads and checks a build file (errors carry line numbers). */
-  async load(file: string, target?: string): Promise<BuildPlan> {
-    return parseBuildFile(basename(file), await readDefinition(file, 'build file'), dirname(file), { target });
+  async load(file: string, target?: string, host: HostFs = CELLD_HOST_FS): Promise<BuildPlan> {
+    return parseBuildFile(basename(file), await readDefinition(file, 'build file', host), dirname(file), { target });
   }
 
   async build(plan: BuildPlan, opts: BuildOptions = {}): Promise<BuildResult> {
@@ -90,7 +92,7 @@ export class Builds {
         emit({ type: 'step-done', index, number, total, outcome: 'metadata', snapshot: null, durationMs: performance.now() - stepStarted });
         continue;
       }
-      if (step.kind === 'copy') await assertInContext(plan.contextDir, step.hostPath, step.line);
+      if (step.kind === 'copy') await assertInContext(opts.host ?? CELLD_HOST_FS, plan.contextDir, step.hostPath, step.line);
       const spec: ActionSpec = {
         source,
         cmd: step.kind === 'run' ? step.cmd : [],
@@ -106,7 +108,7 @@ export class Builds {
         result = await this.actions.run(
           spec,
           { mode: 'cache', refresh: opts.noCache },
-          { sink: opts.sink, signal: opts.signal, vmName: `build-step${index + 1}` },
+          { sink: opts.sink, signal: opts.signal, vmName: `build-step${index + 1}`, host: opts.host },
         );
       } catch (err) {
         const message = (err as Error).message;
@@ -177,10 +179,9 @@ export function describeStep(step: BuildStep): string {
   }
 }
 
-/** The text of a build or template file on celld's host (the CLI sends absolute paths). */
 /** A copy path that stays in the build file's folder by name must stay there through symlinks too. */
-async function assertInContext(contextDir: string, hostPath: string, line: number | undefined): Promise<void> {
-  const [root, real] = await Promise.all([realpath(contextDir), realpath(hostPath).catch(() => hostPath)]);
+async function assertInContext(host: HostFs, contextDir: string, hostPath: string, line: number | undefined): Promise<void> {
+  const [root, real] = await Promise.all([host.realpath(contextDir), host.realpath(hostPath).catch(() => hostPath)]);
   if (!isWithin(root, real)) {
     throw new CellError(
       ErrorCodes.BAD_BUILD_FILE,
@@ -189,11 +190,14 @@ async function assertInContext(contextDir: string, hostPath: string, line: numbe
   }
 }
 
-export async function readDefinition(file: string, what: string): Promise<string> {
+/** The text of a build or template file on celld's host (the CLI sends absolute paths), read with the caller's access. */
+export async function readDefinition(file: string, what: string, host: HostFs): Promise<string> {
   if (!isAbsolute(file)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `the ${what} path must be absolute: ${file}`);
   try {
-    return await readFile(file, 'utf8');
+    return (await host.readFile(file)).toString('utf8');
   } catch (err) {
-    throw new CellError(ErrorCodes.NOT_FOUND, `cannot read ${what} ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    const code = (err as NodeJS.ErrnoException).code;
+    const denied = code === 'EACCES' || code === 'EPERM';
+    throw new CellError(denied ? ErrorCodes.PERMISSION_DENIED : ErrorCodes.NOT_FOUND, `cannot read ${what} ${file}: ${code ?? (err as Error).message}`);
   }
 }

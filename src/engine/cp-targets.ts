@@ -6,11 +6,11 @@
  * - SRC ending with '/.' copies the directory's contents: DEST itself becomes (or is merged into,
  *   for a copy into the VM) the copy.
  */
-import { stat } from 'node:fs/promises';
 import { basename, isAbsolute, join, posix } from 'node:path';
 import type { AgentClient } from '../agent/client.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { copyFromGuest, copyIntoGuest, type CopyStats, type Owner } from './guest-files.js';
+import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
 
 export interface CopyResult extends CopyStats {
   /** The path the copy was written to (in the VM for copy-in, on the host for copy-out). */
@@ -20,7 +20,7 @@ export interface CopyResult extends CopyStats {
 const contentsOnly = (path: string) => path === '.' || path.endsWith('/.');
 
 /** `cell cp HOST_PATH VM:GUEST_PATH`. */
-export async function copyIn(agent: AgentClient, hostPath: string, guestPath: string): Promise<CopyResult> {
+export async function copyIn(agent: AgentClient, hostPath: string, guestPath: string, host: HostFs = CELLD_HOST_FS): Promise<CopyResult> {
   assertHostPath(hostPath);
   const guest = posix.isAbsolute(guestPath) ? guestPath : `/${guestPath}`; // like docker: relative to the VM's /
   let target = guest;
@@ -28,21 +28,21 @@ export async function copyIn(agent: AgentClient, hostPath: string, guestPath: st
     target = posix.join(guest, basename(hostPath));
   }
   target = normalize(target);
-  return { target, ...(await copyIntoGuest(agent, hostPath, target)) };
+  return { target, ...(await copyIntoGuest(agent, hostPath, target, {}, host)) };
 }
 
 /** `cell cp VM:GUEST_PATH HOST_PATH`; `owner` gets the copied files (the CLI's user). */
-export async function copyOut(agent: AgentClient, guestPath: string, hostPath: string, owner?: Owner): Promise<CopyResult> {
+export async function copyOut(agent: AgentClient, guestPath: string, hostPath: string, owner?: Owner, host: HostFs = CELLD_HOST_FS): Promise<CopyResult> {
   assertHostPath(hostPath);
   const guest = normalize(posix.isAbsolute(guestPath) ? guestPath : `/${guestPath}`);
   let target = hostPath;
-  if (!contentsOnly(guestPath) && (hostPath.endsWith('/') || (await hostIsDirectory(hostPath)))) {
+  if (!contentsOnly(guestPath) && (hostPath.endsWith('/') || (await hostIsDirectory(host, hostPath)))) {
     const name = posix.basename(guest);
     if (!name) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `copying the VM's / needs a destination that does not exist yet, not the directory ${hostPath}`);
     target = join(hostPath, name);
   }
   target = target.length > 1 ? target.replace(/\/+$/, '') : target;
-  return { target, ...(await copyFromGuest(agent, guest, target, owner)) };
+  return { target, ...(await copyFromGuest(agent, guest, target, owner, host)) };
 }
 
 async function guestIsDirectory(agent: AgentClient, path: string): Promise<boolean> {
@@ -54,8 +54,8 @@ async function guestIsDirectory(agent: AgentClient, path: string): Promise<boole
   }
 }
 
-async function hostIsDirectory(path: string): Promise<boolean> {
-  return (await stat(path).catch(() => null))?.isDirectory() ?? false;
+async function hostIsDirectory(host: HostFs, path: string): Promise<boolean> {
+  return (await host.stat(path).catch(() => null))?.isDirectory() ?? false;
 }
 
 /** Drops '.' components and trailing slashes ('/srv/app/.' is '/srv/app'). */

@@ -7,14 +7,13 @@
  * Both copy SRC to exactly DEST; `cp-targets.ts` adds Docker's rules for `cell cp` (copy into an
  * existing directory, `SRC/.`).
  */
-import { createReadStream } from 'node:fs';
-import { chmod, lchown, lstat, mkdir, open, readdir, readlink, rename, rm, stat, symlink, utimes } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join, posix } from 'node:path';
 import type { Stats } from 'node:fs';
 import type { AgentClient } from '../agent/client.js';
 import type { GuestDirEntry, GuestStat } from '../agent/file-frames.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import { CELLD_HOST_FS, hostPathError as hostError, type HostFs } from './host-fs.js';
 
 export interface CopyStats {
   files: number;
@@ -50,21 +49,23 @@ interface HostEntry {
  * copied: a socket, FIFO or device anywhere in it is an `invalid_argument` error and the guest is
  * left unchanged.
  */
-export async function copyIntoGuest(agent: AgentClient, hostPath: string, guestPath: string, owner: Partial<Owner> = {}): Promise<CopyStats> {
+export async function copyIntoGuest(agent: AgentClient, hostPath: string, guestPath: string, owner: Partial<Owner> = {}, host: HostFs = CELLD_HOST_FS): Promise<CopyStats> {
   assertGuestPath(guestPath);
   const own = { uid: owner.uid ?? 0, gid: owner.gid ?? 0 };
   const stats = newStats();
-  for (const entry of await planHostTree(hostPath)) {
+  for (const entry of await planHostTree(host, hostPath)) {
     const target = entry.rel ? posix.join(guestPath, entry.rel) : guestPath;
     const mode = entry.stats.mode & 0o7777;
     if (entry.stats.isDirectory()) {
       await agent.mkdir(target, { mode, ...own });
       stats.directories++;
     } else if (entry.stats.isSymbolicLink()) {
-      await agent.symlink(target, await readlink(entry.path).catch(hostError(entry.path)), own);
+      await agent.symlink(target, await host.readlink(entry.path).catch(hostError(entry.path)), own);
       stats.symlinks++;
     } else {
-      const source = createReadStream(entry.path, { highWaterMark: READ_CHUNK });
+      // Opened with the caller's access, then read by descriptor.
+      const file = await host.openRead(entry.path).catch(hostError(entry.path));
+      const source = file.readStream({ highWaterMark: READ_CHUNK });
       try {
         stats.bytes += await agent.putFile(target, { mode, mtime: entry.stats.mtime, ...own }, source);
       } catch (err) {
@@ -79,7 +80,7 @@ export async function copyIntoGuest(agent: AgentClient, hostPath: string, guestP
 }
 
 /** Every entry under `root` (root first, then depth-first by name); refuses what cannot be copied. */
-async function planHostTree(root: string): Promise<HostEntry[]> {
+async function planHostTree(host: HostFs, root: string): Promise<HostEntry[]> {
   const plan: HostEntry[] = [];
   const visit = async (path: string, rel: string, stats: Stats): Promise<void> => {
     if (!stats.isFile() && !stats.isDirectory() && !stats.isSymbolicLink()) {
@@ -87,13 +88,13 @@ async function planHostTree(root: string): Promise<HostEntry[]> {
     }
     plan.push({ path, rel, stats });
     if (!stats.isDirectory()) return;
-    const names = (await readdir(path).catch(hostError(path))).sort();
+    const names = (await host.readdir(path).catch(hostError(path))).sort();
     for (const name of names) {
       const child = join(path, name);
-      await visit(child, rel ? `${rel}/${name}` : name, await lstat(child).catch(hostError(child)));
+      await visit(child, rel ? `${rel}/${name}` : name, await host.lstat(child).catch(hostError(child)));
     }
   };
-  await visit(root, '', await stat(root).catch(hostError(root)));
+  await visit(root, '', await host.stat(root).catch(hostError(root)));
   return plan;
 }
 
@@ -106,16 +107,16 @@ async function planHostTree(root: string): Promise<HostEntry[]> {
  * the host's privileges); files get `owner` when given. Guest file names are checked: one that
  * would leave the destination ('..', '/', NUL) or is not UTF-8 aborts the copy.
  */
-export async function copyFromGuest(agent: AgentClient, guestPath: string, hostPath: string, owner?: Owner): Promise<CopyStats> {
+export async function copyFromGuest(agent: AgentClient, guestPath: string, hostPath: string, owner?: Owner, host: HostFs = CELLD_HOST_FS): Promise<CopyStats> {
   assertGuestPath(guestPath);
   const top = await agent.stat(guestPath, { follow: true });
   refuseSpecial(top, guestPath);
-  const existing = await lstat(hostPath).catch(() => null);
+  const existing = await host.lstat(hostPath).catch(() => null);
   if (existing?.isDirectory()) {
     throw new CellError(ErrorCodes.CONFLICT, `${hostPath} already exists and is a directory; remove it or copy to a new path`);
   }
   const parent = dirname(hostPath);
-  const parentStats = await stat(parent).catch(() => null);
+  const parentStats = await host.stat(parent).catch(() => null);
   if (!parentStats?.isDirectory()) throw new CellError(ErrorCodes.NOT_FOUND, `the host directory ${parent} does not exist`);
   if (existing && top.kind === 'directory') {
     throw new CellError(ErrorCodes.CONFLICT, `${hostPath} already exists and is not a directory`);
@@ -124,37 +125,37 @@ export async function copyFromGuest(agent: AgentClient, guestPath: string, hostP
   const stats = newStats();
   try {
     if (top.kind === 'file') {
-      await downloadFile(agent, guestPath, temp, top, owner, stats);
+      await downloadFile(host, agent, guestPath, temp, top, owner, stats);
     } else {
-      await downloadDir(agent, guestPath, temp, top, owner, stats);
+      await downloadDir(host, agent, guestPath, temp, top, owner, stats);
     }
-    await rename(temp, hostPath).catch(hostError(hostPath));
+    await host.rename(temp, hostPath).catch(hostError(hostPath));
   } catch (err) {
-    await rm(temp, { recursive: true, force: true });
+    await host.rm(temp).catch(() => {});
     throw err;
   }
   return stats;
 }
 
-async function downloadFile(agent: AgentClient, guestPath: string, hostPath: string, st: GuestStat, owner: Owner | undefined, stats: CopyStats): Promise<void> {
+async function downloadFile(host: HostFs, agent: AgentClient, guestPath: string, hostPath: string, st: GuestStat, owner: Owner | undefined, stats: CopyStats): Promise<void> {
   // 'wx': never through something already there (a symlink the guest listed twice, say).
-  const file = await open(hostPath, 'wx', 0o600).catch(hostError(hostPath));
+  const file = await host.create(hostPath, 0o600).catch(hostError(hostPath));
   try {
     for await (const chunk of agent.readFile(guestPath)) {
-      await file.write(chunk);
+      await file.write(chunk).catch(hostError(hostPath));
       stats.bytes += chunk.length;
     }
-    await file.chmod(safeMode(st.mode));
-    await file.utimes(new Date(st.mtimeMs), new Date(st.mtimeMs));
-    if (owner) await file.chown(owner.uid, owner.gid);
+    await file.chmod(safeMode(st.mode)).catch(hostError(hostPath));
+    await file.utimes(new Date(st.mtimeMs), new Date(st.mtimeMs)).catch(hostError(hostPath));
+    if (owner) await file.chown(owner.uid, owner.gid).catch(hostError(hostPath));
   } finally {
     await file.close();
   }
   stats.files++;
 }
 
-async function downloadDir(agent: AgentClient, guestDir: string, hostDir: string, st: GuestStat, owner: Owner | undefined, stats: CopyStats): Promise<void> {
-  await mkdir(hostDir, { mode: 0o700 }).catch(hostError(hostDir)); // private until it is complete
+async function downloadDir(host: HostFs, agent: AgentClient, guestDir: string, hostDir: string, st: GuestStat, owner: Owner | undefined, stats: CopyStats): Promise<void> {
+  await host.mkdir(hostDir, 0o700).catch(hostError(hostDir)); // private until it is complete
   stats.directories++;
   const seen = new Set<string>();
   const entries = (await agent.listDir(guestDir)).sort((a, b) => Buffer.compare(a.nameBytes, b.nameBytes));
@@ -163,18 +164,18 @@ async function downloadDir(agent: AgentClient, guestDir: string, hostDir: string
     const from = posix.join(guestDir, name);
     const to = join(hostDir, name);
     refuseSpecial(entry, from);
-    if (entry.kind === 'file') await downloadFile(agent, from, to, entry, owner, stats);
-    else if (entry.kind === 'directory') await downloadDir(agent, from, to, entry, owner, stats);
+    if (entry.kind === 'file') await downloadFile(host, agent, from, to, entry, owner, stats);
+    else if (entry.kind === 'directory') await downloadDir(host, agent, from, to, entry, owner, stats);
     else {
-      await symlink(entry.linkTarget, to).catch(hostError(to));
-      if (owner) await lchown(to, owner.uid, owner.gid);
+      await host.symlink(entry.linkTarget, to).catch(hostError(to));
+      if (owner) await host.lchown(to, owner.uid, owner.gid).catch(hostError(to));
       stats.symlinks++;
     }
   }
   // Mode and time last: a read-only directory could not have been filled, and filling it moved its mtime.
-  await chmod(hostDir, safeMode(st.mode));
-  await utimes(hostDir, new Date(st.mtimeMs), new Date(st.mtimeMs));
-  if (owner) await lchown(hostDir, owner.uid, owner.gid);
+  await host.chmod(hostDir, safeMode(st.mode)).catch(hostError(hostDir));
+  await host.utimes(hostDir, new Date(st.mtimeMs), new Date(st.mtimeMs)).catch(hostError(hostDir));
+  if (owner) await host.lchown(hostDir, owner.uid, owner.gid).catch(hostError(hostDir));
 }
 
 /** A guest-provided name that stays inside its directory, or an error that stops the copy. */
@@ -213,14 +214,4 @@ function hostKind(st: Stats): string {
   if (st.isCharacterDevice()) return 'a character device';
   if (st.isBlockDevice()) return 'a block device';
   return 'not a regular file';
-}
-
-/** Host file system errors as CellErrors that name the path. */
-function hostError(path: string) {
-  return (err: unknown): never => {
-    const e = err as NodeJS.ErrnoException;
-    const why = e.code === 'ENOENT' ? 'no such file or directory' : e.code === 'EACCES' ? 'permission denied' : e.message;
-    const code = e.code === 'ENOENT' ? ErrorCodes.NOT_FOUND : e.code === 'EACCES' || e.code === 'ENOTDIR' ? ErrorCodes.INVALID_ARGUMENT : ErrorCodes.INTERNAL;
-    throw new CellError(code, `${path} (host): ${why}`, undefined, { cause: err });
-  };
 }

@@ -17,6 +17,7 @@ import {
 } from '../image/index.js';
 import { ImagePins } from '../store/image-pins.js';
 import { ContentGate } from './content-gate.js';
+import { CELLD_HOST_FS, hostPathError, writeHostFile, type HostFs } from './host-fs.js';
 import type { EngineContext } from './context.js';
 
 export interface PullRequest {
@@ -92,9 +93,13 @@ export class Images {
     return this.find(reference) ?? (await this.pull({ reference, onProgress }));
   }
 
-  async importArchive(file: string, reference?: string): Promise<ImageRecord> {
+  /** Imports the archive at `file`, read with `host`'s access (the caller's: engine/host-fs.ts). */
+  async importArchive(file: string, reference?: string, host: HostFs = CELLD_HOST_FS): Promise<ImageRecord> {
     await this.ctx.host.ensure();
-    const image = await this.gate.withShared(() => importArchive({ file, storeRoot: this.ctx.paths.home, db: this.ctx.db, reference }));
+    const archive = await host.openRead(file).catch(hostPathError(file));
+    const image = await this.gate
+      .withShared(() => importArchive({ file, source: archive.path, storeRoot: this.ctx.paths.home, db: this.ctx.db, reference }))
+      .finally(() => archive.close());
     await this.enforceCacheCap(image);
     return image;
   }
@@ -134,9 +139,11 @@ export class Images {
   }
 
   /** Writes an OCI-layout tar of a local image. */
-  export(reference: string, file: string): Promise<{ digest: string; bytes: number }> {
+  export(reference: string, file: string, host: HostFs = CELLD_HOST_FS): Promise<{ digest: string; bytes: number }> {
     const image = this.require(reference);
-    return this.gate.withShared(() => exportImage({ reference: image.reference, file, storeRoot: this.ctx.paths.home, db: this.ctx.db }));
+    return this.gate.withShared(() =>
+      writeHostFile(host, file, (writeTo) => exportImage({ reference: image.reference, file, writeTo, storeRoot: this.ctx.paths.home, db: this.ctx.db })),
+    );
   }
 
   /**

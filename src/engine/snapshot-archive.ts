@@ -9,6 +9,7 @@ import { MAX_ARCHIVE_META_BYTES, parseArchiveMeta, SNAPSHOT_ARCHIVE_FORMAT } fro
 import type { CellPaths } from '../domain/paths.js';
 import type { EngineContext } from './context.js';
 import { allocatedBytes } from '../host/files.js';
+import { CELLD_HOST_FS, hostPathError, writeHostFile, type HostFs } from './host-fs.js';
 
 const run = promisify(execFile);
 const FORMAT = SNAPSHOT_ARCHIVE_FORMAT;
@@ -35,9 +36,10 @@ async function tool(cmd: string, args: string[], what: string): Promise<void> {
  * file written out in full (tar's sparse mode keeps the archive small), and its disk flattened
  * into one standalone qcow2 (the backing chain names paths that exist only on this host).
  */
-export async function exportSnapshot(paths: CellPaths, snapshot: SnapshotRecord, file: string): Promise<{ bytes: number }> {
+export async function exportSnapshot(paths: CellPaths, snapshot: SnapshotRecord, file: string, host: HostFs = CELLD_HOST_FS): Promise<{ bytes: number }> {
   const src = paths.snapshotDir(snapshot.id);
-  const work = await mkdtemp(join(dirname(file), '.cell-export-'));
+  // Staged in celld's own folder (swept at start-up if celld dies here); only the archive is the caller's.
+  const work = await mkdtemp(join(paths.snapshots, '.export-'));
   try {
     await writeFile(join(work, 'snapshot.json'), JSON.stringify({ format: FORMAT, snapshot } satisfies ArchiveMeta, null, 2));
     await tool('qemu-img', ['convert', '-O', 'qcow2', join(src, 'disk.qcow2'), join(work, 'disk.qcow2')], 'flattening the disk layer failed');
@@ -48,13 +50,12 @@ export async function exportSnapshot(paths: CellPaths, snapshot: SnapshotRecord,
     }
     await tool('ln', ['-s', join(src, 'state'), join(work, 'state')], 'staging failed');
     await tool('ln', ['-s', join(src, 'memory'), join(work, 'memory')], 'staging failed');
-    const tmp = `${file}.partial`;
-    await tool('tar', ['--sparse', '--dereference', '-cf', tmp, '-C', work, ...members], 'writing the archive failed');
-    await rename(tmp, file);
-    return { bytes: (await stat(file)).size };
+    return await writeHostFile(host, file, async (out) => {
+      await tool('tar', ['--sparse', '--dereference', '-cf', out, '-C', work, ...members], 'writing the archive failed');
+      return { bytes: (await stat(out)).size };
+    });
   } finally {
     await rm(work, { recursive: true, force: true });
-    await rm(`${file}.partial`, { force: true });
   }
 }
 
@@ -66,14 +67,16 @@ export async function exportSnapshot(paths: CellPaths, snapshot: SnapshotRecord,
  * fork would read, and an export copy out, whatever host file it names), RAM and state sizes
  * must fit the spec, and all of it is checked before anything is recorded.
  */
-export async function importSnapshot(ctx: Pick<EngineContext, 'paths' | 'db' | 'stores'>, file: string, name?: string): Promise<SnapshotRecord> {
+export async function importSnapshot(ctx: Pick<EngineContext, 'paths' | 'db' | 'stores'>, file: string, name?: string, host: HostFs = CELLD_HOST_FS): Promise<SnapshotRecord> {
   const { paths, stores } = ctx;
+  // Opened with the caller's access; tar reads it through /proc (each open there reads from the start).
+  const archive = await host.openRead(file).catch(hostPathError(file));
   const staging = join(paths.snapshots, `.import-${process.pid}-${Date.now()}`);
   await mkdir(staging, { recursive: true });
   try {
-    await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', file, '-C', staging, ...MEMBERS], `${file} is not a cellvm snapshot archive`);
+    await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', archive.path, '-C', staging, ...MEMBERS], `${file} is not a cellvm snapshot archive`);
     // The data disk is optional; extracting it alone tells whether the archive has one.
-    await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', file, '-C', staging, DATA_MEMBER], 'no data disk').catch(() => {});
+    await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', archive.path, '-C', staging, DATA_MEMBER], 'no data disk').catch(() => {});
     const members = existsSync(join(staging, DATA_MEMBER)) || (await isLink(join(staging, DATA_MEMBER))) ? [...MEMBERS, DATA_MEMBER] : MEMBERS;
     const sizes = new Map<string, number>();
     for (const member of members) sizes.set(member, await plainFileSize(file, join(staging, member), member));
@@ -101,6 +104,7 @@ export async function importSnapshot(ctx: Pick<EngineContext, 'paths' | 'db' | '
     return record;
   } finally {
     await rm(staging, { recursive: true, force: true });
+    await archive.close();
   }
 }
 

@@ -26,7 +26,7 @@ export async function recoverSnapshots(ctx: EngineContext, vms: Vms, images: Ima
   for (const entry of await readdir(ctx.paths.snapshots)) {
     const dir = join(ctx.paths.snapshots, entry);
     try {
-      if (entry.startsWith('.import-')) await rm(dir, { recursive: true, force: true });
+      if (entry.startsWith('.import-') || entry.startsWith('.export-')) await rm(dir, { recursive: true, force: true });
       else if (entry.startsWith('.tmp-')) await recoverStaged(ctx, vms, images, dir);
       else if (ID_PATTERN.test(entry)) await recoverPublished(ctx, vms, images, entry, dir);
     } catch (err) {

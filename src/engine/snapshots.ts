@@ -12,6 +12,7 @@ import { guestHostname } from './vm-records.js';
 import type { Spare, SparePool } from './spare-pool.js';
 import { collectRetiredSnapshots } from './retired-snapshots.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
+import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
 import { stagingDir, takeSnapshot, type SnapshotIntent } from './snapshot-take.js';
 import type { Vms } from './vms.js';
 
@@ -274,14 +275,15 @@ export class Snapshots {
   }
 
   /** Writes the snapshot to one archive file another host can import. */
-  export(ref: string, file: string): Promise<{ bytes: number }> {
+  export(ref: string, file: string, host: HostFs = CELLD_HOST_FS): Promise<{ bytes: number }> {
     const snapshot = this.resolve(ref);
-    return this.ctx.locks.run(snapshot.id, () => exportSnapshot(this.ctx.paths, snapshot, file));
+    return this.ctx.locks.run(snapshot.id, () => exportSnapshot(this.ctx.paths, snapshot, file, host));
   }
 
-  import(file: string, name?: string): Promise<SnapshotRecord> {
+  /** Reads an archive at `file` with `host`'s access (the caller's: engine/host-fs.ts). */
+  import(file: string, name?: string, host: HostFs = CELLD_HOST_FS): Promise<SnapshotRecord> {
     if (name !== undefined) validateName(name);
-    return importSnapshot(this.ctx, file, name);
+    return importSnapshot(this.ctx, file, name, host);
   }
 
   /**

@@ -7,6 +7,7 @@ import { parseTemplateFile, revisionKeys, TEMPLATE_SCHEMA_VERSION, type Template
 import { mergeEnv, type TemplateStart, type VmRecord, type VmSpec } from '../domain/vm.js';
 import type { TemplateRecord, TemplateRevision } from '../store/template-store.js';
 import { readDefinition, type BuildEvent } from './builds.js';
+import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
 import type { Builds } from './builds.js';
 import type { EngineContext } from './context.js';
 import type { Snapshots } from './snapshots.js';
@@ -33,6 +34,8 @@ export interface TemplateBuildOptions {
   sink?: OutputSink;
   signal?: AbortSignal;
   onEvent?(event: TemplateEvent): void;
+  /** Whose file access reads the files its build copies (engine/host-fs.ts). */
+  host?: HostFs;
 }
 
 export interface TemplateBuildResult {
@@ -62,13 +65,13 @@ export class Templates {
     private readonly builds: Builds,
   ) {}
 
-  async load(file: string): Promise<TemplateFile> {
-    return parseTemplateFile(basename(file), await readDefinition(file, 'template file'), dirname(file));
+  async load(file: string, host: HostFs = CELLD_HOST_FS): Promise<TemplateFile> {
+    return parseTemplateFile(basename(file), await readDefinition(file, 'template file', host), dirname(file));
   }
 
   async build(tf: TemplateFile, opts: TemplateBuildOptions = {}): Promise<TemplateBuildResult> {
     const emit = opts.onEvent ?? (() => {});
-    const built = await this.builds.build(tf.build, { sink: opts.sink, signal: opts.signal, onEvent: emit });
+    const built = await this.builds.build(tf.build, { sink: opts.sink, signal: opts.signal, onEvent: emit, host: opts.host });
     if (built.exitCode !== 0 || !built.snapshot || !built.key) return { exitCode: built.exitCode || 1, variants: [] };
     const disk = built.snapshot;
     const wantWarm = (opts.snapshot ?? false) && this.ctx.backend.capabilities.snapshots;

@@ -13,6 +13,7 @@ import { copySparse } from '../host/files.js';
 import { resolveImageUser } from '../image/image-users.js';
 import { compatKey, type EngineContext } from './context.js';
 import { copyIn, copyOut, type CopyResult } from './cp-targets.js';
+import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
 import { parseUser, runGuestCommand } from './exec-runner.js';
 import type { Owner } from './guest-files.js';
 import type { Images } from './images.js';
@@ -230,13 +231,13 @@ export class Vms {
   }
 
   /** `cell cp HOST VM:PATH`: a host file or directory into a running VM (docker cp's rules, cp-targets.ts). */
-  copyIn(ref: string, hostPath: string, guestPath: string): Promise<CopyResult> {
-    return copyIn(this.agentOf(this.resolve(ref)), hostPath, guestPath);
+  copyIn(ref: string, hostPath: string, guestPath: string, host: HostFs = CELLD_HOST_FS): Promise<CopyResult> {
+    return copyIn(this.agentOf(this.resolve(ref)), hostPath, guestPath, host);
   }
 
   /** `cell cp VM:PATH HOST`: a file or directory of a running VM onto the host, owned by `owner` when given. */
-  copyOut(ref: string, guestPath: string, hostPath: string, owner?: Owner): Promise<CopyResult> {
-    return copyOut(this.agentOf(this.resolve(ref)), guestPath, hostPath, owner);
+  copyOut(ref: string, guestPath: string, hostPath: string, owner?: Owner, host: HostFs = CELLD_HOST_FS): Promise<CopyResult> {
+    return copyOut(this.agentOf(this.resolve(ref)), guestPath, hostPath, owner, host);
   }
 
   statGuestPath(ref: string, path: string, follow = false): Promise<GuestStat> {

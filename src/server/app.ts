@@ -10,9 +10,10 @@ import { snapshotRoutes } from './routes/snapshots.js';
 import { imageRoutes } from './routes/images.js';
 import { fileRoutes } from './routes/files.js';
 import { buildRoutes, templateRoutes } from './routes/builds.js';
+import { checkCallers } from './caller-access.js';
 
 /** The HTTP API in front of the engine. Errors become `{ error: { code, message, details } }`. */
-export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = false): FastifyInstance {
+export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = false, opts: { socketGroup?: number | null } = {}): FastifyInstance {
   const app: FastifyInstance = Fastify({
     loggerInstance: logger || undefined,
     disableRequestLogging: true,
@@ -53,6 +54,7 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
     reply.code(404).send({ error: { code: ErrorCodes.NOT_FOUND, message: `no such endpoint: ${request.method} ${request.url}` } });
   });
 
+  checkCallers(app, opts.socketGroup ?? null);
   systemRoutes(app, engine);
   vmRoutes(app, engine);
   snapshotRoutes(app, engine);

@@ -1,7 +1,8 @@
 import { rmSync } from 'node:fs';
 import pino from 'pino';
 import { cellPaths } from '../domain/paths.js';
-import { toCellError } from '../domain/errors.js';
+import { CellError, ErrorCodes, toCellError } from '../domain/errors.js';
+import { HOST_CREDS_ADDON, hostCreds } from '../engine/callers.js';
 import { Engine } from '../engine/engine.js';
 import { buildApp } from './app.js';
 import { acquireDaemonLock } from './daemon-lock.js';
@@ -16,10 +17,14 @@ async function main(): Promise<void> {
   // Before anything is written there: a home of ours, private (see README "Who may use celld").
   const group = socketGroup();
   Engine.prepareHome(paths, group);
+  // Others may connect: celld must know who they are to use their file access, not root's.
+  if (group !== null && process.getuid?.() === 0 && !hostCreds()) {
+    throw new CellError(ErrorCodes.HOST_MISSING_DEPENDENCY, `celld's host-creds addon is missing (${HOST_CREDS_ADDON}); run npm run build, or start celld without a socket group`);
+  }
   const release = acquireDaemonLock(paths.daemonPid);
   const logger = pino({ level: process.env.CELL_LOG_LEVEL ?? 'info', base: { pid: process.pid } }, pino.destination({ dest: paths.daemonLog, append: true, sync: false }));
   const engine = await Engine.open(paths, { log: { info: (message) => logger.info(message), warn: (message) => logger.warn(message) } });
-  const app = buildApp(engine, logger);
+  const app = buildApp(engine, logger, { socketGroup: group });
   rmSync(paths.socket, { force: true });
   await app.listen({ path: paths.socket });
   restrictSocket(paths.socket, group);

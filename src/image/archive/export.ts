@@ -18,7 +18,14 @@ import { TAR_END, tarHeader, tarPadding, writeAll } from './tar-writer.js';
  * image (`io.containerd.image.name`, and the tag as `org.opencontainers.image.ref.name`). Written
  * to a temp file beside `file` and renamed, so a failed export leaves no half archive.
  */
-export async function exportImage(opts: { reference: string; file: string; storeRoot: string; db: Db }): Promise<{ digest: Digest; bytes: number }> {
+export async function exportImage(opts: {
+  reference: string;
+  file: string;
+  storeRoot: string;
+  db: Db;
+  /** Write into this existing empty file instead (its owner then renames it to `file`). */
+  writeTo?: string;
+}): Promise<{ digest: Digest; bytes: number }> {
   const ref = formatReference(parseReference(opts.reference));
   const row = opts.db.prepare('SELECT reference, digest FROM images WHERE reference = ? OR reference = ?').get(ref, opts.reference) as
     | { reference: string; digest: string }
@@ -49,8 +56,8 @@ export async function exportImage(opts: { reference: string; file: string; store
     }),
   );
 
-  const tmp = join(dirname(opts.file), `.${basename(opts.file)}.${randomBytes(4).toString('hex')}.tmp`);
-  const out = createWriteStream(tmp, { flags: 'wx', mode: 0o644 });
+  const tmp = opts.writeTo ?? join(dirname(opts.file), `.${basename(opts.file)}.${randomBytes(4).toString('hex')}.tmp`);
+  const out = createWriteStream(tmp, { flags: opts.writeTo ? 'r+' : 'wx', mode: 0o644 });
   try {
     const small = async (path: string, data: Buffer): Promise<void> => {
       await writeAll(out, tarHeader({ path, type: 'file', size: data.length }));
@@ -71,12 +78,14 @@ export async function exportImage(opts: { reference: string; file: string; store
     await writeAll(out, TAR_END);
     out.end();
     await once(out, 'finish');
-    const fh = await open(tmp, 'r');
-    await fh.sync().finally(() => fh.close());
-    await rename(tmp, opts.file);
+    if (!opts.writeTo) {
+      const fh = await open(tmp, 'r');
+      await fh.sync().finally(() => fh.close());
+      await rename(tmp, opts.file);
+    }
   } catch (err) {
     out.destroy();
-    await rm(tmp, { force: true });
+    if (!opts.writeTo) await rm(tmp, { force: true });
     throw err;
   }
   return { digest, bytes: out.bytesWritten };

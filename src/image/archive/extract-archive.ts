@@ -21,8 +21,7 @@ export interface ExtractedArchive {
 
 const MAX_LINK_HOPS = 16;
 
-export async function extractArchive(file: string, parentDir: string): Promise<ExtractedArchive> {
-  const what = `archive ${file}`;
+export async function extractArchive(file: string, parentDir: string, what = `archive ${file}`): Promise<ExtractedArchive> {
   await mkdir(parentDir, { recursive: true });
   const dir = await mkdtemp(join(parentDir, 'import-'));
   const index = new Map<string, string>();

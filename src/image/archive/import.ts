@@ -26,7 +26,10 @@ import { extractArchive, type ExtractedArchive } from './extract-archive.js';
  * installed exactly like a pull (same blob store, same base disk, same records).
  */
 export interface ImportOptions {
+  /** The archive's path, as the user named it (for messages). */
   file: string;
+  /** A path that reads the same file, when it is not `file` itself (celld opens a caller's file for them). */
+  source?: string;
   storeRoot: string;
   db: Db;
   /** Name for the image; needed when the archive names none (or several). */
@@ -53,7 +56,7 @@ interface ImportPlan {
 
 export async function importArchive(opts: ImportOptions): Promise<InstalledImage> {
   const wanted = typeof opts.platform === 'string' ? parsePlatform(opts.platform) : (opts.platform ?? DEFAULT_PLATFORM);
-  const archive = await extractArchive(opts.file, workDir(opts.storeRoot));
+  const archive = await extractArchive(opts.source ?? opts.file, workDir(opts.storeRoot), `archive ${opts.file}`);
   const store = new BlobStore(opts.storeRoot);
   const added = new Set<string>();
   try {

@@ -1,3 +1,4 @@
+import { hostFsOf } from '../caller-access.js';
 import type { FastifyInstance } from 'fastify';
 import { Api } from '../../api/routes.js';
 import type { ActionRequest } from '../../api/builds.js';
@@ -20,6 +21,7 @@ export function buildRoutes(app: FastifyInstance, engine: Engine): void {
         sink: outputEvents(stream),
         signal: stream.signal,
         onPlan: (plan) => stream.send({ type: 'action', ...plan }),
+        host: hostFsOf(req),
       });
       return { type: 'result' as const, result };
     });
@@ -28,7 +30,7 @@ export function buildRoutes(app: FastifyInstance, engine: Engine): void {
   // Stream: `base`, then per step `step`, the step's output, `step-done` (or `step-failed`); `built`.
   serve(app, builds.build, async (req, reply) => {
     // A bad build file is a plain HTTP error, before the stream opens.
-    const plan = await engine.builds.load(req.body.file, req.body.target);
+    const plan = await engine.builds.load(req.body.file, req.body.target, hostFsOf(req));
     await streamResult(builds.build, req, reply, async (stream) => {
       const result = await engine.builds.build(plan, {
         tag: req.body.tag,
@@ -36,6 +38,7 @@ export function buildRoutes(app: FastifyInstance, engine: Engine): void {
         sink: outputEvents(stream),
         signal: stream.signal,
         onEvent: (event) => stream.send(event),
+        host: hostFsOf(req),
       });
       return { type: 'built' as const, result };
     });
@@ -81,13 +84,14 @@ function actionSpec(body: ActionRequest): ActionSpec {
 /** Templates: build (stream), list, inspect, remove. */
 export function templateRoutes(app: FastifyInstance, engine: Engine): void {
   serve(app, templates.build, async (req, reply) => {
-    const file = await engine.templates.load(req.body.file);
+    const file = await engine.templates.load(req.body.file, hostFsOf(req));
     await streamResult(templates.build, req, reply, async (stream) => {
       const result = await engine.templates.build(file, {
         snapshot: req.body.snapshot,
         sink: outputEvents(stream),
         signal: stream.signal,
         onEvent: (event) => stream.send(event),
+        host: hostFsOf(req),
       });
       return { type: 'templates' as const, result };
     });

@@ -1,3 +1,4 @@
+import { hostFsOf } from '../caller-access.js';
 import type { FastifyInstance } from 'fastify';
 import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
@@ -51,12 +52,12 @@ export function fileRoutes(app: FastifyInstance, engine: Engine): void {
     return { path, bytes };
   });
 
-  serve(app, files.copyIn, async (req) => engine.vms.copyIn(req.params.ref, req.body.hostPath, req.body.guestPath));
+  serve(app, files.copyIn, async (req) => engine.vms.copyIn(req.params.ref, req.body.hostPath, req.body.guestPath, hostFsOf(req)));
 
   serve(app, files.copyOut, async (req) => {
     const { guestPath, hostPath, uid, gid } = req.body;
     if ((uid === undefined) !== (gid === undefined)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'give both uid and gid, or neither');
-    return engine.vms.copyOut(req.params.ref, guestPath, hostPath, uid !== undefined && gid !== undefined ? { uid, gid } : undefined);
+    return engine.vms.copyOut(req.params.ref, guestPath, hostPath, uid !== undefined && gid !== undefined ? { uid, gid } : undefined, hostFsOf(req));
   });
 }
 

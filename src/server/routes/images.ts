@@ -1,3 +1,4 @@
+import { hostFsOf } from '../caller-access.js';
 import type { FastifyInstance } from 'fastify';
 import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
@@ -38,13 +39,13 @@ export function imageRoutes(app: FastifyInstance, engine: Engine): void {
   });
 
   serve(app, images.import, async (req) => {
-    const image = await engine.images.importArchive(req.body.file, req.body.reference);
+    const image = await engine.images.importArchive(req.body.file, req.body.reference, hostFsOf(req));
     return { reference: image.reference, digest: image.digest, sizeBytes: image.sizeBytes };
   });
 
   serve(app, images.push, async (req) => engine.images.push(req.body.reference, req.body.target ?? req.body.reference, req.body.insecureRegistries));
 
-  serve(app, images.export, async (req) => engine.images.export(req.body.reference, req.body.file));
+  serve(app, images.export, async (req) => engine.images.export(req.body.reference, req.body.file, hostFsOf(req)));
 
   serve(app, images.prune, async (req) => engine.images.prune({ maxBytes: req.body.maxBytes }));
 

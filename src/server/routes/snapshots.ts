@@ -1,3 +1,4 @@
+import { hostFsOf } from '../caller-access.js';
 import type { FastifyInstance } from 'fastify';
 import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
@@ -16,9 +17,9 @@ export function snapshotRoutes(app: FastifyInstance, engine: Engine): void {
 
   serve(app, snapshots.restore, async (req) => engine.snapshots.restore(req.params.ref, req.body.snapshot));
 
-  serve(app, snapshots.export, async (req) => engine.snapshots.export(req.params.ref, req.body.file));
+  serve(app, snapshots.export, async (req) => engine.snapshots.export(req.params.ref, req.body.file, hostFsOf(req)));
 
-  serve(app, snapshots.import, async (req) => engine.snapshots.import(req.body.file, req.body.name));
+  serve(app, snapshots.import, async (req) => engine.snapshots.import(req.body.file, req.body.name, hostFsOf(req)));
 
   serve(app, snapshots.prune, async (req) => ({
     removed: await engine.snapshots.prune({ maxCount: req.body.maxCount, maxBytes: req.body.maxBytes }),
