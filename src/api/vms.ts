@@ -11,6 +11,16 @@ export const VmExit = Type.Object({
   at: Type.String(),
 });
 
+/** Host-side rates a guest is held to (domain/vm.ts IoLimits). */
+export const IoLimits = Type.Object(
+  {
+    diskIops: Type.Optional(Type.Integer({ minimum: 1 })),
+    diskBytesPerSec: Type.Optional(Type.Integer({ minimum: 1 })),
+    rngBytesPerSec: Type.Optional(Type.Integer({ minimum: 1 })),
+  },
+  { additionalProperties: false },
+);
+
 export const VmSpec = Type.Object({
   image: Type.String(),
   imageDigest: Type.String(),
@@ -23,6 +33,7 @@ export const VmSpec = Type.Object({
   timeoutSec: Type.Number(),
   autoRemove: Type.Boolean(),
   dataDiskMib: Type.Optional(Type.Integer()),
+  limits: Type.Optional(IoLimits),
   /** VMs started with `run --template`: which template, and whether they were forked warm or booted cold. */
   template: Type.Optional(
     Type.Object({ name: Type.String(), revision: Type.String(), start: Type.Union([Type.Literal('warm'), Type.Literal('cold')]), reason: Type.String() }),
@@ -69,6 +80,8 @@ export const RunRequest = Type.Object(
     fromSnapshot: Type.Optional(Type.String({ minLength: 1 })),
     /** An empty ext4 disk of this many MiB mounted at /data (kept by snapshots and forks). */
     dataDiskMib: Type.Optional(Type.Integer()),
+    /** Disk and entropy rates QEMU holds the guest to (images only: forks keep their snapshot's). */
+    limits: Type.Optional(IoLimits),
     /** Start from a template (`NAME` or `NAME:ROLE`): warm from its snapshot when it has one, else cold. */
     template: Type.Optional(Type.String({ minLength: 1 })),
   },

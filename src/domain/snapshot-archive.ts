@@ -1,7 +1,7 @@
 import { CellError, ErrorCodes } from './errors.js';
 import { ID_PATTERN, validateName } from './ids.js';
 import type { CompatKey, SnapshotRecord } from './snapshot.js';
-import type { VmSpec } from './vm.js';
+import { validateIoLimits, type IoLimits, type VmSpec } from './vm.js';
 
 /**
  * The metadata of a snapshot archive (`snapshot.json`), checked field by field: an archive comes
@@ -55,6 +55,7 @@ function spec(file: string, raw: unknown): VmSpec {
   const workingDir = str(file, raw, 'workingDir', { max: 4096 });
   if (!workingDir.startsWith('/')) throw bad(file, 'workingDir must be an absolute path');
   const dataDiskMib = raw.dataDiskMib === undefined ? undefined : int(file, raw, 'dataDiskMib', 0, 16 * 1024 * 1024);
+  const limits = ioLimits(file, raw.limits);
   return {
     image: str(file, raw, 'image', { max: 512 }),
     imageDigest: str(file, raw, 'imageDigest', { pattern: /^sha256:[0-9a-f]{64}$/ }),
@@ -68,7 +69,18 @@ function spec(file: string, raw: unknown): VmSpec {
     // A template start says which template of *that* host: meaningless here, so not kept.
     autoRemove: raw.autoRemove,
     ...(dataDiskMib ? { dataDiskMib } : {}),
+    ...(limits ? { limits } : {}),
   };
+}
+
+function ioLimits(file: string, raw: unknown): IoLimits | undefined {
+  if (raw === undefined) return undefined;
+  if (!isObject(raw)) throw bad(file, 'limits must be an object');
+  try {
+    return validateIoLimits(raw as IoLimits);
+  } catch (err) {
+    throw bad(file, (err as Error).message);
+  }
 }
 
 function compat(file: string, raw: unknown): CompatKey {

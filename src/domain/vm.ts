@@ -20,8 +20,49 @@ export interface VmSpec {
   autoRemove: boolean;
   /** An empty ext4 disk of this many MiB mounted at /data (0 or absent: none). Kept by snapshots. */
   dataDiskMib?: number;
+  /** Host-side caps on the guest's disk and entropy use (absent: none). Forks keep their snapshot's. */
+  limits?: IoLimits;
   /** Set on VMs started with `run --template`: which template and how (warm fork or cold boot). */
   template?: TemplateStart;
+}
+
+/**
+ * Rates QEMU holds a guest to, as Firecracker's rate limiters do: a guest that hammers its disks
+ * or the entropy device slows itself down, not the host and its neighbours.
+ */
+export interface IoLimits {
+  /** Disk operations per second, reads and writes together, per disk. */
+  diskIops?: number;
+  /** Disk bytes per second, reads and writes together, per disk. */
+  diskBytesPerSec?: number;
+  /** Bytes per second the guest may draw from the host's entropy (virtio-rng). */
+  rngBytesPerSec?: number;
+}
+
+/** Bounds of each limit: at least enough to boot (QEMU refuses less than 1), at most what QEMU takes. */
+export const IO_LIMIT_BOUNDS: Record<keyof IoLimits, { min: number; max: number; flag: string }> = {
+  diskIops: { min: 10, max: 1_000_000, flag: '--disk-iops' },
+  diskBytesPerSec: { min: 64 * 1024, max: 2 ** 50, flag: '--disk-bps' },
+  rngBytesPerSec: { min: 64, max: 2 ** 40, flag: '--rng-bps' },
+};
+
+/** Checks limits from a user or an archive; returns them without absent fields, or undefined when none is set. */
+export function validateIoLimits(limits: IoLimits | undefined): IoLimits | undefined {
+  if (!limits) return undefined;
+  const out: IoLimits = {};
+  for (const key of Object.keys(IO_LIMIT_BOUNDS) as (keyof IoLimits)[]) {
+    const value = limits[key];
+    if (value === undefined) continue;
+    const { min, max, flag } = IO_LIMIT_BOUNDS[key];
+    if (!Number.isInteger(value) || value < min || value > max) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${flag} ${value} is out of range: give a whole number from ${min} to ${max}`);
+    }
+    out[key] = value;
+  }
+  for (const key of Object.keys(limits)) {
+    if (!(key in IO_LIMIT_BOUNDS)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `unknown I/O limit "${key}"`);
+  }
+  return Object.keys(out).length > 0 ? out : undefined;
 }
 
 export interface TemplateStart {

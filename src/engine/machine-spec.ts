@@ -32,6 +32,7 @@ export async function machineSpecFor(paths: CellPaths, vm: VmRecord, ready: Host
     dataDisk: await dataDiskOf(paths, vm),
     cpus: vm.spec.cpus,
     memoryMib: vm.spec.memoryMib,
+    ...(vm.spec.limits ? { limits: vm.spec.limits } : {}),
     hostname: guestHostname(vm.name, vm.id),
     accelerator: ready.accelerator.accelerator,
     memory:

@@ -84,8 +84,8 @@ export class Runs {
     }
     validateEnv(req.env ?? []);
     parseUser(req.user);
-    if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork has its snapshot's CPUs, memory and disks: drop --cpus, --memory and --data-disk with --from");
+    if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined || req.limits !== undefined) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork has its snapshot's CPUs, memory, disks and I/O limits: drop --cpus, --memory, --data-disk and the limits with --from");
     }
     const snapshot = this.snapshots.resolve(req.fromSnapshot!);
     const [vm] = await this.snapshots.fork(snapshot.id, {
@@ -108,8 +108,8 @@ export class Runs {
     if (!req.detach && (!req.cmd || req.cmd.length === 0)) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'run --template needs a command: cell run --template NAME -- CMD... (or -d)');
     }
-    if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs have its variant's CPUs, memory and data disk: drop --cpus, --memory and --data-disk with --template");
+    if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined || req.limits !== undefined) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs have its variant's CPUs, memory and data disk: drop --cpus, --memory, --data-disk and the limits with --template");
     }
     validateEnv(req.env ?? []);
     parseUser(req.user);

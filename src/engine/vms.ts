@@ -7,7 +7,7 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import { newId, randomName, resolveRef, validateName } from '../domain/ids.js';
 import { effectiveCommand } from '../domain/image.js';
 import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
-import { DEFAULT_CPUS, DEFAULT_MEMORY_MIB, mergeEnv, newVmRecord, validateEnv, validateResources, type VmRecord, type VmSpec } from '../domain/vm.js';
+import { DEFAULT_CPUS, DEFAULT_MEMORY_MIB, mergeEnv, newVmRecord, validateEnv, validateIoLimits, validateResources, type IoLimits, type VmRecord, type VmSpec } from '../domain/vm.js';
 import { MAX_DATA_DISK_MIB } from '../host/empty-ext4.js';
 import { copySparse } from '../host/files.js';
 import { resolveImageUser } from '../image/image-users.js';
@@ -40,6 +40,8 @@ export interface CreateVmRequest {
   autoRemove?: boolean;
   /** An empty ext4 disk of this many MiB at /data. */
   dataDiskMib?: number;
+  /** Disk and entropy rates the guest is held to. */
+  limits?: IoLimits;
   /** A VM an engine operation makes and removes (an action's, a template build's): gone after a crash. */
   ephemeral?: boolean;
 }
@@ -104,6 +106,7 @@ export class Vms {
     if (req.dataDiskMib !== undefined && (!Number.isInteger(req.dataDiskMib) || req.dataDiskMib < 1 || req.dataDiskMib > MAX_DATA_DISK_MIB)) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--data-disk ${req.dataDiskMib} is out of range: give MiB from 1 to ${MAX_DATA_DISK_MIB}`);
     }
+    const limits = validateIoLimits(req.limits);
     await this.ctx.host.ensure();
     if (!req.image) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an image is required (for example: busybox)');
     const image = await this.images.ensure(req.image);
@@ -122,6 +125,7 @@ export class Vms {
       timeoutSec: req.timeoutSec ?? 0,
       autoRemove: req.autoRemove ?? false,
       ...(req.dataDiskMib ? { dataDiskMib: req.dataDiskMib } : {}),
+      ...(limits ? { limits } : {}),
     }, null, undefined, { ephemeral: req.ephemeral });
     this.ctx.stores.images.touch(image.reference, vm.createdAt);
     return vm;

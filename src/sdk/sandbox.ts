@@ -1,5 +1,5 @@
 import type { Snapshot } from '../api/snapshots.js';
-import type { Vm } from '../api/vms.js';
+import type { RunRequest, Vm } from '../api/vms.js';
 import { CellClient, type ConnectOptions } from './client.js';
 import { isNotFound } from './errors.js';
 import type { RequestOptions } from './options.js';
@@ -35,6 +35,8 @@ export interface SandboxOptions extends SandboxConnectOptions {
   template?: string;
   /** An empty ext4 disk of this many MiB at /data. */
   dataDiskMib?: number;
+  /** Disk and entropy rates QEMU holds the sandbox to (images only; forks keep their snapshot's). */
+  limits?: RunRequest['limits'];
 }
 
 export interface SandboxSnapshotOptions extends RequestOptions {
@@ -85,7 +87,7 @@ export class Sandbox {
       }
       const vm = await client.vms.create(
         {
-          ...(opts.template ? { template: opts.template } : { image: opts.image ?? DEFAULT_SANDBOX_IMAGE, dataDiskMib: opts.dataDiskMib }),
+          ...(opts.template ? { template: opts.template } : { image: opts.image ?? DEFAULT_SANDBOX_IMAGE, dataDiskMib: opts.dataDiskMib, limits: opts.limits }),
           name: opts.name,
           cpus: opts.cpus,
           memoryMib: opts.memoryMib,

@@ -1,3 +1,4 @@
+import type { IoLimits } from '../domain/vm.js';
 import type { CellError } from '../domain/errors.js';
 
 /**
@@ -42,6 +43,8 @@ export interface MachineSpec {
   dataDisk?: { baseDiskPath: string; baseDiskFormat: 'raw' | 'qcow2'; mountPoint: string };
   /** Start paused, waiting for `migrate-incoming` (restore from a snapshot). */
   incoming?: boolean;
+  /** Disk and entropy rates QEMU holds the guest to. */
+  limits?: IoLimits;
 }
 
 /** Files a machine uses inside its directory. */

@@ -39,6 +39,15 @@ test('run: flags become request fields, -e repeats', () => {
   assert.deepEqual(req, { image: 'busybox', cmd: ['true'], name: 'n', cpus: 2, memoryMib: 512, env: ['A=1', 'B=2'], workingDir: '/tmp', user: '1000', commandTimeoutMs: 1500, autoRemove: true });
 });
 
+test('run: I/O limit flags take sizes and become one limits object', () => {
+  assert.deepEqual(runRequest(['--disk-bps', '20M', '--disk-iops', '300', '--rng-bps', '4K', 'busybox']).limits, {
+    diskIops: 300,
+    diskBytesPerSec: 20 * 1024 * 1024,
+    rngBytesPerSec: 4096,
+  });
+  assert.equal(runRequest(['busybox']).limits, undefined);
+});
+
 test('run --from: every operand is the command', () => {
   assert.deepEqual(toVmSpec(['--', 'cat', '/etc/hostname'], { from: 'warm' }), { fromSnapshot: 'warm', cmd: ['cat', '/etc/hostname'] });
 });

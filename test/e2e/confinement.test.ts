@@ -68,16 +68,34 @@ describe('QEMU confinement', () => {
   const vms = async () => JSON.parse((await h.ok(['ps', '--format', 'json'])).stdout) as VmJson[];
   const pidOf = async (name: string) => (await vms()).find((v) => v.name === name)!.pid!;
 
+  /**
+   * The limits of --disk-bps 4M --disk-iops 400 --rng-bps 64, seen from inside: in 2 s the guest
+   * reads at most about 3 s worth (the first second's burst and some slack) from its disk and its
+   * entropy device. A slow host only lowers these counts; without the limits they are MiBs.
+   */
+  const assertLimited = async (name: string) => {
+    const [inspect] = JSON.parse((await h.ok(['inspect', name])).stdout) as { spec: { limits?: unknown } }[];
+    assert.deepEqual(inspect!.spec.limits, { diskIops: 400, diskBytesPerSec: 4 * 1024 * 1024, rngBytesPerSec: 64 });
+    const count = async (script: string) => Number((await h.ok(['exec', name, '--', 'sh', '-c', script])).stdout.trim());
+    const disk = await count('timeout 2 dd if=/dev/vda bs=64k skip=1024 2>/dev/null | wc -c');
+    assert.ok(disk > 0 && disk <= 3 * 4 * 1024 * 1024, `disk bytes read in 2 s: ${disk}`);
+    const rng = await count('timeout 2 cat /dev/hwrng | wc -c');
+    assert.ok(rng <= 3 * 64, `entropy bytes read in 2 s: ${rng}`);
+  };
+
   test('a VM, its forks and the spare run seccomp-filtered as uids of their own, in cgroups; snapshot, fork and restore work', async () => {
     const uids = new Set<number>();
-    await h.ok(['run', '-d', '--name', 'src', 'busybox']);
+    // With I/O limits too (Firecracker's rate limiters): QEMU holds the guest to them, and forks keep them.
+    await h.ok(['run', '-d', '--name', 'src', '--disk-bps', '4M', '--disk-iops', '400', '--rng-bps', '64', 'busybox']);
     assertConfined('cold-booted VM', await pidOf('src'), uids);
+    await assertLimited('src');
     await h.ok(['exec', 'src', '--', 'sh', '-c', 'echo kept > /root/file']);
     await h.ok(['snapshot', '--name', 'warm', 'src']);
     // The VM goes on in a new QEMU, confined like the first.
     assertConfined('VM resumed after its snapshot', await pidOf('src'), uids);
     await h.ok(['fork', '--name', 'kid', 'warm']);
     assertConfined('fork', await pidOf('kid-1'), uids);
+    await assertLimited('kid-1');
     assert.ok(await waitFor(async () => h.qemuPids().length === 3, 20_000, 100), 'a spare is prepared after the fork');
     const vmPids = new Set((await vms()).map((v) => v.pid));
     const spare = h.qemuPids().find((p) => !vmPids.has(p))!;

@@ -65,6 +65,10 @@ test('confined argv: seccomp sandbox, -runas uid:gid, disks as fdsets without lo
   assert.match(joined, /-drive id=root,file=\/dev\/fdset\/1,file\.locking=off,format=qcow2/);
   assert.match(joined, /-incoming unix:\/tmp\/cellvm-argv-test\/incoming\.sock/);
   assert.ok(!joined.includes('exec:'), 'nothing for QEMU to spawn');
+  assert.ok(!joined.includes('throttling.') && !joined.includes('max-bytes'), 'no limits unless asked');
+  const limited = buildQemuArgv({ ...spec, dataDisk: { baseDiskPath: '/d', baseDiskFormat: 'raw', mountPoint: '/data' }, limits: { diskIops: 300, diskBytesPerSec: 1048576, rngBytesPerSec: 64 } }, machineFiles(dir)).join(' ');
+  assert.equal(limited.match(/discard=unmap,throttling\.iops-total=300,throttling\.bps-total=1048576/g)?.length, 2, 'both disks are throttled');
+  assert.match(limited, /virtio-rng-device,rng=rng0,max-bytes=64,period=1000/);
   // Not root: no -runas, and set*id stays denied.
   assert.deepEqual(confinementArgv({ sandbox: true }), ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny']);
   assert.deepEqual(confinementArgv({ sandbox: false }), []);

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import type { CellClient, Vm, VmSpec } from '../../sdk/index.js';
-import { collect, EXIT_FAILURE, EXIT_RUN_FAILED, milliseconds, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
+import { byteSize, collect, EXIT_FAILURE, EXIT_RUN_FAILED, milliseconds, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
 import { commandExit, connect, interruptible, passThrough } from '../context.js';
 
 export interface RunFlags {
@@ -16,6 +16,9 @@ export interface RunFlags {
   from?: string;
   template?: string;
   dataDisk?: number;
+  diskIops?: number;
+  diskBps?: number;
+  rngBps?: number;
 }
 
 /** `cell run` flags and operands as the SDK's VM spec (pure, unit-tested). */
@@ -39,6 +42,12 @@ export function toVmSpec(args: string[], flags: RunFlags): VmSpec {
   if (flags.timeout !== undefined) req.commandTimeoutMs = milliseconds(flags.timeout);
   if (flags.rm) req.autoRemove = true;
   if (flags.dataDisk !== undefined) req.dataDiskMib = flags.dataDisk;
+  const limits = {
+    ...(flags.diskIops !== undefined ? { diskIops: flags.diskIops } : {}),
+    ...(flags.diskBps !== undefined ? { diskBytesPerSec: flags.diskBps } : {}),
+    ...(flags.rngBps !== undefined ? { rngBytesPerSec: flags.rngBps } : {}),
+  };
+  if (Object.keys(limits).length > 0) req.limits = limits;
   return req;
 }
 
@@ -62,6 +71,9 @@ export function register(program: Command): void {
     .option('-u, --user <user[:group]>', 'run as this user: a name from the image or uid[:gid] (default root)')
     .option('--timeout <sec>', 'kill the command after this many seconds (exit 124)', seconds('--timeout'))
     .option('--data-disk <MiB>', 'attach an empty ext4 disk of this size at /data (kept by snapshots and forks)', wholeNumber('--data-disk', 'MiB'))
+    .option('--disk-iops <n>', 'cap disk operations per second, per disk (QEMU throttling; forks keep it)', wholeNumber('--disk-iops'))
+    .option('--disk-bps <rate>', 'cap disk bytes per second, per disk, e.g. 20M', byteSize('--disk-bps'))
+    .option('--rng-bps <rate>', 'cap the bytes per second the guest draws from the host entropy device, e.g. 4K', byteSize('--rng-bps'))
     .option('--rm', 'remove the VM when the command ends')
     .option('-d, --detach', 'print the VM id and leave it running (exec into it later)')
     .option('--from <snapshot>', 'fork this snapshot instead of booting an image')

@@ -64,6 +64,7 @@ export function buildQemuArgv(
   // layer (measured: "Failed to get shared \"write\" lock"). celld itself keeps one writer per overlay.
   const rootFile = confinement.diskFds ? `/dev/fdset/${ROOT_FDSET},file.locking=off` : files.overlay;
   const dataFile = confinement.diskFds?.data ? `/dev/fdset/${DATA_FDSET},file.locking=off` : files.dataOverlay;
+  const throttle = driveThrottling(spec.limits);
   const accel = spec.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg'];
   return [
     '-name', `cellvm-${spec.id},process=cellvm-${spec.id.slice(0, 12)}`,
@@ -82,16 +83,16 @@ export function buildQemuArgv(
     '-append', kernelCmdline(spec, extraKernelArgs),
     ...addFds(ROOT_FDSET, confinement.diskFds?.root),
     ...addFds(DATA_FDSET, confinement.diskFds?.data),
-    '-drive', `id=root,file=${rootFile},format=qcow2,if=none,discard=unmap`,
+    '-drive', `id=root,file=${rootFile},format=qcow2,if=none,discard=unmap${throttle}`,
     '-device', `virtio-blk-device,drive=root,serial=${ROOT_DISK_SERIAL}`,
     ...(spec.dataDisk
-      ? ['-drive', `id=data,file=${dataFile},format=qcow2,if=none,discard=unmap`, '-device', `virtio-blk-device,drive=data,serial=${DATA_DISK_SERIAL}`]
+      ? ['-drive', `id=data,file=${dataFile},format=qcow2,if=none,discard=unmap${throttle}`, '-device', `virtio-blk-device,drive=data,serial=${DATA_DISK_SERIAL}`]
       : []),
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${files.agentSocket},server=on,wait=off`,
     '-device', `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,
     '-object', 'rng-random,id=rng0,filename=/dev/urandom',
-    '-device', 'virtio-rng-device,rng=rng0',
+    '-device', `virtio-rng-device,rng=rng0${rngLimit(spec.limits)}`,
     '-qmp', `unix:${files.qmpSocket},server=on,wait=off`,
     '-pidfile', files.pidFile,
     // -S keeps a restored guest paused until the host has checked the restore and resumes it.
@@ -99,4 +100,17 @@ export function buildQemuArgv(
     ...(spec.incoming ? ['-S', '-incoming', `unix:${incomingSocketPath(spec.dir)}`] : []),
     ...confinementArgv(confinement),
   ];
+}
+
+/** QEMU's block throttling (leaky bucket, reads and writes together) for each disk. */
+function driveThrottling(limits: MachineSpec['limits']): string {
+  let opts = '';
+  if (limits?.diskIops) opts += `,throttling.iops-total=${limits.diskIops}`;
+  if (limits?.diskBytesPerSec) opts += `,throttling.bps-total=${limits.diskBytesPerSec}`;
+  return opts;
+}
+
+/** virtio-rng hands out at most max-bytes per period (ms). */
+function rngLimit(limits: MachineSpec['limits']): string {
+  return limits?.rngBytesPerSec ? `,max-bytes=${limits.rngBytesPerSec},period=1000` : '';
 }
