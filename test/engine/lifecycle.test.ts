@@ -5,6 +5,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { EXEC_WINDOW } from '../../src/agent/frame.js';
 import { CellError } from '../../src/domain/errors.js';
 import type { Engine } from '../../src/engine/engine.js';
@@ -93,6 +94,23 @@ test('a daemon restart reconnects to running VMs, which keep working', async () 
   const sink = collect();
   assert.equal((await engine.vms.exec(vm.id, { cmd: ['echo', 'still here'] }, sink)).exitCode, 0);
   assert.equal(sink.out(), 'still here\n');
+  await engine.vms.remove(vm.id, true);
+});
+
+test('a command a previous daemon held back (its reader stopped) runs on to its end after a restart', async () => {
+  const vm = await runningVm(fake.engine, 'held-over');
+  const marker = join(fake.paths.home, 'held-over-done'); // the fake guest's files are this host's
+  let received = 0;
+  const stopped: OutputSink = { stdout: (c) => void (received += c.length), stderr: () => {}, behind: () => new Promise<void>(() => {}) };
+  const run = fake.engine.vms.exec(vm.id, { cmd: ['sh', '-c', `head -c 3000000 /dev/zero; touch ${marker}`] }, stopped);
+  run.catch(() => {}); // it ends with agent_disconnected when the daemon goes
+  for (let i = 0; i < 500 && received === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(received > 0 && received <= EXEC_WINDOW, `${received} bytes before the hold`);
+  // The new daemon's connection knows nothing of that exec and will never grant it credit: its
+  // HOST_HELLO makes the agent let the output flow again (dropped), so the command can finish.
+  const engine = await fake.reopen();
+  for (let i = 0; i < 1000 && !existsSync(marker); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(existsSync(marker), 'the command ran to its end');
   await engine.vms.remove(vm.id, true);
 });
 
