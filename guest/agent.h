@@ -12,7 +12,9 @@
  * SIGIO, see channel_down), and the pipes of every running exec. Nothing in the loop blocks:
  * outgoing frames go through a queue written when the channel is writable, stdin data for a
  * process through a per-process queue written when its pipe is writable. File downloads are read
- * a chunk per loop turn while that queue is short, the way exec pipes are (OUT_HIGH).
+ * a chunk per loop turn while that queue is short, the way exec pipes are (OUT_HIGH). An exec the
+ * host asked to flow-control (EXEC_FLOW) has its pipes read only while it has credit left, so a
+ * host that reads one exec's output slowly holds back that process, not the channel.
  *
  * The parts: main.c (PID 1 start-up, --stdio mode, shut-down), loop.c (framing, outgoing queue,
  * event loop), exec.c (processes), files.c (file requests), machine.c (signals, time, entropy,
@@ -39,7 +41,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define AGENT_VERSION "0.3.0"
+#define AGENT_VERSION "0.4.0"
 
 /* Wire format (docs/protocol.md). */
 #define MAGIC0 0xCE
@@ -55,10 +57,13 @@
 #define MAX_HOSTNAME 63 /* one RFC 1123 label */
 #define MACHINE_ID_LEN 32
 #define MAX_XFERS 32 /* file transfers in progress at once */
+#define EXEC_FLOW 2u            /* EXEC flag: the exec's output is flow-controlled by CREDIT frames */
+#define EXEC_WINDOW (256u << 10) /* the output credit a flow-controlled exec starts with */
 
 enum {
 	T_PING = 0x01, T_EXEC, T_STDIN, T_KILL, T_SET_TIME, T_ADD_ENTROPY, T_SHUTDOWN, T_SIGNAL_ALL, T_SET_IDENTITY,
 	T_PUT_FILE = 0x0A, T_FILE_DATA, T_FILE_END, T_MKDIR, T_SYMLINK, T_READ_FILE, T_LIST_DIR, T_STAT, T_CANCEL, T_SYNC,
+	T_CREDIT = 0x14, T_HOST_HELLO,
 	T_OK = 0x80, T_PONG, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_HELLO, T_DATA, T_ERROR = 0x8F,
 };
 enum {
@@ -98,6 +103,8 @@ struct exec {
 	struct buf inq;  /* stdin bytes the process has not taken yet */
 	bool in_close;   /* host closed stdin: close the pipe once inq drains */
 	bool in_dropped; /* stdin overflowed: further stdin data is discarded */
+	bool flow;       /* output only while credit lasts (EXEC_FLOW); off once its host is gone */
+	uint64_t credit; /* output bytes the host still takes from this exec */
 };
 
 /* A request payload being parsed (rd_*). */
@@ -183,6 +190,8 @@ void flush_stdin(struct exec *e);
 void handle_exec(uint32_t id, const uint8_t *p, size_t len);
 void handle_stdin(uint32_t id, const uint8_t *p, size_t len);
 void handle_kill(uint32_t id, const uint8_t *p, size_t len);
+void handle_credit(uint32_t id, const uint8_t *p, size_t len);
+void release_flow(void);
 
 /* machine.c */
 void handle_signal_all(uint32_t id, const uint8_t *p, size_t len);

@@ -70,12 +70,16 @@ void reap_children(void)
 	}
 }
 
-/* Reads one chunk of a process's stdout or stderr into a STDOUT/STDERR frame. */
+/* Reads one chunk of a process's stdout or stderr into a STDOUT/STDERR frame, no more than its credit. */
 void read_output(struct exec *e, int *fd, uint8_t type)
 {
+	size_t want = CHUNK;
+	if (e->flow && e->credit < want) want = (size_t)e->credit;
+	/* stdout took the last credit in this poll round: stderr waits (a 0-byte read would look like EOF) */
+	if (want == 0) return;
 	if (!buf_reserve(&g_out, HDR_SIZE + CHUNK)) return; /* out of memory: try again later */
 	uint8_t *h = buf_tail(&g_out);
-	ssize_t n = read(*fd, h + HDR_SIZE, CHUNK);
+	ssize_t n = read(*fd, h + HDR_SIZE, want);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
 	if (n <= 0) { /* EOF (or an error, which ends the stream the same way) */
 		close_fd(fd);
@@ -83,6 +87,7 @@ void read_output(struct exec *e, int *fd, uint8_t type)
 		return;
 	}
 	if (!g_chan_up) return; /* nobody to send it to: drop (see send_frame) */
+	if (e->flow) e->credit -= (uint64_t)n;
 	put_header(h, type, e->id, (uint32_t)n);
 	g_out.len += HDR_SIZE + (size_t)n;
 }
@@ -320,6 +325,8 @@ void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 	e->out_fd = out[0];
 	e->err_fd = errp[0];
 	e->in_fd = in[1];
+	e->flow = (rq.flags & EXEC_FLOW) != 0;
+	e->credit = e->flow ? EXEC_WINDOW : 0;
 	set_nonblock(e->out_fd);
 	set_nonblock(e->err_fd);
 	if (e->in_fd >= 0) set_nonblock(e->in_fd);
@@ -328,10 +335,12 @@ void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 	if (in[0] >= 0) close(in[0]);
 	g_nexecs++;
 	debugx("exec id=%u pid=%d: %s (cwd %s)", id, pid, rq.argv[0], rq.cwd);
-	/* Queued before the loop reads the new pipes, so STARTED precedes any output. */
-	uint8_t started[4];
+	/* Queued before the loop reads the new pipes, so STARTED precedes any output. The credit it
+	 * took tells the host that flow control is on (an agent without it sends the pid alone). */
+	uint8_t started[8];
 	put_be32(started, (uint32_t)pid);
-	send_frame(T_STARTED, id, started, 4);
+	put_be32(started + 4, EXEC_WINDOW);
+	send_frame(T_STARTED, id, started, e->flow ? 8 : 4);
 	free_req(&rq);
 	return;
 
@@ -346,7 +355,7 @@ out:
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* STDIN and KILL */
+/* STDIN, KILL and CREDIT */
 
 void handle_stdin(uint32_t id, const uint8_t *p, size_t len)
 {
@@ -413,3 +422,23 @@ void handle_kill(uint32_t id, const uint8_t *p, size_t len)
 	send_frame(T_OK, id, NULL, 0);
 }
 
+
+/* More output credit for a flow-controlled exec. No reply: an exec that ended while the credit was
+ * on its way (or one that lost flow control) simply has no use for it. */
+void handle_credit(uint32_t id, const uint8_t *p, size_t len)
+{
+	if (len != 4) {
+		send_error(id, E_MALFORMED, "CREDIT payload must be 4 bytes, got %zu", len);
+		return;
+	}
+	struct exec *e = find_exec(id);
+	if (!e || !e->flow) return;
+	e->credit += get_be32(p); /* a u64 sum of u32 grants: no overflow in practice */
+}
+
+/* The host that granted credit is gone (or a new one says it knows none of these execs): nobody
+ * will grant more, so output flows as it comes again, and is dropped while nobody listens. */
+void release_flow(void)
+{
+	for (int i = 0; i < MAX_EXECS; i++) g_execs[i].flow = false;
+}

@@ -130,6 +130,11 @@ static void handle_frame(uint8_t type, uint32_t id, const uint8_t *p, size_t len
 	case T_STAT: handle_stat(id, p, len); break;
 	case T_CANCEL: handle_cancel(id, len); break;
 	case T_SYNC: handle_sync(id, len); break;
+	case T_CREDIT: handle_credit(id, p, len); break;
+	case T_HOST_HELLO:
+		if (len) send_error(id, E_MALFORMED, "HOST_HELLO payload must be empty, got %zu bytes", len);
+		else release_flow();
+		break;
 	default: send_error(id, E_UNKNOWN_TYPE, "unknown frame type 0x%02x", type); break;
 	}
 }
@@ -179,6 +184,7 @@ static void channel_down(void)
 	}
 	g_chan_up = false;
 	abort_all_xfers(); /* nobody will finish them: the next host starts afresh */
+	release_flow();    /* nor grant credit to execs it does not know */
 	buf_consume(&g_in, g_in.len); /* a half-received frame from the old connection */
 	buf_consume(&g_out, g_out.len);
 	g_backoff_ms = g_backoff_ms ? (g_backoff_ms * 2 > 50 ? 50 : g_backoff_ms * 2) : 10;
@@ -224,7 +230,9 @@ void __attribute__((noreturn)) serve(void)
 		for (int i = 0; i < MAX_EXECS; i++) {
 			struct exec *e = &g_execs[i];
 			if (!e->used) continue;
-			if (g_out.len < OUT_HIGH) { /* backpressure: a slow host slows the processes down */
+			/* Backpressure: a slow channel slows every process down; a slow reader of one exec
+			 * (no credit left) only that one. */
+			if (g_out.len < OUT_HIGH && (!e->flow || e->credit > 0)) {
 				if (e->out_fd >= 0) WATCH(e->out_fd, POLLIN, K_OUT, i);
 				if (e->err_fd >= 0) WATCH(e->err_fd, POLLIN, K_ERR, i);
 			}

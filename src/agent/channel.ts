@@ -1,8 +1,9 @@
 /**
  * The connection to one guest agent (docs/protocol.md): the socket, the frame decoder, the
- * requests waiting for their reply, the listeners of stream frames, flow control and the closed
- * state. It knows frames and ids, not what the requests mean: the typed operations are in
- * client.ts and file-transfer.ts, which both work through a channel.
+ * requests waiting for their reply, the listeners of stream frames, pausing the socket for a
+ * reader that is behind, and the closed state. It knows frames and ids, not what the requests
+ * mean: the typed operations are in client.ts and file-transfer.ts, which both work through a
+ * channel (per-exec output credit is client.ts's).
  */
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
@@ -124,11 +125,21 @@ export class AgentChannel extends EventEmitter {
 
   /**
    * Registers for the final reply of a request whose frames the caller sends itself: OK (or any
-   * reply) resolves, ERROR or a closed connection rejects. No timeout.
+   * reply) resolves, ERROR or a closed connection rejects. No timeout. `onReply` sees the reply
+   * as it arrives, before any frame read after it (the promise settles only later).
    */
-  expectReply(id: number, what: string): Promise<Frame> {
+  expectReply(id: number, what: string, onReply?: (frame: Frame) => void): Promise<Frame> {
     this.assertOpen();
-    const reply = new Promise<Frame>((resolve, reject) => this.pending.set(id, { resolve, reject, what }));
+    const reply = new Promise<Frame>((resolve, reject) =>
+      this.pending.set(id, {
+        resolve: (frame) => {
+          onReply?.(frame);
+          resolve(frame);
+        },
+        reject,
+        what,
+      }),
+    );
     reply.catch(() => {}); // settled by whoever awaits it, or abandoned with forgetReply
     return reply;
   }
@@ -153,7 +164,10 @@ export class AgentChannel extends EventEmitter {
     return this.pausedBy.size > 0;
   }
 
-  /** A reader of `id` that is behind pauses the socket (all of this guest's traffic) until it is not. */
+  /**
+   * A reader of `id` that is behind pauses the socket (all of this guest's traffic) until it is
+   * not. Downloads use it, and execs on an agent without flow control (client.ts).
+   */
   pauseFor(id: number, paused: boolean): void {
     if (paused) this.pausedBy.add(id);
     else this.pausedBy.delete(id);

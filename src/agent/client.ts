@@ -8,7 +8,8 @@ import type { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { AgentChannel } from './channel.js';
-import { FrameType, PayloadReader, PayloadWriter, decodeExit, encodeExec, type ExecRequest, type Frame } from './frame.js';
+import { EXEC_WINDOW, FrameType, PayloadReader, PayloadWriter, decodeExit, encodeExec, type ExecRequest, type Frame } from './frame.js';
+import { OutputCredit } from './output-credit.js';
 import {
   decodeStat,
   encodeMkdir,
@@ -31,6 +32,13 @@ export interface ExecExit {
 export interface ExecHandlers {
   onStdout?: (chunk: Buffer) => void;
   onStderr?: (chunk: Buffer) => void;
+  /**
+   * Asked after each chunk while the reader keeps up: a promise while the reader is behind. Until
+   * it settles this exec gets no more output credit, so its process waits (its pipe fills); the
+   * other requests on the connection go on. (An agent without flow control, in a VM booted from
+   * an older snapshot, is held back by pausing the whole connection instead, as before.)
+   */
+  behind?: () => Promise<void> | undefined;
 }
 
 /** One running guest process: its output arrives through the handlers, `exit` settles once. */
@@ -38,6 +46,11 @@ export class ExecSession {
   readonly exit: Promise<ExecExit>;
   private settle!: { resolve: (e: ExecExit) => void; reject: (err: Error) => void };
   pid: number | null = null;
+  /** Whether the agent flow-controls this exec: null until its STARTED says. */
+  private flow: boolean | null = null;
+  private readonly credit: OutputCredit;
+  private behind = false;
+  private ended = false;
 
   constructor(
     private readonly channel: AgentChannel,
@@ -49,6 +62,9 @@ export class ExecSession {
     });
     // An exec nobody awaits must not crash the process with an unhandled rejection.
     this.exit.catch(() => {});
+    this.credit = new OutputCredit((bytes) => {
+      if (!this.ended && !this.channel.closed) this.channel.send(FrameType.CREDIT, this.id, new PayloadWriter().u32(bytes).build());
+    });
   }
 
   writeStdin(data: Buffer): void {
@@ -62,28 +78,76 @@ export class ExecSession {
     this.channel.send(FrameType.STDIN, this.id);
   }
 
-  /**
-   * While its reader is behind, this exec holds the guest's traffic back (the socket stops being
-   * read, the guest's writes block, the command's pipe fills and it waits): output never piles up
-   * in celld. Like a slow download, it holds the whole agent connection of that VM.
-   */
-  hold(paused: boolean): void {
-    this.channel.pauseFor(this.id, paused);
-  }
-
   /** Signals the process group; resolves once the agent acknowledged. */
   kill(signal = 9): Promise<void> {
     return this.channel.request(FrameType.KILL, new PayloadWriter().u32(signal).build(), this.id).then(() => undefined);
   }
 
+  /**
+   * The exec's STARTED (called by the AgentClient as it arrives, before any later frame): the
+   * pid, and whether the agent took the credit it was offered (8 bytes) or predates flow control.
+   */
+  started(payload: Buffer): void {
+    this.pid = payload.length >= 4 ? payload.readUInt32BE(0) : 0;
+    this.flow = payload.length >= 8;
+    if (!this.flow && this.behind) this.channel.pauseFor(this.id, true);
+    this.updateHold();
+  }
+
+  /**
+   * A STDOUT or STDERR frame: to its handler, then credit back unless the reader is behind.
+   * Throws an agent_error when a flow-controlled guest went past its credit: the AgentClient then
+   * ends the exec (kills its process) and nothing more of it is handed to the reader.
+   */
+  output(frame: Frame): void {
+    const n = frame.payload.length;
+    if (this.flow !== false && !this.credit.receive(n)) {
+      throw new CellError(
+        ErrorCodes.AGENT_ERROR,
+        `the guest sent ${this.credit.overrun} bytes of output of exec ${this.id} past the ${EXEC_WINDOW}-byte credit it was given (more than one frame): the exec was closed and its process killed`,
+      );
+    }
+    (frame.type === FrameType.STDOUT ? this.handlers.onStdout : this.handlers.onStderr)?.(frame.payload);
+    if (!this.behind && !this.ended) {
+      const behind = this.handlers.behind?.();
+      if (behind) this.hold(behind);
+    }
+    if (this.flow !== false) this.credit.consumed(n);
+  }
+
   /** Settles `exit` (called by the AgentClient that started the session). */
   finish(exit: ExecExit): void {
+    this.end();
     this.settle.resolve(exit);
   }
 
-  /** Rejects `exit`: the connection closed before the process ended. */
+  /** Rejects `exit`: the connection closed, or the guest broke the protocol, before the process ended. */
   fail(err: Error): void {
+    this.end();
     this.settle.reject(err);
+  }
+
+  /** Holds the guest back until the reader caught up. */
+  private hold(until: Promise<void>): void {
+    this.behind = true;
+    if (this.flow === false) this.channel.pauseFor(this.id, true);
+    this.updateHold();
+    const release = () => {
+      this.behind = false;
+      if (this.flow === false) this.channel.pauseFor(this.id, false);
+      this.updateHold();
+    };
+    until.then(release, release);
+  }
+
+  private updateHold(): void {
+    this.credit.hold(this.behind || this.flow !== true);
+  }
+
+  private end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    if (this.flow === false && this.behind) this.channel.pauseFor(this.id, false);
   }
 }
 
@@ -108,7 +172,10 @@ export class AgentClient extends EventEmitter {
     return this.channel.closed;
   }
 
-  /** Resolves once the guest answers a PING, retrying every `intervalMs` until the deadline. */
+  /**
+   * Announces a new connection (HOST_HELLO), then resolves once the guest answers a PING, retrying
+   * every `intervalMs` until the deadline. Every connection starts with it, before any exec.
+   */
   async waitReady(deadline: number, intervalMs = 20): Promise<void> {
     const nonce = randomBytes(8);
     let answered = false;
@@ -119,6 +186,10 @@ export class AgentClient extends EventEmitter {
       : this.channel.expectReply(id, 'ping').then(() => {
           answered = true;
         });
+    // A new connection knows none of the execs an earlier one started (a server a build step left
+    // running in a snapshot): nobody will grant them credit, so the agent lets their output flow
+    // again (and this side drops it). An agent that predates this answers ERROR on id 0: ignored.
+    if (!this.closed) this.channel.send(FrameType.HOST_HELLO, 0);
     // Every PING carries the same id: whichever one the guest answers first settles the wait.
     const tick = () => {
       if (answered || this.closed) return;
@@ -149,14 +220,14 @@ export class AgentClient extends EventEmitter {
   async exec(req: ExecRequest, handlers: ExecHandlers = {}): Promise<ExecSession> {
     const id = this.channel.allocId();
     const session = new ExecSession(this.channel, id, handlers);
-    // STARTED is EXEC's reply; the output and EXIT that follow are stream frames of the id.
-    const started = this.channel.expectReply(id, 'exec'); // throws if the connection closed
+    // STARTED is EXEC's reply; the output and EXIT that follow are stream frames of the id. The
+    // session learns of STARTED as it arrives: output may follow in the same read.
+    const started = this.channel.expectReply(id, 'exec', (reply) => session.started(reply.payload)); // throws if the connection closed
     this.execs.set(id, session);
     this.channel.listen(id, (frame) => this.onExecFrame(session, frame));
     try {
-      this.channel.send(FrameType.EXEC, id, encodeExec(req));
-      const reply = await started;
-      session.pid = reply.payload.length >= 4 ? reply.payload.readUInt32BE(0) : 0;
+      this.channel.send(FrameType.EXEC, id, encodeExec({ ...req, flowControl: true }));
+      await started;
     } catch (err) {
       this.execs.delete(id);
       this.channel.unlisten(id);
@@ -259,10 +330,8 @@ export class AgentClient extends EventEmitter {
     try {
       switch (frame.type) {
         case FrameType.STDOUT:
-          session.handlers.onStdout?.(frame.payload);
-          return;
         case FrameType.STDERR:
-          session.handlers.onStderr?.(frame.payload);
+          session.output(frame);
           return;
         case FrameType.EXIT: {
           this.endSession(session);

@@ -30,6 +30,8 @@ export const FrameType = {
   STAT: 0x11,
   CANCEL: 0x12,
   SYNC: 0x13,
+  CREDIT: 0x14,
+  HOST_HELLO: 0x15,
   OK: 0x80,
   PONG: 0x81,
   STARTED: 0x82,
@@ -261,10 +263,19 @@ export interface ExecRequest {
   uid: number;
   gid: number;
   stdin: boolean;
+  /** Ask for per-exec flow control (EXEC flag bit 1): output only as far as CREDIT frames allow. */
+  flowControl?: boolean;
 }
 
+/** EXEC flag bits. */
+export const ExecFlags = { STDIN: 1, FLOW_CONTROL: 2 } as const;
+
+/** The output credit a flow-controlled exec starts with (docs/protocol.md, "Flow control"). */
+export const EXEC_WINDOW = 256 * 1024;
+
 export function encodeExec(req: ExecRequest): Buffer {
-  const w = new PayloadWriter().u32(req.stdin ? 1 : 0).u32(req.uid).u32(req.gid).string(req.cwd);
+  const flags = (req.stdin ? ExecFlags.STDIN : 0) | (req.flowControl ? ExecFlags.FLOW_CONTROL : 0);
+  const w = new PayloadWriter().u32(flags).u32(req.uid).u32(req.gid).string(req.cwd);
   w.u32(req.argv.length);
   for (const a of req.argv) w.string(a);
   w.u32(req.env.length);

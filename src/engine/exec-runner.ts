@@ -20,22 +20,11 @@ export interface GuestCommand {
 export async function runGuestCommand(agent: AgentClient, cmd: GuestCommand, sink: OutputSink): Promise<ExecResult> {
   if (cmd.argv.length === 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'no command given');
   const started = performance.now();
-  let held = false;
-  // The guest waits while the reader is behind (see ExecSession.hold): backpressure, not a buffer.
-  const deliver = (write: (c: Buffer) => void) => (chunk: Buffer) => {
-    write(chunk);
-    const behind = held ? undefined : sink.behind?.();
-    if (!behind) return;
-    held = true;
-    session.hold(true);
-    void behind.finally(() => {
-      held = false;
-      session.hold(false);
-    });
-  };
+  // While the reader is behind, this exec gets no output credit and its process waits (see
+  // ExecHandlers.behind): backpressure, not a buffer, and only on this exec.
   const session = await agent.exec(
     { argv: cmd.argv, env: cmd.env, cwd: cmd.cwd, uid: cmd.uid, gid: cmd.gid, stdin: cmd.stdin !== undefined },
-    { onStdout: deliver((c) => sink.stdout(c)), onStderr: deliver((c) => sink.stderr(c)) },
+    { onStdout: (c) => sink.stdout(c), onStderr: (c) => sink.stderr(c), behind: () => sink.behind?.() },
   );
 
   let timedOut = false;
@@ -59,7 +48,6 @@ export async function runGuestCommand(agent: AgentClient, cmd: GuestCommand, sin
   } finally {
     if (timer) clearTimeout(timer);
     cmd.signal?.removeEventListener('abort', onAbort);
-    if (held) session.hold(false);
   }
 }
 

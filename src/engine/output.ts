@@ -3,8 +3,9 @@ export interface OutputSink {
   stdout(chunk: Buffer): void;
   stderr(chunk: Buffer): void;
   /**
-   * A promise while the reader is behind (the guest is then held back until it settles), else
-   * undefined. Sinks that cannot fall behind leave it out.
+   * A promise while the reader is behind (the command is then held back until it settles: its
+   * exec gets no output credit, other execs on the VM go on), else undefined. Sinks that cannot
+   * fall behind leave it out.
    */
   behind?(): Promise<void> | undefined;
 }

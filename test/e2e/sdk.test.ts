@@ -1,5 +1,9 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { request, type IncomingMessage } from 'node:http';
+import { join } from 'node:path';
 import { CellClient, isInvalidArgument, isNotFound, Sandbox } from '../../src/sdk/index.js';
 import { TestHome } from '../helpers/cell-home.js';
 
@@ -62,13 +66,54 @@ describe('SDK', () => {
     );
   });
 
-  test('exec streams output as it is produced, before the command ends', async () => {
+  test('exec streams output as it is produced, before the command ends; a client that stops reading holds back only its own command', async () => {
     await using sb = await Sandbox.create({ client });
     const seen: number[] = [];
     const started = Date.now();
     await sb.commands.run(['sh', '-c', 'echo first; sleep 1; echo second'], { onStdout: () => void seen.push(Date.now() - started) });
     assert.equal(seen.length, 2);
     assert.ok(seen[1]! - seen[0]! >= 800, `the first line arrived ${seen[1]! - seen[0]!} ms before the second`);
+
+    // A raw API client that stops reading a command printing 6.9 MB: celld withholds that exec's
+    // credit, while other commands and file calls on the same VM (one agent connection) go on.
+    const LINES = 1_000_000;
+    const expected = Buffer.from(Array.from({ length: LINES }, (_, i) => `${i + 1}\n`).join(''));
+    const req = request({ socketPath: join(h.home, 'celld.sock'), method: 'POST', path: `/v1/vms/${sb.name}/exec`, headers: { 'content-type': 'application/json' } });
+    req.end(JSON.stringify({ cmd: ['seq', '1', String(LINES)] }));
+    const [res] = (await once(req, 'response')) as [IncomingMessage];
+    try {
+      res.pause();
+      // Held, not just slow: seq sleeps in write() on its full pipe, which the agent no longer reads.
+      let wchan = '';
+      for (let i = 0; i < 50 && wchan !== 'pipe_write'; i++) wchan = (await sb.commands.run('cat /proc/$(pidof seq)/wchan')).stdout;
+      assert.equal(wchan, 'pipe_write');
+      assert.equal((await sb.commands.run('echo quick')).stdout, 'quick\n');
+      await sb.files.write('/root/during', 'written while another command is held');
+      assert.equal((await sb.files.read('/root/during')).toString(), 'written while another command is held');
+      const hash = createHash('sha256');
+      let count = 0;
+      let exit: unknown;
+      res.setEncoding('utf8');
+      let partial = '';
+      for await (const text of res) {
+        const lines = (partial + text).split('\n');
+        partial = lines.pop()!;
+        for (const line of lines.filter(Boolean)) {
+          const event = JSON.parse(line) as { type: string; data?: string; exitCode?: number };
+          if (event.type === 'stdout') {
+            const bytes = Buffer.from(event.data!, 'base64');
+            hash.update(bytes);
+            count += bytes.length;
+          } else if (event.type === 'exit') exit = event.exitCode;
+          else assert.fail(`unexpected event ${line.slice(0, 200)}`);
+        }
+      }
+      assert.equal(exit, 0);
+      assert.equal(count, expected.length, 'every byte, once the client read again');
+      assert.equal(hash.digest('hex'), createHash('sha256').update(expected).digest('hex'), 'in order');
+    } finally {
+      res.destroy();
+    }
   });
 
   test('commands.start: stdin, output by async iteration, wait; kill ends a command that would run on', async () => {

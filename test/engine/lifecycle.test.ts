@@ -5,6 +5,8 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { EXEC_WINDOW } from '../../src/agent/frame.js';
 import { CellError } from '../../src/domain/errors.js';
 import type { Engine } from '../../src/engine/engine.js';
 import type { OutputSink } from '../../src/engine/output.js';
@@ -95,6 +97,23 @@ test('a daemon restart reconnects to running VMs, which keep working', async () 
   await engine.vms.remove(vm.id, true);
 });
 
+test('a command a previous daemon held back (its reader stopped) runs on to its end after a restart', async () => {
+  const vm = await runningVm(fake.engine, 'held-over');
+  const marker = join(fake.paths.home, 'held-over-done'); // the fake guest's files are this host's
+  let received = 0;
+  const stopped: OutputSink = { stdout: (c) => void (received += c.length), stderr: () => {}, behind: () => new Promise<void>(() => {}) };
+  const run = fake.engine.vms.exec(vm.id, { cmd: ['sh', '-c', `head -c 3000000 /dev/zero; touch ${marker}`] }, stopped);
+  run.catch(() => {}); // it ends with agent_disconnected when the daemon goes
+  for (let i = 0; i < 500 && received === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(received > 0 && received <= EXEC_WINDOW, `${received} bytes before the hold`);
+  // The new daemon's connection knows nothing of that exec and will never grant it credit: its
+  // HOST_HELLO makes the agent let the output flow again (dropped), so the command can finish.
+  const engine = await fake.reopen();
+  for (let i = 0; i < 1000 && !existsSync(marker); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(existsSync(marker), 'the command ran to its end');
+  await engine.vms.remove(vm.id, true);
+});
+
 test('after a crash of celld, reconcile settles every state by the lifecycle table', async () => {
   const { engine, backend, paths } = fake;
   const alive = await runningVm(engine, 'rec-alive');
@@ -157,7 +176,7 @@ test('guest RAM that would not fit the tmpfs is refused up front with the number
   }
 });
 
-test('a reader that falls behind holds the guest back: output never piles up in celld, and none is lost', async () => {
+test('a reader that falls behind holds its command back: output never piles up in celld, other execs on the VM go on, and none is lost', async () => {
   const { engine } = fake;
   const vm = await runningVm(engine, 'chatty');
   const TOTAL = 20_000_000;
@@ -178,8 +197,14 @@ test('a reader that falls behind holds the guest back: output never piles up in 
   await new Promise((r) => setTimeout(r, 200));
   const during = received;
   await new Promise((r) => setTimeout(r, 400));
-  assert.ok(received - heldAt < 4 * 1024 * 1024, `held back: ${received - heldAt} bytes arrived after the hold`);
+  // At most its credit: what the guest may send before it hears the reader is behind.
+  assert.ok(received - heldAt <= EXEC_WINDOW, `held back: ${received - heldAt} bytes arrived after the hold`);
   assert.equal(received, during, 'nothing more arrives while the reader is behind');
+  // Only that command waits: the VM's agent connection carries on.
+  const other = collect();
+  assert.equal((await engine.vms.exec(vm.id, { cmd: ['echo', 'not held'] }, other)).exitCode, 0);
+  assert.equal(other.out(), 'not held\n');
+  assert.equal(received, during);
   release();
   const result = await run;
   assert.equal(result.exitCode, 0);

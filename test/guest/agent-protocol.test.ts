@@ -24,6 +24,7 @@ import { hostname, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   AgentErrorCode,
+  EXEC_WINDOW,
   FrameDecoder,
   FrameType,
   PayloadReader,
@@ -383,6 +384,71 @@ test('two execs at once are kept apart by id and interleave', async () => {
   assert.ok(startedB < exitA && outputB < exitA, 'b ran while a was running');
 });
 
+/** Output bytes (STDOUT and STDERR) the agent sent so far for exec `id`. */
+function outputOf(id: number): number {
+  let n = 0;
+  for (const f of agent.frames) if (f.id === id && (f.type === FrameType.STDOUT || f.type === FrameType.STDERR)) n += f.payload.length;
+  return n;
+}
+
+test('a flow-controlled exec sends no more output than its credit; CREDIT lets the rest through', async () => {
+  const total = EXEC_WINDOW + 300_000;
+  const id = nextId++;
+  // Both streams count against the one credit of the exec.
+  agent.send(FrameType.EXEC, id, encodeExec(execRequest({ argv: ['/bin/sh', '-c', `head -c ${total - 1000} /dev/zero; head -c 1000 /dev/zero >&2`], flowControl: true })));
+  const started = await agent.reply(id);
+  assert.equal(started.type, FrameType.STARTED);
+  assert.equal(started.payload.length, 8, 'STARTED says flow control is on');
+  assert.equal(started.payload.readUInt32BE(4), EXEC_WINDOW);
+  await agent.waitFor(() => outputOf(id) >= EXEC_WINDOW, 'the first window of output');
+  // A PING answered means the agent went round its loop: whatever it was going to send is out.
+  await agent.pingOk();
+  assert.equal(outputOf(id), EXEC_WINDOW, 'exactly the credit, not a byte more');
+
+  agent.send(FrameType.CREDIT, id, u32(100_000));
+  await agent.waitFor(() => outputOf(id) >= EXEC_WINDOW + 100_000, 'output for the new credit');
+  await agent.pingOk();
+  assert.equal(outputOf(id), EXEC_WINDOW + 100_000);
+  assert.ok(!agent.frames.some((f) => f.id === id && f.type === FrameType.EXIT), 'no EXIT while output is owed');
+
+  // The end of a pipe shows as a read that returns nothing, and the agent reads only with credit
+  // left: the last grant leaves room beyond the last byte.
+  agent.send(FrameType.CREDIT, id, u32(200_000 + 1));
+  const r = await agent.finish(id);
+  assert.equal(r.stdout.length + r.stderr.length, total);
+  assert.equal(r.stderr.length, 1000);
+  assert.deepEqual(r.exit, { signaled: false, code: 0 });
+});
+
+test('an exec out of credit holds back only itself: other execs and requests go on', async () => {
+  const stuck = nextId++;
+  agent.send(FrameType.EXEC, stuck, encodeExec(execRequest({ argv: ['yes'], flowControl: true })));
+  await agent.waitFor(() => outputOf(stuck) >= EXEC_WINDOW, 'the first window of output');
+  const quick = await agent.run({ argv: ['echo', 'not held'], flowControl: true });
+  assert.equal(quick.stdout.toString(), 'not held\n');
+  await agent.pingOk();
+  assert.equal(outputOf(stuck), EXEC_WINDOW);
+  agent.send(FrameType.KILL, stuck, u32(9));
+  // A process killed with a full pipe still needs its pipe drained before EXIT: HOST_HELLO (a
+  // new host, which knows nothing of this exec) lets the rest flow without credit.
+  agent.send(FrameType.HOST_HELLO, 0);
+  const r = await agent.finish(stuck);
+  assert.deepEqual(r.exit, { signaled: true, code: 9 });
+});
+
+test('CREDIT and HOST_HELLO: malformed ones are ERROR 1, credit for an unknown id is ignored', async () => {
+  await agent.expectError(FrameType.CREDIT, Buffer.alloc(3), AgentErrorCode.MALFORMED);
+  await agent.expectError(FrameType.HOST_HELLO, Buffer.alloc(1), AgentErrorCode.MALFORMED);
+  const unknown = nextId++;
+  agent.send(FrameType.CREDIT, unknown, u32(4096)); // an exec that ended while its credit was on the way
+  await agent.pingOk();
+  assert.deepEqual(agent.frames.filter((f) => f.id === unknown), [], 'no reply');
+  // Without the flag the agent sends as before: a 4-byte STARTED, output not limited.
+  const legacy = await agent.run({ argv: ['head', '-c', String(EXEC_WINDOW * 2), '/dev/zero'] });
+  assert.equal(legacy.frames[0]!.payload.length, 4);
+  assert.equal(legacy.stdout.length, EXEC_WINDOW * 2);
+});
+
 test('an id still running is a duplicate (ERROR 4); it is free again after EXIT', async () => {
   const { id } = await agent.start({ argv: ['sleep', '100'] });
   agent.send(FrameType.EXEC, id, encodeExec(execRequest({ argv: ['true'] })));
@@ -571,22 +637,25 @@ test('fuzz: random frames and garbage never stop the agent', async () => {
   const rand = prng(0xce11);
   const int = (n: number) => Math.floor(rand() * n);
   // SHUTDOWN (0x07) would end the agent in --stdio mode, so it is left out.
-  const types = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x08, 0x00, 0x09, 0x55, 0x80, 0x8f, 0xff];
-  const fuzzIds: number[] = [];
+  const types = [0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x08, 0x00, 0x09, 0x14, 0x15, 0x55, 0x80, 0x8f, 0xff];
+  const fuzzed: { id: number; replies: number }[] = [];
   for (let i = 0; i < 300; i++) {
     const id = 1_000_000 + i;
-    fuzzIds.push(id);
-    const payload = Buffer.alloc(int(4) === 0 ? int(5000) : int(64));
+    const type = types[int(types.length)]!;
+    const payload = Buffer.alloc(int(4) === 0 ? int(5000) : type === FrameType.CREDIT && int(2) === 0 ? 4 : int(64));
     for (let j = 0; j < payload.length; j++) payload[j] = int(256);
     if (int(3) === 0 && payload.length >= 16) payload.writeUInt32BE(int(3), 12); // sometimes a plausible argc
-    const parts = [encodeFrame(types[int(types.length)]!, id, payload)];
+    // Well-formed CREDIT (for an id that is no exec) and HOST_HELLO have no reply; everything else one.
+    const silent = (type === FrameType.CREDIT && payload.length === 4) || (type === FrameType.HOST_HELLO && payload.length === 0);
+    fuzzed.push({ id, replies: silent ? 0 : 1 });
+    const parts = [encodeFrame(type, id, payload)];
     if (int(5) === 0) parts.unshift(Buffer.from(Array.from({ length: int(40) }, () => int(0xce))));
     agent.raw(Buffer.concat(parts));
   }
   await agent.pingOk();
-  for (const id of fuzzIds) {
+  for (const { id, replies: expected } of fuzzed) {
     const replies = agent.frames.filter((f) => f.id === id && !STREAM_TYPES.has(f.type));
-    assert.equal(replies.length, 1, `frame ${id} got exactly one reply`);
+    assert.equal(replies.length, expected, `frame ${id} got ${expected} replies`);
   }
 
   // Raw garbage, magic included (never a SHUTDOWN), then enough zeros to complete any frame it
