@@ -41,7 +41,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define AGENT_VERSION "0.4.0"
+#define AGENT_VERSION "0.5.0"
 
 /* Wire format (docs/protocol.md). */
 #define MAGIC0 0xCE
@@ -63,7 +63,7 @@
 enum {
 	T_PING = 0x01, T_EXEC, T_STDIN, T_KILL, T_SET_TIME, T_ADD_ENTROPY, T_SHUTDOWN, T_SIGNAL_ALL, T_SET_IDENTITY,
 	T_PUT_FILE = 0x0A, T_FILE_DATA, T_FILE_END, T_MKDIR, T_SYMLINK, T_READ_FILE, T_LIST_DIR, T_STAT, T_CANCEL, T_SYNC,
-	T_CREDIT = 0x14, T_HOST_HELLO,
+	T_CREDIT = 0x14, T_HOST_HELLO, T_FREEZE, T_THAW,
 	T_OK = 0x80, T_PONG, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_HELLO, T_DATA, T_ERROR = 0x8F,
 };
 enum {
@@ -198,6 +198,12 @@ void handle_signal_all(uint32_t id, const uint8_t *p, size_t len);
 void handle_set_time(uint32_t id, const uint8_t *p, size_t len);
 void handle_add_entropy(uint32_t id, const uint8_t *p, size_t len);
 void handle_sync(uint32_t id, size_t len);
+void workload_cgroup_setup(void);
+void network_up(const char *spec);
+void join_workload_cgroup(void);
+void thaw_workload(void);
+void handle_freeze(uint32_t id, size_t len);
+void handle_thaw(uint32_t id, size_t len);
 void handle_set_identity(uint32_t id, const uint8_t *p, size_t len);
 const char *write_hostname_file(const char *hostname);
 

@@ -131,6 +131,8 @@ static void handle_frame(uint8_t type, uint32_t id, const uint8_t *p, size_t len
 	case T_CANCEL: handle_cancel(id, len); break;
 	case T_SYNC: handle_sync(id, len); break;
 	case T_CREDIT: handle_credit(id, p, len); break;
+	case T_FREEZE: handle_freeze(id, len); break;
+	case T_THAW: handle_thaw(id, len); break;
 	case T_HOST_HELLO:
 		if (len) send_error(id, E_MALFORMED, "HOST_HELLO payload must be empty, got %zu bytes", len);
 		else release_flow();

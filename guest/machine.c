@@ -8,6 +8,8 @@
 #include <linux/random.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #ifndef RNDRESEEDCRNG
@@ -322,3 +324,107 @@ out:
 	free(store);
 }
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* The workload's cgroup: frozen around a snapshot, thawed in a fork only after its reseed.
+ *
+ * Every process the host runs joins /sys/fs/cgroup/cell-work (cgroup v2). FREEZE stops them all
+ * before the host pauses the VM for a snapshot, so the snapshot holds them stopped; every VM that
+ * comes out of it (the source itself, forks, spares, restores) gets the host's clock and fresh
+ * entropy first and only then THAW: no process of a fork runs, and draws random bytes, before its
+ * CRNG was reseeded (this kernel has no vmgenid driver that would reseed it on its own). */
+
+#define WORK_CGROUP "/sys/fs/cgroup/cell-work"
+#define FREEZE_WAIT_MS 1000
+
+static int g_work_procs_fd = -1;   /* cgroup.procs of the workload group, -1 when there is none */
+static bool g_frozen;
+
+void workload_cgroup_setup(void)
+{
+	if (g_stdio) return; /* test mode: never touch the host's cgroups */
+	if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0 && errno != EBUSY) {
+		warnx("mount cgroup2: %s (snapshots will not freeze processes)", strerror(errno));
+		return;
+	}
+	if (mkdir(WORK_CGROUP, 0755) != 0 && errno != EEXIST) {
+		warnx("mkdir %s: %s", WORK_CGROUP, strerror(errno));
+		return;
+	}
+	/* Not O_CLOEXEC: the forked child writes to it before execve, then close_range marks it. */
+	g_work_procs_fd = open(WORK_CGROUP "/cgroup.procs", O_WRONLY);
+	if (g_work_procs_fd < 0) warnx("open %s/cgroup.procs: %s", WORK_CGROUP, strerror(errno));
+}
+
+/* In a forked child, before execve: "0" moves the writer itself. */
+void join_workload_cgroup(void)
+{
+	if (g_work_procs_fd >= 0 && write(g_work_procs_fd, "0", 1) != 1) { /* not fatal: it just will not be frozen */ }
+}
+
+static bool write_freeze(const char *value)
+{
+	int fd = open(WORK_CGROUP "/cgroup.freeze", O_WRONLY | O_CLOEXEC);
+	if (fd < 0) return false;
+	bool ok = write(fd, value, 1) == 1;
+	close(fd);
+	return ok;
+}
+
+/* cgroup.events says "frozen 1" once every process in the group is stopped. */
+static bool is_frozen(void)
+{
+	char *events = read_text(WORK_CGROUP "/cgroup.events", 256);
+	bool frozen = events && strstr(events, "frozen 1") != NULL;
+	free(events);
+	return frozen;
+}
+
+void thaw_workload(void)
+{
+	if (!g_frozen) return;
+	if (write_freeze("0")) g_frozen = false;
+}
+
+void handle_freeze(uint32_t id, size_t len)
+{
+	if (len != 0) {
+		send_error(id, E_MALFORMED, "FREEZE takes no payload, got %zu bytes", len);
+		return;
+	}
+	if (g_work_procs_fd < 0) {
+		send_error(id, E_SYSCALL, "no workload cgroup to freeze");
+		return;
+	}
+	if (!write_freeze("1")) {
+		send_error(id, E_SYSCALL, "cgroup.freeze: %s", strerror(errno));
+		return;
+	}
+	g_frozen = true;
+	/* A process in an uninterruptible sleep delays freezing; past the wait the host goes on
+	 * without it (and the workload is thawed at once rather than left half-frozen). */
+	for (int waited = 0; !is_frozen(); waited += 5) {
+		if (waited >= FREEZE_WAIT_MS) {
+			thaw_workload();
+			send_error(id, E_LIMIT, "the workload did not freeze within %d ms", FREEZE_WAIT_MS);
+			return;
+		}
+		usleep(5000);
+	}
+	send_frame(T_OK, id, NULL, 0);
+}
+
+void handle_thaw(uint32_t id, size_t len)
+{
+	if (len != 0) {
+		send_error(id, E_MALFORMED, "THAW takes no payload, got %zu bytes", len);
+		return;
+	}
+	/* Also after a restore: the flag is in the snapshot's RAM, the file in its kernel state. */
+	if (g_work_procs_fd >= 0 && !write_freeze("0")) {
+		send_error(id, E_SYSCALL, "cgroup.freeze: %s", strerror(errno));
+		return;
+	}
+	g_frozen = false;
+	send_frame(T_OK, id, NULL, 0);
+}

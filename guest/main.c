@@ -295,13 +295,14 @@ static void pid1_setup(void)
 	fill_std_fds();
 	g_log_fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
 
-	char hostname[65] = "", root[300] = "/dev/vda", data[128] = "";
+	char hostname[65] = "", root[300] = "/dev/vda", data[128] = "", net[64] = "";
 	char *cmdline = read_text("/proc/cmdline", 4096);
 	if (!cmdline) fatal("cannot read /proc/cmdline: %s", strerror(errno));
 	for (char *tok = strtok(cmdline, " \t\n"); tok; tok = strtok(NULL, " \t\n")) {
 		if (strncmp(tok, "cell.hostname=", 14) == 0) snprintf(hostname, sizeof hostname, "%s", tok + 14);
 		else if (strncmp(tok, "cell.root=", 10) == 0) snprintf(root, sizeof root, "%s", tok + 10);
 		else if (strncmp(tok, "cell.data=", 10) == 0) snprintf(data, sizeof data, "%s", tok + 10);
+		else if (strncmp(tok, "cell.net=", 9) == 0) snprintf(net, sizeof net, "%s", tok + 9);
 		else if (strcmp(tok, "cell.debug=1") == 0) g_debug = true;
 	}
 	free(cmdline);
@@ -346,6 +347,8 @@ static void pid1_setup(void)
 		else if ((failed = write_hostname_file(hostname))) warnx("%s /etc/hostname: %s", failed, strerror(errno));
 	}
 	loopback_up();
+	if (*net) network_up(net);
+	workload_cgroup_setup();
 
 	char dev[300];
 	if (!find_port(dev, sizeof dev, DEVICE_WAIT_MS)) fatal("no virtio-serial port named %s within %d ms", PORT_NAME, DEVICE_WAIT_MS);
