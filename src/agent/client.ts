@@ -268,6 +268,26 @@ export class AgentClient extends EventEmitter {
     await this.channel.request(FrameType.SYNC, Buffer.alloc(0), undefined, timeoutMs);
   }
 
+  /**
+   * Stops every process the host started in the guest (their cgroup is frozen) before a snapshot
+   * pauses the VM; false when the guest could not (an older agent, a process stuck in the kernel
+   * past a second), and the snapshot then goes on without it.
+   */
+  async freeze(timeoutMs = 3000): Promise<boolean> {
+    return this.channel.request(FrameType.FREEZE, Buffer.alloc(0), undefined, timeoutMs).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  /** Lets them run again: after a snapshot's reseed in every VM that comes out of it. */
+  async thaw(): Promise<void> {
+    await this.channel.request(FrameType.THAW, Buffer.alloc(0)).catch((err: unknown) => {
+      // An agent older than FREEZE froze nothing.
+      if (!(err instanceof Error && /unknown (frame )?type/i.test(err.message))) throw err;
+    });
+  }
+
   async shutdown(reboot = false): Promise<void> {
     await this.channel.request(FrameType.SHUTDOWN, new PayloadWriter().u8(reboot ? 1 : 0).build());
   }

@@ -32,6 +32,8 @@ export const FrameType = {
   SYNC: 0x13,
   CREDIT: 0x14,
   HOST_HELLO: 0x15,
+  FREEZE: 0x16,
+  THAW: 0x17,
   OK: 0x80,
   PONG: 0x81,
   STARTED: 0x82,

@@ -128,6 +128,8 @@ export class LiveMachines {
       await attached.control.resume();
       const agent = new AgentClient(await connectWithRetry(attached.files.agentSocket, 2000));
       await agent.waitReady(Date.now() + 5000);
+      // ... and so do its processes, if the daemon died between freezing them and the snapshot's end.
+      await agent.thaw().catch(() => {});
       return this.track(id, pid, dir, attached.control, agent, attached.memoryShared);
     } catch {
       attached.control.close();
@@ -256,6 +258,8 @@ async function initialiseGuest(agent: AgentClient, identity?: GuestIdentity): Pr
     agent.addEntropy(randomBytes(256)),
     identity ? agent.setIdentity(identity) : Promise.resolve(),
   ]);
+  // Processes a snapshot froze run again only now, with the right time, a reseeded CRNG and the new name.
+  await agent.thaw();
 }
 
 /** CELL_TRACE=1 logs boot phases with their times to celld's log (for finding where time goes). */

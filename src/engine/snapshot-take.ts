@@ -55,11 +55,16 @@ export async function takeSnapshot(ctx: EngineContext, vms: Vms, images: Images,
   await mkdir(staging, { recursive: true });
   await writeFileSynced(join(staging, INTENT_FILE), JSON.stringify(intent));
   let quit = false;
+  let frozen = false;
   try {
     await ctx.checkpoint('snapshot:staged');
     // What the guest's page cache holds must reach the disk layer being frozen: a VM that later
     // boots cold from it (start after --stop, a template's cold start) sees only the disk.
-    await live.require(vm.id).agent.sync().catch(() => {});
+    const agent = live.require(vm.id).agent;
+    await agent.sync().catch(() => {});
+    // Stopped inside the guest too: every VM that comes out of the snapshot thaws them only after
+    // its reseed (live-machines.ts initialiseGuest), so no fork's process draws the same random bytes.
+    frozen = await agent.freeze();
     const machine = await live.pause(vm.id);
     await ctx.checkpoint('snapshot:paused');
     try {
@@ -80,7 +85,10 @@ export async function takeSnapshot(ctx: EngineContext, vms: Vms, images: Images,
     await live.quitPaused(vm.id);
     quit = true;
   } catch (err) {
-    if (!quit) await live.resume(vm.id).catch(() => {});
+    if (!quit) {
+      await live.resume(vm.id).catch(() => {});
+      if (frozen) await live.get(vm.id)?.agent.thaw().catch(() => {});
+    }
     await rm(staging, { recursive: true, force: true });
     throw err instanceof CellError ? err : new CellError(ErrorCodes.SNAPSHOT_FAILED, `snapshot of ${vm.name} failed: ${(err as Error).message}`);
   }

@@ -24,10 +24,12 @@ describe('snapshots and forks', () => {
   });
 
   const counter = 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done';
+  /** A service that keeps drawing random bytes, left running in the snapshot. */
+  const sampler = 'while true; do head -c 8 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; sleep 0.05; done > /tmp/random';
 
   test('snapshot of a running VM: it keeps running, its counter keeps counting', async () => {
     await h.ok(['run', '-d', '--name', 'src', 'busybox']);
-    await h.ok(['exec', 'src', '--', 'sh', '-c', `echo 0123456789abcdef0123456789abcdef > /etc/machine-id; echo kept > /root/file; (${counter}) >/dev/null 2>&1 &`]);
+    await h.ok(['exec', 'src', '--', 'sh', '-c', `echo 0123456789abcdef0123456789abcdef > /etc/machine-id; echo kept > /root/file; (${counter}) >/dev/null 2>&1 & (${sampler}) >/dev/null 2>&1 &`]);
     await new Promise((r) => setTimeout(r, 800));
     const r = await h.ok(['snapshot', '--name', 'warm', 'src']);
     snapshotId = r.stdout.trim();
@@ -37,6 +39,11 @@ describe('snapshots and forks', () => {
     const second = Number((await h.ok(['exec', 'src', '--', 'cat', '/tmp/counter'])).stdout);
     assert.ok(first >= 3, `the counter ran before the snapshot (${first})`);
     assert.ok(second > first, `the source VM still counts after the snapshot (${first} -> ${second})`);
+    // The services run in the group a snapshot freezes (so no fork's copy of them runs before the
+    // fork's reseed), and the source's group was thawed after its snapshot.
+    const group = (await h.ok(['exec', 'src', '--', 'sh', '-c', 'wc -l < /sys/fs/cgroup/cell-work/cgroup.procs; cat /sys/fs/cgroup/cell-work/cgroup.freeze'])).stdout.split('\n');
+    assert.ok(Number(group[0]) >= 2, `the services are in the workload group (${group[0]} processes)`);
+    assert.equal(group[1], '0', 'thawed');
   });
 
   test('forks continue the counter, see the file, and get a fresh identity', async () => {
@@ -66,6 +73,18 @@ describe('snapshots and forks', () => {
     assert.equal(new Set(facts.map((f) => f.machineId)).size, 3, 'machine ids differ');
     assert.ok(!facts.some((f) => f.machineId === '0123456789abcdef0123456789abcdef'), 'no fork keeps the source machine id');
     assert.equal(new Set(facts.map((f) => f.random)).size, 3, '/dev/urandom differs between forks');
+    // The sampler left running in the snapshot: every fork shares its lines up to the snapshot
+    // (and at most one drawn just before it), then each draws bytes of its own.
+    const samples = await Promise.all(['kid-1', 'kid-2', 'kid-3'].map(async (name) => (await h.ok(['exec', name, '--', 'cat', '/tmp/random'])).stdout.trim().split('\n')));
+    const shared = samples[0]!.filter((line) => samples[1]!.includes(line) || samples[2]!.includes(line));
+    for (const [i, lines] of samples.entries()) {
+      const fresh = lines.filter((line) => !shared.includes(line));
+      assert.ok(fresh.length >= 2, `kid-${i + 1}'s sampler ran on after the fork (${fresh.length} new samples)`);
+    }
+    for (let i = 0; i < 3; i++) for (let j = i + 1; j < 3; j++) {
+      const common = samples[i]!.filter((line) => samples[j]!.includes(line));
+      assert.deepEqual(common, samples[i]!.slice(0, common.length), `kid-${i + 1} and kid-${j + 1} share only the samples before the snapshot`);
+    }
   });
 
   test('a write in one fork is invisible to its siblings and to the source', async () => {
