@@ -123,6 +123,8 @@ export interface RunOptions {
 
 /** What exists in the test's namespaces, for before/after comparisons within a test. */
 export interface NamespaceCounts {
+  /** All network namespaces on the machine (`ip netns list`), other tests' included. */
+  namespaces: number;
   hostLinks: number;
   hostAddresses: number;
   /** IPv4 and IPv6 routes in every table. */
@@ -342,8 +344,9 @@ export interface FakeInternet {
   /** Answer `name` with `addresses` from now on (null: NXDOMAIN). Resolves once the server has it. */
   setName(name: string, addresses: string | string[] | null): Promise<void>;
   counts(): Promise<NamespaceCounts>;
-  /** End every process in both namespaces, delete them (and the veth), remove the temp dir and the
-   *  resolv.conf override. Idempotent; never throws, but rejects with the list if something could not be removed. */
+  /** End every process in both namespaces (SIGTERM, SIGKILL after 2 s), delete them (and the veth
+   *  with them), remove the temp dir and the resolv.conf override. Idempotent. Every step is tried
+   *  whatever failed before it; then it rejects listing what could not be removed. */
   remove(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
 }
@@ -480,6 +483,7 @@ export async function createFakeInternet(opts: FakeInternetOptions = {}): Promis
         const v6 = await ipJson<unknown>(['-n', hostNs, '-6', 'route', 'show', 'table', 'all']);
         const save = await inNs(hostNs)('iptables-save');
         return {
+          namespaces: (await ipJson<unknown>(['netns', 'list'])).length,
           hostLinks: (await ipJson<unknown>(['-n', hostNs, 'link', 'show'])).length,
           hostAddresses: (await ipJson<{ addr_info: unknown[] }>(['-n', hostNs, 'addr', 'show'])).reduce((n, l) => n + l.addr_info.length, 0),
           hostRoutes: v4.length + v6.length,
