@@ -26,6 +26,7 @@ module.exports = {
     only('agent', ['domain'], 'the agent protocol knows frames, not QEMU or records'),
     only('image', ['domain', 'store'], 'OCI images know blobs and records, not VMs'),
     only('host', ['domain', 'store', 'image'], 'host set-up knows packages and files, not VMs'),
+    only('network', ['domain'], 'host networking knows namespaces, links, rules and sockets, not VMs or records'),
     only('api', ['domain'], 'the wire contract is shared by server and SDK and knows neither'),
     only('server', ['domain', 'api', 'engine'], 'celld turns HTTP into engine calls; it does not reach past the engine'),
     only('sdk', ['domain', 'api'], 'the SDK speaks HTTP only: it never imports the engine or the server'),

@@ -16,6 +16,8 @@ export const Info = Type.Object({
   images: Type.Integer(),
   spares: Type.Integer(),
   imageCacheMaxBytes: Type.Union([Type.Integer(), Type.Null()]),
+  /** Whether new VMs get a network here, and how (or why not). */
+  network: Type.Object({ available: Type.Boolean(), reason: Type.String() }),
   daemonPid: Type.Integer(),
 });
 export type Info = Static<typeof Info>;

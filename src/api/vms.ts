@@ -21,6 +21,22 @@ export const IoLimits = Type.Object(
   { additionalProperties: false },
 );
 
+const Protocol = Type.Union([Type.Literal('tcp'), Type.Literal('udp')]);
+
+/** A published port as recorded: HOST_IP:HOST_PORT -> GUEST_PORT/PROTOCOL (host port 0: any free one). */
+export const PortSpec = Type.Object({ hostIp: Type.String(), hostPort: Type.Integer(), guestPort: Type.Integer(), protocol: Protocol });
+
+/** A published port as asked for. */
+export const PortRequest = Type.Object(
+  {
+    guestPort: Type.Integer({ minimum: 1, maximum: 65535 }),
+    hostPort: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535 })),
+    hostIp: Type.Optional(Type.String()),
+    protocol: Type.Optional(Protocol),
+  },
+  { additionalProperties: false },
+);
+
 export const VmSpec = Type.Object({
   image: Type.String(),
   imageDigest: Type.String(),
@@ -34,6 +50,8 @@ export const VmSpec = Type.Object({
   autoRemove: Type.Boolean(),
   dataDiskMib: Type.Optional(Type.Integer()),
   limits: Type.Optional(IoLimits),
+  network: Type.Optional(Type.Union([Type.Literal('default'), Type.Literal('none')])),
+  ports: Type.Optional(Type.Array(PortSpec)),
   /** VMs started with `run --template`: which template, and whether they were forked warm or booted cold. */
   template: Type.Optional(
     Type.Object({ name: Type.String(), revision: Type.String(), start: Type.Union([Type.Literal('warm'), Type.Literal('cold')]), reason: Type.String() }),
@@ -60,6 +78,8 @@ export const Vm = Type.Object({
   accelerator: Type.Union([Type.String(), Type.Null()]),
   exit: Type.Union([VmExit, Type.Null()]),
   baseSnapshot: Type.Union([Type.String(), Type.Null()]),
+  /** Its address on its network and the ports it publishes now (null: no network, or never started). */
+  network: Type.Optional(Type.Union([Type.Object({ name: Type.String(), address: Type.String(), ports: Type.Array(PortSpec) }), Type.Null()])),
 });
 export type Vm = Static<typeof Vm>;
 
@@ -82,6 +102,10 @@ export const RunRequest = Type.Object(
     dataDiskMib: Type.Optional(Type.Integer()),
     /** Disk and entropy rates QEMU holds the guest to (images only: forks keep their snapshot's). */
     limits: Type.Optional(IoLimits),
+    /** `default` (the default where celld has networking) or `none` (no NIC). Forks keep their snapshot's. */
+    network: Type.Optional(Type.String({ minLength: 1 })),
+    /** Published ports; a host port of 0 is any free one. Without a host address: 127.0.0.1. */
+    ports: Type.Optional(Type.Array(PortRequest, { maxItems: 64 })),
     /** Start from a template (`NAME` or `NAME:ROLE`): warm from its snapshot when it has one, else cold. */
     template: Type.Optional(Type.String({ minLength: 1 })),
   },

@@ -1,5 +1,6 @@
 import { availableParallelism, totalmem } from 'node:os';
 import { CellError, ErrorCodes } from './errors.js';
+import type { NetworkMode, PortSpec, PublishedPort } from './network.js';
 
 export type { VmState } from './vm-state.js';
 import type { VmState } from './vm-state.js';
@@ -22,6 +23,10 @@ export interface VmSpec {
   dataDiskMib?: number;
   /** Host-side caps on the guest's disk and entropy use (absent: none). Forks keep their snapshot's. */
   limits?: IoLimits;
+  /** Its NIC: on the default network, or none (absent, as on VMs made before networking: none). Forks keep their snapshot's. */
+  network?: NetworkMode;
+  /** Published ports (`-p`): served while it runs. */
+  ports?: PortSpec[];
   /** Set on VMs started with `run --template`: which template and how (warm fork or cold boot). */
   template?: TemplateStart;
 }
@@ -95,6 +100,14 @@ export interface VmRecord {
   exit: VmExit | null;
   /** The snapshot whose disk layer this VM's overlay sits on (null: the image's base disk). */
   baseSnapshot: string | null;
+  /** Its address on its network and the ports it publishes now (null: no network, or never started). */
+  network?: VmNetwork | null;
+}
+
+export interface VmNetwork {
+  name: string;
+  address: string;
+  ports: PublishedPort[];
 }
 
 /** A VM as first recorded: created, never started. */

@@ -1,3 +1,5 @@
+import type { LeaseStore } from '../store/lease-store.js';
+import type { Networking } from './networking.js';
 import type { CellConfig } from '../domain/config.js';
 import type { CellPaths } from '../domain/paths.js';
 import type { CompatKey } from '../domain/snapshot.js';
@@ -19,6 +21,7 @@ export interface EngineStores {
   snapshots: SnapshotStore;
   actionCache: ActionCacheStore;
   templates: TemplateStore;
+  leases: LeaseStore;
 }
 
 /** Host set-up (packages, kernel, initramfs, agent, built-in images, accelerator), once per daemon. */
@@ -44,6 +47,8 @@ export interface EngineContext {
   readonly backend: Backend;
   /** The machines this daemon holds a control and agent connection to. */
   readonly live: LiveMachines;
+  /** VMs' NICs, addresses and published ports (engine/networking.ts). */
+  readonly network: Networking;
   /** Per-VM, per-snapshot and per-cache-key serialisation. */
   readonly locks: KeyedLocks;
   readonly log: EngineLog;

@@ -17,6 +17,8 @@ import { HostReadiness, type ProgressListener } from './host-readiness.js';
 import { Images } from './images.js';
 import { LiveMachines } from './live-machines.js';
 import { KeyedLocks } from './locks.js';
+import { HostNetworking, NoNetworking, type Networking } from './networking.js';
+import { LeaseStore } from '../store/lease-store.js';
 import { loadConfig, reconcile, removeHalfMade, sweepOrphans } from './recovery.js';
 import { Runs } from './runs.js';
 import { recoverSnapshots } from './snapshot-recovery.js';
@@ -39,6 +41,7 @@ export interface EngineInfo {
   spares: number;
   /** config.json / CELL_IMAGE_CACHE_MAX_BYTES; null = no cap. */
   imageCacheMaxBytes: number | null;
+  network: { available: boolean; reason: string };
 }
 
 /** What `Engine.open` may be given instead of the real thing (tests: a fake backend and host). */
@@ -49,6 +52,15 @@ export interface EngineDeps {
   spares?: SparePoolOptions;
   log?: EngineLog;
   checkpoint?: (step: string) => Promise<void>;
+  /** VMs' networking; by default the host's when celld is root (CELL_NETWORK=off turns it off). */
+  network?: Networking;
+}
+
+/** The host's networking, or why there is none. */
+function defaultNetworking(home: string, leases: LeaseStore, env: NodeJS.ProcessEnv = process.env): Networking {
+  if (env.CELL_NETWORK === 'off') return new NoNetworking('networking is off on this celld (CELL_NETWORK=off)');
+  if (process.getuid?.() !== 0) return new NoNetworking('celld is not root (namespaces, bridges and taps need root)');
+  return new HostNetworking(home, leases, { subnet: env.CELL_SUBNET });
 }
 
 const STDERR_LOG: EngineLog = {
@@ -113,6 +125,7 @@ export class Engine {
       snapshots: new SnapshotStore(db),
       actionCache: new ActionCacheStore(db),
       templates: new TemplateStore(db),
+      leases: new LeaseStore(db),
     };
     const backend = deps.backend ?? new QemuBackend();
     // The machines' end is reported to the VMs service, made below: a late-bound callback.
@@ -125,6 +138,7 @@ export class Engine {
       host: deps.host ?? new HostReadiness(paths.cache, stores.images),
       backend,
       live: new LiveMachines(backend, (id, expected) => vms?.onMachineGone(id, expected)),
+      network: deps.network ?? defaultNetworking(paths.home, stores.leases),
       locks: new KeyedLocks(),
       log: deps.log ?? STDERR_LOG,
       checkpoint: deps.checkpoint ?? crashDrill(process.env.CELL_CRASH_AT),
@@ -144,6 +158,7 @@ export class Engine {
     const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap);
     await reconcile(ctx);
     await sweepOrphans(ctx);
+    await ctx.network.sweep(new Set(ctx.live.ids()));
     // Half-made VMs go first: a snapshot an action's VM was taking is then undone, not finished
     // into a snapshot nobody holds.
     const halfMade = await removeHalfMade(ctx, vms);
@@ -170,6 +185,7 @@ export class Engine {
       images: this.ctx.stores.images.list().length,
       spares: this.spares.count(),
       imageCacheMaxBytes: this.ctx.config.imageCacheMaxBytes ?? null,
+      network: { ...this.ctx.network.status },
     };
   }
 
@@ -180,6 +196,8 @@ export class Engine {
   async close(): Promise<void> {
     this.consoleCap.stop();
     await this.spares.closeAll();
+    // Published ports close with celld (VMs keep running; the next celld serves them again).
+    await this.ctx.network.close();
     this.ctx.live.detachAll();
     await this.ctx.locks.drain();
     this.ctx.db.close();

@@ -43,7 +43,7 @@ export async function machineSpecFor(paths: CellPaths, vm: VmRecord, ready: Host
 }
 
 /** A spare for the pool: a fork of `snapshot` restored up to its first instruction, as VM `id` will be. */
-export async function prepareSpare(ctx: Pick<EngineContext, 'paths' | 'host' | 'backend' | 'live'>, id: string, snapshot: SnapshotRecord): Promise<PreparedRestore> {
+export async function prepareSpare(ctx: Pick<EngineContext, 'paths' | 'host' | 'backend' | 'live' | 'network'>, id: string, snapshot: SnapshotRecord): Promise<PreparedRestore> {
   const ready = await ctx.host.ensure();
   assertCompatible(snapshot.compat, compatKey(ctx, ready), snapshot.name);
   const placeholder = newVmRecord(id, 'spare', snapshot.spec, snapshot.id);
@@ -51,10 +51,12 @@ export async function prepareSpare(ctx: Pick<EngineContext, 'paths' | 'host' | '
   const dir = ctx.paths.spareDir(id);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   try {
-    const spec = { ...(await machineSpecFor(ctx.paths, placeholder, ready, undefined, { snapshot })), dir };
+    const network = snapshot.spec.network === 'default' ? await ctx.network.prepare(id) : undefined;
+    const spec = { ...(await machineSpecFor(ctx.paths, placeholder, ready, undefined, { snapshot })), dir, ...(network ? { network } : {}) };
     return await ctx.live.prepareRestore(spec, join(ctx.paths.snapshotDir(snapshot.id), 'state'));
   } catch (err) {
     await rm(dir, { recursive: true, force: true });
+    await ctx.network.detach(id).catch(() => {});
     throw err;
   }
 }

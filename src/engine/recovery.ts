@@ -14,12 +14,16 @@ import type { Vms } from './vms.js';
  * the rest (a VM left `starting` or `stopping` by a daemon that died is not trusted to finish).
  * The state changes go through the same lifecycle table as everything else.
  */
-export async function reconcile(ctx: Pick<EngineContext, 'stores' | 'live' | 'backend' | 'paths'>): Promise<void> {
+export async function reconcile(ctx: Pick<EngineContext, 'stores' | 'live' | 'backend' | 'paths' | 'network' | 'log'>): Promise<void> {
   const { vms } = ctx.stores;
   for (const vm of vms.list()) {
     if (!mayHaveMachine(vm.state)) continue;
     const attached = vm.pid && vm.state === 'running' ? await ctx.live.attach(vm.id, ctx.paths.vmDir(vm.id), vm.pid) : null;
-    if (attached) continue;
+    if (attached) {
+      // Its namespace lived on with it; its published ports closed with the old celld.
+      if (vm.spec.network === 'default') await ctx.network.attach(vm).catch((err: unknown) => ctx.log.warn(`VM ${vm.name}: its ports are not served: ${(err as Error).message}`));
+      continue;
+    }
     if (vm.pid) await ctx.backend.kill(vm.pid, vm.id);
     releaseMemory(ctx.paths, vm.id);
     vms.setState(vm.id, 'stopped', {

@@ -1,4 +1,5 @@
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import { validatePorts } from '../domain/network.js';
 import { validateName } from '../domain/ids.js';
 import { mergeEnv, validateEnv, type VmRecord } from '../domain/vm.js';
 import type { EngineContext } from './context.js';
@@ -87,6 +88,8 @@ export class Runs {
     if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined || req.limits !== undefined) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork has its snapshot's CPUs, memory, disks and I/O limits: drop --cpus, --memory, --data-disk and the limits with --from");
     }
+    if (req.network !== undefined) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork has its snapshot's network: drop --network with --from");
+    const ports = req.ports?.length ? validatePorts(req.ports) : undefined;
     const snapshot = this.snapshots.resolve(req.fromSnapshot!);
     const [vm] = await this.snapshots.fork(snapshot.id, {
       count: 1,
@@ -98,6 +101,7 @@ export class Runs {
         user: req.user || snapshot.spec.user,
         timeoutSec: req.timeoutSec ?? 0,
         autoRemove: req.autoRemove ?? false,
+        ...(ports ? { ports } : {}),
       },
     });
     return vm!;

@@ -30,7 +30,7 @@ export interface ForkOptions {
   /** The exact name of a single fork (`run --from --name`). */
   name?: string;
   /** Spec fields that differ from the snapshot's (`run --from`: the command, env, timeout, --rm). */
-  overrides?: Partial<Pick<VmRecord['spec'], 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'template'>>;
+  overrides?: Partial<Pick<VmRecord['spec'], 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'template' | 'ports'>>;
   /** Each fork gets a private writable copy of the RAM (see RestoreRequest.copyMemory). */
   copyMemory?: boolean;
   /** Forks an engine operation makes and removes (an action's): removed after a crash. */
@@ -335,6 +335,10 @@ export class Snapshots {
   }
 
   private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object, id?: string, ephemeral = false): Promise<VmRecord> {
-    return this.vms.record(name, { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...overrides }, snapshot.id, id, { ephemeral });
+    // The snapshot's published ports, each on a free host port of the fork's own (its source may hold the one it asked for).
+    const ports = snapshot.spec.ports?.map((p) => ({ ...p, hostPort: 0 }));
+    const spec = { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...(ports ? { ports } : {}), ...overrides };
+    if (overrides.ports && spec.network !== 'default') throw new CellError(ErrorCodes.INVALID_ARGUMENT, `snapshot ${snapshot.name} has no network: its forks cannot publish ports`);
+    return this.vms.record(name, spec, snapshot.id, id, { ephemeral });
   }
 }

@@ -145,6 +145,7 @@ export class SparePool {
     await started.control.quit().catch(() => {});
     started.control.close();
     await this.ctx.backend.kill(started.pid, spare.id);
+    await this.ctx.network.detach(spare.id).catch(() => {});
     await rm(this.ctx.paths.spareDir(spare.id), { recursive: true, force: true });
   }
 }

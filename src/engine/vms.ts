@@ -6,6 +6,7 @@ import type { AgentClient } from '../agent/client.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { newId, randomName, resolveRef, validateName } from '../domain/ids.js';
 import { effectiveCommand } from '../domain/image.js';
+import { parseNetworkMode, validatePorts, type NetworkMode, type PortRequest } from '../domain/network.js';
 import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
 import { DEFAULT_CPUS, DEFAULT_MEMORY_MIB, mergeEnv, newVmRecord, validateEnv, validateIoLimits, validateResources, type IoLimits, type VmRecord, type VmSpec } from '../domain/vm.js';
 import { MAX_DATA_DISK_MIB } from '../host/empty-ext4.js';
@@ -42,6 +43,10 @@ export interface CreateVmRequest {
   dataDiskMib?: number;
   /** Disk and entropy rates the guest is held to. */
   limits?: IoLimits;
+  /** 'default' (the default when this host has networking) or 'none'. */
+  network?: string;
+  /** Published ports (`-p`). */
+  ports?: PortRequest[];
   /** A VM an engine operation makes and removes (an action's, a template build's): gone after a crash. */
   ephemeral?: boolean;
 }
@@ -107,6 +112,8 @@ export class Vms {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--data-disk ${req.dataDiskMib} is out of range: give MiB from 1 to ${MAX_DATA_DISK_MIB}`);
     }
     const limits = validateIoLimits(req.limits);
+    const network = this.networkFor(req.network, req.ports);
+    const ports = req.ports?.length ? validatePorts(req.ports) : undefined;
     await this.ctx.host.ensure();
     if (!req.image) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an image is required (for example: busybox)');
     const image = await this.images.ensure(req.image);
@@ -126,9 +133,24 @@ export class Vms {
       autoRemove: req.autoRemove ?? false,
       ...(req.dataDiskMib ? { dataDiskMib: req.dataDiskMib } : {}),
       ...(limits ? { limits } : {}),
+      network,
+      ...(ports ? { ports } : {}),
     }, null, undefined, { ephemeral: req.ephemeral });
     this.ctx.stores.images.touch(image.reference, vm.createdAt);
     return vm;
+  }
+
+  /**
+   * The network a new VM asks for: the default network when this host has networking, none
+   * otherwise; an explicit `default` (or published ports) on a host without it is refused.
+   */
+  networkFor(asked: string | undefined, ports: readonly PortRequest[] | undefined): NetworkMode {
+    const mode = parseNetworkMode(asked) ?? (this.ctx.network.status.available ? 'default' : 'none');
+    if (mode === 'none' && ports?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'published ports need a network: drop --network none or the -p flags');
+    if (mode !== 'none' && !this.ctx.network.status.available && (asked !== undefined || ports?.length)) {
+      throw new CellError(ErrorCodes.HOST_MISSING_DEPENDENCY, `no networking on this host: ${this.ctx.network.status.reason}`);
+    }
+    return mode;
   }
 
   /** Records a new VM in state `created` (with its directory, and a pin on its image's blobs). */
@@ -185,13 +207,19 @@ export class Vms {
         await this.withRamBudget(vm, async () => createMemoryFile(paths, id));
       }
       const current = stores.vms.get(id)!;
+      // Its namespace first (QEMU starts in it); a spare's was made with the spare.
+      const network = current.spec.network === 'default' ? await this.ctx.network.prepare(id) : undefined;
       await this.ctx.live.boot(
-        await machineSpecFor(paths, current, ready, image, restore),
+        { ...(await machineSpecFor(paths, current, ready, image, restore)), ...(network ? { network } : {}) },
         (pid) => stores.vms.update(id, { pid }),
         restore && snapshotDir ? { statePath: join(snapshotDir, 'state'), identity: restore.identity, prepared: restore.spare?.prepared } : undefined,
       );
+      // Its address and published ports (a port already taken on the host fails the boot).
+      if (current.spec.network === 'default') await this.ctx.network.attach(current);
     } catch (err) {
       releaseMemory(paths, id);
+      await this.ctx.live.kill(id).catch(() => {});
+      await this.ctx.network.detach(id).catch(() => {});
       stores.vms.setState(id, 'stopped', { stoppedAt: new Date().toISOString(), pid: null, exit: exitInfo('boot_failed') });
       throw err;
     }
@@ -273,6 +301,7 @@ export class Vms {
       if (current.state === 'stopped' || current.state === 'created') return current;
       if (current.state !== 'stopping') vms.setState(vm.id, 'stopping');
       await this.ctx.live.stop(vm.id, graceSec);
+      await this.ctx.network.detach(vm.id);
       const stopped = vms.setState(vm.id, 'stopped', {
         stoppedAt: new Date().toISOString(),
         pid: null,
@@ -298,9 +327,11 @@ export class Vms {
         if (current.pid) await this.ctx.backend.kill(current.pid, vm.id);
       }
       releaseMemory(this.ctx.paths, vm.id);
+      await this.ctx.network.detach(vm.id);
       this.ctx.db.transaction(() => {
         vms.delete(vm.id);
         this.images.unpin('vm', vm.id);
+        this.ctx.network.forget(vm.id);
       })();
       this.logs.end(vm.id);
       this.logs.forget(vm.id);
@@ -317,6 +348,7 @@ export class Vms {
     if (current.state === 'stopped' || current.state === 'created') return;
     if (current.state !== 'stopping') vms.setState(id, 'stopping');
     await this.ctx.live.kill(id);
+    await this.ctx.network.detach(id);
     vms.setState(id, 'stopped', { pid: null, stoppedAt: new Date().toISOString(), exit: vms.get(id)!.exit ?? exitInfo('stopped') });
   }
 
@@ -368,7 +400,9 @@ export class Vms {
   /** The machine of VM `id` ended; unless someone asked for that, the VM crashed. */
   onMachineGone(id: string, expected: boolean): void {
     releaseMemory(this.ctx.paths, id);
+    // Expected: whoever ended it (stop, remove, a snapshot that boots it again) decides about its network.
     if (expected) return;
+    void this.ctx.network.detach(id).catch((err: unknown) => this.ctx.log.warn(`network of ${id.slice(0, 12)}: ${(err as Error).message}`));
     const vm = this.ctx.stores.vms.get(id);
     if (vm && (vm.state === 'running' || vm.state === 'starting')) {
       this.ctx.stores.vms.setState(id, 'stopped', { stoppedAt: new Date().toISOString(), pid: null, exit: vm.exit ?? exitInfo('crashed') });

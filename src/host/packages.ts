@@ -33,6 +33,10 @@ export const HOST_REQUIREMENTS: readonly HostRequirement[] = [
   { what: 'setfattr', package: 'attr', present: () => hasCommand('setfattr') },
   { what: 'dpkg-deb', package: 'dpkg', present: () => hasCommand('dpkg-deb') },
   { what: 'apt-get', package: 'apt', present: () => hasCommand('apt-get') },
+  // VMs' networking (docs/networking.md): namespaces, links and rules.
+  { what: 'ip', package: 'iproute2', present: () => hasCommand('ip') },
+  { what: 'nft', package: 'nftables', present: () => hasCommand('nft') },
+  { what: 'nsenter', package: 'util-linux', present: () => hasCommand('nsenter') },
 ];
 
 export async function missingRequirements(

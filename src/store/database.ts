@@ -105,6 +105,15 @@ const MIGRATIONS: string[] = [
   // A removed snapshot that VMs or later snapshots still stand on is retired, not deleted: gone
   // from lists and names, its files kept until its last user is removed.
   `ALTER TABLE snapshots ADD COLUMN retired_at TEXT;`,
+  // A VM's address on its network, held from its creation to its removal (a restart keeps it),
+  // unique per network by the key; and the host ports its published ports last got.
+  `CREATE TABLE network_leases (
+     vm_id TEXT PRIMARY KEY,
+     network TEXT NOT NULL,
+     address TEXT NOT NULL,
+     ports TEXT NOT NULL DEFAULT '[]',
+     UNIQUE (network, address)
+   );`,
 ];
 
 export type Db = Database.Database;

@@ -1,6 +1,6 @@
 import type { Db } from './database.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
-import type { VmExit, VmRecord, VmSpec, VmState } from '../domain/vm.js';
+import type { VmExit, VmNetwork, VmRecord, VmSpec, VmState } from '../domain/vm.js';
 import { assertTransition } from '../domain/vm-state.js';
 
 interface VmRow {
@@ -15,7 +15,14 @@ interface VmRow {
   accelerator: string | null;
   exit: string | null;
   base_snapshot: string | null;
+  /** From network_leases (a LEFT JOIN): the VM's address and the ports it publishes. */
+  lease_network: string | null;
+  lease_address: string | null;
+  lease_ports: string | null;
 }
+
+const SELECT = `SELECT vms.*, l.network AS lease_network, l.address AS lease_address, l.ports AS lease_ports
+  FROM vms LEFT JOIN network_leases l ON l.vm_id = vms.id`;
 
 function fromRow(row: VmRow): VmRecord {
   return {
@@ -30,11 +37,20 @@ function fromRow(row: VmRow): VmRecord {
     accelerator: row.accelerator,
     exit: row.exit ? (JSON.parse(row.exit) as VmExit) : null,
     baseSnapshot: row.base_snapshot,
+    network: row.lease_address
+      ? { name: row.lease_network!, address: row.lease_address, ports: JSON.parse(row.lease_ports ?? '[]') as VmNetwork['ports'] }
+      : null,
   };
 }
 
 /** Fields that change without a state change. The state itself changes only through `setState`. */
 export type VmPatch = Partial<Pick<VmRecord, 'startedAt' | 'stoppedAt' | 'pid' | 'accelerator' | 'exit' | 'baseSnapshot'>>;
+
+/** The record's columns: its network view comes from the leases table. */
+function withoutNetwork(vm: VmRecord): Omit<VmRecord, 'network'> {
+  const { network: _, ...rest } = vm;
+  return rest;
+}
 
 /** VM records. Every state change is written here before the engine acts on it. */
 export class VmStore {
@@ -47,7 +63,7 @@ export class VmStore {
           `INSERT INTO vms (id, name, state, spec, created_at, started_at, stopped_at, pid, accelerator, exit, base_snapshot)
            VALUES (@id, @name, @state, @spec, @createdAt, @startedAt, @stoppedAt, @pid, @accelerator, @exit, @baseSnapshot)`,
         )
-        .run({ ...vm, spec: JSON.stringify(vm.spec), exit: vm.exit ? JSON.stringify(vm.exit) : null });
+        .run({ ...withoutNetwork(vm), spec: JSON.stringify(vm.spec), exit: vm.exit ? JSON.stringify(vm.exit) : null });
     } catch (err) {
       if (err instanceof Error && /UNIQUE constraint failed: vms.name/.test(err.message)) {
         throw new CellError(ErrorCodes.CONFLICT, `the name "${vm.name}" is already in use by another VM`);
@@ -57,12 +73,12 @@ export class VmStore {
   }
 
   get(id: string): VmRecord | undefined {
-    const row = this.db.prepare('SELECT * FROM vms WHERE id = ?').get(id) as VmRow | undefined;
+    const row = this.db.prepare(`${SELECT} WHERE vms.id = ?`).get(id) as VmRow | undefined;
     return row ? fromRow(row) : undefined;
   }
 
   list(): VmRecord[] {
-    return (this.db.prepare('SELECT * FROM vms ORDER BY created_at, id').all() as VmRow[]).map(fromRow);
+    return (this.db.prepare(`${SELECT} ORDER BY vms.created_at, vms.id`).all() as VmRow[]).map(fromRow);
   }
 
   nameExists(name: string): boolean {
@@ -114,7 +130,7 @@ export class VmStore {
 
   /** VMs whose disk overlay sits on this snapshot's layer. */
   onSnapshot(snapshotId: string): VmRecord[] {
-    return (this.db.prepare('SELECT * FROM vms WHERE base_snapshot = ?').all(snapshotId) as VmRow[]).map(fromRow);
+    return (this.db.prepare(`${SELECT} WHERE vms.base_snapshot = ?`).all(snapshotId) as VmRow[]).map(fromRow);
   }
 
   countByState(): Record<string, number> {

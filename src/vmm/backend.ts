@@ -45,6 +45,11 @@ export interface MachineSpec {
   incoming?: boolean;
   /** Disk and entropy rates QEMU holds the guest to. */
   limits?: IoLimits;
+  /**
+   * A NIC: QEMU runs inside network namespace `netns` and takes its `tap0` (engine/networking.ts);
+   * the guest configures it from the kernel command line. Absent: no NIC at all.
+   */
+  network?: { netns: string; mac: string };
 }
 
 /** Files a machine uses inside its directory. */

@@ -75,10 +75,12 @@ test('cell info lines', () => {
     images: 1,
     spares: 0,
     imageCacheMaxBytes: null,
+    network: { available: false, reason: 'celld is not root' },
     daemonPid: 42,
   };
   const text = infoText(info);
   assert.match(text, /^Accelerator: +tcg \(no \/dev\/kvm\)$/m);
   assert.match(text, /^VMs: +0 running, 2 stopped$/m);
   assert.match(text, /^Daemon pid: +42$/m);
+  assert.match(text, /^Network: +none: celld is not root$/m);
 });

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { cellPaths, type CellPaths } from '../../src/domain/paths.js';
 import type { EngineContext, HostProvider } from '../../src/engine/context.js';
 import { Engine, type EngineDeps } from '../../src/engine/engine.js';
+import { NoNetworking } from '../../src/engine/networking.js';
 import type { HostReady } from '../../src/engine/host-readiness.js';
 import { ensureAgent } from '../../src/host/agent-build.js';
 import { ImageStore } from '../../src/store/image-store.js';
@@ -68,7 +69,7 @@ export async function openFakeEngine(deps: EngineDeps = {}, opts: FakeEngineOpti
   const backend = new FakeBackend(agent.path);
   registerImage(paths);
   const open = (more: EngineDeps = {}) =>
-    Engine.open(paths, { backend, host: new FakeHost(paths), config: {}, spares: { enabled: false }, log: { info() {}, warn() {} }, ...deps, ...more });
+    Engine.open(paths, { backend, host: new FakeHost(paths), config: {}, spares: { enabled: false }, log: { info() {}, warn() {} }, network: new NoNetworking('the fake backend has no NICs'), ...deps, ...more });
   let first: Engine;
   try {
     opts.beforeOpen?.(paths);

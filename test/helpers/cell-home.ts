@@ -27,7 +27,8 @@ export class TestHome {
   constructor(extraEnv: NodeJS.ProcessEnv = {}) {
     // Short path: QMP and agent sockets live under it and sun_path is 108 bytes.
     this.home = mkdtempSync('/tmp/cellt-');
-    this.env = { ...process.env, CELL_HOME: this.home, CELL_CACHE: SHARED_CACHE, ...extraEnv };
+    // Networking off unless a test asks (it then confines celld to namespaces of its own: test/helpers/fake-internet.ts).
+    this.env = { ...process.env, CELL_HOME: this.home, CELL_CACHE: SHARED_CACHE, CELL_NETWORK: 'off', ...extraEnv };
   }
 
   cell(args: string[], opts: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CellResult> {

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import type { CellClient, Vm, VmSpec } from '../../sdk/index.js';
+import { parsePortSpec } from '../../domain/network.js';
 import { byteSize, collect, EXIT_FAILURE, EXIT_RUN_FAILED, milliseconds, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
 import { commandExit, connect, interruptible, passThrough } from '../context.js';
 
@@ -19,6 +20,8 @@ export interface RunFlags {
   diskIops?: number;
   diskBps?: number;
   rngBps?: number;
+  network?: string;
+  publish?: string[];
 }
 
 /** `cell run` flags and operands as the SDK's VM spec (pure, unit-tested). */
@@ -48,6 +51,8 @@ export function toVmSpec(args: string[], flags: RunFlags): VmSpec {
     ...(flags.rngBps !== undefined ? { rngBytesPerSec: flags.rngBps } : {}),
   };
   if (Object.keys(limits).length > 0) req.limits = limits;
+  if (flags.network !== undefined) req.network = flags.network;
+  if (flags.publish?.length) req.ports = flags.publish.map((p) => parsePortSpec(p));
   return req;
 }
 
@@ -74,6 +79,8 @@ export function register(program: Command): void {
     .option('--disk-iops <n>', 'cap disk operations per second, per disk (QEMU throttling; forks keep it)', wholeNumber('--disk-iops'))
     .option('--disk-bps <rate>', 'cap disk bytes per second, per disk, e.g. 20M', byteSize('--disk-bps'))
     .option('--rng-bps <rate>', 'cap the bytes per second the guest draws from the host entropy device, e.g. 4K', byteSize('--rng-bps'))
+    .option('--network <name>', 'default (online: NAT and DNS through the host; the default where celld is root) or none (no NIC)')
+    .option('-p, --publish <[ip:][hostPort:]port[/udp]>', 'publish a guest port on the host (repeatable); binds 127.0.0.1 unless an address is given, unlike Docker; no host port: a free one (see cell port)', collect)
     .option('--rm', 'remove the VM when the command ends')
     .option('-d, --detach', 'print the VM id and leave it running (exec into it later)')
     .option('--from <snapshot>', 'fork this snapshot instead of booting an image')

@@ -63,6 +63,7 @@ export function infoText(info: Info): string {
     ['CELL_HOME', info.home],
     ['Cache', info.cacheDir],
     ['VMs', vms],
+    ['Network', info.network.available ? `VMs online by default (${info.network.reason})` : `none: ${info.network.reason}`],
     ['Images', `${info.images}${info.imageCacheMaxBytes !== null ? ` (least recently used ones evicted past ${bytes(info.imageCacheMaxBytes)})` : ''}`],
     ['Spare forks', `${info.spares} (restored, paused: the next fork of their snapshot resumes one; CELL_SPARES=0 turns them off)`],
     ['Daemon pid', info.daemonPid],

@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import type { Vm } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
-import { milliseconds, oneOf, seconds } from '../errors.js';
+import { milliseconds, oneOf, seconds, UsageError } from '../errors.js';
+import { formatPort } from '../../domain/network.js';
 import { interruptible } from '../context.js';
 import { ago, short, table, vmState } from '../format.js';
 import { examples } from '../help.js';
@@ -42,6 +43,22 @@ Examples:
         const found: Vm[] = [];
         await forEachRef(refs, async (ref) => void found.push(await client.vms.get(ref)));
         process.stdout.write(JSON.stringify(found, null, 2) + '\n');
+      }),
+    );
+
+  program
+    .command('port')
+    .description("show a VM's published ports (like docker port)")
+    .argument('<vm>', 'VM name, id, or id prefix')
+    .argument('[port]', 'only this guest port, as 80 or 53/udp')
+    .addHelpText('after', examples('cell run -d -p 80 --name web busybox -- httpd -f -p 80', 'cell port web', 'curl http://$(cell port web 80)/'))
+    .action(
+      withClient(async (client, ref: string, only: string | undefined) => {
+        const vm = await client.vms.get(ref);
+        const [guestPort, protocol = 'tcp'] = (only ?? '').split('/');
+        const ports = (vm.network?.ports ?? []).filter((p) => !only || (String(p.guestPort) === guestPort && p.protocol === protocol));
+        if (only && ports.length === 0) throw new UsageError(`VM ${vm.name} does not publish ${only}${vm.state === 'running' ? '' : ` (it is ${vm.state})`}`);
+        for (const p of ports) process.stdout.write(only ? `${p.hostIp}:${p.hostPort}\n` : `${p.guestPort}/${p.protocol} -> ${p.hostIp}:${p.hostPort}\n`);
       }),
     );
 
@@ -121,7 +138,7 @@ Examples:
 
 export function vmTable(vms: Vm[]): string {
   return table(
-    ['VM ID', 'NAME', 'IMAGE', 'STATE', 'CPUS', 'MEMORY', 'CREATED'],
-    vms.map((v) => [short(v.id), v.name, v.spec.image, vmState(v), String(v.spec.cpus), `${v.spec.memoryMib} MiB`, ago(v.createdAt)]),
+    ['VM ID', 'NAME', 'IMAGE', 'STATE', 'CPUS', 'MEMORY', 'CREATED', 'PORTS'],
+    vms.map((v) => [short(v.id), v.name, v.spec.image, vmState(v), String(v.spec.cpus), `${v.spec.memoryMib} MiB`, ago(v.createdAt), (v.network?.ports ?? []).map(formatPort).join(', ')]),
   );
 }

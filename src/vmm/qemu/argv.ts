@@ -1,4 +1,8 @@
+import { GUEST_NET_ARG } from '../../domain/network.js';
 import type { MachineFiles, MachineSpec } from '../backend.js';
+
+/** The tap the engine makes in each VM's namespace (network/vm-namespace.ts). */
+export const TAP_NAME = 'tap0';
 import { confinementArgv, type RunAs } from './confinement.js';
 import { incomingSocketPath } from './files.js';
 import { hostTscKhz } from './host-tsc.js';
@@ -15,7 +19,7 @@ export const MACHINE_TYPE = 'microvm';
 export const ROOT_DISK_SERIAL = 'cell-root';
 export const DATA_DISK_SERIAL = 'cell-data';
 
-export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk'>, extra: readonly string[] = []): string {
+export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk' | 'network'>, extra: readonly string[] = []): string {
   return [
     'console=ttyS0',
     'quiet',
@@ -28,6 +32,7 @@ export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk'>, 
     `cell.hostname=${spec.hostname}`,
     `cell.root=serial:${ROOT_DISK_SERIAL}`,
     ...(spec.dataDisk ? [`cell.data=${spec.dataDisk.mountPoint}`] : []),
+    ...(spec.network ? [GUEST_NET_ARG] : []),
     ...extra,
   ].join(' ');
 }
@@ -87,6 +92,9 @@ export function buildQemuArgv(
     '-device', `virtio-blk-device,drive=root,serial=${ROOT_DISK_SERIAL}`,
     ...(spec.dataDisk
       ? ['-drive', `id=data,file=${dataFile},format=qcow2,if=none,discard=unmap${throttle}`, '-device', `virtio-blk-device,drive=data,serial=${DATA_DISK_SERIAL}`]
+      : []),
+    ...(spec.network
+      ? ['-netdev', `tap,id=net0,ifname=${TAP_NAME},script=no,downscript=no`, '-device', `virtio-net-device,netdev=net0,mac=${spec.network.mac}`]
       : []),
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${files.agentSocket},server=on,wait=off`,

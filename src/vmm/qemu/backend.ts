@@ -67,7 +67,7 @@ export class QemuBackend implements Backend {
       if (runAs) diskFds.push(openSync(files.overlay, 'r+'), openSync(files.overlay, 'r'));
       if (runAs && spec.dataDisk) diskFds.push(openSync(files.dataOverlay, 'r+'), openSync(files.dataOverlay, 'r'));
       const childFds = runAs ? { root: [3, 4] as [number, number], data: spec.dataDisk ? ([5, 6] as [number, number]) : undefined } : undefined;
-      spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs, { sandbox, runAs, diskFds: childFds }), files.qemuLog, diskFds);
+      spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs, { sandbox, runAs, diskFds: childFds }), files.qemuLog, diskFds, spec.network?.netns);
     } catch (err) {
       // Nothing started: the group made for it goes too.
       cgroup?.removeSoon();

@@ -15,11 +15,13 @@ export interface SpawnedQemu {
  * Starts QEMU in its own session with no pipes to us, so it outlives the CLI and celld; its
  * stdout and stderr go to a log file that boot errors quote.
  */
-export function spawnQemu(argv: readonly string[], logPath: string, inheritFds: readonly number[] = []): SpawnedQemu {
+export function spawnQemu(argv: readonly string[], logPath: string, inheritFds: readonly number[] = [], netns?: string): SpawnedQemu {
   const log = openSync(logPath, 'a', 0o600);
   try {
     // `inheritFds` become the child's descriptors 3, 4, ... (for `-add-fd`).
-    const child = spawn(QEMU_BINARY, argv, { detached: true, stdio: ['ignore', log, log, ...inheritFds] });
+    // In a VM's network namespace, nsenter joins it and execs QEMU: the same pid, QEMU's own cmdline.
+    const [cmd, args] = netns ? ['nsenter', [`--net=/run/netns/${netns}`, '--', QEMU_BINARY, ...argv]] : [QEMU_BINARY, argv];
+    const child = spawn(cmd, args, { detached: true, stdio: ['ignore', log, log, ...inheritFds] });
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
       child.once('exit', (code, signal) => resolve({ code, signal }));
       child.once('error', () => resolve({ code: -1, signal: null }));

@@ -1,0 +1,123 @@
+import { CellError, ErrorCodes } from './errors.js';
+
+/**
+ * Networking rules (docs/networking.md). Every VM sees the same guest side: eth0 at GUEST_ADDRESS
+ * with GUEST_GATEWAY as router and resolver. The host gives each VM a network namespace of its own
+ * in which that address is translated to the VM's own address on its network, so forks of one
+ * snapshot never clash and need no change inside the guest.
+ */
+export const GUEST_ADDRESS = '172.30.255.2';
+export const GUEST_GATEWAY = '172.30.255.1';
+export const GUEST_PREFIX = 30;
+/** Locally administered, the same in every VM (each is alone on its link). */
+export const GUEST_MAC = '52:54:00:ce:11:02';
+
+/** The network every VM is on unless it asks for none. */
+export const DEFAULT_NETWORK = 'default';
+export const DEFAULT_SUBNET = '10.89.0.0/16';
+
+/** `none` (no NIC) or the default network. Named networks come later (docs/networking.md). */
+export type NetworkMode = 'default' | 'none';
+
+export function parseNetworkMode(value: string | undefined): NetworkMode | undefined {
+  if (value === undefined) return undefined;
+  if (value === 'default' || value === 'none') return value;
+  throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--network ${value}: only "default" and "none" exist yet (named networks are not built yet)`);
+}
+
+export type PortProtocol = 'tcp' | 'udp';
+
+/** A published port as asked: `-p [HOST_IP:][HOST_PORT:]GUEST_PORT[/PROTO]`. */
+export interface PortSpec {
+  hostIp: string;
+  /** 0: any free port, picked when the VM starts. */
+  hostPort: number;
+  guestPort: number;
+  protocol: PortProtocol;
+}
+
+/** A published port as it is: the host port it got. */
+export interface PublishedPort extends PortSpec {
+  hostPort: number;
+}
+
+/**
+ * Docker's `-p` syntax, except that without a host address the port binds 127.0.0.1 (sandboxes run
+ * untrusted code: reaching them from other hosts is asked for with 0.0.0.0).
+ */
+export function parsePortSpec(text: string): PortSpec {
+  const bad = (why: string) => new CellError(ErrorCodes.INVALID_ARGUMENT, `-p ${text}: ${why} (forms: 8080:80, 127.0.0.1:8080:80, 5353:53/udp, 80)`);
+  const [main = '', proto = 'tcp', ...extra] = text.trim().split('/');
+  if (extra.length > 0 || (proto !== 'tcp' && proto !== 'udp')) throw bad('the protocol is tcp or udp');
+  const parts = main.split(':');
+  if (parts.length > 3 || parts.some((p, i) => p === '' && !(parts.length === 3 && i === 1))) throw bad('expected [HOST_IP:][HOST_PORT:]GUEST_PORT');
+  const guestPort = port(parts[parts.length - 1]!, bad, false);
+  const hostPort = parts.length >= 2 ? port(parts[parts.length - 2]! || '0', bad, true) : 0;
+  const hostIp = parts.length === 3 ? parts[0]! : '127.0.0.1';
+  if (!isIpv4(hostIp)) throw bad(`${hostIp} is not an IPv4 address`);
+  return { hostIp, hostPort, guestPort, protocol: proto };
+}
+
+function port(text: string, bad: (why: string) => CellError, zeroOk: boolean): number {
+  if (!/^\d{1,5}$/.test(text)) throw bad(`"${text}" is not a port number`);
+  const n = Number(text);
+  if (n > 65535 || (n === 0 && !zeroOk)) throw bad(`${n} is not a port from 1 to 65535`);
+  return n;
+}
+
+/** A published port as asked for over the API: the host side may be left out. */
+export type PortRequest = Partial<PortSpec> & { guestPort: number };
+
+export function validatePorts(ports: readonly PortRequest[]): PortSpec[] {
+  if (ports.length > 64) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `at most 64 published ports, not ${ports.length}`);
+  const seen = new Set<string>();
+  return ports.map((p) => {
+    const checked = parsePortSpec(`${p.hostIp ?? '127.0.0.1'}:${p.hostPort ?? 0}:${p.guestPort}/${p.protocol ?? 'tcp'}`);
+    const key = `${checked.hostIp}:${checked.hostPort}/${checked.protocol}`;
+    if (checked.hostPort !== 0 && seen.has(key)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `host port ${key} is published twice`);
+    seen.add(key);
+    return checked;
+  });
+}
+
+export function formatPort(p: PublishedPort): string {
+  return `${p.hostIp}:${p.hostPort}->${p.guestPort}/${p.protocol}`;
+}
+
+export function isIpv4(text: string): boolean {
+  const parts = text.split('.');
+  return parts.length === 4 && parts.every((p) => /^\d{1,3}$/.test(p) && Number(p) <= 255 && String(Number(p)) === p);
+}
+
+export function ipToInt(ip: string): number {
+  return ip.split('.').reduce((n, p) => n * 256 + Number(p), 0);
+}
+
+export function intToIp(n: number): string {
+  return [24, 16, 8, 0].map((s) => Math.floor(n / 2 ** s) % 256).join('.');
+}
+
+export interface Subnet {
+  /** The network address, e.g. 10.89.0.0. */
+  base: number;
+  prefix: number;
+  /** The host side's address: the first one. */
+  gateway: string;
+  /** Addresses VMs may get: from the second to the one before broadcast. */
+  first: number;
+  last: number;
+}
+
+export function parseSubnet(cidr: string): Subnet {
+  const m = /^(\d+\.\d+\.\d+\.\d+)\/(\d{1,2})$/.exec(cidr);
+  const prefix = m ? Number(m[2]) : NaN;
+  if (!m || !isIpv4(m[1]!) || prefix < 8 || prefix > 28) {
+    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `subnet ${cidr}: expected an IPv4 CIDR from /8 to /28, like 10.89.0.0/16`);
+  }
+  const size = 2 ** (32 - prefix);
+  const base = Math.floor(ipToInt(m[1]!) / size) * size;
+  return { base, prefix, gateway: intToIp(base + 1), first: base + 2, last: base + size - 2 };
+}
+
+/** The kernel argument that configures the guest's eth0 (guest/net.c). */
+export const GUEST_NET_ARG = `cell.net=${GUEST_ADDRESS}/${GUEST_PREFIX},${GUEST_GATEWAY}`;

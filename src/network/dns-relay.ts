@@ -1,0 +1,110 @@
+import { createSocket, type Socket } from 'node:dgram';
+import { readFileSync } from 'node:fs';
+
+/**
+ * The VMs' resolver: a UDP relay on the bridge's address that forwards each query to the host's
+ * own resolvers (loopback ones included: the relay runs on the host) and the answer back. Guests
+ * are hostile: packets are size-checked, queries in flight are capped per VM and in total, and an
+ * upstream that does not answer frees its slot after a timeout. Each query leaves from a socket of
+ * its own (a random source port, so answers cannot be mixed up or easily spoofed).
+ */
+export interface DnsRelayOptions {
+  listen: string;
+  /** Upstream resolvers; the host's /etc/resolv.conf by default. */
+  upstreams?: string[];
+  timeoutMs?: number;
+  maxInFlight?: number;
+  maxPerClient?: number;
+}
+
+const MAX_PACKET = 4096;
+
+export class DnsRelay {
+  private readonly socket: Socket;
+  private inFlight = 0;
+  private readonly perClient = new Map<string, number>();
+  private readonly upstreams: string[];
+  /** Queries dropped (over a cap, malformed): for `cell info`. */
+  dropped = 0;
+
+  private constructor(
+    socket: Socket,
+    private readonly opts: Required<Omit<DnsRelayOptions, 'upstreams'>> & { upstreams: string[] },
+  ) {
+    this.socket = socket;
+    this.upstreams = opts.upstreams;
+    socket.on('message', (msg, from) => this.relay(msg, from.address, from.port));
+    socket.on('error', () => {});
+  }
+
+  static async start(opts: DnsRelayOptions): Promise<DnsRelay> {
+    const socket = createSocket({ type: 'udp4', reuseAddr: true });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(53, opts.listen, () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
+    return new DnsRelay(socket, {
+      listen: opts.listen,
+      upstreams: opts.upstreams ?? hostResolvers(),
+      timeoutMs: opts.timeoutMs ?? 3000,
+      maxInFlight: opts.maxInFlight ?? 512,
+      maxPerClient: opts.maxPerClient ?? 32,
+    });
+  }
+
+  private relay(query: Buffer, address: string, port: number): void {
+    const upstream = this.upstreams[0];
+    const used = this.perClient.get(address) ?? 0;
+    // 12 bytes of header at least; no answer ever sent back to us as a question.
+    if (!upstream || query.length < 12 || query.length > MAX_PACKET || (query[2]! & 0x80) !== 0 || used >= this.opts.maxPerClient || this.inFlight >= this.opts.maxInFlight) {
+      this.dropped++;
+      return;
+    }
+    this.inFlight++;
+    this.perClient.set(address, used + 1);
+    const out = createSocket('udp4');
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      out.close();
+      this.inFlight--;
+      const left = (this.perClient.get(address) ?? 1) - 1;
+      if (left <= 0) this.perClient.delete(address);
+      else this.perClient.set(address, left);
+    };
+    const timer = setTimeout(finish, this.opts.timeoutMs);
+    out.on('error', finish);
+    out.on('message', (answer, from) => {
+      // Only the upstream's answer to this question (same id) goes back.
+      if (from.address === upstream && answer.length >= 12 && answer.length <= MAX_PACKET && answer.readUInt16BE(0) === query.readUInt16BE(0)) {
+        this.socket.send(answer, port, address);
+      }
+      finish();
+    });
+    out.send(query, 53, upstream, (err) => {
+      if (err) finish();
+    });
+  }
+
+  close(): void {
+    this.socket.close();
+  }
+}
+
+/** The host's resolvers (IPv4 only), from CELL_DNS_SERVERS or /etc/resolv.conf. */
+export function hostResolvers(env: NodeJS.ProcessEnv = process.env): string[] {
+  if (env.CELL_DNS_SERVERS) return env.CELL_DNS_SERVERS.split(',').map((s) => s.trim()).filter(Boolean);
+  try {
+    return readFileSync('/etc/resolv.conf', 'utf8')
+      .split('\n')
+      .map((l) => /^\s*nameserver\s+(\d+\.\d+\.\d+\.\d+)\s*$/.exec(l)?.[1])
+      .filter((s): s is string => Boolean(s));
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * Networking on real QEMU and real kernel networking, confined: celld runs inside the host
+ * namespace of a fake internet (test/helpers/fake-internet.ts), whose only way out is a veth into
+ * the internet namespace with its HTTP, DNS and echo servers. Nothing is sent anywhere else.
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, openSync, rmSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { ADDR, createFakeInternet, type FakeInternet } from '../helpers/fake-internet.js';
+import { alive, REPO, TestHome, waitFor } from '../helpers/cell-home.js';
+import { listNamespaces } from '../../src/network/vm-namespace.js';
+
+interface VmJson {
+  id: string;
+  name: string;
+  state: string;
+  network: { name: string; address: string; ports: { hostIp: string; hostPort: number; guestPort: number; protocol: string }[] } | null;
+}
+
+describe('networking', () => {
+  let net: FakeInternet;
+  let h: TestHome;
+  let celldPid = 0;
+  let homeTag = '';
+
+  /** celld in the fake internet's host namespace (nsenter: its files and sockets stay where the tests see them). */
+  const startCelld = async () => {
+    // A dead celld leaves its socket behind: the new one's appears once it has reconciled and listens.
+    rmSync(join(h.home, 'celld.sock'), { force: true });
+    const log = openSync(join(h.home, 'celld.log'), 'a', 0o600);
+    const child = spawn('nsenter', [`--net=/run/netns/${net.hostNs}`, '--', process.execPath, join(REPO, 'bin/celld')], {
+      env: h.env,
+      detached: true,
+      stdio: ['ignore', log, log],
+    });
+    closeSync(log);
+    child.unref();
+    celldPid = child.pid!;
+    assert.ok(await waitFor(() => existsSync(join(h.home, 'celld.sock')), 30_000), 'celld came up');
+  };
+
+  const vm = async (name: string) => ((JSON.parse((await h.ok(['inspect', name])).stdout) as VmJson[])[0]!);
+  const inGuest = async (name: string, script: string) => (await h.cell(['exec', name, '--', 'sh', '-c', script], { timeoutMs: 60_000 }));
+  const ours = async () => (await listNamespaces()).filter((n) => n.startsWith(`cell-${homeTag}-`));
+
+  before(async () => {
+    net = await createFakeInternet({ allowLink: (l) => l.kind === 'bridge' || l.kind === 'veth' || l.kind === 'tun' });
+    await net.assertConfined();
+    h = new TestHome({ CELL_NETWORK: 'on', CELL_DNS_SERVERS: ADDR.dns });
+    homeTag = createHash('sha256').update(h.home).digest('hex').slice(0, 6);
+    await startCelld();
+  });
+
+  after(async () => {
+    await h?.cleanup();
+    if (celldPid && alive(celldPid)) process.kill(celldPid, 'SIGKILL');
+    await net?.remove();
+  });
+
+  test('a VM is online: DNS by name and outbound TCP through NAT, a published port serves from the host, the host and link-local are out of reach; --network none has no NIC', async () => {
+    await h.ok(['run', '-d', '--name', 'web', '-p', '8080:80', '-p', '0.0.0.0:8081:80', 'busybox', '--', 'sh', '-c', 'mkdir -p /www && echo hello from the guest > /www/index.html && exec httpd -f -p 80 -h /www']);
+    await net.assertConfined();
+    const web = await vm('web');
+    assert.match(web.network!.address, /^10\.89\.\d+\.\d+$/);
+    assert.deepEqual(
+      web.network!.ports.map((p) => `${p.hostIp}:${p.hostPort}->${p.guestPort}/${p.protocol}`),
+      ['127.0.0.1:8080->80/tcp', '0.0.0.0:8081->80/tcp'],
+    );
+    assert.equal((await h.ok(['port', 'web', '80'])).stdout, '127.0.0.1:8080\n0.0.0.0:8081\n');
+
+    // By name: the guest's resolver is its gateway, celld relays to the fake DNS. (busybox's
+    // nslookup has a resolver of its own; the built-in image has no NSS modules for static glibc's
+    // getaddrinfo, so its wget is given addresses. Debian's busybox wget crashes on -T: timeout(1).)
+    const lookup = await inGuest('web', 'nslookup site-a.test');
+    assert.match(lookup.stdout, new RegExp(`Address:\\s+${ADDR.siteA.replace(/\./g, '\\.')}`), lookup.stdout + lookup.stderr);
+    // Outbound TCP: the site sees the host namespace's address (NAT).
+    const fetched = await inGuest('web', `timeout 10 wget -q -O- --header 'Host: site-a.test' http://${ADDR.siteA}/hello`);
+    assert.equal(fetched.code, 0, fetched.stderr);
+    const seen = JSON.parse(fetched.stdout) as { site: string; host: string; client: { address: string } };
+    assert.equal(seen.site, 'a');
+    assert.equal(seen.host, 'site-a.test');
+    assert.equal(seen.client.address, ADDR.host, 'masqueraded to the host namespace');
+    assert.ok(net.readLog().some((e) => e.kind === 'dns' && (e as { name?: string }).name === 'site-a.test'), 'the query reached the fake DNS');
+
+    // The published port, from the host (celld's namespace), reaches the guest's httpd.
+    const served = await net.inHost('curl', ['-s', '--max-time', '10', 'http://127.0.0.1:8080/']);
+    assert.equal(served.stdout, 'hello from the guest\n', served.stderr);
+
+    // Not the host itself (its published port on 0.0.0.0 included), not link-local, not private ranges.
+    for (const target of ['http://10.89.0.1:8081/', `http://${ADDR.host}:8081/`, 'http://169.254.169.254/', 'http://192.168.1.1/']) {
+      const r = await inGuest('web', `timeout 3 wget -q -O- ${target}`);
+      assert.notEqual(r.code, 0, `${target} must be out of reach, got: ${r.stdout}`);
+    }
+    await h.ok(['run', '-d', '--name', 'offline', '--network', 'none', 'busybox']);
+    assert.equal((await inGuest('offline', 'ls /sys/class/net')).stdout.trim(), 'lo');
+    assert.equal((await vm('offline')).network, null);
+    await h.ok(['rm', '-f', 'offline']);
+  });
+
+  test('forks of a networked snapshot get addresses of their own, keep serving, reach out; removing them leaves no namespace', async () => {
+    await h.ok(['snapshot', '--name', 'served', 'web']);
+    await h.ok(['fork', '--count', '2', '--name', 'kid', 'served']);
+    const kids = await Promise.all(['kid-1', 'kid-2'].map(vm));
+    const addresses = new Set([(await vm('web')).network!.address, ...kids.map((k) => k.network!.address)]);
+    assert.equal(addresses.size, 3, `distinct addresses: ${[...addresses].join(', ')}`);
+    for (const kid of kids) {
+      const port = kid.network!.ports.find((p) => p.guestPort === 80)!;
+      assert.notEqual(port.hostPort, 8080, 'a fork does not take its source port');
+      const served = await net.inHost('curl', ['-s', '--max-time', '10', `http://127.0.0.1:${port.hostPort}/`]);
+      assert.equal(served.stdout, 'hello from the guest\n', `${kid.name} serves on its own port`);
+      const out = await inGuest(kid.name, `timeout 10 wget -q -O- http://${ADDR.siteB}/`);
+      assert.equal((JSON.parse(out.stdout) as { site: string }).site, 'b', `${kid.name} reaches out`);
+    }
+    // The source serves on after its snapshot.
+    assert.equal((await net.inHost('curl', ['-s', '--max-time', '10', 'http://127.0.0.1:8080/'])).stdout, 'hello from the guest\n');
+
+    // kill -9 of celld: VMs run on; the next celld serves their ports again.
+    process.kill(celldPid, 'SIGKILL');
+    await waitFor(() => !alive(celldPid), 5000);
+    await startCelld();
+    assert.equal((await net.inHost('curl', ['-s', '--max-time', '10', 'http://127.0.0.1:8080/'])).stdout, 'hello from the guest\n', 'served again after a restart');
+
+    assert.ok((await ours()).length >= 3, 'a namespace per running VM');
+    const ids = (await h.ok(['ps', '-a', '-q'])).stdout.split('\n').filter(Boolean);
+    await h.ok(['rm', '-f', ...ids]);
+    await h.ok(['snapshot', 'rm', 'served']); // its spares go with it
+    assert.deepEqual(await ours(), [], 'no namespace left once the VMs are gone (spares included)');
+  });
+});
