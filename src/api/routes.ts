@@ -2,13 +2,14 @@ import type { RouteDef } from './contract.js';
 import { actions, builds, cache } from './builds.js';
 import { files } from './files.js';
 import { images, registries } from './images.js';
+import { networks } from './networks.js';
 import { snapshots } from './snapshots.js';
 import { system } from './system.js';
 import { templates } from './templates.js';
 import { vms } from './vms.js';
 
 /** Every route of celld's API, by resource: what the server registers and the SDK calls. */
-export const Api = { system, vms, files, snapshots, images, registries, actions, builds, cache, templates } as const;
+export const Api = { system, vms, files, snapshots, images, registries, actions, builds, cache, templates, networks } as const;
 
 /** The route table as a flat list, in declaration order (OpenAPI, the server's registration check). */
 export function allRoutes(): RouteDef[] {

@@ -50,7 +50,7 @@ export const VmSpec = Type.Object({
   autoRemove: Type.Boolean(),
   dataDiskMib: Type.Optional(Type.Integer()),
   limits: Type.Optional(IoLimits),
-  network: Type.Optional(Type.Union([Type.Literal('default'), Type.Literal('none')])),
+  networks: Type.Optional(Type.Array(Type.String())),
   ports: Type.Optional(Type.Array(PortSpec)),
   /** VMs started with `run --template`: which template, and whether they were forked warm or booted cold. */
   template: Type.Optional(
@@ -79,7 +79,9 @@ export const Vm = Type.Object({
   exit: Type.Union([VmExit, Type.Null()]),
   baseSnapshot: Type.Union([Type.String(), Type.Null()]),
   /** Its address on its network and the ports it publishes now (null: no network, or never started). */
-  network: Type.Optional(Type.Union([Type.Object({ name: Type.String(), address: Type.String(), ports: Type.Array(PortSpec) }), Type.Null()])),
+  network: Type.Optional(
+    Type.Union([Type.Object({ networks: Type.Array(Type.Object({ name: Type.String(), address: Type.String() })), ports: Type.Array(PortSpec) }), Type.Null()]),
+  ),
 });
 export type Vm = Static<typeof Vm>;
 
@@ -102,8 +104,8 @@ export const RunRequest = Type.Object(
     dataDiskMib: Type.Optional(Type.Integer()),
     /** Disk and entropy rates QEMU holds the guest to (images only: forks keep their snapshot's). */
     limits: Type.Optional(IoLimits),
-    /** `default` (the default where celld has networking) or `none` (no NIC). Forks keep their snapshot's. */
-    network: Type.Optional(Type.String({ minLength: 1 })),
+    /** Networks by name, its way out first (default: `default` where celld has networking); `['none']`: no NIC. Forks are on their snapshot's. */
+    networks: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 8 })),
     /** Published ports; a host port of 0 is any free one. Without a host address: 127.0.0.1. */
     ports: Type.Optional(Type.Array(PortRequest, { maxItems: 64 })),
     /** Start from a template (`NAME` or `NAME:ROLE`): warm from its snapshot when it has one, else cold. */

@@ -16,13 +16,30 @@ export const GUEST_MAC = '52:54:00:ce:11:02';
 export const DEFAULT_NETWORK = 'default';
 export const DEFAULT_SUBNET = '10.89.0.0/16';
 
-/** `none` (no NIC) or the default network. Named networks come later (docs/networking.md). */
-export type NetworkMode = 'default' | 'none';
+/** `none` as the only --network: no NIC at all. */
+export const NO_NETWORK = 'none';
 
-export function parseNetworkMode(value: string | undefined): NetworkMode | undefined {
-  if (value === undefined) return undefined;
-  if (value === 'default' || value === 'none') return value;
-  throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--network ${value}: only "default" and "none" exist yet (named networks are not built yet)`);
+const NAME = /^[a-z0-9][a-z0-9_.-]{0,31}$/;
+
+/** A network's name: lower case, digits, `_.-`, up to 32; not `none`. */
+export function validateNetworkName(name: string): string {
+  if (!NAME.test(name) || name === NO_NETWORK) {
+    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `network name "${name}": use up to 32 of a-z, 0-9, _ . - (starting with a letter or digit), not "none"`);
+  }
+  return name;
+}
+
+/** The networks `--network` asks for (repeatable; `none` alone means no NIC), in order, once each. */
+export function parseNetworks(values: readonly string[] | undefined): string[] | undefined {
+  if (values === undefined || values.length === 0) return undefined;
+  if (values.includes(NO_NETWORK)) {
+    if (values.length > 1) throw new CellError(ErrorCodes.INVALID_ARGUMENT, '--network none cannot be combined with other networks');
+    return [];
+  }
+  if (values.length > 8) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `at most 8 networks per VM, not ${values.length}`);
+  const names = values.map(validateNetworkName);
+  if (new Set(names).size !== names.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'a network is named twice');
+  return names;
 }
 
 export type PortProtocol = 'tcp' | 'udp';

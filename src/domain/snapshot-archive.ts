@@ -2,6 +2,7 @@ import { CellError, ErrorCodes } from './errors.js';
 import { ID_PATTERN, validateName } from './ids.js';
 import type { CompatKey, SnapshotRecord } from './snapshot.js';
 import { validateIoLimits, type IoLimits, type VmSpec } from './vm.js';
+import { validateNetworkName, validatePorts, type PortRequest, type PortSpec } from './network.js';
 
 /**
  * The metadata of a snapshot archive (`snapshot.json`), checked field by field: an archive comes
@@ -56,6 +57,13 @@ function spec(file: string, raw: unknown): VmSpec {
   if (!workingDir.startsWith('/')) throw bad(file, 'workingDir must be an absolute path');
   const dataDiskMib = raw.dataDiskMib === undefined ? undefined : int(file, raw, 'dataDiskMib', 0, 16 * 1024 * 1024);
   const limits = ioLimits(file, raw.limits);
+  const networks = raw.networks === undefined ? undefined : strings(file, raw, 'networks');
+  const ports = raw.ports === undefined ? undefined : portList(file, raw.ports);
+  try {
+    networks?.forEach(validateNetworkName);
+  } catch (err) {
+    throw bad(file, (err as Error).message);
+  }
   return {
     image: str(file, raw, 'image', { max: 512 }),
     imageDigest: str(file, raw, 'imageDigest', { pattern: /^sha256:[0-9a-f]{64}$/ }),
@@ -70,7 +78,18 @@ function spec(file: string, raw: unknown): VmSpec {
     autoRemove: raw.autoRemove,
     ...(dataDiskMib ? { dataDiskMib } : {}),
     ...(limits ? { limits } : {}),
+    ...(networks ? { networks } : {}),
+    ...(ports ? { ports } : {}),
   };
+}
+
+function portList(file: string, raw: unknown): PortSpec[] {
+  if (!Array.isArray(raw)) throw bad(file, 'ports must be a list');
+  try {
+    return validatePorts(raw as PortRequest[]);
+  } catch (err) {
+    throw bad(file, (err as Error).message);
+  }
 }
 
 function ioLimits(file: string, raw: unknown): IoLimits | undefined {

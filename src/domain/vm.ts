@@ -1,6 +1,6 @@
 import { availableParallelism, totalmem } from 'node:os';
 import { CellError, ErrorCodes } from './errors.js';
-import type { NetworkMode, PortSpec, PublishedPort } from './network.js';
+import type { PortSpec, PublishedPort } from './network.js';
 
 export type { VmState } from './vm-state.js';
 import type { VmState } from './vm-state.js';
@@ -23,8 +23,11 @@ export interface VmSpec {
   dataDiskMib?: number;
   /** Host-side caps on the guest's disk and entropy use (absent: none). Forks keep their snapshot's. */
   limits?: IoLimits;
-  /** Its NIC: on the default network, or none (absent, as on VMs made before networking: none). Forks keep their snapshot's. */
-  network?: NetworkMode;
+  /**
+   * The networks it is on, its way out first; empty or absent (VMs made before networking): no NIC
+   * at all. `connect` and `disconnect` change it; forks are on their snapshot's.
+   */
+  networks?: string[];
   /** Published ports (`-p`): served while it runs. */
   ports?: PortSpec[];
   /** Set on VMs started with `run --template`: which template and how (warm fork or cold boot). */
@@ -105,8 +108,8 @@ export interface VmRecord {
 }
 
 export interface VmNetwork {
-  name: string;
-  address: string;
+  /** Its address on each network it is on; the first is its way out. */
+  networks: { name: string; address: string }[];
   ports: PublishedPort[];
 }
 

@@ -1,4 +1,4 @@
-import type { LeaseStore } from '../store/lease-store.js';
+import type { NetworkStore } from '../store/lease-store.js';
 import type { Networking } from './networking.js';
 import type { CellConfig } from '../domain/config.js';
 import type { CellPaths } from '../domain/paths.js';
@@ -21,7 +21,7 @@ export interface EngineStores {
   snapshots: SnapshotStore;
   actionCache: ActionCacheStore;
   templates: TemplateStore;
-  leases: LeaseStore;
+  networks: NetworkStore;
 }
 
 /** Host set-up (packages, kernel, initramfs, agent, built-in images, accelerator), once per daemon. */

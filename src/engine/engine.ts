@@ -12,13 +12,14 @@ import { QemuBackend } from '../vmm/qemu/backend.js';
 import { Actions } from './actions.js';
 import { Builds } from './builds.js';
 import { ConsoleLogCap } from './console-log-cap.js';
-import type { EngineContext, EngineLog, HostProvider } from './context.js';
+import type { EngineContext, EngineStores, EngineLog, HostProvider } from './context.js';
 import { HostReadiness, type ProgressListener } from './host-readiness.js';
 import { Images } from './images.js';
 import { LiveMachines } from './live-machines.js';
 import { KeyedLocks } from './locks.js';
 import { HostNetworking, NoNetworking, type Networking } from './networking.js';
-import { LeaseStore } from '../store/lease-store.js';
+import { Networks } from './networks.js';
+import { NetworkStore } from '../store/lease-store.js';
 import { loadConfig, reconcile, removeHalfMade, sweepOrphans } from './recovery.js';
 import { Runs } from './runs.js';
 import { recoverSnapshots } from './snapshot-recovery.js';
@@ -57,10 +58,10 @@ export interface EngineDeps {
 }
 
 /** The host's networking, or why there is none. */
-function defaultNetworking(home: string, leases: LeaseStore, env: NodeJS.ProcessEnv = process.env): Networking {
+function defaultNetworking(home: string, stores: EngineStores, env: NodeJS.ProcessEnv = process.env): Networking {
   if (env.CELL_NETWORK === 'off') return new NoNetworking('networking is off on this celld (CELL_NETWORK=off)');
   if (process.getuid?.() !== 0) return new NoNetworking('celld is not root (namespaces, bridges and taps need root)');
-  return new HostNetworking(home, leases, { subnet: env.CELL_SUBNET });
+  return new HostNetworking(home, stores.networks, stores.vms, { subnet: env.CELL_SUBNET });
 }
 
 const STDERR_LOG: EngineLog = {
@@ -97,6 +98,7 @@ export class Engine {
     readonly runs: Runs,
     /** @see console-log-cap.ts */
     readonly consoleCap: ConsoleLogCap,
+    readonly networks: Networks,
   ) {}
 
   /**
@@ -125,7 +127,7 @@ export class Engine {
       snapshots: new SnapshotStore(db),
       actionCache: new ActionCacheStore(db),
       templates: new TemplateStore(db),
-      leases: new LeaseStore(db),
+      networks: new NetworkStore(db),
     };
     const backend = deps.backend ?? new QemuBackend();
     // The machines' end is reported to the VMs service, made below: a late-bound callback.
@@ -138,7 +140,7 @@ export class Engine {
       host: deps.host ?? new HostReadiness(paths.cache, stores.images),
       backend,
       live: new LiveMachines(backend, (id, expected) => vms?.onMachineGone(id, expected)),
-      network: deps.network ?? defaultNetworking(paths.home, stores.leases),
+      network: deps.network ?? defaultNetworking(paths.home, stores),
       locks: new KeyedLocks(),
       log: deps.log ?? STDERR_LOG,
       checkpoint: deps.checkpoint ?? crashDrill(process.env.CELL_CRASH_AT),
@@ -155,7 +157,8 @@ export class Engine {
       () => ctx.live.ids().map((id) => backend.files(ctx.live.get(id)!.dir).serialLog),
       ctx.config.logMaxBytes ?? DEFAULT_LOG_MAX_BYTES,
     );
-    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap);
+    const networks = new Networks(ctx, vms);
+    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks);
     await reconcile(ctx);
     await sweepOrphans(ctx);
     await ctx.network.sweep(new Set(ctx.live.ids()));

@@ -1,42 +1,66 @@
 import { createHash } from 'node:crypto';
 import { CellError, ErrorCodes } from '../domain/errors.js';
-import { DEFAULT_NETWORK, DEFAULT_SUBNET, GUEST_MAC, parseSubnet, type PublishedPort, type Subnet } from '../domain/network.js';
+import { DEFAULT_NETWORK, DEFAULT_SUBNET, GUEST_MAC, intToIp, parseSubnet, validateNetworkName, type PublishedPort, type Subnet } from '../domain/network.js';
 import type { VmRecord } from '../domain/vm.js';
 import { DnsRelay } from '../network/dns-relay.js';
 import { publishPort, type PortProxy } from '../network/port-proxy.js';
-import { BRIDGE, ensureUplink } from '../network/uplink.js';
-import { addressNamespace, createNamespace, listNamespaces, namespaceFor, ownNamespace, removeNamespace, type VmNamespace } from '../network/vm-namespace.js';
-import type { LeaseStore } from '../store/lease-store.js';
+import { bridgeFor, DEFAULT_BRIDGE, ensureUplink, removeBridge, type UplinkNetwork } from '../network/uplink.js';
+import { configureNamespace, createNamespace, listNamespaces, namespaceFor, ownNamespace, removeNamespace, type NamespaceLink, type VmNamespace } from '../network/vm-namespace.js';
+import type { NetworkRecord, NetworkStore } from '../store/lease-store.js';
+import type { VmStore } from '../store/vm-store.js';
 import type { MachineSpec } from '../vmm/backend.js';
 
+/** A network as `cell network ls` shows it. */
+export interface NetworkView {
+  name: string;
+  subnet: string;
+  gateway: string;
+  internal: boolean;
+  builtin: boolean;
+  createdAt: string | null;
+  /** VMs on it: name and address. */
+  vms: { name: string; address: string }[];
+}
+
 /**
- * VMs' networking (docs/networking.md): a namespace per machine, made before its QEMU starts; an
- * address on the default network, leased from the VM's creation to its removal; published ports
- * while it runs. The host side (bridge, NAT, filter, DNS relay) is made the first time a VM needs it.
+ * VMs' networking (docs/networking.md): a namespace per machine, made before its QEMU starts;
+ * an address on each of its networks, leased from the VM's creation (or connect) to its removal
+ * (or disconnect); published ports while it runs. The host side (bridges, NAT, filter, DNS
+ * relays) is made when a VM first needs it.
  */
 export interface Networking {
   /** Whether networked VMs can run here; the reason when not (shown by `cell info`). */
   readonly status: { available: boolean; reason: string };
+  /** Checks that every network exists (the default one always does). */
+  assertNetworks(names: readonly string[]): void;
   /** The namespace for machine `id` (a VM, or a spare that will be one); reused if it exists. */
   prepare(id: string): Promise<NonNullable<MachineSpec['network']>>;
-  /** Once its machine runs: the VM's address and its published ports. */
+  /** Once its machine runs: its addresses on its networks and its published ports. */
   attach(vm: VmRecord): Promise<PublishedPort[]>;
   /** Its machine ended for good (stopped, crashed, removed): ports closed, namespace removed. */
   detach(id: string): Promise<void>;
-  /** The VM is removed: its address goes back to the network. */
+  /** The VM is removed: its addresses go back to their networks. */
   forget(id: string): void;
-  address(id: string): string | null;
-  ports(id: string): PublishedPort[];
+  /** A running VM joins or leaves a network (its namespace changes; its NIC does not). */
+  reconfigure(vm: VmRecord): Promise<void>;
+  list(): NetworkView[];
+  create(name: string, opts: { subnet?: string; internal?: boolean }): Promise<NetworkView>;
+  remove(name: string): Promise<void>;
   /** At start-up: namespaces of this home whose machine is not running are removed. */
   sweep(keep: ReadonlySet<string>): Promise<void>;
   close(): Promise<void>;
 }
+
+const unavailable = (reason: string) => new CellError(ErrorCodes.HOST_MISSING_DEPENDENCY, `no networking on this host: ${reason}`);
 
 /** No networking (the fake backend, hosts without it): a networked VM is refused with the reason. */
 export class NoNetworking implements Networking {
   constructor(readonly reason = 'networking is off') {}
   get status() {
     return { available: false, reason: this.reason };
+  }
+  assertNetworks(names: readonly string[]): void {
+    if (names.length > 0) throw unavailable(this.reason);
   }
   async prepare(): Promise<never> {
     throw new CellError(ErrorCodes.HOST_MISSING_DEPENDENCY, `this VM needs a network, but ${this.reason}: run it with --network none`);
@@ -46,80 +70,142 @@ export class NoNetworking implements Networking {
   }
   async detach(): Promise<void> {}
   forget(): void {}
-  address(): null {
-    return null;
+  async reconfigure(): Promise<never> {
+    throw unavailable(this.reason);
   }
-  ports(): PublishedPort[] {
+  list(): NetworkView[] {
     return [];
+  }
+  async create(): Promise<never> {
+    throw unavailable(this.reason);
+  }
+  async remove(): Promise<never> {
+    throw unavailable(this.reason);
   }
   async sweep(): Promise<void> {}
   async close(): Promise<void> {}
 }
 
-/** Kernel networking: namespaces, a bridge, nftables, a DNS relay and port proxies in celld. */
+/** Kernel networking: namespaces, bridges, nftables, DNS relays and port proxies in celld. */
 export class HostNetworking implements Networking {
-  private readonly subnet: Subnet;
+  private readonly defaultSubnet: Subnet;
   private readonly homeTag: string;
-  private uplink: Promise<void> | null = null;
-  private dns: DnsRelay | null = null;
+  private uplink: Promise<void> = Promise.resolve();
+  private readonly relays = new Map<string, DnsRelay>();
   private readonly proxies = new Map<string, PortProxy[]>();
+  /** The networks each machine's namespace is configured for (to remove the ones it leaves). */
+  private readonly configured = new Map<string, string[]>();
 
   constructor(
     home: string,
-    private readonly leases: LeaseStore,
+    private readonly store: NetworkStore,
+    private readonly vms: VmStore,
     opts: { subnet?: string } = {},
   ) {
-    this.subnet = parseSubnet(opts.subnet ?? DEFAULT_SUBNET);
+    this.defaultSubnet = parseSubnet(opts.subnet ?? DEFAULT_SUBNET);
     // Namespaces are host-wide: this home's carry its tag, so a sweep takes only its own.
     this.homeTag = createHash('sha256').update(home).digest('hex').slice(0, 6);
   }
 
-  readonly status = { available: true, reason: 'namespaces, a bridge and nftables (root)' };
+  readonly status = { available: true, reason: 'namespaces, bridges and nftables (root)' };
 
   private ns(id: string): VmNamespace {
     return namespaceFor(this.homeTag, id);
   }
 
-  /** The bridge, NAT and filter, and the DNS relay: once per daemon (the kernel keeps them). */
-  private ensureUplink(): Promise<void> {
-    this.uplink ??= (async () => {
-      await ensureUplink(this.subnet);
-      this.dns = await DnsRelay.start({ listen: this.subnet.gateway });
-    })().catch((err: unknown) => {
-      this.uplink = null;
-      throw err;
+  private all(): UplinkNetwork[] {
+    return [
+      { name: DEFAULT_NETWORK, bridge: DEFAULT_BRIDGE, subnet: this.defaultSubnet, internal: false },
+      ...this.store.networks().map((n) => ({ name: n.name, bridge: bridgeFor(n.name), subnet: parseSubnet(n.subnet), internal: n.internal })),
+    ];
+  }
+
+  private get(name: string): UplinkNetwork {
+    const found = this.all().find((n) => n.name === name);
+    if (!found) throw new CellError(ErrorCodes.NOT_FOUND, `no network named ${name} (cell network ls; cell network create ${name})`);
+    return found;
+  }
+
+  assertNetworks(names: readonly string[]): void {
+    for (const name of names) this.get(name);
+  }
+
+  /** Bridges, rules and DNS relays for every network, one change at a time (they share one table). */
+  private refreshUplink(): Promise<void> {
+    const next = this.uplink.then(async () => {
+      const networks = this.all();
+      await ensureUplink(networks);
+      for (const n of networks) {
+        if (this.relays.has(n.name)) continue;
+        this.relays.set(n.name, await DnsRelay.start({ listen: n.subnet.gateway, local: (name, client) => this.resolveName(n.name, name, client) }));
+      }
     });
-    return this.uplink;
+    this.uplink = next.catch(() => {});
+    return next;
+  }
+
+  /**
+   * VM names, answered for VMs that share a network with the asker: the address on the first
+   * network they share. The default network's VMs do not see each other, so it gives no names.
+   */
+  private resolveName(network: string, name: string, client: string): string[] | null {
+    const asker = this.store.onNetwork(network).find((l) => l.address === client);
+    if (!asker) return null;
+    const target = this.vms.list().find((vm) => vm.name === name.replace(/\.cell$/, ''));
+    if (!target || target.id === asker.vmId) return null;
+    const mine = new Set(this.store.leases(asker.vmId).filter((l) => l.network !== DEFAULT_NETWORK).map((l) => l.network));
+    const shared = this.store.leases(target.id).find((l) => mine.has(l.network));
+    return shared ? [shared.address] : null;
   }
 
   async prepare(id: string): Promise<NonNullable<MachineSpec['network']>> {
-    await this.ensureUplink();
     const ns = this.ns(id);
-    if (!(await listNamespaces()).includes(ns.netns)) await createNamespace(ns, BRIDGE, true);
+    if (!(await listNamespaces()).includes(ns.netns)) await createNamespace(ns);
     return { netns: ns.netns, mac: GUEST_MAC };
   }
 
+  /** Leases for the VM's networks (taken now if new) and its namespace configured for them. */
+  private async configure(vm: VmRecord): Promise<void> {
+    const names = vm.spec.networks ?? [];
+    const networks = names.map((n) => this.get(n));
+    await this.refreshUplink();
+    const held = this.store.leases(vm.id);
+    for (const old of held) if (!names.includes(old.network)) this.store.release(vm.id, old.network);
+    const links: NamespaceLink[] = networks.map((n, position) => {
+      const lease = this.store.take(vm.id, n.name, n.subnet, position);
+      return { network: n.name, bridge: n.bridge, isolated: n.name === DEFAULT_NETWORK, address: lease.address, prefix: n.subnet.prefix, gateway: n.subnet.gateway, outbound: !n.internal };
+    });
+    await configureNamespace(this.ns(vm.id), links, [...(this.configured.get(vm.id) ?? []), ...held.map((l) => l.network)]);
+    this.configured.set(vm.id, names);
+  }
+
   async attach(vm: VmRecord): Promise<PublishedPort[]> {
-    await this.ensureUplink();
-    const lease = this.leases.take(vm.id, DEFAULT_NETWORK, this.subnet);
-    await addressNamespace(this.ns(vm.id), lease.address, this.subnet.prefix, this.subnet.gateway);
+    await this.configure(vm);
+    const way = this.store.leases(vm.id)[0];
     await this.closeProxies(vm.id);
+    const ports = vm.spec.ports ?? [];
+    if (ports.length === 0 || !way) return [];
+    const before = this.store.ports(vm.id);
     const proxies: PortProxy[] = [];
     try {
-      for (const spec of vm.spec.ports ?? []) {
+      for (const spec of ports) {
         // The host port it had before (a restart of the VM or of celld) when it asked for any.
-        const before = lease.ports.find((p) => p.guestPort === spec.guestPort && p.protocol === spec.protocol && p.hostIp === spec.hostIp);
-        const wanted = spec.hostPort === 0 && before ? { ...spec, hostPort: before.hostPort } : spec;
-        proxies.push(await publishPort(wanted, lease.address).catch((err: unknown) => (wanted !== spec ? publishPort(spec, lease.address) : Promise.reject(err))));
+        const old = before.find((p) => p.guestPort === spec.guestPort && p.protocol === spec.protocol && p.hostIp === spec.hostIp);
+        const wanted = spec.hostPort === 0 && old ? { ...spec, hostPort: old.hostPort } : spec;
+        proxies.push(await publishPort(wanted, way.address).catch((err: unknown) => (wanted !== spec ? publishPort(spec, way.address) : Promise.reject(err))));
       }
     } catch (err) {
       await Promise.all(proxies.map((p) => p.close()));
       throw err;
     }
     this.proxies.set(vm.id, proxies);
-    const ports = proxies.map((p) => p.port);
-    this.leases.setPorts(vm.id, ports);
-    return ports;
+    const published = proxies.map((p) => p.port);
+    this.store.setPorts(vm.id, published);
+    return published;
+  }
+
+  async reconfigure(vm: VmRecord): Promise<void> {
+    await this.configure(vm);
   }
 
   private async closeProxies(id: string): Promise<void> {
@@ -130,31 +216,90 @@ export class HostNetworking implements Networking {
 
   async detach(id: string): Promise<void> {
     await this.closeProxies(id);
-    await removeNamespace(this.ns(id));
+    await removeNamespace(this.ns(id), this.configured.get(id) ?? []);
+    this.configured.delete(id);
   }
 
   forget(id: string): void {
-    this.leases.release(id);
+    this.store.release(id);
+    this.store.forgetPorts(id);
   }
 
-  address(id: string): string | null {
-    return this.leases.get(id)?.address ?? null;
+  list(): NetworkView[] {
+    const byId = new Map(this.vms.list().map((vm) => [vm.id, vm.name]));
+    const records = new Map(this.store.networks().map((n) => [n.name, n]));
+    return this.all().map((n) => ({
+      name: n.name,
+      subnet: `${intToIp(n.subnet.base)}/${n.subnet.prefix}`,
+      gateway: n.subnet.gateway,
+      internal: n.internal,
+      builtin: n.name === DEFAULT_NETWORK,
+      createdAt: records.get(n.name)?.createdAt ?? null,
+      vms: this.store.onNetwork(n.name).map((l) => ({ name: byId.get(l.vmId) ?? l.vmId.slice(0, 12), address: l.address })),
+    }));
   }
 
-  ports(id: string): PublishedPort[] {
-    return (this.proxies.get(id) ?? []).map((p) => p.port);
+  async create(name: string, opts: { subnet?: string; internal?: boolean }): Promise<NetworkView> {
+    validateNetworkName(name);
+    if (name === DEFAULT_NETWORK) throw new CellError(ErrorCodes.CONFLICT, 'the default network is built in');
+    const subnet = opts.subnet ? parseSubnet(opts.subnet) : this.freeSubnet();
+    const cidr = `${intToIp(subnet.base)}/${subnet.prefix}`;
+    for (const other of this.all()) {
+      if (overlaps(subnet, other.subnet)) throw new CellError(ErrorCodes.CONFLICT, `subnet ${cidr} overlaps network ${other.name}'s ${intToIp(other.subnet.base)}/${other.subnet.prefix}`);
+    }
+    const record: NetworkRecord = { name, subnet: cidr, internal: opts.internal ?? false, createdAt: new Date().toISOString() };
+    this.store.insertNetwork(record);
+    try {
+      await this.refreshUplink();
+    } catch (err) {
+      this.store.deleteNetwork(name);
+      throw err;
+    }
+    return this.list().find((n) => n.name === name)!;
+  }
+
+  /** 10.90.0.0/24, 10.90.1.0/24, ...: the first /24 no network overlaps. */
+  private freeSubnet(): Subnet {
+    const taken = this.all().map((n) => n.subnet);
+    for (let i = 0; i < 65536; i++) {
+      const candidate = parseSubnet(`10.${90 + Math.floor(i / 256)}.${i % 256}.0/24`);
+      if (!taken.some((t) => overlaps(candidate, t))) return candidate;
+    }
+    throw new CellError(ErrorCodes.RESOURCES_EXHAUSTED, 'no free subnet left: give one with --subnet');
+  }
+
+  async remove(name: string): Promise<void> {
+    if (name === DEFAULT_NETWORK) throw new CellError(ErrorCodes.CONFLICT, 'the default network is built in and cannot be removed');
+    this.get(name);
+    const users = this.store.onNetwork(name);
+    if (users.length > 0) {
+      const names = users.map((l) => this.vms.get(l.vmId)?.name ?? l.vmId.slice(0, 12));
+      throw new CellError(ErrorCodes.CONFLICT, `network ${name} is in use by ${names.join(', ')}: remove them or disconnect them first`);
+    }
+    this.store.deleteNetwork(name);
+    this.relays.get(name)?.close();
+    this.relays.delete(name);
+    await removeBridge(bridgeFor(name));
+    await this.refreshUplink();
   }
 
   async sweep(keep: ReadonlySet<string>): Promise<void> {
     const keepPrefixes = new Set([...keep].map((id) => id.slice(0, 12)));
     for (const netns of await listNamespaces()) {
       const id = ownNamespace(this.homeTag, netns);
-      if (id && !keepPrefixes.has(id)) await removeNamespace({ netns, hostVeth: `cv${id}` });
+      if (id && !keepPrefixes.has(id)) await removeNamespace(this.ns(id), []);
     }
   }
 
   async close(): Promise<void> {
     for (const id of [...this.proxies.keys()]) await this.closeProxies(id);
-    this.dns?.close();
+    for (const relay of this.relays.values()) relay.close();
+    this.relays.clear();
   }
+}
+
+function overlaps(a: Subnet, b: Subnet): boolean {
+  const aEnd = a.base + 2 ** (32 - a.prefix);
+  const bEnd = b.base + 2 ** (32 - b.prefix);
+  return a.base < bEnd && b.base < aEnd;
 }

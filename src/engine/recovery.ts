@@ -21,7 +21,7 @@ export async function reconcile(ctx: Pick<EngineContext, 'stores' | 'live' | 'ba
     const attached = vm.pid && vm.state === 'running' ? await ctx.live.attach(vm.id, ctx.paths.vmDir(vm.id), vm.pid) : null;
     if (attached) {
       // Its namespace lived on with it; its published ports closed with the old celld.
-      if (vm.spec.network === 'default') await ctx.network.attach(vm).catch((err: unknown) => ctx.log.warn(`VM ${vm.name}: its ports are not served: ${(err as Error).message}`));
+      if (vm.spec.networks?.length) await ctx.network.attach(vm).catch((err: unknown) => ctx.log.warn(`VM ${vm.name}: its ports are not served: ${(err as Error).message}`));
       continue;
     }
     if (vm.pid) await ctx.backend.kill(vm.pid, vm.id);

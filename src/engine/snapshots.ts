@@ -338,7 +338,7 @@ export class Snapshots {
     // The snapshot's published ports, each on a free host port of the fork's own (its source may hold the one it asked for).
     const ports = snapshot.spec.ports?.map((p) => ({ ...p, hostPort: 0 }));
     const spec = { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...(ports ? { ports } : {}), ...overrides };
-    if (overrides.ports && spec.network !== 'default') throw new CellError(ErrorCodes.INVALID_ARGUMENT, `snapshot ${snapshot.name} has no network: its forks cannot publish ports`);
+    if (overrides.ports && !spec.networks?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `snapshot ${snapshot.name} has no network: its forks cannot publish ports`);
     return this.vms.record(name, spec, snapshot.id, id, { ephemeral });
   }
 }

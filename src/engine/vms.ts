@@ -6,7 +6,7 @@ import type { AgentClient } from '../agent/client.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { newId, randomName, resolveRef, validateName } from '../domain/ids.js';
 import { effectiveCommand } from '../domain/image.js';
-import { parseNetworkMode, validatePorts, type NetworkMode, type PortRequest } from '../domain/network.js';
+import { DEFAULT_NETWORK, parseNetworks, validatePorts, type PortRequest } from '../domain/network.js';
 import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
 import { DEFAULT_CPUS, DEFAULT_MEMORY_MIB, mergeEnv, newVmRecord, validateEnv, validateIoLimits, validateResources, type IoLimits, type VmRecord, type VmSpec } from '../domain/vm.js';
 import { MAX_DATA_DISK_MIB } from '../host/empty-ext4.js';
@@ -43,8 +43,8 @@ export interface CreateVmRequest {
   dataDiskMib?: number;
   /** Disk and entropy rates the guest is held to. */
   limits?: IoLimits;
-  /** 'default' (the default when this host has networking) or 'none'. */
-  network?: string;
+  /** Network names, its way out first (`default` when this host has networking); `['none']`: no NIC. */
+  networks?: string[];
   /** Published ports (`-p`). */
   ports?: PortRequest[];
   /** A VM an engine operation makes and removes (an action's, a template build's): gone after a crash. */
@@ -112,7 +112,7 @@ export class Vms {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--data-disk ${req.dataDiskMib} is out of range: give MiB from 1 to ${MAX_DATA_DISK_MIB}`);
     }
     const limits = validateIoLimits(req.limits);
-    const network = this.networkFor(req.network, req.ports);
+    const networks = this.networksFor(req.networks, req.ports);
     const ports = req.ports?.length ? validatePorts(req.ports) : undefined;
     await this.ctx.host.ensure();
     if (!req.image) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an image is required (for example: busybox)');
@@ -133,7 +133,7 @@ export class Vms {
       autoRemove: req.autoRemove ?? false,
       ...(req.dataDiskMib ? { dataDiskMib: req.dataDiskMib } : {}),
       ...(limits ? { limits } : {}),
-      network,
+      networks,
       ...(ports ? { ports } : {}),
     }, null, undefined, { ephemeral: req.ephemeral });
     this.ctx.stores.images.touch(image.reference, vm.createdAt);
@@ -144,13 +144,54 @@ export class Vms {
    * The network a new VM asks for: the default network when this host has networking, none
    * otherwise; an explicit `default` (or published ports) on a host without it is refused.
    */
-  networkFor(asked: string | undefined, ports: readonly PortRequest[] | undefined): NetworkMode {
-    const mode = parseNetworkMode(asked) ?? (this.ctx.network.status.available ? 'default' : 'none');
-    if (mode === 'none' && ports?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'published ports need a network: drop --network none or the -p flags');
-    if (mode !== 'none' && !this.ctx.network.status.available && (asked !== undefined || ports?.length)) {
+  networksFor(asked: readonly string[] | undefined, ports: readonly PortRequest[] | undefined): string[] {
+    const available = this.ctx.network.status.available;
+    const networks = parseNetworks(asked) ?? (available ? [DEFAULT_NETWORK] : []);
+    if (networks.length === 0 && ports?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'published ports need a network: drop --network none or the -p flags');
+    if (!available && (networks.length > 0 || ports?.length)) {
       throw new CellError(ErrorCodes.HOST_MISSING_DEPENDENCY, `no networking on this host: ${this.ctx.network.status.reason}`);
     }
-    return mode;
+    this.ctx.network.assertNetworks(networks);
+    return networks;
+  }
+
+  /**
+   * `cell network connect NET VM`: the VM joins a network; a running one at once (its namespace
+   * gets a link, its NIC stays as it is), a stopped one at its next start.
+   */
+  connect(ref: string, network: string): Promise<VmRecord> {
+    const vm = this.resolve(ref);
+    return this.withLock(vm.id, async () => {
+      const current = this.ctx.stores.vms.get(vm.id)!;
+      const networks = current.spec.networks ?? [];
+      this.ctx.network.assertNetworks([network]);
+      if (networks.includes(network)) throw new CellError(ErrorCodes.CONFLICT, `VM ${current.name} is on network ${network} already`);
+      const live = current.state === 'running' || current.state === 'starting';
+      if (networks.length === 0 && live) {
+        throw new CellError(ErrorCodes.CONFLICT, `VM ${current.name} runs without a NIC (--network none) and a microVM cannot add one while it runs: stop it, connect it, start it`);
+      }
+      const updated = this.ctx.stores.vms.setNetworks(vm.id, [...networks, network]);
+      if (live) await this.ctx.network.reconfigure(updated);
+      return this.ctx.stores.vms.get(vm.id)!;
+    });
+  }
+
+  /** `cell network disconnect NET VM`: the VM leaves a network and its address there is freed. */
+  disconnect(ref: string, network: string): Promise<VmRecord> {
+    const vm = this.resolve(ref);
+    return this.withLock(vm.id, async () => {
+      const current = this.ctx.stores.vms.get(vm.id)!;
+      const networks = current.spec.networks ?? [];
+      if (!networks.includes(network)) throw new CellError(ErrorCodes.NOT_FOUND, `VM ${current.name} is not on network ${network}`);
+      if (networks.length === 1) {
+        // Its NIC stays (and is in its snapshots): an empty list would boot it, or fork them, without one.
+        throw new CellError(ErrorCodes.CONFLICT, `network ${network} is VM ${current.name}'s only network: connect it to another first (an --internal one to cut it off)`);
+      }
+      const updated = this.ctx.stores.vms.setNetworks(vm.id, networks.filter((n) => n !== network));
+      if (current.state === 'running') await this.ctx.network.reconfigure(updated);
+      else this.ctx.stores.networks.release(vm.id, network);
+      return this.ctx.stores.vms.get(vm.id)!;
+    });
   }
 
   /** Records a new VM in state `created` (with its directory, and a pin on its image's blobs). */
@@ -208,14 +249,14 @@ export class Vms {
       }
       const current = stores.vms.get(id)!;
       // Its namespace first (QEMU starts in it); a spare's was made with the spare.
-      const network = current.spec.network === 'default' ? await this.ctx.network.prepare(id) : undefined;
+      const network = current.spec.networks?.length ? await this.ctx.network.prepare(id) : undefined;
       await this.ctx.live.boot(
         { ...(await machineSpecFor(paths, current, ready, image, restore)), ...(network ? { network } : {}) },
         (pid) => stores.vms.update(id, { pid }),
         restore && snapshotDir ? { statePath: join(snapshotDir, 'state'), identity: restore.identity, prepared: restore.spare?.prepared } : undefined,
       );
       // Its address and published ports (a port already taken on the host fails the boot).
-      if (current.spec.network === 'default') await this.ctx.network.attach(current);
+      if (current.spec.networks?.length) await this.ctx.network.attach(current);
     } catch (err) {
       releaseMemory(paths, id);
       await this.ctx.live.kill(id).catch(() => {});

@@ -1,5 +1,6 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
+import { encodeAnswer, parseQuery, RCODE, TYPE } from './dns-wire.js';
 
 /**
  * The VMs' resolver: a UDP relay on the bridge's address that forwards each query to the host's
@@ -15,6 +16,12 @@ export interface DnsRelayOptions {
   timeoutMs?: number;
   maxInFlight?: number;
   maxPerClient?: number;
+  /**
+   * Names celld answers itself (VMs on a network, by name): the addresses for `name` as the VM at
+   * `client` may see them, or null to forward the query. Only A queries are answered so; other
+   * types of such a name get an empty answer.
+   */
+  local?: (name: string, client: string) => string[] | null;
 }
 
 const MAX_PACKET = 4096;
@@ -29,7 +36,7 @@ export class DnsRelay {
 
   private constructor(
     socket: Socket,
-    private readonly opts: Required<Omit<DnsRelayOptions, 'upstreams'>> & { upstreams: string[] },
+    private readonly opts: Required<Omit<DnsRelayOptions, 'upstreams' | 'local'>> & { upstreams: string[]; local?: DnsRelayOptions['local'] },
   ) {
     this.socket = socket;
     this.upstreams = opts.upstreams;
@@ -52,10 +59,22 @@ export class DnsRelay {
       timeoutMs: opts.timeoutMs ?? 3000,
       maxInFlight: opts.maxInFlight ?? 512,
       maxPerClient: opts.maxPerClient ?? 32,
+      local: opts.local,
     });
   }
 
   private relay(query: Buffer, address: string, port: number): void {
+    if (this.opts.local && query.length <= MAX_PACKET) {
+      const parsed = parseQuery(query);
+      if (parsed.ok && parsed.query.question.class === 1) {
+        const found = this.opts.local(parsed.query.question.name, address);
+        if (found) {
+          const a = parsed.query.question.type === TYPE.A ? found : [];
+          this.socket.send(encodeAnswer(parsed.query, RCODE.NOERROR, a, 5, 512), port, address);
+          return;
+        }
+      }
+    }
     const upstream = this.upstreams[0];
     const used = this.perClient.get(address) ?? 0;
     // 12 bytes of header at least; no answer ever sent back to us as a question.

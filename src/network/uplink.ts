@@ -1,42 +1,73 @@
+import { createHash } from 'node:crypto';
 import { intToIp, type Subnet } from '../domain/network.js';
 import { ipBatch, nft, tool } from './commands.js';
 
 /**
- * The host side of the default network, in celld's namespace: a bridge the VMs' veth ends join
- * (isolated ports: VMs on it do not reach each other), its address as their router and resolver,
- * outbound NAT, and a filter on what VMs may reach: not the host itself (but its DNS relay), not
- * link-local (169.254.169.254), not loopback, not private ranges.
+ * The host side of the networks, in celld's namespace: a bridge per network that VMs' veth ends
+ * join, its first address as their router and resolver, outbound NAT for networks with a way out,
+ * and a filter on what VMs may reach: not the host itself (but the DNS relays), not another
+ * network, not link-local (169.254.169.254), loopback or private ranges.
  */
-export const BRIDGE = 'cell0';
+export interface UplinkNetwork {
+  name: string;
+  bridge: string;
+  subnet: Subnet;
+  internal: boolean;
+}
+
+/*
+ * Where br_netfilter is loaded (Docker loads it), frames bridged between two VMs of one network
+ * pass this forward hook too, in and out on the same bridge: accepted first, before the drops
+ * that are meant for routed traffic.
+ */
+
+/** Every bridge's name starts so: the rules below match them all with one wildcard. */
+const PREFIX = 'cell';
+export const DEFAULT_BRIDGE = `${PREFIX}0`;
 const TABLE = 'cellvm';
 const NO_GO = ['127.0.0.0/8', '169.254.0.0/16', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', '0.0.0.0/8', '224.0.0.0/3'];
 
-export async function ensureUplink(subnet: Subnet): Promise<void> {
-  const cidr = `${intToIp(subnet.base)}/${subnet.prefix}`;
-  const links = await tool('ip', ['-o', 'link', 'show', 'dev', BRIDGE]).catch(() => '');
-  if (!links) await ipBatch([`link add ${BRIDGE} type bridge`]);
-  await ipBatch([`addr replace ${subnet.gateway}/${subnet.prefix} dev ${BRIDGE}`, `link set ${BRIDGE} up`]);
-  // Routing for the VMs (as Docker does for its bridge); the rules below decide what they reach.
+export function bridgeFor(network: string): string {
+  return `${PREFIX}${createHash('sha256').update(network).digest('hex').slice(0, 8)}`;
+}
+
+const cidr = (s: Subnet) => `${intToIp(s.base)}/${s.prefix}`;
+
+/** Makes each network's bridge (if missing) and loads the rules for all of them, atomically. */
+export async function ensureUplink(networks: readonly UplinkNetwork[]): Promise<void> {
+  for (const n of networks) {
+    const exists = await tool('ip', ['-o', 'link', 'show', 'dev', n.bridge]).catch(() => '');
+    if (!exists) await ipBatch([`link add ${n.bridge} type bridge`]);
+    await ipBatch([`addr replace ${n.subnet.gateway}/${n.subnet.prefix} dev ${n.bridge}`, `link set ${n.bridge} up`]);
+  }
+  // Routing for the VMs (as Docker does for its bridges); the rules below decide what they reach.
   await tool('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);
+  const open = networks.filter((n) => !n.internal);
   await nft(`table ip ${TABLE}
 delete table ip ${TABLE}
 table ip ${TABLE} {
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
-    ip saddr ${cidr} oifname != "${BRIDGE}" masquerade
+${open.map((n) => `    ip saddr ${cidr(n.subnet)} oifname != "${PREFIX}*" masquerade`).join('\n')}
   }
   chain forward {
     type filter hook forward priority filter; policy accept;
-    iifname "${BRIDGE}" ip daddr { ${NO_GO.join(', ')} } counter drop
-    iifname "${BRIDGE}" oifname "${BRIDGE}" drop
+${networks.map((n) => `    iifname "${n.bridge}" oifname "${n.bridge}" accept`).join('\n')}
+    iifname "${PREFIX}*" oifname "${PREFIX}*" counter drop
+${networks.filter((n) => n.internal).map((n) => `    iifname "${n.bridge}" counter drop`).join('\n')}
+    iifname "${PREFIX}*" ip daddr { ${NO_GO.join(', ')} } counter drop
   }
   chain input {
     type filter hook input priority filter; policy accept;
-    iifname "${BRIDGE}" ip daddr ${subnet.gateway} meta l4proto { tcp, udp } th dport 53 accept
-    iifname "${BRIDGE}" ct state established,related accept
-    iifname "${BRIDGE}" counter drop
+${networks.map((n) => `    iifname "${n.bridge}" ip daddr ${n.subnet.gateway} meta l4proto { tcp, udp } th dport 53 accept`).join('\n')}
+    iifname "${PREFIX}*" ct state established,related accept
+    iifname "${PREFIX}*" counter drop
   }
 }
 `);
 }
 
+/** A network's bridge goes (its VMs' veth ends are gone already). */
+export async function removeBridge(bridge: string): Promise<void> {
+  await tool('ip', ['link', 'del', bridge]).catch(() => {});
+}

@@ -1,26 +1,40 @@
+import { createHash } from 'node:crypto';
 import { GUEST_ADDRESS, GUEST_GATEWAY, GUEST_PREFIX } from '../domain/network.js';
 import { inNetns, ipBatch, nft, tool } from './commands.js';
 
 /**
  * A VM's own network namespace (Firecracker's network-for-clones, E2B's sandboxes): QEMU runs in
- * it and its tap0 is the guest's link, the same GUEST_ADDRESS in every VM. eth0 is one end of a veth
- * pair whose other end is on the network's bridge in celld's namespace; the namespace translates
- * the guest's address to the VM's own address there and back. A fork's namespace is new, so
- * connections that were open in its snapshot find no state and are reset.
+ * it and its tap0 is the guest's link, the same GUEST_ADDRESS in every VM. For each network the VM
+ * is on, a veth pair joins the namespace to that network's bridge in celld's namespace; the
+ * namespace translates the guest's address to the VM's address on each network and back. Joining
+ * or leaving a network is adding or removing a veth here: it works on a running VM, whose single
+ * NIC never changes. A fork's namespace is new, so connections its snapshot had open are reset.
  */
 export interface VmNamespace {
   /** The namespace's name under /run/netns. */
   netns: string;
-  /** The veth end on the bridge, in celld's namespace. */
-  hostVeth: string;
+  /** Prefix of its veth ends in celld's namespace. */
+  vethPrefix: string;
+}
+
+/** One network the VM is on, as its namespace sees it. */
+export interface NamespaceLink {
+  network: string;
+  bridge: string;
+  /** Ports isolated from each other on the bridge (the default network: VMs do not reach each other). */
+  isolated: boolean;
+  address: string;
+  prefix: number;
+  gateway: string;
+  /** Has a way out (not --internal): the first such link carries the default route. */
+  outbound: boolean;
 }
 
 export const TAP = 'tap0';
-const INNER = 'eth0';
 
-/** Names for machine `id` of the celld whose home hashes to `home` (so a sweep takes only its own). */
+/** Names for machine `id` of the celld whose home is tagged `home` (so a sweep takes only its own). */
 export function namespaceFor(home: string, id: string): VmNamespace {
-  return { netns: `cell-${home}-${id.slice(0, 12)}`, hostVeth: `cv${id.slice(0, 12)}` };
+  return { netns: `cell-${home}-${id.slice(0, 12)}`, vethPrefix: `cv${id.slice(0, 8)}` };
 }
 
 /** Parses a namespace name back: the machine id prefix, if it is one of `home`'s. */
@@ -29,65 +43,79 @@ export function ownNamespace(home: string, netns: string): string | null {
   return m ? m[1]! : null;
 }
 
-/**
- * Makes the namespace with its tap and its veth end on `bridge`, not yet addressed (a spare is made
- * before it knows which VM it will be). Whatever fails half-way is removed.
- */
-export async function createNamespace(ns: VmNamespace, bridge: string, isolated: boolean): Promise<void> {
+const tag = (network: string) => createHash('sha256').update(network).digest('hex').slice(0, 4);
+/** The veth's end inside the namespace, and in celld's (15 bytes at most, stable per network). */
+const inner = (network: string) => `n-${tag(network)}`;
+const outer = (ns: VmNamespace, network: string) => `${ns.vethPrefix}${tag(network)}`;
+
+/** Makes the namespace with its tap, on no network yet. Whatever fails half-way is removed. */
+export async function createNamespace(ns: VmNamespace): Promise<void> {
   await tool('ip', ['netns', 'add', ns.netns]);
   try {
-    await ipBatch([
-      `link add ${ns.hostVeth} type veth peer name ${INNER} netns ${ns.netns}`,
-      `link set ${ns.hostVeth} master ${bridge}`,
-      ...(isolated ? [`link set ${ns.hostVeth} type bridge_slave isolated on`] : []),
-      `link set ${ns.hostVeth} up`,
-    ]);
-    await ipBatch(
-      [
-        'link set lo up',
-        // QEMU opens it by name while still root, before -runas.
-        `tuntap add dev ${TAP} mode tap`,
-        `addr add ${GUEST_GATEWAY}/${GUEST_PREFIX} dev ${TAP}`,
-        `link set ${TAP} up`,
-        `link set ${INNER} up`,
-      ],
-      ns.netns,
-    );
-    // Forwarding between tap0 and eth0 here only; no IPv6 (the rules below are IPv4).
+    // QEMU opens the tap by name while still root, before -runas.
+    await ipBatch(['link set lo up', `tuntap add dev ${TAP} mode tap`, `addr add ${GUEST_GATEWAY}/${GUEST_PREFIX} dev ${TAP}`, `link set ${TAP} up`], ns.netns);
+    // Forwarding between tap0 and the networks here only; no IPv6 (the rules are IPv4).
     await inNetns(ns.netns, 'sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
   } catch (err) {
-    await removeNamespace(ns);
+    await removeNamespace(ns, []);
     throw err;
   }
 }
 
 /**
- * Gives the namespace the VM's `address` on its network: routes via `gateway` (the bridge), the
- * translation both ways, DNS sent to the gateway, and a filter the guest cannot change: only its own
- * address leaves, nothing reaches the namespace itself, stale connections are reset.
+ * Makes the namespace's links exactly `links` (adding and removing veth pairs), addressed, routed
+ * and filtered: the translation both ways on each, DNS sent to the first network's gateway, the
+ * default route through the first link with a way out, and a filter the guest cannot change
+ * (only its own address leaves, nothing reaches the namespace itself, stale connections reset).
  */
-export async function addressNamespace(ns: VmNamespace, address: string, prefix: number, gateway: string): Promise<void> {
-  await ipBatch([`addr replace ${address}/${prefix} dev ${INNER}`, `route replace default via ${gateway} dev ${INNER}`], ns.netns);
+export async function configureNamespace(ns: VmNamespace, links: readonly NamespaceLink[], previous: readonly string[]): Promise<void> {
+  const wanted = new Set(links.map((l) => l.network));
+  const gone = previous.filter((n) => !wanted.has(n));
+  if (gone.length > 0) await ipBatch(gone.map((n) => `link del ${outer(ns, n)}`)).catch(() => {});
+  const present = await tool('ip', ['-n', ns.netns, '-o', 'link', 'show']);
+  for (const link of links) {
+    if (present.includes(`: ${inner(link.network)}@`)) continue;
+    await ipBatch([
+      `link add ${outer(ns, link.network)} type veth peer name ${inner(link.network)} netns ${ns.netns}`,
+      `link set ${outer(ns, link.network)} master ${link.bridge}`,
+      ...(link.isolated ? [`link set ${outer(ns, link.network)} type bridge_slave isolated on`] : []),
+      `link set ${outer(ns, link.network)} up`,
+    ]);
+  }
+  const way = links.find((l) => l.outbound);
+  await ipBatch(
+    [
+      ...links.flatMap((l) => [`addr replace ${l.address}/${l.prefix} dev ${inner(l.network)}`, `link set ${inner(l.network)} up`]),
+      ...(way ? [`route replace default via ${way.gateway} dev ${inner(way.network)}`] : ['route flush default']),
+    ],
+    ns.netns,
+  );
+  const dns = links[0];
+  const rule = (l: NamespaceLink) => inner(l.network);
   await nft(
     `table ip cell
 delete table ip cell
 table ip cell {
   chain prerouting {
     type nat hook prerouting priority dstnat; policy accept;
-    iifname "${INNER}" ip daddr ${address} dnat to ${GUEST_ADDRESS}
-    iifname "${TAP}" ip daddr ${GUEST_GATEWAY} meta l4proto { tcp, udp } th dport 53 dnat to ${gateway}
+${links.map((l) => `    iifname "${rule(l)}" ip daddr ${l.address} dnat to ${GUEST_ADDRESS}`).join('\n')}
+${dns ? `    iifname "${TAP}" ip daddr ${GUEST_GATEWAY} meta l4proto { tcp, udp } th dport 53 dnat to ${dns.gateway}` : ''}
   }
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
-    oifname "${INNER}" ip saddr ${GUEST_ADDRESS} snat to ${address}
+${links.map((l) => `    oifname "${rule(l)}" ip saddr ${GUEST_ADDRESS} snat to ${l.address}`).join('\n')}
   }
   chain forward {
     type filter hook forward priority filter; policy drop;
     ct state invalid meta l4proto tcp reject with tcp reset
     ct state invalid drop
-    iifname "${TAP}" oifname "${INNER}" ip saddr ${GUEST_ADDRESS} accept
-    iifname "${INNER}" oifname "${TAP}" ct state established,related accept
-    iifname "${INNER}" oifname "${TAP}" ct status dnat accept
+${links
+  .map(
+    (l) => `    iifname "${TAP}" oifname "${rule(l)}" ip saddr ${GUEST_ADDRESS} accept
+    iifname "${rule(l)}" oifname "${TAP}" ct state established,related accept
+    iifname "${rule(l)}" oifname "${TAP}" ct status dnat accept`,
+  )
+  .join('\n')}
   }
   chain input {
     type filter hook input priority filter; policy drop;
@@ -103,10 +131,10 @@ table ip cell {
   await inNetns(ns.netns, 'sysctl', ['-q', '-w', 'net.netfilter.nf_conntrack_tcp_loose=0']);
 }
 
-/** Deleting the namespace takes its tap, both veth ends and its rules with it. Idempotent. */
-export async function removeNamespace(ns: VmNamespace): Promise<void> {
+/** Deleting the namespace takes its tap, the veth pairs and its rules with it. Idempotent. */
+export async function removeNamespace(ns: VmNamespace, networks: readonly string[]): Promise<void> {
   await tool('ip', ['netns', 'del', ns.netns]).catch(() => {});
-  await tool('ip', ['link', 'del', ns.hostVeth]).catch(() => {});
+  if (networks.length > 0) await ipBatch(networks.map((n) => `link del ${outer(ns, n)}`)).catch(() => {});
 }
 
 /** Every namespace under /run/netns. */

@@ -11,6 +11,7 @@ import { ImagesClient, RegistriesClient } from './images.js';
 import type { RequestOptions } from './options.js';
 import { SnapshotsClient } from './snapshots.js';
 import { TemplatesClient } from './templates.js';
+import { NetworksClient } from './networks.js';
 import { Transport } from './transport.js';
 import { VmsClient } from './vms.js';
 
@@ -55,6 +56,7 @@ export class CellClient {
   readonly builds: BuildsClient;
   readonly cache: CacheClient;
   readonly templates: TemplatesClient;
+  readonly networks: NetworksClient;
 
   private constructor(
     readonly transport: Transport,
@@ -69,6 +71,7 @@ export class CellClient {
     this.builds = new BuildsClient(transport);
     this.cache = new CacheClient(transport);
     this.templates = new TemplatesClient(transport);
+    this.networks = new NetworksClient(transport);
   }
 
   /**

@@ -42,6 +42,7 @@ export {
   type RemovedCacheEntry,
 } from './builds.js';
 export { TemplatesClient, type TemplateBuildOptions } from './templates.js';
+export { NetworksClient } from './networks.js';
 export {
   Sandbox,
   DEFAULT_SANDBOX_IMAGE,
@@ -57,6 +58,7 @@ export * from './errors.js';
 export { CellError, ErrorCodes, isCellError, type ErrorCode } from '../domain/errors.js';
 export type { Vm, RunRequest, ExecRequest, RunEvent, ExecEvent } from '../api/vms.js';
 export type { Snapshot } from '../api/snapshots.js';
+export type { NetworkView, CreateNetworkRequest } from '../api/networks.js';
 export type { Image, ImageRef } from '../api/images.js';
 export type { Info } from '../api/system.js';
 export type { CopyResult, GuestFileStat } from '../api/files.js';

@@ -11,6 +11,7 @@ import { imageRoutes } from './routes/images.js';
 import { fileRoutes } from './routes/files.js';
 import { buildRoutes, templateRoutes } from './routes/builds.js';
 import { checkCallers } from './caller-access.js';
+import { networkRoutes } from './routes/networks.js';
 
 /** The HTTP API in front of the engine. Errors become `{ error: { code, message, details } }`. */
 export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = false, opts: { socketGroup?: number | null } = {}): FastifyInstance {
@@ -62,6 +63,7 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
   fileRoutes(app, engine);
   buildRoutes(app, engine);
   templateRoutes(app, engine);
+  networkRoutes(app, engine);
   return app;
 }
 

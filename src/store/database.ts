@@ -105,14 +105,26 @@ const MIGRATIONS: string[] = [
   // A removed snapshot that VMs or later snapshots still stand on is retired, not deleted: gone
   // from lists and names, its files kept until its last user is removed.
   `ALTER TABLE snapshots ADD COLUMN retired_at TEXT;`,
-  // A VM's address on its network, held from its creation to its removal (a restart keeps it),
-  // unique per network by the key; and the host ports its published ports last got.
-  `CREATE TABLE network_leases (
-     vm_id TEXT PRIMARY KEY,
+  // Named networks (the default one is built in, not a row), and a VM's address on each network
+  // it is on, held from its creation (or connect) to its removal (or disconnect), unique per
+  // network by the key; `position` orders a VM's networks (the first is its way out).
+  `CREATE TABLE networks (
+     name TEXT PRIMARY KEY,
+     subnet TEXT NOT NULL UNIQUE,
+     internal INTEGER NOT NULL DEFAULT 0,
+     created_at TEXT NOT NULL
+   );
+   CREATE TABLE network_leases (
+     vm_id TEXT NOT NULL,
      network TEXT NOT NULL,
      address TEXT NOT NULL,
-     ports TEXT NOT NULL DEFAULT '[]',
+     position INTEGER NOT NULL DEFAULT 0,
+     PRIMARY KEY (vm_id, network),
      UNIQUE (network, address)
+   );
+   CREATE TABLE published_ports (
+     vm_id TEXT PRIMARY KEY,
+     ports TEXT NOT NULL
    );`,
 ];
 

@@ -1,7 +1,8 @@
 import type { Db } from './database.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
-import type { VmExit, VmNetwork, VmRecord, VmSpec, VmState } from '../domain/vm.js';
+import type { VmExit, VmRecord, VmSpec, VmState } from '../domain/vm.js';
 import { assertTransition } from '../domain/vm-state.js';
+import { NetworkStore } from './lease-store.js';
 
 interface VmRow {
   id: string;
@@ -15,14 +16,9 @@ interface VmRow {
   accelerator: string | null;
   exit: string | null;
   base_snapshot: string | null;
-  /** From network_leases (a LEFT JOIN): the VM's address and the ports it publishes. */
-  lease_network: string | null;
-  lease_address: string | null;
-  lease_ports: string | null;
 }
 
-const SELECT = `SELECT vms.*, l.network AS lease_network, l.address AS lease_address, l.ports AS lease_ports
-  FROM vms LEFT JOIN network_leases l ON l.vm_id = vms.id`;
+const SELECT = 'SELECT * FROM vms';
 
 function fromRow(row: VmRow): VmRecord {
   return {
@@ -37,9 +33,6 @@ function fromRow(row: VmRow): VmRecord {
     accelerator: row.accelerator,
     exit: row.exit ? (JSON.parse(row.exit) as VmExit) : null,
     baseSnapshot: row.base_snapshot,
-    network: row.lease_address
-      ? { name: row.lease_network!, address: row.lease_address, ports: JSON.parse(row.lease_ports ?? '[]') as VmNetwork['ports'] }
-      : null,
   };
 }
 
@@ -54,7 +47,18 @@ function withoutNetwork(vm: VmRecord): Omit<VmRecord, 'network'> {
 
 /** VM records. Every state change is written here before the engine acts on it. */
 export class VmStore {
-  constructor(private readonly db: Db) {}
+  private readonly networks: NetworkStore;
+
+  constructor(private readonly db: Db) {
+    this.networks = new NetworkStore(db);
+  }
+
+  /** Its addresses (from its leases) and, while it runs, the ports it publishes. */
+  private withNetwork(vm: VmRecord): VmRecord {
+    const leases = this.networks.leases(vm.id);
+    if (leases.length === 0) return { ...vm, network: null };
+    return { ...vm, network: { networks: leases.map((l) => ({ name: l.network, address: l.address })), ports: vm.state === 'running' ? this.networks.ports(vm.id) : [] } };
+  }
 
   insert(vm: VmRecord): void {
     try {
@@ -73,16 +77,24 @@ export class VmStore {
   }
 
   get(id: string): VmRecord | undefined {
-    const row = this.db.prepare(`${SELECT} WHERE vms.id = ?`).get(id) as VmRow | undefined;
-    return row ? fromRow(row) : undefined;
+    const row = this.db.prepare(`${SELECT} WHERE id = ?`).get(id) as VmRow | undefined;
+    return row ? this.withNetwork(fromRow(row)) : undefined;
   }
 
   list(): VmRecord[] {
-    return (this.db.prepare(`${SELECT} ORDER BY vms.created_at, vms.id`).all() as VmRow[]).map(fromRow);
+    return (this.db.prepare(`${SELECT} ORDER BY created_at, id`).all() as VmRow[]).map((r) => this.withNetwork(fromRow(r)));
   }
 
   nameExists(name: string): boolean {
     return this.db.prepare('SELECT 1 FROM vms WHERE name = ?').get(name) !== undefined;
+  }
+
+  /** A VM's networks change (connect, disconnect): the one part of its spec that does. */
+  setNetworks(id: string, networks: string[]): VmRecord {
+    const current = this.get(id);
+    if (!current) throw new CellError(ErrorCodes.NOT_FOUND, `no such VM: ${id}`);
+    this.db.prepare('UPDATE vms SET spec = ? WHERE id = ?').run(JSON.stringify({ ...current.spec, networks }), id);
+    return this.get(id)!;
   }
 
   update(id: string, patch: VmPatch): VmRecord {
@@ -130,7 +142,7 @@ export class VmStore {
 
   /** VMs whose disk overlay sits on this snapshot's layer. */
   onSnapshot(snapshotId: string): VmRecord[] {
-    return (this.db.prepare(`${SELECT} WHERE vms.base_snapshot = ?`).all(snapshotId) as VmRow[]).map(fromRow);
+    return (this.db.prepare(`${SELECT} WHERE base_snapshot = ?`).all(snapshotId) as VmRow[]).map((r) => this.withNetwork(fromRow(r)));
   }
 
   countByState(): Record<string, number> {

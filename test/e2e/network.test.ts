@@ -17,7 +17,7 @@ interface VmJson {
   id: string;
   name: string;
   state: string;
-  network: { name: string; address: string; ports: { hostIp: string; hostPort: number; guestPort: number; protocol: string }[] } | null;
+  network: { networks: { name: string; address: string }[]; ports: { hostIp: string; hostPort: number; guestPort: number; protocol: string }[] } | null;
 }
 
 describe('networking', () => {
@@ -64,7 +64,8 @@ describe('networking', () => {
     await h.ok(['run', '-d', '--name', 'web', '-p', '8080:80', '-p', '0.0.0.0:8081:80', 'busybox', '--', 'sh', '-c', 'mkdir -p /www && echo hello from the guest > /www/index.html && exec httpd -f -p 80 -h /www']);
     await net.assertConfined();
     const web = await vm('web');
-    assert.match(web.network!.address, /^10\.89\.\d+\.\d+$/);
+    assert.deepEqual(web.network!.networks.map((n) => n.name), ['default']);
+    assert.match(web.network!.networks[0]!.address, /^10\.89\.\d+\.\d+$/);
     assert.deepEqual(
       web.network!.ports.map((p) => `${p.hostIp}:${p.hostPort}->${p.guestPort}/${p.protocol}`),
       ['127.0.0.1:8080->80/tcp', '0.0.0.0:8081->80/tcp'],
@@ -104,7 +105,7 @@ describe('networking', () => {
     await h.ok(['snapshot', '--name', 'served', 'web']);
     await h.ok(['fork', '--count', '2', '--name', 'kid', 'served']);
     const kids = await Promise.all(['kid-1', 'kid-2'].map(vm));
-    const addresses = new Set([(await vm('web')).network!.address, ...kids.map((k) => k.network!.address)]);
+    const addresses = new Set([(await vm('web')).network!.networks[0]!.address, ...kids.map((k) => k.network!.networks[0]!.address)]);
     assert.equal(addresses.size, 3, `distinct addresses: ${[...addresses].join(', ')}`);
     for (const kid of kids) {
       const port = kid.network!.ports.find((p) => p.guestPort === 80)!;
@@ -128,5 +129,56 @@ describe('networking', () => {
     await h.ok(['rm', '-f', ...ids]);
     await h.ok(['snapshot', 'rm', 'served']); // its spares go with it
     assert.deepEqual(await ours(), [], 'no namespace left once the VMs are gone (spares included)');
+  });
+
+  test('named networks: VMs on one reach each other by name, not across networks; --internal has no way out; connect and disconnect a running VM; rm is refused while in use', async () => {
+    await h.ok(['network', 'create', 'backend']);
+    await h.ok(['network', 'create', '--internal', '--subnet', '10.77.0.0/24', 'vault']);
+    const serve = (text: string) => ['busybox', '--', 'sh', '-c', `mkdir -p /www && echo ${text} > /www/index.html && exec httpd -f -p 80 -h /www`];
+    await h.ok(['run', '-d', '--name', 'db', '--network', 'backend', ...serve('db')]);
+    await h.ok(['run', '-d', '--name', 'app', '--network', 'backend', 'busybox']);
+    await h.ok(['run', '-d', '--name', 'loner', ...serve('loner')]);
+    await h.ok(['run', '-d', '--name', 'sealed', '--network', 'vault', ...serve('sealed')]);
+    await net.assertConfined();
+    const addressOf = async (name: string, network: string) => (await vm(name)).network!.networks.find((n) => n.name === network)!.address;
+    const db = await addressOf('db', 'backend');
+    assert.match(db, /^10\.90\.\d+\.\d+$/);
+
+    // By name on the network, and by address.
+    const lookup = await inGuest('app', 'nslookup db');
+    assert.match(lookup.stdout, new RegExp(`Address:\\s+${db.replace(/\./g, '\\.')}`), lookup.stdout + lookup.stderr);
+    assert.equal((await inGuest('app', `timeout 10 wget -q -O- http://${db}/`)).stdout, 'db\n');
+    // A named network with a way out reaches the fake internet.
+    assert.equal((JSON.parse((await inGuest('app', `timeout 10 wget -q -O- http://${ADDR.siteA}/`)).stdout) as { site: string }).site, 'a');
+
+    // Not across networks: the default network's VM neither resolves nor reaches db.
+    assert.doesNotMatch((await inGuest('loner', 'nslookup db')).stdout, new RegExp(db.replace(/\./g, '\\.')));
+    assert.notEqual((await inGuest('loner', `timeout 3 wget -q -O- http://${db}/`)).code, 0, 'default -> backend is dropped');
+    assert.notEqual((await inGuest('app', `timeout 3 wget -q -O- http://${await addressOf('loner', 'default')}/`)).code, 0, 'backend -> default is dropped');
+
+    // --internal: no way out.
+    assert.notEqual((await inGuest('sealed', `timeout 3 wget -q -O- http://${ADDR.siteA}/`)).code, 0, 'an internal network has no way out');
+
+    // connect a running VM: app reaches sealed by name at once; disconnect: no more.
+    const sealed = await addressOf('sealed', 'vault');
+    assert.notEqual((await inGuest('app', `timeout 3 wget -q -O- http://${sealed}/`)).code, 0);
+    await h.ok(['network', 'connect', 'vault', 'app']);
+    assert.match((await inGuest('app', 'nslookup sealed')).stdout, new RegExp(sealed.replace(/\./g, '\\.')));
+    assert.equal((await inGuest('app', `timeout 10 wget -q -O- http://${sealed}/`)).stdout, 'sealed\n');
+    assert.equal((JSON.parse((await inGuest('app', `timeout 10 wget -q -O- http://${ADDR.siteA}/`)).stdout) as { site: string }).site, 'a', 'still out through backend');
+    await h.ok(['network', 'disconnect', 'vault', 'app']);
+    assert.notEqual((await inGuest('app', `timeout 3 wget -q -O- http://${sealed}/`)).code, 0, 'cut off again');
+    const last = await h.cell(['network', 'disconnect', 'backend', 'app']);
+    assert.match(last.stderr, /only network/);
+
+    // rm is refused while VMs are on it, naming them; after they are gone, nothing of it is left.
+    const busy = await h.cell(['network', 'rm', 'backend']);
+    assert.notEqual(busy.code, 0);
+    assert.match(busy.stderr, /in use by (db, app|app, db)/);
+    await h.ok(['rm', '-f', 'db', 'app', 'loner', 'sealed']);
+    assert.deepEqual((await h.ok(['network', 'prune'])).stdout.trim().split('\n').sort(), ['backend', 'vault']);
+    const links = await net.inHost('ip', ['-o', 'link', 'show', 'type', 'bridge']);
+    assert.deepEqual(links.stdout.trim().split('\n').map((l) => l.split(': ')[1]!.split('@')[0]), ['cell0'], 'only the default bridge is left');
+    assert.deepEqual(await ours(), []);
   });
 });

@@ -14,7 +14,7 @@ import { createServer as createTcpServer, type Socket, type Server as TcpServer 
 import { createSecureContext, TLSSocket, type SecureContext } from 'node:tls';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { createInterface } from 'node:readline';
-import { encodeAnswer, encodeError, parseQuery, RCODE, TYPE } from './dns-wire.js';
+import { encodeAnswer, encodeError, parseQuery, RCODE, TYPE } from '../../src/network/dns-wire.js';
 
 export interface ServerConfig {
   log: string;

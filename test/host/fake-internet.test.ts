@@ -5,7 +5,7 @@ import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { addedSince, ADDR, createFakeInternet, systemState, type FakeInternet, type LogEntry, type SystemState } from '../helpers/fake-internet.js';
-import { encodeQuery, parseAnswer, RCODE, TYPE } from '../helpers/dns-wire.js';
+import { encodeQuery, parseAnswer, RCODE, TYPE } from '../../src/network/dns-wire.js';
 
 // The fake internet the network tests stand on (no VM here): everything is sent from the host
 // namespace it makes, after assertConfined, to servers in its internet namespace.

@@ -1,12 +1,12 @@
 /**
- * The fake internet's DNS codec (test/helpers/dns-wire.ts) against hostile packets: guests will
+ * The fake internet's DNS codec (src/network/dns-wire.ts) against hostile packets: guests will
  * reach this server through celld, so whatever the bytes, parseQuery returns a result and never
  * throws, and what it accepts stays within the packet. FUZZ_RUNS=N for longer runs.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { encodeAnswer, encodeError, encodeQuery, parseAnswer, parseQuery, RCODE, TYPE } from '../helpers/dns-wire.js';
+import { encodeAnswer, encodeError, encodeQuery, parseAnswer, parseQuery, RCODE, TYPE } from '../../src/network/dns-wire.js';
 import { fuzzParams } from '../agent/fuzz-runs.js';
 
 const label = fc.stringMatching(/^[a-z0-9-]{1,20}$/);

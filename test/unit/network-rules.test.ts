@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseNetworkMode, parsePortSpec, parseSubnet, validatePorts } from '../../src/domain/network.js';
+import { parseNetworks, parsePortSpec, parseSubnet, validatePorts } from '../../src/domain/network.js';
 
 test("-p takes Docker's forms, but a port without a host address binds 127.0.0.1", () => {
   assert.deepEqual(parsePortSpec('8080:80'), { hostIp: '127.0.0.1', hostPort: 8080, guestPort: 80, protocol: 'tcp' });
@@ -24,6 +24,10 @@ test('subnets and network names', () => {
   assert.equal(s.gateway, '10.89.0.1');
   assert.equal(s.last - s.first + 1, 65534 - 1);
   assert.throws(() => parseSubnet('10.89.0.0/30'), /from \/8 to \/28/);
-  assert.equal(parseNetworkMode('none'), 'none');
-  assert.throws(() => parseNetworkMode('backend'), /only "default" and "none"/);
+  assert.deepEqual(parseNetworks(['none']), [], 'no NIC');
+  assert.equal(parseNetworks([]), undefined, 'not asked: the default');
+  assert.deepEqual(parseNetworks(['backend', 'default']), ['backend', 'default']);
+  assert.throws(() => parseNetworks(['none', 'default']), /cannot be combined/);
+  assert.throws(() => parseNetworks(['a', 'a']), /named twice/);
+  assert.throws(() => parseNetworks(['Bad Name']), /network name "Bad Name"/);
 });

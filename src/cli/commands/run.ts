@@ -20,7 +20,7 @@ export interface RunFlags {
   diskIops?: number;
   diskBps?: number;
   rngBps?: number;
-  network?: string;
+  network?: string[];
   publish?: string[];
 }
 
@@ -51,7 +51,7 @@ export function toVmSpec(args: string[], flags: RunFlags): VmSpec {
     ...(flags.rngBps !== undefined ? { rngBytesPerSec: flags.rngBps } : {}),
   };
   if (Object.keys(limits).length > 0) req.limits = limits;
-  if (flags.network !== undefined) req.network = flags.network;
+  if (flags.network?.length) req.networks = flags.network;
   if (flags.publish?.length) req.ports = flags.publish.map((p) => parsePortSpec(p));
   return req;
 }
@@ -79,7 +79,7 @@ export function register(program: Command): void {
     .option('--disk-iops <n>', 'cap disk operations per second, per disk (QEMU throttling; forks keep it)', wholeNumber('--disk-iops'))
     .option('--disk-bps <rate>', 'cap disk bytes per second, per disk, e.g. 20M', byteSize('--disk-bps'))
     .option('--rng-bps <rate>', 'cap the bytes per second the guest draws from the host entropy device, e.g. 4K', byteSize('--rng-bps'))
-    .option('--network <name>', 'default (online: NAT and DNS through the host; the default where celld is root) or none (no NIC)')
+    .option('--network <name>', 'a network to be on (repeatable; the first is its way out): default (online through NAT; the default where celld is root), one of cell network ls, or none (no NIC)', collect)
     .option('-p, --publish <[ip:][hostPort:]port[/udp]>', 'publish a guest port on the host (repeatable); binds 127.0.0.1 unless an address is given, unlike Docker; no host port: a free one (see cell port)', collect)
     .option('--rm', 'remove the VM when the command ends')
     .option('-d, --detach', 'print the VM id and leave it running (exec into it later)')

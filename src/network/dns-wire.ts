@@ -1,5 +1,5 @@
 /**
- * The little of the DNS wire format (RFC 1035) the fake internet needs: parse a query, answer it
+ * The little of the DNS wire format (RFC 1035) celld's DNS relay (VM names) and the fake internet of the tests need: parse a query, answer it
  * with A records or an error code, and the client side (encode a query, parse an answer) for
  * tests. Hand-written rather than a dependency: the project has no DNS package, and this is small.
  * Every read is bounds-checked and nothing here throws on hostile input: queries will come from
