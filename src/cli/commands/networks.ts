@@ -35,6 +35,7 @@ ${examples('cell network create backend', 'cell run -d --name db --network backe
     .command('ls')
     .description('list networks with their subnets and VMs')
     .option('--format <format>', 'table or json', oneOf('--format', ['table', 'json']), 'table')
+    .addHelpText('after', examples('cell network ls', 'cell network ls --format json'))
     .action(
       withClient(async (client, flags: { format: string }) => {
         const list = await client.networks.list();
@@ -47,6 +48,7 @@ ${examples('cell network create backend', 'cell run -d --name db --network backe
     .command('inspect')
     .description('show networks as JSON (with each VM and its address)')
     .argument('<name...>', 'network names')
+    .addHelpText('after', examples('cell network inspect backend', "cell network inspect default | jq '.[0].vms'"))
     .action(
       withClient(async (client, names: string[]) => {
         const found: NetworkView[] = [];
@@ -59,6 +61,7 @@ ${examples('cell network create backend', 'cell run -d --name db --network backe
     .command('rm')
     .description('remove networks (refused while a VM is on one: it names them)')
     .argument('<name...>', 'network names')
+    .addHelpText('after', examples('cell network rm backend vault'))
     .action(
       withClient(async (client, names: string[]) => {
         await forEachRef(names, async (name) => {
@@ -71,6 +74,7 @@ ${examples('cell network create backend', 'cell run -d --name db --network backe
   network
     .command('prune')
     .description('remove every named network no VM is on')
+    .addHelpText('after', examples('cell network prune'))
     .action(
       withClient(async (client) => {
         for (const name of await client.networks.prune()) process.stdout.write(`${name}\n`);
@@ -82,6 +86,7 @@ ${examples('cell network create backend', 'cell run -d --name db --network backe
     .description('put a VM on a network: a running VM at once (its NIC stays as it is; the host side changes), a stopped one when it starts')
     .argument('<network>', 'network name')
     .argument('<vm>', 'VM name, id, or id prefix')
+    .addHelpText('after', examples('cell network connect backend web', 'cell exec web -- nslookup db'))
     .action(
       withClient(async (client, name: string, vm: string) => {
         const updated = await client.networks.connect(name, vm);
@@ -95,6 +100,7 @@ ${examples('cell network create backend', 'cell run -d --name db --network backe
     .description("take a VM off a network (not its only one: a VM keeps its NIC, so it stays on at least one)")
     .argument('<network>', 'network name')
     .argument('<vm>', 'VM name, id, or id prefix')
+    .addHelpText('after', examples('cell network disconnect backend web'))
     .action(
       withClient(async (client, name: string, vm: string) => {
         const updated = await client.networks.disconnect(name, vm);
