@@ -21,6 +21,10 @@ export const IoLimits = Type.Object(
   { additionalProperties: false },
 );
 
+const EgressRules = Type.Object({ domains: Type.Array(Type.String()), cidrs: Type.Array(Type.String()) });
+/** What a VM may reach outside (docs/networking.md, "Egress"). */
+export const EgressPolicy = Type.Object({ allow: EgressRules, deny: EgressRules });
+
 const Protocol = Type.Union([Type.Literal('tcp'), Type.Literal('udp')]);
 
 /** A published port as recorded: HOST_IP:HOST_PORT -> GUEST_PORT/PROTOCOL (host port 0: any free one). */
@@ -52,6 +56,7 @@ export const VmSpec = Type.Object({
   limits: Type.Optional(IoLimits),
   networks: Type.Optional(Type.Array(Type.String())),
   ports: Type.Optional(Type.Array(PortSpec)),
+  egress: Type.Optional(EgressPolicy),
   /** VMs started with `run --template`: which template, and whether they were forked warm or booted cold. */
   template: Type.Optional(
     Type.Object({ name: Type.String(), revision: Type.String(), start: Type.Union([Type.Literal('warm'), Type.Literal('cold')]), reason: Type.String() }),
@@ -80,7 +85,10 @@ export const Vm = Type.Object({
   baseSnapshot: Type.Union([Type.String(), Type.Null()]),
   /** Its address on its network and the ports it publishes now (null: no network, or never started). */
   network: Type.Optional(
-    Type.Union([Type.Object({ networks: Type.Array(Type.Object({ name: Type.String(), address: Type.String() })), ports: Type.Array(PortSpec) }), Type.Null()]),
+    Type.Union([
+      Type.Object({ networks: Type.Array(Type.Object({ name: Type.String(), address: Type.String() })), ports: Type.Array(PortSpec), egressDenied: Type.Integer() }),
+      Type.Null(),
+    ]),
   ),
 });
 export type Vm = Static<typeof Vm>;
@@ -106,6 +114,8 @@ export const RunRequest = Type.Object(
     limits: Type.Optional(IoLimits),
     /** Networks by name, its way out first (default: `default` where celld has networking); `['none']`: no NIC. Forks are on their snapshot's. */
     networks: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 8 })),
+    /** Egress rules as `--egress` takes them: `allow=pypi.org,*.pythonhosted.org,10.20.0.0/16`, `deny=...`. */
+    egress: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 64 })),
     /** Published ports; a host port of 0 is any free one. Without a host address: 127.0.0.1. */
     ports: Type.Optional(Type.Array(PortRequest, { maxItems: 64 })),
     /** Start from a template (`NAME` or `NAME:ROLE`): warm from its snapshot when it has one, else cold. */

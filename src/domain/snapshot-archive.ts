@@ -3,6 +3,7 @@ import { ID_PATTERN, validateName } from './ids.js';
 import type { CompatKey, SnapshotRecord } from './snapshot.js';
 import { validateIoLimits, type IoLimits, type VmSpec } from './vm.js';
 import { validateNetworkName, validatePorts, type PortRequest, type PortSpec } from './network.js';
+import { validateEgress, type EgressPolicy } from './egress.js';
 
 /**
  * The metadata of a snapshot archive (`snapshot.json`), checked field by field: an archive comes
@@ -59,6 +60,12 @@ function spec(file: string, raw: unknown): VmSpec {
   const limits = ioLimits(file, raw.limits);
   const networks = raw.networks === undefined ? undefined : strings(file, raw, 'networks');
   const ports = raw.ports === undefined ? undefined : portList(file, raw.ports);
+  let egress: EgressPolicy | undefined;
+  try {
+    egress = raw.egress === undefined ? undefined : validateEgress(raw.egress as EgressPolicy);
+  } catch (err) {
+    throw bad(file, (err as Error).message);
+  }
   try {
     networks?.forEach(validateNetworkName);
   } catch (err) {
@@ -80,6 +87,7 @@ function spec(file: string, raw: unknown): VmSpec {
     ...(limits ? { limits } : {}),
     ...(networks ? { networks } : {}),
     ...(ports ? { ports } : {}),
+    ...(egress ? { egress } : {}),
   };
 }
 

@@ -1,6 +1,7 @@
 import { availableParallelism, totalmem } from 'node:os';
 import { CellError, ErrorCodes } from './errors.js';
 import type { PortSpec, PublishedPort } from './network.js';
+import type { EgressPolicy } from './egress.js';
 
 export type { VmState } from './vm-state.js';
 import type { VmState } from './vm-state.js';
@@ -30,6 +31,8 @@ export interface VmSpec {
   networks?: string[];
   /** Published ports (`-p`): served while it runs. */
   ports?: PortSpec[];
+  /** What it may reach outside (`--egress`); absent: anything but the host, link-local and private ranges. */
+  egress?: EgressPolicy;
   /** Set on VMs started with `run --template`: which template and how (warm fork or cold boot). */
   template?: TemplateStart;
 }
@@ -111,6 +114,8 @@ export interface VmNetwork {
   /** Its address on each network it is on; the first is its way out. */
   networks: { name: string; address: string }[];
   ports: PublishedPort[];
+  /** Connections and DNS questions its egress rules refused (through celld's proxy and resolver). */
+  egressDenied: number;
 }
 
 /** A VM as first recorded: created, never started. */

@@ -2,9 +2,12 @@ import { createHash } from 'node:crypto';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { DEFAULT_NETWORK, DEFAULT_SUBNET, GUEST_MAC, intToIp, parseSubnet, validateNetworkName, type PublishedPort, type Subnet } from '../domain/network.js';
 import type { VmRecord } from '../domain/vm.js';
-import { DnsRelay } from '../network/dns-relay.js';
+import { Resolver } from 'node:dns/promises';
+import { allowsAddress, allowsDomain, isPrivate } from '../domain/egress.js';
+import { DnsRelay, hostResolvers } from '../network/dns-relay.js';
+import { EgressProxy, type EgressDecision } from '../network/egress-proxy.js';
 import { publishPort, type PortProxy } from '../network/port-proxy.js';
-import { bridgeFor, DEFAULT_BRIDGE, ensureUplink, removeBridge, type UplinkNetwork } from '../network/uplink.js';
+import { bridgeFor, DEFAULT_BRIDGE, ensureUplink, PROXY_PORTS, removeBridge, type UplinkNetwork } from '../network/uplink.js';
 import { configureNamespace, createNamespace, listNamespaces, namespaceFor, ownNamespace, removeNamespace, type NamespaceLink, type VmNamespace } from '../network/vm-namespace.js';
 import type { NetworkRecord, NetworkStore } from '../store/lease-store.js';
 import type { VmStore } from '../store/vm-store.js';
@@ -92,6 +95,8 @@ export class HostNetworking implements Networking {
   private readonly homeTag: string;
   private uplink: Promise<void> = Promise.resolve();
   private readonly relays = new Map<string, DnsRelay>();
+  private readonly proxiesByNetwork = new Map<string, EgressProxy>();
+  private readonly resolver = new Resolver({ timeout: 3000, tries: 2 });
   private readonly proxies = new Map<string, PortProxy[]>();
   /** The networks each machine's namespace is configured for (to remove the ones it leaves). */
   private readonly configured = new Map<string, string[]>();
@@ -105,6 +110,8 @@ export class HostNetworking implements Networking {
     this.defaultSubnet = parseSubnet(opts.subnet ?? DEFAULT_SUBNET);
     // Namespaces are host-wide: this home's carry its tag, so a sweep takes only its own.
     this.homeTag = createHash('sha256').update(home).digest('hex').slice(0, 6);
+    const upstreams = hostResolvers();
+    if (upstreams.length > 0) this.resolver.setServers(upstreams);
   }
 
   readonly status = { available: true, reason: 'namespaces, bridges and nftables (root)' };
@@ -139,6 +146,19 @@ export class HostNetworking implements Networking {
         if (this.relays.has(n.name)) continue;
         this.relays.set(n.name, await DnsRelay.start({ listen: n.subnet.gateway, local: (name, client) => this.resolveName(n.name, name, client) }));
       }
+      for (const n of networks) {
+        if (this.proxiesByNetwork.has(n.name)) continue;
+        this.proxiesByNetwork.set(
+          n.name,
+          await EgressProxy.start({
+            listen: n.subnet.gateway,
+            httpPort: PROXY_PORTS.http,
+            tlsPort: PROXY_PORTS.tls,
+            decide: (client, host) => this.decideEgress(n.name, client, host),
+            onDenied: (client) => this.countDenied(n.name, client),
+          }),
+        );
+      }
     });
     this.uplink = next.catch(() => {});
     return next;
@@ -148,14 +168,43 @@ export class HostNetworking implements Networking {
    * VM names, answered for VMs that share a network with the asker: the address on the first
    * network they share. The default network's VMs do not see each other, so it gives no names.
    */
-  private resolveName(network: string, name: string, client: string): string[] | null {
+  private resolveName(network: string, name: string, client: string): string[] | 'nxdomain' | null {
     const asker = this.store.onNetwork(network).find((l) => l.address === client);
     if (!asker) return null;
+    const policy = this.vms.get(asker.vmId)?.spec.egress;
+    if (policy && !allowsDomain(policy, name)) {
+      this.store.countDenied(asker.vmId);
+      return 'nxdomain';
+    }
     const target = this.vms.list().find((vm) => vm.name === name.replace(/\.cell$/, ''));
     if (!target || target.id === asker.vmId) return null;
     const mine = new Set(this.store.leases(asker.vmId).filter((l) => l.network !== DEFAULT_NETWORK).map((l) => l.network));
     const shared = this.store.leases(target.id).find((l) => mine.has(l.network));
     return shared ? [shared.address] : null;
+  }
+
+  /**
+   * A connection the egress proxy took from the VM at `client`: allowed by name, resolved here
+   * (the guest's own DNS answers count for nothing), the address checked again (a name that
+   * resolves to a denied or private address is refused: DNS rebinding).
+   */
+  private async decideEgress(network: string, client: string, host: string): Promise<EgressDecision> {
+    const lease = this.store.onNetwork(network).find((l) => l.address === client);
+    const policy = lease ? this.vms.get(lease.vmId)?.spec.egress : undefined;
+    if (!lease || !policy) return { allow: false, reason: 'not a VM with egress rules' };
+    if (!allowsDomain(policy, host)) return { allow: false, reason: `${host} is not allowed` };
+    const addresses = await this.resolver.resolve4(host).catch(() => [] as string[]);
+    const address = addresses[0];
+    if (!address) return { allow: false, reason: `${host} does not resolve` };
+    const privateAllowed = policy.allow.cidrs.length > 0 && allowsAddress({ ...policy, allow: { domains: [], cidrs: policy.allow.cidrs } }, address);
+    if (isPrivate(address) && !privateAllowed) return { allow: false, reason: `${host} resolves to ${address}, a private address` };
+    if (!allowsAddress(policy, address, true)) return { allow: false, reason: `${host} resolves to ${address}, which is denied` };
+    return { allow: true, address };
+  }
+
+  private countDenied(network: string, client: string): void {
+    const lease = this.store.onNetwork(network).find((l) => l.address === client);
+    if (lease) this.store.countDenied(lease.vmId);
   }
 
   async prepare(id: string): Promise<NonNullable<MachineSpec['network']>> {
@@ -173,9 +222,19 @@ export class HostNetworking implements Networking {
     for (const old of held) if (!names.includes(old.network)) this.store.release(vm.id, old.network);
     const links: NamespaceLink[] = networks.map((n, position) => {
       const lease = this.store.take(vm.id, n.name, n.subnet, position);
-      return { network: n.name, bridge: n.bridge, isolated: n.name === DEFAULT_NETWORK, address: lease.address, prefix: n.subnet.prefix, gateway: n.subnet.gateway, outbound: !n.internal };
+      return {
+        network: n.name,
+        bridge: n.bridge,
+        isolated: n.name === DEFAULT_NETWORK,
+        address: lease.address,
+        prefix: n.subnet.prefix,
+        cidr: `${intToIp(n.subnet.base)}/${n.subnet.prefix}`,
+        gateway: n.subnet.gateway,
+        outbound: !n.internal,
+      };
     });
-    await configureNamespace(this.ns(vm.id), links, [...(this.configured.get(vm.id) ?? []), ...held.map((l) => l.network)]);
+    const egress = vm.spec.egress ? { policy: vm.spec.egress, proxy: PROXY_PORTS } : undefined;
+    await configureNamespace(this.ns(vm.id), links, [...(this.configured.get(vm.id) ?? []), ...held.map((l) => l.network)], egress);
     this.configured.set(vm.id, names);
   }
 
@@ -279,6 +338,8 @@ export class HostNetworking implements Networking {
     this.store.deleteNetwork(name);
     this.relays.get(name)?.close();
     this.relays.delete(name);
+    this.proxiesByNetwork.get(name)?.close();
+    this.proxiesByNetwork.delete(name);
     await removeBridge(bridgeFor(name));
     await this.refreshUplink();
   }
@@ -295,6 +356,8 @@ export class HostNetworking implements Networking {
     for (const id of [...this.proxies.keys()]) await this.closeProxies(id);
     for (const relay of this.relays.values()) relay.close();
     this.relays.clear();
+    for (const proxy of this.proxiesByNetwork.values()) proxy.close();
+    this.proxiesByNetwork.clear();
   }
 }
 

@@ -88,6 +88,7 @@ export class Runs {
     if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined || req.limits !== undefined) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork has its snapshot's CPUs, memory, disks and I/O limits: drop --cpus, --memory, --data-disk and the limits with --from");
     }
+    if (req.egress !== undefined) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork keeps its snapshot's egress rules: drop --egress with --from");
     if (req.networks !== undefined) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork is on its snapshot's networks: drop --network with --from (cell network connect adds one)");
     const ports = req.ports?.length ? validatePorts(req.ports) : undefined;
     const snapshot = this.snapshots.resolve(req.fromSnapshot!);

@@ -7,6 +7,7 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import { newId, randomName, resolveRef, validateName } from '../domain/ids.js';
 import { effectiveCommand } from '../domain/image.js';
 import { DEFAULT_NETWORK, parseNetworks, validatePorts, type PortRequest } from '../domain/network.js';
+import { parseEgress } from '../domain/egress.js';
 import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
 import { DEFAULT_CPUS, DEFAULT_MEMORY_MIB, mergeEnv, newVmRecord, validateEnv, validateIoLimits, validateResources, type IoLimits, type VmRecord, type VmSpec } from '../domain/vm.js';
 import { MAX_DATA_DISK_MIB } from '../host/empty-ext4.js';
@@ -47,6 +48,8 @@ export interface CreateVmRequest {
   networks?: string[];
   /** Published ports (`-p`). */
   ports?: PortRequest[];
+  /** `--egress` rules: `allow=...`, `deny=...`. */
+  egress?: string[];
   /** A VM an engine operation makes and removes (an action's, a template build's): gone after a crash. */
   ephemeral?: boolean;
 }
@@ -114,6 +117,8 @@ export class Vms {
     const limits = validateIoLimits(req.limits);
     const networks = this.networksFor(req.networks, req.ports);
     const ports = req.ports?.length ? validatePorts(req.ports) : undefined;
+    const egress = parseEgress(req.egress ?? []);
+    if (egress && networks.length === 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'egress rules need a network: drop --network none or --egress');
     await this.ctx.host.ensure();
     if (!req.image) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an image is required (for example: busybox)');
     const image = await this.images.ensure(req.image);
@@ -135,6 +140,7 @@ export class Vms {
       ...(limits ? { limits } : {}),
       networks,
       ...(ports ? { ports } : {}),
+      ...(egress ? { egress } : {}),
     }, null, undefined, { ephemeral: req.ephemeral });
     this.ctx.stores.images.touch(image.reference, vm.createdAt);
     return vm;

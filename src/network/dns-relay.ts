@@ -18,10 +18,10 @@ export interface DnsRelayOptions {
   maxPerClient?: number;
   /**
    * Names celld answers itself (VMs on a network, by name): the addresses for `name` as the VM at
-   * `client` may see them, or null to forward the query. Only A queries are answered so; other
-   * types of such a name get an empty answer.
+   * `client` may see them, `nxdomain` for a name its egress rules deny, or null to forward the
+   * query. Only A queries are answered with addresses; other types get an empty answer.
    */
-  local?: (name: string, client: string) => string[] | null;
+  local?: (name: string, client: string) => string[] | 'nxdomain' | null;
 }
 
 const MAX_PACKET = 4096;
@@ -68,6 +68,10 @@ export class DnsRelay {
       const parsed = parseQuery(query);
       if (parsed.ok && parsed.query.question.class === 1) {
         const found = this.opts.local(parsed.query.question.name, address);
+        if (found === 'nxdomain') {
+          this.socket.send(encodeAnswer(parsed.query, RCODE.NXDOMAIN, [], 5, 512), port, address);
+          return;
+        }
         if (found) {
           const a = parsed.query.question.type === TYPE.A ? found : [];
           this.socket.send(encodeAnswer(parsed.query, RCODE.NOERROR, a, 5, 512), port, address);

@@ -25,7 +25,10 @@ export interface UplinkNetwork {
 const PREFIX = 'cell';
 export const DEFAULT_BRIDGE = `${PREFIX}0`;
 const TABLE = 'cellvm';
-const NO_GO = ['127.0.0.0/8', '169.254.0.0/16', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', '100.64.0.0/10', '0.0.0.0/8', '224.0.0.0/3'];
+// Private ranges are dropped in each VM's namespace instead, where an egress allow rule can let one through.
+const NO_GO = ['127.0.0.0/8', '169.254.0.0/16', '0.0.0.0/8', '224.0.0.0/3'];
+/** celld's egress proxy listens on every gateway on these ports (egress-proxy.ts). */
+export const PROXY_PORTS = { http: 15080, tls: 15443 };
 
 export function bridgeFor(network: string): string {
   return `${PREFIX}${createHash('sha256').update(network).digest('hex').slice(0, 8)}`;
@@ -59,7 +62,7 @@ ${networks.filter((n) => n.internal).map((n) => `    iifname "${n.bridge}" count
   }
   chain input {
     type filter hook input priority filter; policy accept;
-${networks.map((n) => `    iifname "${n.bridge}" ip daddr ${n.subnet.gateway} meta l4proto { tcp, udp } th dport 53 accept`).join('\n')}
+${networks.map((n) => `    iifname "${n.bridge}" ip daddr ${n.subnet.gateway} meta l4proto { tcp, udp } th dport 53 accept\n    iifname "${n.bridge}" ip daddr ${n.subnet.gateway} tcp dport { ${PROXY_PORTS.http}, ${PROXY_PORTS.tls} } accept`).join('\n')}
     iifname "${PREFIX}*" ct state established,related accept
     iifname "${PREFIX}*" counter drop
   }

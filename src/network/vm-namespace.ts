@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { GUEST_ADDRESS, GUEST_GATEWAY, GUEST_PREFIX } from '../domain/network.js';
+import { hasAllowRules, hasDomainRules, PRIVATE_RANGES, type EgressPolicy } from '../domain/egress.js';
 import { inNetns, ipBatch, nft, tool } from './commands.js';
 
 /**
@@ -25,6 +26,8 @@ export interface NamespaceLink {
   isolated: boolean;
   address: string;
   prefix: number;
+  /** The network's subnet, as a CIDR. */
+  cidr: string;
   gateway: string;
   /** Has a way out (not --internal): the first such link carries the default route. */
   outbound: boolean;
@@ -68,7 +71,14 @@ export async function createNamespace(ns: VmNamespace): Promise<void> {
  * default route through the first link with a way out, and a filter the guest cannot change
  * (only its own address leaves, nothing reaches the namespace itself, stale connections reset).
  */
-export async function configureNamespace(ns: VmNamespace, links: readonly NamespaceLink[], previous: readonly string[]): Promise<void> {
+/** Egress rules as the namespace enforces them (docs/networking.md, "Egress"). */
+export interface NamespaceEgress {
+  policy: EgressPolicy;
+  /** celld's egress proxy on the first network's gateway: HTTP and TLS ports. */
+  proxy: { http: number; tls: number };
+}
+
+export async function configureNamespace(ns: VmNamespace, links: readonly NamespaceLink[], previous: readonly string[], egress?: NamespaceEgress): Promise<void> {
   const wanted = new Set(links.map((l) => l.network));
   const gone = previous.filter((n) => !wanted.has(n));
   if (gone.length > 0) await ipBatch(gone.map((n) => `link del ${outer(ns, n)}`)).catch(() => {});
@@ -92,6 +102,25 @@ export async function configureNamespace(ns: VmNamespace, links: readonly Namesp
   );
   const dns = links[0];
   const rule = (l: NamespaceLink) => inner(l.network);
+  const subnets = links.map((l) => l.cidr);
+  const policy = egress?.policy;
+  // Domain rules: web traffic not meant for a VM network goes through celld's proxy, which reads the name asked for.
+  const proxied = dns && egress && hasDomainRules(policy)
+    ? `    iifname "${TAP}" ip daddr != { ${subnets.join(', ')} } tcp dport 80 dnat to ${dns.gateway}:${egress.proxy.http}
+    iifname "${TAP}" ip daddr != { ${subnets.join(', ')} } tcp dport 443 dnat to ${dns.gateway}:${egress.proxy.tls}`
+    : '';
+  const set = (items: readonly string[]) => `{ ${items.join(', ')} }`;
+  const guestOut = [
+    // The guest's resolver and, with domain rules, celld's proxy (both on the first gateway).
+    ...(dns ? [`iifname "${TAP}" ip daddr ${dns.gateway} meta l4proto { tcp, udp } th dport 53 accept`] : []),
+    ...(dns && egress && hasDomainRules(policy) ? [`iifname "${TAP}" ip daddr ${dns.gateway} tcp dport { ${egress.proxy.http}, ${egress.proxy.tls} } accept`] : []),
+    ...(policy?.deny.cidrs.length ? [`iifname "${TAP}" ip daddr ${set(policy.deny.cidrs)} counter drop`] : []),
+    // Other VMs on its networks.
+    ...links.map((l) => `iifname "${TAP}" oifname "${rule(l)}" ip saddr ${GUEST_ADDRESS} ip daddr ${l.cidr} accept`),
+    ...(policy?.allow.cidrs.length ? [`iifname "${TAP}" ip saddr ${GUEST_ADDRESS} ip daddr ${set(policy.allow.cidrs)} accept`] : []),
+    `iifname "${TAP}" ip daddr ${set(PRIVATE_RANGES)} counter drop`,
+    ...(hasAllowRules(policy) ? [`iifname "${TAP}" counter drop`] : []),
+  ];
   await nft(
     `table ip cell
 delete table ip cell
@@ -100,6 +129,7 @@ table ip cell {
     type nat hook prerouting priority dstnat; policy accept;
 ${links.map((l) => `    iifname "${rule(l)}" ip daddr ${l.address} dnat to ${GUEST_ADDRESS}`).join('\n')}
 ${dns ? `    iifname "${TAP}" ip daddr ${GUEST_GATEWAY} meta l4proto { tcp, udp } th dport 53 dnat to ${dns.gateway}` : ''}
+${proxied}
   }
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
@@ -109,6 +139,7 @@ ${links.map((l) => `    oifname "${rule(l)}" ip saddr ${GUEST_ADDRESS} snat to $
     type filter hook forward priority filter; policy drop;
     ct state invalid meta l4proto tcp reject with tcp reset
     ct state invalid drop
+${guestOut.map((r) => `    ${r}`).join('\n')}
 ${links
   .map(
     (l) => `    iifname "${TAP}" oifname "${rule(l)}" ip saddr ${GUEST_ADDRESS} accept

@@ -125,6 +125,10 @@ const MIGRATIONS: string[] = [
    CREATE TABLE published_ports (
      vm_id TEXT PRIMARY KEY,
      ports TEXT NOT NULL
+   );
+   CREATE TABLE egress_denied (
+     vm_id TEXT PRIMARY KEY,
+     denied INTEGER NOT NULL
    );`,
 ];
 

@@ -105,5 +105,15 @@ export class NetworkStore {
 
   forgetPorts(vmId: string): void {
     this.db.prepare('DELETE FROM published_ports WHERE vm_id = ?').run(vmId);
+    this.db.prepare('DELETE FROM egress_denied WHERE vm_id = ?').run(vmId);
+  }
+
+  /** Connections and DNS questions its egress rules refused. */
+  denied(vmId: string): number {
+    return (this.db.prepare('SELECT denied FROM egress_denied WHERE vm_id = ?').get(vmId) as { denied: number } | undefined)?.denied ?? 0;
+  }
+
+  countDenied(vmId: string): void {
+    this.db.prepare('INSERT INTO egress_denied (vm_id, denied) VALUES (?, 1) ON CONFLICT (vm_id) DO UPDATE SET denied = denied + 1').run(vmId);
   }
 }

@@ -57,7 +57,14 @@ export class VmStore {
   private withNetwork(vm: VmRecord): VmRecord {
     const leases = this.networks.leases(vm.id);
     if (leases.length === 0) return { ...vm, network: null };
-    return { ...vm, network: { networks: leases.map((l) => ({ name: l.network, address: l.address })), ports: vm.state === 'running' ? this.networks.ports(vm.id) : [] } };
+    return {
+      ...vm,
+      network: {
+        networks: leases.map((l) => ({ name: l.network, address: l.address })),
+        ports: vm.state === 'running' ? this.networks.ports(vm.id) : [],
+        egressDenied: this.networks.denied(vm.id),
+      },
+    };
   }
 
   insert(vm: VmRecord): void {

@@ -17,7 +17,7 @@ interface VmJson {
   id: string;
   name: string;
   state: string;
-  network: { networks: { name: string; address: string }[]; ports: { hostIp: string; hostPort: number; guestPort: number; protocol: string }[] } | null;
+  network: { networks: { name: string; address: string }[]; ports: { hostIp: string; hostPort: number; guestPort: number; protocol: string }[]; egressDenied: number } | null;
 }
 
 describe('networking', () => {
@@ -129,6 +129,34 @@ describe('networking', () => {
     await h.ok(['rm', '-f', ...ids]);
     await h.ok(['snapshot', 'rm', 'served']); // its spares go with it
     assert.deepEqual(await ours(), [], 'no namespace left once the VMs are gone (spares included)');
+  });
+
+  test('egress rules hold on the host: DNS, HTTP Host and CIDR rules, whatever address the guest aims at; denials are counted', async () => {
+    await h.ok(['run', '-d', '--name', 'fenced', '--egress', 'allow=site-a.test', 'busybox']);
+    await h.ok(['run', '-d', '--name', 'nob', '--egress', `deny=${ADDR.siteB}`, 'busybox']);
+    // DNS: an allowed name resolves; a denied one is NXDOMAIN from celld and never reaches the internet.
+    assert.match((await inGuest('fenced', 'nslookup site-a.test')).stdout, new RegExp(ADDR.siteA.replace(/\./g, '\\.')));
+    const asked = () => net.readLog().filter((e) => e.kind === 'dns' && (e as { name: string }).name === 'site-b.test').length;
+    const before = asked();
+    const denied = await inGuest('fenced', 'nslookup site-b.test');
+    assert.doesNotMatch(denied.stdout, new RegExp(ADDR.siteB.replace(/\./g, '\\.')), denied.stdout);
+    assert.equal(asked(), before, 'the denied name was not asked upstream');
+    // HTTP: the name asked for decides, and celld connects to where that name resolves, not where the guest aimed.
+    const viaName = await inGuest('fenced', `timeout 10 wget -q -O- --header 'Host: site-a.test' http://${ADDR.siteB}/`);
+    assert.equal((JSON.parse(viaName.stdout) as { site: string }).site, 'a', viaName.stderr);
+    assert.notEqual((await inGuest('fenced', `timeout 5 wget -q -O- --header 'Host: site-b.test' http://${ADDR.siteA}/`)).code, 0, 'a denied name, even at an allowed address');
+    assert.notEqual((await inGuest('fenced', `timeout 5 wget -q -O- http://${ADDR.siteA}/`)).code, 0, 'no name at all (a raw address as Host)');
+    // Anything else is denied with an allow list: UDP to the echo server gets no answer.
+    const echoes = () => net.readLog().filter((e) => e.kind === 'udp-echo').length;
+    const echoed = echoes();
+    await inGuest('fenced', `echo hello | timeout 3 nc -u -w 2 ${ADDR.siteA} 7`);
+    assert.equal(echoes(), echoed, 'no datagram reached the internet');
+    assert.ok((await vm('fenced')).network!.egressDenied >= 3, `denials counted: ${(await vm('fenced')).network!.egressDenied}`);
+
+    // A CIDR deny: that address is out of reach, the rest is not.
+    assert.notEqual((await inGuest('nob', `timeout 5 wget -q -O- http://${ADDR.siteB}/`)).code, 0);
+    assert.equal((JSON.parse((await inGuest('nob', `timeout 10 wget -q -O- http://${ADDR.siteA}/`)).stdout) as { site: string }).site, 'a');
+    await h.ok(['rm', '-f', 'fenced', 'nob']);
   });
 
   test('named networks: VMs on one reach each other by name, not across networks; --internal has no way out; connect and disconnect a running VM; rm is refused while in use', async () => {

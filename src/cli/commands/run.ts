@@ -22,6 +22,7 @@ export interface RunFlags {
   rngBps?: number;
   network?: string[];
   publish?: string[];
+  egress?: string[];
 }
 
 /** `cell run` flags and operands as the SDK's VM spec (pure, unit-tested). */
@@ -53,6 +54,7 @@ export function toVmSpec(args: string[], flags: RunFlags): VmSpec {
   if (Object.keys(limits).length > 0) req.limits = limits;
   if (flags.network?.length) req.networks = flags.network;
   if (flags.publish?.length) req.ports = flags.publish.map((p) => parsePortSpec(p));
+  if (flags.egress?.length) req.egress = flags.egress;
   return req;
 }
 
@@ -81,6 +83,7 @@ export function register(program: Command): void {
     .option('--rng-bps <rate>', 'cap the bytes per second the guest draws from the host entropy device, e.g. 4K', byteSize('--rng-bps'))
     .option('--network <name>', 'a network to be on (repeatable; the first is its way out): default (online through NAT; the default where celld is root), one of cell network ls, or none (no NIC)', collect)
     .option('-p, --publish <[ip:][hostPort:]port[/udp]>', 'publish a guest port on the host (repeatable); binds 127.0.0.1 unless an address is given, unlike Docker; no host port: a free one (see cell port)', collect)
+    .option('--egress <allow=RULES|deny=RULES>', 'what it may reach outside (repeatable): RULES are domains (pypi.org, *.pythonhosted.org: matched on HTTP Host and TLS SNI, and DNS) and IPv4 CIDRs; with any allow rule the rest is denied; deny wins', collect)
     .option('--rm', 'remove the VM when the command ends')
     .option('-d, --detach', 'print the VM id and leave it running (exec into it later)')
     .option('--from <snapshot>', 'fork this snapshot instead of booting an image')
