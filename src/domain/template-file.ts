@@ -3,6 +3,8 @@ import type { ReadyCheck } from './action.js';
 import { Fields, readBuild, type BuildPlan } from './build-file.js';
 import { validateName } from './ids.js';
 import { TomlSource } from './toml-source.js';
+import { CellError, ErrorCodes } from './errors.js';
+import { parsePortSpec, validatePorts, type PortSpec } from './network.js';
 
 /**
  * A template (docs/templates.md): a build, an optional service that runs in every VM of the
@@ -23,6 +25,8 @@ export interface TemplateFile {
 export interface TemplateService {
   start: string[];
   ready?: ReadyCheck;
+  /** Guest ports every VM of the template publishes, each on a free 127.0.0.1 port of its own. */
+  ports?: PortSpec[];
 }
 
 export interface TemplateVariant {
@@ -40,7 +44,7 @@ export const TEMPLATE_SCHEMA_VERSION = 1;
 export const DEFAULT_PROFILE = 'minimal';
 
 const TOP_KEYS = ['template_id', 'profile', 'build', 'service', 'variants'] as const;
-const SERVICE_KEYS = ['start', 'ready', 'ready_timeout'] as const;
+const SERVICE_KEYS = ['start', 'ready', 'ready_timeout', 'ports'] as const;
 const VARIANT_KEYS = ['name', 'role', 'profile', 'vcpus', 'mem_mib', 'data_disk_mib'] as const;
 
 export function parseTemplateFile(fileName: string, text: string, dir: string): TemplateFile {
@@ -65,7 +69,8 @@ export function parseTemplateFile(fileName: string, text: string, dir: string): 
     if (!start) throw source.error('service', '[service] needs start = "CMD" (the command that runs the service)');
     const ready = fields.command('ready');
     const timeoutSec = fields.integer('ready_timeout', 1);
-    service = { start, ready: ready ? { cmd: ready, timeoutSec } : undefined };
+    const ports = servicePorts(source, (data.service as Record<string, unknown>).ports);
+    service = { start, ready: ready ? { cmd: ready, timeoutSec } : undefined, ...(ports ? { ports } : {}) };
   }
   if (!Array.isArray(data.variants) || data.variants.length === 0) {
     throw source.error('variants', 'a template needs at least one [[variants]] table (role, vcpus, mem_mib)');
@@ -114,4 +119,22 @@ export function revisionKeys(buildKey: string, service: TemplateService | null, 
 
 function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
+}
+
+/** `ports = [8080, "53/udp"]`: guest ports, published on free host ports (a template's VMs are many). */
+function servicePorts(source: TomlSource, raw: unknown): PortSpec[] | undefined {
+  if (raw === undefined) return undefined;
+  const bad = () => source.error('service.ports', 'ports = [8080, "53/udp"]: guest ports (each VM of the template gets free host ports for them)');
+  if (!Array.isArray(raw) || raw.length > 64) throw bad();
+  try {
+    return validatePorts(
+      raw.map((p) => {
+        if (typeof p === 'number' || (typeof p === 'string' && /^\d+(\/(tcp|udp))?$/.test(p))) return parsePortSpec(String(p));
+        throw bad();
+      }),
+    );
+  } catch (err) {
+    if (err instanceof CellError && err.code === ErrorCodes.BAD_BUILD_FILE) throw err;
+    throw bad();
+  }
 }

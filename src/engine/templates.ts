@@ -193,7 +193,15 @@ export class Templates {
       const [vm] = await this.snapshots.fork(warm.id, {
         count: 1,
         name,
-        overrides: { ...overrides, env: mergeEnv(warm.spec.env, overrides.env), workingDir: overrides.workingDir || warm.spec.workingDir, user: overrides.user || warm.spec.user, template: start },
+        overrides: {
+          ...overrides,
+          env: mergeEnv(warm.spec.env, overrides.env),
+          workingDir: overrides.workingDir || warm.spec.workingDir,
+          user: overrides.user || warm.spec.user,
+          template: start,
+          // Its service's ports, on free host ports of its own: it serves on them at once.
+          ...(revision.service?.ports && warm.spec.networks?.length ? { ports: revision.service.ports } : {}),
+        },
       });
       return vm!;
     }
@@ -221,6 +229,7 @@ export class Templates {
       workingDir: overrides.workingDir || disk.spec.workingDir,
       user: overrides.user || disk.spec.user,
       ...(start ? { template: start } : {}),
+      ...(revision.service?.ports && disk.spec.networks?.length ? { ports: revision.service.ports } : {}),
     };
     // The VM a template build boots to snapshot is its own to remove: gone after a crash.
     const vm = await this.vms.record(this.vms.availableName(name), spec, disk.id, undefined, { ephemeral: start === undefined });

@@ -37,6 +37,12 @@ export interface SandboxOptions extends SandboxConnectOptions {
   dataDiskMib?: number;
   /** Disk and entropy rates QEMU holds the sandbox to (images only; forks keep their snapshot's). */
   limits?: RunRequest['limits'];
+  /** Networks by name (default: the default network where celld has one); `['none']`: no NIC. */
+  networks?: string[];
+  /** Guest ports to publish (a host port of 0, or none: a free one; host address 127.0.0.1 unless given). */
+  ports?: RunRequest['ports'];
+  /** Egress rules as `--egress` takes them: `allow=pypi.org,*.pythonhosted.org`, `deny=...`. */
+  egress?: string[];
 }
 
 export interface SandboxSnapshotOptions extends RequestOptions {
@@ -87,7 +93,8 @@ export class Sandbox {
       }
       const vm = await client.vms.create(
         {
-          ...(opts.template ? { template: opts.template } : { image: opts.image ?? DEFAULT_SANDBOX_IMAGE, dataDiskMib: opts.dataDiskMib, limits: opts.limits }),
+          ...(opts.template ? { template: opts.template } : { image: opts.image ?? DEFAULT_SANDBOX_IMAGE, dataDiskMib: opts.dataDiskMib, limits: opts.limits, networks: opts.networks, egress: opts.egress }),
+          ports: opts.ports,
           name: opts.name,
           cpus: opts.cpus,
           memoryMib: opts.memoryMib,
@@ -126,6 +133,17 @@ export class Sandbox {
   /** The VM record as last seen (call `refresh()` for its current state). */
   get info(): Vm {
     return this.vm;
+  }
+
+  /**
+   * Where a published guest port is reachable from this host, as `host:port` (E2B's getHost):
+   * `sandbox.getHost(8080)` after creating it with `ports: [{ guestPort: 8080 }]`.
+   */
+  async getHost(guestPort: number, protocol: 'tcp' | 'udp' = 'tcp', opts: RequestOptions = {}): Promise<string> {
+    const vm = await this.refresh(opts);
+    const port = vm.network?.ports.find((p) => p.guestPort === guestPort && p.protocol === protocol);
+    if (!port) throw new Error(`sandbox ${vm.name} does not publish ${guestPort}/${protocol} (create it with ports: [{ guestPort: ${guestPort} }])`);
+    return `${port.hostIp === '0.0.0.0' ? '127.0.0.1' : port.hostIp}:${port.hostPort}`;
   }
 
   async refresh(opts: RequestOptions = {}): Promise<Vm> {

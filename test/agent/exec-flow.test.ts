@@ -87,7 +87,8 @@ test('a reader that is behind holds back its own exec only: another exec, a file
       behind: () => (reading ? undefined : resumed),
     });
     // The held exec has output in flight; the connection is not paused for it.
-    for (let i = 0; i < 100 && count === 0; i++) await agent.ping();
+    // (A loaded host may take a while to start seq: poll until it printed, within a bound.)
+    for (const deadline = Date.now() + 20_000; count === 0 && Date.now() < deadline; ) await agent.ping();
     assert.ok(count > 0, 'the held exec produced output');
 
     let quickOut = '';

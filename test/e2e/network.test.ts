@@ -6,7 +6,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { CellClient, Sandbox } from '../../src/sdk/index.js';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { ADDR, createFakeInternet, type FakeInternet } from '../helpers/fake-internet.js';
@@ -157,6 +158,39 @@ describe('networking', () => {
     assert.notEqual((await inGuest('nob', `timeout 5 wget -q -O- http://${ADDR.siteB}/`)).code, 0);
     assert.equal((JSON.parse((await inGuest('nob', `timeout 10 wget -q -O- http://${ADDR.siteA}/`)).stdout) as { site: string }).site, 'a');
     await h.ok(['rm', '-f', 'fenced', 'nob']);
+  });
+
+  test("a template's service ports: every VM of it, warm or cold, serves on a free host port of its own (cell port, the SDK's getHost)", async () => {
+    const dir = mkdtempSync(join(h.home, 'tpl-'));
+    writeFileSync(
+      join(dir, 'web.toml'),
+      `template_id = "site"
+[build]
+base = "busybox"
+[[build.step]]
+run = "mkdir -p /www && echo from the template > /www/index.html"
+[service]
+start = "httpd -f -p 80 -h /www"
+ready = "wget -q -O /dev/null http://127.0.0.1:80/"
+ports = [80]
+[[variants]]
+role = "web"
+`,
+    );
+    await h.ok(['template', 'build', '--snapshot', join(dir, 'web.toml')], { timeoutMs: 300_000 });
+    await h.ok(['run', '-d', '--name', 'warm-1', '--template', 'site-web']);
+    await h.ok(['run', '-d', '--name', 'warm-2', '--template', 'site-web']);
+    const client = await CellClient.connect({ home: h.home, autoStart: false });
+    const hosts = await Promise.all(['warm-1', 'warm-2'].map(async (name) => {
+      const sandbox = await Sandbox.connect(name, { client });
+      return sandbox.getHost(80);
+    }));
+    client.close();
+    assert.equal(new Set(hosts).size, 2, `ports of their own: ${hosts.join(', ')}`);
+    for (const host of hosts) {
+      assert.equal((await net.inHost('curl', ['-s', '--max-time', '10', `http://${host}/`])).stdout, 'from the template\n', host);
+    }
+    await h.ok(['rm', '-f', 'warm-1', 'warm-2']);
   });
 
   test('named networks: VMs on one reach each other by name, not across networks; --internal has no way out; connect and disconnect a running VM; rm is refused while in use', async () => {

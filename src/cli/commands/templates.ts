@@ -36,6 +36,7 @@ Template file:
   [service]                                    # optional: runs in every VM of the template
   start = "httpd -f -p 8080 -h /www"
   ready = "wget -q -O /dev/null http://127.0.0.1:8080/"
+  ports = [8080]                               # optional: each VM publishes them on free ports
   [[variants]]
   role = "server"
   vcpus = 1
