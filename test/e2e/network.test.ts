@@ -96,6 +96,12 @@ describe('networking', () => {
       const r = await inGuest('web', `timeout 3 wget -q -O- ${target}`);
       assert.notEqual(r.code, 0, `${target} must be out of reach, got: ${r.stdout}`);
     }
+    // A guest that takes another source address gets nowhere with it (only its own address leaves its namespace).
+    const connects = () => net.readLog().filter((e) => e.kind === 'connect').length;
+    const connectsBefore = connects();
+    await inGuest('web', `ip addr add 172.30.255.3/30 dev eth0; echo x | timeout 4 nc -s 172.30.255.3 -w 2 ${ADDR.siteA} 80; true`);
+    assert.equal(connects(), connectsBefore, 'nothing from a spoofed source reached the internet');
+
     await h.ok(['run', '-d', '--name', 'offline', '--network', 'none', 'busybox']);
     assert.equal((await inGuest('offline', 'ls /sys/class/net')).stdout.trim(), 'lo');
     assert.equal((await vm('offline')).network, null);
@@ -138,10 +144,13 @@ describe('networking', () => {
     // DNS: an allowed name resolves; a denied one is NXDOMAIN from celld and never reaches the internet.
     assert.match((await inGuest('fenced', 'nslookup site-a.test')).stdout, new RegExp(ADDR.siteA.replace(/\./g, '\\.')));
     const asked = () => net.readLog().filter((e) => e.kind === 'dns' && (e as { name: string }).name === 'site-b.test').length;
-    const before = asked();
+    const askedBefore = asked();
     const denied = await inGuest('fenced', 'nslookup site-b.test');
     assert.doesNotMatch(denied.stdout, new RegExp(ADDR.siteB.replace(/\./g, '\\.')), denied.stdout);
-    assert.equal(asked(), before, 'the denied name was not asked upstream');
+    assert.equal(asked(), askedBefore, 'the denied name was not asked upstream');
+    // Nor does a resolver of the guest's own choosing help: DNS to the internet is not allowed.
+    await inGuest('fenced', `echo nameserver ${ADDR.dns} > /etc/resolv.conf; timeout 5 nslookup site-b.test ${ADDR.dns}; true`);
+    assert.equal(asked(), askedBefore, 'a direct DNS question did not reach the internet either');
     // HTTP: the name asked for decides, and celld connects to where that name resolves, not where the guest aimed.
     const viaName = await inGuest('fenced', `timeout 10 wget -q -O- --header 'Host: site-a.test' http://${ADDR.siteB}/`);
     assert.equal((JSON.parse(viaName.stdout) as { site: string }).site, 'a', viaName.stderr);
