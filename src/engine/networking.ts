@@ -3,6 +3,7 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import { DEFAULT_NETWORK, DEFAULT_SUBNET, GUEST_MAC, intToIp, parseSubnet, validateNetworkName, type PublishedPort, type Subnet } from '../domain/network.js';
 import type { VmRecord } from '../domain/vm.js';
 import { Resolver } from 'node:dns/promises';
+import { networkInterfaces } from 'node:os';
 import { allowsAddress, allowsDomain, isPrivate } from '../domain/egress.js';
 import { DnsRelay, hostResolvers } from '../network/dns-relay.js';
 import { EgressProxy, type EgressDecision } from '../network/egress-proxy.js';
@@ -192,6 +193,9 @@ export class HostNetworking implements Networking {
     const lease = this.store.onNetwork(network).find((l) => l.address === client);
     const policy = lease ? this.vms.get(lease.vmId)?.spec.egress : undefined;
     if (!lease || !policy) return { allow: false, reason: 'not a VM with egress rules' };
+    // The proxy connects from celld's namespace: a VM whose networks are all --internal has no way out through it either.
+    const networks = this.vms.get(lease.vmId)?.spec.networks ?? [];
+    if (!networks.some((n) => this.all().some((u) => u.name === n && !u.internal))) return { allow: false, reason: 'its networks are internal' };
     if (!allowsDomain(policy, host)) return { allow: false, reason: `${host} is not allowed` };
     const addresses = await this.resolver.resolve4(host).catch(() => [] as string[]);
     const address = addresses[0];
@@ -199,6 +203,8 @@ export class HostNetworking implements Networking {
     const privateAllowed = policy.allow.cidrs.length > 0 && allowsAddress({ ...policy, allow: { domains: [], cidrs: policy.allow.cidrs } }, address);
     if (isPrivate(address) && !privateAllowed) return { allow: false, reason: `${host} resolves to ${address}, a private address` };
     if (!allowsAddress(policy, address, true)) return { allow: false, reason: `${host} resolves to ${address}, which is denied` };
+    // The proxy's own host (its public address too, which no private range names): never, as for packets.
+    if (isHostAddress(address)) return { allow: false, reason: `${host} resolves to ${address}, an address of this host` };
     return { allow: true, address };
   }
 
@@ -359,6 +365,10 @@ export class HostNetworking implements Networking {
     for (const proxy of this.proxiesByNetwork.values()) proxy.close();
     this.proxiesByNetwork.clear();
   }
+}
+
+function isHostAddress(address: string): boolean {
+  return Object.values(networkInterfaces()).some((list) => list?.some((i) => i.family === 'IPv4' && i.address === address));
 }
 
 function overlaps(a: Subnet, b: Subnet): boolean {
