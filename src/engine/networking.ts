@@ -177,11 +177,20 @@ export class HostNetworking implements Networking {
       this.store.countDenied(asker.vmId);
       return 'nxdomain';
     }
+    // A VM with no way out gets no answers from outside either (DNS would be its way out: moby's CVE-2024-29018).
+    const outside = this.hasWayOut(asker.vmId) ? null : 'nxdomain';
     const target = this.vms.list().find((vm) => vm.name === name.replace(/\.cell$/, ''));
-    if (!target || target.id === asker.vmId) return null;
+    if (!target || target.id === asker.vmId) return outside;
     const mine = new Set(this.store.leases(asker.vmId).filter((l) => l.network !== DEFAULT_NETWORK).map((l) => l.network));
     const shared = this.store.leases(target.id).find((l) => mine.has(l.network));
-    return shared ? [shared.address] : null;
+    return shared ? [shared.address] : outside;
+  }
+
+  /** Whether one of the VM's networks is not --internal. */
+  private hasWayOut(vmId: string): boolean {
+    const networks = this.vms.get(vmId)?.spec.networks ?? [];
+    const all = this.all();
+    return networks.some((n) => all.some((u) => u.name === n && !u.internal));
   }
 
   /**
@@ -194,8 +203,7 @@ export class HostNetworking implements Networking {
     const policy = lease ? this.vms.get(lease.vmId)?.spec.egress : undefined;
     if (!lease || !policy) return { allow: false, reason: 'not a VM with egress rules' };
     // The proxy connects from celld's namespace: a VM whose networks are all --internal has no way out through it either.
-    const networks = this.vms.get(lease.vmId)?.spec.networks ?? [];
-    if (!networks.some((n) => this.all().some((u) => u.name === n && !u.internal))) return { allow: false, reason: 'its networks are internal' };
+    if (!this.hasWayOut(lease.vmId)) return { allow: false, reason: 'its networks are internal' };
     if (!allowsDomain(policy, host)) return { allow: false, reason: `${host} is not allowed` };
     const addresses = await this.resolver.resolve4(host).catch(() => [] as string[]);
     const address = addresses[0];
