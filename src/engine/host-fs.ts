@@ -56,6 +56,8 @@ export interface HostFs {
 }
 
 const write = promisify(fs.write);
+/** What readFile reads at most (build and template files). */
+const MAX_READ_FILE = 4 * 1024 * 1024;
 const close = promisify(fs.close);
 
 /**
@@ -85,7 +87,22 @@ class CredentialedHostFs implements HostFs {
   readdir = (path: string) => this.call(() => fs.readdirSync(path));
   readlink = (path: string) => this.call(() => fs.readlinkSync(path));
   realpath = (path: string) => this.call(() => fs.realpathSync(path));
-  readFile = (path: string) => this.call(() => fs.readFileSync(path));
+  // Not readFileSync: a FIFO would block celld's main thread in open() or read() for good, and
+  // /dev/zero would fill its memory. A regular file, at most MAX_READ_FILE bytes.
+  readFile = (path: string) =>
+    this.call(() => {
+      const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      try {
+        if (!fs.fstatSync(fd).isFile()) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${path} (host) is not a regular file`);
+        const buf = Buffer.allocUnsafe(MAX_READ_FILE + 1);
+        let n = 0;
+        for (let got = -1; got !== 0 && n < buf.length; n += got) got = fs.readSync(fd, buf, n, buf.length - n, null);
+        if (n > MAX_READ_FILE) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${path} (host) is larger than ${MAX_READ_FILE} bytes`);
+        return Buffer.from(buf.subarray(0, n));
+      } finally {
+        fs.closeSync(fd);
+      }
+    });
   mkdir = (path: string, mode: number) => this.call(() => void fs.mkdirSync(path, { mode }));
   symlink = (target: string, path: string) => this.call(() => fs.symlinkSync(target, path));
   rename = (from: string, to: string) => this.call(() => fs.renameSync(from, to));

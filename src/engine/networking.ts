@@ -3,6 +3,7 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import { DEFAULT_NETWORK, DEFAULT_SUBNET, GUEST_MAC, intToIp, parseSubnet, validateNetworkName, type PublishedPort, type Subnet } from '../domain/network.js';
 import type { VmRecord } from '../domain/vm.js';
 import { Resolver } from 'node:dns/promises';
+import { networkInterfaces } from 'node:os';
 import { allowsAddress, allowsDomain, isPrivate } from '../domain/egress.js';
 import { DnsRelay, hostResolvers } from '../network/dns-relay.js';
 import { EgressProxy, type EgressDecision } from '../network/egress-proxy.js';
@@ -176,11 +177,20 @@ export class HostNetworking implements Networking {
       this.store.countDenied(asker.vmId);
       return 'nxdomain';
     }
+    // A VM with no way out gets no answers from outside either (DNS would be its way out: moby's CVE-2024-29018).
+    const outside = this.hasWayOut(asker.vmId) ? null : 'nxdomain';
     const target = this.vms.list().find((vm) => vm.name === name.replace(/\.cell$/, ''));
-    if (!target || target.id === asker.vmId) return null;
+    if (!target || target.id === asker.vmId) return outside;
     const mine = new Set(this.store.leases(asker.vmId).filter((l) => l.network !== DEFAULT_NETWORK).map((l) => l.network));
     const shared = this.store.leases(target.id).find((l) => mine.has(l.network));
-    return shared ? [shared.address] : null;
+    return shared ? [shared.address] : outside;
+  }
+
+  /** Whether one of the VM's networks is not --internal. */
+  private hasWayOut(vmId: string): boolean {
+    const networks = this.vms.get(vmId)?.spec.networks ?? [];
+    const all = this.all();
+    return networks.some((n) => all.some((u) => u.name === n && !u.internal));
   }
 
   /**
@@ -192,6 +202,8 @@ export class HostNetworking implements Networking {
     const lease = this.store.onNetwork(network).find((l) => l.address === client);
     const policy = lease ? this.vms.get(lease.vmId)?.spec.egress : undefined;
     if (!lease || !policy) return { allow: false, reason: 'not a VM with egress rules' };
+    // The proxy connects from celld's namespace: a VM whose networks are all --internal has no way out through it either.
+    if (!this.hasWayOut(lease.vmId)) return { allow: false, reason: 'its networks are internal' };
     if (!allowsDomain(policy, host)) return { allow: false, reason: `${host} is not allowed` };
     const addresses = await this.resolver.resolve4(host).catch(() => [] as string[]);
     const address = addresses[0];
@@ -199,6 +211,8 @@ export class HostNetworking implements Networking {
     const privateAllowed = policy.allow.cidrs.length > 0 && allowsAddress({ ...policy, allow: { domains: [], cidrs: policy.allow.cidrs } }, address);
     if (isPrivate(address) && !privateAllowed) return { allow: false, reason: `${host} resolves to ${address}, a private address` };
     if (!allowsAddress(policy, address, true)) return { allow: false, reason: `${host} resolves to ${address}, which is denied` };
+    // The proxy's own host (its public address too, which no private range names): never, as for packets.
+    if (isHostAddress(address)) return { allow: false, reason: `${host} resolves to ${address}, an address of this host` };
     return { allow: true, address };
   }
 
@@ -359,6 +373,10 @@ export class HostNetworking implements Networking {
     for (const proxy of this.proxiesByNetwork.values()) proxy.close();
     this.proxiesByNetwork.clear();
   }
+}
+
+function isHostAddress(address: string): boolean {
+  return Object.values(networkInterfaces()).some((list) => list?.some((i) => i.family === 'IPv4' && i.address === address));
 }
 
 function overlaps(a: Subnet, b: Subnet): boolean {

@@ -1,6 +1,6 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
-import { encodeAnswer, parseQuery, RCODE, TYPE } from './dns-wire.js';
+import { encodeAnswer, encodeError, parseQuery, RCODE, TYPE } from './dns-wire.js';
 
 /**
  * The VMs' resolver: a UDP relay on the bridge's address that forwards each query to the host's
@@ -16,6 +16,8 @@ export interface DnsRelayOptions {
   timeoutMs?: number;
   maxInFlight?: number;
   maxPerClient?: number;
+  /** Queries a client may send per second, answered locally or forwarded; the rest are dropped. */
+  maxRatePerClient?: number;
   /**
    * Names celld answers itself (VMs on a network, by name): the addresses for `name` as the VM at
    * `client` may see them, `nxdomain` for a name its egress rules deny, or null to forward the
@@ -30,6 +32,9 @@ export class DnsRelay {
   private readonly socket: Socket;
   private inFlight = 0;
   private readonly perClient = new Map<string, number>();
+  /** Queries per client in the current one-second window (cleared each window: bounded). */
+  private readonly rate = new Map<string, number>();
+  private rateWindow = 0;
   private readonly upstreams: string[];
   /** Queries dropped (over a cap, malformed): for `cell info`. */
   dropped = 0;
@@ -40,49 +45,88 @@ export class DnsRelay {
   ) {
     this.socket = socket;
     this.upstreams = opts.upstreams;
-    socket.on('message', (msg, from) => this.relay(msg, from.address, from.port));
+    socket.on('message', (msg, from) => {
+      // Nothing a guest sends may throw out of this handler (an uncaught exception ends celld).
+      try {
+        this.relay(msg, from.address, from.port);
+      } catch {
+        this.dropped++;
+      }
+    });
     socket.on('error', () => {});
   }
 
   static async start(opts: DnsRelayOptions): Promise<DnsRelay> {
     const socket = createSocket({ type: 'udp4', reuseAddr: true });
-    await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
-      socket.bind(53, opts.listen, () => {
-        socket.off('error', reject);
-        resolve();
+    try {
+      await new Promise<void>((resolve, reject) => {
+        socket.once('error', reject);
+        socket.bind(53, opts.listen, () => {
+          socket.off('error', reject);
+          resolve();
+        });
       });
-    });
+    } catch (err) {
+      socket.close();
+      throw err;
+    }
     return new DnsRelay(socket, {
       listen: opts.listen,
       upstreams: opts.upstreams ?? hostResolvers(),
       timeoutMs: opts.timeoutMs ?? 3000,
       maxInFlight: opts.maxInFlight ?? 512,
       maxPerClient: opts.maxPerClient ?? 32,
+      maxRatePerClient: opts.maxRatePerClient ?? 200,
       local: opts.local,
     });
   }
 
+  /** Whether `address` may send one more query in this second (every query costs celld work, local ones included). */
+  private withinRate(address: string): boolean {
+    const now = Date.now();
+    if (now - this.rateWindow >= 1000) {
+      this.rate.clear();
+      this.rateWindow = now;
+    }
+    const n = (this.rate.get(address) ?? 0) + 1;
+    this.rate.set(address, n);
+    return n <= this.opts.maxRatePerClient;
+  }
+
   private relay(query: Buffer, address: string, port: number): void {
-    if (this.opts.local && query.length <= MAX_PACKET) {
+    // Port 0 cannot be answered (dgram's send throws on it); a raw socket in a guest can send from it.
+    if (port === 0 || query.length > MAX_PACKET || !this.withinRate(address)) {
+      this.dropped++;
+      return;
+    }
+    if (this.opts.local) {
       const parsed = parseQuery(query);
-      if (parsed.ok && parsed.query.question.class === 1) {
-        const found = this.opts.local(parsed.query.question.name, address);
-        if (found === 'nxdomain') {
-          this.socket.send(encodeAnswer(parsed.query, RCODE.NXDOMAIN, [], 5, 512), port, address);
-          return;
-        }
-        if (found) {
-          const a = parsed.query.question.type === TYPE.A ? found : [];
-          this.socket.send(encodeAnswer(parsed.query, RCODE.NOERROR, a, 5, 512), port, address);
-          return;
-        }
+      // What the relay cannot read is not forwarded either: a name the policy never saw (a compression
+      // pointer, two questions, another class, another opcode) must not reach the upstream resolver.
+      if (!parsed.ok) {
+        this.dropped++;
+        if (!parsed.drop) this.socket.send(encodeError(parsed.id, parsed.rd, parsed.rcode), port, address);
+        return;
+      }
+      const found = this.opts.local(parsed.query.question.name, address);
+      if (found === 'nxdomain') {
+        this.socket.send(encodeAnswer(parsed.query, RCODE.NXDOMAIN, [], 5, 512), port, address);
+        return;
+      }
+      if (parsed.query.question.class !== 1) {
+        this.socket.send(encodeAnswer(parsed.query, RCODE.REFUSED, [], 5, 512), port, address);
+        return;
+      }
+      if (found) {
+        const a = parsed.query.question.type === TYPE.A ? found : [];
+        this.socket.send(encodeAnswer(parsed.query, RCODE.NOERROR, a, 5, 512), port, address);
+        return;
       }
     }
     const upstream = this.upstreams[0];
     const used = this.perClient.get(address) ?? 0;
     // 12 bytes of header at least; no answer ever sent back to us as a question.
-    if (!upstream || query.length < 12 || query.length > MAX_PACKET || (query[2]! & 0x80) !== 0 || used >= this.opts.maxPerClient || this.inFlight >= this.opts.maxInFlight) {
+    if (!upstream || query.length < 12 || (query[2]! & 0x80) !== 0 || used >= this.opts.maxPerClient || this.inFlight >= this.opts.maxInFlight) {
       this.dropped++;
       return;
     }

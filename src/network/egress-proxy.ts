@@ -26,10 +26,14 @@ export class EgressProxy {
   private constructor(private readonly servers: Server[]) {}
 
   static async start(opts: EgressProxyOptions): Promise<EgressProxy> {
-    const servers = await Promise.all([
-      listen(opts, opts.httpPort, 80, httpHost),
-      listen(opts, opts.tlsPort, 443, tlsServerName),
-    ]);
+    const started = await Promise.allSettled([listen(opts, opts.httpPort, 80, httpHost), listen(opts, opts.tlsPort, 443, tlsServerName)]);
+    const servers = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      // Not one server of a half-started proxy left listening (the next attempt would find its port taken).
+      for (const s of servers) s.close();
+      throw failed.reason;
+    }
     return new EgressProxy(servers);
   }
 
@@ -39,7 +43,9 @@ export class EgressProxy {
 }
 
 async function listen(opts: EgressProxyOptions, port: number, targetPort: number, nameOf: (head: Buffer) => string | null | undefined): Promise<Server> {
-  const server = createServer((client) => void handle(opts, client, targetPort, nameOf));
+  const server = createServer((client) => {
+    handle(opts, client, targetPort, nameOf).catch(() => client.destroy());
+  });
   server.maxConnections = MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -80,6 +86,9 @@ async function handle(opts: EgressProxyOptions, client: Socket, targetPort: numb
     opts.onDenied?.(who, name, decision.reason);
     return void client.destroy();
   }
+  // The guest may have gone while the name was resolved: its 'close' is past, and an upstream
+  // connection made now would be held open by nothing (one fd of celld's per try).
+  if (client.destroyed) return;
   const upstream = connect({ host: decision.address, port: targetPort });
   const end = () => {
     client.destroy();

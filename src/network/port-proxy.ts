@@ -76,6 +76,8 @@ async function publishUdp(spec: PortSpec, target: string): Promise<PortProxy> {
     clients.delete(key);
   };
   front.on('message', (msg, from) => {
+    // Port 0 cannot be answered (dgram's send throws on it, in a handler: celld would end).
+    if (from.port === 0) return;
     const key = `${from.address}:${from.port}`;
     let c = clients.get(key);
     if (!c) {

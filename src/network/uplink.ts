@@ -62,8 +62,11 @@ ${networks.filter((n) => n.internal).map((n) => `    iifname "${n.bridge}" count
   }
   chain input {
     type filter hook input priority filter; policy accept;
-${networks.map((n) => `    iifname "${n.bridge}" ip daddr ${n.subnet.gateway} meta l4proto { tcp, udp } th dport 53 accept\n    iifname "${n.bridge}" ip daddr ${n.subnet.gateway} tcp dport { ${PROXY_PORTS.http}, ${PROXY_PORTS.tls} } accept`).join('\n')}
+${networks.map((n) => `    iifname "${n.bridge}" ip daddr ${n.subnet.gateway} udp dport 53 accept\n    iifname "${n.bridge}" ip daddr ${n.subnet.gateway} tcp dport { ${PROXY_PORTS.http}, ${PROXY_PORTS.tls} } accept`).join('\n')}
     iifname "${PREFIX}*" ct state established,related accept
+    # The relay is UDP only: TCP 53 would reach whatever DNS server the host runs on 0.0.0.0, past
+    # the relay's policy. Reset, so the guest's resolver gives up at once.
+    iifname "${PREFIX}*" tcp dport 53 reject with tcp reset
     iifname "${PREFIX}*" counter drop
   }
 }

@@ -112,6 +112,8 @@ export async function configureNamespace(ns: VmNamespace, links: readonly Namesp
   const set = (items: readonly string[]) => `{ ${items.join(', ')} }`;
   const guestOut = [
     // The guest's resolver and, with domain rules, celld's proxy (both on the first gateway).
+    // (Only the guest's own address gets this far: a spoofed source would have the relay answer,
+    // and forward upstream, for whoever it names.)
     ...(dns ? [`iifname "${TAP}" ip daddr ${dns.gateway} meta l4proto { tcp, udp } th dport 53 accept`] : []),
     ...(dns && egress && hasDomainRules(policy) ? [`iifname "${TAP}" ip daddr ${dns.gateway} tcp dport { ${egress.proxy.http}, ${egress.proxy.tls} } accept`] : []),
     ...(policy?.deny.cidrs.length ? [`iifname "${TAP}" ip daddr ${set(policy.deny.cidrs)} counter drop`] : []),
@@ -139,6 +141,7 @@ ${links.map((l) => `    oifname "${rule(l)}" ip saddr ${GUEST_ADDRESS} snat to $
     type filter hook forward priority filter; policy drop;
     ct state invalid meta l4proto tcp reject with tcp reset
     ct state invalid drop
+    iifname "${TAP}" ip saddr != ${GUEST_ADDRESS} counter drop
 ${guestOut.map((r) => `    ${r}`).join('\n')}
 ${links
   .map(
