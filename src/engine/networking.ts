@@ -139,8 +139,16 @@ export class HostNetworking implements Networking {
   }
 
   /** Bridges, rules and DNS relays for every network, one change at a time (they share one table). */
-  private refreshUplink(): Promise<void> {
+  private refreshUplink(drop?: string): Promise<void> {
     const next = this.uplink.then(async () => {
+      // A removed network's relay, proxy and bridge go in the same chain, so a concurrent refresh cannot bring them back.
+      if (drop) {
+        this.relays.get(drop)?.close();
+        this.relays.delete(drop);
+        this.proxiesByNetwork.get(drop)?.close();
+        this.proxiesByNetwork.delete(drop);
+        await removeBridge(bridgeFor(drop));
+      }
       const networks = this.all();
       await ensureUplink(networks);
       for (const n of networks) {
@@ -169,9 +177,10 @@ export class HostNetworking implements Networking {
    * VM names, answered for VMs that share a network with the asker: the address on the first
    * network they share. The default network's VMs do not see each other, so it gives no names.
    */
-  private resolveName(network: string, name: string, client: string): string[] | 'nxdomain' | null {
+  private resolveName(network: string, name: string, client: string): string[] | 'nxdomain' | 'refused' | null {
     const asker = this.store.onNetwork(network).find((l) => l.address === client);
-    if (!asker) return null;
+    // Not one of this network's VMs: the relay is no open resolver.
+    if (!asker) return 'refused';
     const policy = this.vms.get(asker.vmId)?.spec.egress;
     if (policy && !allowsDomain(policy, name)) {
       this.store.countDenied(asker.vmId);
@@ -350,12 +359,7 @@ export class HostNetworking implements Networking {
       throw new CellError(ErrorCodes.CONFLICT, `network ${name} is in use by ${names.join(', ')}: remove them or disconnect them first`);
     }
     this.store.deleteNetwork(name);
-    this.relays.get(name)?.close();
-    this.relays.delete(name);
-    this.proxiesByNetwork.get(name)?.close();
-    this.proxiesByNetwork.delete(name);
-    await removeBridge(bridgeFor(name));
-    await this.refreshUplink();
+    await this.refreshUplink(name);
   }
 
   async sweep(keep: ReadonlySet<string>): Promise<void> {

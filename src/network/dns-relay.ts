@@ -23,7 +23,7 @@ export interface DnsRelayOptions {
    * `client` may see them, `nxdomain` for a name its egress rules deny, or null to forward the
    * query. Only A queries are answered with addresses; other types get an empty answer.
    */
-  local?: (name: string, client: string) => string[] | 'nxdomain' | null;
+  local?: (name: string, client: string) => string[] | 'nxdomain' | 'refused' | null;
 }
 
 const MAX_PACKET = 4096;
@@ -109,6 +109,11 @@ export class DnsRelay {
         return;
       }
       const found = this.opts.local(parsed.query.question.name, address);
+      if (found === 'refused') {
+        this.dropped++;
+        this.socket.send(encodeAnswer(parsed.query, RCODE.REFUSED, [], 5, 512), port, address);
+        return;
+      }
       if (found === 'nxdomain') {
         this.socket.send(encodeAnswer(parsed.query, RCODE.NXDOMAIN, [], 5, 512), port, address);
         return;

@@ -21,6 +21,10 @@ export interface EgressProxyOptions {
 const MAX_HEAD = 16 * 1024;
 const HEAD_TIMEOUT_MS = 10_000;
 const MAX_CONNECTIONS = 1024;
+const MAX_PER_CLIENT = 128;
+const CONNECT_TIMEOUT_MS = 10_000;
+const IDLE_TIMEOUT_MS = 10 * 60_000;
+const perClient = new Map<string, number>();
 
 export class EgressProxy {
   private constructor(private readonly servers: Server[]) {}
@@ -59,6 +63,15 @@ async function listen(opts: EgressProxyOptions, port: number, targetPort: number
 async function handle(opts: EgressProxyOptions, client: Socket, targetPort: number, nameOf: (head: Buffer) => string | null | undefined): Promise<void> {
   const who = client.remoteAddress ?? '';
   client.on('error', () => {});
+  // One VM cannot take the whole network's share: connections are capped per client too.
+  const open = perClient.get(who) ?? 0;
+  if (open >= MAX_PER_CLIENT) return void client.destroy();
+  perClient.set(who, open + 1);
+  client.once('close', () => {
+    const left = (perClient.get(who) ?? 1) - 1;
+    if (left <= 0) perClient.delete(who);
+    else perClient.set(who, left);
+  });
   let head = Buffer.alloc(0);
   const name = await new Promise<string | null>((resolve) => {
     const timer = setTimeout(() => done(null), HEAD_TIMEOUT_MS);
@@ -96,6 +109,10 @@ async function handle(opts: EgressProxyOptions, client: Socket, targetPort: numb
   };
   upstream.on('error', end).on('close', end);
   client.on('close', end);
+  // A connection that goes quiet (or an upstream that never answers) ends, rather than holding fds.
+  upstream.setTimeout(CONNECT_TIMEOUT_MS, end);
+  upstream.once('connect', () => upstream.setTimeout(IDLE_TIMEOUT_MS, end));
+  client.setTimeout(IDLE_TIMEOUT_MS, end);
   upstream.once('connect', () => {
     upstream.write(head);
     client.pipe(upstream);

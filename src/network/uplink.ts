@@ -28,7 +28,9 @@ const TABLE = 'cellvm';
 // Private ranges are dropped in each VM's namespace instead, where an egress allow rule can let one through.
 const NO_GO = ['127.0.0.0/8', '169.254.0.0/16', '0.0.0.0/8', '224.0.0.0/3'];
 /** celld's egress proxy listens on every gateway on these ports (egress-proxy.ts). */
-export const PROXY_PORTS = { http: 15080, tls: 15443 };
+// Below 1024: only root can bind them, so no local user can take them before celld does and read
+// the guests' web traffic (the bridge addresses outlive celld).
+export const PROXY_PORTS = { http: 880, tls: 881 };
 
 export function bridgeFor(network: string): string {
   return `${PREFIX}${createHash('sha256').update(network).digest('hex').slice(0, 8)}`;
@@ -68,6 +70,8 @@ ${networks.map((n) => `    iifname "${n.bridge}" ip daddr ${n.subnet.gateway} ud
     # the relay's policy. Reset, so the guest's resolver gives up at once.
     iifname "${PREFIX}*" tcp dport 53 reject with tcp reset
     iifname "${PREFIX}*" counter drop
+    # The gateways serve their own bridges (and the host itself) only: no open resolver or proxy.
+    iifname != "lo" ip daddr { ${networks.map((n) => n.subnet.gateway).join(', ')} } counter drop
   }
 }
 `);
