@@ -37,6 +37,15 @@ export interface CellPaths {
   snapshotDir(id: string): string;
 }
 
+/**
+ * Folders a celld makes under /tmp (short socket paths that QEMU's own user can reach): RAM
+ * converters (`conv`) and migration save sockets (`mig`). One prefix per CELL_HOME and kind, so a
+ * celld that starts sweeps its own leftovers and never another CELL_HOME's.
+ */
+export function homeTmpPrefix(home: string, kind: 'conv' | 'mig'): string {
+  return `/tmp/cell-${kind}-${createHash('sha256').update(home).digest('hex').slice(0, 12)}-`;
+}
+
 export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
   if (env.CELL_HOME) return env.CELL_HOME;
   if (process.getuid?.() === 0) return '/var/lib/cellvm';

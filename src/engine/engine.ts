@@ -1,5 +1,5 @@
 import type { CellConfig } from '../domain/config.js';
-import type { CellPaths } from '../domain/paths.js';
+import { homeTmpPrefix, type CellPaths } from '../domain/paths.js';
 import { ActionCacheStore } from '../store/action-cache-store.js';
 import { openDatabase } from '../store/database.js';
 import { ensureCellHome, ensureOwnDir, ensurePrivateDir, ensurePrivateFile, narrowFileMode } from '../store/private-files.js';
@@ -129,7 +129,7 @@ export class Engine {
       templates: new TemplateStore(db),
       networks: new NetworkStore(db),
     };
-    const backend = deps.backend ?? new QemuBackend();
+    const backend = deps.backend ?? new QemuBackend({ saveDirPrefix: homeTmpPrefix(paths.home, 'mig') });
     // The machines' end is reported to the VMs service, made below: a late-bound callback.
     let vms: Vms | undefined;
     const ctx: EngineContext = {

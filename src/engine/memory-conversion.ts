@@ -1,16 +1,15 @@
-import { createHash } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { DATA_DISK_MOUNT, type VmRecord } from '../domain/vm.js';
-import type { CellPaths } from '../domain/paths.js';
+import { homeTmpPrefix, type CellPaths } from '../domain/paths.js';
 import type { EngineContext } from './context.js';
 
 export const CONVERTER_ID_FILE = 'machine-id';
 
 /** Converters' folders in /tmp, one prefix per CELL_HOME so a celld sweeps only its own. */
 export function conversionDirPrefix(paths: Pick<CellPaths, 'home'>): string {
-  return `/tmp/cell-conv-${createHash('sha256').update(paths.home).digest('hex').slice(0, 12)}-`;
+  return homeTmpPrefix(paths.home, 'conv');
 }
 
 /**

@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { ID_PATTERN } from '../domain/ids.js';
+import { homeTmpPrefix } from '../domain/paths.js';
 import type { EngineContext } from './context.js';
 import type { Images } from './images.js';
 import { CONVERTER_ID_FILE, conversionDirPrefix } from './memory-conversion.js';
@@ -19,8 +20,9 @@ import type { Vms } from './vms.js';
  * - One cut short earlier is undone: any disk layer it took goes back to the VM, the folder goes.
  *   The VM keeps running on its own disk (reconcile resumed it), or, if its machine is gone, is
  *   stopped with its disk intact.
- * - Import staging folders, folders of snapshots whose rows were deleted, and paused RAM
- *   converters of this CELL_HOME are removed; retired snapshots nothing stands on are deleted.
+ * - Import staging folders, folders of snapshots whose rows were deleted, paused RAM converters
+ *   and migration save-socket folders of this CELL_HOME are removed; retired snapshots nothing
+ *   stands on are deleted.
  */
 export async function recoverSnapshots(ctx: EngineContext, vms: Vms, images: Images): Promise<void> {
   for (const entry of await readdir(ctx.paths.snapshots)) {
@@ -34,6 +36,7 @@ export async function recoverSnapshots(ctx: EngineContext, vms: Vms, images: Ima
     }
   }
   await sweepConverters(ctx);
+  await sweepSaveSockets(ctx);
   await collectRetiredSnapshots(ctx, (id) => images.unpin('snapshot', id));
 }
 
@@ -82,15 +85,26 @@ async function giveLayersBack(ctx: EngineContext, intent: SnapshotIntent, dir: s
   }
 }
 
+/** Folders under /tmp whose name starts with `prefix` (this CELL_HOME's, see homeTmpPrefix). */
+async function ownTmpDirs(prefix: string): Promise<string[]> {
+  const entries = await readdir(dirname(prefix)).catch(() => [] as string[]);
+  return entries.filter((e) => e.startsWith(basename(prefix))).map((e) => join(dirname(prefix), e));
+}
+
 /** RAM converters (memory-conversion.ts) of this CELL_HOME left paused by a dead celld. */
 async function sweepConverters(ctx: EngineContext): Promise<void> {
-  const prefix = conversionDirPrefix(ctx.paths);
-  const entries = await readdir(dirname(prefix)).catch(() => [] as string[]);
-  for (const entry of entries.filter((e) => e.startsWith(basename(prefix)))) {
-    const dir = join(dirname(prefix), entry);
+  for (const dir of await ownTmpDirs(conversionDirPrefix(ctx.paths))) {
     const id = (await readFile(join(dir, CONVERTER_ID_FILE), 'utf8').catch(() => '')).trim();
     const pid = Number(await readFile(ctx.backend.files(dir).pidFile, 'utf8').catch(() => ''));
     if (id && pid > 0) await ctx.backend.kill(pid, id);
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * Folders a save listened in (vmm/qemu/migration.ts) when celld died mid-save: only a socket, but
+ * one per cut-short snapshot would pile up in /tmp. No celld of this CELL_HOME runs a save now.
+ */
+async function sweepSaveSockets(ctx: EngineContext): Promise<void> {
+  for (const dir of await ownTmpDirs(homeTmpPrefix(ctx.paths.home, 'mig'))) await rm(dir, { recursive: true, force: true });
 }

@@ -6,8 +6,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { homeTmpPrefix } from '../../src/domain/paths.js';
 import { openFakeEngine, type FakeEngine } from './harness.js';
 
 const STEPS = ['snapshot:staged', 'snapshot:paused', 'snapshot:saved', 'snapshot:quit', 'snapshot:disk-moved', 'snapshot:published', 'snapshot:recorded'];
@@ -133,6 +135,34 @@ test('leftovers of a dead celld are swept: import staging, folders of deleted ro
     await fake.crashAndReopen();
     assert.deepEqual(readdirSync(paths.snapshots), []);
   } finally {
+    await fake.cleanup();
+  }
+});
+
+test("a save's socket folder and a converter's folder in /tmp, this CELL_HOME's, are swept at start-up; another CELL_HOME's stay", async () => {
+  const fake = await openFakeEngine();
+  const other = '/nonexistent/other-home-' + process.pid;
+  const made: string[] = [];
+  try {
+    // What a celld killed mid-save leaves: the folder, 0711, and its listening socket's file.
+    const save = mkdtempSync(homeTmpPrefix(fake.paths.home, 'mig'));
+    made.push(save);
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(join(save, 'save.sock'), resolve));
+    server.close();
+    chmodSync(save, 0o711);
+    const conv = mkdtempSync(homeTmpPrefix(fake.paths.home, 'conv'));
+    made.push(conv);
+    writeFileSync(join(conv, 'machine-id'), 'conv' + 'c'.repeat(64));
+    const foreign = [mkdtempSync(homeTmpPrefix(other, 'mig')), mkdtempSync(homeTmpPrefix(other, 'conv'))];
+    made.push(...foreign);
+    mkdirSync(join(foreign[0]!, 'keep'));
+    await fake.crashAndReopen();
+    assert.ok(!existsSync(save), 'our save folder is gone');
+    assert.ok(!existsSync(conv), 'our converter folder is gone');
+    for (const dir of foreign) assert.ok(existsSync(dir), `${dir} is another CELL_HOME's: kept`);
+  } finally {
+    for (const dir of made) rmSync(dir, { recursive: true, force: true });
     await fake.cleanup();
   }
 });

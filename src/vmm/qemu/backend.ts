@@ -12,12 +12,22 @@ import { createOverlay } from './overlay.js';
 import { isQemuOf, signalProcess, spawnQemu, tailFile, waitGone } from './process.js';
 import { QmpClient } from './qmp.js';
 
+export interface QemuBackendOptions {
+  /**
+   * Prefix of the /tmp folders migration saves listen in, one per CELL_HOME
+   * (domain/paths.ts homeTmpPrefix), so the next celld can tell its own leftovers.
+   */
+  saveDirPrefix?: string;
+}
+
 /** The QEMU `-M microvm` driver. */
 export class QemuBackend implements Backend {
   readonly name = 'qemu';
   readonly capabilities: BackendCapabilities = { snapshots: true, fork: true, pause: true, console: true };
   readonly machineType = MACHINE_TYPE;
   private cgroupsFound?: Cgroups;
+
+  constructor(private readonly opts: QemuBackendOptions = {}) {}
 
   /** The host's cgroups, found on first use (none when confinement is off or celld is not root). */
   private get cgroups(): Cgroups {
@@ -92,7 +102,7 @@ export class QemuBackend implements Backend {
           throw this.bootFailure(spec, files, 'QEMU exited during start-up');
         }),
       ]);
-      const control = new QmpControl(qmp, { pid: spawned.pid, incomingSocket: spec.incoming ? incoming : undefined, onEnd: () => cgroup?.removeSoon() });
+      const control = new QmpControl(qmp, { pid: spawned.pid, incomingSocket: spec.incoming ? incoming : undefined, saveDirPrefix: this.opts.saveDirPrefix, onEnd: () => cgroup?.removeSoon() });
       return { pid: spawned.pid, files, control, exited: spawned.exited };
     } catch (err) {
       if (!exitedEarly) await this.kill(spawned.pid, spec.id);
@@ -109,7 +119,7 @@ export class QemuBackend implements Backend {
     try {
       const qmp = await QmpClient.connect(files.qmpSocket, 2000);
       const cgroup = this.cgroups.groupOf(pid);
-      const control = new QmpControl(qmp, { pid, onEnd: () => cgroup?.removeSoon() });
+      const control = new QmpControl(qmp, { pid, saveDirPrefix: this.opts.saveDirPrefix, onEnd: () => cgroup?.removeSoon() });
       return { files, control, memoryShared: memoryIsShared(pid) };
     } catch {
       return null;

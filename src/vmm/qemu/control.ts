@@ -8,6 +8,8 @@ export interface QmpControlOptions {
   pid: number;
   /** Where QEMU, started `-incoming unix:...`, waits for its state. */
   incomingSocket?: string;
+  /** Prefix of the /tmp folder a save's socket goes in (see migration.ts saveListener). */
+  saveDirPrefix?: string;
   /** Called once when QMP closes (the machine ended, or we let go of it): cleans up after it. */
   onEnd?: () => void;
 }
@@ -37,7 +39,7 @@ export class QmpControl implements MachineControl {
 
   saveState(path: string, opts: { withRam: boolean }): Promise<void> {
     // Without RAM: x-ignore-shared leaves out the MAP_SHARED RAM file, which the caller copies.
-    return saveState(this.qmp, path, { ignoreShared: !opts.withRam, peer: this.peer() });
+    return saveState(this.qmp, path, { ignoreShared: !opts.withRam, peer: this.peer(), socketDirPrefix: this.opts.saveDirPrefix });
   }
 
   loadState(path: string, opts: { withRam: boolean }): Promise<void> {

@@ -45,12 +45,17 @@ async function waitMigration(qmp: QmpClient, what: string, deadline: number, tim
   }
 }
 
+/** Save-socket folders without a CELL_HOME of their own (the backend used on its own). */
+export const DEFAULT_SAVE_DIR_PREFIX = '/tmp/cell-mig-';
+
 /**
  * A one-connection listener in a fresh folder under /tmp (QEMU's user cannot reach the machine's
  * 0700 folder): the folder is 0711 (passable, not listable) and the socket 0600, owned by `peer`.
+ * Its name starts with `prefix`, which says whose it is: a celld killed mid-save leaves it, and
+ * the next celld of the same CELL_HOME sweeps it.
  */
-async function saveListener(peer: SocketPeer | undefined): Promise<{ path: string; server: Server; dispose: () => Promise<void> }> {
-  const dir = await mkdtemp('/tmp/cell-mig-');
+async function saveListener(peer: SocketPeer | undefined, prefix: string): Promise<{ path: string; server: Server; dispose: () => Promise<void> }> {
+  const dir = await mkdtemp(prefix);
   const path = join(dir, 'save.sock');
   const server = createServer({ allowHalfOpen: false });
   const dispose = async () => {
@@ -114,13 +119,13 @@ function receiveInto(server: Server, statePath: string): { done: Promise<number>
 export async function saveState(
   qmp: QmpClient,
   statePath: string,
-  opts: { ignoreShared: boolean; peer?: SocketPeer; timeoutMs?: number },
+  opts: { ignoreShared: boolean; peer?: SocketPeer; timeoutMs?: number; socketDirPrefix?: string },
 ): Promise<void> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   const deadline = Date.now() + timeoutMs;
   await setIgnoreShared(qmp, opts.ignoreShared);
   await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 64 * 1024 * 1024 * 1024 });
-  const listener = await saveListener(opts.peer);
+  const listener = await saveListener(opts.peer, opts.socketDirPrefix ?? DEFAULT_SAVE_DIR_PREFIX);
   const received = receiveInto(listener.server, statePath);
   try {
     await qmp.execute('migrate', { uri: `unix:${listener.path}` });
