@@ -22,6 +22,7 @@ import { Networks } from './networks.js';
 import { NetworkStore } from '../store/lease-store.js';
 import { loadConfig, reconcile, removeHalfMade, sweepOrphans } from './recovery.js';
 import { Runs } from './runs.js';
+import { finishRestores } from './restore-intent.js';
 import { recoverSnapshots } from './snapshot-recovery.js';
 import { Snapshots } from './snapshots.js';
 import { SparePool, type SparePoolOptions } from './spare-pool.js';
@@ -167,6 +168,8 @@ export class Engine {
     const halfMade = await removeHalfMade(ctx, vms);
     if (halfMade.length > 0) ctx.log.warn(`removed VMs a stopped celld left half-made: ${halfMade.join(', ')}`);
     await recoverSnapshots(ctx, vms, images);
+    const restored = await finishRestores(ctx, vms);
+    if (restored.length > 0) ctx.log.warn(`finished restores a stopped celld left half-way: ${restored.join(', ')}`);
     consoleCap.start();
     return engine;
   }

@@ -11,6 +11,7 @@ import type { Images } from './images.js';
 import { guestHostname } from './vm-records.js';
 import type { Spare, SparePool } from './spare-pool.js';
 import { collectRetiredSnapshots } from './retired-snapshots.js';
+import { clearRestoring, markRestoring } from './restore-intent.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
 import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
 import { stagingDir, takeSnapshot, type SnapshotIntent } from './snapshot-take.js';
@@ -227,8 +228,16 @@ export class Snapshots {
     }
     return this.vms.withLock(vm.id, async () => {
       assertCompatible(snapshot.compat, compatKey(this.ctx, await this.ctx.host.ensure()), snapshot.name);
-      await this.vms.halt(vm.id);
-      return this.vms.boot(vm.id, { snapshot, copyMemory: true });
+      // From here a crash is finished by the next celld (restore-intent.ts), never left half-way.
+      const dir = this.ctx.paths.vmDir(vm.id);
+      await markRestoring(dir, snapshot.id);
+      try {
+        await this.vms.halt(vm.id);
+        await this.ctx.checkpoint('restore:halted');
+        return await this.vms.boot(vm.id, { snapshot, copyMemory: true });
+      } finally {
+        await clearRestoring(dir);
+      }
     });
   }
 

@@ -247,9 +247,11 @@ export class Vms {
         if (!restore.spare) {
           await rm(join(paths.vmDir(id), 'disk.qcow2'), { force: true });
           await rm(join(paths.vmDir(id), 'data.qcow2'), { force: true });
+          await this.ctx.checkpoint('boot:disk-dropped');
         }
         stores.vms.update(id, { baseSnapshot: restore.snapshot.id });
         if (restore.copyMemory) await this.withRamBudget(vm, () => copySparse(join(snapshotDir, 'memory'), paths.memoryFile(id)));
+        await this.ctx.checkpoint('boot:memory-ready');
       } else {
         await this.withRamBudget(vm, async () => createMemoryFile(paths, id));
       }

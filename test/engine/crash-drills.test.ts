@@ -295,3 +295,82 @@ test('twenty crash-and-restart cycles with VMs, snapshots and forks leak no file
     await fake.cleanup();
   }
 });
+
+/** [step, which time it is reached]: a snapshot's resume boots through the same steps first. */
+const RESTORE_STEPS: [string, number][] = [
+  ['restore:halted', 1],
+  ['boot:disk-dropped', 3],
+  ['boot:memory-ready', 3],
+  ['boot:running', 4],
+];
+
+for (const [step, nth] of RESTORE_STEPS) {
+  test(`kill -9 of celld in the middle of restore, at ${step}: the VM runs on the snapshot's disk, never on none; nothing leaks`, async () => {
+    const { fake, reached, disarm } = await dyingAt(step, nth);
+    try {
+      const { paths } = fake;
+      const created = await fake.engine.vms.create({ image: 'busybox', name: 'victim' });
+      const vm = await fake.engine.vms.start(created.id);
+      appendFileSync(join(paths.vmDir(vm.id), 'disk.qcow2'), 'written before the snapshot\n');
+      const snap = await fake.engine.snapshots.take(vm.id, { name: 'good' });
+      appendFileSync(join(paths.vmDir(vm.id), 'disk.qcow2'), 'written after the snapshot\n');
+      // A later snapshot: the VM's base is not the one it goes back to.
+      const later = await fake.engine.snapshots.take(vm.id, { name: 'later' });
+      appendFileSync(join(paths.vmDir(vm.id), 'disk.qcow2'), 'written after the later snapshot\n');
+      void fake.engine.snapshots.restore(vm.id, 'good').catch(() => {});
+      await reached;
+      disarm();
+      const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
+
+      const after = engine.vms.get(vm.id)!;
+      assert.equal(after.state, 'running', `the restore was finished: the VM runs (exit: ${JSON.stringify(after.exit)})`);
+      assert.equal(after.baseSnapshot, snap.id);
+      const disk = join(paths.vmDir(vm.id), 'disk.qcow2');
+      assert.ok(diskChainHolds(disk, 'written before the snapshot'), "it runs on the snapshot's disk");
+      assert.ok(!diskChainHolds(disk, 'written after the snapshot'), 'rolled back: what came after the snapshot is gone');
+      assert.ok(!diskChainHolds(disk, 'written after the later snapshot'));
+      const sink = { out: '', stdout(c: Buffer) { this.out += c; }, stderr() {} };
+      assert.equal((await engine.vms.exec(vm.id, { cmd: ['echo', 'alive'] }, sink)).exitCode, 0);
+      assert.equal(sink.out, 'alive\n');
+      onlyLeft(fake, engine, ['victim']);
+      assert.deepEqual(readdirSync(paths.snapshots).sort(), [snap.id, later.id].sort());
+      assert.deepEqual(readdirSync(paths.vmDir(vm.id)).filter((f) => !/\.(sock|log|pid|qcow2)$/.test(f)), [], 'no marker left behind');
+      // The restore's intent is done with: a later restart does not restore again.
+      appendFileSync(disk, 'written after the recovery\n');
+      const again = await fake.crashAndReopen();
+      assert.equal(again.vms.get(vm.id)!.state, 'running');
+      assert.ok(diskChainHolds(disk, 'written after the recovery'));
+    } finally {
+      await fake.cleanup();
+    }
+  });
+}
+
+test("a restore the next celld cannot finish (its boot fails) leaves the VM stopped on the snapshot's disk, and it starts there", async () => {
+  const { fake, reached, disarm } = await dyingAt('boot:disk-dropped', 1);
+  try {
+    const { paths, backend } = fake;
+    const created = await fake.engine.vms.create({ image: 'busybox', name: 'victim' });
+    const vm = await fake.engine.vms.start(created.id);
+    appendFileSync(join(paths.vmDir(vm.id), 'disk.qcow2'), 'written before the snapshot\n');
+    const snap = await fake.engine.snapshots.take(vm.id, { name: 'good', stop: true });
+    await fake.engine.vms.start(vm.id);
+    appendFileSync(join(paths.vmDir(vm.id), 'disk.qcow2'), 'written after the snapshot\n');
+    void fake.engine.snapshots.restore(vm.id, 'good').catch(() => {});
+    await reached;
+    disarm();
+    backend.failStarts = 1;
+    const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
+    const after = engine.vms.get(vm.id)!;
+    assert.equal(after.state, 'stopped');
+    assert.equal(after.baseSnapshot, snap.id, "its record names the snapshot's layer");
+    assert.ok(!existsSync(join(paths.vmDir(vm.id), 'restoring')), 'the intent is done with');
+    await engine.vms.start(vm.id);
+    const disk = join(paths.vmDir(vm.id), 'disk.qcow2');
+    assert.ok(diskChainHolds(disk, 'written before the snapshot'));
+    assert.ok(!diskChainHolds(disk, 'written after the snapshot'));
+    onlyLeft(fake, engine, ['victim']);
+  } finally {
+    await fake.cleanup();
+  }
+});
