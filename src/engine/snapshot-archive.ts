@@ -67,7 +67,12 @@ export async function exportSnapshot(paths: CellPaths, snapshot: SnapshotRecord,
  * fork would read, and an export copy out, whatever host file it names), RAM and state sizes
  * must fit the spec, and all of it is checked before anything is recorded.
  */
-export async function importSnapshot(ctx: Pick<EngineContext, 'paths' | 'db' | 'stores'>, file: string, name?: string, host: HostFs = CELLD_HOST_FS): Promise<SnapshotRecord> {
+export async function importSnapshot(
+  ctx: Pick<EngineContext, 'paths' | 'db' | 'stores' | 'checkpoint'>,
+  file: string,
+  name?: string,
+  host: HostFs = CELLD_HOST_FS,
+): Promise<SnapshotRecord> {
   const { paths, stores } = ctx;
   // Opened with the caller's access; tar reads it through /proc (each open there reads from the start).
   const archive = await host.openRead(file).catch(hostPathError(file));
@@ -77,6 +82,7 @@ export async function importSnapshot(ctx: Pick<EngineContext, 'paths' | 'db' | '
     await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', archive.path, '-C', staging, ...MEMBERS], `${file} is not a cellvm snapshot archive`);
     // The data disk is optional; extracting it alone tells whether the archive has one.
     await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', archive.path, '-C', staging, DATA_MEMBER], 'no data disk').catch(() => {});
+    await ctx.checkpoint('snapshot-import:extracted');
     const members = existsSync(join(staging, DATA_MEMBER)) || (await isLink(join(staging, DATA_MEMBER))) ? [...MEMBERS, DATA_MEMBER] : MEMBERS;
     const sizes = new Map<string, number>();
     for (const member of members) sizes.set(member, await plainFileSize(file, join(staging, member), member));
@@ -92,7 +98,10 @@ export async function importSnapshot(ctx: Pick<EngineContext, 'paths' | 'db' | '
     const allocated = await Promise.all(['state', 'memory', 'disk.qcow2', DATA_MEMBER].map((f) => allocatedBytes(join(staging, f))));
     const record: SnapshotRecord = { ...meta, stateBytes: allocated[0]!, memoryBytes: allocated[1]!, diskBytes: allocated[2]! + allocated[3]! };
     await rm(join(staging, 'snapshot.json'));
+    await ctx.checkpoint('snapshot-import:checked');
+    // Published, then recorded: a crash in between leaves a folder without a row, swept at start-up.
     await rename(staging, paths.snapshotDir(record.id));
+    await ctx.checkpoint('snapshot-import:published');
     try {
       ctx.db.transaction(() => {
         stores.snapshots.insert(record);
@@ -101,6 +110,7 @@ export async function importSnapshot(ctx: Pick<EngineContext, 'paths' | 'db' | '
       await rm(paths.snapshotDir(record.id), { recursive: true, force: true });
       throw err;
     }
+    await ctx.checkpoint('snapshot-import:recorded');
     return record;
   } finally {
     await rm(staging, { recursive: true, force: true });

@@ -11,6 +11,7 @@ import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { homeTmpPrefix } from '../../src/domain/paths.js';
 import { openFakeEngine, type FakeEngine } from './harness.js';
+import { snapshotArchive } from './snapshot-archives.js';
 
 const STEPS = ['snapshot:staged', 'snapshot:paused', 'snapshot:saved', 'snapshot:quit', 'snapshot:disk-moved', 'snapshot:published', 'snapshot:recorded'];
 
@@ -374,3 +375,37 @@ test("a restore the next celld cannot finish (its boot fails) leaves the VM stop
     await fake.cleanup();
   }
 });
+
+for (const step of ['snapshot-import:extracted', 'snapshot-import:checked', 'snapshot-import:published', 'snapshot-import:recorded']) {
+  test(`kill -9 of celld in the middle of snapshot import, at ${step}: the snapshot is whole or gone, a running VM is untouched, nothing leaks`, async () => {
+    const { fake, reached, disarm } = await dyingAt(step);
+    const work = mkdtempSync('/tmp/cellt-drill-');
+    try {
+      const { paths } = fake;
+      const bystander = await fake.engine.vms.create({ image: 'busybox', name: 'bystander' });
+      await fake.engine.vms.start(bystander.id);
+      const file = snapshotArchive(work);
+      void fake.engine.snapshots.import(file, 'imported').catch(() => {});
+      await reached;
+      disarm();
+      const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
+      const snapshots = engine.snapshots.list();
+      assert.deepEqual(readdirSync(paths.snapshots), snapshots.map((s) => s.id), 'no staging, no unrecorded folder');
+      if (step === 'snapshot-import:recorded') {
+        assert.equal(snapshots.length, 1, 'recorded: the import is finished');
+        const [kid] = await engine.snapshots.fork('imported', { name: 'kid' });
+        assert.equal(kid!.state, 'running');
+        onlyLeft(fake, engine, ['bystander', 'kid']);
+      } else {
+        assert.equal(snapshots.length, 0, 'not recorded: the import is gone');
+        // And it can be imported again, under the same name.
+        assert.equal((await engine.snapshots.import(file, 'imported')).name, 'imported');
+        onlyLeft(fake, engine, ['bystander']);
+      }
+      assert.equal(engine.vms.get(bystander.id)!.state, 'running');
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+      await fake.cleanup();
+    }
+  });
+}

@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { linkSync, mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { openFakeEngine, type FakeEngine, FAKE_IMAGE_DIGEST } from './harness.js';
+import { openFakeEngine, type FakeEngine } from './harness.js';
+import { MIB, snapshotArchive } from './snapshot-archives.js';
 
 let fake: FakeEngine;
 let work: string;
@@ -21,39 +22,8 @@ after(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
-const MIB = 1024 * 1024;
-let n = 0;
-
-/** Writes an archive the way exportSnapshot does, then lets `spoil` change its members first. */
-function archive(spoil: (dir: string, meta: Record<string, unknown>) => void = () => {}): string {
-  const dir = join(work, `a${++n}`);
-  execFileSync('mkdir', ['-p', dir]);
-  const compat = { qemuVersion: 'fake-1.0', machine: 'fake-microvm', cpuModel: 'qemu64', accelerator: 'tcg', kernelDigest: `sha256:${'1'.repeat(64)}`, initramfsDigest: `sha256:${'2'.repeat(64)}` };
-  const snapshot: Record<string, unknown> = {
-    id: n.toString(16).padStart(64, 'a'),
-    name: `imported-${n}`,
-    parentVm: 'x'.repeat(64),
-    parentVmName: 'elsewhere',
-    parentSnapshot: null,
-    spec: { image: 'busybox', imageDigest: FAKE_IMAGE_DIGEST, cpus: 1, memoryMib: 64, cmd: [], env: ['A=b'], workingDir: '/', user: '0:0', timeoutSec: 0, autoRemove: false },
-    compat,
-    stateBytes: 10,
-    memoryBytes: 0,
-    diskBytes: 0,
-    createdAt: new Date().toISOString(),
-  };
-  writeFileSync(join(dir, 'state'), JSON.stringify({ format: 'fake-state/1', machine: 'elsewhere', withRam: false }));
-  writeFileSync(join(dir, 'memory'), '');
-  truncateSync(join(dir, 'memory'), 64 * MIB);
-  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', join(dir, 'disk.qcow2'), '64M']);
-  const meta = { format: 'cellvm-snapshot/1', snapshot };
-  spoil(dir, meta);
-  writeFileSync(join(dir, 'snapshot.json'), JSON.stringify(meta));
-  const file = join(work, `a${n}.tar`);
-  const members = readdirSync(dir).filter((m) => ['snapshot.json', 'state', 'memory', 'disk.qcow2', 'data.qcow2'].includes(m));
-  execFileSync('tar', ['--sparse', '-cf', file, '-C', dir, ...members]);
-  return file;
-}
+/** An archive as exportSnapshot writes it, `spoil`ed first (snapshot-archives.ts). */
+const archive = (spoil?: (dir: string, meta: Record<string, unknown>) => void): string => snapshotArchive(work, spoil);
 
 async function refused(file: string, why: RegExp): Promise<void> {
   const before = fake.engine.snapshots.list().length;
