@@ -129,3 +129,18 @@ export interface CacheEntry {
   lastUsed: string;
   hits: number;
 }
+
+/**
+ * A cache entry to be recorded with the snapshot it holds, in the snapshot's own transaction: a
+ * crash in between would leave a snapshot no entry holds (nor anything else). `replace` drops an
+ * entry of the same key first (a `--no-cache` rebuild).
+ */
+export interface PendingCacheEntry {
+  key: string;
+  description: string;
+  replace: boolean;
+}
+
+export function cacheEntryFor(pending: PendingCacheEntry, snapshotId: string, at: string): CacheEntry {
+  return { key: pending.key, snapshotId, description: pending.description.slice(0, 200), createdAt: at, lastUsed: at, hits: 0 };
+}

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { isAbsolute, posix } from 'node:path';
 import {
   actionCacheKey,
+  cacheEntryFor,
   type ActionResult,
   type ActionSpec,
   type CachePolicy,
@@ -250,8 +251,12 @@ export class Actions {
       if (opts.signal?.aborted) throw new CellError(ErrorCodes.CANCELLED, 'the action was cancelled');
       let snapshot: SnapshotRecord | null = null;
       if (exitCode === 0 && (key !== null || opts.snapshot)) {
-        snapshot = await this.snapshots.take(vm.id, { name: cache ? this.snapshotName(cache.key) : undefined, stop: true });
-        if (cache) this.record(cache.key, snapshot.id, describeAction(spec, r), cache.replace);
+        snapshot = await this.snapshots.take(vm.id, {
+          name: cache ? this.snapshotName(cache.key) : undefined,
+          stop: true,
+          ...(cache ? { cache: { key: cache.key, description: describeAction(spec, r), replace: cache.replace } } : {}),
+        });
+        await this.ctx.checkpoint('action:snapshotted');
       }
       return { exitCode, snapshot, cached: false, key, durationMs: performance.now() - started };
     } finally {
@@ -295,17 +300,14 @@ export class Actions {
     return this.snapshots.nameExists(name) ? undefined : name;
   }
 
-  /** Stores `key` -> snapshot. With `replace` the entry takes the old one's place (its snapshot is then unheld: `cell snapshot prune` can take it). */
+  /**
+   * Stores `key` -> an existing snapshot; with `replace` the entry takes the old one's place (its
+   * snapshot is then unheld). Actions record theirs with the snapshot instead (TakeSnapshotOptions.cache).
+   */
   record(key: string, snapshotId: string, description: string, replace = false): void {
-    const now = new Date().toISOString();
-    const entry: CacheEntry = { key, snapshotId, description: description.slice(0, 200), createdAt: now, lastUsed: now, hits: 0 };
-    const cache = this.ctx.stores.actionCache;
-    this.ctx.db.transaction(() => {
-      if (replace) cache.delete(key);
-      cache.insert(entry);
-    })();
+    const entry = cacheEntryFor({ key, description, replace }, snapshotId, new Date().toISOString());
+    this.ctx.db.transaction(() => this.ctx.stores.actionCache.put(entry, replace))();
   }
-
 }
 
 /** What ran, for `cell cache ls`: the source and the command (or the copy). */

@@ -137,6 +137,7 @@ export class Builds {
         snapshot: current.id,
         durationMs: performance.now() - stepStarted,
       });
+      await this.ctx.checkpoint('build:step-done');
     }
     if (!current) throw new CellError(ErrorCodes.BAD_BUILD_FILE, 'a build on an image needs at least one run or copy step');
     if (pendingEnv.length > 0 || pendingWorkdir !== undefined) {
@@ -156,8 +157,9 @@ export class Builds {
     return this.ctx.locks.run(`action:${key}`, async () => {
       const hit = this.actions.lookup(key);
       if (hit) return { snapshot: hit, key };
-      const snapshot = await this.snapshots.derive(source.id, spec, this.actions.snapshotName(key));
-      this.actions.record(key, snapshot.id, `${source.name}: set ${[...env, ...(workingDir ? [`workdir ${workingDir}`] : [])].join(' ')}`);
+      const description = `${source.name}: set ${[...env, ...(workingDir ? [`workdir ${workingDir}`] : [])].join(' ')}`;
+      const snapshot = await this.snapshots.derive(source.id, spec, this.actions.snapshotName(key), { key, description, replace: false });
+      await this.ctx.checkpoint('build:derived');
       return { snapshot, key };
     });
   }

@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
+import { cacheEntryFor, type PendingCacheEntry } from '../domain/action.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
 import type { VmRecord } from '../domain/vm.js';
@@ -23,6 +24,8 @@ export interface SnapshotIntent {
   resume: boolean;
   /** The record, but for the sizes (known once the files are written). */
   record: Omit<SnapshotRecord, 'stateBytes' | 'memoryBytes' | 'diskBytes'>;
+  /** An action's cache entry, recorded with the snapshot (an action's VM is gone after a crash). */
+  cache?: PendingCacheEntry;
 }
 
 export const INTENT_FILE = 'intent.json';
@@ -128,6 +131,7 @@ export async function finishSnapshot(ctx: EngineContext, vms: Vms, images: Image
       const patch = { baseSnapshot: id, pid: null, stoppedAt: new Date().toISOString(), exit: exitInfo('snapshot') };
       if (vm?.state === 'stopped') stores.vms.update(intent.vm, patch);
       else if (vm) stores.vms.setState(intent.vm, 'stopped', patch);
+      if (intent.cache) stores.actionCache.put(cacheEntryFor(intent.cache, id, patch.stoppedAt), intent.cache.replace);
     })();
     releaseMemory(paths, intent.vm);
     await ctx.checkpoint('snapshot:recorded');

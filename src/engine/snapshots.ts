@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { link, mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { cacheEntryFor, type PendingCacheEntry } from '../domain/action.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { newId, resolveRef, validateName } from '../domain/ids.js';
 import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
@@ -22,6 +23,8 @@ export interface TakeSnapshotOptions {
   name?: string;
   /** Leave the VM stopped afterwards instead of resuming it. */
   stop?: boolean;
+  /** An action's cache entry for the snapshot, recorded in the same transaction. */
+  cache?: PendingCacheEntry;
 }
 
 export interface ForkOptions {
@@ -99,6 +102,7 @@ export class Snapshots {
           compat: compatKey(this.ctx, ready),
           createdAt: new Date().toISOString(),
         },
+        ...(opts.cache ? { cache: opts.cache } : {}),
       };
       return takeSnapshot(this.ctx, this.vms, this.images, current, intent);
     });
@@ -160,9 +164,14 @@ export class Snapshots {
    * A snapshot of the same machine with different defaults for the VMs forked from it (env,
    * working directory, user): what a build's trailing `env` or `workdir` steps leave. Nothing
    * boots; the new snapshot's files are hard links to the source's (they never change), and it
-   * counts as the source's child, so the source stays while it exists.
+   * counts as the source's child, so the source stays while it exists. `cache` is recorded with it.
    */
-  async derive(sourceRef: string, changes: Partial<Pick<VmRecord['spec'], 'env' | 'workingDir' | 'user'>>, name?: string): Promise<SnapshotRecord> {
+  async derive(
+    sourceRef: string,
+    changes: Partial<Pick<VmRecord['spec'], 'env' | 'workingDir' | 'user'>>,
+    name?: string,
+    cache?: PendingCacheEntry,
+  ): Promise<SnapshotRecord> {
     const source = this.resolve(sourceRef);
     if (name !== undefined) validateName(name);
     return this.ctx.locks.run(source.id, async () => {
@@ -178,6 +187,7 @@ export class Snapshots {
           if (file !== 'data.qcow2' || existsSync(from)) await link(from, join(staging, file));
         }
         await rename(staging, paths.snapshotDir(id));
+        await this.ctx.checkpoint('derive:published');
       } catch (err) {
         await rm(staging, { recursive: true, force: true });
         throw new CellError(ErrorCodes.SNAPSHOT_FAILED, `could not derive a snapshot from ${source.name}: ${(err as Error).message}`);
@@ -197,6 +207,7 @@ export class Snapshots {
       this.ctx.db.transaction(() => {
         stores.snapshots.insert(record);
         this.images.pin('snapshot', id, record.spec.imageDigest);
+        if (cache) stores.actionCache.put(cacheEntryFor(cache, id, record.createdAt), cache.replace);
       })();
       return record;
     });

@@ -34,6 +34,12 @@ export class ActionCacheStore {
     return result.changes === 1;
   }
 
+  /** `insert`, taking the key's place with `replace`; the caller holds a transaction. */
+  put(entry: CacheEntry, replace: boolean): void {
+    if (replace) this.delete(entry.key);
+    this.insert(entry);
+  }
+
   recordHit(key: string, at: string): void {
     this.db.prepare('UPDATE action_cache SET hits = hits + 1, last_used = ? WHERE key = ?').run(at, key);
   }

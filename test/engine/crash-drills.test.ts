@@ -213,6 +213,20 @@ async function dyingAt(step: string, nth = 1): Promise<{ fake: FakeEngine; reach
   return { fake, reached: promise, disarm: () => (armed.on = false) };
 }
 
+/** Waits until the daemon "died" at its step; an operation that ends before reaching it fails the test. */
+async function cutShort(operation: Promise<unknown>, reached: Promise<void>): Promise<void> {
+  const ended = operation.then(
+    () => {
+      throw new Error('the operation finished without reaching the step');
+    },
+    (err: unknown) => {
+      throw new Error(`the operation failed before reaching the step: ${(err as Error).message}`);
+    },
+  );
+  ended.catch(() => {});
+  await Promise.race([reached, ended]);
+}
+
 /** Nothing of a cut-short operation is left: only `keep` VMs, their machines, folders and RAM files. */
 function onlyLeft(fake: FakeEngine, engine: FakeEngine['engine'], keep: string[]): void {
   const vms = engine.vms.list(true);
@@ -318,8 +332,7 @@ for (const [step, nth] of RESTORE_STEPS) {
       // A later snapshot: the VM's base is not the one it goes back to.
       const later = await fake.engine.snapshots.take(vm.id, { name: 'later' });
       appendFileSync(join(paths.vmDir(vm.id), 'disk.qcow2'), 'written after the later snapshot\n');
-      void fake.engine.snapshots.restore(vm.id, 'good').catch(() => {});
-      await reached;
+      await cutShort(fake.engine.snapshots.restore(vm.id, 'good'), reached);
       disarm();
       const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
 
@@ -357,8 +370,7 @@ test("a restore the next celld cannot finish (its boot fails) leaves the VM stop
     const snap = await fake.engine.snapshots.take(vm.id, { name: 'good', stop: true });
     await fake.engine.vms.start(vm.id);
     appendFileSync(join(paths.vmDir(vm.id), 'disk.qcow2'), 'written after the snapshot\n');
-    void fake.engine.snapshots.restore(vm.id, 'good').catch(() => {});
-    await reached;
+    await cutShort(fake.engine.snapshots.restore(vm.id, 'good'), reached);
     disarm();
     backend.failStarts = 1;
     const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
@@ -385,8 +397,7 @@ for (const step of ['snapshot-import:extracted', 'snapshot-import:checked', 'sna
       const bystander = await fake.engine.vms.create({ image: 'busybox', name: 'bystander' });
       await fake.engine.vms.start(bystander.id);
       const file = snapshotArchive(work);
-      void fake.engine.snapshots.import(file, 'imported').catch(() => {});
-      await reached;
+      await cutShort(fake.engine.snapshots.import(file, 'imported'), reached);
       disarm();
       const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
       const snapshots = engine.snapshots.list();
@@ -405,6 +416,54 @@ for (const step of ['snapshot-import:extracted', 'snapshot-import:checked', 'sna
       assert.equal(engine.vms.get(bystander.id)!.state, 'running');
     } finally {
       rmSync(work, { recursive: true, force: true });
+      await fake.cleanup();
+    }
+  });
+}
+
+/** [step, which time it is reached] in a two-step build with a trailing env (a derived snapshot). */
+const BUILD_STEPS: [string, number][] = [
+  ['boot:running', 2],
+  ['snapshot:saved', 1],
+  ['snapshot:recorded', 1],
+  ['action:snapshotted', 1],
+  ['build:step-done', 1],
+  ['boot:running', 3],
+  ['action:snapshotted', 2],
+  ['derive:published', 1],
+  ['build:derived', 1],
+];
+
+for (const [step, nth] of BUILD_STEPS) {
+  test(`kill -9 of celld in the middle of a build, at ${step} (#${nth}): no step VM is left, every snapshot is a cached step's, the build runs again`, async () => {
+    const { fake, reached, disarm } = await dyingAt(step, nth);
+    const dir = mkdtempSync('/tmp/cellt-build-');
+    try {
+      const { paths } = fake;
+      const bystander = await fake.engine.vms.create({ image: 'busybox', name: 'bystander' });
+      await fake.engine.vms.start(bystander.id); // boot:running #1
+      writeFileSync(join(dir, 'build.toml'), 'base = "busybox"\n[[step]]\nrun = "true"\n[[step]]\nrun = "echo two"\n[[step]]\nenv = { MODE = "drill" }\n');
+      const plan = await fake.engine.builds.load(join(dir, 'build.toml'));
+      await cutShort(fake.engine.builds.build(plan, { tag: 'drilled' }), reached);
+      disarm();
+      const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
+
+      onlyLeft(fake, engine, ['bystander']);
+      assert.equal(engine.vms.get(bystander.id)!.state, 'running');
+      const snapshots = engine.snapshots.list();
+      assert.deepEqual(readdirSync(paths.snapshots).sort(), snapshots.map((s) => s.id).sort(), 'only recorded snapshots have folders');
+      for (const s of snapshots) assert.ok(engine.snapshots.holders(s.id).length > 0, `snapshot ${s.name} is held by a cache entry, not left over`);
+      for (const { entry, snapshot } of engine.actions.listCache()) assert.ok(snapshot, `cache entry ${entry.key.slice(0, 12)} has its snapshot`);
+
+      // The build again: what was finished is a cache hit, the rest runs.
+      const result = await engine.builds.build(plan, { tag: 'drilled' });
+      assert.equal(result.exitCode, 0);
+      assert.equal(result.ran + result.cached, 2);
+      assert.equal(result.snapshot!.name, 'drilled');
+      assert.deepEqual(result.snapshot!.spec.env.filter((e) => e.startsWith('MODE=')), ['MODE=drill']);
+      onlyLeft(fake, engine, ['bystander']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
       await fake.cleanup();
     }
   });
