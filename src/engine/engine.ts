@@ -170,6 +170,8 @@ export class Engine {
     await recoverSnapshots(ctx, vms, images);
     const restored = await finishRestores(ctx, vms);
     if (restored.length > 0) ctx.log.warn(`finished restores a stopped celld left half-way: ${restored.join(', ')}`);
+    // Last: VMs and snapshots removed above unpinned what they held.
+    await images.sweepAfterStart().catch((err: unknown) => ctx.log.warn(`sweeping the image store at start-up failed: ${(err as Error).message}`));
     consoleCap.start();
     return engine;
   }

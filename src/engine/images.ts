@@ -13,6 +13,7 @@ import {
   parseReference,
   pullImage,
   removeImageReference,
+  sweepImageStore,
   type PullProgressFn,
 } from '../image/index.js';
 import { ImagePins } from '../store/image-pins.js';
@@ -83,6 +84,7 @@ export class Images {
       credentialsPath: join(this.ctx.paths.home, 'credentials.json'),
       insecureRegistries: this.insecureRegistries(req.insecureRegistries),
       signal: req.signal,
+      checkpoint: this.ctx.checkpoint,
     }));
     await this.enforceCacheCap(image);
     return image;
@@ -98,10 +100,19 @@ export class Images {
     await this.ctx.host.ensure();
     const archive = await host.openRead(file).catch(hostPathError(file));
     const image = await this.gate
-      .withShared(() => importArchive({ file, source: archive.path, storeRoot: this.ctx.paths.home, db: this.ctx.db, reference }))
+      .withShared(() => importArchive({ file, source: archive.path, storeRoot: this.ctx.paths.home, db: this.ctx.db, reference, checkpoint: this.ctx.checkpoint }))
       .finally(() => archive.close());
     await this.enforceCacheCap(image);
     return image;
+  }
+
+  /**
+   * At start-up: what a dead celld's pulls and imports left (partial blobs, staging, unrecorded
+   * disks, blobs nothing pins) goes now, not at the next GC; returns the bytes freed.
+   */
+  async sweepAfterStart(): Promise<number> {
+    const gc = await this.gate.withExclusive(() => sweepImageStore({ storeRoot: this.ctx.paths.home, db: this.ctx.db }));
+    return gc.bytesFreed;
   }
 
   /** Removes a reference; refused while a VM or snapshot uses the image, unless `force`. */
@@ -173,6 +184,7 @@ export class Images {
     if (max === undefined) return;
     this.pins.pin('pull', keep.digest, [keep.digest]);
     try {
+      await this.ctx.checkpoint('image-cap:pinned');
       await this.gate.withExclusive(() => evictImages({ storeRoot: this.ctx.paths.home, db: this.ctx.db, maxBytes: max, graceMs: 0 }));
     } finally {
       this.pins.unpin('pull', keep.digest);

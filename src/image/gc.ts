@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { Db } from '../store/database.js';
 import { BlobStore } from '../store/blob-store.js';
 import { ImagePins } from '../store/image-pins.js';
-import { imagesDir, workDir } from './store-layout.js';
+import { imagesDir, storeTag, workDir } from './store-layout.js';
 import { DEFAULT_TMPFS_STAGING, removeTree, TMPFS_STAGING_PREFIX } from './unpack/staging.js';
 
 /**
@@ -67,6 +67,24 @@ export async function collectGarbage(opts: { storeRoot: string; db: Db; graceMs?
     }
   }
   if (opts.stagingTmpfs !== null) await removeOrphanStaging(opts.stagingTmpfs ?? DEFAULT_TMPFS_STAGING, grace);
+  return result;
+}
+
+/**
+ * At start-up, before any pull or import of this store can run (one celld per CELL_HOME), what a
+ * celld killed in the middle of one left goes at once rather than after the grace period:
+ * `pull` pins, temp blobs, base disks nothing records, blobs nothing pins, work dirs, and this
+ * store's tmpfs staging dirs whichever pid made them.
+ */
+export async function sweepImageStore(opts: { storeRoot: string; db: Db; stagingTmpfs?: string | null }): Promise<GcResult> {
+  new ImagePins(opts.db).unpinKind('pull');
+  const result = await collectGarbage({ ...opts, graceMs: 0 });
+  if (opts.stagingTmpfs === null) return result;
+  const dir = opts.stagingTmpfs ?? DEFAULT_TMPFS_STAGING;
+  const own = new RegExp(`^${TMPFS_STAGING_PREFIX}\\d+-${storeTag(opts.storeRoot)}-`);
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (own.test(name)) await removeTree(join(dir, name));
+  }
   return result;
 }
 

@@ -5,9 +5,9 @@ import { ImagePins } from '../store/image-pins.js';
 import type { Digest } from './digest.js';
 import { parseImageConfig } from './image-config.js';
 import type { ImageManifest } from './manifest.js';
-import type { PullProgressFn } from './progress.js';
+import { noCheckpoint, type Checkpoint, type PullProgressFn } from './progress.js';
 import { buildRootfsDisk } from './rootfs-disk.js';
-import { diskPathFor, workDir } from './store-layout.js';
+import { diskPathFor, storeTag, workDir } from './store-layout.js';
 import type { UnpackLimits } from './unpack/apply-layer.js';
 import { DEFAULT_TMPFS_STAGING, removeTree } from './unpack/staging.js';
 import { rootfsOf, unpackLayers } from './unpack/unpack-layers.js';
@@ -36,6 +36,8 @@ export interface InstallInput {
   /** tmpfs dir to stage the unpacked tree in when it fits (default /dev/shm); null: on disk only. */
   stagingTmpfs?: string | null;
   onProgress?: PullProgressFn;
+  /** Crash-drill steps, named without the operation: unpacked, disk-built, recorded. */
+  checkpoint?: Checkpoint;
 }
 
 export interface InstalledImage extends ImageRecord {
@@ -48,6 +50,7 @@ export interface InstalledImage extends ImageRecord {
 
 export async function installImage(input: InstallInput): Promise<InstalledImage> {
   const parsed = parseImageConfig(input.configBytes, `config of ${input.reference}`);
+  const checkpoint = input.checkpoint ?? noCheckpoint;
   const diskPath = diskPathFor(input.storeRoot, input.manifestDigest);
   let warnings: string[] = [];
   let built = false;
@@ -67,6 +70,7 @@ export async function installImage(input: InstallInput): Promise<InstalledImage>
         ...(parsed.diffIds[i] ? { diffId: parsed.diffIds[i] } : {}),
       })),
       workDir: workDir(input.storeRoot),
+      owner: storeTag(input.storeRoot),
       ...(input.stagingTmpfs !== null
         ? { tmpfs: { dir: input.stagingTmpfs ?? DEFAULT_TMPFS_STAGING, layerBytes: input.manifest.layers.reduce((n, l) => n + l.size, 0) } }
         : {}),
@@ -75,6 +79,7 @@ export async function installImage(input: InstallInput): Promise<InstalledImage>
     });
     warnings = unpacked.warnings;
     try {
+      await checkpoint('unpacked');
       input.onProgress?.({ phase: 'disk', status: 'building' });
       const disk = await buildRootfsDisk(rootfsOf(unpacked), diskPath);
       built = disk.built;
@@ -82,6 +87,8 @@ export async function installImage(input: InstallInput): Promise<InstalledImage>
     } finally {
       await removeTree(unpacked.dir);
     }
+    // Built, not recorded: a crash here leaves a disk nothing names, collected at the next start.
+    await checkpoint('disk-built');
   }
 
   const at = new Date().toISOString();
@@ -105,6 +112,7 @@ export async function installImage(input: InstallInput): Promise<InstalledImage>
     if (built) await rm(diskPath, { force: true });
     throw err;
   }
+  await checkpoint('recorded');
   input.onProgress?.({ phase: 'done', reference: input.reference, digest: input.manifestDigest, diskPath });
   return record;
 }

@@ -10,3 +10,11 @@ export type PullProgress =
   | { phase: 'done'; reference: string; digest: string; diskPath: string };
 
 export type PullProgressFn = (event: PullProgress) => void;
+
+/**
+ * A named step of a pull or import (`pull:resolved`, ...) where a crash drill may stop the daemon
+ * (the engine's EngineContext.checkpoint); a no-op otherwise.
+ */
+export type Checkpoint = (step: string) => Promise<void>;
+
+export const noCheckpoint: Checkpoint = async () => {};

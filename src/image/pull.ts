@@ -7,7 +7,7 @@ import { parseImageConfig } from './image-config.js';
 import { installImage, type InstalledImage } from './install.js';
 import { limitConcurrency } from './limit.js';
 import { DEFAULT_PLATFORM, formatPlatform, parsePlatform, platformMatches, type Platform } from './platform.js';
-import type { PullProgressFn } from './progress.js';
+import { noCheckpoint, type Checkpoint, type PullProgressFn } from './progress.js';
 import { formatReference, parseReference } from './reference.js';
 import { downloadBlob } from './registry/blob-download.js';
 import { RegistryClient } from './registry/client.js';
@@ -43,6 +43,8 @@ export interface PullOptions {
   concurrency?: number;
   retry?: RetryPolicy;
   signal?: AbortSignal;
+  /** Crash-drill steps: pull:resolved, pull:config-stored, pull:layer-stored, then installImage's. */
+  checkpoint?: Checkpoint;
 }
 
 export const DEFAULT_MAX_BLOB_BYTES = 16 * 1024 ** 3;
@@ -75,12 +77,14 @@ export async function pullImage(opts: PullOptions): Promise<PulledImage> {
 
   const added = new Set<string>();
   const pending: Promise<unknown>[] = [];
+  const checkpoint = opts.checkpoint ?? noCheckpoint;
   try {
     const resolved = await resolveImage(client, store, ref, wanted);
     const { manifest } = resolved;
     for (const [digest, bytes] of resolved.documents) {
       if (!(await store.has(digest))) added.add(await store.put(bytes, { digest, what: `manifest ${digest}` }));
     }
+    await checkpoint('pull:resolved');
     opts.onProgress?.({
       phase: 'resolved',
       reference,
@@ -111,6 +115,7 @@ export async function pullImage(opts: PullOptions): Promise<PulledImage> {
         ...(onWriter ? { onWriter } : {}),
       });
       if (!had) added.add(desc.digest);
+      await checkpoint(desc === manifest.config ? 'pull:config-stored' : 'pull:layer-stored');
       return path;
     };
 
@@ -146,6 +151,7 @@ export async function pullImage(opts: PullOptions): Promise<PulledImage> {
       ...(opts.limits ? { limits: opts.limits } : {}),
       ...(opts.stagingTmpfs !== undefined ? { stagingTmpfs: opts.stagingTmpfs } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      checkpoint: (step) => checkpoint(`pull:${step}`),
     });
   } catch (err) {
     abort.abort(err);

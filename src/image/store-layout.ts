@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { digestHex, type Digest } from './digest.js';
 
@@ -16,4 +17,12 @@ export function diskPathFor(storeRoot: string, imageDigest: Digest): string {
 
 export function workDir(storeRoot: string): string {
   return join(storeRoot, 'tmp');
+}
+
+/**
+ * A short tag for a store root, in the names of what it stages outside itself (tmpfs unpack dirs
+ * in /dev/shm, shared by every CELL_HOME): a starting celld sweeps its own and no one else's.
+ */
+export function storeTag(storeRoot: string): string {
+  return createHash('sha256').update(storeRoot).digest('hex').slice(0, 12);
 }

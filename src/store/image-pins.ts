@@ -99,6 +99,11 @@ export class ImagePins {
     })();
   }
 
+  /** Drops every pin of a kind: `pull` pins a dead celld held live only while it ran. */
+  unpinKind(ownerKind: PinOwnerKind): number {
+    return this.db.prepare('DELETE FROM pins WHERE owner_kind = ?').run(ownerKind).changes;
+  }
+
   /** Drops every pin an owner holds (the VM or snapshot is gone). */
   unpin(ownerKind: PinOwnerKind, ownerId: string): number {
     return this.db.prepare('DELETE FROM pins WHERE owner_kind = ? AND owner_id = ?').run(ownerKind, ownerId).changes;

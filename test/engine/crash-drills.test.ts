@@ -4,12 +4,19 @@
  * machines). Afterwards the VM runs with every write it made, the snapshot is either complete or
  * gone, and nothing is left behind.
  */
-import { test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { homeTmpPrefix } from '../../src/domain/paths.js';
+import type { EngineContext } from '../../src/engine/context.js';
+import type { EngineDeps } from '../../src/engine/engine.js';
+import { pushImage } from '../../src/image/push.js';
+import { storeTag } from '../../src/image/store-layout.js';
+import { DEFAULT_TMPFS_STAGING } from '../../src/image/unpack/staging.js';
+import { dockerSave, storeImage, tarOfTree } from '../image/image-builder.js';
+import { startRegistry, type RunningRegistry } from '../image/registry-harness.js';
 import { openFakeEngine, type FakeEngine } from './harness.js';
 import { snapshotArchive } from './snapshot-archives.js';
 
@@ -198,11 +205,12 @@ test('a full file system during a snapshot says so, with what was needed and wha
 });
 
 /** Opens a fake engine whose daemon "dies" the first time it reaches `step`. */
-async function dyingAt(step: string, nth = 1): Promise<{ fake: FakeEngine; reached: Promise<void>; disarm: () => void }> {
+async function dyingAt(step: string, nth = 1, deps: EngineDeps = {}): Promise<{ fake: FakeEngine; reached: Promise<void>; disarm: () => void }> {
   let reached!: () => void;
   const promise = new Promise<void>((resolve) => (reached = resolve));
   const armed = { on: true, seen: 0 };
   const fake = await openFakeEngine({
+    ...deps,
     checkpoint: async (at) => {
       if (armed.on && at === step && ++armed.seen === nth) {
         reached();
@@ -468,3 +476,129 @@ for (const [step, nth] of BUILD_STEPS) {
     }
   });
 }
+
+/**
+ * What a pull or import leaves in the image store is what its recorded images need, and nothing
+ * else: blobs, base disks, work dirs, this home's tmpfs staging, transient pins.
+ */
+function imageStoreHolds(fake: FakeEngine, engine: FakeEngine['engine'], references: string[]): void {
+  const { db } = (engine as unknown as { ctx: EngineContext }).ctx;
+  const images = engine.images.list().filter((i) => !i.builtin);
+  assert.deepEqual(images.map((i) => i.reference).sort(), [...references].sort());
+  const needed = (db.prepare('SELECT DISTINCT blob_digest AS d FROM image_blobs').all() as { d: string }[]).map((r) => r.d.slice(7)).sort();
+  const blobDir = join(fake.paths.home, 'blobs', 'sha256');
+  assert.deepEqual(existsSync(blobDir) ? readdirSync(blobDir).sort() : [], needed, 'blobs: exactly those of recorded images, no temp files');
+  const diskDir = join(fake.paths.home, 'images');
+  assert.deepEqual(existsSync(diskDir) ? readdirSync(diskDir).sort() : [], images.map((i) => i.diskPath.split('/').pop()!).sort(), 'base disks: only recorded ones');
+  const work = join(fake.paths.home, 'tmp');
+  assert.deepEqual(existsSync(work) ? readdirSync(work) : [], [], 'no work dirs');
+  const tag = storeTag(fake.paths.home);
+  assert.deepEqual(readdirSync(DEFAULT_TMPFS_STAGING).filter((n) => n.includes(`-${tag}-`)), [], 'no tmpfs staging of this home');
+  assert.equal((db.prepare("SELECT COUNT(*) AS n FROM pins WHERE owner_kind = 'pull'").get() as { n: number }).n, 0, 'no transient pins');
+  assert.equal((db.prepare('SELECT COUNT(*) AS n FROM image_blobs WHERE image_digest NOT IN (SELECT digest FROM images UNION SELECT digest FROM pins)').get() as { n: number }).n, 0);
+}
+
+describe('kill -9 of celld in the middle of image pull and import (a real registry on 127.0.0.1)', () => {
+  let registry: RunningRegistry;
+  let src: string;
+  let oneLayer: string;
+  let twoLayers: string;
+  before(async () => {
+    registry = await startRegistry();
+    src = mkdtempSync('/tmp/cellt-drill-src-');
+    const retry = { attempts: 3, baseDelayMs: 10, maxDelayMs: 50 };
+    const one = await storeImage(src, { layers: [{ tar: tarOfTree({ 'etc/one': 'one\n' }), compression: 'gzip' }] });
+    oneLayer = `${registry.host}/drill/one:v1`;
+    await pushImage({ image: one.manifestDigest, reference: oneLayer, storeRoot: src, retry, dockerConfigPath: null });
+    const two = await storeImage(src, {
+      layers: [
+        { tar: tarOfTree({ 'etc/a': 'a\n', 'bin/tool': 'v1' }), compression: 'gzip' },
+        { tar: tarOfTree({ 'etc/b': 'b\n' }), compression: 'none' },
+      ],
+    });
+    twoLayers = `${registry.host}/drill/two:v1`;
+    await pushImage({ image: two.manifestDigest, reference: twoLayers, storeRoot: src, retry, dockerConfigPath: null });
+  });
+  after(async () => {
+    await registry?.stop();
+    if (src) rmSync(src, { recursive: true, force: true });
+  });
+
+  /** [step, the image pulled, whether the image is recorded when celld dies there]. */
+  const PULL_STEPS: [string, () => string, boolean][] = [
+    ['pull:resolved', () => twoLayers, false],
+    ['pull:config-stored', () => twoLayers, false],
+    // One layer: nothing else downloads while the daemon is "dead".
+    ['pull:layer-stored', () => oneLayer, false],
+    ['pull:unpacked', () => twoLayers, false],
+    ['pull:disk-built', () => twoLayers, false],
+    ['pull:recorded', () => twoLayers, true],
+    ['image-cap:pinned', () => twoLayers, true],
+  ];
+
+  for (const [step, image, recorded] of PULL_STEPS) {
+    test(`at ${step}: the image is recorded whole or not at all, its blobs and staging are collected, a VM runs from it after a new pull`, async () => {
+      const { fake, reached, disarm } = await dyingAt(step, 1, { config: { imageCacheMaxBytes: 1024 ** 4 } });
+      try {
+        const ref = image();
+        const bystander = await fake.engine.vms.create({ image: 'busybox', name: 'bystander' });
+        await fake.engine.vms.start(bystander.id);
+        await cutShort(fake.engine.images.pull({ reference: ref }), reached);
+        disarm();
+        const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
+        imageStoreHolds(fake, engine, recorded ? [ref] : []);
+        assert.equal(engine.vms.get(bystander.id)!.state, 'running');
+
+        await engine.images.pull({ reference: ref });
+        imageStoreHolds(fake, engine, [ref]);
+        const vm = await engine.vms.create({ image: ref, name: 'from-pull' });
+        assert.equal((await engine.vms.start(vm.id)).state, 'running');
+        onlyLeft(fake, engine, ['bystander', 'from-pull']);
+      } finally {
+        await fake.cleanup();
+      }
+    });
+  }
+
+  for (const step of ['image-import:extracted', 'image-import:stored', 'image-import:unpacked', 'image-import:disk-built', 'image-import:recorded']) {
+    test(`image import, at ${step}: the image is recorded whole or not at all, nothing of the import is left`, async () => {
+      const { fake, reached, disarm } = await dyingAt(step);
+      const dir = mkdtempSync('/tmp/cellt-drill-');
+      try {
+        const file = dockerSave(dir, 'example.com/drill/saved:1', [tarOfTree({ 'bin/app': 'app' }), tarOfTree({ 'etc/conf': 'c' })]);
+        await cutShort(fake.engine.images.importArchive(file), reached);
+        disarm();
+        const engine = await fake.crashAndReopen({ deps: { checkpoint: async () => {} } });
+        imageStoreHolds(fake, engine, step === 'image-import:recorded' ? ['example.com/drill/saved:1'] : []);
+        await engine.images.importArchive(file);
+        imageStoreHolds(fake, engine, ['example.com/drill/saved:1']);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+        await fake.cleanup();
+      }
+    });
+  }
+});
+
+test("a download cut short leaves temp blobs, work dirs, a half-built disk and tmpfs staging: this home's go at start-up, another home's staging stays", async () => {
+  const fake = await openFakeEngine();
+  const foreign = join(DEFAULT_TMPFS_STAGING, `cellvm-unpack-${process.pid}-${storeTag('/nonexistent/other')}-drill`);
+  const ours = join(DEFAULT_TMPFS_STAGING, `cellvm-unpack-${process.pid}-${storeTag(fake.paths.home)}-drill`);
+  try {
+    const { home } = fake.paths;
+    for (const d of [join(home, 'blobs', 'sha256'), join(home, 'tmp', 'unpack-x', 'rootfs'), join(home, 'images'), join(ours, 'rootfs'), foreign]) mkdirSync(d, { recursive: true });
+    writeFileSync(join(home, 'blobs', 'sha256', '.tmp-0123456789abcdef'), 'half a layer');
+    writeFileSync(join(home, 'blobs', 'sha256', 'e'.repeat(64)), 'a blob nothing pins');
+    writeFileSync(join(home, 'images', `.${'d'.repeat(64)}.ext4.tmp-abcdef`), 'half a disk');
+    writeFileSync(join(home, 'images', `${'d'.repeat(64)}.ext4`), 'a disk nothing records');
+    writeFileSync(join(ours, 'rootfs', 'file'), 'staged');
+    // Our own pid: only the store's tag says the staging is this home's (the pid may be reused).
+    const engine = await fake.crashAndReopen();
+    imageStoreHolds(fake, engine, []);
+    assert.ok(existsSync(foreign), "another home's staging is not ours to remove");
+  } finally {
+    rmSync(foreign, { recursive: true, force: true });
+    rmSync(ours, { recursive: true, force: true });
+    await fake.cleanup();
+  }
+});

@@ -9,29 +9,8 @@ import { collectGarbage, evictImages, removeImageReference } from '../../src/ima
 import { sha256Digest } from '../../src/image/digest.js';
 import { ImagePins } from '../../src/store/image-pins.js';
 import { isCellError } from '../../src/domain/errors.js';
-import { tarOfTree } from './image-builder.js';
+import { dockerSave, tarOfTree } from './image-builder.js';
 import { dumpDisk, imageRows, makeStore, storeFiles } from './helpers.js';
-
-/** A docker-save archive made by hand: manifest.json, the config, one dir per layer, a linked repeat. */
-function dockerSave(dir: string, tag: string, layers: Buffer[]): string {
-  const root = join(dir, 'save');
-  mkdirSync(root, { recursive: true });
-  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/app'], Env: ['X=y'] }, rootfs: { type: 'layers', diff_ids: layers.map((l) => sha256Digest(l)) } }));
-  const configName = `${sha256Digest(config).slice(7)}.json`;
-  writeFileSync(join(root, configName), config);
-  const names: string[] = [];
-  layers.forEach((l, i) => {
-    const id = `layer${i}`;
-    mkdirSync(join(root, id));
-    if (i > 0 && l.equals(layers[0]!)) symlinkSync('../layer0/layer.tar', join(root, id, 'layer.tar'));
-    else writeFileSync(join(root, id, 'layer.tar'), l);
-    names.push(`${id}/layer.tar`);
-  });
-  writeFileSync(join(root, 'manifest.json'), JSON.stringify([{ Config: configName, RepoTags: [tag], Layers: names }]));
-  const file = join(dir, 'save.tar');
-  execFileSync('tar', ['-C', root, '-cf', file, '.']);
-  return file;
-}
 
 test('docker-save import, OCI-layout export and re-import, skopeo reads the export', async () => {
   const dir = mkdtempSync('/tmp/cellt-archive-');

@@ -112,3 +112,24 @@ export async function storeIndex(root: string, images: { image: BuiltImage; plat
   );
   return new BlobStore(root).put(index);
 }
+
+/** A docker-save archive made by hand: manifest.json, the config, one dir per layer, a linked repeat. */
+export function dockerSave(dir: string, tag: string, layers: Buffer[]): string {
+  const root = join(dir, 'save');
+  mkdirSync(root, { recursive: true });
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/app'], Env: ['X=y'] }, rootfs: { type: 'layers', diff_ids: layers.map((l) => sha256Digest(l)) } }));
+  const configName = `${sha256Digest(config).slice(7)}.json`;
+  writeFileSync(join(root, configName), config);
+  const names: string[] = [];
+  layers.forEach((l, i) => {
+    const id = `layer${i}`;
+    mkdirSync(join(root, id));
+    if (i > 0 && l.equals(layers[0]!)) symlinkSync('../layer0/layer.tar', join(root, id, 'layer.tar'));
+    else writeFileSync(join(root, id, 'layer.tar'), l);
+    names.push(`${id}/layer.tar`);
+  });
+  writeFileSync(join(root, 'manifest.json'), JSON.stringify([{ Config: configName, RepoTags: [tag], Layers: names }]));
+  const file = join(dir, 'save.tar');
+  execFileSync('tar', ['-C', root, '-cf', file, '.']);
+  return file;
+}

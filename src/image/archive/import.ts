@@ -10,7 +10,7 @@ import { installImage, type InstalledImage } from '../install.js';
 import { MAX_LAYERS, parseManifest, selectPlatform, type Descriptor, type ImageManifest } from '../manifest.js';
 import { MediaTypes } from '../media-types.js';
 import { DEFAULT_PLATFORM, formatPlatform, parsePlatform, type Platform } from '../platform.js';
-import type { PullProgressFn } from '../progress.js';
+import { noCheckpoint, type Checkpoint, type PullProgressFn } from '../progress.js';
 import { removeUnused } from '../pull.js';
 import { formatReference, parseReference } from '../reference.js';
 import { workDir } from '../store-layout.js';
@@ -37,6 +37,8 @@ export interface ImportOptions {
   platform?: string | Platform;
   limits?: Partial<UnpackLimits>;
   onProgress?: PullProgressFn;
+  /** Crash-drill steps: image-import:extracted, image-import:stored, then installImage's. */
+  checkpoint?: Checkpoint;
 }
 
 const OCI_NAME = 'io.containerd.image.name';
@@ -56,10 +58,12 @@ interface ImportPlan {
 
 export async function importArchive(opts: ImportOptions): Promise<InstalledImage> {
   const wanted = typeof opts.platform === 'string' ? parsePlatform(opts.platform) : (opts.platform ?? DEFAULT_PLATFORM);
+  const checkpoint = opts.checkpoint ?? noCheckpoint;
   const archive = await extractArchive(opts.source ?? opts.file, workDir(opts.storeRoot), `archive ${opts.file}`);
   const store = new BlobStore(opts.storeRoot);
   const added = new Set<string>();
   try {
+    await checkpoint('image-import:extracted');
     const plan = archive.has('index.json') ? await planOciLayout(archive, opts, wanted) : await planDockerSave(archive, opts);
     for (const [digest, bytes] of plan.made) {
       if (!(await store.has(digest))) added.add(await store.put(bytes, { digest }));
@@ -71,6 +75,7 @@ export async function importArchive(opts: ImportOptions): Promise<InstalledImage
       await store.putFile(path, { digest, ...(member.size !== undefined ? { size: member.size } : {}), what: `${member.name} in ${opts.file}` });
       added.add(digest);
     }
+    await checkpoint('image-import:stored');
     const blobs = [...plan.members.keys(), ...plan.made.keys()];
     return await installImage({
       storeRoot: opts.storeRoot,
@@ -85,6 +90,7 @@ export async function importArchive(opts: ImportOptions): Promise<InstalledImage
       blobs,
       ...(opts.limits ? { limits: opts.limits } : {}),
       ...(opts.onProgress ? { onProgress: opts.onProgress } : {}),
+      checkpoint: (step) => checkpoint(`image-import:${step}`),
     });
   } catch (err) {
     await removeUnused(store, new ImagePins(opts.db), added);

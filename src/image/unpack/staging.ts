@@ -13,7 +13,10 @@ import { runTool } from '../run-tool.js';
  * is thrown away and redone on disk: the layers are already in the blob store.
  */
 export const DEFAULT_TMPFS_STAGING = '/dev/shm';
-/** Name of tmpfs staging dirs: `cellvm-unpack-<pid>-<random>`; the pid lets GC spot orphans. */
+/**
+ * Name of tmpfs staging dirs: `cellvm-unpack-<pid>-<store tag>-<random>`; the pid lets GC spot
+ * orphans, the store's tag lets a starting celld sweep its own (its predecessor's pid may be reused).
+ */
 export const TMPFS_STAGING_PREFIX = 'cellvm-unpack-';
 
 const TMPFS_MAGIC = 0x01021994;

@@ -48,6 +48,8 @@ export interface UnpackOptions {
   tmpfs?: { dir: string; layerBytes?: number; maxBytes?: number };
   limits?: Partial<UnpackLimits>;
   onLayer?: (index: number, count: number) => void;
+  /** The store's tag (store-layout.ts storeTag) in a tmpfs staging dir's name: whose it is. */
+  owner?: string;
 }
 
 interface Staging {
@@ -66,7 +68,7 @@ interface Staging {
 export async function unpackLayers(opts: UnpackOptions): Promise<Unpacked> {
   const onDisk: Staging = { parent: opts.workDir, prefix: 'unpack-', onTmpfs: false, budget: Infinity };
   const fast = opts.tmpfs ? await tmpfsStaging(opts.tmpfs.dir, opts.tmpfs.layerBytes, opts.tmpfs.maxBytes) : undefined;
-  let staging = fast ? { parent: fast.parent, prefix: `${TMPFS_STAGING_PREFIX}${process.pid}-`, onTmpfs: true, budget: fast.budgetBytes } : onDisk;
+  let staging = fast ? { parent: fast.parent, prefix: `${TMPFS_STAGING_PREFIX}${process.pid}-${opts.owner ? `${opts.owner}-` : ''}`, onTmpfs: true, budget: fast.budgetBytes } : onDisk;
   let follow = true;
   for (;;) {
     try {
