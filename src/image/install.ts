@@ -7,7 +7,8 @@ import { parseImageConfig } from './image-config.js';
 import type { ImageManifest } from './manifest.js';
 import { noCheckpoint, type Checkpoint, type PullProgressFn } from './progress.js';
 import { buildRootfsDisk } from './rootfs-disk.js';
-import { diskPathFor, storeTag, workDir } from './store-layout.js';
+import { explainNoSpace } from './free-space.js';
+import { diskPathFor, imagesDir, storeTag, workDir } from './store-layout.js';
 import type { UnpackLimits } from './unpack/apply-layer.js';
 import { DEFAULT_TMPFS_STAGING, removeTree } from './unpack/staging.js';
 import { rootfsOf, unpackLayers } from './unpack/unpack-layers.js';
@@ -81,7 +82,9 @@ export async function installImage(input: InstallInput): Promise<InstalledImage>
     try {
       await checkpoint('unpacked');
       input.onProgress?.({ phase: 'disk', status: 'building' });
-      const disk = await buildRootfsDisk(rootfsOf(unpacked), diskPath);
+      const disk = await buildRootfsDisk(rootfsOf(unpacked), diskPath).catch(async (err: unknown) => {
+        throw await explainNoSpace(err, imagesDir(input.storeRoot), `building the base disk of ${input.reference} stopped`);
+      });
       built = disk.built;
       sizeBytes = disk.sizeBytes;
     } finally {

@@ -3,6 +3,7 @@ import type { Db } from '../store/database.js';
 import { BlobStore, type BlobWriter } from '../store/blob-store.js';
 import { ImagePins } from '../store/image-pins.js';
 import type { Digest } from './digest.js';
+import { assertRoom, explainNoSpace } from './free-space.js';
 import { parseImageConfig } from './image-config.js';
 import { installImage, type InstalledImage } from './install.js';
 import { limitConcurrency } from './limit.js';
@@ -106,6 +107,11 @@ export async function pullImage(opts: PullOptions): Promise<PulledImage> {
         });
       }
     }
+    // Refuse an image whose blobs cannot fit before the first byte of them (its tree needs more
+    // still, and runs out of room with its own error: unpack-layers.ts).
+    const missing = new Map<string, number>();
+    for (const l of [manifest.config, ...manifest.layers]) if (!(await store.has(l.digest, l.size))) missing.set(l.digest, l.size);
+    await assertRoom(opts.storeRoot, [...missing.values()].reduce((a, b) => a + b, 0), `pulling ${reference} (the layers and config not stored yet)`);
     const fetchBlob = async (desc: (typeof manifest.layers)[number], what: string, max: number, onWriter?: (w: BlobWriter) => void): Promise<string> => {
       const had = await store.has(desc.digest, desc.size);
       const path = await downloadBlob(client, ref.repository, desc, store, {
@@ -157,7 +163,7 @@ export async function pullImage(opts: PullOptions): Promise<PulledImage> {
     abort.abort(err);
     await Promise.allSettled(pending);
     await removeUnused(store, new ImagePins(opts.db), added);
-    throw err;
+    throw await explainNoSpace(err, opts.storeRoot, `pulling ${reference} stopped`);
   } finally {
     opts.signal?.removeEventListener('abort', onOuterAbort);
   }

@@ -1,6 +1,7 @@
 import { mkdtemp, mkdir, realpath, rm, writeFile, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
+import { explainNoSpace, mib } from '../free-space.js';
 import { runTool } from '../run-tool.js';
 import { applyLayer, newUnpackState, type UnpackLimits, type UnpackState } from './apply-layer.js';
 import { FollowInterrupted } from '../../store/blob-store.js';
@@ -84,11 +85,14 @@ export async function unpackLayers(opts: UnpackOptions): Promise<Unpacked> {
 async function unpackInto(staging: Staging, follow: boolean, opts: UnpackOptions): Promise<Unpacked> {
   await mkdir(staging.parent, { recursive: true });
   const dir = await mkdtemp(join(staging.parent, staging.prefix));
+  let state: UnpackState | undefined;
+  let current = 'the image';
   try {
     const root = join(dir, 'rootfs');
     await mkdir(root, { mode: 0o755 });
-    const state = newUnpackState(await realpath(root), { ...DEFAULT_UNPACK_LIMITS, ...opts.limits }, staging.budget);
+    state = newUnpackState(await realpath(root), { ...DEFAULT_UNPACK_LIMITS, ...opts.limits }, staging.budget);
     for (const [i, layer] of opts.layers.entries()) {
+      current = layer.what;
       const live = follow ? await layer.live : undefined;
       const input = live ? live() : await layer.path;
       opts.onLayer?.(i, opts.layers.length);
@@ -111,7 +115,8 @@ async function unpackInto(staging: Staging, follow: boolean, opts: UnpackOptions
   } catch (err) {
     await removeTree(dir);
     if (staging.onTmpfs && isOutOfSpace(err)) throw new StagingFullError((err as Error).message);
-    throw err;
+    // On disk there is nowhere else to go: say which file system filled, and how far the tree got.
+    throw await explainNoSpace(err, staging.parent, `unpacking ${current} stopped after ${mib(state?.bytes ?? 0)} MiB of uncompressed layers`);
   }
 }
 
