@@ -4,7 +4,8 @@ import { CellError, ErrorCodes } from './errors.js';
  * celld's settings, from CELL_HOME/config.json (like Docker's daemon.json), each overridable by an
  * environment variable of celld's. Everything is optional.
  *
- *   { "imageCacheMaxBytes": 20000000000, "insecureRegistries": ["registry.lan:5000"], "logMaxBytes": 16777216 }
+ *   { "imageCacheMaxBytes": 20000000000, "insecureRegistries": ["registry.lan:5000"], "logMaxBytes": 16777216,
+ *     "importMaxBytes": 50000000000 }
  */
 export interface CellConfig {
   /** Least recently used images beyond this many bytes of base disks are evicted after each pull
@@ -14,9 +15,11 @@ export interface CellConfig {
   insecureRegistries?: string[];
   /** A VM's output.log is rotated to output.log.1 past this size (two files kept; default 16 MiB). Env: CELL_LOG_MAX_BYTES. */
   logMaxBytes?: number;
+  /** Image and snapshot archives whose members add up to more are refused before unpacking (free space is always checked). Env: CELL_IMPORT_MAX_BYTES. */
+  importMaxBytes?: number;
 }
 
-const KEYS = ['imageCacheMaxBytes', 'insecureRegistries', 'logMaxBytes'] as const;
+const KEYS = ['imageCacheMaxBytes', 'insecureRegistries', 'logMaxBytes', 'importMaxBytes'] as const;
 
 /** Checks a parsed config.json; `where` names the file in errors. */
 export function parseConfig(raw: unknown, where: string): CellConfig {
@@ -30,12 +33,13 @@ export function parseConfig(raw: unknown, where: string): CellConfig {
     }
   }
   const config: CellConfig = {};
-  if (obj.imageCacheMaxBytes !== undefined) {
-    const n = obj.imageCacheMaxBytes;
+  for (const key of ['imageCacheMaxBytes', 'importMaxBytes'] as const) {
+    if (obj[key] === undefined) continue;
+    const n = obj[key];
     if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${where}: imageCacheMaxBytes must be a whole number of bytes`);
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${where}: ${key} must be a whole number of bytes`);
     }
-    config.imageCacheMaxBytes = n;
+    config[key] = n;
   }
   if (obj.logMaxBytes !== undefined) config.logMaxBytes = logMax(obj.logMaxBytes, `${where}: logMaxBytes`);
   if (obj.insecureRegistries !== undefined) {
@@ -51,12 +55,12 @@ export function parseConfig(raw: unknown, where: string): CellConfig {
 /** The environment's overrides on top of the file's settings. */
 export function withEnvironment(config: CellConfig, env: NodeJS.ProcessEnv): CellConfig {
   const out = { ...config };
-  if (env.CELL_IMAGE_CACHE_MAX_BYTES !== undefined && env.CELL_IMAGE_CACHE_MAX_BYTES !== '') {
-    const n = Number(env.CELL_IMAGE_CACHE_MAX_BYTES);
-    if (!Number.isSafeInteger(n) || n < 0) {
-      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `CELL_IMAGE_CACHE_MAX_BYTES must be a whole number of bytes, not "${env.CELL_IMAGE_CACHE_MAX_BYTES}"`);
-    }
-    out.imageCacheMaxBytes = n;
+  for (const [name, key] of [['CELL_IMAGE_CACHE_MAX_BYTES', 'imageCacheMaxBytes'], ['CELL_IMPORT_MAX_BYTES', 'importMaxBytes']] as const) {
+    const value = env[name];
+    if (value === undefined || value === '') continue;
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n < 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${name} must be a whole number of bytes, not "${value}"`);
+    out[key] = n;
   }
   if (env.CELL_LOG_MAX_BYTES !== undefined && env.CELL_LOG_MAX_BYTES !== '') out.logMaxBytes = logMax(Number(env.CELL_LOG_MAX_BYTES), 'CELL_LOG_MAX_BYTES');
   if (env.CELL_INSECURE_REGISTRIES) {

@@ -100,7 +100,17 @@ export class Images {
     await this.ctx.host.ensure();
     const archive = await host.openRead(file).catch(hostPathError(file));
     const image = await this.gate
-      .withShared(() => importArchive({ file, source: archive.path, storeRoot: this.ctx.paths.home, db: this.ctx.db, reference, checkpoint: this.ctx.checkpoint }))
+      .withShared(() =>
+        importArchive({
+          file,
+          source: archive.path,
+          storeRoot: this.ctx.paths.home,
+          db: this.ctx.db,
+          reference,
+          checkpoint: this.ctx.checkpoint,
+          ...(this.ctx.config.importMaxBytes !== undefined ? { maxArchiveBytes: this.ctx.config.importMaxBytes } : {}),
+        }),
+      )
       .finally(() => archive.close());
     await this.enforceCacheCap(image);
     return image;

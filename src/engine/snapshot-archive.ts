@@ -10,6 +10,9 @@ import type { CellPaths } from '../domain/paths.js';
 import type { EngineContext } from './context.js';
 import { allocatedBytes } from '../host/files.js';
 import { CELLD_HOST_FS, hostPathError, writeHostFile, type HostFs } from './host-fs.js';
+import { ArchiveBudget } from '../image/archive/archive-budget.js';
+import { scanArchive } from '../image/archive/scan-archive.js';
+import { explainNoSpace } from '../image/free-space.js';
 
 const run = promisify(execFile);
 const FORMAT = SNAPSHOT_ARCHIVE_FORMAT;
@@ -68,7 +71,7 @@ export async function exportSnapshot(paths: CellPaths, snapshot: SnapshotRecord,
  * must fit the spec, and all of it is checked before anything is recorded.
  */
 export async function importSnapshot(
-  ctx: Pick<EngineContext, 'paths' | 'db' | 'stores' | 'checkpoint'>,
+  ctx: Pick<EngineContext, 'paths' | 'db' | 'stores' | 'checkpoint' | 'config'>,
   file: string,
   name?: string,
   host: HostFs = CELLD_HOST_FS,
@@ -79,6 +82,12 @@ export async function importSnapshot(
   const staging = join(paths.snapshots, `.import-${process.pid}-${Date.now()}`);
   await mkdir(staging, { recursive: true });
   try {
+    // GNU tar cannot be stopped part-way: its headers are read first, within entries, bytes and free space.
+    const limits = { maxEntries: MAX_ARCHIVE_ENTRIES, ...(ctx.config.importMaxBytes !== undefined ? { maxBytes: ctx.config.importMaxBytes } : {}) };
+    const what = `snapshot archive ${file}`;
+    await scanArchive(archive.path, what, await ArchiveBudget.open(what, paths.snapshots, limits), { gnuSparse: true }).catch((err: unknown) => {
+      throw err instanceof CellError ? err : unusable(file, (err as Error).message);
+    });
     await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', archive.path, '-C', staging, ...MEMBERS], `${file} is not a cellvm snapshot archive`);
     // The data disk is optional; extracting it alone tells whether the archive has one.
     await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', archive.path, '-C', staging, DATA_MEMBER], 'no data disk').catch(() => {});
@@ -112,11 +121,16 @@ export async function importSnapshot(
     }
     await ctx.checkpoint('snapshot-import:recorded');
     return record;
+  } catch (err) {
+    throw await explainNoSpace(err, paths.snapshots, `importing ${file} stopped`);
   } finally {
     await rm(staging, { recursive: true, force: true });
     await archive.close();
   }
 }
+
+/** An export has five members at most; more is not one of ours (and GNU tar would unpack a folder of them). */
+const MAX_ARCHIVE_ENTRIES = 16;
 
 /** Device state is tens of KiB; a state file this large is not one. */
 const MAX_STATE_BYTES = 256 * 1024 * 1024;

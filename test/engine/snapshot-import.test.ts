@@ -6,10 +6,12 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { linkSync, mkdtempSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, linkSync, mkdtempSync, openSync, readdirSync, rmSync, symlinkSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { openFakeEngine, type FakeEngine } from './harness.js';
 import { MIB, snapshotArchive } from './snapshot-archives.js';
+import { claimingTar, manyEntriesTar } from '../helpers/hostile-archives.js';
 
 let fake: FakeEngine;
 let work: string;
@@ -111,4 +113,67 @@ test('metadata is checked field by field: name, id, spec, compat', async () => {
   await refused(spoilSnapshot((s) => ((s.spec as Record<string, unknown>).env = [1, 2])), /env must be a list of strings/);
   await refused(spoilSnapshot((s) => delete s.compat), /compat is missing/);
   await refused(archive((_dir, meta) => (meta.format = 'other/9')), /format is not cellvm-snapshot\/1/);
+});
+
+async function refusedWith(engine: FakeEngine, file: string, code: string, why: RegExp): Promise<void> {
+  await assert.rejects(engine.engine.snapshots.import(file), (err: unknown) => {
+    const e = err as { code?: string; message: string };
+    assert.equal(e.code, code, e.message);
+    assert.match(e.message, why);
+    return true;
+  });
+  assert.equal(engine.engine.snapshots.list().length, 0, 'nothing recorded');
+  assert.deepEqual(readdirSync(engine.paths.snapshots), [], 'nothing unpacked, no staging');
+}
+
+test('an archive of three million empty files is refused at its 17th entry, before tar unpacks anything', async () => {
+  const other = await openFakeEngine();
+  try {
+    const file = join(work, 'millions.tar.gz');
+    await manyEntriesTar(file, 3_000_000);
+    const started = performance.now();
+    await refusedWith(other, file, 'size_limit', /^snapshot archive .*millions\.tar\.gz has more than 16 entries: refused before unpacking it$/);
+    console.log(`# refused 3,000,000 entries in ${Math.round(performance.now() - started)} ms`);
+  } finally {
+    await other.cleanup();
+  }
+});
+
+test('a RAM member whose header claims 1 TiB is refused by its header, not unpacked', async () => {
+  const other = await openFakeEngine();
+  try {
+    const file = join(work, 'claims.tar');
+    await claimingTar(file, 'memory', 2 ** 40, [{ name: 'snapshot.json', data: Buffer.from('{}') }]);
+    await refusedWith(other, file, 'resources_exhausted', /^the file system of .*\/snapshots has too little room: snapshot archive .*claims\.tar needs at least 1048576\.0 MiB \(its members up to memory\), [0-9.]+ MiB are free$/);
+  } finally {
+    await other.cleanup();
+  }
+});
+
+test('importMaxBytes caps what an archive may hold', async () => {
+  const capped = await openFakeEngine({ config: { importMaxBytes: 64 * 1024 } });
+  try {
+    await refusedWith(capped, archive(), 'size_limit', /its members add up to more than the 65536 bytes imports may take \(importMaxBytes\)/);
+  } finally {
+    await capped.cleanup();
+  }
+});
+
+test("free space counts a sparse RAM file's blocks, not its length: on an 8 MiB file system a 64 MiB guest's snapshot imports, one with 16 MiB of touched RAM is refused", { skip: process.getuid?.() !== 0 && 'needs root to mount a small tmpfs' }, async () => {
+  const small = await openFakeEngine();
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m,mode=0700', 'cellt-import', small.paths.snapshots]);
+  try {
+    const touched = archive((dir) => {
+      const fd = openSync(join(dir, 'memory'), 'r+');
+      writeSync(fd, randomBytes(16 * MIB), 0, 16 * MIB, 0);
+      closeSync(fd);
+    });
+    await refusedWith(small, touched, 'resources_exhausted', /has too little room: snapshot archive .* needs at least 1[6-7]\.[0-9] MiB \(its members up to memory\), [0-9.]+ MiB are free$/);
+    const s = await small.engine.snapshots.import(archive(), 'fits');
+    assert.equal(s.name, 'fits');
+  } finally {
+    await small.engine.close().catch(() => {});
+    execFileSync('umount', [small.paths.snapshots]);
+    await small.cleanup();
+  }
 });

@@ -10,6 +10,7 @@ import { sha256Digest } from '../../src/image/digest.js';
 import { ImagePins } from '../../src/store/image-pins.js';
 import { isCellError } from '../../src/domain/errors.js';
 import { dockerSave, tarOfTree } from './image-builder.js';
+import { claimingTar, manyEntriesTar, paxFloodTar } from '../helpers/hostile-archives.js';
 import { dumpDisk, imageRows, makeStore, storeFiles } from './helpers.js';
 
 test('docker-save import, OCI-layout export and re-import, skopeo reads the export', async () => {
@@ -121,5 +122,73 @@ test('garbage collection removes tmpfs unpack staging dirs of processes that are
   } finally {
     s.cleanup();
     rmSync(shm, { recursive: true, force: true });
+  }
+});
+
+test('an image archive of three million empty files is refused at the entry cap, without unpacking them', async () => {
+  const dir = mkdtempSync('/tmp/cellt-archive-');
+  const s = makeStore();
+  try {
+    const file = join(dir, 'millions.tar.gz');
+    await manyEntriesTar(file, 3_000_000);
+    const started = performance.now();
+    await assert.rejects(importArchive({ file, storeRoot: s.root, db: s.db }), (err: unknown) => {
+      assert.ok(isCellError(err) && err.code === 'size_limit', String(err));
+      assert.match(err.message, /^archive .*millions\.tar\.gz has more than 65536 entries: refused before unpacking it$/);
+      return true;
+    });
+    console.log(`# refused 3,000,000 entries in ${Math.round(performance.now() - started)} ms`);
+    assert.deepEqual(storeFiles(s.root), []);
+    assert.equal(imageRows(s.db), 0);
+  } finally {
+    s.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('an image archive member claiming 1 TiB is refused by its header; importMaxBytes caps honest ones too', async () => {
+  const dir = mkdtempSync('/tmp/cellt-archive-');
+  const s = makeStore();
+  try {
+    const file = join(dir, 'claims.tar');
+    await claimingTar(file, 'blobs/sha256/' + 'a'.repeat(64), 2 ** 40, [{ name: 'oci-layout', data: Buffer.from('{"imageLayoutVersion":"1.0.0"}') }]);
+    await assert.rejects(importArchive({ file, storeRoot: s.root, db: s.db }), (err: unknown) => {
+      assert.ok(isCellError(err) && err.code === 'resources_exhausted', String(err));
+      assert.match(err.message, /^the file system of .*\/tmp has too little room: archive .*claims\.tar needs at least 1048576\.0 MiB \(its members up to blobs\/sha256\/a+\), [0-9.]+ MiB are free$/);
+      return true;
+    });
+    assert.deepEqual(storeFiles(s.root), []);
+    const honest = dockerSave(dir, 'example.com/capped:1', [tarOfTree({ big: 'x'.repeat(100_000) })]);
+    await assert.rejects(importArchive({ file: honest, storeRoot: s.root, db: s.db, maxArchiveBytes: 50_000 }), (err: unknown) => {
+      assert.ok(isCellError(err) && err.code === 'size_limit', String(err));
+      assert.match(err.message, /its members add up to more than the 50000 bytes imports may take \(importMaxBytes\)/);
+      return true;
+    });
+    assert.deepEqual(storeFiles(s.root), []);
+    assert.equal((await importArchive({ file: honest, storeRoot: s.root, db: s.db, maxArchiveBytes: 10_000_000 })).reference, 'example.com/capped:1');
+  } finally {
+    s.cleanup();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a run of pax records with no entry between them is refused (they would dodge the entry cap)', async () => {
+  const dir = mkdtempSync('/tmp/cellt-archive-');
+  const s = makeStore();
+  try {
+    const file = join(dir, 'pax.tar');
+    await paxFloodTar(file, 40);
+    await assert.rejects(importArchive({ file, storeRoot: s.root, db: s.db }), (err: unknown) => {
+      assert.ok(isCellError(err) && err.code === 'unsafe_archive', String(err));
+      assert.match(err.message, /more than 32 metadata records before one entry/);
+      return true;
+    });
+    const few = join(dir, 'few.tar');
+    await paxFloodTar(few, 3);
+    await assert.rejects(importArchive({ file: few, storeRoot: s.root, db: s.db }), (err: unknown) => isCellError(err) && /neither an OCI layout/.test(err.message), 'a few are read as usual');
+    assert.deepEqual(storeFiles(s.root), []);
+  } finally {
+    s.cleanup();
+    rmSync(dir, { recursive: true, force: true });
   }
 });

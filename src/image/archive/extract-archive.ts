@@ -5,12 +5,16 @@ import { ByteSource } from '../unpack/byte-source.js';
 import { openTarStream } from '../unpack/decompress.js';
 import { entryComponents } from '../unpack/safe-path.js';
 import { readTar } from '../unpack/tar-reader.js';
+import { ArchiveBudget, MAX_IMAGE_ARCHIVE_ENTRIES, type ArchiveLimits } from './archive-budget.js';
+import { scanArchive } from './scan-archive.js';
 
 /**
  * Unpacks an image archive (docker save or OCI layout, optionally gzip/zstd compressed) into a
  * work dir, keeping only regular files and remembering symlinks by name (docker save links
  * repeated layers); `ExtractedArchive.path` resolves a name through them without ever leaving
  * the work dir. Files only, no modes or owners: the contents are blobs, not a root file system.
+ * Entries and member bytes are capped (archive-budget.ts), by a pass over the headers before
+ * anything is written and again while unpacking.
  */
 export interface ExtractedArchive {
   dir: string;
@@ -21,8 +25,17 @@ export interface ExtractedArchive {
 
 const MAX_LINK_HOPS = 16;
 
-export async function extractArchive(file: string, parentDir: string, what = `archive ${file}`): Promise<ExtractedArchive> {
+export async function extractArchive(
+  file: string,
+  parentDir: string,
+  what = `archive ${file}`,
+  limits: ArchiveLimits = { maxEntries: MAX_IMAGE_ARCHIVE_ENTRIES },
+): Promise<ExtractedArchive> {
   await mkdir(parentDir, { recursive: true });
+  // Headers first: an archive over its caps is refused before a single member is written.
+  await scanArchive(file, what, await ArchiveBudget.open(what, parentDir, limits));
+  // Checked again while unpacking, in case the file changed in between.
+  const budget = await ArchiveBudget.open(what, parentDir, limits);
   const dir = await mkdtemp(join(parentDir, 'import-'));
   const index = new Map<string, string>();
   let counter = 0;
@@ -31,6 +44,7 @@ export async function extractArchive(file: string, parentDir: string, what = `ar
   const source = new ByteSource(stream.bytes, what);
   try {
     for await (const entry of readTar(source, what)) {
+      budget.entry();
       const parts = entryComponents(entry.header.path, what);
       if (parts.length === 0) continue;
       const name = parts.join('/');
@@ -39,6 +53,7 @@ export async function extractArchive(file: string, parentDir: string, what = `ar
       } else if (entry.header.type === 'hardlink') {
         links.set(name, entryComponents(entry.header.linkpath, what, entry.header.path).join('/'));
       } else if (entry.header.type === 'file') {
+        budget.take(entry.header.size, name);
         // Members are stored flat under a numbered name: no directory tree to make or escape.
         const target = join(dir, String(counter++));
         const fh = await open(target, 'wx', 0o600);

@@ -16,6 +16,8 @@ import { formatReference, parseReference } from '../reference.js';
 import { workDir } from '../store-layout.js';
 import type { UnpackLimits } from '../unpack/apply-layer.js';
 import { detectCompression } from '../unpack/decompress.js';
+import { assertRoom, explainNoSpace } from '../free-space.js';
+import { MAX_IMAGE_ARCHIVE_ENTRIES } from './archive-budget.js';
 import { extractArchive, type ExtractedArchive } from './extract-archive.js';
 
 /**
@@ -39,6 +41,8 @@ export interface ImportOptions {
   onProgress?: PullProgressFn;
   /** Crash-drill steps: image-import:extracted, image-import:stored, then installImage's. */
   checkpoint?: Checkpoint;
+  /** The most bytes the archive's members may add up to (`importMaxBytes`); free space is checked regardless. */
+  maxArchiveBytes?: number;
 }
 
 const OCI_NAME = 'io.containerd.image.name';
@@ -59,7 +63,12 @@ interface ImportPlan {
 export async function importArchive(opts: ImportOptions): Promise<InstalledImage> {
   const wanted = typeof opts.platform === 'string' ? parsePlatform(opts.platform) : (opts.platform ?? DEFAULT_PLATFORM);
   const checkpoint = opts.checkpoint ?? noCheckpoint;
-  const archive = await extractArchive(opts.source ?? opts.file, workDir(opts.storeRoot), `archive ${opts.file}`);
+  const archive = await extractArchive(opts.source ?? opts.file, workDir(opts.storeRoot), `archive ${opts.file}`, {
+    maxEntries: MAX_IMAGE_ARCHIVE_ENTRIES,
+    ...(opts.maxArchiveBytes !== undefined ? { maxBytes: opts.maxArchiveBytes } : {}),
+  }).catch(async (err: unknown) => {
+    throw await explainNoSpace(err, workDir(opts.storeRoot), `unpacking archive ${opts.file} stopped`);
+  });
   const store = new BlobStore(opts.storeRoot);
   const added = new Set<string>();
   try {
@@ -68,6 +77,12 @@ export async function importArchive(opts: ImportOptions): Promise<InstalledImage
     for (const [digest, bytes] of plan.made) {
       if (!(await store.has(digest))) added.add(await store.put(bytes, { digest }));
     }
+    // The extracted members are copied into the store: a second copy, which must fit too.
+    let toStore = 0;
+    for (const [digest, member] of plan.members) {
+      if (!(await store.has(digest, member.size))) toStore += member.size ?? (await stat(archive.path(member.name) ?? opts.file)).size;
+    }
+    await assertRoom(opts.storeRoot, toStore, `importing ${opts.file} (its blobs not stored yet)`);
     for (const [digest, member] of plan.members) {
       if (await store.has(digest, member.size)) continue;
       const path = archive.path(member.name);
@@ -94,7 +109,7 @@ export async function importArchive(opts: ImportOptions): Promise<InstalledImage
     });
   } catch (err) {
     await removeUnused(store, new ImagePins(opts.db), added);
-    throw err;
+    throw await explainNoSpace(err, opts.storeRoot, `importing ${opts.file} stopped`);
   } finally {
     await rm(archive.dir, { recursive: true, force: true });
   }

@@ -24,6 +24,17 @@ export interface TarHeader {
   devmajor: number;
   devminor: number;
   xattrs: Map<string, Buffer>;
+  /**
+   * A GNU sparse file (old GNU format, type 'S', as `tar --sparse` writes), read only with
+   * `gnuSparse`: `size` is then the data stored in the archive, not the file's. `realSize` is
+   * the file's length, `allocatedBytes` what its data takes in 4 KiB blocks once written out.
+   */
+  sparse?: { realSize: number; allocatedBytes: number };
+}
+
+export interface ReadTarOptions {
+  /** Yield GNU sparse files (with `header.sparse`) instead of refusing them. Their bodies are the stored data only. */
+  gnuSparse?: boolean;
 }
 
 export interface TarEntry {
@@ -35,6 +46,10 @@ export interface TarEntry {
 const BLOCK = 512;
 /** pax and GNU long-name records are metadata: anything this big is hostile. */
 const MAX_META_BYTES = 1024 * 1024;
+/** Metadata records before one entry: a few in a real archive; a stream of them is an entry cap dodged. */
+const MAX_META_RECORDS = 32;
+/** File system block size for sparse files' allocation (ext4 and tmpfs). */
+const FS_BLOCK = 4096;
 /** The largest uid or gid (32-bit, without the -1 that chown reads as "leave it"). */
 const MAX_ID = 0xfffffffe;
 /** The latest mtime accepted (seconds; year 5138): later is not a time a layer means. */
@@ -183,11 +198,12 @@ function applyPax(h: TarHeader, pax: Map<string, Buffer>, what: string): void {
  * Yields the entries of a tar stream in order. The caller must finish with one entry (or leave
  * its body unread) before asking for the next. Ends at the end-of-archive blocks or the stream's end.
  */
-export async function* readTar(source: ByteSource, what: string): AsyncGenerator<TarEntry> {
+export async function* readTar(source: ByteSource, what: string, opts: ReadTarOptions = {}): AsyncGenerator<TarEntry> {
   let globalPax = new Map<string, Buffer>();
   let pax: Map<string, Buffer> | undefined;
   let longName: string | undefined;
   let longLink: string | undefined;
+  let metaRecords = 0;
 
   for (;;) {
     const block = await source.readExact(BLOCK);
@@ -206,6 +222,7 @@ export async function* readTar(source: ByteSource, what: string): AsyncGenerator
 
     if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
       if (size > MAX_META_BYTES) throw bad(what, `a ${flag} metadata record of ${size} bytes`);
+      if (++metaRecords > MAX_META_RECORDS) throw bad(what, `more than ${MAX_META_RECORDS} metadata records before one entry`);
       const data = (await source.readExact(Math.ceil(size / BLOCK) * BLOCK))?.subarray(0, size);
       if (!data) throw bad(what, 'the archive ends inside a metadata record');
       if (flag === 'x') pax = new Map([...(pax ?? []), ...parsePax(data, what)]);
@@ -214,7 +231,12 @@ export async function* readTar(source: ByteSource, what: string): AsyncGenerator
       else longLink = cString(data, 0, data.length);
       continue;
     }
-    if (flag === 'S') throw bad(what, `GNU sparse file ${longName ?? name} is not supported`);
+    metaRecords = 0;
+    let sparse: TarHeader['sparse'];
+    if (flag === 'S') {
+      if (!opts.gnuSparse) throw bad(what, `GNU sparse file ${longName ?? name} is not supported`);
+      sparse = await readSparseMap(block, source, what);
+    }
 
     const header: TarHeader = {
       path: longName ?? name,
@@ -229,9 +251,10 @@ export async function* readTar(source: ByteSource, what: string): AsyncGenerator
       devmajor: magic.startsWith('ustar') ? parseNumber(block, 329, 8, what) : 0,
       devminor: magic.startsWith('ustar') ? parseNumber(block, 337, 8, what) : 0,
       xattrs: new Map(),
+      ...(sparse ? { sparse } : {}),
     };
     applyPax(header, new Map([...globalPax, ...(pax ?? [])]), what);
-    header.type = typeOf(flag, header.path);
+    header.type = sparse ? 'file' : typeOf(flag, header.path);
     // Only regular files (and unknown types) have contents. A hard link may carry data blocks
     // (pax allows it), which are skipped; dirs, symlinks and devices never do (as libarchive reads them).
     const bodySize = header.type === 'file' || header.type === 'other' ? header.size : 0;
@@ -252,4 +275,32 @@ export async function* readTar(source: ByteSource, what: string): AsyncGenerator
     if (read < bodySize) await source.skip(bodySize - read);
     if (dataBytes > bodySize) await source.skip(dataBytes - bodySize);
   }
+}
+
+/**
+ * An old-GNU sparse header's map: four (offset, length) pairs in the header, then extension
+ * blocks of 21 while the "extended" flag is set. Only sums are kept (a map may be long): the
+ * file's real size and the 4 KiB blocks its data segments touch.
+ */
+async function readSparseMap(header: Buffer, source: ByteSource, what: string): Promise<{ realSize: number; allocatedBytes: number }> {
+  const realSize = parseNumber(header, 483, 12, what);
+  let blocks = 0;
+  const add = (buf: Buffer, at: number, count: number): void => {
+    for (let i = 0; i < count; i++) {
+      const o = at + i * 24;
+      if (buf[o] === 0) return;
+      const offset = parseNumber(buf, o, 12, what);
+      const length = parseNumber(buf, o + 12, 12, what);
+      if (offset + length > realSize) throw bad(what, 'a sparse map reaching past the end of its file');
+      if (length > 0) blocks += Math.floor((offset + length - 1) / FS_BLOCK) - Math.floor(offset / FS_BLOCK) + 1;
+    }
+  };
+  add(header, 386, 4);
+  for (let extended = header[482] !== 0; extended; ) {
+    const ext = await source.readExact(BLOCK);
+    if (!ext) throw bad(what, 'the archive ends inside a sparse map');
+    add(ext, 0, 21);
+    extended = ext[504] !== 0;
+  }
+  return { realSize, allocatedBytes: Math.min(blocks * FS_BLOCK, Math.ceil(realSize / FS_BLOCK) * FS_BLOCK) };
 }
