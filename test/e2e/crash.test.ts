@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { homeTmpPrefix } from '../../src/domain/paths.js';
 import { alive, TestHome, waitFor } from '../helpers/cell-home.js';
 
 interface VmJson {
@@ -27,16 +28,20 @@ describe('celld killed -9 in the middle of a snapshot', () => {
     await h.cleanup();
   });
 
-  /** Restarts celld with CELL_CRASH_AT set, snapshots, and waits for the crash. */
-  async function snapshotCutAt(step: string, name: string, data: string): Promise<void> {
-    await h.ok(['exec', 'box', '--', 'sh', '-c', `echo ${data} > /root/data`]);
+  /** Restarts celld with CELL_CRASH_AT set, runs `args`, and waits for the crash. */
+  async function cutAt(step: string, args: string[]): Promise<void> {
     const daemon = h.daemonPid()!;
     process.kill(daemon, 'SIGTERM');
     assert.ok(await waitFor(() => !alive(daemon), 10_000));
-    const cut = await h.cell(['snapshot', '--name', name, 'box'], { env: { CELL_CRASH_AT: step } });
+    const cut = await h.cell(args, { env: { CELL_CRASH_AT: step } });
     assert.notEqual(cut.code, 0, 'the command lost its daemon');
     const crashed = h.daemonPid();
     assert.ok(crashed === null || (await waitFor(() => !alive(crashed), 10_000)), 'celld died at the step');
+  }
+
+  async function snapshotCutAt(step: string, name: string, data: string): Promise<void> {
+    await h.ok(['exec', 'box', '--', 'sh', '-c', `echo ${data} > /root/data`]);
+    await cutAt(step, ['snapshot', '--name', name, 'box']);
   }
 
   async function vm(): Promise<VmJson> {
@@ -69,4 +74,23 @@ describe('celld killed -9 in the middle of a snapshot', () => {
     assert.equal(fork.stdout, 'before-disk-moved\n');
     assert.ok(h.qemuPids().includes((await vm()).pid!), 'the VM is the QEMU its record names');
   });
+
+  test("restore cut between dropping the VM's disk and recording its new base: the next celld finishes it, on the snapshot's disk", async () => {
+    await h.ok(['exec', 'box', '--', 'sh', '-c', 'echo at-snapshot > /root/data']);
+    await h.ok(['snapshot', '--name', 'back', 'box']);
+    await h.ok(['exec', 'box', '--', 'sh', '-c', 'echo after-snapshot > /root/data; sync']);
+    await cutAt('boot:disk-dropped', ['restore', 'box', 'back']);
+    const box = await vm();
+    assert.equal(box.state, 'running', 'the restore was finished');
+    assert.equal((await h.ok(['exec', 'box', '--', 'cat', '/root/data'])).stdout, 'at-snapshot\n', 'rolled back to the snapshot');
+    assert.ok(!existsSync(join(h.home, 'vms', (await vmId()), 'restoring')), 'the intent is done with');
+    assert.ok(h.qemuPids().includes(box.pid!));
+    // The saves above listened in folders named for this home; none is left.
+    assert.deepEqual(readdirSync('/tmp').filter((e) => `/tmp/${e}`.startsWith(homeTmpPrefix(h.home, 'mig'))), []);
+  });
+
+  async function vmId(): Promise<string> {
+    const list = JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as { id: string; name: string }[];
+    return list.find((v) => v.name === 'box')!.id;
+  }
 });
