@@ -84,9 +84,12 @@ export async function importSnapshot(
   try {
     // GNU tar cannot be stopped part-way: its headers are read first, within entries, bytes and free space.
     const limits = { maxEntries: MAX_ARCHIVE_ENTRIES, ...(ctx.config.importMaxBytes !== undefined ? { maxBytes: ctx.config.importMaxBytes } : {}) };
-    const what = `snapshot archive ${file}`;
-    await scanArchive(archive.path, what, await ArchiveBudget.open(what, paths.snapshots, limits), { gnuSparse: true }).catch((err: unknown) => {
-      throw err instanceof CellError ? err : unusable(file, (err as Error).message);
+    const budget = await ArchiveBudget.open(`snapshot archive ${file}`, paths.snapshots, limits);
+    await scanArchive(archive.path, file, budget, { gnuSparse: true }).catch((err: unknown) => {
+      if (err instanceof CellError && (err.code === ErrorCodes.SIZE_LIMIT || err.code === ErrorCodes.RESOURCES_EXHAUSTED)) throw err;
+      // Not a tar, or a broken one: what GNU tar's refusal said before.
+      const why = (err as Error).message.replace(`${file}: `, '');
+      throw new CellError(ErrorCodes.SNAPSHOT_FAILED, `${file} is not a cellvm snapshot archive: ${why}`);
     });
     await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', archive.path, '-C', staging, ...MEMBERS], `${file} is not a cellvm snapshot archive`);
     // The data disk is optional; extracting it alone tells whether the archive has one.

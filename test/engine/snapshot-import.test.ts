@@ -177,3 +177,15 @@ test("free space counts a sparse RAM file's blocks, not its length: on an 8 MiB 
     await small.cleanup();
   }
 });
+
+test('a file that is not a tar at all is refused as before, by name', async () => {
+  const file = join(work, 'not-a-tar');
+  writeFileSync(file, 'SQLite format 3\0'.repeat(100));
+  await assert.rejects(fake.engine.snapshots.import(file), (err: unknown) => {
+    const e = err as { code?: string; message: string };
+    assert.equal(e.code, 'snapshot_failed', e.message);
+    assert.match(e.message, new RegExp(`^${file} is not a cellvm snapshot archive: not a tar archive`));
+    return true;
+  });
+  assert.deepEqual(readdirSync(fake.paths.snapshots).filter((e) => e.startsWith('.import-')), []);
+});
