@@ -80,7 +80,10 @@ export async function importArchive(opts: ImportOptions): Promise<InstalledImage
     // The extracted members are copied into the store: a second copy, which must fit too.
     let toStore = 0;
     for (const [digest, member] of plan.members) {
-      if (!(await store.has(digest, member.size))) toStore += member.size ?? (await stat(archive.path(member.name) ?? opts.file)).size;
+      if (await store.has(digest, member.size)) continue;
+      // A member that is missing is reported below; its size is what its descriptor says, or its file's.
+      const path = archive.path(member.name);
+      toStore += member.size ?? (path ? (await stat(path)).size : 0);
     }
     await assertRoom(opts.storeRoot, toStore, `importing ${opts.file} (its blobs not stored yet)`);
     for (const [digest, member] of plan.members) {
