@@ -184,6 +184,8 @@ ready = "wget -q -O /dev/null http://127.0.0.1:80/"
 ports = [80]
 [[variants]]
 role = "web"
+vcpus = 1
+mem_mib = 256
 `,
     );
     await h.ok(['template', 'build', '--snapshot', join(dir, 'web.toml')], { timeoutMs: 300_000 });
