@@ -51,7 +51,7 @@ export async function prepareSpare(ctx: Pick<EngineContext, 'paths' | 'host' | '
   const dir = ctx.paths.spareDir(id);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   try {
-    const network = snapshot.spec.networks?.length ? await ctx.network.prepare(id) : undefined;
+    const network = snapshot.spec.networks?.length ? await ctx.network.prepare(id, placeholder) : undefined;
     const spec = { ...(await machineSpecFor(ctx.paths, placeholder, ready, undefined, { snapshot })), dir, ...(network ? { network } : {}) };
     return await ctx.live.prepareRestore(spec, join(ctx.paths.snapshotDir(snapshot.id), 'state'));
   } catch (err) {

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { DEFAULT_NETWORK, DEFAULT_SUBNET, GUEST_MAC, intToIp, parseSubnet, validateNetworkName, type PublishedPort, type Subnet } from '../domain/network.js';
 import type { VmRecord } from '../domain/vm.js';
@@ -37,8 +38,12 @@ export interface Networking {
   readonly status: { available: boolean; reason: string };
   /** Checks that every network exists (the default one always does). */
   assertNetworks(names: readonly string[]): void;
-  /** The namespace for machine `id` (a VM, or a spare that will be one); reused if it exists. */
-  prepare(id: string): Promise<NonNullable<MachineSpec['network']>>;
+  /**
+   * The namespace for machine `id` (a VM, or a spare that will be one); reused if it exists. With
+   * `ahead` (a spare: the VM it will be), its addresses are leased and the namespace configured now,
+   * so the fork that takes it has no network work left.
+   */
+  prepare(id: string, ahead?: VmRecord): Promise<NonNullable<MachineSpec['network']>>;
   /** Once its machine runs: its addresses on its networks and its published ports. */
   attach(vm: VmRecord): Promise<PublishedPort[]>;
   /** Its machine ended for good (stopped, crashed, removed): ports closed, namespace removed. */
@@ -230,15 +235,20 @@ export class HostNetworking implements Networking {
     if (lease) this.store.countDenied(lease.vmId);
   }
 
-  async prepare(id: string): Promise<NonNullable<MachineSpec['network']>> {
+  async prepare(id: string, ahead?: VmRecord): Promise<NonNullable<MachineSpec['network']>> {
     const ns = this.ns(id);
-    if (!(await listNamespaces()).includes(ns.netns)) await createNamespace(ns);
+    // A stat, not `ip netns list` (a process per boot).
+    if (!existsSync(`/run/netns/${ns.netns}`)) await createNamespace(ns);
+    if (ahead) await this.configure(ahead);
     return { netns: ns.netns, mac: GUEST_MAC };
   }
 
   /** Leases for the VM's networks (taken now if new) and its namespace configured for them. */
   private async configure(vm: VmRecord): Promise<void> {
     const names = vm.spec.networks ?? [];
+    // Configured already for these networks (a spare made ahead, a snapshot's resume): nothing to do.
+    const done = this.configured.get(vm.id);
+    if (done && done.join('\0') === names.join('\0') && this.store.leases(vm.id).length === names.length) return;
     const networks = names.map((n) => this.get(n));
     await this.refreshUplink();
     const held = this.store.leases(vm.id);
@@ -363,6 +373,7 @@ export class HostNetworking implements Networking {
   }
 
   async sweep(keep: ReadonlySet<string>): Promise<void> {
+    this.store.releaseUnowned();
     const keepPrefixes = new Set([...keep].map((id) => id.slice(0, 12)));
     for (const netns of await listNamespaces()) {
       const id = ownNamespace(this.homeTag, netns);

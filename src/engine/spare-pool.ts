@@ -126,8 +126,11 @@ export class SparePool {
     this.spares.set(id, spare);
     // A spare whose QEMU died is forgotten; one nobody took in time is ended.
     prepared.started.control.onClose(() => {
-      if (this.spares.get(id) === spare) this.spares.delete(id);
+      if (this.spares.get(id) !== spare) return;
+      // Its QEMU died before anyone took it: its namespace and addresses go with it.
+      this.spares.delete(id);
       void rm(this.ctx.paths.spareDir(id), { recursive: true, force: true });
+      void this.ctx.network.detach(id).then(() => this.ctx.network.forget(id)).catch(() => {});
     });
     setTimeout(() => {
       if (this.spares.get(id) === spare) void this.kill(spare);
@@ -146,6 +149,7 @@ export class SparePool {
     started.control.close();
     await this.ctx.backend.kill(started.pid, spare.id);
     await this.ctx.network.detach(spare.id).catch(() => {});
+    this.ctx.network.forget(spare.id);
     await rm(this.ctx.paths.spareDir(spare.id), { recursive: true, force: true });
   }
 }

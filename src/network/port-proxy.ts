@@ -33,18 +33,20 @@ function bindError(spec: PortSpec, err: NodeJS.ErrnoException): CellError {
 
 async function publishTcp(spec: PortSpec, target: string): Promise<PortProxy> {
   const sockets = new Set<Socket>();
-  const server: Server = createServer({ pauseOnConnect: false }, (client) => {
+  // Half-open both ways, as TCP itself: one side's EOF is passed on once what it sent is written,
+  // and the other may still answer (a client that sends a request, shuts down its writing side and
+  // reads the reply: nc, a sink that counts). Each socket closes once both of its directions have
+  // ended; an error on either (a reset, a write to a side that is gone) ends both at once.
+  const server: Server = createServer({ pauseOnConnect: false, allowHalfOpen: true }, (client) => {
     if (sockets.size >= MAX_CONNECTIONS) return client.destroy();
-    const upstream = connect({ host: target, port: spec.guestPort });
+    const upstream = connect({ host: target, port: spec.guestPort, allowHalfOpen: true });
     sockets.add(client).add(upstream);
-    const end = () => {
+    const fail = () => {
       client.destroy();
       upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
     };
-    client.on('error', end).on('close', end);
-    upstream.on('error', end).on('close', end);
+    client.on('error', fail).on('close', () => sockets.delete(client));
+    upstream.on('error', fail).on('close', () => sockets.delete(upstream));
     client.pipe(upstream);
     upstream.pipe(client);
   });

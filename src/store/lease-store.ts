@@ -89,6 +89,11 @@ export class NetworkStore {
     })();
   }
 
+  /** Gives back the addresses of machines that are not VMs (spares of a celld that died); how many. */
+  releaseUnowned(): number {
+    return this.db.prepare('DELETE FROM network_leases WHERE vm_id NOT IN (SELECT id FROM vms)').run().changes;
+  }
+
   release(vmId: string, network?: string): void {
     if (network) this.db.prepare('DELETE FROM network_leases WHERE vm_id = ? AND network = ?').run(vmId, network);
     else this.db.prepare('DELETE FROM network_leases WHERE vm_id = ?').run(vmId);

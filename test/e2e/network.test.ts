@@ -202,6 +202,7 @@ mem_mib = 256
       assert.equal((await net.inHost('curl', ['-s', '--max-time', '10', `http://${host}/`])).stdout, 'from the template\n', host);
     }
     await h.ok(['rm', '-f', 'warm-1', 'warm-2']);
+    await h.ok(['template', 'rm', 'site-web']); // its warm snapshot's spare (and namespace) go with it
   });
 
   test('named networks: VMs on one reach each other by name, not across networks; --internal has no way out; connect and disconnect a running VM; rm is refused while in use', async () => {
