@@ -7,6 +7,9 @@ bash scripts/bootstrap.sh
 bash scripts/test-deps.sh
 
 export CELL_CACHE="${CELL_CACHE:-$PWD/.cell-test/cache}"
+# No VM of the suite is online unless its test confines celld to namespaces of its own (the rule for
+# network tests: nothing may leave this machine). This reaches cellds the SDK starts on demand too.
+export CELL_NETWORK=off
 mkdir -p "$CELL_CACHE"
 setup_home=$(mktemp -d /tmp/cell-setup-XXXXXX)
 cleanup_setup() {

@@ -28,6 +28,7 @@ export class TestHome {
     // Short path: QMP and agent sockets live under it and sun_path is 108 bytes.
     this.home = mkdtempSync('/tmp/cellt-');
     // Networking off unless a test asks (it then confines celld to namespaces of its own: test/helpers/fake-internet.ts).
+    // scripts/test.sh also exports CELL_NETWORK=off, for the cellds the SDK starts with the test's own env.
     this.env = { ...process.env, CELL_HOME: this.home, CELL_CACHE: SHARED_CACHE, CELL_NETWORK: 'off', ...extraEnv };
   }
 
