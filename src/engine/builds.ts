@@ -9,7 +9,7 @@ import type { Actions } from './actions.js';
 import { compatKey, type EngineContext } from './context.js';
 import type { Snapshots } from './snapshots.js';
 import type { OutputSink } from './output.js';
-import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
+import { CELLD_HOST_FS, hostPathError, type HostFs } from './host-fs.js';
 
 export type BuildEvent =
   | { type: 'base'; description: string }
@@ -195,11 +195,5 @@ async function assertInContext(host: HostFs, contextDir: string, hostPath: strin
 /** The text of a build or template file on celld's host (the CLI sends absolute paths), read with the caller's access. */
 export async function readDefinition(file: string, what: string, host: HostFs): Promise<string> {
   if (!isAbsolute(file)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `the ${what} path must be absolute: ${file}`);
-  try {
-    return (await host.readFile(file)).toString('utf8');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const denied = code === 'EACCES' || code === 'EPERM';
-    throw new CellError(denied ? ErrorCodes.PERMISSION_DENIED : ErrorCodes.NOT_FOUND, `cannot read ${what} ${file}: ${code ?? (err as Error).message}`);
-  }
+  return (await host.readFile(file).catch(hostPathError(`the ${what} ${file}`))).toString('utf8');
 }

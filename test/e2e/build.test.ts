@@ -223,7 +223,7 @@ run = "echo $THIRD > /three; cat /proc/sys/kernel/random/uuid | tee /four"
     assert.equal(r.code, 1);
     assert.equal(r.stderr, 'error: bad.toml:5: unknown key "rnu" in a run step (expected one of: run, name, from, timeout, detach, ready, ready_timeout, user)\n');
     const missing = await h.cell(['build', '-f', join(dir, 'nope.toml')]);
-    assert.match(missing.stderr, /^error: cannot read build file .*nope\.toml: ENOENT/);
+    assert.match(missing.stderr, /^error: the build file .*nope\.toml \(host\): no such file or directory/);
   });
 });
 

@@ -125,7 +125,7 @@ test("build and template files are read with the caller's access", async () => {
   chmodSync(join(secret, '..'), 0o700);
   const build = await request(MEMBER, 'POST', '/v1/builds', { file: secret });
   assert.equal(build.status, 403, JSON.stringify(build.body));
-  assert.match(build.body.error!.message, /cannot read build file .*EACCES/);
+  assert.match(build.body.error!.message, /the build file .* \(host\): permission denied/);
   const template = await request(MEMBER, 'POST', '/v1/templates/build', { file: secret });
   assert.equal(template.status, 403, JSON.stringify(template.body));
 });

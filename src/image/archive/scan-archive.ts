@@ -1,6 +1,5 @@
-import { ByteSource } from '../unpack/byte-source.js';
 import { openTarStream } from '../unpack/decompress.js';
-import { readTar } from '../unpack/tar-reader.js';
+import { eachTarEntry } from '../unpack/each-tar-entry.js';
 import type { ArchiveBudget } from './archive-budget.js';
 
 /**
@@ -13,22 +12,13 @@ import type { ArchiveBudget } from './archive-budget.js';
  */
 export async function scanArchive(file: string, what: string, budget: ArchiveBudget, opts: { gnuSparse?: boolean } = {}): Promise<Map<string, number>> {
   const stream = await openTarStream(file, what);
-  const source = new ByteSource(stream.bytes, what);
   const files = new Map<string, number>();
-  try {
-    for await (const entry of readTar(source, what, { gnuSparse: opts.gnuSparse ?? false })) {
-      budget.entry();
-      const h = entry.header;
-      if (h.type !== 'file') continue;
-      budget.take(h.sparse?.allocatedBytes ?? h.size, h.path);
-      files.set(h.path, h.sparse?.realSize ?? h.size);
-    }
-    await source.drain();
-    await stream.finished();
-  } catch (err) {
-    stream.destroy();
-    await source.close().catch(() => undefined);
-    throw err;
-  }
+  await eachTarEntry(stream, stream.bytes, what, { gnuSparse: opts.gnuSparse ?? false }, (entry) => {
+    budget.entry();
+    const h = entry.header;
+    if (h.type !== 'file') return;
+    budget.take(h.sparse?.allocatedBytes ?? h.size, h.path);
+    files.set(h.path, h.sparse?.realSize ?? h.size);
+  });
   return files;
 }

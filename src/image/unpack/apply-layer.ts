@@ -4,11 +4,11 @@ import { chmodSync, closeSync, fchmodSync, fchownSync, futimesSync, lchownSync, 
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { runTool } from '../run-tool.js';
-import { ByteSource } from './byte-source.js';
 import { openTarStream } from './decompress.js';
 import { MAX_PATH_BYTES, entryComponents, resolveDir, unsafe } from './safe-path.js';
 import { stagedCost, StagingFullError } from './staging.js';
-import { readTar, type TarEntry, type TarHeader } from './tar-reader.js';
+import { eachTarEntry } from './each-tar-entry.js';
+import type { TarEntry, TarHeader } from './tar-reader.js';
 
 /**
  * Applies one layer (a possibly compressed tar) on top of the tree in `state.root`, with OCI
@@ -63,29 +63,20 @@ export async function applyLayer(blob: string | AsyncIterable<Buffer>, state: Un
       yield chunk;
     }
   }
-  const source = new ByteSource(counted(), what);
   const layerPaths = new Set<string>();
   const dirTimes: { path: string; mtime: number }[] = [];
-  try {
-    for await (const entry of readTar(source, what)) {
-      if (++state.entries > state.limits.maxEntries) {
-        throw new CellError(ErrorCodes.SIZE_LIMIT, `${what}: the image has more than ${state.limits.maxEntries} files`);
-      }
-      state.staged += stagedCost(entry.header.type === 'file' ? entry.header.size : 0);
-      if (state.staged > state.stageBudget) throw new StagingFullError(`the tree needs more than ${state.stageBudget} bytes`);
-      try {
-        await applyEntry(entry, state, what, layerPaths, dirTimes);
-      } catch (err) {
-        throw entryFailure(err, entry.header.path, what);
-      }
+  await eachTarEntry(stream, counted(), what, {}, async (entry) => {
+    if (++state.entries > state.limits.maxEntries) {
+      throw new CellError(ErrorCodes.SIZE_LIMIT, `${what}: the image has more than ${state.limits.maxEntries} files`);
     }
-    await source.drain();
-    await stream.finished();
-  } catch (err) {
-    stream.destroy();
-    await source.close().catch(() => undefined);
-    throw err;
-  }
+    state.staged += stagedCost(entry.header.type === 'file' ? entry.header.size : 0);
+    if (state.staged > state.stageBudget) throw new StagingFullError(`the tree needs more than ${state.stageBudget} bytes`);
+    try {
+      await applyEntry(entry, state, what, layerPaths, dirTimes);
+    } catch (err) {
+      throw entryFailure(err, entry.header.path, what);
+    }
+  });
   // Directory times last: creating their children changed them.
   for (const d of dirTimes.reverse()) await utimes(d.path, d.mtime, d.mtime).catch(() => undefined);
   return `sha256:${hash.digest('hex')}`;
