@@ -100,6 +100,8 @@ export class HostNetworking implements Networking {
   private readonly defaultSubnet: Subnet;
   private readonly homeTag: string;
   private uplink: Promise<void> = Promise.resolve();
+  /** Whether the host side has been loaded by this celld (once, then on network create and rm). */
+  private uplinkLoaded = false;
   private readonly relays = new Map<string, DnsRelay>();
   private readonly proxiesByNetwork = new Map<string, EgressProxy>();
   private readonly resolver = new Resolver({ timeout: 3000, tries: 2 });
@@ -175,7 +177,14 @@ export class HostNetworking implements Networking {
       }
     });
     this.uplink = next.catch(() => {});
-    return next;
+    return next.then(() => {
+      this.uplinkLoaded = true;
+    });
+  }
+
+  /** The host side as this celld last loaded it; loaded now if it has not been yet. */
+  private uplinkReady(): Promise<void> {
+    return this.uplinkLoaded ? this.uplink : this.refreshUplink();
   }
 
   /**
@@ -248,10 +257,12 @@ export class HostNetworking implements Networking {
     const names = vm.spec.networks ?? [];
     // Configured already for these networks (a spare made ahead, a snapshot's resume): nothing to do.
     const done = this.configured.get(vm.id);
-    if (done && done.join('\0') === names.join('\0') && this.store.leases(vm.id).length === names.length) return;
-    const networks = names.map((n) => this.get(n));
-    await this.refreshUplink();
     const held = this.store.leases(vm.id);
+    if (done && done.join('\0') === names.join('\0') && held.length === names.length) return;
+    const networks = names.map((n) => this.get(n));
+    // Reloading every bridge and rule on each boot costs several processes: once per celld is enough
+    // (network create and rm reload it themselves).
+    await this.uplinkReady();
     for (const old of held) if (!names.includes(old.network)) this.store.release(vm.id, old.network);
     const links: NamespaceLink[] = networks.map((n, position) => {
       const lease = this.store.take(vm.id, n.name, n.subnet, position);
