@@ -41,7 +41,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define AGENT_VERSION "0.5.0"
+#define AGENT_VERSION "0.6.0"
 
 /* Wire format (docs/protocol.md). */
 #define MAGIC0 0xCE

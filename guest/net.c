@@ -1,8 +1,9 @@
 /*
  * The guest's network: one virtio-net NIC (eth0), configured from the kernel command line
- * (`cell.net=ADDRESS/PREFIX,GATEWAY`) before anything runs. Every VM gets the same address: it
- * lives in a network namespace of its own on the host, which translates it (docs/networking.md),
- * so a fork needs no change here. The resolver is the gateway: the host answers or forwards.
+ * (`cell.net=ADDRESS/PREFIX,GATEWAY[,RESOLVER]`) before anything runs. Every VM gets the same
+ * address: it lives in a network namespace of its own on the host, which translates it
+ * (docs/networking.md), so a fork needs no change here. The resolver is the gateway unless named:
+ * QEMU's user-mode networking (a celld without root) answers DNS on an address of its own.
  */
 #include "agent.h"
 #include <arpa/inet.h>
@@ -29,10 +30,10 @@ static bool set_addr(int s, unsigned long req, const char *what, struct in_addr 
 	return false;
 }
 
-static void write_resolv_conf(const char *gateway)
+static void write_resolv_conf(const char *resolver)
 {
 	char text[64];
-	int n = snprintf(text, sizeof text, "nameserver %s\n", gateway);
+	int n = snprintf(text, sizeof text, "nameserver %s\n", resolver);
 	/* The image's may be a symlink into a resolver's runtime folder: replace it, never follow it. */
 	unlink("/etc/resolv.conf");
 	int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
@@ -40,20 +41,23 @@ static void write_resolv_conf(const char *gateway)
 	if (fd >= 0) close(fd);
 }
 
-/* `spec` is "A.B.C.D/PREFIX,GATEWAY"; a malformed one is a console warning and no network. */
+/* `spec` is "A.B.C.D/PREFIX,GATEWAY[,RESOLVER]"; a malformed one is a console warning and no network. */
 void network_up(const char *spec)
 {
-	char copy[64], *slash, *comma;
+	char copy[64], *slash, *comma, *resolver;
 	snprintf(copy, sizeof copy, "%s", spec);
-	struct in_addr addr, gw, mask;
+	struct in_addr addr, gw, mask, dns;
 	if (!(slash = strchr(copy, '/')) || !(comma = strchr(slash, ','))) {
-		warnx("cell.net=%s: expected ADDRESS/PREFIX,GATEWAY", spec);
+		warnx("cell.net=%s: expected ADDRESS/PREFIX,GATEWAY[,RESOLVER]", spec);
 		return;
 	}
 	*slash = *comma = '\0';
+	if ((resolver = strchr(comma + 1, ','))) *resolver++ = '\0';
+	else resolver = comma + 1;
 	int prefix = atoi(slash + 1);
-	if (prefix < 1 || prefix > 32 || inet_pton(AF_INET, copy, &addr) != 1 || inet_pton(AF_INET, comma + 1, &gw) != 1) {
-		warnx("cell.net=%s: expected ADDRESS/PREFIX,GATEWAY", spec);
+	if (prefix < 1 || prefix > 32 || inet_pton(AF_INET, copy, &addr) != 1 || inet_pton(AF_INET, comma + 1, &gw) != 1 ||
+	    inet_pton(AF_INET, resolver, &dns) != 1) {
+		warnx("cell.net=%s: expected ADDRESS/PREFIX,GATEWAY[,RESOLVER]", spec);
 		return;
 	}
 	mask.s_addr = htonl(prefix == 32 ? 0xffffffffu : ~(0xffffffffu >> prefix));
@@ -89,7 +93,7 @@ void network_up(const char *spec)
 		((struct sockaddr_in *)&rt.rt_gateway)->sin_addr = gw;
 		rt.rt_flags = RTF_UP | RTF_GATEWAY;
 		if (ioctl(s, SIOCADDRT, &rt) != 0 && errno != EEXIST) warnx("default route via %s: %s", comma + 1, strerror(errno));
-		write_resolv_conf(comma + 1);
+		write_resolv_conf(resolver);
 		debugx("%s is %s/%d via %s", NIC, copy, prefix, comma + 1);
 	}
 	close(s);

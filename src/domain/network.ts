@@ -53,6 +53,11 @@ export interface PortSpec {
   protocol: PortProtocol;
 }
 
+/** A fork's published ports: its snapshot's, each on a free host port (its source may hold the one it asked for). */
+export function forkPorts(ports: readonly PortSpec[] | undefined): PortSpec[] | undefined {
+  return ports?.map((p) => ({ ...p, hostPort: 0 }));
+}
+
 /** A published port as it is: the host port it got. */
 export interface PublishedPort extends PortSpec {
   hostPort: number;
@@ -138,3 +143,12 @@ export function parseSubnet(cidr: string): Subnet {
 
 /** The kernel argument that configures the guest's eth0 (guest/net.c). */
 export const GUEST_NET_ARG = `cell.net=${GUEST_ADDRESS}/${GUEST_PREFIX},${GUEST_GATEWAY}`;
+
+/**
+ * QEMU's user-mode networking (a celld without root): the same guest address and gateway, but
+ * QEMU's slirp wants its DNS server on an address of its own in the guest's subnet, so the subnet
+ * is a /29 (in a /30, .3 is the broadcast address, which a resolver may not send to) and the
+ * resolver is named in the kernel argument.
+ */
+export const USER_NET = { cidr: '172.30.255.0/29', prefix: 29, resolver: '172.30.255.3' } as const;
+export const USER_NET_ARG = `cell.net=${GUEST_ADDRESS}/${USER_NET.prefix},${GUEST_GATEWAY},${USER_NET.resolver}`;

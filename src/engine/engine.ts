@@ -17,6 +17,7 @@ import { HostReadiness, type ProgressListener } from './host-readiness.js';
 import { Images } from './images.js';
 import { LiveMachines } from './live-machines.js';
 import { KeyedLocks } from './locks.js';
+import { UserNetworking } from './user-networking.js';
 import { HostNetworking, NoNetworking, type Networking } from './networking.js';
 import { Networks } from './networks.js';
 import { NetworkStore } from '../store/lease-store.js';
@@ -54,14 +55,15 @@ export interface EngineDeps {
   spares?: SparePoolOptions;
   log?: EngineLog;
   checkpoint?: (step: string) => Promise<void>;
-  /** VMs' networking; by default the host's when celld is root (CELL_NETWORK=off turns it off). */
+  /** VMs' networking; by default the host's kernel's when celld is root, QEMU's user mode when not (CELL_NETWORK=off|user). */
   network?: Networking;
 }
 
 /** The host's networking, or why there is none. */
 function defaultNetworking(home: string, stores: EngineStores, env: NodeJS.ProcessEnv = process.env): Networking {
   if (env.CELL_NETWORK === 'off') return new NoNetworking('networking is off on this celld (CELL_NETWORK=off)');
-  if (process.getuid?.() !== 0) return new NoNetworking('celld is not root (namespaces, bridges and taps need root)');
+  // Without root there are no namespaces, bridges or taps: QEMU's own user-mode stack instead.
+  if (env.CELL_NETWORK === 'user' || process.getuid?.() !== 0) return new UserNetworking(stores.networks, stores.vms);
   return new HostNetworking(home, stores.networks, stores.vms, { subnet: env.CELL_SUBNET });
 }
 

@@ -1,3 +1,4 @@
+import { forkPorts } from '../domain/network.js';
 import { closeSync, existsSync, rmSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -46,12 +47,14 @@ export async function machineSpecFor(paths: CellPaths, vm: VmRecord, ready: Host
 export async function prepareSpare(ctx: Pick<EngineContext, 'paths' | 'host' | 'backend' | 'live' | 'network'>, id: string, snapshot: SnapshotRecord): Promise<PreparedRestore> {
   const ready = await ctx.host.ensure();
   assertCompatible(snapshot.compat, compatKey(ctx, ready), snapshot.name);
-  const placeholder = newVmRecord(id, 'spare', snapshot.spec, snapshot.id);
+  // Its ports as its fork's will be (engine/snapshots.ts): a user-mode NIC takes them when its QEMU starts.
+  const ports = forkPorts(snapshot.spec.ports);
+  const placeholder = newVmRecord(id, 'spare', { ...snapshot.spec, ...(ports ? { ports } : {}) }, snapshot.id);
   // Spares wait in spares/<id>/; the fork that takes one moves the folder to vms/<id>/.
   const dir = ctx.paths.spareDir(id);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   try {
-    const network = snapshot.spec.networks?.length ? await ctx.network.prepare(id, placeholder) : undefined;
+    const network = snapshot.spec.networks?.length ? await ctx.network.prepare(placeholder, { ahead: true }) : undefined;
     const spec = { ...(await machineSpecFor(ctx.paths, placeholder, ready, undefined, { snapshot })), dir, ...(network ? { network } : {}) };
     return await ctx.live.prepareRestore(spec, join(ctx.paths.snapshotDir(snapshot.id), 'state'));
   } catch (err) {

@@ -36,14 +36,14 @@ export interface NetworkView {
 export interface Networking {
   /** Whether networked VMs can run here; the reason when not (shown by `cell info`). */
   readonly status: { available: boolean; reason: string };
-  /** Checks that every network exists (the default one always does). */
-  assertNetworks(names: readonly string[]): void;
+  /** Checks that every network exists (the default one always does), and that egress rules can be enforced. */
+  assertNetworks(names: readonly string[], opts?: { egress?: boolean }): void;
   /**
-   * The namespace for machine `id` (a VM, or a spare that will be one); reused if it exists. With
-   * `ahead` (a spare: the VM it will be), its addresses are leased and the namespace configured now,
-   * so the fork that takes it has no network work left.
+   * The NIC for machine `vm.id` (a VM, or a spare that will be one): its namespace, reused if it
+   * exists. With `ahead` (a spare), its addresses are leased and the namespace configured now, so
+   * the fork that takes it has no network work left.
    */
-  prepare(id: string, ahead?: VmRecord): Promise<NonNullable<MachineSpec['network']>>;
+  prepare(vm: VmRecord, opts?: { ahead?: boolean }): Promise<NonNullable<MachineSpec['network']>>;
   /** Once its machine runs: its addresses on its networks and its published ports. */
   attach(vm: VmRecord): Promise<PublishedPort[]>;
   /** Its machine ended for good (stopped, crashed, removed): ports closed, namespace removed. */
@@ -244,11 +244,11 @@ export class HostNetworking implements Networking {
     if (lease) this.store.countDenied(lease.vmId);
   }
 
-  async prepare(id: string, ahead?: VmRecord): Promise<NonNullable<MachineSpec['network']>> {
-    const ns = this.ns(id);
+  async prepare(vm: VmRecord, opts: { ahead?: boolean } = {}): Promise<NonNullable<MachineSpec['network']>> {
+    const ns = this.ns(vm.id);
     // A stat, not `ip netns list` (a process per boot).
     if (!existsSync(`/run/netns/${ns.netns}`)) await createNamespace(ns);
-    if (ahead) await this.configure(ahead);
+    if (opts.ahead) await this.configure(vm);
     return { netns: ns.netns, mac: GUEST_MAC };
   }
 

@@ -1,3 +1,4 @@
+import { forkPorts } from '../domain/network.js';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { link, mkdir, rename, rm } from 'node:fs/promises';
@@ -355,8 +356,7 @@ export class Snapshots {
   }
 
   private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object, id?: string, ephemeral = false): Promise<VmRecord> {
-    // The snapshot's published ports, each on a free host port of the fork's own (its source may hold the one it asked for).
-    const ports = snapshot.spec.ports?.map((p) => ({ ...p, hostPort: 0 }));
+    const ports = forkPorts(snapshot.spec.ports);
     const spec = { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...(ports ? { ports } : {}), ...overrides };
     if (overrides.ports && !spec.networks?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `snapshot ${snapshot.name} has no network: its forks cannot publish ports`);
     return this.vms.record(name, spec, snapshot.id, id, { ephemeral });

@@ -119,6 +119,7 @@ export class Vms {
     const ports = req.ports?.length ? validatePorts(req.ports) : undefined;
     const egress = parseEgress(req.egress ?? []);
     if (egress && networks.length === 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'egress rules need a network: drop --network none or --egress');
+    this.ctx.network.assertNetworks(networks, { egress: Boolean(egress) });
     await this.ctx.host.ensure();
     if (!req.image) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'an image is required (for example: busybox)');
     const image = await this.images.ensure(req.image);
@@ -157,7 +158,6 @@ export class Vms {
     if (!available && (networks.length > 0 || ports?.length)) {
       throw new CellError(ErrorCodes.HOST_MISSING_DEPENDENCY, `no networking on this host: ${this.ctx.network.status.reason}`);
     }
-    this.ctx.network.assertNetworks(networks);
     return networks;
   }
 
@@ -257,7 +257,7 @@ export class Vms {
       }
       const current = stores.vms.get(id)!;
       // Its namespace first (QEMU starts in it); a spare's was made with the spare.
-      const network = current.spec.networks?.length ? await this.ctx.network.prepare(id) : undefined;
+      const network = current.spec.networks?.length ? await this.ctx.network.prepare(current) : undefined;
       await this.ctx.live.boot(
         { ...(await machineSpecFor(paths, current, ready, image, restore)), ...(network ? { network } : {}) },
         (pid) => stores.vms.update(id, { pid }),

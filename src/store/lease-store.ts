@@ -100,8 +100,13 @@ export class NetworkStore {
   }
 
   ports(vmId: string): PublishedPort[] {
+    return this.recordedPorts(vmId) ?? [];
+  }
+
+  /** Its published ports, or null when none were ever recorded. */
+  recordedPorts(vmId: string): PublishedPort[] | null {
     const row = this.db.prepare('SELECT ports FROM published_ports WHERE vm_id = ?').get(vmId) as { ports: string } | undefined;
-    return row ? (JSON.parse(row.ports) as PublishedPort[]) : [];
+    return row ? (JSON.parse(row.ports) as PublishedPort[]) : null;
   }
 
   setPorts(vmId: string, ports: PublishedPort[]): void {

@@ -1,3 +1,4 @@
+import { GUEST_ADDRESS } from '../domain/network.js';
 import type { Db } from './database.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { VmExit, VmRecord, VmSpec, VmState } from '../domain/vm.js';
@@ -56,7 +57,16 @@ export class VmStore {
   /** Its addresses (from its leases) and, while it runs, the ports it publishes. */
   private withNetwork(vm: VmRecord): VmRecord {
     const leases = this.networks.leases(vm.id);
-    if (leases.length === 0) return { ...vm, network: null };
+    if (leases.length === 0) {
+      // A user-mode NIC (engine/user-networking.ts) leases no address but records its ports (maybe
+      // none) once it runs: it is at the guest's own address, alone in its QEMU's network.
+      const ports = this.networks.recordedPorts(vm.id);
+      if (!ports || !vm.spec.networks?.length) return { ...vm, network: null };
+      return {
+        ...vm,
+        network: { networks: vm.spec.networks.map((name) => ({ name, address: GUEST_ADDRESS })), ports: vm.state === 'running' ? ports : [], egressDenied: 0 },
+      };
+    }
     return {
       ...vm,
       network: {

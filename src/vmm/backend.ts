@@ -1,3 +1,4 @@
+import type { PublishedPort } from '../domain/network.js';
 import type { IoLimits } from '../domain/vm.js';
 import type { CellError } from '../domain/errors.js';
 
@@ -46,10 +47,12 @@ export interface MachineSpec {
   /** Disk and entropy rates QEMU holds the guest to. */
   limits?: IoLimits;
   /**
-   * A NIC: QEMU runs inside network namespace `netns` and takes its `tap0` (engine/networking.ts);
-   * the guest configures it from the kernel command line. Absent: no NIC at all.
+   * A NIC: QEMU runs inside network namespace `netns` and takes its `tap0` (engine/networking.ts),
+   * or, with `user`, QEMU's own user-mode stack gives it the way out and forwards `user.forwards`
+   * from the host (engine/user-networking.ts: a celld without root). The guest configures it
+   * from the kernel command line. Absent: no NIC at all.
    */
-  network?: { netns: string; mac: string };
+  network?: { netns: string; mac: string; user?: undefined } | { user: { forwards: readonly PublishedPort[] }; mac: string; netns?: undefined };
 }
 
 /** Files a machine uses inside its directory. */

@@ -12,6 +12,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { ADDR, createFakeInternet, type FakeInternet } from '../helpers/fake-internet.js';
 import { alive, REPO, TestHome, waitFor } from '../helpers/cell-home.js';
+import { holdConnection } from '../helpers/held-connection.js';
 import { listNamespaces } from '../../src/network/vm-namespace.js';
 
 interface VmJson {
@@ -109,8 +110,12 @@ describe('networking', () => {
   });
 
   test('forks of a networked snapshot get addresses of their own, keep serving, reach out; removing them leaves no namespace', async () => {
+    // A connection open in the snapshot: the source (same namespace, same NAT state) keeps it; a fork's
+    // namespace is new, so its copy is reset, not left half-alive.
+    const held = await holdConnection(h, net, 'web');
     await h.ok(['snapshot', '--name', 'served', 'web']);
     await h.ok(['fork', '--count', '2', '--name', 'kid', 'served']);
+    await held.assertAfterwards(['web'], ['kid-1', 'kid-2']);
     const kids = await Promise.all(['kid-1', 'kid-2'].map(vm));
     const addresses = new Set([(await vm('web')).network!.networks[0]!.address, ...kids.map((k) => k.network!.networks[0]!.address)]);
     assert.equal(addresses.size, 3, `distinct addresses: ${[...addresses].join(', ')}`);

@@ -1,4 +1,4 @@
-import { GUEST_NET_ARG } from '../../domain/network.js';
+import { GUEST_ADDRESS, GUEST_GATEWAY, GUEST_NET_ARG, USER_NET, USER_NET_ARG, type PublishedPort } from '../../domain/network.js';
 import type { MachineFiles, MachineSpec } from '../backend.js';
 
 /** The tap the engine makes in each VM's namespace (network/vm-namespace.ts). */
@@ -32,7 +32,7 @@ export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk' | 
     `cell.hostname=${spec.hostname}`,
     `cell.root=serial:${ROOT_DISK_SERIAL}`,
     ...(spec.dataDisk ? [`cell.data=${spec.dataDisk.mountPoint}`] : []),
-    ...(spec.network ? [GUEST_NET_ARG] : []),
+    ...(spec.network ? [spec.network.user ? USER_NET_ARG : GUEST_NET_ARG] : []),
     ...extra,
   ].join(' ');
 }
@@ -94,7 +94,7 @@ export function buildQemuArgv(
       ? ['-drive', `id=data,file=${dataFile},format=qcow2,if=none,discard=unmap${throttle}`, '-device', `virtio-blk-device,drive=data,serial=${DATA_DISK_SERIAL}`]
       : []),
     ...(spec.network
-      ? ['-netdev', `tap,id=net0,ifname=${TAP_NAME},script=no,downscript=no`, '-device', `virtio-net-device,netdev=net0,mac=${spec.network.mac}`]
+      ? ['-netdev', spec.network.user ? userNetdev(spec.network.user.forwards) : `tap,id=net0,ifname=${TAP_NAME},script=no,downscript=no`, '-device', `virtio-net-device,netdev=net0,mac=${spec.network.mac}`]
       : []),
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${files.agentSocket},server=on,wait=off`,
@@ -121,4 +121,13 @@ function driveThrottling(limits: MachineSpec['limits']): string {
 /** virtio-rng hands out at most max-bytes per period (ms). */
 function rngLimit(limits: MachineSpec['limits']): string {
   return limits?.rngBytesPerSec ? `,max-bytes=${limits.rngBytesPerSec},period=1000` : '';
+}
+
+/**
+ * QEMU's user-mode stack (slirp) on the guest's usual address, IPv4 only, and a host forward per
+ * published port (QEMU listens on the host port itself; the guest address is named: its default is DHCP's first, outside this subnet).
+ */
+export function userNetdev(forwards: readonly PublishedPort[]): string {
+  const hostfwd = forwards.map((p) => `,hostfwd=${p.protocol}:${p.hostIp}:${p.hostPort}-${GUEST_ADDRESS}:${p.guestPort}`).join('');
+  return `user,id=net0,net=${USER_NET.cidr},host=${GUEST_GATEWAY},dns=${USER_NET.resolver},ipv6=off${hostfwd}`;
 }
