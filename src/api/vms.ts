@@ -86,7 +86,7 @@ export const Vm = Type.Object({
   /** Its address on its network and the ports it publishes now (null: no network, or never started). */
   network: Type.Optional(
     Type.Union([
-      Type.Object({ networks: Type.Array(Type.Object({ name: Type.String(), address: Type.String() })), ports: Type.Array(PortSpec), egressDenied: Type.Integer() }),
+      Type.Object({ networks: Type.Array(Type.Object({ name: Type.String(), address: Type.String() })), ports: Type.Array(PortSpec), egressDenied: Type.Integer(), droppedPackets: Type.Optional(Type.Integer()) }),
       Type.Null(),
     ]),
   ),

@@ -11,6 +11,12 @@ export const GUEST_GATEWAY = '172.30.255.1';
 export const GUEST_PREFIX = 30;
 /** Locally administered, the same in every VM (each is alone on its link). */
 export const GUEST_MAC = '52:54:00:ce:11:02';
+/**
+ * The gateway's side (tap0 in each VM's namespace): fixed too. A fork comes out of its snapshot
+ * with the gateway's MAC in its ARP cache; a tap with a MAC of its own would drop the fork's
+ * frames until that entry went stale (tens of seconds with no way out, replies included).
+ */
+export const GATEWAY_MAC = '52:54:00:ce:11:01';
 
 /** The network every VM is on unless it asks for none. */
 export const DEFAULT_NETWORK = 'default';

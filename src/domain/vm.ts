@@ -116,6 +116,12 @@ export interface VmNetwork {
   ports: PublishedPort[];
   /** Connections and DNS questions its egress rules refused (through celld's proxy and resolver). */
   egressDenied: number;
+  /**
+   * Packets its namespace's rules dropped since its machine started (CIDR denies, private
+   * ranges, the rest under an allow list, spoofed sources): shown by `cell inspect` of a running
+   * VM on the host's networking only.
+   */
+  droppedPackets?: number;
 }
 
 /** A VM as first recorded: created, never started. */

@@ -10,7 +10,7 @@ import { DnsRelay, hostResolvers } from '../network/dns-relay.js';
 import { EgressProxy, type EgressDecision } from '../network/egress-proxy.js';
 import { publishPort, type PortProxy } from '../network/port-proxy.js';
 import { bridgeFor, DEFAULT_BRIDGE, ensureUplink, PROXY_PORTS, removeBridge, type UplinkNetwork } from '../network/uplink.js';
-import { configureNamespace, createNamespace, listNamespaces, namespaceFor, ownNamespace, removeNamespace, type NamespaceLink, type VmNamespace } from '../network/vm-namespace.js';
+import { configureNamespace, countDropped, createNamespace, listNamespaces, namespaceFor, ownNamespace, removeNamespace, type NamespaceLink, type VmNamespace } from '../network/vm-namespace.js';
 import type { NetworkRecord, NetworkStore } from '../store/lease-store.js';
 import type { VmStore } from '../store/vm-store.js';
 import type { MachineSpec } from '../vmm/backend.js';
@@ -57,6 +57,8 @@ export interface Networking {
   remove(name: string): Promise<void>;
   /** At start-up: namespaces of this home whose machine is not running are removed. */
   sweep(keep: ReadonlySet<string>): Promise<void>;
+  /** Packets the machine's own rules dropped since it started; null where nothing counts them. */
+  droppedPackets(id: string): Promise<number | null>;
   close(): Promise<void>;
 }
 
@@ -92,6 +94,9 @@ export class NoNetworking implements Networking {
     throw unavailable(this.reason);
   }
   async sweep(): Promise<void> {}
+  async droppedPackets(): Promise<null> {
+    return null;
+  }
   async close(): Promise<void> {}
 }
 
@@ -381,6 +386,11 @@ export class HostNetworking implements Networking {
     }
     this.store.deleteNetwork(name);
     await this.refreshUplink(name);
+  }
+
+  async droppedPackets(id: string): Promise<number | null> {
+    const ns = this.ns(id);
+    return existsSync(`/run/netns/${ns.netns}`) ? countDropped(ns) : null;
   }
 
   async sweep(keep: ReadonlySet<string>): Promise<void> {

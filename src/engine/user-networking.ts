@@ -100,6 +100,11 @@ export class UserNetworking implements Networking {
 
   async sweep(): Promise<void> {}
 
+  /** QEMU's user-mode stack drops nothing by rule. */
+  async droppedPackets(): Promise<null> {
+    return null;
+  }
+
   async close(): Promise<void> {
     this.picked.clear();
   }

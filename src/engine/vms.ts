@@ -96,6 +96,14 @@ export class Vms {
     return this.ctx.stores.vms.get(id);
   }
 
+  /** `cell inspect`: the record, with what only its running machine's network can say. */
+  async inspect(ref: string): Promise<VmRecord> {
+    const vm = this.resolve(ref);
+    if (vm.state !== 'running' || !vm.network) return vm;
+    const dropped = await this.ctx.network.droppedPackets(vm.id).catch(() => null);
+    return dropped === null ? vm : { ...vm, network: { ...vm.network, droppedPackets: dropped } };
+  }
+
   /** Serialises operations on one VM. */
   withLock<T>(id: string, fn: () => Promise<T>): Promise<T> {
     return this.ctx.locks.run(id, fn);

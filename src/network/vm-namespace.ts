@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { GUEST_ADDRESS, GUEST_GATEWAY, GUEST_PREFIX } from '../domain/network.js';
+import { GATEWAY_MAC, GUEST_ADDRESS, GUEST_GATEWAY, GUEST_PREFIX } from '../domain/network.js';
 import { hasAllowRules, hasDomainRules, PRIVATE_RANGES, type EgressPolicy } from '../domain/egress.js';
 import { inNetns, ipBatch, nft, tool } from './commands.js';
 
@@ -56,7 +56,7 @@ export async function createNamespace(ns: VmNamespace): Promise<void> {
   await tool('ip', ['netns', 'add', ns.netns]);
   try {
     // QEMU opens the tap by name while still root, before -runas.
-    await ipBatch(['link set lo up', `tuntap add dev ${TAP} mode tap`, `addr add ${GUEST_GATEWAY}/${GUEST_PREFIX} dev ${TAP}`, `link set ${TAP} up`], ns.netns);
+    await ipBatch(['link set lo up', `tuntap add dev ${TAP} mode tap`, `link set ${TAP} address ${GATEWAY_MAC}`, `addr add ${GUEST_GATEWAY}/${GUEST_PREFIX} dev ${TAP}`, `link set ${TAP} up`], ns.netns);
     // Forwarding between tap0 and the networks here only; no IPv6 (the rules are IPv4).
     await inNetns(ns.netns, 'sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
   } catch (err) {
@@ -141,6 +141,10 @@ ${links.map((l) => `    oifname "${rule(l)}" ip saddr ${GUEST_ADDRESS} snat to $
     type filter hook forward priority filter; policy drop;
     ct state invalid meta l4proto tcp reject with tcp reset
     ct state invalid drop
+    # A TCP packet that is no SYN yet starts a connection here is mid-stream: the connection it
+    # belongs to was open in a snapshot (or this table is new). Reset, whatever
+    # nf_conntrack_tcp_loose says at the moment (it is set only after this table loads).
+    iifname "${TAP}" ct state new tcp flags & (fin | syn | rst | ack) != syn reject with tcp reset
     iifname "${TAP}" ip saddr != ${GUEST_ADDRESS} counter drop
 ${guestOut.map((r) => `    ${r}`).join('\n')}
 ${links
@@ -163,6 +167,25 @@ ${links
   // A packet of a connection the snapshot had open is not taken up mid-stream as a new one (the
   // kernel's default): it is invalid, and the guest gets a reset. Set once conntrack is loaded.
   await inNetns(ns.netns, 'sysctl', ['-q', '-w', 'net.netfilter.nf_conntrack_tcp_loose=0']);
+}
+
+/**
+ * The packets the namespace's `counter drop` rules dropped (its table is reloaded on connect and
+ * disconnect, which starts them again). Read as nft's JSON: bounded by `tool`'s output cap.
+ */
+export async function countDropped(ns: VmNamespace): Promise<number> {
+  const out = await inNetns(ns.netns, 'nft', ['-j', 'list', 'table', 'ip', 'cell']);
+  const items = (JSON.parse(out) as { nftables?: { rule?: { expr?: Record<string, unknown>[] } }[] }).nftables ?? [];
+  let dropped = 0;
+  for (const item of items) {
+    const expr = item.rule?.expr ?? [];
+    if (!expr.some((e) => 'drop' in e)) continue;
+    for (const e of expr) {
+      const packets = (e.counter as { packets?: unknown } | undefined)?.packets;
+      if (typeof packets === 'number' && Number.isSafeInteger(packets)) dropped += packets;
+    }
+  }
+  return dropped;
 }
 
 /** Deleting the namespace takes its tap, the veth pairs and its rules with it. Idempotent. */

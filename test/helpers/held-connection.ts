@@ -23,7 +23,11 @@ export async function holdConnection(h: TestHome, net: FakeInternet, name: strin
   const read = async (vm: string, file: string) => (await h.cell(['exec', vm, '--', 'sh', '-c', `cat ${file} 2>/dev/null`], { timeoutMs: 60_000 })).stdout;
   return {
     async assertAfterwards(kept, reset) {
-      for (const vm of [...kept, ...reset]) assert.ok(await waitFor(async () => (await read(vm, '/tmp/held.rc')).trim() !== '', 45_000, 1000), `${vm}: nc ended (a half-alive connection would keep it waiting)`);
+      for (const vm of [...kept, ...reset]) {
+        const ended = await waitFor(async () => (await read(vm, '/tmp/held.rc')).trim() !== '', 45_000, 1000);
+        const state = ended ? '' : (await h.cell(['exec', vm, '--', 'sh', '-c', 'ps -o pid,stat,args | grep -v "\\["; cat /proc/net/tcp; cat /sys/fs/cgroup/*/cgroup.freeze 2>/dev/null'])).stdout;
+        assert.ok(ended, `${vm}: nc ended (a half-alive connection would keep it waiting)\n${state}`);
+      }
       for (const vm of kept) assert.match(await read(vm, '/tmp/held.out'), /^HTTP\/1\.[01] 200/, `${vm} kept its connection`);
       for (const vm of reset) assert.doesNotMatch(await read(vm, '/tmp/held.out'), /HTTP\//, `${vm}'s copy of the connection got no answer`);
       const answered = net.readLog().filter((e) => e.kind === 'http' && (e as { path?: string }).path === '/held' && (e as { t: number }).t >= since);

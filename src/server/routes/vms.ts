@@ -15,7 +15,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
 
   serve(app, vms.list, async (req) => engine.vms.list(req.query.all ?? false));
 
-  serve(app, vms.get, async (req) => engine.vms.resolve(req.params.ref));
+  serve(app, vms.get, async (req) => engine.vms.inspect(req.params.ref));
 
   // Detached run: the VM is running when this answers; its main command runs in the background.
   serve(app, vms.create, async (req) => {
