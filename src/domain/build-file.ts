@@ -1,6 +1,8 @@
 import { posix } from 'node:path';
 import type { ActionSource, ReadyCheck } from './action.js';
+import { CellError, ErrorCodes } from './errors.js';
 import { validateName } from './ids.js';
+import { parsePortSpec, validatePorts, type PortSpec } from './network.js';
 import { TomlSource } from './toml-source.js';
 
 /**
@@ -55,6 +57,8 @@ export interface BuildPlan {
   chain: number[];
   /** The build file's folder: `copy` paths resolve against it and must stay inside it. */
   contextDir: string;
+  /** Guest ports the result's forks publish, each on a free host port (Dockerfile's EXPOSE, but published). */
+  ports?: PortSpec[];
 }
 
 const STEP_KINDS = ['run', 'copy', 'env', 'workdir'] as const;
@@ -64,7 +68,7 @@ const STEP_KEYS: Record<(typeof STEP_KINDS)[number], readonly string[]> = {
   env: ['env', 'name', 'from'],
   workdir: ['workdir', 'name', 'from'],
 };
-export const BUILD_KEYS = ['base', 'from', 'cpus', 'memory_mib', 'target', 'step'] as const;
+export const BUILD_KEYS = ['base', 'from', 'cpus', 'memory_mib', 'target', 'ports', 'step'] as const;
 
 /** Parses and checks a build file's text; `dir` is where relative copy paths start. */
 export function parseBuildFile(fileName: string, text: string, dir: string, opts: { target?: string } = {}): BuildPlan {
@@ -102,7 +106,26 @@ export function readBuild(source: TomlSource, table: Record<string, unknown>, pr
   }
   const chain: number[] = [];
   for (let i = targetIndex; i >= 0; i = steps[i]!.parent) chain.unshift(i);
-  return { base, cpus, memoryMib, steps, chain, contextDir: dir };
+  const ports = readGuestPorts(source, table.ports, at('ports'), "the result's forks publish them on free host ports");
+  return { base, cpus, memoryMib, steps, chain, contextDir: dir, ...(ports ? { ports } : {}) };
+}
+
+/** `ports = [8080, "53/udp"]`: guest ports, published on free host ports (the VMs they are for are many). */
+export function readGuestPorts(source: TomlSource, raw: unknown, path: string, meaning: string): PortSpec[] | undefined {
+  if (raw === undefined) return undefined;
+  const bad = () => source.error(path, `ports = [8080, "53/udp"]: guest ports (${meaning})`);
+  if (!Array.isArray(raw) || raw.length > 64) throw bad();
+  try {
+    return validatePorts(
+      raw.map((p) => {
+        if (typeof p === 'number' || (typeof p === 'string' && /^\d+(\/(tcp|udp))?$/.test(p))) return parsePortSpec(String(p));
+        throw bad();
+      }),
+    );
+  } catch (err) {
+    if (err instanceof CellError && err.code === ErrorCodes.BAD_BUILD_FILE) throw err;
+    throw bad();
+  }
 }
 
 /** Whether `path` is `dir` or below it (both absolute, normalised). */

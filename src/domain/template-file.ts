@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { ReadyCheck } from './action.js';
-import { Fields, readBuild, type BuildPlan } from './build-file.js';
+import { Fields, readBuild, readGuestPorts, type BuildPlan } from './build-file.js';
 import { validateName } from './ids.js';
 import { TomlSource } from './toml-source.js';
 import { CellError, ErrorCodes } from './errors.js';
@@ -69,7 +69,7 @@ export function parseTemplateFile(fileName: string, text: string, dir: string): 
     if (!start) throw source.error('service', '[service] needs start = "CMD" (the command that runs the service)');
     const ready = fields.command('ready');
     const timeoutSec = fields.integer('ready_timeout', 1);
-    const ports = servicePorts(source, (data.service as Record<string, unknown>).ports);
+    const ports = readGuestPorts(source, (data.service as Record<string, unknown>).ports, 'service.ports', "each VM of the template gets free host ports for them");
     service = { start, ready: ready ? { cmd: ready, timeoutSec } : undefined, ...(ports ? { ports } : {}) };
   }
   if (!Array.isArray(data.variants) || data.variants.length === 0) {
@@ -121,20 +121,3 @@ function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
 
-/** `ports = [8080, "53/udp"]`: guest ports, published on free host ports (a template's VMs are many). */
-function servicePorts(source: TomlSource, raw: unknown): PortSpec[] | undefined {
-  if (raw === undefined) return undefined;
-  const bad = () => source.error('service.ports', 'ports = [8080, "53/udp"]: guest ports (each VM of the template gets free host ports for them)');
-  if (!Array.isArray(raw) || raw.length > 64) throw bad();
-  try {
-    return validatePorts(
-      raw.map((p) => {
-        if (typeof p === 'number' || (typeof p === 'string' && /^\d+(\/(tcp|udp))?$/.test(p))) return parsePortSpec(String(p));
-        throw bad();
-      }),
-    );
-  } catch (err) {
-    if (err instanceof CellError && err.code === ErrorCodes.BAD_BUILD_FILE) throw err;
-    throw bad();
-  }
-}

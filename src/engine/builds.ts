@@ -1,3 +1,4 @@
+import type { PortSpec } from '../domain/network.js';
 import { basename, dirname, isAbsolute, posix } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { ActionSource, ActionSpec } from '../domain/action.js';
@@ -140,24 +141,34 @@ export class Builds {
       await this.ctx.checkpoint('build:step-done');
     }
     if (!current) throw new CellError(ErrorCodes.BAD_BUILD_FILE, 'a build on an image needs at least one run or copy step');
-    if (pendingEnv.length > 0 || pendingWorkdir !== undefined) {
-      ({ snapshot: current, key } = await this.carryMetadata(current, pendingEnv, pendingWorkdir));
+    if (plan.ports && !current.spec.networks?.length) {
+      throw new CellError(ErrorCodes.BAD_BUILD_FILE, `ports = [...] needs a network, but the build's VMs have none (${this.ctx.network.status.reason})`);
+    }
+    const portsChange = plan.ports && JSON.stringify(plan.ports) !== JSON.stringify(current.spec.ports ?? null);
+    if (pendingEnv.length > 0 || pendingWorkdir !== undefined || portsChange) {
+      ({ snapshot: current, key } = await this.carryMetadata(current, pendingEnv, pendingWorkdir, portsChange ? plan.ports : undefined));
     }
     if (opts.tag) current = this.snapshots.tag(current.id, opts.tag);
     return { snapshot: current, exitCode: 0, ran, cached, durationMs: performance.now() - started, key };
   }
 
   /** Trailing env/workdir steps: a derived snapshot, cached like a step so rebuilds reuse it. */
-  private async carryMetadata(source: SnapshotRecord, env: string[], workingDir: string | undefined): Promise<{ snapshot: SnapshotRecord; key: string }> {
+  private async carryMetadata(
+    source: SnapshotRecord,
+    env: string[],
+    workingDir: string | undefined,
+    ports?: PortSpec[],
+  ): Promise<{ snapshot: SnapshotRecord; key: string }> {
     const ready = await this.ctx.host.ensure();
-    const spec = { env: mergeEnv(source.spec.env, env), workingDir: workingDir ?? source.spec.workingDir };
+    const spec = { env: mergeEnv(source.spec.env, env), workingDir: workingDir ?? source.spec.workingDir, ...(ports ? { ports } : {}) };
     const key = createHash('sha256')
-      .update(JSON.stringify(['derive', source.id, [...spec.env].sort(), spec.workingDir, compatKeyHash(compatKey(this.ctx, ready))]))
+      // Ports join the key only when there are some: keys of builds without them stay as they were.
+      .update(JSON.stringify(['derive', source.id, [...spec.env].sort(), spec.workingDir, compatKeyHash(compatKey(this.ctx, ready)), ...(ports ? [ports] : [])]))
       .digest('hex');
     return this.ctx.locks.run(`action:${key}`, async () => {
       const hit = this.actions.lookup(key);
       if (hit) return { snapshot: hit, key };
-      const description = `${source.name}: set ${[...env, ...(workingDir ? [`workdir ${workingDir}`] : [])].join(' ')}`;
+      const description = `${source.name}: set ${[...env, ...(workingDir ? [`workdir ${workingDir}`] : []), ...(ports ? [`ports ${ports.map((p) => `${p.guestPort}/${p.protocol}`).join(',')}`] : [])].join(' ')}`;
       const snapshot = await this.snapshots.derive(source.id, spec, this.actions.snapshotName(key), { key, description, replace: false });
       await this.ctx.checkpoint('build:derived');
       return { snapshot, key };

@@ -169,7 +169,7 @@ export class Snapshots {
    */
   async derive(
     sourceRef: string,
-    changes: Partial<Pick<VmRecord['spec'], 'env' | 'workingDir' | 'user'>>,
+    changes: Partial<Pick<VmRecord['spec'], 'env' | 'workingDir' | 'user' | 'ports'>>,
     name?: string,
     cache?: PendingCacheEntry,
   ): Promise<SnapshotRecord> {

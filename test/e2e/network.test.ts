@@ -19,7 +19,7 @@ interface VmJson {
   id: string;
   name: string;
   state: string;
-  network: { networks: { name: string; address: string }[]; ports: { hostIp: string; hostPort: number; guestPort: number; protocol: string }[]; egressDenied: number } | null;
+  network: { networks: { name: string; address: string }[]; ports: { hostIp: string; hostPort: number; guestPort: number; protocol: string }[]; egressDenied: number; droppedPackets?: number } | null;
 }
 
 describe('networking', () => {
@@ -168,8 +168,12 @@ describe('networking', () => {
     assert.equal(echoes(), echoed, 'no datagram reached the internet');
     assert.ok((await vm('fenced')).network!.egressDenied >= 3, `denials counted: ${(await vm('fenced')).network!.egressDenied}`);
 
-    // A CIDR deny: that address is out of reach, the rest is not.
+    // Packets its namespace's rules dropped (the datagram above) are counted too.
+    assert.ok(((await vm('fenced')).network!.droppedPackets ?? 0) >= 1, 'the dropped datagram is counted');
+    // A CIDR deny: that address is out of reach, the rest is not; its dropped packets are counted.
+    const droppedBefore = (await vm('nob')).network!.droppedPackets ?? 0;
     assert.notEqual((await inGuest('nob', `timeout 5 wget -q -O- http://${ADDR.siteB}/`)).code, 0);
+    assert.ok(((await vm('nob')).network!.droppedPackets ?? 0) > droppedBefore, 'the denied connection attempt is counted');
     assert.equal((JSON.parse((await inGuest('nob', `timeout 10 wget -q -O- http://${ADDR.siteA}/`)).stdout) as { site: string }).site, 'a');
     await h.ok(['rm', '-f', 'fenced', 'nob']);
   });
@@ -208,6 +212,30 @@ mem_mib = 256
     }
     await h.ok(['rm', '-f', 'warm-1', 'warm-2']);
     await h.ok(['template', 'rm', 'site-web']); // its warm snapshot's spare (and namespace) go with it
+  });
+
+  test("a build file's ports: every VM forked from the result serves its detached server on a free host port of its own", async () => {
+    const dir = mkdtempSync(join(h.home, 'build-'));
+    writeFileSync(
+      join(dir, 'build.toml'),
+      `base = "busybox"
+ports = [80, "5353/udp"]
+[[step]]
+run = "mkdir -p /www && echo from the build > /www/index.html && httpd -p 80 -h /www"
+detach = true
+ready = "wget -q -O /dev/null http://127.0.0.1:80/"
+`,
+    );
+    await h.ok(['build', '-f', join(dir, 'build.toml'), '-t', 'built'], { timeoutMs: 300_000 });
+    await h.ok(['run', '-d', '--name', 'b-1', '--from', 'built']);
+    await h.ok(['run', '-d', '--name', 'b-2', '--from', 'built']);
+    const ports = await Promise.all(['b-1', 'b-2'].map(async (name) => (await vm(name)).network!.ports));
+    assert.deepEqual(ports.map((list) => list.map((p) => `${p.guestPort}/${p.protocol}`)), [['80/tcp', '5353/udp'], ['80/tcp', '5353/udp']]);
+    const web = ports.map((list) => list[0]!.hostPort);
+    assert.notEqual(web[0], web[1], 'each on a port of its own');
+    for (const port of web) assert.equal((await net.inHost('curl', ['-s', '--max-time', '10', `http://127.0.0.1:${port}/`])).stdout, 'from the build\n', `port ${port}`);
+    await h.ok(['rm', '-f', 'b-1', 'b-2']);
+    await h.ok(['snapshot', 'rm', '--force', 'built']); // its cache entry and its spare (and namespace) go with it
   });
 
   test('named networks: VMs on one reach each other by name, not across networks; --internal has no way out; connect and disconnect a running VM; rm is refused while in use', async () => {

@@ -125,3 +125,15 @@ test('copy stays in the build file folder: ../ and absolute paths elsewhere are 
   assert.deepEqual(ok.steps.map((s) => (s.kind === 'copy' ? s.hostPath : '')), ['/ctx/app', '/ctx']);
   assert.equal(ok.contextDir, '/ctx');
 });
+
+test("a build file's ports: guest ports for the result's forks (free host ports on 127.0.0.1); anything else is refused with the line", () => {
+  const plan = parseBuildFile('build.toml', `base = "busybox"\nports = [8080, "53/udp"]\n[[step]]\nrun = "true"\n`, '/ctx');
+  assert.deepEqual(plan.ports, [
+    { hostIp: '127.0.0.1', hostPort: 0, guestPort: 8080, protocol: 'tcp' },
+    { hostIp: '127.0.0.1', hostPort: 0, guestPort: 53, protocol: 'udp' },
+  ]);
+  assert.equal(parseBuildFile('build.toml', `base = "busybox"\n[[step]]\nrun = "true"\n`, '/ctx').ports, undefined);
+  fails(`base = "busybox"\nports = ["8080:80"]\n[[step]]\nrun = "true"\n`, /^build\.toml:2: ports = \[8080, "53\/udp"\]: guest ports/);
+  fails(`base = "busybox"\nports = [70000]\n[[step]]\nrun = "true"\n`, /^build\.toml:2: ports/);
+  fails(`base = "busybox"\nports = "80"\n[[step]]\nrun = "true"\n`, /^build\.toml:2: ports/);
+});
