@@ -59,11 +59,16 @@ export interface EngineDeps {
   network?: Networking;
 }
 
-/** The host's networking, or why there is none. */
-function defaultNetworking(home: string, stores: EngineStores, env: NodeJS.ProcessEnv = process.env): Networking {
+/** The host's networking (as root), QEMU's user-mode networking (without root), or none (CELL_NETWORK=off). */
+export function defaultNetworking(
+  home: string,
+  stores: Pick<EngineStores, 'networks' | 'vms'>,
+  env: NodeJS.ProcessEnv = process.env,
+  uid = process.getuid?.(),
+): Networking {
   if (env.CELL_NETWORK === 'off') return new NoNetworking('networking is off on this celld (CELL_NETWORK=off)');
   // Without root there are no namespaces, bridges or taps: QEMU's own user-mode stack instead.
-  if (env.CELL_NETWORK === 'user' || process.getuid?.() !== 0) return new UserNetworking(stores.networks, stores.vms);
+  if (env.CELL_NETWORK === 'user' || uid !== 0) return new UserNetworking(stores.networks, stores.vms);
   return new HostNetworking(home, stores.networks, stores.vms, { subnet: env.CELL_SUBNET });
 }
 
