@@ -125,6 +125,7 @@ export function statusForCode(code: string): number {
     case 'ambiguous_ref':
     case 'conflict':
     case 'vm_not_running':
+    case 'vm_paused':
     case 'incompatible_snapshot':
     case 'invalid_state':
       return 409;

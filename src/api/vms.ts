@@ -67,6 +67,7 @@ export const VmState = Type.Union([
   Type.Literal('created'),
   Type.Literal('starting'),
   Type.Literal('running'),
+  Type.Literal('paused'),
   Type.Literal('stopping'),
   Type.Literal('stopped'),
 ]);
@@ -194,6 +195,8 @@ export const vms = {
     reply: ndjson(RunEvent),
   }),
   start: route({ method: 'POST', path: '/v1/vms/:ref/start', summary: 'boot a stopped VM again', params: RefParams, reply: json(Vm) }),
+  pause: route({ method: 'POST', path: '/v1/vms/:ref/pause', summary: "stop a running VM's vCPUs (its QEMU and RAM stay); exec is refused with vm_paused until unpause", params: RefParams, reply: json(Vm) }),
+  unpause: route({ method: 'POST', path: '/v1/vms/:ref/unpause', summary: 'let a paused VM run on where it stopped', params: RefParams, reply: json(Vm) }),
   stop: route({
     method: 'POST',
     path: '/v1/vms/:ref/stop',

@@ -15,6 +15,7 @@ export const ErrorCodes = {
   AGENT_ERROR: 'agent_error',
   AGENT_DISCONNECTED: 'agent_disconnected',
   VM_NOT_RUNNING: 'vm_not_running',
+  VM_PAUSED: 'vm_paused',
   TIMEOUT: 'timeout',
   QMP_ERROR: 'qmp_error',
   DAEMON_UNAVAILABLE: 'daemon_unavailable',

@@ -7,11 +7,13 @@ import { CellError, ErrorCodes } from './errors.js';
  * engine.
  *
  *   created ──► starting ──► running ──► stopping ──► stopped
- *                  │  ▲         │                       │
- *                  │  └─────────┼───────────────────────┘  (start, restore)
- *                  └────────────┴──────────► stopped        (boot failed, crashed, snapshot, lost)
+ *                  │  ▲       │  ▲  │        ▲              │
+ *                  │  │       ▼  │  │        │              │
+ *                  │  │      paused ─────────┘ (stop, rm -f)│
+ *                  │  └─────────┼───────────────────────────┘  (start, restore)
+ *                  └────────────┴──────────► stopped            (boot failed, crashed, snapshot, lost)
  */
-export const VM_STATES = ['created', 'starting', 'running', 'stopping', 'stopped'] as const;
+export const VM_STATES = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped'] as const;
 export type VmState = (typeof VM_STATES)[number];
 
 /** Why each edge exists: the engine step that takes it. */
@@ -23,8 +25,14 @@ export const VM_TRANSITIONS: Readonly<Record<VmState, Readonly<Partial<Record<Vm
     stopped: 'boot failed, or QEMU was gone after a daemon restart',
   },
   running: {
+    paused: 'pause (its vCPUs stop; its QEMU and RAM stay)',
     stopping: 'stop, rm -f or restore',
     stopped: 'QEMU exited on its own, the VM was snapshotted, or it was lost across a daemon restart',
+  },
+  paused: {
+    running: 'unpause',
+    stopping: 'stop (unpaused first, for the guest to shut down) or rm -f',
+    stopped: 'QEMU exited on its own, or was lost across a daemon restart',
   },
   stopping: { stopped: 'QEMU ended' },
   stopped: { starting: 'start, restore, or resume after a snapshot' },
@@ -47,7 +55,12 @@ export function assertTransition(name: string, from: VmState, to: VmState): void
 
 /** States in which a QEMU process may exist for the VM (recovery looks for it). */
 export function mayHaveMachine(state: VmState): boolean {
-  return state === 'starting' || state === 'running' || state === 'stopping';
+  return state === 'starting' || state === 'running' || state === 'paused' || state === 'stopping';
+}
+
+/** States in which the VM's machine exists and is its own (running, or paused by the user). */
+export function isLive(state: VmState): boolean {
+  return state === 'running' || state === 'paused';
 }
 
 /** What a VM left in `state` by a daemon that died becomes when its QEMU is gone. */

@@ -2,7 +2,7 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import { parseConfig, withEnvironment, type CellConfig } from '../domain/config.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { ID_PATTERN } from '../domain/ids.js';
-import { mayHaveMachine, recoveredExitReason } from '../domain/vm-state.js';
+import { isLive, mayHaveMachine, recoveredExitReason } from '../domain/vm-state.js';
 import type { EngineContext } from './context.js';
 import { releaseMemory } from './machine-spec.js';
 import { halfMade } from './half-made.js';
@@ -18,7 +18,9 @@ export async function reconcile(ctx: Pick<EngineContext, 'stores' | 'live' | 'ba
   const { vms } = ctx.stores;
   for (const vm of vms.list()) {
     if (!mayHaveMachine(vm.state)) continue;
-    const attached = vm.pid && vm.state === 'running' ? await ctx.live.attach(vm.id, ctx.paths.vmDir(vm.id), vm.pid) : null;
+    // Reattaching resumes the machine (its agent must answer): a paused one is paused again at once.
+    const attached = vm.pid && isLive(vm.state) ? await ctx.live.attach(vm.id, ctx.paths.vmDir(vm.id), vm.pid) : null;
+    if (attached && vm.state === 'paused') await attached.control.pause();
     if (attached) {
       // Its namespace lived on with it; its published ports closed with the old celld.
       if (vm.spec.networks?.length) await ctx.network.attach(vm).catch((err: unknown) => ctx.log.warn(`VM ${vm.name}: its ports are not served: ${(err as Error).message}`));

@@ -84,6 +84,7 @@ export class Snapshots {
     return this.ctx.locks.run(vm.id, async () => {
       const { stores } = this.ctx;
       const current = stores.vms.get(vm.id)!;
+      if (current.state === 'paused') throw new CellError(ErrorCodes.VM_PAUSED, `VM ${vm.name} is paused: unpause it to snapshot it (cell unpause ${vm.name})`);
       if (current.state !== 'running') {
         throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): only a running VM can be snapshotted`);
       }

@@ -1,3 +1,4 @@
+import { isLive } from '../domain/vm-state.js';
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -99,7 +100,7 @@ export class Vms {
   /** `cell inspect`: the record, with what only its running machine's network can say. */
   async inspect(ref: string): Promise<VmRecord> {
     const vm = this.resolve(ref);
-    if (vm.state !== 'running' || !vm.network) return vm;
+    if (!isLive(vm.state) || !vm.network) return vm;
     const dropped = await this.ctx.network.droppedPackets(vm.id).catch(() => null);
     return dropped === null ? vm : { ...vm, network: { ...vm.network, droppedPackets: dropped } };
   }
@@ -180,7 +181,7 @@ export class Vms {
       const networks = current.spec.networks ?? [];
       this.ctx.network.assertNetworks([network]);
       if (networks.includes(network)) throw new CellError(ErrorCodes.CONFLICT, `VM ${current.name} is on network ${network} already`);
-      const live = current.state === 'running' || current.state === 'starting';
+      const live = isLive(current.state) || current.state === 'starting';
       if (networks.length === 0 && live) {
         throw new CellError(ErrorCodes.CONFLICT, `VM ${current.name} runs without a NIC (--network none) and a microVM cannot add one while it runs: stop it, connect it, start it`);
       }
@@ -202,7 +203,7 @@ export class Vms {
         throw new CellError(ErrorCodes.CONFLICT, `network ${network} is VM ${current.name}'s only network: connect it to another first (an --internal one to cut it off)`);
       }
       const updated = this.ctx.stores.vms.setNetworks(vm.id, networks.filter((n) => n !== network));
-      if (current.state === 'running') await this.ctx.network.reconfigure(updated);
+      if (isLive(current.state)) await this.ctx.network.reconfigure(updated);
       else this.ctx.stores.networks.release(vm.id, network);
       return this.ctx.stores.vms.get(vm.id)!;
     });
@@ -240,7 +241,7 @@ export class Vms {
   async boot(id: string, restore?: RestoreRequest): Promise<VmRecord> {
     const { stores, paths } = this.ctx;
     const vm = stores.vms.get(id)!;
-    if (vm.state === 'running' || vm.state === 'starting') {
+    if (isLive(vm.state) || vm.state === 'starting') {
       throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} is already ${vm.state}`);
     }
     const ready = await this.ctx.host.ensure();
@@ -346,8 +347,33 @@ export class Vms {
   /** The agent of a running VM. */
   agentOf(vm: VmRecord): AgentClient {
     const current = this.ctx.stores.vms.get(vm.id) ?? vm;
+    if (current.state === 'paused') throw new CellError(ErrorCodes.VM_PAUSED, `VM ${vm.name} is paused: cell unpause ${vm.name}`);
     if (current.state !== 'running') throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state})`);
     return this.ctx.live.require(vm.id).agent;
+  }
+
+  /** `cell pause`: its vCPUs stop (no guest CPU time, its clocks stand still); QEMU and its RAM stay. */
+  pause(ref: string): Promise<VmRecord> {
+    const vm = this.resolve(ref);
+    return this.withLock(vm.id, async () => {
+      const current = this.ctx.stores.vms.get(vm.id)!;
+      if (current.state === 'paused') return current;
+      if (current.state !== 'running') throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): only a running VM can be paused`);
+      await this.ctx.live.require(vm.id).control.pause();
+      return this.ctx.stores.vms.setState(vm.id, 'paused');
+    });
+  }
+
+  /** `cell unpause`: it runs on where it stopped. */
+  unpause(ref: string): Promise<VmRecord> {
+    const vm = this.resolve(ref);
+    return this.withLock(vm.id, async () => {
+      const current = this.ctx.stores.vms.get(vm.id)!;
+      if (current.state === 'running') return current;
+      if (current.state !== 'paused') throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} is not paused (state: ${current.state})`);
+      await this.ctx.live.require(vm.id).control.resume();
+      return this.ctx.stores.vms.setState(vm.id, 'running');
+    });
   }
 
   stop(ref: string, graceSec = 10): Promise<VmRecord> {
@@ -356,6 +382,8 @@ export class Vms {
       const { vms } = this.ctx.stores;
       const current = vms.get(vm.id)!;
       if (current.state === 'stopped' || current.state === 'created') return current;
+      // A paused guest cannot shut down: it runs again for its grace period.
+      if (current.state === 'paused') await this.ctx.live.get(vm.id)?.control.resume().catch(() => {});
       if (current.state !== 'stopping') vms.setState(vm.id, 'stopping');
       await this.ctx.live.stop(vm.id, graceSec);
       await this.ctx.network.detach(vm.id);
@@ -461,7 +489,7 @@ export class Vms {
     if (expected) return;
     void this.ctx.network.detach(id).catch((err: unknown) => this.ctx.log.warn(`network of ${id.slice(0, 12)}: ${(err as Error).message}`));
     const vm = this.ctx.stores.vms.get(id);
-    if (vm && (vm.state === 'running' || vm.state === 'starting')) {
+    if (vm && (vm.state === 'running' || vm.state === 'paused' || vm.state === 'starting')) {
       this.ctx.stores.vms.setState(id, 'stopped', { stoppedAt: new Date().toISOString(), pid: null, exit: vm.exit ?? exitInfo('crashed') });
     }
     this.logs.end(id);

@@ -173,6 +173,16 @@ export class Sandbox {
     this.vm = await this.client.vms.stop(this.vm.id, opts);
   }
 
+  /** Pauses the VM: no guest CPU time, its clocks stand still; its RAM stays on the host. */
+  async pause(opts: RequestOptions = {}): Promise<void> {
+    this.vm = await this.client.vms.pause(this.vm.id, opts);
+  }
+
+  /** Lets a paused VM run on. */
+  async resume(opts: RequestOptions = {}): Promise<void> {
+    this.vm = await this.client.vms.unpause(this.vm.id, opts);
+  }
+
   /** Boots the stopped VM again. */
   async start(opts: RequestOptions = {}): Promise<void> {
     this.vm = await this.client.vms.start(this.vm.id, opts);

@@ -77,6 +77,15 @@ export class VmsClient {
   }
 
   /** Boots a stopped VM again, its disk as it was left. */
+  /** Stops its vCPUs (QEMU and its RAM stay); exec fails with `vm_paused` until `unpause`. */
+  pause(ref: string, opts: RequestOptions = {}): Promise<Vm> {
+    return this.transport.call(vms.pause, { params: { ref } }, opts);
+  }
+
+  unpause(ref: string, opts: RequestOptions = {}): Promise<Vm> {
+    return this.transport.call(vms.unpause, { params: { ref } }, opts);
+  }
+
   start(ref: string, opts: RequestOptions = {}): Promise<Vm> {
     return this.transport.call(vms.start, { params: { ref } }, opts);
   }

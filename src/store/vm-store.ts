@@ -2,7 +2,7 @@ import { GUEST_ADDRESS } from '../domain/network.js';
 import type { Db } from './database.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { VmExit, VmRecord, VmSpec, VmState } from '../domain/vm.js';
-import { assertTransition } from '../domain/vm-state.js';
+import { assertTransition, isLive } from '../domain/vm-state.js';
 import { NetworkStore } from './lease-store.js';
 
 interface VmRow {
@@ -64,14 +64,14 @@ export class VmStore {
       if (!ports || !vm.spec.networks?.length) return { ...vm, network: null };
       return {
         ...vm,
-        network: { networks: vm.spec.networks.map((name) => ({ name, address: GUEST_ADDRESS })), ports: vm.state === 'running' ? ports : [], egressDenied: 0 },
+        network: { networks: vm.spec.networks.map((name) => ({ name, address: GUEST_ADDRESS })), ports: isLive(vm.state) ? ports : [], egressDenied: 0 },
       };
     }
     return {
       ...vm,
       network: {
         networks: leases.map((l) => ({ name: l.network, address: l.address })),
-        ports: vm.state === 'running' ? this.networks.ports(vm.id) : [],
+        ports: isLive(vm.state) ? this.networks.ports(vm.id) : [],
         egressDenied: this.networks.denied(vm.id),
       },
     };

@@ -44,6 +44,9 @@ describe('SDK sandbox over the app with an engine double', () => {
         if (ref === 'box' || ref === vm.id) return vm;
         throw new CellError(ErrorCodes.NOT_FOUND, `no such VM: ${ref}`);
       },
+      inspect: async (ref: string) => (vms.resolve as (r: string) => unknown)(ref),
+      pause: async () => ({ ...vm, state: 'paused' }),
+      unpause: async () => ({ ...vm, state: 'running' }),
       stop: async (_ref: string, timeoutSec: number) => (stops.push(timeoutSec), { ...vm, state: 'stopped' }),
       statGuestPath: async (_ref: string, path: string) => {
         if (path === '/nope' || path === '/work/gone') throw new CellError(ErrorCodes.NOT_FOUND, `${path}: no such file or directory`);

@@ -73,4 +73,40 @@ describe('daemon restarts, logs -f and Ctrl-C', () => {
     assert.ok(gone, 'the VM was stopped and removed');
     assert.deepEqual(h.qemuPids(), []);
   });
+
+  test('pause stops the guest (a counter stands still, exec is refused with the reason), stays paused across a celld restart, unpause runs it on; stop and rm -f take a paused VM', async () => {
+    await h.ok(['run', '-d', '--name', 'napper', 'busybox']);
+    await h.ok(['exec', 'napper', '--', 'sh', '-c', '(i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done) </dev/null >/dev/null 2>&1 &']);
+    const count = async () => Number((await h.ok(['exec', 'napper', '--', 'cat', '/tmp/n'])).stdout);
+    const state = async () => (JSON.parse((await h.ok(['inspect', 'napper'])).stdout) as VmJson[])[0]!.state;
+    assert.ok(await waitFor(async () => (await count()) > 5, 20_000, 500), 'the counter runs');
+
+    const before = await count();
+    assert.equal((await h.ok(['pause', 'napper'])).stdout, 'napper\n');
+    assert.equal(await state(), 'paused');
+    const refused = await h.cell(['exec', 'napper', '--', 'true']);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /^error: VM napper is paused: cell unpause napper/);
+    assert.match((await h.cell(['snapshot', 'napper'])).stderr, /^error: VM napper is paused/);
+
+    // A new celld finds it paused and leaves it so.
+    const first = h.daemonPid()!;
+    process.kill(first, 'SIGTERM');
+    assert.ok(await waitFor(() => !alive(first), 5000), 'celld stopped');
+    assert.equal(await state(), 'paused', 'still paused under the next celld');
+    await new Promise((r) => setTimeout(r, 4000));
+    assert.equal((await h.ok(['unpause', 'napper'])).stdout, 'napper\n');
+    const after = await count();
+    // Paused for over 4 s: running, it would have counted about 40 (the reattach lets it run a moment).
+    assert.ok(after - before < 10, `the counter stood still while paused: ${before} -> ${after}`);
+    assert.ok(await waitFor(async () => (await count()) > after + 5, 20_000, 500), 'it counts on after unpause');
+
+    await h.ok(['pause', 'napper']);
+    await h.ok(['stop', '-t', '2', 'napper']);
+    assert.equal(await state(), 'stopped');
+    await h.ok(['start', 'napper']);
+    await h.ok(['pause', 'napper']);
+    await h.ok(['rm', '-f', 'napper']);
+    assert.deepEqual(h.qemuPids(), []);
+  });
 });

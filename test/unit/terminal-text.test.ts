@@ -62,7 +62,7 @@ test("celld's error replies carry no control sequences in the message or string 
   const engine = new Proxy(
     {
       vms: {
-        resolve: () => {
+        inspect: async () => {
           throw new CellError(ErrorCodes.READY_CHECK_FAILED, 'the ready check did not pass (last attempt exited 1: \x1b]0;owned\x07\x1b[2Jnope)', {
             serialTail: HOSTILE,
             attempts: 3,

@@ -120,6 +120,36 @@ Examples:
     );
 
   program
+    .command('pause')
+    .description("stop running VMs' vCPUs: they use no CPU and their clocks stand still; QEMU and their RAM stay on the host. exec, cp and snapshot are refused until unpause; stop and rm -f work")
+    .summary('pause running VMs')
+    .argument('<vm...>', 'VM names, ids, or id prefixes')
+    .addHelpText('after', examples('cell pause box', 'cell unpause box'))
+    .action(
+      withClient(async (client, refs: string[]) => {
+        await forEachRef(refs, async (ref) => {
+          const vm = await client.vms.pause(ref);
+          process.stdout.write(`${vm.name}\n`);
+        });
+      }),
+    );
+
+  program
+    .command('unpause')
+    .description('let paused VMs run on where they stopped')
+    .summary('unpause paused VMs')
+    .argument('<vm...>', 'VM names, ids, or id prefixes')
+    .addHelpText('after', examples('cell unpause box', 'cell unpause $(cell ps -q)'))
+    .action(
+      withClient(async (client, refs: string[]) => {
+        await forEachRef(refs, async (ref) => {
+          const vm = await client.vms.unpause(ref);
+          process.stdout.write(`${vm.name}\n`);
+        });
+      }),
+    );
+
+  program
     .command('rm')
     .description('remove VMs and their disks')
     .argument('<vm...>', 'VM names, ids, or id prefixes')

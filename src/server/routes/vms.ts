@@ -44,6 +44,8 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
   });
 
   serve(app, vms.start, async (req) => engine.vms.start(req.params.ref));
+  serve(app, vms.pause, async (req) => engine.vms.pause(req.params.ref));
+  serve(app, vms.unpause, async (req) => engine.vms.unpause(req.params.ref));
 
   serve(app, vms.stop, async (req) => engine.vms.stop(req.params.ref, req.body?.timeoutSec ?? 10));
 
