@@ -168,6 +168,14 @@ describe('networking', () => {
     assert.equal(echoes(), echoed, 'no datagram reached the internet');
     assert.ok((await vm('fenced')).network!.egressDenied >= 3, `denials counted: ${(await vm('fenced')).network!.egressDenied}`);
 
+    // A guest that takes another MAC and rewrites its routes gains nothing: the rules are on the host side.
+    await inGuest('fenced', 'ip link set eth0 down; ip link set eth0 address 52:54:00:12:34:56; ip link set eth0 up; ip route replace default via 172.30.255.1 dev eth0; ip route add 198.51.100.0/24 via 172.30.255.1 dev eth0; true');
+    assert.match((await inGuest('fenced', 'cat /sys/class/net/eth0/address')).stdout, /52:54:00:12:34:56/);
+    const direct = () => net.readLog().filter((e) => e.kind === 'connect' && (e as { site?: string }).site === 'b').length;
+    const directBefore = direct();
+    assert.notEqual((await inGuest('fenced', `timeout 5 wget -q -O- --header 'Host: site-b.test' http://${ADDR.siteB}/`)).code, 0, 'still denied with a new MAC and routes');
+    assert.equal(direct(), directBefore, 'site B saw no connection');
+    assert.equal((JSON.parse((await inGuest('fenced', `timeout 10 wget -q -O- --header 'Host: site-a.test' http://${ADDR.siteA}/`)).stdout) as { site: string }).site, 'a', 'and still allowed where allowed');
     // Packets its namespace's rules dropped (the datagram above) are counted too.
     assert.ok(((await vm('fenced')).network!.droppedPackets ?? 0) >= 1, 'the dropped datagram is counted');
     // A CIDR deny: that address is out of reach, the rest is not; its dropped packets are counted.
@@ -286,6 +294,9 @@ ready = "wget -q -O /dev/null http://127.0.0.1:80/"
     assert.deepEqual((await h.ok(['network', 'prune'])).stdout.trim().split('\n').sort(), ['backend', 'vault']);
     const links = await net.inHost('ip', ['-o', 'link', 'show', 'type', 'bridge']);
     assert.deepEqual(links.stdout.trim().split('\n').map((l) => l.split(': ')[1]!.split('@')[0]), ['cell0'], 'only the default bridge is left');
+    const rules = (await net.inHost('nft', ['list', 'table', 'ip', 'cellvm'])).stdout;
+    assert.match(rules, /cell0/);
+    assert.doesNotMatch(rules, /10\.77\.0\.|cell[0-9a-f]{8}/, 'no rule of a removed network is left');
     assert.deepEqual(await ours(), []);
   });
 });
