@@ -6,13 +6,13 @@ import { Vm, VmSpec } from './vms.js';
 /** Snapshots: take, fork, restore, export, import, prune. */
 
 export const SnapshotRequest = Type.Object(
-  { name: Type.Optional(Type.String()), stop: Type.Optional(Type.Boolean()) },
+  { name: Type.Optional(Type.String()), stop: Type.Optional(Type.Boolean()), labels: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 64 })) },
   { additionalProperties: false },
 );
 export type SnapshotRequest = Static<typeof SnapshotRequest>;
 
 export const ForkRequest = Type.Object(
-  { count: Type.Optional(Type.Integer({ minimum: 1 })), name: Type.Optional(Type.String()) },
+  { count: Type.Optional(Type.Integer({ minimum: 1 })), name: Type.Optional(Type.String()), labels: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 64 })) },
   { additionalProperties: false },
 );
 export type ForkRequest = Static<typeof ForkRequest>;

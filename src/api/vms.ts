@@ -57,6 +57,7 @@ export const VmSpec = Type.Object({
   networks: Type.Optional(Type.Array(Type.String())),
   ports: Type.Optional(Type.Array(PortSpec)),
   egress: Type.Optional(EgressPolicy),
+  labels: Type.Optional(Type.Record(Type.String(), Type.String())),
   /** VMs started with `run --template`: which template, and whether they were forked warm or booted cold. */
   template: Type.Optional(
     Type.Object({ name: Type.String(), revision: Type.String(), start: Type.Union([Type.Literal('warm'), Type.Literal('cold')]), reason: Type.String() }),
@@ -117,6 +118,8 @@ export const RunRequest = Type.Object(
     networks: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 8 })),
     /** Egress rules as `--egress` takes them: `allow=pypi.org,*.pythonhosted.org,10.20.0.0/16`, `deny=...`. */
     egress: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 64 })),
+    /** Labels as `--label` takes them: `team=ml` (a key alone: an empty value). Forks add theirs to their snapshot's. */
+    labels: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 64 })),
     /** Published ports; a host port of 0 is any free one. Without a host address: 127.0.0.1. */
     ports: Type.Optional(Type.Array(PortRequest, { maxItems: 64 })),
     /** Start from a template (`NAME` or `NAME:ROLE`): warm from its snapshot when it has one, else cold. */

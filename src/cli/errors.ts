@@ -86,3 +86,12 @@ export function age(flag: string) {
     return Number(m[1]) * AGE_UNITS[m[2]!]!;
   };
 }
+
+/** `--filter label=KEY[=VALUE]` values as label filters (the only kind there is yet). */
+export function labelFilters(filters: readonly string[] | undefined): string[] | undefined {
+  if (!filters?.length) return undefined;
+  return filters.map((f) => {
+    if (!f.startsWith('label=') || f.length === 'label='.length) throw new UsageError(`--filter ${f}: expected label=KEY or label=KEY=VALUE`);
+    return f.slice('label='.length);
+  });
+}

@@ -33,6 +33,8 @@ export interface VmSpec {
   ports?: PortSpec[];
   /** What it may reach outside (`--egress`); absent: anything but the host, link-local and private ranges. */
   egress?: EgressPolicy;
+  /** `--label k=v` (domain/labels.ts). */
+  labels?: Record<string, string>;
   /** Set on VMs started with `run --template`: which template and how (warm fork or cold boot). */
   template?: TemplateStart;
 }

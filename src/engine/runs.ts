@@ -1,3 +1,4 @@
+import { parseLabels } from '../domain/labels.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { validatePorts } from '../domain/network.js';
 import { validateName } from '../domain/ids.js';
@@ -95,6 +96,7 @@ export class Runs {
     const [vm] = await this.snapshots.fork(snapshot.id, {
       count: 1,
       name: req.name,
+      labels: parseLabels(req.labels),
       overrides: {
         cmd: req.cmd ?? [],
         env: mergeEnv(snapshot.spec.env, req.env ?? []),

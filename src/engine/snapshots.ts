@@ -1,3 +1,4 @@
+import { mergeLabels, type Labels } from '../domain/labels.js';
 import { forkPorts } from '../domain/network.js';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
@@ -26,6 +27,8 @@ export interface TakeSnapshotOptions {
   stop?: boolean;
   /** An action's cache entry for the snapshot, recorded in the same transaction. */
   cache?: PendingCacheEntry;
+  /** Added to the VM's labels (parsed: domain/labels.ts). */
+  labels?: Labels;
 }
 
 export interface ForkOptions {
@@ -36,6 +39,8 @@ export interface ForkOptions {
   name?: string;
   /** Spec fields that differ from the snapshot's (`run --from`: the command, env, timeout, --rm). */
   overrides?: Partial<Pick<VmRecord['spec'], 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'template' | 'ports'>>;
+  /** Added to the snapshot's labels. */
+  labels?: Labels;
   /** Each fork gets a private writable copy of the RAM (see RestoreRequest.copyMemory). */
   copyMemory?: boolean;
   /** Forks an engine operation makes and removes (an action's): removed after a crash. */
@@ -100,7 +105,7 @@ export class Snapshots {
           parentVm: vm.id,
           parentVmName: vm.name,
           parentSnapshot: current.baseSnapshot,
-          spec: current.spec,
+          spec: withLabels(current.spec, mergeLabels(current.spec.labels, opts.labels)),
           compat: compatKey(this.ctx, ready),
           createdAt: new Date().toISOString(),
         },
@@ -132,7 +137,7 @@ export class Snapshots {
       // A spare (restored, paused) saves QEMU's start and the state load; private-RAM forks need their own.
       const spare = opts.copyMemory ? undefined : await this.spares.take(snapshot.id);
       try {
-        created.push({ vm: await this.createForkRecord(snapshot, name, opts.overrides ?? {}, spare?.id, opts.ephemeral), spare });
+        created.push({ vm: await this.createForkRecord(snapshot, name, opts.overrides ?? {}, opts.labels, spare?.id, opts.ephemeral), spare });
       } catch (err) {
         if (spare) await this.spares.discard(spare);
         await Promise.all(created.map(({ vm }) => this.vms.remove(vm.id, true).catch(() => {})));
@@ -356,10 +361,17 @@ export class Snapshots {
     return false;
   }
 
-  private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object, id?: string, ephemeral = false): Promise<VmRecord> {
+  private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object, added: Labels | undefined, id?: string, ephemeral = false): Promise<VmRecord> {
     const ports = forkPorts(snapshot.spec.ports);
-    const spec = { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...(ports ? { ports } : {}), ...overrides };
+    const labels = mergeLabels(snapshot.spec.labels, added);
+    const spec = withLabels({ ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...(ports ? { ports } : {}), ...overrides }, labels);
     if (overrides.ports && !spec.networks?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `snapshot ${snapshot.name} has no network: its forks cannot publish ports`);
     return this.vms.record(name, spec, snapshot.id, id, { ephemeral });
   }
+}
+
+/** `spec` with exactly `labels` (none: the key is dropped). */
+function withLabels<T extends { labels?: Labels }>(spec: T, labels: Labels | undefined): T {
+  const { labels: _old, ...rest } = spec;
+  return (labels ? { ...rest, labels } : rest) as T;
 }

@@ -1,3 +1,4 @@
+import { parseLabels } from '../domain/labels.js';
 import { isLive } from '../domain/vm-state.js';
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
@@ -51,6 +52,8 @@ export interface CreateVmRequest {
   ports?: PortRequest[];
   /** `--egress` rules: `allow=...`, `deny=...`. */
   egress?: string[];
+  /** `--label k=v` (domain/labels.ts). */
+  labels?: string[];
   /** A VM an engine operation makes and removes (an action's, a template build's): gone after a crash. */
   ephemeral?: boolean;
 }
@@ -127,6 +130,7 @@ export class Vms {
     const networks = this.networksFor(req.networks, req.ports);
     const ports = req.ports?.length ? validatePorts(req.ports) : undefined;
     const egress = parseEgress(req.egress ?? []);
+    const labels = parseLabels(req.labels);
     if (egress && networks.length === 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'egress rules need a network: drop --network none or --egress');
     this.ctx.network.assertNetworks(networks, { egress: Boolean(egress) });
     await this.ctx.host.ensure();
@@ -151,6 +155,7 @@ export class Vms {
       networks,
       ...(ports ? { ports } : {}),
       ...(egress ? { egress } : {}),
+      ...(labels ? { labels } : {}),
     }, null, undefined, { ephemeral: req.ephemeral });
     this.ctx.stores.images.touch(image.reference, vm.createdAt);
     return vm;

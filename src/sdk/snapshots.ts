@@ -1,3 +1,4 @@
+import { matchesLabels } from '../domain/labels.js';
 import { Api } from '../api/routes.js';
 import type { Snapshot } from '../api/snapshots.js';
 import type { Vm } from '../api/vms.js';
@@ -11,12 +12,20 @@ export interface SnapshotTakeOptions extends RequestOptions {
   name?: string;
   /** Stop the VM after the snapshot (default: it keeps running). */
   stop?: boolean;
+  /** `k=v` labels added to the VM's. */
+  labels?: string[];
+}
+export interface SnapshotListOptions extends RequestOptions {
+  /** Only snapshots with every one of these labels: `k` (has the key) or `k=v`. */
+  labels?: string[];
 }
 export interface SnapshotForkOptions extends RequestOptions {
   /** How many forks (default 1). */
   count?: number;
   /** Name of the fork, or prefix of the forks' names (`NAME-1`, `NAME-2`, ...). */
   name?: string;
+  /** `k=v` labels added to the snapshot's. */
+  labels?: string[];
 }
 export interface SnapshotImportOptions extends RequestOptions {
   name?: string;
@@ -30,8 +39,9 @@ export interface SnapshotPruneOptions extends RequestOptions {
 export class SnapshotsClient {
   constructor(private readonly transport: Transport) {}
 
-  list(opts: RequestOptions = {}): Promise<Snapshot[]> {
-    return this.transport.call(snapshots.list, {}, opts);
+  async list(opts: SnapshotListOptions = {}): Promise<Snapshot[]> {
+    const all = await this.transport.call(snapshots.list, {}, opts);
+    return opts.labels?.length ? all.filter((s) => matchesLabels(s.spec.labels, opts.labels!)) : all;
   }
 
   get(ref: string, opts: RequestOptions = {}): Promise<Snapshot> {
@@ -40,12 +50,12 @@ export class SnapshotsClient {
 
   /** Captures a VM's memory, devices and disk. */
   take(vmRef: string, opts: SnapshotTakeOptions = {}): Promise<Snapshot> {
-    return this.transport.call(snapshots.take, { params: { ref: vmRef }, body: { name: opts.name, stop: opts.stop } }, opts);
+    return this.transport.call(snapshots.take, { params: { ref: vmRef }, body: { name: opts.name, stop: opts.stop, ...(opts.labels ? { labels: opts.labels } : {}) } }, opts);
   }
 
   /** Starts running forks of a snapshot, each with its own identity. */
   fork(ref: string, opts: SnapshotForkOptions = {}): Promise<Vm[]> {
-    return this.transport.call(snapshots.fork, { params: { ref }, body: { count: opts.count, name: opts.name } }, opts);
+    return this.transport.call(snapshots.fork, { params: { ref }, body: { count: opts.count, name: opts.name, ...(opts.labels ? { labels: opts.labels } : {}) } }, opts);
   }
 
   /** Rolls a VM back to a snapshot. */

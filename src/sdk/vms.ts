@@ -1,3 +1,4 @@
+import { matchesLabels } from '../domain/labels.js';
 import { Api } from '../api/routes.js';
 import type { RunRequest, Vm } from '../api/vms.js';
 import { execStream, runStream, type CommandResult, type LogEntry, type RunEventHandlers, type StdinSource } from './commands.js';
@@ -26,6 +27,8 @@ export interface ExecSpec {
 export interface VmListOptions extends RequestOptions {
   /** Stopped VMs too. */
   all?: boolean;
+  /** Only VMs with every one of these labels: `k` (has the key) or `k=v`. */
+  labels?: string[];
 }
 export interface VmRunOptions extends RequestOptions, RunEventHandlers {}
 export interface VmStopOptions extends RequestOptions {
@@ -53,8 +56,9 @@ function runRequest({ commandTimeoutMs, ...spec }: VmSpec): RunRequest {
 export class VmsClient {
   constructor(private readonly transport: Transport) {}
 
-  list(opts: VmListOptions = {}): Promise<Vm[]> {
-    return this.transport.call(vms.list, { query: { all: opts.all } }, opts);
+  async list(opts: VmListOptions = {}): Promise<Vm[]> {
+    const all = await this.transport.call(vms.list, { query: { all: opts.all } }, opts);
+    return opts.labels?.length ? all.filter((vm) => matchesLabels(vm.spec.labels, opts.labels!)) : all;
   }
 
   /** By id, name or unique id prefix (3+ characters). */

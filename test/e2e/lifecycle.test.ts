@@ -123,4 +123,27 @@ describe('VM lifecycle: run -d, exec, stop, start, rm, refs', () => {
     assert.equal(vm?.exit.exitCode, 0);
     await h.ok(['rm', 'insp']);
   });
+
+  test('labels: on run, snapshot and fork (each on top of its source\'s), shown by inspect, filtered by ps and snapshots', async () => {
+    await h.ok(['run', '-d', '--name', 'tagged', '--label', 'team=ml', '--label', 'tier', 'busybox']);
+    await h.ok(['run', '-d', '--name', 'plain', 'busybox']);
+    const labelsOf = async (name: string) => (JSON.parse((await h.ok(['inspect', name])).stdout) as { spec: { labels?: Record<string, string> } }[])[0]!.spec.labels;
+    assert.deepEqual(await labelsOf('tagged'), { team: 'ml', tier: '' });
+    assert.equal(await labelsOf('plain'), undefined);
+    const names = async (args: string[]) => (JSON.parse((await h.ok([...args, '--format', 'json'])).stdout) as { name: string }[]).map((v) => v.name).sort();
+    assert.deepEqual(await names(['ps', '--filter', 'label=team=ml']), ['tagged']);
+    assert.deepEqual(await names(['ps', '--filter', 'label=tier', '--filter', 'label=team']), ['tagged']);
+    assert.deepEqual(await names(['ps', '--filter', 'label=team=web']), []);
+    const bad = await h.cell(['ps', '--filter', 'name=tagged']);
+    assert.match(bad.stderr, /expected label=KEY or label=KEY=VALUE/);
+    assert.match((await h.cell(['run', '-d', '--label', 'bad key=x', 'busybox'])).stderr, /^error: --label "bad key=x": a key is/);
+
+    await h.ok(['snapshot', '--name', 'tagged-snap', '--label', 'stage=warm', 'tagged']);
+    await h.ok(['fork', '--name', 'kid', '--label', 'team=web', 'tagged-snap']);
+    assert.deepEqual(await labelsOf('kid-1'), { team: 'web', tier: '', stage: 'warm' });
+    assert.deepEqual(await names(['snapshots', '--filter', 'label=stage=warm']), ['tagged-snap']);
+    assert.deepEqual(await names(['ps', '--filter', 'label=stage']), ['kid-1']);
+    await h.ok(['rm', '-f', 'tagged', 'plain', 'kid-1']);
+    await h.ok(['snapshot', 'rm', 'tagged-snap']);
+  });
 });

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { resolve } from 'node:path';
 import type { Snapshot } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
-import { oneOf, wholeNumber } from '../errors.js';
+import { collect, labelFilters, oneOf, wholeNumber } from '../errors.js';
 import { examples } from '../help.js';
 import { ago, bytes, short, table } from '../format.js';
 
@@ -14,6 +14,7 @@ export function register(program: Command): void {
     .argument('[vm]', 'VM name, id, or id prefix')
     .option('--name <name>', 'name the snapshot (default: <vm>-snap-XXXX)')
     .option('--stop', 'leave the VM stopped afterwards')
+    .option('--label <KEY=VALUE>', "a label added to the VM's (repeatable); forks inherit them", collect)
     .addHelpText(
       'after',
       `
@@ -25,12 +26,12 @@ Examples:
   cell snapshot --name db-warm db
   cell fork --count 5 db-warm`,
     )
-    .action((vm: string | undefined, flags: { name?: string; stop?: boolean }, cmd: Command) => {
+    .action((vm: string | undefined, flags: { name?: string; stop?: boolean; label?: string[] }, cmd: Command) => {
       if (!vm) return snapshot.help({ error: true });
       return take(vm, flags, cmd);
     });
-  const take = withClient(async (client, vm: string, flags: { name?: string; stop?: boolean }) => {
-    const s = await client.snapshots.take(vm, flags);
+  const take = withClient(async (client, vm: string, flags: { name?: string; stop?: boolean; label?: string[] }) => {
+    const s = await client.snapshots.take(vm, { name: flags.name, stop: flags.stop, labels: flags.label });
     process.stdout.write(`${s.id}\n`);
   });
 
@@ -112,10 +113,11 @@ Examples:
     .argument('<snapshot>', 'snapshot name, id, or id prefix')
     .option('--count <n>', 'how many forks (default 1)', wholeNumber('--count'), 1)
     .option('--name <prefix>', 'name forks PREFIX-1, PREFIX-2, ...')
+    .option('--label <KEY=VALUE>', "a label added to the snapshot's (repeatable)", collect)
     .addHelpText('after', `\nPrints one VM id per line.\n${examples('cell fork warm', 'cell fork --count 10 --name worker warm', 'cell exec worker-3 -- cat /etc/hostname')}`)
     .action(
-      withClient(async (client, ref: string, flags: { count: number; name?: string }) => {
-        const vms = await client.snapshots.fork(ref, { count: flags.count, name: flags.name });
+      withClient(async (client, ref: string, flags: { count: number; name?: string; label?: string[] }) => {
+        const vms = await client.snapshots.fork(ref, { count: flags.count, name: flags.name, labels: flags.label });
         process.stdout.write(vms.map((v) => `${v.id}\n`).join(''));
       }),
     );
@@ -139,10 +141,11 @@ Examples:
     .description('list snapshots')
     .option('--tree', 'show lineage: which VM and snapshot each came from')
     .option('--format <format>', 'table or json', oneOf('--format', ['table', 'json']), 'table')
-    .addHelpText('after', examples('cell snapshots', 'cell snapshots --tree', 'cell snapshots --format json'))
+    .option('-f, --filter <label=KEY[=VALUE]>', 'only snapshots with this label (repeatable: all must hold)', collect)
+    .addHelpText('after', examples('cell snapshots', 'cell snapshots --tree', 'cell snapshots --format json', 'cell snapshots --filter label=team=ml'))
     .action(
-      withClient(async (client, flags: { tree?: boolean; format: string }) => {
-        const list = await client.snapshots.list();
+      withClient(async (client, flags: { tree?: boolean; format: string; filter?: string[] }) => {
+        const list = await client.snapshots.list({ labels: labelFilters(flags.filter) });
         if (flags.format === 'json') process.stdout.write(JSON.stringify(list, null, 2) + '\n');
         else if (flags.tree) process.stdout.write(lineage(list));
         else

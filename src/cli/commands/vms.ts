@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { Vm } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
-import { milliseconds, oneOf, seconds, UsageError } from '../errors.js';
+import { collect, labelFilters, milliseconds, oneOf, seconds, UsageError } from '../errors.js';
 import { formatPort } from '../../domain/network.js';
 import { interruptible } from '../context.js';
 import { ago, short, table, vmState } from '../format.js';
@@ -14,6 +14,7 @@ export function register(program: Command): void {
     .option('-a, --all', 'include created and stopped VMs')
     .option('-q, --quiet', 'print full VM ids only')
     .option('--format <format>', 'table or json', oneOf('--format', ['table', 'json']), 'table')
+    .option('-f, --filter <label=KEY[=VALUE]>', 'only VMs with this label (repeatable: all must hold)', collect)
     .addHelpText(
       'after',
       `
@@ -22,11 +23,12 @@ STATE says how long a VM has been running, or how and when it stopped ("stopped 
 Examples:
   cell ps
   cell ps -a --format json
-  cell rm -f $(cell ps -aq)`,
+  cell ps -a --filter label=team=ml
+  cell rm -f $(cell ps -aq --filter label=ci)`,
     )
     .action(
-      withClient(async (client, flags: { all?: boolean; quiet?: boolean; format: string }) => {
-        const vms = await client.vms.list({ all: flags.all });
+      withClient(async (client, flags: { all?: boolean; quiet?: boolean; format: string; filter?: string[] }) => {
+        const vms = await client.vms.list({ all: flags.all, labels: labelFilters(flags.filter) });
         if (flags.format === 'json') process.stdout.write(JSON.stringify(vms, null, 2) + '\n');
         else if (flags.quiet) process.stdout.write(vms.map((v) => `${v.id}\n`).join(''));
         else process.stdout.write(vmTable(vms));

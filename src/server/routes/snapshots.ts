@@ -1,3 +1,4 @@
+import { parseLabels } from '../../domain/labels.js';
 import { hostFsOf } from '../caller-access.js';
 import type { FastifyInstance } from 'fastify';
 import { Api } from '../../api/routes.js';
@@ -11,9 +12,9 @@ export function snapshotRoutes(app: FastifyInstance, engine: Engine): void {
 
   serve(app, snapshots.get, async (req) => engine.snapshots.resolve(req.params.ref));
 
-  serve(app, snapshots.take, async (req) => engine.snapshots.take(req.params.ref, { name: req.body.name, stop: req.body.stop }));
+  serve(app, snapshots.take, async (req) => engine.snapshots.take(req.params.ref, { name: req.body.name, stop: req.body.stop, labels: parseLabels(req.body.labels) }));
 
-  serve(app, snapshots.fork, async (req) => engine.snapshots.fork(req.params.ref, { count: req.body.count, namePrefix: req.body.name }));
+  serve(app, snapshots.fork, async (req) => engine.snapshots.fork(req.params.ref, { count: req.body.count, namePrefix: req.body.name, labels: parseLabels(req.body.labels) }));
 
   serve(app, snapshots.restore, async (req) => engine.snapshots.restore(req.params.ref, req.body.snapshot));
 
