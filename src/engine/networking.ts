@@ -252,7 +252,11 @@ export class HostNetworking implements Networking {
   async prepare(vm: VmRecord, opts: { ahead?: boolean } = {}): Promise<NonNullable<MachineSpec['network']>> {
     const ns = this.ns(vm.id);
     // A stat, not `ip netns list` (a process per boot).
-    if (!existsSync(`/run/netns/${ns.netns}`)) await createNamespace(ns);
+    if (!existsSync(`/run/netns/${ns.netns}`)) {
+      await createNamespace(ns);
+      // Made here just now: it has no veth pair yet (configure need not look).
+      this.configured.set(vm.id, []);
+    }
     if (opts.ahead) await this.configure(vm);
     return { netns: ns.netns, mac: GUEST_MAC };
   }
@@ -283,7 +287,8 @@ export class HostNetworking implements Networking {
       };
     });
     const egress = vm.spec.egress ? { policy: vm.spec.egress, proxy: PROXY_PORTS } : undefined;
-    await configureNamespace(this.ns(vm.id), links, [...(this.configured.get(vm.id) ?? []), ...held.map((l) => l.network)], egress);
+    const linked = this.configured.get(vm.id);
+    await configureNamespace(this.ns(vm.id), links, [...(linked ?? []), ...held.map((l) => l.network)], egress, linked);
     this.configured.set(vm.id, names);
   }
 

@@ -57,8 +57,11 @@ export async function createNamespace(ns: VmNamespace): Promise<void> {
   try {
     // QEMU opens the tap by name while still root, before -runas.
     await ipBatch(['link set lo up', `tuntap add dev ${TAP} mode tap`, `link set ${TAP} address ${GATEWAY_MAC}`, `addr add ${GUEST_GATEWAY}/${GUEST_PREFIX} dev ${TAP}`, `link set ${TAP} up`], ns.netns);
-    // Forwarding between tap0 and the networks here only; no IPv6 (the rules are IPv4).
-    await inNetns(ns.netns, 'sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
+    // Forwarding between tap0 and the networks here only; no IPv6 (the rules are IPv4). A packet of
+    // a connection the snapshot had open is not taken up mid-stream as a new one (the kernel's
+    // default): it is invalid, and the guest gets a reset. That key exists once conntrack is loaded
+    // on the host (-e: a host where it is not yet has the ruleset's non-SYN rule alone).
+    await inNetns(ns.netns, 'sysctl', ['-q', '-e', '-w', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1', 'net.netfilter.nf_conntrack_tcp_loose=0']);
   } catch (err) {
     await removeNamespace(ns, []);
     throw err;
@@ -78,19 +81,33 @@ export interface NamespaceEgress {
   proxy: { http: number; tls: number };
 }
 
-export async function configureNamespace(ns: VmNamespace, links: readonly NamespaceLink[], previous: readonly string[], egress?: NamespaceEgress): Promise<void> {
+/**
+ * `linked`: the networks whose veth pairs the namespace is known to have (a namespace this celld
+ * just made has none); unknown (a celld that reattached), they are looked up.
+ */
+export async function configureNamespace(
+  ns: VmNamespace,
+  links: readonly NamespaceLink[],
+  previous: readonly string[],
+  egress?: NamespaceEgress,
+  linked?: readonly string[],
+): Promise<void> {
   const wanted = new Set(links.map((l) => l.network));
   const gone = previous.filter((n) => !wanted.has(n));
   if (gone.length > 0) await ipBatch(gone.map((n) => `link del ${outer(ns, n)}`)).catch(() => {});
-  const present = await tool('ip', ['-n', ns.netns, '-o', 'link', 'show']);
-  for (const link of links) {
-    if (present.includes(`: ${inner(link.network)}@`)) continue;
-    await ipBatch([
-      `link add ${outer(ns, link.network)} type veth peer name ${inner(link.network)} netns ${ns.netns}`,
-      `link set ${outer(ns, link.network)} master ${link.bridge}`,
-      ...(link.isolated ? [`link set ${outer(ns, link.network)} type bridge_slave isolated on`] : []),
-      `link set ${outer(ns, link.network)} up`,
-    ]);
+  const present = linked ? null : await tool('ip', ['-n', ns.netns, '-o', 'link', 'show']);
+  const has = (network: string) => (present === null ? linked!.includes(network) && !gone.includes(network) : present.includes(`: ${inner(network)}@`));
+  // Every missing pair in one `ip` process.
+  const missing = links.filter((link) => !has(link.network));
+  if (missing.length > 0) {
+    await ipBatch(
+      missing.flatMap((link) => [
+        `link add ${outer(ns, link.network)} type veth peer name ${inner(link.network)} netns ${ns.netns}`,
+        `link set ${outer(ns, link.network)} master ${link.bridge}`,
+        ...(link.isolated ? [`link set ${outer(ns, link.network)} type bridge_slave isolated on`] : []),
+        `link set ${outer(ns, link.network)} up`,
+      ]),
+    );
   }
   const way = links.find((l) => l.outbound);
   await ipBatch(
@@ -143,7 +160,7 @@ ${links.map((l) => `    oifname "${rule(l)}" ip saddr ${GUEST_ADDRESS} snat to $
     ct state invalid drop
     # A TCP packet that is no SYN yet starts a connection here is mid-stream: the connection it
     # belongs to was open in a snapshot (or this table is new). Reset, whatever
-    # nf_conntrack_tcp_loose says at the moment (it is set only after this table loads).
+    # nf_conntrack_tcp_loose says (a host that had no conntrack loaded when the namespace was made has it at 1).
     iifname "${TAP}" ct state new tcp flags & (fin | syn | rst | ack) != syn reject with tcp reset
     iifname "${TAP}" ip saddr != ${GUEST_ADDRESS} counter drop
 ${guestOut.map((r) => `    ${r}`).join('\n')}
@@ -164,9 +181,6 @@ ${links
 `,
     ns.netns,
   );
-  // A packet of a connection the snapshot had open is not taken up mid-stream as a new one (the
-  // kernel's default): it is invalid, and the guest gets a reset. Set once conntrack is loaded.
-  await inNetns(ns.netns, 'sysctl', ['-q', '-w', 'net.netfilter.nf_conntrack_tcp_loose=0']);
 }
 
 /**
