@@ -64,6 +64,11 @@ export function forkPorts(ports: readonly PortSpec[] | undefined): PortSpec[] | 
   return ports?.map((p) => ({ ...p, hostPort: 0 }));
 }
 
+/** The port `spec` was published on before (a restart of the VM or of celld), if it was. */
+export function previousPort(before: readonly PublishedPort[], spec: PortSpec): PublishedPort | undefined {
+  return before.find((p) => p.guestPort === spec.guestPort && p.protocol === spec.protocol && p.hostIp === spec.hostIp);
+}
+
 /** A published port as it is: the host port it got. */
 export interface PublishedPort extends PortSpec {
   hostPort: number;

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { CellError, ErrorCodes } from '../domain/errors.js';
-import { DEFAULT_NETWORK, DEFAULT_SUBNET, GUEST_MAC, intToIp, parseSubnet, validateNetworkName, type PublishedPort, type Subnet } from '../domain/network.js';
+import { DEFAULT_NETWORK, DEFAULT_SUBNET, GUEST_MAC, intToIp, parseSubnet, previousPort, validateNetworkName, type PublishedPort, type Subnet } from '../domain/network.js';
 import type { VmRecord } from '../domain/vm.js';
 import { Resolver } from 'node:dns/promises';
 import { networkInterfaces } from 'node:os';
@@ -10,7 +9,7 @@ import { DnsRelay, hostResolvers } from '../network/dns-relay.js';
 import { EgressProxy, type EgressDecision } from '../network/egress-proxy.js';
 import { publishPort, type PortProxy } from '../network/port-proxy.js';
 import { bridgeFor, DEFAULT_BRIDGE, ensureUplink, PROXY_PORTS, removeBridge, type UplinkNetwork } from '../network/uplink.js';
-import { configureNamespace, countDropped, createNamespace, listNamespaces, namespaceFor, ownNamespace, removeNamespace, type NamespaceLink, type VmNamespace } from '../network/vm-namespace.js';
+import { configureNamespace, countDropped, createNamespace, listNamespaces, namespaceExists, namespaceFor, ownNamespace, removeNamespace, type NamespaceLink, type VmNamespace } from '../network/vm-namespace.js';
 import type { NetworkRecord, NetworkStore } from '../store/lease-store.js';
 import type { VmStore } from '../store/vm-store.js';
 import type { MachineSpec } from '../vmm/backend.js';
@@ -251,8 +250,7 @@ export class HostNetworking implements Networking {
 
   async prepare(vm: VmRecord, opts: { ahead?: boolean } = {}): Promise<NonNullable<MachineSpec['network']>> {
     const ns = this.ns(vm.id);
-    // A stat, not `ip netns list` (a process per boot).
-    if (!existsSync(`/run/netns/${ns.netns}`)) {
+    if (!namespaceExists(ns)) {
       await createNamespace(ns);
       // Made here just now: it has no veth pair yet (configure need not look).
       this.configured.set(vm.id, []);
@@ -287,8 +285,7 @@ export class HostNetworking implements Networking {
       };
     });
     const egress = vm.spec.egress ? { policy: vm.spec.egress, proxy: PROXY_PORTS } : undefined;
-    const linked = this.configured.get(vm.id);
-    await configureNamespace(this.ns(vm.id), links, [...(linked ?? []), ...held.map((l) => l.network)], egress, linked);
+    await configureNamespace(this.ns(vm.id), links, [...(done ?? []), ...held.map((l) => l.network)], egress, done);
     this.configured.set(vm.id, names);
   }
 
@@ -303,7 +300,7 @@ export class HostNetworking implements Networking {
     try {
       for (const spec of ports) {
         // The host port it had before (a restart of the VM or of celld) when it asked for any.
-        const old = before.find((p) => p.guestPort === spec.guestPort && p.protocol === spec.protocol && p.hostIp === spec.hostIp);
+        const old = previousPort(before, spec);
         const wanted = spec.hostPort === 0 && old ? { ...spec, hostPort: old.hostPort } : spec;
         proxies.push(await publishPort(wanted, way.address).catch((err: unknown) => (wanted !== spec ? publishPort(spec, way.address) : Promise.reject(err))));
       }
@@ -395,7 +392,7 @@ export class HostNetworking implements Networking {
 
   async droppedPackets(id: string): Promise<number | null> {
     const ns = this.ns(id);
-    return existsSync(`/run/netns/${ns.netns}`) ? countDropped(ns) : null;
+    return namespaceExists(ns) ? countDropped(ns) : null;
   }
 
   async sweep(keep: ReadonlySet<string>): Promise<void> {

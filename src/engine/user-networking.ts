@@ -1,7 +1,7 @@
 import { createSocket } from 'node:dgram';
 import { createServer } from 'node:net';
 import { CellError, ErrorCodes } from '../domain/errors.js';
-import { DEFAULT_NETWORK, GUEST_GATEWAY, GUEST_MAC, USER_NET, type PortSpec, type PublishedPort } from '../domain/network.js';
+import { DEFAULT_NETWORK, GUEST_GATEWAY, GUEST_MAC, previousPort, USER_NET, type PortSpec, type PublishedPort } from '../domain/network.js';
 import type { VmRecord } from '../domain/vm.js';
 import type { NetworkStore } from '../store/lease-store.js';
 import type { VmStore } from '../store/vm-store.js';
@@ -42,7 +42,7 @@ export class UserNetworking implements Networking {
     const forwards: PublishedPort[] = [];
     for (const spec of vm.spec.ports ?? []) {
       // The host port it had before (a restart) when it asked for any, if that one is still free.
-      const old = before.find((p) => p.guestPort === spec.guestPort && p.protocol === spec.protocol && p.hostIp === spec.hostIp);
+      const old = previousPort(before, spec);
       const taken = forwards.filter((f) => f.protocol === spec.protocol).map((f) => f.hostPort);
       const reuse = spec.hostPort === 0 && old && !taken.includes(old.hostPort) ? await freePort({ ...spec, hostPort: old.hostPort }).catch(() => null) : null;
       forwards.push({ ...spec, hostPort: reuse ?? (await freePort(spec, taken)) });

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { GATEWAY_MAC, GUEST_ADDRESS, GUEST_GATEWAY, GUEST_PREFIX } from '../domain/network.js';
 import { hasAllowRules, hasDomainRules, PRIVATE_RANGES, type EgressPolicy } from '../domain/egress.js';
 import { inNetns, ipBatch, nft, tool } from './commands.js';
@@ -96,7 +97,7 @@ export async function configureNamespace(
   const gone = previous.filter((n) => !wanted.has(n));
   if (gone.length > 0) await ipBatch(gone.map((n) => `link del ${outer(ns, n)}`)).catch(() => {});
   const present = linked ? null : await tool('ip', ['-n', ns.netns, '-o', 'link', 'show']);
-  const has = (network: string) => (present === null ? linked!.includes(network) && !gone.includes(network) : present.includes(`: ${inner(network)}@`));
+  const has = (network: string) => (present === null ? linked!.includes(network) : present.includes(`: ${inner(network)}@`));
   // Every missing pair in one `ip` process.
   const missing = links.filter((link) => !has(link.network));
   if (missing.length > 0) {
@@ -206,6 +207,11 @@ export async function countDropped(ns: VmNamespace): Promise<number> {
 export async function removeNamespace(ns: VmNamespace, networks: readonly string[]): Promise<void> {
   await tool('ip', ['netns', 'del', ns.netns]).catch(() => {});
   if (networks.length > 0) await ipBatch(networks.map((n) => `link del ${outer(ns, n)}`)).catch(() => {});
+}
+
+/** Whether the namespace exists: a stat, not `ip netns list` (a process). */
+export function namespaceExists(ns: VmNamespace): boolean {
+  return existsSync(`/run/netns/${ns.netns}`);
 }
 
 /** Every namespace under /run/netns. */
