@@ -3,8 +3,7 @@ import type { ReadyCheck } from './action.js';
 import { Fields, readBuild, readGuestPorts, type BuildPlan } from './build-file.js';
 import { validateName } from './ids.js';
 import { TomlSource } from './toml-source.js';
-import { CellError, ErrorCodes } from './errors.js';
-import { parsePortSpec, validatePorts, type PortSpec } from './network.js';
+import type { PortSpec } from './network.js';
 
 /**
  * A template (docs/templates.md): a build, an optional service that runs in every VM of the

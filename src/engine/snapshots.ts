@@ -105,7 +105,7 @@ export class Snapshots {
           parentVm: vm.id,
           parentVmName: vm.name,
           parentSnapshot: current.baseSnapshot,
-          spec: withLabels(current.spec, mergeLabels(current.spec.labels, opts.labels)),
+          spec: { ...current.spec, ...labelsOf(mergeLabels(current.spec.labels, opts.labels)) },
           compat: compatKey(this.ctx, ready),
           createdAt: new Date().toISOString(),
         },
@@ -364,14 +364,11 @@ export class Snapshots {
   private createForkRecord(snapshot: SnapshotRecord, name: string, overrides: ForkOptions['overrides'] & object, added: Labels | undefined, id?: string, ephemeral = false): Promise<VmRecord> {
     const ports = forkPorts(snapshot.spec.ports);
     const labels = mergeLabels(snapshot.spec.labels, added);
-    const spec = withLabels({ ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...(ports ? { ports } : {}), ...overrides }, labels);
+    const spec = { ...snapshot.spec, cmd: [], timeoutSec: 0, autoRemove: false, ...(ports ? { ports } : {}), ...overrides, ...labelsOf(labels) };
     if (overrides.ports && !spec.networks?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `snapshot ${snapshot.name} has no network: its forks cannot publish ports`);
     return this.vms.record(name, spec, snapshot.id, id, { ephemeral });
   }
 }
 
-/** `spec` with exactly `labels` (none: the key is dropped). */
-function withLabels<T extends { labels?: Labels }>(spec: T, labels: Labels | undefined): T {
-  const { labels: _old, ...rest } = spec;
-  return (labels ? { ...rest, labels } : rest) as T;
-}
+/** A spec's `labels` field for a merged set (a merge keeps the source's, so it only ever adds). */
+const labelsOf = (labels: Labels | undefined) => (labels ? { labels } : {});

@@ -494,7 +494,7 @@ export class Vms {
     if (expected) return;
     void this.ctx.network.detach(id).catch((err: unknown) => this.ctx.log.warn(`network of ${id.slice(0, 12)}: ${(err as Error).message}`));
     const vm = this.ctx.stores.vms.get(id);
-    if (vm && (vm.state === 'running' || vm.state === 'paused' || vm.state === 'starting')) {
+    if (vm && (isLive(vm.state) || vm.state === 'starting')) {
       this.ctx.stores.vms.setState(id, 'stopped', { stoppedAt: new Date().toISOString(), pid: null, exit: vm.exit ?? exitInfo('crashed') });
     }
     this.logs.end(id);

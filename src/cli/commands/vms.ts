@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { Vm } from '../../sdk/index.js';
+import type { CellClient, Vm } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
 import { collect, labelFilters, milliseconds, oneOf, seconds, UsageError } from '../errors.js';
 import { formatPort } from '../../domain/network.js';
@@ -112,14 +112,7 @@ Examples:
     .summary('boot stopped VMs again')
     .argument('<vm...>', 'VM names, ids, or id prefixes')
     .addHelpText('after', examples('cell start box', 'cell exec box -- cat /root/notes'))
-    .action(
-      withClient(async (client, refs: string[]) => {
-        await forEachRef(refs, async (ref) => {
-          const vm = await client.vms.start(ref);
-          process.stdout.write(`${vm.name}\n`);
-        });
-      }),
-    );
+    .action(eachVm((client, ref) => client.vms.start(ref)));
 
   program
     .command('pause')
@@ -127,14 +120,7 @@ Examples:
     .summary('pause running VMs')
     .argument('<vm...>', 'VM names, ids, or id prefixes')
     .addHelpText('after', examples('cell pause box', 'cell unpause box'))
-    .action(
-      withClient(async (client, refs: string[]) => {
-        await forEachRef(refs, async (ref) => {
-          const vm = await client.vms.pause(ref);
-          process.stdout.write(`${vm.name}\n`);
-        });
-      }),
-    );
+    .action(eachVm((client, ref) => client.vms.pause(ref)));
 
   program
     .command('unpause')
@@ -142,14 +128,7 @@ Examples:
     .summary('unpause paused VMs')
     .argument('<vm...>', 'VM names, ids, or id prefixes')
     .addHelpText('after', examples('cell unpause box', 'cell unpause $(cell ps -q)'))
-    .action(
-      withClient(async (client, refs: string[]) => {
-        await forEachRef(refs, async (ref) => {
-          const vm = await client.vms.unpause(ref);
-          process.stdout.write(`${vm.name}\n`);
-        });
-      }),
-    );
+    .action(eachVm((client, ref) => client.vms.unpause(ref)));
 
   program
     .command('rm')
@@ -173,4 +152,13 @@ export function vmTable(vms: Vm[]): string {
     ['VM ID', 'NAME', 'IMAGE', 'STATE', 'CPUS', 'MEMORY', 'CREATED', 'PORTS'],
     vms.map((v) => [short(v.id), v.name, v.spec.image, vmState(v), String(v.spec.cpus), `${v.spec.memoryMib} MiB`, ago(v.createdAt), (v.network?.ports ?? []).map(formatPort).join(', ')]),
   );
+}
+
+/** An action that calls `call` on each VM named and prints each one's name (start, pause, unpause). */
+function eachVm(call: (client: CellClient, ref: string) => Promise<Vm>) {
+  return withClient(async (client, refs: string[]) => {
+    await forEachRef(refs, async (ref) => {
+      process.stdout.write(`${(await call(client, ref)).name}\n`);
+    });
+  });
 }
