@@ -8,14 +8,15 @@ export interface ReadyContext {
   cwd: string;
   uid: number;
   gid: number;
-  /** Settles if the process being waited for ends first (a server that crashed). */
+  /** Settles if the process being waited for ends first: a server that crashed, or one that put itself in the background. */
   serviceExit?: Promise<number>;
   signal?: AbortSignal;
 }
 
 /**
- * Runs the check until it exits 0. Fails with `timeout` when time runs out, or when the service it
- * waits for exits first, with the last attempt's output in the message.
+ * Runs the check until it exits 0. Fails when time runs out, or at once when the service it waits
+ * for exits non-zero first, with the last attempt's output in the message. A service that exits 0
+ * is taken to have daemonized (`httpd`, `nginx` without their foreground flags), so the check goes on.
  */
 export async function awaitReady(agent: AgentClient, check: ReadyCheck, ctx: ReadyContext): Promise<{ attempts: number; ms: number }> {
   const started = performance.now();
@@ -47,14 +48,15 @@ export async function awaitReady(agent: AgentClient, check: ReadyCheck, ctx: Rea
     lastOutput = Buffer.concat(chunks).toString('utf8').trim().split('\n').slice(-3).join(' | ');
     const elapsed = performance.now() - started;
     const detail = `last attempt exited ${lastCode}${lastOutput ? `: ${lastOutput}` : ''}`;
-    if (serviceCode !== null) {
+    if (serviceCode !== null && serviceCode !== 0) {
       throw new CellError(ErrorCodes.READY_CHECK_FAILED, `the service exited with code ${serviceCode} before the ready check passed (${detail})`, {
         attempts,
         serviceExitCode: serviceCode,
       });
     }
     if (elapsed + interval >= timeoutMs) {
-      throw new CellError(ErrorCodes.READY_CHECK_FAILED, `the ready check did not pass within ${timeoutMs / 1000} s after ${attempts} attempts (${detail})`, {
+      const daemonized = serviceCode === 0 ? '; the service exited 0 early, as a server that daemonizes does' : '';
+      throw new CellError(ErrorCodes.READY_CHECK_FAILED, `the ready check did not pass within ${timeoutMs / 1000} s after ${attempts} attempts (${detail}${daemonized})`, {
         attempts,
       });
     }

@@ -125,6 +125,22 @@ run = "echo $THIRD > /three; cat /proc/sys/kernel/random/uuid | tee /four"
     assert.equal(again.stdout, 'fixed\n');
   });
 
+  test('a detached step: a server that backgrounds itself is waited for; one that exits non-zero fails at once', async () => {
+    // The shell exits 0 at once and the server listens two seconds later, as a daemonizing one does.
+    const daemonizing = writeBuild(
+      'daemon.toml',
+      'base = "busybox"\n[[step]]\nrun = "mkdir -p /www && echo daemon-page > /www/index.html && (sleep 2; httpd -p 8082 -h /www) &"\ndetach = true\nready = "wget -q -O /dev/null http://127.0.0.1:8082/"\n',
+    );
+    await h.ok(['build', '-f', daemonizing, '-t', 'daemon']);
+    const page = await h.ok(['run', '--rm', '--from', 'daemon', '--', 'wget', '-q', '-O-', 'http://127.0.0.1:8082/']);
+    assert.equal(page.stdout, 'daemon-page\n', 'the server runs in the result');
+    const crashing = writeBuild('crash.toml', 'base = "busybox"\n[[step]]\nrun = "echo bad config >&2; exit 3"\ndetach = true\nready = "false"\nready_timeout = 120\n');
+    const r = await h.cell(['build', '-f', crashing]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /error: the service exited with code 3 before the ready check passed \(last attempt exited 1\)\n$/);
+    assert.doesNotMatch(r.stderr, /within 120 s/, 'not after the whole timeout');
+  });
+
   test('copy steps put host files in the guest; a changed file misses, a touched one does not', async () => {
     const ctx = join(dir, 'ctx');
     mkdirSync(join(ctx, 'site', 'sub'), { recursive: true });
