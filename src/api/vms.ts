@@ -147,7 +147,15 @@ export const StopRequest = Type.Object({ timeoutSec: Type.Optional(Type.Number({
 export type StopRequest = Static<typeof StopRequest>;
 
 export const ListQuery = Type.Object({ all: Type.Optional(Type.Boolean()) });
-export const LogsQuery = Type.Object({ follow: Type.Optional(Type.Boolean()) });
+export const LogsQuery = Type.Object({
+  follow: Type.Optional(Type.Boolean()),
+  /** Only the last this many lines. */
+  tail: Type.Optional(Type.Integer({ minimum: 0 })),
+  /** Entries at or after this time (RFC 3339). */
+  since: Type.Optional(Type.String({ format: 'date-time' })),
+  /** Entries before this time (RFC 3339). */
+  until: Type.Optional(Type.String({ format: 'date-time' })),
+});
 
 /**
  * Events of an attached run. `progress` and `pull` are reserved for set-up and pulls celld does on
@@ -228,7 +236,7 @@ export const vms = {
   logs: route({
     method: 'GET',
     path: '/v1/vms/:ref/logs',
-    summary: "the main command's output (and, with ?follow=true, new lines until the VM stops)",
+    summary: "the main command's output (?tail=N lines, ?since= and ?until= times; with ?follow=true, new lines until the VM stops)",
     params: RefParams,
     query: LogsQuery,
     reply: ndjson(LogEvent),

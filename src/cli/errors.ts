@@ -1,4 +1,5 @@
 import { toCellError } from '../domain/errors.js';
+import { parseDuration, parseSince } from '../domain/duration.js';
 
 /** Exit codes of `cell` itself (a guest command's own code passes through `run` and `exec`). */
 export const EXIT_FAILURE = 1;
@@ -42,6 +43,24 @@ export function seconds(flag: string) {
     if (!/^\d+(\.\d+)?$/.test(value.trim())) throw new UsageError(`${flag} must be a number of seconds, not "${value}"`);
     return Number(value);
   };
+}
+
+/** Option parser: a duration (`30s`, `5m`, `1h30m`, `2d`; a bare number is seconds) as milliseconds. */
+export function durationMs(flag: string) {
+  return (value: string): number => asUsage(() => parseDuration(value, flag));
+}
+
+/** Option parser: a time (RFC 3339, Unix seconds) or a duration ago (`10m`). */
+export function pointInTime(flag: string) {
+  return (value: string): Date => asUsage(() => parseSince(value, flag));
+}
+
+function asUsage<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    throw new UsageError(toCellError(err).message);
+  }
 }
 
 /** Seconds from a flag as the SDK's milliseconds (rounded: 1.1 s is 1100 ms, not 1100.0000000000002). */

@@ -29,6 +29,7 @@ import { collectRetiredSnapshots } from './retired-snapshots.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
 import type { Spare } from './spare-pool.js';
 import { VmLogs, type LogEntry } from './vm-logs.js';
+import { LogTail } from '../domain/log-window.js';
 import { exitInfo } from './vm-records.js';
 
 export interface CreateVmRequest {
@@ -56,6 +57,14 @@ export interface CreateVmRequest {
   labels?: string[];
   /** A VM an engine operation makes and removes (an action's, a template build's): gone after a crash. */
   ephemeral?: boolean;
+}
+
+export interface LogReadOptions {
+  follow?: boolean;
+  since?: Date;
+  until?: Date;
+  /** Only the last this many lines of what is kept (then, with `follow`, what comes). */
+  tail?: number;
 }
 
 export interface RestoreRequest {
@@ -443,8 +452,17 @@ export class Vms {
   }
 
   /** The main command's output; with `follow`, keeps going until the VM stops or `signal` aborts. */
-  async *readLogs(ref: string, follow: boolean, signal?: AbortSignal): AsyncGenerator<LogEntry> {
+  /**
+   * The main command's output: entries at or after `since` and before `until`, only the last `tail`
+   * lines of what is kept, and with `follow` new entries until the VM stops.
+   */
+  async *readLogs(ref: string, opts: LogReadOptions = {}, signal?: AbortSignal): AsyncGenerator<LogEntry> {
     const vm = this.resolve(ref);
+    const since = opts.since?.toISOString();
+    const until = opts.until?.toISOString();
+    // ISO times of one format compare as strings.
+    const wanted = (e: LogEntry) => (!since || e.time >= since) && (!until || e.time < until);
+    const tail = opts.tail === undefined ? undefined : new LogTail<LogEntry>(opts.tail);
     let wake: (() => void) | null = null;
     const poke = () => wake?.();
     this.logs.on(`entry:${vm.id}`, poke);
@@ -452,15 +470,23 @@ export class Vms {
     signal?.addEventListener('abort', poke);
     try {
       let cursor = this.logs.start(vm.id);
+      let caughtUp = false;
       for (;;) {
         // Arm the wake-up before reading so an entry written meanwhile is not slept through.
         const woken = new Promise<void>((resolve) => (wake = resolve));
         const batch = await this.logs.readFrom(vm.id, cursor);
         cursor = batch.cursor;
-        yield* batch.entries;
+        for (const entry of batch.entries) {
+          if (!wanted(entry)) continue;
+          if (tail && !caughtUp) tail.push(entry);
+          else yield entry;
+        }
         if (batch.more && !signal?.aborted) continue;
+        if (tail && !caughtUp) yield* tail.entries();
+        caughtUp = true;
         const state = this.ctx.stores.vms.get(vm.id)?.state;
-        if (!follow || signal?.aborted || !state || state === 'stopped' || state === 'created') return;
+        if (!opts.follow || signal?.aborted || !state || state === 'stopped' || state === 'created') return;
+        if (until && new Date().toISOString() >= until) return;
         await woken;
       }
     } finally {

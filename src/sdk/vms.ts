@@ -46,6 +46,12 @@ export interface ExecOptions extends RequestOptions, OutputHandlers {
 export interface LogsOptions extends RequestOptions {
   /** Keep going with new lines until the VM stops. */
   follow?: boolean;
+  /** Only the last this many lines of what is kept. */
+  tail?: number;
+  /** Only entries at or after this time. */
+  since?: Date;
+  /** Only entries before this time. */
+  until?: Date;
 }
 
 function runRequest({ commandTimeoutMs, ...spec }: VmSpec): RunRequest {
@@ -115,7 +121,7 @@ export class VmsClient {
 
   /** A VM's main-command output: what is there, then (with `follow`) new lines until it stops. */
   async *logs(ref: string, opts: LogsOptions = {}): AsyncGenerator<LogEntry> {
-    for await (const event of this.transport.stream(vms.logs, { params: { ref }, query: { follow: opts.follow } }, opts)) {
+    for await (const event of this.transport.stream(vms.logs, { params: { ref }, query: { follow: opts.follow, tail: opts.tail, since: opts.since?.toISOString(), until: opts.until?.toISOString() } }, opts)) {
       yield { time: event.time, stream: event.stream, text: event.text };
     }
   }

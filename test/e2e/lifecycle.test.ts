@@ -100,8 +100,8 @@ describe('VM lifecycle: run -d, exec, stop, start, rm, refs', () => {
     assert.deepEqual(h.qemuPids(), []);
   });
 
-  test('logs shows what the main command of a detached VM printed', async () => {
-    await h.ok(['run', '-d', '--name', 'talker', 'busybox', '--', 'sh', '-c', 'echo one; echo two >&2; echo three']);
+  test('logs shows what the main command of a detached VM printed, with --tail, --timestamps, --since and --until', async () => {
+    await h.ok(['run', '-d', '--name', 'talker', 'busybox', '--', 'sh', '-c', 'echo one; echo two >&2; sleep 0.3; echo three']);
     let out = '';
     for (let i = 0; i < 100 && !out.includes('three'); i++) {
       out = (await h.ok(['logs', 'talker'])).stdout;
@@ -110,6 +110,19 @@ describe('VM lifecycle: run -d, exec, stop, start, rm, refs', () => {
     const logs = await h.ok(['logs', 'talker']);
     assert.equal(logs.stdout, 'one\nthree\n');
     assert.equal(logs.stderr, 'two\n');
+    const last = await h.ok(['logs', '--tail', '1', 'talker']);
+    assert.deepEqual([last.stdout, last.stderr], ['three\n', ''], 'the last line, of whichever stream');
+    const stamped = await h.ok(['logs', '-t', '--tail', 'all', 'talker']);
+    const stamp = /^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z) one\n\d{4}-[^ ]+ three\n$/.exec(stamped.stdout);
+    assert.ok(stamp, stamped.stdout);
+    const written = Date.parse(stamp[1]!);
+    assert.ok(Math.abs(Date.now() - written) < 120_000, 'a time of this run');
+    assert.equal((await h.ok(['logs', '--since', new Date(written + 60_000).toISOString(), 'talker'])).stdout, '', 'nothing after');
+    assert.equal((await h.ok(['logs', '--since', '1h', 'talker'])).stdout, 'one\nthree\n');
+    assert.equal((await h.ok(['logs', '--until', new Date(written).toISOString(), 'talker'])).stdout, '', 'nothing before');
+    const bad = await h.cell(['logs', '--since', 'yesterday', 'talker']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /^error: --since must be a time/);
     await h.ok(['rm', '-f', 'talker']);
   });
 

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { CellClient, Vm } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
-import { collect, labelFilters, milliseconds, oneOf, seconds, UsageError } from '../errors.js';
+import { collect, labelFilters, milliseconds, oneOf, pointInTime, seconds, UsageError, wholeNumber } from '../errors.js';
 import { formatPort } from '../../domain/network.js';
 import { interruptible } from '../context.js';
 import { ago, short, table, vmState } from '../format.js';
@@ -70,16 +70,36 @@ Examples:
     .summary("print a VM's main command output")
     .argument('<vm>', 'VM name, id, or id prefix')
     .option('-f, --follow', 'keep printing new output until the VM stops')
+    .option('-n, --tail <lines>', 'only the last LINES lines ("all" for everything)', tailLines)
+    .option('--since <time>', 'only output from TIME on: 2026-12-03T10:00:00Z, Unix seconds, or a duration ago (10m, 1h)', pointInTime('--since'))
+    .option('--until <time>', 'only output before TIME (same forms as --since)', pointInTime('--until'))
+    .option('-t, --timestamps', 'start each line with the time it was written (RFC 3339, UTC)')
     .addHelpText(
       'after',
-      examples('cell run -d --name job busybox -- sh -c "for i in 1 2 3; do echo $i; sleep 1; done"', 'cell logs -f job', 'cell logs job 2>/dev/null'),
+      examples(
+        'cell run -d --name job busybox -- sh -c "for i in 1 2 3; do echo $i; sleep 1; done"',
+        'cell logs -f job',
+        'cell logs --tail 20 --timestamps job',
+        'cell logs --since 10m job 2>/dev/null',
+      ),
     )
     .action(
-      withClient(async (client, ref: string, flags: { follow?: boolean }) => {
+      withClient(async (client, ref: string, flags: { follow?: boolean; tail?: number | 'all'; since?: Date; until?: Date; timestamps?: boolean }) => {
         const interrupt = interruptible();
+        // Per stream: whether the next byte starts a line (where a timestamp goes).
+        const atLineStart = { stdout: true, stderr: true };
         try {
-          for await (const entry of client.vms.logs(ref, { follow: flags.follow, signal: interrupt.signal })) {
-            (entry.stream === 'stderr' ? process.stderr : process.stdout).write(entry.text);
+          const entries = client.vms.logs(ref, { follow: flags.follow, tail: flags.tail === 'all' ? undefined : flags.tail, since: flags.since, until: flags.until, signal: interrupt.signal });
+          for await (const entry of entries) {
+            let text = entry.text;
+            if (flags.timestamps) {
+              text = text.replace(/[^\n]*\n|[^\n]+$/g, (line) => {
+                const stamped = atLineStart[entry.stream] ? `${entry.time} ${line}` : line;
+                atLineStart[entry.stream] = line.endsWith('\n');
+                return stamped;
+              });
+            }
+            (entry.stream === 'stderr' ? process.stderr : process.stdout).write(text);
           }
         } catch (err) {
           if (interrupt.code() === null) throw err;
@@ -161,4 +181,9 @@ function eachVm(call: (client: CellClient, ref: string) => Promise<Vm>) {
       process.stdout.write(`${(await call(client, ref)).name}\n`);
     });
   });
+}
+
+/** `--tail all` stays a word: commander would replace a parser's undefined with the raw text. */
+function tailLines(value: string): number | 'all' {
+  return value === 'all' ? 'all' : wholeNumber('--tail', 'lines')(value);
 }

@@ -1,6 +1,9 @@
 import { PassThrough } from 'node:stream';
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
+import type { Static } from '@sinclair/typebox';
+import type { LogsQuery } from '../../api/vms.js';
+import type { LogReadOptions } from '../../engine/vms.js';
 import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
@@ -105,7 +108,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     engine.vms.resolve(req.params.ref);
     const stream = openStream(vms.logs, req, reply);
     try {
-      for await (const entry of engine.vms.readLogs(req.params.ref, req.query.follow ?? false, stream.signal)) {
+      for await (const entry of engine.vms.readLogs(req.params.ref, logOptions(req.query), stream.signal)) {
         stream.send({ type: 'log', ...entry });
       }
       stream.end();
@@ -113,4 +116,9 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
       stream.fail(err);
     }
   });
+}
+
+function logOptions(query: Static<typeof LogsQuery>): LogReadOptions {
+  const at = (iso: string | undefined) => (iso === undefined ? undefined : new Date(iso));
+  return { follow: query.follow ?? false, tail: query.tail, since: at(query.since), until: at(query.until) };
 }
