@@ -95,8 +95,11 @@ export function pathFor(def: RouteDef, params: Record<string, string> = {}): str
 
 /** A query string of the set values (`?path=%2Fetc&maxBytes=10`); false and undefined are left out. */
 export function queryString(values: object = {}): string {
-  const set = Object.entries(values).filter(([, v]) => v !== undefined && v !== false);
-  return set.length ? `?${new URLSearchParams(set.map(([k, v]): [string, string] => [k, String(v)])).toString()}` : '';
+  // An array is the key repeated (`filter=a&filter=b`), as the server's parser reads it.
+  const set = Object.entries(values)
+    .filter(([, v]) => v !== undefined && v !== false)
+    .flatMap(([k, v]): [string, string][] => (Array.isArray(v) ? v.map((item): [string, string] => [k, String(item)]) : [[k, String(v)]]));
+  return set.length ? `?${new URLSearchParams(set).toString()}` : '';
 }
 
 /** Errors: HTTP status plus this body. A failure inside a stream is the `error` event instead. */

@@ -9,6 +9,7 @@ import type { ImageStore } from '../store/image-store.js';
 import type { SnapshotStore } from '../store/snapshot-store.js';
 import type { TemplateStore } from '../store/template-store.js';
 import type { VmStore } from '../store/vm-store.js';
+import type { EventStore } from '../store/event-store.js';
 import type { Backend } from '../vmm/backend.js';
 import type { HostReady, ProgressListener } from './host-readiness.js';
 import type { LiveMachines } from './live-machines.js';
@@ -16,6 +17,7 @@ import type { KeyedLocks } from './locks.js';
 
 /** The records the engine keeps, all in one SQLite database. */
 export interface EngineStores {
+  events: EventStore;
   vms: VmStore;
   images: ImageStore;
   snapshots: SnapshotStore;

@@ -7,6 +7,8 @@ import { ImageStore } from '../store/image-store.js';
 import { SnapshotStore } from '../store/snapshot-store.js';
 import { TemplateStore } from '../store/template-store.js';
 import { VmStore } from '../store/vm-store.js';
+import { EventStore } from '../store/event-store.js';
+import { EventFeed } from './event-feed.js';
 import type { Backend } from '../vmm/backend.js';
 import { QemuBackend } from '../vmm/qemu/backend.js';
 import { Actions } from './actions.js';
@@ -107,6 +109,7 @@ export class Engine {
     /** @see console-log-cap.ts */
     readonly consoleCap: ConsoleLogCap,
     readonly networks: Networks,
+    readonly events: EventFeed,
   ) {}
 
   /**
@@ -129,10 +132,12 @@ export class Engine {
     for (const file of [paths.daemonLog, paths.daemonPid, paths.config]) narrowFileMode(file);
     ensurePrivateDir(paths.memory, 'the guest RAM folder', ' (with no VM running)');
     const db = openDatabase(paths.db);
+    const events = new EventStore(db);
     const stores = {
-      vms: new VmStore(db),
+      events,
+      vms: new VmStore(db, events),
       images: new ImageStore(db),
-      snapshots: new SnapshotStore(db),
+      snapshots: new SnapshotStore(db, events),
       actionCache: new ActionCacheStore(db),
       templates: new TemplateStore(db),
       networks: new NetworkStore(db),
@@ -166,7 +171,7 @@ export class Engine {
       ctx.config.logMaxBytes ?? DEFAULT_LOG_MAX_BYTES,
     );
     const networks = new Networks(ctx, vms);
-    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks);
+    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, new EventFeed(events));
     await reconcile(ctx);
     await sweepOrphans(ctx);
     await ctx.network.sweep(new Set(ctx.live.ids()));

@@ -12,6 +12,7 @@ import type { RequestOptions } from './options.js';
 import { SnapshotsClient } from './snapshots.js';
 import { TemplatesClient } from './templates.js';
 import { NetworksClient } from './networks.js';
+import { EventsClient } from './events.js';
 import { Transport } from './transport.js';
 import { VmsClient } from './vms.js';
 
@@ -57,6 +58,7 @@ export class CellClient {
   readonly cache: CacheClient;
   readonly templates: TemplatesClient;
   readonly networks: NetworksClient;
+  readonly events: EventsClient;
 
   private constructor(
     readonly transport: Transport,
@@ -72,6 +74,7 @@ export class CellClient {
     this.cache = new CacheClient(transport);
     this.templates = new TemplatesClient(transport);
     this.networks = new NetworksClient(transport);
+    this.events = new EventsClient(transport);
   }
 
   /**

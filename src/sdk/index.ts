@@ -43,6 +43,7 @@ export {
 } from './builds.js';
 export { TemplatesClient, type TemplateBuildOptions } from './templates.js';
 export { NetworksClient } from './networks.js';
+export { EventsClient, type CellEvent, type EventsOptions } from './events.js';
 export {
   Sandbox,
   DEFAULT_SANDBOX_IMAGE,

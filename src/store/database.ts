@@ -130,6 +130,18 @@ const MIGRATIONS: string[] = [
      vm_id TEXT PRIMARY KEY,
      denied INTEGER NOT NULL
    );`,
+  // `cell events`: what happened to VMs and snapshots, the last EVENTS_KEPT of it (event-store.ts).
+  `CREATE TABLE events (
+     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+     time TEXT NOT NULL,
+     type TEXT NOT NULL,
+     action TEXT NOT NULL,
+     actor_id TEXT NOT NULL,
+     actor_name TEXT NOT NULL,
+     labels TEXT,
+     attributes TEXT NOT NULL
+   );
+   CREATE INDEX events_by_time ON events (time);`,
 ];
 
 export type Db = Database.Database;

@@ -1,4 +1,5 @@
 import type { Db } from './database.js';
+import { EventStore } from './event-store.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 
@@ -32,17 +33,28 @@ function fromRow(r: SnapshotRow): SnapshotRecord {
   };
 }
 
+/** Snapshot records, each added or removed with its event. */
 export class SnapshotStore {
-  constructor(private readonly db: Db) {}
+  constructor(
+    private readonly db: Db,
+    private readonly events = new EventStore(db),
+  ) {}
 
   insert(s: SnapshotRecord): void {
     try {
-      this.db
-        .prepare(
-          `INSERT INTO snapshots (id, name, parent_vm, parent_vm_name, parent_snapshot, spec, compat, state_bytes, memory_bytes, disk_bytes, created_at)
-           VALUES (@id, @name, @parentVm, @parentVmName, @parentSnapshot, @spec, @compat, @stateBytes, @memoryBytes, @diskBytes, @createdAt)`,
-        )
-        .run({ ...s, spec: JSON.stringify(s.spec), compat: JSON.stringify(s.compat) });
+      this.db.transaction(() => {
+        this.db
+          .prepare(
+            `INSERT INTO snapshots (id, name, parent_vm, parent_vm_name, parent_snapshot, spec, compat, state_bytes, memory_bytes, disk_bytes, created_at)
+             VALUES (@id, @name, @parentVm, @parentVmName, @parentSnapshot, @spec, @compat, @stateBytes, @memoryBytes, @diskBytes, @createdAt)`,
+          )
+          .run({ ...s, spec: JSON.stringify(s.spec), compat: JSON.stringify(s.compat) });
+        const attributes: Record<string, string> = {};
+        if (s.parentVm) attributes.vm = s.parentVm;
+        if (s.parentVmName) attributes.vmName = s.parentVmName;
+        if (s.parentSnapshot) attributes.parent = s.parentSnapshot;
+        this.recordEvent(s, 'create', attributes);
+      })();
     } catch (err) {
       if (err instanceof Error && /UNIQUE constraint failed: snapshots.name/.test(err.message)) {
         throw new CellError(ErrorCodes.CONFLICT, `the name "${s.name}" is already in use by another snapshot`);
@@ -73,7 +85,11 @@ export class SnapshotStore {
    * on its layer (`unusedRetired` says when that is over).
    */
   retire(id: string, at: string): void {
-    this.db.prepare("UPDATE snapshots SET retired_at = ?, name = '.retired-' || id WHERE id = ?").run(at, id);
+    this.db.transaction(() => {
+      const s = this.get(id);
+      this.db.prepare("UPDATE snapshots SET retired_at = ?, name = '.retired-' || id WHERE id = ?").run(at, id);
+      if (s) this.recordEvent(s, 'delete', {});
+    })();
   }
 
   isRetired(id: string): boolean {
@@ -102,7 +118,16 @@ export class SnapshotStore {
   }
 
   delete(id: string): void {
-    this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id);
+    this.db.transaction(() => {
+      // A retired one had its event when it was retired.
+      const s = this.get(id);
+      this.db.prepare('DELETE FROM snapshots WHERE id = ?').run(id);
+      if (s) this.recordEvent(s, 'delete', {});
+    })();
+  }
+
+  private recordEvent(s: SnapshotRecord, action: string, attributes: Record<string, string>): void {
+    this.events.record({ type: 'snapshot', action, actor: { id: s.id, name: s.name, ...(s.spec.labels ? { labels: s.spec.labels } : {}) }, attributes });
   }
 
   /** Snapshots whose disk layer sits directly on this one (retired ones too: they chain through it). */

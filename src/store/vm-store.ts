@@ -4,6 +4,8 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { VmExit, VmRecord, VmSpec, VmState } from '../domain/vm.js';
 import { assertTransition, isLive } from '../domain/vm-state.js';
 import { NetworkStore } from './lease-store.js';
+import { EventStore } from './event-store.js';
+import { transitionEvent, vmActor } from '../domain/events.js';
 
 interface VmRow {
   id: string;
@@ -46,11 +48,14 @@ function withoutNetwork(vm: VmRecord): Omit<VmRecord, 'network'> {
   return rest;
 }
 
-/** VM records. Every state change is written here before the engine acts on it. */
+/** VM records. Every state change is written here, with its event, before the engine acts on it. */
 export class VmStore {
   private readonly networks: NetworkStore;
 
-  constructor(private readonly db: Db) {
+  constructor(
+    private readonly db: Db,
+    private readonly events = new EventStore(db),
+  ) {
     this.networks = new NetworkStore(db);
   }
 
@@ -79,12 +84,27 @@ export class VmStore {
 
   insert(vm: VmRecord): void {
     try {
-      this.db
-        .prepare(
-          `INSERT INTO vms (id, name, state, spec, created_at, started_at, stopped_at, pid, accelerator, exit, base_snapshot)
-           VALUES (@id, @name, @state, @spec, @createdAt, @startedAt, @stoppedAt, @pid, @accelerator, @exit, @baseSnapshot)`,
-        )
-        .run({ ...withoutNetwork(vm), spec: JSON.stringify(vm.spec), exit: vm.exit ? JSON.stringify(vm.exit) : null });
+      this.db.transaction(() => {
+        this.db
+          .prepare(
+            `INSERT INTO vms (id, name, state, spec, created_at, started_at, stopped_at, pid, accelerator, exit, base_snapshot)
+             VALUES (@id, @name, @state, @spec, @createdAt, @startedAt, @stoppedAt, @pid, @accelerator, @exit, @baseSnapshot)`,
+          )
+          .run({ ...withoutNetwork(vm), spec: JSON.stringify(vm.spec), exit: vm.exit ? JSON.stringify(vm.exit) : null });
+        const snapshot = vm.baseSnapshot ? this.snapshotRow(vm.baseSnapshot) : undefined;
+        const from: Record<string, string> = vm.baseSnapshot ? { snapshot: vm.baseSnapshot, snapshotName: snapshot?.name ?? vm.baseSnapshot } : {};
+        this.events.record({ type: 'vm', action: 'create', actor: vmActor(vm), attributes: { image: vm.spec.image, ...from } });
+        if (vm.baseSnapshot) {
+          // Made from a snapshot (fork, run --from, a build step): the snapshot's event too.
+          const labels = snapshot ? (JSON.parse(snapshot.spec) as VmSpec).labels : undefined;
+          this.events.record({
+            type: 'snapshot',
+            action: 'fork',
+            actor: { id: vm.baseSnapshot, name: from.snapshotName!, ...(labels ? { labels } : {}) },
+            attributes: { vm: vm.id, vmName: vm.name },
+          });
+        }
+      })();
     } catch (err) {
       if (err instanceof Error && /UNIQUE constraint failed: vms.name/.test(err.message)) {
         throw new CellError(ErrorCodes.CONFLICT, `the name "${vm.name}" is already in use by another VM`);
@@ -130,7 +150,11 @@ export class VmStore {
       const current = this.get(id);
       if (!current) throw new CellError(ErrorCodes.NOT_FOUND, `no such VM: ${id}`);
       assertTransition(current.name, current.state, to);
-      return this.write({ ...current, ...patch, state: to });
+      const next = this.write({ ...current, ...patch, state: to });
+      const event = transitionEvent(current, next);
+      if (event?.attributes.snapshot) event.attributes.snapshotName = this.snapshotRow(event.attributes.snapshot)?.name ?? event.attributes.snapshot;
+      if (event) this.events.record(event);
+      return next;
     })();
   }
 
@@ -154,7 +178,22 @@ export class VmStore {
   }
 
   delete(id: string): void {
-    this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
+    this.db.transaction(() => {
+      const vm = this.get(id);
+      if (!vm) return;
+      this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
+      this.events.record({ type: 'vm', action: 'destroy', actor: vmActor(vm), attributes: {} });
+    })();
+  }
+
+  /** For events: the name a snapshot has now (its row is the snapshot store's). */
+  private snapshotRow(id: string): { name: string; spec: string } | undefined {
+    return this.db.prepare('SELECT name, spec FROM snapshots WHERE id = ?').get(id) as { name: string; spec: string } | undefined;
+  }
+
+  /** An event of a VM that is not a state change (health_status, update). */
+  recordEvent(vm: VmRecord, action: string, attributes: Record<string, string> = {}): void {
+    this.events.record({ type: 'vm', action, actor: vmActor(vm), attributes });
   }
 
   /** VMs whose disk overlay sits on this snapshot's layer. */

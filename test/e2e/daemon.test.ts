@@ -75,6 +75,7 @@ describe('daemon restarts, logs -f and Ctrl-C', () => {
   });
 
   test('pause stops the guest (a counter stands still, exec is refused with the reason), stays paused across a celld restart, unpause runs it on; stop and rm -f take a paused VM', async () => {
+    const testStart = new Date();
     await h.ok(['run', '-d', '--name', 'napper', 'busybox']);
     await h.ok(['exec', 'napper', '--', 'sh', '-c', '(i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done) </dev/null >/dev/null 2>&1 &']);
     const count = async () => Number((await h.ok(['exec', 'napper', '--', 'cat', '/tmp/n'])).stdout);
@@ -94,6 +95,12 @@ describe('daemon restarts, logs -f and Ctrl-C', () => {
     process.kill(first, 'SIGTERM');
     assert.ok(await waitFor(() => !alive(first), 5000), 'celld stopped');
     assert.equal(await state(), 'paused', 'still paused under the next celld');
+    // The events of the first celld are kept in its database: the next one reports them.
+    const kept = await h.ok(['events', '--since', testStart.toISOString(), '--until', new Date().toISOString(), '--filter', 'vm=napper']);
+    assert.deepEqual(
+      kept.stdout.trim().split('\n').map((line) => line.split(' ').slice(1, 3).join(' ')),
+      ['vm create', 'vm start', 'vm pause'],
+    );
     await new Promise((r) => setTimeout(r, 4000));
     assert.equal((await h.ok(['unpause', 'napper'])).stdout, 'napper\n');
     const after = await count();

@@ -1,6 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestHome } from '../helpers/cell-home.js';
+import { CellClient, type CellEvent } from '../../src/sdk/index.js';
 
 describe('VM lifecycle: run -d, exec, stop, start, rm, refs', () => {
   let h: TestHome;
@@ -158,5 +159,83 @@ describe('VM lifecycle: run -d, exec, stop, start, rm, refs', () => {
     assert.deepEqual(await names(['ps', '--filter', 'label=stage']), ['kid-1']);
     await h.ok(['rm', '-f', 'tagged', 'plain', 'kid-1']);
     await h.ok(['snapshot', 'rm', 'tagged-snap']);
+  });
+
+  test('events: each step of a scripted lifecycle, in order, live through the SDK and afterwards with --since/--until and filters', async () => {
+    const start = new Date();
+    const client = await CellClient.connect({ home: h.home });
+    const stop = new AbortController();
+    const seen: CellEvent[] = [];
+    // From `start` on: the events before the stream connected are read from the log first.
+    const live = (async () => {
+      for await (const event of client.events.stream({ since: start, filters: ['vm=ev', 'vm=ev-kid-1'], signal: stop.signal })) {
+        seen.push(event);
+        if (event.actor.name === 'ev-kid' && event.action === 'destroy') return;
+      }
+    })().catch((err: unknown) => {
+      if (!stop.signal.aborted) throw err;
+    });
+    try {
+      await h.ok(['run', '-d', '--name', 'ev', '--label', 'team=ml', 'busybox']);
+      await h.ok(['pause', 'ev']);
+      await h.ok(['unpause', 'ev']);
+      await h.ok(['snapshot', '--name', 'ev-snap', 'ev']);
+      await h.ok(['fork', '--name', 'ev-kid', 'ev-snap']);
+      await h.ok(['stop', '-t', '1', 'ev']);
+      await h.ok(['rm', 'ev']);
+      await h.ok(['rm', '-f', 'ev-kid-1']);
+      await h.ok(['snapshot', 'rm', 'ev-snap']);
+    } finally {
+      const timer = setTimeout(() => stop.abort(), 10_000);
+      await live;
+      clearTimeout(timer);
+      client.close();
+    }
+    const steps = (events: CellEvent[]) => events.map((e) => `${e.type} ${e.action} ${e.actor.name}`);
+    const expected = [
+      'vm create ev',
+      'vm start ev',
+      'vm pause ev',
+      'vm unpause ev',
+      'snapshot create ev-snap',
+      'vm snapshot ev', // its RAM is saved; it goes on in a new QEMU
+      'vm start ev',
+      'vm create ev-kid-1',
+      'snapshot fork ev-snap',
+      'vm start ev-kid-1',
+      'vm stop ev',
+      'vm die ev',
+      'vm destroy ev',
+      'vm stop ev-kid-1',
+      'vm die ev-kid-1',
+      'vm destroy ev-kid-1',
+    ];
+    assert.deepEqual(steps(seen), expected);
+    const die = seen.find((e) => e.action === 'die' && e.actor.name === 'ev')!;
+    assert.equal(die.attributes.reason, 'stopped');
+    assert.deepEqual(die.actor.labels, { team: 'ml' });
+    assert.ok(seen.every((e, i) => i === 0 || e.seq > seen[i - 1]!.seq), 'in order');
+
+    // Afterwards: a finite report of the same window, with Docker's filters.
+    const report = async (...args: string[]) =>
+      (await h.ok(['events', '--since', start.toISOString(), '--until', new Date().toISOString(), '--format', 'json', ...args])).stdout
+        .trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((line) => JSON.parse(line) as CellEvent);
+    assert.deepEqual(steps(await report('--filter', 'event=fork')), ['snapshot fork ev-snap']);
+    assert.deepEqual(steps(await report('--filter', 'label=team=ml', '--filter', 'event=die')), ['vm die ev', 'vm die ev-kid-1'], "a fork has its snapshot's labels");
+    assert.deepEqual(steps(await report('--filter', 'snapshot=ev-snap')), [
+      'snapshot create ev-snap',
+      'vm snapshot ev',
+      'vm create ev-kid-1',
+      'snapshot fork ev-snap',
+      'snapshot delete ev-snap',
+    ]);
+    const text = await h.ok(['events', '--since', start.toISOString(), '--until', new Date().toISOString(), '--filter', 'event=pause']);
+    assert.match(text.stdout, /^\d{4}-\d\d-\d\dT[\d:.]+Z vm pause [0-9a-f]{64} \(name=ev\)\n$/);
+    const bad = await h.cell(['events', '--filter', 'colour=red']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /^error: --filter "colour=red": use KEY=VALUE with KEY one of vm, snapshot, type, event, label/);
   });
 });
