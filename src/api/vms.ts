@@ -41,6 +41,36 @@ export const PortRequest = Type.Object(
   { additionalProperties: false },
 );
 
+/** A health check as recorded (domain/health.ts): `cmd` is the argv, durations in ms. */
+export const HealthCheck = Type.Object({
+  cmd: Type.Array(Type.String()),
+  intervalMs: Type.Integer(),
+  timeoutMs: Type.Integer(),
+  retries: Type.Integer(),
+  startPeriodMs: Type.Integer(),
+});
+
+/** A health check as asked for: a string runs under /bin/sh -c; absent fields take Docker's defaults (30 s, 30 s, 3, 0). */
+export const HealthCheckRequest = Type.Object(
+  {
+    cmd: Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String(), { minItems: 1 })]),
+    intervalMs: Type.Optional(Type.Integer({ minimum: 100 })),
+    timeoutMs: Type.Optional(Type.Integer({ minimum: 100 })),
+    retries: Type.Optional(Type.Integer({ minimum: 1 })),
+    startPeriodMs: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+);
+
+const HealthStatus = Type.Union([Type.Literal('starting'), Type.Literal('healthy'), Type.Literal('unhealthy')]);
+
+/** Where a VM's health check stands, with its last five probes (output capped at 4 KiB each). */
+export const HealthState = Type.Object({
+  status: HealthStatus,
+  failingStreak: Type.Integer(),
+  log: Type.Array(Type.Object({ start: Type.String(), end: Type.String(), exitCode: Type.Integer(), output: Type.String() })),
+});
+
 export const VmSpec = Type.Object({
   image: Type.String(),
   imageDigest: Type.String(),
@@ -58,6 +88,7 @@ export const VmSpec = Type.Object({
   ports: Type.Optional(Type.Array(PortSpec)),
   egress: Type.Optional(EgressPolicy),
   labels: Type.Optional(Type.Record(Type.String(), Type.String())),
+  health: Type.Optional(HealthCheck),
   /** VMs started with `run --template`: which template, and whether they were forked warm or booted cold. */
   template: Type.Optional(
     Type.Object({ name: Type.String(), revision: Type.String(), start: Type.Union([Type.Literal('warm'), Type.Literal('cold')]), reason: Type.String() }),
@@ -92,6 +123,8 @@ export const Vm = Type.Object({
       Type.Null(),
     ]),
   ),
+  /** Its health check's status and last probes (null or absent: no health check, or never started). */
+  health: Type.Optional(Type.Union([HealthState, Type.Null()])),
 });
 export type Vm = Static<typeof Vm>;
 
@@ -120,6 +153,8 @@ export const RunRequest = Type.Object(
     egress: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 64 })),
     /** Labels as `--label` takes them: `team=ml` (a key alone: an empty value). Forks add theirs to their snapshot's. */
     labels: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 64 })),
+    /** A health check (`--health-cmd`): starting -> healthy | unhealthy, in inspect, ps and events. Forks keep their snapshot's unless given one. */
+    health: Type.Optional(HealthCheckRequest),
     /** Published ports; a host port of 0 is any free one. Without a host address: 127.0.0.1. */
     ports: Type.Optional(Type.Array(PortRequest, { maxItems: 64 })),
     /** Start from a template (`NAME` or `NAME:ROLE`): warm from its snapshot when it has one, else cold. */
@@ -145,6 +180,24 @@ export type ExecRequest = Static<typeof ExecRequest>;
 
 export const StopRequest = Type.Object({ timeoutSec: Type.Optional(Type.Number({ minimum: 0 })) }, { additionalProperties: false });
 export type StopRequest = Static<typeof StopRequest>;
+
+export const WaitRequest = Type.Object(
+  {
+    /** `stopped` (default): until its main command has exited (a detached VM runs on after it) or it stopped, as docker wait; `healthy`: until its health check passed. */
+    until: Type.Optional(Type.Union([Type.Literal('stopped'), Type.Literal('healthy')])),
+    /** Give up after this long: a `timeout` error. Absent: no limit. */
+    timeoutMs: Type.Optional(Type.Integer({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+);
+export type WaitRequest = Static<typeof WaitRequest>;
+
+export const WaitEvent = Type.Union([
+  /** Its health changed while waiting for `healthy`. */
+  event('health', { vm: Vm }),
+  /** The condition holds. */
+  event('done', { vm: Vm }),
+]);
 
 export const ListQuery = Type.Object({ all: Type.Optional(Type.Boolean()) });
 export const LogsQuery = Type.Object({
@@ -232,6 +285,14 @@ export const vms = {
     params: Type.Object({ execId: Type.String({ minLength: 1 }) }),
     body: 'octet-stream',
     reply: empty(),
+  }),
+  wait: route({
+    method: 'POST',
+    path: '/v1/vms/:ref/wait',
+    summary: 'until the VM\'s main command has exited or the VM stopped (its `exit` says how) or, with until=healthy, its health check passed; timeoutMs bounds it',
+    params: RefParams,
+    body: WaitRequest,
+    reply: ndjson(WaitEvent),
   }),
   logs: route({
     method: 'GET',

@@ -41,11 +41,16 @@ export interface VmStateView {
   startedAt: string | null;
   stoppedAt: string | null;
   exit: { exitCode: number | null; signal: number | null; reason: string } | null;
+  health?: { status: string } | null;
 }
 
-/** "running 5s", "stopped (exit 0) 2m ago", "stopped (boot_failed) 1h ago". */
+/** "running 5s", "running 2m (healthy)", "stopped (exit 0) 2m ago", "stopped (boot_failed) 1h ago". */
 export function vmState(vm: VmStateView, now = Date.now()): string {
-  if (vm.state === 'running') return `running ${vm.startedAt ? duration(now - Date.parse(vm.startedAt)) : ''}`.trim();
+  if (vm.state === 'running') {
+    // As docker ps: "Up 5 minutes (healthy)".
+    const health = vm.health ? ` (${vm.health.status === 'starting' ? 'health: starting' : vm.health.status})` : '';
+    return `running ${vm.startedAt ? duration(now - Date.parse(vm.startedAt)) : ''}`.trim() + health;
+  }
   if (vm.state === 'stopped') {
     const why = vm.exit
       ? vm.exit.exitCode !== null

@@ -2,6 +2,7 @@ import { availableParallelism, totalmem } from 'node:os';
 import { CellError, ErrorCodes } from './errors.js';
 import type { PortSpec, PublishedPort } from './network.js';
 import type { EgressPolicy } from './egress.js';
+import type { HealthCheck, HealthState } from './health.js';
 
 export type { VmState } from './vm-state.js';
 import type { VmState } from './vm-state.js';
@@ -35,6 +36,8 @@ export interface VmSpec {
   egress?: EgressPolicy;
   /** `--label k=v` (domain/labels.ts). */
   labels?: Record<string, string>;
+  /** `--health-cmd` and friends (domain/health.ts); forks keep their snapshot's. */
+  health?: HealthCheck;
   /** Set on VMs started with `run --template`: which template and how (warm fork or cold boot). */
   template?: TemplateStart;
 }
@@ -110,6 +113,8 @@ export interface VmRecord {
   baseSnapshot: string | null;
   /** Its address on its network and the ports it publishes now (null: no network, or never started). */
   network?: VmNetwork | null;
+  /** Where its health check stands (null: it has none, or it never ran). */
+  health?: HealthState | null;
 }
 
 export interface VmNetwork {

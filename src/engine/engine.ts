@@ -9,6 +9,9 @@ import { TemplateStore } from '../store/template-store.js';
 import { VmStore } from '../store/vm-store.js';
 import { EventStore } from '../store/event-store.js';
 import { EventFeed } from './event-feed.js';
+import { HealthMonitor } from './health-monitor.js';
+import { waitForVm, type WaitOptions } from './vm-wait.js';
+import type { VmRecord } from '../domain/vm.js';
 import type { Backend } from '../vmm/backend.js';
 import { QemuBackend } from '../vmm/qemu/backend.js';
 import { Actions } from './actions.js';
@@ -110,6 +113,7 @@ export class Engine {
     readonly consoleCap: ConsoleLogCap,
     readonly networks: Networks,
     readonly events: EventFeed,
+    private readonly health: HealthMonitor,
   ) {}
 
   /**
@@ -171,7 +175,9 @@ export class Engine {
       ctx.config.logMaxBytes ?? DEFAULT_LOG_MAX_BYTES,
     );
     const networks = new Networks(ctx, vms);
-    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, new EventFeed(events));
+    const feed = new EventFeed(events);
+    const health = new HealthMonitor(ctx, vms, feed);
+    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health);
     await reconcile(ctx);
     await sweepOrphans(ctx);
     await ctx.network.sweep(new Set(ctx.live.ids()));
@@ -185,6 +191,8 @@ export class Engine {
     // Last: VMs and snapshots removed above unpinned what they held.
     await images.sweepAfterStart().catch((err: unknown) => ctx.log.warn(`sweeping the image store at start-up failed: ${(err as Error).message}`));
     consoleCap.start();
+    // After reconcile: the VMs a previous celld left running are probed on, with the health they had.
+    health.start();
     return engine;
   }
 
@@ -213,7 +221,13 @@ export class Engine {
    * Ends what only this daemon holds (spares) and lets go of the machines without touching them:
    * VMs outlive celld, and the next one reconnects.
    */
+  /** `cell wait`: until VM `ref` has stopped or is healthy (engine/vm-wait.ts). */
+  wait(ref: string, opts: WaitOptions): Promise<VmRecord> {
+    return waitForVm(this.ctx.stores, this.vms.resolve(ref).id, opts);
+  }
+
   async close(): Promise<void> {
+    this.health.close();
     this.consoleCap.stop();
     await this.spares.closeAll();
     // Published ports close with celld (VMs keep running; the next celld serves them again).

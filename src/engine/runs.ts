@@ -1,4 +1,5 @@
 import { parseLabels } from '../domain/labels.js';
+import { validateHealthCheck } from '../domain/health.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { validatePorts } from '../domain/network.js';
 import { validateName } from '../domain/ids.js';
@@ -105,6 +106,8 @@ export class Runs {
         timeoutSec: req.timeoutSec ?? 0,
         autoRemove: req.autoRemove ?? false,
         ...(ports ? { ports } : {}),
+        // A fork keeps its snapshot's health check unless given its own.
+        ...(req.health ? { health: validateHealthCheck(req.health) } : {}),
       },
     });
     return vm!;
@@ -133,6 +136,7 @@ export class Runs {
       user: req.user ?? '',
       timeoutSec: req.timeoutSec ?? 0,
       autoRemove: req.autoRemove ?? false,
+      ...(req.health ? { health: validateHealthCheck(req.health) } : {}),
     });
   }
 

@@ -30,6 +30,7 @@ import type { ExecOptions, ExecResult, OutputSink } from './output.js';
 import type { Spare } from './spare-pool.js';
 import { VmLogs, type LogEntry } from './vm-logs.js';
 import { LogTail } from '../domain/log-window.js';
+import { initialHealth, validateHealthCheck, type HealthCheckRequest } from '../domain/health.js';
 import { exitInfo } from './vm-records.js';
 
 export interface CreateVmRequest {
@@ -55,6 +56,8 @@ export interface CreateVmRequest {
   egress?: string[];
   /** `--label k=v` (domain/labels.ts). */
   labels?: string[];
+  /** `--health-cmd` and friends. */
+  health?: HealthCheckRequest;
   /** A VM an engine operation makes and removes (an action's, a template build's): gone after a crash. */
   ephemeral?: boolean;
 }
@@ -140,6 +143,7 @@ export class Vms {
     const ports = req.ports?.length ? validatePorts(req.ports) : undefined;
     const egress = parseEgress(req.egress ?? []);
     const labels = parseLabels(req.labels);
+    const health = req.health ? validateHealthCheck(req.health) : undefined;
     if (egress && networks.length === 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'egress rules need a network: drop --network none or --egress');
     this.ctx.network.assertNetworks(networks, { egress: Boolean(egress) });
     await this.ctx.host.ensure();
@@ -165,6 +169,7 @@ export class Vms {
       ...(ports ? { ports } : {}),
       ...(egress ? { egress } : {}),
       ...(labels ? { labels } : {}),
+      ...(health ? { health } : {}),
     }, null, undefined, { ephemeral: req.ephemeral });
     this.ctx.stores.images.touch(image.reference, vm.createdAt);
     return vm;
@@ -261,7 +266,8 @@ export class Vms {
     const ready = await this.ctx.host.ensure();
     // A VM on a snapshot's layer needs no image here (an imported snapshot's image may be absent).
     const image = vm.baseSnapshot || restore ? undefined : this.images.require(vm.spec.image);
-    stores.vms.setState(id, 'starting', { exit: null, pid: null, accelerator: ready.accelerator.accelerator });
+    // Each boot starts its health over, as a container's start does.
+    stores.vms.setState(id, 'starting', { exit: null, pid: null, accelerator: ready.accelerator.accelerator, health: vm.spec.health ? initialHealth() : null });
     const snapshotDir = restore ? paths.snapshotDir(restore.snapshot.id) : undefined;
     try {
       if (restore && snapshotDir) {

@@ -183,6 +183,21 @@ export class Sandbox {
     this.vm = await this.client.vms.unpause(this.vm.id, opts);
   }
 
+  /**
+   * Until its health check (`health: { cmd }` at create) has passed; rejects with code `timeout`
+   * after `timeoutMs` (naming the last check's exit code and output), or `vm_not_running` when it
+   * stops first.
+   */
+  async waitHealthy(opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+    this.vm = await this.client.vms.wait(this.vm.id, { until: 'healthy', ...opts });
+  }
+
+  /** Until the VM has stopped; its `info.exit` then says how. */
+  async wait(opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<Vm> {
+    this.vm = await this.client.vms.wait(this.vm.id, opts);
+    return this.vm;
+  }
+
   /** Boots the stopped VM again. */
   async start(opts: RequestOptions = {}): Promise<void> {
     this.vm = await this.client.vms.start(this.vm.id, opts);

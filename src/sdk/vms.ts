@@ -1,4 +1,5 @@
 import { matchesLabels } from '../domain/labels.js';
+import { CellError, ErrorCodes } from '../domain/errors.js';
 import { Api } from '../api/routes.js';
 import type { RunRequest, Vm } from '../api/vms.js';
 import { execStream, runStream, type CommandResult, type LogEntry, type RunEventHandlers, type StdinSource } from './commands.js';
@@ -43,6 +44,14 @@ export interface ExecOptions extends RequestOptions, OutputHandlers {
   /** Bytes for the command's stdin; the end of the iterable closes it. */
   stdin?: StdinSource;
 }
+export interface WaitOptions extends RequestOptions {
+  /** `stopped` (default) or `healthy`. */
+  until?: 'stopped' | 'healthy';
+  /** Give up after this long: rejects with a CellError of code `timeout` naming the last check's result. */
+  timeoutMs?: number;
+  /** Each change of its health while waiting for `healthy`. */
+  onHealth?: (vm: Vm) => void;
+}
 export interface LogsOptions extends RequestOptions {
   /** Keep going with new lines until the VM stops. */
   follow?: boolean;
@@ -86,7 +95,6 @@ export class VmsClient {
     return runStream(this.transport.stream(vms.run, { body: runRequest(spec) }, opts), opts);
   }
 
-  /** Boots a stopped VM again, its disk as it was left. */
   /** Stops its vCPUs (QEMU and its RAM stay); exec fails with `vm_paused` until `unpause`. */
   pause(ref: string, opts: RequestOptions = {}): Promise<Vm> {
     return this.transport.call(vms.pause, { params: { ref } }, opts);
@@ -96,6 +104,7 @@ export class VmsClient {
     return this.transport.call(vms.unpause, { params: { ref } }, opts);
   }
 
+  /** Boots a stopped VM again, its disk as it was left. */
   start(ref: string, opts: RequestOptions = {}): Promise<Vm> {
     return this.transport.call(vms.start, { params: { ref } }, opts);
   }
@@ -117,6 +126,21 @@ export class VmsClient {
     const { commandTimeoutMs, ...rest } = spec;
     const body = { ...rest, ...(commandTimeoutMs !== undefined ? { timeoutSec: toSeconds(commandTimeoutMs) } : {}), ...(opts.stdin ? { stdin: true } : {}) };
     return execStream(this.transport, this.transport.stream(vms.exec, { params: { ref }, body }, opts), opts);
+  }
+
+  /**
+   * `cell wait`: resolves with the VM once it has stopped (its `exit` says how), or with
+   * `until: 'healthy'` once its health check passed. Rejects with code `timeout` after `timeoutMs`,
+   * and with `vm_not_running` when it stops before it is healthy.
+   */
+  async wait(ref: string, opts: WaitOptions = {}): Promise<Vm> {
+    const body = { ...(opts.until ? { until: opts.until } : {}), ...(opts.timeoutMs !== undefined ? { timeoutMs: Math.max(0, Math.round(opts.timeoutMs)) } : {}) };
+    // celld keeps the time limit, so a late VM is its `timeout` error with the last probe, not a dropped call.
+    for await (const event of this.transport.stream(vms.wait, { params: { ref }, body }, { signal: opts.signal })) {
+      if (event.type === 'health') opts.onHealth?.(event.vm);
+      else return event.vm;
+    }
+    throw new CellError(ErrorCodes.INTERNAL, `celld ended the wait for VM ${ref} without an answer`);
   }
 
   /** A VM's main-command output: what is there, then (with `follow`) new lines until it stops. */

@@ -142,6 +142,8 @@ const MIGRATIONS: string[] = [
      attributes TEXT NOT NULL
    );
    CREATE INDEX events_by_time ON events (time);`,
+  // A VM's health (domain/health.ts) as JSON: its status, failing streak and last probes.
+  `ALTER TABLE vms ADD COLUMN health TEXT;`,
 ];
 
 export type Db = Database.Database;

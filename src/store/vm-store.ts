@@ -1,7 +1,9 @@
+import { EventEmitter } from 'node:events';
 import { GUEST_ADDRESS } from '../domain/network.js';
 import type { Db } from './database.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { VmExit, VmRecord, VmSpec, VmState } from '../domain/vm.js';
+import type { HealthState } from '../domain/health.js';
 import { assertTransition, isLive } from '../domain/vm-state.js';
 import { NetworkStore } from './lease-store.js';
 import { EventStore } from './event-store.js';
@@ -19,6 +21,7 @@ interface VmRow {
   accelerator: string | null;
   exit: string | null;
   base_snapshot: string | null;
+  health: string | null;
 }
 
 const SELECT = 'SELECT * FROM vms';
@@ -36,26 +39,34 @@ function fromRow(row: VmRow): VmRecord {
     accelerator: row.accelerator,
     exit: row.exit ? (JSON.parse(row.exit) as VmExit) : null,
     baseSnapshot: row.base_snapshot,
+    health: row.health ? (JSON.parse(row.health) as HealthState) : null,
   };
 }
 
 /** Fields that change without a state change. The state itself changes only through `setState`. */
-export type VmPatch = Partial<Pick<VmRecord, 'startedAt' | 'stoppedAt' | 'pid' | 'accelerator' | 'exit' | 'baseSnapshot'>>;
+export type VmPatch = Partial<Pick<VmRecord, 'startedAt' | 'stoppedAt' | 'pid' | 'accelerator' | 'exit' | 'baseSnapshot' | 'health'>>;
 
-/** The record's columns: its network view comes from the leases table. */
-function withoutNetwork(vm: VmRecord): Omit<VmRecord, 'network'> {
-  const { network: _, ...rest } = vm;
+/** The columns a new record is inserted with: its network view comes from the leases table, its health from probes. */
+function withoutRecordOnly(vm: VmRecord): Omit<VmRecord, 'network' | 'health'> {
+  const { network: _, health: __, ...rest } = vm;
   return rest;
 }
 
 /** VM records. Every state change is written here, with its event, before the engine acts on it. */
-export class VmStore {
+/**
+ * VM records. It emits `changed` (with the VM's id) after each write of a record, once the
+ * caller's transaction is over: waiters (engine/vm-wait.ts) hear of changes that are no event,
+ * such as a detached main command's exit.
+ */
+export class VmStore extends EventEmitter {
   private readonly networks: NetworkStore;
 
   constructor(
     private readonly db: Db,
     private readonly events = new EventStore(db),
   ) {
+    super();
+    this.setMaxListeners(0);
     this.networks = new NetworkStore(db);
   }
 
@@ -90,7 +101,7 @@ export class VmStore {
             `INSERT INTO vms (id, name, state, spec, created_at, started_at, stopped_at, pid, accelerator, exit, base_snapshot)
              VALUES (@id, @name, @state, @spec, @createdAt, @startedAt, @stoppedAt, @pid, @accelerator, @exit, @baseSnapshot)`,
           )
-          .run({ ...withoutNetwork(vm), spec: JSON.stringify(vm.spec), exit: vm.exit ? JSON.stringify(vm.exit) : null });
+          .run({ ...withoutRecordOnly(vm), spec: JSON.stringify(vm.spec), exit: vm.exit ? JSON.stringify(vm.exit) : null });
         const snapshot = vm.baseSnapshot ? this.snapshotRow(vm.baseSnapshot) : undefined;
         const from: Record<string, string> = vm.baseSnapshot ? { snapshot: vm.baseSnapshot, snapshotName: snapshot?.name ?? vm.baseSnapshot } : {};
         this.events.record({ type: 'vm', action: 'create', actor: vmActor(vm), attributes: { image: vm.spec.image, ...from } });
@@ -159,10 +170,11 @@ export class VmStore {
   }
 
   private write(next: VmRecord): VmRecord {
+    queueMicrotask(() => this.emit('changed', next.id));
     this.db
       .prepare(
         `UPDATE vms SET state = @state, started_at = @startedAt, stopped_at = @stoppedAt, pid = @pid,
-           accelerator = @accelerator, exit = @exit, base_snapshot = @baseSnapshot WHERE id = @id`,
+           accelerator = @accelerator, exit = @exit, base_snapshot = @baseSnapshot, health = @health WHERE id = @id`,
       )
       .run({
         id: next.id,
@@ -173,6 +185,7 @@ export class VmStore {
         accelerator: next.accelerator,
         exit: next.exit ? JSON.stringify(next.exit) : null,
         baseSnapshot: next.baseSnapshot,
+        health: next.health ? JSON.stringify(next.health) : null,
       });
     return next;
   }
@@ -183,12 +196,27 @@ export class VmStore {
       if (!vm) return;
       this.db.prepare('DELETE FROM vms WHERE id = ?').run(id);
       this.events.record({ type: 'vm', action: 'destroy', actor: vmActor(vm), attributes: {} });
+      queueMicrotask(() => this.emit('changed', id));
     })();
   }
 
   /** For events: the name a snapshot has now (its row is the snapshot store's). */
   private snapshotRow(id: string): { name: string; spec: string } | undefined {
     return this.db.prepare('SELECT name, spec FROM snapshots WHERE id = ?').get(id) as { name: string; spec: string } | undefined;
+  }
+
+  /**
+   * A probe's result, written only while the VM is running (a probe that ended with its VM says
+   * nothing); a change of status is a `health_status` event in the same transaction.
+   */
+  setHealth(id: string, health: HealthState): VmRecord | undefined {
+    return this.db.transaction(() => {
+      const current = this.get(id);
+      if (!current || current.state !== 'running') return undefined;
+      const next = this.write({ ...current, health });
+      if (current.health?.status !== health.status) this.recordEvent(next, 'health_status', { health_status: health.status });
+      return next;
+    })();
   }
 
   /** An event of a VM that is not a state change (health_status, update). */

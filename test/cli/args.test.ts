@@ -109,3 +109,16 @@ test('exec: the VM, then the command verbatim; flags map to the request', () => 
   assert.deepEqual(toExecSpec(sep.operands.slice(1), sep.flags as unknown as ExecFlags), { cmd: ['sh', '-c', 'exit 3'] });
   assert.throws(() => toExecSpec(['--'], {}), UsageError);
 });
+
+test('run --health-*: a shell command and durations become the health check; tuning without a command is a usage error', () => {
+  assert.deepEqual(runRequest(['--health-cmd', 'test -f /tmp/ok', '--health-interval', '2s', '--health-retries', '5', '--health-start-period', '1m', '-d', 'busybox']).health, {
+    cmd: 'test -f /tmp/ok',
+    intervalMs: 2000,
+    retries: 5,
+    startPeriodMs: 60_000,
+  });
+  assert.deepEqual(runRequest(['--health-cmd', 'true', '--health-timeout', '500ms', 'busybox']).health, { cmd: 'true', timeoutMs: 500 });
+  assert.equal(runRequest(['busybox']).health, undefined);
+  assert.throws(() => runRequest(['--health-interval', '5s', 'busybox']), { name: 'UsageError', message: /need --health-cmd/ });
+  assert.throws(() => runRequest(['--health-cmd', 'true', '--health-interval', 'often', 'busybox']), { name: 'UsageError', message: /--health-interval/ });
+});

@@ -30,6 +30,8 @@ test('VM states say how a VM stopped', () => {
   const now = Date.parse('2026-01-01T00:10:00Z');
   const base = { startedAt: '2026-01-01T00:09:55Z', stoppedAt: '2026-01-01T00:08:00Z' };
   assert.equal(vmState({ ...base, state: 'running', exit: null }, now), 'running 5s');
+  assert.equal(vmState({ ...base, state: 'running', exit: null, health: { status: 'starting' } }, now), 'running 5s (health: starting)');
+  assert.equal(vmState({ ...base, state: 'running', exit: null, health: { status: 'unhealthy' } }, now), 'running 5s (unhealthy)');
   assert.equal(vmState({ ...base, state: 'stopped', exit: { exitCode: 3, signal: null, reason: 'exited' } }, now), 'stopped (exit 3) 2m ago');
   assert.equal(vmState({ ...base, state: 'stopped', exit: { exitCode: null, signal: null, reason: 'boot_failed' } }, now), 'stopped (boot_failed) 2m ago');
 });

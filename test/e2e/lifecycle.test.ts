@@ -161,6 +161,46 @@ describe('VM lifecycle: run -d, exec, stop, start, rm, refs', () => {
     await h.ok(['snapshot', 'rm', 'tagged-snap']);
   });
 
+  test('health: a failing check goes unhealthy, a passing one healthy (ps, inspect, events); wait --healthy times out clearly; a fork keeps the check; wait prints a detached command\'s exit', async () => {
+    const start = new Date();
+    await h.ok(['run', '-d', '--name', 'hc', '--health-cmd', 'echo probe; test -f /tmp/ok', '--health-interval', '300ms', '--health-retries', '2', 'busybox']);
+    const late = await h.cell(['wait', '--healthy', '--timeout', '1s', 'hc']);
+    assert.equal(late.code, 1);
+    assert.match(late.stderr, /^error: VM hc is not healthy after 1s \((starting|unhealthy); (last check exited 1: probe|no check has run yet)\)\n$/);
+    type Inspected = { health: { status: string; failingStreak: number; log: { exitCode: number; output: string }[] } | null };
+    const inspect = async (name: string) => (JSON.parse((await h.ok(['inspect', name])).stdout) as Inspected[])[0]!;
+    const deadline = Date.now() + 120_000;
+    while ((await inspect('hc')).health?.status !== 'unhealthy') {
+      assert.ok(Date.now() < deadline, 'hc became unhealthy');
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    const sick = await inspect('hc');
+    assert.ok(sick.health!.failingStreak >= 2);
+    assert.deepEqual(sick.health!.log.at(-1), { ...sick.health!.log.at(-1)!, exitCode: 1, output: 'probe\n' }, 'inspect shows the last probe');
+    assert.match((await h.ok(['ps'])).stdout, /hc .* running [^\n]*\(unhealthy\)/);
+
+    await h.ok(['exec', 'hc', '--', 'touch', '/tmp/ok']);
+    assert.equal((await h.ok(['wait', '--healthy', '--timeout', '120s', 'hc'])).stdout, 'hc\n');
+    assert.match((await h.ok(['ps'])).stdout, /hc .* running [^\n]*\(healthy\)/);
+    const changes = (await h.ok(['events', '--since', start.toISOString(), '--until', new Date().toISOString(), '--filter', 'vm=hc', '--filter', 'event=health_status', '--format', 'json'])).stdout
+      .trim()
+      .split('\n')
+      .map((line) => (JSON.parse(line) as CellEvent).attributes.health_status);
+    assert.deepEqual(changes, ['unhealthy', 'healthy']);
+
+    // A fork has its snapshot's check (and its file): it starts over and passes.
+    await h.ok(['snapshot', '--name', 'hc-snap', 'hc']);
+    await h.ok(['fork', '--name', 'hc-kid', 'hc-snap']);
+    assert.equal((await h.ok(['wait', '--healthy', '--timeout', '120s', 'hc-kid-1'])).stdout, 'hc-kid-1\n');
+    await h.ok(['rm', '-f', 'hc', 'hc-kid-1']);
+    await h.ok(['snapshot', 'rm', 'hc-snap']);
+
+    // docker wait's habit: the main command's exit code, though a detached VM runs on after it.
+    await h.ok(['run', '-d', '--name', 'job', 'busybox', '--', 'sh', '-c', 'sleep 1; exit 3']);
+    assert.equal((await h.ok(['wait', 'job'])).stdout, '3\n');
+    await h.ok(['rm', '-f', 'job']);
+  });
+
   test('events: each step of a scripted lifecycle, in order, live through the SDK and afterwards with --since/--until and filters', async () => {
     const start = new Date();
     const client = await CellClient.connect({ home: h.home });

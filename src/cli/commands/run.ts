@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { CellClient, Vm, VmSpec } from '../../sdk/index.js';
 import { parsePortSpec } from '../../domain/network.js';
-import { byteSize, collect, EXIT_FAILURE, EXIT_RUN_FAILED, milliseconds, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
+import { byteSize, collect, durationMs, EXIT_FAILURE, EXIT_RUN_FAILED, milliseconds, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
 import { commandExit, connect, interruptible, passThrough } from '../context.js';
 
 export interface RunFlags {
@@ -24,6 +24,11 @@ export interface RunFlags {
   publish?: string[];
   egress?: string[];
   label?: string[];
+  healthCmd?: string;
+  healthInterval?: number;
+  healthTimeout?: number;
+  healthRetries?: number;
+  healthStartPeriod?: number;
 }
 
 /** `cell run` flags and operands as the SDK's VM spec (pure, unit-tested). */
@@ -57,7 +62,24 @@ export function toVmSpec(args: string[], flags: RunFlags): VmSpec {
   if (flags.publish?.length) req.ports = flags.publish.map((p) => parsePortSpec(p));
   if (flags.egress?.length) req.egress = flags.egress;
   if (flags.label?.length) req.labels = flags.label;
+  const health = healthCheck(flags);
+  if (health) req.health = health;
   return req;
+}
+
+/** `--health-*` as the SDK's health check; the tuning flags mean nothing without a command. */
+function healthCheck(flags: RunFlags): VmSpec['health'] {
+  const tuning = {
+    ...(flags.healthInterval !== undefined ? { intervalMs: flags.healthInterval } : {}),
+    ...(flags.healthTimeout !== undefined ? { timeoutMs: flags.healthTimeout } : {}),
+    ...(flags.healthRetries !== undefined ? { retries: flags.healthRetries } : {}),
+    ...(flags.healthStartPeriod !== undefined ? { startPeriodMs: flags.healthStartPeriod } : {}),
+  };
+  if (flags.healthCmd === undefined) {
+    if (Object.keys(tuning).length > 0) throw new UsageError('--health-interval, --health-timeout, --health-retries and --health-start-period need --health-cmd');
+    return undefined;
+  }
+  return { cmd: flags.healthCmd, ...tuning };
 }
 
 /** With pass-through options commander keeps a `--` separator: it is not part of the command. */
@@ -87,6 +109,11 @@ export function register(program: Command): void {
     .option('-p, --publish <[ip:][hostPort:]port[/udp]>', 'publish a guest port on the host (repeatable); binds 127.0.0.1 unless an address is given, unlike Docker; no host port: a free one (see cell port)', collect)
     .option('--label <KEY=VALUE>', 'a label for inspect and filters (repeatable; ps --filter label=KEY=VALUE); with --from, added to the snapshot\'s', collect)
     .option('--egress <allow=RULES|deny=RULES>', 'what it may reach outside (repeatable): RULES are domains (pypi.org, *.pythonhosted.org: matched on HTTP Host and TLS SNI, and DNS) and IPv4 CIDRs; with any allow rule the rest is denied; deny wins; enforced on the host, so celld must be root', collect)
+    .option('--health-cmd <command>', 'a health check run in the guest under /bin/sh -c; exit 0 is healthy (shown by ps, inspect, events; cell wait --healthy)')
+    .option('--health-interval <duration>', 'time between checks, e.g. 5s (default 30s)', durationMs('--health-interval'))
+    .option('--health-timeout <duration>', 'a check running longer fails (default 30s)', durationMs('--health-timeout'))
+    .option('--health-retries <n>', 'failures in a row that make it unhealthy (default 3)', wholeNumber('--health-retries'))
+    .option('--health-start-period <duration>', 'failures this soon after boot do not count (default 0s)', durationMs('--health-start-period'))
     .option('--rm', 'remove the VM when the command ends')
     .option('-d, --detach', 'print the VM id and leave it running (exec into it later)')
     .option('--from <snapshot>', 'fork this snapshot instead of booting an image')
@@ -113,7 +140,9 @@ Examples:
   cell run -d --name box --memory 512 busybox
   cell run --rm --timeout 5 -e MODE=test busybox -- ./run-tests.sh
   cell run --rm --from warm -- cat /etc/hostname
-  cell run --rm --template web:server -- wget -q -O- http://127.0.0.1:8080/`,
+  cell run --rm --template web:server -- wget -q -O- http://127.0.0.1:8080/
+  cell run -d --name web -p 8080:80 --health-cmd 'wget -q -O /dev/null http://127.0.0.1/' \\
+      --health-interval 2s nginx && cell wait --healthy --timeout 60s web`,
     )
     .action(async (image: string | undefined, command: string[], flags: RunFlags, cmd: Command) => {
       process.exitCode = await run(toVmSpec([...(image !== undefined ? [image] : []), ...command], flags), flags, cmd);

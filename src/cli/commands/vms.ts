@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { CellClient, Vm } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
-import { collect, labelFilters, milliseconds, oneOf, pointInTime, seconds, UsageError, wholeNumber } from '../errors.js';
+import { collect, durationMs, labelFilters, milliseconds, oneOf, pointInTime, seconds, UsageError, wholeNumber } from '../errors.js';
 import { formatPort } from '../../domain/network.js';
 import { interruptible } from '../context.js';
 import { ago, short, table, vmState } from '../format.js';
@@ -122,6 +122,37 @@ Examples:
         await forEachRef(refs, async (ref) => {
           const vm = await client.vms.stop(ref, { graceMs: milliseconds(flags.time) });
           process.stdout.write(`${vm.name}\n`);
+        });
+      }),
+    );
+
+  program
+    .command('wait')
+    .description("wait until VMs' main commands exit (or the VMs stop) and print each exit code, as docker wait; with --healthy, until their health checks pass, printing their names")
+    .summary('wait until VMs stop, or are healthy')
+    .argument('<vm...>', 'VM names, ids, or id prefixes')
+    .option('--healthy', 'wait until the health check (run --health-cmd) passes instead; a VM that stops first is an error')
+    .option('--timeout <duration>', 'give up after this long, all VMs together, e.g. 30s: an error (naming the last health check), exit 1', durationMs('--timeout'))
+    .addHelpText(
+      'after',
+      `
+Without --healthy it prints the exit code of each VM's main command once it has exited (a VM run
+with -d keeps running after it) or the VM stopped; "-" when there is none (stopped or killed
+before it ended, or no main command). Exit status 1 if any VM failed the wait.
+
+Examples:
+  cell run -d --name job busybox -- sh -c 'sleep 5; exit 3'
+  cell wait job                                    # 5 s later: prints 3
+  cell run -d --name web --health-cmd 'wget -q -O /dev/null http://127.0.0.1/' nginx
+  cell wait --healthy --timeout 60s web && curl http://127.0.0.1:8080/`,
+    )
+    .action(
+      withClient(async (client, refs: string[], flags: { healthy?: boolean; timeout?: number }) => {
+        const deadline = flags.timeout === undefined ? undefined : Date.now() + flags.timeout;
+        await forEachRef(refs, async (ref) => {
+          const timeoutMs = deadline === undefined ? undefined : Math.max(0, deadline - Date.now());
+          const vm = await client.vms.wait(ref, { until: flags.healthy ? 'healthy' : 'stopped', ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
+          process.stdout.write(`${flags.healthy ? vm.name : (vm.exit?.exitCode ?? '-')}\n`);
         });
       }),
     );

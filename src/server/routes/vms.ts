@@ -46,6 +46,23 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     }
   });
 
+  serve(app, vms.wait, async (req, reply) => {
+    engine.vms.resolve(req.params.ref);
+    const stream = openStream(vms.wait, req, reply);
+    try {
+      const vm = await engine.wait(req.params.ref, {
+        until: req.body?.until ?? 'stopped',
+        timeoutMs: req.body?.timeoutMs,
+        signal: stream.signal,
+        onHealth: (changed) => stream.send({ type: 'health', vm: changed }),
+      });
+      stream.send({ type: 'done', vm });
+      stream.end();
+    } catch (err) {
+      stream.fail(err);
+    }
+  });
+
   serve(app, vms.start, async (req) => engine.vms.start(req.params.ref));
   serve(app, vms.pause, async (req) => engine.vms.pause(req.params.ref));
   serve(app, vms.unpause, async (req) => engine.vms.unpause(req.params.ref));
