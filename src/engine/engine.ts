@@ -32,6 +32,7 @@ import { SparePool, type SparePoolOptions } from './spare-pool.js';
 import { Templates } from './templates.js';
 import { DEFAULT_LOG_MAX_BYTES } from './vm-logs.js';
 import { Vms } from './vms.js';
+import { VmStats } from './vm-stats.js';
 
 export interface EngineInfo {
   home: string;
@@ -110,6 +111,8 @@ export class Engine {
     readonly consoleCap: ConsoleLogCap,
     readonly networks: Networks,
     readonly events: EventFeed,
+    /** `cell stats`: host-side CPU, memory, disk and network of VMs (vm-stats.ts). */
+    readonly stats: VmStats,
   ) {}
 
   /**
@@ -171,7 +174,8 @@ export class Engine {
       ctx.config.logMaxBytes ?? DEFAULT_LOG_MAX_BYTES,
     );
     const networks = new Networks(ctx, vms);
-    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, new EventFeed(events));
+    const stats = new VmStats({ vms, live: ctx.live, network: ctx.network });
+    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, new EventFeed(events), stats);
     await reconcile(ctx);
     await sweepOrphans(ctx);
     await ctx.network.sweep(new Set(ctx.live.ids()));
