@@ -1,5 +1,5 @@
 import type { Snapshot } from '../api/snapshots.js';
-import type { RunRequest, Vm } from '../api/vms.js';
+import type { RunRequest, Vm, VmStats } from '../api/vms.js';
 import { CellClient, type ConnectOptions } from './client.js';
 import { isNotFound } from './errors.js';
 import type { RequestOptions } from './options.js';
@@ -181,6 +181,14 @@ export class Sandbox {
   /** Lets a paused VM run on. */
   async resume(opts: RequestOptions = {}): Promise<void> {
     this.vm = await this.client.vms.unpause(this.vm.id, opts);
+  }
+
+  /**
+   * Its host-side resource use over one second: QEMU's CPU % (100 = one core), memory RSS and PSS,
+   * disk and network bytes (null where not running or nothing counts them). Takes about a second.
+   */
+  getMetrics(opts: RequestOptions = {}): Promise<VmStats> {
+    return this.client.vms.stats(this.vm.id, opts);
   }
 
   /** Boots the stopped VM again. */
