@@ -24,6 +24,7 @@ export const COMMAND_GROUPS: readonly CommandGroup[] = [
   { heading: 'Run commands in VMs:', names: ['cp'], load: () => import('./commands/cp.js') },
   { heading: 'Manage VMs:', names: ['ps', 'inspect', 'port', 'logs', 'stop', 'start', 'pause', 'unpause', 'rm'], load: () => import('./commands/vms.js') },
   { heading: 'Manage VMs:', names: ['events'], load: () => import('./commands/events.js') },
+  { heading: 'Manage VMs:', names: ['stats'], load: () => import('./commands/stats.js') },
   { heading: 'Networks:', names: ['network'], load: () => import('./commands/networks.js') },
   { heading: 'Snapshots and forks:', names: ['snapshot', 'fork', 'restore', 'snapshots'], load: () => import('./commands/snapshots.js') },
   { heading: 'Builds, templates and the action cache:', names: ['build', 'cache'], load: () => import('./commands/build.js') },
