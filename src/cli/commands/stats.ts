@@ -19,10 +19,11 @@ export function register(program: Command): void {
     .addHelpText(
       'after',
       `
-The numbers are QEMU's, read on the host: CPU from /proc/PID/stat, memory from
-/proc/PID/smaps_rollup (PSS counts pages shared with other forks of one snapshot 1/N), disk from
-QEMU's block statistics, network from the VM's tap (NET is -- with --network none and with
-user-mode networking, which counts nothing). A stopped VM shows 0% and --.
+The numbers are QEMU's, read on the host: CPU from /proc/PID/stat, memory
+from /proc/PID/smaps_rollup (PSS counts pages shared with other forks of one
+snapshot 1/N), disk from QEMU's block statistics, network from the VM's tap
+(NET is -- with --network none and with user-mode networking, which counts
+nothing). A stopped VM shows 0% and --.
 
 Examples:
   cell stats
