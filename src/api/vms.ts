@@ -2,7 +2,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import { created, empty, json, ndjson, route } from './contract.js';
 import { event, ExitEvent, OutputEvents, ProgressEvent, PullEvent, RefParams, RemoveQuery } from './common.js';
 
-/** VMs: create, run (attached), start, stop, remove, exec with stdin, logs. */
+/** VMs: create, run (attached), start, stop, remove, exec with stdin, logs, stats. */
 
 export const VmExit = Type.Object({
   exitCode: Type.Union([Type.Integer(), Type.Null()]),
@@ -241,6 +241,35 @@ export const LogEvent = event('log', {
 });
 export type LogEvent = Static<typeof LogEvent>;
 
+export const StatsQuery = Type.Object({
+  /** Keep sending a sample every second until the client goes away; without it, one sample. */
+  stream: Type.Optional(Type.Boolean()),
+});
+
+const Bytes = Type.Integer({ minimum: 0 });
+
+/** One VM's host-side resource use over the last second (`cell stats`; engine/vm-stats.ts). */
+export const VmStats = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  state: VmState,
+  /** When the sample was taken (RFC 3339). */
+  time: Type.String(),
+  /** Its QEMU's CPU use over the last second: 100 = one host core busy (two busy vCPUs approach 200). 0 when not running. */
+  cpuPercent: Type.Number({ minimum: 0 }),
+  cpus: Type.Integer(),
+  /** QEMU's resident memory (RSS), its proportional share (PSS: pages shared with forks of one snapshot counted 1/N), and the RAM the guest was given. Null when not running. */
+  memory: Type.Union([Type.Object({ rssBytes: Bytes, pssBytes: Bytes, guestBytes: Bytes }), Type.Null()]),
+  /** Bytes the guest read and wrote on its disks since its machine started. Null when not running. */
+  disk: Type.Union([Type.Object({ readBytes: Bytes, writeBytes: Bytes }), Type.Null()]),
+  /** Bytes its NIC received and sent since its machine started, from the guest's side. Null when not running, without a NIC, or with user-mode networking (which counts nothing). */
+  network: Type.Union([Type.Object({ rxBytes: Bytes, txBytes: Bytes }), Type.Null()]),
+});
+export type VmStats = Static<typeof VmStats>;
+
+export const StatsEvent = event('stats', { stats: VmStats });
+export type StatsEvent = Static<typeof StatsEvent>;
+
 export const vms = {
   list: route({ method: 'GET', path: '/v1/vms', summary: 'VM records (running ones, all with ?all=true)', query: ListQuery, reply: json(Type.Array(Vm)) }),
   get: route({ method: 'GET', path: '/v1/vms/:ref', summary: 'one VM record', params: RefParams, reply: json(Vm) }),
@@ -301,5 +330,13 @@ export const vms = {
     params: RefParams,
     query: LogsQuery,
     reply: ndjson(LogEvent),
+  }),
+  stats: route({
+    method: 'GET',
+    path: '/v1/vms/:ref/stats',
+    summary: "host-side CPU %, memory (RSS, PSS), disk and network bytes of a VM's QEMU over one second; ?stream=true: a sample every second until the client leaves",
+    params: RefParams,
+    query: StatsQuery,
+    reply: ndjson(StatsEvent),
   }),
 };

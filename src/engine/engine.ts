@@ -35,6 +35,7 @@ import { SparePool, type SparePoolOptions } from './spare-pool.js';
 import { Templates } from './templates.js';
 import { DEFAULT_LOG_MAX_BYTES } from './vm-logs.js';
 import { Vms } from './vms.js';
+import { VmStats } from './vm-stats.js';
 
 export interface EngineInfo {
   home: string;
@@ -114,6 +115,8 @@ export class Engine {
     readonly networks: Networks,
     readonly events: EventFeed,
     private readonly health: HealthMonitor,
+    /** `cell stats`: host-side CPU, memory, disk and network of VMs (vm-stats.ts). */
+    readonly stats: VmStats,
   ) {}
 
   /**
@@ -177,7 +180,8 @@ export class Engine {
     const networks = new Networks(ctx, vms);
     const feed = new EventFeed(events);
     const health = new HealthMonitor(ctx, vms, feed);
-    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health);
+    const stats = new VmStats({ vms, live: ctx.live, network: ctx.network });
+    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, stats);
     await reconcile(ctx);
     await sweepOrphans(ctx);
     await ctx.network.sweep(new Set(ctx.live.ids()));

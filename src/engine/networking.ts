@@ -10,6 +10,7 @@ import { EgressProxy, type EgressDecision } from '../network/egress-proxy.js';
 import { publishPort, type PortProxy } from '../network/port-proxy.js';
 import { bridgeFor, DEFAULT_BRIDGE, ensureUplink, PROXY_PORTS, removeBridge, type UplinkNetwork } from '../network/uplink.js';
 import { configureNamespace, countDropped, createNamespace, listNamespaces, namespaceExists, namespaceFor, ownNamespace, removeNamespace, type NamespaceLink, type VmNamespace } from '../network/vm-namespace.js';
+import { tapTraffic, type NicTraffic } from '../network/traffic.js';
 import type { NetworkRecord, NetworkStore } from '../store/lease-store.js';
 import type { VmStore } from '../store/vm-store.js';
 import type { MachineSpec } from '../vmm/backend.js';
@@ -58,6 +59,11 @@ export interface Networking {
   sweep(keep: ReadonlySet<string>): Promise<void>;
   /** Packets the machine's own rules dropped since it started; null where nothing counts them. */
   droppedPackets(id: string): Promise<number | null>;
+  /**
+   * Bytes the guest's NIC received and sent since its machine started (`cell stats`), for machine
+   * `id` whose VMM runs as `pid`; null where nothing counts them (no NIC, user-mode networking).
+   */
+  traffic(id: string, pid: number): Promise<NicTraffic | null>;
   close(): Promise<void>;
 }
 
@@ -94,6 +100,9 @@ export class NoNetworking implements Networking {
   }
   async sweep(): Promise<void> {}
   async droppedPackets(): Promise<null> {
+    return null;
+  }
+  async traffic(): Promise<null> {
     return null;
   }
   async close(): Promise<void> {}
@@ -393,6 +402,11 @@ export class HostNetworking implements Networking {
   async droppedPackets(id: string): Promise<number | null> {
     const ns = this.ns(id);
     return namespaceExists(ns) ? countDropped(ns) : null;
+  }
+
+  /** The counters of the namespace's tap, as QEMU (in the namespace) sees them; a VM without a NIC has no namespace. */
+  async traffic(id: string, pid: number): Promise<NicTraffic | null> {
+    return namespaceExists(this.ns(id)) ? tapTraffic(pid) : null;
   }
 
   async sweep(keep: ReadonlySet<string>): Promise<void> {

@@ -105,6 +105,11 @@ export class UserNetworking implements Networking {
     return null;
   }
 
+  /** QEMU's user-mode stack keeps no byte counters the host can read: null, not 0. */
+  async traffic(): Promise<null> {
+    return null;
+  }
+
   async close(): Promise<void> {
     this.picked.clear();
   }

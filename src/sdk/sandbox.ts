@@ -1,5 +1,5 @@
 import type { Snapshot } from '../api/snapshots.js';
-import type { RunRequest, Vm } from '../api/vms.js';
+import type { RunRequest, Vm, VmStats } from '../api/vms.js';
 import { CellClient, type ConnectOptions } from './client.js';
 import { isNotFound } from './errors.js';
 import type { RequestOptions } from './options.js';
@@ -192,10 +192,18 @@ export class Sandbox {
     this.vm = await this.client.vms.wait(this.vm.id, { until: 'healthy', ...opts });
   }
 
-  /** Until the VM has stopped; its `info.exit` then says how. */
+  /** Until its main command has exited or the VM stopped (docker wait); its `info.exit` then says how. */
   async wait(opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<Vm> {
     this.vm = await this.client.vms.wait(this.vm.id, opts);
     return this.vm;
+  }
+
+  /**
+   * Its host-side resource use over one second: QEMU's CPU % (100 = one core), memory RSS and PSS,
+   * disk and network bytes (null where not running or nothing counts them). Takes about a second.
+   */
+  getMetrics(opts: RequestOptions = {}): Promise<VmStats> {
+    return this.client.vms.stats(this.vm.id, opts);
   }
 
   /** Boots the stopped VM again. */

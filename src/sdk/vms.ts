@@ -1,7 +1,7 @@
-import { matchesLabels } from '../domain/labels.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import { matchesLabels } from '../domain/labels.js';
 import { Api } from '../api/routes.js';
-import type { RunRequest, Vm } from '../api/vms.js';
+import type { RunRequest, Vm, VmStats } from '../api/vms.js';
 import { execStream, runStream, type CommandResult, type LogEntry, type RunEventHandlers, type StdinSource } from './commands.js';
 import { toSeconds, type OutputHandlers, type RequestOptions } from './options.js';
 import type { Transport } from './transport.js';
@@ -148,5 +148,25 @@ export class VmsClient {
     for await (const event of this.transport.stream(vms.logs, { params: { ref }, query: { follow: opts.follow, tail: opts.tail, since: opts.since?.toISOString(), until: opts.until?.toISOString() } }, opts)) {
       yield { time: event.time, stream: event.stream, text: event.text };
     }
+  }
+
+  /**
+   * The VM's host-side resource use over one second (`cell stats --no-stream`): its QEMU's CPU %
+   * (100 = one core), memory RSS and PSS, disk and network bytes. A stopped VM gets CPU 0 and null
+   * memory, disk and network; takes about a second (CPU % needs two readings).
+   */
+  async stats(ref: string, opts: RequestOptions = {}): Promise<VmStats> {
+    for await (const event of this.transport.stream(vms.stats, { params: { ref }, query: {} }, opts)) return event.stats;
+    throw new CellError(ErrorCodes.NOT_FOUND, `VM ${ref} was removed`);
+  }
+
+  /**
+   * A sample every second until `signal` aborts or the VM is removed (`cell stats`); leaving the
+   * loop closes the request, and celld stops sampling:
+   *
+   *   for await (const s of client.vms.statsStream('web', { signal })) console.log(s.cpuPercent);
+   */
+  async *statsStream(ref: string, opts: RequestOptions = {}): AsyncGenerator<VmStats> {
+    for await (const event of this.transport.stream(vms.stats, { params: { ref }, query: { stream: true } }, opts)) yield event.stats;
   }
 }

@@ -72,6 +72,12 @@ export interface MachineHandle {
   files: MachineFiles;
 }
 
+/** A machine's disk traffic as its VMM counts it (QEMU: `query-blockstats`). */
+export interface DiskIo {
+  readBytes: number;
+  writeBytes: number;
+}
+
 /**
  * The control channel of one running machine (QMP for QEMU). Its closing is the one signal that
  * the machine ended, whether or not this process started it.
@@ -90,6 +96,8 @@ export interface MachineControl {
   saveState(path: string, opts: { withRam: boolean }): Promise<void>;
   /** Loads a state written by `saveState` into a machine started `incoming`; it stays paused. */
   loadState(path: string, opts: { withRam: boolean }): Promise<void>;
+  /** Bytes the guest has read from and written to its disks since the machine started (all disks added up). */
+  diskIo(): Promise<DiskIo>;
   /** Called once when the channel closes: the machine is gone, or `close` was called. */
   onClose(listener: () => void): void;
   /** Drops the close listeners (a machine handed from one owner to another). */

@@ -1,7 +1,9 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TestHome } from '../helpers/cell-home.js';
-import { CellClient, type CellEvent } from '../../src/sdk/index.js';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { CELL_BIN, TestHome } from '../helpers/cell-home.js';
+import { CellClient, type CellEvent, type VmStats } from '../../src/sdk/index.js';
 
 describe('VM lifecycle: run -d, exec, stop, start, rm, refs', () => {
   let h: TestHome;
@@ -277,5 +279,45 @@ describe('VM lifecycle: run -d, exec, stop, start, rm, refs', () => {
     const bad = await h.cell(['events', '--filter', 'colour=red']);
     assert.equal(bad.code, 1);
     assert.match(bad.stderr, /^error: --filter "colour=red": use KEY=VALUE with KEY one of vm, snapshot, type, event, label/);
+  });
+
+  test('stats: a busy loop in the guest shows as more CPU than idle, memory and disk are counted, the stream ends with Ctrl-C (exit 0), a stopped VM is a row of zeros', async (t) => {
+    const sample = async (...refs: string[]) =>
+      (await h.ok(['stats', '--no-stream', '--format', 'json', ...refs])).stdout
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line) as VmStats);
+    try {
+      await h.ok(['run', '-d', '--name', 'stats-box', 'busybox']);
+      const [idle] = await sample('stats-box');
+      await h.ok(['exec', 'stats-box', '--', 'sh', '-c', 'while :; do :; done >/dev/null 2>&1 &']);
+      const [busy] = await sample('stats-box');
+      t.diagnostic(`stats: idle ${idle!.cpuPercent}% CPU, busy ${busy!.cpuPercent}% CPU; RSS ${busy!.memory?.rssBytes}, PSS ${busy!.memory?.pssBytes}; disk ${JSON.stringify(busy!.disk)}`);
+      assert.ok(busy!.cpuPercent > idle!.cpuPercent, `busy ${busy!.cpuPercent}% > idle ${idle!.cpuPercent}%`);
+      assert.equal(busy!.state, 'running');
+      assert.ok(busy!.memory && busy!.memory.rssBytes > 0 && busy!.memory.pssBytes > 0, 'QEMU has resident memory');
+      assert.equal(busy!.memory.guestBytes, 256 * 1024 * 1024);
+      assert.ok(busy!.disk && busy!.disk.readBytes > 0, 'the guest read its disk');
+      assert.equal(busy!.network, null, 'no NIC (CELL_NETWORK=off): nothing to count');
+
+      // Streamed: a line per second until Ctrl-C, which is a normal end.
+      const child = spawn(CELL_BIN, ['stats', '--format', 'json', 'stats-box'], { env: h.env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const lines: VmStats[] = [];
+      let stderr = '';
+      child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+      const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+      for await (const line of createInterface({ input: child.stdout })) {
+        lines.push(JSON.parse(line) as VmStats);
+        if (lines.length === 2) child.kill('SIGINT');
+      }
+      assert.equal(await exited, 0, stderr);
+      assert.ok(lines.length >= 2 && lines.every((l) => l.name === 'stats-box' && l.cpuPercent > 0));
+
+      await h.ok(['stop', '-t', '0', 'stats-box']);
+      const [stopped] = await sample('stats-box');
+      assert.deepEqual({ ...stopped!, time: '' }, { id: busy!.id, name: 'stats-box', state: 'stopped', time: '', cpuPercent: 0, cpus: 1, memory: null, disk: null, network: null });
+    } finally {
+      await h.cell(['rm', '-f', 'stats-box']);
+    }
   });
 });

@@ -18,6 +18,7 @@ import type {
   AttachedMachine,
   Backend,
   BackendCapabilities,
+  DiskIo,
   MachineControl,
   MachineFiles,
   MachineSpec,
@@ -134,6 +135,14 @@ class FakeControl implements MachineControl {
     if (state.withRam !== opts.withRam) throw new CellError(ErrorCodes.SNAPSHOT_FAILED, 'restoring the VM state failed: RAM expected differently');
     // A machine that loads a state with its RAM gets that RAM into its (shared) memory file.
     if (opts.withRam) writeFileSync(this.machine.spec.memory.path, `ram of ${state.machine}`);
+  }
+
+  /** The fake's disk is this host's: the agent process's own I/O counters (/proc/PID/io) stand in. */
+  async diskIo(): Promise<DiskIo> {
+    this.live();
+    const io = readFileSync(`/proc/${this.machine.pid}/io`, 'utf8');
+    const field = (name: string) => Number(new RegExp(`^${name}: (\\d+)$`, 'm').exec(io)?.[1] ?? 0);
+    return { readBytes: field('rchar'), writeBytes: field('wchar') };
   }
 
   onClose(listener: () => void): void {

@@ -133,6 +133,28 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
       stream.fail(err);
     }
   });
+
+  statsRoute(app, engine);
+}
+
+/** `cell stats`: one sample over a second, or (stream) one per second until the client goes. */
+function statsRoute(app: FastifyInstance, engine: Engine): void {
+  serve(app, vms.stats, async (req, reply) => {
+    // Resolve before the stream opens so a bad ref is a plain HTTP error.
+    engine.vms.resolve(req.params.ref);
+    const stream = openStream(vms.stats, req, reply);
+    try {
+      // The stream's signal aborts when the client leaves, which clears the sampler's timer.
+      for await (const stats of engine.stats.stream(req.params.ref, { signal: stream.signal })) {
+        stream.send({ type: 'stats', stats });
+        if (!req.query.stream) break;
+        await stream.behind();
+      }
+      stream.end();
+    } catch (err) {
+      stream.fail(err);
+    }
+  });
 }
 
 function logOptions(query: Static<typeof LogsQuery>): LogReadOptions {

@@ -1,5 +1,6 @@
 import { statSync } from 'node:fs';
-import type { MachineControl } from '../backend.js';
+import type { DiskIo, MachineControl } from '../backend.js';
+import { sumBlockStats } from './block-stats.js';
 import { restoreState, saveState, type SocketPeer } from './migration.js';
 import type { QmpClient } from './qmp.js';
 
@@ -45,6 +46,11 @@ export class QmpControl implements MachineControl {
   loadState(path: string, opts: { withRam: boolean }): Promise<void> {
     if (!this.opts.incomingSocket) return Promise.reject(new Error('loadState: this machine was not started incoming'));
     return restoreState(this.qmp, path, { incomingSocket: this.opts.incomingSocket, ignoreShared: !opts.withRam });
+  }
+
+  /** The guest's disk traffic: `query-blockstats`, its drives added up (works on a paused machine too). */
+  async diskIo(): Promise<DiskIo> {
+    return sumBlockStats(await this.qmp.execute('query-blockstats'));
   }
 
   onClose(listener: () => void): void {

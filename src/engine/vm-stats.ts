@@ -1,0 +1,126 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import type { VmRecord, VmState } from '../domain/vm.js';
+import type { NicTraffic } from '../network/traffic.js';
+import type { DiskIo, MachineControl } from '../vmm/backend.js';
+import type { Networking } from './networking.js';
+import { cpuPercent, readProcess, type ProcessSample } from './proc-stats.js';
+
+/** One VM's resource use as the host sees it (`cell stats`, GET /v1/vms/:ref/stats). */
+export interface VmStatsRow {
+  id: string;
+  name: string;
+  state: VmState;
+  /** When the second of the two samples was taken. */
+  time: string;
+  /** Its VMM's CPU use over the interval: 100 = one core (a VM with two busy vCPUs approaches 200). 0 when not running. */
+  cpuPercent: number;
+  /** Its vCPUs (the most `cpuPercent` can reach is about 100 per vCPU, plus the VMM's own threads). */
+  cpus: number;
+  /** The VMM process's memory: RSS, PSS and the RAM the guest was given. Null when not running. */
+  memory: { rssBytes: number; pssBytes: number; guestBytes: number } | null;
+  /** Bytes the guest read and wrote on its disks since its machine started. Null when not running. */
+  disk: DiskIo | null;
+  /** Bytes its NIC received and sent since its machine started, from the guest's side. Null when not running, without a NIC, or with user-mode networking (nothing counts them). */
+  network: NicTraffic | null;
+}
+
+/** Samples are this far apart: one row per second, like docker stats. */
+export const STATS_INTERVAL_MS = 1000;
+
+/** What the sampler reads; each is a narrow view of an engine part, so tests hand in their own. */
+export interface VmStatsDeps {
+  vms: { resolve(ref: string): VmRecord; get(id: string): VmRecord | undefined };
+  /** The machines held now (LiveMachines): the VMM's pid and its control channel. */
+  live: { get(id: string): { pid: number; control: Pick<MachineControl, 'diskIo'> } | undefined };
+  network: Pick<Networking, 'traffic'>;
+  readProcess?: (pid: number) => Promise<ProcessSample | null>;
+  /** Monotonic milliseconds (intervals); the wall clock only names a row's time. */
+  now?: () => number;
+}
+
+interface Sample {
+  vm: VmRecord;
+  atMs: number;
+  time: Date;
+  /** Null: no machine (stopped, or gone since). */
+  process: ProcessSample | null;
+  disk: DiskIo | null;
+  network: NicTraffic | null;
+}
+
+export interface StatsStreamOptions {
+  signal?: AbortSignal;
+  intervalMs?: number;
+}
+
+/**
+ * Host-side stats of VMs, docker stats style. CPU % needs two readings of the VMM's CPU time, so
+ * the first row comes one interval after the call; the rest follow one per interval. A VM that is
+ * not running (or stops meanwhile) still gets rows: CPU 0 and null memory, disk and network, as
+ * docker shows a stopped container. Removing the VM ends the rows.
+ */
+export class VmStats {
+  private readonly readProcess: (pid: number) => Promise<ProcessSample | null>;
+  private readonly now: () => number;
+
+  constructor(private readonly deps: VmStatsDeps) {
+    this.readProcess = deps.readProcess ?? readProcess;
+    this.now = deps.now ?? (() => performance.now());
+  }
+
+  /** One row over one interval (`cell stats --no-stream`). */
+  async once(ref: string, opts: StatsStreamOptions = {}): Promise<VmStatsRow> {
+    for await (const row of this.stream(ref, opts)) return row;
+    if (opts.signal?.aborted) throw new CellError(ErrorCodes.CANCELLED, 'stats: cancelled');
+    throw new CellError(ErrorCodes.NOT_FOUND, `VM ${ref} was removed`);
+  }
+
+  /** A row per interval until `signal` aborts or the VM is removed; the pending timer goes with the abort. */
+  async *stream(ref: string, opts: StatsStreamOptions = {}): AsyncGenerator<VmStatsRow> {
+    const id = this.deps.vms.resolve(ref).id;
+    const interval = opts.intervalMs ?? STATS_INTERVAL_MS;
+    let prev = await this.sample(id);
+    while (prev && !opts.signal?.aborted) {
+      try {
+        await sleep(interval, undefined, { signal: opts.signal });
+      } catch {
+        return;
+      }
+      const next = await this.sample(id);
+      if (!next) return;
+      yield statsRow(prev, next);
+      prev = next;
+    }
+  }
+
+  /** The VM's record and its machine's counters now; null when the VM no longer exists. */
+  private async sample(id: string): Promise<Sample | null> {
+    const vm = this.deps.vms.get(id);
+    if (!vm) return null;
+    const atMs = this.now();
+    const time = new Date();
+    const live = this.deps.live.get(id);
+    if (!live) return { vm, atMs, time, process: null, disk: null, network: null };
+    const [process, disk, network] = await Promise.all([
+      this.readProcess(live.pid),
+      live.control.diskIo().catch(() => null),
+      this.deps.network.traffic(id, live.pid).catch(() => null),
+    ]);
+    // The process gone between the lookup and the reading: a machine that just ended.
+    if (!process) return { vm, atMs, time, process: null, disk: null, network: null };
+    return { vm, atMs, time, process, disk, network };
+  }
+}
+
+/** The row for the interval between two samples of one VM. */
+export function statsRow(prev: Pick<Sample, 'atMs' | 'process'>, next: Sample): VmStatsRow {
+  const { vm } = next;
+  const base = { id: vm.id, name: vm.name, state: vm.state, time: next.time.toISOString(), cpus: vm.spec.cpus };
+  if (!next.process) return { ...base, cpuPercent: 0, memory: null, disk: null, network: null };
+  const cpu = prev.process ? cpuPercent({ cpuSeconds: prev.process.cpuSeconds, atMs: prev.atMs }, { cpuSeconds: next.process.cpuSeconds, atMs: next.atMs }) : 0;
+  const memory = next.process.memory && { ...next.process.memory, guestBytes: vm.spec.memoryMib * 1024 * 1024 };
+  return { ...base, cpuPercent: round2(cpu), memory, disk: next.disk, network: next.network };
+}
+
+const round2 = (n: number) => Math.round(n * 100) / 100;
