@@ -62,6 +62,8 @@ export const HealthCheckRequest = Type.Object(
   { additionalProperties: false },
 );
 
+const IdleAction = Type.Union([Type.Literal('stop'), Type.Literal('pause')]);
+
 const HealthStatus = Type.Union([Type.Literal('starting'), Type.Literal('healthy'), Type.Literal('unhealthy')]);
 
 /** Where a VM's health check stands, with its last five probes (output capped at 4 KiB each). */
@@ -89,6 +91,15 @@ export const VmSpec = Type.Object({
   egress: Type.Optional(EgressPolicy),
   labels: Type.Optional(Type.Record(Type.String(), Type.String())),
   health: Type.Optional(HealthCheck),
+  /** `--ttl`, `--idle-timeout` in ms; `ttlSince`: when `update` last set the TTL. */
+  timeouts: Type.Optional(
+    Type.Object({
+      ttlMs: Type.Optional(Type.Integer()),
+      ttlSince: Type.Optional(Type.String()),
+      idleTimeoutMs: Type.Optional(Type.Integer()),
+      idleAction: Type.Optional(IdleAction),
+    }),
+  ),
   /** VMs started with `run --template`: which template, and whether they were forked warm or booted cold. */
   template: Type.Optional(
     Type.Object({ name: Type.String(), revision: Type.String(), start: Type.Union([Type.Literal('warm'), Type.Literal('cold')]), reason: Type.String() }),
@@ -125,6 +136,8 @@ export const Vm = Type.Object({
   ),
   /** Its health check's status and last probes (null or absent: no health check, or never started). */
   health: Type.Optional(Type.Union([HealthState, Type.Null()])),
+  /** When its TTL ends (GET of a running or paused VM with one). */
+  expiresAt: Type.Optional(Type.String()),
 });
 export type Vm = Static<typeof Vm>;
 
@@ -155,6 +168,11 @@ export const RunRequest = Type.Object(
     labels: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 64 })),
     /** A health check (`--health-cmd`): starting -> healthy | unhealthy, in inspect, ps and events. Forks keep their snapshot's unless given one. */
     health: Type.Optional(HealthCheckRequest),
+    /** Stopped (removed with autoRemove) this long after it started: 1 s to 365 d. */
+    ttlMs: Type.Optional(Type.Integer({ minimum: 0 })),
+    /** No exec, file copy or published-port traffic for this long: `idleAction` (stop by default). */
+    idleTimeoutMs: Type.Optional(Type.Integer({ minimum: 0 })),
+    idleAction: Type.Optional(IdleAction),
     /** Published ports; a host port of 0 is any free one. Without a host address: 127.0.0.1. */
     ports: Type.Optional(Type.Array(PortRequest, { maxItems: 64 })),
     /** Start from a template (`NAME` or `NAME:ROLE`): warm from its snapshot when it has one, else cold. */
@@ -177,6 +195,17 @@ export const ExecRequest = Type.Object(
   { additionalProperties: false },
 );
 export type ExecRequest = Static<typeof ExecRequest>;
+
+/** `cell update`: absent fields stay; 0 or null turns a limit off; a new TTL runs from now. */
+export const UpdateRequest = Type.Object(
+  {
+    ttlMs: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
+    idleTimeoutMs: Type.Optional(Type.Union([Type.Integer({ minimum: 0 }), Type.Null()])),
+    idleAction: Type.Optional(IdleAction),
+  },
+  { additionalProperties: false },
+);
+export type UpdateRequest = Static<typeof UpdateRequest>;
 
 export const StopRequest = Type.Object({ timeoutSec: Type.Optional(Type.Number({ minimum: 0 })) }, { additionalProperties: false });
 export type StopRequest = Static<typeof StopRequest>;
@@ -288,6 +317,14 @@ export const vms = {
     reply: ndjson(RunEvent),
   }),
   start: route({ method: 'POST', path: '/v1/vms/:ref/start', summary: 'boot a stopped VM again', params: RefParams, reply: json(Vm) }),
+  update: route({
+    method: 'POST',
+    path: '/v1/vms/:ref/update',
+    summary: 'change its time limits (ttlMs, idleTimeoutMs, idleAction), running or not',
+    params: RefParams,
+    body: UpdateRequest,
+    reply: json(Vm),
+  }),
   pause: route({ method: 'POST', path: '/v1/vms/:ref/pause', summary: "stop a running VM's vCPUs (its QEMU and RAM stay); exec is refused with vm_paused until unpause", params: RefParams, reply: json(Vm) }),
   unpause: route({ method: 'POST', path: '/v1/vms/:ref/unpause', summary: 'let a paused VM run on where it stopped', params: RefParams, reply: json(Vm) }),
   stop: route({

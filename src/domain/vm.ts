@@ -3,6 +3,7 @@ import { CellError, ErrorCodes } from './errors.js';
 import type { PortSpec, PublishedPort } from './network.js';
 import type { EgressPolicy } from './egress.js';
 import type { HealthCheck, HealthState } from './health.js';
+import type { VmTimeouts } from './timeouts.js';
 
 export type { VmState } from './vm-state.js';
 import type { VmState } from './vm-state.js';
@@ -38,6 +39,8 @@ export interface VmSpec {
   labels?: Record<string, string>;
   /** `--health-cmd` and friends (domain/health.ts); forks keep their snapshot's. */
   health?: HealthCheck;
+  /** `--ttl`, `--idle-timeout` (domain/timeouts.ts); forks keep their snapshot's; `cell update` changes them. */
+  timeouts?: VmTimeouts;
   /** Set on VMs started with `run --template`: which template and how (warm fork or cold boot). */
   template?: TemplateStart;
 }
@@ -115,6 +118,8 @@ export interface VmRecord {
   network?: VmNetwork | null;
   /** Where its health check stands (null: it has none, or it never ran). */
   health?: HealthState | null;
+  /** When its TTL ends (inspect of a running or paused VM with `--ttl`; computed, not stored). */
+  expiresAt?: string;
 }
 
 export interface VmNetwork {

@@ -10,6 +10,7 @@ import { VmStore } from '../store/vm-store.js';
 import { EventStore } from '../store/event-store.js';
 import { EventFeed } from './event-feed.js';
 import { HealthMonitor } from './health-monitor.js';
+import { TimeoutMonitor } from './vm-timeouts.js';
 import { waitForVm, type WaitOptions } from './vm-wait.js';
 import type { VmRecord } from '../domain/vm.js';
 import type { Backend } from '../vmm/backend.js';
@@ -115,6 +116,7 @@ export class Engine {
     readonly networks: Networks,
     readonly events: EventFeed,
     private readonly health: HealthMonitor,
+    private readonly timeouts: TimeoutMonitor,
     /** `cell stats`: host-side CPU, memory, disk and network of VMs (vm-stats.ts). */
     readonly stats: VmStats,
   ) {}
@@ -181,7 +183,8 @@ export class Engine {
     const feed = new EventFeed(events);
     const health = new HealthMonitor(ctx, vms, feed);
     const stats = new VmStats({ vms, live: ctx.live, network: ctx.network });
-    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, stats);
+    const timeouts = new TimeoutMonitor(ctx, vms);
+    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, timeouts, stats);
     await reconcile(ctx);
     await sweepOrphans(ctx);
     await ctx.network.sweep(new Set(ctx.live.ids()));
@@ -197,6 +200,8 @@ export class Engine {
     consoleCap.start();
     // After reconcile: the VMs a previous celld left running are probed on, with the health they had.
     health.start();
+    // Limits that ran out while no celld watched are enforced now.
+    timeouts.start();
     return engine;
   }
 
@@ -232,6 +237,7 @@ export class Engine {
 
   async close(): Promise<void> {
     this.health.close();
+    this.timeouts.close();
     this.consoleCap.stop();
     await this.spares.closeAll();
     // Published ports close with celld (VMs keep running; the next celld serves them again).

@@ -64,6 +64,8 @@ export interface Networking {
    * `id` whose VMM runs as `pid`; null where nothing counts them (no NIC, user-mode networking).
    */
   traffic(id: string, pid: number): Promise<NicTraffic | null>;
+  /** When a published port of machine `id` last carried traffic (ms; `--idle-timeout`); undefined: never, or it cannot tell. */
+  lastPortTraffic(id: string): number | undefined;
   close(): Promise<void>;
 }
 
@@ -102,6 +104,10 @@ export class NoNetworking implements Networking {
   async droppedPackets(): Promise<null> {
     return null;
   }
+  lastPortTraffic(): undefined {
+    return undefined;
+  }
+
   async traffic(): Promise<null> {
     return null;
   }
@@ -405,6 +411,11 @@ export class HostNetworking implements Networking {
   }
 
   /** The counters of the namespace's tap, as QEMU (in the namespace) sees them; a VM without a NIC has no namespace. */
+  lastPortTraffic(id: string): number | undefined {
+    const times = (this.proxies.get(id) ?? []).map((p) => p.lastTrafficAt).filter((t): t is number => t !== undefined);
+    return times.length > 0 ? Math.max(...times) : undefined;
+  }
+
   async traffic(id: string, pid: number): Promise<NicTraffic | null> {
     return namespaceExists(this.ns(id)) ? tapTraffic(pid) : null;
   }

@@ -1,5 +1,6 @@
 import { parseLabels } from '../domain/labels.js';
 import { validateHealthCheck } from '../domain/health.js';
+import { applyTimeouts, type TimeoutsRequest, type VmTimeouts } from '../domain/timeouts.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { validatePorts } from '../domain/network.js';
 import { validateName } from '../domain/ids.js';
@@ -108,6 +109,7 @@ export class Runs {
         ...(ports ? { ports } : {}),
         // A fork keeps its snapshot's health check unless given its own.
         ...(req.health ? { health: validateHealthCheck(req.health) } : {}),
+        ...forkTimeouts(snapshot.spec.timeouts, req),
       },
     });
     return vm!;
@@ -137,6 +139,7 @@ export class Runs {
       timeoutSec: req.timeoutSec ?? 0,
       autoRemove: req.autoRemove ?? false,
       ...(req.health ? { health: validateHealthCheck(req.health) } : {}),
+      ...forkTimeouts(undefined, req),
     });
   }
 
@@ -174,4 +177,11 @@ export class Runs {
     }
     return result;
   }
+}
+
+/** A fork's time limits: its snapshot's, with the run's own on top (each from the fork's start). */
+function forkTimeouts(inherited: VmTimeouts | undefined, req: TimeoutsRequest): { timeouts?: VmTimeouts } {
+  if (req.ttlMs === undefined && req.idleTimeoutMs === undefined && req.idleAction === undefined) return {};
+  // Undefined (`--ttl 0` on a snapshot that had one) overrides the snapshot's too.
+  return { timeouts: applyTimeouts(inherited, req) };
 }

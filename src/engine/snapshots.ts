@@ -38,7 +38,7 @@ export interface ForkOptions {
   /** The exact name of a single fork (`run --from --name`). */
   name?: string;
   /** Spec fields that differ from the snapshot's (`run --from`: the command, env, timeout, --rm). */
-  overrides?: Partial<Pick<VmRecord['spec'], 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'template' | 'ports' | 'health'>>;
+  overrides?: Partial<Pick<VmRecord['spec'], 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'template' | 'ports' | 'health' | 'timeouts'>>;
   /** Added to the snapshot's labels. */
   labels?: Labels;
   /** Each fork gets a private writable copy of the RAM (see RestoreRequest.copyMemory). */

@@ -184,7 +184,7 @@ export class Templates {
    * backend restores snapshots), else a cold boot of the built disk with the service started and
    * awaited. Its spec records which it was.
    */
-  async startVm(ref: string, name: string, overrides: Pick<VmSpec, 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'health'>): Promise<VmRecord> {
+  async startVm(ref: string, name: string, overrides: Pick<VmSpec, 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'health' | 'timeouts'>): Promise<VmRecord> {
     const { template, revision } = this.resolve(ref);
     const warm = revision.warmSnapshot ? this.snapshots.get(revision.warmSnapshot) : undefined;
     const canRestore = this.ctx.backend.capabilities.snapshots;
@@ -213,7 +213,7 @@ export class Templates {
   private async coldVm(
     revision: Pick<TemplateRevision, 'templateName' | 'diskSnapshot' | 'variant' | 'service'>,
     name: string,
-    overrides: Pick<VmSpec, 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'health'>,
+    overrides: Pick<VmSpec, 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'health' | 'timeouts'>,
     start: TemplateStart | undefined,
     signal?: AbortSignal,
   ): Promise<VmRecord> {

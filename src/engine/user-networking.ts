@@ -106,6 +106,11 @@ export class UserNetworking implements Networking {
   }
 
   /** QEMU's user-mode stack keeps no byte counters the host can read: null, not 0. */
+  /** QEMU's hostfwd relays published ports itself: celld does not see their traffic. */
+  lastPortTraffic(): undefined {
+    return undefined;
+  }
+
   async traffic(): Promise<null> {
     return null;
   }

@@ -32,6 +32,8 @@ import { VmLogs, type LogEntry } from './vm-logs.js';
 import { LogTail } from '../domain/log-window.js';
 import { initialHealth, validateHealthCheck, type HealthCheckRequest } from '../domain/health.js';
 import { exitInfo } from './vm-records.js';
+import { VmActivity } from './vm-activity.js';
+import { applyTimeouts, ttlDeadline, type IdleAction, type TimeoutsRequest } from '../domain/timeouts.js';
 
 export interface CreateVmRequest {
   image?: string;
@@ -58,6 +60,10 @@ export interface CreateVmRequest {
   labels?: string[];
   /** `--health-cmd` and friends. */
   health?: HealthCheckRequest;
+  /** `--ttl`, `--idle-timeout`, `--idle-action` (domain/timeouts.ts). */
+  ttlMs?: number;
+  idleTimeoutMs?: number;
+  idleAction?: IdleAction;
   /** A VM an engine operation makes and removes (an action's, a template build's): gone after a crash. */
   ephemeral?: boolean;
 }
@@ -91,6 +97,8 @@ export interface RestoreRequest {
  */
 export class Vms {
   readonly logs: VmLogs;
+  /** When each VM was last used, for `--idle-timeout` (engine/vm-timeouts.ts). */
+  readonly activity = new VmActivity();
 
   constructor(
     private readonly ctx: EngineContext,
@@ -114,7 +122,9 @@ export class Vms {
 
   /** `cell inspect`: the record, with what only its running machine's network can say. */
   async inspect(ref: string): Promise<VmRecord> {
-    const vm = this.resolve(ref);
+    const found = this.resolve(ref);
+    const deadline = isLive(found.state) ? ttlDeadline(found.spec.timeouts, found.startedAt) : undefined;
+    const vm = deadline === undefined ? found : { ...found, expiresAt: new Date(deadline).toISOString() };
     if (!isLive(vm.state) || !vm.network) return vm;
     const dropped = await this.ctx.network.droppedPackets(vm.id).catch(() => null);
     return dropped === null ? vm : { ...vm, network: { ...vm.network, droppedPackets: dropped } };
@@ -144,6 +154,7 @@ export class Vms {
     const egress = parseEgress(req.egress ?? []);
     const labels = parseLabels(req.labels);
     const health = req.health ? validateHealthCheck(req.health) : undefined;
+    const timeouts = applyTimeouts(undefined, req);
     if (egress && networks.length === 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'egress rules need a network: drop --network none or --egress');
     this.ctx.network.assertNetworks(networks, { egress: Boolean(egress) });
     await this.ctx.host.ensure();
@@ -170,6 +181,7 @@ export class Vms {
       ...(egress ? { egress } : {}),
       ...(labels ? { labels } : {}),
       ...(health ? { health } : {}),
+      ...(timeouts ? { timeouts } : {}),
     }, null, undefined, { ephemeral: req.ephemeral });
     this.ctx.stores.images.touch(image.reference, vm.createdAt);
     return vm;
@@ -324,7 +336,7 @@ export class Vms {
     validateEnv(opts.env ?? []);
     const agent = this.agentOf(vm);
     const { uid, gid } = parseUser(opts.user ?? vm.spec.user);
-    return runGuestCommand(
+    return this.activity.during(vm.id, () => runGuestCommand(
       agent,
       {
         argv: opts.cmd,
@@ -337,17 +349,21 @@ export class Vms {
         signal: opts.signal,
       },
       sink,
-    );
+    ));
   }
 
   /** `cell cp HOST VM:PATH`: a host file or directory into a running VM (docker cp's rules, cp-targets.ts). */
   copyIn(ref: string, hostPath: string, guestPath: string, host: HostFs = CELLD_HOST_FS): Promise<CopyResult> {
-    return copyIn(this.agentOf(this.resolve(ref)), hostPath, guestPath, host);
+    const vm = this.resolve(ref);
+    const agent = this.agentOf(vm);
+    return this.activity.during(vm.id, () => copyIn(agent, hostPath, guestPath, host));
   }
 
   /** `cell cp VM:PATH HOST`: a file or directory of a running VM onto the host, owned by `owner` when given. */
   copyOut(ref: string, guestPath: string, hostPath: string, owner?: Owner, host: HostFs = CELLD_HOST_FS): Promise<CopyResult> {
-    return copyOut(this.agentOf(this.resolve(ref)), guestPath, hostPath, owner, host);
+    const vm = this.resolve(ref);
+    const agent = this.agentOf(vm);
+    return this.activity.during(vm.id, () => copyOut(agent, guestPath, hostPath, owner, host));
   }
 
   statGuestPath(ref: string, path: string, follow = false): Promise<GuestStat> {
@@ -356,12 +372,16 @@ export class Vms {
 
   /** A regular file of a running VM, streamed; leaving the loop early cancels the read. */
   readGuestFile(ref: string, path: string, maxBytes = 0): AsyncGenerator<Buffer> {
-    return this.agentOf(this.resolve(ref)).readFile(path, { maxBytes });
+    const vm = this.resolve(ref);
+    this.activity.touch(vm.id);
+    return this.agentOf(vm).readFile(path, { maxBytes });
   }
 
   /** Creates or atomically replaces a file in a running VM; resolves with its size. */
   writeGuestFile(ref: string, path: string, meta: PutFileMeta, source: AsyncIterable<Buffer>): Promise<number> {
-    return this.agentOf(this.resolve(ref)).putFile(path, meta, source);
+    const vm = this.resolve(ref);
+    const agent = this.agentOf(vm);
+    return this.activity.during(vm.id, () => agent.putFile(path, meta, source));
   }
 
   /** The agent of a running VM. */
@@ -370,6 +390,15 @@ export class Vms {
     if (current.state === 'paused') throw new CellError(ErrorCodes.VM_PAUSED, `VM ${vm.name} is paused: cell unpause ${vm.name}`);
     if (current.state !== 'running') throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state})`);
     return this.ctx.live.require(vm.id).agent;
+  }
+
+  /**
+   * `cell update`: its time limits change, running or not. A new TTL runs from now (E2B's
+   * setTimeout); 0 or null turns a limit off.
+   */
+  update(ref: string, req: TimeoutsRequest): Promise<VmRecord> {
+    const vm = this.resolve(ref);
+    return this.withLock(vm.id, async () => this.ctx.stores.vms.setTimeouts(vm.id, (current) => applyTimeouts(current, req, new Date())));
   }
 
   /** `cell pause`: its vCPUs stop (no guest CPU time, its clocks stand still); QEMU and its RAM stay. */
@@ -392,11 +421,14 @@ export class Vms {
       if (current.state === 'running') return current;
       if (current.state !== 'paused') throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} is not paused (state: ${current.state})`);
       await this.ctx.live.require(vm.id).control.resume();
+      // Unpausing is a use: an idle timeout that paused it starts over.
+      this.activity.touch(vm.id);
       return this.ctx.stores.vms.setState(vm.id, 'running');
     });
   }
 
-  stop(ref: string, graceSec = 10): Promise<VmRecord> {
+  /** `reason` is the exit's when the main command left none: `stopped` (a user), `ttl`, `idle`. */
+  stop(ref: string, graceSec = 10, reason = 'stopped'): Promise<VmRecord> {
     const vm = this.resolve(ref);
     return this.withLock(vm.id, async () => {
       const { vms } = this.ctx.stores;
@@ -410,7 +442,7 @@ export class Vms {
       const stopped = vms.setState(vm.id, 'stopped', {
         stoppedAt: new Date().toISOString(),
         pid: null,
-        exit: vms.get(vm.id)!.exit ?? exitInfo('stopped'),
+        exit: vms.get(vm.id)!.exit ?? exitInfo(reason),
       });
       // Followers (`cell logs -f`) wake up, see the VM stopped and end.
       this.logs.end(vm.id);
@@ -440,6 +472,7 @@ export class Vms {
       })();
       this.logs.end(vm.id);
       this.logs.forget(vm.id);
+      this.activity.forget(vm.id);
       await rm(this.ctx.paths.vmDir(vm.id), { recursive: true, force: true });
       // It may have been the last VM on a snapshot the user removed already.
       if (current.baseSnapshot) await collectRetiredSnapshots(this.ctx, (id) => this.images.unpin('snapshot', id));

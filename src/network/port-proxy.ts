@@ -12,6 +12,8 @@ import type { PortSpec, PublishedPort } from '../domain/network.js';
  */
 export interface PortProxy {
   readonly port: PublishedPort;
+  /** When a connection or datagram last passed (ms; `--idle-timeout`), undefined before the first. */
+  readonly lastTrafficAt: number | undefined;
   close(): Promise<void>;
 }
 
@@ -33,6 +35,8 @@ function bindError(spec: PortSpec, err: NodeJS.ErrnoException): CellError {
 
 async function publishTcp(spec: PortSpec, target: string): Promise<PortProxy> {
   const sockets = new Set<Socket>();
+  let lastTrafficAt: number | undefined;
+  const seen = () => (lastTrafficAt = Date.now());
   // Half-open both ways, as TCP itself: one side's EOF is passed on once what it sent is written,
   // and the other may still answer (a client that sends a request, shuts down its writing side and
   // reads the reply: nc, a sink that counts). Each socket closes once both of its directions have
@@ -41,6 +45,9 @@ async function publishTcp(spec: PortSpec, target: string): Promise<PortProxy> {
     if (sockets.size >= MAX_CONNECTIONS) return client.destroy();
     const upstream = connect({ host: target, port: spec.guestPort, allowHalfOpen: true });
     sockets.add(client).add(upstream);
+    seen();
+    client.on('data', seen);
+    upstream.on('data', seen);
     const fail = () => {
       client.destroy();
       upstream.destroy();
@@ -59,6 +66,9 @@ async function publishTcp(spec: PortSpec, target: string): Promise<PortProxy> {
   const hostPort = typeof address === 'object' && address ? address.port : spec.hostPort;
   return {
     port: { ...spec, hostPort },
+    get lastTrafficAt() {
+      return lastTrafficAt;
+    },
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy();
@@ -69,6 +79,7 @@ async function publishTcp(spec: PortSpec, target: string): Promise<PortProxy> {
 
 async function publishUdp(spec: PortSpec, target: string): Promise<PortProxy> {
   const front = createSocket('udp4');
+  let lastTrafficAt: number | undefined;
   const clients = new Map<string, { socket: UdpSocket; timer: NodeJS.Timeout }>();
   const drop = (key: string) => {
     const c = clients.get(key);
@@ -80,6 +91,7 @@ async function publishUdp(spec: PortSpec, target: string): Promise<PortProxy> {
   front.on('message', (msg, from) => {
     // Port 0 cannot be answered (dgram's send throws on it, in a handler: celld would end).
     if (from.port === 0) return;
+    lastTrafficAt = Date.now();
     const key = `${from.address}:${from.port}`;
     let c = clients.get(key);
     if (!c) {
@@ -104,6 +116,9 @@ async function publishUdp(spec: PortSpec, target: string): Promise<PortProxy> {
   });
   return {
     port: { ...spec, hostPort: front.address().port },
+    get lastTrafficAt() {
+      return lastTrafficAt;
+    },
     close: async () => {
       for (const key of [...clients.keys()]) drop(key);
       front.close();

@@ -57,7 +57,7 @@ export { CommandHandle, type OutputChunk } from './command-handle.js';
 export { SandboxFiles, type FileEntry, type MkdirOptions } from './sandbox-files.js';
 export * from './errors.js';
 export { CellError, ErrorCodes, isCellError, type ErrorCode } from '../domain/errors.js';
-export type { Vm, VmStats, RunRequest, ExecRequest, RunEvent, ExecEvent } from '../api/vms.js';
+export type { Vm, VmStats, RunRequest, UpdateRequest, ExecRequest, RunEvent, ExecEvent } from '../api/vms.js';
 export type { Snapshot } from '../api/snapshots.js';
 export type { NetworkView, CreateNetworkRequest } from '../api/networks.js';
 export type { Image, ImageRef } from '../api/images.js';

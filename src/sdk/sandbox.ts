@@ -178,6 +178,14 @@ export class Sandbox {
     this.vm = await this.client.vms.pause(this.vm.id, opts);
   }
 
+  /**
+   * Stops the sandbox (removes it, if created with autoRemove) `timeoutMs` from now, as E2B's
+   * setTimeout; 0 turns the limit off. Survives celld restarts.
+   */
+  async setTimeout(timeoutMs: number, opts: RequestOptions = {}): Promise<void> {
+    this.vm = await this.client.vms.update(this.vm.id, { ttlMs: Math.max(0, Math.round(timeoutMs)) }, opts);
+  }
+
   /** Lets a paused VM run on. */
   async resume(opts: RequestOptions = {}): Promise<void> {
     this.vm = await this.client.vms.unpause(this.vm.id, opts);

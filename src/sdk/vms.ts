@@ -1,7 +1,7 @@
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { matchesLabels } from '../domain/labels.js';
 import { Api } from '../api/routes.js';
-import type { RunRequest, Vm, VmStats } from '../api/vms.js';
+import type { RunRequest, UpdateRequest, Vm, VmStats } from '../api/vms.js';
 import { execStream, runStream, type CommandResult, type LogEntry, type RunEventHandlers, type StdinSource } from './commands.js';
 import { toSeconds, type OutputHandlers, type RequestOptions } from './options.js';
 import type { Transport } from './transport.js';
@@ -93,6 +93,14 @@ export class VmsClient {
    */
   run(spec: VmSpec, opts: VmRunOptions = {}): Promise<CommandResult & { vm: Vm }> {
     return runStream(this.transport.stream(vms.run, { body: runRequest(spec) }, opts), opts);
+  }
+
+  /**
+   * `cell update`: its time limits, running or not. `ttlMs` runs from now (E2B's setTimeout);
+   * 0 or null turns a limit off; absent fields stay as they are.
+   */
+  update(ref: string, limits: UpdateRequest, opts: RequestOptions = {}): Promise<Vm> {
+    return this.transport.call(vms.update, { params: { ref }, body: limits }, opts);
   }
 
   /** Stops its vCPUs (QEMU and its RAM stay); exec fails with `vm_paused` until `unpause`. */

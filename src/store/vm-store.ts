@@ -47,8 +47,8 @@ function fromRow(row: VmRow): VmRecord {
 export type VmPatch = Partial<Pick<VmRecord, 'startedAt' | 'stoppedAt' | 'pid' | 'accelerator' | 'exit' | 'baseSnapshot' | 'health'>>;
 
 /** The columns a new record is inserted with: its network view comes from the leases table, its health from probes. */
-function withoutRecordOnly(vm: VmRecord): Omit<VmRecord, 'network' | 'health'> {
-  const { network: _, health: __, ...rest } = vm;
+function withoutRecordOnly(vm: VmRecord): Omit<VmRecord, 'network' | 'health' | 'expiresAt'> {
+  const { network: _, health: __, expiresAt: ___, ...rest } = vm;
   return rest;
 }
 
@@ -137,7 +137,28 @@ export class VmStore extends EventEmitter {
     return this.db.prepare('SELECT 1 FROM vms WHERE name = ?').get(name) !== undefined;
   }
 
-  /** A VM's networks change (connect, disconnect): the one part of its spec that does. */
+  /**
+   * `cell update`: its time limits change (domain/timeouts.ts), with an `update` event in the same
+   * transaction; `change` gets the current ones and returns the new (it may throw: nothing changes).
+   */
+  setTimeouts(id: string, change: (current: VmSpec['timeouts']) => VmSpec['timeouts']): VmRecord {
+    return this.db.transaction(() => {
+      const current = this.get(id);
+      if (!current) throw new CellError(ErrorCodes.NOT_FOUND, `no such VM: ${id}`);
+      const { timeouts: _, ...rest } = current.spec;
+      const timeouts = change(current.spec.timeouts);
+      this.db.prepare('UPDATE vms SET spec = ? WHERE id = ?').run(JSON.stringify({ ...rest, ...(timeouts ? { timeouts } : {}) }), id);
+      const next = this.get(id)!;
+      queueMicrotask(() => this.emit('changed', id));
+      const attributes: Record<string, string> = {};
+      if (timeouts?.ttlMs) attributes.ttlMs = String(timeouts.ttlMs);
+      if (timeouts?.idleTimeoutMs) attributes.idleTimeoutMs = String(timeouts.idleTimeoutMs);
+      this.recordEvent(next, 'update', attributes);
+      return next;
+    })();
+  }
+
+  /** A VM's networks change (connect, disconnect). */
   setNetworks(id: string, networks: string[]): VmRecord {
     const current = this.get(id);
     if (!current) throw new CellError(ErrorCodes.NOT_FOUND, `no such VM: ${id}`);

@@ -14,7 +14,7 @@ test('the subcommand is the first operand after global options', () => {
 test('only the named command module loads; help and unknown names load all', () => {
   const names = (args: string[]) => groupsFor(args).flatMap((g) => g.names);
   assert.deepEqual(names(['run', 'busybox', 'ps']), ['run']);
-  assert.deepEqual(names(['--home', 'x', 'rm', '-f', 'a']), ['ps', 'inspect', 'port', 'logs', 'stop', 'wait', 'start', 'pause', 'unpause', 'rm']);
+  assert.deepEqual(names(['--home', 'x', 'rm', '-f', 'a']), ['ps', 'inspect', 'port', 'logs', 'stop', 'wait', 'update', 'start', 'pause', 'unpause', 'rm']);
   assert.deepEqual(names(['help', 'exec']), ['exec']);
   assert.deepEqual(names(['--version']), []);
   assert.equal(groupsFor(['--help']).length, COMMAND_GROUPS.length);

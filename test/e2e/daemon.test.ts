@@ -74,6 +74,25 @@ describe('daemon restarts, logs -f and Ctrl-C', () => {
     assert.deepEqual(h.qemuPids(), []);
   });
 
+  test('a --ttl that runs out while celld is down removes the --rm VM once celld is back; update changes the limits', async () => {
+    await h.ok(['run', '-d', '--rm', '--name', 'brief', '--ttl', '1h', 'busybox']);
+    assert.equal((await h.ok(['update', '--ttl', '6s', '--idle-timeout', '10m', 'brief'])).stdout, 'brief\n');
+    const [vm] = JSON.parse((await h.ok(['inspect', 'brief'])).stdout) as { spec: { timeouts: { ttlMs: number; idleTimeoutMs: number } }; expiresAt: string }[];
+    assert.deepEqual([vm!.spec.timeouts.ttlMs, vm!.spec.timeouts.idleTimeoutMs], [6000, 600_000]);
+    const left = Date.parse(vm!.expiresAt) - Date.now();
+    assert.ok(left > 3000 && left <= 6000, `the new TTL runs from the update: ${left} ms left`);
+    assert.match((await h.cell(['update', 'brief'])).stderr, /^error: nothing to change: give --ttl/);
+
+    const daemon = h.daemonPid()!;
+    process.kill(daemon, 'SIGTERM');
+    assert.ok(await waitFor(() => !alive(daemon), 5000), 'celld stopped');
+    await new Promise((r) => setTimeout(r, Math.max(0, Date.parse(vm!.expiresAt) - Date.now()) + 500));
+    assert.equal(h.qemuPids().length, 1, 'nothing ends it while no celld runs');
+    await h.ok(['ps']); // starts the next celld
+    assert.ok(await waitFor(async () => !(await h.ok(['ps', '-a'])).stdout.includes('brief'), 30_000, 500), 'the next celld removed it');
+    assert.deepEqual(h.qemuPids(), []);
+  });
+
   test('pause stops the guest (a counter stands still, exec is refused with the reason), stays paused across a celld restart, unpause runs it on; stop and rm -f take a paused VM', async () => {
     const testStart = new Date();
     await h.ok(['run', '-d', '--name', 'napper', 'busybox']);

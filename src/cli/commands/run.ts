@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import type { CellClient, Vm, VmSpec } from '../../sdk/index.js';
 import { parsePortSpec } from '../../domain/network.js';
-import { byteSize, collect, durationMs, EXIT_FAILURE, EXIT_RUN_FAILED, milliseconds, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
+import { byteSize, collect, durationMs, EXIT_FAILURE, oneOf, EXIT_RUN_FAILED, milliseconds, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
 import { commandExit, connect, interruptible, passThrough } from '../context.js';
 
 export interface RunFlags {
@@ -29,6 +29,9 @@ export interface RunFlags {
   healthTimeout?: number;
   healthRetries?: number;
   healthStartPeriod?: number;
+  ttl?: number;
+  idleTimeout?: number;
+  idleAction?: 'stop' | 'pause';
 }
 
 /** `cell run` flags and operands as the SDK's VM spec (pure, unit-tested). */
@@ -64,6 +67,9 @@ export function toVmSpec(args: string[], flags: RunFlags): VmSpec {
   if (flags.label?.length) req.labels = flags.label;
   const health = healthCheck(flags);
   if (health) req.health = health;
+  if (flags.ttl !== undefined) req.ttlMs = flags.ttl;
+  if (flags.idleTimeout !== undefined) req.idleTimeoutMs = flags.idleTimeout;
+  if (flags.idleAction !== undefined) req.idleAction = flags.idleAction;
   return req;
 }
 
@@ -114,6 +120,9 @@ export function register(program: Command): void {
     .option('--health-timeout <duration>', 'a check running longer fails (default 30s)', durationMs('--health-timeout'))
     .option('--health-retries <n>', 'failures in a row that make it unhealthy (default 3)', wholeNumber('--health-retries'))
     .option('--health-start-period <duration>', 'failures this soon after boot do not count (default 0s)', durationMs('--health-start-period'))
+    .option('--ttl <duration>', 'stop the VM this long after it starts (with --rm: remove it), e.g. 30m; cell update changes it', durationMs('--ttl'))
+    .option('--idle-timeout <duration>', 'after this long without exec, cp or published-port traffic: --idle-action', durationMs('--idle-timeout'))
+    .option('--idle-action <stop|pause>', 'what an idle timeout does: stop (default) or pause (no CPU; RAM kept)', oneOf('--idle-action', ['stop', 'pause']))
     .option('--rm', 'remove the VM when the command ends')
     .option('-d, --detach', 'print the VM id and leave it running (exec into it later)')
     .option('--from <snapshot>', 'fork this snapshot instead of booting an image')
@@ -141,6 +150,7 @@ Examples:
   cell run --rm --timeout 5 -e MODE=test busybox -- ./run-tests.sh
   cell run --rm --from warm -- cat /etc/hostname
   cell run --rm --template web:server -- wget -q -O- http://127.0.0.1:8080/
+  cell run -d --rm --ttl 1h --idle-timeout 10m busybox      # gone after an hour, or 10 idle minutes
   cell run -d --name web -p 8080:80 --health-cmd 'wget -q -O /dev/null http://127.0.0.1/' \\
       --health-interval 2s nginx && cell wait --healthy --timeout 60s web`,
     )

@@ -158,6 +158,40 @@ Examples:
     );
 
   program
+    .command('update')
+    .description("change VMs' time limits, running or stopped: a new --ttl runs from now (0 turns a limit off)")
+    .summary("change VMs' time limits (--ttl, --idle-timeout)")
+    .argument('<vm...>', 'VM names, ids, or id prefixes')
+    .option('--ttl <duration>', 'stop it this long from now (with run --rm: remove it), e.g. 30m; 0: no TTL', durationMs('--ttl'))
+    .option('--idle-timeout <duration>', 'after this long without exec, cp or published-port traffic: its idle action; 0: none', durationMs('--idle-timeout'))
+    .option('--idle-action <stop|pause>', 'what its idle timeout does: stop or pause (no CPU; RAM kept)', oneOf('--idle-action', ['stop', 'pause']))
+    .addHelpText(
+      'after',
+      `
+The limits are kept with the VM and enforced by celld once a second, across restarts (a TTL
+that ran out while celld was down is enforced when it is back; idle time counts from its
+start). cell inspect shows them (spec.timeouts) and when the TTL ends (expiresAt).
+
+Examples:
+  cell update --ttl 2h box                 # box stops two hours from now
+  cell update --ttl 0 box                  # no TTL any more
+  cell update --idle-timeout 15m --idle-action pause $(cell ps -q)`,
+    )
+    .action(
+      withClient(async (client, refs: string[], flags: { ttl?: number; idleTimeout?: number; idleAction?: 'stop' | 'pause' }) => {
+        const limits = {
+          ...(flags.ttl !== undefined ? { ttlMs: flags.ttl } : {}),
+          ...(flags.idleTimeout !== undefined ? { idleTimeoutMs: flags.idleTimeout } : {}),
+          ...(flags.idleAction !== undefined ? { idleAction: flags.idleAction } : {}),
+        };
+        if (Object.keys(limits).length === 0) throw new UsageError('nothing to change: give --ttl, --idle-timeout or --idle-action');
+        await forEachRef(refs, async (ref) => {
+          process.stdout.write(`${(await client.vms.update(ref, limits)).name}\n`);
+        });
+      }),
+    );
+
+  program
     .command('start')
     .description('boot stopped VMs again, with their disks as they were left (the main command is not re-run)')
     .summary('boot stopped VMs again')
