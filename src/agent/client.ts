@@ -197,14 +197,17 @@ export class AgentClient extends EventEmitter {
     };
     tick();
     const timer = setInterval(tick, intervalMs);
+    let expiry: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
         ready,
-        new Promise<never>((_, reject) =>
-          setTimeout(() => reject(new CellError(ErrorCodes.BOOT_TIMEOUT, 'the guest agent did not answer')), Math.max(0, deadline - Date.now())),
-        ),
+        new Promise<never>((_, reject) => {
+          expiry = setTimeout(() => reject(new CellError(ErrorCodes.BOOT_TIMEOUT, 'the guest agent did not answer')), Math.max(0, deadline - Date.now()));
+        }),
       ]);
     } finally {
+      // Left running, the deadline's timer would hold a process that is done for the whole boot timeout.
+      clearTimeout(expiry);
       clearInterval(timer);
       this.channel.forgetReply(id);
     }
