@@ -62,7 +62,7 @@ export const HealthCheckRequest = Type.Object(
   { additionalProperties: false },
 );
 
-const IdleAction = Type.Union([Type.Literal('stop'), Type.Literal('pause')]);
+const IdleAction = Type.Union([Type.Literal('stop'), Type.Literal('pause'), Type.Literal('pause-to-disk')]);
 
 const HealthStatus = Type.Union([Type.Literal('starting'), Type.Literal('healthy'), Type.Literal('unhealthy')]);
 
@@ -113,6 +113,8 @@ export const VmState = Type.Union([
   Type.Literal('paused'),
   Type.Literal('stopping'),
   Type.Literal('stopped'),
+  /** Paused to disk (`pause --to-disk`): no QEMU, its memory in a snapshot until unpause. */
+  Type.Literal('suspended'),
 ]);
 
 export const Vm = Type.Object({
@@ -206,6 +208,14 @@ export const UpdateRequest = Type.Object(
   { additionalProperties: false },
 );
 export type UpdateRequest = Static<typeof UpdateRequest>;
+
+export const PauseRequest = Type.Object(
+  {
+    /** Save its memory to disk and end its QEMU (the host's RAM is freed); unpause restores it under the same id. */
+    toDisk: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
 
 export const StopRequest = Type.Object({ timeoutSec: Type.Optional(Type.Number({ minimum: 0 })) }, { additionalProperties: false });
 export type StopRequest = Static<typeof StopRequest>;
@@ -325,8 +335,15 @@ export const vms = {
     body: UpdateRequest,
     reply: json(Vm),
   }),
-  pause: route({ method: 'POST', path: '/v1/vms/:ref/pause', summary: "stop a running VM's vCPUs (its QEMU and RAM stay); exec is refused with vm_paused until unpause", params: RefParams, reply: json(Vm) }),
-  unpause: route({ method: 'POST', path: '/v1/vms/:ref/unpause', summary: 'let a paused VM run on where it stopped', params: RefParams, reply: json(Vm) }),
+  pause: route({
+    method: 'POST',
+    path: '/v1/vms/:ref/pause',
+    summary: "stop a running VM's vCPUs (its QEMU and RAM stay), or with toDisk save its memory to disk and end its QEMU (state suspended); exec is refused with vm_paused until unpause",
+    params: RefParams,
+    body: PauseRequest,
+    reply: json(Vm),
+  }),
+  unpause: route({ method: 'POST', path: '/v1/vms/:ref/unpause', summary: 'let a paused VM run on where it stopped; a suspended one is restored from its memory first', params: RefParams, reply: json(Vm) }),
   stop: route({
     method: 'POST',
     path: '/v1/vms/:ref/stop',

@@ -32,6 +32,8 @@ export function transitionEvent(before: VmRecord, after: VmRecord): NewEvent | n
       return before.state === 'paused' ? vm('unpause') : vm('start', after.accelerator ? { accelerator: after.accelerator } : {});
     case 'paused':
       return vm('pause');
+    case 'suspended':
+      return vm('pause', { toDisk: 'true', ...(after.baseSnapshot ? { snapshot: after.baseSnapshot } : {}) });
     case 'stopping':
       return vm('stop');
     case 'stopped': {

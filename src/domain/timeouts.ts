@@ -6,7 +6,8 @@ import { formatDuration } from './duration.js';
  * - `ttlMs`: it is stopped (removed with `--rm`) this long after it started, or after the last
  *   `cell update --ttl` if that came later (E2B's setTimeout: the clock starts over);
  * - `idleTimeoutMs`: no exec, file copy or published-port traffic for this long, then
- *   `idleAction` (stop, or pause: its vCPUs stop, no CPU used).
+ *   `idleAction` (stop; pause: its vCPUs stop, no CPU used; pause-to-disk: its memory goes to disk
+ *   and its QEMU ends, freeing the host's RAM too).
  * Part of the spec, so forks keep them and a celld restart enforces them.
  */
 export interface VmTimeouts {
@@ -17,8 +18,8 @@ export interface VmTimeouts {
   idleAction?: IdleAction;
 }
 
-export type IdleAction = 'stop' | 'pause';
-export const IDLE_ACTIONS: readonly IdleAction[] = ['stop', 'pause'];
+export type IdleAction = 'stop' | 'pause' | 'pause-to-disk';
+export const IDLE_ACTIONS: readonly IdleAction[] = ['stop', 'pause', 'pause-to-disk'];
 
 /** What a user gives: absent leaves a field as it is, 0 or null clears it. */
 export interface TimeoutsRequest {
@@ -56,7 +57,7 @@ export function applyTimeouts(current: VmTimeouts | undefined, req: TimeoutsRequ
     if (req.idleTimeoutMs) next.idleTimeoutMs = checked(req.idleTimeoutMs, '--idle-timeout');
   }
   if (req.idleAction !== undefined) {
-    if (!IDLE_ACTIONS.includes(req.idleAction)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--idle-action must be stop or pause, not ${JSON.stringify(req.idleAction)}`);
+    if (!IDLE_ACTIONS.includes(req.idleAction)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--idle-action must be stop, pause or pause-to-disk, not ${JSON.stringify(req.idleAction)}`);
     next.idleAction = req.idleAction;
   }
   if (req.idleAction !== undefined && !next.idleTimeoutMs) throw new CellError(ErrorCodes.INVALID_ARGUMENT, '--idle-action needs --idle-timeout');

@@ -12,8 +12,11 @@ import { CellError, ErrorCodes } from './errors.js';
  *                  │  │      paused ─────────┘ (stop, rm -f)│
  *                  │  └─────────┼───────────────────────────┘  (start, restore)
  *                  └────────────┴──────────► stopped            (boot failed, crashed, snapshot, lost)
+ *
+ *   pause --to-disk: running ──► stopped (its snapshot) ──► suspended ──► starting (unpause: restored)
+ *                                                              └──────► stopped (stop: memory let go)
  */
-export const VM_STATES = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped'] as const;
+export const VM_STATES = ['created', 'starting', 'running', 'paused', 'stopping', 'stopped', 'suspended'] as const;
 export type VmState = (typeof VM_STATES)[number];
 
 /** Why each edge exists: the engine step that takes it. */
@@ -35,7 +38,14 @@ export const VM_TRANSITIONS: Readonly<Record<VmState, Readonly<Partial<Record<Vm
     stopped: 'QEMU exited on its own, or was lost across a daemon restart',
   },
   stopping: { stopped: 'QEMU ended' },
-  stopped: { starting: 'start, restore, or resume after a snapshot' },
+  stopped: {
+    starting: 'start, restore, or resume after a snapshot',
+    suspended: 'pause --to-disk: the snapshot that ended its QEMU keeps its memory',
+  },
+  suspended: {
+    starting: 'unpause: restored from its memory under the same id and name',
+    stopped: 'stop: its saved memory is let go; start boots its disk',
+  },
 };
 
 export function canTransition(from: VmState, to: VmState): boolean {

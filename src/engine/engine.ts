@@ -11,6 +11,7 @@ import { EventStore } from '../store/event-store.js';
 import { EventFeed } from './event-feed.js';
 import { HealthMonitor } from './health-monitor.js';
 import { TimeoutMonitor } from './vm-timeouts.js';
+import { Suspends } from './vm-suspend.js';
 import { waitForVm, type WaitOptions } from './vm-wait.js';
 import type { VmRecord } from '../domain/vm.js';
 import type { Backend } from '../vmm/backend.js';
@@ -119,6 +120,8 @@ export class Engine {
     private readonly timeouts: TimeoutMonitor,
     /** `cell stats`: host-side CPU, memory, disk and network of VMs (vm-stats.ts). */
     readonly stats: VmStats,
+    /** `cell pause --to-disk` and the unpause that restores it (vm-suspend.ts). */
+    readonly suspends: Suspends,
   ) {}
 
   /**
@@ -183,8 +186,9 @@ export class Engine {
     const feed = new EventFeed(events);
     const health = new HealthMonitor(ctx, vms, feed);
     const stats = new VmStats({ vms, live: ctx.live, network: ctx.network });
-    const timeouts = new TimeoutMonitor(ctx, vms);
-    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, timeouts, stats);
+    const suspends = new Suspends(ctx, vms, snapshots);
+    const timeouts = new TimeoutMonitor(ctx, vms, (id) => suspends.suspend(id));
+    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, timeouts, stats, suspends);
     await reconcile(ctx);
     await sweepOrphans(ctx);
     await ctx.network.sweep(new Set(ctx.live.ids()));

@@ -1,4 +1,5 @@
 import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { EngineContext } from './context.js';
 
 /**
@@ -21,4 +22,10 @@ export async function collectRetiredSnapshots(ctx: Pick<EngineContext, 'db' | 's
       removed.push(snapshot.id);
     }
   }
+}
+
+/** A suspend snapshot's RAM and device state (vm-suspend.ts), once its VM runs on its own copy or was stopped: its disk layer stays. */
+export async function dropSavedMemory(dir: string): Promise<void> {
+  await rm(join(dir, 'memory'), { force: true });
+  await rm(join(dir, 'state'), { force: true });
 }

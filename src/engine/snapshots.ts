@@ -86,33 +86,37 @@ export class Snapshots {
   take(vmRef: string, opts: TakeSnapshotOptions = {}): Promise<SnapshotRecord> {
     const vm = this.vms.resolve(vmRef);
     if (opts.name !== undefined) validateName(opts.name);
-    return this.ctx.locks.run(vm.id, async () => {
-      const { stores } = this.ctx;
-      const current = stores.vms.get(vm.id)!;
-      if (current.state === 'paused') throw new CellError(ErrorCodes.VM_PAUSED, `VM ${vm.name} is paused: unpause it to snapshot it (cell unpause ${vm.name})`);
-      if (current.state !== 'running') {
-        throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): only a running VM can be snapshotted`);
-      }
-      const name = opts.name ?? `${vm.name}-snap-${randomBytes(2).toString('hex')}`;
-      if (stores.snapshots.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another snapshot`);
-      const ready = await this.ctx.host.ensure();
-      const intent: SnapshotIntent = {
-        vm: vm.id,
-        resume: !opts.stop,
-        record: {
-          id: newId(),
-          name,
-          parentVm: vm.id,
-          parentVmName: vm.name,
-          parentSnapshot: current.baseSnapshot,
-          spec: { ...current.spec, ...labelsOf(mergeLabels(current.spec.labels, opts.labels)) },
-          compat: compatKey(this.ctx, ready),
-          createdAt: new Date().toISOString(),
-        },
-        ...(opts.cache ? { cache: opts.cache } : {}),
-      };
-      return takeSnapshot(this.ctx, this.vms, this.images, current, intent);
-    });
+    return this.ctx.locks.run(vm.id, () => this.takeLocked(vm.id, opts));
+  }
+
+  /** `take` with the VM's lock held (vm-suspend.ts takes it for more than the snapshot). */
+  async takeLocked(id: string, opts: TakeSnapshotOptions = {}): Promise<SnapshotRecord> {
+    const { stores } = this.ctx;
+    const vm = stores.vms.get(id)!;
+    const current = vm;
+    if (current.state === 'paused') throw new CellError(ErrorCodes.VM_PAUSED, `VM ${vm.name} is paused: unpause it to snapshot it (cell unpause ${vm.name})`);
+    if (current.state !== 'running') {
+      throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): only a running VM can be snapshotted`);
+    }
+    const name = opts.name ?? `${vm.name}-snap-${randomBytes(2).toString('hex')}`;
+    if (stores.snapshots.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another snapshot`);
+    const ready = await this.ctx.host.ensure();
+    const intent: SnapshotIntent = {
+      vm: vm.id,
+      resume: !opts.stop,
+      record: {
+        id: newId(),
+        name,
+        parentVm: vm.id,
+        parentVmName: vm.name,
+        parentSnapshot: current.baseSnapshot,
+        spec: { ...current.spec, ...labelsOf(mergeLabels(current.spec.labels, opts.labels)) },
+        compat: compatKey(this.ctx, ready),
+        createdAt: new Date().toISOString(),
+      },
+      ...(opts.cache ? { cache: opts.cache } : {}),
+    };
+    return takeSnapshot(this.ctx, this.vms, this.images, current, intent);
   }
 
   /** N new running VMs, each on its own overlay, all mapping the snapshot's RAM copy-on-write. */

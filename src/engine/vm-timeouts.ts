@@ -21,6 +21,8 @@ export class TimeoutMonitor {
   constructor(
     private readonly ctx: Pick<EngineContext, 'stores' | 'log' | 'network'>,
     private readonly vms: Vms,
+    /** `pause --to-disk` (vm-suspend.ts). */
+    private readonly suspend: (id: string) => Promise<unknown>,
   ) {}
 
   start(): void {
@@ -63,9 +65,9 @@ export class TimeoutMonitor {
   private act(vm: VmRecord, verdict: NonNullable<TimeoutVerdict>): void {
     this.acting.add(vm.id);
     const work = async () => {
-      if (verdict.act === 'idle' && verdict.action === 'pause') {
-        this.ctx.log.info(`VM ${vm.name} idle for ${vm.spec.timeouts?.idleTimeoutMs} ms: pausing it`);
-        await this.vms.pause(vm.id);
+      if (verdict.act === 'idle' && verdict.action !== 'stop') {
+        this.ctx.log.info(`VM ${vm.name} idle for ${vm.spec.timeouts?.idleTimeoutMs} ms: pausing it${verdict.action === 'pause-to-disk' ? ' to disk' : ''}`);
+        await (verdict.action === 'pause-to-disk' ? this.suspend(vm.id) : this.vms.pause(vm.id));
         return;
       }
       const reason = verdict.act === 'ttl' ? 'ttl' : 'idle';

@@ -25,7 +25,7 @@ import type { GuestIdentity } from './live-machines.js';
 import { createMemoryFile, machineSpecFor, releaseMemory } from './machine-spec.js';
 import { clearCreating, markHalfMade } from './half-made.js';
 import { assertRamFits } from './ram-budget.js';
-import { collectRetiredSnapshots } from './retired-snapshots.js';
+import { collectRetiredSnapshots, dropSavedMemory } from './retired-snapshots.js';
 import type { ExecOptions, ExecResult, OutputSink } from './output.js';
 import type { Spare } from './spare-pool.js';
 import { VmLogs, type LogEntry } from './vm-logs.js';
@@ -275,6 +275,9 @@ export class Vms {
     if (isLive(vm.state) || vm.state === 'starting') {
       throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} is already ${vm.state}`);
     }
+    if (vm.state === 'suspended' && !restore) {
+      throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} is paused to disk: cell unpause ${vm.name} brings it back (cell stop ${vm.name} first to boot its disk instead)`);
+    }
     const ready = await this.ctx.host.ensure();
     // A VM on a snapshot's layer needs no image here (an imported snapshot's image may be absent).
     const image = vm.baseSnapshot || restore ? undefined : this.images.require(vm.spec.image);
@@ -387,7 +390,7 @@ export class Vms {
   /** The agent of a running VM. */
   agentOf(vm: VmRecord): AgentClient {
     const current = this.ctx.stores.vms.get(vm.id) ?? vm;
-    if (current.state === 'paused') throw new CellError(ErrorCodes.VM_PAUSED, `VM ${vm.name} is paused: cell unpause ${vm.name}`);
+    if (current.state === 'paused' || current.state === 'suspended') throw new CellError(ErrorCodes.VM_PAUSED, `VM ${vm.name} is paused${current.state === 'suspended' ? ' to disk' : ''}: cell unpause ${vm.name}`);
     if (current.state !== 'running') throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state})`);
     return this.ctx.live.require(vm.id).agent;
   }
@@ -434,6 +437,12 @@ export class Vms {
       const { vms } = this.ctx.stores;
       const current = vms.get(vm.id)!;
       if (current.state === 'stopped' || current.state === 'created') return current;
+      if (current.state === 'suspended') {
+        // No QEMU to stop: its saved memory is let go, and a start boots its disk.
+        const stopped = vms.setState(vm.id, 'stopped', { stoppedAt: new Date().toISOString(), exit: exitInfo(reason) });
+        if (current.baseSnapshot) await dropSavedMemory(this.ctx.paths.snapshotDir(current.baseSnapshot));
+        return stopped;
+      }
       // A paused guest cannot shut down: it runs again for its grace period.
       if (current.state === 'paused') await this.ctx.live.get(vm.id)?.control.resume().catch(() => {});
       if (current.state !== 'stopping') vms.setState(vm.id, 'stopping');
@@ -459,6 +468,8 @@ export class Vms {
       if (!current) return;
       if (current.state !== 'stopped' && current.state !== 'created') {
         if (!force) throw new CellError(ErrorCodes.CONFLICT, `VM ${current.name} is ${current.state}: stop it first or use --force`);
+      }
+      if (current.state !== 'stopped' && current.state !== 'created' && current.state !== 'suspended') {
         await this.halt(vm.id);
         // A machine this daemon never attached to (it could not) is ended by its pid.
         if (current.pid) await this.ctx.backend.kill(current.pid, vm.id);

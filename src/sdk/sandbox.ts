@@ -173,9 +173,14 @@ export class Sandbox {
     this.vm = await this.client.vms.stop(this.vm.id, opts);
   }
 
-  /** Pauses the VM: no guest CPU time, its clocks stand still; its RAM stays on the host. */
-  async pause(opts: RequestOptions = {}): Promise<void> {
-    this.vm = await this.client.vms.pause(this.vm.id, opts);
+  /**
+   * Pauses the VM: no guest CPU time, its clocks stand still; its RAM stays on the host. With
+   * `persist` (E2B's pause) its memory goes to disk and its QEMU ends, freeing the host's RAM;
+   * `resume()` brings it back with its processes and files, under the same id.
+   */
+  async pause(opts: RequestOptions & { persist?: boolean } = {}): Promise<void> {
+    const { persist, ...call } = opts;
+    this.vm = await this.client.vms.pause(this.vm.id, { ...call, toDisk: persist });
   }
 
   /**

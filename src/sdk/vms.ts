@@ -103,9 +103,12 @@ export class VmsClient {
     return this.transport.call(vms.update, { params: { ref }, body: limits }, opts);
   }
 
-  /** Stops its vCPUs (QEMU and its RAM stay); exec fails with `vm_paused` until `unpause`. */
-  pause(ref: string, opts: RequestOptions = {}): Promise<Vm> {
-    return this.transport.call(vms.pause, { params: { ref } }, opts);
+  /**
+   * Stops its vCPUs (QEMU and its RAM stay); exec fails with `vm_paused` until `unpause`. With
+   * `toDisk` its memory goes to disk and its QEMU ends (state `suspended`); `unpause` restores it.
+   */
+  pause(ref: string, opts: RequestOptions & { toDisk?: boolean } = {}): Promise<Vm> {
+    return this.transport.call(vms.pause, { params: { ref }, body: opts.toDisk ? { toDisk: true } : {} }, opts);
   }
 
   unpause(ref: string, opts: RequestOptions = {}): Promise<Vm> {

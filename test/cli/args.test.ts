@@ -126,5 +126,5 @@ test('run --health-*: a shell command and durations become the health check; tun
 test('run --ttl, --idle-timeout and --idle-action become the time limits; a bad action is a usage error', () => {
   const req = runRequest(['--ttl', '1h30m', '--idle-timeout', '10m', '--idle-action', 'pause', '-d', 'busybox']);
   assert.deepEqual([req.ttlMs, req.idleTimeoutMs, req.idleAction], [5_400_000, 600_000, 'pause']);
-  assert.throws(() => runRequest(['--idle-action', 'sleep', 'busybox']), { name: 'UsageError', message: /--idle-action must be one of stop, pause/ });
+  assert.throws(() => runRequest(['--idle-action', 'sleep', 'busybox']), { name: 'UsageError', message: /--idle-action must be one of stop, pause, pause-to-disk/ });
 });

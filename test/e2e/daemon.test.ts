@@ -93,6 +93,35 @@ describe('daemon restarts, logs -f and Ctrl-C', () => {
     assert.deepEqual(h.qemuPids(), []);
   });
 
+  test('pause --to-disk ten times in a row: each time its QEMU ends and unpause brings back its files and its running process, under the same id', async () => {
+    type Inspected = { id: string; state: string; pid: number | null };
+    const inspect = async () => (JSON.parse((await h.ok(['inspect', 'deep'])).stdout) as Inspected[])[0]!;
+    await h.ok(['run', '-d', '--name', 'deep', 'busybox']);
+    await h.ok(['exec', 'deep', '--', 'sh', '-c', 'echo kept > /root/file; (i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.2; done) </dev/null >/dev/null 2>&1 & echo $! > /tmp/counter']);
+    const { id } = await inspect();
+    const counter = (await h.ok(['exec', 'deep', '--', 'cat', '/tmp/counter'])).stdout.trim();
+    const probe = async () => (await h.ok(['exec', 'deep', '--', 'sh', '-c', `cat /root/file; kill -0 ${counter} && echo alive; cat /tmp/n`])).stdout.trim().split('\n');
+    for (let cycle = 1; cycle <= 10; cycle++) {
+      await h.ok(['exec', 'deep', '--', 'sh', '-c', `echo ${cycle} >> /root/cycles`]);
+      const [, , before] = await probe();
+      const { pid } = await inspect();
+      assert.equal((await h.ok(['pause', '--to-disk', 'deep'])).stdout, 'deep\n');
+      const suspended = await inspect();
+      assert.deepEqual([suspended.state, suspended.pid], ['suspended', null], `cycle ${cycle}: suspended`);
+      assert.equal(alive(pid!), false, `cycle ${cycle}: its QEMU ended`);
+      assert.match((await h.cell(['exec', 'deep', '--', 'true'])).stderr, /^error: VM deep is paused to disk: cell unpause deep/);
+      assert.equal((await h.ok(['unpause', 'deep'])).stdout, 'deep\n');
+      const back = await inspect();
+      assert.deepEqual([back.id, back.state], [id, 'running']);
+      const [file, state, after] = await probe();
+      assert.deepEqual([file, state], ['kept', 'alive'], `cycle ${cycle}: the file and the process are back`);
+      assert.ok(Number(after) >= Number(before), `cycle ${cycle}: the counter went on from where it was (${before} -> ${after})`);
+    }
+    assert.equal((await h.ok(['exec', 'deep', '--', 'cat', '/root/cycles'])).stdout, '1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n');
+    assert.equal((await h.ok(['snapshots', '--format', 'json'])).stdout.trim(), '[]', 'no private snapshot is listed');
+    await h.ok(['rm', '-f', 'deep']);
+  });
+
   test('pause stops the guest (a counter stands still, exec is refused with the reason), stays paused across a celld restart, unpause runs it on; stop and rm -f take a paused VM', async () => {
     const testStart = new Date();
     await h.ok(['run', '-d', '--name', 'napper', 'busybox']);

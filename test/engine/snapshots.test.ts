@@ -172,3 +172,39 @@ test('cache entries hold their snapshots against rm and prune; cache prune takes
   assert.equal(existsSync(paths.snapshotDir(snapshot.id)), false);
   assert.equal(engine.actions.lookup('k'.repeat(64)), undefined);
 });
+
+test('pause --to-disk: its QEMU ends, no list shows its snapshot, exec and start are refused; unpause restores it under the same id and drops the saved RAM; stop and rm -f take a suspended VM', async () => {
+  const { engine, paths, backend } = fake;
+  const vm = await engine.vms.create({ image: 'busybox', name: 'sleeper' });
+  const running = await engine.vms.start(vm.id);
+  const snapshotsBefore = engine.snapshots.list().length;
+  const suspended = await engine.suspends.suspend('sleeper');
+  assert.equal(suspended.state, 'suspended');
+  assert.equal(backend.isRunning(running.pid!, vm.id), false, 'its machine ended');
+  assert.equal(engine.snapshots.list().length, snapshotsBefore, 'its snapshot is private');
+  assert.ok(existsSync(join(paths.snapshotDir(suspended.baseSnapshot!), 'memory')));
+  assert.deepEqual(engine.vms.list().map((v) => v.name).includes('sleeper'), true, 'ps lists it');
+  await assert.rejects(engine.vms.exec('sleeper', { cmd: ['true'] }, { stdout() {}, stderr() {} }), (err: unknown) => code('vm_paused')(err) && /paused to disk: cell unpause sleeper/.test((err as Error).message));
+  await assert.rejects(engine.vms.start('sleeper'), (err: unknown) => code('conflict')(err) && /paused to disk/.test((err as Error).message));
+  assert.equal((await engine.suspends.suspend('sleeper')).state, 'suspended', 'again: nothing changes');
+
+  const back = await engine.suspends.resume('sleeper');
+  assert.equal(back.state, 'running');
+  assert.equal(back.id, vm.id);
+  assert.equal(existsSync(join(paths.snapshotDir(suspended.baseSnapshot!), 'memory')), false, 'its saved RAM is gone once it runs on its own copy');
+  assert.ok(existsSync(join(paths.snapshotDir(suspended.baseSnapshot!), 'disk.qcow2')), 'its disk layer stays under the VM');
+  const restored = backend.starts.at(-1)!;
+  assert.equal(restored.incoming, true, 'it was restored, not booted');
+
+  // From a paused VM too; stop lets a suspended VM's memory go and start boots its disk.
+  await engine.vms.pause('sleeper');
+  const again = await engine.suspends.suspend('sleeper');
+  const stopped = await engine.vms.stop('sleeper');
+  assert.equal(stopped.state, 'stopped');
+  assert.equal(existsSync(join(paths.snapshotDir(again.baseSnapshot!), 'memory')), false);
+  assert.equal((await engine.vms.start('sleeper')).state, 'running');
+  await engine.suspends.suspend('sleeper');
+  await assert.rejects(engine.vms.remove('sleeper'), code('conflict'));
+  await engine.vms.remove('sleeper', true);
+  assert.equal(existsSync(paths.snapshotDir(again.baseSnapshot!)), false, 'its private snapshots go with it');
+});

@@ -28,7 +28,7 @@ async function until(what: string, check: () => boolean, ms = 15_000): Promise<v
   }
 }
 
-async function running(engine: Engine, name: string, limits: { ttlMs?: number; idleTimeoutMs?: number; idleAction?: 'stop' | 'pause'; autoRemove?: boolean }) {
+async function running(engine: Engine, name: string, limits: { ttlMs?: number; idleTimeoutMs?: number; idleAction?: 'stop' | 'pause' | 'pause-to-disk'; autoRemove?: boolean }) {
   const vm = await engine.vms.create({ image: 'busybox', name, ...limits });
   return engine.vms.start(vm.id);
 }
@@ -47,7 +47,7 @@ test('a TTL stops the VM with reason ttl; with --rm it is removed; inspect says 
   await engine.vms.remove('short');
 });
 
-test('exec keeps a VM from being idle; then it is stopped (or paused) after its idle timeout; unpause starts the clock over', async () => {
+test('exec keeps a VM from being idle; then it is stopped (or paused, or paused to disk) after its idle timeout; unpause starts the clock over', async () => {
   const { engine } = fake;
   await running(engine, 'worker', { idleTimeoutMs: 1500 });
   // A command running longer than the idle timeout is use, not idleness.
@@ -64,6 +64,11 @@ test('exec keeps a VM from being idle; then it is stopped (or paused) after its 
   await sleep(300);
   assert.equal(engine.vms.resolve('napper').state, 'running', 'unpausing is a use');
   await engine.vms.remove('napper', true);
+
+  await running(engine, 'dreamer', { idleTimeoutMs: 1000, idleAction: 'pause-to-disk' });
+  await until('dreamer paused to disk when idle', () => engine.vms.resolve('dreamer').state === 'suspended');
+  assert.equal((await engine.suspends.resume('dreamer')).state, 'running');
+  await engine.vms.remove('dreamer', true);
 });
 
 test('update: a new TTL runs from now, 0 turns it off; an event says so; bad values change nothing', async () => {

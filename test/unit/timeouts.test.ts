@@ -15,7 +15,7 @@ test('limits: set, changed, turned off with 0 or null; a TTL set by update is st
   invalid(() => applyTimeouts(undefined, { idleAction: 'pause' }), /--idle-action needs --idle-timeout/);
   invalid(() => applyTimeouts(undefined, { ttlMs: 500 }), /--ttl 500ms is out of range/);
   invalid(() => applyTimeouts(undefined, { idleTimeoutMs: 400 * 86_400_000 }), /--idle-timeout .* is out of range/);
-  invalid(() => applyTimeouts(undefined, { idleTimeoutMs: 5000, idleAction: 'sleep' as 'stop' }), /--idle-action must be stop or pause/);
+  invalid(() => applyTimeouts(undefined, { idleTimeoutMs: 5000, idleAction: 'sleep' as 'stop' }), /--idle-action must be stop, pause or pause-to-disk/);
 });
 
 test('the TTL runs from the start or from the last update, whichever is later; a TTL wins over idleness; busy VMs are not idle', () => {

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import type { CellClient, Vm, VmSpec } from '../../sdk/index.js';
 import { parsePortSpec } from '../../domain/network.js';
+import { IDLE_ACTIONS, type IdleAction } from '../../domain/timeouts.js';
 import { byteSize, collect, durationMs, EXIT_FAILURE, oneOf, EXIT_RUN_FAILED, milliseconds, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
 import { commandExit, connect, interruptible, passThrough } from '../context.js';
 
@@ -31,7 +32,7 @@ export interface RunFlags {
   healthStartPeriod?: number;
   ttl?: number;
   idleTimeout?: number;
-  idleAction?: 'stop' | 'pause';
+  idleAction?: IdleAction;
 }
 
 /** `cell run` flags and operands as the SDK's VM spec (pure, unit-tested). */
@@ -122,7 +123,7 @@ export function register(program: Command): void {
     .option('--health-start-period <duration>', 'failures this soon after boot do not count (default 0s)', durationMs('--health-start-period'))
     .option('--ttl <duration>', 'stop the VM this long after it starts (with --rm: remove it), e.g. 30m; cell update changes it', durationMs('--ttl'))
     .option('--idle-timeout <duration>', 'after this long without exec, cp or published-port traffic: --idle-action', durationMs('--idle-timeout'))
-    .option('--idle-action <stop|pause>', 'what an idle timeout does: stop (default) or pause (no CPU; RAM kept)', oneOf('--idle-action', ['stop', 'pause']))
+    .option('--idle-action <action>', 'what an idle timeout does: stop (default), pause (no CPU; RAM kept) or pause-to-disk (RAM freed; unpause restores it)', oneOf('--idle-action', IDLE_ACTIONS))
     .option('--rm', 'remove the VM when the command ends')
     .option('-d, --detach', 'print the VM id and leave it running (exec into it later)')
     .option('--from <snapshot>', 'fork this snapshot instead of booting an image')

@@ -3,6 +3,7 @@ import type { CellClient, Vm } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
 import { collect, durationMs, labelFilters, milliseconds, oneOf, pointInTime, seconds, UsageError, wholeNumber } from '../errors.js';
 import { formatPort } from '../../domain/network.js';
+import { IDLE_ACTIONS, type IdleAction } from '../../domain/timeouts.js';
 import { interruptible } from '../context.js';
 import { ago, short, table, vmState } from '../format.js';
 import { examples } from '../help.js';
@@ -164,7 +165,7 @@ Examples:
     .argument('<vm...>', 'VM names, ids, or id prefixes')
     .option('--ttl <duration>', 'stop it this long from now (with run --rm: remove it), e.g. 30m; 0: no TTL', durationMs('--ttl'))
     .option('--idle-timeout <duration>', 'after this long without exec, cp or published-port traffic: its idle action; 0: none', durationMs('--idle-timeout'))
-    .option('--idle-action <stop|pause>', 'what its idle timeout does: stop or pause (no CPU; RAM kept)', oneOf('--idle-action', ['stop', 'pause']))
+    .option('--idle-action <action>', 'what its idle timeout does: stop, pause (no CPU; RAM kept) or pause-to-disk (RAM freed)', oneOf('--idle-action', IDLE_ACTIONS))
     .addHelpText(
       'after',
       `
@@ -175,10 +176,10 @@ start). cell inspect shows them (spec.timeouts) and when the TTL ends (expiresAt
 Examples:
   cell update --ttl 2h box                 # box stops two hours from now
   cell update --ttl 0 box                  # no TTL any more
-  cell update --idle-timeout 15m --idle-action pause $(cell ps -q)`,
+  cell update --idle-timeout 15m --idle-action pause-to-disk $(cell ps -q)`,
     )
     .action(
-      withClient(async (client, refs: string[], flags: { ttl?: number; idleTimeout?: number; idleAction?: 'stop' | 'pause' }) => {
+      withClient(async (client, refs: string[], flags: { ttl?: number; idleTimeout?: number; idleAction?: IdleAction }) => {
         const limits = {
           ...(flags.ttl !== undefined ? { ttlMs: flags.ttl } : {}),
           ...(flags.idleTimeout !== undefined ? { idleTimeoutMs: flags.idleTimeout } : {}),
@@ -202,14 +203,32 @@ Examples:
   program
     .command('pause')
     .description("stop running VMs' vCPUs: they use no CPU and their clocks stand still; QEMU and their RAM stay on the host. exec, cp and snapshot are refused until unpause; stop and rm -f work")
-    .summary('pause running VMs')
+    .summary('pause running VMs (--to-disk: free their RAM)')
     .argument('<vm...>', 'VM names, ids, or id prefixes')
-    .addHelpText('after', examples('cell pause box', 'cell unpause box'))
-    .action(eachVm((client, ref) => client.vms.pause(ref)));
+    .option('--to-disk', "save their memory to disk and end their QEMU (state suspended), freeing the host's RAM; unpause restores them, processes and files, under the same id")
+    .addHelpText(
+      'after',
+      `
+With --to-disk a VM is snapshotted privately (no snapshot list shows it) and waits as
+"suspended"; unpause restores it (a boot from its memory: its processes go on where they were,
+its clocks jump). stop lets its saved memory go (a start then boots its disk); rm -f removes it.
+
+Examples:
+  cell pause box && cell unpause box
+  cell pause --to-disk box        # frees box's RAM until:
+  cell unpause box`,
+    )
+    .action(
+      withClient(async (client, refs: string[], flags: { toDisk?: boolean }) => {
+        await forEachRef(refs, async (ref) => {
+          process.stdout.write(`${(await client.vms.pause(ref, { toDisk: flags.toDisk })).name}\n`);
+        });
+      }),
+    );
 
   program
     .command('unpause')
-    .description('let paused VMs run on where they stopped')
+    .description('let paused VMs run on where they stopped (a VM paused --to-disk is restored from its memory first)')
     .summary('unpause paused VMs')
     .argument('<vm...>', 'VM names, ids, or id prefixes')
     .addHelpText('after', examples('cell unpause box', 'cell unpause $(cell ps -q)'))

@@ -65,8 +65,8 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
 
   serve(app, vms.start, async (req) => engine.vms.start(req.params.ref));
   serve(app, vms.update, async (req) => engine.vms.update(req.params.ref, req.body ?? {}));
-  serve(app, vms.pause, async (req) => engine.vms.pause(req.params.ref));
-  serve(app, vms.unpause, async (req) => engine.vms.unpause(req.params.ref));
+  serve(app, vms.pause, async (req) => (req.body?.toDisk ? engine.suspends.suspend(req.params.ref) : engine.vms.pause(req.params.ref)));
+  serve(app, vms.unpause, async (req) => engine.suspends.resume(req.params.ref));
 
   serve(app, vms.stop, async (req) => engine.vms.stop(req.params.ref, req.body?.timeoutSec ?? 10));
 
