@@ -1,4 +1,6 @@
 import { posix } from 'node:path';
+import { validateHealthCheck, type HealthCheck } from './health.js';
+import { parseDuration } from './duration.js';
 import type { ActionSource, ReadyCheck } from './action.js';
 import { CellError, ErrorCodes } from './errors.js';
 import { validateName } from './ids.js';
@@ -59,6 +61,8 @@ export interface BuildPlan {
   contextDir: string;
   /** Guest ports the result's forks publish, each on a free host port (Dockerfile's EXPOSE, but published). */
   ports?: PortSpec[];
+  /** The health check of the VMs forked from the result (Dockerfile's HEALTHCHECK). */
+  health?: HealthCheck;
 }
 
 const STEP_KINDS = ['run', 'copy', 'env', 'workdir'] as const;
@@ -68,7 +72,7 @@ const STEP_KEYS: Record<(typeof STEP_KINDS)[number], readonly string[]> = {
   env: ['env', 'name', 'from'],
   workdir: ['workdir', 'name', 'from'],
 };
-export const BUILD_KEYS = ['base', 'from', 'cpus', 'memory_mib', 'target', 'ports', 'step'] as const;
+export const BUILD_KEYS = ['base', 'from', 'cpus', 'memory_mib', 'target', 'ports', 'healthcheck', 'step'] as const;
 
 /** Parses and checks a build file's text; `dir` is where relative copy paths start. */
 export function parseBuildFile(fileName: string, text: string, dir: string, opts: { target?: string } = {}): BuildPlan {
@@ -107,7 +111,49 @@ export function readBuild(source: TomlSource, table: Record<string, unknown>, pr
   const chain: number[] = [];
   for (let i = targetIndex; i >= 0; i = steps[i]!.parent) chain.unshift(i);
   const ports = readGuestPorts(source, table.ports, at('ports'), "the result's forks publish them on free host ports");
-  return { base, cpus, memoryMib, steps, chain, contextDir: dir, ...(ports ? { ports } : {}) };
+  const health = readHealthCheck(source, table.healthcheck, at('healthcheck'));
+  return { base, cpus, memoryMib, steps, chain, contextDir: dir, ...(ports ? { ports } : {}), ...(health ? { health } : {}) };
+}
+
+const HEALTH_KEYS = ['cmd', 'interval', 'timeout', 'retries', 'start_period'] as const;
+
+/**
+ * `[healthcheck]`: `cmd` (a string for /bin/sh -c, or an argv), `interval`, `timeout`,
+ * `start_period` (durations: "5s", or a number of seconds) and `retries`, with Docker's defaults.
+ */
+function readHealthCheck(source: TomlSource, raw: unknown, path: string): HealthCheck | undefined {
+  if (raw === undefined) return undefined;
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw source.error(path, 'healthcheck must be a table: [healthcheck] with cmd = "..."');
+  const table = raw as Record<string, unknown>;
+  const fields = new Fields(source, table, path);
+  fields.onlyKeys(HEALTH_KEYS, 'healthcheck');
+  const cmd = fields.command('cmd');
+  if (!cmd) throw source.error(path, 'healthcheck needs cmd = "..." (exit 0: healthy)');
+  const duration = (key: string): number | undefined => {
+    const v = table[key];
+    if (v === undefined) return undefined;
+    if (typeof v === 'number' && Number.isFinite(v)) return Math.round(v * 1000);
+    if (typeof v === 'string') {
+      try {
+        return parseDuration(v, key);
+      } catch (err) {
+        throw source.error(`${path}.${key}`, (err as Error).message);
+      }
+    }
+    throw source.error(`${path}.${key}`, `${key} must be a duration such as "5s" or a number of seconds`);
+  };
+  const req = {
+    cmd,
+    intervalMs: duration('interval'),
+    timeoutMs: duration('timeout'),
+    startPeriodMs: duration('start_period'),
+    retries: fields.integer('retries', 1),
+  };
+  try {
+    return validateHealthCheck(Object.fromEntries(Object.entries(req).filter(([, v]) => v !== undefined)) as typeof req);
+  } catch (err) {
+    throw source.error(path, (err as Error).message.replace(/--health-(\w+)/g, (_, k: string) => k.replace('-', '_')));
+  }
 }
 
 /** `ports = [8080, "53/udp"]`: guest ports, published on free host ports (the VMs they are for are many). */

@@ -1,4 +1,5 @@
 import type { PortSpec } from '../domain/network.js';
+import type { HealthCheck } from '../domain/health.js';
 import { basename, dirname, isAbsolute, posix } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { ActionSource, ActionSpec } from '../domain/action.js';
@@ -145,8 +146,9 @@ export class Builds {
       throw new CellError(ErrorCodes.BAD_BUILD_FILE, `ports = [...] needs a network, but the build's VMs have none (${this.ctx.network.status.reason})`);
     }
     const portsChange = plan.ports && JSON.stringify(plan.ports) !== JSON.stringify(current.spec.ports ?? null);
-    if (pendingEnv.length > 0 || pendingWorkdir !== undefined || portsChange) {
-      ({ snapshot: current, key } = await this.carryMetadata(current, pendingEnv, pendingWorkdir, portsChange ? plan.ports : undefined));
+    const healthChange = plan.health && JSON.stringify(plan.health) !== JSON.stringify(current.spec.health ?? null);
+    if (pendingEnv.length > 0 || pendingWorkdir !== undefined || portsChange || healthChange) {
+      ({ snapshot: current, key } = await this.carryMetadata(current, pendingEnv, pendingWorkdir, portsChange ? plan.ports : undefined, healthChange ? plan.health : undefined));
     }
     if (opts.tag) current = this.snapshots.tag(current.id, opts.tag);
     return { snapshot: current, exitCode: 0, ran, cached, durationMs: performance.now() - started, key };
@@ -158,17 +160,18 @@ export class Builds {
     env: string[],
     workingDir: string | undefined,
     ports?: PortSpec[],
+    health?: HealthCheck,
   ): Promise<{ snapshot: SnapshotRecord; key: string }> {
     const ready = await this.ctx.host.ensure();
-    const spec = { env: mergeEnv(source.spec.env, env), workingDir: workingDir ?? source.spec.workingDir, ...(ports ? { ports } : {}) };
+    const spec = { env: mergeEnv(source.spec.env, env), workingDir: workingDir ?? source.spec.workingDir, ...(ports ? { ports } : {}), ...(health ? { health } : {}) };
     const key = createHash('sha256')
-      // Ports join the key only when there are some: keys of builds without them stay as they were.
-      .update(JSON.stringify(['derive', source.id, [...spec.env].sort(), spec.workingDir, compatKeyHash(compatKey(this.ctx, ready)), ...(ports ? [ports] : [])]))
+      // Ports and the health check join the key only when there are some: keys of builds without them stay as they were.
+      .update(JSON.stringify(['derive', source.id, [...spec.env].sort(), spec.workingDir, compatKeyHash(compatKey(this.ctx, ready)), ...(ports ? [ports] : []), ...(health ? [{ health }] : [])]))
       .digest('hex');
     return this.ctx.locks.run(`action:${key}`, async () => {
       const hit = this.actions.lookup(key);
       if (hit) return { snapshot: hit, key };
-      const description = `${source.name}: set ${[...env, ...(workingDir ? [`workdir ${workingDir}`] : []), ...(ports ? [`ports ${ports.map((p) => `${p.guestPort}/${p.protocol}`).join(',')}`] : [])].join(' ')}`;
+      const description = `${source.name}: set ${[...env, ...(workingDir ? [`workdir ${workingDir}`] : []), ...(ports ? [`ports ${ports.map((p) => `${p.guestPort}/${p.protocol}`).join(',')}`] : []), ...(health ? ['healthcheck'] : [])].join(' ')}`;
       const snapshot = await this.snapshots.derive(source.id, spec, this.actions.snapshotName(key), { key, description, replace: false });
       await this.ctx.checkpoint('build:derived');
       return { snapshot, key };

@@ -179,7 +179,7 @@ export class Snapshots {
    */
   async derive(
     sourceRef: string,
-    changes: Partial<Pick<VmRecord['spec'], 'env' | 'workingDir' | 'user' | 'ports'>>,
+    changes: Partial<Pick<VmRecord['spec'], 'env' | 'workingDir' | 'user' | 'ports' | 'health'>>,
     name?: string,
     cache?: PendingCacheEntry,
   ): Promise<SnapshotRecord> {

@@ -104,6 +104,16 @@ run = "echo $THIRD > /three; cat /proc/sys/kernel/random/uuid | tee /four"
     assert.equal(after[4], 'b', 'the env step is in the final snapshot');
   });
 
+  test('[healthcheck]: forks of the result carry the check and become healthy once it passes', async () => {
+    const file = writeBuild('hc.toml', `base = "busybox"\n[healthcheck]\ncmd = "test -f /ready"\ninterval = "300ms"\nretries = 2\n[[step]]\nrun = "touch /ready"\n`);
+    await h.ok(['build', '-f', file, '-t', 'hc']);
+    await h.ok(['fork', '--name', 'hc-kid', 'hc']);
+    assert.equal((await h.ok(['wait', '--healthy', '--timeout', '120s', 'hc-kid-1'])).stdout, 'hc-kid-1\n');
+    const [vm] = JSON.parse((await h.ok(['inspect', 'hc-kid-1'])).stdout) as { spec: { health: { cmd: string[]; intervalMs: number } } }[];
+    assert.deepEqual([vm!.spec.health.cmd, vm!.spec.health.intervalMs], [['/bin/sh', '-c', 'test -f /ready'], 300]);
+    await h.ok(['rm', '-f', 'hc-kid-1']);
+  });
+
   test('a failing step stops the build with its exit code and output, and caches nothing', async () => {
     const failing = writeBuild('fail.toml', 'base = "busybox"\n[[step]]\nrun = "echo ok > /ok"\n[[step]]\nrun = "echo broken >&2; exit 7"\n[[step]]\nrun = "echo never"\n');
     const entriesBefore = (JSON.parse((await h.ok(['cache', 'ls', '--format', 'json'])).stdout) as CacheJson[]).length;

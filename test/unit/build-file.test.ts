@@ -137,3 +137,15 @@ test("a build file's ports: guest ports for the result's forks (free host ports 
   fails(`base = "busybox"\nports = [70000]\n[[step]]\nrun = "true"\n`, /^build\.toml:2: ports/);
   fails(`base = "busybox"\nports = "80"\n[[step]]\nrun = "true"\n`, /^build\.toml:2: ports/);
 });
+
+test("a build file's [healthcheck]: the result's forks are probed with it (Docker's HEALTHCHECK); bad values are refused with the line", () => {
+  const plan = parseBuildFile('build.toml', `base = "busybox"\n[healthcheck]\ncmd = "wget -q -O /dev/null http://127.0.0.1/"\ninterval = "5s"\ntimeout = 2\nretries = 4\nstart_period = "1m"\n[[step]]\nrun = "true"\n`, '/ctx');
+  assert.deepEqual(plan.health, { cmd: ['/bin/sh', '-c', 'wget -q -O /dev/null http://127.0.0.1/'], intervalMs: 5000, timeoutMs: 2000, retries: 4, startPeriodMs: 60_000 });
+  assert.deepEqual(parseBuildFile('build.toml', `base = "busybox"\nhealthcheck = { cmd = ["test", "-f", "/ok"] }\n[[step]]\nrun = "true"\n`, '/ctx').health?.cmd, ['test', '-f', '/ok']);
+  assert.equal(parseBuildFile('build.toml', `base = "busybox"\n[[step]]\nrun = "true"\n`, '/ctx').health, undefined);
+  fails(`base = "busybox"\n[healthcheck]\ninterval = "5s"\n[[step]]\nrun = "true"\n`, /^build\.toml:2: healthcheck needs cmd/);
+  fails(`base = "busybox"\n[healthcheck]\ncmd = "true"\nintervall = "5s"\n[[step]]\nrun = "true"\n`, /^build\.toml:4: unknown key "intervall" in healthcheck/);
+  fails(`base = "busybox"\n[healthcheck]\ncmd = "true"\ninterval = "soon"\n[[step]]\nrun = "true"\n`, /^build\.toml:4: interval must be a duration/);
+  fails(`base = "busybox"\n[healthcheck]\ncmd = "true"\ninterval = "10ms"\n[[step]]\nrun = "true"\n`, /^build\.toml:2: interval 10ms is out of range/);
+  fails(`base = "busybox"\nhealthcheck = "true"\n[[step]]\nrun = "true"\n`, /^build\.toml:2: healthcheck must be a table/);
+});
