@@ -49,8 +49,8 @@ export function register(program: Command): void {
 Everything after the VM (or after --) is the command, flags included.
 Exits with the command's code: 124 after --timeout, 127 not found, 128+N killed by signal N;
 1 when cell itself failed (no such VM, VM not running); 130/143 when interrupted (the command is killed).
-With -t the command's stdout and stderr are one stream (the guest's terminal), with its \r\n line
-ends; -it needs a terminal ("the input device is not a TTY" otherwise, as docker says).
+With -t the command's stdout and stderr are one stream (the guest's terminal, CRLF line ends);
+-it needs a terminal ("the input device is not a TTY" otherwise, as docker says).
 
 Examples:
   cell exec box -- uname -a
