@@ -1,4 +1,5 @@
-import { checkTtySize, type TtySize } from '../agent/frame.js';
+import { AgentErrorCode, checkTtySize, type TtySize } from '../agent/frame.js';
+import { CellError, ErrorCodes } from '../domain/errors.js';
 
 /** What a terminal exec needs of its agent session. */
 export interface Resizable {
@@ -28,7 +29,11 @@ export class ExecTerminal {
     this.size = { rows: size.rows, cols: size.cols };
     if (!this.session) return;
     this.sent = this.size;
-    await this.session.resize(this.size);
+    await this.session.resize(this.size).catch((err: unknown) => {
+      // The exec ended while the resize was on its way: as if it had come a moment later.
+      if (err instanceof CellError && err.details?.agentCode === AgentErrorCode.UNKNOWN_ID) throw new CellError(ErrorCodes.NOT_FOUND, 'the exec has ended');
+      throw err;
+    });
   }
 
   /** The exec started: from now on resizes go to it (and one that came meanwhile goes now). */
