@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CellClient, Sandbox } from '../../src/sdk/index.js';
 import { CELL_BIN, TestHome } from '../helpers/cell-home.js';
@@ -27,6 +27,7 @@ describe('pty', () => {
     } catch {
       /* no server: it ended with its last session */
     }
+    rmSync(join(`/tmp/tmux-${process.getuid?.() ?? 0}`, tmuxSocket), { force: true }); // a socket file tmux may leave
     client?.close();
     await h.cleanup();
     assert.deepEqual(h.qemuPids(), []);
