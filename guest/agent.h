@@ -41,7 +41,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define AGENT_VERSION "0.6.0"
+#define AGENT_VERSION "0.7.0"
 
 /* Wire format (docs/protocol.md). */
 #define MAGIC0 0xCE
@@ -59,11 +59,15 @@
 #define MAX_XFERS 32 /* file transfers in progress at once */
 #define EXEC_FLOW 2u            /* EXEC flag: the exec's output is flow-controlled by CREDIT frames */
 #define EXEC_WINDOW (256u << 10) /* the output credit a flow-controlled exec starts with */
+#define EXEC_TTY 4u             /* EXEC flag: run on a new pseudo-terminal (rows and cols follow env) */
+#define MAX_TTY_DIM 1000u       /* rows and cols of a terminal: 1..1000 */
+#define TTY_HUP_MS 200          /* a tty exec's leader is gone but something still holds the terminal: wait this long for output, then hang up */
+#define DEFAULT_TERM "TERM=xterm-256color"
 
 enum {
 	T_PING = 0x01, T_EXEC, T_STDIN, T_KILL, T_SET_TIME, T_ADD_ENTROPY, T_SHUTDOWN, T_SIGNAL_ALL, T_SET_IDENTITY,
 	T_PUT_FILE = 0x0A, T_FILE_DATA, T_FILE_END, T_MKDIR, T_SYMLINK, T_READ_FILE, T_LIST_DIR, T_STAT, T_CANCEL, T_SYNC,
-	T_CREDIT = 0x14, T_HOST_HELLO, T_FREEZE, T_THAW,
+	T_CREDIT = 0x14, T_HOST_HELLO, T_FREEZE, T_THAW, T_RESIZE,
 	T_OK = 0x80, T_PONG, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_HELLO, T_DATA, T_ERROR = 0x8F,
 };
 enum {
@@ -97,7 +101,7 @@ struct exec {
 	bool used;
 	uint32_t id;
 	pid_t pid;
-	int out_fd, err_fd, in_fd; /* our pipe ends, -1 once closed */
+	int out_fd, err_fd, in_fd; /* our pipe ends, -1 once closed; with a tty: the master (out) and a dup of it (in) */
 	bool reaped;
 	int status;
 	struct buf inq;  /* stdin bytes the process has not taken yet */
@@ -105,6 +109,8 @@ struct exec {
 	bool in_dropped; /* stdin overflowed: further stdin data is discarded */
 	bool flow;       /* output only while credit lasts (EXEC_FLOW); off once its host is gone */
 	uint64_t credit; /* output bytes the host still takes from this exec */
+	bool tty;        /* runs on a pseudo-terminal: out_fd is its master, no err_fd */
+	int64_t hup_at;  /* tty exec reaped: when to stop waiting for output from other holders of the terminal */
 };
 
 /* A request payload being parsed (rd_*). */
@@ -191,7 +197,9 @@ void handle_exec(uint32_t id, const uint8_t *p, size_t len);
 void handle_stdin(uint32_t id, const uint8_t *p, size_t len);
 void handle_kill(uint32_t id, const uint8_t *p, size_t len);
 void handle_credit(uint32_t id, const uint8_t *p, size_t len);
+void handle_resize(uint32_t id, const uint8_t *p, size_t len);
 void release_flow(void);
+int tty_hangups(void);
 
 /* machine.c */
 void handle_signal_all(uint32_t id, const uint8_t *p, size_t len);

@@ -1,12 +1,14 @@
 /*
- * Processes the host runs: EXEC (fork, set up, execve), their output pipes and stdin queues,
- * reaping, EXIT, STDIN and KILL. The event loop polls the pipes of g_execs.
+ * Processes the host runs: EXEC (fork, set up, execve), their output pipes and stdin queues (or,
+ * for an exec on a terminal, the master of its pseudo-terminal), reaping, EXIT, STDIN, KILL and
+ * RESIZE. The event loop polls the pipes of g_execs.
  */
 #include "agent.h"
 
 #include <grp.h>
 #include <stdarg.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -63,6 +65,7 @@ void reap_children(void)
 			if (e->used && !e->reaped && e->pid == pid) {
 				e->reaped = true;
 				e->status = st;
+				if (e->tty) e->hup_at = mono_ms() + TTY_HUP_MS;
 				maybe_finish(e);
 				break;
 			}
@@ -80,8 +83,19 @@ void read_output(struct exec *e, int *fd, uint8_t type)
 	if (!buf_reserve(&g_out, HDR_SIZE + CHUNK)) return; /* out of memory: try again later */
 	uint8_t *h = buf_tail(&g_out);
 	ssize_t n = read(*fd, h + HDR_SIZE, want);
-	if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-	if (n <= 0) { /* EOF (or an error, which ends the stream the same way) */
+	if (n < 0 && errno == EINTR) return;
+	if (n < 0 && errno == EAGAIN) {
+		/* A terminal whose process is gone but which something else (a background job) still
+		 * holds open: nothing more came for TTY_HUP_MS, so hang it up and end the exec. */
+		if (e->tty && e->reaped && mono_ms() >= e->hup_at) {
+			close_fd(fd);
+			maybe_finish(e);
+		}
+		return;
+	}
+	/* EOF; a terminal's master reads EIO once every holder of its other side closed it and its
+	 * output was read (or an error, which ends the stream the same way) */
+	if (n <= 0) {
 		close_fd(fd);
 		maybe_finish(e);
 		return;
@@ -90,6 +104,30 @@ void read_output(struct exec *e, int *fd, uint8_t type)
 	if (e->flow) e->credit -= (uint64_t)n;
 	put_header(h, type, e->id, (uint32_t)n);
 	g_out.len += HDR_SIZE + (size_t)n;
+}
+
+/*
+ * Reaped tty execs whose terminal is still open past their hang-up time: read what is left (or
+ * hang up) on this loop turn. Returns the poll timeout until the next one is due (-1: none).
+ */
+int tty_hangups(void)
+{
+	int timeout = -1;
+	int64_t now = mono_ms();
+	for (int i = 0; i < MAX_EXECS; i++) {
+		struct exec *e = &g_execs[i];
+		if (!e->used || !e->tty || !e->reaped || e->out_fd < 0) continue;
+		if (now < e->hup_at) {
+			int left = (int)(e->hup_at - now);
+			if (timeout < 0 || left < timeout) timeout = left;
+			continue;
+		}
+		/* Out of credit or the channel backed up: the CREDIT or the drained queue wakes the loop. */
+		if ((e->flow && e->credit == 0) || g_out.len >= OUT_HIGH) continue;
+		read_output(e, &e->out_fd, T_STDOUT);
+		if (e->used && e->out_fd >= 0) timeout = 0; /* more to read */
+	}
+	return timeout;
 }
 
 /* Moves queued stdin into the process's pipe as far as it takes it. */
@@ -115,6 +153,7 @@ void flush_stdin(struct exec *e)
 
 struct exec_req {
 	uint32_t flags, uid, gid;
+	uint32_t rows, cols; /* with EXEC_TTY */
 	char *cwd;
 	char **argv, **envp;
 	char *strings; /* the NUL-terminated copies argv, envp and cwd point into */
@@ -161,11 +200,23 @@ static const char *parse_exec(const uint8_t *p, size_t len, struct exec_req *rq,
 		snprintf(what, what_len, "envc %u", envc);
 		return "out of range (0..4096)";
 	}
-	rq->envp = calloc(envc + 1, sizeof(char *));
+	rq->envp = calloc(envc + 2, sizeof(char *)); /* room for a TERM of our own */
 	if (!rq->envp) return "out of memory";
 	for (uint32_t i = 0; i < envc; i++) {
 		snprintf(what, what_len, "env[%u]", i);
 		if ((err = rd_str(&r, &rq->envp[i]))) return err;
+	}
+	if (rq->flags & EXEC_TTY) {
+		snprintf(what, what_len, "rows and cols");
+		if (!rd_u32(&r, &rq->rows) || !rd_u32(&r, &rq->cols)) return "payload truncated";
+		if (rq->rows < 1 || rq->rows > MAX_TTY_DIM || rq->cols < 1 || rq->cols > MAX_TTY_DIM) {
+			snprintf(what, what_len, "terminal size %ux%u", rq->cols, rq->rows);
+			return "out of range (1..1000 each)";
+		}
+		bool has_term = false;
+		for (uint32_t i = 0; i < envc; i++)
+			if (strncmp(rq->envp[i], "TERM=", 5) == 0) has_term = true;
+		if (!has_term) rq->envp[envc] = DEFAULT_TERM;
 	}
 	snprintf(what, what_len, "payload");
 	if (r.off != r.len) return "has trailing bytes";
@@ -248,12 +299,18 @@ static void __attribute__((noreturn)) child_exec(char **argv, char **envp)
 	child_fail(126, "%s: %s", file, strerror(err));
 }
 
-/* The forked child: becomes the requested process or exits 126/127 with a message on stderr. */
-static void __attribute__((noreturn)) run_child(struct exec_req *rq, int in_r, int out_w, int err_w)
+/* The forked child: becomes the requested process or exits 126/127 with a message on stderr. With
+ * a terminal (tty >= 0, its slave side), that is its stdin, stdout, stderr and controlling tty. */
+static void __attribute__((noreturn)) run_child(struct exec_req *rq, int in_r, int out_w, int err_w, int tty)
 {
 	/* In test mode, processes must not outlive an agent that was killed. */
 	if (g_stdio && (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != g_self)) _exit(126);
 	setsid();
+	if (tty >= 0) {
+		if (ioctl(tty, TIOCSCTTY, 0) != 0) _exit(126);
+		if (rq->uid != 0) (void)!fchown(tty, rq->uid, (gid_t)-1); /* its own terminal, as login gives it */
+		in_r = out_w = err_w = tty;
+	}
 	if (in_r < 0) in_r = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (in_r < 0 || dup2(in_r, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0) _exit(126);
 	/* Everything else is O_CLOEXEC already; this also covers fds the kernel handed to PID 1. */
@@ -276,6 +333,41 @@ static void __attribute__((noreturn)) run_child(struct exec_req *rq, int in_r, i
 	child_exec(rq->argv, rq->envp);
 }
 
+/*
+ * A new pseudo-terminal of rq's size: its master, its slave (opened here, before the fork, so the
+ * master never reads a hang-up before the child has its side) and, when stdin was asked for, a
+ * second fd of the master for stdin (closing stdin closes that one alone). All O_CLOEXEC. On
+ * failure returns the step that failed (errno says why) with nothing left open.
+ */
+static const char *open_tty(const struct exec_req *rq, int *master, int *slave, int *master_in)
+{
+	const char *step = "posix_openpt";
+	*master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (*master < 0) return step;
+	step = "unlockpt";
+	if (unlockpt(*master) != 0) goto fail;
+	step = "open the terminal";
+	*slave = ioctl(*master, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (*slave < 0) { /* kernels before 4.13 */
+		char name[64];
+		if (ptsname_r(*master, name, sizeof name) != 0) goto fail;
+		*slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+		if (*slave < 0) goto fail;
+	}
+	step = "TIOCSWINSZ";
+	struct winsize ws = { .ws_row = (unsigned short)rq->rows, .ws_col = (unsigned short)rq->cols };
+	if (ioctl(*master, TIOCSWINSZ, &ws) != 0) goto fail;
+	step = "dup";
+	if (master_in && (*master_in = fcntl(*master, F_DUPFD_CLOEXEC, 0)) < 0) goto fail;
+	return NULL;
+fail:;
+	int saved = errno;
+	close_fd(master);
+	close_fd(slave);
+	errno = saved;
+	return step;
+}
+
 void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 {
 	struct exec_req rq;
@@ -283,6 +375,7 @@ void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 	const char *err;
 	struct stat st;
 	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 };
+	int master = -1, slave = -1, master_in = -1;
 
 	if (find_exec(id)) {
 		send_error(id, E_DUPLICATE_ID, "an exec with id %u is still running", id);
@@ -306,7 +399,12 @@ void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 		send_error(id, E_BAD_CWD, "working directory %s: not a directory", rq.cwd);
 		goto out;
 	}
-	if (pipe2(out, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0 || ((rq.flags & 1) && pipe2(in, O_CLOEXEC) != 0)) {
+	if (rq.flags & EXEC_TTY) {
+		if ((err = open_tty(&rq, &master, &slave, (rq.flags & 1) ? &master_in : NULL))) {
+			send_error(id, E_SYSCALL, "pseudo-terminal: %s: %s", err, strerror(errno));
+			goto close_pipes;
+		}
+	} else if (pipe2(out, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0 || ((rq.flags & 1) && pipe2(in, O_CLOEXEC) != 0)) {
 		send_error(id, E_SYSCALL, "pipe: %s", strerror(errno));
 		goto close_pipes;
 	}
@@ -318,7 +416,7 @@ void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 		send_error(id, E_SYSCALL, "fork: %s", strerror(errno));
 		goto close_pipes;
 	}
-	if (pid == 0) run_child(&rq, in[0], out[1], errp[1]);
+	if (pid == 0) run_child(&rq, in[0], out[1], errp[1], slave);
 
 	struct exec *e = &g_execs[0];
 	while (e->used) e++; /* g_nexecs < MAX_EXECS: there is a free slot */
@@ -326,17 +424,19 @@ void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 	e->used = true;
 	e->id = id;
 	e->pid = pid;
-	e->out_fd = out[0];
+	e->tty = master >= 0;
+	e->out_fd = e->tty ? master : out[0];
 	e->err_fd = errp[0];
-	e->in_fd = in[1];
+	e->in_fd = e->tty ? master_in : in[1];
 	e->flow = (rq.flags & EXEC_FLOW) != 0;
 	e->credit = e->flow ? EXEC_WINDOW : 0;
-	set_nonblock(e->out_fd);
-	set_nonblock(e->err_fd);
+	set_nonblock(e->out_fd); /* with a tty, for master_in too: one open file */
+	if (e->err_fd >= 0) set_nonblock(e->err_fd);
 	if (e->in_fd >= 0) set_nonblock(e->in_fd);
-	close(out[1]);
-	close(errp[1]);
+	if (out[1] >= 0) close(out[1]);
+	if (errp[1] >= 0) close(errp[1]);
 	if (in[0] >= 0) close(in[0]);
+	if (slave >= 0) close(slave); /* the child holds it: its EOF is the master's EIO */
 	g_nexecs++;
 	debugx("exec id=%u pid=%d: %s (cwd %s)", id, pid, rq.argv[0], rq.cwd);
 	/* Queued before the loop reads the new pipes, so STARTED precedes any output. The credit it
@@ -354,6 +454,9 @@ close_pipes:
 		if (out[i] >= 0) close(out[i]);
 		if (errp[i] >= 0) close(errp[i]);
 	}
+	close_fd(&master);
+	close_fd(&slave);
+	close_fd(&master_in);
 out:
 	free_req(&rq);
 }
@@ -426,6 +529,36 @@ void handle_kill(uint32_t id, const uint8_t *p, size_t len)
 	send_frame(T_OK, id, NULL, 0);
 }
 
+
+/* A new size for an exec's terminal: TIOCSWINSZ on its master, which sends SIGWINCH to the
+ * terminal's foreground process group when the size changed. */
+void handle_resize(uint32_t id, const uint8_t *p, size_t len)
+{
+	if (len != 8) {
+		send_error(id, E_MALFORMED, "RESIZE payload must be 8 bytes, got %zu", len);
+		return;
+	}
+	uint32_t rows = get_be32(p), cols = get_be32(p + 4);
+	if (rows < 1 || rows > MAX_TTY_DIM || cols < 1 || cols > MAX_TTY_DIM) {
+		send_error(id, E_MALFORMED, "terminal size %ux%u out of range (1..1000 each)", cols, rows);
+		return;
+	}
+	struct exec *e = find_exec(id);
+	if (!e) {
+		send_error(id, E_UNKNOWN_ID, "no running exec with id %u", id);
+		return;
+	}
+	if (!e->tty) {
+		send_error(id, E_WRONG_TYPE, "exec %u has no terminal", id);
+		return;
+	}
+	struct winsize ws = { .ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols };
+	if (e->out_fd >= 0 && ioctl(e->out_fd, TIOCSWINSZ, &ws) != 0) {
+		send_error(id, E_SYSCALL, "TIOCSWINSZ: %s", strerror(errno));
+		return;
+	}
+	send_frame(T_OK, id, NULL, 0);
+}
 
 /* More output credit for a flow-controlled exec. No reply: an exec that ended while the credit was
  * on its way (or one that lost flow control) simply has no use for it. */

@@ -133,6 +133,7 @@ static void handle_frame(uint8_t type, uint32_t id, const uint8_t *p, size_t len
 	case T_CREDIT: handle_credit(id, p, len); break;
 	case T_FREEZE: handle_freeze(id, len); break;
 	case T_THAW: handle_thaw(id, len); break;
+	case T_RESIZE: handle_resize(id, p, len); break;
 	case T_HOST_HELLO:
 		if (len) send_error(id, E_MALFORMED, "HOST_HELLO payload must be empty, got %zu bytes", len);
 		else release_flow();
@@ -225,6 +226,9 @@ void __attribute__((noreturn)) serve(void)
 
 	for (;;) {
 		int n = 0, timeout = -1;
+		/* First, before the fds are collected: it may close some. A terminal some background job
+		 * holds after its exec ended is hung up once it has been quiet for TTY_HUP_MS. */
+		int hup = tty_hangups();
 #define WATCH(fd_, ev_, kind_, slot_) \
 	(pfd[n] = (struct pollfd){ .fd = (fd_), .events = (ev_) }, what[n].kind = (kind_), what[n].slot = (slot_), n++)
 
@@ -253,6 +257,7 @@ void __attribute__((noreturn)) serve(void)
 			}
 		}
 		if (g_npump > 0 && g_out.len < OUT_HIGH) timeout = 0; /* a download has its next chunk to read */
+		if (hup >= 0 && (timeout < 0 || hup < timeout)) timeout = hup;
 #undef WATCH
 
 		if (poll(pfd, (nfds_t)n, timeout) < 0) {

@@ -8,7 +8,19 @@ import type { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { AgentChannel } from './channel.js';
-import { EXEC_WINDOW, FrameType, PayloadReader, PayloadWriter, decodeExit, encodeExec, type ExecRequest, type Frame } from './frame.js';
+import {
+  EXEC_WINDOW,
+  FrameType,
+  PayloadReader,
+  PayloadWriter,
+  checkTtySize,
+  decodeExit,
+  encodeExec,
+  encodeResize,
+  type ExecRequest,
+  type Frame,
+  type TtySize,
+} from './frame.js';
 import { OutputCredit } from './output-credit.js';
 import {
   decodeStat,
@@ -51,6 +63,7 @@ export class ExecSession {
   private readonly credit: OutputCredit;
   private behind = false;
   private ended = false;
+  private lastRequest: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly channel: AgentChannel,
@@ -80,7 +93,27 @@ export class ExecSession {
 
   /** Signals the process group; resolves once the agent acknowledged. */
   kill(signal = 9): Promise<void> {
-    return this.channel.request(FrameType.KILL, new PayloadWriter().u32(signal).build(), this.id).then(() => undefined);
+    return this.serial(() => this.channel.request(FrameType.KILL, new PayloadWriter().u32(signal).build(), this.id));
+  }
+
+  /**
+   * A new size for the exec's terminal (one started with `tty`); the guest's foreground process
+   * gets SIGWINCH. Resolves once the agent acknowledged; rejects for an exec without a terminal
+   * or one that has ended.
+   */
+  resize(size: TtySize): Promise<void> {
+    checkTtySize(size);
+    return this.serial(() => this.channel.request(FrameType.RESIZE, encodeResize(size), this.id));
+  }
+
+  /**
+   * KILL and RESIZE carry the exec's id, and the channel waits for one reply per id: one of them
+   * at a time, in the order asked (a burst of resizes from a window being dragged).
+   */
+  private serial(send: () => Promise<unknown>): Promise<void> {
+    const next = this.lastRequest.then(send, send).then(() => undefined);
+    this.lastRequest = next.catch(() => {});
+    return next;
   }
 
   /**
@@ -221,6 +254,7 @@ export class AgentClient extends EventEmitter {
 
   /** Starts a process; resolves with its session once the agent reports it running (STARTED). */
   async exec(req: ExecRequest, handlers: ExecHandlers = {}): Promise<ExecSession> {
+    if (req.tty) checkTtySize(req.tty);
     const id = this.channel.allocId();
     const session = new ExecSession(this.channel, id, handlers);
     // STARTED is EXEC's reply; the output and EXIT that follow are stream frames of the id. The

@@ -34,6 +34,7 @@ export const FrameType = {
   HOST_HELLO: 0x15,
   FREEZE: 0x16,
   THAW: 0x17,
+  RESIZE: 0x18,
   OK: 0x80,
   PONG: 0x81,
   STARTED: 0x82,
@@ -267,22 +268,53 @@ export interface ExecRequest {
   stdin: boolean;
   /** Ask for per-exec flow control (EXEC flag bit 1): output only as far as CREDIT frames allow. */
   flowControl?: boolean;
+  /**
+   * Run on a new pseudo-terminal of this size (EXEC flag bit 2): it is the process's stdin, stdout,
+   * stderr and controlling terminal, its output comes as STDOUT frames, TERM defaults to
+   * xterm-256color.
+   */
+  tty?: TtySize;
+}
+
+/** A terminal's size in character cells. */
+export interface TtySize {
+  rows: number;
+  cols: number;
+}
+
+/** The largest number of rows or columns a terminal may have (the agent enforces it too). */
+export const MAX_TTY_DIM = 1000;
+
+/** Throws an invalid_argument CellError unless rows and cols are integers in 1..MAX_TTY_DIM. */
+export function checkTtySize(size: TtySize): TtySize {
+  for (const [name, v] of [['rows', size.rows], ['cols', size.cols]] as const) {
+    if (!Number.isInteger(v) || v < 1 || v > MAX_TTY_DIM) {
+      throw new CellError(ErrorCodes.INVALID_ARGUMENT, `terminal ${name} must be an integer within 1..${MAX_TTY_DIM}, got ${v}`);
+    }
+  }
+  return size;
 }
 
 /** EXEC flag bits. */
-export const ExecFlags = { STDIN: 1, FLOW_CONTROL: 2 } as const;
+export const ExecFlags = { STDIN: 1, FLOW_CONTROL: 2, TTY: 4 } as const;
 
 /** The output credit a flow-controlled exec starts with (docs/protocol.md, "Flow control"). */
 export const EXEC_WINDOW = 256 * 1024;
 
 export function encodeExec(req: ExecRequest): Buffer {
-  const flags = (req.stdin ? ExecFlags.STDIN : 0) | (req.flowControl ? ExecFlags.FLOW_CONTROL : 0);
+  const flags = (req.stdin ? ExecFlags.STDIN : 0) | (req.flowControl ? ExecFlags.FLOW_CONTROL : 0) | (req.tty ? ExecFlags.TTY : 0);
   const w = new PayloadWriter().u32(flags).u32(req.uid).u32(req.gid).string(req.cwd);
   w.u32(req.argv.length);
   for (const a of req.argv) w.string(a);
   w.u32(req.env.length);
   for (const e of req.env) w.string(e);
+  if (req.tty) w.u32(req.tty.rows).u32(req.tty.cols);
   return w.build();
+}
+
+/** A RESIZE payload: u32 rows, u32 cols. */
+export function encodeResize(size: TtySize): Buffer {
+  return new PayloadWriter().u32(size.rows).u32(size.cols).build();
 }
 
 /** The most of a guest's ERROR message that is kept (it ends up in logs, API answers, terminals). */

@@ -184,6 +184,9 @@ export const RunRequest = Type.Object(
 );
 export type RunRequest = Static<typeof RunRequest>;
 
+/** Columns or rows of a terminal. */
+const TerminalDim = Type.Integer({ minimum: 1, maximum: 1000 });
+
 export const ExecRequest = Type.Object(
   {
     cmd: Type.Array(Type.String(), { minItems: 1 }),
@@ -193,6 +196,15 @@ export const ExecRequest = Type.Object(
     timeoutSec: Type.Optional(Type.Number({ minimum: 0 })),
     /** When true the stream's first event is `exec` with an id to send stdin to. */
     stdin: Type.Optional(Type.Boolean()),
+    /**
+     * Run on a pseudo-terminal in the guest (`cell exec -t`): stdout and stderr are one stream
+     * (stdout), stdin is what is typed (0x03 interrupts), the stream's first event is `exec` with an
+     * id to send resizes (and stdin) to.
+     */
+    tty: Type.Optional(Type.Boolean()),
+    /** The terminal's size with `tty` (default 80x24). */
+    cols: Type.Optional(TerminalDim),
+    rows: Type.Optional(TerminalDim),
   },
   { additionalProperties: false },
 );
@@ -216,6 +228,10 @@ export const PauseRequest = Type.Object(
   },
   { additionalProperties: false },
 );
+
+/** A new size for the terminal of a running exec started with `tty`. */
+export const ResizeRequest = Type.Object({ cols: TerminalDim, rows: TerminalDim }, { additionalProperties: false });
+export type ResizeRequest = Static<typeof ResizeRequest>;
 
 export const StopRequest = Type.Object({ timeoutSec: Type.Optional(Type.Number({ minimum: 0 })) }, { additionalProperties: false });
 export type StopRequest = Static<typeof StopRequest>;
@@ -266,7 +282,7 @@ export const RunEvent = Type.Union([
 export type RunEvent = Static<typeof RunEvent>;
 
 export const ExecEvent = Type.Union([
-  /** First, when stdin was asked for: where to send it. */
+  /** First, when stdin or a tty was asked for: where to send stdin and resizes. */
   event('exec', { execId: Type.String() }),
   ...OutputEvents,
   ExitEvent,
@@ -367,6 +383,14 @@ export const vms = {
     summary: "bytes for a running exec's stdin; the end of the body closes it",
     params: Type.Object({ execId: Type.String({ minLength: 1 }) }),
     body: 'octet-stream',
+    reply: empty(),
+  }),
+  execResize: route({
+    method: 'POST',
+    path: '/v1/execs/:execId/resize',
+    summary: 'a new size for the terminal of a running exec started with tty (its foreground process gets SIGWINCH)',
+    params: Type.Object({ execId: Type.String({ minLength: 1 }) }),
+    body: ResizeRequest,
     reply: empty(),
   }),
   wait: route({

@@ -1,5 +1,6 @@
 import type { AgentClient } from '../agent/client.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import type { ExecTerminal } from './exec-terminal.js';
 import { TIMEOUT_EXIT_CODE, type ExecResult, type OutputSink } from './output.js';
 
 export interface GuestCommand {
@@ -10,12 +11,15 @@ export interface GuestCommand {
   gid: number;
   timeoutSec: number;
   stdin?: AsyncIterable<Buffer>;
+  /** Run on a pseudo-terminal: its size, and its resizes while the command runs. */
+  terminal?: ExecTerminal;
   signal?: AbortSignal;
 }
 
 /**
  * Runs one command through the agent: streams its output to the sink, feeds stdin, enforces the
- * timeout (SIGKILL to the process group, exit 124), and forwards an abort as SIGKILL.
+ * timeout (SIGKILL to the process group, exit 124), and forwards an abort as SIGKILL. With a
+ * terminal the command runs on a guest pseudo-terminal and all its output is stdout.
  */
 export async function runGuestCommand(agent: AgentClient, cmd: GuestCommand, sink: OutputSink): Promise<ExecResult> {
   if (cmd.argv.length === 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'no command given');
@@ -23,9 +27,10 @@ export async function runGuestCommand(agent: AgentClient, cmd: GuestCommand, sin
   // While the reader is behind, this exec gets no output credit and its process waits (see
   // ExecHandlers.behind): backpressure, not a buffer, and only on this exec.
   const session = await agent.exec(
-    { argv: cmd.argv, env: cmd.env, cwd: cmd.cwd, uid: cmd.uid, gid: cmd.gid, stdin: cmd.stdin !== undefined },
+    { argv: cmd.argv, env: cmd.env, cwd: cmd.cwd, uid: cmd.uid, gid: cmd.gid, stdin: cmd.stdin !== undefined, tty: cmd.terminal?.size },
     { onStdout: (c) => sink.stdout(c), onStderr: (c) => sink.stderr(c), behind: () => sink.behind?.() },
   );
+  cmd.terminal?.attach(session);
 
   let timedOut = false;
   const timer =

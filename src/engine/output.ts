@@ -1,3 +1,5 @@
+import type { ExecTerminal } from './exec-terminal.js';
+
 /** Where a guest command's output goes as it is produced. */
 export interface OutputSink {
   stdout(chunk: Buffer): void;
@@ -23,6 +25,8 @@ export interface ExecOptions {
   timeoutSec?: number;
   /** Feed stdin from these chunks; undefined = /dev/null. */
   stdin?: AsyncIterable<Buffer>;
+  /** Run on a pseudo-terminal of this size, resized through it (exec-runner.ts). */
+  terminal?: ExecTerminal;
   signal?: AbortSignal;
 }
 

@@ -349,6 +349,7 @@ export class Vms {
         gid,
         timeoutSec: opts.timeoutSec ?? 0,
         stdin: opts.stdin,
+        terminal: opts.terminal,
         signal: opts.signal,
       },
       sink,

@@ -110,7 +110,7 @@ export async function runStream(events: AsyncIterable<RunEvent>, handlers: RunEv
 export async function execStream(
   transport: Transport,
   events: AsyncIterable<ExecEvent>,
-  handlers: OutputHandlers & { stdin?: StdinSource },
+  handlers: OutputHandlers & { stdin?: StdinSource; onExec?(execId: string): void },
 ): Promise<CommandResult> {
   let exit: CommandResult | undefined;
   let upload: Promise<unknown> | undefined;
@@ -118,6 +118,7 @@ export async function execStream(
   try {
     for await (const event of events) {
       if (await deliverOutput(event, handlers)) continue;
+      if (event.type === 'exec') handlers.onExec?.(event.execId);
       if (event.type === 'exec' && handlers.stdin && !upload) {
         const source = handlers.stdin as AsyncIterable<Buffer | string>;
         // A failed upload shows in the command's behaviour (it sees EOF); never crash on it.

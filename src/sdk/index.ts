@@ -54,6 +54,7 @@ export {
 } from './sandbox.js';
 export { SandboxCommands, type Command, type CommandOptions, type CommandOutput, type CommandRunOptions, type CommandStartOptions } from './sandbox-commands.js';
 export { CommandHandle, type OutputChunk } from './command-handle.js';
+export { SandboxPty, PtyHandle, type PtyCreateOptions, type PtySize } from './sandbox-pty.js';
 export { SandboxFiles, type FileEntry, type MkdirOptions } from './sandbox-files.js';
 export * from './errors.js';
 export { CellError, ErrorCodes, isCellError, type ErrorCode } from '../domain/errors.js';

@@ -5,6 +5,7 @@ import { isNotFound } from './errors.js';
 import type { RequestOptions } from './options.js';
 import { SandboxCommands } from './sandbox-commands.js';
 import { SandboxFiles } from './sandbox-files.js';
+import { SandboxPty } from './sandbox-pty.js';
 import type { VmStopOptions } from './vms.js';
 
 // Node 20 has no Symbol.asyncDispose yet; `await using` needs it (TypeScript emits a lookup of it).
@@ -71,6 +72,8 @@ export class Sandbox {
   readonly commands: SandboxCommands;
   /** Files: read, write, stat, exists, list, mkdir, remove, upload, download. */
   readonly files: SandboxFiles;
+  /** Terminals: `create({ cols, rows, onData })` for a shell on a pseudo-terminal (write, resize, kill, wait). */
+  readonly pty: SandboxPty;
 
   private constructor(
     readonly client: CellClient,
@@ -80,6 +83,7 @@ export class Sandbox {
     const id = () => this.vm.id;
     this.commands = new SandboxCommands(client.vms, id);
     this.files = new SandboxFiles(client.files, client.vms, id);
+    this.pty = new SandboxPty(client.vms, id);
   }
 
   /** Boots a VM (or forks a snapshot) that stays up until it is stopped or removed. */

@@ -23,6 +23,13 @@ export interface ExecSpec {
   user?: string;
   /** celld kills the command after this long; the result then has exit code 124 and `timedOut`. */
   commandTimeoutMs?: number;
+  /**
+   * Run on a pseudo-terminal in the guest (of `cols` x `rows`, default 80x24): stdout and stderr
+   * are one stream (onStdout), stdin is what is typed (0x03 interrupts); resize with `resizeExec`.
+   */
+  tty?: boolean;
+  cols?: number;
+  rows?: number;
 }
 
 export interface VmListOptions extends RequestOptions {
@@ -43,6 +50,8 @@ export interface RemoveOptions extends RequestOptions {
 export interface ExecOptions extends RequestOptions, OutputHandlers {
   /** Bytes for the command's stdin; the end of the iterable closes it. */
   stdin?: StdinSource;
+  /** The exec's id as soon as celld names it (with stdin or tty): what `resizeExec` takes. */
+  onExec?(execId: string): void;
 }
 export interface WaitOptions extends RequestOptions {
   /** `stopped` (default) or `healthy`. */
@@ -137,6 +146,11 @@ export class VmsClient {
     const { commandTimeoutMs, ...rest } = spec;
     const body = { ...rest, ...(commandTimeoutMs !== undefined ? { timeoutSec: toSeconds(commandTimeoutMs) } : {}), ...(opts.stdin ? { stdin: true } : {}) };
     return execStream(this.transport, this.transport.stream(vms.exec, { params: { ref }, body }, opts), opts);
+  }
+
+  /** A new size for the terminal of a running exec started with `tty` (its id from `onExec`). */
+  resizeExec(execId: string, size: { cols: number; rows: number }, opts: RequestOptions = {}): Promise<void> {
+    return this.transport.call(vms.execResize, { params: { execId }, body: { cols: size.cols, rows: size.rows } }, opts);
   }
 
   /**

@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { register as registerRun, toVmSpec, withoutSeparator, type RunFlags } from '../../src/cli/commands/run.js';
 import { register as registerExec, toExecSpec, type ExecFlags } from '../../src/cli/commands/exec.js';
 import { seconds, UsageError, wholeNumber } from '../../src/cli/errors.js';
+import { hostSize, rawTerminal, type HostTty } from '../../src/cli/terminal.js';
 
 /** Parses a `cell` command line with the real option definitions, capturing what the action gets. */
 function parse(argv: string[]): { operands: string[]; flags: Record<string, unknown> } {
@@ -108,6 +109,37 @@ test('exec: the VM, then the command verbatim; flags map to the request', () => 
   const sep = parse(['exec', 'box', '--', 'sh', '-c', 'exit 3']);
   assert.deepEqual(toExecSpec(sep.operands.slice(1), sep.flags as unknown as ExecFlags), { cmd: ['sh', '-c', 'exit 3'] });
   assert.throws(() => toExecSpec(['--'], {}), UsageError);
+});
+
+test('exec -it: a tty of the host terminal\'s size; -it without a terminal is docker\'s error; -t alone works anywhere', () => {
+  const host = (stdinTty: boolean, stdoutTty: boolean, columns = 132, rows = 43): HostTty => ({
+    stdin: { isTTY: stdinTty },
+    stdout: { isTTY: stdoutTty, columns, rows, on: () => undefined, off: () => undefined },
+  });
+  const it = parse(['exec', '-it', 'box', '--', 'sh']);
+  assert.deepEqual(it.flags, { interactive: true, tty: true });
+  assert.deepEqual(toExecSpec(it.operands.slice(1), it.flags as ExecFlags, host(true, true)), { cmd: ['sh'], tty: true, cols: 132, rows: 43 });
+  assert.throws(() => toExecSpec(['sh'], { interactive: true, tty: true }, host(false, true)), (err: unknown) => err instanceof UsageError && err.message === 'the input device is not a TTY');
+  assert.deepEqual(toExecSpec(['sh'], { tty: true }, host(false, false)), { cmd: ['sh'], tty: true, cols: 80, rows: 24 }, 'no terminal to measure: 80x24');
+  assert.deepEqual(hostSize(host(true, true, 5000, 0)), { cols: 1000, rows: 24 }, 'held to what the guest takes');
+  assert.deepEqual(toExecSpec(['sh'], { interactive: true }, host(false, false)), { cmd: ['sh'] }, '-i alone needs no terminal');
+});
+
+test('rawTerminal: raw mode on, resizes passed on, everything undone by restore (once)', () => {
+  const calls: string[] = [];
+  let resize: (() => void) | undefined;
+  const host: HostTty = {
+    stdin: { isTTY: true, setRawMode: (raw: boolean) => calls.push(`raw ${raw}`) },
+    stdout: { isTTY: true, columns: 100, rows: 30, on: (_e, fn) => (resize = fn), off: () => (resize = undefined) },
+  };
+  const sizes: string[] = [];
+  const term = rawTerminal(host, (s) => sizes.push(`${s.cols}x${s.rows}`));
+  resize!();
+  term.restore();
+  term.restore();
+  assert.deepEqual(calls, ['raw true', 'raw false']);
+  assert.deepEqual(sizes, ['100x30']);
+  assert.equal(resize, undefined, 'no resize listener left');
 });
 
 test('run --health-*: a shell command and durations become the health check; tuning without a command is a usage error', () => {

@@ -77,6 +77,17 @@ describe('SDK sandbox over the app with an engine double', () => {
             sink.stderr(Buffer.from('done\n'));
             return exited();
           }
+          case 'pty': {
+            // A terminal double: says its size and each resize, echoes what is typed, exits 5 on "exit".
+            const term = opts.terminal!;
+            sink.stdout(Buffer.from(`size ${term.size.cols}x${term.size.rows}\r\n`));
+            term.attach({ resize: async (s) => void sink.stdout(Buffer.from(`resized ${s.cols}x${s.rows}\r\n`)) });
+            for await (const chunk of opts.stdin ?? []) {
+              sink.stdout(chunk);
+              if (chunk.toString().includes('exit')) return exited(5);
+            }
+            return exited();
+          }
           case 'sleep':
             await new Promise((resolve) => opts.signal?.addEventListener('abort', resolve));
             killed = true;
@@ -179,6 +190,31 @@ describe('SDK sandbox over the app with an engine double', () => {
     assert.equal(execs.length, before);
     await assert.rejects(box.files.mkdir('/work/file'), (err: unknown) => isInvalidArgument(err) && /File exists/.test(err.message));
     await assert.rejects(box.files.list('/nope'), isNotFound);
+  });
+
+  test('pty.create: a tty exec of the size asked for; write, resize, wait with the exit code; kill', async () => {
+    let screen = '';
+    const pty = await box.pty.create({ cols: 100, rows: 30, cmd: ['pty'], env: { A: '1' }, cwd: '/srv', onData: (d) => void (screen += Buffer.from(d).toString()) });
+    await pty.write('echo hi\n');
+    await pty.resize({ cols: 120, rows: 40 });
+    await pty.write('exit\n');
+    const result = await pty.wait();
+    assert.equal(result.exitCode, 5);
+    assert.equal(screen, 'size 100x30\r\necho hi\nresized 120x40\r\nexit\n');
+    const spec = execs.at(-1)!;
+    assert.deepEqual([spec.env, spec.workingDir, spec.terminal?.size], [['A=1'], '/srv', { cols: 120, rows: 40 }]);
+    await assert.rejects(pty.resize({ cols: 80, rows: 24 }), (err: unknown) => isConflict(err), 'an ended pty cannot be resized');
+    assert.equal(await pty.kill(), false, 'nothing to kill any more');
+
+    await assert.rejects(
+      box.pty.create({ cols: 0, rows: 24, cmd: ['pty'], onData: () => {} }).then((p) => p.wait()),
+      (err: unknown) => isInvalidArgument(err),
+      'sizes are checked by celld',
+    );
+    const sleeper = await box.pty.create({ cols: 80, rows: 24, cmd: ['sleep'], onData: () => {} });
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(await sleeper.kill(), true);
+    assert.deepEqual([(await sleeper.wait()).exitCode, (await sleeper.wait()).signal], [137, 9]);
   });
 
   test('error helpers name the code; nothing else matches', async () => {

@@ -365,6 +365,74 @@ test('KILL signals the process group; EXIT reports the signal', async () => {
   assert.equal((await agent.finish(bad.id)).exit.code, 9);
 });
 
+test('tty: the command runs on a terminal of the size asked for, output as STDOUT, TERM defaulted', async () => {
+  const tty = { rows: 24, cols: 80 };
+  const r = await agent.run({ argv: ['/bin/sh', '-c', 'stty size; test -t 0 && test -t 1 && test -t 2 && echo tty; echo "$TERM"; echo err >&2; exit 3'], tty });
+  assert.equal(r.stderr.length, 0, 'one stream: stderr comes on the terminal too');
+  assert.equal(r.stdout.toString(), '24 80\r\ntty\r\nxterm-256color\r\nerr\r\n', 'the terminal turns \\n into \\r\\n');
+  assert.deepEqual(r.exit, { signaled: false, code: 3 });
+  const own = await agent.run({ argv: ['/bin/sh', '-c', 'echo "$TERM"'], env: ['PATH=/usr/bin:/bin', 'TERM=vt100'], tty });
+  assert.equal(own.stdout.toString(), 'vt100\r\n', 'a TERM of the request is kept');
+  // A plain exec has no terminal.
+  const plain = await agent.run({ argv: ['/bin/sh', '-c', 'test -t 1 || echo no-tty'] });
+  assert.equal(plain.stdout.toString(), 'no-tty\n');
+});
+
+test('tty: stdin goes to the terminal, RESIZE changes its size, ^C interrupts the foreground', async () => {
+  const { id } = await agent.start({ argv: ['/bin/sh'], tty: { rows: 24, cols: 80 }, stdin: true, env: ['PATH=/usr/bin:/bin', 'PS1=$ '] });
+  const text = () => Buffer.concat(agent.frames.filter((f) => f.id === id && f.type === FrameType.STDOUT).map((f) => f.payload)).toString();
+  const until = (re: RegExp, what: string) => agent.waitFor(() => re.test(text()), what).catch((err: Error) => assert.fail(`${err.message}; screen: ${JSON.stringify(text())}`));
+  agent.send(FrameType.STDIN, id, Buffer.from('stty size\n'));
+  await until(/24 80\r\n/, 'stty size 24 80');
+  agent.send(FrameType.RESIZE, id, new PayloadWriter().u32(30).u32(100).build());
+  const ok = await agent.waitFor((f) => f.id === id && (f.type === FrameType.OK || f.type === FrameType.ERROR), 'RESIZE reply');
+  assert.equal(ok.type, FrameType.OK);
+  agent.send(FrameType.STDIN, id, Buffer.from('stty size\n'));
+  await until(/30 100\r\n/, 'stty size 30 100');
+  agent.send(FrameType.STDIN, id, Buffer.from('sleep 30\n'));
+  await new Promise((r) => setTimeout(r, 300));
+  const t0 = Date.now();
+  agent.send(FrameType.STDIN, id, Buffer.from([3])); // ^C: the terminal's line discipline sends SIGINT
+  await until(/\^C\r\n\$ $/, 'sleep interrupted by ^C, a new prompt');
+  assert.ok(Date.now() - t0 < 3000, 'interrupted at once');
+  agent.send(FrameType.STDIN, id, Buffer.from('echo status=$?\n'));
+  await until(/status=130/, 'the status of the interrupted sleep');
+  agent.send(FrameType.STDIN, id, Buffer.from('exit 7\n'));
+  const r = await agent.finish(id);
+  assert.deepEqual(r.exit, { signaled: false, code: 7 });
+});
+
+test('tty: sizes out of 1..1000 and RESIZE of an exec without a terminal are refused', async () => {
+  for (const tty of [{ rows: 0, cols: 80 }, { rows: 24, cols: 1001 }]) {
+    const id = nextId++;
+    agent.send(FrameType.EXEC, id, encodeExec(execRequest({ tty })));
+    const reply = await agent.reply(id);
+    assert.equal(reply.type, FrameType.ERROR);
+    assert.match(decodeError(reply.payload).message, /out of range/);
+  }
+  await agent.expectError(FrameType.RESIZE, new PayloadWriter().u32(10).u32(10).build(), AgentErrorCode.UNKNOWN_ID);
+  await agent.expectError(FrameType.RESIZE, u32(10), AgentErrorCode.MALFORMED);
+  const plain = await agent.start({ argv: ['sleep', '30'] });
+  agent.send(FrameType.RESIZE, plain.id, new PayloadWriter().u32(10).u32(10).build());
+  const err = await agent.waitFor((f) => f.id === plain.id && f.type === FrameType.ERROR, 'ERROR for RESIZE without a tty');
+  assert.equal(decodeError(err.payload).code, AgentErrorCode.WRONG_TYPE);
+  const big = await agent.start({ argv: ['sleep', '30'], tty: { rows: 5, cols: 5 } });
+  agent.send(FrameType.RESIZE, big.id, new PayloadWriter().u32(1001).u32(10).build());
+  const err2 = await agent.waitFor((f) => f.id === big.id && f.type === FrameType.ERROR, 'ERROR for a RESIZE too big');
+  assert.equal(decodeError(err2.payload).code, AgentErrorCode.MALFORMED);
+  for (const e of [plain, big]) agent.send(FrameType.KILL, e.id, u32(9));
+  await agent.finish(plain.id);
+  await agent.finish(big.id);
+});
+
+test('tty: a background job holding the terminal does not keep the EXIT back', async () => {
+  const t0 = Date.now();
+  const r = await agent.run({ argv: ['/bin/sh', '-c', 'set -m; sleep 30 & echo started; exit 4'], tty: { rows: 24, cols: 80 } });
+  assert.match(r.stdout.toString(), /started/);
+  assert.deepEqual(r.exit, { signaled: false, code: 4 });
+  assert.ok(Date.now() - t0 < 3000, `EXIT after ${Date.now() - t0} ms`);
+});
+
 test('EXIT waits until the output pipes reached EOF, not only for the process', async () => {
   const r = await agent.run({ argv: ['/bin/sh', '-c', '(sleep 0.3; echo late) & echo early'] });
   assert.equal(r.stdout.toString(), 'early\nlate\n');

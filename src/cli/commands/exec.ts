@@ -3,6 +3,7 @@ import type { ExecSpec } from '../../sdk/index.js';
 import { collect, milliseconds, seconds, UsageError } from '../errors.js';
 import { commandExit, passThrough, streamed } from '../context.js';
 import { withoutSeparator } from './run.js';
+import { checkTtyFlags, hostSize, rawTerminal, type HostTty } from '../terminal.js';
 
 export interface ExecFlags {
   env?: string[];
@@ -10,10 +11,11 @@ export interface ExecFlags {
   user?: string;
   timeout?: number;
   interactive?: boolean;
+  tty?: boolean;
 }
 
 /** `cell exec` flags and command as the SDK's exec spec (pure, unit-tested). */
-export function toExecSpec(command: string[], flags: ExecFlags): ExecSpec {
+export function toExecSpec(command: string[], flags: ExecFlags, host: HostTty = process): ExecSpec {
   const cmd = withoutSeparator(command);
   if (cmd.length === 0) throw new UsageError('a command is required: cell exec VM -- CMD...');
   const req: ExecSpec = { cmd };
@@ -21,6 +23,10 @@ export function toExecSpec(command: string[], flags: ExecFlags): ExecSpec {
   if (flags.workdir !== undefined) req.workingDir = flags.workdir;
   if (flags.user !== undefined) req.user = flags.user;
   if (flags.timeout !== undefined) req.commandTimeoutMs = milliseconds(flags.timeout);
+  if (flags.tty) {
+    checkTtyFlags(flags, host);
+    Object.assign(req, { tty: true }, hostSize(host));
+  }
   return req;
 }
 
@@ -35,6 +41,7 @@ export function register(program: Command): void {
     .option('-u, --user <user[:group]>', "run as this user: a name from the image or uid[:gid] (default: the VM's)")
     .option('--timeout <sec>', 'kill the command after this many seconds (exit 124)', seconds('--timeout'))
     .option('-i, --interactive', "send cell's stdin to the command (its end closes the command's stdin)")
+    .option('-t, --tty', "run the command on a terminal in the guest (with -i: this terminal in raw mode, its size and resizes passed on, Ctrl-C to the guest's foreground process)")
     .passThroughOptions()
     .addHelpText(
       'after',
@@ -42,11 +49,15 @@ export function register(program: Command): void {
 Everything after the VM (or after --) is the command, flags included.
 Exits with the command's code: 124 after --timeout, 127 not found, 128+N killed by signal N;
 1 when cell itself failed (no such VM, VM not running); 130/143 when interrupted (the command is killed).
+With -t the command's stdout and stderr are one stream (the guest's terminal, CRLF line ends);
+-it needs a terminal ("the input device is not a TTY" otherwise, as docker says).
 
 Examples:
   cell exec box -- uname -a
   cell exec -e DEBUG=1 -w /srv box -- ./serve.sh
-  cell exec -i box -- wc -l < /etc/passwd`,
+  cell exec -i box -- wc -l < /etc/passwd
+  cell exec -it box -- sh                 # an interactive shell; exit (or Ctrl-D) ends it
+  cell exec -it box -- top                # full-screen programs follow the window's size`,
     )
     .action(async (ref: string, command: string[], flags: ExecFlags, cmd: Command) => {
       process.exitCode = await exec(ref, toExecSpec(command, flags), flags, cmd);
@@ -55,11 +66,30 @@ Examples:
 
 function exec(ref: string, req: ExecSpec, flags: ExecFlags, cmd: Command): Promise<number> {
   return streamed(cmd, async (client, signal) => {
+    let execId: string | undefined;
+    // With -t: raw mode from here until the command ended, whatever ends it (restored in finally
+    // and, should the process end another way, on exit).
+    const terminal = req.tty
+      ? rawTerminal(process, (size) => {
+          if (execId) client.vms.resizeExec(execId, size).catch(() => {}); // the exec may have just ended
+        })
+      : undefined;
     try {
       const stdin = flags.interactive ? process.stdin : undefined;
-      const result = await client.vms.exec(ref, req, { ...passThrough, signal, stdin });
+      const result = await client.vms.exec(ref, req, {
+        ...passThrough,
+        signal,
+        stdin,
+        onExec: (id) => {
+          execId = id;
+          // The window may have changed while the command was starting.
+          const now = hostSize(process);
+          if (req.tty && (now.cols !== req.cols || now.rows !== req.rows)) client.vms.resizeExec(id, now).catch(() => {});
+        },
+      });
       return commandExit(result, flags.timeout);
     } finally {
+      terminal?.restore();
       // Reading stdin keeps the process alive: let go of it once the command has ended.
       if (flags.interactive) process.stdin.destroy();
     }

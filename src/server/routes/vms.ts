@@ -9,12 +9,15 @@ import type { Engine } from '../../engine/engine.js';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { openStream, outputEvents } from '../ndjson.js';
 import { serve } from '../serve-route.js';
+import { DEFAULT_TTY_SIZE, ExecTerminal } from '../../engine/exec-terminal.js';
 
 const { vms } = Api;
 
 export function vmRoutes(app: FastifyInstance, engine: Engine): void {
   /** Stdin pipes of running execs that asked for one, by exec id. */
   const stdinPipes = new Map<string, PassThrough>();
+  /** Terminals of running execs started with tty, by exec id. */
+  const terminals = new Map<string, ExecTerminal>();
 
   serve(app, vms.list, async (req) => engine.vms.list(req.query.all ?? false));
 
@@ -80,10 +83,17 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     const stream = openStream(vms.exec, req, reply);
     let execId: string | undefined;
     let stdin: PassThrough | undefined;
-    if (req.body.stdin) {
+    let terminal: ExecTerminal | undefined;
+    if (req.body.stdin || req.body.tty) {
       execId = randomUUID();
-      stdin = new PassThrough();
-      stdinPipes.set(execId, stdin);
+      if (req.body.stdin) {
+        stdin = new PassThrough();
+        stdinPipes.set(execId, stdin);
+      }
+      if (req.body.tty) {
+        terminal = new ExecTerminal({ rows: req.body.rows ?? DEFAULT_TTY_SIZE.rows, cols: req.body.cols ?? DEFAULT_TTY_SIZE.cols });
+        terminals.set(execId, terminal);
+      }
       stream.send({ type: 'exec', execId });
     }
     try {
@@ -96,6 +106,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
           user: req.body.user,
           timeoutSec: req.body.timeoutSec,
           stdin,
+          terminal,
           signal: stream.signal,
         },
         outputEvents(stream),
@@ -105,9 +116,18 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     } catch (err) {
       stream.fail(err);
     } finally {
-      if (execId) stdinPipes.delete(execId);
+      if (execId) {
+        stdinPipes.delete(execId);
+        terminals.delete(execId);
+      }
       stdin?.end();
     }
+  });
+
+  serve(app, vms.execResize, async (req) => {
+    const terminal = terminals.get(req.params.execId);
+    if (!terminal) throw new CellError(ErrorCodes.NOT_FOUND, `no running exec ${req.params.execId} has a terminal`);
+    await terminal.resize({ rows: req.body.rows, cols: req.body.cols });
   });
 
   serve(app, vms.execStdin, async (req) => {
