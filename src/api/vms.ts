@@ -296,6 +296,14 @@ export const LogEvent = event('log', {
 });
 export type LogEvent = Static<typeof LogEvent>;
 
+export const ConsoleEvent = Type.Union([
+  /** First: where to send input (POST /v1/consoles/:session/input). */
+  event('attached', { session: Type.String() }),
+  /** What the guest wrote to its serial console; base64. */
+  event('data', { data: Type.String({ contentEncoding: 'base64' }) }),
+]);
+export type ConsoleEvent = Static<typeof ConsoleEvent>;
+
 export const StatsQuery = Type.Object({
   /** Keep sending a sample every second until the client goes away; without it, one sample. */
   stream: Type.Optional(Type.Boolean()),
@@ -400,6 +408,21 @@ export const vms = {
     params: RefParams,
     body: WaitRequest,
     reply: ndjson(WaitEvent),
+  }),
+  console: route({
+    method: 'GET',
+    path: '/v1/vms/:ref/console',
+    summary: "the VM's serial console, one session at a time: its output until the client leaves or the VM stops; input through the session",
+    params: RefParams,
+    reply: ndjson(ConsoleEvent),
+  }),
+  consoleInput: route({
+    method: 'POST',
+    path: '/v1/consoles/:session/input',
+    summary: "bytes for the serial console of an open console session (the end of the body ends nothing)",
+    params: Type.Object({ session: Type.String({ minLength: 1 }) }),
+    body: 'octet-stream',
+    reply: empty(),
   }),
   logs: route({
     method: 'GET',

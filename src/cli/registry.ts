@@ -23,6 +23,7 @@ export const COMMAND_GROUPS: readonly CommandGroup[] = [
   { heading: 'Run commands in VMs:', names: ['exec'], load: () => import('./commands/exec.js') },
   { heading: 'Run commands in VMs:', names: ['cp'], load: () => import('./commands/cp.js') },
   { heading: 'Manage VMs:', names: ['ps', 'inspect', 'port', 'logs', 'stop', 'wait', 'update', 'start', 'pause', 'unpause', 'rm'], load: () => import('./commands/vms.js') },
+  { heading: 'Manage VMs:', names: ['console'], load: () => import('./commands/console.js') },
   { heading: 'Manage VMs:', names: ['events'], load: () => import('./commands/events.js') },
   { heading: 'Manage VMs:', names: ['stats'], load: () => import('./commands/stats.js') },
   { heading: 'Networks:', names: ['network'], load: () => import('./commands/networks.js') },

@@ -12,6 +12,7 @@ import { EventFeed } from './event-feed.js';
 import { HealthMonitor } from './health-monitor.js';
 import { TimeoutMonitor } from './vm-timeouts.js';
 import { Suspends } from './vm-suspend.js';
+import { Consoles } from './vm-console.js';
 import { waitForVm, type WaitOptions } from './vm-wait.js';
 import type { VmRecord } from '../domain/vm.js';
 import type { Backend } from '../vmm/backend.js';
@@ -122,6 +123,8 @@ export class Engine {
     readonly stats: VmStats,
     /** `cell pause --to-disk` and the unpause that restores it (vm-suspend.ts). */
     readonly suspends: Suspends,
+    /** `cell console`: the serial consoles (vm-console.ts). */
+    readonly consoles: Consoles,
   ) {}
 
   /**
@@ -188,7 +191,7 @@ export class Engine {
     const stats = new VmStats({ vms, live: ctx.live, network: ctx.network });
     const suspends = new Suspends(ctx, vms, snapshots);
     const timeouts = new TimeoutMonitor(ctx, vms, (id) => suspends.suspend(id));
-    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, timeouts, stats, suspends);
+    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, timeouts, stats, suspends, new Consoles(ctx, vms));
     await reconcile(ctx);
     await sweepOrphans(ctx);
     await ctx.network.sweep(new Set(ctx.live.ids()));
@@ -242,6 +245,7 @@ export class Engine {
   async close(): Promise<void> {
     this.health.close();
     this.timeouts.close();
+    this.consoles.closeAll();
     this.consoleCap.stop();
     await this.spares.closeAll();
     // Published ports close with celld (VMs keep running; the next celld serves them again).

@@ -7,6 +7,8 @@ export {
   type ExecOptions,
   type ExecSpec,
   type LogsOptions,
+  type ConsoleOptions,
+  type ConsoleHandle,
   type RemoveOptions,
   type VmListOptions,
   type VmRunOptions,

@@ -1,3 +1,4 @@
+import { PassThrough } from 'node:stream';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { matchesLabels } from '../domain/labels.js';
 import { Api } from '../api/routes.js';
@@ -60,6 +61,20 @@ export interface WaitOptions extends RequestOptions {
   timeoutMs?: number;
   /** Each change of its health while waiting for `healthy`. */
   onHealth?: (vm: Vm) => void;
+}
+export interface ConsoleOptions {
+  /** What the guest writes to its serial console, as it comes. */
+  onData: (data: Buffer) => void | Promise<void>;
+  /** Detaches, as `close()` does. */
+  signal?: AbortSignal;
+}
+export interface ConsoleHandle {
+  /** Bytes for the guest's serial input (what a shell or getty on ttyS0 reads). */
+  write(data: string | Buffer): void;
+  /** Detaches; the VM runs on. */
+  close(): void;
+  /** Settles when the session is over. */
+  readonly ended: Promise<void>;
 }
 export interface LogsOptions extends RequestOptions {
   /** Keep going with new lines until the VM stops. */
@@ -166,6 +181,47 @@ export class VmsClient {
       else return event.vm;
     }
     throw new CellError(ErrorCodes.INTERNAL, `celld ended the wait for VM ${ref} without an answer`);
+  }
+
+  /**
+   * `cell console`: the VM's serial console, one session per VM at a time. `onData` gets what the
+   * guest writes there from now on; `write` sends bytes to its serial input; `close()` detaches
+   * (the VM runs on); `ended` settles when the session is over (closed, or the VM stopped).
+   */
+  async console(ref: string, opts: ConsoleOptions): Promise<ConsoleHandle> {
+    const controller = new AbortController();
+    const detach = () => controller.abort();
+    opts.signal?.addEventListener('abort', detach, { once: true });
+    const events = this.transport.stream(vms.console, { params: { ref } }, { signal: controller.signal });
+    const first = await events.next();
+    if (first.done || first.value.type !== 'attached') {
+      controller.abort();
+      throw new CellError(ErrorCodes.INTERNAL, `celld opened no console session for VM ${ref}`);
+    }
+    const input = new PassThrough();
+    // A failed upload only loses keystrokes; the output goes on.
+    const upload = this.transport.upload(vms.consoleInput, { params: { session: first.value.session } }, input, { endSignal: controller.signal }).catch(() => {});
+    const ended = (async () => {
+      try {
+        for (;;) {
+          const next = await events.next();
+          if (next.done) return;
+          if (next.value.type === 'data') await opts.onData(Buffer.from(next.value.data, 'base64'));
+        }
+      } catch (err) {
+        if (!controller.signal.aborted) throw err;
+      } finally {
+        input.end();
+        controller.abort();
+        opts.signal?.removeEventListener('abort', detach);
+        await upload;
+      }
+    })();
+    return {
+      write: (data) => void input.write(typeof data === 'string' ? Buffer.from(data, 'utf8') : data),
+      close: detach,
+      ended,
+    };
   }
 
   /** A VM's main-command output: what is there, then (with `follow`) new lines until it stops. */

@@ -62,6 +62,8 @@ export interface MachineFiles {
   dataOverlay: string;
   qmpSocket: string;
   agentSocket: string;
+  /** The serial console, read and written by `cell console` (one client at a time; its output is also logged to serialLog). */
+  consoleSocket: string;
   serialLog: string;
   qemuLog: string;
   pidFile: string;

@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { CELL_BIN, TestHome } from '../helpers/cell-home.js';
+import { CELL_BIN, TestHome, waitFor } from '../helpers/cell-home.js';
 import { CellClient, type CellEvent, type VmStats } from '../../src/sdk/index.js';
 
 describe('VM lifecycle: run -d, exec, stop, start, rm, refs', () => {
@@ -201,6 +201,51 @@ describe('VM lifecycle: run -d, exec, stop, start, rm, refs', () => {
     await h.ok(['run', '-d', '--name', 'job', 'busybox', '--', 'sh', '-c', 'sleep 1; exit 3']);
     assert.equal((await h.ok(['wait', 'job'])).stdout, '3\n');
     await h.ok(['rm', '-f', 'job']);
+  });
+
+  test('console: the guest\'s serial output, input to a reader of its serial line, one session at a time; Ctrl-] detaches and the VM runs on; the SDK too', async () => {
+    await h.ok(['run', '-d', '--name', 'con', 'busybox']);
+    const viewer = spawn(CELL_BIN, ['console', 'con'], { env: h.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    viewer.stdout.on('data', (c: Buffer) => (out += c.toString()));
+    viewer.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    const exited = new Promise<number>((resolve) => viewer.on('close', (code) => resolve(code ?? -1)));
+    try {
+      assert.ok(await waitFor(() => err.includes("[attached to con's console; Ctrl-] detaches]"), 30_000), `attached: ${err}`);
+      const busy = await h.cell(['console', '--no-stdin', 'con']);
+      assert.equal(busy.code, 1);
+      assert.match(busy.stderr, /^error: VM con's console is in use by another cell console \(one at a time\)/);
+
+      await h.ok(['exec', 'con', '--', 'sh', '-c', 'echo hello-console > /dev/console']);
+      assert.ok(await waitFor(() => out.includes('hello-console'), 10_000), `the console shows it: ${JSON.stringify(out)}`);
+      // A reader of the serial line (opened before it says so) gets what is typed.
+      const reader = h.cell(['exec', 'con', '--', 'sh', '-c', 'exec 3</dev/ttyS0; echo reader-ready > /dev/console; head -n 1 <&3']);
+      assert.ok(await waitFor(() => out.includes('reader-ready'), 20_000), 'the reader is ready');
+      viewer.stdin.write('typed-line\n');
+      const read = await reader;
+      assert.equal(read.stdout.trim(), 'typed-line');
+
+      viewer.stdin.write(Buffer.from([0x1d]));
+      assert.equal(await exited, 0);
+      assert.match(err, /\[detached from con's console\]/);
+    } finally {
+      viewer.kill('SIGKILL');
+    }
+    assert.equal((await h.ok(['exec', 'con', '--', 'echo', 'still here'])).stdout, 'still here\n');
+
+    const client = await CellClient.connect({ home: h.home });
+    try {
+      let seen = '';
+      const session = await client.vms.console('con', { onData: (d) => void (seen += d.toString()) });
+      await h.ok(['exec', 'con', '--', 'sh', '-c', 'echo from-sdk > /dev/console']);
+      assert.ok(await waitFor(() => seen.includes('from-sdk'), 10_000));
+      session.close();
+      await session.ended;
+    } finally {
+      client.close();
+    }
+    await h.ok(['rm', '-f', 'con']);
   });
 
   test('events: each step of a scripted lifecycle, in order, live through the SDK and afterwards with --since/--until and filters', async () => {

@@ -142,6 +142,40 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     pipe.end();
   });
 
+  serve(app, vms.console, async (req, reply) => {
+    engine.vms.resolve(req.params.ref);
+    let stream: ReturnType<typeof openStream<typeof vms.console>> | undefined;
+    let session;
+    try {
+      // Opened before the stream, so a busy or stopped console is a plain error answer.
+      const pending: Buffer[] = [];
+      session = await engine.consoles.open(req.params.ref, {
+        data: (bytes) => (stream ? stream.send({ type: 'data', data: bytes.toString('base64') }) : pending.push(bytes)),
+        behind: () => stream?.behind(),
+      });
+      stream = openStream(vms.console, req, reply);
+      stream.send({ type: 'attached', session: session.id });
+      for (const bytes of pending) stream.send({ type: 'data', data: bytes.toString('base64') });
+      stream.signal.addEventListener('abort', () => session!.close());
+      await session.ended;
+      stream.end();
+    } catch (err) {
+      session?.close();
+      if (stream) stream.fail(err);
+      else throw err;
+    }
+  });
+
+  serve(app, vms.consoleInput, async (req) => {
+    const session = engine.consoles.session(req.params.session);
+    const body = req.body as NodeJS.ReadableStream | Buffer | undefined;
+    if (body && 'pipe' in body) {
+      for await (const chunk of body) session.write(Buffer.from(chunk as Buffer));
+    } else if (body) {
+      session.write(body);
+    }
+  });
+
   serve(app, vms.logs, async (req, reply) => {
     engine.vms.resolve(req.params.ref);
     const stream = openStream(vms.logs, req, reply);

@@ -80,8 +80,9 @@ export function buildQemuArgv(
     `memory-backend-file,id=mem0,size=${spec.memoryMib}M,mem-path=${spec.memory.path},share=${spec.memory.shared ? 'on' : 'off'}`,
     '-smp', String(spec.cpus),
     '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-    // Append-only, so celld can cut the log back when a guest floods its console (console-log-cap.ts).
-    '-chardev', `file,id=console,path=${files.serialLog},append=on`,
+    // A socket for `cell console`, and everything the guest writes logged too. Append-only, so celld
+    // can cut the log back when a guest floods its console (console-log-cap.ts).
+    '-chardev', `socket,id=console,path=${files.consoleSocket},server=on,wait=off,logfile=${files.serialLog},logappend=on`,
     '-serial', 'chardev:console',
     '-kernel', spec.kernelPath,
     '-initrd', spec.initrdPath,

@@ -64,7 +64,7 @@ export class QemuBackend implements Backend {
     if (spec.dataDisk && !existsSync(files.dataOverlay)) await createOverlay(files.dataOverlay, spec.dataDisk.baseDiskPath, spec.dataDisk.baseDiskFormat);
     // Stale sockets from an earlier run would make QEMU fail to bind.
     const incoming = incomingSocketPath(spec.dir);
-    await Promise.all([files.qmpSocket, files.agentSocket, files.serialLog, incoming].map((f) => rm(f, { force: true })));
+    await Promise.all([files.qmpSocket, files.agentSocket, files.consoleSocket, files.serialLog, incoming].map((f) => rm(f, { force: true })));
     // The guest's console output is the user's: 0600 (QEMU would make it 0644), made exclusively.
     closeSync(openSync(files.serialLog, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
     const sandbox = confinementEnabled();

@@ -26,11 +26,12 @@ export function machineFiles(dir: string): MachineFiles {
     dataOverlay: join(dir, 'data.qcow2'),
     qmpSocket: join(dir, 'qmp.sock'),
     agentSocket: join(dir, 'agent.sock'),
+    consoleSocket: join(dir, 'console.sock'),
     serialLog: join(dir, 'serial.log'),
     qemuLog: join(dir, 'qemu.log'),
     pidFile: join(dir, 'qemu.pid'),
   };
-  for (const socket of [files.qmpSocket, files.agentSocket]) checkSocketPath(socket);
+  for (const socket of [files.qmpSocket, files.agentSocket, files.consoleSocket]) checkSocketPath(socket);
   incomingSocketPath(dir);
   return files;
 }
