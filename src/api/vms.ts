@@ -143,6 +143,8 @@ export const Vm = Type.Object({
 });
 export type Vm = Static<typeof Vm>;
 
+const TerminalDim = Type.Integer({ minimum: 1, maximum: 1000 });
+
 export const RunRequest = Type.Object(
   {
     /** Required unless `fromSnapshot` or `template` is given. */
@@ -168,6 +170,12 @@ export const RunRequest = Type.Object(
     egress: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 64 })),
     /** Labels as `--label` takes them: `team=ml` (a key alone: an empty value). Forks add theirs to their snapshot's. */
     labels: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 64 })),
+    /** `-i`: the main command's stdin stays open: the stream's `exec` event names where to send it (detached: `cell attach`). */
+    stdin: Type.Optional(Type.Boolean()),
+    /** `-t`: the main command runs on a guest pseudo-terminal (`cols` x `rows`, default 80x24); resizes go to the `exec` event's id. */
+    tty: Type.Optional(Type.Boolean()),
+    cols: Type.Optional(TerminalDim),
+    rows: Type.Optional(TerminalDim),
     /** A health check (`--health-cmd`): starting -> healthy | unhealthy, in inspect, ps and events. Forks keep their snapshot's unless given one. */
     health: Type.Optional(HealthCheckRequest),
     /** Stopped (removed with autoRemove) this long after it started: 1 s to 365 d. */
@@ -185,7 +193,6 @@ export const RunRequest = Type.Object(
 export type RunRequest = Static<typeof RunRequest>;
 
 /** Columns or rows of a terminal. */
-const TerminalDim = Type.Integer({ minimum: 1, maximum: 1000 });
 
 export const ExecRequest = Type.Object(
   {
@@ -272,6 +279,8 @@ export const LogsQuery = Type.Object({
 export const RunEvent = Type.Union([
   event('created', { vm: Vm }),
   event('running', { vm: Vm }),
+  /** With `stdin` or `tty`, before the command starts: the id for POST /v1/execs/:execId/stdin and /resize. */
+  event('exec', { execId: Type.String() }),
   ProgressEvent,
   PullEvent,
   ...OutputEvents,
@@ -288,6 +297,14 @@ export const ExecEvent = Type.Union([
   ExitEvent,
 ]);
 export type ExecEvent = Static<typeof ExecEvent>;
+
+export const AttachEvent = Type.Union([
+  /** First, when the main command has stdin or a terminal: the id for POST /v1/execs/:execId/stdin and /resize. */
+  event('exec', { execId: Type.String() }),
+  ...OutputEvents,
+  /** The main command ended while attached (the VM runs on). */
+  ExitEvent,
+]);
 
 export const LogEvent = event('log', {
   time: Type.String(),
@@ -408,6 +425,13 @@ export const vms = {
     params: RefParams,
     body: WaitRequest,
     reply: ndjson(WaitEvent),
+  }),
+  attach: route({
+    method: 'POST',
+    path: '/v1/vms/:ref/attach',
+    summary: "the running main command's output from now on (stdin and resizes through the `exec` event's id) until it ends (`exit`) or the client leaves (it runs on)",
+    params: RefParams,
+    reply: ndjson(AttachEvent),
   }),
   console: route({
     method: 'GET',

@@ -52,3 +52,45 @@ export function rawTerminal(host: HostTty, onResize: (size: TerminalSize) => voi
   process.on('exit', restore);
   return { restore };
 }
+
+/**
+ * Docker's detach keys (`--detach-keys`, default Ctrl-P Ctrl-Q): a sequence typed into an attached
+ * session ends the session, not the program. A prefix of the sequence is held back until the next
+ * byte shows whether it is one; anything else goes to the guest as typed.
+ */
+export class DetachKeys {
+  private held = 0;
+
+  constructor(private readonly keys: readonly number[] = [0x10, 0x11]) {}
+
+  /** Splits typed bytes into what goes on to the guest and whether the sequence was completed. */
+  feed(chunk: Buffer): { send: Buffer; detach: boolean } {
+    const out: number[] = [];
+    for (const byte of chunk) {
+      if (byte === this.keys[this.held]) {
+        this.held++;
+        if (this.held === this.keys.length) return { send: Buffer.from(out), detach: true };
+        continue;
+      }
+      out.push(...this.keys.slice(0, this.held));
+      this.held = 0;
+      if (byte === this.keys[0]) this.held = 1;
+      else out.push(byte);
+    }
+    return { send: Buffer.from(out), detach: false };
+  }
+}
+
+/** `--detach-keys ctrl-p,ctrl-q` (docker's syntax: ctrl-<letter>, ctrl-@, ctrl-[ ... or a single character). */
+export function parseDetachKeys(text: string): number[] {
+  const keys = text.split(',').map((key) => {
+    const ctrl = /^ctrl-(.)$/i.exec(key.trim());
+    if (ctrl) {
+      const code = ctrl[1]!.toUpperCase().charCodeAt(0);
+      if (code >= 0x40 && code <= 0x5f) return code - 0x40;
+    } else if (key.length === 1) return key.charCodeAt(0);
+    throw new UsageError(`--detach-keys: "${key}" is not a key: give ctrl-<letter> or one character, comma-separated (ctrl-p,ctrl-q)`);
+  });
+  if (keys.length === 0 || keys.length > 8) throw new UsageError('--detach-keys: give 1 to 8 keys');
+  return keys;
+}

@@ -246,6 +246,7 @@ export class Engine {
     this.health.close();
     this.timeouts.close();
     this.consoles.closeAll();
+    this.runs.sessions.closeAll();
     this.consoleCap.stop();
     await this.spares.closeAll();
     // Published ports close with celld (VMs keep running; the next celld serves them again).

@@ -11,10 +11,16 @@ import { NULL_SINK, type ExecResult, type OutputSink } from './output.js';
 import type { Snapshots } from './snapshots.js';
 import type { Templates } from './templates.js';
 import { exitInfo } from './vm-records.js';
+import { MainSessions, type MainSession } from './main-sessions.js';
+import type { TtySize } from '../agent/frame.js';
 import type { CreateVmRequest, Vms } from './vms.js';
 
 export interface RunRequest extends CreateVmRequest {
   detach?: boolean;
+  /** `-i`: the main command's stdin stays open for the caller (or, detached, for `cell attach`). */
+  interactive?: boolean;
+  /** `-t`: the main command runs on a guest pseudo-terminal of this size. */
+  tty?: TtySize;
   /** Fork this snapshot instead of booting the image (`image` is then ignored). */
   fromSnapshot?: string;
   /** Start from this template (`NAME` or `NAME:ROLE`): warm when it has a snapshot, else cold. */
@@ -26,6 +32,8 @@ export interface RunEvents {
   onCreated?(vm: VmRecord): void;
   /** The guest agent answered: the command is about to start. */
   onRunning?(vm: VmRecord): void;
+  /** The main command's session (its stdin, terminal and output), just before it starts. */
+  onSession?(session: MainSession): void;
 }
 
 
@@ -36,6 +44,8 @@ export class Runs {
     private readonly vms: Vms,
     private readonly snapshots: Snapshots,
     private readonly templates: Templates,
+    /** The running main commands' stdin, terminals and attached outputs (`cell attach`). */
+    readonly sessions = new MainSessions(),
   ) {}
 
   /**
@@ -63,13 +73,14 @@ export class Runs {
       }
     }
     events.onRunning?.(vm);
+    const io = { stdin: Boolean(req.interactive), ...(req.tty ? { tty: req.tty } : {}) };
     if (req.detach) {
-      if (vm.spec.cmd.length > 0) void this.runMain(vm, NULL_SINK).catch(() => {});
+      if (vm.spec.cmd.length > 0) void this.runMain(vm, NULL_SINK, io, events).catch(() => {});
       return { vm };
     }
     let result: ExecResult;
     try {
-      result = await this.runMain(vm, sink, signal);
+      result = await this.runMain(vm, sink, io, events, signal);
     } finally {
       // A VM about to be removed needs no clean shutdown (its disk goes too): ending QEMU at once
       // saves the guest's power-off, tens of milliseconds under TCG.
@@ -143,26 +154,42 @@ export class Runs {
     });
   }
 
-  /** Runs the VM's main command; its output goes to the VM's log and to the sink. */
-  private async runMain(vm: VmRecord, sink: OutputSink, signal?: AbortSignal): Promise<ExecResult> {
+  /**
+   * Runs the VM's main command; its output goes to the VM's log, to the sink and to whoever
+   * attaches (`cell attach`) while it runs.
+   */
+  private async runMain(vm: VmRecord, sink: OutputSink, io: { stdin: boolean; tty?: TtySize }, events: RunEvents, signal?: AbortSignal): Promise<ExecResult> {
     const live = this.ctx.live.require(vm.id);
+    const session = this.sessions.open(vm.id, io);
+    session.attach(sink);
+    events.onSession?.(session);
     const tee: OutputSink = {
       stdout: (c) => {
         this.vms.logs.append(vm.id, 'stdout', c);
-        sink.stdout(c);
+        session.output.stdout(c);
       },
       stderr: (c) => {
         this.vms.logs.append(vm.id, 'stderr', c);
-        sink.stderr(c);
+        session.output.stderr(c);
       },
-      behind: () => sink.behind?.(),
+      behind: () => session.output.behind?.(),
     };
+    let ended: ExecResult | null = null;
+    try {
+      ended = await this.runMainCommand(vm, live, tee, session, signal);
+      return ended;
+    } finally {
+      session.end(ended);
+    }
+  }
+
+  private async runMainCommand(vm: VmRecord, live: ReturnType<EngineContext['live']['require']>, tee: OutputSink, session: MainSession, signal?: AbortSignal): Promise<ExecResult> {
     const { uid, gid } = parseUser(vm.spec.user);
     let result: ExecResult;
     try {
       result = await runGuestCommand(
         live.agent,
-        { argv: vm.spec.cmd, env: vm.spec.env, cwd: vm.spec.workingDir, uid, gid, timeoutSec: vm.spec.timeoutSec, signal },
+        { argv: vm.spec.cmd, env: vm.spec.env, cwd: vm.spec.workingDir, uid, gid, timeoutSec: vm.spec.timeoutSec, signal, stdin: session.stdin, terminal: session.terminal },
         tee,
       );
     } catch (err) {

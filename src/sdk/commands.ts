@@ -28,6 +28,10 @@ export interface RunEventHandlers extends OutputHandlers {
   onProgress?(e: SetupEvent): void;
   /** An image pulled on demand (when celld reports it). */
   onPull?(e: PullEvent): void;
+  /** With `stdin` (run spec) set: the bytes for the main command's stdin; their end closes it. */
+  stdin?: StdinSource;
+  /** With `stdin` or `tty`: the main command's id, for `resizeExec`. */
+  onExec?(execId: string): void;
 }
 
 function isOutput<E extends { type: string }>(event: E | OutputEvent): event is OutputEvent {
@@ -74,33 +78,47 @@ export async function resultStream<E extends { type: string }, T>(
 }
 
 /** Consumes the event stream of an attached run (POST /v1/vms/run). */
-export async function runStream(events: AsyncIterable<RunEvent>, handlers: RunEventHandlers): Promise<CommandResult & { vm: Vm }> {
+export async function runStream(transport: Transport, events: AsyncIterable<RunEvent>, handlers: RunEventHandlers): Promise<CommandResult & { vm: Vm }> {
   let exit: CommandResult | undefined;
   let vm: Vm | undefined;
-  for await (const event of events) {
-    if (await deliverOutput(event, handlers)) continue;
-    switch (event.type) {
-      case 'created':
-        vm = event.vm;
-        handlers.onCreated?.(event.vm);
-        break;
-      case 'running':
-        vm = event.vm;
-        handlers.onRunning?.(event.vm);
-        break;
-      case 'progress':
-        handlers.onProgress?.(event);
-        break;
-      case 'pull':
-        handlers.onPull?.(event.event);
-        break;
-      case 'exit':
-        exit = result(event);
-        break;
-      case 'done':
-        vm = event.vm;
-        break;
+  let upload: Promise<unknown> | undefined;
+  const stopUpload = new AbortController();
+  try {
+    for await (const event of events) {
+      if (await deliverOutput(event, handlers)) continue;
+      switch (event.type) {
+        case 'exec':
+          handlers.onExec?.(event.execId);
+          if (handlers.stdin && !upload) {
+            // A failed upload shows in the command's behaviour (it sees EOF); never crash on it.
+            upload = transport.upload(Api.vms.execStdin, { params: { execId: event.execId } }, handlers.stdin as AsyncIterable<Buffer | string>, { endSignal: stopUpload.signal }).catch(() => {});
+          }
+          break;
+        case 'created':
+          vm = event.vm;
+          handlers.onCreated?.(event.vm);
+          break;
+        case 'running':
+          vm = event.vm;
+          handlers.onRunning?.(event.vm);
+          break;
+        case 'progress':
+          handlers.onProgress?.(event);
+          break;
+        case 'pull':
+          handlers.onPull?.(event.event);
+          break;
+        case 'exit':
+          exit = result(event);
+          break;
+        case 'done':
+          vm = event.vm;
+          break;
+      }
     }
+  } finally {
+    stopUpload.abort();
+    await upload;
   }
   if (!exit || !vm) throw noExit('run');
   return { ...exit, vm };

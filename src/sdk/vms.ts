@@ -62,6 +62,14 @@ export interface WaitOptions extends RequestOptions {
   /** Each change of its health while waiting for `healthy`. */
   onHealth?: (vm: Vm) => void;
 }
+export interface AttachOptions extends OutputHandlers {
+  /** Bytes for the main command's stdin (started with `stdin`); their end closes it. */
+  stdin?: StdinSource;
+  /** The main command's id, for `resizeExec`. */
+  onExec?(execId: string): void;
+  /** Detaches (the command runs on). */
+  signal?: AbortSignal;
+}
 export interface ConsoleOptions {
   /** What the guest writes to its serial console, as it comes. */
   onData: (data: Buffer) => void | Promise<void>;
@@ -116,7 +124,33 @@ export class VmsClient {
    * VM; the promise then rejects with the signal's reason.
    */
   run(spec: VmSpec, opts: VmRunOptions = {}): Promise<CommandResult & { vm: Vm }> {
-    return runStream(this.transport.stream(vms.run, { body: runRequest(spec) }, opts), opts);
+    return runStream(this.transport, this.transport.stream(vms.run, { body: runRequest(spec) }, opts), opts);
+  }
+
+  /**
+   * `cell attach`: the running main command's output from now on, and (when it was started with
+   * `stdin`) `stdin` to it; resolves with how it ended, or null when `signal` detached first (it
+   * runs on; a detach leaves its stdin open, the end of `stdin` closes it).
+   */
+  async attach(ref: string, opts: AttachOptions = {}): Promise<CommandResult | null> {
+    let exit: CommandResult | null = null;
+    let upload: Promise<unknown> | undefined;
+    try {
+      for await (const event of this.transport.stream(vms.attach, { params: { ref } }, { signal: opts.signal })) {
+        if (event.type === 'stdout') await opts.onStdout?.(Buffer.from(event.data, 'base64'));
+        else if (event.type === 'stderr') await opts.onStderr?.(Buffer.from(event.data, 'base64'));
+        else if (event.type === 'exec') {
+          opts.onExec?.(event.execId);
+          if (opts.stdin && !upload) {
+            // Cut off by a detach (not ended): celld keeps the command's stdin open.
+            upload = this.transport.upload(vms.execStdin, { params: { execId: event.execId } }, opts.stdin as AsyncIterable<Buffer | string>, { signal: opts.signal }).catch(() => {});
+          }
+        } else if (event.type === 'exit') exit = { exitCode: event.exitCode, signal: event.signal, timedOut: event.timedOut, durationMs: event.durationMs };
+      }
+    } catch (err) {
+      if (!opts.signal?.aborted) throw err;
+    }
+    return exit;
   }
 
   /**

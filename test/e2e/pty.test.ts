@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { CellClient, Sandbox } from '../../src/sdk/index.js';
@@ -105,5 +105,70 @@ describe('pty', () => {
     assert.equal(await pty.kill(), true);
     const result = await pty.wait();
     assert.deepEqual([result.exitCode, result.signal], [137, 9]);
+  });
+
+  test('cell run -it under tmux: a shell in a new VM on this terminal, its exit code back, the VM gone with --rm', async () => {
+    const exitFile = join(h.home, 'run-exit-code');
+    const env = Object.entries({ CELL_HOME: h.home, CELL_CACHE: h.env.CELL_CACHE!, CELL_NETWORK: 'off' })
+      .map(([k, v]) => `${k}='${v}'`)
+      .join(' ');
+    tmux('new-session', '-d', '-s', 'run', '-x', '90', '-y', '20', `${env} ${CELL_BIN} run -it --rm --name runit -e PS1=runprompt: busybox -- sh; echo EXIT=$? > ${exitFile}; sleep 5`);
+    const runScreen = () => tmux('capture-pane', '-p', '-t', 'run');
+    const deadline = Date.now() + 60_000;
+    while (!runScreen().includes('runprompt:')) {
+      if (Date.now() > deadline) assert.fail(`no prompt; screen:\n${runScreen()}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    tmux('send-keys', '-t', 'run', 'stty size; exit 4', 'Enter');
+    while (!existsSync(exitFile) || !readFileSync(exitFile, 'utf8').trim()) {
+      if (Date.now() > deadline) assert.fail(`cell run did not end; screen:\n${runScreen()}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.match(runScreen(), /^20 90\s*$/m, 'the guest terminal has this one\'s size');
+    assert.equal(readFileSync(exitFile, 'utf8').trim(), 'EXIT=4');
+    assert.ok(!(await h.ok(['ps', '-a'])).stdout.includes('runit'), 'removed with --rm');
+  });
+
+  test('cell attach: a detached -i main command takes input, Ctrl-P Ctrl-Q detaches and leaves it running, a second attach goes on, the end of stdin ends it with its code', async () => {
+    await h.ok(['run', '-d', '-i', '--name', 'att', 'busybox', '--', 'sh', '-c', 'while read l; do echo got:$l; done; exit 7']);
+    const attach = () => {
+      const child = spawn(CELL_BIN, ['attach', 'att'], { env: h.env, stdio: ['pipe', 'pipe', 'pipe'] });
+      const io = { out: '', err: '', code: new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? -1))) };
+      child.stdout.on('data', (c: Buffer) => (io.out += c.toString()));
+      child.stderr.on('data', (c: Buffer) => (io.err += c.toString()));
+      return { child, io };
+    };
+    const seen = async (io: { out: string }, text: string) => {
+      const deadline = Date.now() + 20_000;
+      while (!io.out.includes(text)) {
+        if (Date.now() > deadline) assert.fail(`never saw ${text}: ${JSON.stringify(io.out)}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    const first = attach();
+    try {
+      // Attached only once celld has the session: keep saying it until the answer comes.
+      first.child.stdin.write('one\n');
+      await seen(first.io, 'got:one');
+      first.child.stdin.write(Buffer.from([0x10, 0x11]));
+      assert.equal(await first.io.code, 0);
+      assert.match(first.io.err, /\[detached from att\]/);
+    } finally {
+      first.child.kill('SIGKILL');
+    }
+    const second = attach();
+    try {
+      second.child.stdin.write('two\n');
+      await seen(second.io, 'got:two');
+      second.child.stdin.end();
+      assert.equal(await second.io.code, 7, "the end of cell's stdin closed the command's; its exit code came back");
+    } finally {
+      second.child.kill('SIGKILL');
+    }
+    assert.match((await h.ok(['logs', 'att'])).stdout, /got:one\ngot:two\n/);
+    const late = await h.cell(['attach', 'att']);
+    assert.equal(late.code, 1);
+    assert.match(late.stderr, /^error: VM att has no main command running to attach to/);
+    await h.ok(['rm', '-f', 'att']);
   });
 });

@@ -4,6 +4,7 @@ import { parsePortSpec } from '../../domain/network.js';
 import { IDLE_ACTIONS, type IdleAction } from '../../domain/timeouts.js';
 import { byteSize, collect, durationMs, EXIT_FAILURE, oneOf, EXIT_RUN_FAILED, milliseconds, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
 import { commandExit, connect, interruptible, passThrough } from '../context.js';
+import { checkTtyFlags, hostSize, rawTerminal, type HostTty } from '../terminal.js';
 
 export interface RunFlags {
   name?: string;
@@ -30,13 +31,15 @@ export interface RunFlags {
   healthTimeout?: number;
   healthRetries?: number;
   healthStartPeriod?: number;
+  interactive?: boolean;
+  tty?: boolean;
   ttl?: number;
   idleTimeout?: number;
   idleAction?: IdleAction;
 }
 
 /** `cell run` flags and operands as the SDK's VM spec (pure, unit-tested). */
-export function toVmSpec(args: string[], flags: RunFlags): VmSpec {
+export function toVmSpec(args: string[], flags: RunFlags, host: HostTty = process): VmSpec {
   const operands = withoutSeparator(args);
   const [first, ...rest] = operands;
   if (flags.from && flags.template) throw new UsageError('give --from or --template, not both');
@@ -68,6 +71,12 @@ export function toVmSpec(args: string[], flags: RunFlags): VmSpec {
   if (flags.label?.length) req.labels = flags.label;
   const health = healthCheck(flags);
   if (health) req.health = health;
+  if (flags.interactive) req.stdin = true;
+  if (flags.tty) {
+    // A detached VM's terminal is sized for whoever attaches later: 80x24 until a resize.
+    if (!flags.detach) checkTtyFlags(flags, host);
+    Object.assign(req, { tty: true }, flags.detach ? {} : hostSize(host));
+  }
   if (flags.ttl !== undefined) req.ttlMs = flags.ttl;
   if (flags.idleTimeout !== undefined) req.idleTimeoutMs = flags.idleTimeout;
   if (flags.idleAction !== undefined) req.idleAction = flags.idleAction;
@@ -116,6 +125,8 @@ export function register(program: Command): void {
     .option('-p, --publish <[ip:][hostPort:]port[/udp]>', 'publish a guest port on the host (repeatable); binds 127.0.0.1 unless an address is given, unlike Docker; no host port: a free one (see cell port)', collect)
     .option('--label <KEY=VALUE>', 'a label for inspect and filters (repeatable; ps --filter label=KEY=VALUE); with --from, added to the snapshot\'s', collect)
     .option('--egress <allow=RULES|deny=RULES>', 'what it may reach outside (repeatable): RULES are domains (pypi.org, *.pythonhosted.org: matched on HTTP Host and TLS SNI, and DNS) and IPv4 CIDRs; with any allow rule the rest is denied; deny wins; enforced on the host, so celld must be root', collect)
+    .option('-i, --interactive', "keep the command's stdin open: cell's stdin goes to it (with -d: for cell attach)")
+    .option('-t, --tty', "run the command on a terminal in the guest (with -i: this terminal in raw mode, its size passed on; with -d: cell attach later)")
     .option('--health-cmd <command>', 'a health check run in the guest under /bin/sh -c; exit 0 is healthy (shown by ps, inspect, events; cell wait --healthy)')
     .option('--health-interval <duration>', 'time between checks, e.g. 5s (default 30s)', durationMs('--health-interval'))
     .option('--health-timeout <duration>', 'a check running longer fails (default 30s)', durationMs('--health-timeout'))
@@ -151,6 +162,8 @@ Examples:
   cell run --rm --timeout 5 -e MODE=test busybox -- ./run-tests.sh
   cell run --rm --from warm -- cat /etc/hostname
   cell run --rm --template web:server -- wget -q -O- http://127.0.0.1:8080/
+  cell run -it --rm busybox -- sh                          # an interactive shell in a new VM
+  cell run -d -it --name box busybox -- sh && cell attach box   # Ctrl-P Ctrl-Q detaches
   cell run -d --rm --ttl 1h --idle-timeout 10m busybox      # gone after an hour, or 10 idle minutes
   cell run -d --name web -p 8080:80 --health-cmd 'wget -q -O /dev/null http://127.0.0.1/' \\
       --health-interval 2s nginx && cell wait --healthy --timeout 60s web`,
@@ -186,6 +199,13 @@ async function run(req: VmSpec, flags: RunFlags, cmd: Command): Promise<number> 
 
 async function attached(client: CellClient, req: VmSpec, flags: RunFlags): Promise<number> {
   const interrupt = interruptible();
+  let execId: string | undefined;
+  // With -t: raw mode until the command ended (restored in finally, and on exit whatever the path).
+  const terminal = req.tty
+    ? rawTerminal(process, (size) => {
+        if (execId) client.vms.resizeExec(execId, size).catch(() => {});
+      })
+    : undefined;
   // celld may set the host up or pull the image first: show that on a terminal only, so that a
   // script's stderr holds nothing but the command's.
   const progress = process.stderr.isTTY ? (await import('../setup-progress.js')).setupProgress() : undefined;
@@ -205,6 +225,12 @@ async function attached(client: CellClient, req: VmSpec, flags: RunFlags): Promi
         progress?.stop();
         reportTemplateStart(vm);
       },
+      ...(flags.interactive ? { stdin: process.stdin } : {}),
+      onExec: (id) => {
+        execId = id;
+        const now = hostSize(process);
+        if (req.tty && (now.cols !== req.cols || now.rows !== req.rows)) client.vms.resizeExec(id, now).catch(() => {});
+      },
     });
     return commandExit(result, flags.timeout);
   } catch (err) {
@@ -214,7 +240,10 @@ async function attached(client: CellClient, req: VmSpec, flags: RunFlags): Promi
     reportError(err);
     return started ? EXIT_FAILURE : EXIT_RUN_FAILED;
   } finally {
+    terminal?.restore();
     interrupt.dispose();
+    // Reading stdin keeps the process alive: let go of it once the command has ended.
+    if (flags.interactive) process.stdin.destroy();
   }
 }
 

@@ -2,7 +2,8 @@ import { PassThrough } from 'node:stream';
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { Static } from '@sinclair/typebox';
-import type { LogsQuery } from '../../api/vms.js';
+import type { LogsQuery, RunRequest as RunRequestSchema } from '../../api/vms.js';
+import type { RunRequest } from '../../engine/runs.js';
 import type { LogReadOptions } from '../../engine/vms.js';
 import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
@@ -25,7 +26,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
 
   // Detached run: the VM is running when this answers; its main command runs in the background.
   serve(app, vms.create, async (req) => {
-    const { vm } = await engine.runs.run({ ...req.body, detach: true });
+    const { vm } = await engine.runs.run({ ...runRequest(req.body), detach: true });
     return vm;
   });
 
@@ -33,11 +34,14 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     const stream = openStream(vms.run, req, reply);
     try {
       const { vm, result } = await engine.runs.run(
-        req.body,
+        runRequest(req.body),
         outputEvents(stream),
         {
           onCreated: (created) => stream.send({ type: 'created', vm: created }),
           onRunning: (running) => stream.send({ type: 'running', vm: running }),
+          onSession: (session) => {
+            if (session.stdin || session.terminal) stream.send({ type: 'exec', execId: session.id });
+          },
         },
         stream.signal,
       );
@@ -124,17 +128,32 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     }
   });
 
+  serve(app, vms.attach, async (req, reply) => {
+    const vm = engine.vms.resolve(req.params.ref);
+    const session = engine.runs.sessions.require(vm.id, vm.name);
+    const stream = openStream(vms.attach, req, reply);
+    if (session.stdin || session.terminal) stream.send({ type: 'exec', execId: session.id });
+    const detach = session.attach(outputEvents(stream));
+    const left = new Promise<null>((resolve) => stream.signal.addEventListener('abort', () => resolve(null), { once: true }));
+    const result = await Promise.race([session.ended, left]);
+    detach();
+    if (result) stream.send({ type: 'exit', ...result });
+    stream.end();
+  });
+
   serve(app, vms.execResize, async (req) => {
-    const terminal = terminals.get(req.params.execId);
+    const terminal = terminals.get(req.params.execId) ?? engine.runs.sessions.byExecId(req.params.execId)?.terminal;
     if (!terminal) throw new CellError(ErrorCodes.NOT_FOUND, `no running exec ${req.params.execId} has a terminal`);
     await terminal.resize({ rows: req.body.rows, cols: req.body.cols });
   });
 
   serve(app, vms.execStdin, async (req) => {
-    const pipe = stdinPipes.get(req.params.execId);
+    const pipe = stdinPipes.get(req.params.execId) ?? engine.runs.sessions.byExecId(req.params.execId)?.stdin;
     if (!pipe) throw new CellError(ErrorCodes.NOT_FOUND, `no running exec ${req.params.execId} waits for stdin`);
     const body = req.body as NodeJS.ReadableStream | Buffer | undefined;
     if (body && 'pipe' in body) {
+      // A body cut off (a client that detached, `cell attach`'s Ctrl-P Ctrl-Q) leaves stdin open;
+      // only its end closes it.
       for await (const chunk of body) pipe.write(chunk);
     } else if (body) {
       pipe.write(body);
@@ -215,4 +234,14 @@ function statsRoute(app: FastifyInstance, engine: Engine): void {
 function logOptions(query: Static<typeof LogsQuery>): LogReadOptions {
   const at = (iso: string | undefined) => (iso === undefined ? undefined : new Date(iso));
   return { follow: query.follow ?? false, tail: query.tail, since: at(query.since), until: at(query.until) };
+}
+
+/** The wire's run request as the engine's: `tty` with its size. */
+function runRequest(body: Static<typeof RunRequestSchema>): RunRequest {
+  const { tty, cols, rows, stdin, ...rest } = body;
+  return {
+    ...rest,
+    ...(stdin ? { interactive: true } : {}),
+    ...(tty ? { tty: { cols: cols ?? DEFAULT_TTY_SIZE.cols, rows: rows ?? DEFAULT_TTY_SIZE.rows } } : {}),
+  };
 }
