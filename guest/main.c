@@ -283,6 +283,46 @@ static void mount_data_disk(const char *where)
 	else debugx("mounted data disk %s on %s", dev, where);
 }
 
+#define MAX_VOLUMES 8
+
+/* cell.vol=N:ro|rw:/PATH: the disk with serial cell-vol-N (a named volume's ext4 image) is mounted
+ * at PATH in the new root, read-only with ro. A bad token or a missing disk is an error on the
+ * console, not a dead VM. */
+static void mount_volume(const char *spec)
+{
+	char serial[32], dev[300], target[300];
+	int index = -1, used = 0;
+	if (sscanf(spec, "%d:%n", &index, &used) != 1 || index < 0 || index >= MAX_VOLUMES) {
+		warnx("cell.vol=%s: no volume index", spec);
+		return;
+	}
+	const char *rest = spec + used;
+	bool readonly = strncmp(rest, "ro:", 3) == 0;
+	if (!readonly && strncmp(rest, "rw:", 3) != 0) {
+		warnx("cell.vol=%s: the mode is ro or rw", spec);
+		return;
+	}
+	const char *where = rest + 3;
+	if (where[0] != '/' || strstr(where, "..")) {
+		warnx("cell.vol=%s: not an absolute path", spec);
+		return;
+	}
+	snprintf(serial, sizeof serial, "cell-vol-%d", index);
+	if (!find_disk(serial, dev, sizeof dev, DEVICE_WAIT_MS)) {
+		warnx("cell.vol=%s: no disk with serial %s", spec, serial);
+		return;
+	}
+	snprintf(target, sizeof target, NEWROOT "%s", where);
+	mkdir_p(target);
+	unsigned long flags = MS_NOSUID | MS_NODEV | (readonly ? MS_RDONLY : 0);
+	int rc = mount(dev, target, "ext4", flags, NULL);
+	/* A volume whose last writer did not unmount it (a VM killed, or powered off) has a journal to
+	 * replay, which a read-only disk cannot take: read it as its journal left it. */
+	if (rc != 0 && readonly) rc = mount(dev, target, "ext4", flags, "noload");
+	if (rc != 0) warnx("mount %s on %s: %s", dev, where, strerror(errno));
+	else debugx("mounted volume %s on %s%s", dev, where, readonly ? " (read-only)" : "");
+}
+
 static void pid1_setup(void)
 {
 	/* The kernel starts init with everything unblocked and a bare initramfs. */
@@ -296,6 +336,8 @@ static void pid1_setup(void)
 	g_log_fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
 
 	char hostname[65] = "", root[300] = "/dev/vda", data[128] = "", net[64] = "";
+	char volumes[MAX_VOLUMES][224];
+	int nvolumes = 0;
 	char *cmdline = read_text("/proc/cmdline", 4096);
 	if (!cmdline) fatal("cannot read /proc/cmdline: %s", strerror(errno));
 	for (char *tok = strtok(cmdline, " \t\n"); tok; tok = strtok(NULL, " \t\n")) {
@@ -303,6 +345,7 @@ static void pid1_setup(void)
 		else if (strncmp(tok, "cell.root=", 10) == 0) snprintf(root, sizeof root, "%s", tok + 10);
 		else if (strncmp(tok, "cell.data=", 10) == 0) snprintf(data, sizeof data, "%s", tok + 10);
 		else if (strncmp(tok, "cell.net=", 9) == 0) snprintf(net, sizeof net, "%s", tok + 9);
+		else if (strncmp(tok, "cell.vol=", 9) == 0 && nvolumes < MAX_VOLUMES) snprintf(volumes[nvolumes++], sizeof volumes[0], "%s", tok + 9);
 		else if (strcmp(tok, "cell.debug=1") == 0) g_debug = true;
 	}
 	free(cmdline);
@@ -324,6 +367,7 @@ static void pid1_setup(void)
 	debugx("mounted %s", root);
 	/* Before /sys and /dev move into the new root: find_disk reads them where they are now. */
 	if (*data) mount_data_disk(data);
+	for (int i = 0; i < nvolumes; i++) mount_volume(volumes[i]);
 
 	move_api_mount("/dev", "devtmpfs", MS_NOSUID, "mode=0755");
 	move_api_mount("/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);

@@ -91,6 +91,8 @@ export const VmSpec = Type.Object({
   egress: Type.Optional(EgressPolicy),
   labels: Type.Optional(Type.Record(Type.String(), Type.String())),
   health: Type.Optional(HealthCheck),
+  /** Named volumes it mounts at each boot. */
+  volumes: Type.Optional(Type.Array(Type.Object({ volume: Type.String(), path: Type.String(), readOnly: Type.Boolean() }))),
   /** `--ttl`, `--idle-timeout` in ms; `ttlSince`: when `update` last set the TTL. */
   timeouts: Type.Optional(
     Type.Object({
@@ -176,6 +178,8 @@ export const RunRequest = Type.Object(
     tty: Type.Optional(Type.Boolean()),
     cols: Type.Optional(TerminalDim),
     rows: Type.Optional(TerminalDim),
+    /** `-v NAME:/guest/path[:ro]`: named volumes, made where missing (at most 8). */
+    volumes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 8 })),
     /** A health check (`--health-cmd`): starting -> healthy | unhealthy, in inspect, ps and events. Forks keep their snapshot's unless given one. */
     health: Type.Optional(HealthCheckRequest),
     /** Stopped (removed with autoRemove) this long after it started: 1 s to 365 d. */

@@ -27,6 +27,7 @@ export const COMMAND_GROUPS: readonly CommandGroup[] = [
   { heading: 'Manage VMs:', names: ['events'], load: () => import('./commands/events.js') },
   { heading: 'Manage VMs:', names: ['stats'], load: () => import('./commands/stats.js') },
   { heading: 'Networks:', names: ['network'], load: () => import('./commands/networks.js') },
+  { heading: 'Volumes:', names: ['volume'], load: () => import('./commands/volumes.js') },
   { heading: 'Snapshots and forks:', names: ['snapshot', 'fork', 'restore', 'snapshots'], load: () => import('./commands/snapshots.js') },
   { heading: 'Builds, templates and the action cache:', names: ['build', 'cache'], load: () => import('./commands/build.js') },
   { heading: 'Builds, templates and the action cache:', names: ['template'], load: () => import('./commands/templates.js') },

@@ -15,6 +15,9 @@ export interface CellPaths {
   vms: string;
   images: string;
   snapshots: string;
+  /** volumes/<id>.ext4: named volumes' sparse ext4 images (domain/volume.ts). */
+  volumes: string;
+  volumeImage(id: string): string;
   daemonLog: string;
   daemonPid: string;
   /** celld's settings (domain/config.ts); optional. */
@@ -63,6 +66,8 @@ export function cellPaths(home: string = defaultHome(), env: NodeJS.ProcessEnv =
     vms: join(home, 'vms'),
     images: join(home, 'images'),
     snapshots: join(home, 'snapshots'),
+    volumes: join(home, 'volumes'),
+    volumeImage: (id) => join(home, 'volumes', `${id}.ext4`),
     daemonLog: join(home, 'celld.log'),
     daemonPid: join(home, 'celld.pid'),
     config: join(home, 'config.json'),

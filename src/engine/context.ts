@@ -1,4 +1,5 @@
 import type { NetworkStore } from '../store/lease-store.js';
+import type { VolumeStore } from '../store/volume-store.js';
 import type { Networking } from './networking.js';
 import type { CellConfig } from '../domain/config.js';
 import type { CellPaths } from '../domain/paths.js';
@@ -24,6 +25,7 @@ export interface EngineStores {
   actionCache: ActionCacheStore;
   templates: TemplateStore;
   networks: NetworkStore;
+  volumes: VolumeStore;
 }
 
 /** Host set-up (packages, kernel, initramfs, agent, built-in images, accelerator), once per daemon. */

@@ -7,12 +7,14 @@ import { ImageStore } from '../store/image-store.js';
 import { SnapshotStore } from '../store/snapshot-store.js';
 import { TemplateStore } from '../store/template-store.js';
 import { VmStore } from '../store/vm-store.js';
+import { VolumeStore } from '../store/volume-store.js';
 import { EventStore } from '../store/event-store.js';
 import { EventFeed } from './event-feed.js';
 import { HealthMonitor } from './health-monitor.js';
 import { TimeoutMonitor } from './vm-timeouts.js';
 import { Suspends } from './vm-suspend.js';
 import { Consoles } from './vm-console.js';
+import { Volumes } from './volumes.js';
 import { waitForVm, type WaitOptions } from './vm-wait.js';
 import type { VmRecord } from '../domain/vm.js';
 import type { Backend } from '../vmm/backend.js';
@@ -156,6 +158,7 @@ export class Engine {
       actionCache: new ActionCacheStore(db),
       templates: new TemplateStore(db),
       networks: new NetworkStore(db),
+      volumes: new VolumeStore(db),
     };
     const backend = deps.backend ?? new QemuBackend({ saveDirPrefix: homeTmpPrefix(paths.home, 'mig') });
     // The machines' end is reported to the VMs service, made below: a late-bound callback.
@@ -174,7 +177,8 @@ export class Engine {
       checkpoint: deps.checkpoint ?? crashDrill(process.env.CELL_CRASH_AT),
     };
     const images = new Images(ctx);
-    vms = new Vms(ctx, images);
+    const volumes = new Volumes(ctx);
+    vms = new Vms(ctx, images, volumes);
     const spares = new SparePool(ctx, deps.spares);
     const snapshots = new Snapshots(ctx, vms, spares, images);
     const actions = new Actions(ctx, vms, snapshots, images);
@@ -194,6 +198,7 @@ export class Engine {
     const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, timeouts, stats, suspends, new Consoles(ctx, vms));
     await reconcile(ctx);
     await sweepOrphans(ctx);
+    await vms.volumes.sweep();
     await ctx.network.sweep(new Set(ctx.live.ids()));
     // Half-made VMs go first: a snapshot an action's VM was taking is then undone, not finished
     // into a snapshot nobody holds.

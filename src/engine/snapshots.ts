@@ -98,6 +98,13 @@ export class Snapshots {
     if (current.state !== 'running') {
       throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): only a running VM can be snapshotted`);
     }
+    if (current.spec.volumes?.length) {
+      // The rule of docs/volumes.md: a snapshot never holds RAM from one moment with a volume's contents from another.
+      throw new CellError(
+        ErrorCodes.CONFLICT,
+        `VM ${vm.name} mounts volume ${current.spec.volumes.map((v) => v.volume).join(', ')}: a snapshot (or pause --to-disk) of a VM with volumes is refused, since its RAM would not match the volume's later contents (docs/volumes.md)`,
+      );
+    }
     const name = opts.name ?? `${vm.name}-snap-${randomBytes(2).toString('hex')}`;
     if (stores.snapshots.nameExists(name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${name}" is already in use by another snapshot`);
     const ready = await this.ctx.host.ensure();

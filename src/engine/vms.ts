@@ -33,6 +33,8 @@ import { LogTail } from '../domain/log-window.js';
 import { initialHealth, validateHealthCheck, type HealthCheckRequest } from '../domain/health.js';
 import { exitInfo } from './vm-records.js';
 import { VmActivity } from './vm-activity.js';
+import type { Volumes } from './volumes.js';
+import { parseVolumeMounts } from '../domain/volume.js';
 import { applyTimeouts, ttlDeadline, type IdleAction, type TimeoutsRequest } from '../domain/timeouts.js';
 
 export interface CreateVmRequest {
@@ -60,6 +62,8 @@ export interface CreateVmRequest {
   labels?: string[];
   /** `--health-cmd` and friends. */
   health?: HealthCheckRequest;
+  /** `-v NAME:/path[:ro]` (domain/volume.ts); a volume that does not exist is made, as Docker does. */
+  volumes?: string[];
   /** `--ttl`, `--idle-timeout`, `--idle-action` (domain/timeouts.ts). */
   ttlMs?: number;
   idleTimeoutMs?: number;
@@ -103,6 +107,8 @@ export class Vms {
   constructor(
     private readonly ctx: EngineContext,
     private readonly images: Images,
+    /** `cell volume` and the volumes VMs mount (volumes.ts). */
+    readonly volumes: Volumes,
   ) {
     this.logs = new VmLogs((id) => ctx.paths.vmDir(id), { maxBytes: ctx.config.logMaxBytes });
   }
@@ -155,6 +161,7 @@ export class Vms {
     const labels = parseLabels(req.labels);
     const health = req.health ? validateHealthCheck(req.health) : undefined;
     const timeouts = applyTimeouts(undefined, req);
+    const volumes = req.volumes?.length ? parseVolumeMounts(req.volumes) : undefined;
     if (egress && networks.length === 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'egress rules need a network: drop --network none or --egress');
     this.ctx.network.assertNetworks(networks, { egress: Boolean(egress) });
     await this.ctx.host.ensure();
@@ -163,6 +170,7 @@ export class Vms {
     const user = await resolveImageUser(image.diskPath, req.user || image.config.User || 'root');
     const name = req.name ?? this.freshName();
     this.assertNameFree(name);
+    if (volumes) await this.volumes.ensure(volumes);
     const vm = await this.record(name, {
       image: image.reference,
       imageDigest: image.digest,
@@ -182,6 +190,7 @@ export class Vms {
       ...(labels ? { labels } : {}),
       ...(health ? { health } : {}),
       ...(timeouts ? { timeouts } : {}),
+      ...(volumes ? { volumes } : {}),
     }, null, undefined, { ephemeral: req.ephemeral });
     this.ctx.stores.images.touch(image.reference, vm.createdAt);
     return vm;
@@ -281,8 +290,13 @@ export class Vms {
     const ready = await this.ctx.host.ensure();
     // A VM on a snapshot's layer needs no image here (an imported snapshot's image may be absent).
     const image = vm.baseSnapshot || restore ? undefined : this.images.require(vm.spec.image);
-    // Each boot starts its health over, as a container's start does.
-    stores.vms.setState(id, 'starting', { exit: null, pid: null, accelerator: ready.accelerator.accelerator, health: vm.spec.health ? initialHealth() : null });
+    // The one-writer check and the move to `starting` under one lock: a VM booting meanwhile sees
+    // this one holding its volumes. Each boot starts its health over, as a container's start does.
+    const volumes = await this.ctx.locks.run('volumes', async () => {
+      const attach = this.volumes.checkAttach(vm);
+      stores.vms.setState(id, 'starting', { exit: null, pid: null, accelerator: ready.accelerator.accelerator, health: vm.spec.health ? initialHealth() : null });
+      return attach;
+    });
     const snapshotDir = restore ? paths.snapshotDir(restore.snapshot.id) : undefined;
     try {
       if (restore && snapshotDir) {
@@ -303,7 +317,7 @@ export class Vms {
       // Its namespace first (QEMU starts in it); a spare's was made with the spare.
       const network = current.spec.networks?.length ? await this.ctx.network.prepare(current) : undefined;
       await this.ctx.live.boot(
-        { ...(await machineSpecFor(paths, current, ready, image, restore)), ...(network ? { network } : {}) },
+        { ...(await machineSpecFor(paths, current, ready, image, restore)), ...(network ? { network } : {}), ...(volumes.length ? { volumes } : {}) },
         (pid) => stores.vms.update(id, { pid }),
         restore && snapshotDir ? { statePath: join(snapshotDir, 'state'), identity: restore.identity, prepared: restore.spare?.prepared } : undefined,
       );

@@ -12,6 +12,7 @@ import type { RequestOptions } from './options.js';
 import { SnapshotsClient } from './snapshots.js';
 import { TemplatesClient } from './templates.js';
 import { NetworksClient } from './networks.js';
+import { VolumesClient } from './volumes.js';
 import { EventsClient } from './events.js';
 import { Transport } from './transport.js';
 import { VmsClient } from './vms.js';
@@ -58,6 +59,7 @@ export class CellClient {
   readonly cache: CacheClient;
   readonly templates: TemplatesClient;
   readonly networks: NetworksClient;
+  readonly volumes: VolumesClient;
   readonly events: EventsClient;
 
   private constructor(
@@ -74,6 +76,7 @@ export class CellClient {
     this.cache = new CacheClient(transport);
     this.templates = new TemplatesClient(transport);
     this.networks = new NetworksClient(transport);
+    this.volumes = new VolumesClient(transport);
     this.events = new EventsClient(transport);
   }
 

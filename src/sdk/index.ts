@@ -45,6 +45,8 @@ export {
 } from './builds.js';
 export { TemplatesClient, type TemplateBuildOptions } from './templates.js';
 export { NetworksClient } from './networks.js';
+export { VolumesClient, type CreateVolumeOptions } from './volumes.js';
+export type { VolumeView } from '../api/volumes.js';
 export { EventsClient, type CellEvent, type EventsOptions } from './events.js';
 export {
   Sandbox,

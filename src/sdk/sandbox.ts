@@ -44,6 +44,11 @@ export interface SandboxOptions extends SandboxConnectOptions {
   ports?: RunRequest['ports'];
   /** Egress rules as `--egress` takes them: `allow=pypi.org,*.pythonhosted.org`, `deny=...`. */
   egress?: string[];
+  /**
+   * Named volumes by guest path: `{ '/cache': 'pip-cache' }`, or `{ '/ref': { name: 'data', readOnly: true } }`;
+   * a volume that does not exist is made (images only).
+   */
+  volumes?: Record<string, string | { name: string; readOnly?: boolean }>;
 }
 
 export interface SandboxSnapshotOptions extends RequestOptions {
@@ -98,6 +103,7 @@ export class Sandbox {
       const vm = await client.vms.create(
         {
           ...(opts.template ? { template: opts.template } : { image: opts.image ?? DEFAULT_SANDBOX_IMAGE, dataDiskMib: opts.dataDiskMib, limits: opts.limits, networks: opts.networks, egress: opts.egress }),
+          ...(opts.volumes ? { volumes: volumeFlags(opts.volumes) } : {}),
           ports: opts.ports,
           name: opts.name,
           cpus: opts.cpus,
@@ -248,4 +254,9 @@ export class Sandbox {
       if (this.ownsClient) this.client.close();
     }
   }
+}
+
+/** `{ '/cache': 'pip-cache' }` as `-v` takes it: `pip-cache:/cache`. */
+function volumeFlags(volumes: NonNullable<SandboxOptions['volumes']>): string[] {
+  return Object.entries(volumes).map(([path, v]) => (typeof v === 'string' ? `${v}:${path}` : `${v.name}:${path}${v.readOnly ? ':ro' : ''}`));
 }

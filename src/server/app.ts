@@ -12,6 +12,7 @@ import { fileRoutes } from './routes/files.js';
 import { buildRoutes, templateRoutes } from './routes/builds.js';
 import { checkCallers } from './caller-access.js';
 import { networkRoutes } from './routes/networks.js';
+import { volumeRoutes } from './routes/volumes.js';
 import { eventRoutes } from './routes/events.js';
 
 /** The HTTP API in front of the engine. Errors become `{ error: { code, message, details } }`. */
@@ -65,6 +66,7 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
   buildRoutes(app, engine);
   templateRoutes(app, engine);
   networkRoutes(app, engine);
+  volumeRoutes(app, engine);
   eventRoutes(app, engine);
   return app;
 }

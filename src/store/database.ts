@@ -144,6 +144,14 @@ const MIGRATIONS: string[] = [
    CREATE INDEX events_by_time ON events (time);`,
   // A VM's health (domain/health.ts) as JSON: its status, failing streak and last probes.
   `ALTER TABLE vms ADD COLUMN health TEXT;`,
+  // Named volumes (domain/volume.ts): who uses one is read from the VMs' specs.
+  `CREATE TABLE volumes (
+     id TEXT PRIMARY KEY,
+     name TEXT NOT NULL UNIQUE,
+     size_bytes INTEGER NOT NULL,
+     created_at TEXT NOT NULL,
+     labels TEXT
+   );`,
 ];
 
 export type Db = Database.Database;

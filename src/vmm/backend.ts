@@ -42,6 +42,8 @@ export interface MachineSpec {
    * the VM's directory over a base (an empty ext4 image, or a snapshot's frozen data layer).
    */
   dataDisk?: { baseDiskPath: string; baseDiskFormat: 'raw' | 'qcow2'; mountPoint: string };
+  /** Named volumes: raw ext4 images attached as they are (no overlay: writes land in the volume), mounted at `mountPoint`. */
+  volumes?: readonly { imagePath: string; mountPoint: string; readOnly: boolean }[];
   /** Start paused, waiting for `migrate-incoming` (restore from a snapshot). */
   incoming?: boolean;
   /** Disk and entropy rates QEMU holds the guest to. */

@@ -23,7 +23,7 @@ describe('snapshots and forks', () => {
     assert.deepEqual(h.qemuPids(), []);
   });
 
-  const counter = 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done';
+  const counter = 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.1; done';
   /** A service that keeps drawing random bytes, left running in the snapshot. */
   // (It stops once /tmp/stop-sampler exists: under TCG it would slow every later test on these VMs.)
   const sampler = 'while [ ! -e /tmp/stop-sampler ]; do head -c 8 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; sleep 0.2; done > /tmp/random';

@@ -28,7 +28,7 @@ const routes = allRoutes();
 test('the route table: one entry per method and path, /v1 paths, stream routes with their own events', () => {
   const keys = routes.map((r) => `${r.method} ${r.path}`);
   assert.equal(new Set(keys).size, keys.length, 'no method and path twice');
-  assert.equal(routes.length, 62, '61 routes of the API plus GET /v1/openapi.json');
+  assert.equal(routes.length, 67, '66 routes of the API plus GET /v1/openapi.json');
   for (const r of routes) {
     assert.match(r.path, /^\/v1\//);
     assert.ok(r.summary.length > 0, `${r.method} ${r.path} says what it does`);
@@ -59,7 +59,7 @@ test('the OpenAPI document lists every route with its parameters, body and answe
   assert.equal(ids.size, routes.length, 'operation ids are unique');
   const run = doc.paths['/v1/vms/run']!.post as { responses: { 200: { content: { 'application/x-ndjson': { schema: { oneOf: { anyOf: { properties: { type: { const: string } } }[] }[] } } } } } };
   const kinds = run.responses[200].content['application/x-ndjson'].schema.oneOf[0]!.anyOf.map((e) => e.properties.type.const);
-  assert.deepEqual(kinds, ['created', 'running', 'progress', 'pull', 'stdout', 'stderr', 'exit', 'done'], "a run's own events, no others");
+  assert.deepEqual(kinds, ['created', 'running', 'exec', 'progress', 'pull', 'stdout', 'stderr', 'exit', 'done'], "a run's own events, no others");
 });
 
 test('the server registers every route of the table, and no route of its own', async () => {

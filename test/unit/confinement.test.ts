@@ -69,6 +69,13 @@ test('confined argv: seccomp sandbox, -runas uid:gid, disks as fdsets without lo
   const limited = buildQemuArgv({ ...spec, dataDisk: { baseDiskPath: '/d', baseDiskFormat: 'raw', mountPoint: '/data' }, limits: { diskIops: 300, diskBytesPerSec: 1048576, rngBytesPerSec: 64 } }, machineFiles(dir)).join(' ');
   assert.equal(limited.match(/discard=unmap,throttling\.iops-total=300,throttling\.bps-total=1048576/g)?.length, 2, 'both disks are throttled');
   assert.match(limited, /virtio-rng-device,rng=rng0,max-bytes=64,period=1000/);
+  // Volumes: raw disks of their own (read-only when :ro), found by serial, mounted from the command line; as fdsets when confined.
+  const volumes = [{ imagePath: '/v/a.ext4', mountPoint: '/cache', readOnly: false }, { imagePath: '/v/b.ext4', mountPoint: '/ref', readOnly: true }];
+  const withVolumes = buildQemuArgv({ ...spec, volumes }, machineFiles(dir), [], { sandbox: true, diskFds: { root: [3, 4], volumes: [[5, 6], [7, 8]] } }).join(' ');
+  assert.match(withVolumes, /-add-fd fd=5,set=10 -add-fd fd=6,set=10 -add-fd fd=7,set=11 -add-fd fd=8,set=11/);
+  assert.match(withVolumes, /-drive id=vol0,file=\/dev\/fdset\/10,file\.locking=off,format=raw,if=none,discard=unmap -device virtio-blk-device,drive=vol0,serial=cell-vol-0/);
+  assert.match(withVolumes, /-drive id=vol1,file=\/dev\/fdset\/11,file\.locking=off,format=raw,if=none,discard=unmap,readonly=on -device virtio-blk-device,drive=vol1,serial=cell-vol-1/);
+  assert.match(withVolumes, /cell\.vol=0:rw:\/cache cell\.vol=1:ro:\/ref/);
   // Not root: no -runas, and set*id stays denied.
   assert.deepEqual(confinementArgv({ sandbox: true }), ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny']);
   assert.deepEqual(confinementArgv({ sandbox: false }), []);

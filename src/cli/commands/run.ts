@@ -26,6 +26,7 @@ export interface RunFlags {
   publish?: string[];
   egress?: string[];
   label?: string[];
+  volume?: string[];
   healthCmd?: string;
   healthInterval?: number;
   healthTimeout?: number;
@@ -69,6 +70,7 @@ export function toVmSpec(args: string[], flags: RunFlags, host: HostTty = proces
   if (flags.publish?.length) req.ports = flags.publish.map((p) => parsePortSpec(p));
   if (flags.egress?.length) req.egress = flags.egress;
   if (flags.label?.length) req.labels = flags.label;
+  if (flags.volume?.length) req.volumes = flags.volume;
   const health = healthCheck(flags);
   if (health) req.health = health;
   if (flags.interactive) req.stdin = true;
@@ -123,6 +125,7 @@ export function register(program: Command): void {
     .option('--rng-bps <rate>', 'cap the bytes per second the guest draws from the host entropy device, e.g. 4K', byteSize('--rng-bps'))
     .option('--network <name>', 'a network to be on (repeatable; the first is its way out): default (online through NAT; the default), one of cell network ls (celld as root only), or none (no NIC)', collect)
     .option('-p, --publish <[ip:][hostPort:]port[/udp]>', 'publish a guest port on the host (repeatable); binds 127.0.0.1 unless an address is given, unlike Docker; no host port: a free one (see cell port)', collect)
+    .option('-v, --volume <NAME:/path[:ro]>', 'mount a named volume (made if missing, 10G sparse) at a guest path, read-only with :ro (repeatable, up to 8); one running VM writes a volume at a time', collect)
     .option('--label <KEY=VALUE>', 'a label for inspect and filters (repeatable; ps --filter label=KEY=VALUE); with --from, added to the snapshot\'s', collect)
     .option('--egress <allow=RULES|deny=RULES>', 'what it may reach outside (repeatable): RULES are domains (pypi.org, *.pythonhosted.org: matched on HTTP Host and TLS SNI, and DNS) and IPv4 CIDRs; with any allow rule the rest is denied; deny wins; enforced on the host, so celld must be root', collect)
     .option('-i, --interactive', "keep the command's stdin open: cell's stdin goes to it (with -d: for cell attach)")

@@ -19,7 +19,10 @@ export const MACHINE_TYPE = 'microvm';
 export const ROOT_DISK_SERIAL = 'cell-root';
 export const DATA_DISK_SERIAL = 'cell-data';
 
-export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk' | 'network'>, extra: readonly string[] = []): string {
+/** Serial of the disk of a VM's `index`th volume (the agent finds it by this). */
+export const volumeSerial = (index: number) => `cell-vol-${index}`;
+
+export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk' | 'network' | 'volumes'>, extra: readonly string[] = []): string {
   return [
     'console=ttyS0',
     'quiet',
@@ -32,6 +35,8 @@ export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk' | 
     `cell.hostname=${spec.hostname}`,
     `cell.root=serial:${ROOT_DISK_SERIAL}`,
     ...(spec.dataDisk ? [`cell.data=${spec.dataDisk.mountPoint}`] : []),
+    // Paths are checked (domain/volume.ts): absolute, no spaces, no "..".
+    ...(spec.volumes ?? []).map((v, i) => `cell.vol=${i}:${v.readOnly ? 'ro' : 'rw'}:${v.mountPoint}`),
     ...(spec.network ? [spec.network.user ? USER_NET_ARG : GUEST_NET_ARG] : []),
     ...extra,
   ].join(' ');
@@ -47,11 +52,13 @@ export interface QemuConfinement {
    * own user it could not reach the path in the machine's 0700 folder. Each set holds the
    * overlay opened read-write and read-only, at these descriptor numbers in the child.
    */
-  diskFds?: { root: [number, number]; data?: [number, number] };
+  diskFds?: { root: [number, number]; data?: [number, number]; volumes?: [number, number][] };
 }
 
 const ROOT_FDSET = 1;
 const DATA_FDSET = 2;
+/** Volume `i`'s descriptors are set VOLUME_FDSET + i. */
+const VOLUME_FDSET = 10;
 
 function addFds(set: number, fds: [number, number] | undefined): string[] {
   return fds ? fds.flatMap((fd) => ['-add-fd', `fd=${fd},set=${set}`]) : [];
@@ -89,6 +96,7 @@ export function buildQemuArgv(
     '-append', kernelCmdline(spec, extraKernelArgs),
     ...addFds(ROOT_FDSET, confinement.diskFds?.root),
     ...addFds(DATA_FDSET, confinement.diskFds?.data),
+    ...(confinement.diskFds?.volumes ?? []).flatMap((fds, i) => addFds(VOLUME_FDSET + i, fds)),
     '-drive', `id=root,file=${rootFile},format=qcow2,if=none,discard=unmap${throttle}`,
     '-device', `virtio-blk-device,drive=root,serial=${ROOT_DISK_SERIAL}`,
     ...(spec.dataDisk
@@ -97,6 +105,10 @@ export function buildQemuArgv(
     ...(spec.network
       ? ['-netdev', spec.network.user ? userNetdev(spec.network.user.forwards) : `tap,id=net0,ifname=${TAP_NAME},script=no,downscript=no`, '-device', `virtio-net-device,netdev=net0,mac=${spec.network.mac}`]
       : []),
+    ...(spec.volumes ?? []).flatMap((v, i) => {
+      const file = confinement.diskFds?.volumes?.[i] ? `/dev/fdset/${VOLUME_FDSET + i},file.locking=off` : v.imagePath;
+      return ['-drive', `id=vol${i},file=${file},format=raw,if=none,discard=unmap${v.readOnly ? ',readonly=on' : ''}${throttle}`, '-device', `virtio-blk-device,drive=vol${i},serial=${volumeSerial(i)}`];
+    }),
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${files.agentSocket},server=on,wait=off`,
     '-device', `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,

@@ -76,7 +76,14 @@ export class QemuBackend implements Backend {
     try {
       if (runAs) diskFds.push(openSync(files.overlay, 'r+'), openSync(files.overlay, 'r'));
       if (runAs && spec.dataDisk) diskFds.push(openSync(files.dataOverlay, 'r+'), openSync(files.dataOverlay, 'r'));
-      const childFds = runAs ? { root: [3, 4] as [number, number], data: spec.dataDisk ? ([5, 6] as [number, number]) : undefined } : undefined;
+      const volumeFds: [number, number][] = [];
+      for (const volume of runAs ? (spec.volumes ?? []) : []) {
+        volumeFds.push([3 + diskFds.length, 4 + diskFds.length]);
+        diskFds.push(openSync(volume.imagePath, volume.readOnly ? 'r' : 'r+'), openSync(volume.imagePath, 'r'));
+      }
+      const childFds = runAs
+        ? { root: [3, 4] as [number, number], data: spec.dataDisk ? ([5, 6] as [number, number]) : undefined, ...(volumeFds.length ? { volumes: volumeFds } : {}) }
+        : undefined;
       spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs, { sandbox, runAs, diskFds: childFds }), files.qemuLog, diskFds, spec.network?.netns);
     } catch (err) {
       // Nothing started: the group made for it goes too.

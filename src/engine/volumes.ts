@@ -1,0 +1,171 @@
+import { execFile } from 'node:child_process';
+import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import { newId, validateName } from '../domain/ids.js';
+import { parseLabels } from '../domain/labels.js';
+import { isLive } from '../domain/vm-state.js';
+import type { VmRecord } from '../domain/vm.js';
+import { assertVolumesFree, DEFAULT_VOLUME_BYTES, validateVolumeSize, type VolumeMount, type VolumeRecord } from '../domain/volume.js';
+import { statSync } from 'node:fs';
+import type { EngineContext } from './context.js';
+
+const run = promisify(execFile);
+
+/** A volume and who uses it: `running` are the VMs whose machine has it now. */
+export interface VolumeView extends VolumeRecord {
+  /** Bytes its image takes on the host (it is sparse). */
+  usedBytes: number;
+  /** Every VM whose spec mounts it, running or not. */
+  users: { vm: string; name: string; path: string; readOnly: boolean; running: boolean }[];
+}
+
+/** States in which a VM's machine may hold its volumes' disks (booting and stopping too). */
+const HOLDS_DISKS = new Set(['starting', 'running', 'paused', 'stopping']);
+
+/**
+ * `cell volume`: named volumes, each a sparse ext4 image under volumes/ and a row in SQLite. The
+ * image is made under a temporary name and renamed into place before its row is written, and a
+ * removal deletes the row first: a kill -9 at any point leaves at most an image with no row, which
+ * the next start sweeps. Who uses a volume is read from the VMs' specs, never stored twice.
+ */
+export class Volumes {
+  constructor(private readonly ctx: Pick<EngineContext, 'stores' | 'paths' | 'locks' | 'db'>) {}
+
+  list(): VolumeView[] {
+    return this.ctx.stores.volumes.list().map((v) => this.view(v));
+  }
+
+  inspect(name: string): VolumeView {
+    return this.view(this.require(name));
+  }
+
+  require(name: string): VolumeRecord {
+    const found = this.ctx.stores.volumes.byName(name);
+    if (!found) throw new CellError(ErrorCodes.NOT_FOUND, `no such volume: ${name} (cell volume ls)`);
+    return found;
+  }
+
+  /** `cell volume create`: a new, empty volume. */
+  async create(name: string, opts: { sizeBytes?: number; labels?: string[] } = {}): Promise<VolumeRecord> {
+    validateName(name);
+    const sizeBytes = validateVolumeSize(opts.sizeBytes ?? DEFAULT_VOLUME_BYTES);
+    const labels = parseLabels(opts.labels);
+    return this.ctx.locks.run(`volume:${name}`, async () => {
+      if (this.ctx.stores.volumes.byName(name)) throw new CellError(ErrorCodes.CONFLICT, `a volume named ${name} exists already`);
+      const record: VolumeRecord = { id: newId(), name, sizeBytes, createdAt: new Date().toISOString(), ...(labels ? { labels } : {}) };
+      await this.makeImage(record);
+      this.ctx.stores.volumes.insert(record);
+      return record;
+    });
+  }
+
+  /** `run -v NAME:/path`: the named volumes, made (default size) where missing, as Docker does. */
+  async ensure(mounts: readonly VolumeMount[]): Promise<void> {
+    for (const m of mounts) {
+      if (!this.ctx.stores.volumes.byName(m.volume)) await this.create(m.volume).catch((err: unknown) => {
+        // Made meanwhile by a concurrent run: as good.
+        if (!(err instanceof CellError && err.code === ErrorCodes.CONFLICT)) throw err;
+      });
+    }
+  }
+
+  /**
+   * `cell volume rm`: refused while a VM runs with it (even with force, as docker's); refused
+   * while a stopped VM mounts it unless `force` (that VM's next start then says it is gone).
+   */
+  async remove(name: string, force = false): Promise<void> {
+    const volume = this.require(name);
+    return this.ctx.locks.run(`volume:${name}`, async () => {
+      const users = this.view(volume).users;
+      const running = users.filter((u) => u.running);
+      if (running.length > 0) {
+        throw new CellError(ErrorCodes.CONFLICT, `volume ${name} is in use by running VM ${[...new Set(running.map((u) => u.name))].join(', ')}: stop it first`);
+      }
+      if (users.length > 0 && !force) {
+        throw new CellError(ErrorCodes.CONFLICT, `volume ${name} is mounted by VM ${[...new Set(users.map((u) => u.name))].join(', ')} (stopped): remove them first, or use -f (their next start will fail)`);
+      }
+      this.ctx.stores.volumes.delete(volume.id);
+      await rm(this.ctx.paths.volumeImage(volume.id), { force: true });
+    });
+  }
+
+  /** `cell volume prune`: the volumes no VM mounts. */
+  async prune(): Promise<VolumeRecord[]> {
+    const removed: VolumeRecord[] = [];
+    for (const volume of this.list()) {
+      if (volume.users.length > 0) continue;
+      await this.remove(volume.name).then(
+        () => removed.push(volume),
+        () => {}, // taken meanwhile: kept
+      );
+    }
+    return removed;
+  }
+
+  /**
+   * Before VM `vm` boots (the caller holds the `volumes` lock through its state change to
+   * starting): its volumes exist, and the one-writer rule holds against every VM holding disks.
+   */
+  checkAttach(vm: VmRecord): { imagePath: string; mountPoint: string; readOnly: boolean }[] {
+    const mounts = vm.spec.volumes ?? [];
+    if (mounts.length === 0) return [];
+    const records = mounts.map((m) => {
+      const record = this.ctx.stores.volumes.byName(m.volume);
+      if (!record) throw new CellError(ErrorCodes.NOT_FOUND, `VM ${vm.name} mounts volume ${m.volume}, which is gone (cell volume create ${m.volume} makes a new, empty one)`);
+      return record;
+    });
+    const live = this.ctx.stores.vms
+      .list()
+      .filter((other) => other.id !== vm.id && HOLDS_DISKS.has(other.state) && other.spec.volumes?.length)
+      .map((other) => ({ name: other.name, mounts: other.spec.volumes! }));
+    assertVolumesFree(mounts, live);
+    return mounts.map((m, i) => ({ imagePath: this.ctx.paths.volumeImage(records[i]!.id), mountPoint: m.path, readOnly: m.readOnly }));
+  }
+
+  /** At start: images whose row never got written (a crash in create) or was deleted (one in rm). */
+  async sweep(): Promise<void> {
+    const known = new Set(this.ctx.stores.volumes.list().map((v) => `${v.id}.ext4`));
+    const files = await readdir(this.ctx.paths.volumes).catch(() => [] as string[]);
+    for (const file of files) {
+      if (!known.has(file)) await rm(join(this.ctx.paths.volumes, file), { force: true });
+    }
+  }
+
+  private view(volume: VolumeRecord): VolumeView {
+    const users = this.ctx.stores.vms.list().flatMap((vm) =>
+      (vm.spec.volumes ?? []).filter((m) => m.volume === volume.name).map((m) => ({ vm: vm.id, name: vm.name, path: m.path, readOnly: m.readOnly, running: isLive(vm.state) || HOLDS_DISKS.has(vm.state) })),
+    );
+    return { ...volume, usedBytes: allocatedBytesSync(this.ctx.paths.volumeImage(volume.id)), users };
+  }
+
+  /** A sparse file of its size with an empty ext4 in it, published under its final name. */
+  private async makeImage(volume: VolumeRecord): Promise<void> {
+    await mkdir(this.ctx.paths.volumes, { recursive: true, mode: 0o700 });
+    const tmp = join(this.ctx.paths.volumes, `.tmp-${volume.id}`);
+    try {
+      const handle = await open(tmp, 'wx', 0o600);
+      await handle.truncate(volume.sizeBytes);
+      await handle.close();
+      // lazy_itable_init: the guest kernel zeroes inode tables later; root_owner: root, as a fresh mount point is.
+      await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', volume.name.slice(0, 16), '-E', 'lazy_itable_init=1,lazy_journal_init=1', tmp]);
+      const sync = await open(tmp, 'r+');
+      await sync.sync();
+      await sync.close();
+      await rename(tmp, this.ctx.paths.volumeImage(volume.id));
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw new CellError(ErrorCodes.INTERNAL, `could not make volume ${volume.name}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
+    }
+  }
+}
+
+/** What a sparse image takes on disk (st_blocks are 512-byte units); 0 when it is missing. */
+function allocatedBytesSync(path: string): number {
+  try {
+    return statSync(path).blocks * 512;
+  } catch {
+    return 0;
+  }
+}

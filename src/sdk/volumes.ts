@@ -1,0 +1,41 @@
+import type { VolumeView } from '../api/volumes.js';
+import { Api } from '../api/routes.js';
+import type { RequestOptions } from './options.js';
+import type { Transport } from './transport.js';
+
+const { volumes } = Api;
+
+export interface CreateVolumeOptions extends RequestOptions {
+  /** Default 10 GiB (sparse: the host gives it what is written). */
+  sizeBytes?: number;
+  /** `k=v` labels. */
+  labels?: string[];
+}
+
+/** Named volumes: outlive VMs; one VM writes a volume at a time (docs/volumes.md). */
+export class VolumesClient {
+  constructor(private readonly transport: Transport) {}
+
+  list(opts: RequestOptions = {}): Promise<VolumeView[]> {
+    return this.transport.call(volumes.list, {}, opts);
+  }
+
+  get(name: string, opts: RequestOptions = {}): Promise<VolumeView> {
+    return this.transport.call(volumes.get, { params: { name } }, opts);
+  }
+
+  create(name: string, opts: CreateVolumeOptions = {}): Promise<VolumeView> {
+    const body = { name, ...(opts.sizeBytes !== undefined ? { sizeBytes: opts.sizeBytes } : {}), ...(opts.labels ? { labels: opts.labels } : {}) };
+    return this.transport.call(volumes.create, { body }, opts);
+  }
+
+  /** Refused while a VM runs with it; while a stopped VM mounts it, refused unless `force`. */
+  remove(name: string, opts: RequestOptions & { force?: boolean } = {}): Promise<void> {
+    return this.transport.call(volumes.remove, { params: { name }, query: { force: opts.force } }, opts);
+  }
+
+  /** Removes every volume no VM mounts; resolves with their names. */
+  async prune(opts: RequestOptions = {}): Promise<string[]> {
+    return (await this.transport.call(volumes.prune, {}, opts)).removed;
+  }
+}
