@@ -41,5 +41,20 @@ export const volumes = {
     query: Type.Object({ force: Type.Optional(Type.Boolean()) }),
     reply: empty(),
   }),
+  export: route({
+    method: 'POST',
+    path: '/v1/volumes/:name/export',
+    summary: "write a volume to an archive on celld's host (refused while a VM writes it)",
+    params: NameParams,
+    body: Type.Object({ file: Type.String({ minLength: 1 }) }, { additionalProperties: false }),
+    reply: json(Type.Object({ bytes: Type.Integer() })),
+  }),
+  import: route({
+    method: 'POST',
+    path: '/v1/volumes/import',
+    summary: "read a volume archive on celld's host",
+    body: Type.Object({ file: Type.String({ minLength: 1 }), name: Type.Optional(Type.String()) }, { additionalProperties: false }),
+    reply: created(VolumeView),
+  }),
   prune: route({ method: 'POST', path: '/v1/volumes/prune', summary: 'remove every volume no VM mounts', reply: json(Type.Object({ removed: Type.Array(Type.String()) })) }),
 };

@@ -141,6 +141,7 @@ const MAX_STATE_BYTES = 256 * 1024 * 1024;
 function unusable(file: string, why: string): CellError {
   return new CellError(ErrorCodes.INVALID_ARGUMENT, `${file} is not a usable cellvm snapshot archive: ${why}`);
 }
+const unusableSnapshot = unusable;
 
 async function isLink(path: string): Promise<boolean> {
   return lstat(path).then(
@@ -150,7 +151,7 @@ async function isLink(path: string): Promise<boolean> {
 }
 
 /** The size of an extracted member that must be a plain file: no symlink, no device, no hard link to anything. */
-async function plainFileSize(file: string, path: string, member: string): Promise<number> {
+export async function plainFileSize(file: string, path: string, member: string, unusable: (file: string, why: string) => CellError = unusableSnapshot): Promise<number> {
   let st;
   try {
     st = await lstat(path);

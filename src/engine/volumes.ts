@@ -10,6 +10,8 @@ import type { VmRecord } from '../domain/vm.js';
 import { assertVolumesFree, DEFAULT_VOLUME_BYTES, validateVolumeSize, type VolumeMount, type VolumeRecord } from '../domain/volume.js';
 import { statSync } from 'node:fs';
 import type { EngineContext } from './context.js';
+import type { HostFs } from './host-fs.js';
+import { exportVolume, importVolume } from './volume-archive.js';
 
 const run = promisify(execFile);
 
@@ -31,7 +33,7 @@ const HOLDS_DISKS = new Set(['starting', 'running', 'paused', 'stopping']);
  * the next start sweeps. Who uses a volume is read from the VMs' specs, never stored twice.
  */
 export class Volumes {
-  constructor(private readonly ctx: Pick<EngineContext, 'stores' | 'paths' | 'locks' | 'db'>) {}
+  constructor(private readonly ctx: Pick<EngineContext, 'stores' | 'paths' | 'locks' | 'db' | 'config'>) {}
 
   list(): VolumeView[] {
     return this.ctx.stores.volumes.list().map((v) => this.view(v));
@@ -89,6 +91,21 @@ export class Volumes {
       this.ctx.stores.volumes.delete(volume.id);
       await rm(this.ctx.paths.volumeImage(volume.id), { force: true });
     });
+  }
+
+  /** `cell volume export`: refused while a VM writes it (the image would be caught mid-write). */
+  async export(name: string, file: string, host?: HostFs): Promise<{ bytes: number }> {
+    const volume = this.require(name);
+    return this.ctx.locks.run(`volume:${name}`, async () => {
+      const writers = this.view(volume).users.filter((u) => u.running && !u.readOnly);
+      if (writers.length > 0) throw new CellError(ErrorCodes.CONFLICT, `volume ${name} is written by running VM ${writers.map((u) => u.name).join(', ')}: stop it to export a consistent copy`);
+      return exportVolume(this.ctx, volume, file, host);
+    });
+  }
+
+  /** `cell volume import`: a volume from an export, under its own name or `name`. */
+  async import(file: string, name?: string, host?: HostFs): Promise<VolumeRecord> {
+    return this.ctx.locks.run('volume-import', () => importVolume(this.ctx, file, name, host));
   }
 
   /** `cell volume prune`: the volumes no VM mounts. */

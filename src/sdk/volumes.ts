@@ -34,6 +34,16 @@ export class VolumesClient {
     return this.transport.call(volumes.remove, { params: { name }, query: { force: opts.force } }, opts);
   }
 
+  /** Writes the volume to a tar on celld's host (a path there; refused while a VM writes it). */
+  export(name: string, file: string, opts: RequestOptions = {}): Promise<{ bytes: number }> {
+    return this.transport.call(volumes.export, { params: { name }, body: { file } }, opts);
+  }
+
+  /** Reads a volume archive on celld's host; `name` renames it. */
+  import(file: string, opts: RequestOptions & { name?: string } = {}): Promise<VolumeView> {
+    return this.transport.call(volumes.import, { body: { file, ...(opts.name ? { name: opts.name } : {}) } }, opts);
+  }
+
   /** Removes every volume no VM mounts; resolves with their names. */
   async prune(opts: RequestOptions = {}): Promise<string[]> {
     return (await this.transport.call(volumes.prune, {}, opts)).removed;

@@ -50,7 +50,7 @@ describe('named volumes', () => {
     await h.ok(['rm', '-f', 'keeper']);
   });
 
-  test('celld killed -9 while a VM has a volume: the VM goes on; once it stops, the next VM mounts the volume with the data', async () => {
+  test('celld killed -9 while a VM has a volume: the VM goes on; once it stops, the next VM mounts the volume with the data; export and import', async () => {
     await h.ok(['run', '-d', '--name', 'survivor', '-v', 'kept:/k', 'busybox']);
     await h.ok(['exec', 'survivor', '--', 'sh', '-c', 'echo before-kill > /k/mark; sync']);
     const daemon = h.daemonPid()!;
@@ -61,6 +61,17 @@ describe('named volumes', () => {
     await h.ok(['stop', '-t', '0', 'survivor']);
     assert.equal((await h.ok(['run', '--rm', '-v', 'kept:/k', 'busybox', '--', 'cat', '/k/mark'])).stdout, 'before-kill\n');
     await h.ok(['rm', 'survivor']);
+
+    // Export and import: the files come back under a new name; a tampered archive is refused.
+    const archive = `${h.home}/kept.tar`;
+    assert.match((await h.ok(['volume', 'export', 'kept', archive])).stdout, /kept\.tar \(/);
+    assert.equal((await h.ok(['volume', 'import', '--name', 'copy', archive])).stdout, 'copy\n');
+    assert.equal((await h.ok(['run', '--rm', '-v', 'copy:/c:ro', 'busybox', '--', 'cat', '/c/mark'])).stdout, 'before-kill\n');
+    assert.match((await h.cell(['volume', 'import', archive])).stderr, /^error: a volume named kept exists already: import it with --name/);
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(`${h.home}/bad.tar`, 'not a tar');
+    assert.match((await h.cell(['volume', 'import', '--name', 'bad', `${h.home}/bad.tar`])).stderr, /^error: .*bad\.tar is not a usable cellvm volume archive/);
+    await h.ok(['volume', 'rm', 'copy']);
     await h.ok(['volume', 'rm', 'kept']);
     assert.equal((await h.ok(['volume', 'ls', '--format', 'json'])).stdout.trim(), '[]');
   });

@@ -1,3 +1,4 @@
+import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import type { VolumeView } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
@@ -63,6 +64,31 @@ export function register(program: Command): void {
           await client.volumes.remove(name, { force: flags.force });
           process.stdout.write(`${name}\n`);
         });
+      }),
+    );
+
+  volume
+    .command('export')
+    .description("write a volume (its whole ext4 image, sparse) to a tar another host imports; refused while a VM writes it")
+    .argument('<name>', 'volume name')
+    .argument('<file>', 'archive to write (replaced if it exists)')
+    .addHelpText('after', examples('cell volume export db-data /tmp/db-data.tar', 'scp /tmp/db-data.tar other: && ssh other cell volume import /tmp/db-data.tar'))
+    .action(
+      withClient(async (client, name: string, file: string) => {
+        const { bytes: size } = await client.volumes.export(name, resolve(file));
+        process.stdout.write(`${resolve(file)} (${bytes(size)})\n`);
+      }),
+    );
+
+  volume
+    .command('import')
+    .description('add a volume from an archive made by "volume export" (on this or another host)')
+    .argument('<file>', 'archive to read')
+    .option('--name <name>', 'name it (default: its name on the exporting host)')
+    .addHelpText('after', examples('cell volume import /tmp/db-data.tar', 'cell volume import --name db-copy /tmp/db-data.tar'))
+    .action(
+      withClient(async (client, file: string, flags: { name?: string }) => {
+        process.stdout.write(`${(await client.volumes.import(resolve(file), { name: flags.name })).name}\n`);
       }),
     );
 

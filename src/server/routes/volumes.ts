@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
 import { serve } from '../serve-route.js';
+import { hostFsOf } from '../caller-access.js';
 
 const { volumes } = Api;
 
@@ -17,6 +18,11 @@ export function volumeRoutes(app: FastifyInstance, engine: Engine): void {
   });
   serve(app, volumes.remove, async (req) => {
     await service().remove(req.params.name, req.query.force ?? false);
+  });
+  serve(app, volumes.export, async (req) => service().export(req.params.name, req.body.file, hostFsOf(req)));
+  serve(app, volumes.import, async (req) => {
+    const made = await service().import(req.body.file, req.body.name, hostFsOf(req));
+    return service().inspect(made.name);
   });
   serve(app, volumes.prune, async () => ({ removed: (await service().prune()).map((v) => v.name) }));
 }
