@@ -18,7 +18,8 @@
  *
  * The parts: main.c (PID 1 start-up, --stdio mode, shut-down), loop.c (framing, outgoing queue,
  * event loop), exec.c (processes), files.c (file requests), machine.c (signals, time, entropy,
- * sync, identity), util.c (logging, byte queues, payload reader). This header holds what they
+ * sync, identity), oom.c (OOM kills from the kernel log), util.c (logging, byte queues, payload
+ * reader). This header holds what they
  * share: the wire constants, the bounds, the shared types, globals and functions.
  *
  * Build (in guest/): gcc -static -Os -Wall -Wextra -Werror -o agent *.c
@@ -41,7 +42,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define AGENT_VERSION "0.7.0"
+#define AGENT_VERSION "0.8.0"
 
 /* Wire format (docs/protocol.md). */
 #define MAGIC0 0xCE
@@ -68,7 +69,7 @@ enum {
 	T_PING = 0x01, T_EXEC, T_STDIN, T_KILL, T_SET_TIME, T_ADD_ENTROPY, T_SHUTDOWN, T_SIGNAL_ALL, T_SET_IDENTITY,
 	T_PUT_FILE = 0x0A, T_FILE_DATA, T_FILE_END, T_MKDIR, T_SYMLINK, T_READ_FILE, T_LIST_DIR, T_STAT, T_CANCEL, T_SYNC,
 	T_CREDIT = 0x14, T_HOST_HELLO, T_FREEZE, T_THAW, T_RESIZE,
-	T_OK = 0x80, T_PONG, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_HELLO, T_DATA, T_ERROR = 0x8F,
+	T_OK = 0x80, T_PONG, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_HELLO, T_DATA, T_OOM, T_ERROR = 0x8F,
 };
 enum {
 	E_MALFORMED = 1, E_BAD_CWD, E_UNKNOWN_ID, E_DUPLICATE_ID, E_UNKNOWN_TYPE, E_LIMIT, E_SYSCALL,
@@ -142,6 +143,10 @@ extern struct exec g_execs[MAX_EXECS];
 
 /* files.c */
 extern int g_npump; /* READ_FILE and LIST_DIR transfers: the event loop feeds them */
+
+/* oom.c */
+extern int g_kmsg_fd; /* the kernel log, watched for OOM kills; -1 when not watched */
+extern int g_psi_fd;  /* PID 1 mode: the memory pressure (PSI) trigger of the thrashing valve, or -1 */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Big-endian fields and the free end of a byte queue */
@@ -226,6 +231,12 @@ void handle_download(uint8_t type, uint32_t id, const uint8_t *p, size_t len);
 void handle_cancel(uint32_t id, size_t len);
 void pump_xfers(void);
 void abort_all_xfers(void);
+
+/* oom.c */
+void oom_watch_open(const char *path);
+void read_kmsg(void);
+void thrash_watch_open(void);
+void memory_pressure(void);
 
 /* main.c */
 void __attribute__((noreturn)) stdio_exit(int code);

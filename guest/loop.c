@@ -217,12 +217,12 @@ static void read_channel(void)
 /* ------------------------------------------------------------------------------------------ */
 /* Event loop */
 
-enum { K_SIG, K_CHAN_IN, K_CHAN_OUT, K_OUT, K_ERR, K_IN };
+enum { K_SIG, K_CHAN_IN, K_CHAN_OUT, K_OUT, K_ERR, K_IN, K_KMSG, K_PSI };
 
 void __attribute__((noreturn)) serve(void)
 {
-	static struct pollfd pfd[3 + 3 * MAX_EXECS];
-	static struct { int kind, slot; } what[3 + 3 * MAX_EXECS];
+	static struct pollfd pfd[5 + 3 * MAX_EXECS];
+	static struct { int kind, slot; } what[5 + 3 * MAX_EXECS];
 
 	for (;;) {
 		int n = 0, timeout = -1;
@@ -232,6 +232,10 @@ void __attribute__((noreturn)) serve(void)
 #define WATCH(fd_, ev_, kind_, slot_) \
 	(pfd[n] = (struct pollfd){ .fd = (fd_), .events = (ev_) }, what[n].kind = (kind_), what[n].slot = (slot_), n++)
 
+		/* Before the signalfd: an OOM kill is logged before its victim dies, so the host learns of
+		 * it before that exec's EXIT. */
+		if (g_kmsg_fd >= 0) WATCH(g_kmsg_fd, POLLIN, K_KMSG, -1);
+		if (g_psi_fd >= 0) WATCH(g_psi_fd, POLLPRI, K_PSI, -1);
 		WATCH(g_sig_fd, POLLIN, K_SIG, -1);
 		for (int i = 0; i < MAX_EXECS; i++) {
 			struct exec *e = &g_execs[i];
@@ -281,6 +285,13 @@ void __attribute__((noreturn)) serve(void)
 				reap_children();
 				break;
 			}
+			case K_KMSG:
+				if (g_kmsg_fd == pfd[i].fd) read_kmsg();
+				break;
+			case K_PSI:
+				if (rev & POLLPRI) memory_pressure();
+				else if (rev & (POLLERR | POLLNVAL)) close_fd(&g_psi_fd);
+				break;
 			case K_OUT:
 				if (e->out_fd == pfd[i].fd) read_output(e, &e->out_fd, T_STDOUT);
 				break;

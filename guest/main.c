@@ -422,11 +422,13 @@ static void send_hello(void)
 
 int main(int argc, char **argv)
 {
+	const char *kmsg = NULL; /* --stdio mode: a test's kernel log lines (oom.c) */
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--stdio") == 0) g_stdio = true;
 		else if (strcmp(argv[i], "--debug") == 0) g_debug = true;
+		else if (strcmp(argv[i], "--kmsg") == 0 && i + 1 < argc) kmsg = argv[++i];
 		else {
-			fprintf(stderr, "usage: %s [--stdio] [--debug]\n", argv[0]);
+			fprintf(stderr, "usage: %s [--stdio [--kmsg PATH]] [--debug]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -453,8 +455,11 @@ int main(int argc, char **argv)
 			g_stdio_flags[fd] = fcntl(fd, F_GETFL);
 			set_nonblock(fd);
 		}
+		if (kmsg) oom_watch_open(kmsg);
 	} else {
 		pid1_setup();
+		oom_watch_open(NULL);
+		thrash_watch_open();
 	}
 
 	g_sig_fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);

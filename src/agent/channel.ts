@@ -219,6 +219,9 @@ export class AgentChannel extends EventEmitter {
       case FrameType.HELLO:
         this.emit('hello', frame.payload);
         return;
+      case FrameType.OOM:
+        this.emit('oom', frame.payload);
+        return;
       case FrameType.STDOUT:
       case FrameType.STDERR:
       case FrameType.EXIT:

@@ -15,6 +15,7 @@ import {
   PayloadWriter,
   checkTtySize,
   decodeExit,
+  decodeOom,
   encodeExec,
   encodeResize,
   type ExecRequest,
@@ -39,6 +40,8 @@ export interface ExecExit {
   exitCode: number | null;
   /** Signal number when the process was killed by one, else null. */
   signal: number | null;
+  /** The guest kernel's OOM killer ended the process (an OOM frame named its pid; signal 9). */
+  oomKilled?: boolean;
 }
 
 export interface ExecHandlers {
@@ -58,6 +61,8 @@ export class ExecSession {
   readonly exit: Promise<ExecExit>;
   private settle!: { resolve: (e: ExecExit) => void; reject: (err: Error) => void };
   pid: number | null = null;
+  /** An OOM frame named this exec's process. */
+  oomKilled = false;
   /** Whether the agent flow-controls this exec: null until its STARTED says. */
   private flow: boolean | null = null;
   private readonly credit: OutputCredit;
@@ -186,7 +191,8 @@ export class ExecSession {
 
 /**
  * Host side of the agent protocol over the VM's virtio-serial socket. Events: 'hello' (its
- * payload) and 'close', as the channel reports them.
+ * payload) and 'close', as the channel reports them, and 'oom' ({ pid, name }: the guest kernel's
+ * OOM killer ended a process; the name as the guest sent it, see domain/oom.ts).
  */
 export class AgentClient extends EventEmitter {
   private readonly channel: AgentChannel;
@@ -199,6 +205,15 @@ export class AgentClient extends EventEmitter {
     this.channel = connection instanceof AgentChannel ? connection : new AgentChannel(connection);
     this.channel.on('hello', (payload: Buffer) => this.emit('hello', payload));
     this.channel.on('close', () => this.onClose());
+    this.channel.on('oom', (payload: Buffer) => this.onOom(payload));
+  }
+
+  /** An OOM kill the guest reported: marks the exec whose process it was, then tells listeners. */
+  private onOom(payload: Buffer): void {
+    const kill = decodeOom(payload);
+    if (!kill) return;
+    for (const session of this.execs.values()) if (session.pid === kill.pid) session.oomKilled = true;
+    this.emit('oom', kill);
   }
 
   get closed(): boolean {
@@ -393,7 +408,7 @@ export class AgentClient extends EventEmitter {
         case FrameType.EXIT: {
           this.endSession(session);
           const { signaled, code } = decodeExit(frame.payload);
-          session.finish(signaled ? { exitCode: null, signal: code } : { exitCode: code, signal: null });
+          session.finish(signaled ? { exitCode: null, signal: code, ...(session.oomKilled && code === 9 ? { oomKilled: true } : {}) } : { exitCode: code, signal: null });
           return;
         }
       }

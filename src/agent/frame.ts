@@ -43,6 +43,7 @@ export const FrameType = {
   EXIT: 0x85,
   HELLO: 0x86,
   DATA: 0x87,
+  OOM: 0x88,
   ERROR: 0x8f,
 } as const;
 
@@ -359,4 +360,17 @@ export function decodeExit(payload: Buffer): { signaled: boolean; code: number }
     return { signaled: true, code };
   }
   throw bad(`unknown kind ${kind}`);
+}
+
+/**
+ * An OOM frame (the guest kernel's OOM killer ended a process): u32 pid, string name. The name as
+ * the guest sent it, not yet made safe (domain/oom.ts); null when the payload is malformed, which
+ * is ignored rather than taken for a broken connection: the report is informational.
+ */
+export function decodeOom(payload: Buffer): { pid: number; name: Buffer } | null {
+  if (payload.length < 8) return null;
+  const pid = payload.readUInt32BE(0);
+  const len = payload.readUInt32BE(4);
+  if (len !== payload.length - 8) return null;
+  return { pid, name: payload.subarray(8) };
 }

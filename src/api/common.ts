@@ -25,6 +25,8 @@ export const ExitEvent = event('exit', {
   signal: Type.Union([Type.Integer(), Type.Null()]),
   timedOut: Type.Boolean(),
   durationMs: Type.Number(),
+  /** Present (true) when the guest kernel's OOM killer ended the process (it then exits 137). */
+  oomKilled: Type.Optional(Type.Boolean()),
 });
 export type ExitEvent = Static<typeof ExitEvent>;
 

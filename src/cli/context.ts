@@ -81,11 +81,12 @@ export async function streamed(cmd: Command, work: (client: CellClient, signal: 
 }
 
 /** The exit status for a guest command's result, with a line on stderr after a timeout. */
-export function commandExit(result: { exitCode: number; signal: number | null; timedOut: boolean }, timeoutSec?: number): number {
+export function commandExit(result: { exitCode: number; signal: number | null; timedOut: boolean; oomKilled?: boolean }, timeoutSec?: number): number {
   if (result.timedOut) {
     process.stderr.write(`cell: command timed out after ${timeoutSec ?? '?'} s\n`);
     return 124;
   }
+  if (result.oomKilled) process.stderr.write("cell: the command was killed by the guest's OOM killer (the VM ran out of memory; see --memory)\n");
   return exitStatus(result);
 }
 

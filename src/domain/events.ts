@@ -5,7 +5,8 @@ import { CellError, ErrorCodes } from './errors.js';
 /**
  * What happened to a VM or snapshot, as `docker events` reports it: `vm` create, start, pause,
  * unpause, stop (asked to), die (with its exit code and reason), snapshot (its RAM was saved; it
- * goes on in a new QEMU: a `start` follows), health_status, update, destroy; `snapshot` create, fork
+ * goes on in a new QEMU: a `start` follows), health_status, update, oom (the guest's OOM killer
+ * ended a process: pid, process; domain/oom.ts), destroy; `snapshot` create, fork
  * (a VM was made from it), delete. Attributes are strings, the actor's labels among them.
  */
 export type EventType = 'vm' | 'snapshot';

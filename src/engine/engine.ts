@@ -170,7 +170,11 @@ export class Engine {
       config: deps.config ?? (await loadConfig(paths.config)),
       host: deps.host ?? new HostReadiness(paths.cache, stores.images),
       backend,
-      live: new LiveMachines(backend, (id, expected) => vms?.onMachineGone(id, expected)),
+      live: new LiveMachines(
+        backend,
+        (id, expected) => vms?.onMachineGone(id, expected),
+        (id, pid, name) => vms?.onGuestOom(id, pid, name),
+      ),
       network: deps.network ?? defaultNetworking(paths.home, stores),
       locks: new KeyedLocks(),
       log: deps.log ?? STDERR_LOG,

@@ -49,7 +49,7 @@ export async function runGuestCommand(agent: AgentClient, cmd: GuestCommand, sin
     const exit = await session.exit;
     const signal = exit.signal;
     const exitCode = timedOut ? TIMEOUT_EXIT_CODE : signal !== null ? 128 + signal : (exit.exitCode ?? 0);
-    return { exitCode, signal, timedOut, durationMs: performance.now() - started };
+    return { exitCode, signal, timedOut, durationMs: performance.now() - started, ...(exit.oomKilled && !timedOut ? { oomKilled: true } : {}) };
   } finally {
     if (timer) clearTimeout(timer);
     cmd.signal?.removeEventListener('abort', onAbort);

@@ -22,6 +22,8 @@ export interface LiveMachine {
 }
 
 export type GoneListener = (id: string, expected: boolean) => void;
+/** The guest kernel's OOM killer ended a process (as the agent reported it: not yet validated). */
+export type OomListener = (id: string, pid: number, name: Buffer) => void;
 
 export function bootTimeoutMs(): number {
   const fromEnv = Number(process.env.CELL_BOOT_TIMEOUT);
@@ -38,6 +40,7 @@ export class LiveMachines {
   constructor(
     private readonly backend: Backend,
     private readonly onGone: GoneListener,
+    private readonly onOom: OomListener = () => {},
   ) {}
 
   get(id: string): LiveMachine | undefined {
@@ -144,6 +147,7 @@ export class LiveMachines {
     });
     const live: LiveMachine = { id, pid, dir, control, agent, memoryShared, stopping: false, gone };
     this.machines.set(id, live);
+    agent.on('oom', (kill: { pid: number; name: Buffer }) => this.onOom(id, kill.pid, kill.name));
     // The control channel closing is the one signal that works whether or not we are QEMU's parent.
     control.onClose(() => {
       this.machines.delete(id);

@@ -36,6 +36,8 @@ export interface ExecResult {
   signal: number | null;
   timedOut: boolean;
   durationMs: number;
+  /** Present (true) when the guest's OOM killer ended the process. */
+  oomKilled?: boolean;
 }
 
 export const TIMEOUT_EXIT_CODE = 124;

@@ -36,6 +36,7 @@ import { VmActivity } from './vm-activity.js';
 import type { Volumes } from './volumes.js';
 import { parseVolumeMounts } from '../domain/volume.js';
 import { applyTimeouts, ttlDeadline, type IdleAction, type TimeoutsRequest } from '../domain/timeouts.js';
+import { EventRateLimit, oomAttributes, oomKill } from '../domain/oom.js';
 
 export interface CreateVmRequest {
   image?: string;
@@ -103,6 +104,8 @@ export class Vms {
   readonly logs: VmLogs;
   /** When each VM was last used, for `--idle-timeout` (engine/vm-timeouts.ts). */
   readonly activity = new VmActivity();
+  /** Per running VM: how many `oom` events it may still record (a guest can report any number). */
+  private readonly oomLimits = new Map<string, EventRateLimit>();
 
   constructor(
     private readonly ctx: EngineContext,
@@ -579,7 +582,27 @@ export class Vms {
   }
 
   /** The machine of VM `id` ended; unless someone asked for that, the VM crashed. */
+  /**
+   * The guest's OOM killer ended a process: an `oom` event ({ pid, process }), as Docker records
+   * a container's OOM kill; a few a second per VM at most (domain/oom.ts).
+   */
+  onGuestOom(id: string, pid: number, name: Buffer): void {
+    const kill = oomKill(pid, name);
+    const vm = this.ctx.stores.vms.get(id);
+    if (!kill || !vm) return;
+    let limit = this.oomLimits.get(id);
+    if (!limit) this.oomLimits.set(id, (limit = new EventRateLimit()));
+    const allowed = limit.take();
+    if (!allowed) return;
+    try {
+      this.ctx.stores.vms.recordEvent(vm, 'oom', oomAttributes(kill, allowed.suppressed));
+    } catch (err) {
+      this.ctx.log.warn(`oom event of ${id.slice(0, 12)}: ${(err as Error).message}`);
+    }
+  }
+
   onMachineGone(id: string, expected: boolean): void {
+    this.oomLimits.delete(id);
     releaseMemory(this.ctx.paths, id);
     // Expected: whoever ended it (stop, remove, a snapshot that boots it again) decides about its network.
     if (expected) return;

@@ -11,6 +11,8 @@ export interface CommandResult {
   signal: number | null;
   timedOut: boolean;
   durationMs: number;
+  /** True when the guest kernel's OOM killer ended the process (exitCode 137): the VM ran out of memory. */
+  oomKilled?: boolean;
 }
 
 export type SetupEvent = ProgressEvent;
@@ -46,7 +48,7 @@ export async function deliverOutput(event: { type: string }, handlers: OutputHan
 }
 
 function result(e: ExitEvent): CommandResult {
-  return { exitCode: e.exitCode, signal: e.signal, timedOut: e.timedOut, durationMs: e.durationMs };
+  return { exitCode: e.exitCode, signal: e.signal, timedOut: e.timedOut, durationMs: e.durationMs, ...(e.oomKilled ? { oomKilled: true } : {}) };
 }
 
 function noExit(what: string): CellError {

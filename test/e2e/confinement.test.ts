@@ -17,7 +17,9 @@ function confinementOf(pid: number) {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const field = (name: string) => new RegExp(`^${name}:\\s*(.*)$`, 'm').exec(status)?.[1]?.trim() ?? '';
   const cgroups = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
   return {
+    accelerator: argv[argv.indexOf('-accel') + 1]?.startsWith('kvm') ? ('kvm' as const) : ('tcg' as const),
     seccomp: Number(field('Seccomp')),
     uids: field('Uid').split(/\s+/).map(Number),
     gids: field('Gid').split(/\s+/).map(Number),
@@ -49,7 +51,7 @@ function assertConfined(what: string, pid: number, seenUids: Set<number>): void 
   const available = existsSync('/sys/fs/cgroup/cgroup.controllers') || existsSync('/sys/fs/cgroup/memory/cgroup.procs');
   if (available) {
     assert.ok(c.cgroup, `${what}: in a cgroup under ${CGROUP_PARENT}/`);
-    assert.equal(memoryLimit(c.cgroup!, c.v1), cgroupLimits({ cpus: 1, memoryMib: 256 }).memoryBytes, `${what}: memory limit`);
+    assert.equal(memoryLimit(c.cgroup!, c.v1), cgroupLimits({ cpus: 1, memoryMib: 256, accelerator: c.accelerator }).memoryBytes, `${what}: memory limit`);
   }
 }
 

@@ -116,3 +116,47 @@ describe('a boot that misses its deadline', () => {
     assert.deepEqual(h.qemuPids(), []);
   });
 });
+
+describe('a guest that runs out of memory', () => {
+  let h: TestHome;
+  before(() => {
+    h = new TestHome();
+  });
+  after(async () => {
+    await h.cleanup();
+  });
+
+  // Before the fix, TCG's code cache grew past the QEMU's cgroup limit while the guest was short
+  // of memory, and the host killed the whole VM: the exec failed with "the connection to the guest
+  // agent closed" and the VM was stopped. Now the guest's OOM killer ends the hog, alone.
+  test("the guest's OOM killer ends the hog (137, oom events with its name); the VM and its agent go on", async () => {
+    const start = new Date();
+    await h.ok(['run', '-d', '--name', 'hog', '--memory', '128', 'busybox']);
+    const [pid] = h.qemuPids();
+    // One allocation of 90% of the guest's memory, touched at once by read(): the kernel's OOM
+    // killer acts at once.
+    const dd = await h.cell(['exec', 'hog', '--', 'sh', '-c', 'm=$(awk \'/MemTotal/{print int($2*0.9)}\' /proc/meminfo); exec dd if=/dev/zero of=/dev/null bs=${m}k count=1'], { timeoutMs: 60_000 });
+    assert.equal(dd.code, 137, `exit code (stderr: ${dd.stderr})`);
+    assert.match(dd.stderr, /killed by the guest's OOM killer/);
+    // The report's own case: a hog that grows slowly makes the guest thrash (it re-reads its code
+    // pages) rather than meet the OOM killer, for minutes; the agent's valve (PSI, 10 s) ends it.
+    const started = Date.now();
+    const sort = await h.cell(['exec', 'hog', '--', 'sh', '-c', 'head -c 100000000 /dev/zero | sort > /dev/null; echo exit=$?'], { timeoutMs: 90_000 });
+    assert.equal(sort.code, 0, `sh itself goes on (stderr: ${sort.stderr})`);
+    assert.equal(sort.stdout, 'exit=137\n');
+    const sortMs = Date.now() - started;
+    const alive = await h.ok(['exec', 'hog', '--', 'echo', 'alive']);
+    assert.equal(alive.stdout, 'alive\n');
+    assert.deepEqual(h.qemuPids(), [pid], 'the same QEMU runs on');
+    const events = (await h.ok(['events', '--since', start.toISOString(), '--until', new Date().toISOString(), '--filter', 'vm=hog', '--filter', 'event=oom', '--format', 'json'])).stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { action: string; actor: { name: string }; attributes: Record<string, string> });
+    assert.deepEqual(events.map((e) => [e.actor.name, e.attributes.process]), [['hog', 'dd'], ['hog', 'sort']], JSON.stringify(events));
+    for (const e of events) assert.match(e.attributes.pid!, /^[1-9][0-9]*$/);
+    const ps = JSON.parse((await h.ok(['ps', '--format', 'json'])).stdout) as { name: string; state: string }[];
+    assert.equal(ps.find((v) => v.name === 'hog')?.state, 'running');
+    await h.ok(['rm', '-f', 'hog']);
+    console.log(`# sort hog ended after ${(sortMs / 1000).toFixed(1)} s`);
+  });
+});

@@ -47,8 +47,9 @@ class FakeMachine {
     readonly spec: MachineSpec,
     readonly files: MachineFiles,
     agentBin: string,
+    agentArgs: readonly string[] = [],
   ) {
-    this.proc = spawn(agentBin, ['--stdio'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.proc = spawn(agentBin, ['--stdio', ...agentArgs], { stdio: ['pipe', 'pipe', 'pipe'] });
     this.proc.stdin.on('error', () => {});
     this.proc.stderr.resume();
     this.proc.stdout.on('data', (chunk: Buffer) => this.client?.write(chunk));
@@ -177,6 +178,8 @@ export class FakeBackend implements Backend {
   readonly starts: MachineSpec[] = [];
   /** Makes the next starts fail (a broken VMM). */
   failStarts = 0;
+  /** More arguments for the agents of machines started from now on (`--kmsg FIFO`: its "kernel log"). */
+  agentArgs: string[] = [];
 
   constructor(private readonly agentBin: string) {}
 
@@ -198,7 +201,7 @@ export class FakeBackend implements Backend {
     if (spec.dataDisk && !existsSync(files.dataOverlay)) await writeFile(files.dataOverlay, `overlay on ${spec.dataDisk.baseDiskPath}\n`);
     // Like QEMU: an empty RAM file (the engine makes it for a cold boot) is sized and filled.
     if (spec.memory.shared && !(existsSync(spec.memory.path) && statSync(spec.memory.path).size > 0)) await writeFile(spec.memory.path, `ram of ${spec.id}`);
-    const machine = new FakeMachine(spec, files, this.agentBin);
+    const machine = new FakeMachine(spec, files, this.agentBin, this.agentArgs);
     // An incoming machine waits for its state before its "guest" runs.
     if (spec.incoming) machine.signal('SIGSTOP');
     machine.paused = spec.incoming ?? false;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Cgroups, cgroupLimits } from '../../src/vmm/qemu/cgroup.js';
-import { buildQemuArgv } from '../../src/vmm/qemu/argv.js';
+import { buildQemuArgv, TCG_CODE_CACHE_MIB } from '../../src/vmm/qemu/argv.js';
 import { machineFiles } from '../../src/vmm/qemu/files.js';
 import { confinementArgv } from '../../src/vmm/qemu/confinement.js';
 import type { MachineSpec } from '../../src/vmm/backend.js';
@@ -15,10 +15,10 @@ test('cgroup v2: a group per QEMU under cellvm/ with memory.max, pids.max and cp
     const cgroups = Cgroups.detect(root);
     assert.equal(cgroups.unavailable, null);
     assert.equal(readFileSync(join(root, 'cellvm', 'cgroup.subtree_control'), 'utf8'), '+cpu +memory +pids');
-    const group = cgroups.create('abcdef0123456789ffff', { cpus: 2, memoryMib: 512 })!;
+    const group = cgroups.create('abcdef0123456789ffff', { cpus: 2, memoryMib: 512, accelerator: 'kvm' })!;
     const [dir] = group.dirs as [string];
     assert.match(dir, /\/cellvm\/abcdef0123456789-[0-9a-f]{8}$/);
-    const l = cgroupLimits({ cpus: 2, memoryMib: 512 });
+    const l = cgroupLimits({ cpus: 2, memoryMib: 512, accelerator: 'kvm' });
     assert.equal(readFileSync(join(dir, 'memory.max'), 'utf8'), String(l.memoryBytes));
     assert.ok(l.memoryBytes > 512 * 2 ** 20 && l.memoryBytes < 1024 * 2 ** 20, 'a bit above its RAM');
     assert.equal(readFileSync(join(dir, 'pids.max'), 'utf8'), '130');
@@ -36,20 +36,38 @@ test('cgroup v1: one group per controller; without the controllers, cgroups are 
       writeFileSync(join(root, c, 'cgroup.procs'), '');
     }
     const cgroups = Cgroups.detect(root);
-    const group = cgroups.create('vm1', { cpus: 1, memoryMib: 256 })!;
+    const group = cgroups.create('vm1', { cpus: 1, memoryMib: 256, accelerator: 'tcg' })!;
     assert.equal(group.dirs.length, 3);
     const [memory, pids, cpu] = group.dirs as [string, string, string];
-    assert.equal(readFileSync(join(memory, 'memory.limit_in_bytes'), 'utf8'), String(cgroupLimits({ cpus: 1, memoryMib: 256 }).memoryBytes));
+    assert.equal(readFileSync(join(memory, 'memory.limit_in_bytes'), 'utf8'), String(cgroupLimits({ cpus: 1, memoryMib: 256, accelerator: 'tcg' }).memoryBytes));
     assert.equal(readFileSync(join(pids, 'pids.max'), 'utf8'), '129');
     assert.equal(readFileSync(join(cpu, 'cpu.cfs_quota_us'), 'utf8'), '150000');
     assert.ok(cpu.includes('/cpu,cpuacct/cellvm/'));
     const none = Cgroups.detect(join(root, 'nothing-here'));
     assert.match(none.unavailable!, /no cgroup v2 and no v1/);
-    assert.equal(none.create('x', { cpus: 1, memoryMib: 256 }), null);
+    assert.equal(none.create('x', { cpus: 1, memoryMib: 256, accelerator: 'tcg' }), null);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
   assert.ok(!existsSync(root));
+});
+
+test("TCG's code cache is bounded and counted in the memory limit: a guest short of memory meets its own OOM killer, not the host's", () => {
+  const spec: MachineSpec = {
+    id: 'abc', dir: '/tmp/x', kernelPath: '/k', initrdPath: '/i', baseDiskPath: '/b', baseDiskFormat: 'raw', cpus: 1, memoryMib: 128,
+    hostname: 'h', accelerator: 'tcg', memory: { path: '/m', shared: false },
+  };
+  const accel = (s: MachineSpec) => {
+    const argv = buildQemuArgv(s, machineFiles('/tmp/x'));
+    return argv[argv.indexOf('-accel') + 1];
+  };
+  assert.equal(accel(spec), `tcg,tb-size=${TCG_CODE_CACHE_MIB}`);
+  assert.equal(accel({ ...spec, accelerator: 'kvm' }), 'kvm');
+  const mib = (accelerator: 'kvm' | 'tcg') => cgroupLimits({ cpus: 1, memoryMib: 128, accelerator }).memoryBytes / 2 ** 20;
+  assert.equal(mib('tcg') - mib('kvm'), TCG_CODE_CACHE_MIB);
+  // Measured (TCG, a 128 MiB guest whose memory was full, code cache at its bound): RAM 127 MiB,
+  // anonymous 101 MiB, mapped files 23 MiB; the old limit (272 MiB) left 21 MiB, now 85.
+  assert.ok(mib('tcg') >= 128 + 101 + 23 + 64, `limit ${mib('tcg')} MiB leaves room above the measured peak`);
 });
 
 test('confined argv: seccomp sandbox, -runas uid:gid, disks as fdsets without locking, incoming over a unix socket', () => {

@@ -9,7 +9,7 @@ export function register(program: Command): void {
   program
     .command('events')
     .description(
-      'print what happens to VMs and snapshots as it happens, like docker events: vm create, start, pause, unpause, stop, die (exit code, reason), snapshot, health_status, update, destroy; snapshot create, fork, delete',
+      'print what happens to VMs and snapshots as it happens, like docker events: vm create, start, pause, unpause, stop, die (exit code, reason), snapshot, health_status, update, oom (the guest OOM killer ended a process), destroy; snapshot create, fork, delete',
     )
     .summary('stream VM and snapshot events')
     .option('--since <time>', 'first the kept events from TIME on: 2026-12-03T10:00:00Z, Unix seconds, or a duration ago (10m)', pointInTime('--since'))

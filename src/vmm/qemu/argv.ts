@@ -11,6 +11,16 @@ export const AGENT_PORT_NAME = 'cell.agent';
 export const MACHINE_TYPE = 'microvm';
 
 /**
+ * TCG's translated-code cache, in MiB (`-accel tcg,tb-size=`). QEMU's default is 1 GiB, allocated
+ * as the guest runs new code, and it only grows until full: a guest short of memory drops and
+ * re-reads its code pages, each read translated afresh, and the cache grew by ~1.5 MiB/s (measured:
+ * from 45 MiB after boot to 150 MiB in 50 s of a 128 MiB guest's OOM), past the QEMU's cgroup
+ * memory limit, so the host killed the whole VM before the guest's own OOM killer acted. Bounded,
+ * a full cache is flushed and refilled; a boot fills about 45 MiB. cgroup.ts counts it in the limit.
+ */
+export const TCG_CODE_CACHE_MIB = 64;
+
+/**
  * Kernel arguments. The three timer arguments matter under TCG: without them concurrent guests on
  * a busy host hang in early boot (measured: 4 at once on 2 cores all hung; with them all booted).
  * panic=-1 plus QEMU's -no-reboot turns a guest panic into a QEMU exit instead of a hang.
@@ -77,7 +87,7 @@ export function buildQemuArgv(
   const rootFile = confinement.diskFds ? `/dev/fdset/${ROOT_FDSET},file.locking=off` : files.overlay;
   const dataFile = confinement.diskFds?.data ? `/dev/fdset/${DATA_FDSET},file.locking=off` : files.dataOverlay;
   const throttle = driveThrottling(spec.limits);
-  const accel = spec.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg'];
+  const accel = spec.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', `tcg,tb-size=${TCG_CODE_CACHE_MIB}`];
   return [
     '-name', `cellvm-${spec.id},process=cellvm-${spec.id.slice(0, 12)}`,
     '-M', `${MACHINE_TYPE},x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem0`,

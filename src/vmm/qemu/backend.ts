@@ -69,7 +69,7 @@ export class QemuBackend implements Backend {
     closeSync(openSync(files.serialLog, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
     const sandbox = confinementEnabled();
     const runAs = pickRunAs();
-    const cgroup = this.cgroups.create(spec.id, { cpus: spec.cpus, memoryMib: spec.memoryMib });
+    const cgroup = this.cgroups.create(spec.id, { cpus: spec.cpus, memoryMib: spec.memoryMib, accelerator: spec.accelerator });
     // As its own user, QEMU gets its disks as descriptors (see QemuConfinement.diskFds).
     const diskFds: number[] = [];
     let spawned;

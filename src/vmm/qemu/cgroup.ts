@@ -1,6 +1,8 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import type { Accelerator } from '../backend.js';
+import { TCG_CODE_CACHE_MIB } from './argv.js';
 
 /**
  * One cgroup per QEMU (`cellvm/<machine id>`), with memory, pids and cpu limits, as the
@@ -12,6 +14,8 @@ import { randomBytes } from 'node:crypto';
 export interface CgroupLimits {
   cpus: number;
   memoryMib: number;
+  /** Under TCG, QEMU's translated-code cache (argv.ts TCG_CODE_CACHE_MIB) counts as well. */
+  accelerator: Accelerator;
 }
 
 type Layout = { kind: 'v2'; parent: string } | { kind: 'v1'; parents: { cpu: string; memory: string; pids: string } };
@@ -19,10 +23,17 @@ type Layout = { kind: 'v2'; parent: string } | { kind: 'v1'; parents: { cpu: str
 export const CGROUP_PARENT = 'cellvm';
 const CPU_PERIOD_US = 100_000;
 
-/** What a machine may use: its RAM plus QEMU's own (TCG's code cache, devices, I/O buffers). */
+/**
+ * What a machine may use: its RAM, TCG's code cache (bounded by -accel tcg,tb-size) and QEMU's own
+ * memory (devices, I/O buffers, its mapped binary and libraries). Measured under TCG, a 128 MiB
+ * guest whose memory was full: RAM 127 MiB, anonymous 101 MiB (64 of them the code cache), mapped
+ * files 23 MiB. A guest that runs out of memory must meet its own OOM killer, never this limit
+ * (which kills the whole VM).
+ */
 export function cgroupLimits(l: CgroupLimits): { memoryBytes: number; pids: number; cpuQuotaUs: number; cpuPeriodUs: number } {
+  const codeCache = l.accelerator === 'tcg' ? TCG_CODE_CACHE_MIB : 0;
   return {
-    memoryBytes: (l.memoryMib + 128 + Math.ceil(l.memoryMib / 8)) * 1024 * 1024,
+    memoryBytes: (l.memoryMib + codeCache + 128 + Math.ceil(l.memoryMib / 8)) * 1024 * 1024,
     // QEMU's block thread pool alone may grow to 64 threads; vCPUs, main loop, RCU, migration.
     pids: 128 + l.cpus,
     // Every vCPU a core, plus half a core for QEMU's main loop and I/O threads.
