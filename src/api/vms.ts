@@ -252,7 +252,7 @@ export const WaitRequest = Type.Object(
     /** `stopped` (default): until its main command has exited (a detached VM runs on after it) or it stopped, as docker wait; `healthy`: until its health check passed. */
     until: Type.Optional(Type.Union([Type.Literal('stopped'), Type.Literal('healthy')])),
     /** Give up after this long: a `timeout` error. Absent: no limit. */
-    timeoutMs: Type.Optional(Type.Integer({ minimum: 0 })),
+    timeoutMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 2_000_000_000 })),
   },
   { additionalProperties: false },
 );

@@ -202,7 +202,7 @@ export class Engine {
     const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, timeouts, stats, suspends, new Consoles(ctx, vms));
     await reconcile(ctx);
     await sweepOrphans(ctx);
-    await vms.volumes.sweep();
+    await vms.volumes.sweep().catch((err: unknown) => ctx.log.warn(`sweeping volumes/ at start-up failed: ${(err as Error).message}`));
     await ctx.network.sweep(new Set(ctx.live.ids()));
     // Half-made VMs go first: a snapshot an action's VM was taking is then undone, not finished
     // into a snapshot nobody holds.

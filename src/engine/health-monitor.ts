@@ -19,6 +19,8 @@ const UNANSWERED_GRACE_MS = 5000;
  */
 export class HealthMonitor {
   private readonly loops = new Set<string>();
+  /** Each VM's check while it runs (one at a time). */
+  private readonly pending = new Map<string, Promise<unknown>>();
   private readonly stop = new AbortController();
 
   constructor(
@@ -87,9 +89,17 @@ export class HealthMonitor {
     }
   }
 
-  /** One run of the check: never throws, never waits much past its timeout, keeps at most HEALTH_OUTPUT_MAX bytes. */
+  /**
+   * One run of the check: never throws, never waits much past its timeout, keeps at most
+   * HEALTH_OUTPUT_MAX bytes. A check the guest never ends (a child that keeps its output open
+   * outlives the kill) stays the VM's one pending check, and gets no output credit past its
+   * timeout: the next probes fail at once instead of starting more guest processes.
+   */
   private async probe(vm: VmRecord, check: HealthCheck): Promise<HealthProbe> {
     const start = new Date().toISOString();
+    if (this.pending.has(vm.id)) {
+      return { start, end: start, exitCode: -1, output: 'the previous health check is still running: it outlived its timeout and its kill' };
+    }
     const chunks: Buffer[] = [];
     let kept = 0;
     const collect = (chunk: Buffer) => {
@@ -99,13 +109,15 @@ export class HealthMonitor {
     };
     const kill = new AbortController();
     const timer = setTimeout(() => kill.abort(), check.timeoutMs);
+    const never = new Promise<void>(() => {});
     const outcome = async (): Promise<{ exitCode: number; note?: string }> => {
       try {
         const { uid, gid } = parseUser(vm.spec.user);
         const result = await runGuestCommand(
           this.vms.agentOf(vm),
           { argv: check.cmd, env: vm.spec.env, cwd: vm.spec.workingDir, uid, gid, timeoutSec: 0, signal: kill.signal },
-          { stdout: collect, stderr: collect },
+          // Past its timeout the check gets no more output credit: what it writes stays in the guest.
+          { stdout: collect, stderr: collect, behind: () => (kill.signal.aborted ? never : undefined) },
         );
         return kill.signal.aborted ? { exitCode: 124, note: `health check timed out after ${formatDuration(check.timeoutMs)}` } : { exitCode: result.exitCode };
       } catch (err) {
@@ -113,7 +125,10 @@ export class HealthMonitor {
       }
     };
     const unanswered = sleep(check.timeoutMs + UNANSWERED_GRACE_MS, { exitCode: -1, note: "health check got no answer from the guest's agent" }, { ref: false });
-    const { exitCode, note } = await Promise.race([outcome(), unanswered]);
+    const running = outcome();
+    this.pending.set(vm.id, running);
+    void running.finally(() => this.pending.delete(vm.id));
+    const { exitCode, note } = await Promise.race([running, unanswered]);
     clearTimeout(timer);
     kill.abort();
     const output = stripControl(Buffer.concat(chunks).toString('utf8'));

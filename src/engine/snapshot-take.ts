@@ -22,6 +22,8 @@ export interface SnapshotIntent {
   vm: string;
   /** Resume the VM from the snapshot afterwards (false: `snapshot --stop`). */
   resume: boolean;
+  /** `pause --to-disk`: the snapshot is retired and the VM left `suspended`, in the same transaction. */
+  suspend?: boolean;
   /** The record, but for the sizes (known once the files are written). */
   record: Omit<SnapshotRecord, 'stateBytes' | 'memoryBytes' | 'diskBytes'>;
   /** An action's cache entry, recorded with the snapshot (an action's VM is gone after a crash). */
@@ -131,6 +133,10 @@ export async function finishSnapshot(ctx: EngineContext, vms: Vms, images: Image
       const patch = { baseSnapshot: id, pid: null, stoppedAt: new Date().toISOString(), exit: exitInfo('snapshot') };
       if (vm?.state === 'stopped') stores.vms.update(intent.vm, patch);
       else if (vm) stores.vms.setState(intent.vm, 'stopped', patch);
+      if (intent.suspend && vm) {
+        stores.snapshots.retire(id, patch.stoppedAt);
+        stores.vms.setState(intent.vm, 'suspended', { exit: null });
+      }
       if (intent.cache) stores.actionCache.put(cacheEntryFor(intent.cache, id, patch.stoppedAt), intent.cache.replace);
     })();
     releaseMemory(paths, intent.vm);

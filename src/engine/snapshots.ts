@@ -29,6 +29,8 @@ export interface TakeSnapshotOptions {
   cache?: PendingCacheEntry;
   /** Added to the VM's labels (parsed: domain/labels.ts). */
   labels?: Labels;
+  /** `pause --to-disk` (vm-suspend.ts): a private snapshot, the VM left `suspended`. */
+  suspend?: boolean;
 }
 
 export interface ForkOptions {
@@ -110,7 +112,8 @@ export class Snapshots {
     const ready = await this.ctx.host.ensure();
     const intent: SnapshotIntent = {
       vm: vm.id,
-      resume: !opts.stop,
+      resume: !opts.stop && !opts.suspend,
+      ...(opts.suspend ? { suspend: true } : {}),
       record: {
         id: newId(),
         name,

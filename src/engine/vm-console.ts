@@ -26,6 +26,7 @@ const MAX_PENDING_INPUT = 64 * 1024;
 export class Consoles {
   private readonly byVm = new Map<string, ConsoleSession>();
   private readonly byId = new Map<string, { vm: string; session: ConsoleSession }>();
+  private readonly opening = new Set<string>();
 
   constructor(
     private readonly ctx: Pick<EngineContext, 'stores' | 'live' | 'backend'>,
@@ -39,14 +40,21 @@ export class Consoles {
       throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): its console has nothing to show`);
     }
     if (!this.ctx.backend.capabilities.console) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'this backend has no serial console');
-    if (this.byVm.has(vm.id)) throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name}'s console is in use by another cell console (one at a time)`);
+    if (this.byVm.has(vm.id) || this.opening.has(vm.id)) throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name}'s console is in use by another cell console (one at a time)`);
     const live = this.ctx.live.require(vm.id);
     const path = this.ctx.backend.files(live.dir).consoleSocket;
-    const socket = await new Promise<Socket>((resolve, reject) => {
-      const s = connect(path);
-      s.once('connect', () => resolve(s));
-      s.once('error', (err) => reject(new CellError(ErrorCodes.CONFLICT, `cannot reach VM ${vm.name}'s console: ${err.message}`)));
-    });
+    // Held from here: a second open while this one connects is refused, not queued behind it at QEMU.
+    this.opening.add(vm.id);
+    let socket: Socket;
+    try {
+      socket = await new Promise<Socket>((resolve, reject) => {
+        const s = connect(path);
+        s.once('connect', () => resolve(s));
+        s.once('error', (err) => reject(new CellError(ErrorCodes.CONFLICT, `cannot reach VM ${vm.name}'s console: ${err.message}`)));
+      });
+    } finally {
+      this.opening.delete(vm.id);
+    }
     let finish: () => void = () => {};
     const ended = new Promise<void>((resolve) => (finish = resolve));
     const session: ConsoleSession = {

@@ -28,6 +28,9 @@ export class Suspends {
       const { stores } = this.ctx;
       let current = stores.vms.get(vm.id)!;
       if (current.state === 'suspended') return current;
+      if (current.spec.volumes?.length) {
+        throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} mounts volume ${current.spec.volumes.map((v) => v.volume).join(', ')}: it cannot be paused to disk, which is a snapshot (docs/volumes.md)`);
+      }
       if (current.state === 'paused') {
         // The snapshot pauses it again at once; its guest needs to run to sync its disks first.
         await this.ctx.live.require(vm.id).control.resume();
@@ -36,11 +39,9 @@ export class Suspends {
       if (current.state !== 'running') {
         throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): only a running or paused VM can be paused to disk`);
       }
-      const snapshot = await this.snapshots.takeLocked(vm.id, { name: `${vm.name}-suspended-${randomBytes(3).toString('hex')}`, stop: true });
-      return this.ctx.db.transaction(() => {
-        stores.snapshots.retire(snapshot.id, new Date().toISOString());
-        return stores.vms.setState(vm.id, 'suspended', { exit: null });
-      })();
+      // The snapshot's last transaction retires it and leaves the VM suspended (also when recovery finishes it).
+      await this.snapshots.takeLocked(vm.id, { name: `${vm.name}-suspended-${randomBytes(3).toString('hex')}`, suspend: true });
+      return stores.vms.get(vm.id)!;
     });
   }
 
@@ -56,7 +57,14 @@ export class Suspends {
       }
       const snapshot = current.baseSnapshot ? this.ctx.stores.snapshots.getAny(current.baseSnapshot) : undefined;
       if (!snapshot) throw new CellError(ErrorCodes.NOT_FOUND, `VM ${vm.name}: the snapshot holding its memory is gone; cell stop ${vm.name} lets it boot from its disk`);
-      const running = await this.vms.boot(vm.id, { snapshot, copyMemory: true });
+      let running: VmRecord;
+      try {
+        running = await this.vms.boot(vm.id, { snapshot, copyMemory: true });
+      } catch (err) {
+        // Its saved memory is still there (dropped only below): it stays paused to disk, to be tried again.
+        if (this.ctx.stores.vms.get(vm.id)?.state === 'stopped') this.ctx.stores.vms.setState(vm.id, 'suspended', { exit: null });
+        throw err;
+      }
       // It runs on its own copy of the RAM: the saved one is needed no more (its disk layer is).
       await dropSavedMemory(this.ctx.paths.snapshotDir(snapshot.id));
       return running;

@@ -5,6 +5,8 @@ import type { Vms } from './vms.js';
 
 /** How often the limits are checked: a TTL or idle timeout ends at most this late. */
 const TICK_MS = 1000;
+/** How long a VM whose limit could not be enforced is left alone. */
+const BACKOFF_MS = 60_000;
 
 /**
  * Enforces `--ttl` and `--idle-timeout` (domain/timeouts.ts): once a second it looks at the VMs
@@ -16,6 +18,8 @@ const TICK_MS = 1000;
 export class TimeoutMonitor {
   private timer: NodeJS.Timeout | undefined;
   private readonly acting = new Set<string>();
+  /** VMs whose last action failed, until when they are left alone (no warning every second). */
+  private readonly backoff = new Map<string, number>();
   private readonly openedAt = Date.now();
 
   constructor(
@@ -53,7 +57,7 @@ export class TimeoutMonitor {
 
   private check(now: number): void {
     for (const vm of this.ctx.stores.vms.list()) {
-      if (!vm.spec.timeouts || this.acting.has(vm.id)) continue;
+      if (!vm.spec.timeouts || this.acting.has(vm.id) || (this.backoff.get(vm.id) ?? 0) > now) continue;
       if (vm.state !== 'running' && vm.state !== 'paused') continue;
       // A paused VM is not idle (it is paused already), but its TTL runs on.
       const busy = vm.state === 'paused' || this.vms.activity.busy(vm.id);
@@ -65,6 +69,10 @@ export class TimeoutMonitor {
   private act(vm: VmRecord, verdict: NonNullable<TimeoutVerdict>): void {
     this.acting.add(vm.id);
     const work = async () => {
+      // Decided outside the VM's lock: a `cell update` or a restart since then may have moved the limit.
+      const fresh = this.ctx.stores.vms.get(vm.id);
+      const busy = fresh?.state === 'paused' || this.vms.activity.busy(vm.id);
+      if (!fresh || fresh.startedAt !== vm.startedAt || !dueTimeout(fresh.spec.timeouts, fresh.startedAt, busy ? Date.now() : this.lastActive(fresh), Date.now())) return;
       if (verdict.act === 'idle' && verdict.action !== 'stop') {
         this.ctx.log.info(`VM ${vm.name} idle for ${vm.spec.timeouts?.idleTimeoutMs} ms: pausing it${verdict.action === 'pause-to-disk' ? ' to disk' : ''}`);
         await (verdict.action === 'pause-to-disk' ? this.suspend(vm.id) : this.vms.pause(vm.id));
@@ -77,7 +85,8 @@ export class TimeoutMonitor {
     };
     void work()
       .catch((err: unknown) => {
-        if (this.timer) this.ctx.log.warn(`enforcing the time limits of VM ${vm.name}: ${(err as Error).message}`);
+        this.backoff.set(vm.id, Date.now() + BACKOFF_MS);
+        if (this.timer) this.ctx.log.warn(`enforcing the time limits of VM ${vm.name} failed (tried again in ${BACKOFF_MS / 1000} s): ${(err as Error).message}`);
       })
       .finally(() => this.acting.delete(vm.id));
   }

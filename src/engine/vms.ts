@@ -165,6 +165,7 @@ export class Vms {
     const health = req.health ? validateHealthCheck(req.health) : undefined;
     const timeouts = applyTimeouts(undefined, req);
     const volumes = req.volumes?.length ? parseVolumeMounts(req.volumes) : undefined;
+    if (volumes && timeouts?.idleAction === 'pause-to-disk') throw new CellError(ErrorCodes.INVALID_ARGUMENT, '--idle-action pause-to-disk cannot go with -v: a VM with volumes cannot be paused to disk (docs/volumes.md)');
     if (egress && networks.length === 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'egress rules need a network: drop --network none or --egress');
     this.ctx.network.assertNetworks(networks, { egress: Boolean(egress) });
     await this.ctx.host.ensure();
@@ -419,7 +420,13 @@ export class Vms {
    */
   update(ref: string, req: TimeoutsRequest): Promise<VmRecord> {
     const vm = this.resolve(ref);
-    return this.withLock(vm.id, async () => this.ctx.stores.vms.setTimeouts(vm.id, (current) => applyTimeouts(current, req, new Date())));
+    return this.withLock(vm.id, async () =>
+      this.ctx.stores.vms.setTimeouts(vm.id, (current) => {
+        const next = applyTimeouts(current, req, new Date());
+        if (next?.idleAction === 'pause-to-disk' && vm.spec.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--idle-action pause-to-disk cannot go with VM ${vm.name}'s volumes: it cannot be paused to disk`);
+        return next;
+      }),
+    );
   }
 
   /** `cell pause`: its vCPUs stop (no guest CPU time, its clocks stand still); QEMU and its RAM stay. */

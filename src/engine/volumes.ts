@@ -33,6 +33,9 @@ const HOLDS_DISKS = new Set(['starting', 'running', 'paused', 'stopping']);
  * the next start sweeps. Who uses a volume is read from the VMs' specs, never stored twice.
  */
 export class Volumes {
+  /** Volumes an export reads now: no VM may boot writing one. */
+  private readonly exporting = new Set<string>();
+
   constructor(private readonly ctx: Pick<EngineContext, 'stores' | 'paths' | 'locks' | 'db' | 'config'>) {}
 
   list(): VolumeView[] {
@@ -96,11 +99,18 @@ export class Volumes {
   /** `cell volume export`: refused while a VM writes it (the image would be caught mid-write). */
   async export(name: string, file: string, host?: HostFs): Promise<{ bytes: number }> {
     const volume = this.require(name);
-    return this.ctx.locks.run(`volume:${name}`, async () => {
+    // Checked and marked under the lock boots take: no writer can start while the image is read.
+    await this.ctx.locks.run('volumes', async () => {
       const writers = this.view(volume).users.filter((u) => u.running && !u.readOnly);
       if (writers.length > 0) throw new CellError(ErrorCodes.CONFLICT, `volume ${name} is written by running VM ${writers.map((u) => u.name).join(', ')}: stop it to export a consistent copy`);
-      return exportVolume(this.ctx, volume, file, host);
+      if (this.exporting.has(volume.id)) throw new CellError(ErrorCodes.CONFLICT, `volume ${name} is being exported already`);
+      this.exporting.add(volume.id);
     });
+    try {
+      return await exportVolume(this.ctx, volume, file, host);
+    } finally {
+      this.exporting.delete(volume.id);
+    }
   }
 
   /** `cell volume import`: a volume from an export, under its own name or `name`. */
@@ -138,15 +148,20 @@ export class Volumes {
       .filter((other) => other.id !== vm.id && HOLDS_DISKS.has(other.state) && other.spec.volumes?.length)
       .map((other) => ({ name: other.name, mounts: other.spec.volumes! }));
     assertVolumesFree(mounts, live);
+    const busy = mounts.find((m, i) => !m.readOnly && this.exporting.has(records[i]!.id));
+    if (busy) throw new CellError(ErrorCodes.CONFLICT, `volume ${busy.volume} is being exported: mount it :ro, or start the VM once the export is done`);
     return mounts.map((m, i) => ({ imagePath: this.ctx.paths.volumeImage(records[i]!.id), mountPoint: m.path, readOnly: m.readOnly }));
   }
 
-  /** At start: images whose row never got written (a crash in create) or was deleted (one in rm). */
+  /**
+   * At start: images whose row never got written (a crash in create) or was deleted (one in rm),
+   * and the staging folders of an export or import cut short.
+   */
   async sweep(): Promise<void> {
     const known = new Set(this.ctx.stores.volumes.list().map((v) => `${v.id}.ext4`));
-    const files = await readdir(this.ctx.paths.volumes).catch(() => [] as string[]);
-    for (const file of files) {
-      if (!known.has(file)) await rm(join(this.ctx.paths.volumes, file), { force: true });
+    const entries = await readdir(this.ctx.paths.volumes).catch(() => [] as string[]);
+    for (const entry of entries) {
+      if (!known.has(entry)) await rm(join(this.ctx.paths.volumes, entry), { recursive: true, force: true });
     }
   }
 

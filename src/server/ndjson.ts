@@ -28,6 +28,8 @@ export function openStream<R extends StreamRoute>(_def: R, request: FastifyReque
   res.on('close', () => {
     if (!ended) controller.abort();
   });
+  // A client that left before the stream opened never closes it again.
+  if (res.destroyed) controller.abort();
   const write = (event: EventOf<R> | ErrorEvent) => {
     if (!ended && !res.destroyed) res.write(JSON.stringify(event) + '\n');
   };

@@ -123,3 +123,26 @@ test('a restarted celld probes on with the health the VM had', async () => {
   await statusSeen(engine, 'kept', 'unhealthy');
   await engine.vms.remove('kept', true);
 });
+
+test('a check whose child keeps its output open stays the one pending check: later probes fail at once and start no more processes', async () => {
+  const { engine } = fake;
+  const marker = `${Math.floor(Math.random() * 1e6)}.25`;
+  const vm = await engine.vms.create({ image: 'busybox', name: 'stuck', health: { cmd: `setsid sleep ${marker} & echo started`, intervalMs: 100, timeoutMs: 200, retries: 1 } });
+  await engine.vms.start(vm.id);
+  const deadline = Date.now() + 20_000;
+  while (!engine.vms.resolve('stuck').health?.log.some((p) => p.output.includes('still running'))) {
+    assert.ok(Date.now() < deadline, 'a later probe found the first still running');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  const { execFileSync } = await import('node:child_process');
+  // The fake's guest processes are the host's: the setsid'd sleep is ours to end.
+  const sleepers = () => execFileSync('pgrep', ['-fx', `sleep ${marker}`], { encoding: 'utf8' }).trim().split('\n').filter(Boolean).map(Number);
+  try {
+    assert.equal(sleepers().length, 1, 'one guest process, not one per probe');
+    assert.equal(engine.vms.resolve('stuck').health?.status, 'unhealthy');
+  } finally {
+    for (const pid of sleepers()) process.kill(pid, 'SIGKILL');
+    await engine.vms.remove('stuck', true);
+  }
+});

@@ -188,6 +188,11 @@ test('pause --to-disk: its QEMU ends, no list shows its snapshot, exec and start
   await assert.rejects(engine.vms.start('sleeper'), (err: unknown) => code('conflict')(err) && /paused to disk/.test((err as Error).message));
   assert.equal((await engine.suspends.suspend('sleeper')).state, 'suspended', 'again: nothing changes');
 
+  // A resume that fails (no room, QEMU refused) leaves it paused to disk, its memory kept, to try again.
+  backend.failStarts = 1;
+  await assert.rejects(engine.suspends.resume('sleeper'));
+  assert.equal(engine.vms.resolve('sleeper').state, 'suspended');
+  assert.ok(existsSync(join(paths.snapshotDir(suspended.baseSnapshot!), 'memory')));
   const back = await engine.suspends.resume('sleeper');
   assert.equal(back.state, 'running');
   assert.equal(back.id, vm.id);

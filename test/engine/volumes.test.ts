@@ -4,7 +4,7 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CellError } from '../../src/domain/errors.js';
 import { parseVolumeMount } from '../../src/domain/volume.js';
@@ -60,6 +60,7 @@ test('a snapshot of a VM with a volume is refused with the rule; create, prune a
   await assert.rejects(engine.suspends.suspend('snappy'), code('conflict'));
   await engine.vms.remove('snappy', true);
 
+  await assert.rejects(engine.vms.create({ image: 'busybox', name: 'dreamer', volumes: ['keep:/keep'], idleTimeoutMs: 60_000, idleAction: 'pause-to-disk' }), code('invalid_argument', /pause-to-disk cannot go with -v/));
   await engine.vms.volumes.create('spare', { sizeBytes: 32 * 1024 * 1024, labels: ['team=ci'] });
   await assert.rejects(engine.vms.volumes.create('spare'), code('conflict', /exists already/));
   await assert.rejects(engine.vms.volumes.create('tiny', { sizeBytes: 1024 }), code('invalid_argument', /out of range/));
@@ -69,8 +70,10 @@ test('a snapshot of a VM with a volume is refused with the rule; create, prune a
   assert.ok(engine.vms.volumes.inspect('keep'));
   await engine.vms.remove(used.id, true);
 
-  // An image whose row was never written (celld killed in create) goes at the next start.
+  // An image whose row was never written (celld killed in create), and an export's staging folder, go at the next start.
   writeFileSync(join(paths.volumes, 'f'.repeat(64) + '.ext4'), 'orphan');
+  mkdirSync(join(paths.volumes, '.export-cut-short'), { recursive: true });
+  writeFileSync(join(paths.volumes, '.export-cut-short', 'volume.json'), '{}');
   const reopened = await fake.reopen();
   assert.deepEqual(readdirSync(paths.volumes).sort(), [`${reopened.vms.volumes.inspect('keep').id}.ext4`]);
   await reopened.vms.volumes.remove('keep');

@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import { PassThrough } from 'node:stream';
 import { randomUUID } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
@@ -134,9 +135,12 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     const stream = openStream(vms.attach, req, reply);
     if (session.stdin || session.terminal) stream.send({ type: 'exec', execId: session.id });
     const detach = session.attach(outputEvents(stream));
+    // An attached user is a use of the VM (`--idle-timeout`) for as long as they stay.
+    const used = engine.vms.activity.begin(vm.id);
     const left = new Promise<null>((resolve) => stream.signal.addEventListener('abort', () => resolve(null), { once: true }));
     const result = await Promise.race([session.ended, left]);
     detach();
+    used();
     if (result) stream.send({ type: 'exit', ...result });
     stream.end();
   });
@@ -154,7 +158,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     if (body && 'pipe' in body) {
       // A body cut off (a client that detached, `cell attach`'s Ctrl-P Ctrl-Q) leaves stdin open;
       // only its end closes it.
-      for await (const chunk of body) pipe.write(chunk);
+      for await (const chunk of body) if (!pipe.write(chunk)) await once(pipe, 'drain');
     } else if (body) {
       pipe.write(body);
     }
@@ -176,7 +180,8 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
       stream.send({ type: 'attached', session: session.id });
       for (const bytes of pending) stream.send({ type: 'data', data: bytes.toString('base64') });
       stream.signal.addEventListener('abort', () => session!.close());
-      await session.ended;
+      const used = engine.vms.activity.begin(engine.vms.resolve(req.params.ref).id);
+      await session.ended.finally(used);
       stream.end();
     } catch (err) {
       session?.close();
