@@ -24,7 +24,7 @@ online=$(bin/cell info | grep -q '^Network: *VMs online' && echo yes || echo no)
 publish=(); [ "$online" = yes ] && publish=(-p 80)
 cell run -d --name "$demo" "${publish[@]}" busybox >/dev/null
 cell exec "$demo" -- sh -c '(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 &
-  mkdir -p /www/cgi-bin && printf "#!/bin/sh\necho Content-Type: text/plain\necho\necho \"\$(hostname): counter at \$(cat /tmp/counter)\"\n" > /www/cgi-bin/who &&
+  mkdir -p /www/cgi-bin && printf "#!/bin/sh\nprintf \"Content-Type: text/plain\\\\r\\\\n\\\\r\\\\n\"\necho \"\$(hostname): counter at \$(cat /tmp/counter)\"\n" > /www/cgi-bin/who &&
   chmod +x /www/cgi-bin/who && (httpd -f -p 80 -h /www >/dev/null 2>&1 &)'
 sleep 1
 cell snapshot --name "$demo-warm" "$demo" >/dev/null
