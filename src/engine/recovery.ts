@@ -1,3 +1,5 @@
+import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { parseConfig, withEnvironment, type CellConfig } from '../domain/config.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -33,6 +35,11 @@ export async function reconcile(ctx: Pick<EngineContext, 'stores' | 'live' | 'ba
       pid: null,
       exit: vm.exit ?? exitInfo(recoveredExitReason(vm.state)),
     });
+    // Cut short while coming back from a pause to disk: its memory is still saved, so it is
+    // paused to disk again (unpause tries once more), not lost.
+    if (vm.state === 'starting' && vm.baseSnapshot && ctx.stores.snapshots.isRetired(vm.baseSnapshot) && existsSync(join(ctx.paths.snapshotDir(vm.baseSnapshot), 'memory'))) {
+      vms.setState(vm.id, 'suspended', { exit: null });
+    }
   }
 }
 

@@ -602,3 +602,38 @@ test("a download cut short leaves temp blobs, work dirs, a half-built disk and t
     await fake.cleanup();
   }
 });
+
+// Before the machine ended, recovery undoes the snapshot (the VM runs); after, the VM is paused to disk.
+for (const [step, expected] of [['snapshot:saved', 'running'], ['snapshot:recorded', 'suspended'], ['boot:memory-ready', 'suspended']] as const) {
+  test(`kill -9 of celld at ${step} of a pause to disk or its unpause: the VM ends up paused to disk (or running), never lost, and unpause brings it back`, async () => {
+    let reached!: () => void;
+    const frozen = new Promise<void>((resolve) => (reached = resolve));
+    const armed = { on: false };
+    const fake: FakeEngine = await openFakeEngine({
+      checkpoint: async (at) => {
+        if (armed.on && at === step) {
+          reached();
+          await new Promise(() => {}); // the daemon dies here
+        }
+      },
+    });
+    try {
+      const created = await fake.engine.vms.create({ image: 'busybox', name: 'dozer' });
+      await fake.engine.vms.start(created.id);
+      const resuming = step.startsWith('boot:');
+      if (resuming) await fake.engine.suspends.suspend('dozer');
+      armed.on = true;
+      void (resuming ? fake.engine.suspends.resume('dozer') : fake.engine.suspends.suspend('dozer')).catch(() => {});
+      await frozen;
+      armed.on = false;
+      const engine = await fake.crashAndReopen();
+      const after = engine.vms.resolve('dozer');
+      assert.equal(after.state, expected);
+      assert.equal(engine.snapshots.list().length, 0, 'its snapshot is private whatever happened');
+      if (after.state === 'suspended') assert.equal((await engine.suspends.resume('dozer')).state, 'running');
+      await engine.vms.remove('dozer', true);
+    } finally {
+      await fake.cleanup();
+    }
+  });
+}
