@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -7,13 +8,14 @@ import type { Vms } from './vms.js';
 /** One `cell console`: the guest's serial output to `onData`, `write` to its serial input. */
 export interface ConsoleSession {
   readonly id: string;
-  write(bytes: Buffer): void;
+  /** Resolves once QEMU took the bytes (a client typing faster than the serial line waits). */
+  write(bytes: Buffer): Promise<void>;
   /** Settles when the session ends: the client left (`close`), or the VM's QEMU went. */
   readonly ended: Promise<void>;
   close(): void;
 }
 
-/** Bytes queued towards the guest at most: a client typing faster than the serial line drains waits. */
+/** Bytes queued towards the guest before a writer waits for the serial line to drain. */
 const MAX_PENDING_INPUT = 64 * 1024;
 
 /**
@@ -59,8 +61,9 @@ export class Consoles {
     const ended = new Promise<void>((resolve) => (finish = resolve));
     const session: ConsoleSession = {
       id: randomBytes(12).toString('hex'),
-      write: (bytes) => {
-        if (!socket.destroyed && socket.writableLength < MAX_PENDING_INPUT) socket.write(bytes);
+      write: async (bytes) => {
+        if (socket.destroyed) return;
+        if (!socket.write(bytes) && socket.writableLength >= MAX_PENDING_INPUT) await Promise.race([once(socket, 'drain').catch(() => {}), ended]);
       },
       ended,
       close: () => socket.destroy(),

@@ -194,9 +194,9 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     const session = engine.consoles.session(req.params.session);
     const body = req.body as NodeJS.ReadableStream | Buffer | undefined;
     if (body && 'pipe' in body) {
-      for await (const chunk of body) session.write(Buffer.from(chunk as Buffer));
+      for await (const chunk of body) await session.write(Buffer.from(chunk as Buffer));
     } else if (body) {
-      session.write(body);
+      await session.write(body);
     }
   });
 
