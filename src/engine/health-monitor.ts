@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { isLive } from '../domain/vm-state.js';
 import { HEALTH_OUTPUT_MAX, initialHealth, nextHealth, type HealthCheck, type HealthProbe } from '../domain/health.js';
 import { formatDuration } from '../domain/duration.js';
 import { stripControl } from '../domain/terminal-text.js';
@@ -31,7 +32,7 @@ export class HealthMonitor {
 
   start(): void {
     for (const vm of this.ctx.stores.vms.list()) {
-      if (vm.spec.health && (vm.state === 'running' || vm.state === 'paused')) this.watch(vm.id);
+      if (vm.spec.health && isLive(vm.state)) this.watch(vm.id);
     }
     void this.follow().catch((err: unknown) => {
       if (!this.stop.signal.aborted) this.ctx.log.warn(`health checks stopped following VM starts: ${(err as Error).message}`);
@@ -72,7 +73,7 @@ export class HealthMonitor {
     for (;;) {
       const vm = this.ctx.stores.vms.get(id);
       const check = vm?.spec.health;
-      if (!vm || !check || (vm.state !== 'running' && vm.state !== 'paused')) return;
+      if (!vm || !check || !isLive(vm.state)) return;
       // The first probe comes one interval after the start, as Docker's does.
       await sleep(check.intervalMs, undefined, { signal }).catch(() => {});
       if (signal.aborted) return;

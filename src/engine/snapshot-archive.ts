@@ -141,7 +141,6 @@ const MAX_STATE_BYTES = 256 * 1024 * 1024;
 function unusable(file: string, why: string): CellError {
   return new CellError(ErrorCodes.INVALID_ARGUMENT, `${file} is not a usable cellvm snapshot archive: ${why}`);
 }
-const unusableSnapshot = unusable;
 
 async function isLink(path: string): Promise<boolean> {
   return lstat(path).then(
@@ -151,15 +150,15 @@ async function isLink(path: string): Promise<boolean> {
 }
 
 /** The size of an extracted member that must be a plain file: no symlink, no device, no hard link to anything. */
-export async function plainFileSize(file: string, path: string, member: string, unusable: (file: string, why: string) => CellError = unusableSnapshot): Promise<number> {
+export async function plainFileSize(file: string, path: string, member: string, refuse: (file: string, why: string) => CellError = unusable): Promise<number> {
   let st;
   try {
     st = await lstat(path);
   } catch {
-    throw unusable(file, `${member} is missing`);
+    throw refuse(file, `${member} is missing`);
   }
-  if (!st.isFile()) throw unusable(file, `${member} is not a plain file (${st.isSymbolicLink() ? 'a symlink' : 'a special file'})`);
-  if (st.nlink !== 1) throw unusable(file, `${member} is a hard link`);
+  if (!st.isFile()) throw refuse(file, `${member} is not a plain file (${st.isSymbolicLink() ? 'a symlink' : 'a special file'})`);
+  if (st.nlink !== 1) throw refuse(file, `${member} is a hard link`);
   return st.size;
 }
 

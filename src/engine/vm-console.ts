@@ -1,4 +1,5 @@
 import { once } from 'node:events';
+import { isLive } from '../domain/vm-state.js';
 import { randomBytes } from 'node:crypto';
 import { connect, type Socket } from 'node:net';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -38,7 +39,7 @@ export class Consoles {
   async open(ref: string, sink: { data(bytes: Buffer): void; behind(): Promise<void> | undefined }): Promise<ConsoleSession> {
     const vm = this.vms.resolve(ref);
     const current = this.ctx.stores.vms.get(vm.id)!;
-    if (current.state !== 'running' && current.state !== 'paused') {
+    if (!isLive(current.state)) {
       throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): its console has nothing to show`);
     }
     if (!this.ctx.backend.capabilities.console) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'this backend has no serial console');

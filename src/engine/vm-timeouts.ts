@@ -1,4 +1,5 @@
 import { dueTimeout, type TimeoutVerdict } from '../domain/timeouts.js';
+import { isLive } from '../domain/vm-state.js';
 import type { VmRecord } from '../domain/vm.js';
 import type { EngineContext } from './context.js';
 import type { Vms } from './vms.js';
@@ -40,8 +41,14 @@ export class TimeoutMonitor {
     this.timer = undefined;
   }
 
+  /** What is due for the VM now. A paused VM is not idle (it is paused already), but its TTL runs on. */
+  private due(vm: VmRecord, now: number): TimeoutVerdict {
+    const busy = vm.state === 'paused' || this.vms.activity.busy(vm.id);
+    return dueTimeout(vm.spec.timeouts, vm.startedAt, busy ? now : this.lastActive(vm), now);
+  }
+
   /** When VM `id` was last used: an exec, a file copy or a published port's traffic, its start, or this celld's. */
-  lastActive(vm: VmRecord): number {
+  private lastActive(vm: VmRecord): number {
     const started = Date.parse(vm.startedAt ?? '') || 0;
     return Math.max(started, this.openedAt, this.vms.activity.lastAt(vm.id) ?? 0, this.ctx.network.lastPortTraffic(vm.id) ?? 0);
   }
@@ -58,21 +65,18 @@ export class TimeoutMonitor {
   private check(now: number): void {
     for (const vm of this.ctx.stores.vms.list()) {
       if (!vm.spec.timeouts || this.acting.has(vm.id) || (this.backoff.get(vm.id) ?? 0) > now) continue;
-      if (vm.state !== 'running' && vm.state !== 'paused') continue;
-      // A paused VM is not idle (it is paused already), but its TTL runs on.
-      const busy = vm.state === 'paused' || this.vms.activity.busy(vm.id);
-      const verdict = dueTimeout(vm.spec.timeouts, vm.startedAt, busy ? now : this.lastActive(vm), now);
-      if (verdict) this.act(vm, verdict);
+      if (!isLive(vm.state)) continue;
+      if (this.due(vm, now)) this.act(vm);
     }
   }
 
-  private act(vm: VmRecord, verdict: NonNullable<TimeoutVerdict>): void {
+  private act(vm: VmRecord): void {
     this.acting.add(vm.id);
     const work = async () => {
-      // Decided outside the VM's lock: a `cell update` or a restart since then may have moved the limit.
+      // Decided again on a fresh record: a `cell update` or a restart since the tick may have moved the limit.
       const fresh = this.ctx.stores.vms.get(vm.id);
-      const busy = fresh?.state === 'paused' || this.vms.activity.busy(vm.id);
-      if (!fresh || fresh.startedAt !== vm.startedAt || !dueTimeout(fresh.spec.timeouts, fresh.startedAt, busy ? Date.now() : this.lastActive(fresh), Date.now())) return;
+      const verdict = fresh && fresh.startedAt === vm.startedAt ? this.due(fresh, Date.now()) : undefined;
+      if (!verdict) return;
       if (verdict.act === 'idle' && verdict.action !== 'stop') {
         this.ctx.log.info(`VM ${vm.name} idle for ${vm.spec.timeouts?.idleTimeoutMs} ms: pausing it${verdict.action === 'pause-to-disk' ? ' to disk' : ''}`);
         await (verdict.action === 'pause-to-disk' ? this.suspend(vm.id) : this.vms.pause(vm.id));

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -27,7 +27,7 @@ export async function exportVolume(ctx: Pick<EngineContext, 'paths'>, volume: Vo
   try {
     const { id: _, ...meta } = volume;
     await writeFile(join(work, 'volume.json'), JSON.stringify({ format: FORMAT, volume: meta }, null, 2));
-    await run('ln', ['-s', ctx.paths.volumeImage(volume.id), join(work, 'volume.ext4')]);
+    await symlink(ctx.paths.volumeImage(volume.id), join(work, 'volume.ext4'));
     return await writeHostFile(host, file, async (out) => {
       await run('tar', ['--sparse', '--dereference', '-cf', out, '-C', work, ...MEMBERS]);
       return { bytes: (await stat(out)).size };

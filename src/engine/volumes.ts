@@ -1,19 +1,16 @@
-import { execFile } from 'node:child_process';
-import { mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { newId, validateName } from '../domain/ids.js';
 import { parseLabels } from '../domain/labels.js';
-import { isLive } from '../domain/vm-state.js';
 import type { VmRecord } from '../domain/vm.js';
+import { mayHaveMachine } from '../domain/vm-state.js';
 import { assertVolumesFree, DEFAULT_VOLUME_BYTES, validateVolumeSize, type VolumeMount, type VolumeRecord } from '../domain/volume.js';
-import { statSync } from 'node:fs';
+import { writeEmptyExt4 } from '../host/empty-ext4.js';
+import { allocatedBytes } from '../host/files.js';
 import type { EngineContext } from './context.js';
 import type { HostFs } from './host-fs.js';
 import { exportVolume, importVolume } from './volume-archive.js';
-
-const run = promisify(execFile);
 
 /** A volume and who uses it: `running` are the VMs whose machine has it now. */
 export interface VolumeView extends VolumeRecord {
@@ -22,9 +19,6 @@ export interface VolumeView extends VolumeRecord {
   /** Every VM whose spec mounts it, running or not. */
   users: { vm: string; name: string; path: string; readOnly: boolean; running: boolean }[];
 }
-
-/** States in which a VM's machine may hold its volumes' disks (booting and stopping too). */
-const HOLDS_DISKS = new Set(['starting', 'running', 'paused', 'stopping']);
 
 /**
  * `cell volume`: named volumes, each a sparse ext4 image under volumes/ and a row in SQLite. The
@@ -38,11 +32,11 @@ export class Volumes {
 
   constructor(private readonly ctx: Pick<EngineContext, 'stores' | 'paths' | 'locks' | 'db' | 'config'>) {}
 
-  list(): VolumeView[] {
-    return this.ctx.stores.volumes.list().map((v) => this.view(v));
+  list(): Promise<VolumeView[]> {
+    return Promise.all(this.ctx.stores.volumes.list().map((v) => this.view(v)));
   }
 
-  inspect(name: string): VolumeView {
+  inspect(name: string): Promise<VolumeView> {
     return this.view(this.require(name));
   }
 
@@ -83,7 +77,7 @@ export class Volumes {
   async remove(name: string, force = false): Promise<void> {
     const volume = this.require(name);
     return this.ctx.locks.run(`volume:${name}`, async () => {
-      const users = this.view(volume).users;
+      const users = this.users(volume);
       const running = users.filter((u) => u.running);
       if (running.length > 0) {
         throw new CellError(ErrorCodes.CONFLICT, `volume ${name} is in use by running VM ${[...new Set(running.map((u) => u.name))].join(', ')}: stop it first`);
@@ -101,7 +95,7 @@ export class Volumes {
     const volume = this.require(name);
     // Checked and marked under the lock boots take: no writer can start while the image is read.
     await this.ctx.locks.run('volumes', async () => {
-      const writers = this.view(volume).users.filter((u) => u.running && !u.readOnly);
+      const writers = this.users(volume).filter((u) => u.running && !u.readOnly);
       if (writers.length > 0) throw new CellError(ErrorCodes.CONFLICT, `volume ${name} is written by running VM ${writers.map((u) => u.name).join(', ')}: stop it to export a consistent copy`);
       if (this.exporting.has(volume.id)) throw new CellError(ErrorCodes.CONFLICT, `volume ${name} is being exported already`);
       this.exporting.add(volume.id);
@@ -121,7 +115,7 @@ export class Volumes {
   /** `cell volume prune`: the volumes no VM mounts. */
   async prune(): Promise<VolumeRecord[]> {
     const removed: VolumeRecord[] = [];
-    for (const volume of this.list()) {
+    for (const volume of await this.list()) {
       if (volume.users.length > 0) continue;
       await this.remove(volume.name).then(
         () => removed.push(volume),
@@ -145,7 +139,7 @@ export class Volumes {
     });
     const live = this.ctx.stores.vms
       .list()
-      .filter((other) => other.id !== vm.id && HOLDS_DISKS.has(other.state) && other.spec.volumes?.length)
+      .filter((other) => other.id !== vm.id && mayHaveMachine(other.state) && other.spec.volumes?.length)
       .map((other) => ({ name: other.name, mounts: other.spec.volumes! }));
     assertVolumesFree(mounts, live);
     const busy = mounts.find((m, i) => !m.readOnly && this.exporting.has(records[i]!.id));
@@ -165,11 +159,15 @@ export class Volumes {
     }
   }
 
-  private view(volume: VolumeRecord): VolumeView {
-    const users = this.ctx.stores.vms.list().flatMap((vm) =>
-      (vm.spec.volumes ?? []).filter((m) => m.volume === volume.name).map((m) => ({ vm: vm.id, name: vm.name, path: m.path, readOnly: m.readOnly, running: isLive(vm.state) || HOLDS_DISKS.has(vm.state) })),
+  private async view(volume: VolumeRecord): Promise<VolumeView> {
+    return { ...volume, usedBytes: await allocatedBytes(this.ctx.paths.volumeImage(volume.id)), users: this.users(volume) };
+  }
+
+  /** Every VM whose spec mounts the volume; `running`: its machine holds the disk now. */
+  private users(volume: VolumeRecord): VolumeView['users'] {
+    return this.ctx.stores.vms.list().flatMap((vm) =>
+      (vm.spec.volumes ?? []).filter((m) => m.volume === volume.name).map((m) => ({ vm: vm.id, name: vm.name, path: m.path, readOnly: m.readOnly, running: mayHaveMachine(vm.state) })),
     );
-    return { ...volume, usedBytes: allocatedBytesSync(this.ctx.paths.volumeImage(volume.id)), users };
   }
 
   /** A sparse file of its size with an empty ext4 in it, published under its final name. */
@@ -177,27 +175,11 @@ export class Volumes {
     await mkdir(this.ctx.paths.volumes, { recursive: true, mode: 0o700 });
     const tmp = join(this.ctx.paths.volumes, `.tmp-${volume.id}`);
     try {
-      const handle = await open(tmp, 'wx', 0o600);
-      await handle.truncate(volume.sizeBytes);
-      await handle.close();
-      // lazy_itable_init: the guest kernel zeroes inode tables later; root_owner: root, as a fresh mount point is.
-      await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', volume.name.slice(0, 16), '-E', 'lazy_itable_init=1,lazy_journal_init=1', tmp]);
-      const sync = await open(tmp, 'r+');
-      await sync.sync();
-      await sync.close();
+      await writeEmptyExt4(tmp, volume.sizeBytes, volume.name.slice(0, 16), 0o600);
       await rename(tmp, this.ctx.paths.volumeImage(volume.id));
     } catch (err) {
       await rm(tmp, { force: true });
       throw new CellError(ErrorCodes.INTERNAL, `could not make volume ${volume.name}: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
     }
-  }
-}
-
-/** What a sparse image takes on disk (st_blocks are 512-byte units); 0 when it is missing. */
-function allocatedBytesSync(path: string): number {
-  try {
-    return statSync(path).blocks * 512;
-  } catch {
-    return 0;
   }
 }

@@ -26,14 +26,7 @@ export async function ensureEmptyExt4(cacheDir: string, mib: number): Promise<st
   await mkdir(dir, { recursive: true });
   const tmp = join(dir, `.tmp-${process.pid}-${Date.now()}-${mib}m.raw`);
   try {
-    const handle = await open(tmp, 'w', 0o644);
-    await handle.truncate(mib * 1024 * 1024);
-    await handle.close();
-    // lazy_itable_init: inode tables are zeroed by the guest kernel later, not here.
-    await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', 'cell-data', '-E', 'lazy_itable_init=1,lazy_journal_init=1', tmp]);
-    const sync = await open(tmp, 'r+');
-    await sync.sync();
-    await sync.close();
+    await writeEmptyExt4(tmp, mib * 1024 * 1024, 'cell-data', 0o644);
     await publishFile(tmp, path, 0o444);
     return path;
   } catch (err) {
@@ -41,4 +34,19 @@ export async function ensureEmptyExt4(cacheDir: string, mib: number): Promise<st
     if (err instanceof CellError) throw err;
     throw new CellError(ErrorCodes.SETUP_FAILED, `could not make an empty ${mib} MiB ext4 data disk: ${(err as { stderr?: string }).stderr?.trim() || (err as Error).message}`);
   }
+}
+
+/**
+ * A new sparse file at `path` (made exclusively, with `mode`) of `bytes`, holding an empty ext4
+ * labelled `label`, synced: for data disks and named volumes, published by their callers.
+ */
+export async function writeEmptyExt4(path: string, bytes: number, label: string, mode: number): Promise<void> {
+  const handle = await open(path, 'wx', mode);
+  await handle.truncate(bytes);
+  await handle.close();
+  // lazy_itable_init: inode tables are zeroed by the guest kernel later, not here.
+  await run('mke2fs', ['-q', '-F', '-t', 'ext4', '-L', label, '-E', 'lazy_itable_init=1,lazy_journal_init=1', path]);
+  const sync = await open(path, 'r+');
+  await sync.sync();
+  await sync.close();
 }

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { DetachKeys, parseDetachKeys } from '../../src/cli/terminal.js';
-import { beforeDetach } from '../../src/cli/commands/console.js';
+import { CONSOLE_DETACH_KEYS } from '../../src/cli/commands/console.js';
 
 test('detach keys: Ctrl-P Ctrl-Q detaches, split across chunks too; a lone Ctrl-P is passed on with what follows', () => {
   const keys = new DetachKeys();
@@ -30,6 +30,7 @@ test('detach keys: without the sequence, every byte reaches the guest in order, 
 });
 
 test("console: Ctrl-] detaches; what came before it goes to the guest", () => {
+  const beforeDetach = (chunk: Buffer) => new DetachKeys(CONSOLE_DETACH_KEYS).feed(chunk);
   assert.deepEqual(beforeDetach(Buffer.from('ls\n\x1djunk')), { send: Buffer.from('ls\n'), detach: true });
   assert.deepEqual(beforeDetach(Buffer.from('ls\n')), { send: Buffer.from('ls\n'), detach: false });
 });

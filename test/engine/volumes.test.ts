@@ -23,11 +23,11 @@ const code = (c: string, re?: RegExp) => (err: unknown) => err instanceof CellEr
 test('one writer at a time: a second read-write boot is refused naming the holder, allowed once it stops; readers share while none writes', async () => {
   const { engine, backend } = fake;
   const a = await engine.vms.create({ image: 'busybox', name: 'writer-a', volumes: ['shared:/data2'] });
-  assert.ok(engine.vms.volumes.inspect('shared'), 'run -v made the missing volume');
+  assert.ok(await engine.vms.volumes.inspect('shared'), 'run -v made the missing volume');
   assert.deepEqual(a.spec.volumes, [{ volume: 'shared', path: '/data2', readOnly: false }]);
   await engine.vms.start(a.id);
   const spec = backend.starts.at(-1)!;
-  assert.deepEqual(spec.volumes, [{ imagePath: fake.paths.volumeImage(engine.vms.volumes.inspect('shared').id), mountPoint: '/data2', readOnly: false }]);
+  assert.deepEqual(spec.volumes, [{ imagePath: fake.paths.volumeImage((await engine.vms.volumes.inspect('shared')).id), mountPoint: '/data2', readOnly: false }]);
 
   const b = await engine.vms.create({ image: 'busybox', name: 'writer-b', volumes: ['shared:/data2'] });
   await assert.rejects(engine.vms.start(b.id), code('conflict', /volume shared is in use by running VM writer-a: one VM writes a volume at a time/));
@@ -67,7 +67,7 @@ test('a snapshot of a VM with a volume is refused with the rule; create, prune a
   const used = await engine.vms.create({ image: 'busybox', name: 'user', volumes: ['keep:/keep'] });
   const removed = await engine.vms.volumes.prune();
   assert.deepEqual(removed.map((v) => v.name), ['spare'], 'only volumes no VM mounts');
-  assert.ok(engine.vms.volumes.inspect('keep'));
+  assert.ok(await engine.vms.volumes.inspect('keep'));
   await engine.vms.remove(used.id, true);
 
   // An image whose row was never written (celld killed in create), and an export's staging folder, go at the next start.
@@ -75,7 +75,7 @@ test('a snapshot of a VM with a volume is refused with the rule; create, prune a
   mkdirSync(join(paths.volumes, '.export-cut-short'), { recursive: true });
   writeFileSync(join(paths.volumes, '.export-cut-short', 'volume.json'), '{}');
   const reopened = await fake.reopen();
-  assert.deepEqual(readdirSync(paths.volumes).sort(), [`${reopened.vms.volumes.inspect('keep').id}.ext4`]);
+  assert.deepEqual(readdirSync(paths.volumes).sort(), [`${(await reopened.vms.volumes.inspect('keep')).id}.ext4`]);
   await reopened.vms.volumes.remove('keep');
   assert.equal(existsSync(paths.volumeImage('x')), false);
 });

@@ -4,13 +4,7 @@ import { DetachKeys, hostSize, parseDetachKeys, rawTerminal, type HostTty } from
 import { streamed } from '../context.js';
 
 /** Ctrl-]: the detach key of telnet and `virsh console`; Ctrl-C must reach the guest. */
-export const DETACH_BYTE = 0x1d;
-
-/** Splits what the user typed at the detach key: what goes to the guest, and whether to detach. */
-export function beforeDetach(chunk: Buffer): { send: Buffer; detach: boolean } {
-  const at = chunk.indexOf(DETACH_BYTE);
-  return at < 0 ? { send: chunk, detach: false } : { send: chunk.subarray(0, at), detach: true };
-}
+export const CONSOLE_DETACH_KEYS: readonly number[] = [0x1d];
 
 export function register(program: Command): void {
   registerConsole(program);
@@ -48,8 +42,9 @@ Examples:
         });
         process.stderr.write(`[attached to ${ref}'s console${flags.stdin ? '; Ctrl-] detaches' : ''}]\r\n`);
         const terminal = flags.stdin ? rawTerminal(host, () => {}) : undefined;
+        const keys = new DetachKeys(CONSOLE_DETACH_KEYS);
         const onInput = (chunk: Buffer) => {
-          const { send, detach } = beforeDetach(chunk);
+          const { send, detach } = keys.feed(chunk);
           if (send.length > 0) session.write(send);
           if (detach) detached.abort();
         };

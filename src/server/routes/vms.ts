@@ -154,19 +154,14 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
   serve(app, vms.execStdin, async (req) => {
     const pipe = stdinPipes.get(req.params.execId) ?? engine.runs.sessions.byExecId(req.params.execId)?.stdin;
     if (!pipe) throw new CellError(ErrorCodes.NOT_FOUND, `no running exec ${req.params.execId} waits for stdin`);
-    const body = req.body as NodeJS.ReadableStream | Buffer | undefined;
-    if (body && 'pipe' in body) {
-      // A body cut off (a client that detached, `cell attach`'s Ctrl-P Ctrl-Q) leaves stdin open;
-      // only its end closes it.
-      for await (const chunk of body) if (!pipe.write(chunk)) await once(pipe, 'drain');
-    } else if (body) {
-      pipe.write(body);
-    }
+    // A body cut off (a client that detached, `cell attach`'s Ctrl-P Ctrl-Q) leaves stdin open;
+    // only its end closes it.
+    for await (const chunk of bodyChunks(req.body)) if (!pipe.write(chunk)) await once(pipe, 'drain');
     pipe.end();
   });
 
   serve(app, vms.console, async (req, reply) => {
-    engine.vms.resolve(req.params.ref);
+    const vm = engine.vms.resolve(req.params.ref);
     let stream: ReturnType<typeof openStream<typeof vms.console>> | undefined;
     let session;
     try {
@@ -180,7 +175,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
       stream.send({ type: 'attached', session: session.id });
       for (const bytes of pending) stream.send({ type: 'data', data: bytes.toString('base64') });
       stream.signal.addEventListener('abort', () => session!.close());
-      const used = engine.vms.activity.begin(engine.vms.resolve(req.params.ref).id);
+      const used = engine.vms.activity.begin(vm.id);
       await session.ended.finally(used);
       stream.end();
     } catch (err) {
@@ -192,12 +187,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
 
   serve(app, vms.consoleInput, async (req) => {
     const session = engine.consoles.session(req.params.session);
-    const body = req.body as NodeJS.ReadableStream | Buffer | undefined;
-    if (body && 'pipe' in body) {
-      for await (const chunk of body) await session.write(Buffer.from(chunk as Buffer));
-    } else if (body) {
-      await session.write(body);
-    }
+    for await (const chunk of bodyChunks(req.body)) await session.write(chunk);
   });
 
   serve(app, vms.logs, async (req, reply) => {
@@ -239,6 +229,13 @@ function statsRoute(app: FastifyInstance, engine: Engine): void {
 function logOptions(query: Static<typeof LogsQuery>): LogReadOptions {
   const at = (iso: string | undefined) => (iso === undefined ? undefined : new Date(iso));
   return { follow: query.follow ?? false, tail: query.tail, since: at(query.since), until: at(query.until) };
+}
+
+/** A raw (octet-stream) body's bytes: as they arrive from a stream, or at once from a buffer. */
+async function* bodyChunks(body: unknown): AsyncGenerator<Buffer> {
+  if (body && typeof body === 'object' && 'pipe' in body) {
+    for await (const chunk of body as unknown as AsyncIterable<Buffer | string>) yield typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+  } else if (Buffer.isBuffer(body)) yield body;
 }
 
 /** The wire's run request as the engine's: `tty` with its size. */
