@@ -151,11 +151,12 @@ static void fill_std_fds(void)
 	}
 }
 
-static void load_modules(void)
+/* Loads the modules named in `list_path` (one path per line, dependencies first). */
+static void load_modules(const char *list_path)
 {
-	char *list = read_text("/etc/cell/modules", 64 * 1024);
+	char *list = read_text(list_path, 64 * 1024);
 	if (!list) {
-		debugx("no /etc/cell/modules");
+		debugx("no %s", list_path);
 		return;
 	}
 	for (char *line = strtok(list, "\n"); line; line = strtok(NULL, "\n")) {
@@ -323,6 +324,43 @@ static void mount_volume(const char *spec)
 	else debugx("mounted volume %s on %s%s", dev, where, readonly ? " (read-only)" : "");
 }
 
+#define MAX_SHARES 4
+
+/* cell.share=N:ro|rw:/PATH: the host folder shared as virtio-fs tag cell-share-N is mounted at
+ * PATH in the new root. The host enforces what the guest may reach and whether it may write (its
+ * virtiofsd is confined to the folder and, for ro, sees it through a read-only mount); ro here
+ * only makes the guest say so early. */
+static void mount_share(const char *spec)
+{
+	char tag[32], target[300];
+	int index = -1, used = 0;
+	if (sscanf(spec, "%d:%n", &index, &used) != 1 || index < 0 || index >= MAX_SHARES) {
+		warnx("cell.share=%s: no share index", spec);
+		return;
+	}
+	const char *rest = spec + used;
+	bool readonly = strncmp(rest, "ro:", 3) == 0;
+	if (!readonly && strncmp(rest, "rw:", 3) != 0) {
+		warnx("cell.share=%s: the mode is ro or rw", spec);
+		return;
+	}
+	const char *where = rest + 3;
+	if (where[0] != '/' || strstr(where, "..")) {
+		warnx("cell.share=%s: not an absolute path", spec);
+		return;
+	}
+	snprintf(tag, sizeof tag, "cell-share-%d", index);
+	snprintf(target, sizeof target, NEWROOT "%s", where);
+	mkdir_p(target);
+	unsigned long flags = MS_NOSUID | MS_NODEV | (readonly ? MS_RDONLY : 0);
+	/* The device may probe a moment after its module loads, as disks do. */
+	int64_t deadline = mono_ms() + DEVICE_WAIT_MS;
+	int rc;
+	while ((rc = mount(tag, target, "virtiofs", flags, NULL)) != 0 && (errno == ENOENT || errno == EINVAL) && mono_ms() < deadline) sleep_ms(2);
+	if (rc != 0) warnx("mount host folder %s on %s: %s", tag, where, strerror(errno));
+	else debugx("mounted host folder %s on %s%s", tag, where, readonly ? " (read-only)" : "");
+}
+
 static void pid1_setup(void)
 {
 	/* The kernel starts init with everything unblocked and a bare initramfs. */
@@ -336,8 +374,8 @@ static void pid1_setup(void)
 	g_log_fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
 
 	char hostname[65] = "", root[300] = "/dev/vda", data[128] = "", net[64] = "";
-	char volumes[MAX_VOLUMES][224];
-	int nvolumes = 0;
+	char volumes[MAX_VOLUMES][224], shares[MAX_SHARES][224];
+	int nvolumes = 0, nshares = 0;
 	char *cmdline = read_text("/proc/cmdline", 4096);
 	if (!cmdline) fatal("cannot read /proc/cmdline: %s", strerror(errno));
 	for (char *tok = strtok(cmdline, " \t\n"); tok; tok = strtok(NULL, " \t\n")) {
@@ -346,12 +384,14 @@ static void pid1_setup(void)
 		else if (strncmp(tok, "cell.data=", 10) == 0) snprintf(data, sizeof data, "%s", tok + 10);
 		else if (strncmp(tok, "cell.net=", 9) == 0) snprintf(net, sizeof net, "%s", tok + 9);
 		else if (strncmp(tok, "cell.vol=", 9) == 0 && nvolumes < MAX_VOLUMES) snprintf(volumes[nvolumes++], sizeof volumes[0], "%s", tok + 9);
+		else if (strncmp(tok, "cell.share=", 11) == 0 && nshares < MAX_SHARES) snprintf(shares[nshares++], sizeof shares[0], "%s", tok + 11);
 		else if (strcmp(tok, "cell.debug=1") == 0) g_debug = true;
 	}
 	free(cmdline);
 	debugx("agent %s starting", AGENT_VERSION);
 
-	load_modules();
+	load_modules("/etc/cell/modules");
+	if (nshares > 0) load_modules("/etc/cell/modules.share");
 	debugx("modules loaded; waiting for %s", root);
 	if (strncmp(root, "serial:", 7) == 0) {
 		char dev[300];
@@ -368,6 +408,7 @@ static void pid1_setup(void)
 	/* Before /sys and /dev move into the new root: find_disk reads them where they are now. */
 	if (*data) mount_data_disk(data);
 	for (int i = 0; i < nvolumes; i++) mount_volume(volumes[i]);
+	for (int i = 0; i < nshares; i++) mount_share(shares[i]);
 
 	move_api_mount("/dev", "devtmpfs", MS_NOSUID, "mode=0755");
 	move_api_mount("/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);

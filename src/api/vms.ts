@@ -93,6 +93,8 @@ export const VmSpec = Type.Object({
   health: Type.Optional(HealthCheck),
   /** Named volumes it mounts at each boot. */
   volumes: Type.Optional(Type.Array(Type.Object({ volume: Type.String(), path: Type.String(), readOnly: Type.Boolean() }))),
+  /** Host folders it shares at each boot (by canonical host path), and the uid they are shared as. */
+  hostFolders: Type.Optional(Type.Array(Type.Object({ source: Type.String(), path: Type.String(), readOnly: Type.Boolean(), owner: Type.Object({ uid: Type.Integer(), gid: Type.Integer() }) }))),
   /** `--ttl`, `--idle-timeout` in ms; `ttlSince`: when `update` last set the TTL. */
   timeouts: Type.Optional(
     Type.Object({
@@ -178,7 +180,7 @@ export const RunRequest = Type.Object(
     tty: Type.Optional(Type.Boolean()),
     cols: Type.Optional(TerminalDim),
     rows: Type.Optional(TerminalDim),
-    /** `-v NAME:/guest/path[:ro]`: named volumes, made where missing (at most 8). */
+    /** `-v NAME:/guest/path[:ro]`: named volumes, made where missing (at most 8); `-v /host/path:/guest/path[:ro]`: host folders (absolute, at most 4). */
     volumes: Type.Optional(Type.Array(Type.String({ minLength: 1 }), { maxItems: 8 })),
     /** A health check (`--health-cmd`): starting -> healthy | unhealthy, in inspect, ps and events. Forks keep their snapshot's unless given one. */
     health: Type.Optional(HealthCheckRequest),

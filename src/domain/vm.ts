@@ -4,7 +4,7 @@ import type { PortSpec, PublishedPort } from './network.js';
 import type { EgressPolicy } from './egress.js';
 import type { HealthCheck, HealthState } from './health.js';
 import type { VmTimeouts } from './timeouts.js';
-import type { VolumeMount } from './volume.js';
+import type { HostFolderMount, VolumeMount } from './volume.js';
 
 export type { VmState } from './vm-state.js';
 import type { VmState } from './vm-state.js';
@@ -42,6 +42,8 @@ export interface VmSpec {
   health?: HealthCheck;
   /** `-v NAME:/path[:ro]`: named volumes (domain/volume.ts), attached at each boot. */
   volumes?: VolumeMount[];
+  /** `-v /host/path:/path[:ro]`: host folders shared live (virtio-fs) at each boot. */
+  hostFolders?: HostFolderMount[];
   /** `--ttl`, `--idle-timeout` (domain/timeouts.ts); forks keep their snapshot's; `cell update` changes them. */
   timeouts?: VmTimeouts;
   /** Set on VMs started with `run --template`: which template and how (warm fork or cold boot). */

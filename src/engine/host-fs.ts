@@ -33,9 +33,18 @@ export interface HostFile {
   close(): Promise<void>;
 }
 
+/** A user's credentials on this host. */
+export interface HostIdentity {
+  uid: number;
+  gid: number;
+  groups: number[];
+}
+
 export interface HostFs {
   /** Whose access this is, for messages: "celld" or "uid 1000". */
   readonly who: string;
+  /** The same, as credentials: what a process started for this caller runs with (a host folder's virtiofsd). */
+  readonly identity: HostIdentity;
   lstat(path: string): Promise<fs.Stats>;
   stat(path: string): Promise<fs.Stats>;
   readdir(path: string): Promise<string[]>;
@@ -67,6 +76,7 @@ const close = promisify(fs.close);
 class CredentialedHostFs implements HostFs {
   constructor(
     readonly who: string,
+    readonly identity: HostIdentity,
     private readonly as: <T>(fn: () => T) => T,
   ) {}
 
@@ -148,7 +158,11 @@ class CredentialedHostFs implements HostFs {
 }
 
 /** celld's own access. */
-export const CELLD_HOST_FS: HostFs = new CredentialedHostFs('celld', (fn) => fn());
+export const CELLD_HOST_FS: HostFs = new CredentialedHostFs(
+  'celld',
+  { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, groups: process.getgroups?.() ?? [] },
+  (fn) => fn(),
+);
 
 /**
  * The HostFs for a caller: celld's own for root, for celld's own user, and for any caller when
@@ -162,7 +176,7 @@ export function hostFsFor(caller: Caller | null): HostFs {
   if (!creds) {
     throw new CellError(ErrorCodes.PERMISSION_DENIED, `celld cannot act with uid ${caller.uid}'s file access (its host-creds addon is missing: run npm run build)`);
   }
-  return new CredentialedHostFs(`uid ${caller.uid}`, (fn) => creds.withFsCredentials(caller.uid, caller.gid, caller.groups, fn));
+  return new CredentialedHostFs(`uid ${caller.uid}`, { uid: caller.uid, gid: caller.gid, groups: caller.groups }, (fn) => creds.withFsCredentials(caller.uid, caller.gid, caller.groups, fn));
 }
 
 /**

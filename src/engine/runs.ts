@@ -85,7 +85,7 @@ export class Runs {
       // A VM about to be removed needs no clean shutdown (its disk goes too): ending QEMU at once
       // saves the guest's power-off, tens of milliseconds under TCG.
       // Volumes outlive it: they get the guest's clean stop (its writes synced) before it goes.
-      if (!vm.spec.autoRemove || vm.spec.volumes?.length) await this.vms.stop(vm.id, 0).catch(() => {});
+      if (!vm.spec.autoRemove || vm.spec.volumes?.length || vm.spec.hostFolders?.length) await this.vms.stop(vm.id, 0).catch(() => {});
     }
     if (!vm.spec.autoRemove) return { vm: this.vms.get(vm.id) ?? vm, result };
     const final = { ...(this.vms.get(vm.id) ?? vm), state: 'stopped' as const, pid: null, stoppedAt: new Date().toISOString() };
@@ -104,7 +104,7 @@ export class Runs {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork has its snapshot's CPUs, memory, disks and I/O limits: drop --cpus, --memory, --data-disk and the limits with --from");
     }
     if (req.egress !== undefined) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork keeps its snapshot's egress rules: drop --egress with --from");
-    if (req.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'a fork cannot mount volumes (a snapshot of a VM with volumes is refused: docs/volumes.md): drop -v with --from');
+    if (req.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'a fork cannot mount volumes or host folders (a snapshot of a VM with them is refused: docs/volumes.md): drop -v with --from');
     if (req.networks !== undefined) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork is on its snapshot's networks: drop --network with --from (cell network connect adds one)");
     const ports = req.ports?.length ? validatePorts(req.ports) : undefined;
     const snapshot = this.snapshots.resolve(req.fromSnapshot!);
@@ -136,7 +136,7 @@ export class Runs {
     if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined || req.limits !== undefined) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs have its variant's CPUs, memory and data disk: drop --cpus, --memory, --data-disk and the limits with --template");
     }
-    if (req.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs cannot mount volumes yet: drop -v with --template");
+    if (req.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs cannot mount volumes or host folders (they start from a snapshot): drop -v with --template");
     if (req.ports !== undefined || req.networks !== undefined || req.egress !== undefined) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs publish its service's ports (ports = [...] under [service]) on its networks: drop -p, --network and --egress with --template");
     }

@@ -6,6 +6,7 @@ import { link, mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { cacheEntryFor, type PendingCacheEntry } from '../domain/action.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import { mountsBlockingSnapshot } from '../domain/volume.js';
 import { newId, resolveRef, validateName } from '../domain/ids.js';
 import { assertCompatible, type SnapshotRecord } from '../domain/snapshot.js';
 import type { VmRecord } from '../domain/vm.js';
@@ -100,11 +101,11 @@ export class Snapshots {
     if (current.state !== 'running') {
       throw new CellError(ErrorCodes.VM_NOT_RUNNING, `VM ${vm.name} is not running (state: ${current.state}): only a running VM can be snapshotted`);
     }
-    if (current.spec.volumes?.length) {
-      // The rule of docs/volumes.md: a snapshot never holds RAM from one moment with a volume's contents from another.
+    const blocking = mountsBlockingSnapshot(current.spec);
+    if (blocking) {
       throw new CellError(
         ErrorCodes.CONFLICT,
-        `VM ${vm.name} mounts volume ${current.spec.volumes.map((v) => v.volume).join(', ')}: a snapshot (or pause --to-disk) of a VM with volumes is refused, since its RAM would not match the volume's later contents (docs/volumes.md)`,
+        `VM ${vm.name} ${blocking}: a snapshot (or pause --to-disk) of a VM with volumes or host folders is refused, since its RAM would not match their later contents (docs/volumes.md)`,
       );
     }
     const name = opts.name ?? `${vm.name}-snap-${randomBytes(2).toString('hex')}`;

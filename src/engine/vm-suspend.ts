@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import { mountsBlockingSnapshot } from '../domain/volume.js';
 import type { VmRecord } from '../domain/vm.js';
 import type { EngineContext } from './context.js';
 import { dropSavedMemory } from './retired-snapshots.js';
@@ -28,9 +29,8 @@ export class Suspends {
       const { stores } = this.ctx;
       let current = stores.vms.get(vm.id)!;
       if (current.state === 'suspended') return current;
-      if (current.spec.volumes?.length) {
-        throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} mounts volume ${current.spec.volumes.map((v) => v.volume).join(', ')}: it cannot be paused to disk, which is a snapshot (docs/volumes.md)`);
-      }
+      const blocking = mountsBlockingSnapshot(current.spec);
+      if (blocking) throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name} ${blocking}: it cannot be paused to disk, which is a snapshot (docs/volumes.md)`);
       if (current.state === 'paused') {
         // The snapshot pauses it again at once; its guest needs to run to sync its disks first.
         await this.ctx.live.require(vm.id).control.resume();

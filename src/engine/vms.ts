@@ -17,7 +17,7 @@ import { copySparse } from '../host/files.js';
 import { resolveImageUser } from '../image/image-users.js';
 import { compatKey, type EngineContext } from './context.js';
 import { copyIn, copyOut, type CopyResult } from './cp-targets.js';
-import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
+import { CELLD_HOST_FS, hostPathError, type HostFs } from './host-fs.js';
 import { parseUser, runGuestCommand } from './exec-runner.js';
 import type { Owner } from './guest-files.js';
 import type { Images } from './images.js';
@@ -34,7 +34,7 @@ import { initialHealth, validateHealthCheck, type HealthCheckRequest } from '../
 import { exitInfo } from './vm-records.js';
 import { VmActivity } from './vm-activity.js';
 import type { Volumes } from './volumes.js';
-import { parseVolumeMounts } from '../domain/volume.js';
+import { mountsBlockingSnapshot, parseMounts, type HostFolderMount, type MountRequest } from '../domain/volume.js';
 import { applyTimeouts, ttlDeadline, type IdleAction, type TimeoutsRequest } from '../domain/timeouts.js';
 import { EventRateLimit, oomAttributes, oomKill } from '../domain/oom.js';
 
@@ -63,8 +63,13 @@ export interface CreateVmRequest {
   labels?: string[];
   /** `--health-cmd` and friends. */
   health?: HealthCheckRequest;
-  /** `-v NAME:/path[:ro]` (domain/volume.ts); a volume that does not exist is made, as Docker does. */
+  /**
+   * `-v NAME:/path[:ro]` (domain/volume.ts); a volume that does not exist is made, as Docker does.
+   * `-v /host/path:/path[:ro]` shares a host folder, reached with `hostFs`'s access.
+   */
   volumes?: string[];
+  /** The caller's access to host paths (host folders are resolved with it, and shared as that user). */
+  hostFs?: HostFs;
   /** `--ttl`, `--idle-timeout`, `--idle-action` (domain/timeouts.ts). */
   ttlMs?: number;
   idleTimeoutMs?: number;
@@ -164,8 +169,9 @@ export class Vms {
     const labels = parseLabels(req.labels);
     const health = req.health ? validateHealthCheck(req.health) : undefined;
     const timeouts = applyTimeouts(undefined, req);
-    const volumes = req.volumes?.length ? parseVolumeMounts(req.volumes) : undefined;
-    if (volumes && timeouts?.idleAction === 'pause-to-disk') throw new CellError(ErrorCodes.INVALID_ARGUMENT, '--idle-action pause-to-disk cannot go with -v: a VM with volumes cannot be paused to disk (docs/volumes.md)');
+    const mounts = req.volumes?.length ? parseMounts(req.volumes) : undefined;
+    const volumes = mounts?.volumes.length ? mounts.volumes : undefined;
+    if (mounts && timeouts?.idleAction === 'pause-to-disk') throw new CellError(ErrorCodes.INVALID_ARGUMENT, '--idle-action pause-to-disk cannot go with -v: a VM with volumes or host folders cannot be paused to disk (docs/volumes.md)');
     if (egress && networks.length === 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'egress rules need a network: drop --network none or --egress');
     this.ctx.network.assertNetworks(networks, { egress: Boolean(egress) });
     await this.ctx.host.ensure();
@@ -174,6 +180,7 @@ export class Vms {
     const user = await resolveImageUser(image.diskPath, req.user || image.config.User || 'root');
     const name = req.name ?? this.freshName();
     this.assertNameFree(name);
+    const hostFolders = mounts?.hostFolders.length ? await resolveHostFolders(mounts.hostFolders, req.hostFs ?? CELLD_HOST_FS) : undefined;
     if (volumes) await this.volumes.ensure(volumes);
     const vm = await this.record(name, {
       image: image.reference,
@@ -195,6 +202,7 @@ export class Vms {
       ...(health ? { health } : {}),
       ...(timeouts ? { timeouts } : {}),
       ...(volumes ? { volumes } : {}),
+      ...(hostFolders ? { hostFolders } : {}),
     }, null, undefined, { ephemeral: req.ephemeral });
     this.ctx.stores.images.touch(image.reference, vm.createdAt);
     return vm;
@@ -321,7 +329,12 @@ export class Vms {
       // Its namespace first (QEMU starts in it); a spare's was made with the spare.
       const network = current.spec.networks?.length ? await this.ctx.network.prepare(current) : undefined;
       await this.ctx.live.boot(
-        { ...(await machineSpecFor(paths, current, ready, image, restore)), ...(network ? { network } : {}), ...(volumes.length ? { volumes } : {}) },
+        {
+          ...(await machineSpecFor(paths, current, ready, image, restore)),
+          ...(network ? { network } : {}),
+          ...(volumes.length ? { volumes } : {}),
+          ...(current.spec.hostFolders?.length ? { hostFolders: current.spec.hostFolders } : {}),
+        },
         (pid) => stores.vms.update(id, { pid }),
         restore && snapshotDir ? { statePath: join(snapshotDir, 'state'), identity: restore.identity, prepared: restore.spare?.prepared } : undefined,
       );
@@ -423,7 +436,8 @@ export class Vms {
     return this.withLock(vm.id, async () =>
       this.ctx.stores.vms.setTimeouts(vm.id, (current) => {
         const next = applyTimeouts(current, req, new Date());
-        if (next?.idleAction === 'pause-to-disk' && vm.spec.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--idle-action pause-to-disk cannot go with VM ${vm.name}'s volumes: it cannot be paused to disk`);
+        const blocking = next?.idleAction === 'pause-to-disk' ? mountsBlockingSnapshot(vm.spec) : null;
+        if (blocking) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--idle-action pause-to-disk cannot go with VM ${vm.name}: it ${blocking}, so it cannot be paused to disk`);
         return next;
       }),
     );
@@ -620,4 +634,21 @@ export class Vms {
     }
     this.logs.end(id);
   }
+}
+
+/**
+ * Host folders as the caller can reach them: each must be a directory they may enter, recorded by
+ * its canonical path (symlinks resolved with their access, now) with who shares it.
+ */
+async function resolveHostFolders(requests: readonly Extract<MountRequest, { kind: 'host' }>[], host: HostFs): Promise<HostFolderMount[]> {
+  const resolved: HostFolderMount[] = [];
+  for (const r of requests) {
+    const source = await host.realpath(r.source).catch(hostPathError(r.source));
+    const st = await host.stat(source).catch(hostPathError(r.source));
+    if (!st.isDirectory()) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `-v ${r.source}: a host folder must be a directory (to share one file, share its folder)`);
+    // Its virtiofsd will run with this access: a folder they cannot list is theirs to fix, now.
+    await host.readdir(source).catch(hostPathError(r.source));
+    resolved.push({ source, path: r.path, readOnly: r.readOnly, owner: { ...host.identity, groups: [...host.identity.groups] } });
+  }
+  return resolved;
 }

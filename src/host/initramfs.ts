@@ -17,9 +17,11 @@ import type { ProgressFn } from './types.js';
  */
 const STEP = 'initramfs';
 /** Bump when the initramfs contents or layout change. */
-const INITRAMFS_LAYOUT = 1;
+const INITRAMFS_LAYOUT = 2; // 2: the share modules' own list
 export const GUEST_MODULE_DIR = '/lib/modules';
 export const GUEST_MODULE_LIST = '/etc/cell/modules';
+/** The modules a VM with host folders loads as well (the agent reads it only then). */
+export const SHARE_MODULE_LIST = '/etc/cell/modules.share';
 
 /**
  * Measured, and a tie. Uncompressed spares the guest the inflate under TCG (dmesg: unpacking takes
@@ -61,7 +63,7 @@ export async function ensureInitramfs(opts: {
       layout: INITRAMFS_LAYOUT,
       compression,
       agent: opts.agent.digest,
-      modules: modules.map((m) => [m.name, m.file, m.sha256]),
+      modules: modules.map((m) => [m.name, m.file, m.sha256, m.group]),
     }),
   );
   const dir = join(opts.cacheDir, 'initramfs');
@@ -86,7 +88,8 @@ export async function ensureInitramfs(opts: {
     .dir('lib')
     .dir('lib/modules')
     .file('init', await readFile(opts.agent.path), 0o755)
-    .file(GUEST_MODULE_LIST, modules.map((m) => `${guestModulePath(m.file)}\n`).join(''), 0o644);
+    .file(GUEST_MODULE_LIST, moduleList(modules, 'boot'), 0o644)
+    .file(SHARE_MODULE_LIST, moduleList(modules, 'share'), 0o644);
   for (const m of modules) {
     cpio.file(guestModulePath(m.file), await readFile(join(opts.kernel.dir, m.file)), 0o644);
   }
@@ -105,6 +108,10 @@ export async function ensureInitramfs(opts: {
   await writeFileAtomic(markerPath, JSON.stringify(built, null, 2));
   opts.onProgress?.({ step: STEP, status: 'done', detail: `${key.slice(0, 12)} (${bytes.length} bytes, ${compression})` });
   return { path, digest: `sha256:${built.sha256}`, sizeBytes: built.size };
+}
+
+function moduleList(modules: GuestKernel['manifest']['modules'], group: 'boot' | 'share'): string {
+  return modules.filter((m) => m.group === group).map((m) => `${guestModulePath(m.file)}\n`).join('');
 }
 
 function guestModulePath(file: string): string {

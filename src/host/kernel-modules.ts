@@ -24,6 +24,15 @@ export const GUEST_MODULES: readonly string[] = [
   'overlay',
 ];
 
+/**
+ * Modules loaded only by a VM that shares host folders (virtio-fs, docs/volumes.md): the agent
+ * loads them when its command line names a share, so other boots do not pay for them.
+ */
+export const SHARE_MODULES: readonly string[] = ['virtiofs'];
+
+/** Which list a module is loaded from: at every boot, or for host folders only. */
+export type ModuleGroup = 'boot' | 'share';
+
 export interface GuestModule {
   /** Module name as the kernel knows it (underscores), e.g. virtio_rng. */
   name: string;
@@ -50,11 +59,13 @@ export async function resolveGuestModules(
   modulesDir: string,
   release: string,
   wanted: readonly string[] = GUEST_MODULES,
+  /** Modules resolved already (another group's, loaded before these): not repeated. */
+  loaded: readonly string[] = [],
 ): Promise<GuestModule[]> {
   const index = await indexModules(join(modulesDir, 'kernel'));
   const builtin = await readBuiltin(modulesDir);
   const ordered: GuestModule[] = [];
-  const done = new Set<string>();
+  const done = new Set<string>(loaded);
   const visiting = new Set<string>();
 
   const visit = async (rawName: string, neededBy: string | null): Promise<void> => {

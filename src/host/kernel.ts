@@ -13,7 +13,7 @@ import {
   writeFileAtomic,
   writeFileSynced,
 } from './files.js';
-import { resolveGuestModules } from './kernel-modules.js';
+import { GUEST_MODULES, resolveGuestModules, SHARE_MODULES, type ModuleGroup } from './kernel-modules.js';
 import type { ProgressFn } from './types.js';
 
 /**
@@ -25,7 +25,7 @@ import type { ProgressFn } from './types.js';
  */
 export const KERNEL_META_PACKAGE = 'linux-image-cloud-amd64';
 /** Bump when what is kept from the package, or how, changes: older cached kernels are rebuilt. */
-const KERNEL_LAYOUT = 1;
+const KERNEL_LAYOUT = 2; // 2: the share modules (virtio-fs), with a group per module
 const STEP = 'kernel';
 
 export interface KernelManifest {
@@ -38,8 +38,8 @@ export interface KernelManifest {
   /** sha256 of the linux-image-<release> .deb the files came from. */
   debSha256: string;
   vmlinuz: { file: string; sha256: string; size: number };
-  /** In load order: dependencies before dependents. */
-  modules: { name: string; file: string; sha256: string; size: number }[];
+  /** In load order within each group: dependencies before dependents. */
+  modules: { name: string; file: string; sha256: string; size: number; group: ModuleGroup }[];
   createdAt: string;
 }
 
@@ -174,7 +174,10 @@ async function downloadAndExtract(cacheDir: string, root: string, metaVersion: s
     await stat(vmlinuzSource).catch(() => {
       throw new CellError(ErrorCodes.SETUP_FAILED, `${pkg} ${pkgVersion} contains no boot/vmlinuz-${release}`);
     });
-    const modules = await resolveGuestModules(join(tree, 'lib', 'modules', release), release);
+    const modulesDir = join(tree, 'lib', 'modules', release);
+    const bootModules = await resolveGuestModules(modulesDir, release, GUEST_MODULES);
+    const shareModules = await resolveGuestModules(modulesDir, release, SHARE_MODULES, bootModules.map((m) => m.name));
+    const modules = [...bootModules.map((m) => ({ ...m, group: 'boot' as const })), ...shareModules.map((m) => ({ ...m, group: 'share' as const }))];
 
     const out = join(work, release);
     await mkdir(join(out, 'modules'), { recursive: true });
@@ -184,7 +187,7 @@ async function downloadAndExtract(cacheDir: string, root: string, metaVersion: s
     for (const m of modules) {
       const file = join('modules', m.file);
       await writeFileSynced(join(out, file), m.data);
-      moduleEntries.push({ name: m.name, file, sha256: sha256Hex(m.data), size: m.data.length });
+      moduleEntries.push({ name: m.name, file, sha256: sha256Hex(m.data), size: m.data.length, group: m.group });
     }
     await fsyncPath(join(out, 'modules'));
     const manifest: KernelManifest = {

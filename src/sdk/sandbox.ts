@@ -7,6 +7,7 @@ import { SandboxCommands } from './sandbox-commands.js';
 import { SandboxFiles } from './sandbox-files.js';
 import { SandboxPty } from './sandbox-pty.js';
 import type { VmStopOptions } from './vms.js';
+import { absoluteMount } from './volumes.js';
 
 // Node 20 has no Symbol.asyncDispose yet; `await using` needs it (TypeScript emits a lookup of it).
 (Symbol as { asyncDispose?: symbol }).asyncDispose ??= Symbol.for('Symbol.asyncDispose');
@@ -45,8 +46,9 @@ export interface SandboxOptions extends SandboxConnectOptions {
   /** Egress rules as `--egress` takes them: `allow=pypi.org,*.pythonhosted.org`, `deny=...`. */
   egress?: string[];
   /**
-   * Named volumes by guest path: `{ '/cache': 'pip-cache' }`, or `{ '/ref': { name: 'data', readOnly: true } }`;
-   * a volume that does not exist is made (images only).
+   * Named volumes and host folders by guest path: `{ '/cache': 'pip-cache' }`, `{ '/work': './src' }`
+   * (a host folder: a path, relative to this process's working directory), or
+   * `{ '/ref': { name: 'data', readOnly: true } }`; a volume that does not exist is made (images only).
    */
   volumes?: Record<string, string | { name: string; readOnly?: boolean }>;
 }
@@ -258,5 +260,5 @@ export class Sandbox {
 
 /** `{ '/cache': 'pip-cache' }` as `-v` takes it: `pip-cache:/cache`. */
 function volumeFlags(volumes: NonNullable<SandboxOptions['volumes']>): string[] {
-  return Object.entries(volumes).map(([path, v]) => (typeof v === 'string' ? `${v}:${path}` : `${v.name}:${path}${v.readOnly ? ':ro' : ''}`));
+  return Object.entries(volumes).map(([path, v]) => absoluteMount(typeof v === 'string' ? `${v}:${path}` : `${v.name}:${path}${v.readOnly ? ':ro' : ''}`));
 }

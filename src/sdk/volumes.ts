@@ -1,9 +1,26 @@
+import { homedir } from 'node:os';
+import { resolve } from 'node:path';
 import type { VolumeView } from '../api/volumes.js';
 import { Api } from '../api/routes.js';
 import type { RequestOptions } from './options.js';
 import type { Transport } from './transport.js';
 
 const { volumes } = Api;
+
+/**
+ * `-v SOURCE:/guest[:ro]` with a relative host folder (`./src`, `../x`, `.`, `~/x`) made absolute
+ * here, where it means something: celld runs elsewhere and refuses relative host paths. A volume
+ * name and an absolute path are left as they are.
+ */
+export function absoluteMount(text: string, cwd: string = process.cwd(), home: string = homedir()): string {
+  const colon = text.indexOf(':');
+  if (colon <= 0) return text;
+  const source = text.slice(0, colon);
+  const rest = text.slice(colon);
+  if (source === '~' || source.startsWith('~/')) return resolve(home, source.slice(2)) + rest;
+  if (source.startsWith('.')) return resolve(cwd, source) + rest;
+  return text;
+}
 
 export interface CreateVolumeOptions extends RequestOptions {
   /** Default 10 GiB (sparse: the host gives it what is written). */

@@ -1,6 +1,7 @@
 import type { PublishedPort } from '../domain/network.js';
 import type { IoLimits } from '../domain/vm.js';
 import type { CellError } from '../domain/errors.js';
+import type { HostFolderMount } from '../domain/volume.js';
 
 /**
  * The backend contract the engine programs against. QEMU is the one driver (`vmm/qemu/`); tests
@@ -44,6 +45,8 @@ export interface MachineSpec {
   dataDisk?: { baseDiskPath: string; baseDiskFormat: 'raw' | 'qcow2'; mountPoint: string };
   /** Named volumes: raw ext4 images attached as they are (no overlay: writes land in the volume), mounted at `mountPoint`. */
   volumes?: readonly { imagePath: string; mountPoint: string; readOnly: boolean }[];
+  /** Host folders shared live (virtio-fs, vmm/qemu/virtiofs.ts). They need `memory.shared`: cold boots only. */
+  hostFolders?: readonly HostFolderMount[];
   /** Start paused, waiting for `migrate-incoming` (restore from a snapshot). */
   incoming?: boolean;
   /** Disk and entropy rates QEMU holds the guest to. */

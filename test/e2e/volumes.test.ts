@@ -32,7 +32,7 @@ describe('named volumes', () => {
     assert.equal(refused.code, 125);
     assert.match(refused.stderr, /^error: volume data is in use by running VM holder: one VM writes a volume at a time/m);
     assert.equal((await h.ok(['ps', '-a', '-q'])).stdout.trim().split('\n').length, 1, 'the refused run left no VM');
-    assert.match((await h.cell(['snapshot', 'holder'])).stderr, /^error: VM holder mounts volume data: a snapshot \(or pause --to-disk\) of a VM with volumes is refused/);
+    assert.match((await h.cell(['snapshot', 'holder'])).stderr, /^error: VM holder mounts volume data: a snapshot \(or pause --to-disk\) of a VM with volumes or host folders is refused/);
     assert.match((await h.cell(['volume', 'rm', '-f', 'data'])).stderr, /^error: volume data is in use by running VM holder: stop it first/);
 
     await h.ok(['stop', '-t', '0', 'holder']);

@@ -7,7 +7,9 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CellError } from '../../src/domain/errors.js';
-import { parseVolumeMount } from '../../src/domain/volume.js';
+import { parseMount, parseMounts, parseVolumeMount } from '../../src/domain/volume.js';
+import { absoluteMount } from '../../src/sdk/volumes.js';
+import { shareQemuArgs, virtiofsdArgv } from '../../src/vmm/qemu/virtiofs.js';
 import { openFakeEngine, type FakeEngine } from './harness.js';
 
 let fake: FakeEngine;
@@ -56,7 +58,7 @@ test('a snapshot of a VM with a volume is refused with the rule; create, prune a
   const { engine, paths } = fake;
   const vm = await engine.vms.create({ image: 'busybox', name: 'snappy', volumes: ['keep:/keep'] });
   await engine.vms.start(vm.id);
-  await assert.rejects(engine.snapshots.take('snappy'), code('conflict', /mounts volume keep: a snapshot \(or pause --to-disk\) of a VM with volumes is refused/));
+  await assert.rejects(engine.snapshots.take('snappy'), code('conflict', /mounts volume keep: a snapshot \(or pause --to-disk\) of a VM with volumes or host folders is refused/));
   await assert.rejects(engine.suspends.suspend('snappy'), code('conflict'));
   await engine.vms.remove('snappy', true);
 
@@ -80,19 +82,49 @@ test('a snapshot of a VM with a volume is refused with the rule; create, prune a
   assert.equal(existsSync(paths.volumeImage('x')), false);
 });
 
-test('-v syntax: names, modes and guest paths; host folders are refused with the reason', () => {
+test('-v syntax: names, modes and guest paths; host folders are absolute paths, told from names', () => {
   assert.deepEqual(parseVolumeMount('cache:/root/.cache/'), { volume: 'cache', path: '/root/.cache', readOnly: false });
   assert.deepEqual(parseVolumeMount('db:/var/lib/db:ro'), { volume: 'db', path: '/var/lib/db', readOnly: true });
+  assert.deepEqual(parseMount('/home/me/src/:/work:ro'), { kind: 'host', source: '/home/me/src/', path: '/work', readOnly: true });
+  assert.deepEqual(parseMount('/srv//data/../x:/x'), { kind: 'host', source: '/srv/x', path: '/x', readOnly: false });
   for (const [bad, why] of [
-    ['./src:/work', /host folders are not shared yet/],
-    ['/abs:/work:ro', /host folders are not shared yet/],
-    ['cache', /use NAME:\/guest\/path/],
+    ['./src:/work', /must be an absolute path here \(the cell CLI resolves \.\/ and ~ for you\)/],
+    ['~/src:/work', /must be an absolute path here/],
+    ['cache', /use NAME:\/guest\/path\[:ro\] for a volume or \/host\/path:\/guest\/path\[:ro\] for a host folder/],
     ['cache:relative', /must be absolute/],
     ['cache:/a/../b', /may not hold/],
     ['cache:/proc/x', /is the system's/],
+    ['/srv:/dev', /is the system's/],
     ['cache:/x:rx', /the mode is ro or rw/],
     ['bad name:/x', /invalid name/],
   ] as const) {
-    assert.throws(() => parseVolumeMount(bad), (err: unknown) => err instanceof CellError && err.code === 'invalid_argument' && why.test(err.message), bad);
+    assert.throws(() => parseMount(bad), (err: unknown) => err instanceof CellError && err.code === 'invalid_argument' && why.test(err.message), bad);
   }
+  assert.throws(() => parseVolumeMount('/srv:/x'), /a host folder is not a volume here/);
+  assert.throws(() => parseMounts(['/a:/x', '/b:/x']), /guest path \/x is given twice/);
+  assert.throws(() => parseMounts(['/a:/1', '/a:/2', '/a:/3', '/a:/4', '/a:/5']), /at most 4 host folders/);
+  const both = parseMounts(['/srv/src:/work', 'cache:/cache:ro']);
+  assert.deepEqual(both.volumes, [{ volume: 'cache', path: '/cache', readOnly: true }]);
+  assert.deepEqual(both.hostFolders, [{ kind: 'host', source: '/srv/src', path: '/work', readOnly: false }]);
+});
+
+test('the CLI and SDK make relative host folders absolute where they mean something; names and absolute paths stay', () => {
+  assert.equal(absoluteMount('./src:/work', '/home/me/proj', '/home/me'), '/home/me/proj/src:/work');
+  assert.equal(absoluteMount('.:/work:ro', '/home/me/proj', '/home/me'), '/home/me/proj:/work:ro');
+  assert.equal(absoluteMount('../x:/x', '/home/me/proj', '/home/me'), '/home/me/x:/x');
+  assert.equal(absoluteMount('~/notes:/n', '/tmp', '/home/me'), '/home/me/notes:/n');
+  assert.equal(absoluteMount('~:/n', '/tmp', '/home/me'), '/home/me:/n');
+  assert.equal(absoluteMount('cache:/c', '/tmp', '/home/me'), 'cache:/c');
+  assert.equal(absoluteMount('/abs:/a', '/tmp', '/home/me'), '/abs:/a');
+});
+
+test("a host folder's virtiofsd: as root for root, as the caller (uid, gid, groups) in a user namespace otherwise; QEMU gets modern virtio-mmio", () => {
+  const folder = { source: '/srv/x', path: '/work', readOnly: true, owner: { uid: 1000, gid: 1000, groups: [1000, 27] } };
+  const asCaller = virtiofsdArgv(folder, '/usr/lib/qemu/virtiofsd', 0);
+  assert.deepEqual(asCaller.slice(0, 11), ['setpriv', '--reuid=1000', '--regid=1000', '--groups=1000,27', '--', 'unshare', '--user', '--map-root-user', '--mount', '--', '/bin/sh']);
+  assert.deepEqual(asCaller.slice(-4), ['cell-share', '/srv/x', 'ro', '/usr/lib/qemu/virtiofsd']);
+  assert.deepEqual(virtiofsdArgv({ ...folder, owner: { uid: 0, gid: 0, groups: [] } }, 'v', 0).slice(0, 4), ['unshare', '--mount', '--', '/bin/sh']);
+  assert.equal(virtiofsdArgv(folder, 'v', 1000)[0], 'unshare', 'a celld that is not root cannot change user');
+  assert.deepEqual(shareQemuArgs([]), []);
+  assert.deepEqual(shareQemuArgs(['/s/0.sock']), ['-global', 'virtio-mmio.force-legacy=false', '-chardev', 'socket,id=share0,path=/s/0.sock', '-device', 'vhost-user-fs-device,chardev=share0,tag=cell-share-0']);
 });

@@ -32,10 +32,11 @@ export class TestHome {
     this.env = { ...process.env, CELL_HOME: this.home, CELL_CACHE: SHARED_CACHE, CELL_NETWORK: 'off', ...extraEnv };
   }
 
-  cell(args: string[], opts: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CellResult> {
+  /** Runs `cell`; `as` runs it as another user (uid, gid, no other groups) from `cwd`. */
+  cell(args: string[], opts: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv; as?: { uid: number; gid: number }; cwd?: string } = {}): Promise<CellResult> {
     const started = Date.now();
     return new Promise((resolvePromise, reject) => {
-      const child = spawn(CELL_BIN, args, { env: { ...this.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+      const child = spawn(CELL_BIN, args, { env: { ...this.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'], ...(opts.as ? { uid: opts.as.uid, gid: opts.as.gid } : {}), ...(opts.cwd ? { cwd: opts.cwd } : {}) });
       const out: Buffer[] = [];
       const err: Buffer[] = [];
       child.stdout.on('data', (c: Buffer) => out.push(c));
@@ -60,7 +61,7 @@ export class TestHome {
   }
 
   /** Runs `cell` and fails with its output when the exit code is not 0. */
-  async ok(args: string[], opts?: { input?: string; timeoutMs?: number }): Promise<CellResult> {
+  async ok(args: string[], opts?: Parameters<TestHome['cell']>[1]): Promise<CellResult> {
     const r = await this.cell(args, opts);
     if (r.code !== 0) throw new Error(`cell ${args.join(' ')} exited ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
     return r;

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import type { CellClient, Vm, VmSpec } from '../../sdk/index.js';
+import { absoluteMount } from '../../sdk/volumes.js';
 import { parsePortSpec } from '../../domain/network.js';
 import { IDLE_ACTIONS, type IdleAction } from '../../domain/timeouts.js';
 import { byteSize, collect, durationMs, EXIT_FAILURE, oneOf, EXIT_RUN_FAILED, milliseconds, reportError, seconds, UsageError, wholeNumber } from '../errors.js';
@@ -70,7 +71,7 @@ export function toVmSpec(args: string[], flags: RunFlags, host: HostTty = proces
   if (flags.publish?.length) req.ports = flags.publish.map((p) => parsePortSpec(p));
   if (flags.egress?.length) req.egress = flags.egress;
   if (flags.label?.length) req.labels = flags.label;
-  if (flags.volume?.length) req.volumes = flags.volume;
+  if (flags.volume?.length) req.volumes = flags.volume.map((v) => absoluteMount(v));
   const health = healthCheck(flags);
   if (health) req.health = health;
   if (flags.interactive) req.stdin = true;
@@ -125,7 +126,7 @@ export function register(program: Command): void {
     .option('--rng-bps <rate>', 'cap the bytes per second the guest draws from the host entropy device, e.g. 4K', byteSize('--rng-bps'))
     .option('--network <name>', 'a network to be on (repeatable; the first is its way out): default (online through NAT; the default), one of cell network ls (celld as root only), or none (no NIC)', collect)
     .option('-p, --publish <[ip:][hostPort:]port[/udp]>', 'publish a guest port on the host (repeatable); binds 127.0.0.1 unless an address is given, unlike Docker; no host port: a free one (see cell port)', collect)
-    .option('-v, --volume <NAME:/path[:ro]>', 'mount a named volume (made if missing, 10G sparse) at a guest path, read-only with :ro (repeatable, up to 8); one running VM writes a volume at a time', collect)
+    .option('-v, --volume <SOURCE:/path[:ro]>', 'mount a named volume (made if missing, 10G sparse) or share a host folder (./src, /abs/path, ~/x: live, as you, guest writes as root) at a guest path, read-only with :ro (repeatable: up to 8 volumes, 4 folders); one running VM writes a volume at a time; VMs with either cannot be snapshotted', collect)
     .option('--label <KEY=VALUE>', 'a label for inspect and filters (repeatable; ps --filter label=KEY=VALUE); with --from, added to the snapshot\'s', collect)
     .option('--egress <allow=RULES|deny=RULES>', 'what it may reach outside (repeatable): RULES are domains (pypi.org, *.pythonhosted.org: matched on HTTP Host and TLS SNI, and DNS) and IPv4 CIDRs; with any allow rule the rest is denied; deny wins; enforced on the host, so celld must be root', collect)
     .option('-i, --interactive', "keep the command's stdin open: cell's stdin goes to it (with -d: for cell attach)")

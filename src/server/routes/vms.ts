@@ -7,6 +7,7 @@ import type { LogsQuery, RunRequest as RunRequestSchema } from '../../api/vms.js
 import type { RunRequest } from '../../engine/runs.js';
 import type { LogReadOptions } from '../../engine/vms.js';
 import { Api } from '../../api/routes.js';
+import { hostFsOf } from '../caller-access.js';
 import type { Engine } from '../../engine/engine.js';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { openStream, outputEvents } from '../ndjson.js';
@@ -27,7 +28,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
 
   // Detached run: the VM is running when this answers; its main command runs in the background.
   serve(app, vms.create, async (req) => {
-    const { vm } = await engine.runs.run({ ...runRequest(req.body), detach: true });
+    const { vm } = await engine.runs.run({ ...runRequest(req.body), hostFs: hostFsOf(req), detach: true });
     return vm;
   });
 
@@ -35,7 +36,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
     const stream = openStream(vms.run, req, reply);
     try {
       const { vm, result } = await engine.runs.run(
-        runRequest(req.body),
+        { ...runRequest(req.body), hostFs: hostFsOf(req) },
         outputEvents(stream),
         {
           onCreated: (created) => stream.send({ type: 'created', vm: created }),

@@ -6,6 +6,7 @@ export const TAP_NAME = 'tap0';
 import { confinementArgv, type RunAs } from './confinement.js';
 import { incomingSocketPath } from './files.js';
 import { hostTscKhz } from './host-tsc.js';
+import { shareQemuArgs } from './virtiofs.js';
 
 export const AGENT_PORT_NAME = 'cell.agent';
 export const MACHINE_TYPE = 'microvm';
@@ -32,7 +33,7 @@ export const DATA_DISK_SERIAL = 'cell-data';
 /** Serial of the disk of a VM's `index`th volume (the agent finds it by this). */
 export const volumeSerial = (index: number) => `cell-vol-${index}`;
 
-export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk' | 'network' | 'volumes'>, extra: readonly string[] = []): string {
+export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk' | 'network' | 'volumes' | 'hostFolders'>, extra: readonly string[] = []): string {
   return [
     'console=ttyS0',
     'quiet',
@@ -47,6 +48,7 @@ export function kernelCmdline(spec: Pick<MachineSpec, 'hostname' | 'dataDisk' | 
     ...(spec.dataDisk ? [`cell.data=${spec.dataDisk.mountPoint}`] : []),
     // Paths are checked (domain/volume.ts): absolute, no spaces, no "..".
     ...(spec.volumes ?? []).map((v, i) => `cell.vol=${i}:${v.readOnly ? 'ro' : 'rw'}:${v.mountPoint}`),
+    ...(spec.hostFolders ?? []).map((f, i) => `cell.share=${i}:${f.readOnly ? 'ro' : 'rw'}:${f.path}`),
     ...(spec.network ? [spec.network.user ? USER_NET_ARG : GUEST_NET_ARG] : []),
     ...extra,
   ].join(' ');
@@ -63,6 +65,8 @@ export interface QemuConfinement {
    * overlay opened read-write and read-only, at these descriptor numbers in the child.
    */
   diskFds?: { root: [number, number]; data?: [number, number]; volumes?: [number, number][] };
+  /** The vhost-user socket of each host folder's virtiofsd, in spec.hostFolders' order. */
+  shareSockets?: readonly string[];
 }
 
 const ROOT_FDSET = 1;
@@ -119,6 +123,7 @@ export function buildQemuArgv(
       const file = confinement.diskFds?.volumes?.[i] ? `/dev/fdset/${VOLUME_FDSET + i},file.locking=off` : v.imagePath;
       return ['-drive', `id=vol${i},file=${file},format=raw,if=none,discard=unmap${v.readOnly ? ',readonly=on' : ''}${throttle}`, '-device', `virtio-blk-device,drive=vol${i},serial=${volumeSerial(i)}`];
     }),
+    ...shareQemuArgs(confinement.shareSockets ?? []),
     '-device', 'virtio-serial-device',
     '-chardev', `socket,id=agent,path=${files.agentSocket},server=on,wait=off`,
     '-device', `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,

@@ -11,6 +11,7 @@ import { incomingSocketPath, machineFiles } from './files.js';
 import { createOverlay } from './overlay.js';
 import { isQemuOf, signalProcess, spawnQemu, tailFile, waitGone } from './process.js';
 import { QmpClient } from './qmp.js';
+import { startShares, stopShares, type RunningShare } from './virtiofs.js';
 
 export interface QemuBackendOptions {
   /**
@@ -73,7 +74,12 @@ export class QemuBackend implements Backend {
     // As its own user, QEMU gets its disks as descriptors (see QemuConfinement.diskFds).
     const diskFds: number[] = [];
     let spawned;
+    let shares: RunningShare[] = [];
     try {
+      if (spec.hostFolders?.length && !spec.memory.shared) {
+        throw new CellError(ErrorCodes.INTERNAL, 'host folders need the guest RAM shared with virtiofsd: a cold boot, not a fork');
+      }
+      shares = await startShares(spec.dir, spec.hostFolders ?? []);
       if (runAs) diskFds.push(openSync(files.overlay, 'r+'), openSync(files.overlay, 'r'));
       if (runAs && spec.dataDisk) diskFds.push(openSync(files.dataOverlay, 'r+'), openSync(files.dataOverlay, 'r'));
       const volumeFds: [number, number][] = [];
@@ -84,10 +90,12 @@ export class QemuBackend implements Backend {
       const childFds = runAs
         ? { root: [3, 4] as [number, number], data: spec.dataDisk ? ([5, 6] as [number, number]) : undefined, ...(volumeFds.length ? { volumes: volumeFds } : {}) }
         : undefined;
-      spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs, { sandbox, runAs, diskFds: childFds }), files.qemuLog, diskFds, spec.network?.netns);
+      const shareSockets = shares.map((s) => s.socketPath);
+      spawned = spawnQemu(buildQemuArgv(spec, files, extraKernelArgs, { sandbox, runAs, diskFds: childFds, shareSockets }), files.qemuLog, diskFds, spec.network?.netns);
     } catch (err) {
-      // Nothing started: the group made for it goes too.
+      // Nothing started: the group made for it goes too, and the shares made for it.
       cgroup?.removeSoon();
+      stopShares(shares);
       throw err;
     } finally {
       for (const fd of diskFds) closeSync(fd);
@@ -114,6 +122,7 @@ export class QemuBackend implements Backend {
     } catch (err) {
       if (!exitedEarly) await this.kill(spawned.pid, spec.id);
       cgroup?.removeSoon();
+      stopShares(shares);
       if (err instanceof CellError && err.code === ErrorCodes.BOOT_FAILED) throw err;
       throw this.bootFailure(spec, files, (err as Error).message);
     }
