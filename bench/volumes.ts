@@ -1,9 +1,9 @@
 /**
- * Volume I/O: in one VM with a named volume at /vol and its root disk at /root, and on the host
- * directly, interleaved rounds of:
+ * Volume I/O: in one VM with a named volume at /vol, a host folder at /share (virtio-fs) and its
+ * root disk at /root, and on the host directly, interleaved rounds of:
  * - sequential write of 32 MiB (the busybox root disk has 58 MiB free) (dd, conv=fsync) and read back (caches dropped in the guest first),
  * - creating 500 small files (with a sync at the end).
- * Prints each as MiB/s or files/s, and the ratios volume / root disk and volume / host.
+ * Prints each as MiB/s or files/s, and the ratios volume / root disk, volume / host, host folder / root disk and host folder / host.
  * Run: node --import tsx bench/volumes.ts (also part of npm run bench)
  */
 import { execFileSync } from 'node:child_process';
@@ -34,12 +34,13 @@ function parse(out: string): [number, number, number] {
 async function main(): Promise<void> {
   const bench = benchHome();
   const hostDir = mkdtempSync('/var/tmp/cellb-vol-');
+  const sharedDir = mkdtempSync('/var/tmp/cellb-share-');
   try {
-    const boot = await runCell(['run', '-d', '--name', 'vb', '-v', 'benchvol:/vol', 'busybox'], bench.env);
+    const boot = await runCell(['run', '-d', '--name', 'vb', '-v', 'benchvol:/vol', '-v', `${sharedDir}:/share`, 'busybox'], bench.env);
     if (boot.code !== 0) throw new Error(boot.stderr);
-    const results = { volume: [] as [number, number, number][], root: [] as [number, number, number][], host: [] as [number, number, number][] };
+    const results = { volume: [] as [number, number, number][], share: [] as [number, number, number][], root: [] as [number, number, number][], host: [] as [number, number, number][] };
     for (let round = 0; round < ROUNDS; round++) {
-      for (const [where, dir] of [['volume', '/vol'], ['root', '/root']] as const) {
+      for (const [where, dir] of [['volume', '/vol'], ['share', '/share'], ['root', '/root']] as const) {
         const r = await runCell(['exec', 'vb', '--', 'sh', '-c', SCRIPT(dir)], bench.env);
         if (r.code !== 0) throw new Error(`${where}: ${r.stderr}`);
         results[where].push(parse(r.stdout));
@@ -48,15 +49,19 @@ async function main(): Promise<void> {
     }
     const med = (rows: [number, number, number][], i: number) => median(rows.map((row) => row[i]!));
     const names = ['sequential write MiB/s', 'sequential read MiB/s', 'small files/s'];
-    console.log(`volume I/O, medians of ${ROUNDS} interleaved rounds (${MIB} MiB, 500 files)`);
+    console.log(`volume and host-folder I/O, medians of ${ROUNDS} interleaved rounds (${MIB} MiB, 500 files)`);
     for (let i = 0; i < 3; i++) {
-      const [v, r, h] = [med(results.volume, i), med(results.root, i), med(results.host, i)];
-      console.log(`  ${names[i]!.padEnd(24)} volume ${v.toFixed(1).padStart(8)}  root disk ${r.toFixed(1).padStart(8)}  host ${h.toFixed(1).padStart(8)}  volume/root ${(v / r).toFixed(2)}  volume/host ${(v / h).toFixed(3)}`);
+      const [v, f, r, h] = [med(results.volume, i), med(results.share, i), med(results.root, i), med(results.host, i)];
+      console.log(
+        `  ${names[i]!.padEnd(24)} volume ${v.toFixed(1).padStart(8)}  host folder ${f.toFixed(1).padStart(8)}  root disk ${r.toFixed(1).padStart(8)}  host ${h.toFixed(1).padStart(8)}` +
+          `  volume/root ${(v / r).toFixed(2)}  volume/host ${(v / h).toFixed(3)}  folder/root ${(f / r).toFixed(2)}  folder/host ${(f / h).toFixed(3)}`,
+      );
     }
   } finally {
     await runCell(['rm', '-f', 'vb'], bench.env);
     bench.close();
     rmSync(hostDir, { recursive: true, force: true });
+    rmSync(sharedDir, { recursive: true, force: true });
   }
 }
 

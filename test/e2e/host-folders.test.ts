@@ -61,7 +61,9 @@ describe('host folders', () => {
     writeFileSync(join(project, 'notes.txt'), 'edited on the host, longer than before\n');
     assert.equal((await exec('cat /work/notes.txt')).stdout, 'edited on the host, longer than before\n', 'a host edit is seen at once, whole');
 
-    await h.ok(['exec', 'shared', '--', 'sh', '-c', 'echo from-guest > /work/made.txt && mkdir /work/dir'], asMember);
+    // A large write with fsync too: it once made virtiofsd start a thread pool its own seccomp filter killed.
+    await h.ok(['exec', 'shared', '--', 'sh', '-c', 'echo from-guest > /work/made.txt && mkdir /work/dir && dd if=/dev/zero of=/work/dir/big bs=1M count=16 conv=fsync 2>/dev/null'], asMember);
+    assert.equal(statSync(join(project, 'dir', 'big')).size, 16 * 1024 * 1024);
     assert.equal(readFileSync(join(project, 'made.txt'), 'utf8'), 'from-guest\n');
     for (const p of ['made.txt', 'dir']) {
       const st = statSync(join(project, p));

@@ -52,12 +52,17 @@ export function virtiofsdPath(): string {
   return found;
 }
 
-/** The shell that sets up virtiofsd's mount namespace and becomes it. $1 folder, $2 ro|rw, $3 virtiofsd. */
+/**
+ * The shell that sets up virtiofsd's mount namespace and becomes it. $1 folder, $2 ro|rw, $3 virtiofsd.
+ * No thread pool: glib's pool threads call sched_getaffinity, which virtiofsd's own seccomp filter
+ * does not allow (measured: SIGSYS on the first large write, and the guest's file system hangs).
+ * Attributes are never cached in the guest (timeout=0): see docs/volumes.md.
+ */
 const SETUP_SCRIPT = [
   'set -e',
   'mount -t tmpfs -o mode=0755,size=1m cellvm-run /run',
   'if [ "$2" = ro ]; then mount --bind "$1" "$1"; mount -o remount,bind,ro "$1"; fi',
-  `exec "$3" --socket-path=${SOCKET_NAME} -o source="$1" -o sandbox=namespace -o cache=auto -o timeout=0 -o no_posix_lock -o no_flock --thread-pool-size=4 --rlimit-nofile=0`,
+  `exec "$3" --socket-path=${SOCKET_NAME} -o source="$1" -o sandbox=namespace -o cache=auto -o timeout=0 -o no_posix_lock -o no_flock --thread-pool-size=0 --rlimit-nofile=0`,
 ].join('\n');
 
 /** The argument vector that starts one share's virtiofsd as `folder.owner`. */
