@@ -5,7 +5,8 @@ import { EXIT_FAILURE, EXIT_SIGINT, EXIT_SIGTERM, reportError } from './errors.j
 /** The client for this invocation: --home wins over CELL_HOME; celld starts on demand. */
 export function connect(cmd: Command): Promise<CellClient> {
   const home = (cmd.optsWithGlobals() as { home?: string }).home;
-  return CellClient.connect({ home });
+  // No ping first: the command's own first request starts celld if it has to (one round trip less).
+  return CellClient.connect({ home, lazy: true });
 }
 
 /** Writes a chunk; the promise (only when the pipe is full) holds the stream back until it drains. */

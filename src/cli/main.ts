@@ -1,12 +1,10 @@
-import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
+import { Command } from 'commander';
 import { EXIT_FAILURE, EXIT_RUN_FAILED, isCommanderExit, reportError } from './errors.js';
 import { groupsFor, subcommandOf } from './registry.js';
 
-// `cell` is on the hot path of every sandbox command: load commander through require (a few ms
-// faster than its ESM wrapper) and only the modules of the subcommand being run.
-const { Command } = createRequire(import.meta.url)('commander') as typeof import('commander');
-
+// `cell` is on the hot path of every sandbox command: it registers only the subcommand being run
+// (registry.ts), and runs from one bundled file with V8's code cache (scripts/bundle-cli.mjs).
 const args = process.argv.slice(2);
 
 // A closed stdout (`cell ps | head -1`) ends cell the way SIGPIPE ends other programs. Exiting
@@ -46,22 +44,27 @@ program.hook('preAction', (_this, action) => {
   if (home) process.env.CELL_HOME = home;
 });
 
-for (const group of groupsFor(args)) {
-  program.commandsGroup(group.heading);
-  (await group.load()).register(program);
-}
-program.commandsGroup('Help:');
-program.helpCommand(true);
+async function main(): Promise<void> {
+  for (const group of groupsFor(args)) {
+    program.commandsGroup(group.heading);
+    (await group.load()).register(program);
+  }
+  program.commandsGroup('Help:');
+  program.helpCommand(true);
 
-// `cell run` reports its own failures with 125 like docker, so scripts can tell them apart from
-// the command's exit code; every other command uses 1.
-const failure = subcommandOf(args) === 'run' ? EXIT_RUN_FAILED : EXIT_FAILURE;
-try {
-  await program.parseAsync(process.argv);
-} catch (err) {
-  if (isCommanderExit(err)) process.exitCode = err.exitCode === 0 ? 0 : failure;
-  else {
-    reportError(err);
-    process.exitCode = failure;
+  // `cell run` reports its own failures with 125 like docker, so scripts can tell them apart from
+  // the command's exit code; every other command uses 1.
+  const failure = subcommandOf(args) === 'run' ? EXIT_RUN_FAILED : EXIT_FAILURE;
+  try {
+    await program.parseAsync(process.argv);
+  } catch (err) {
+    if (isCommanderExit(err)) process.exitCode = err.exitCode === 0 ? 0 : failure;
+    else {
+      reportError(err);
+      process.exitCode = failure;
+    }
   }
 }
+
+// No top-level await: the bundle is a script (CommonJS), which V8 can cache compiled.
+void main();

@@ -28,6 +28,12 @@ export interface ConnectOptions extends RequestOptions {
   timeoutMs?: number;
   /** Gives up waiting (rejects with the signal's reason); a celld already started keeps running. */
   signal?: AbortSignal;
+  /**
+   * Resolve at once, without asking celld whether it is up: the first request finds out, and
+   * starts celld (then is sent again) when nothing listens. Saves a round trip per process (the
+   * CLI's); the first request then may take a celld start-up, up to `timeoutMs`.
+   */
+  lazy?: boolean;
 }
 
 export interface SetupOptions extends RequestOptions {
@@ -89,6 +95,10 @@ export class CellClient {
     const socketPath = opts.socketPath ?? paths.socket;
     const timeoutMs = opts.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     const client = new CellClient(new Transport(socketPath), paths);
+    if (opts.lazy && opts.autoStart !== false && socketPath === paths.socket) {
+      client.transport.whenNoDaemon(() => client.startAndWait(timeoutMs, opts.signal));
+      return client;
+    }
     try {
       if (await client.ping({ timeoutMs, signal: opts.signal })) return client;
       if (opts.autoStart === false || socketPath !== paths.socket) {

@@ -70,11 +70,42 @@ async function readBody(res: http.IncomingMessage): Promise<unknown> {
  */
 export class Transport {
   private readonly agent = new http.Agent({ keepAlive: true });
+  /** Starts celld when a request finds nothing listening (CellClient.connect's `lazy`); once. */
+  private startDaemon?: () => Promise<void>;
+  private daemonStart?: Promise<void>;
+  private starting = false;
 
   constructor(readonly socketPath: string) {}
 
-  /** Sends a request and resolves with the response headers received (any status). */
-  private send(method: string, path: string, body: unknown, signal?: AbortSignal): Promise<http.IncomingMessage> {
+  whenNoDaemon(start: () => Promise<void>): void {
+    this.startDaemon = start;
+  }
+
+  /**
+   * Sends a request and resolves with the response headers received (any status). With a daemon
+   * starter, a request that could not connect (so was never received) starts celld and goes again.
+   */
+  private async send(method: string, path: string, body: unknown, signal?: AbortSignal): Promise<http.IncomingMessage> {
+    try {
+      return await this.sendOnce(method, path, body, signal);
+    } catch (err) {
+      const cause = (err as { cause?: NodeJS.ErrnoException }).cause;
+      // While starting, the starter's own pings must fail plainly, not wait for the start.
+      if (!this.startDaemon || this.starting || !(err instanceof CellError) || (cause?.code !== 'ENOENT' && cause?.code !== 'ECONNREFUSED')) throw err;
+      this.daemonStart ??= (async () => {
+        this.starting = true;
+        try {
+          await this.startDaemon!();
+        } finally {
+          this.starting = false;
+        }
+      })();
+      await this.daemonStart;
+      return this.sendOnce(method, path, body, signal);
+    }
+  }
+
+  private sendOnce(method: string, path: string, body: unknown, signal?: AbortSignal): Promise<http.IncomingMessage> {
     if (signal?.aborted) return Promise.reject(abortReason(signal));
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     return new Promise((resolve, reject) => {
