@@ -42,7 +42,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define AGENT_VERSION "0.9.0"
+#define AGENT_VERSION "0.10.0"
 
 /* Wire format (docs/protocol.md). */
 #define MAGIC0 0xCE
@@ -68,7 +68,7 @@
 enum {
 	T_PING = 0x01, T_EXEC, T_STDIN, T_KILL, T_SET_TIME, T_ADD_ENTROPY, T_SHUTDOWN, T_SIGNAL_ALL, T_SET_IDENTITY,
 	T_PUT_FILE = 0x0A, T_FILE_DATA, T_FILE_END, T_MKDIR, T_SYMLINK, T_READ_FILE, T_LIST_DIR, T_STAT, T_CANCEL, T_SYNC,
-	T_CREDIT = 0x14, T_HOST_HELLO, T_FREEZE, T_THAW, T_RESIZE,
+	T_CREDIT = 0x14, T_HOST_HELLO, T_FREEZE, T_THAW, T_RESIZE, T_VOLUMES,
 	T_OK = 0x80, T_PONG, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_HELLO, T_DATA, T_OOM, T_ERROR = 0x8F,
 };
 enum {
@@ -203,6 +203,7 @@ void handle_stdin(uint32_t id, const uint8_t *p, size_t len);
 void handle_kill(uint32_t id, const uint8_t *p, size_t len);
 void handle_credit(uint32_t id, const uint8_t *p, size_t len);
 void handle_resize(uint32_t id, const uint8_t *p, size_t len);
+void handle_volumes(uint32_t id, const uint8_t *p, size_t len);
 void release_flow(void);
 int tty_hangups(void);
 

@@ -134,6 +134,7 @@ static void handle_frame(uint8_t type, uint32_t id, const uint8_t *p, size_t len
 	case T_FREEZE: handle_freeze(id, len); break;
 	case T_THAW: handle_thaw(id, len); break;
 	case T_RESIZE: handle_resize(id, p, len); break;
+	case T_VOLUMES: handle_volumes(id, p, len); break;
 	case T_HOST_HELLO:
 		if (len) send_error(id, E_MALFORMED, "HOST_HELLO payload must be empty, got %zu bytes", len);
 		else release_flow();

@@ -286,12 +286,41 @@ static void mount_data_disk(const char *where)
 
 #define MAX_VOLUMES 8
 
+/* The named volumes of cell.vol= tokens, kept for VOLUMES requests: a snapshot of a VM with volumes
+ * is taken with them unmounted, and every VM restored from it mounts them again (docs/volumes.md). */
+static struct volume {
+	int index;
+	bool readonly, mounted;
+	char path[200];
+} g_volumes[MAX_VOLUMES];
+static int g_nvolumes;
+
+/* Mounts volume v at prefix+path; false (errno set) when its disk or the mount fails. */
+static bool mount_volume_at(struct volume *v, const char *prefix, int wait_ms)
+{
+	char serial[32], dev[300], target[300];
+	snprintf(serial, sizeof serial, "cell-vol-%d", v->index);
+	if (!find_disk(serial, dev, sizeof dev, wait_ms)) {
+		errno = ENODEV;
+		return false;
+	}
+	snprintf(target, sizeof target, "%s%s", prefix, v->path);
+	mkdir_p(target);
+	unsigned long flags = MS_NOSUID | MS_NODEV | (v->readonly ? MS_RDONLY : 0);
+	int rc = mount(dev, target, "ext4", flags, NULL);
+	/* A volume whose last writer did not unmount it (a VM killed, or powered off) has a journal to
+	 * replay, which a read-only disk cannot take: read it as its journal left it. */
+	if (rc != 0 && v->readonly) rc = mount(dev, target, "ext4", flags, "noload");
+	if (rc != 0) return false;
+	v->mounted = true;
+	return true;
+}
+
 /* cell.vol=N:ro|rw:/PATH: the disk with serial cell-vol-N (a named volume's ext4 image) is mounted
  * at PATH in the new root, read-only with ro. A bad token or a missing disk is an error on the
  * console, not a dead VM. */
 static void mount_volume(const char *spec)
 {
-	char serial[32], dev[300], target[300];
 	int index = -1, used = 0;
 	if (sscanf(spec, "%d:%n", &index, &used) != 1 || index < 0 || index >= MAX_VOLUMES) {
 		warnx("cell.vol=%s: no volume index", spec);
@@ -304,24 +333,59 @@ static void mount_volume(const char *spec)
 		return;
 	}
 	const char *where = rest + 3;
-	if (where[0] != '/' || strstr(where, "..")) {
+	if (where[0] != '/' || strstr(where, "..") || strlen(where) >= sizeof g_volumes[0].path) {
 		warnx("cell.vol=%s: not an absolute path", spec);
 		return;
 	}
-	snprintf(serial, sizeof serial, "cell-vol-%d", index);
-	if (!find_disk(serial, dev, sizeof dev, DEVICE_WAIT_MS)) {
-		warnx("cell.vol=%s: no disk with serial %s", spec, serial);
+	struct volume *v = &g_volumes[g_nvolumes++];
+	v->index = index;
+	v->readonly = readonly;
+	snprintf(v->path, sizeof v->path, "%s", where);
+	if (!mount_volume_at(v, NEWROOT, DEVICE_WAIT_MS)) warnx("mount volume cell-vol-%d on %s: %s", index, where, strerror(errno));
+	else debugx("mounted volume cell-vol-%d on %s%s", index, where, readonly ? " (read-only)" : "");
+}
+
+/*
+ * VOLUMES: u8 op. 0: unmount every volume (synced first; the reverse of the mount order), for a
+ * snapshot: one still in use is mounted back with the others and the request fails naming it. 1:
+ * mount every volume not mounted (after a restore). OK carries u32 how many changed.
+ */
+void handle_volumes(uint32_t id, const uint8_t *p, size_t len)
+{
+	if (len != 1 || p[0] > 1) {
+		send_error(id, E_MALFORMED, "VOLUMES takes one byte: 0 unmount, 1 mount");
 		return;
 	}
-	snprintf(target, sizeof target, NEWROOT "%s", where);
-	mkdir_p(target);
-	unsigned long flags = MS_NOSUID | MS_NODEV | (readonly ? MS_RDONLY : 0);
-	int rc = mount(dev, target, "ext4", flags, NULL);
-	/* A volume whose last writer did not unmount it (a VM killed, or powered off) has a journal to
-	 * replay, which a read-only disk cannot take: read it as its journal left it. */
-	if (rc != 0 && readonly) rc = mount(dev, target, "ext4", flags, "noload");
-	if (rc != 0) warnx("mount %s on %s: %s", dev, where, strerror(errno));
-	else debugx("mounted volume %s on %s%s", dev, where, readonly ? " (read-only)" : "");
+	uint32_t changed = 0;
+	uint8_t reply[4];
+	if (p[0] == 0) {
+		sync();
+		for (int i = g_nvolumes - 1; i >= 0; i--) {
+			struct volume *v = &g_volumes[i];
+			if (!v->mounted) continue;
+			if (umount2(v->path, 0) != 0) {
+				int err = errno;
+				for (int j = i + 1; j < g_nvolumes; j++)
+					if (!g_volumes[j].mounted) mount_volume_at(&g_volumes[j], "", 0);
+				send_error(id, err == EBUSY ? E_LIMIT : E_SYSCALL, "unmount %s: %s", v->path, err == EBUSY ? "files there are in use" : strerror(err));
+				return;
+			}
+			v->mounted = false;
+			changed++;
+		}
+	} else {
+		for (int i = 0; i < g_nvolumes; i++) {
+			struct volume *v = &g_volumes[i];
+			if (v->mounted) continue;
+			if (!mount_volume_at(v, "", DEVICE_WAIT_MS)) {
+				send_error(id, E_SYSCALL, "mount volume on %s: %s", v->path, strerror(errno));
+				return;
+			}
+			changed++;
+		}
+	}
+	put_be32(reply, changed);
+	send_frame(T_OK, id, reply, sizeof reply);
 }
 
 #define MAX_SHARES 4

@@ -340,6 +340,19 @@ export class AgentClient extends EventEmitter {
     });
   }
 
+  /**
+   * Unmounts the VM's named volumes (synced first) before a snapshot, so its RAM holds no file
+   * system state of theirs; a volume still in use is mounted back and the request fails naming it.
+   */
+  async unmountVolumes(timeoutMs = 30_000): Promise<void> {
+    await this.channel.request(FrameType.VOLUMES, Buffer.from([0]), undefined, timeoutMs);
+  }
+
+  /** Mounts them again (a VM restored from such a snapshot, or the one snapshotted, if it failed). */
+  async mountVolumes(timeoutMs = 30_000): Promise<void> {
+    await this.channel.request(FrameType.VOLUMES, Buffer.from([1]), undefined, timeoutMs);
+  }
+
   async shutdown(reboot = false): Promise<void> {
     await this.channel.request(FrameType.SHUTDOWN, new PayloadWriter().u8(reboot ? 1 : 0).build());
   }

@@ -35,6 +35,7 @@ export const FrameType = {
   FREEZE: 0x16,
   THAW: 0x17,
   RESIZE: 0x18,
+  VOLUMES: 0x19,
   OK: 0x80,
   PONG: 0x81,
   STARTED: 0x82,

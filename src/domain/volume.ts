@@ -33,13 +33,12 @@ export interface HostFolderMount {
 export const MAX_HOST_FOLDERS_PER_VM = 4;
 
 /**
- * Why a VM's memory cannot be saved (a snapshot, a pause to disk), or null. The rule of
- * docs/volumes.md: a snapshot never holds RAM from one moment with a volume's or host folder's
- * contents from another; and a host folder's virtio-fs device cannot be migrated at all.
+ * Why a VM's memory cannot be saved (a snapshot, a pause to disk), or null: a host folder's
+ * virtio-fs device cannot be migrated at all (docs/volumes.md). Volumes can: they are unmounted
+ * for the snapshot and mounted again by every VM that comes out of it.
  */
-export function mountsBlockingSnapshot(spec: { volumes?: readonly VolumeMount[]; hostFolders?: readonly HostFolderMount[] }): string | null {
+export function mountsBlockingSnapshot(spec: { hostFolders?: readonly HostFolderMount[] }): string | null {
   if (spec.hostFolders?.length) return `shares host folder ${spec.hostFolders.map((f) => f.source).join(', ')}`;
-  if (spec.volumes?.length) return `mounts volume ${spec.volumes.map((v) => v.volume).join(', ')}`;
   return null;
 }
 

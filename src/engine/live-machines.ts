@@ -82,7 +82,8 @@ export class LiveMachines {
       });
       await Promise.race([agent.waitReady(deadline), qemuExit]);
       trace('agent ready');
-      await initialiseGuest(agent, restore?.identity);
+      // Volumes were unmounted for the snapshot (docs/volumes.md): mounted again as they are now.
+      await initialiseGuest(agent, restore?.identity, Boolean(restore && spec.volumes?.length));
       trace('guest initialised');
       return this.track(spec.id, started.pid, spec.dir, started.control, agent, spec.memory.shared);
     } catch (err) {
@@ -133,6 +134,8 @@ export class LiveMachines {
       await agent.waitReady(Date.now() + 5000);
       // ... and so do its processes, if the daemon died between freezing them and the snapshot's end.
       await agent.thaw().catch(() => {});
+      // ... and its volumes, which a snapshot unmounts first (docs/volumes.md); none unmounted: nothing to do.
+      await agent.mountVolumes().catch(() => {});
       return this.track(id, pid, dir, attached.control, agent, attached.memoryShared);
     } catch {
       attached.control.close();
@@ -256,11 +259,12 @@ export interface RestoreOptions {
  * Every boot and restore starts with the host's clock and fresh entropy (the agent reseeds the
  * kernel CRNG, so forks of one snapshot never share random bytes); forks also get a new identity.
  */
-async function initialiseGuest(agent: AgentClient, identity?: GuestIdentity): Promise<void> {
+async function initialiseGuest(agent: AgentClient, identity: GuestIdentity | undefined, mountVolumes: boolean): Promise<void> {
   await Promise.all([
     agent.setTime(),
     agent.addEntropy(randomBytes(256)),
     identity ? agent.setIdentity(identity) : Promise.resolve(),
+    mountVolumes ? agent.mountVolumes() : Promise.resolve(),
   ]);
   // Processes a snapshot froze run again only now, with the right time, a reseeded CRNG and the new name.
   await agent.thaw();

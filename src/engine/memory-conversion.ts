@@ -18,7 +18,7 @@ export function conversionDirPrefix(paths: Pick<CellPaths, 'home'>): string {
  * every snapshot forkable with shared memory, a short-lived paused QEMU with the same devices loads
  * that stream into a MAP_SHARED file in the snapshot (`memory`) and saves the device state alone.
  */
-export async function convertToSharedMemory(ctx: Pick<EngineContext, 'host' | 'backend' | 'paths'>, vm: VmRecord, staging: string): Promise<void> {
+export async function convertToSharedMemory(ctx: Pick<EngineContext, 'host' | 'backend' | 'paths' | 'stores'>, vm: VmRecord, staging: string): Promise<void> {
   const ready = await ctx.host.ensure();
   const vmDir = ctx.paths.vmDir(vm.id);
   // Sockets need a short path; the converter's disk is an overlay on the VM's (it never runs).
@@ -44,6 +44,11 @@ export async function convertToSharedMemory(ctx: Pick<EngineContext, 'host' | 'b
       dataDisk: existsSync(join(vmDir, 'data.qcow2'))
         ? { baseDiskPath: join(vmDir, 'data.qcow2'), baseDiskFormat: 'qcow2', mountPoint: DATA_DISK_MOUNT }
         : undefined,
+      // And its volumes' disks (read-only: the converter never runs the guest); a running VM's volumes exist.
+      volumes: (vm.spec.volumes ?? []).flatMap((m) => {
+        const record = ctx.stores.volumes.byName(m.volume);
+        return record ? [{ imagePath: ctx.paths.volumeImage(record.id), mountPoint: m.path, readOnly: true }] : [];
+      }),
       incoming: true,
     });
     pid = started.pid;

@@ -104,7 +104,7 @@ export class Runs {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork has its snapshot's CPUs, memory, disks and I/O limits: drop --cpus, --memory, --data-disk and the limits with --from");
     }
     if (req.egress !== undefined) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork keeps its snapshot's egress rules: drop --egress with --from");
-    if (req.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'a fork cannot mount volumes or host folders (a snapshot of a VM with them is refused: docs/volumes.md): drop -v with --from');
+    if (req.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'a fork mounts the volumes of its snapshot and no others (its devices are the snapshot\'s; a snapshot of a VM with host folders is refused): drop -v with --from');
     if (req.networks !== undefined) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork is on its snapshot's networks: drop --network with --from (cell network connect adds one)");
     const ports = req.ports?.length ? validatePorts(req.ports) : undefined;
     const snapshot = this.snapshots.resolve(req.fromSnapshot!);

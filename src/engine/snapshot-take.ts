@@ -3,6 +3,7 @@ import { mkdir, readFile, rename, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import { cacheEntryFor, type PendingCacheEntry } from '../domain/action.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import { stripControl } from '../domain/terminal-text.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
 import type { VmRecord } from '../domain/vm.js';
 import { allocatedBytes, copySparse, writeFileSynced } from '../host/files.js';
@@ -61,11 +62,20 @@ export async function takeSnapshot(ctx: EngineContext, vms: Vms, images: Images,
   await writeFileSynced(join(staging, INTENT_FILE), JSON.stringify(intent));
   let quit = false;
   let frozen = false;
+  let unmounted = false;
   try {
     await ctx.checkpoint('snapshot:staged');
+    const agent = live.require(vm.id).agent;
+    if (vm.spec.volumes?.length) {
+      // The rule of docs/volumes.md: volumes are not in snapshots. Unmounted, the guest's RAM holds
+      // nothing of theirs, and every VM that comes out of the snapshot mounts them as they are then.
+      await agent.unmountVolumes().catch((err: unknown) => {
+        throw new CellError(ErrorCodes.CONFLICT, `VM ${vm.name}'s volumes must be unmounted for a snapshot, and one cannot be: ${stripControl((err as Error).message ?? String(err)).slice(0, 200)} (stop what uses it, then snapshot)`);
+      });
+      unmounted = true;
+    }
     // What the guest's page cache holds must reach the disk layer being frozen: a VM that later
     // boots cold from it (start after --stop, a template's cold start) sees only the disk.
-    const agent = live.require(vm.id).agent;
     await agent.sync().catch(() => {});
     // Stopped inside the guest too: every VM that comes out of the snapshot thaws them only after
     // its reseed (live-machines.ts initialiseGuest), so no fork's process draws the same random bytes.
@@ -93,6 +103,7 @@ export async function takeSnapshot(ctx: EngineContext, vms: Vms, images: Images,
     if (!quit) {
       await live.resume(vm.id).catch(() => {});
       if (frozen) await live.get(vm.id)?.agent.thaw().catch(() => {});
+      if (unmounted) await live.get(vm.id)?.agent.mountVolumes().catch(() => {});
     }
     await rm(staging, { recursive: true, force: true });
     throw err instanceof CellError ? err : new CellError(ErrorCodes.SNAPSHOT_FAILED, `snapshot of ${vm.name} failed: ${(err as Error).message}`);
@@ -168,3 +179,4 @@ async function explainNoSpace(err: unknown, dir: string, memoryFile: string): Pr
 }
 
 const mib = (bytes: number) => (bytes / (1024 * 1024)).toFixed(1);
+

@@ -105,7 +105,7 @@ export class Snapshots {
     if (blocking) {
       throw new CellError(
         ErrorCodes.CONFLICT,
-        `VM ${vm.name} ${blocking}: a snapshot (or pause --to-disk) of a VM with volumes or host folders is refused, since its RAM would not match their later contents (docs/volumes.md)`,
+        `VM ${vm.name} ${blocking}: a snapshot (or pause --to-disk) of a VM with host folders is refused (virtio-fs cannot be saved, and the folder would change under the saved RAM: docs/volumes.md)`,
       );
     }
     const name = opts.name ?? `${vm.name}-snap-${randomBytes(2).toString('hex')}`;

@@ -83,6 +83,9 @@ export class SparePool {
   /** Starts a spare for the snapshot in the background unless it has one (or one is on its way). */
   replenish(snapshot: SnapshotRecord): void {
     if (this.closed || !this.enabled || this.starting.has(snapshot.id)) return;
+    // A fork of it attaches named volumes, under the one-writer rule at its boot: a spare made
+    // ahead would hold them (or lack the disks its saved devices expect).
+    if (snapshot.spec.volumes?.length) return;
     if ([...this.spares.values()].some((s) => s.snapshotId === snapshot.id)) return;
     const started = this.start(snapshot)
       .catch((err: unknown) => {

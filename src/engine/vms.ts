@@ -171,7 +171,7 @@ export class Vms {
     const timeouts = applyTimeouts(undefined, req);
     const mounts = req.volumes?.length ? parseMounts(req.volumes) : undefined;
     const volumes = mounts?.volumes.length ? mounts.volumes : undefined;
-    if (mounts && timeouts?.idleAction === 'pause-to-disk') throw new CellError(ErrorCodes.INVALID_ARGUMENT, '--idle-action pause-to-disk cannot go with -v: a VM with volumes or host folders cannot be paused to disk (docs/volumes.md)');
+    if (mounts?.hostFolders.length && timeouts?.idleAction === 'pause-to-disk') throw new CellError(ErrorCodes.INVALID_ARGUMENT, '--idle-action pause-to-disk cannot go with a host folder (-v /path:...): a VM with host folders cannot be paused to disk (docs/volumes.md)');
     if (egress && networks.length === 0) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'egress rules need a network: drop --network none or --egress');
     this.ctx.network.assertNetworks(networks, { egress: Boolean(egress) });
     await this.ctx.host.ensure();

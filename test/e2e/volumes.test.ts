@@ -32,11 +32,28 @@ describe('named volumes', () => {
     assert.equal(refused.code, 125);
     assert.match(refused.stderr, /^error: volume data is in use by running VM holder: one VM writes a volume at a time/m);
     assert.equal((await h.ok(['ps', '-a', '-q'])).stdout.trim().split('\n').length, 1, 'the refused run left no VM');
-    assert.match((await h.cell(['snapshot', 'holder'])).stderr, /^error: VM holder mounts volume data: a snapshot \(or pause --to-disk\) of a VM with volumes or host folders is refused/);
     assert.match((await h.cell(['volume', 'rm', '-f', 'data'])).stderr, /^error: volume data is in use by running VM holder: stop it first/);
 
+    // Snapshots: the volume is unmounted for it (a file in use refuses it, naming the path) and
+    // mounted again; a fork mounts the named volume as it is when the fork boots, one writer at a time.
+    await h.ok(['exec', 'holder', '--', 'sh', '-c', 'echo in-ram > /tmp/mark']);
+    const busy = h.cell(['exec', 'holder', '--', 'sh', '-c', 'exec 3</vol/file; echo open; sleep 5']);
+    await waitFor(async () => (await h.cell(['exec', 'holder', '--', 'sh', '-c', 'ls -l /proc/*/fd 2>/dev/null | grep -c /vol/file'])).stdout.trim() !== '0', 10_000);
+    assert.match((await h.cell(['snapshot', '--name', 'busy', 'holder'])).stderr, /^error: VM holder's volumes must be unmounted for a snapshot, and one cannot be: unmount \/vol: files there are in use/);
+    await busy;
+    await h.ok(['snapshot', '--name', 'with-vol', 'holder']);
+    assert.equal((await h.ok(['exec', 'holder', '--', 'sh', '-c', 'cat /vol/file && echo later >> /vol/file'])).stdout, 'one\n', 'mounted again after the snapshot');
+    assert.match((await h.cell(['fork', 'with-vol'])).stderr, /^error: volume data is in use by running VM holder/);
     await h.ok(['stop', '-t', '0', 'holder']);
-    assert.equal((await h.ok(['run', '--rm', '-v', 'data:/vol', 'busybox', '--', 'cat', '/vol/file'])).stdout, 'one\n');
+    await h.ok(['fork', '--name', 'twin', 'with-vol']);
+    assert.equal((await h.ok(['exec', 'twin-1', '--', 'sh', '-c', 'cat /tmp/mark /vol/file'])).stdout, 'in-ram\none\nlater\n', "the snapshot's RAM, the volume as it is now");
+    // Paused to disk and back: the same.
+    await h.ok(['exec', 'twin-1', '--', 'sh', '-c', 'echo from-twin >> /vol/file']);
+    await h.ok(['pause', '--to-disk', 'twin-1']);
+    await h.ok(['unpause', 'twin-1']);
+    assert.equal((await h.ok(['exec', 'twin-1', '--', 'tail', '-n', '1', '/vol/file'])).stdout, 'from-twin\n');
+    await h.ok(['rm', '-f', 'twin-1']);
+    assert.equal((await h.ok(['run', '--rm', '-v', 'data:/vol', 'busybox', '--', 'cat', '/vol/file'])).stdout, 'one\nlater\nfrom-twin\n');
     assert.match((await h.cell(['volume', 'rm', 'data'])).stderr, /^error: volume data is mounted by VM holder \(stopped\)/);
     assert.equal((await h.ok(['volume', 'rm', '-f', 'data'])).stdout, 'data\n');
     assert.match((await h.cell(['start', 'holder'])).stderr, /^error: VM holder mounts volume data, which is gone/);

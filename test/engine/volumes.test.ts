@@ -54,15 +54,21 @@ test('one writer at a time: a second read-write boot is refused naming the holde
   await engine.vms.remove('writer-b', true);
 });
 
-test('a snapshot of a VM with a volume is refused with the rule; create, prune and a crashed create', async () => {
+test('a snapshot of a VM with a volume keeps its mounts; its forks mount the volume under the one-writer rule; create, prune and a crashed create', async () => {
   const { engine, paths } = fake;
   const vm = await engine.vms.create({ image: 'busybox', name: 'snappy', volumes: ['keep:/keep'] });
   await engine.vms.start(vm.id);
-  await assert.rejects(engine.snapshots.take('snappy'), code('conflict', /mounts volume keep: a snapshot \(or pause --to-disk\) of a VM with volumes or host folders is refused/));
-  await assert.rejects(engine.suspends.suspend('snappy'), code('conflict'));
+  const snap = await engine.snapshots.take('snappy', { name: 'snappy-snap' });
+  assert.deepEqual(snap.spec.volumes, [{ volume: 'keep', path: '/keep', readOnly: false }]);
+  assert.equal(engine.vms.get(vm.id)!.state, 'running', 'the VM goes on after its snapshot');
+  await assert.rejects(engine.snapshots.fork('snappy-snap', { name: 'twin' }), code('conflict', /volume keep is in use by running VM snappy/));
+  await engine.vms.stop('snappy', 0);
+  const [twin] = await engine.snapshots.fork('snappy-snap', { name: 'twin' });
+  assert.deepEqual(engine.vms.get(twin!.id)!.spec.volumes, snap.spec.volumes, 'the fork mounts the named volume');
+  await engine.vms.remove(twin!.id, true);
   await engine.vms.remove('snappy', true);
 
-  await assert.rejects(engine.vms.create({ image: 'busybox', name: 'dreamer', volumes: ['keep:/keep'], idleTimeoutMs: 60_000, idleAction: 'pause-to-disk' }), code('invalid_argument', /pause-to-disk cannot go with -v/));
+  await assert.rejects(engine.vms.create({ image: 'busybox', name: 'dreamer', volumes: ['/srv:/keep'], idleTimeoutMs: 60_000, idleAction: 'pause-to-disk' }), code('invalid_argument', /pause-to-disk cannot go with a host folder/));
   await engine.vms.volumes.create('spare', { sizeBytes: 32 * 1024 * 1024, labels: ['team=ci'] });
   await assert.rejects(engine.vms.volumes.create('spare'), code('conflict', /exists already/));
   await assert.rejects(engine.vms.volumes.create('tiny', { sizeBytes: 1024 }), code('invalid_argument', /out of range/));
