@@ -34,6 +34,11 @@ export interface ActionSpec {
   /** Image sources only: a snapshot keeps the resources it was taken with. */
   cpus?: number;
   memoryMib?: number;
+  /**
+   * Image sources only: named volumes (`NAME:/path[:ro]`) the VM mounts, and every VM forked from
+   * its snapshot after it (docs/volumes.md). Their contents are not part of the key.
+   */
+  volumes?: string[];
 }
 
 /** A command retried until it exits 0, e.g. a probe of the port a server listens on. */
@@ -77,6 +82,8 @@ export interface ActionKeyInputs {
   timeoutSec: number;
   cpus: number;
   memoryMib: number;
+  /** The volume mounts (`NAME:/path[:ro]`) an image source's VM has, not their contents; none: absent. */
+  volumes?: readonly string[];
   detach: boolean;
   ready: readonly string[] | null;
   /** Content hash of the injected tree (see tree-hash.ts) and where it goes, or null. */
@@ -110,6 +117,8 @@ export function actionCacheKey(inputs: ActionKeyInputs): string {
     inputs.inject ? [inputs.inject.treeHash, inputs.inject.guestPath] : null,
     inputs.compat,
     inputs.salt ?? null,
+    // Only when there are any: keys of actions without volumes stay what they were.
+    ...(inputs.volumes?.length ? [['volumes', ...inputs.volumes]] : []),
   ]);
   return createHash('sha256').update(canonical).digest('hex');
 }

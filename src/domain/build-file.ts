@@ -1,3 +1,4 @@
+import { parseMounts } from './volume.js';
 import { posix } from 'node:path';
 import { validateHealthCheck, type HealthCheck } from './health.js';
 import { parseDuration } from './duration.js';
@@ -63,6 +64,8 @@ export interface BuildPlan {
   ports?: PortSpec[];
   /** The health check of the VMs forked from the result (Dockerfile's HEALTHCHECK). */
   health?: HealthCheck;
+  /** `volumes = ["cache:/root/.cache"]`: named volumes every step's VM mounts (a base image only). */
+  volumes?: string[];
 }
 
 const STEP_KINDS = ['run', 'copy', 'env', 'workdir'] as const;
@@ -72,7 +75,7 @@ const STEP_KEYS: Record<(typeof STEP_KINDS)[number], readonly string[]> = {
   env: ['env', 'name', 'from'],
   workdir: ['workdir', 'name', 'from'],
 };
-export const BUILD_KEYS = ['base', 'from', 'cpus', 'memory_mib', 'target', 'ports', 'healthcheck', 'step'] as const;
+export const BUILD_KEYS = ['base', 'from', 'cpus', 'memory_mib', 'target', 'ports', 'healthcheck', 'volumes', 'step'] as const;
 
 /** Parses and checks a build file's text; `dir` is where relative copy paths start. */
 export function parseBuildFile(fileName: string, text: string, dir: string, opts: { target?: string } = {}): BuildPlan {
@@ -112,7 +115,9 @@ export function readBuild(source: TomlSource, table: Record<string, unknown>, pr
   for (let i = targetIndex; i >= 0; i = steps[i]!.parent) chain.unshift(i);
   const ports = readGuestPorts(source, table.ports, at('ports'), "the result's forks publish them on free host ports");
   const health = readHealthCheck(source, table.healthcheck, at('healthcheck'));
-  return { base, cpus, memoryMib, steps, chain, contextDir: dir, ...(ports ? { ports } : {}), ...(health ? { health } : {}) };
+  const volumes = readVolumes(source, table.volumes, at('volumes'));
+  if (volumes && 'snapshot' in base) throw source.error(at('volumes'), "volumes apply to a base image only: a snapshot's VMs mount the snapshot's volumes");
+  return { base, cpus, memoryMib, steps, chain, contextDir: dir, ...(ports ? { ports } : {}), ...(health ? { health } : {}), ...(volumes ? { volumes } : {}) };
 }
 
 const HEALTH_KEYS = ['cmd', 'interval', 'timeout', 'retries', 'start_period'] as const;
@@ -335,4 +340,20 @@ export class Fields {
       return `${name}=${value}`;
     });
   }
+}
+
+/** `volumes = ["cache:/root/.cache", "data:/data:ro"]`: named volumes, as `run -v` takes them (no host folders: steps are snapshotted). */
+function readVolumes(source: TomlSource, raw: unknown, path: string): string[] | undefined {
+  if (raw === undefined) return undefined;
+  const bad = (why: string) => source.error(path, `volumes = ["NAME:/guest/path[:ro]", ...]: ${why}`);
+  if (!Array.isArray(raw) || raw.some((v) => typeof v !== 'string')) throw bad('an array of strings');
+  const texts = raw as string[];
+  let mounts;
+  try {
+    mounts = parseMounts(texts);
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
+  if (mounts.hostFolders.length) throw bad('host folders cannot be in a build (its steps are snapshotted); use copy steps');
+  return texts.length ? texts : undefined;
 }

@@ -9,6 +9,7 @@ import {
   type CacheEntry,
 } from '../domain/action.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import { parseMounts } from '../domain/volume.js';
 import { CELLD_HOST_FS, hostPathError, type HostFs } from './host-fs.js';
 import { shortId } from '../domain/ids.js';
 import { assertCompatible, compatKeyHash, type SnapshotRecord } from '../domain/snapshot.js';
@@ -51,6 +52,8 @@ interface Resolved {
   user: string;
   cpus: number;
   memoryMib: number;
+  /** An image source's volume mounts, as given (a snapshot's are in its spec). */
+  volumes?: string[];
   inject: { hostPath: string; guestPath: string; treeHash: string; isDirectory: boolean } | null;
   compat: string;
 }
@@ -87,6 +90,7 @@ export class Actions {
       timeoutSec: spec.timeoutSec ?? 0,
       cpus: resolved.cpus,
       memoryMib: resolved.memoryMib,
+      ...(resolved.volumes?.length ? { volumes: resolved.volumes } : {}),
       detach: spec.detach ?? false,
       ready: spec.ready?.cmd ?? null,
       inject: resolved.inject ? { treeHash: resolved.inject.treeHash, guestPath: resolved.inject.guestPath } : null,
@@ -166,6 +170,7 @@ export class Actions {
       if (spec.cpus !== undefined || spec.memoryMib !== undefined) {
         throw new CellError(ErrorCodes.INVALID_ARGUMENT, "an action on a snapshot has the snapshot's CPUs and memory");
       }
+      if (spec.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "an action on a snapshot mounts the snapshot's volumes and no others");
       const snapshot = this.snapshots.resolve(spec.source.snapshot);
       assertCompatible(snapshot.compat, compatKey(this.ctx, ready), snapshot.name);
       const user = spec.user || snapshot.spec.user;
@@ -196,6 +201,7 @@ export class Actions {
         user: await resolveImageUser(image.diskPath, spec.user || image.config.User || 'root'),
         cpus,
         memoryMib,
+        ...(spec.volumes?.length ? { volumes: parseMounts(spec.volumes).hostFolders.length ? refuseHostFolders() : spec.volumes } : {}),
         compat,
       };
     }
@@ -282,6 +288,7 @@ export class Actions {
       ephemeral: true,
       cpus: r.cpus,
       memoryMib: r.memoryMib,
+      ...(r.volumes ? { volumes: r.volumes } : {}),
       env: r.env,
       workingDir: r.workingDir,
       user: r.user,
@@ -332,4 +339,9 @@ async function inject(agent: AgentClient, { hostPath, guestPath, isDirectory }: 
   );
   if (!exists) await agent.mkdir(guestPath, { mode: 0o755, uid: 0, gid: 0 });
   for (const name of (await host.readdir(hostPath).catch(hostPathError(hostPath))).sort()) await copyIntoGuest(agent, join(hostPath, name), posix.join(guestPath, name), {}, host);
+}
+
+/** Build steps are snapshotted, which a VM with a host folder cannot be. */
+function refuseHostFolders(): never {
+  throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'a build or action VM cannot share a host folder (it is snapshotted: docs/volumes.md); use a named volume, or copy steps');
 }

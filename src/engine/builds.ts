@@ -103,7 +103,7 @@ export class Builds {
         ...(step.kind === 'run'
           ? { timeoutSec: step.timeoutSec, detach: step.detach, ready: step.ready, user: step.user }
           : { inject: { hostPath: step.hostPath, guestPath: step.to } }),
-        ...('image' in source ? { cpus: plan.cpus, memoryMib: plan.memoryMib } : {}),
+        ...('image' in source ? { cpus: plan.cpus, memoryMib: plan.memoryMib, ...(plan.volumes ? { volumes: plan.volumes } : {}) } : {}),
       };
       let result;
       try {

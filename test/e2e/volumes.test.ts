@@ -92,4 +92,31 @@ describe('named volumes', () => {
     await h.ok(['volume', 'rm', 'kept']);
     assert.equal((await h.ok(['volume', 'ls', '--format', 'json'])).stdout.trim(), '[]');
   });
+
+  test("a build file's volumes: every step mounts the named volume (its contents are not in the key), the result's forks too; a template's VMs as well", async () => {
+    const { mkdirSync, writeFileSync } = await import('node:fs');
+    const dir = `${h.home}/bld`;
+    mkdirSync(dir);
+    writeFileSync(
+      `${dir}/build.toml`,
+      ['base = "busybox"', 'volumes = ["bcache:/cache"]', '[[step]]', 'run = "echo step1 >> /cache/log"', '[[step]]', 'run = "cat /cache/log > /built.txt; echo step2 >> /cache/log"', ''].join('\n'),
+    );
+    await h.ok(['build', '-f', `${dir}/build.toml`, '-t', 'with-cache']);
+    assert.equal((await h.ok(['run', '--rm', '--from', 'with-cache', '--', 'sh', '-c', 'cat /built.txt /cache/log'])).stdout, 'step1\nstep1\nstep2\n');
+    // Unchanged: every step is a hit, nothing runs, the volume is as it was.
+    const again = await h.ok(['build', '-f', `${dir}/build.toml`, '-t', 'with-cache']);
+    assert.match(again.stdout + again.stderr, /0 steps ran, 2 from cache/);
+    assert.equal((await h.ok(['run', '--rm', '-v', 'bcache:/c:ro', 'busybox', '--', 'cat', '/c/log'])).stdout, 'step1\nstep2\n');
+
+    writeFileSync(
+      `${dir}/template.toml`,
+      ['template_id = "reader"', '[build]', 'base = "busybox"', 'volumes = ["bcache:/cache:ro"]', '[[build.step]]', 'run = "true"', '[[variants]]', 'role = "plain"', 'vcpus = 1', 'mem_mib = 256', ''].join('\n'),
+    );
+    // Warm: the template's VMs are forks of a snapshot whose volume was unmounted for it.
+    await h.ok(['template', 'build', '--snapshot', `${dir}/template.toml`]);
+    const viaTemplate = await h.ok(['run', '--rm', '--template', 'reader', '--', 'tail', '-n', '1', '/cache/log']);
+    assert.match(viaTemplate.stderr, /warm start/);
+    assert.equal(viaTemplate.stdout, 'step2\n');
+  });
+
 });

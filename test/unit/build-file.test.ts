@@ -149,3 +149,13 @@ test("a build file's [healthcheck]: the result's forks are probed with it (Docke
   fails(`base = "busybox"\n[healthcheck]\ncmd = "true"\ninterval = "10ms"\n[[step]]\nrun = "true"\n`, /^build\.toml:2: interval 10ms is out of range/);
   fails(`base = "busybox"\nhealthcheck = "true"\n[[step]]\nrun = "true"\n`, /^build\.toml:2: healthcheck must be a table/);
 });
+
+test("a build file's volumes: named volumes every step's VM mounts; host folders, a snapshot base and bad mounts are refused with the line", () => {
+  const plan = parseBuildFile('build.toml', `base = "busybox"\nvolumes = ["pip:/root/.cache/pip", "ref:/ref:ro"]\n[[step]]\nrun = "true"\n`, '/ctx');
+  assert.deepEqual(plan.volumes, ['pip:/root/.cache/pip', 'ref:/ref:ro']);
+  assert.equal(parseBuildFile('build.toml', `base = "busybox"\n[[step]]\nrun = "true"\n`, '/ctx').volumes, undefined);
+  fails(`base = "busybox"\nvolumes = ["/home/me/src:/src"]\n[[step]]\nrun = "true"\n`, /build\.toml:2: .*host folders cannot be in a build/);
+  fails(`from = "warm"\nvolumes = ["pip:/p"]\n[[step]]\nrun = "true"\n`, /build\.toml:2: volumes apply to a base image only/);
+  fails(`base = "busybox"\nvolumes = ["pip"]\n[[step]]\nrun = "true"\n`, /build\.toml:2: .*use NAME:\/guest\/path/);
+  fails(`base = "busybox"\nvolumes = "pip:/p"\n[[step]]\nrun = "true"\n`, /build\.toml:2: .*an array of strings/);
+});
