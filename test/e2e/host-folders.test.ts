@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TestHome, alive, waitFor } from '../helpers/cell-home.js';
+import { CellClient, Sandbox } from '../../src/sdk/index.js';
 
 /** A member of celld's socket group (nogroup), not root: what a developer on a shared host is. */
 const MEMBER = { uid: 65533, gid: 65534 };
@@ -90,7 +91,7 @@ describe('host folders', () => {
 
     const [view] = JSON.parse((await h.ok(['inspect', 'shared'])).stdout) as { spec: { hostFolders: { source: string; path: string; readOnly: boolean; owner: { uid: number } }[] } }[];
     assert.deepEqual(view!.spec.hostFolders.map((f) => [f.source, f.path, f.readOnly, f.owner.uid]), [[project, '/work', false, MEMBER.uid], [project, '/ro', true, MEMBER.uid]]);
-    assert.match((await h.cell(['snapshot', 'shared'])).stderr, /^error: VM shared shares host folder .*proj: a snapshot \(or pause --to-disk\) of a VM with volumes or host folders is refused/);
+    assert.match((await h.cell(['snapshot', 'shared'])).stderr, /^error: VM shared shares host folder .*proj: a snapshot \(or pause --to-disk\) of a VM with host folders is refused/);
     assert.match((await h.cell(['pause', '--to-disk', 'shared'])).stderr, /^error: VM shared shares host folder .*: it cannot be paused to disk/);
 
     await h.ok(['stop', '-t', '0', 'shared']);
@@ -98,14 +99,20 @@ describe('host folders', () => {
     await h.ok(['rm', 'shared']);
   });
 
-  test("a folder the caller cannot read is refused; root's share keeps the guest's uids; celld killed -9 leaves the share working", async () => {
+  test("a folder the caller cannot read is refused; root's share (made through the SDK) keeps the guest's uids; celld killed -9 leaves the share working", async () => {
     const denied = await h.cell(['run', '--rm', '-v', '/root:/r', 'busybox', '--', 'true'], { as: MEMBER, cwd: base });
     assert.equal(denied.code, 125);
     assert.match(denied.stderr, /^error: .*\/root.*permission denied/m);
     assert.match((await h.cell(['run', '--rm', '-v', `${join(project, 'notes.txt')}:/n`, 'busybox', '--', 'true'])).stderr, /^error: -v .*notes\.txt: a host folder must be a directory/);
     assert.equal((await h.ok(['ps', '-a', '-q'])).stdout, '', 'the refused runs left no VM');
 
-    await h.ok(['run', '-d', '--name', 'rooted', '-v', `${project}:/w`, 'busybox']);
+    // Through the SDK this time: a volumes value that is a path is a host folder.
+    const client = await CellClient.connect({ home: h.home });
+    try {
+      await Sandbox.create({ client, name: 'rooted', volumes: { '/w': project } });
+    } finally {
+      client.close();
+    }
     await h.ok(['exec', 'rooted', '--', 'sh', '-c', 'echo by-root > /w/root.txt']);
     assert.equal(statSync(join(project, 'root.txt')).uid, 0, "root's share: the guest's root writes as root");
 
