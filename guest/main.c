@@ -286,6 +286,29 @@ static void mount_data_disk(const char *where)
 
 #define MAX_VOLUMES 8
 
+/* A cell.vol= or cell.share= token, N:ro|rw:/PATH: false (said on the console) when it is not one. */
+static bool parse_mount_token(const char *name, const char *spec, int max, int *index, bool *readonly, const char **path)
+{
+	int used = 0;
+	*index = -1;
+	if (sscanf(spec, "%d:%n", index, &used) != 1 || *index < 0 || *index >= max) {
+		warnx("%s=%s: no index below %d", name, spec, max);
+		return false;
+	}
+	const char *rest = spec + used;
+	*readonly = strncmp(rest, "ro:", 3) == 0;
+	if (!*readonly && strncmp(rest, "rw:", 3) != 0) {
+		warnx("%s=%s: the mode is ro or rw", name, spec);
+		return false;
+	}
+	*path = rest + 3;
+	if ((*path)[0] != '/' || strstr(*path, "..")) {
+		warnx("%s=%s: not an absolute path", name, spec);
+		return false;
+	}
+	return true;
+}
+
 /* The named volumes of cell.vol= tokens, kept for VOLUMES requests: a snapshot of a VM with volumes
  * is taken with them unmounted, and every VM restored from it mounts them again (docs/volumes.md). */
 static struct volume {
@@ -321,20 +344,12 @@ static bool mount_volume_at(struct volume *v, const char *prefix, int wait_ms)
  * console, not a dead VM. */
 static void mount_volume(const char *spec)
 {
-	int index = -1, used = 0;
-	if (sscanf(spec, "%d:%n", &index, &used) != 1 || index < 0 || index >= MAX_VOLUMES) {
-		warnx("cell.vol=%s: no volume index", spec);
-		return;
-	}
-	const char *rest = spec + used;
-	bool readonly = strncmp(rest, "ro:", 3) == 0;
-	if (!readonly && strncmp(rest, "rw:", 3) != 0) {
-		warnx("cell.vol=%s: the mode is ro or rw", spec);
-		return;
-	}
-	const char *where = rest + 3;
-	if (where[0] != '/' || strstr(where, "..") || strlen(where) >= sizeof g_volumes[0].path) {
-		warnx("cell.vol=%s: not an absolute path", spec);
+	int index;
+	bool readonly;
+	const char *where;
+	if (!parse_mount_token("cell.vol", spec, MAX_VOLUMES, &index, &readonly, &where)) return;
+	if (strlen(where) >= sizeof g_volumes[0].path) {
+		warnx("cell.vol=%s: the path is too long", spec);
 		return;
 	}
 	struct volume *v = &g_volumes[g_nvolumes++];
@@ -397,22 +412,10 @@ void handle_volumes(uint32_t id, const uint8_t *p, size_t len)
 static void mount_share(const char *spec)
 {
 	char tag[32], target[300];
-	int index = -1, used = 0;
-	if (sscanf(spec, "%d:%n", &index, &used) != 1 || index < 0 || index >= MAX_SHARES) {
-		warnx("cell.share=%s: no share index", spec);
-		return;
-	}
-	const char *rest = spec + used;
-	bool readonly = strncmp(rest, "ro:", 3) == 0;
-	if (!readonly && strncmp(rest, "rw:", 3) != 0) {
-		warnx("cell.share=%s: the mode is ro or rw", spec);
-		return;
-	}
-	const char *where = rest + 3;
-	if (where[0] != '/' || strstr(where, "..")) {
-		warnx("cell.share=%s: not an absolute path", spec);
-		return;
-	}
+	int index;
+	bool readonly;
+	const char *where;
+	if (!parse_mount_token("cell.share", spec, MAX_SHARES, &index, &readonly, &where)) return;
 	snprintf(tag, sizeof tag, "cell-share-%d", index);
 	snprintf(target, sizeof target, NEWROOT "%s", where);
 	mkdir_p(target);
