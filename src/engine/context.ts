@@ -69,7 +69,7 @@ export function compatKey(ctx: Pick<EngineContext, 'backend'>, ready: HostReady)
   return {
     qemuVersion: ready.qemuVersion,
     machine: ctx.backend.machineType,
-    cpuModel: ready.accelerator.accelerator === 'kvm' ? 'host' : 'qemu64',
+    cpuModel: ctx.backend.cpuModel(ready.accelerator.accelerator),
     accelerator: ready.accelerator.accelerator,
     kernelDigest: ready.assets.kernel.digest,
     initramfsDigest: ready.assets.initramfs.digest,

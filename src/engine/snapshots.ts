@@ -141,7 +141,9 @@ export class Snapshots {
     const names =
       opts.name !== undefined && count === 1
         ? [opts.name]
-        : Array.from({ length: count }, (_, i) => (opts.namePrefix !== undefined || count > 1 ? `${prefix}-${i + 1}` : this.vms.freshName()));
+        : opts.namePrefix !== undefined || count > 1
+          ? this.vms.numberedNames(prefix, count)
+          : [this.vms.freshName()];
     for (const n of names) {
       validateName(n);
       this.vms.assertNameFree(n);

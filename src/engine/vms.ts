@@ -595,6 +595,20 @@ export class Vms {
     return this.ctx.stores.vms.nameExists(name) ? `${name}-${randomBytes(2).toString('hex')}` : name;
   }
 
+  /**
+   * `count` names `prefix-N`, numbered on from the highest a VM has already (a second
+   * `fork --count 10` of one snapshot makes -11 to -20, as `docker compose up --scale` does).
+   */
+  numberedNames(prefix: string, count: number): string[] {
+    const numbered = new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-(\\d+)$`);
+    let highest = 0;
+    for (const vm of this.ctx.stores.vms.list()) {
+      const n = numbered.exec(vm.name)?.[1];
+      if (n !== undefined) highest = Math.max(highest, Number(n));
+    }
+    return Array.from({ length: count }, (_, i) => `${prefix}-${highest + i + 1}`);
+  }
+
   freshName(): string {
     for (;;) {
       const name = randomName();

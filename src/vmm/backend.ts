@@ -132,6 +132,8 @@ export interface Backend {
   readonly capabilities: BackendCapabilities;
   /** The machine model, part of every snapshot's compatibility key. */
   readonly machineType: string;
+  /** The guest CPU model it gives a machine on this accelerator (part of a snapshot's compatibility key). */
+  cpuModel(accelerator: Accelerator): string;
   files(dir: string): MachineFiles;
   /**
    * Creates the machine's overlays on first start (later starts keep the disks) and launches it.

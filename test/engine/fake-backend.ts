@@ -173,6 +173,9 @@ export class FakeBackend implements Backend {
   readonly name = 'fake';
   readonly capabilities: BackendCapabilities = { snapshots: true, fork: true, pause: true, console: false };
   readonly machineType = 'fake-microvm';
+  cpuModel(accelerator: 'kvm' | 'tcg'): string {
+    return accelerator === 'kvm' ? 'host' : 'qemu64';
+  }
   private readonly machines = new Map<number, FakeMachine>();
   /** Every spec `start` was given, in order. */
   readonly starts: MachineSpec[] = [];

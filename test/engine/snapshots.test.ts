@@ -60,6 +60,10 @@ test('a snapshot keeps its source running on the new layer; forks run on it; rem
   assert.ok(restored.every((s) => !s.memory.shared));
 
   await assert.rejects(engine.snapshots.fork('base', { count: 1, name: 'kid-2' }), code('conflict'));
+  // A second batch numbers on from the first (docker compose --scale does too), not into it.
+  const more = await engine.snapshots.fork('base', { count: 2, namePrefix: 'kid' });
+  assert.deepEqual(more.map((f) => f.name), ['kid-4', 'kid-5']);
+  for (const f of more) await engine.vms.remove(f.id, true);
   await assert.rejects(engine.snapshots.fork('base', { count: 65 }), code('invalid_argument'));
   await assert.rejects(engine.snapshots.remove('base'), code('conflict'), 'VMs run on it');
 
