@@ -112,7 +112,7 @@ Examples:
     .summary('start new VMs from a snapshot')
     .argument('<snapshot>', 'snapshot name, id, or id prefix')
     .option('--count <n>', 'how many forks (default 1)', wholeNumber('--count'), 1)
-    .option('--name <prefix>', 'name forks PREFIX-1, PREFIX-2, ...')
+    .option('--name <prefix>', 'name forks PREFIX-1, PREFIX-2, ... (numbered on after the highest PREFIX-N a VM has; default PREFIX: the snapshot name)')
     .option('--label <KEY=VALUE>', "a label added to the snapshot's (repeatable)", collect)
     .addHelpText('after', `\nPrints one VM id per line.\n${examples('cell fork warm', 'cell fork --count 10 --name worker warm', 'cell exec worker-3 -- cat /etc/hostname')}`)
     .action(
