@@ -149,9 +149,12 @@ Examples:
     )
     .action(
       withClient(async (client, refs: string[], flags: { healthy?: boolean; timeout?: number }) => {
-        const deadline = flags.timeout === undefined ? undefined : Date.now() + flags.timeout;
+        // One time limit for all: it starts with the first wait, which gets all of it (its message names it).
+        let deadline: number | undefined;
         await forEachRef(refs, async (ref) => {
-          const timeoutMs = deadline === undefined ? undefined : Math.max(0, deadline - Date.now());
+          const now = Date.now();
+          if (flags.timeout !== undefined) deadline ??= now + flags.timeout;
+          const timeoutMs = deadline === undefined ? undefined : Math.max(0, deadline - now);
           const vm = await client.vms.wait(ref, { until: flags.healthy ? 'healthy' : 'stopped', ...(timeoutMs !== undefined ? { timeoutMs } : {}) });
           process.stdout.write(`${flags.healthy ? vm.name : (vm.exit?.exitCode ?? '-')}\n`);
         });
