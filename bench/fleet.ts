@@ -8,27 +8,12 @@
  * and remove the fleet before the next size. Ratios against the size-1 row.
  * Run: node --import tsx bench/fleet.ts   (BENCH_FLEET_SIZES=1,10,50,100)
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { CellClient } from '../src/sdk/index.js';
-import { benchHome, median, percentile, pssKib, rssKib, runCell } from './lib.js';
+import { benchHome, median, percentile, pssKib, qemuPidsOf, rssKib, runCell } from './lib.js';
 
 const SIZES = (process.env.BENCH_FLEET_SIZES ?? '1,10,50,100').split(',').map(Number);
 const BATCH = 10;
-
-/** QEMU processes of VMs under `home`. */
-function qemuPids(home: string): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
-      if (cmdline.startsWith('qemu-system') && cmdline.includes(home)) pids.push(Number(entry));
-    } catch {
-      /* gone */
-    }
-  }
-  return pids;
-}
 
 /** utime + stime of a process, in clock ticks (100 per second here). */
 function cpuTicks(pid: number): number {
@@ -67,7 +52,7 @@ async function main(): Promise<void> {
       }
       const msPerFork = (performance.now() - started) / size;
       await new Promise((r) => setTimeout(r, 3000));
-      const pss = qemuPids(bench.home).reduce((sum, pid) => sum + pssKib(pid), 0) / 1024;
+      const pss = qemuPidsOf(bench.home).reduce((sum, pid) => sum + pssKib(pid), 0) / 1024;
       const ticks = cpuTicks(celld);
       const execStarted = performance.now();
       const times: number[] = [];

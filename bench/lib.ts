@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cellPaths } from '../src/domain/paths.js';
@@ -61,3 +61,17 @@ export function pssKib(pid: number): number {
 }
 
 export const fmt = (ms: number) => `${ms.toFixed(0)} ms`;
+
+/** QEMUs whose command line names this home. */
+export function qemuPidsOf(home: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+    try {
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+      if (cmdline.startsWith('qemu-system') && cmdline.includes(home)) pids.push(Number(entry));
+    } catch {
+      /* gone */
+    }
+  }
+  return pids;
+}

@@ -29,7 +29,7 @@ import { createHash } from 'node:crypto';
 import { CellClient } from '../src/sdk/index.js';
 import { listNamespaces } from '../src/network/vm-namespace.js';
 import { ADDR, createFakeInternet, type FakeInternet } from '../test/helpers/fake-internet.js';
-import { benchHome, fmt, median, REPO, runCell } from './lib.js';
+import { benchHome, fmt, median, qemuPidsOf, REPO, runCell } from './lib.js';
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 const MIB = Number(process.env.BENCH_NET_MIB ?? 64);
@@ -70,20 +70,6 @@ async function stopPid(pid: number | undefined, graceMs = 10_000): Promise<void>
   process.kill(pid, 'SIGTERM');
   for (const end = Date.now() + graceMs; Date.now() < end && alive(pid); ) await sleep(50);
   if (alive(pid)) process.kill(pid, 'SIGKILL');
-}
-
-/** QEMUs whose command line names this home (the last resort of the clean-up). */
-function qemuPidsOf(home: string): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    try {
-      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
-      if (cmdline.startsWith('qemu-system') && cmdline.includes(home)) pids.push(Number(entry));
-    } catch {
-      /* gone */
-    }
-  }
-  return pids;
 }
 
 /** CPU time of each thread of `pid`, by thread id, in clock ticks (100 a second). */

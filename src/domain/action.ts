@@ -36,7 +36,8 @@ export interface ActionSpec {
   memoryMib?: number;
   /**
    * Image sources only: named volumes (`NAME:/path[:ro]`) the VM mounts, and every VM forked from
-   * its snapshot after it (docs/volumes.md). Their contents are not part of the key.
+   * its snapshot after it (docs/volumes.md). Their contents are not part of the key. No host
+   * folders: the build file's parser refuses them (build-file.ts readVolumes).
    */
   volumes?: string[];
 }

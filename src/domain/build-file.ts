@@ -1,6 +1,6 @@
-import { parseMounts } from './volume.js';
 import { posix } from 'node:path';
 import { validateHealthCheck, type HealthCheck } from './health.js';
+import { parseMounts } from './volume.js';
 import { parseDuration } from './duration.js';
 import type { ActionSource, ReadyCheck } from './action.js';
 import { CellError, ErrorCodes } from './errors.js';

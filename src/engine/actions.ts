@@ -9,7 +9,6 @@ import {
   type CacheEntry,
 } from '../domain/action.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
-import { parseMounts } from '../domain/volume.js';
 import { CELLD_HOST_FS, hostPathError, type HostFs } from './host-fs.js';
 import { shortId } from '../domain/ids.js';
 import { assertCompatible, compatKeyHash, type SnapshotRecord } from '../domain/snapshot.js';
@@ -201,7 +200,7 @@ export class Actions {
         user: await resolveImageUser(image.diskPath, spec.user || image.config.User || 'root'),
         cpus,
         memoryMib,
-        ...(spec.volumes?.length ? { volumes: parseMounts(spec.volumes).hostFolders.length ? refuseHostFolders() : spec.volumes } : {}),
+        ...(spec.volumes?.length ? { volumes: spec.volumes } : {}),
         compat,
       };
     }
@@ -339,9 +338,4 @@ async function inject(agent: AgentClient, { hostPath, guestPath, isDirectory }: 
   );
   if (!exists) await agent.mkdir(guestPath, { mode: 0o755, uid: 0, gid: 0 });
   for (const name of (await host.readdir(hostPath).catch(hostPathError(hostPath))).sort()) await copyIntoGuest(agent, join(hostPath, name), posix.join(guestPath, name), {}, host);
-}
-
-/** Build steps are snapshotted, which a VM with a host folder cannot be. */
-function refuseHostFolders(): never {
-  throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'a build or action VM cannot share a host folder (it is snapshotted: docs/volumes.md); use a named volume, or copy steps');
 }

@@ -17,6 +17,7 @@ import { basename, dirname, join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { Caller } from './callers.js';
 import { hostCreds } from '../host/host-creds.js';
+import type { HostFolderMount } from '../domain/volume.js';
 
 /** A file opened through a HostFs. `path` names the open file itself (for tools celld runs). */
 export interface HostFile {
@@ -33,12 +34,8 @@ export interface HostFile {
   close(): Promise<void>;
 }
 
-/** A user's credentials on this host. */
-export interface HostIdentity {
-  uid: number;
-  gid: number;
-  groups: number[];
-}
+/** A user's credentials on this host (as a host folder records who shares it). */
+export type HostIdentity = HostFolderMount['owner'];
 
 export interface HostFs {
   /** Whose access this is, for messages: "celld" or "uid 1000". */

@@ -136,7 +136,7 @@ export class Runs {
     if (req.cpus !== undefined || req.memoryMib !== undefined || req.dataDiskMib !== undefined || req.limits !== undefined) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs have its variant's CPUs, memory and data disk: drop --cpus, --memory, --data-disk and the limits with --template");
     }
-    if (req.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs cannot mount volumes or host folders (they start from a snapshot): drop -v with --template");
+    if (req.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs mount the volumes of its build (volumes = [...] under [build]) and no others: drop -v with --template");
     if (req.ports !== undefined || req.networks !== undefined || req.egress !== undefined) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a template's VMs publish its service's ports (ports = [...] under [service]) on its networks: drop -p, --network and --egress with --template");
     }

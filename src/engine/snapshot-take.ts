@@ -179,4 +179,3 @@ async function explainNoSpace(err: unknown, dir: string, memoryFile: string): Pr
 }
 
 const mib = (bytes: number) => (bytes / (1024 * 1024)).toFixed(1);
-
