@@ -42,7 +42,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define AGENT_VERSION "0.10.0"
+#define AGENT_VERSION "0.11.0"
 
 /* Wire format (docs/protocol.md). */
 #define MAGIC0 0xCE
@@ -61,6 +61,7 @@
 #define EXEC_FLOW 2u            /* EXEC flag: the exec's output is flow-controlled by CREDIT frames */
 #define EXEC_WINDOW (256u << 10) /* the output credit a flow-controlled exec starts with */
 #define EXEC_TTY 4u             /* EXEC flag: run on a new pseudo-terminal (rows and cols follow env) */
+#define EXEC_ASIDE 8u           /* EXEC flag: outside the workload cgroup, which stays frozen (a spare warming up) */
 #define MAX_TTY_DIM 1000u       /* rows and cols of a terminal: 1..1000 */
 #define TTY_HUP_MS 200          /* a tty exec's leader is gone but something still holds the terminal: wait this long for output, then hang up */
 #define DEFAULT_TERM "TERM=xterm-256color"

@@ -316,7 +316,7 @@ static void __attribute__((noreturn)) run_child(struct exec_req *rq, int in_r, i
 	/* Everything else is O_CLOEXEC already; this also covers fds the kernel handed to PID 1. */
 	close_range(3, ~0u, CLOSE_RANGE_CLOEXEC);
 	if (g_nofile_saved) setrlimit(RLIMIT_NOFILE, &g_nofile);
-	join_workload_cgroup();
+	if (!(rq->flags & EXEC_ASIDE)) join_workload_cgroup();
 
 	sigset_t none;
 	sigemptyset(&none);
@@ -409,8 +409,10 @@ void handle_exec(uint32_t id, const uint8_t *p, size_t len)
 		goto close_pipes;
 	}
 	/* A frozen workload means a snapshot is being taken or a fork not yet reseeded; the host thaws
-	 * it first, but a new process must never start frozen if it did not. */
-	thaw_workload();
+	 * it first, but a new process must never start frozen if it did not. An aside exec (a spare
+	 * warming its code paths before any fork has its identity) leaves the workload frozen and
+	 * stays out of its cgroup. */
+	if (!(rq.flags & EXEC_ASIDE)) thaw_workload();
 	pid_t pid = fork();
 	if (pid < 0) {
 		send_error(id, E_SYSCALL, "fork: %s", strerror(errno));

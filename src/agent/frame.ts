@@ -276,6 +276,11 @@ export interface ExecRequest {
    * xterm-256color.
    */
   tty?: TtySize;
+  /**
+   * EXEC flag bit 3: run outside the workload cgroup and leave a frozen workload frozen. Only a
+   * spare warming up uses it, before any fork has given its guest an identity (engine/spare-pool.ts).
+   */
+  aside?: boolean;
 }
 
 /** A terminal's size in character cells. */
@@ -298,13 +303,14 @@ export function checkTtySize(size: TtySize): TtySize {
 }
 
 /** EXEC flag bits. */
-export const ExecFlags = { STDIN: 1, FLOW_CONTROL: 2, TTY: 4 } as const;
+export const ExecFlags = { STDIN: 1, FLOW_CONTROL: 2, TTY: 4, ASIDE: 8 } as const;
 
 /** The output credit a flow-controlled exec starts with (docs/protocol.md, "Flow control"). */
 export const EXEC_WINDOW = 256 * 1024;
 
 export function encodeExec(req: ExecRequest): Buffer {
-  const flags = (req.stdin ? ExecFlags.STDIN : 0) | (req.flowControl ? ExecFlags.FLOW_CONTROL : 0) | (req.tty ? ExecFlags.TTY : 0);
+  const flags =
+    (req.stdin ? ExecFlags.STDIN : 0) | (req.flowControl ? ExecFlags.FLOW_CONTROL : 0) | (req.tty ? ExecFlags.TTY : 0) | (req.aside ? ExecFlags.ASIDE : 0);
   const w = new PayloadWriter().u32(flags).u32(req.uid).u32(req.gid).string(req.cwd);
   w.u32(req.argv.length);
   for (const a of req.argv) w.string(a);

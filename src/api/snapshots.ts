@@ -2,6 +2,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import { created, empty, json, route } from './contract.js';
 import { RefParams, Removed, RemoveQuery } from './common.js';
 import { Vm, VmSpec } from './vms.js';
+import { MAX_POOL_SIZE } from '../domain/pool.js';
 
 /** Snapshots: take, fork, restore, export, import, prune. */
 
@@ -41,8 +42,25 @@ export const Snapshot = Type.Object({
   memoryBytes: Type.Integer(),
   diskBytes: Type.Integer(),
   createdAt: Type.String(),
+  /** Its pool, when it has one (docs/pools.md). */
+  pool: Type.Optional(
+    Type.Object({
+      size: Type.Integer(),
+      warm: Type.Boolean(),
+      ready: Type.Integer(),
+      starting: Type.Integer(),
+      memoryBytes: Type.Integer(),
+      held: Type.Optional(Type.String()),
+    }),
+  ),
 });
 export type Snapshot = Static<typeof Snapshot>;
+
+export const PoolRequest = Type.Object(
+  { size: Type.Integer({ minimum: 0, maximum: MAX_POOL_SIZE }), warm: Type.Optional(Type.Boolean()) },
+  { additionalProperties: false },
+);
+export type PoolRequest = Static<typeof PoolRequest>;
 
 export const ExportRequest = Type.Object({ file: Type.String({ minLength: 1 }) }, { additionalProperties: false });
 export type ExportRequest = Static<typeof ExportRequest>;
@@ -77,6 +95,14 @@ export const snapshots = {
     params: RefParams,
     body: ForkRequest,
     reply: created(Type.Array(Vm)),
+  }),
+  pool: route({
+    method: 'POST',
+    path: '/v1/snapshots/:ref/pool',
+    summary: 'keep N spares of the snapshot ready for its forks, exact or warm (size 0: none)',
+    params: RefParams,
+    body: PoolRequest,
+    reply: json(Snapshot),
   }),
   restore: route({ method: 'POST', path: '/v1/vms/:ref/restore', summary: 'roll a VM back to a snapshot', params: RefParams, body: RestoreRequest, reply: json(Vm) }),
   export: route({

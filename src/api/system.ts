@@ -15,6 +15,8 @@ export const Info = Type.Object({
   vms: Type.Record(Type.String(), Type.Integer()),
   images: Type.Integer(),
   spares: Type.Integer(),
+  /** Snapshots' pools together (docs/pools.md). */
+  pools: Type.Object({ pools: Type.Integer(), ready: Type.Integer(), memoryBytes: Type.Integer(), memoryMaxBytes: Type.Integer() }),
   imageCacheMaxBytes: Type.Union([Type.Integer(), Type.Null()]),
   /** Whether new VMs get a network here, and how (or why not). */
   network: Type.Object({ available: Type.Boolean(), reason: Type.String() }),

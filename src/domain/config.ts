@@ -5,7 +5,7 @@ import { CellError, ErrorCodes } from './errors.js';
  * environment variable of celld's. Everything is optional.
  *
  *   { "imageCacheMaxBytes": 20000000000, "insecureRegistries": ["registry.lan:5000"], "logMaxBytes": 16777216,
- *     "importMaxBytes": 50000000000 }
+ *     "importMaxBytes": 50000000000, "poolMemoryMaxBytes": 4294967296 }
  */
 export interface CellConfig {
   /** Least recently used images beyond this many bytes of base disks are evicted after each pull
@@ -17,9 +17,12 @@ export interface CellConfig {
   logMaxBytes?: number;
   /** Image and snapshot archives whose members add up to more are refused before unpacking (free space is always checked). Env: CELL_IMPORT_MAX_BYTES. */
   importMaxBytes?: number;
+  /** Spares of every pool together stop being made past this many bytes of their processes' PSS
+   * (default: a quarter of the host's memory). Env: CELL_POOL_MEMORY_MAX_BYTES. */
+  poolMemoryMaxBytes?: number;
 }
 
-const KEYS = ['imageCacheMaxBytes', 'insecureRegistries', 'logMaxBytes', 'importMaxBytes'] as const;
+const KEYS = ['imageCacheMaxBytes', 'insecureRegistries', 'logMaxBytes', 'importMaxBytes', 'poolMemoryMaxBytes'] as const;
 
 /** Checks a parsed config.json; `where` names the file in errors. */
 export function parseConfig(raw: unknown, where: string): CellConfig {
@@ -33,7 +36,7 @@ export function parseConfig(raw: unknown, where: string): CellConfig {
     }
   }
   const config: CellConfig = {};
-  for (const key of ['imageCacheMaxBytes', 'importMaxBytes'] as const) {
+  for (const key of ['imageCacheMaxBytes', 'importMaxBytes', 'poolMemoryMaxBytes'] as const) {
     if (obj[key] === undefined) continue;
     const n = obj[key];
     if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) {
@@ -55,7 +58,11 @@ export function parseConfig(raw: unknown, where: string): CellConfig {
 /** The environment's overrides on top of the file's settings. */
 export function withEnvironment(config: CellConfig, env: NodeJS.ProcessEnv): CellConfig {
   const out = { ...config };
-  for (const [name, key] of [['CELL_IMAGE_CACHE_MAX_BYTES', 'imageCacheMaxBytes'], ['CELL_IMPORT_MAX_BYTES', 'importMaxBytes']] as const) {
+  for (const [name, key] of [
+    ['CELL_IMAGE_CACHE_MAX_BYTES', 'imageCacheMaxBytes'],
+    ['CELL_IMPORT_MAX_BYTES', 'importMaxBytes'],
+    ['CELL_POOL_MEMORY_MAX_BYTES', 'poolMemoryMaxBytes'],
+  ] as const) {
     const value = env[name];
     if (value === undefined || value === '') continue;
     const n = Number(value);

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { ReadyCheck } from './action.js';
 import { Fields, readBuild, readGuestPorts, type BuildPlan } from './build-file.js';
 import { validateName } from './ids.js';
+import { checkPoolSetting, type PoolSetting } from './pool.js';
 import { TomlSource } from './toml-source.js';
 import type { PortSpec } from './network.js';
 
@@ -37,6 +38,11 @@ export interface TemplateVariant {
   memMib: number;
   /** An empty ext4 disk mounted at /data; 0 = none. */
   dataDiskMib: number;
+  /**
+   * Spares of the variant's warm snapshot kept ready (docs/pools.md): `pool = 4` (exact spares) or
+   * `pool = { size = 4, warm = true }`. Not part of the revision: changing it rebuilds nothing.
+   */
+  pool?: PoolSetting;
 }
 
 export const TEMPLATE_SCHEMA_VERSION = 1;
@@ -44,7 +50,7 @@ export const DEFAULT_PROFILE = 'minimal';
 
 const TOP_KEYS = ['template_id', 'profile', 'build', 'service', 'variants'] as const;
 const SERVICE_KEYS = ['start', 'ready', 'ready_timeout', 'ports'] as const;
-const VARIANT_KEYS = ['name', 'role', 'profile', 'vcpus', 'mem_mib', 'data_disk_mib'] as const;
+const VARIANT_KEYS = ['name', 'role', 'profile', 'vcpus', 'mem_mib', 'data_disk_mib', 'pool'] as const;
 
 export function parseTemplateFile(fileName: string, text: string, dir: string): TemplateFile {
   const source = new TomlSource(fileName, text);
@@ -87,13 +93,27 @@ export function parseTemplateFile(fileName: string, text: string, dir: string): 
     const vcpus = fields.integer('vcpus', 1);
     const memMib = fields.integer('mem_mib', 64);
     if (vcpus === undefined || memMib === undefined) throw source.error(path, 'a variant needs vcpus and mem_mib');
-    return { name, role, profile: fields.string('profile') ?? profile, vcpus, memMib, dataDiskMib: fields.integer('data_disk_mib', 0) ?? 0 };
+    const pool = readPool(source, (raw as Record<string, unknown>).pool, `${path}.pool`);
+    return { name, role, profile: fields.string('profile') ?? profile, vcpus, memMib, dataDiskMib: fields.integer('data_disk_mib', 0) ?? 0, ...(pool ? { pool } : {}) };
   });
   for (const [i, v] of variants.entries()) {
     const clash = variants.findIndex((o) => o.name === v.name || o.role === v.role);
     if (clash !== i) throw source.error(`variants[${i}]`, `two variants share the ${variants[clash]!.name === v.name ? `name "${v.name}"` : `role "${v.role}"`}`);
   }
   return { templateId, profile, build, service, variants };
+}
+
+/** `pool = N` or `pool = { size = N, warm = true }`. */
+function readPool(source: TomlSource, raw: unknown, path: string): PoolSetting | undefined {
+  if (raw === undefined) return undefined;
+  const table = typeof raw === 'object' && raw !== null && !Array.isArray(raw) ? (raw as Record<string, unknown>) : { size: raw };
+  const fields = new Fields(source, table, path);
+  fields.onlyKeys(['size', 'warm'], 'a pool');
+  try {
+    return checkPoolSetting(fields.integer('size', 0) ?? 0, fields.boolean('warm'));
+  } catch (err) {
+    throw source.error(path, (err as Error).message);
+  }
 }
 
 function checkName(source: TomlSource, path: string, value: string): void {

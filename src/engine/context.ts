@@ -1,4 +1,5 @@
 import type { NetworkStore } from '../store/lease-store.js';
+import type { PoolStore } from '../store/pool-store.js';
 import type { VolumeStore } from '../store/volume-store.js';
 import type { Networking } from './networking.js';
 import type { CellConfig } from '../domain/config.js';
@@ -26,6 +27,7 @@ export interface EngineStores {
   templates: TemplateStore;
   networks: NetworkStore;
   volumes: VolumeStore;
+  pools: PoolStore;
 }
 
 /** Host set-up (packages, kernel, initramfs, agent, built-in images, accelerator), once per daemon. */

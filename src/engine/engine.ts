@@ -7,6 +7,7 @@ import { ImageStore } from '../store/image-store.js';
 import { SnapshotStore } from '../store/snapshot-store.js';
 import { TemplateStore } from '../store/template-store.js';
 import { VmStore } from '../store/vm-store.js';
+import { PoolStore } from '../store/pool-store.js';
 import { VolumeStore } from '../store/volume-store.js';
 import { EventStore } from '../store/event-store.js';
 import { EventFeed } from './event-feed.js';
@@ -36,7 +37,7 @@ import { Runs } from './runs.js';
 import { finishRestores } from './restore-intent.js';
 import { recoverSnapshots } from './snapshot-recovery.js';
 import { Snapshots } from './snapshots.js';
-import { SparePool, type SparePoolOptions } from './spare-pool.js';
+import { SparePool, type PoolsSummary, type SparePoolOptions } from './spare-pool.js';
 import { Templates } from './templates.js';
 import { DEFAULT_LOG_MAX_BYTES } from './vm-logs.js';
 import { Vms } from './vms.js';
@@ -53,6 +54,8 @@ export interface EngineInfo {
   images: number;
   /** Restored, paused QEMUs waiting to become forks (see spare-pool.ts). */
   spares: number;
+  /** Snapshots' pools together: spares ready, their memory and its cap (docs/pools.md). */
+  pools: PoolsSummary;
   /** config.json / CELL_IMAGE_CACHE_MAX_BYTES; null = no cap. */
   imageCacheMaxBytes: number | null;
   network: { available: boolean; reason: string };
@@ -159,6 +162,7 @@ export class Engine {
       templates: new TemplateStore(db),
       networks: new NetworkStore(db),
       volumes: new VolumeStore(db),
+      pools: new PoolStore(db),
     };
     const backend = deps.backend ?? new QemuBackend({ saveDirPrefix: homeTmpPrefix(paths.home, 'mig') });
     // The machines' end is reported to the VMs service, made below: a late-bound callback.
@@ -218,6 +222,8 @@ export class Engine {
     health.start();
     // Limits that ran out while no celld watched are enforced now.
     timeouts.start();
+    // Pools are settings: their spares died with the last celld and are made again, in the background.
+    spares.resumePools();
     return engine;
   }
 
@@ -237,6 +243,7 @@ export class Engine {
       vms: this.ctx.stores.vms.countByState(),
       images: this.ctx.stores.images.list().length,
       spares: this.spares.count(),
+      pools: await this.spares.summary(),
       imageCacheMaxBytes: this.ctx.config.imageCacheMaxBytes ?? null,
       network: { ...this.ctx.network.status },
     };

@@ -75,18 +75,23 @@ export class LiveMachines {
         }
         await started.control.resume();
       }
-      const socket = await connectWithRetry(started.files.agentSocket, Math.max(0, deadline - Date.now()));
-      const agent = new AgentClient(socket);
-      const qemuExit = started.exited.then(() => {
-        throw this.backend.bootFailure(spec, started.files, 'QEMU exited before the guest agent answered');
-      });
-      await Promise.race([agent.waitReady(deadline), qemuExit]);
-      trace('agent ready');
+      // A warm spare's agent answered before it was paused again: its connection carries on.
+      let agent = restore?.prepared?.agent;
+      if (!agent) {
+        const socket = await connectWithRetry(started.files.agentSocket, Math.max(0, deadline - Date.now()));
+        agent = new AgentClient(socket);
+        const qemuExit = started.exited.then(() => {
+          throw this.backend.bootFailure(spec, started.files, 'QEMU exited before the guest agent answered');
+        });
+        await Promise.race([agent.waitReady(deadline), qemuExit]);
+        trace('agent ready');
+      }
       // Volumes were unmounted for the snapshot (docs/volumes.md): mounted again as they are now.
       await initialiseGuest(agent, restore?.identity, Boolean(restore && spec.volumes?.length));
       trace('guest initialised');
       return this.track(spec.id, started.pid, spec.dir, started.control, agent, spec.memory.shared);
     } catch (err) {
+      restore?.prepared?.agent?.close();
       started.control.close();
       await this.backend.kill(started.pid, spec.id);
       if (err instanceof CellError && (err.code === ErrorCodes.BOOT_FAILED || err.code === ErrorCodes.SNAPSHOT_FAILED)) throw err;
@@ -111,6 +116,33 @@ export class LiveMachines {
     } catch (err) {
       started.control.close();
       await this.backend.kill(started.pid, spec.id);
+      throw err;
+    }
+  }
+
+  /**
+   * Makes a prepared restore warm (a pool's warm spare, docs/pools.md): the guest runs, gets the
+   * host's clock, fresh entropy and a throw-away identity, runs one command aside (outside the
+   * workload, which stays frozen), and is paused again. Under TCG that translates the code a fork
+   * runs first (the identity calls, the exec path), so a fork from it answers as fast as a VM that
+   * has run for a while. Its agent connection is kept for the fork.
+   */
+  async warmUp(spec: MachineSpec, prepared: PreparedRestore, timeoutMs = bootTimeoutMs()): Promise<void> {
+    const { started } = prepared;
+    const deadline = Date.now() + timeoutMs;
+    await started.control.resume();
+    const agent = new AgentClient(await connectWithRetry(started.files.agentSocket, Math.max(0, deadline - Date.now())));
+    try {
+      const qemuExit = started.exited.then(() => {
+        throw this.backend.bootFailure(spec, started.files, 'QEMU exited while the spare warmed up');
+      });
+      await Promise.race([agent.waitReady(deadline), qemuExit]);
+      await Promise.all([agent.setTime(), agent.addEntropy(randomBytes(256)), agent.setIdentity({ hostname: 'cell-spare' })]);
+      await Promise.race([runAside(agent, ['true'], deadline), qemuExit]);
+      await started.control.pause();
+      prepared.agent = agent;
+    } catch (err) {
+      agent.close();
       throw err;
     }
   }
@@ -245,6 +277,8 @@ export interface GuestIdentity {
 
 export interface PreparedRestore {
   started: StartedMachine;
+  /** A warm spare's agent connection: its guest answered once and is paused again (warmUp). */
+  agent?: AgentClient;
 }
 
 export interface RestoreOptions {
@@ -268,6 +302,23 @@ async function initialiseGuest(agent: AgentClient, identity: GuestIdentity | und
   ]);
   // Processes a snapshot froze run again only now, with the right time, a reseeded CRNG and the new name.
   await agent.thaw();
+}
+
+/**
+ * Runs a command aside (EXEC flag bit 3, docs/protocol.md) and waits for it to end. Whether it
+ * succeeds does not matter (an image without `true` still ran the agent's exec path).
+ */
+async function runAside(agent: AgentClient, argv: string[], deadline: number): Promise<void> {
+  const session = await agent.exec({ argv, env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], cwd: '/', uid: 0, gid: 0, stdin: false, aside: true });
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new CellError(ErrorCodes.BOOT_TIMEOUT, "the spare's first command did not end in time")), Math.max(0, deadline - Date.now()));
+  });
+  try {
+    await Promise.race([session.exit, late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** CELL_TRACE=1 logs boot phases with their times to celld's log (for finding where time goes). */

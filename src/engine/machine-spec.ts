@@ -43,8 +43,17 @@ export async function machineSpecFor(paths: CellPaths, vm: VmRecord, ready: Host
   };
 }
 
-/** A spare for the pool: a fork of `snapshot` restored up to its first instruction, as VM `id` will be. */
-export async function prepareSpare(ctx: Pick<EngineContext, 'paths' | 'host' | 'backend' | 'live' | 'network'>, id: string, snapshot: SnapshotRecord): Promise<PreparedRestore> {
+/**
+ * A spare for the pool: a fork of `snapshot` restored up to its first instruction, as VM `id` will
+ * be, made at a background CPU share; `warm` runs it through a fork's first steps and pauses it
+ * again (LiveMachines.warmUp).
+ */
+export async function prepareSpare(
+  ctx: Pick<EngineContext, 'paths' | 'host' | 'backend' | 'live' | 'network'>,
+  id: string,
+  snapshot: SnapshotRecord,
+  opts: { warm?: boolean } = {},
+): Promise<PreparedRestore> {
   const ready = await ctx.host.ensure();
   assertCompatible(snapshot.compat, compatKey(ctx, ready), snapshot.name);
   // Its ports as its fork's will be (engine/snapshots.ts): a user-mode NIC takes them when its QEMU starts.
@@ -55,8 +64,18 @@ export async function prepareSpare(ctx: Pick<EngineContext, 'paths' | 'host' | '
   await mkdir(dir, { recursive: true, mode: 0o700 });
   try {
     const network = snapshot.spec.networks?.length ? await ctx.network.prepare(placeholder, { ahead: true }) : undefined;
-    const spec = { ...(await machineSpecFor(ctx.paths, placeholder, ready, undefined, { snapshot })), dir, ...(network ? { network } : {}) };
-    return await ctx.live.prepareRestore(spec, join(ctx.paths.snapshotDir(snapshot.id), 'state'));
+    const spec = { ...(await machineSpecFor(ctx.paths, placeholder, ready, undefined, { snapshot })), dir, background: true, ...(network ? { network } : {}) };
+    const prepared = await ctx.live.prepareRestore(spec, join(ctx.paths.snapshotDir(snapshot.id), 'state'));
+    if (opts.warm) {
+      try {
+        await ctx.live.warmUp(spec, prepared);
+      } catch (err) {
+        prepared.started.control.close();
+        await ctx.backend.kill(prepared.started.pid, id);
+        throw err;
+      }
+    }
+    return prepared;
   } catch (err) {
     await rm(dir, { recursive: true, force: true });
     await ctx.network.detach(id).catch(() => {});

@@ -14,6 +14,7 @@ import { compatKey, type EngineContext } from './context.js';
 import type { Images } from './images.js';
 import { guestHostname } from './vm-records.js';
 import type { Spare, SparePool } from './spare-pool.js';
+import { checkPoolSetting, type PoolSetting, type PoolStatus } from '../domain/pool.js';
 import { collectRetiredSnapshots } from './retired-snapshots.js';
 import { clearRestoring, markRestoring } from './restore-intent.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
@@ -80,6 +81,38 @@ export class Snapshots {
 
   resolve(ref: string): SnapshotRecord {
     return resolveRef('snapshot', ref, this.ctx.stores.snapshots.list());
+  }
+
+  /** A snapshot with its pool, if it has one (as `snapshot inspect` shows it). */
+  async inspect(ref: string): Promise<SnapshotRecord & { pool?: PoolStatus }> {
+    const snapshot = this.resolve(ref);
+    const pool = await this.spares.status(snapshot.id);
+    return { ...snapshot, ...(pool ? { pool } : {}) };
+  }
+
+  /** Every snapshot, those with a pool with its status. */
+  async listWithPools(): Promise<(SnapshotRecord & { pool?: PoolStatus })[]> {
+    return Promise.all(
+      this.list().map(async (snapshot) => {
+        const pool = await this.spares.status(snapshot.id);
+        return { ...snapshot, ...(pool ? { pool } : {}) };
+      }),
+    );
+  }
+
+  /**
+   * Keeps `size` spares of the snapshot ready for its forks (0: none), exact or warm
+   * (docs/pools.md); they are made in the background, so this returns at once.
+   */
+  async setPool(ref: string, setting: PoolSetting): Promise<SnapshotRecord & { pool?: PoolStatus }> {
+    const snapshot = this.resolve(ref);
+    checkPoolSetting(setting.size, setting.warm);
+    if (setting.size > 0) {
+      if (!this.ctx.backend.capabilities.snapshots) throw new CellError(ErrorCodes.INVALID_STATE, 'this backend cannot restore snapshots, so it keeps no spares');
+      assertCompatible(snapshot.compat, compatKey(this.ctx, await this.ctx.host.ensure()), snapshot.name);
+    }
+    await this.ctx.locks.run(snapshot.id, () => this.spares.setPool(snapshot, setting));
+    return this.inspect(snapshot.id);
   }
 
   /**

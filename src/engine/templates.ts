@@ -84,6 +84,7 @@ export class Templates {
       const record = { name: variant.name, templateId: tf.templateId, role: variant.role };
       if (existing) {
         this.ctx.stores.templates.setCurrent(record, existing.id, new Date().toISOString());
+        await this.applyPool(variant, existing.warmSnapshot);
         emit({ type: 'variant', name: variant.name, role: variant.role, status: 'unchanged', revision: existing.id, warm: existing.warmSnapshot !== null });
         variants.push({ name: variant.name, role: variant.role, revision: existing.id, unchanged: true, warm: existing.warmSnapshot !== null });
         continue;
@@ -109,10 +110,29 @@ export class Templates {
         this.ctx.stores.templates.setCurrent(record, revision.id, revision.builtAt);
       })();
       await this.pruneRevisions(variant.name);
+      await this.applyPool(variant, revision.warmSnapshot);
       emit({ type: 'variant', name: variant.name, role: variant.role, status: 'built', revision: revision.id, warm: warm !== null });
       variants.push({ name: variant.name, role: variant.role, revision: revision.id, unchanged: false, warm: warm !== null });
     }
     return { exitCode: 0, variants };
+  }
+
+  /**
+   * The variant's `pool` goes to its current warm snapshot; older revisions' snapshots keep none
+   * (run --template forks only the current one).
+   */
+  private async applyPool(variant: TemplateVariant, current: string | null): Promise<void> {
+    for (const r of this.ctx.stores.templates.revisions(variant.name)) {
+      if (r.warmSnapshot && r.warmSnapshot !== current && this.ctx.stores.pools.get(r.warmSnapshot)) {
+        await this.snapshots.setPool(r.warmSnapshot, { size: 0, warm: false });
+      }
+    }
+    if (!current || !this.snapshots.get(current)) return;
+    const setting = variant.pool ?? { size: 0, warm: false };
+    const now = this.ctx.stores.pools.get(current);
+    if (setting.size === 0 && !now) return;
+    if (now && now.size === setting.size && now.warm === setting.warm) return;
+    await this.snapshots.setPool(current, setting);
   }
 
   /** A variant's revisions, newest first. */

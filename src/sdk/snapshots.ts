@@ -30,6 +30,12 @@ export interface SnapshotForkOptions extends RequestOptions {
 export interface SnapshotImportOptions extends RequestOptions {
   name?: string;
 }
+export interface SnapshotPoolOptions extends RequestOptions {
+  /** Spares that have run a fork's first steps (an identity refresh, a command) and wait paused:
+   * forks from them answer sooner, but their guest ran for some milliseconds after the snapshot
+   * point (docs/pools.md). Default: exact spares, paused at the snapshot point. */
+  warm?: boolean;
+}
 export interface SnapshotPruneOptions extends RequestOptions {
   maxCount?: number;
   maxBytes?: number;
@@ -56,6 +62,14 @@ export class SnapshotsClient {
   /** Starts running forks of a snapshot, each with its own identity. */
   fork(ref: string, opts: SnapshotForkOptions = {}): Promise<Vm[]> {
     return this.transport.call(snapshots.fork, { params: { ref }, body: { count: opts.count, name: opts.name, ...(opts.labels ? { labels: opts.labels } : {}) } }, opts);
+  }
+
+  /**
+   * Keeps `size` spares of the snapshot ready, so forks only resume one (0 removes the pool). They
+   * are made in the background: the reply's `pool.ready` counts those ready now.
+   */
+  setPool(ref: string, size: number, opts: SnapshotPoolOptions = {}): Promise<Snapshot> {
+    return this.transport.call(snapshots.pool, { params: { ref }, body: { size, ...(opts.warm !== undefined ? { warm: opts.warm } : {}) } }, opts);
   }
 
   /** Rolls a VM back to a snapshot. */

@@ -152,6 +152,13 @@ const MIGRATIONS: string[] = [
      created_at TEXT NOT NULL,
      labels TEXT
    );`,
+  // Warm pools (engine/spare-pool.ts): how many spares a snapshot keeps ready, and whether warm.
+  `CREATE TABLE snapshot_pools (
+     snapshot_id TEXT PRIMARY KEY REFERENCES snapshots (id) ON DELETE CASCADE,
+     size INTEGER NOT NULL,
+     warm INTEGER NOT NULL,
+     updated_at TEXT NOT NULL
+   );`,
 ];
 
 export type Db = Database.Database;

@@ -88,6 +88,8 @@ export class SnapshotStore {
     this.db.transaction(() => {
       const s = this.get(id);
       this.db.prepare("UPDATE snapshots SET retired_at = ?, name = '.retired-' || id WHERE id = ?").run(at, id);
+      // Its pool goes with its name: nothing forks a retired snapshot.
+      this.db.prepare('DELETE FROM snapshot_pools WHERE snapshot_id = ?').run(id);
       if (s) this.recordEvent(s, 'delete', {});
     })();
   }

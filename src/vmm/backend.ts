@@ -49,6 +49,8 @@ export interface MachineSpec {
   hostFolders?: readonly HostFolderMount[];
   /** Start paused, waiting for `migrate-incoming` (restore from a snapshot). */
   incoming?: boolean;
+  /** Start with a small share of the CPU (a pool's spare being made): `foreground` gives it the usual one. */
+  background?: boolean;
   /** Disk and entropy rates QEMU holds the guest to. */
   limits?: IoLimits;
   /**
@@ -147,6 +149,8 @@ export interface Backend {
   isRunning(pid: number, id: string): boolean;
   /** Ends the machine's process: SIGTERM, then SIGKILL. A pid that is not machine `id` is left alone. */
   kill(pid: number, id: string): Promise<void>;
+  /** Gives a machine started with `background` the CPU share every machine has (a spare became a VM). */
+  foreground(pid: number): void;
   /** A boot failure with what the machine's logs say. */
   bootFailure(spec: Pick<MachineSpec, 'dir'>, files: MachineFiles, why: string): CellError;
   serialTail(dir: string, lines?: number): string;

@@ -76,6 +76,7 @@ test('cell info lines', () => {
     vms: { stopped: 2 },
     images: 1,
     spares: 0,
+    pools: { pools: 1, ready: 3, memoryBytes: 3 * 42 * 2 ** 20, memoryMaxBytes: 6 * 2 ** 30 },
     imageCacheMaxBytes: null,
     network: { available: false, reason: 'celld is not root' },
     daemonPid: 42,
@@ -84,5 +85,6 @@ test('cell info lines', () => {
   assert.match(text, /^Accelerator: +tcg \(no \/dev\/kvm\)$/m);
   assert.match(text, /^VMs: +0 running, 2 stopped$/m);
   assert.match(text, /^Daemon pid: +42$/m);
+  assert.match(text, /^Pools: +1 snapshot, 3 spares ready; spares hold 126 MiB of 6\.0 GiB/m);
   assert.match(text, /^Network: +none: celld is not root$/m);
 });

@@ -220,6 +220,11 @@ export class FakeBackend implements Backend {
     return { files: this.files(dir), control: new FakeControl(machine), memoryShared: machine.spec.memory.shared };
   }
 
+  readonly foregrounded: number[] = [];
+  foreground(pid: number): void {
+    this.foregrounded.push(pid);
+  }
+
   isRunning(pid: number, id: string): boolean {
     const machine = this.machines.get(pid);
     return machine?.alive === true && machine.spec.id === id;

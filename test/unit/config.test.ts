@@ -8,5 +8,11 @@ test('importMaxBytes comes from config.json, CELL_IMPORT_MAX_BYTES overrides it,
   assert.deepEqual(withEnvironment({ importMaxBytes: 5 }, { CELL_IMPORT_MAX_BYTES: '' }), { importMaxBytes: 5 });
   assert.throws(() => parseConfig({ importMaxBytes: 1.5 }, 'config.json'), /config\.json: importMaxBytes must be a whole number of bytes/);
   assert.throws(() => withEnvironment({}, { CELL_IMPORT_MAX_BYTES: 'lots' }), /CELL_IMPORT_MAX_BYTES must be a whole number of bytes, not "lots"/);
-  assert.throws(() => parseConfig({ importMaxByte: 1 }, 'config.json'), /unknown setting "importMaxByte" \(known: .*importMaxBytes\)/);
+  assert.throws(() => parseConfig({ importMaxByte: 1 }, 'config.json'), /unknown setting "importMaxByte" \(known: .*importMaxBytes\b/);
+});
+
+test('poolMemoryMaxBytes comes from config.json and CELL_POOL_MEMORY_MAX_BYTES overrides it', () => {
+  assert.deepEqual(parseConfig({ poolMemoryMaxBytes: 2 ** 30 }, 'config.json'), { poolMemoryMaxBytes: 2 ** 30 });
+  assert.deepEqual(withEnvironment({ poolMemoryMaxBytes: 5 }, { CELL_POOL_MEMORY_MAX_BYTES: '0' }), { poolMemoryMaxBytes: 0 });
+  assert.throws(() => parseConfig({ poolMemoryMaxBytes: '1G' }, 'config.json'), /poolMemoryMaxBytes must be a whole number of bytes/);
 });

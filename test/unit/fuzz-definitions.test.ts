@@ -17,7 +17,7 @@ import { fuzzParams } from '../agent/fuzz-runs.js';
 const tomlText = fc
   .array(
     fc.oneof(
-      fc.constantFrom('base = "busybox"', 'from = "warm"', '[[step]]', 'run = "true"', 'run = ["a", "b"]', 'copy = "site"', 'copy = "../x"', 'copy = "/etc"', 'to = "/www"', 'env = { A = "1" }', 'workdir = "/w"', 'name = "s1"', 'from = "s1"', 'detach = true', 'ready = "true"', 'timeout = 5', 'cpus = 2', 'memory_mib = 128', 'target = "s1"', '[build]', '[service]', 'cmd = "httpd"', '[[variant]]', 'name = "web"', 'role = "server"', 'vcpus = 1', 'data_disk_mib = 10', 'schema = 1', 'template = "t"'),
+      fc.constantFrom('base = "busybox"', 'from = "warm"', '[[step]]', 'run = "true"', 'run = ["a", "b"]', 'copy = "site"', 'copy = "../x"', 'copy = "/etc"', 'to = "/www"', 'env = { A = "1" }', 'workdir = "/w"', 'name = "s1"', 'from = "s1"', 'detach = true', 'ready = "true"', 'timeout = 5', 'cpus = 2', 'memory_mib = 128', 'target = "s1"', '[build]', '[service]', 'cmd = "httpd"', '[[variant]]', 'name = "web"', 'role = "server"', 'vcpus = 1', 'data_disk_mib = 10', 'pool = 3', 'pool = { size = 2, warm = true }', 'pool = 99', 'schema = 1', 'template = "t"'),
       fc.string({ maxLength: 40 }),
     ),
     { maxLength: 25 },

@@ -4,13 +4,15 @@ import type { Snapshot } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
 import { collect, labelFilters, oneOf, wholeNumber } from '../errors.js';
 import { examples } from '../help.js';
+import { CellError, ErrorCodes } from '../../domain/errors.js';
+import { MAX_POOL_SIZE } from '../../domain/pool.js';
 import { ago, bytes, short, table } from '../format.js';
 
 export function register(program: Command): void {
   const snapshot = program
     .command('snapshot')
-    .description('capture a running VM (memory, devices, disk); it keeps running. Also: snapshot inspect|rm|export|import|prune')
-    .summary('capture a running VM; snapshot inspect|rm|export|import|prune')
+    .description('capture a running VM (memory, devices, disk); it keeps running. Also: snapshot inspect|pool|rm|export|import|prune')
+    .summary('capture a running VM; snapshot inspect|pool|rm|export|import|prune')
     .argument('[vm]', 'VM name, id, or id prefix')
     .option('--name <name>', 'name the snapshot (default: <vm>-snap-XXXX)')
     .option('--stop', 'leave the VM stopped afterwards')
@@ -45,6 +47,39 @@ Examples:
         const found: Snapshot[] = [];
         await forEachRef(refs, async (ref) => void found.push(await client.snapshots.get(ref)));
         process.stdout.write(JSON.stringify(found, null, 2) + '\n');
+      }),
+    );
+
+  snapshot
+    .command('pool')
+    .description("keep spares of a snapshot ready, so its forks only resume one (size 0 removes the pool)")
+    .argument('<snapshot>', 'snapshot name, id, or id prefix')
+    .requiredOption('--size <n>', `spares to keep ready (0 to ${MAX_POOL_SIZE})`, wholeNumber('--size'))
+    .option('--warm', "spares that have already run a fork's first steps: forks answer sooner, but each guest ran a few ms past the snapshot point")
+    .option('--wait', 'return once the pool is full (prints progress)')
+    .addHelpText(
+      'after',
+      `
+Spares are made in the background, one at a time at a low CPU share; a fork takes a ready one (warm
+first) and the pool refills. They hold memory (PSS, shown by 'cell snapshot inspect' and 'cell info'),
+capped for all pools by poolMemoryMaxBytes in config.json (default: a quarter of the host's memory).
+The setting outlives celld. Exact spares start at the snapshot point, as any fork; warm ones have run
+an identity refresh and a first command with the snapshot's processes still frozen (docs/pools.md).
+${examples('cell snapshot pool --size 10 warm', 'cell snapshot pool --size 10 --warm --wait warm', 'cell fork --count 10 warm', 'cell snapshot pool --size 0 warm')}`,
+    )
+    .action(
+      withClient(async (client, ref: string, flags: { size: number; warm?: boolean; wait?: boolean }) => {
+        let s = await client.snapshots.setPool(ref, flags.size, { warm: flags.warm ?? false });
+        let shown = -1;
+        while (flags.wait && s.pool && s.pool.ready < s.pool.size) {
+          if (s.pool.held) throw new CellError(ErrorCodes.RESOURCES_EXHAUSTED, `pool of ${s.name} stopped at ${s.pool.ready}/${s.pool.size}: ${s.pool.held}`);
+          if (s.pool.ready !== shown && process.stderr.isTTY) process.stderr.write(`\r${s.pool.ready}/${s.pool.size} spares ready`);
+          shown = s.pool.ready;
+          await new Promise((r) => setTimeout(r, 200));
+          s = await client.snapshots.get(s.id);
+        }
+        if (shown >= 0 && process.stderr.isTTY) process.stderr.write('\n');
+        process.stdout.write(`${s.name}: ${poolText(s.pool)}\n`);
       }),
     );
 
@@ -151,12 +186,28 @@ Examples:
         else
           process.stdout.write(
             table(
-              ['SNAPSHOT ID', 'NAME', 'FROM VM', 'IMAGE', 'MEMORY', 'DISK', 'CREATED'],
-              list.map((s) => [short(s.id), s.name, s.parentVmName ?? '-', s.spec.image, bytes(s.memoryBytes), bytes(s.diskBytes), ago(s.createdAt)]),
+              ['SNAPSHOT ID', 'NAME', 'FROM VM', 'IMAGE', 'MEMORY', 'DISK', 'POOL', 'CREATED'],
+              list.map((s) => [
+                short(s.id),
+                s.name,
+                s.parentVmName ?? '-',
+                s.spec.image,
+                bytes(s.memoryBytes),
+                bytes(s.diskBytes),
+                s.pool ? `${s.pool.ready}/${s.pool.size}${s.pool.warm ? ' warm' : ''}` : '-',
+                ago(s.createdAt),
+              ]),
             ),
           );
       }),
     );
+}
+
+/** `no pool`, or `4 warm spares (3 ready, 120 MiB)`. */
+export function poolText(pool: Snapshot['pool']): string {
+  if (!pool) return 'no pool';
+  const kind = `${pool.size} ${pool.warm ? 'warm' : 'exact'} spare${pool.size === 1 ? '' : 's'}`;
+  return `${kind} (${pool.ready} ready${pool.starting ? `, ${pool.starting} on its way` : ''}, ${bytes(pool.memoryBytes)})${pool.held ? `: ${pool.held}` : ''}`;
 }
 
 /** image -> snapshot -> child snapshots, as an indented tree. */

@@ -65,7 +65,11 @@ export function infoText(info: Info): string {
     ['VMs', vms],
     ['Network', info.network.available ? `VMs online by default (${info.network.reason})` : `none: ${info.network.reason}`],
     ['Images', `${info.images}${info.imageCacheMaxBytes !== null ? ` (least recently used ones evicted past ${bytes(info.imageCacheMaxBytes)})` : ''}`],
-    ['Spare forks', `${info.spares} (restored, paused: the next fork of their snapshot resumes one; CELL_SPARES=0 turns them off)`],
+    ['Spare forks', `${info.spares} (restored, paused: the next fork of their snapshot resumes one; CELL_SPARES=0 turns the automatic ones off)`],
+    [
+      'Pools',
+      `${info.pools.pools} snapshot${info.pools.pools === 1 ? '' : 's'}, ${info.pools.ready} spare${info.pools.ready === 1 ? '' : 's'} ready; spares hold ${bytes(info.pools.memoryBytes)} of ${bytes(info.pools.memoryMaxBytes)} (cell snapshot pool)`,
+    ],
     ['Daemon pid', info.daemonPid],
   ];
   return rows.map(([k, v]) => `${`${k}:`.padEnd(14)}${v}\n`).join('');

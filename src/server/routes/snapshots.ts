@@ -8,9 +8,11 @@ import { serve } from '../serve-route.js';
 const { snapshots } = Api;
 
 export function snapshotRoutes(app: FastifyInstance, engine: Engine): void {
-  serve(app, snapshots.list, async () => engine.snapshots.list());
+  serve(app, snapshots.list, async () => engine.snapshots.listWithPools());
 
-  serve(app, snapshots.get, async (req) => engine.snapshots.resolve(req.params.ref));
+  serve(app, snapshots.get, async (req) => engine.snapshots.inspect(req.params.ref));
+
+  serve(app, snapshots.pool, async (req) => engine.snapshots.setPool(req.params.ref, { size: req.body.size, warm: req.body.warm ?? false }));
 
   serve(app, snapshots.take, async (req) => engine.snapshots.take(req.params.ref, { name: req.body.name, stop: req.body.stop, labels: parseLabels(req.body.labels) }));
 

@@ -73,7 +73,7 @@ export class QemuBackend implements Backend {
     closeSync(openSync(files.serialLog, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600));
     const sandbox = confinementEnabled();
     const runAs = pickRunAs();
-    const cgroup = this.cgroups.create(spec.id, { cpus: spec.cpus, memoryMib: spec.memoryMib, accelerator: spec.accelerator });
+    const cgroup = this.cgroups.create(spec.id, { cpus: spec.cpus, memoryMib: spec.memoryMib, accelerator: spec.accelerator }, spec.background ? 'background' : 'normal');
     // As its own user, QEMU gets its disks as descriptors (see QemuConfinement.diskFds).
     const diskFds: number[] = [];
     let spawned;
@@ -147,6 +147,15 @@ export class QemuBackend implements Backend {
 
   isRunning(pid: number, id: string): boolean {
     return isQemuOf(pid, id);
+  }
+
+  /** Without cgroups (not root) there is no weight to restore: spares were made at the usual share. */
+  foreground(pid: number): void {
+    try {
+      this.cgroups.groupOf(pid)?.setPriority('normal');
+    } catch {
+      /* the QEMU is gone: its fork fails on its own */
+    }
   }
 
   /** Ends QEMU: polite `quit` is the caller's business; this is SIGTERM then SIGKILL. */

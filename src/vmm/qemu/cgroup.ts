@@ -22,6 +22,11 @@ type Layout = { kind: 'v2'; parent: string } | { kind: 'v1'; parents: { cpu: str
 
 export const CGROUP_PARENT = 'cellvm';
 const CPU_PERIOD_US = 100_000;
+/**
+ * CPU weights (v2 cpu.weight, v1 cpu.shares): a pool's spare is made at a tenth of a VM's share,
+ * so refilling a pool on a busy host does not slow the VMs that were just forked from it.
+ */
+const WEIGHT = { v2: { normal: 100, background: 10 }, v1: { normal: 1024, background: 102 } } as const;
 
 /**
  * What a machine may use: its RAM, TCG's code cache (bounded by -accel tcg,tb-size) and QEMU's own
@@ -51,6 +56,12 @@ export class MachineCgroup {
   /** Moves `pid` (all its threads) into the group. */
   add(pid: number): void {
     for (const file of this.procs) writeFileSync(file, `${pid}\n`);
+  }
+
+  /** The group's share of the CPU against other machines' (never its cpu.max limit). */
+  setPriority(priority: 'normal' | 'background'): void {
+    if (this.dirs.length === 1) writeFileSync(join(this.dirs[0]!, 'cpu.weight'), String(WEIGHT.v2[priority]));
+    else writeFileSync(join(this.dirs[2]!, 'cpu.shares'), String(WEIGHT.v1[priority]));
   }
 
   /** Removes the group if it is empty; false while a process is still in it. */
@@ -145,7 +156,7 @@ export class Cgroups {
    * A new group for one QEMU of machine `id`, made with its limits. Named per QEMU, not per
    * machine: a VM resumed after a snapshot is a new QEMU while the old one's group is removed.
    */
-  create(id: string, limits: CgroupLimits): MachineCgroup | null {
+  create(id: string, limits: CgroupLimits, priority: 'normal' | 'background' = 'normal'): MachineCgroup | null {
     if (!this.layout) return null;
     const l = cgroupLimits(limits);
     const group = MachineCgroup.forId(this.layout, `${id.slice(0, 16)}-${randomBytes(4).toString('hex')}`);
@@ -162,6 +173,7 @@ export class Cgroups {
       writeFileSync(join(cpu, 'cpu.cfs_period_us'), String(l.cpuPeriodUs));
       writeFileSync(join(cpu, 'cpu.cfs_quota_us'), String(l.cpuQuotaUs));
     }
+    if (priority !== 'normal') group.setPriority(priority);
     return group;
   }
 
