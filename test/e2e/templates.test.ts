@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { TestHome } from '../helpers/cell-home.js';
+import { TestHome, waitFor } from '../helpers/cell-home.js';
 
 interface TemplateJson {
   name: string;
@@ -51,6 +51,7 @@ ready = "wget -q -O /dev/null http://127.0.0.1:8080/"
 role = "server"
 vcpus = 1
 mem_mib = 256
+pool = { size = 1, warm = true }
 
 [[variants]]
 role = "small"
@@ -61,6 +62,10 @@ data_disk_mib = 16
 `,
     );
     return file;
+  };
+  const poolOf = async (snapshot: string) => {
+    const [s] = JSON.parse((await h.ok(['snapshot', 'inspect', snapshot])).stdout) as { pool?: { size: number; warm: boolean; ready: number } }[];
+    return s!.pool ? { size: s!.pool.size, warm: s!.pool.warm } : undefined;
   };
   const templates = async () => JSON.parse((await h.ok(['template', 'ls', '--format', 'json'])).stdout) as TemplateJson[];
 
@@ -74,10 +79,16 @@ data_disk_mib = 16
       assert.match(t.revision.cacheKey, /^[0-9a-f]{64}$/);
     }
     assert.equal(list[1]!.revision!.variant.memMib, 192);
+    // The server variant's pool went to its warm snapshot; the other variant has none.
+    assert.deepEqual(await poolOf(list[0]!.revision!.warmSnapshot!), { size: 1, warm: true });
+    assert.equal(await poolOf(list[1]!.revision!.warmSnapshot!), undefined);
   });
 
   test('run --template of a server template answers at once, warm from the snapshot', async () => {
-    // No retry loop: the server is already listening in the snapshot.
+    // No retry loop: the server is already listening in the snapshot (here: in the pool's warm spare).
+    const warm = (await templates())[0]!.revision!.warmSnapshot!;
+    const spareReady = async () => ((JSON.parse((await h.ok(['snapshot', 'inspect', warm])).stdout) as { pool?: { ready: number } }[])[0]!.pool?.ready ?? 0) === 1;
+    assert.ok(await waitFor(spareReady, 60_000, 200), "the variant's pool has its spare");
     const r = await h.ok(['run', '--rm', '--template', 'web:server', '--', 'wget', '-q', '-O-', 'http://127.0.0.1:8080/']);
     assert.equal(r.stdout, 'hello v1\n');
     assert.match(r.stderr, /cell: template web-server \(revision [0-9a-f]{12}\): warm start, forked snapshot [0-9a-f]{12}/);
@@ -110,6 +121,8 @@ data_disk_mib = 16
     assert.equal(r.stdout, 'hello v2\n');
     const inspected = JSON.parse((await h.ok(['template', 'inspect', 'web-server'])).stdout) as TemplateJson[];
     assert.equal(inspected[0]!.revisions!.length, 2, 'the previous revision is kept');
+    assert.deepEqual(await poolOf(after[0]!.revision!.warmSnapshot!), { size: 1, warm: true }, 'the pool moved to the new revision');
+    assert.equal(await poolOf(before[0]!.revision!.warmSnapshot!), undefined, "and left the previous one's snapshot");
   });
 
   test('without a snapshot, run --template cold-boots the built disk, starts the service and says so', async () => {
