@@ -42,7 +42,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define AGENT_VERSION "0.11.0"
+#define AGENT_VERSION "0.11.1"
 
 /* Wire format (docs/protocol.md). */
 #define MAGIC0 0xCE

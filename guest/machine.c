@@ -343,7 +343,13 @@ static bool g_frozen;
 void workload_cgroup_setup(void)
 {
 	if (g_stdio) return; /* test mode: never touch the host's cgroups */
-	if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0 && errno != EBUSY) {
+	/* favordynmods: moving a process between groups (every EXEC's child joins the workload group)
+	 * then skips an RCU grace period, ~12 ms under TCG, for slightly dearer fork and exit. Kernels
+	 * before 6.0 refuse it: mounted without. */
+	const unsigned long flags = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+	int rc = mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags, "favordynmods");
+	if (rc != 0 && errno == EINVAL) rc = mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags, NULL);
+	if (rc != 0 && errno != EBUSY) {
 		warnx("mount cgroup2: %s (snapshots will not freeze processes)", strerror(errno));
 		return;
 	}

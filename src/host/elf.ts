@@ -72,3 +72,33 @@ export function readModinfo(ko: Buffer, what = 'module'): Map<string, string[]> 
   }
   throw new Error(`${what} has no .modinfo section`);
 }
+
+const PT_NOTE = 4;
+/** XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit PVH entry point QEMU needs to boot an ELF kernel directly. */
+const XEN_ELFNOTE_PHYS32_ENTRY = 18;
+
+/** True when the ELF kernel image `elf` has a PVH entry note (QEMU refuses an ELF kernel without one). */
+export function hasPvhEntryNote(elf: Buffer): boolean {
+  checkElf64(elf, 'kernel image');
+  const phoff = Number(elf.readBigUInt64LE(0x20));
+  const phentsize = elf.readUInt16LE(0x36);
+  const phnum = elf.readUInt16LE(0x38);
+  for (let i = 0; i < phnum; i++) {
+    const at = phoff + i * phentsize;
+    if (at + phentsize > elf.length || elf.readUInt32LE(at) !== PT_NOTE) continue;
+    const offset = Number(elf.readBigUInt64LE(at + 0x08));
+    const end = Math.min(elf.length, offset + Number(elf.readBigUInt64LE(at + 0x20)));
+    // Notes: namesz, descsz, type, then name and desc each padded to 4 bytes.
+    for (let p = offset; p + 12 <= end; ) {
+      const namesz = elf.readUInt32LE(p);
+      const descsz = elf.readUInt32LE(p + 4);
+      const type = elf.readUInt32LE(p + 8);
+      const name = elf.toString('latin1', p + 12, p + 12 + Math.max(0, namesz - 1));
+      if (name === 'Xen' && type === XEN_ELFNOTE_PHYS32_ENTRY) return true;
+      p += 12 + align4(namesz) + align4(descsz);
+    }
+  }
+  return false;
+}
+
+const align4 = (n: number) => (n + 3) & ~3;

@@ -1,4 +1,4 @@
-import { copyFile, mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { aptCandidate, aptDownload, aptStateFingerprint, aptUpdateOnce } from './apt.js';
@@ -13,19 +13,21 @@ import {
   writeFileAtomic,
   writeFileSynced,
 } from './files.js';
+import { uncompressedKernel } from './kernel-image.js';
 import { GUEST_MODULES, resolveGuestModules, SHARE_MODULES, type ModuleGroup } from './kernel-modules.js';
 import type { ProgressFn } from './types.js';
 
 /**
  * The guest kernel: Debian's cloud kernel, downloaded with apt (never installed on the host),
- * reduced to vmlinuz plus the few modules the guest loads. Stored as
- * `<cache>/kernel/<release>/{vmlinuz, modules/*.ko, manifest.json}`; the manifest is written
+ * reduced to the kernel image plus the few modules the guest loads. Stored as
+ * `<cache>/kernel/<release>/{vmlinux or vmlinuz, modules/*.ko, manifest.json}`: the image is the
+ * uncompressed ELF (kernel-image.ts) when it could be unpacked, else Debian's bzImage. The manifest is written
  * last and names the package version, so a directory with a manifest for the current candidate
  * is complete and up to date.
  */
 export const KERNEL_META_PACKAGE = 'linux-image-cloud-amd64';
 /** Bump when what is kept from the package, or how, changes: older cached kernels are rebuilt. */
-const KERNEL_LAYOUT = 2; // 2: the share modules (virtio-fs), with a group per module
+const KERNEL_LAYOUT = 3; // 2: the share modules (virtio-fs), with a group per module; 3: the uncompressed image
 const STEP = 'kernel';
 
 export interface KernelManifest {
@@ -37,7 +39,8 @@ export interface KernelManifest {
   packageVersion: string;
   /** sha256 of the linux-image-<release> .deb the files came from. */
   debSha256: string;
-  vmlinuz: { file: string; sha256: string; size: number };
+  /** `elf`: unpacked from the bzImage's payload (booted without decompressing); `bzimage`: as shipped, with why. */
+  image: { file: string; sha256: string; size: number; format: 'elf' | 'bzimage'; note: string };
   /** In load order within each group: dependencies before dependents. */
   modules: { name: string; file: string; sha256: string; size: number; group: ModuleGroup }[];
   createdAt: string;
@@ -45,9 +48,10 @@ export interface KernelManifest {
 
 export interface GuestKernel {
   dir: string;
-  vmlinuzPath: string;
+  /** What QEMU's -kernel loads. */
+  imagePath: string;
   release: string;
-  /** "sha256:<hex>" of vmlinuz. */
+  /** "sha256:<hex>" of the image. */
   digest: string;
   manifest: KernelManifest;
 }
@@ -90,7 +94,7 @@ export async function ensureKernel(opts: {
     const why = (err instanceof Error ? err.message : String(err)).slice(0, 400);
     return report(opts, 'cached', newest, `download failed (${why}), using the cached kernel`);
   }
-  return report(opts, 'done', built);
+  return report(opts, 'done', built, built.manifest.image.note);
 }
 
 function report(
@@ -144,9 +148,9 @@ async function listCachedKernels(root: string): Promise<GuestKernel[]> {
 function toGuestKernel(dir: string, manifest: KernelManifest): GuestKernel {
   return {
     dir,
-    vmlinuzPath: join(dir, manifest.vmlinuz.file),
+    imagePath: join(dir, manifest.image.file),
     release: manifest.release,
-    digest: `sha256:${manifest.vmlinuz.sha256}`,
+    digest: `sha256:${manifest.image.sha256}`,
     manifest,
   };
 }
@@ -159,12 +163,12 @@ async function downloadAndExtract(cacheDir: string, root: string, metaVersion: s
     await mkdir(downloads, { mode: 0o700 });
     const metaDeb = await aptDownload(KERNEL_META_PACKAGE, metaVersion, downloads);
     const depends = (await run('dpkg-deb', ['-f', metaDeb, 'Depends'])).stdout;
-    const image = /(linux-image-[0-9][^\s,(]*)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?/.exec(depends);
-    if (!image?.[1]) {
+    const imagePackage = /(linux-image-[0-9][^\s,(]*)\s*(?:\(\s*=\s*([^)\s]+)\s*\))?/.exec(depends);
+    if (!imagePackage?.[1]) {
       throw new CellError(ErrorCodes.SETUP_FAILED, `${KERNEL_META_PACKAGE} ${metaVersion} depends on no linux-image package: "${depends.trim()}"`);
     }
-    const pkg = image[1];
-    const pkgVersion = image[2] ?? metaVersion;
+    const pkg = imagePackage[1];
+    const pkgVersion = imagePackage[2] ?? metaVersion;
     const deb = await aptDownload(pkg, pkgVersion, downloads);
 
     const tree = join(work, 'tree');
@@ -181,8 +185,13 @@ async function downloadAndExtract(cacheDir: string, root: string, metaVersion: s
 
     const out = join(work, release);
     await mkdir(join(out, 'modules'), { recursive: true });
-    await copyFile(vmlinuzSource, join(out, 'vmlinuz'));
-    await fsyncPath(join(out, 'vmlinuz'));
+    const bzImage = await readFile(vmlinuzSource);
+    const unpacked = await uncompressedKernel(bzImage);
+    const image =
+      unpacked.format === 'elf'
+        ? { file: 'vmlinux', data: unpacked.data, note: `unpacked from its ${unpacked.compression} payload` }
+        : { file: 'vmlinuz', data: bzImage, note: `bzImage kept: ${unpacked.why}` };
+    await writeFileSynced(join(out, image.file), image.data);
     const moduleEntries: KernelManifest['modules'] = [];
     for (const m of modules) {
       const file = join('modules', m.file);
@@ -198,7 +207,7 @@ async function downloadAndExtract(cacheDir: string, root: string, metaVersion: s
       package: pkg,
       packageVersion: pkgVersion,
       debSha256: await sha256File(deb),
-      vmlinuz: { file: 'vmlinuz', sha256: await sha256File(join(out, 'vmlinuz')), size: (await stat(join(out, 'vmlinuz'))).size },
+      image: { file: image.file, sha256: sha256Hex(image.data), size: image.data.length, format: unpacked.format, note: image.note },
       modules: moduleEntries,
       createdAt: new Date().toISOString(),
     };

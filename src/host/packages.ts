@@ -30,6 +30,9 @@ export const HOST_REQUIREMENTS: readonly HostRequirement[] = [
   // Image layers: zstd-compressed ones (Node 20's zlib has no zstd) and extended attributes
   // (file capabilities such as ping's cap_net_raw) on the unpacked tree.
   { what: 'zstd', package: 'zstd', present: () => hasCommand('zstd') },
+  // The guest kernel's payload, unpacked once at set-up (kernel-image.ts): Debian's is LZ4.
+  { what: 'lz4', package: 'lz4', present: () => hasCommand('lz4') },
+  { what: 'xz', package: 'xz-utils', present: () => hasCommand('xz') },
   { what: 'setfattr', package: 'attr', present: () => hasCommand('setfattr') },
   { what: 'dpkg-deb', package: 'dpkg', present: () => hasCommand('dpkg-deb') },
   { what: 'apt-get', package: 'apt', present: () => hasCommand('apt-get') },

@@ -43,7 +43,7 @@ export async function ensureHostAssets(opts: EnsureHostAssetsOptions): Promise<H
     const initramfs = await ensureInitramfs({ cacheDir, agent, kernel, onProgress });
 
     return {
-      kernel: { path: kernel.vmlinuzPath, release: kernel.release, digest: kernel.digest },
+      kernel: { path: kernel.imagePath, release: kernel.release, digest: kernel.digest },
       initramfs: { path: initramfs.path, digest: initramfs.digest },
       agent: { path: agent.path, digest: agent.digest },
       builtinImages: [image],

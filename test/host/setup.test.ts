@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { gunzipSync } from 'node:zlib';
 import { ensureHostAssets, type HostAssets, type SetupProgress } from '../../src/host/index.js';
+import { hasPvhEntryNote } from '../../src/host/elf.js';
 import { bootGuest, type BootedGuest } from './guest-boot.js';
 
 /**
@@ -67,6 +68,13 @@ describe('ensureHostAssets', () => {
     assert.deepEqual(a, assets);
     assert.deepEqual(b, assets);
     assert.equal(existsSync(`${cacheDir}/setup.lock`), false);
+  });
+
+  it("keeps the kernel unpacked: an ELF with the PVH entry QEMU boots without the guest's decompression", () => {
+    const image = readFileSync(assets.kernel.path);
+    assert.ok(assets.kernel.path.endsWith('/vmlinux'), `kernel image ${assets.kernel.path}`);
+    assert.ok(hasPvhEntryNote(image));
+    assert.equal(`sha256:${execFileSync('sha256sum', [assets.kernel.path], { encoding: 'utf8' }).split(' ')[0]}`, assets.kernel.digest);
   });
 
   it('builds an initramfs with /init, /dev/console and the modules in load order', () => {
