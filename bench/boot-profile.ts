@@ -28,7 +28,7 @@ const argv = buildQemuArgv(
   { id, dir, kernelPath: kernel, initrdPath: initrd, baseDiskPath: busybox.diskPath, baseDiskFormat: 'raw', cpus: 1, memoryMib: 256, hostname: 'prof', accelerator: 'tcg', memory: { path: `/dev/shm/cellprof-${id}.mem`, shared: true } },
   files,
   extra,
-).map((a) => (a === 'quiet' ? 'printk.time=1' : a));
+).map((a) => (a === 'quiet' ? 'printk.time=1' : a.startsWith('microvm,') && process.env.BOOT_PROFILE_MACHINE ? `${a},${process.env.BOOT_PROFILE_MACHINE}` : a));
 if (process.env.BOOT_PROFILE_ARGV) {
   console.log(JSON.stringify(argv));
   process.exit(0);

@@ -10,6 +10,12 @@ import { shareQemuArgs } from './virtiofs.js';
 
 export const AGENT_PORT_NAME = 'cell.agent';
 export const MACHINE_TYPE = 'microvm';
+/**
+ * The machine's devices (a snapshot's compatibility key names them: state saved with other devices
+ * does not load). No PIT: the guest keeps time with the TSC and the local APIC timer, and a PIT
+ * left counting woke every idle guest's QEMU 36 times a second (its square wave's half period).
+ */
+export const MACHINE_OPTIONS = 'x-option-roms=off,isa-serial=on,rtc=on,pit=off';
 
 /**
  * TCG's translated-code cache, in MiB (`-accel tcg,tb-size=`). QEMU's default is 1 GiB, allocated
@@ -107,7 +113,7 @@ export function buildQemuArgv(
   const accel = spec.accelerator === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', `tcg,tb-size=${TCG_CODE_CACHE_MIB}`, '-cpu', TCG_CPU_MODEL];
   return [
     '-name', `cellvm-${spec.id},process=cellvm-${spec.id.slice(0, 12)}`,
-    '-M', `${MACHINE_TYPE},x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem0`,
+    '-M', `${MACHINE_TYPE},${MACHINE_OPTIONS},memory-backend=mem0`,
     ...accel,
     '-m', `${spec.memoryMib}M`,
     '-object',

@@ -3,7 +3,7 @@ import { closeSync, constants, existsSync, openSync, readFileSync } from 'node:f
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { stripControl } from '../../domain/terminal-text.js';
 import type { AttachedMachine, Backend, BackendCapabilities, MachineFiles, MachineSpec, StartedMachine } from '../backend.js';
-import { buildQemuArgv, MACHINE_TYPE, TCG_CPU_MODEL } from './argv.js';
+import { buildQemuArgv, MACHINE_OPTIONS, MACHINE_TYPE, TCG_CPU_MODEL } from './argv.js';
 import { Cgroups } from './cgroup.js';
 import { confinementEnabled, pickRunAs } from './confinement.js';
 import { QmpControl } from './control.js';
@@ -25,7 +25,7 @@ export interface QemuBackendOptions {
 export class QemuBackend implements Backend {
   readonly name = 'qemu';
   readonly capabilities: BackendCapabilities = { snapshots: true, fork: true, pause: true, console: true };
-  readonly machineType = MACHINE_TYPE;
+  readonly machineType = `${MACHINE_TYPE},${MACHINE_OPTIONS}`;
   cpuModel(accelerator: 'kvm' | 'tcg'): string {
     return accelerator === 'kvm' ? 'host' : TCG_CPU_MODEL;
   }
