@@ -27,6 +27,7 @@ interface Row {
   msPerFork: number;
   pssMibPerFork: number;
   execP50: number;
+  celldIdleCpuPct: number;
   execP99: number;
   celldRssMib: number;
   celldCpuPct: number;
@@ -51,7 +52,9 @@ async function main(): Promise<void> {
         ids.push(...vms.map((vm) => vm.id));
       }
       const msPerFork = (performance.now() - started) / size;
+      const idleTicks = cpuTicks(celld);
       await new Promise((r) => setTimeout(r, 3000));
+      const celldIdleCpuPct = (cpuTicks(celld) - idleTicks) / 3;
       const pss = qemuPidsOf(bench.home).reduce((sum, pid) => sum + pssKib(pid), 0) / 1024;
       const ticks = cpuTicks(celld);
       const execStarted = performance.now();
@@ -62,7 +65,7 @@ async function main(): Promise<void> {
         times.push(performance.now() - t);
       }
       const cpuPct = ((cpuTicks(celld) - ticks) / 100 / ((performance.now() - execStarted) / 1000)) * 100;
-      rows.push({ size, msPerFork, pssMibPerFork: pss / size, execP50: median(times), execP99: percentile(times, 99), celldRssMib: rssKib(celld) / 1024, celldCpuPct: cpuPct });
+      rows.push({ size, msPerFork, pssMibPerFork: pss / size, execP50: median(times), execP99: percentile(times, 99), celldRssMib: rssKib(celld) / 1024, celldCpuPct: cpuPct, celldIdleCpuPct });
       for (const id of ids) await client.vms.remove(id, { force: true });
       console.error(`size ${size} done`);
     }
@@ -76,10 +79,10 @@ async function main(): Promise<void> {
   }
   const base = rows[0]!;
   console.log(`fleet of forks of one busybox snapshot (256 MiB guests), SDK, ${BATCH} forks per request`);
-  console.log('  size  ms/fork (ratio)   PSS MiB/fork   exec p50 ms (ratio)   exec p99 ms   celld RSS MiB   celld CPU % (exec phase)');
+  console.log('  size  ms/fork (ratio)   PSS MiB/fork   exec p50 ms (ratio)   exec p99 ms   celld RSS MiB   celld CPU % (idle, exec phase)');
   for (const r of rows) {
     console.log(
-      `  ${String(r.size).padStart(4)}  ${r.msPerFork.toFixed(0).padStart(7)} (${(r.msPerFork / base.msPerFork).toFixed(2)})   ${r.pssMibPerFork.toFixed(1).padStart(12)}   ${r.execP50.toFixed(1).padStart(11)} (${(r.execP50 / base.execP50).toFixed(2)})   ${r.execP99.toFixed(1).padStart(11)}   ${r.celldRssMib.toFixed(0).padStart(13)}   ${r.celldCpuPct.toFixed(1).padStart(8)}`,
+      `  ${String(r.size).padStart(4)}  ${r.msPerFork.toFixed(0).padStart(7)} (${(r.msPerFork / base.msPerFork).toFixed(2)})   ${r.pssMibPerFork.toFixed(1).padStart(12)}   ${r.execP50.toFixed(1).padStart(11)} (${(r.execP50 / base.execP50).toFixed(2)})   ${r.execP99.toFixed(1).padStart(11)}   ${r.celldRssMib.toFixed(0).padStart(13)}   ${r.celldIdleCpuPct.toFixed(1).padStart(8)}, ${r.celldCpuPct.toFixed(1)}`,
     );
   }
 }

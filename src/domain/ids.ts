@@ -36,6 +36,23 @@ export function randomName(): string {
 
 export const MIN_PREFIX = 3;
 
+/** Whether `ref` could be the start of an id (resolveRef tries it as one). */
+export function isIdPrefix(ref: string): boolean {
+  return ref.length >= MIN_PREFIX && /^[0-9a-f]+$/.test(ref);
+}
+
+/**
+ * The SQL condition for the rows a reference could mean (an exact id or name, or ids it begins,
+ * found on the id index: every id beginning with a hex prefix sorts between it and it + 'g'),
+ * with its parameters: stores give resolveRef these few records rather than all.
+ */
+export function refCondition(ref: string): { where: string; params: { ref: string; prefix: string | null } } {
+  return {
+    where: "(id = @ref OR name = @ref OR (@prefix IS NOT NULL AND id >= @prefix AND id < @prefix || 'g'))",
+    params: { ref, prefix: isIdPrefix(ref) ? ref : null },
+  };
+}
+
 export interface Named {
   id: string;
   name: string;
@@ -50,7 +67,7 @@ export function resolveRef<T extends Named>(kind: string, ref: string, records: 
   if (byId) return byId;
   const byName = records.find((r) => r.name === ref);
   if (byName) return byName;
-  if (ref.length >= MIN_PREFIX && /^[0-9a-f]+$/.test(ref)) {
+  if (isIdPrefix(ref)) {
     const matches = records.filter((r) => r.id.startsWith(ref));
     if (matches.length === 1) return matches[0]!;
     if (matches.length > 1) {

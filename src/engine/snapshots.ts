@@ -80,7 +80,7 @@ export class Snapshots {
   }
 
   resolve(ref: string): SnapshotRecord {
-    return resolveRef('snapshot', ref, this.ctx.stores.snapshots.list());
+    return resolveRef('snapshot', ref, this.ctx.stores.snapshots.matching(ref));
   }
 
   /** A snapshot with its pool, if it has one (as `snapshot inspect` shows it). */

@@ -127,7 +127,7 @@ export class Vms {
   }
 
   resolve(ref: string): VmRecord {
-    return resolveRef('VM', ref, this.ctx.stores.vms.list());
+    return resolveRef('VM', ref, this.ctx.stores.vms.matching(ref));
   }
 
   get(id: string): VmRecord | undefined {

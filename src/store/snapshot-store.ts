@@ -1,4 +1,5 @@
 import type { Db } from './database.js';
+import { refCondition } from '../domain/ids.js';
 import { EventStore } from './event-store.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -76,6 +77,12 @@ export class SnapshotStore {
   }
 
   /** The snapshots users see: all but retired ones. */
+  /** The snapshots a reference could mean (an id, a name, an id prefix): engine resolves one of them. */
+  matching(ref: string): SnapshotRecord[] {
+    const { where, params } = refCondition(ref);
+    return (this.db.prepare(`SELECT * FROM snapshots WHERE retired_at IS NULL AND ${where} ORDER BY created_at, id`).all(params) as SnapshotRow[]).map(fromRow);
+  }
+
   list(): SnapshotRecord[] {
     return (this.db.prepare('SELECT * FROM snapshots WHERE retired_at IS NULL ORDER BY created_at, id').all() as SnapshotRow[]).map(fromRow);
   }

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { refCondition } from '../domain/ids.js';
 import { GUEST_ADDRESS } from '../domain/network.js';
 import type { Db } from './database.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -127,6 +128,12 @@ export class VmStore extends EventEmitter {
   get(id: string): VmRecord | undefined {
     const row = this.db.prepare(`${SELECT} WHERE id = ?`).get(id) as VmRow | undefined;
     return row ? this.withNetwork(fromRow(row)) : undefined;
+  }
+
+  /** The VMs a reference could mean (an id, a name, an id prefix): engine resolves one of them. */
+  matching(ref: string): VmRecord[] {
+    const { where, params } = refCondition(ref);
+    return (this.db.prepare(`${SELECT} WHERE ${where} ORDER BY created_at, id`).all(params) as VmRow[]).map((r) => this.withNetwork(fromRow(r)));
   }
 
   list(): VmRecord[] {

@@ -56,3 +56,28 @@ test('a second VM with the same name is a conflict and nothing is written', () =
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test("a reference is resolved from the few rows it could mean, as it was from all of them", async () => {
+  const { resolveRef } = await import('../../src/domain/ids.js');
+  const dir = mkdtempSync('/tmp/cell-store-');
+  try {
+    const store = new VmStore(openDatabase(join(dir, 'cell.db')));
+    const ids = ['abc123', 'abc999', 'def456', 'abcf00', 'ab0000'].map((p, i) => p + String(i).repeat(58));
+    const names = ['alpha', 'beta', 'abc', 'gamma', 'def4'];
+    ids.forEach((id, i) => store.insert(record(id, names[i]!)));
+    const outcome = (records: VmRecord[], ref: string) => {
+      try {
+        return resolveRef('VM', ref, records).name;
+      } catch (err) {
+        return (err as Error).message;
+      }
+    };
+    const refs = [...ids, ...names, 'abc', 'abc1', 'abc9', 'abcf', 'abcg', 'ab', 'ab0', 'def4', 'def45', 'zzz', '', 'ABC1', "a'; --", '%', 'abc%'];
+    for (const ref of refs) assert.equal(outcome(store.matching(ref), ref), outcome(store.list(), ref), `reference "${ref}"`);
+    assert.deepEqual(store.matching('abc').map((vm) => vm.name).sort(), ['abc', 'alpha', 'beta', 'gamma']);
+    assert.equal(outcome(store.matching('abc9'), 'abc9'), 'beta');
+    assert.match(outcome(store.matching('abc'.slice(0, 3) + '1'), 'abc1'), /^alpha$/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
