@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
 import type { FastifyBaseLogger } from 'fastify';
 import { statusForCode } from '../api/contract.js';
 import { CellError, ErrorCodes, toCellError } from '../domain/errors.js';
@@ -19,7 +19,8 @@ import { eventRoutes } from './routes/events.js';
 export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = false, opts: { socketGroup?: number | null } = {}): FastifyInstance {
   const app: FastifyInstance = Fastify({
     loggerInstance: logger || undefined,
-    disableRequestLogging: true,
+    // Requests are not logged one by one (celld.log records what VMs did, not every poll).
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: 1024 * 1024,
     // A run or exec may last as long as the user's command does.
     requestTimeout: 0,
