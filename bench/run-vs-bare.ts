@@ -2,10 +2,14 @@
  * `cell run --rm busybox -- true` (CLI -> celld -> QEMU -> agent -> exit) against a bare QEMU boot
  * of the same kernel, initramfs and disk with the same argv to the same point (agent answers a
  * PING). Interleaved runs, medians; targets (issue 14): the run <= 1.5 s and within 1.10x of the
- * bare boot. BENCH_BZIMAGE=path/to/vmlinuz adds a third series: the bare boot as it was before the
- * kernel was unpacked at set-up (Debian's bzImage, self-tests of the crypto API on).
+ * bare boot. A third series is the bare boot as it was before this project unpacked the kernel at
+ * set-up (Debian's compressed bzImage, the crypto API's self-tests on), from BENCH_BZIMAGE or else
+ * the cached kernel's own .deb (apt-get download); BENCH_BZIMAGE=none leaves it out.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { aptDownload } from '../src/host/apt.js';
+import { run } from '../src/host/exec.js';
 import { AgentClient } from '../src/agent/client.js';
 import { buildQemuArgv } from '../src/vmm/qemu/argv.js';
 import { machineFiles } from '../src/vmm/qemu/files.js';
@@ -45,6 +49,16 @@ async function bareBoot(kernel: string, initrd: string, base: string, accelerato
   }
 }
 
+/** Debian's vmlinuz of the cached kernel, from its package (into a temp folder removed at exit). */
+async function debianBzImage(kernelPath: string): Promise<string> {
+  const manifest = JSON.parse(readFileSync(join(kernelPath, '..', 'manifest.json'), 'utf8')) as { package: string; packageVersion: string; release: string };
+  const dir = mkdtempSync('/tmp/cellbench-kernel-');
+  process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+  const deb = await aptDownload(manifest.package, manifest.packageVersion, dir);
+  await run('dpkg-deb', ['-x', deb, join(dir, 'tree')]);
+  return join(dir, 'tree', 'boot', `vmlinuz-${manifest.release}`);
+}
+
 async function main(): Promise<void> {
   const h = benchHome();
   try {
@@ -60,7 +74,7 @@ async function main(): Promise<void> {
     const busybox = assets.builtinImages.find((i) => i.reference === 'busybox')!;
     const accel = info.accelerator as 'kvm' | 'tcg';
 
-    const bzImage = process.env.BENCH_BZIMAGE;
+    const bzImage = process.env.BENCH_BZIMAGE === 'none' ? undefined : (process.env.BENCH_BZIMAGE ?? (await debianBzImage(assets.kernel.path)));
     const bare: number[] = [];
     const before: number[] = [];
     const cell: number[] = [];
