@@ -71,6 +71,27 @@ export const ImportRequest = Type.Object(
 );
 export type ImportRequest = Static<typeof ImportRequest>;
 
+/** A registry reference (`host:5000/ns/name:tag`); `insecureRegistries` as `cell pull --insecure-registry`. */
+export const PushRequest = Type.Object(
+  { reference: Type.String({ minLength: 1, maxLength: 1024 }), insecureRegistries: Type.Optional(Type.Array(Type.String({ maxLength: 256 }), { maxItems: 16 })) },
+  { additionalProperties: false },
+);
+export type PushRequest = Static<typeof PushRequest>;
+
+const BlobCount = Type.Object({ blobs: Type.Integer(), bytes: Type.Integer() });
+export const PushReply = Type.Object({ reference: Type.String(), digest: Type.String(), uploaded: BlobCount, existing: BlobCount });
+export type PushReply = Static<typeof PushReply>;
+
+export const PullRequest = Type.Object(
+  {
+    reference: Type.String({ minLength: 1, maxLength: 1024 }),
+    name: Type.Optional(Type.String()),
+    insecureRegistries: Type.Optional(Type.Array(Type.String({ maxLength: 256 }), { maxItems: 16 })),
+  },
+  { additionalProperties: false },
+);
+export type PullRequest = Static<typeof PullRequest>;
+
 export const PruneRequest = Type.Object(
   { maxCount: Type.Optional(Type.Integer({ minimum: 0 })), maxBytes: Type.Optional(Type.Integer({ minimum: 0 })) },
   { additionalProperties: false },
@@ -114,6 +135,15 @@ export const snapshots = {
     reply: json(Type.Object({ bytes: Type.Integer() })),
   }),
   import: route({ method: 'POST', path: '/v1/snapshots/import', summary: "read a snapshot archive on celld's host", body: ImportRequest, reply: created(Snapshot) }),
+  push: route({
+    method: 'POST',
+    path: '/v1/snapshots/:ref/push',
+    summary: 'send a snapshot to a registry as an OCI artifact (only the blobs it lacks)',
+    params: RefParams,
+    body: PushRequest,
+    reply: json(PushReply),
+  }),
+  pull: route({ method: 'POST', path: '/v1/snapshots/pull', summary: 'fetch a snapshot pushed to a registry', body: PullRequest, reply: created(Snapshot) }),
   prune: route({
     method: 'POST',
     path: '/v1/snapshots/prune',

@@ -201,7 +201,8 @@ export class Images {
     }
   }
 
-  private registryAccess(insecure: string[] = []) {
+  /** Where credentials are kept and which registries may be plain http (config plus `insecure`). */
+  registryAccess(insecure: string[] = []) {
     return { credentialsPath: join(this.ctx.paths.home, 'credentials.json'), insecureRegistries: this.insecureRegistries(insecure) };
   }
 

@@ -76,7 +76,7 @@ export async function importSnapshot(
   name?: string,
   host: HostFs = CELLD_HOST_FS,
 ): Promise<SnapshotRecord> {
-  const { paths, stores } = ctx;
+  const { paths } = ctx;
   // Opened with the caller's access; tar reads it through /proc (each open there reads from the start).
   const archive = await host.openRead(file).catch(hostPathError(file));
   const staging = join(paths.snapshots, `.import-${process.pid}-${Date.now()}`);
@@ -95,35 +95,10 @@ export async function importSnapshot(
     // The data disk is optional; extracting it alone tells whether the archive has one.
     await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', archive.path, '-C', staging, DATA_MEMBER], 'no data disk').catch(() => {});
     await ctx.checkpoint('snapshot-import:extracted');
-    const members = existsSync(join(staging, DATA_MEMBER)) || (await isLink(join(staging, DATA_MEMBER))) ? [...MEMBERS, DATA_MEMBER] : MEMBERS;
-    const sizes = new Map<string, number>();
-    for (const member of members) sizes.set(member, await plainFileSize(file, join(staging, member), member));
-    if (sizes.get('snapshot.json')! > MAX_ARCHIVE_META_BYTES) throw unusable(file, 'snapshot.json is too large');
+    if ((await plainFileSize(file, join(staging, 'snapshot.json'), 'snapshot.json')) > MAX_ARCHIVE_META_BYTES) throw unusable(file, 'snapshot.json is too large');
     const meta = parseArchiveMeta(file, await readFile(join(staging, 'snapshot.json'), 'utf8'), name);
-    const memoryBytes = meta.spec.memoryMib * 1024 * 1024;
-    if (sizes.get('memory') !== memoryBytes) throw unusable(file, `its RAM file is ${sizes.get('memory')} bytes, not the ${memoryBytes} of a ${meta.spec.memoryMib} MiB guest`);
-    if (sizes.get('state')! > MAX_STATE_BYTES) throw unusable(file, `its device state is ${sizes.get('state')} bytes (at most ${MAX_STATE_BYTES})`);
-    for (const disk of members.filter((m) => m.endsWith('.qcow2'))) await assertStandaloneQcow2(file, join(staging, disk), disk);
-    if ((meta.spec.dataDiskMib ?? 0) > 0 !== members.includes(DATA_MEMBER)) throw unusable(file, 'its data disk does not match its spec');
-    if (stores.snapshots.getAny(meta.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${meta.id.slice(0, 12)} is already here`);
-    if (stores.snapshots.nameExists(meta.name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${meta.name}" is already in use by another snapshot: import it with --name`);
-    const allocated = await Promise.all(['state', 'memory', 'disk.qcow2', DATA_MEMBER].map((f) => allocatedBytes(join(staging, f))));
-    const record: SnapshotRecord = { ...meta, stateBytes: allocated[0]!, memoryBytes: allocated[1]!, diskBytes: allocated[2]! + allocated[3]! };
     await rm(join(staging, 'snapshot.json'));
-    await ctx.checkpoint('snapshot-import:checked');
-    // Published, then recorded: a crash in between leaves a folder without a row, swept at start-up.
-    await rename(staging, paths.snapshotDir(record.id));
-    await ctx.checkpoint('snapshot-import:published');
-    try {
-      ctx.db.transaction(() => {
-        stores.snapshots.insert(record);
-      })();
-    } catch (err) {
-      await rm(paths.snapshotDir(record.id), { recursive: true, force: true });
-      throw err;
-    }
-    await ctx.checkpoint('snapshot-import:recorded');
-    return record;
+    return await adoptStagedSnapshot(ctx, staging, file, meta);
   } catch (err) {
     throw await explainNoSpace(err, paths.snapshots, `importing ${file} stopped`);
   } finally {
@@ -131,6 +106,51 @@ export async function importSnapshot(
     await archive.close();
   }
 }
+
+/**
+ * Checks a snapshot's files staged in `staging` (state, memory, disk.qcow2 and maybe data.qcow2,
+ * from an archive or a registry) against its metadata, then publishes the folder and records the
+ * snapshot. `source` names where they came from in messages. On failure nothing is recorded and
+ * the staging folder is the caller's to remove.
+ */
+export async function adoptStagedSnapshot(
+  ctx: Pick<EngineContext, 'paths' | 'db' | 'stores' | 'checkpoint'>,
+  staging: string,
+  source: string,
+  meta: Omit<SnapshotRecord, 'stateBytes' | 'memoryBytes' | 'diskBytes'>,
+): Promise<SnapshotRecord> {
+  const { paths, stores } = ctx;
+  const file = source;
+  const members = existsSync(join(staging, DATA_MEMBER)) || (await isLink(join(staging, DATA_MEMBER))) ? [...DISK_MEMBERS, DATA_MEMBER] : DISK_MEMBERS;
+  const sizes = new Map<string, number>();
+  for (const member of members) sizes.set(member, await plainFileSize(file, join(staging, member), member));
+  const memoryBytes = meta.spec.memoryMib * 1024 * 1024;
+  if (sizes.get('memory') !== memoryBytes) throw unusable(file, `its RAM file is ${sizes.get('memory')} bytes, not the ${memoryBytes} of a ${meta.spec.memoryMib} MiB guest`);
+  if (sizes.get('state')! > MAX_STATE_BYTES) throw unusable(file, `its device state is ${sizes.get('state')} bytes (at most ${MAX_STATE_BYTES})`);
+  for (const disk of members.filter((m) => m.endsWith('.qcow2'))) await assertStandaloneQcow2(file, join(staging, disk), disk);
+  if ((meta.spec.dataDiskMib ?? 0) > 0 !== members.includes(DATA_MEMBER)) throw unusable(file, 'its data disk does not match its spec');
+  if (stores.snapshots.getAny(meta.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${meta.id.slice(0, 12)} is already here`);
+  if (stores.snapshots.nameExists(meta.name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${meta.name}" is already in use by another snapshot: give it another with --name`);
+  const allocated = await Promise.all(['state', 'memory', 'disk.qcow2', DATA_MEMBER].map((f) => allocatedBytes(join(staging, f))));
+  const record: SnapshotRecord = { ...meta, stateBytes: allocated[0]!, memoryBytes: allocated[1]!, diskBytes: allocated[2]! + allocated[3]! };
+  await ctx.checkpoint('snapshot-import:checked');
+  // Published, then recorded: a crash in between leaves a folder without a row, swept at start-up.
+  await rename(staging, paths.snapshotDir(record.id));
+  await ctx.checkpoint('snapshot-import:published');
+  try {
+    ctx.db.transaction(() => {
+      stores.snapshots.insert(record);
+    })();
+  } catch (err) {
+    await rm(paths.snapshotDir(record.id), { recursive: true, force: true });
+    throw err;
+  }
+  await ctx.checkpoint('snapshot-import:recorded');
+  return record;
+}
+
+/** The files of a snapshot's folder besides its optional data disk. */
+const DISK_MEMBERS = ['state', 'memory', 'disk.qcow2'];
 
 /** An export has five members at most; more is not one of ours (and GNU tar would unpack a folder of them). */
 const MAX_ARCHIVE_ENTRIES = 16;

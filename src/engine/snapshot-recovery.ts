@@ -5,6 +5,7 @@ import { ID_PATTERN } from '../domain/ids.js';
 import { homeTmpPrefix } from '../domain/paths.js';
 import type { EngineContext } from './context.js';
 import type { Images } from './images.js';
+import { BlobStore } from '../store/blob-store.js';
 import { CONVERTER_ID_FILE, conversionDirPrefix } from './memory-conversion.js';
 import { collectRetiredSnapshots } from './retired-snapshots.js';
 import { finishSnapshot, INTENT_FILE, LAYERS, readIntent, SAVED_MARKER, type SnapshotIntent } from './snapshot-take.js';
@@ -20,7 +21,7 @@ import type { Vms } from './vms.js';
  * - One cut short earlier is undone: any disk layer it took goes back to the VM, the folder goes.
  *   The VM keeps running on its own disk (reconcile resumed it), or, if its machine is gone, is
  *   stopped with its disk intact.
- * - Import staging folders, folders of snapshots whose rows were deleted, paused RAM converters
+ * - Import, export, push and pull staging folders (and a pull's half-fetched blobs), folders of snapshots whose rows were deleted, paused RAM converters
  *   and migration save-socket folders of this CELL_HOME are removed; retired snapshots nothing
  *   stands on are deleted.
  */
@@ -28,7 +29,9 @@ export async function recoverSnapshots(ctx: EngineContext, vms: Vms, images: Ima
   for (const entry of await readdir(ctx.paths.snapshots)) {
     const dir = join(ctx.paths.snapshots, entry);
     try {
-      if (entry.startsWith('.import-') || entry.startsWith('.export-')) await rm(dir, { recursive: true, force: true });
+      if (['.import-', '.export-', '.push-', '.pull-'].some((p) => entry.startsWith(p))) await rm(dir, { recursive: true, force: true });
+      // A registry pull's fetched blobs stay for the next pull to resume from; its half-written ones go.
+      else if (entry === '.blobs') await new BlobStore(dir).removeStaleTemps(0);
       else if (entry.startsWith('.tmp-')) await recoverStaged(ctx, vms, images, dir);
       else if (ID_PATTERN.test(entry)) await recoverPublished(ctx, vms, images, entry, dir);
     } catch (err) {

@@ -18,6 +18,7 @@ import { checkPoolSetting, type PoolSetting, type PoolStatus } from '../domain/p
 import { collectRetiredSnapshots } from './retired-snapshots.js';
 import { clearRestoring, markRestoring } from './restore-intent.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
+import { pullSnapshot, pushSnapshot, type PushResult } from './snapshot-registry.js';
 import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
 import { stagingDir, takeSnapshot, type SnapshotIntent } from './snapshot-take.js';
 import type { Vms } from './vms.js';
@@ -355,6 +356,19 @@ export class Snapshots {
   export(ref: string, file: string, host: HostFs = CELLD_HOST_FS): Promise<{ bytes: number }> {
     const snapshot = this.resolve(ref);
     return this.ctx.locks.run(snapshot.id, () => exportSnapshot(this.ctx.paths, snapshot, file, host));
+  }
+
+  /** Sends the snapshot to a registry as an OCI artifact (engine/snapshot-registry.ts). */
+  push(ref: string, reference: string, insecureRegistries: string[] = []): Promise<PushResult> {
+    const snapshot = this.resolve(ref);
+    return this.ctx.locks.run(snapshot.id, () => pushSnapshot(this.ctx, snapshot, reference, this.images.registryAccess(insecureRegistries)));
+  }
+
+  /** Fetches a snapshot pushed with `push`, refused before its RAM is fetched if this host cannot restore it. */
+  async pull(reference: string, opts: { name?: string; insecureRegistries?: string[] } = {}): Promise<SnapshotRecord> {
+    if (opts.name !== undefined) validateName(opts.name);
+    const ready = await this.ctx.host.ensure();
+    return pullSnapshot(this.ctx, reference, compatKey(this.ctx, ready), this.images.registryAccess(opts.insecureRegistries), opts.name);
   }
 
   /** Reads an archive at `file` with `host`'s access (the caller's: engine/host-fs.ts). */

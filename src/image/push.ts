@@ -88,20 +88,32 @@ async function pushBlob(ctx: PushContext, desc: Descriptor): Promise<void> {
   const size = await store.size(desc.digest);
   if (size === undefined) throw new CellError(ErrorCodes.NOT_FOUND, `blob ${desc.digest} is not in the local blob store`);
   if (size !== desc.size) throw new CellError(ErrorCodes.DIGEST_MISMATCH, `local blob ${desc.digest} has ${size} bytes, its descriptor says ${desc.size}`);
+  const path = store.path(desc.digest);
+  const status = await uploadBlob(client, repository, desc.digest, size, () => createReadStream(path), opts.mountFrom);
+  opts.onProgress?.({ digest: desc.digest, status, size });
+}
+
+/**
+ * Sends one blob the registry lacks (cross-mounted from `mountFrom` when it has it there), retried
+ * with backoff; `open` gives its bytes afresh for each attempt.
+ */
+export async function uploadBlob(
+  client: RegistryClient,
+  repository: string,
+  digest: Digest,
+  size: number,
+  open: () => NodeJS.ReadableStream,
+  mountFrom?: string,
+): Promise<'mounted' | 'uploaded'> {
   const policy = client.transport.retry;
   for (let attempt = 0; ; attempt++) {
     try {
-      const started = await client.startUpload(repository, opts.mountFrom ? { mount: { digest: desc.digest, from: opts.mountFrom } } : {});
-      if (started.mounted) {
-        opts.onProgress?.({ digest: desc.digest, status: 'mounted', size });
-        return;
-      }
-      const path = store.path(desc.digest);
-      await client.finishUpload(repository, started.location, desc.digest, size, () =>
-        size === 0 ? Buffer.alloc(0) : (Readable.toWeb(createReadStream(path)) as unknown as ReadableStream),
+      const started = await client.startUpload(repository, mountFrom ? { mount: { digest, from: mountFrom } } : {});
+      if (started.mounted) return 'mounted';
+      await client.finishUpload(repository, started.location, digest, size, () =>
+        size === 0 ? Buffer.alloc(0) : (Readable.toWeb(open() as Readable) as unknown as ReadableStream),
       );
-      opts.onProgress?.({ digest: desc.digest, status: 'uploaded', size });
-      return;
+      return 'uploaded';
     } catch (err) {
       const fatal = err instanceof CellError && (err.code === ErrorCodes.UNAUTHORIZED || err.code === ErrorCodes.DIGEST_MISMATCH);
       if (fatal || attempt + 1 >= policy.attempts) throw err;

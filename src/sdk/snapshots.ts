@@ -1,6 +1,6 @@
 import { matchesLabels } from '../domain/labels.js';
 import { Api } from '../api/routes.js';
-import type { Snapshot } from '../api/snapshots.js';
+import type { PushReply, Snapshot } from '../api/snapshots.js';
 import type { Vm } from '../api/vms.js';
 import type { RequestOptions } from './options.js';
 import type { Transport } from './transport.js';
@@ -89,6 +89,19 @@ export class SnapshotsClient {
   /** `file` is a path on celld's host. */
   import(file: string, opts: SnapshotImportOptions = {}): Promise<Snapshot> {
     return this.transport.call(snapshots.import, { body: { file, name: opts.name } }, opts);
+  }
+
+  /**
+   * Sends the snapshot to a registry (`host:5000/ns/name:tag`) as an OCI artifact, only the blobs
+   * it lacks; credentials are `cell login`'s.
+   */
+  push(ref: string, reference: string, opts: RequestOptions & { insecureRegistries?: string[] } = {}): Promise<PushReply> {
+    return this.transport.call(snapshots.push, { params: { ref }, body: { reference, insecureRegistries: opts.insecureRegistries } }, opts);
+  }
+
+  /** Fetches a snapshot pushed with `push`; refused before its RAM is fetched if this host cannot restore it. */
+  pull(reference: string, opts: RequestOptions & { name?: string; insecureRegistries?: string[] } = {}): Promise<Snapshot> {
+    return this.transport.call(snapshots.pull, { body: { reference, name: opts.name, insecureRegistries: opts.insecureRegistries } }, opts);
   }
 
   prune(opts: SnapshotPruneOptions = {}): Promise<{ removed: Snapshot[] }> {

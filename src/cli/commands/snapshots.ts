@@ -11,7 +11,7 @@ import { ago, bytes, short, table } from '../format.js';
 export function register(program: Command): void {
   const snapshot = program
     .command('snapshot')
-    .description('capture a running VM (memory, devices, disk); it keeps running. Also: snapshot inspect|pool|rm|export|import|prune')
+    .description('capture a running VM (memory, devices, disk); it keeps running. Also: snapshot inspect|pool|rm|export|import|push|pull|prune')
     .summary('capture a running VM; snapshot inspect|pool|rm|export|import|prune')
     .argument('[vm]', 'VM name, id, or id prefix')
     .option('--name <name>', 'name the snapshot (default: <vm>-snap-XXXX)')
@@ -124,6 +124,39 @@ ${examples('cell snapshot pool --size 10 warm', 'cell snapshot pool --size 10 --
     .action(
       withClient(async (client, file: string, flags: { name?: string }) => {
         const s = await client.snapshots.import(resolve(file), { name: flags.name });
+        process.stdout.write(`${s.id}\n`);
+      }),
+    );
+
+  snapshot
+    .command('push')
+    .description('send a snapshot to an OCI registry as an artifact: only the blobs the registry lacks (a child after its parent sends the RAM chunks that changed)')
+    .argument('<snapshot>', 'snapshot name, id, or id prefix')
+    .argument('<reference>', 'where to: host[:port]/repository:tag')
+    .option('--insecure-registry <host[:port]>', 'allow plain http to this registry (repeatable)', collect)
+    .addHelpText(
+      'after',
+      `\nCredentials are cell login's; plain http:// only for loopback registries and those named. The artifact's format: docs/snapshot-artifacts.md.\n${examples('cell snapshot push warm 127.0.0.1:5000/team/warm:v1', 'cell snapshot pull 127.0.0.1:5000/team/warm:v1')}`,
+    )
+    .action(
+      withClient(async (client, ref: string, reference: string, flags: { insecureRegistry?: string[] }) => {
+        const r = await client.snapshots.push(ref, reference, { insecureRegistries: flags.insecureRegistry });
+        process.stdout.write(
+          `${r.reference}@${r.digest}: sent ${r.uploaded.blobs} blobs (${bytes(r.uploaded.bytes)}), ${r.existing.blobs} the registry had (${bytes(r.existing.bytes)})\n`,
+        );
+      }),
+    );
+
+  snapshot
+    .command('pull')
+    .description('fetch a snapshot pushed with "snapshot push"; refused before its RAM is fetched if this host cannot restore it')
+    .argument('<reference>', 'host[:port]/repository:tag or @sha256:...')
+    .option('--name <name>', 'name it (default: its name where it was pushed from)')
+    .option('--insecure-registry <host[:port]>', 'allow plain http to this registry (repeatable)', collect)
+    .addHelpText('after', examples('cell snapshot pull 127.0.0.1:5000/team/warm:v1', 'cell fork warm'))
+    .action(
+      withClient(async (client, reference: string, flags: { name?: string; insecureRegistry?: string[] }) => {
+        const s = await client.snapshots.pull(reference, { name: flags.name, insecureRegistries: flags.insecureRegistry });
         process.stdout.write(`${s.id}\n`);
       }),
     );

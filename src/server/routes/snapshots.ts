@@ -24,6 +24,10 @@ export function snapshotRoutes(app: FastifyInstance, engine: Engine): void {
 
   serve(app, snapshots.import, async (req) => engine.snapshots.import(req.body.file, req.body.name, hostFsOf(req)));
 
+  serve(app, snapshots.push, async (req) => engine.snapshots.push(req.params.ref, req.body.reference, req.body.insecureRegistries));
+
+  serve(app, snapshots.pull, async (req) => engine.snapshots.pull(req.body.reference, { name: req.body.name, insecureRegistries: req.body.insecureRegistries }));
+
   serve(app, snapshots.prune, async (req) => ({
     removed: await engine.snapshots.prune({ maxCount: req.body.maxCount, maxBytes: req.body.maxBytes }),
   }));

@@ -1,0 +1,327 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import { assertCompatible, type CompatKey, type SnapshotRecord } from '../domain/snapshot.js';
+import { MAX_ARCHIVE_META_BYTES, parseArchiveMeta, SNAPSHOT_ARCHIVE_FORMAT } from '../domain/snapshot-archive.js';
+import {
+  ArtifactTypes,
+  checkMemoryLayout,
+  MEMORY_CHUNK_BYTES,
+  OFFSET_ANNOTATION,
+  PAGE_BYTES,
+  PAGE_RECORD_BYTES,
+  pageOffset,
+  parseSnapshotManifest,
+  snapshotManifest,
+  type Descriptor,
+  type SnapshotArtifact,
+} from '../domain/snapshot-artifact.js';
+import { formatReference, manifestSelector, parseReference } from '../image/reference.js';
+import { RegistryClient } from '../image/registry/client.js';
+import { findCredential } from '../image/registry/credentials.js';
+import { downloadBlob } from '../image/registry/blob-download.js';
+import { uploadBlob } from '../image/push.js';
+import { explainNoSpace } from '../image/free-space.js';
+import { BlobStore } from '../store/blob-store.js';
+import type { EngineContext } from './context.js';
+import { adoptStagedSnapshot } from './snapshot-archive.js';
+
+/**
+ * `cell snapshot push` and `pull`: a snapshot as an OCI artifact in a registry
+ * (domain/snapshot-artifact.ts, docs/snapshot-artifacts.md). Push sends only the blobs the
+ * registry lacks (a HEAD for each first), so a child pushed after its parent sends the RAM chunks
+ * that changed and its disk. Pull reads the manifest and config, refuses a snapshot this host
+ * cannot restore before any RAM is fetched, downloads every blob with its digest checked (resumed
+ * where a connection broke, into a store of its own under snapshots/.blobs), assembles the files
+ * and adopts them as an import does.
+ */
+const run = promisify(execFile);
+
+export interface RegistryAccess {
+  credentialsPath: string;
+  insecureRegistries: string[];
+}
+
+export interface PushResult {
+  reference: string;
+  digest: string;
+  /** Blobs sent, and blobs the registry had already. */
+  uploaded: { blobs: number; bytes: number };
+  existing: { blobs: number; bytes: number };
+}
+
+async function clientFor(registry: string, access: RegistryAccess): Promise<RegistryClient> {
+  const credential = await findCredential(registry, { credentialsPath: access.credentialsPath });
+  return new RegistryClient({ registry, ...(credential ? { credential } : {}), insecureRegistries: access.insecureRegistries });
+}
+
+/** A blob to push: a whole file or a range of one, its digest computed from the bytes. */
+interface Source {
+  desc: Descriptor;
+  path: string;
+  start: number;
+}
+
+async function digestOf(path: string, start: number, size: number): Promise<Descriptor['digest']> {
+  const hash = createHash('sha256');
+  if (size > 0) for await (const chunk of createReadStream(path, { start, end: start + size - 1 })) hash.update(chunk as Buffer);
+  return `sha256:${hash.digest('hex')}`;
+}
+
+/** How deep push looks for an ancestor whose chunks the registry has. */
+const MAX_ANCESTORS = 4;
+
+/**
+ * The RAM file as layers: each chunk that holds anything but zeros, as itself; or, when the
+ * registry lacks it but has the chunk an ancestor snapshot had at that place and fewer than half
+ * its pages differ, as that ancestor's chunk plus the differing pages (written to `pagesPath`).
+ */
+async function memoryLayers(
+  client: RegistryClient,
+  repository: string,
+  path: string,
+  bytes: number,
+  ancestors: readonly string[],
+  pagesPath: string,
+): Promise<{ chunks: Source[]; pages: number }> {
+  const known = new Map<string, boolean>();
+  const has = async (digest: string) => {
+    let found = known.get(digest);
+    if (found === undefined) {
+      found = (await client.headBlob(repository, digest, [`repository:${repository}:pull,push`])) !== undefined;
+      known.set(digest, found);
+    }
+    return found;
+  };
+  const chunks: Source[] = [];
+  let pages = 0;
+  const files = await Promise.all([path, ...ancestors].map((p) => open(p, 'r')));
+  const out = await open(pagesPath, 'w', 0o600);
+  try {
+    const own = Buffer.alloc(MEMORY_CHUNK_BYTES);
+    const theirs = Buffer.alloc(MEMORY_CHUNK_BYTES);
+    const record = Buffer.alloc(8);
+    for (let offset = 0; offset < bytes; offset += MEMORY_CHUNK_BYTES) {
+      const size = Math.min(MEMORY_CHUNK_BYTES, bytes - offset);
+      const { bytesRead } = await files[0]!.read(own, 0, size, offset);
+      if (bytesRead !== size) throw new CellError(ErrorCodes.SNAPSHOT_FAILED, `the snapshot's RAM file ended at ${offset + bytesRead} of ${bytes} bytes`);
+      const chunk = own.subarray(0, size);
+      if (isZero(chunk)) continue;
+      const digest = sha256(chunk);
+      const desc = (d: Descriptor['digest']): Descriptor => ({ mediaType: ArtifactTypes.MEMORY, digest: d, size, annotations: { [OFFSET_ANNOTATION]: String(offset) } });
+      let based = false;
+      if (!(await has(digest))) {
+        for (let a = 1; a < files.length && !based; a++) {
+          const read = await files[a]!.read(theirs, 0, size, offset);
+          const base = theirs.subarray(0, size);
+          if (read.bytesRead !== size || isZero(base)) continue;
+          const baseDigest = sha256(base);
+          if (!(await has(baseDigest))) continue;
+          const differing: number[] = [];
+          for (let p = 0; p < size; p += PAGE_BYTES) if (!chunk.subarray(p, p + PAGE_BYTES).equals(base.subarray(p, p + PAGE_BYTES))) differing.push(p);
+          if (differing.length * PAGE_RECORD_BYTES > size / 2) continue;
+          for (const p of differing) {
+            record.writeBigUInt64LE(BigInt(offset + p));
+            await out.write(record);
+            await out.write(chunk.subarray(p, p + PAGE_BYTES));
+          }
+          pages += differing.length;
+          chunks.push({ desc: desc(baseDigest), path: ancestors[a - 1]!, start: offset });
+          based = true;
+        }
+      }
+      if (!based) chunks.push({ desc: desc(digest), path, start: offset });
+    }
+  } finally {
+    await out.close();
+    for (const f of files) await f.close();
+  }
+  return { chunks, pages };
+}
+
+function sha256(buf: Buffer): Descriptor['digest'] {
+  return `sha256:${createHash('sha256').update(buf).digest('hex')}`;
+}
+
+function isZero(buf: Buffer): boolean {
+  // Compare 8 bytes at a time; a RAM file is mostly pages the guest never touched.
+  const words = new BigUint64Array(buf.buffer, buf.byteOffset, Math.floor(buf.length / 8));
+  for (const w of words) if (w !== 0n) return false;
+  for (let i = words.length * 8; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+async function fileSource(path: string, mediaType: string): Promise<Source> {
+  const size = (await open(path, 'r').then(async (fh) => {
+    try {
+      return (await fh.stat()).size;
+    } finally {
+      await fh.close();
+    }
+  }));
+  return { desc: { mediaType, digest: await digestOf(path, 0, size), size }, path, start: 0 };
+}
+
+async function pushBlob(client: RegistryClient, repository: string, source: Source, result: PushResult): Promise<void> {
+  const { desc } = source;
+  if ((await client.headBlob(repository, desc.digest, [`repository:${repository}:pull,push`])) !== undefined) {
+    result.existing.blobs++;
+    result.existing.bytes += desc.size;
+    return;
+  }
+  await uploadBlob(client, repository, desc.digest, desc.size, () => createReadStream(source.path, { start: source.start, end: source.start + desc.size - 1 }));
+  result.uploaded.blobs++;
+  result.uploaded.bytes += desc.size;
+}
+
+/** The RAM files of the snapshot's ancestors (nearest first) of the same size, to base its chunks on. */
+function ancestorMemories(ctx: Pick<EngineContext, 'paths' | 'stores'>, snapshot: SnapshotRecord): string[] {
+  const found: string[] = [];
+  for (let id = snapshot.parentSnapshot; id && found.length < MAX_ANCESTORS; ) {
+    const parent = ctx.stores.snapshots.getAny(id);
+    if (!parent || parent.spec.memoryMib !== snapshot.spec.memoryMib) break;
+    found.push(join(ctx.paths.snapshotDir(parent.id), 'memory'));
+    id = parent.parentSnapshot;
+  }
+  return found;
+}
+
+export async function pushSnapshot(
+  ctx: Pick<EngineContext, 'paths' | 'stores'>,
+  snapshot: SnapshotRecord,
+  reference: string,
+  access: RegistryAccess,
+): Promise<PushResult> {
+  const target = parseReference(reference);
+  if (target.digest) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `push to a tag, not a digest: ${reference}`);
+  const src = ctx.paths.snapshotDir(snapshot.id);
+  // The disks flattened as an export does (their backing chain names files of this host only),
+  // staged in celld's own folder (swept at start-up if celld dies here).
+  const work = await mkdtemp(join(ctx.paths.snapshots, '.push-'));
+  try {
+    const flatten = async (from: string, to: string) => {
+      try {
+        await run('qemu-img', ['convert', '-O', 'qcow2', from, to], { maxBuffer: 16 * 1024 * 1024 });
+      } catch (err) {
+        throw new CellError(ErrorCodes.SNAPSHOT_FAILED, `flattening ${from} failed: ${((err as { stderr?: string }).stderr ?? (err as Error).message).trim().split('\n').pop()}`);
+      }
+    };
+    await flatten(join(src, 'disk.qcow2'), join(work, 'disk.qcow2'));
+    const hasData = (snapshot.spec.dataDiskMib ?? 0) > 0;
+    if (hasData) await flatten(join(src, 'data.qcow2'), join(work, 'data.qcow2'));
+    const config = Buffer.from(JSON.stringify({ format: SNAPSHOT_ARCHIVE_FORMAT, snapshot }));
+    await writeFile(join(work, 'config.json'), config);
+    const memoryBytes = snapshot.spec.memoryMib * 1024 * 1024;
+    const client = await clientFor(target.registry, access);
+    const pagesPath = join(work, 'pages');
+    const memory = await memoryLayers(client, target.repository, join(src, 'memory'), memoryBytes, ancestorMemories(ctx, snapshot), pagesPath);
+    const sources = {
+      config: await fileSource(join(work, 'config.json'), ArtifactTypes.CONFIG),
+      state: await fileSource(join(src, 'state'), ArtifactTypes.STATE),
+      disk: await fileSource(join(work, 'disk.qcow2'), ArtifactTypes.DISK),
+      dataDisk: hasData ? await fileSource(join(work, 'data.qcow2'), ArtifactTypes.DATA_DISK) : undefined,
+      memory: memory.chunks,
+      pages: memory.pages > 0 ? await fileSource(pagesPath, ArtifactTypes.MEMORY_PAGES) : undefined,
+    };
+    const result: PushResult = { reference: formatReference(target), digest: '', uploaded: { blobs: 0, bytes: 0 }, existing: { blobs: 0, bytes: 0 } };
+    for (const s of [sources.state, sources.disk, ...(sources.dataDisk ? [sources.dataDisk] : []), ...sources.memory, ...(sources.pages ? [sources.pages] : []), sources.config]) {
+      await pushBlob(client, target.repository, s, result);
+    }
+    const artifact: SnapshotArtifact = {
+      config: sources.config.desc,
+      state: sources.state.desc,
+      disk: sources.disk.desc,
+      ...(sources.dataDisk ? { dataDisk: sources.dataDisk.desc } : {}),
+      memory: sources.memory.map((m) => ({ offset: m.start, desc: m.desc })),
+      ...(sources.pages ? { pages: sources.pages.desc } : {}),
+    };
+    const manifest = snapshotManifest(artifact, {
+      'org.opencontainers.image.created': snapshot.createdAt,
+      'org.opencontainers.image.title': snapshot.name,
+      'dev.cellvm.snapshot.id': snapshot.id,
+    });
+    result.digest = await client.putManifest(target.repository, manifestSelector(target), manifest, 'application/vnd.oci.image.manifest.v1+json');
+    return result;
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+export async function pullSnapshot(
+  ctx: Pick<EngineContext, 'paths' | 'db' | 'stores' | 'checkpoint'>,
+  reference: string,
+  host: CompatKey,
+  access: RegistryAccess,
+  name?: string,
+): Promise<SnapshotRecord> {
+  const source = parseReference(reference);
+  const what = formatReference(source);
+  const client = await clientFor(source.registry, access);
+  const fetched = await client.getManifest(source.repository, manifestSelector(source));
+  const artifact = parseSnapshotManifest(fetched.bytes, what);
+  const store = new BlobStore(join(ctx.paths.snapshots, '.blobs'));
+  const fetch = (desc: Descriptor, part: string) => downloadBlob(client, source.repository, desc, store, { what: `${what} ${part}`, maxBytes: desc.size });
+
+  // The metadata and the compatibility key first: an unusable snapshot costs one small blob.
+  if (artifact.config.size > MAX_ARCHIVE_META_BYTES) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${what}: its config is too large`);
+  const configText = await readFile(await fetch(artifact.config, 'config'), 'utf8');
+  const meta = parseArchiveMeta(what, configText, name);
+  assertCompatible(meta.compat, host, what);
+  checkMemoryLayout(artifact, meta.spec.memoryMib * 1024 * 1024, what);
+  if (ctx.stores.snapshots.getAny(meta.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${meta.id.slice(0, 12)} (${what}) is already here`);
+
+  const memoryBytes = meta.spec.memoryMib * 1024 * 1024;
+  const staging = join(ctx.paths.snapshots, `.pull-${process.pid}-${Date.now()}`);
+  const blobs = [artifact.config, artifact.state, artifact.disk, ...(artifact.dataDisk ? [artifact.dataDisk] : []), ...artifact.memory.map((m) => m.desc), ...(artifact.pages ? [artifact.pages] : [])];
+  await mkdir(staging, { recursive: true });
+  let record: SnapshotRecord;
+  try {
+    await copyFile(await fetch(artifact.state, 'device state'), join(staging, 'state'));
+    await copyFile(await fetch(artifact.disk, 'disk'), join(staging, 'disk.qcow2'));
+    if (artifact.dataDisk) await copyFile(await fetch(artifact.dataDisk, 'data disk'), join(staging, 'data.qcow2'));
+    // The RAM file: sparse, each chunk written at its place (zero chunks were never sent).
+    const memory = await open(join(staging, 'memory'), 'wx', 0o600);
+    try {
+      await memory.truncate(memoryBytes);
+      for (const { offset, desc } of artifact.memory) {
+        const bytes = await readFile(await fetch(desc, `RAM chunk at ${offset}`));
+        await memory.write(bytes, 0, bytes.length, offset);
+      }
+      // Then the pages that differ from those chunks (a child's, whose chunks are its ancestor's).
+      if (artifact.pages) {
+        const records = await open(await fetch(artifact.pages, 'RAM pages'), 'r');
+        try {
+          const buf = Buffer.alloc(PAGE_RECORD_BYTES * 256);
+          for (let at = 0; at < artifact.pages.size; ) {
+            const { bytesRead } = await records.read(buf, 0, Math.min(buf.length, artifact.pages.size - at), at);
+            if (bytesRead === 0 || bytesRead % PAGE_RECORD_BYTES !== 0) throw new CellError(ErrorCodes.SNAPSHOT_FAILED, `${what}: its pages layer ended early`);
+            for (let r = 0; r < bytesRead; r += PAGE_RECORD_BYTES) {
+              const offset = pageOffset(buf.subarray(r, r + 8), memoryBytes, what);
+              await memory.write(buf, r + 8, PAGE_BYTES, offset);
+            }
+            at += bytesRead;
+          }
+        } finally {
+          await records.close();
+        }
+      }
+      await memory.sync();
+    } finally {
+      await memory.close();
+    }
+    await ctx.checkpoint('snapshot-pull:assembled');
+    record = await adoptStagedSnapshot(ctx, staging, what, meta);
+  } catch (err) {
+    // What was fetched stays in the store: pulling again resumes from there.
+    throw await explainNoSpace(err, ctx.paths.snapshots, `pulling ${what} stopped`);
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
+  // Adopted: its files are the snapshot's now, the fetched blobs are copies.
+  for (const desc of blobs) await store.delete(desc.digest).catch(() => false);
+  return record;
+}

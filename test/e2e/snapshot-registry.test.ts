@@ -1,0 +1,155 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { registryBlobPath, startRegistry, type RunningRegistry } from '../image/registry-harness.js';
+import { TestHome } from '../helpers/cell-home.js';
+
+/**
+ * Snapshots through a real registry (CNCF Distribution on loopback, with basic auth): push a
+ * snapshot of a VM whose counter runs, push a child (only what changed is sent: counted at the
+ * registry), pull both into other homes (another host's CELL_HOME) and fork them (the counter goes
+ * on); a tampered RAM chunk is refused and leaves nothing; an artifact whose compatibility key does
+ * not match this host is refused before any RAM is fetched.
+ */
+const COUNTER = 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done';
+
+function blobsAt(registry: RunningRegistry): Set<string> {
+  const dir = join(registry.storage, 'docker', 'registry', 'v2', 'blobs', 'sha256');
+  if (!existsSync(dir)) return new Set();
+  return new Set(readdirSync(dir).flatMap((prefix) => readdirSync(join(dir, prefix))));
+}
+
+/** Bytes of the registry's blobs not in `before`. */
+function newBytes(registry: RunningRegistry, before: Set<string>): number {
+  return [...blobsAt(registry)].filter((hex) => !before.has(hex)).reduce((sum, hex) => sum + statSync(registryBlobPath(registry.storage, `sha256:${hex}`)).size, 0);
+}
+
+function pulledLeftovers(h: TestHome): string[] {
+  const dir = join(h.home, 'snapshots');
+  const stray = existsSync(dir) ? readdirSync(dir).filter((f) => f.startsWith('.pull-')) : [];
+  const vms = existsSync(join(h.home, 'snapshots')) ? readdirSync(join(h.home, 'snapshots')).filter((f) => /^[0-9a-f]{64}$/.test(f)) : [];
+  return [...stray, ...vms];
+}
+
+describe('snapshot push and pull', () => {
+  let registry: RunningRegistry;
+  const homes: TestHome[] = [];
+  const home = () => {
+    const h = new TestHome();
+    homes.push(h);
+    return h;
+  };
+  let repo = '';
+
+  before(async () => {
+    registry = await startRegistry({ kind: 'basic', user: 'cell', password: 'sekrit' });
+    repo = `${registry.host}/e2e/snap`;
+  });
+  after(async () => {
+    for (const h of homes) await h.cleanup();
+    await registry?.stop();
+  });
+
+  test('push a running VM, then a child with only its changes; pull both elsewhere and fork: the guest goes on', async (t) => {
+    const a = home();
+    await a.ok(['login', '-u', 'cell', '--password-stdin', registry.host], { input: 'sekrit\n' });
+    const vm = (await a.ok(['run', '-d', '--name', 'counter', 'busybox', '--', 'sh', '-c', COUNTER])).stdout.trim();
+    await a.ok(['exec', vm, '--', 'sh', '-c', 'while [ ! -s /tmp/count ]; do sleep 0.05; done']);
+    await a.ok(['snapshot', '--name', 'base', vm]);
+    const countAtBase = Number((await a.ok(['exec', vm, '--', 'cat', '/tmp/count'])).stdout);
+
+    const unauthenticated = await home().cell(['snapshot', 'pull', `${repo}:base`]);
+    assert.equal(unauthenticated.code, 1, 'nothing to pull yet, and no credentials');
+
+    const before = blobsAt(registry);
+    const base = await a.ok(['snapshot', 'push', 'base', `${repo}:base`]);
+    t.diagnostic(base.stdout.trim());
+    const afterBase = blobsAt(registry);
+    const sentBase = Number(/sent (\d+) blobs/.exec(base.stdout)![1]);
+    // Distribution keeps the manifest as a blob too.
+    assert.equal(afterBase.size - before.size, sentBase + 1, 'every blob push says it sent is new at the registry');
+    assert.ok(sentBase >= 4, 'state, disk, config and RAM chunks');
+
+    // The child: the same guest a moment later, with one new file.
+    await a.ok(['exec', vm, '--', 'sh', '-c', 'echo child > /root/child']);
+    await a.ok(['snapshot', '--name', 'child', vm]);
+    const child = await a.ok(['snapshot', 'push', 'child', `${repo}:child`]);
+    t.diagnostic(child.stdout.trim());
+    const [, sent, , had] = /sent (\d+) blobs \(([^)]*)\), (\d+) the registry had/.exec(child.stdout)!.map(String);
+    assert.equal(blobsAt(registry).size - afterBase.size, Number(sent) + 1, 'the registry holds exactly the blobs push sent, and the manifest');
+    assert.ok(Number(had) > Number(sent), `the child sent ${sent} blobs and skipped ${had}: most of its RAM is its parent's`);
+    const baseBytes = newBytes(registry, before);
+    const childBytes = newBytes(registry, afterBase);
+    t.diagnostic(`at the registry: the base added ${baseBytes} bytes, the child ${childBytes}`);
+    assert.ok(childBytes < baseBytes * 0.15, `the child added ${childBytes} bytes against the base's ${baseBytes}: its changed pages and its disk, not its RAM again`);
+
+    // Another host (its own CELL_HOME): pull the child, fork it; the counter continues from the snapshot.
+    const b = home();
+    await b.ok(['login', '-u', 'cell', '--password-stdin', registry.host], { input: 'sekrit\n' });
+    const pulled = (await b.ok(['snapshot', 'pull', `${repo}:child`])).stdout.trim();
+    assert.match(pulled, /^[0-9a-f]{64}$/);
+    const [info] = JSON.parse((await b.ok(['snapshot', 'inspect', 'child'])).stdout) as { id: string; name: string }[];
+    assert.equal(info!.id, pulled);
+    const [fork] = (await b.ok(['fork', 'child'])).stdout.trim().split('\n');
+    assert.equal((await b.ok(['exec', fork!, '--', 'cat', '/root/child'])).stdout, 'child\n');
+    const first = Number((await b.ok(['exec', fork!, '--', 'cat', '/tmp/count'])).stdout);
+    await new Promise((r) => setTimeout(r, 600));
+    const later = Number((await b.ok(['exec', fork!, '--', 'cat', '/tmp/count'])).stdout);
+    assert.ok(first >= countAtBase, `the fork starts where the child was taken (${first} >= ${countAtBase})`);
+    assert.ok(later > first, `its counter goes on (${first} -> ${later})`);
+    assert.equal(readdirSync(join(b.home, 'snapshots', '.blobs', 'blobs', 'sha256')).length, 0, 'the fetched blobs are gone once the snapshot is adopted');
+
+    // The same reference again: it is here already.
+    const again = await b.cell(['snapshot', 'pull', `${repo}:child`]);
+    assert.match(again.stderr, /^error: snapshot [0-9a-f]{12} .*is already here/);
+    await a.ok(['rm', '-f', vm]);
+  });
+
+  test('a tampered RAM chunk is refused and leaves nothing; a snapshot for another host is refused before its RAM is fetched', async () => {
+    const c = home();
+    await c.ok(['login', '-u', 'cell', '--password-stdin', registry.host], { input: 'sekrit\n' });
+    const manifestOf = async (tag: string) => {
+      const res = await fetch(`http://${registry.host}/v2/e2e/snap/manifests/${tag}`, {
+        headers: { accept: 'application/vnd.oci.image.manifest.v1+json', authorization: `Basic ${Buffer.from('cell:sekrit').toString('base64')}` },
+      });
+      assert.equal(res.status, 200);
+      return JSON.parse(await res.text()) as { config: { digest: string; size: number }; layers: { mediaType: string; digest: string }[] };
+    };
+
+    // An incompatible host: the base's config with another QEMU version, pushed under a new tag.
+    const manifest = await manifestOf('base');
+    const config = JSON.parse(readFileSync(registryBlobPath(registry.storage, manifest.config.digest), 'utf8')) as { snapshot: { compat: { qemuVersion: string } } };
+    config.snapshot.compat.qemuVersion = '0.0.1-elsewhere';
+    const configBytes = Buffer.from(JSON.stringify(config));
+    const configDigest = `sha256:${createHash('sha256').update(configBytes).digest('hex')}`;
+    const auth = { authorization: `Basic ${Buffer.from('cell:sekrit').toString('base64')}` };
+    const started = await fetch(`http://${registry.host}/v2/e2e/snap/blobs/uploads/`, { method: 'POST', headers: auth });
+    assert.equal(started.status, 202);
+    const location = new URL(started.headers.get('location')!, `http://${registry.host}`);
+    location.searchParams.set('digest', configDigest);
+    const upload = await fetch(location, { method: 'PUT', headers: { ...auth, 'content-type': 'application/octet-stream' }, body: configBytes });
+    assert.equal(upload.status, 201);
+    const other = { ...manifest, config: { ...manifest.config, digest: configDigest, size: configBytes.length } };
+    const put = await fetch(`http://${registry.host}/v2/e2e/snap/manifests/elsewhere`, { method: 'PUT', headers: { ...auth, 'content-type': 'application/vnd.oci.image.manifest.v1+json' }, body: JSON.stringify(other) });
+    assert.equal(put.status, 201);
+    const refused = await c.cell(['snapshot', 'pull', `${repo}:elsewhere`]);
+    assert.match(refused.stderr, /^error: snapshot .*elsewhere was taken on an incompatible host: qemuVersion 0\.0\.1-elsewhere/);
+    assert.equal(refused.stderr.trim().split('\n').length, 1);
+    const fetched = readdirSync(join(c.home, 'snapshots', '.blobs', 'blobs', 'sha256'));
+    assert.deepEqual(fetched, [configDigest.slice(7)], 'only the config was fetched: no RAM, no disk');
+
+    // A RAM chunk changed at the registry: its digest no longer matches.
+    const chunk = manifest.layers.find((l) => l.mediaType === 'application/vnd.cellvm.snapshot.memory.v1')!;
+    const path = registryBlobPath(registry.storage, chunk.digest);
+    const bytes = readFileSync(path);
+    bytes[100] = bytes[100]! ^ 0xff;
+    writeFileSync(path, bytes);
+    const tampered = await c.cell(['snapshot', 'pull', `${repo}:base`]);
+    assert.equal(tampered.code, 1);
+    assert.match(tampered.stderr, /^error: .*(digest|sha256)/i);
+    assert.deepEqual(pulledLeftovers(c), [], 'no snapshot and no staging folder left');
+    assert.equal(JSON.parse((await c.ok(['snapshots', '--format', 'json'])).stdout).length, 0);
+  });
+});
