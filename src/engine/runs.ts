@@ -107,7 +107,7 @@ export class Runs {
     if (req.volumes?.length) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'a fork mounts the volumes of its snapshot and no others (its devices are the snapshot\'s; a snapshot of a VM with host folders is refused): drop -v with --from');
     if (req.networks !== undefined) throw new CellError(ErrorCodes.INVALID_ARGUMENT, "a fork is on its snapshot's networks: drop --network with --from (cell network connect adds one)");
     const ports = req.ports?.length ? validatePorts(req.ports) : undefined;
-    const snapshot = this.snapshots.resolve(req.fromSnapshot!);
+    const snapshot = await this.snapshots.resolveOrPull(req.fromSnapshot!);
     const [vm] = await this.snapshots.fork(snapshot.id, {
       count: 1,
       name: req.name,

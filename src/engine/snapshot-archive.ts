@@ -118,6 +118,8 @@ export async function adoptStagedSnapshot(
   staging: string,
   source: string,
   meta: Omit<SnapshotRecord, 'stateBytes' | 'memoryBytes' | 'diskBytes'>,
+  /** Recorded in the same transaction as the snapshot (a pull's source reference). */
+  alsoRecord: (record: SnapshotRecord) => void = () => {},
 ): Promise<SnapshotRecord> {
   const { paths, stores } = ctx;
   const file = source;
@@ -140,6 +142,7 @@ export async function adoptStagedSnapshot(
   try {
     ctx.db.transaction(() => {
       stores.snapshots.insert(record);
+      alsoRecord(record);
     })();
   } catch (err) {
     await rm(paths.snapshotDir(record.id), { recursive: true, force: true });

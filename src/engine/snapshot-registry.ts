@@ -272,7 +272,13 @@ export async function pullSnapshot(
   const meta = parseArchiveMeta(what, configText, name);
   assertCompatible(meta.compat, host, what);
   checkMemoryLayout(artifact, meta.spec.memoryMib * 1024 * 1024, what);
-  if (ctx.stores.snapshots.getAny(meta.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${meta.id.slice(0, 12)} (${what}) is already here`);
+  const here = ctx.stores.snapshots.get(meta.id);
+  if (here) {
+    // Pulled (or imported, or taken) before: nothing to fetch; the reference now names it.
+    ctx.stores.snapshots.recordSource(what, here.id);
+    return here;
+  }
+  if (ctx.stores.snapshots.getAny(meta.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${meta.id.slice(0, 12)} (${what}) was removed here but is still held; pull it once it is gone`);
 
   const memoryBytes = meta.spec.memoryMib * 1024 * 1024;
   const staging = join(ctx.paths.snapshots, `.pull-${process.pid}-${Date.now()}`);
@@ -314,7 +320,7 @@ export async function pullSnapshot(
       await memory.close();
     }
     await ctx.checkpoint('snapshot-pull:assembled');
-    record = await adoptStagedSnapshot(ctx, staging, what, meta);
+    record = await adoptStagedSnapshot(ctx, staging, what, meta, (r) => ctx.stores.snapshots.recordSource(what, r.id));
   } catch (err) {
     // What was fetched stays in the store: pulling again resumes from there.
     throw await explainNoSpace(err, ctx.paths.snapshots, `pulling ${what} stopped`);

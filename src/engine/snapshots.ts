@@ -19,6 +19,7 @@ import { collectRetiredSnapshots } from './retired-snapshots.js';
 import { clearRestoring, markRestoring } from './restore-intent.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
 import { pullSnapshot, pushSnapshot, type PushResult } from './snapshot-registry.js';
+import { formatReference, parseReference } from '../image/reference.js';
 import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
 import { stagingDir, takeSnapshot, type SnapshotIntent } from './snapshot-take.js';
 import type { Vms } from './vms.js';
@@ -164,9 +165,18 @@ export class Snapshots {
     return takeSnapshot(this.ctx, this.vms, this.images, current, intent);
   }
 
+  /**
+   * A snapshot here, or a registry reference (it has a '/', which no snapshot name has) pulled on
+   * first use, as `docker run` pulls an image: later forks of the reference use the pulled one.
+   */
+  async resolveOrPull(ref: string): Promise<SnapshotRecord> {
+    if (!ref.includes('/')) return this.resolve(ref);
+    return this.ctx.stores.snapshots.pulledAs(formatReference(parseReference(ref))) ?? this.pull(ref);
+  }
+
   /** N new running VMs, each on its own overlay, all mapping the snapshot's RAM copy-on-write. */
   async fork(snapshotRef: string, opts: ForkOptions = {}): Promise<VmRecord[]> {
-    const snapshot = this.resolve(snapshotRef);
+    const snapshot = await this.resolveOrPull(snapshotRef);
     const count = opts.count ?? 1;
     if (!Number.isInteger(count) || count < 1 || count > MAX_FORKS) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, `--count ${count} is out of range: 1 to ${MAX_FORKS}`);

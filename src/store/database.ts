@@ -159,6 +159,12 @@ const MIGRATIONS: string[] = [
      warm INTEGER NOT NULL,
      updated_at TEXT NOT NULL
    );`,
+  // Snapshots pulled from a registry, by the reference they were pulled as (a fork of the
+  // reference uses the snapshot here instead of pulling again).
+  `CREATE TABLE snapshot_sources (
+     reference TEXT PRIMARY KEY,
+     snapshot_id TEXT NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE
+   );`,
 ];
 
 export type Db = Database.Database;

@@ -77,6 +77,19 @@ export class SnapshotStore {
   }
 
   /** The snapshots users see: all but retired ones. */
+  /** The snapshot pulled as registry `reference`, while it is here. */
+  pulledAs(reference: string): SnapshotRecord | undefined {
+    const row = this.db
+      .prepare('SELECT s.* FROM snapshot_sources r JOIN snapshots s ON s.id = r.snapshot_id WHERE r.reference = ? AND s.retired_at IS NULL')
+      .get(reference) as SnapshotRow | undefined;
+    return row ? fromRow(row) : undefined;
+  }
+
+  /** Records that `snapshotId` was pulled as `reference` (a later pull of the same reference wins). */
+  recordSource(reference: string, snapshotId: string): void {
+    this.db.prepare('INSERT INTO snapshot_sources (reference, snapshot_id) VALUES (?, ?) ON CONFLICT (reference) DO UPDATE SET snapshot_id = excluded.snapshot_id').run(reference, snapshotId);
+  }
+
   /** The snapshots a reference could mean (an id, a name, an id prefix): engine resolves one of them. */
   matching(ref: string): SnapshotRecord[] {
     const { where, params } = refCondition(ref);

@@ -101,9 +101,20 @@ describe('snapshot push and pull', () => {
     assert.ok(later > first, `its counter goes on (${first} -> ${later})`);
     assert.equal(readdirSync(join(b.home, 'snapshots', '.blobs', 'blobs', 'sha256')).length, 0, 'the fetched blobs are gone once the snapshot is adopted');
 
-    // The same reference again: it is here already.
-    const again = await b.cell(['snapshot', 'pull', `${repo}:child`]);
-    assert.match(again.stderr, /^error: snapshot [0-9a-f]{12} .*is already here/);
+    // The same reference again: it is here already, nothing is fetched; run --from the reference uses it.
+    assert.equal((await b.ok(['snapshot', 'pull', `${repo}:child`])).stdout.trim(), pulled);
+    assert.equal((await b.ok(['run', '--rm', '--from', `${repo}:child`, '--', 'cat', '/root/child'])).stdout, 'child\n');
+    assert.equal(JSON.parse((await b.ok(['snapshots', '--format', 'json'])).stdout).length, 1);
+
+    // A third host forks the reference without pulling first: pulled on first use, once.
+    const d = home();
+    await d.ok(['login', '-u', 'cell', '--password-stdin', registry.host], { input: 'sekrit\n' });
+    const [f1] = (await d.ok(['fork', `${repo}:base`])).stdout.trim().split('\n');
+    const [f2] = (await d.ok(['fork', `${repo}:base`])).stdout.trim().split('\n');
+    assert.notEqual(f1, f2);
+    const onD = JSON.parse((await d.ok(['snapshots', '--format', 'json'])).stdout) as { name: string }[];
+    assert.deepEqual(onD.map((s) => s.name), ['base']);
+    assert.ok(Number((await d.ok(['exec', f2!, '--', 'cat', '/tmp/count'])).stdout) >= countAtBase - 1);
     await a.ok(['rm', '-f', vm]);
   });
 

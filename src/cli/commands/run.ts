@@ -141,7 +141,7 @@ export function register(program: Command): void {
     .option('--idle-action <action>', 'what an idle timeout does: stop (default), pause (no CPU; RAM kept) or pause-to-disk (RAM freed; unpause restores it)', oneOf('--idle-action', IDLE_ACTIONS))
     .option('--rm', 'remove the VM when the command ends')
     .option('-d, --detach', 'print the VM id and leave it running (exec into it later)')
-    .option('--from <snapshot>', 'fork this snapshot instead of booting an image')
+    .option('--from <snapshot>', 'fork this snapshot instead of booting an image (a registry reference host/repo:tag is pulled on first use)')
     .option('--template <name[:role]>', "start from a template: forked warm from its snapshot when it has one, else booted cold (says which)")
     .passThroughOptions()
     .addHelpText(

@@ -178,11 +178,11 @@ ${examples('cell snapshot pool --size 10 warm', 'cell snapshot pool --size 10 --
     .command('fork')
     .description('start new VMs from a snapshot, each with a fresh identity, sharing its memory copy-on-write')
     .summary('start new VMs from a snapshot')
-    .argument('<snapshot>', 'snapshot name, id, or id prefix')
+    .argument('<snapshot>', 'snapshot name, id, or id prefix; or a registry reference (host/repo:tag), pulled on first use')
     .option('--count <n>', 'how many forks (default 1)', wholeNumber('--count'), 1)
     .option('--name <prefix>', 'name forks PREFIX-1, PREFIX-2, ... (numbered on after the highest PREFIX-N a VM has; default PREFIX: the snapshot name)')
     .option('--label <KEY=VALUE>', "a label added to the snapshot's (repeatable)", collect)
-    .addHelpText('after', `\nPrints one VM id per line.\n${examples('cell fork warm', 'cell fork --count 10 --name worker warm', 'cell exec worker-3 -- cat /etc/hostname')}`)
+    .addHelpText('after', `\nPrints one VM id per line.\n${examples('cell fork warm', 'cell fork --count 10 --name worker warm', 'cell exec worker-3 -- cat /etc/hostname', 'cell fork 127.0.0.1:5000/team/warm:v1')}`)
     .action(
       withClient(async (client, ref: string, flags: { count: number; name?: string; label?: string[] }) => {
         const vms = await client.snapshots.fork(ref, { count: flags.count, name: flags.name, labels: flags.label });
