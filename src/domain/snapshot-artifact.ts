@@ -19,7 +19,8 @@ export const ArtifactTypes = {
   STATE: 'application/vnd.cellvm.snapshot.state.v1',
   DISK: 'application/vnd.cellvm.snapshot.disk.v1+qcow2',
   DATA_DISK: 'application/vnd.cellvm.snapshot.data-disk.v1+qcow2',
-  MEMORY: 'application/vnd.cellvm.snapshot.memory.v1',
+  /** A chunk of RAM, gzipped. */
+  MEMORY: 'application/vnd.cellvm.snapshot.memory.v1+gzip',
   /** Pages that differ from the chunks listed (records of a u64 LE offset and a 4 KiB page). */
   MEMORY_PAGES: 'application/vnd.cellvm.snapshot.memory-pages.v1',
 } as const;
@@ -35,6 +36,8 @@ export const OFFSET_ANNOTATION = 'dev.cellvm.memory.offset';
 export const MEMORY_CHUNK_BYTES = 4 * 1024 * 1024;
 /** A manifest of a 64 GiB guest (16384 chunks) stays under a megabyte of JSON. */
 export const MAX_MEMORY_CHUNKS = 16384;
+/** gzip of 4 MiB that does not compress: a little over 4 MiB. */
+const MAX_PACKED_CHUNK_BYTES = MEMORY_CHUNK_BYTES + 64 * 1024;
 const MAX_DISK_BYTES = 1024 ** 4;
 const MAX_STATE_BYTES = 256 * 1024 * 1024;
 const MAX_CONFIG_BYTES = 1024 * 1024;
@@ -125,7 +128,7 @@ export function parseSnapshotManifest(bytes: Buffer, what: string): SnapshotArti
       const offset = text !== undefined && /^\d{1,15}$/.test(text) ? Number(text) : NaN;
       if (!Number.isSafeInteger(offset) || offset % MEMORY_CHUNK_BYTES !== 0) throw bad(what, `a RAM chunk's offset ${JSON.stringify(text ?? null)} is not a multiple of ${MEMORY_CHUNK_BYTES}`);
       if (offsets.has(offset)) throw bad(what, `two RAM chunks at offset ${offset}`);
-      if (d.size === 0 || d.size > MEMORY_CHUNK_BYTES) throw bad(what, `a RAM chunk is ${d.size} bytes (1 to ${MEMORY_CHUNK_BYTES})`);
+      if (d.size === 0 || d.size > MAX_PACKED_CHUNK_BYTES) throw bad(what, `a RAM chunk is ${d.size} bytes (1 to ${MAX_PACKED_CHUNK_BYTES})`);
       offsets.add(offset);
       memory.push({ offset, desc: d });
     } else throw bad(what, `it has a layer of unknown type ${d.mediaType}`);
@@ -135,12 +138,10 @@ export function parseSnapshotManifest(bytes: Buffer, what: string): SnapshotArti
   return { config, state, disk, ...(dataDisk ? { dataDisk } : {}), memory, ...(pages ? { pages } : {}) };
 }
 
-/** Every RAM chunk inside a RAM file of `memoryBytes`, whole (only the last may be shorter). */
+/** Every RAM chunk inside a RAM file of `memoryBytes` (each unpacks to its whole chunk, the last maybe shorter: checked as it is unpacked). */
 export function checkMemoryLayout(artifact: SnapshotArtifact, memoryBytes: number, what: string): void {
-  for (const { offset, desc } of artifact.memory) {
+  for (const { offset } of artifact.memory) {
     if (offset >= memoryBytes) throw bad(what, `a RAM chunk at ${offset} lies past its ${memoryBytes} bytes of RAM`);
-    const expected = Math.min(MEMORY_CHUNK_BYTES, memoryBytes - offset);
-    if (desc.size !== expected) throw bad(what, `the RAM chunk at ${offset} is ${desc.size} bytes, not ${expected}`);
   }
   if (artifact.pages && artifact.pages.size / PAGE_RECORD_BYTES > memoryBytes / PAGE_BYTES) throw bad(what, `its pages layer holds more pages than ${memoryBytes} bytes of RAM`);
 }

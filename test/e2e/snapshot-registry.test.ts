@@ -83,7 +83,8 @@ describe('snapshot push and pull', () => {
     const baseBytes = newBytes(registry, before);
     const childBytes = newBytes(registry, afterBase);
     t.diagnostic(`at the registry: the base added ${baseBytes} bytes, the child ${childBytes}`);
-    assert.ok(childBytes < baseBytes * 0.15, `the child added ${childBytes} bytes against the base's ${baseBytes}: its changed pages and its disk, not its RAM again`);
+    // Its RAM costs its changed pages; its disk goes whole again (a flattened qcow2, ~3.5 MiB here).
+    assert.ok(childBytes < baseBytes * 0.3, `the child added ${childBytes} bytes against the base's ${baseBytes}: its changed pages and its disk, not its RAM again`);
 
     // Another host (its own CELL_HOME): pull the child, fork it; the counter continues from the snapshot.
     const b = home();
@@ -152,7 +153,7 @@ describe('snapshot push and pull', () => {
     assert.deepEqual(fetched, [configDigest.slice(7)], 'only the config was fetched: no RAM, no disk');
 
     // A RAM chunk changed at the registry: its digest no longer matches.
-    const chunk = manifest.layers.find((l) => l.mediaType === 'application/vnd.cellvm.snapshot.memory.v1')!;
+    const chunk = manifest.layers.find((l) => l.mediaType === 'application/vnd.cellvm.snapshot.memory.v1+gzip')!;
     const path = registryBlobPath(registry.storage, chunk.digest);
     const bytes = readFileSync(path);
     bytes[100] = bytes[100]! ^ 0xff;
