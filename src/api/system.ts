@@ -29,9 +29,22 @@ export const SetupQuery = Type.Object({ reprobe: Type.Optional(Type.Boolean()) }
 export const SetupEvent = Type.Union([ProgressEvent, event('done', {})]);
 export type SetupEvent = Static<typeof SetupEvent>;
 
+const UsageRow = Type.Object({ count: Type.Integer(), logicalBytes: Type.Integer(), usedBytes: Type.Integer() });
+/** `cell system df`: logical bytes (file sizes) and really used ones (allocated blocks), by kind. */
+export const DiskUsage = Type.Object({
+  images: UsageRow,
+  snapshots: Type.Intersect([UsageRow, Type.Object({ retired: Type.Integer() })]),
+  vms: UsageRow,
+  volumes: UsageRow,
+  buildCache: UsageRow,
+  total: Type.Object({ logicalBytes: Type.Integer(), usedBytes: Type.Integer() }),
+});
+export type DiskUsage = Static<typeof DiskUsage>;
+
 export const system = {
   ping: route({ method: 'GET', path: '/v1/ping', summary: 'is celld there', reply: json(Type.Object({ ok: Type.Boolean(), pid: Type.Integer() })) }),
   info: route({ method: 'GET', path: '/v1/info', summary: 'accelerator and why, QEMU version, guest kernel, CELL_HOME, VM counts', reply: json(Info) }),
+  df: route({ method: 'GET', path: '/v1/system/df', summary: "what celld's home holds by kind: logical and really used bytes", reply: json(DiskUsage) }),
   setup: route({
     method: 'POST',
     path: '/v1/setup',

@@ -1,3 +1,4 @@
+import { diskUsage, type DiskUsage } from './disk-usage.js';
 import type { CellConfig } from '../domain/config.js';
 import { homeTmpPrefix, type CellPaths } from '../domain/paths.js';
 import { ActionCacheStore } from '../store/action-cache-store.js';
@@ -253,6 +254,11 @@ export class Engine {
    * Ends what only this daemon holds (spares) and lets go of the machines without touching them:
    * VMs outlive celld, and the next one reconnects.
    */
+  /** `cell system df` (engine/disk-usage.ts). */
+  diskUsage(): Promise<DiskUsage> {
+    return diskUsage(this.ctx);
+  }
+
   /** `cell wait`: until VM `ref` has stopped or is healthy (engine/vm-wait.ts). */
   wait(ref: string, opts: WaitOptions): Promise<VmRecord> {
     return waitForVm(this.ctx.stores, this.vms.resolve(ref).id, opts);

@@ -1,5 +1,5 @@
 import { Api } from '../api/routes.js';
-import type { Info } from '../api/system.js';
+import type { DiskUsage, Info } from '../api/system.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { cellPaths, defaultHome, type CellPaths } from '../domain/paths.js';
 import { ActionsClient, BuildsClient, CacheClient } from './builds.js';
@@ -146,6 +146,11 @@ export class CellClient {
 
   info(opts: RequestOptions = {}): Promise<Info> {
     return this.transport.call(Api.system.info, {}, opts);
+  }
+
+  /** What celld's home holds by kind: logical bytes and really used ones (`cell system df`). */
+  diskUsage(opts: RequestOptions = {}): Promise<DiskUsage> {
+    return this.transport.call(Api.system.df, {}, opts);
   }
 
   /** Prepares the host (packages, kernel, initramfs, built-in image, accelerator); idempotent. */

@@ -66,7 +66,7 @@ export type { Vm, VmStats, RunRequest, UpdateRequest, ExecRequest, RunEvent, Exe
 export type { Snapshot } from '../api/snapshots.js';
 export type { NetworkView, CreateNetworkRequest } from '../api/networks.js';
 export type { Image, ImageRef } from '../api/images.js';
-export type { Info } from '../api/system.js';
+export type { DiskUsage, Info } from '../api/system.js';
 export type { CopyResult, GuestFileStat } from '../api/files.js';
 export type { ActionRequest, ActionResult, BuildEvent, BuildProgressEvent, BuildRequest, BuildSummary, CacheEntry } from '../api/builds.js';
 export type { TemplateBuildRequest, TemplateBuildSummary, TemplateVariantEvent, TemplateView } from '../api/templates.js';

@@ -107,6 +107,15 @@ describe('snapshot push and pull', () => {
     assert.equal((await b.ok(['run', '--rm', '--from', `${repo}:child`, '--', 'cat', '/root/child'])).stdout, 'child\n');
     assert.equal(JSON.parse((await b.ok(['snapshots', '--format', 'json'])).stdout).length, 1);
 
+    // system df: the pulled snapshot's RAM file counts whole as size, by its blocks as used.
+    const df = JSON.parse((await b.ok(['system', 'df', '--format', 'json'])).stdout) as Record<string, { count: number; logicalBytes: number; usedBytes: number }>;
+    assert.equal(df.snapshots!.count, 1);
+    assert.ok(df.snapshots!.logicalBytes >= 256 * 1024 * 1024, `logical ${df.snapshots!.logicalBytes}`);
+    assert.ok(df.snapshots!.usedBytes < df.snapshots!.logicalBytes / 2, `used ${df.snapshots!.usedBytes} of ${df.snapshots!.logicalBytes}: the RAM file is sparse`);
+    assert.ok(df.vms!.count >= 1 && df.vms!.usedBytes > 0);
+    assert.equal(df.total!.usedBytes, ['images', 'snapshots', 'vms', 'volumes'].reduce((n, k) => n + df[k]!.usedBytes, 0));
+    assert.match((await b.ok(['system', 'df'])).stdout, /^TYPE\s+COUNT\s+SIZE\s+ON DISK\n(.*\n)*Snapshots\s+1\s+2\d\d(\.\d)? MiB\s+\d/m);
+
     // A third host forks the reference without pulling first: pulled on first use, once.
     const d = home();
     await d.ok(['login', '-u', 'cell', '--password-stdin', registry.host], { input: 'sekrit\n' });

@@ -219,13 +219,14 @@ ${examples('cell snapshot pool --size 10 warm', 'cell snapshot pool --size 10 --
         else
           process.stdout.write(
             table(
-              ['SNAPSHOT ID', 'NAME', 'FROM VM', 'IMAGE', 'MEMORY', 'DISK', 'POOL', 'CREATED'],
+              // MEMORY: what its RAM file really uses on disk, of the guest's RAM (the file is sparse).
+              ['SNAPSHOT ID', 'NAME', 'FROM VM', 'IMAGE', 'MEMORY (ON DISK)', 'DISK', 'POOL', 'CREATED'],
               list.map((s) => [
                 short(s.id),
                 s.name,
                 s.parentVmName ?? '-',
                 s.spec.image,
-                bytes(s.memoryBytes),
+                `${bytes(s.memoryBytes)} of ${bytes(s.spec.memoryMib * 1024 * 1024)}`,
                 bytes(s.diskBytes),
                 s.pool ? `${s.pool.ready}/${s.pool.size}${s.pool.warm ? ' warm' : ''}` : '-',
                 ago(s.createdAt),

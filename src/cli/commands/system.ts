@@ -1,9 +1,9 @@
 import type { Command } from 'commander';
-import type { Info } from '../../sdk/index.js';
+import type { DiskUsage, Info } from '../../sdk/index.js';
 import { withClient } from '../action.js';
 import { oneOf } from '../errors.js';
 import { examples } from '../help.js';
-import { bytes } from '../format.js';
+import { bytes, table } from '../format.js';
 import { setupProgress } from '../setup-progress.js';
 
 export function register(program: Command): void {
@@ -17,6 +17,22 @@ export function register(program: Command): void {
       withClient(async (client, flags: { format: string }) => {
         const info = await client.info();
         process.stdout.write(flags.format === 'json' ? JSON.stringify(info, null, 2) + '\n' : infoText(info));
+      }),
+    );
+
+  const system = program.command('system').description("celld's home as a whole: system df").summary("celld's home as a whole");
+  system
+    .command('df')
+    .description('what celld\'s home holds by kind: logical bytes (file sizes; a RAM file counts whole) and really used ones (allocated blocks)')
+    .option('--format <format>', 'table or json', oneOf('--format', ['table', 'json']), 'table')
+    .addHelpText(
+      'after',
+      `\nEach file counts once. A VM's RAM is in memory (/dev/shm), not here. The build cache's bytes are its snapshots' (counted under Snapshots, not again in the total).\n${examples('cell system df', 'cell system df --format json | jq .snapshots')}`,
+    )
+    .action(
+      withClient(async (client, flags: { format: string }) => {
+        const usage = await client.diskUsage();
+        process.stdout.write(flags.format === 'json' ? JSON.stringify(usage, null, 2) + '\n' : dfText(usage));
       }),
     );
 
@@ -73,4 +89,20 @@ export function infoText(info: Info): string {
     ['Daemon pid', info.daemonPid],
   ];
   return rows.map(([k, v]) => `${`${k}:`.padEnd(14)}${v}\n`).join('');
+}
+
+/** `cell system df` as a table. */
+export function dfText(u: DiskUsage): string {
+  const r = (kind: string, count: string, x: { logicalBytes: number; usedBytes: number }) => [kind, count, bytes(x.logicalBytes), bytes(x.usedBytes)];
+  return table(
+    ['TYPE', 'COUNT', 'SIZE', 'ON DISK'],
+    [
+      r('Images', String(u.images.count), u.images),
+      r('Snapshots', u.snapshots.retired ? `${u.snapshots.count} (+${u.snapshots.retired} removed, held)` : String(u.snapshots.count), u.snapshots),
+      r('VM disks', String(u.vms.count), u.vms),
+      r('Volumes', String(u.volumes.count), u.volumes),
+      r('Build cache', String(u.buildCache.count), u.buildCache),
+      r('Total', '', u.total),
+    ],
+  );
 }

@@ -13,6 +13,8 @@ export function systemRoutes(app: FastifyInstance, engine: Engine): void {
 
   serve(app, system.info, async () => ({ version: CELL_VERSION, ...(await engine.info()), daemonPid: process.pid }));
 
+  serve(app, system.df, async () => engine.diskUsage());
+
   serve(app, system.setup, async (req, reply) => {
     const stream = openStream(system.setup, req, reply);
     try {

@@ -1,0 +1,87 @@
+import { lstat, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { EngineContext } from './context.js';
+
+/**
+ * `cell system df`, as `docker system df`: what celld's home holds, by kind, as logical bytes
+ * (file sizes: a sparse RAM file counts whole) and really used ones (allocated blocks). Each file
+ * is counted once even where it is linked twice, and only by the first kind that reaches it.
+ */
+export interface UsageRow {
+  count: number;
+  logicalBytes: number;
+  usedBytes: number;
+}
+
+export interface DiskUsage {
+  /** Layer blobs and the base disks built from them. */
+  images: UsageRow;
+  /** Snapshots users see; `retired`: removed ones kept for the snapshots that stand on them. */
+  snapshots: UsageRow & { retired: number };
+  /** VMs' own overlay disks and logs (their RAM files are in memory, on /dev/shm: not here). */
+  vms: UsageRow;
+  volumes: UsageRow;
+  /** Action cache entries, with what their snapshots hold (counted under snapshots too, not in the total). */
+  buildCache: UsageRow;
+  total: { logicalBytes: number; usedBytes: number };
+}
+
+class Tally {
+  private readonly seen = new Set<string>();
+
+  /** Sizes of every regular file under `path` (or of `path` itself) not counted before. */
+  async measure(path: string): Promise<{ logical: number; used: number }> {
+    let logical = 0;
+    let used = 0;
+    const walk = async (p: string): Promise<void> => {
+      const s = await lstat(p).catch(() => undefined);
+      if (!s) return;
+      if (s.isDirectory()) {
+        for (const name of await readdir(p).catch(() => [] as string[])) await walk(join(p, name));
+        return;
+      }
+      if (!s.isFile()) return;
+      const key = `${s.dev}:${s.ino}`;
+      if (this.seen.has(key)) return;
+      this.seen.add(key);
+      logical += s.size;
+      used += s.blocks * 512;
+    };
+    await walk(path);
+    return { logical, used };
+  }
+}
+
+const row = (count: number, m: { logical: number; used: number }): UsageRow => ({ count, logicalBytes: m.logical, usedBytes: m.used });
+
+export async function diskUsage(ctx: Pick<EngineContext, 'paths' | 'stores' | 'db'>): Promise<DiskUsage> {
+  const { paths, stores } = ctx;
+  const tally = new Tally();
+  const all = ctx.db.prepare('SELECT id, retired_at FROM snapshots').all() as { id: string; retired_at: string | null }[];
+  let snap = { logical: 0, used: 0 };
+  for (const s of all) {
+    const m = await tally.measure(paths.snapshotDir(s.id));
+    snap = { logical: snap.logical + m.logical, used: snap.used + m.used };
+  }
+  const blobs = await tally.measure(join(paths.home, 'blobs'));
+  const disks = await tally.measure(paths.images);
+  const vms = await tally.measure(paths.vms);
+  const volumes = await tally.measure(paths.volumes);
+  // What the cache entries' snapshots hold (already counted above: shown, not added to the total).
+  const entries = stores.actionCache.list();
+  const cacheTally = new Tally();
+  let cached = { logical: 0, used: 0 };
+  for (const id of new Set(entries.map((e) => e.snapshotId))) {
+    const m = await cacheTally.measure(paths.snapshotDir(id));
+    cached = { logical: cached.logical + m.logical, used: cached.used + m.used };
+  }
+  const usage: Omit<DiskUsage, 'total'> = {
+    images: row(stores.images.list().length, { logical: blobs.logical + disks.logical, used: blobs.used + disks.used }),
+    snapshots: { ...row(all.length - all.filter((s) => s.retired_at).length, snap), retired: all.filter((s) => s.retired_at).length },
+    vms: row(stores.vms.list().length, vms),
+    volumes: row(stores.volumes.list().length, volumes),
+    buildCache: row(entries.length, cached),
+  };
+  const parts = [usage.images, usage.snapshots, usage.vms, usage.volumes];
+  return { ...usage, total: { logicalBytes: parts.reduce((n, p) => n + p.logicalBytes, 0), usedBytes: parts.reduce((n, p) => n + p.usedBytes, 0) } };
+}
