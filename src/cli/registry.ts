@@ -36,7 +36,7 @@ export const COMMAND_GROUPS: readonly CommandGroup[] = [
     names: ['pull', 'images', 'rmi', 'push', 'login', 'logout', 'image'],
     load: () => import('./commands/images.js'),
   },
-  { heading: 'This host:', names: ['info', 'setup'], load: () => import('./commands/system.js') },
+  { heading: 'This host:', names: ['info', 'system', 'setup'], load: () => import('./commands/system.js') },
 ];
 
 /** Global options that take a value (their value is not a subcommand name). */
