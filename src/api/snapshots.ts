@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { created, empty, json, route } from './contract.js';
-import { RefParams, Removed, RemoveQuery } from './common.js';
+import { created, empty, json, ndjson, route } from './contract.js';
+import { event, RefParams, Removed, RemoveQuery } from './common.js';
 import { Vm, VmSpec } from './vms.js';
 import { MAX_POOL_SIZE } from '../domain/pool.js';
 
@@ -82,6 +82,11 @@ const BlobCount = Type.Object({ blobs: Type.Integer(), bytes: Type.Integer() });
 export const PushReply = Type.Object({ reference: Type.String(), digest: Type.String(), uploaded: BlobCount, existing: BlobCount });
 export type PushReply = Static<typeof PushReply>;
 
+/** Bytes of the snapshot's blobs dealt with so far (sent, found at the registry, or fetched), of all. */
+export const TransferEvent = event('progress', { done: Type.Integer(), total: Type.Integer() });
+export const PushStreamEvent = Type.Union([TransferEvent, event('pushed', { result: PushReply }), event('done', {})]);
+export type PushStreamEvent = Static<typeof PushStreamEvent>;
+
 export const PullRequest = Type.Object(
   {
     reference: Type.String({ minLength: 1, maxLength: 1024 }),
@@ -91,6 +96,8 @@ export const PullRequest = Type.Object(
   { additionalProperties: false },
 );
 export type PullRequest = Static<typeof PullRequest>;
+export const PullStreamEvent = Type.Union([TransferEvent, event('snapshot', { snapshot: Snapshot }), event('done', {})]);
+export type PullStreamEvent = Static<typeof PullStreamEvent>;
 
 export const PruneRequest = Type.Object(
   { maxCount: Type.Optional(Type.Integer({ minimum: 0 })), maxBytes: Type.Optional(Type.Integer({ minimum: 0 })) },
@@ -141,9 +148,9 @@ export const snapshots = {
     summary: 'send a snapshot to a registry as an OCI artifact (only the blobs it lacks)',
     params: RefParams,
     body: PushRequest,
-    reply: json(PushReply),
+    reply: ndjson(PushStreamEvent),
   }),
-  pull: route({ method: 'POST', path: '/v1/snapshots/pull', summary: 'fetch a snapshot pushed to a registry', body: PullRequest, reply: created(Snapshot) }),
+  pull: route({ method: 'POST', path: '/v1/snapshots/pull', summary: 'fetch a snapshot pushed to a registry, progress streamed', body: PullRequest, reply: ndjson(PullStreamEvent) }),
   prune: route({
     method: 'POST',
     path: '/v1/snapshots/prune',

@@ -43,6 +43,9 @@ import { adoptStagedSnapshot } from './snapshot-archive.js';
  */
 const run = promisify(execFile);
 
+/** Bytes of the snapshot's blobs dealt with so far (sent, found at the registry, or fetched), of all. */
+export type TransferProgress = (done: number, total: number) => void;
+
 export interface RegistryAccess {
   credentialsPath: string;
   insecureRegistries: string[];
@@ -235,6 +238,7 @@ export async function pushSnapshot(
   snapshot: SnapshotRecord,
   reference: string,
   access: RegistryAccess,
+  onProgress: TransferProgress = () => {},
 ): Promise<PushResult> {
   const target = parseReference(reference);
   if (target.digest) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `push to a tag, not a digest: ${reference}`);
@@ -270,9 +274,16 @@ export async function pushSnapshot(
     const result: PushResult = { reference: formatReference(target), digest: '', uploaded: { blobs: 0, bytes: 0 }, existing: { blobs: 0, bytes: 0 } };
     // A few uploads at once (most are 4 MiB chunks: round trips, not bandwidth); the config last.
     const slot = limitConcurrency(TRANSFERS);
-    const layers = [sources.state, sources.disk, ...(sources.dataDisk ? [sources.dataDisk] : []), ...sources.memory, ...(sources.pages ? [sources.pages] : [])];
-    await Promise.all(unique(layers).map((s) => slot(() => pushBlob(client, target.repository, s, result))));
-    await pushBlob(client, target.repository, sources.config, result);
+    const layers = unique([sources.state, sources.disk, ...(sources.dataDisk ? [sources.dataDisk] : []), ...sources.memory, ...(sources.pages ? [sources.pages] : [])]);
+    const total = [...layers, sources.config].reduce((n, s) => n + s.desc.size, 0);
+    let done = 0;
+    const counted = async (s: Source) => {
+      await pushBlob(client, target.repository, s, result);
+      onProgress((done += s.desc.size), total);
+    };
+    onProgress(0, total);
+    await Promise.all(layers.map((s) => slot(() => counted(s))));
+    await counted(sources.config);
     const artifact: SnapshotArtifact = {
       config: sources.config.desc,
       state: sources.state.desc,
@@ -299,6 +310,7 @@ export async function pullSnapshot(
   host: CompatKey,
   access: RegistryAccess,
   name?: string,
+  onProgress: TransferProgress = () => {},
 ): Promise<SnapshotRecord> {
   const source = parseReference(reference);
   const what = formatReference(source);
@@ -331,7 +343,17 @@ export async function pullSnapshot(
     // Everything fetched first, a few at once (each checked against its digest as it arrives).
     const slot = limitConcurrency(TRANSFERS);
     const distinct = [...new Map(blobs.map((b) => [b.digest, b])).values()];
-    await Promise.all(distinct.map((desc) => slot(() => fetch(desc, desc === artifact.pages ? 'RAM pages' : desc.mediaType === ArtifactTypes.MEMORY ? 'RAM chunk' : desc.mediaType))));
+    const total = distinct.reduce((n, d) => n + d.size, 0);
+    let done = 0;
+    onProgress(0, total);
+    await Promise.all(
+      distinct.map((desc) =>
+        slot(async () => {
+          await fetch(desc, desc === artifact.pages ? 'RAM pages' : desc.mediaType === ArtifactTypes.MEMORY ? 'RAM chunk' : desc.mediaType);
+          onProgress((done += desc.size), total);
+        }),
+      ),
+    );
     await copyFile(await fetch(artifact.state, 'device state'), join(staging, 'state'));
     await copyFile(await fetch(artifact.disk, 'disk'), join(staging, 'disk.qcow2'));
     if (artifact.dataDisk) await copyFile(await fetch(artifact.dataDisk, 'data disk'), join(staging, 'data.qcow2'));

@@ -18,7 +18,7 @@ import { checkPoolSetting, type PoolSetting, type PoolStatus } from '../domain/p
 import { collectRetiredSnapshots } from './retired-snapshots.js';
 import { clearRestoring, markRestoring } from './restore-intent.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
-import { pullSnapshot, pushSnapshot, type PushResult } from './snapshot-registry.js';
+import { pullSnapshot, pushSnapshot, type PushResult, type TransferProgress } from './snapshot-registry.js';
 import { formatReference, parseReference } from '../image/reference.js';
 import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
 import { stagingDir, takeSnapshot, type SnapshotIntent } from './snapshot-take.js';
@@ -369,16 +369,16 @@ export class Snapshots {
   }
 
   /** Sends the snapshot to a registry as an OCI artifact (engine/snapshot-registry.ts). */
-  push(ref: string, reference: string, insecureRegistries: string[] = []): Promise<PushResult> {
+  push(ref: string, reference: string, opts: { insecureRegistries?: string[]; onProgress?: TransferProgress } = {}): Promise<PushResult> {
     const snapshot = this.resolve(ref);
-    return this.ctx.locks.run(snapshot.id, () => pushSnapshot(this.ctx, snapshot, reference, this.images.registryAccess(insecureRegistries)));
+    return this.ctx.locks.run(snapshot.id, () => pushSnapshot(this.ctx, snapshot, reference, this.images.registryAccess(opts.insecureRegistries), opts.onProgress));
   }
 
   /** Fetches a snapshot pushed with `push`, refused before its RAM is fetched if this host cannot restore it. */
-  async pull(reference: string, opts: { name?: string; insecureRegistries?: string[] } = {}): Promise<SnapshotRecord> {
+  async pull(reference: string, opts: { name?: string; insecureRegistries?: string[]; onProgress?: TransferProgress } = {}): Promise<SnapshotRecord> {
     if (opts.name !== undefined) validateName(opts.name);
     const ready = await this.ctx.host.ensure();
-    return pullSnapshot(this.ctx, reference, compatKey(this.ctx, ready), this.images.registryAccess(opts.insecureRegistries), opts.name);
+    return pullSnapshot(this.ctx, reference, compatKey(this.ctx, ready), this.images.registryAccess(opts.insecureRegistries), opts.name, opts.onProgress);
   }
 
   /** Reads an archive at `file` with `host`'s access (the caller's: engine/host-fs.ts). */

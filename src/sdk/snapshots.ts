@@ -1,4 +1,5 @@
 import { matchesLabels } from '../domain/labels.js';
+import { CellError, ErrorCodes } from '../domain/errors.js';
 import { Api } from '../api/routes.js';
 import type { PushReply, Snapshot } from '../api/snapshots.js';
 import type { Vm } from '../api/vms.js';
@@ -93,15 +94,27 @@ export class SnapshotsClient {
 
   /**
    * Sends the snapshot to a registry (`host:5000/ns/name:tag`) as an OCI artifact, only the blobs
-   * it lacks; credentials are `cell login`'s.
+   * it lacks; credentials are `cell login`'s. `onProgress` hears bytes dealt with of all.
    */
-  push(ref: string, reference: string, opts: RequestOptions & { insecureRegistries?: string[] } = {}): Promise<PushReply> {
-    return this.transport.call(snapshots.push, { params: { ref }, body: { reference, insecureRegistries: opts.insecureRegistries } }, opts);
+  async push(ref: string, reference: string, opts: RequestOptions & { insecureRegistries?: string[]; onProgress?: (done: number, total: number) => void } = {}): Promise<PushReply> {
+    let result: PushReply | undefined;
+    for await (const event of this.transport.stream(snapshots.push, { params: { ref }, body: { reference, insecureRegistries: opts.insecureRegistries } }, opts)) {
+      if (event.type === 'progress') opts.onProgress?.(event.done, event.total);
+      if (event.type === 'pushed') result = event.result;
+    }
+    if (!result) throw new CellError(ErrorCodes.INTERNAL, 'the push ended without its result');
+    return result;
   }
 
   /** Fetches a snapshot pushed with `push`; refused before its RAM is fetched if this host cannot restore it. */
-  pull(reference: string, opts: RequestOptions & { name?: string; insecureRegistries?: string[] } = {}): Promise<Snapshot> {
-    return this.transport.call(snapshots.pull, { body: { reference, name: opts.name, insecureRegistries: opts.insecureRegistries } }, opts);
+  async pull(reference: string, opts: RequestOptions & { name?: string; insecureRegistries?: string[]; onProgress?: (done: number, total: number) => void } = {}): Promise<Snapshot> {
+    let snapshot: Snapshot | undefined;
+    for await (const event of this.transport.stream(snapshots.pull, { body: { reference, name: opts.name, insecureRegistries: opts.insecureRegistries } }, opts)) {
+      if (event.type === 'progress') opts.onProgress?.(event.done, event.total);
+      if (event.type === 'snapshot') snapshot = event.snapshot;
+    }
+    if (!snapshot) throw new CellError(ErrorCodes.INTERNAL, 'the pull ended without a snapshot');
+    return snapshot;
   }
 
   prune(opts: SnapshotPruneOptions = {}): Promise<{ removed: Snapshot[] }> {

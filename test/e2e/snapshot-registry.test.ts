@@ -5,6 +5,7 @@ import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from '
 import { join } from 'node:path';
 import { registryBlobPath, startRegistry, type RunningRegistry } from '../image/registry-harness.js';
 import { TestHome } from '../helpers/cell-home.js';
+import { CellClient } from '../../src/sdk/index.js';
 
 /**
  * Snapshots through a real registry (CNCF Distribution on loopback, with basic auth): push a
@@ -125,6 +126,21 @@ describe('snapshot push and pull', () => {
     const onD = JSON.parse((await d.ok(['snapshots', '--format', 'json'])).stdout) as { name: string }[];
     assert.deepEqual(onD.map((s) => s.name), ['base']);
     assert.ok(Number((await d.ok(['exec', f2!, '--', 'cat', '/tmp/count'])).stdout) >= countAtBase - 1);
+    // Through the SDK, with the progress it streams: bytes dealt with grow to the whole.
+    const e = home();
+    await e.ok(['login', '-u', 'cell', '--password-stdin', registry.host], { input: 'sekrit\n' });
+    const client = await CellClient.connect({ home: e.home });
+    try {
+      const seen: [number, number][] = [];
+      const viaSdk = await client.snapshots.pull(`${repo}:child`, { onProgress: (done, total) => seen.push([done, total]) });
+      assert.equal(viaSdk.id, pulled);
+      assert.ok(seen.length >= 3, `${seen.length} progress events`);
+      assert.deepEqual(seen[0], [0, seen.at(-1)![1]]);
+      assert.equal(seen.at(-1)![0], seen.at(-1)![1]);
+      assert.ok(seen.every(([done], i) => i === 0 || done >= seen[i - 1]![0]), 'never goes back');
+    } finally {
+      client.close();
+    }
     await a.ok(['rm', '-f', vm]);
   });
 

@@ -7,6 +7,7 @@ import { examples } from '../help.js';
 import { CellError, ErrorCodes } from '../../domain/errors.js';
 import { MAX_POOL_SIZE } from '../../domain/pool.js';
 import { ago, bytes, short, table } from '../format.js';
+import { transferProgress } from '../transfer-progress.js';
 
 export function register(program: Command): void {
   const snapshot = program
@@ -140,7 +141,8 @@ ${examples('cell snapshot pool --size 10 warm', 'cell snapshot pool --size 10 --
     )
     .action(
       withClient(async (client, ref: string, reference: string, flags: { insecureRegistry?: string[] }) => {
-        const r = await client.snapshots.push(ref, reference, { insecureRegistries: flags.insecureRegistry });
+        const progress = await transferProgress(`push ${ref}`);
+        const r = await client.snapshots.push(ref, reference, { insecureRegistries: flags.insecureRegistry, onProgress: progress.onProgress }).finally(progress.stop);
         process.stdout.write(
           `${r.reference}@${r.digest}: sent ${r.uploaded.blobs} blobs (${bytes(r.uploaded.bytes)}), ${r.existing.blobs} the registry had (${bytes(r.existing.bytes)})\n`,
         );
@@ -156,7 +158,8 @@ ${examples('cell snapshot pool --size 10 warm', 'cell snapshot pool --size 10 --
     .addHelpText('after', examples('cell snapshot pull 127.0.0.1:5000/team/warm:v1', 'cell fork warm'))
     .action(
       withClient(async (client, reference: string, flags: { name?: string; insecureRegistry?: string[] }) => {
-        const s = await client.snapshots.pull(reference, { name: flags.name, insecureRegistries: flags.insecureRegistry });
+        const progress = await transferProgress('pull');
+        const s = await client.snapshots.pull(reference, { name: flags.name, insecureRegistries: flags.insecureRegistry, onProgress: progress.onProgress }).finally(progress.stop);
         process.stdout.write(`${s.id}\n`);
       }),
     );

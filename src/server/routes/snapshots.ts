@@ -4,6 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
 import { serve } from '../serve-route.js';
+import { openStream } from '../ndjson.js';
 
 const { snapshots } = Api;
 
@@ -24,9 +25,37 @@ export function snapshotRoutes(app: FastifyInstance, engine: Engine): void {
 
   serve(app, snapshots.import, async (req) => engine.snapshots.import(req.body.file, req.body.name, hostFsOf(req)));
 
-  serve(app, snapshots.push, async (req) => engine.snapshots.push(req.params.ref, req.body.reference, req.body.insecureRegistries));
+  // Push and pull stream `progress` events (bytes of blobs dealt with, of all), then their result and `done`.
+  serve(app, snapshots.push, async (req, reply) => {
+    const stream = openStream(snapshots.push, req, reply);
+    try {
+      const result = await engine.snapshots.push(req.params.ref, req.body.reference, {
+        insecureRegistries: req.body.insecureRegistries,
+        onProgress: (done, total) => stream.send({ type: 'progress', done, total }),
+      });
+      stream.send({ type: 'pushed', result });
+      stream.send({ type: 'done' });
+      stream.end();
+    } catch (err) {
+      stream.fail(err);
+    }
+  });
 
-  serve(app, snapshots.pull, async (req) => engine.snapshots.pull(req.body.reference, { name: req.body.name, insecureRegistries: req.body.insecureRegistries }));
+  serve(app, snapshots.pull, async (req, reply) => {
+    const stream = openStream(snapshots.pull, req, reply);
+    try {
+      const snapshot = await engine.snapshots.pull(req.body.reference, {
+        name: req.body.name,
+        insecureRegistries: req.body.insecureRegistries,
+        onProgress: (done, total) => stream.send({ type: 'progress', done, total }),
+      });
+      stream.send({ type: 'snapshot', snapshot });
+      stream.send({ type: 'done' });
+      stream.end();
+    } catch (err) {
+      stream.fail(err);
+    }
+  });
 
   serve(app, snapshots.prune, async (req) => ({
     removed: await engine.snapshots.prune({ maxCount: req.body.maxCount, maxBytes: req.body.maxBytes }),
