@@ -153,10 +153,14 @@ export function pageOffset(record: Buffer, memoryBytes: number, what: string): n
   return Number(offset);
 }
 
+/** The artifact's layers in manifest order: state, disk, data disk, RAM chunks, pages. */
+export function layersOf(artifact: SnapshotArtifact): Descriptor[] {
+  return [artifact.state, artifact.disk, ...(artifact.dataDisk ? [artifact.dataDisk] : []), ...artifact.memory.map((m) => m.desc), ...(artifact.pages ? [artifact.pages] : [])];
+}
+
 /** The manifest of a snapshot's blobs (what push sends). */
 export function snapshotManifest(artifact: SnapshotArtifact, annotations: Record<string, string>): Buffer {
-  const layers = [artifact.state, artifact.disk, ...(artifact.dataDisk ? [artifact.dataDisk] : []), ...artifact.memory.map((m) => m.desc), ...(artifact.pages ? [artifact.pages] : [])];
   return Buffer.from(
-    JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: ArtifactTypes.SNAPSHOT, config: artifact.config, layers, annotations }),
+    JSON.stringify({ schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: ArtifactTypes.SNAPSHOT, config: artifact.config, layers: layersOf(artifact), annotations }),
   );
 }

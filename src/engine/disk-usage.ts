@@ -30,7 +30,7 @@ class Tally {
   private readonly seen = new Set<string>();
 
   /** Sizes of every regular file under `path` (or of `path` itself) not counted before. */
-  async measure(path: string): Promise<{ logical: number; used: number }> {
+  async measure(path: string): Promise<Sizes> {
     let logical = 0;
     let used = 0;
     const walk = async (p: string): Promise<void> => {
@@ -50,34 +50,41 @@ class Tally {
     await walk(path);
     return { logical, used };
   }
+
+  /** The sum of `measure` over `paths`. */
+  async measureAll(paths: Iterable<string>): Promise<Sizes> {
+    const sum = { logical: 0, used: 0 };
+    for (const path of paths) {
+      const m = await this.measure(path);
+      sum.logical += m.logical;
+      sum.used += m.used;
+    }
+    return sum;
+  }
 }
 
-const row = (count: number, m: { logical: number; used: number }): UsageRow => ({ count, logicalBytes: m.logical, usedBytes: m.used });
+interface Sizes {
+  logical: number;
+  used: number;
+}
+
+const row = (count: number, m: Sizes): UsageRow => ({ count, logicalBytes: m.logical, usedBytes: m.used });
 
 export async function diskUsage(ctx: Pick<EngineContext, 'paths' | 'stores' | 'db'>): Promise<DiskUsage> {
   const { paths, stores } = ctx;
   const tally = new Tally();
   const all = ctx.db.prepare('SELECT id, retired_at FROM snapshots').all() as { id: string; retired_at: string | null }[];
-  let snap = { logical: 0, used: 0 };
-  for (const s of all) {
-    const m = await tally.measure(paths.snapshotDir(s.id));
-    snap = { logical: snap.logical + m.logical, used: snap.used + m.used };
-  }
-  const blobs = await tally.measure(join(paths.home, 'blobs'));
-  const disks = await tally.measure(paths.images);
+  const retired = all.filter((s) => s.retired_at).length;
+  const snap = await tally.measureAll(all.map((s) => paths.snapshotDir(s.id)));
+  const images = await tally.measureAll([join(paths.home, 'blobs'), paths.images]);
   const vms = await tally.measure(paths.vms);
   const volumes = await tally.measure(paths.volumes);
   // What the cache entries' snapshots hold (already counted above: shown, not added to the total).
   const entries = stores.actionCache.list();
-  const cacheTally = new Tally();
-  let cached = { logical: 0, used: 0 };
-  for (const id of new Set(entries.map((e) => e.snapshotId))) {
-    const m = await cacheTally.measure(paths.snapshotDir(id));
-    cached = { logical: cached.logical + m.logical, used: cached.used + m.used };
-  }
+  const cached = await new Tally().measureAll(new Set(entries.map((e) => paths.snapshotDir(e.snapshotId))));
   const usage: Omit<DiskUsage, 'total'> = {
-    images: row(stores.images.list().length, { logical: blobs.logical + disks.logical, used: blobs.used + disks.used }),
-    snapshots: { ...row(all.length - all.filter((s) => s.retired_at).length, snap), retired: all.filter((s) => s.retired_at).length },
+    images: row(stores.images.list().length, images),
+    snapshots: { ...row(all.length - retired, snap), retired },
     vms: row(stores.vms.list().length, vms),
     volumes: row(stores.volumes.list().length, volumes),
     buildCache: row(entries.length, cached),

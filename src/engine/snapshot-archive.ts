@@ -34,6 +34,11 @@ async function tool(cmd: string, args: string[], what: string): Promise<void> {
   }
 }
 
+/** A disk layer and its backing chain as one standalone qcow2 (the chain names files of this host only). */
+export function flattenDisk(from: string, to: string, what: string): Promise<void> {
+  return tool('qemu-img', ['convert', '-O', 'qcow2', from, to], `flattening ${what} failed`);
+}
+
 /**
  * Writes a snapshot to one tar file another host can import: its metadata, device state, the RAM
  * file written out in full (tar's sparse mode keeps the archive small), and its disk flattened
@@ -45,10 +50,10 @@ export async function exportSnapshot(paths: CellPaths, snapshot: SnapshotRecord,
   const work = await mkdtemp(join(paths.snapshots, '.export-'));
   try {
     await writeFile(join(work, 'snapshot.json'), JSON.stringify({ format: FORMAT, snapshot } satisfies ArchiveMeta, null, 2));
-    await tool('qemu-img', ['convert', '-O', 'qcow2', join(src, 'disk.qcow2'), join(work, 'disk.qcow2')], 'flattening the disk layer failed');
+    await flattenDisk(join(src, 'disk.qcow2'), join(work, 'disk.qcow2'), 'the disk layer');
     const members = [...MEMBERS];
     if (existsSync(join(src, DATA_MEMBER))) {
-      await tool('qemu-img', ['convert', '-O', 'qcow2', join(src, DATA_MEMBER), join(work, DATA_MEMBER)], 'flattening the data disk layer failed');
+      await flattenDisk(join(src, DATA_MEMBER), join(work, DATA_MEMBER), 'the data disk layer');
       members.push(DATA_MEMBER);
     }
     await tool('ln', ['-s', join(src, 'state'), join(work, 'state')], 'staging failed');

@@ -1,9 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { assertCompatible, type CompatKey, type SnapshotRecord } from '../domain/snapshot.js';
@@ -11,6 +9,7 @@ import { MAX_ARCHIVE_META_BYTES, parseArchiveMeta, SNAPSHOT_ARCHIVE_FORMAT } fro
 import {
   ArtifactTypes,
   checkMemoryLayout,
+  layersOf,
   MEMORY_CHUNK_BYTES,
   OFFSET_ANNOTATION,
   PAGE_BYTES,
@@ -30,7 +29,7 @@ import { limitConcurrency } from '../image/limit.js';
 import { explainNoSpace } from '../image/free-space.js';
 import { BlobStore } from '../store/blob-store.js';
 import type { EngineContext } from './context.js';
-import { adoptStagedSnapshot } from './snapshot-archive.js';
+import { adoptStagedSnapshot, flattenDisk } from './snapshot-archive.js';
 
 /**
  * `cell snapshot push` and `pull`: a snapshot as an OCI artifact in a registry
@@ -41,8 +40,6 @@ import { adoptStagedSnapshot } from './snapshot-archive.js';
  * where a connection broke, into a store of its own under snapshots/.blobs), assembles the files
  * and adopts them as an import does.
  */
-const run = promisify(execFile);
-
 /** Bytes of the snapshot's blobs dealt with so far (sent, found at the registry, or fetched), of all. */
 export type TransferProgress = (done: number, total: number) => void;
 
@@ -71,10 +68,25 @@ interface Source {
   start: number;
 }
 
-async function digestOf(path: string, start: number, size: number): Promise<Descriptor['digest']> {
+async function digestOf(path: string): Promise<Descriptor['digest']> {
   const hash = createHash('sha256');
-  if (size > 0) for await (const chunk of createReadStream(path, { start, end: start + size - 1 })) hash.update(chunk as Buffer);
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return `sha256:${hash.digest('hex')}`;
+}
+
+/** Whether the registry has a blob: asked once per digest, remembered for the rest of the push. */
+type RegistryHas = (digest: string) => Promise<boolean>;
+
+function registryHas(client: RegistryClient, repository: string): RegistryHas {
+  const known = new Map<string, boolean>();
+  return async (digest) => {
+    let found = known.get(digest);
+    if (found === undefined) {
+      found = (await client.headBlob(repository, digest, [`repository:${repository}:pull,push`])) !== undefined;
+      known.set(digest, found);
+    }
+    return found;
+  };
 }
 
 /** Blobs sent or fetched at once. */
@@ -95,23 +107,13 @@ const MAX_ANCESTORS = 4;
  * its pages differ, as that ancestor's chunk plus the differing pages (written to `pagesPath`).
  */
 async function memoryLayers(
-  client: RegistryClient,
-  repository: string,
+  has: RegistryHas,
   path: string,
   bytes: number,
   ancestors: readonly string[],
   pagesPath: string,
   workDir: string,
 ): Promise<{ chunks: Source[]; pages: number }> {
-  const known = new Map<string, boolean>();
-  const has = async (digest: string) => {
-    let found = known.get(digest);
-    if (found === undefined) {
-      found = (await client.headBlob(repository, digest, [`repository:${repository}:pull,push`])) !== undefined;
-      known.set(digest, found);
-    }
-    return found;
-  };
   const chunks: Source[] = [];
   let pages = 0;
   const files = await Promise.all([path, ...ancestors].map((p) => open(p, 'r')));
@@ -199,19 +201,12 @@ function isZero(buf: Buffer): boolean {
 }
 
 async function fileSource(path: string, mediaType: string): Promise<Source> {
-  const size = (await open(path, 'r').then(async (fh) => {
-    try {
-      return (await fh.stat()).size;
-    } finally {
-      await fh.close();
-    }
-  }));
-  return { desc: { mediaType, digest: await digestOf(path, 0, size), size }, path, start: 0 };
+  return { desc: { mediaType, digest: await digestOf(path), size: (await stat(path)).size }, path, start: 0 };
 }
 
-async function pushBlob(client: RegistryClient, repository: string, source: Source, result: PushResult): Promise<void> {
+async function pushBlob(client: RegistryClient, has: RegistryHas, repository: string, source: Source, result: PushResult): Promise<void> {
   const { desc } = source;
-  if ((await client.headBlob(repository, desc.digest, [`repository:${repository}:pull,push`])) !== undefined) {
+  if (await has(desc.digest)) {
     result.existing.blobs++;
     result.existing.bytes += desc.size;
     return;
@@ -243,26 +238,19 @@ export async function pushSnapshot(
   const target = parseReference(reference);
   if (target.digest) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `push to a tag, not a digest: ${reference}`);
   const src = ctx.paths.snapshotDir(snapshot.id);
-  // The disks flattened as an export does (their backing chain names files of this host only),
-  // staged in celld's own folder (swept at start-up if celld dies here).
+  // The disks flattened as an export does, staged in celld's own folder (swept at start-up if celld dies here).
   const work = await mkdtemp(join(ctx.paths.snapshots, '.push-'));
   try {
-    const flatten = async (from: string, to: string) => {
-      try {
-        await run('qemu-img', ['convert', '-O', 'qcow2', from, to], { maxBuffer: 16 * 1024 * 1024 });
-      } catch (err) {
-        throw new CellError(ErrorCodes.SNAPSHOT_FAILED, `flattening ${from} failed: ${((err as { stderr?: string }).stderr ?? (err as Error).message).trim().split('\n').pop()}`);
-      }
-    };
-    await flatten(join(src, 'disk.qcow2'), join(work, 'disk.qcow2'));
+    await flattenDisk(join(src, 'disk.qcow2'), join(work, 'disk.qcow2'), 'the disk layer');
     const hasData = (snapshot.spec.dataDiskMib ?? 0) > 0;
-    if (hasData) await flatten(join(src, 'data.qcow2'), join(work, 'data.qcow2'));
+    if (hasData) await flattenDisk(join(src, 'data.qcow2'), join(work, 'data.qcow2'), 'the data disk layer');
     const config = Buffer.from(JSON.stringify({ format: SNAPSHOT_ARCHIVE_FORMAT, snapshot }));
     await writeFile(join(work, 'config.json'), config);
     const memoryBytes = snapshot.spec.memoryMib * 1024 * 1024;
     const client = await clientFor(target.registry, access);
+    const has = registryHas(client, target.repository);
     const pagesPath = join(work, 'pages');
-    const memory = await memoryLayers(client, target.repository, join(src, 'memory'), memoryBytes, ancestorMemories(ctx, snapshot), pagesPath, work);
+    const memory = await memoryLayers(has, join(src, 'memory'), memoryBytes, ancestorMemories(ctx, snapshot), pagesPath, work);
     const sources = {
       config: await fileSource(join(work, 'config.json'), ArtifactTypes.CONFIG),
       state: await fileSource(join(src, 'state'), ArtifactTypes.STATE),
@@ -278,7 +266,7 @@ export async function pushSnapshot(
     const total = [...layers, sources.config].reduce((n, s) => n + s.desc.size, 0);
     let done = 0;
     const counted = async (s: Source) => {
-      await pushBlob(client, target.repository, s, result);
+      await pushBlob(client, has, target.repository, s, result);
       onProgress((done += s.desc.size), total);
     };
     onProgress(0, total);
@@ -325,7 +313,8 @@ export async function pullSnapshot(
   const configText = await readFile(await fetch(artifact.config, 'config'), 'utf8');
   const meta = parseArchiveMeta(what, configText, name);
   assertCompatible(meta.compat, host, what);
-  checkMemoryLayout(artifact, meta.spec.memoryMib * 1024 * 1024, what);
+  const memoryBytes = meta.spec.memoryMib * 1024 * 1024;
+  checkMemoryLayout(artifact, memoryBytes, what);
   const here = ctx.stores.snapshots.get(meta.id);
   if (here) {
     // Pulled (or imported, or taken) before: nothing to fetch; the reference now names it.
@@ -334,9 +323,8 @@ export async function pullSnapshot(
   }
   if (ctx.stores.snapshots.getAny(meta.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${meta.id.slice(0, 12)} (${what}) was removed here but is still held; pull it once it is gone`);
 
-  const memoryBytes = meta.spec.memoryMib * 1024 * 1024;
   const staging = join(ctx.paths.snapshots, `.pull-${process.pid}-${Date.now()}`);
-  const blobs = [artifact.config, artifact.state, artifact.disk, ...(artifact.dataDisk ? [artifact.dataDisk] : []), ...artifact.memory.map((m) => m.desc), ...(artifact.pages ? [artifact.pages] : [])];
+  const blobs = [artifact.config, ...layersOf(artifact)];
   await mkdir(staging, { recursive: true });
   let record: SnapshotRecord;
   try {
@@ -345,29 +333,31 @@ export async function pullSnapshot(
     const distinct = [...new Map(blobs.map((b) => [b.digest, b])).values()];
     const total = distinct.reduce((n, d) => n + d.size, 0);
     let done = 0;
+    const fetched = new Map<string, string>();
     onProgress(0, total);
     await Promise.all(
       distinct.map((desc) =>
         slot(async () => {
-          await fetch(desc, desc === artifact.pages ? 'RAM pages' : desc.mediaType === ArtifactTypes.MEMORY ? 'RAM chunk' : desc.mediaType);
+          fetched.set(desc.digest, await fetch(desc, desc === artifact.pages ? 'RAM pages' : desc.mediaType === ArtifactTypes.MEMORY ? 'RAM chunk' : desc.mediaType));
           onProgress((done += desc.size), total);
         }),
       ),
     );
-    await copyFile(await fetch(artifact.state, 'device state'), join(staging, 'state'));
-    await copyFile(await fetch(artifact.disk, 'disk'), join(staging, 'disk.qcow2'));
-    if (artifact.dataDisk) await copyFile(await fetch(artifact.dataDisk, 'data disk'), join(staging, 'data.qcow2'));
+    const local = (desc: Descriptor) => fetched.get(desc.digest)!;
+    await copyFile(local(artifact.state), join(staging, 'state'));
+    await copyFile(local(artifact.disk), join(staging, 'disk.qcow2'));
+    if (artifact.dataDisk) await copyFile(local(artifact.dataDisk), join(staging, 'data.qcow2'));
     // The RAM file: sparse, each chunk written at its place (zero chunks were never sent).
     const memory = await open(join(staging, 'memory'), 'wx', 0o600);
     try {
       await memory.truncate(memoryBytes);
       for (const { offset, desc } of artifact.memory) {
-        const bytes = unpackChunk(await readFile(await fetch(desc, `RAM chunk at ${offset}`)), Math.min(MEMORY_CHUNK_BYTES, memoryBytes - offset), `${what}: the RAM chunk at ${offset}`);
+        const bytes = unpackChunk(await readFile(local(desc)), Math.min(MEMORY_CHUNK_BYTES, memoryBytes - offset), `${what}: the RAM chunk at ${offset}`);
         await memory.write(bytes, 0, bytes.length, offset);
       }
       // Then the pages that differ from those chunks (a child's, whose chunks are its ancestor's).
       if (artifact.pages) {
-        const records = await open(await fetch(artifact.pages, 'RAM pages'), 'r');
+        const records = await open(local(artifact.pages), 'r');
         try {
           const buf = Buffer.alloc(PAGE_RECORD_BYTES * 256);
           for (let at = 0; at < artifact.pages.size; ) {

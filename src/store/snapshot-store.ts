@@ -76,7 +76,6 @@ export class SnapshotStore {
     return row ? fromRow(row) : undefined;
   }
 
-  /** The snapshots users see: all but retired ones. */
   /** The snapshot pulled as registry `reference`, while it is here. */
   pulledAs(reference: string): SnapshotRecord | undefined {
     const row = this.db
@@ -96,6 +95,7 @@ export class SnapshotStore {
     return (this.db.prepare(`SELECT * FROM snapshots WHERE retired_at IS NULL AND ${where} ORDER BY created_at, id`).all(params) as SnapshotRow[]).map(fromRow);
   }
 
+  /** The snapshots users see: all but retired ones. */
   list(): SnapshotRecord[] {
     return (this.db.prepare('SELECT * FROM snapshots WHERE retired_at IS NULL ORDER BY created_at, id').all() as SnapshotRow[]).map(fromRow);
   }

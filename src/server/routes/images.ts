@@ -2,7 +2,7 @@ import { hostFsOf } from '../caller-access.js';
 import type { FastifyInstance } from 'fastify';
 import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
-import { openStream } from '../ndjson.js';
+import { streamResult } from '../ndjson.js';
 import { serve } from '../serve-route.js';
 
 const { images, registries } = Api;
@@ -20,9 +20,8 @@ export function imageRoutes(app: FastifyInstance, engine: Engine): void {
   );
 
   // Pull progress streams as `pull` events, then `image` and `done`.
-  serve(app, images.pull, async (req, reply) => {
-    const stream = openStream(images.pull, req, reply);
-    try {
+  serve(app, images.pull, (req, reply) =>
+    streamResult(images.pull, req, reply, async (stream) => {
       const image = await engine.images.pull({
         reference: req.body.reference,
         platform: req.body.platform,
@@ -31,12 +30,9 @@ export function imageRoutes(app: FastifyInstance, engine: Engine): void {
         onProgress: (event) => stream.send({ type: 'pull', event }),
       });
       stream.send({ type: 'image', image: { reference: image.reference, digest: image.digest, sizeBytes: image.sizeBytes } });
-      stream.send({ type: 'done' });
-      stream.end();
-    } catch (err) {
-      stream.fail(err);
-    }
-  });
+      return { type: 'done' as const };
+    }),
+  );
 
   serve(app, images.import, async (req) => {
     const image = await engine.images.importArchive(req.body.file, req.body.reference, hostFsOf(req));

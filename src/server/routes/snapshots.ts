@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import { Api } from '../../api/routes.js';
 import type { Engine } from '../../engine/engine.js';
 import { serve } from '../serve-route.js';
-import { openStream } from '../ndjson.js';
+import { streamResult } from '../ndjson.js';
 
 const { snapshots } = Api;
 
@@ -26,36 +26,28 @@ export function snapshotRoutes(app: FastifyInstance, engine: Engine): void {
   serve(app, snapshots.import, async (req) => engine.snapshots.import(req.body.file, req.body.name, hostFsOf(req)));
 
   // Push and pull stream `progress` events (bytes of blobs dealt with, of all), then their result and `done`.
-  serve(app, snapshots.push, async (req, reply) => {
-    const stream = openStream(snapshots.push, req, reply);
-    try {
+  serve(app, snapshots.push, (req, reply) =>
+    streamResult(snapshots.push, req, reply, async (stream) => {
       const result = await engine.snapshots.push(req.params.ref, req.body.reference, {
         insecureRegistries: req.body.insecureRegistries,
         onProgress: (done, total) => stream.send({ type: 'progress', done, total }),
       });
       stream.send({ type: 'pushed', result });
-      stream.send({ type: 'done' });
-      stream.end();
-    } catch (err) {
-      stream.fail(err);
-    }
-  });
+      return { type: 'done' as const };
+    }),
+  );
 
-  serve(app, snapshots.pull, async (req, reply) => {
-    const stream = openStream(snapshots.pull, req, reply);
-    try {
+  serve(app, snapshots.pull, (req, reply) =>
+    streamResult(snapshots.pull, req, reply, async (stream) => {
       const snapshot = await engine.snapshots.pull(req.body.reference, {
         name: req.body.name,
         insecureRegistries: req.body.insecureRegistries,
         onProgress: (done, total) => stream.send({ type: 'progress', done, total }),
       });
       stream.send({ type: 'snapshot', snapshot });
-      stream.send({ type: 'done' });
-      stream.end();
-    } catch (err) {
-      stream.fail(err);
-    }
-  });
+      return { type: 'done' as const };
+    }),
+  );
 
   serve(app, snapshots.prune, async (req) => ({
     removed: await engine.snapshots.prune({ maxCount: req.body.maxCount, maxBytes: req.body.maxBytes }),

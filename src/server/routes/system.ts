@@ -1,7 +1,7 @@
 import { Api } from '../../api/routes.js';
 import { openApiDocument } from '../../api/openapi.js';
 import type { Engine } from '../../engine/engine.js';
-import { openStream } from '../ndjson.js';
+import { streamResult } from '../ndjson.js';
 import { serve } from '../serve-route.js';
 import { CELL_VERSION } from '../version.js';
 import type { FastifyInstance } from 'fastify';
@@ -15,16 +15,12 @@ export function systemRoutes(app: FastifyInstance, engine: Engine): void {
 
   serve(app, system.df, async () => engine.diskUsage());
 
-  serve(app, system.setup, async (req, reply) => {
-    const stream = openStream(system.setup, req, reply);
-    try {
+  serve(app, system.setup, (req, reply) =>
+    streamResult(system.setup, req, reply, async (stream) => {
       await engine.setup((e) => stream.send({ type: 'progress', ...e }), req.query.reprobe ?? false);
-      stream.send({ type: 'done' });
-      stream.end();
-    } catch (err) {
-      stream.fail(err);
-    }
-  });
+      return { type: 'done' as const };
+    }),
+  );
 
   // Built once: the route table does not change while celld runs.
   const document = openApiDocument(CELL_VERSION);
