@@ -1,11 +1,14 @@
 import { lstat, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { canClone } from '../host/clone-file.js';
+import { CoveredRanges, fileExtents, type Extent } from '../host/extents.js';
 import type { EngineContext } from './context.js';
 
 /**
  * `cell system df`, as `docker system df`: what celld's home holds, by kind, as logical bytes
  * (file sizes: a sparse RAM file counts whole) and really used ones (allocated blocks). Each file
- * is counted once even where it is linked twice, and only by the first kind that reaches it.
+ * is counted once even where it is linked twice, and only by the first kind that reaches it; on a
+ * file system with reflinks, each block too (snapshots share their parents' RAM pages there).
  */
 export interface UsageRow {
   count: number;
@@ -28,11 +31,15 @@ export interface DiskUsage {
 
 class Tally {
   private readonly seen = new Set<string>();
+  private readonly covered = new Map<number, CoveredRanges>();
+
+  /** `reflinks`: the home's file system shares blocks between cloned files (counted once, by their extents). */
+  constructor(private readonly reflinks = false) {}
 
   /** Sizes of every regular file under `path` (or of `path` itself) not counted before. */
   async measure(path: string): Promise<Sizes> {
+    const files: { path: string; dev: number; blocks: number }[] = [];
     let logical = 0;
-    let used = 0;
     const walk = async (p: string): Promise<void> => {
       const s = await lstat(p).catch(() => undefined);
       if (!s) return;
@@ -45,9 +52,23 @@ class Tally {
       if (this.seen.has(key)) return;
       this.seen.add(key);
       logical += s.size;
-      used += s.blocks * 512;
+      files.push({ path: p, dev: s.dev, blocks: s.blocks });
     };
     await walk(path);
+    const extents = this.reflinks ? await fileExtents(files.filter((f) => f.blocks > 0).map((f) => f.path)) : new Map<string, Extent[]>();
+    let used = 0;
+    for (const file of files) {
+      const mine = extents.get(file.path);
+      if (!mine) {
+        used += file.blocks * 512;
+        continue;
+      }
+      // A block shared with another file counts where it is first met.
+      used += mine.filter((e) => !e.shared).reduce((n, e) => n + e.length, 0);
+      let covered = this.covered.get(file.dev);
+      if (!covered) this.covered.set(file.dev, (covered = new CoveredRanges()));
+      used += covered.add(mine.filter((e) => e.shared));
+    }
     return { logical, used };
   }
 
@@ -72,7 +93,8 @@ const row = (count: number, m: Sizes): UsageRow => ({ count, logicalBytes: m.log
 
 export async function diskUsage(ctx: Pick<EngineContext, 'paths' | 'stores' | 'db'>): Promise<DiskUsage> {
   const { paths, stores } = ctx;
-  const tally = new Tally();
+  const reflinks = await canClone(paths.home);
+  const tally = new Tally(reflinks);
   const all = ctx.db.prepare('SELECT id, retired_at FROM snapshots').all() as { id: string; retired_at: string | null }[];
   const retired = all.filter((s) => s.retired_at).length;
   const snap = await tally.measureAll(all.map((s) => paths.snapshotDir(s.id)));
@@ -81,7 +103,7 @@ export async function diskUsage(ctx: Pick<EngineContext, 'paths' | 'stores' | 'd
   const volumes = await tally.measure(paths.volumes);
   // What the cache entries' snapshots hold (already counted above: shown, not added to the total).
   const entries = stores.actionCache.list();
-  const cached = await new Tally().measureAll(new Set(entries.map((e) => paths.snapshotDir(e.snapshotId))));
+  const cached = await new Tally(reflinks).measureAll(new Set(entries.map((e) => paths.snapshotDir(e.snapshotId))));
   const usage: Omit<DiskUsage, 'total'> = {
     images: row(stores.images.list().length, images),
     snapshots: { ...row(all.length - retired, snap), retired },

@@ -1,3 +1,4 @@
+import { preferPageSizedCopies } from '../host/clone-file.js';
 import { diskUsage, type DiskUsage } from './disk-usage.js';
 import type { CellConfig } from '../domain/config.js';
 import { homeTmpPrefix, type CellPaths } from '../domain/paths.js';
@@ -207,6 +208,8 @@ export class Engine {
     const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, timeouts, stats, suspends, new Consoles(ctx, vms));
     await reconcile(ctx);
     await sweepOrphans(ctx);
+    const cowHint = await preferPageSizedCopies(paths.snapshots);
+    if (cowHint) ctx.log.warn(cowHint);
     await vms.volumes.sweep().catch((err: unknown) => ctx.log.warn(`sweeping volumes/ at start-up failed: ${(err as Error).message}`));
     await ctx.network.sweep(new Set(ctx.live.ids()));
     // Half-made VMs go first: a snapshot an action's VM was taking is then undone, not finished

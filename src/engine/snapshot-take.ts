@@ -6,11 +6,12 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import { stripControl } from '../domain/terminal-text.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
 import type { VmRecord } from '../domain/vm.js';
-import { allocatedBytes, copySparse, writeFileSynced } from '../host/files.js';
+import { allocatedBytes, writeFileSynced } from '../host/files.js';
 import type { EngineContext } from './context.js';
 import type { Images } from './images.js';
 import { releaseMemory } from './machine-spec.js';
 import { convertToSharedMemory } from './memory-conversion.js';
+import { clonedMemoryBytes, dropCloneNote, parentMemory, storeMemory } from './snapshot-memory.js';
 import { exitInfo } from './vm-records.js';
 import type { Vms } from './vms.js';
 
@@ -83,14 +84,16 @@ export async function takeSnapshot(ctx: EngineContext, vms: Vms, images: Images,
     const machine = await live.pause(vm.id);
     await ctx.checkpoint('snapshot:paused');
     try {
+      const parent = parentMemory(ctx, intent.record);
       if (machine.memoryShared) {
-        // RAM is already a file: save only device state, then copy the (sparse) file while paused.
+        // RAM is already a file: save only device state, then store the file while paused.
         await machine.control.saveState(join(staging, 'state'), { withRam: false });
-        await copySparse(paths.memoryFile(vm.id), join(staging, 'memory'));
+        await storeMemory(paths.memoryFile(vm.id), staging, parent);
       } else {
         // RAM is a private copy-on-write mapping: save it whole, then turn it into a file.
         await machine.control.saveState(join(staging, 'full-state'), { withRam: true });
         await convertToSharedMemory(ctx, vm, staging);
+        await storeMemory(join(staging, 'memory'), staging, parent);
       }
     } catch (err) {
       throw await explainNoSpace(err, paths.snapshots, paths.memoryFile(vm.id));
@@ -133,7 +136,9 @@ export async function finishSnapshot(ctx: EngineContext, vms: Vms, images: Image
   let record = stores.snapshots.getAny(id);
   if (!record) {
     const sizes = await Promise.all(['state', 'memory', ...LAYERS].map((f) => allocatedBytes(join(final, f))));
-    record = { ...intent.record, stateBytes: sizes[0]!, memoryBytes: sizes[1]!, diskBytes: sizes[2]! + sizes[3]! };
+    // A RAM file cloned from the parent's holds only the changed pages of its own.
+    const memoryBytes = (await clonedMemoryBytes(final)) ?? sizes[1]!;
+    record = { ...intent.record, stateBytes: sizes[0]!, memoryBytes, diskBytes: sizes[2]! + sizes[3]! };
     const complete = record;
     ctx.db.transaction(() => {
       stores.snapshots.insert(complete);
@@ -161,6 +166,7 @@ export async function finishSnapshot(ctx: EngineContext, vms: Vms, images: Image
     // Done with, whether the VM came back or not: a later start must not boot it unasked.
     await rm(join(final, INTENT_FILE), { force: true });
     await rm(join(final, SAVED_MARKER), { force: true });
+    await dropCloneNote(final);
   }
   return record;
 }

@@ -1,5 +1,5 @@
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cellPaths } from '../../src/domain/paths.js';
@@ -24,9 +24,11 @@ export class TestHome {
   readonly home: string;
   readonly env: NodeJS.ProcessEnv;
 
-  constructor(extraEnv: NodeJS.ProcessEnv = {}) {
+  /** `home`: a folder to make and use instead of a new one in /tmp (on another file system, say). */
+  constructor(extraEnv: NodeJS.ProcessEnv = {}, home?: string) {
     // Short path: QMP and agent sockets live under it and sun_path is 108 bytes.
-    this.home = mkdtempSync('/tmp/cellt-');
+    if (home) mkdirSync(home, { recursive: true, mode: 0o700 });
+    this.home = home ?? mkdtempSync('/tmp/cellt-');
     // Networking off unless a test asks (it then confines celld to namespaces of its own: test/helpers/fake-internet.ts).
     // scripts/test.sh also exports CELL_NETWORK=off, for the cellds the SDK starts with the test's own env.
     this.env = { ...process.env, CELL_HOME: this.home, CELL_CACHE: SHARED_CACHE, CELL_NETWORK: 'off', ...extraEnv };

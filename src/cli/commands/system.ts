@@ -27,7 +27,9 @@ export function register(program: Command): void {
     .option('--format <format>', 'table or json', oneOf('--format', ['table', 'json']), 'table')
     .addHelpText(
       'after',
-      `\nEach file counts once. A VM's RAM is in memory (/dev/shm), not here. The build cache's bytes are its snapshots' (counted under Snapshots, not again in the total).\n${examples('cell system df', 'cell system df --format json | jq .snapshots')}`,
+      `\nEach file counts once, and on a file system with reflinks (XFS, btrfs) each block: there a snapshot's RAM
+shares the pages it did not change with its parent's. A VM's RAM is in memory (/dev/shm), not here. The
+build cache's bytes are its snapshots' (counted under Snapshots, not again in the total).\n${examples('cell system df', 'cell system df --format json | jq .snapshots')}`,
     )
     .action(
       withClient(async (client, flags: { format: string }) => {
