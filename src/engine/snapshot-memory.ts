@@ -3,7 +3,7 @@ import { readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SnapshotRecord } from '../domain/snapshot.js';
 import { cloneWithChanges } from '../host/clone-file.js';
-import { copySparse, writeFileSynced } from '../host/files.js';
+import { copySparse, fsyncPath, writeFileSynced } from '../host/files.js';
 import type { EngineContext } from './context.js';
 
 /**
@@ -21,8 +21,14 @@ interface CloneNote {
   changedBytes: number;
 }
 
+/** CELL_RAM_CLONES=0 stores every snapshot's RAM whole (to compare, or to keep files unfragmented). */
+export function ramClonesEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.CELL_RAM_CLONES !== '0';
+}
+
 /** The RAM file a new snapshot is stored against: its parent's, when that one exists with the same size of RAM. */
 export function parentMemory(ctx: Pick<EngineContext, 'paths' | 'stores'>, record: Pick<SnapshotRecord, 'parentSnapshot' | 'spec'>): { id: string; path: string } | null {
+  if (!ramClonesEnabled()) return null;
   const parent = record.parentSnapshot ? ctx.stores.snapshots.getAny(record.parentSnapshot) : undefined;
   if (!parent || parent.spec.memoryMib !== record.spec.memoryMib) return null;
   const path = join(ctx.paths.snapshotDir(parent.id), 'memory');
@@ -32,7 +38,7 @@ export function parentMemory(ctx: Pick<EngineContext, 'paths' | 'stores'>, recor
 /**
  * Writes the guest's RAM (`source`) as the `memory` file of the snapshot folder `dir`: a clone of
  * `parent`'s with the changed pages written, or else a sparse copy. `source` may be that very file
- * (a converter wrote it in place): it is then replaced by the clone, or left as it is.
+ * (a converter wrote it in place): it is then replaced by the clone, or synced where it is.
  */
 export async function storeMemory(source: string, dir: string, parent: { id: string; path: string } | null): Promise<void> {
   const target = join(dir, 'memory');
@@ -47,6 +53,8 @@ export async function storeMemory(source: string, dir: string, parent: { id: str
     }
   }
   if (source !== target) await copySparse(source, target);
+  // A converter's QEMU wrote it through a mapping: on disk before the snapshot is called saved.
+  else await fsyncPath(target);
 }
 
 /** What a snapshot's RAM added over its parent's, if it was stored as a clone (else null: its allocated size says). */

@@ -34,7 +34,7 @@ function filefrag(paths: string[]): Promise<string> {
 
 const FILE_HEADER = /^File size of (.+) is \d+ \(\d+ blocks? of (\d+) bytes\)$/;
 // "  12:   3072..  3199:   81926..   82053:    128:      81929: last,shared,eof"
-const EXTENT = /^\s*\d+:\s*\d+\.\.\s*\d+:\s*(\d+)\.\.\s*\d+:\s*(\d+):(.*)$/;
+const EXTENT = /^\s*\d+:\s*(\d+)\.\.\s*(\d+):\s*(\d+)\.\.\s*\d+:\s*(\d+):(.*)$/;
 
 export function parseFilefrag(output: string): Map<string, Extent[]> {
   const files = new Map<string, Extent[]>();
@@ -50,10 +50,12 @@ export function parseFilefrag(output: string): Map<string, Extent[]> {
     }
     const extent = current && EXTENT.exec(line);
     if (!extent || !current) continue;
-    const flags = extent[3]!;
-    // Blocks not placed yet (delayed allocation) have no address to share: the file's own.
+    const flags = extent[5]!;
+    // Blocks not placed yet (delayed allocation) have no address to share, and a length of 0 in
+    // filefrag's column: the file's own, as long as their logical range.
     const placed = !/unknown_loc|delalloc/.test(flags);
-    current.push({ start: placed ? Number(extent[1]) * blockBytes : -1, length: Number(extent[2]) * blockBytes, shared: placed && /\bshared\b/.test(flags) });
+    const blocks = placed ? Number(extent[4]) : Number(extent[2]) - Number(extent[1]) + 1;
+    current.push({ start: placed ? Number(extent[3]) * blockBytes : -1, length: blocks * blockBytes, shared: placed && /\bshared\b/.test(flags) });
   }
   return files;
 }

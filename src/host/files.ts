@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream } from 'node:fs';
+import { closeSync, createReadStream, fdatasync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
@@ -36,6 +36,7 @@ import { createPrivateFile, ensureNotWritableByOthers } from '../store/private-f
  * a new 0600 file. `to` is created exclusively here, whatever was there removed first and never
  * followed (a symlink planted at a RAM file's path must not redirect a guest's RAM onto
  * /etc/passwd); cp writes through our descriptor (/dev/fd/3), so the path is not looked up again.
+ * The copy is on disk when this resolves.
  */
 export async function copySparse(from: string, to: string): Promise<void> {
   const fd = createPrivateFile(to);
@@ -47,6 +48,8 @@ export async function copySparse(from: string, to: string): Promise<void> {
       child.on('error', reject);
       child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`cp --sparse=always ${from} ${to} exited ${code}: ${stderr.trim()}`))));
     });
+    // On disk before anything says the copy is complete (a snapshot's `saved` marker); free on tmpfs.
+    await new Promise<void>((resolve, reject) => fdatasync(fd, (err) => (err ? reject(err) : resolve())));
   } catch (err) {
     await rm(to, { force: true });
     throw err;

@@ -135,9 +135,9 @@ describe('parseFilefrag', () => {
       '   0:        0..       0:      81926..     81926:      1:            ',
       '   1:        1..       3:         13..        15:      3:      81927: last,shared,eof',
       '/s/a b: 2 extents found',
-      'File size of /s/c is 4096 (1 block of 4096 bytes)',
+      'File size of /s/c is 12288 (3 blocks of 4096 bytes)',
       ' ext:     logical_offset:        physical_offset: length:   expected: flags:',
-      '   0:        0..       0:          0..         0:      1:             last,unknown_loc,delalloc,eof',
+      '   0:        0..       2:          0..         0:      0:             last,unknown_loc,delalloc,eof',
       '/s/c: 1 extent found',
     ].join('\n');
     assert.deepEqual(Object.fromEntries(parseFilefrag(out)), {
@@ -145,7 +145,7 @@ describe('parseFilefrag', () => {
         { start: 81926 * 4096, length: 4096, shared: false },
         { start: 13 * 4096, length: 3 * 4096, shared: true },
       ],
-      '/s/c': [{ start: -1, length: 4096, shared: false }],
+      '/s/c': [{ start: -1, length: 3 * 4096, shared: false }],
     });
   });
 
