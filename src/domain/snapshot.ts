@@ -46,6 +46,7 @@ export interface SnapshotRecord {
   spec: VmSpec;
   compat: CompatKey;
   stateBytes: number;
+  /** Disk its RAM file uses of its own: allocated bytes, or the pages it changed when it is a reflink clone of its parent's. */
   memoryBytes: number;
   diskBytes: number;
   createdAt: string;

@@ -222,7 +222,8 @@ ${examples('cell snapshot pool --size 10 warm', 'cell snapshot pool --size 10 --
         else
           process.stdout.write(
             table(
-              // MEMORY: what its RAM file really uses on disk, of the guest's RAM (the file is sparse).
+              // MEMORY: what its RAM file uses on disk of its own, of the guest's RAM (the file is sparse; a
+              // clone of its parent's, on XFS or btrfs, counts only the pages it changed).
               ['SNAPSHOT ID', 'NAME', 'FROM VM', 'IMAGE', 'MEMORY (ON DISK)', 'DISK', 'POOL', 'CREATED'],
               list.map((s) => [
                 short(s.id),
