@@ -79,7 +79,7 @@ export const PushRequest = Type.Object(
 export type PushRequest = Static<typeof PushRequest>;
 
 const BlobCount = Type.Object({ blobs: Type.Integer(), bytes: Type.Integer() });
-export const PushReply = Type.Object({ reference: Type.String(), digest: Type.String(), uploaded: BlobCount, existing: BlobCount });
+export const PushReply = Type.Object({ reference: Type.String(), digest: Type.String(), uploaded: BlobCount, existing: BlobCount, manifestBytes: Type.Integer() });
 export type PushReply = Static<typeof PushReply>;
 
 /** Bytes of the snapshot's blobs dealt with so far (sent, found at the registry, or fetched), of all. */

@@ -2,6 +2,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import { json, ndjson, route } from './contract.js';
 import { event, OutputEvents, RefParams, RemoveQuery } from './common.js';
 import { BuildProgressEvent } from './builds.js';
+import { PushReply, PushRequest, TransferEvent } from './snapshots.js';
 
 /** Templates: a build plus variants, each built into revisions (docs/templates.md). */
 
@@ -80,6 +81,20 @@ export const TemplateBuildEvent = Type.Union([
 ]);
 export type TemplateBuildEvent = Static<typeof TemplateBuildEvent>;
 
+/** A variant's current revision pushed: the blobs of both its snapshots, and each snapshot's manifest. */
+export const TemplatePushReply = Type.Composite([PushReply, Type.Object({ parts: Type.Object({ disk: Type.String(), warm: Type.Union([Type.String(), Type.Null()]) }) })]);
+export type TemplatePushReply = Static<typeof TemplatePushReply>;
+export const TemplatePushStreamEvent = Type.Union([TransferEvent, event('pushed', { result: TemplatePushReply }), event('done', {})]);
+export type TemplatePushStreamEvent = Static<typeof TemplatePushStreamEvent>;
+
+export const TemplatePullRequest = Type.Object(
+  { reference: Type.String({ minLength: 1, maxLength: 1024 }), insecureRegistries: Type.Optional(Type.Array(Type.String({ maxLength: 256 }), { maxItems: 16 })) },
+  { additionalProperties: false },
+);
+export type TemplatePullRequest = Static<typeof TemplatePullRequest>;
+export const TemplatePullStreamEvent = Type.Union([TransferEvent, event('template', { template: TemplateView }), event('done', {})]);
+export type TemplatePullStreamEvent = Static<typeof TemplatePullStreamEvent>;
+
 export const templates = {
   build: route({
     method: 'POST',
@@ -95,6 +110,21 @@ export const templates = {
     summary: 'one variant (NAME, TEMPLATE_ID:ROLE, or a template id with one variant) with every kept revision',
     params: RefParams,
     reply: json(TemplateView),
+  }),
+  push: route({
+    method: 'POST',
+    path: '/v1/templates/:ref/push',
+    summary: "send a variant's current revision to a registry: its snapshots (only the blobs it lacks), then an index over them",
+    params: RefParams,
+    body: PushRequest,
+    reply: ndjson(TemplatePushStreamEvent),
+  }),
+  pull: route({
+    method: 'POST',
+    path: '/v1/templates/pull',
+    summary: 'fetch a template pushed to a registry and make its revision the current one, progress streamed',
+    body: TemplatePullRequest,
+    reply: ndjson(TemplatePullStreamEvent),
   }),
   remove: route({
     method: 'DELETE',

@@ -95,10 +95,12 @@ export function parseSnapshotManifest(bytes: Buffer, what: string): SnapshotArti
     throw bad(what, 'its manifest is not JSON');
   }
   if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw bad(what, 'its manifest is not a JSON object');
-  if (doc.schemaVersion !== 2 || doc.mediaType !== OCI_MANIFEST) throw bad(what, 'its manifest is not an OCI image manifest');
   if (doc.artifactType !== ArtifactTypes.SNAPSHOT) {
-    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${what} is not a cellvm snapshot (artifact type ${JSON.stringify(doc.artifactType ?? null)?.slice(0, 80)}): pull an image with cell pull`);
+    // A template's index (domain/template-artifact.ts) lists snapshots but is not one.
+    const hint = doc.artifactType === 'application/vnd.cellvm.template.v1' ? 'pull it with cell template pull' : 'pull an image with cell pull';
+    throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${what} is not a cellvm snapshot (artifact type ${JSON.stringify(doc.artifactType ?? null)?.slice(0, 80)}): ${hint}`);
   }
+  if (doc.schemaVersion !== 2 || doc.mediaType !== OCI_MANIFEST) throw bad(what, 'its manifest is not an OCI image manifest');
   const config = descriptor(what, doc.config, MAX_CONFIG_BYTES);
   if (config.mediaType !== ArtifactTypes.CONFIG) throw bad(what, `its config is ${config.mediaType}, not ${ArtifactTypes.CONFIG}`);
   if (!Array.isArray(doc.layers) || doc.layers.length > MAX_MEMORY_CHUNKS + 4) throw bad(what, 'its layers are missing or too many');

@@ -136,6 +136,11 @@ export function revisionKeys(buildKey: string, service: TemplateService | null, 
   return { inputsHash, cacheKey: sha256(`${inputsHash}:${variant.profile}:${variant.role}`) };
 }
 
+/** A revision is identified by its inputs and the snapshots it holds: the same on every host that holds them. */
+export function revisionHashOf(cacheKey: string, diskSnapshot: string, warmSnapshot: string | null): string {
+  return sha256(JSON.stringify([cacheKey, diskSnapshot, warmSnapshot]));
+}
+
 function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }

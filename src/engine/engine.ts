@@ -193,7 +193,7 @@ export class Engine {
     const snapshots = new Snapshots(ctx, vms, spares, images);
     const actions = new Actions(ctx, vms, snapshots, images);
     const builds = new Builds(ctx, actions, snapshots);
-    const templates = new Templates(ctx, vms, snapshots, builds);
+    const templates = new Templates(ctx, vms, snapshots, builds, images);
     const runs = new Runs(ctx, vms, snapshots, templates);
     const consoleCap = new ConsoleLogCap(
       () => ctx.live.ids().map((id) => backend.files(ctx.live.get(id)!.dir).serialLog),

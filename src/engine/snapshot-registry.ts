@@ -11,6 +11,7 @@ import {
   checkMemoryLayout,
   layersOf,
   MEMORY_CHUNK_BYTES,
+  OCI_MANIFEST,
   OFFSET_ANNOTATION,
   PAGE_BYTES,
   PAGE_RECORD_BYTES,
@@ -20,6 +21,7 @@ import {
   type Descriptor,
   type SnapshotArtifact,
 } from '../domain/snapshot-artifact.js';
+import { sha256Digest } from '../image/digest.js';
 import { formatReference, manifestSelector, parseReference } from '../image/reference.js';
 import { RegistryClient } from '../image/registry/client.js';
 import { findCredential } from '../image/registry/credentials.js';
@@ -54,9 +56,12 @@ export interface PushResult {
   /** Blobs sent, and blobs the registry had already. */
   uploaded: { blobs: number; bytes: number };
   existing: { blobs: number; bytes: number };
+  /** The manifest's size (an index that lists it needs it). */
+  manifestBytes: number;
 }
 
-async function clientFor(registry: string, access: RegistryAccess): Promise<RegistryClient> {
+/** A client for `registry` with `cell login`'s credentials for it. */
+export async function clientFor(registry: string, access: RegistryAccess): Promise<RegistryClient> {
   const credential = await findCredential(registry, { credentialsPath: access.credentialsPath });
   return new RegistryClient({ registry, ...(credential ? { credential } : {}), insecureRegistries: access.insecureRegistries });
 }
@@ -234,9 +239,12 @@ export async function pushSnapshot(
   reference: string,
   access: RegistryAccess,
   onProgress: TransferProgress = () => {},
+  opts: { untagged?: boolean } = {},
 ): Promise<PushResult> {
   const target = parseReference(reference);
   if (target.digest) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `push to a tag, not a digest: ${reference}`);
+  // A part of a template: stored under its digest only (the template's index holds it).
+  if (opts.untagged) delete target.tag;
   const src = ctx.paths.snapshotDir(snapshot.id);
   // The disks flattened as an export does, staged in celld's own folder (swept at start-up if celld dies here).
   const work = await mkdtemp(join(ctx.paths.snapshots, '.push-'));
@@ -259,7 +267,7 @@ export async function pushSnapshot(
       memory: memory.chunks,
       pages: memory.pages > 0 ? await fileSource(pagesPath, ArtifactTypes.MEMORY_PAGES) : undefined,
     };
-    const result: PushResult = { reference: formatReference(target), digest: '', uploaded: { blobs: 0, bytes: 0 }, existing: { blobs: 0, bytes: 0 } };
+    const result: PushResult = { reference: formatReference(target), digest: '', uploaded: { blobs: 0, bytes: 0 }, existing: { blobs: 0, bytes: 0 }, manifestBytes: 0 };
     // A few uploads at once (most are 4 MiB chunks: round trips, not bandwidth); the config last.
     const slot = limitConcurrency(TRANSFERS);
     const layers = unique([sources.state, sources.disk, ...(sources.dataDisk ? [sources.dataDisk] : []), ...sources.memory, ...(sources.pages ? [sources.pages] : [])]);
@@ -285,7 +293,10 @@ export async function pushSnapshot(
       'org.opencontainers.image.title': snapshot.name,
       'dev.cellvm.snapshot.id': snapshot.id,
     });
-    result.digest = await client.putManifest(target.repository, manifestSelector(target), manifest, 'application/vnd.oci.image.manifest.v1+json');
+    const digest = await client.putManifest(target.repository, target.tag ?? sha256Digest(manifest), manifest, OCI_MANIFEST);
+    result.digest = digest;
+    result.manifestBytes = manifest.length;
+    if (!target.tag) result.reference = formatReference({ ...target, digest });
     return result;
   } finally {
     await rm(work, { recursive: true, force: true });

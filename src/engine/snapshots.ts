@@ -369,9 +369,11 @@ export class Snapshots {
   }
 
   /** Sends the snapshot to a registry as an OCI artifact (engine/snapshot-registry.ts). */
-  push(ref: string, reference: string, opts: { insecureRegistries?: string[]; onProgress?: TransferProgress } = {}): Promise<PushResult> {
+  push(ref: string, reference: string, opts: { insecureRegistries?: string[]; onProgress?: TransferProgress; untagged?: boolean } = {}): Promise<PushResult> {
     const snapshot = this.resolve(ref);
-    return this.ctx.locks.run(snapshot.id, () => pushSnapshot(this.ctx, snapshot, reference, this.images.registryAccess(opts.insecureRegistries), opts.onProgress));
+    return this.ctx.locks.run(snapshot.id, () =>
+      pushSnapshot(this.ctx, snapshot, reference, this.images.registryAccess(opts.insecureRegistries), opts.onProgress, { untagged: opts.untagged }),
+    );
   }
 
   /** Fetches a snapshot pushed with `push`, refused before its RAM is fetched if this host cannot restore it. */

@@ -1,16 +1,19 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { basename, dirname } from 'node:path';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { shortId } from '../domain/ids.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
-import { parseTemplateFile, revisionKeys, TEMPLATE_SCHEMA_VERSION, type TemplateFile, type TemplateService, type TemplateVariant } from '../domain/template-file.js';
+import { parseTemplateFile, revisionHashOf, revisionKeys, TEMPLATE_SCHEMA_VERSION, type TemplateFile, type TemplateService, type TemplateVariant } from '../domain/template-file.js';
 import { mergeEnv, type TemplateStart, type VmRecord, type VmSpec } from '../domain/vm.js';
 import type { TemplateRecord, TemplateRevision } from '../store/template-store.js';
 import { readDefinition, type BuildEvent } from './builds.js';
 import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
 import type { Builds } from './builds.js';
 import type { EngineContext } from './context.js';
+import type { Images } from './images.js';
 import type { Snapshots } from './snapshots.js';
+import { pullTemplate, pushTemplate, type TemplatePushResult } from './template-registry.js';
+import type { TransferProgress } from './snapshot-registry.js';
 import type { Vms } from './vms.js';
 import { parseUser, runGuestCommand } from './exec-runner.js';
 import type { OutputSink } from './output.js';
@@ -63,6 +66,7 @@ export class Templates {
     private readonly vms: Vms,
     private readonly snapshots: Snapshots,
     private readonly builds: Builds,
+    private readonly images: Pick<Images, 'registryAccess'>,
   ) {}
 
   async load(file: string, host: HostFs = CELLD_HOST_FS): Promise<TemplateFile> {
@@ -91,7 +95,7 @@ export class Templates {
       }
       emit({ type: 'variant', name: variant.name, role: variant.role, status: 'building' });
       const warm = wantWarm ? await this.warmSnapshot(variant, disk, tf.service, cacheKey, opts.signal) : null;
-      const revisionHash = sha256(JSON.stringify([cacheKey, disk.id, warm?.id ?? null]));
+      const revisionHash = revisionHashOf(cacheKey, disk.id, warm?.id ?? null);
       const revision: TemplateRevision = {
         id: revisionHash.slice(0, 32),
         templateName: variant.name,
@@ -180,6 +184,49 @@ export class Templates {
     const revision = template.currentRevision ? store.revision(template.currentRevision) : undefined;
     if (!revision) throw new CellError(ErrorCodes.NOT_FOUND, `template ${template.name} has no revision: build it with cell template build FILE`);
     return { template, revision };
+  }
+
+  /** Sends a variant's current revision to a registry: its snapshots, then an index over them (engine/template-registry.ts). */
+  push(ref: string, reference: string, opts: { insecureRegistries?: string[]; onProgress?: TransferProgress } = {}): Promise<TemplatePushResult> {
+    return pushTemplate(this.snapshots, this.images.registryAccess(opts.insecureRegistries), this.resolve(ref), reference, opts);
+  }
+
+  /**
+   * Fetches a template pushed with `push`: its snapshots (each refused before its RAM is fetched
+   * if this host cannot restore it), then its revision, made the variant's current one. (The
+   * action cache is not pushed: a build of the same file here runs its steps again, then finds the
+   * revision by its key and keeps it.)
+   */
+  async pull(reference: string, opts: { insecureRegistries?: string[]; onProgress?: TransferProgress } = {}): Promise<TemplateView & { revision: TemplateRevision }> {
+    const pulled = await pullTemplate(this.snapshots, this.images.registryAccess(opts.insecureRegistries), reference, opts);
+    const { document: doc, disk, warm } = pulled;
+    const revisionHash = revisionHashOf(doc.cacheKey, disk.id, warm?.id ?? null);
+    const store = this.ctx.stores.templates;
+    const revision: TemplateRevision = store.revision(revisionHash.slice(0, 32)) ?? {
+      id: revisionHash.slice(0, 32),
+      templateName: doc.name,
+      revisionHash,
+      cacheKey: doc.cacheKey,
+      inputsHash: doc.inputsHash,
+      schemaVersion: doc.schemaVersion,
+      variant: doc.variant,
+      service: doc.service,
+      diskSnapshot: disk.id,
+      warmSnapshot: warm?.id ?? null,
+      builtAt: doc.builtAt,
+    };
+    if (revision.templateName !== doc.name) {
+      throw new CellError(ErrorCodes.CONFLICT, `${pulled.reference}: its revision ${shortId(revision.id)} is here already as template ${revision.templateName}`);
+    }
+    const record = { name: doc.name, templateId: doc.templateId, role: doc.role };
+    this.ctx.db.transaction(() => {
+      if (!store.revision(revision.id)) store.insertRevision(revision);
+      store.setCurrent(record, revision.id, new Date().toISOString());
+    })();
+    await this.pruneRevisions(doc.name);
+    // Pools are this host's choice (`pool` in a template file built here, or cell snapshot pool).
+    await this.applyPool(doc.variant, revision.warmSnapshot);
+    return { template: store.get(doc.name)!, revision };
   }
 
   /** Removes variants (by name, NAME:ROLE, or every variant of a template id) and their warm snapshots. */
@@ -308,8 +355,4 @@ export class Templates {
       }
     }
   }
-}
-
-function sha256(text: string): string {
-  return createHash('sha256').update(text).digest('hex');
 }

@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { registryBlobPath, startRegistry, type RunningRegistry } from '../image/registry-harness.js';
 import { TestHome } from '../helpers/cell-home.js';
@@ -12,7 +12,8 @@ import { CellClient } from '../../src/sdk/index.js';
  * snapshot of a VM whose counter runs, push a child (only what changed is sent: counted at the
  * registry), pull both into other homes (another host's CELL_HOME) and fork them (the counter goes
  * on); a tampered RAM chunk is refused and leaves nothing; an artifact whose compatibility key does
- * not match this host is refused before any RAM is fetched.
+ * not match this host is refused before any RAM is fetched. Templates too: a variant's revision
+ * pushed, pulled into another home and run warm there.
  */
 const COUNTER = 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done';
 
@@ -142,6 +143,85 @@ describe('snapshot push and pull', () => {
       client.close();
     }
     await a.ok(['rm', '-f', vm]);
+  });
+
+  test('template push and pull: another home runs the template warm; a tampered part leaves none of its snapshots behind', async (t) => {
+    const a = home();
+    await a.ok(['login', '-u', 'cell', '--password-stdin', registry.host], { input: 'sekrit\n' });
+    const dir = join(a.home, 'tmpl');
+    mkdirSync(dir);
+    const file = join(dir, 'web.toml');
+    writeFileSync(
+      file,
+      `template_id = "web"
+[build]
+base = "busybox"
+[[build.step]]
+run = "mkdir -p /www && echo 'hello from the registry' > /www/index.html"
+[service]
+start = "httpd -f -p 8080 -h /www"
+ready = "wget -q -O /dev/null http://127.0.0.1:8080/"
+[[variants]]
+role = "server"
+vcpus = 1
+mem_mib = 256
+`,
+    );
+    await a.ok(['template', 'build', '--snapshot', file]);
+    const [built] = JSON.parse((await a.ok(['template', 'ls', '--format', 'json'])).stdout) as { revision: { id: string; warmSnapshot: string; diskSnapshot: string } }[];
+    const ref = `${registry.host}/e2e/tmpl:v1`;
+    const pushed = await a.ok(['template', 'push', 'web-server', ref]);
+    t.diagnostic(pushed.stdout.trim());
+    assert.match(pushed.stdout, new RegExp(`^${ref.replace(/[.]/g, '\\.')}@sha256:[0-9a-f]{64}: sent \\d+ blobs`));
+
+    // Pulling a snapshot as a template, or the template as a snapshot, says which command it takes.
+    const b = home();
+    await b.ok(['login', '-u', 'cell', '--password-stdin', registry.host], { input: 'sekrit\n' });
+    assert.match((await b.cell(['snapshot', 'pull', ref])).stderr, /^error: .* is not a cellvm snapshot .*: pull it with cell template pull\n$/);
+    assert.match((await b.cell(['template', 'pull', `${repo}:base`])).stderr, /^error: .* is not a cellvm template .*: pull it with cell snapshot pull\n$/);
+
+    // Another home: pull, and the same revision (same snapshots, same id) is its current one; run it warm.
+    assert.match((await b.ok(['template', 'pull', ref])).stdout, /^web-server\trevision [0-9a-f]{12}\twarm\n$/);
+    const [here] = JSON.parse((await b.ok(['template', 'ls', '--format', 'json'])).stdout) as { name: string; templateId: string; role: string; revision: { id: string; warmSnapshot: string; diskSnapshot: string; variant: { memMib: number } } }[];
+    assert.deepEqual([here!.name, here!.templateId, here!.role], ['web-server', 'web', 'server']);
+    assert.equal(here!.revision.id, built!.revision.id);
+    assert.equal(here!.revision.warmSnapshot, built!.revision.warmSnapshot);
+    assert.equal(here!.revision.diskSnapshot, built!.revision.diskSnapshot);
+    assert.equal(here!.revision.variant.memMib, 256);
+    const vm = (await b.ok(['run', '-d', '--name', 'w', '--template', 'web-server'])).stdout.trim();
+    const [inspected] = JSON.parse((await b.ok(['inspect', vm])).stdout) as { spec: { template: { start: string } } }[];
+    assert.equal(inspected!.spec.template.start, 'warm', 'forked from the pulled warm snapshot, service already up');
+    assert.equal((await b.ok(['exec', vm, '--', 'wget', '-q', '-O-', 'http://127.0.0.1:8080/'])).stdout, 'hello from the registry\n');
+    await b.ok(['rm', '-f', vm]);
+    // Its cold path works too: the built disk came along.
+    assert.equal(JSON.parse((await b.ok(['snapshots', '--format', 'json'])).stdout).length, 2);
+    assert.match((await b.ok(['template', 'pull', ref])).stdout, /^web-server\trevision/, 'pulling again keeps what is here');
+    assert.equal(JSON.parse((await b.ok(['snapshots', '--format', 'json'])).stdout).length, 2);
+
+    // A RAM chunk only the warm snapshot has, changed at the registry: the pull fails after the disk
+    // part was fetched, and removes it again; no template is recorded.
+    const auth = { authorization: `Basic ${Buffer.from('cell:sekrit').toString('base64')}` };
+    const get = async (selector: string, accept: string) => {
+      const res = await fetch(`http://${registry.host}/v2/e2e/tmpl/manifests/${selector}`, { headers: { ...auth, accept } });
+      assert.equal(res.status, 200);
+      return JSON.parse(await res.text()) as { manifests: { digest: string; annotations: Record<string, string> }[]; layers: { mediaType: string; digest: string }[] };
+    };
+    const index = await get('v1', 'application/vnd.oci.image.index.v1+json');
+    const part = async (which: string) => get(index.manifests.find((m) => m.annotations['dev.cellvm.template.part'] === which)!.digest, 'application/vnd.oci.image.manifest.v1+json');
+    const diskLayers = new Set((await part('disk')).layers.map((l) => l.digest));
+    const chunk = (await part('warm')).layers.find((l) => l.mediaType === 'application/vnd.cellvm.snapshot.memory.v1+gzip' && !diskLayers.has(l.digest))!;
+    const path = registryBlobPath(registry.storage, chunk.digest);
+    const bytes = readFileSync(path);
+    bytes[100] = bytes[100]! ^ 0xff;
+    writeFileSync(path, bytes);
+    const c = home();
+    await c.ok(['login', '-u', 'cell', '--password-stdin', registry.host], { input: 'sekrit\n' });
+    const tampered = await c.cell(['template', 'pull', ref]);
+    assert.equal(tampered.code, 1);
+    assert.match(tampered.stderr, /^error: .*(digest|sha256)/i);
+    assert.deepEqual(JSON.parse((await c.ok(['snapshots', '--format', 'json'])).stdout), [], 'the disk part it had pulled is gone again');
+    assert.deepEqual(JSON.parse((await c.ok(['template', 'ls', '--format', 'json'])).stdout), []);
+    assert.deepEqual(pulledLeftovers(c), []);
   });
 
   test('a tampered RAM chunk is refused and leaves nothing; a snapshot for another host is refused before its RAM is fetched', async () => {

@@ -3,16 +3,17 @@ import { resolve } from 'node:path';
 import type { TemplateView } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
 import { passThrough, streamed } from '../context.js';
-import { oneOf } from '../errors.js';
-import { ago, short, table } from '../format.js';
+import { collect, oneOf } from '../errors.js';
+import { ago, bytes, short, table } from '../format.js';
 import { examples } from '../help.js';
+import { transferProgress } from '../transfer-progress.js';
 import { describe } from './build.js';
 
 export function register(program: Command): void {
   const template = program
     .command('template')
     .description('templates: a build plus variants (roles with their own CPUs, memory, data disk), ready to run warm')
-    .summary('build, list, inspect and remove templates');
+    .summary('build, list, inspect, push, pull and remove templates');
 
   template
     .command('build')
@@ -71,6 +72,50 @@ ${examples('cell template build --snapshot web.toml', 'cell run --rm --template 
         const found: TemplateView[] = [];
         await forEachRef(refs, async (ref) => void found.push(await client.templates.get(ref)));
         process.stdout.write(JSON.stringify(found, null, 2) + '\n');
+      }),
+    );
+
+  template
+    .command('push')
+    .description("send a variant's current revision to an OCI registry: its built disk and warm snapshot as snapshot artifacts (only the blobs the registry lacks), then an index over them")
+    .argument('<template>', 'variant name, TEMPLATE_ID:ROLE, or a template id with one variant')
+    .argument('<reference>', 'where to: host[:port]/repository:tag')
+    .option('--insecure-registry <host[:port]>', 'allow plain http to this registry (repeatable)', collect)
+    .addHelpText(
+      'after',
+      `
+The warm snapshot goes after the built disk it was booted from, so its RAM is sent as the chunks
+that differ. Pools are not pushed: each host sets its own. Credentials are cell login's; the
+artifact's format: docs/snapshot-artifacts.md ("Templates").
+${examples('cell template push web-server 127.0.0.1:5000/team/web:v1', 'cell template pull 127.0.0.1:5000/team/web:v1')}`,
+    )
+    .action(
+      withClient(async (client, ref: string, reference: string, flags: { insecureRegistry?: string[] }) => {
+        const progress = await transferProgress(`push ${ref}`);
+        const r = await client.templates.push(ref, reference, { insecureRegistries: flags.insecureRegistry, onProgress: progress.onProgress }).finally(progress.stop);
+        process.stdout.write(
+          `${r.reference}@${r.digest}: sent ${r.uploaded.blobs} blobs (${bytes(r.uploaded.bytes)}), ${r.existing.blobs} the registry had (${bytes(r.existing.bytes)})\n`,
+        );
+      }),
+    );
+
+  template
+    .command('pull')
+    .description("fetch a template pushed with \"template push\" and make its revision the variant's current one; refused before any RAM is fetched if this host cannot restore its snapshots")
+    .argument('<reference>', 'host[:port]/repository:tag or @sha256:...')
+    .option('--insecure-registry <host[:port]>', 'allow plain http to this registry (repeatable)', collect)
+    .addHelpText(
+      'after',
+      `
+Each snapshot is pulled as "cell snapshot pull" does (kept if this host has it already). Pools
+are not pulled: set them here (a template file's pool, or cell snapshot pool).
+${examples('cell template pull 127.0.0.1:5000/team/web:v1', 'cell run --rm --template web-server -- wget -q -O- http://127.0.0.1:8080/')}`,
+    )
+    .action(
+      withClient(async (client, reference: string, flags: { insecureRegistry?: string[] }) => {
+        const progress = await transferProgress('pull');
+        const t = await client.templates.pull(reference, { insecureRegistries: flags.insecureRegistry, onProgress: progress.onProgress }).finally(progress.stop);
+        process.stdout.write(`${t.name}\trevision ${short(t.currentRevision ?? '')}\t${t.revision?.warmSnapshot ? 'warm' : 'cold'}\n`);
       }),
     );
 

@@ -106,5 +106,28 @@ export function templateRoutes(app: FastifyInstance, engine: Engine): void {
     return { ...template, revision, revisions: engine.templates.revisions(template.name) };
   });
 
+  // Push and pull stream `progress` (bytes of both snapshots' blobs dealt with, of all so far), then their result and `done`.
+  serve(app, templates.push, (req, reply) =>
+    streamResult(templates.push, req, reply, async (stream) => {
+      const result = await engine.templates.push(req.params.ref, req.body.reference, {
+        insecureRegistries: req.body.insecureRegistries,
+        onProgress: (done, total) => stream.send({ type: 'progress', done, total }),
+      });
+      stream.send({ type: 'pushed', result });
+      return { type: 'done' as const };
+    }),
+  );
+
+  serve(app, templates.pull, (req, reply) =>
+    streamResult(templates.pull, req, reply, async (stream) => {
+      const { template, revision } = await engine.templates.pull(req.body.reference, {
+        insecureRegistries: req.body.insecureRegistries,
+        onProgress: (done, total) => stream.send({ type: 'progress', done, total }),
+      });
+      stream.send({ type: 'template', template: { ...template, revision } });
+      return { type: 'done' as const };
+    }),
+  );
+
   serve(app, templates.remove, async (req) => ({ removed: await engine.templates.remove(req.params.ref, req.query.force ?? false) }));
 }
