@@ -96,7 +96,9 @@ export const PullRequest = Type.Object(
   { additionalProperties: false },
 );
 export type PullRequest = Static<typeof PullRequest>;
-export const PullStreamEvent = Type.Union([TransferEvent, event('snapshot', { snapshot: Snapshot }), event('done', {})]);
+/** Before the blobs move: how many come from the registry, and how many RAM chunks from snapshots here (its ancestors'). */
+export const PullTransferEvent = event('transferred', { fetched: BlobCount, reused: BlobCount });
+export const PullStreamEvent = Type.Union([TransferEvent, PullTransferEvent, event('snapshot', { snapshot: Snapshot }), event('done', {})]);
 export type PullStreamEvent = Static<typeof PullStreamEvent>;
 
 export const PruneRequest = Type.Object(

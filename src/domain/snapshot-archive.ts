@@ -123,6 +123,20 @@ function compat(file: string, raw: unknown): CompatKey {
 }
 
 /**
+ * The snapshot the archive's snapshot was taken on top of where it was made (its `parentSnapshot`
+ * there), or null. Not its parent here (no disk of it is an overlay on that one): the snapshot
+ * this host may store its RAM against, if the host has it (pulled or imported before).
+ */
+export function archivedParent(text: string): string | null {
+  try {
+    const parent = (JSON.parse(text) as { snapshot?: { parentSnapshot?: unknown } }).snapshot?.parentSnapshot;
+    return typeof parent === 'string' && ID_PATTERN.test(parent) ? parent : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
  * A snapshot record from an archive's metadata, as it will be recorded here: its id, name (or
  * `name`), spec and compatibility key checked, sizes filled in by the importer, and no parent on
  * this host. Throws `invalid_argument` naming the first field that is wrong.

@@ -5,9 +5,10 @@ import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { SnapshotRecord } from '../domain/snapshot.js';
-import { MAX_ARCHIVE_META_BYTES, parseArchiveMeta, SNAPSHOT_ARCHIVE_FORMAT } from '../domain/snapshot-archive.js';
+import { archivedParent, MAX_ARCHIVE_META_BYTES, parseArchiveMeta, SNAPSHOT_ARCHIVE_FORMAT } from '../domain/snapshot-archive.js';
 import type { CellPaths } from '../domain/paths.js';
 import type { EngineContext } from './context.js';
+import { clonedMemoryBytes, dropCloneNote, parentMemory, storeMemory } from './snapshot-memory.js';
 import { allocatedBytes } from '../host/files.js';
 import { CELLD_HOST_FS, hostPathError, writeHostFile, type HostFs } from './host-fs.js';
 import { ArchiveBudget } from '../image/archive/archive-budget.js';
@@ -101,9 +102,10 @@ export async function importSnapshot(
     await tool('tar', ['--no-same-owner', '--no-same-permissions', '-xf', archive.path, '-C', staging, DATA_MEMBER], 'no data disk').catch(() => {});
     await ctx.checkpoint('snapshot-import:extracted');
     if ((await plainFileSize(file, join(staging, 'snapshot.json'), 'snapshot.json')) > MAX_ARCHIVE_META_BYTES) throw unusable(file, 'snapshot.json is too large');
-    const meta = parseArchiveMeta(file, await readFile(join(staging, 'snapshot.json'), 'utf8'), name);
+    const metaText = await readFile(join(staging, 'snapshot.json'), 'utf8');
+    const meta = parseArchiveMeta(file, metaText, name);
     await rm(join(staging, 'snapshot.json'));
-    return await adoptStagedSnapshot(ctx, staging, file, meta);
+    return await adoptStagedSnapshot(ctx, staging, file, meta, archivedParent(metaText));
   } catch (err) {
     throw await explainNoSpace(err, paths.snapshots, `importing ${file} stopped`);
   } finally {
@@ -123,6 +125,8 @@ export async function adoptStagedSnapshot(
   staging: string,
   source: string,
   meta: Omit<SnapshotRecord, 'stateBytes' | 'memoryBytes' | 'diskBytes'>,
+  /** The snapshot it was taken on where it was made (`archivedParent`): its RAM is stored against that one's if it is here. */
+  memoryParent: string | null,
   /** Recorded in the same transaction as the snapshot (a pull's source reference). */
   alsoRecord: (record: SnapshotRecord) => void = () => {},
 ): Promise<SnapshotRecord> {
@@ -138,8 +142,13 @@ export async function adoptStagedSnapshot(
   if ((meta.spec.dataDiskMib ?? 0) > 0 !== members.includes(DATA_MEMBER)) throw unusable(file, 'its data disk does not match its spec');
   if (stores.snapshots.getAny(meta.id)) throw new CellError(ErrorCodes.CONFLICT, `snapshot ${meta.id.slice(0, 12)} is already here`);
   if (stores.snapshots.nameExists(meta.name)) throw new CellError(ErrorCodes.CONFLICT, `the name "${meta.name}" is already in use by another snapshot: give it another with --name`);
+  // Its parent here already (pulled or imported before, or taken here): stored as a clone of the
+  // parent's RAM with the pages that differ, where the file system has reflinks.
+  await storeMemory(join(staging, 'memory'), staging, parentMemory(ctx, { parentSnapshot: memoryParent, spec: meta.spec }));
   const allocated = await Promise.all(['state', 'memory', 'disk.qcow2', DATA_MEMBER].map((f) => allocatedBytes(join(staging, f))));
-  const record: SnapshotRecord = { ...meta, stateBytes: allocated[0]!, memoryBytes: allocated[1]!, diskBytes: allocated[2]! + allocated[3]! };
+  const memoryBytesHere = (await clonedMemoryBytes(staging)) ?? allocated[1]!;
+  await dropCloneNote(staging);
+  const record: SnapshotRecord = { ...meta, stateBytes: allocated[0]!, memoryBytes: memoryBytesHere, diskBytes: allocated[2]! + allocated[3]! };
   await ctx.checkpoint('snapshot-import:checked');
   // Published, then recorded: a crash in between leaves a folder without a row, swept at start-up.
   await rename(staging, paths.snapshotDir(record.id));

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { assertCompatible, type CompatKey, type SnapshotRecord } from '../domain/snapshot.js';
-import { MAX_ARCHIVE_META_BYTES, parseArchiveMeta, SNAPSHOT_ARCHIVE_FORMAT } from '../domain/snapshot-archive.js';
+import { archivedParent, MAX_ARCHIVE_META_BYTES, parseArchiveMeta, SNAPSHOT_ARCHIVE_FORMAT } from '../domain/snapshot-archive.js';
 import {
   ArtifactTypes,
   checkMemoryLayout,
@@ -32,6 +32,7 @@ import { explainNoSpace } from '../image/free-space.js';
 import { BlobStore } from '../store/blob-store.js';
 import type { EngineContext } from './context.js';
 import { adoptStagedSnapshot, flattenDisk } from './snapshot-archive.js';
+import { ancestorChunks, writeChunkIndex, type LocalChunk } from './chunk-index.js';
 
 /**
  * `cell snapshot push` and `pull`: a snapshot as an OCI artifact in a registry
@@ -118,8 +119,9 @@ async function memoryLayers(
   ancestors: readonly string[],
   pagesPath: string,
   workDir: string,
-): Promise<{ chunks: Source[]; pages: number }> {
+): Promise<{ chunks: Source[]; pages: number; own: Map<number, string> }> {
   const chunks: Source[] = [];
+  const digests = new Map<number, string>();
   let pages = 0;
   const files = await Promise.all([path, ...ancestors].map((p) => open(p, 'r')));
   const out = await open(pagesPath, 'w', 0o600);
@@ -135,6 +137,7 @@ async function memoryLayers(
       if (isZero(chunk)) continue;
       const packed = packChunk(chunk);
       const digest = sha256(packed);
+      digests.set(offset, digest);
       const desc = (d: Descriptor['digest'], packedSize: number): Descriptor => ({ mediaType: ArtifactTypes.MEMORY, digest: d, size: packedSize, annotations: { [OFFSET_ANNOTATION]: String(offset) } });
       let based = false;
       if (!(await has(digest))) {
@@ -169,7 +172,7 @@ async function memoryLayers(
     await out.close();
     for (const f of files) await f.close();
   }
-  return { chunks, pages };
+  return { chunks, pages, own: digests };
 }
 
 /**
@@ -297,10 +300,49 @@ export async function pushSnapshot(
     result.digest = digest;
     result.manifestBytes = manifest.length;
     if (!target.tag) result.reference = formatReference({ ...target, digest });
+    // What its chunks are called at registries: a child pulled here later takes them from this file.
+    await writeChunkIndex(src, memory.own).catch(() => {});
     return result;
   } finally {
     await rm(work, { recursive: true, force: true });
   }
+}
+
+/** Blobs of a pull fetched from the registry, and RAM chunks taken from snapshots here. */
+export interface PullTransfer {
+  fetched: { blobs: number; bytes: number };
+  reused: { blobs: number; bytes: number };
+}
+
+/**
+ * Stores in the pull's blob store each RAM chunk of `artifact` that an ancestor here has under the
+ * same digest, packed again from the ancestor's RAM file (the store refuses it unless it is exactly
+ * that digest, so a stale index costs a fetch, never a wrong chunk). Returns the digests stored.
+ */
+async function takeLocalChunks(store: BlobStore, artifact: SnapshotArtifact, local: ReadonlyMap<string, LocalChunk>, memoryBytes: number): Promise<Set<string>> {
+  const taken = new Set<string>();
+  if (local.size === 0) return taken;
+  const buf = Buffer.alloc(MEMORY_CHUNK_BYTES);
+  for (const { offset, desc } of artifact.memory) {
+    const here = local.get(desc.digest);
+    if (!here || taken.has(desc.digest)) continue;
+    if (await store.has(desc.digest, desc.size)) continue;
+    const size = Math.min(MEMORY_CHUNK_BYTES, memoryBytes - offset);
+    try {
+      const file = await open(here.path, 'r');
+      try {
+        const { bytesRead } = await file.read(buf, 0, size, here.offset);
+        if (bytesRead !== size) continue;
+      } finally {
+        await file.close();
+      }
+      await store.put(packChunk(buf.subarray(0, size)), { digest: desc.digest, size: desc.size, what: `the RAM chunk at ${offset}` });
+      taken.add(desc.digest);
+    } catch {
+      // Gone meanwhile, or not the same bytes after all: fetched as any other.
+    }
+  }
+  return taken;
 }
 
 export async function pullSnapshot(
@@ -310,6 +352,7 @@ export async function pullSnapshot(
   access: RegistryAccess,
   name?: string,
   onProgress: TransferProgress = () => {},
+  onTransfer: (summary: PullTransfer) => void = () => {},
 ): Promise<SnapshotRecord> {
   const source = parseReference(reference);
   const what = formatReference(source);
@@ -323,6 +366,7 @@ export async function pullSnapshot(
   if (artifact.config.size > MAX_ARCHIVE_META_BYTES) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${what}: its config is too large`);
   const configText = await readFile(await fetch(artifact.config, 'config'), 'utf8');
   const meta = parseArchiveMeta(what, configText, name);
+  const memoryParent = archivedParent(configText);
   assertCompatible(meta.compat, host, what);
   const memoryBytes = meta.spec.memoryMib * 1024 * 1024;
   checkMemoryLayout(artifact, memoryBytes, what);
@@ -343,6 +387,10 @@ export async function pullSnapshot(
     const slot = limitConcurrency(TRANSFERS);
     const distinct = [...new Map(blobs.map((b) => [b.digest, b])).values()];
     const total = distinct.reduce((n, d) => n + d.size, 0);
+    // RAM chunks an ancestor here has (a child pulled after its parent): taken from its RAM file.
+    const reused = await takeLocalChunks(store, artifact, await ancestorChunks(ctx, { parentSnapshot: memoryParent, spec: meta.spec }), memoryBytes);
+    const reusedBytes = distinct.filter((d) => reused.has(d.digest)).reduce((n, d) => n + d.size, 0);
+    onTransfer({ fetched: { blobs: distinct.length - reused.size, bytes: total - reusedBytes }, reused: { blobs: reused.size, bytes: reusedBytes } });
     let done = 0;
     const fetched = new Map<string, string>();
     onProgress(0, total);
@@ -360,6 +408,7 @@ export async function pullSnapshot(
     if (artifact.dataDisk) await copyFile(local(artifact.dataDisk), join(staging, 'data.qcow2'));
     // The RAM file: sparse, each chunk written at its place (zero chunks were never sent).
     const memory = await open(join(staging, 'memory'), 'wx', 0o600);
+    const paged = new Set<number>();
     try {
       await memory.truncate(memoryBytes);
       for (const { offset, desc } of artifact.memory) {
@@ -377,6 +426,7 @@ export async function pullSnapshot(
             for (let r = 0; r < bytesRead; r += PAGE_RECORD_BYTES) {
               const offset = pageOffset(buf.subarray(r, r + 8), memoryBytes, what);
               await memory.write(buf, r + 8, PAGE_BYTES, offset);
+              paged.add(offset - (offset % MEMORY_CHUNK_BYTES));
             }
             at += bytesRead;
           }
@@ -388,8 +438,10 @@ export async function pullSnapshot(
     } finally {
       await memory.close();
     }
+    // The chunks that are as fetched, by digest: for a child of this one pulled later.
+    await writeChunkIndex(staging, new Map(artifact.memory.filter((m) => !paged.has(m.offset)).map((m) => [m.offset, m.desc.digest])));
     await ctx.checkpoint('snapshot-pull:assembled');
-    record = await adoptStagedSnapshot(ctx, staging, what, meta, (r) => ctx.stores.snapshots.recordSource(what, r.id));
+    record = await adoptStagedSnapshot(ctx, staging, what, meta, memoryParent, (r) => ctx.stores.snapshots.recordSource(what, r.id));
   } catch (err) {
     // What was fetched stays in the store: pulling again resumes from there.
     throw await explainNoSpace(err, ctx.paths.snapshots, `pulling ${what} stopped`);

@@ -18,7 +18,7 @@ import { checkPoolSetting, type PoolSetting, type PoolStatus } from '../domain/p
 import { collectRetiredSnapshots } from './retired-snapshots.js';
 import { clearRestoring, markRestoring } from './restore-intent.js';
 import { exportSnapshot, importSnapshot } from './snapshot-archive.js';
-import { pullSnapshot, pushSnapshot, type PushResult, type TransferProgress } from './snapshot-registry.js';
+import { pullSnapshot, pushSnapshot, type PullTransfer, type PushResult, type TransferProgress } from './snapshot-registry.js';
 import { formatReference, parseReference } from '../image/reference.js';
 import { CELLD_HOST_FS, type HostFs } from './host-fs.js';
 import { stagingDir, takeSnapshot, type SnapshotIntent } from './snapshot-take.js';
@@ -377,10 +377,13 @@ export class Snapshots {
   }
 
   /** Fetches a snapshot pushed with `push`, refused before its RAM is fetched if this host cannot restore it. */
-  async pull(reference: string, opts: { name?: string; insecureRegistries?: string[]; onProgress?: TransferProgress } = {}): Promise<SnapshotRecord> {
+  async pull(
+    reference: string,
+    opts: { name?: string; insecureRegistries?: string[]; onProgress?: TransferProgress; onTransfer?: (summary: PullTransfer) => void } = {},
+  ): Promise<SnapshotRecord> {
     if (opts.name !== undefined) validateName(opts.name);
     const ready = await this.ctx.host.ensure();
-    return pullSnapshot(this.ctx, reference, compatKey(this.ctx, ready), this.images.registryAccess(opts.insecureRegistries), opts.name, opts.onProgress);
+    return pullSnapshot(this.ctx, reference, compatKey(this.ctx, ready), this.images.registryAccess(opts.insecureRegistries), opts.name, opts.onProgress, opts.onTransfer);
   }
 
   /** Reads an archive at `file` with `host`'s access (the caller's: engine/host-fs.ts). */

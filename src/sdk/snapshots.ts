@@ -107,10 +107,20 @@ export class SnapshotsClient {
   }
 
   /** Fetches a snapshot pushed with `push`; refused before its RAM is fetched if this host cannot restore it. */
-  async pull(reference: string, opts: RequestOptions & { name?: string; insecureRegistries?: string[]; onProgress?: (done: number, total: number) => void } = {}): Promise<Snapshot> {
+  async pull(
+    reference: string,
+    opts: RequestOptions & {
+      name?: string;
+      insecureRegistries?: string[];
+      onProgress?: (done: number, total: number) => void;
+      /** Before the blobs move: what comes from the registry, and the RAM chunks its ancestors here had. */
+      onTransfer?: (summary: { fetched: { blobs: number; bytes: number }; reused: { blobs: number; bytes: number } }) => void;
+    } = {},
+  ): Promise<Snapshot> {
     let snapshot: Snapshot | undefined;
     for await (const event of this.transport.stream(snapshots.pull, { body: { reference, name: opts.name, insecureRegistries: opts.insecureRegistries } }, opts)) {
       if (event.type === 'progress') opts.onProgress?.(event.done, event.total);
+      if (event.type === 'transferred') opts.onTransfer?.({ fetched: event.fetched, reused: event.reused });
       if (event.type === 'snapshot') snapshot = event.snapshot;
     }
     if (!snapshot) throw new CellError(ErrorCodes.INTERNAL, 'the pull ended without a snapshot');

@@ -125,8 +125,17 @@ describe('snapshot push and pull', () => {
     const [f2] = (await d.ok(['fork', `${repo}:base`])).stdout.trim().split('\n');
     assert.notEqual(f1, f2);
     const onD = JSON.parse((await d.ok(['snapshots', '--format', 'json'])).stdout) as { name: string }[];
-    assert.deepEqual(onD.map((s) => s.name), ['base']);
+    assert.deepEqual(onD.map((s) => s.name), ['base'], 'pulled once');
     assert.ok(Number((await d.ok(['exec', f2!, '--', 'cat', '/tmp/count'])).stdout) >= countAtBase - 1);
+    // The child pulled where its parent is: the RAM chunks they share come from the parent's file.
+    const childHere = await d.ok(['snapshot', 'pull', `${repo}:child`]);
+    const [, fetchedBlobs, reusedChunks] = /^fetched (\d+) blobs \([^)]*\); (\d+) RAM chunks \([^)]*\) came from snapshots here$/m.exec(childHere.stderr) ?? [];
+    t.diagnostic(childHere.stderr.trim());
+    assert.ok(Number(reusedChunks) >= 10, `RAM chunks taken from the parent here: ${reusedChunks}`);
+    assert.ok(Number(fetchedBlobs) <= Number(sent) + 1, `fetched ${fetchedBlobs} blobs: what the child's push sent, and its config`);
+    const [fc] = (await d.ok(['fork', 'child'])).stdout.trim().split('\n');
+    assert.equal((await d.ok(['exec', fc!, '--', 'cat', '/root/child'])).stdout, 'child\n');
+    assert.ok(Number((await d.ok(['exec', fc!, '--', 'cat', '/tmp/count'])).stdout) >= countAtBase);
     // Through the SDK, with the progress it streams: bytes dealt with grow to the whole.
     const e = home();
     await e.ok(['login', '-u', 'cell', '--password-stdin', registry.host], { input: 'sekrit\n' });

@@ -81,4 +81,23 @@ describe('snapshot storage on XFS with reflinks', () => {
     const listing = (await h.ok(['snapshots'])).stdout;
     assert.match(listing, /of-fork/);
   });
+
+  test('a snapshot imported (or pulled) after its parent is stored against the parent there too', async () => {
+    const g = new TestHome({}, join(fs.dir, 'g'));
+    try {
+      for (const name of ['result', 'of-fork']) await h.ok(['snapshot', 'export', name, join(fs.dir, `${name}.cellsnap`)]);
+      await g.ok(['snapshot', 'import', join(fs.dir, 'result.cellsnap')]);
+      await g.ok(['snapshot', 'import', join(fs.dir, 'of-fork.cellsnap')]);
+      const [parent, child] = JSON.parse((await g.ok(['snapshots', '--format', 'json'])).stdout) as SnapshotJson[];
+      // Not its parent here (its disk is whole, not an overlay): the RAM it is stored against.
+      assert.equal(child!.name, 'of-fork');
+      assert.equal(child!.parentSnapshot, null);
+      const whole = statSync(join(g.home, 'snapshots', child!.id, 'memory')).blocks * 512;
+      assert.ok(child!.memoryBytes < whole / 4, `the imported child's RAM adds ${child!.memoryBytes} of ${whole} bytes`);
+      assert.ok(parent!.memoryBytes > whole / 2, `the parent, with nothing under it here, is whole: ${parent!.memoryBytes}`);
+      assert.match((await g.ok(['run', '--rm', '--from', 'of-fork', '--', 'cat', '/tmp/steps'])).stdout, /10\nfork\n$/);
+    } finally {
+      await g.cleanup();
+    }
+  });
 });

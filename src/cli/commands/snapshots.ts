@@ -159,7 +159,18 @@ ${examples('cell snapshot pool --size 10 warm', 'cell snapshot pool --size 10 --
     .action(
       withClient(async (client, reference: string, flags: { name?: string; insecureRegistry?: string[] }) => {
         const progress = await transferProgress('pull');
-        const s = await client.snapshots.pull(reference, { name: flags.name, insecureRegistries: flags.insecureRegistry, onProgress: progress.onProgress }).finally(progress.stop);
+        let summary = '';
+        const s = await client.snapshots
+          .pull(reference, {
+            name: flags.name,
+            insecureRegistries: flags.insecureRegistry,
+            onProgress: progress.onProgress,
+            onTransfer: ({ fetched, reused }) => {
+              summary = `fetched ${fetched.blobs} blobs (${bytes(fetched.bytes)})${reused.blobs > 0 ? `; ${reused.blobs} RAM chunks (${bytes(reused.bytes)}) came from snapshots here` : ''}`;
+            },
+          })
+          .finally(progress.stop);
+        if (summary) process.stderr.write(`${summary}\n`);
         process.stdout.write(`${s.id}\n`);
       }),
     );

@@ -43,6 +43,7 @@ export function snapshotRoutes(app: FastifyInstance, engine: Engine): void {
         name: req.body.name,
         insecureRegistries: req.body.insecureRegistries,
         onProgress: (done, total) => stream.send({ type: 'progress', done, total }),
+        onTransfer: (summary) => stream.send({ type: 'transferred', ...summary }),
       });
       stream.send({ type: 'snapshot', snapshot });
       return { type: 'done' as const };
