@@ -19,6 +19,8 @@ export const ArtifactTypes = {
   STATE: 'application/vnd.cellvm.snapshot.state.v1',
   DISK: 'application/vnd.cellvm.snapshot.disk.v1+qcow2',
   DATA_DISK: 'application/vnd.cellvm.snapshot.data-disk.v1+qcow2',
+  /** What a child's disk changed over the disk before it in the list: a qcow2 whose backing file is left out. */
+  DISK_DELTA: 'application/vnd.cellvm.snapshot.disk-delta.v1+qcow2',
   /** A chunk of RAM, gzipped. */
   MEMORY: 'application/vnd.cellvm.snapshot.memory.v1+gzip',
   /** Pages that differ from the chunks listed (records of a u64 LE offset and a 4 KiB page). */
@@ -32,6 +34,8 @@ export const PAGE_RECORD_BYTES = 8 + PAGE_BYTES;
 export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
 /** The annotation on a RAM chunk: its byte offset in the RAM file. */
 export const OFFSET_ANNOTATION = 'dev.cellvm.memory.offset';
+/** Disk deltas one artifact may list (a build of more steps than this flattens its disk). */
+export const MAX_DISK_DELTAS = 32;
 /** 4 MiB: a 256 MiB guest is 64 chunks; a child that changed 1% of its pages re-sends few. */
 export const MEMORY_CHUNK_BYTES = 4 * 1024 * 1024;
 /** A manifest of a 64 GiB guest (16384 chunks) stays under a megabyte of JSON. */
@@ -52,7 +56,10 @@ export interface Descriptor {
 export interface SnapshotArtifact {
   config: Descriptor;
   state: Descriptor;
+  /** A standalone qcow2: the whole disk, or the base the deltas apply to. */
   disk: Descriptor;
+  /** In order, each over the disk before it: a child pushed after its parent sends only its own. */
+  diskDeltas: Descriptor[];
   dataDisk?: Descriptor;
   /** In offset order; offsets are distinct multiples of MEMORY_CHUNK_BYTES. */
   memory: { offset: number; desc: Descriptor }[];
@@ -108,6 +115,7 @@ export function parseSnapshotManifest(bytes: Buffer, what: string): SnapshotArti
   let disk: Descriptor | undefined;
   let dataDisk: Descriptor | undefined;
   let pages: Descriptor | undefined;
+  const diskDeltas: Descriptor[] = [];
   const memory: SnapshotArtifact['memory'] = [];
   const offsets = new Set<number>();
   for (const raw of doc.layers) {
@@ -121,6 +129,10 @@ export function parseSnapshotManifest(bytes: Buffer, what: string): SnapshotArti
       state = once(state, 'device state');
     } else if (d.mediaType === ArtifactTypes.DISK) disk = once(disk, 'disk');
     else if (d.mediaType === ArtifactTypes.DATA_DISK) dataDisk = once(dataDisk, 'data disk');
+    else if (d.mediaType === ArtifactTypes.DISK_DELTA) {
+      if (diskDeltas.length >= MAX_DISK_DELTAS) throw bad(what, `it has more than ${MAX_DISK_DELTAS} disk deltas`);
+      diskDeltas.push(d);
+    }
     else if (d.mediaType === ArtifactTypes.MEMORY_PAGES) {
       if (d.size % PAGE_RECORD_BYTES !== 0) throw bad(what, `its pages layer is ${d.size} bytes, not whole records of ${PAGE_RECORD_BYTES}`);
       pages = once(pages, 'pages');
@@ -137,7 +149,7 @@ export function parseSnapshotManifest(bytes: Buffer, what: string): SnapshotArti
   }
   if (!state || !disk) throw bad(what, 'its device state or disk is missing');
   memory.sort((a, b) => a.offset - b.offset);
-  return { config, state, disk, ...(dataDisk ? { dataDisk } : {}), memory, ...(pages ? { pages } : {}) };
+  return { config, state, disk, diskDeltas, ...(dataDisk ? { dataDisk } : {}), memory, ...(pages ? { pages } : {}) };
 }
 
 /** Every RAM chunk inside a RAM file of `memoryBytes` (each unpacks to its whole chunk, the last maybe shorter: checked as it is unpacked). */
@@ -155,9 +167,16 @@ export function pageOffset(record: Buffer, memoryBytes: number, what: string): n
   return Number(offset);
 }
 
-/** The artifact's layers in manifest order: state, disk, data disk, RAM chunks, pages. */
+/** The artifact's layers in manifest order: state, disk, its deltas in order, data disk, RAM chunks, pages. */
 export function layersOf(artifact: SnapshotArtifact): Descriptor[] {
-  return [artifact.state, artifact.disk, ...(artifact.dataDisk ? [artifact.dataDisk] : []), ...artifact.memory.map((m) => m.desc), ...(artifact.pages ? [artifact.pages] : [])];
+  return [
+    artifact.state,
+    artifact.disk,
+    ...artifact.diskDeltas,
+    ...(artifact.dataDisk ? [artifact.dataDisk] : []),
+    ...artifact.memory.map((m) => m.desc),
+    ...(artifact.pages ? [artifact.pages] : []),
+  ];
 }
 
 /** The manifest of a snapshot's blobs (what push sends). */

@@ -26,7 +26,8 @@ interface ArchiveMeta {
   snapshot: SnapshotRecord;
 }
 
-async function tool(cmd: string, args: string[], what: string): Promise<void> {
+/** Runs a host tool; its last line of stderr becomes the error (`snapshot_failed`). */
+export async function tool(cmd: string, args: string[], what: string): Promise<void> {
   try {
     await run(cmd, args, { maxBuffer: 16 * 1024 * 1024 });
   } catch (err) {
@@ -200,7 +201,7 @@ export async function plainFileSize(file: string, path: string, member: string, 
 }
 
 /** A qcow2 that stands alone: no backing file, no external data file (checked before QEMU opens it as a disk). */
-async function assertStandaloneQcow2(file: string, path: string, member: string): Promise<void> {
+export async function assertStandaloneQcow2(file: string, path: string, member: string): Promise<void> {
   let info: { format?: string; 'backing-filename'?: string; 'full-backing-filename'?: string; 'format-specific'?: { data?: { 'data-file'?: string } } };
   try {
     // -f qcow2: never let qemu-img guess the format of an untrusted file.

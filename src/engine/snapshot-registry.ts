@@ -32,7 +32,8 @@ import { explainNoSpace } from '../image/free-space.js';
 import { BlobStore } from '../store/blob-store.js';
 import type { EngineContext } from './context.js';
 import { adoptStagedSnapshot, flattenDisk } from './snapshot-archive.js';
-import { ancestorChunks, writeChunkIndex, type LocalChunk } from './chunk-index.js';
+import { ancestorChunks, writeBlobIndex, type LocalChunk } from './blob-index.js';
+import { assembleDisk, diskForPush, diskLayersOf, localDiskBase } from './disk-layers.js';
 
 /**
  * `cell snapshot push` and `pull`: a snapshot as an OCI artifact in a registry
@@ -252,7 +253,6 @@ export async function pushSnapshot(
   // The disks flattened as an export does, staged in celld's own folder (swept at start-up if celld dies here).
   const work = await mkdtemp(join(ctx.paths.snapshots, '.push-'));
   try {
-    await flattenDisk(join(src, 'disk.qcow2'), join(work, 'disk.qcow2'), 'the disk layer');
     const hasData = (snapshot.spec.dataDiskMib ?? 0) > 0;
     if (hasData) await flattenDisk(join(src, 'data.qcow2'), join(work, 'data.qcow2'), 'the data disk layer');
     const config = Buffer.from(JSON.stringify({ format: SNAPSHOT_ARCHIVE_FORMAT, snapshot }));
@@ -262,10 +262,14 @@ export async function pushSnapshot(
     const has = registryHas(client, target.repository);
     const pagesPath = join(work, 'pages');
     const memory = await memoryLayers(has, join(src, 'memory'), memoryBytes, ancestorMemories(ctx, snapshot), pagesPath, work);
+    // A delta over its parent's disk when the registry has that one, else the whole disk.
+    const disk = await diskForPush(ctx, snapshot, work, has);
+    const [diskBase, ...diskDeltas] = disk.layers.map((l): Source => ({ desc: l.desc, path: l.path, start: 0 }));
     const sources = {
       config: await fileSource(join(work, 'config.json'), ArtifactTypes.CONFIG),
       state: await fileSource(join(src, 'state'), ArtifactTypes.STATE),
-      disk: await fileSource(join(work, 'disk.qcow2'), ArtifactTypes.DISK),
+      disk: diskBase!,
+      diskDeltas,
       dataDisk: hasData ? await fileSource(join(work, 'data.qcow2'), ArtifactTypes.DATA_DISK) : undefined,
       memory: memory.chunks,
       pages: memory.pages > 0 ? await fileSource(pagesPath, ArtifactTypes.MEMORY_PAGES) : undefined,
@@ -273,7 +277,7 @@ export async function pushSnapshot(
     const result: PushResult = { reference: formatReference(target), digest: '', uploaded: { blobs: 0, bytes: 0 }, existing: { blobs: 0, bytes: 0 }, manifestBytes: 0 };
     // A few uploads at once (most are 4 MiB chunks: round trips, not bandwidth); the config last.
     const slot = limitConcurrency(TRANSFERS);
-    const layers = unique([sources.state, sources.disk, ...(sources.dataDisk ? [sources.dataDisk] : []), ...sources.memory, ...(sources.pages ? [sources.pages] : [])]);
+    const layers = unique([sources.state, sources.disk, ...sources.diskDeltas, ...(sources.dataDisk ? [sources.dataDisk] : []), ...sources.memory, ...(sources.pages ? [sources.pages] : [])]);
     const total = [...layers, sources.config].reduce((n, s) => n + s.desc.size, 0);
     let done = 0;
     const counted = async (s: Source) => {
@@ -287,6 +291,7 @@ export async function pushSnapshot(
       config: sources.config.desc,
       state: sources.state.desc,
       disk: sources.disk.desc,
+      diskDeltas: sources.diskDeltas.map((d) => d.desc),
       ...(sources.dataDisk ? { dataDisk: sources.dataDisk.desc } : {}),
       memory: sources.memory.map((m) => ({ offset: m.start, desc: m.desc })),
       ...(sources.pages ? { pages: sources.pages.desc } : {}),
@@ -300,8 +305,9 @@ export async function pushSnapshot(
     result.digest = digest;
     result.manifestBytes = manifest.length;
     if (!target.tag) result.reference = formatReference({ ...target, digest });
-    // What its chunks are called at registries: a child pulled here later takes them from this file.
-    await writeChunkIndex(src, memory.own).catch(() => {});
+    // What its parts are called at registries: a child pushed later sends its disk as a delta over
+    // these layers, and a child pulled here later takes its chunks from this RAM file.
+    await writeBlobIndex(src, { chunks: memory.own, disk: disk.index }).catch(() => {});
     return result;
   } finally {
     await rm(work, { recursive: true, force: true });
@@ -385,12 +391,18 @@ export async function pullSnapshot(
   try {
     // Everything fetched first, a few at once (each checked against its digest as it arrives).
     const slot = limitConcurrency(TRANSFERS);
-    const distinct = [...new Map(blobs.map((b) => [b.digest, b])).values()];
+    // The disk layers an ancestor here already is (a child pulled after its parent): not fetched.
+    const diskLayers = diskLayersOf(artifact);
+    const diskBase = await localDiskBase(ctx, memoryParent, diskLayers);
+    const haveDisk = new Set(diskLayers.slice(0, diskBase?.count ?? 0).map((l) => l.digest));
+    const all = [...new Map(blobs.map((b) => [b.digest, b])).values()];
+    const distinct = all.filter((b) => !haveDisk.has(b.digest));
     const total = distinct.reduce((n, d) => n + d.size, 0);
-    // RAM chunks an ancestor here has (a child pulled after its parent): taken from its RAM file.
+    // RAM chunks an ancestor here has: taken from its RAM file.
     const reused = await takeLocalChunks(store, artifact, await ancestorChunks(ctx, { parentSnapshot: memoryParent, spec: meta.spec }), memoryBytes);
-    const reusedBytes = distinct.filter((d) => reused.has(d.digest)).reduce((n, d) => n + d.size, 0);
-    onTransfer({ fetched: { blobs: distinct.length - reused.size, bytes: total - reusedBytes }, reused: { blobs: reused.size, bytes: reusedBytes } });
+    const chunkBytes = distinct.filter((d) => reused.has(d.digest)).reduce((n, d) => n + d.size, 0);
+    const diskBytes = all.filter((b) => haveDisk.has(b.digest)).reduce((n, d) => n + d.size, 0);
+    onTransfer({ fetched: { blobs: distinct.length - reused.size, bytes: total - chunkBytes }, reused: { blobs: reused.size + haveDisk.size, bytes: chunkBytes + diskBytes } });
     let done = 0;
     const fetched = new Map<string, string>();
     onProgress(0, total);
@@ -404,7 +416,8 @@ export async function pullSnapshot(
     );
     const local = (desc: Descriptor) => fetched.get(desc.digest)!;
     await copyFile(local(artifact.state), join(staging, 'state'));
-    await copyFile(local(artifact.disk), join(staging, 'disk.qcow2'));
+    const deltas = diskLayers.slice(diskBase?.count ?? 1).map(local);
+    await assembleDisk(what, diskBase ? { path: diskBase.path, fetched: false } : { path: local(artifact.disk), fetched: true }, deltas, staging, join(staging, 'disk.qcow2'));
     if (artifact.dataDisk) await copyFile(local(artifact.dataDisk), join(staging, 'data.qcow2'));
     // The RAM file: sparse, each chunk written at its place (zero chunks were never sent).
     const memory = await open(join(staging, 'memory'), 'wx', 0o600);
@@ -439,7 +452,10 @@ export async function pullSnapshot(
       await memory.close();
     }
     // The chunks that are as fetched, by digest: for a child of this one pulled later.
-    await writeChunkIndex(staging, new Map(artifact.memory.filter((m) => !paged.has(m.offset)).map((m) => [m.offset, m.desc.digest])));
+    await writeBlobIndex(staging, {
+      chunks: new Map(artifact.memory.filter((m) => !paged.has(m.offset)).map((m) => [m.offset, m.desc.digest])),
+      disk: diskLayers.map((l) => ({ digest: l.digest, size: l.size })),
+    });
     await ctx.checkpoint('snapshot-pull:assembled');
     record = await adoptStagedSnapshot(ctx, staging, what, meta, memoryParent, (r) => ctx.stores.snapshots.recordSource(what, r.id));
   } catch (err) {

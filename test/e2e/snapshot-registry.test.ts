@@ -82,6 +82,11 @@ describe('snapshot push and pull', () => {
     const [, sent, , had] = /sent (\d+) blobs \(([^)]*)\), (\d+) the registry had/.exec(child.stdout)!.map(String);
     assert.equal(blobsAt(registry).size - afterBase.size, Number(sent) + 1, 'the registry holds exactly the blobs push sent, and the manifest');
     assert.ok(Number(had) > Number(sent), `the child sent ${sent} blobs and skipped ${had}: most of its RAM is its parent's`);
+    // Its disk went as the overlay it wrote over the base's disk, which the registry had.
+    const childManifest = JSON.parse(readFileSync(registryBlobPath(registry.storage, /@(sha256:[0-9a-f]{64})/.exec(child.stdout)![1]!), 'utf8')) as { layers: { mediaType: string; size: number }[] };
+    const disks = childManifest.layers.filter((l) => l.mediaType.includes('disk'));
+    assert.deepEqual(disks.map((l) => l.mediaType), ['application/vnd.cellvm.snapshot.disk.v1+qcow2', 'application/vnd.cellvm.snapshot.disk-delta.v1+qcow2']);
+    assert.ok(disks[1]!.size < disks[0]!.size / 2, `the delta is ${disks[1]!.size} bytes against the whole disk's ${disks[0]!.size}`);
     const baseBytes = newBytes(registry, before);
     const childBytes = newBytes(registry, afterBase);
     t.diagnostic(`at the registry: the base added ${baseBytes} bytes, the child ${childBytes}`);
@@ -129,9 +134,10 @@ describe('snapshot push and pull', () => {
     assert.ok(Number((await d.ok(['exec', f2!, '--', 'cat', '/tmp/count'])).stdout) >= countAtBase - 1);
     // The child pulled where its parent is: the RAM chunks they share come from the parent's file.
     const childHere = await d.ok(['snapshot', 'pull', `${repo}:child`]);
-    const [, fetchedBlobs, reusedChunks] = /^fetched (\d+) blobs \([^)]*\); (\d+) RAM chunks \([^)]*\) came from snapshots here$/m.exec(childHere.stderr) ?? [];
+    const [, fetchedBlobs, reusedChunks] = /^fetched (\d+) blobs \([^)]*\); (\d+) \([^)]*\) came from snapshots here$/m.exec(childHere.stderr) ?? [];
     t.diagnostic(childHere.stderr.trim());
-    assert.ok(Number(reusedChunks) >= 10, `RAM chunks taken from the parent here: ${reusedChunks}`);
+    assert.ok(Number(reusedChunks) >= 10, `RAM chunks and the disk taken from the parent here: ${reusedChunks}`);
+    assert.ok(!/fetched \d+ blobs \(-/.test(childHere.stderr));
     assert.ok(Number(fetchedBlobs) <= Number(sent) + 1, `fetched ${fetchedBlobs} blobs: what the child's push sent, and its config`);
     const [fc] = (await d.ok(['fork', 'child'])).stdout.trim().split('\n');
     assert.equal((await d.ok(['exec', fc!, '--', 'cat', '/root/child'])).stdout, 'child\n');

@@ -18,6 +18,10 @@ const good: SnapshotArtifact = {
   config: { mediaType: ArtifactTypes.CONFIG, digest: d(1), size: 900 },
   state: { mediaType: ArtifactTypes.STATE, digest: d(2), size: 66_000 },
   disk: { mediaType: ArtifactTypes.DISK, digest: d(3), size: 3_000_000 },
+  diskDeltas: [
+    { mediaType: ArtifactTypes.DISK_DELTA, digest: d(5), size: 200_000 },
+    { mediaType: ArtifactTypes.DISK_DELTA, digest: d(6), size: 100_000 },
+  ],
   memory: [0, 2, 5].map((i) => ({ offset: i * MEMORY_CHUNK_BYTES, desc: { mediaType: ArtifactTypes.MEMORY, digest: d(10 + i), size: MEMORY_CHUNK_BYTES, annotations: { [OFFSET_ANNOTATION]: String(i * MEMORY_CHUNK_BYTES) } } })),
   pages: { mediaType: ArtifactTypes.MEMORY_PAGES, digest: d(4), size: 3 * PAGE_RECORD_BYTES },
 };
@@ -44,12 +48,13 @@ test('wrong documents are refused with the reason', () => {
     ['two disks', (doc) => doc.layers.push({ ...doc.layers[1] }), /two disk layers/],
     ['no disk', (doc) => doc.layers.splice(1, 1), /device state or disk is missing/],
     ['an unknown layer', (doc) => doc.layers.push({ mediaType: 'text/plain', digest: d(9), size: 1 }), /unknown type text\/plain/],
-    ['a misaligned chunk', (doc) => (doc.layers[3].annotations[OFFSET_ANNOTATION] = '4096'), /not a multiple of/],
-    ['an offset that is no number', (doc) => (doc.layers[3].annotations[OFFSET_ANNOTATION] = '1e9'), /not a multiple of/],
-    ['two chunks at one place', (doc) => (doc.layers[4].annotations[OFFSET_ANNOTATION] = '0'), /two RAM chunks at offset 0/],
-    ['an oversized chunk', (doc) => (doc.layers[3].size = MEMORY_CHUNK_BYTES + 64 * 1024 + 1), /RAM chunk is \d+ bytes/],
+    ['a misaligned chunk', (doc) => (doc.layers[5].annotations[OFFSET_ANNOTATION] = '4096'), /not a multiple of/],
+    ['an offset that is no number', (doc) => (doc.layers[5].annotations[OFFSET_ANNOTATION] = '1e9'), /not a multiple of/],
+    ['two chunks at one place', (doc) => (doc.layers[6].annotations[OFFSET_ANNOTATION] = '0'), /two RAM chunks at offset 0/],
+    ['an oversized chunk', (doc) => (doc.layers[5].size = MEMORY_CHUNK_BYTES + 64 * 1024 + 1), /RAM chunk is \d+ bytes/],
     ['a torn pages layer', (doc) => (doc.layers.at(-1).size = PAGE_RECORD_BYTES + 1), /not whole records/],
     ['a negative size', (doc) => (doc.layers[2].size = -1), /declares -1 bytes/],
+    ['too many disk deltas', (doc) => doc.layers.push(...Array.from({ length: 31 }, (_, i) => ({ mediaType: ArtifactTypes.DISK_DELTA, digest: d(100 + i), size: 1 }))), /more than 32 disk deltas/],
   ];
   for (const [name, change, message] of cases) assert.throws(() => parseSnapshotManifest(mutate(change), 'r'), message, name);
   assert.throws(() => parseSnapshotManifest(Buffer.from('{'), 'r'), /not JSON/);

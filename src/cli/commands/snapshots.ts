@@ -166,7 +166,7 @@ ${examples('cell snapshot pool --size 10 warm', 'cell snapshot pool --size 10 --
             insecureRegistries: flags.insecureRegistry,
             onProgress: progress.onProgress,
             onTransfer: ({ fetched, reused }) => {
-              summary = `fetched ${fetched.blobs} blobs (${bytes(fetched.bytes)})${reused.blobs > 0 ? `; ${reused.blobs} RAM chunks (${bytes(reused.bytes)}) came from snapshots here` : ''}`;
+              summary = `fetched ${fetched.blobs} blobs (${bytes(fetched.bytes)})${reused.blobs > 0 ? `; ${reused.blobs} (${bytes(reused.bytes)}: RAM chunks, disk layers) came from snapshots here` : ''}`;
             },
           })
           .finally(progress.stop);
