@@ -38,6 +38,8 @@ export const DiskUsage = Type.Object({
   volumes: UsageRow,
   buildCache: UsageRow,
   total: Type.Object({ logicalBytes: Type.Integer(), usedBytes: Type.Integer() }),
+  /** `shared`: snapshots' RAM files are clones of their parents' (reflinks); `whole`: each keeps its own, and why. */
+  snapshotRam: Type.Object({ mode: Type.Union([Type.Literal('shared'), Type.Literal('whole')]), reason: Type.String() }),
 });
 export type DiskUsage = Static<typeof DiskUsage>;
 

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { canClone } from '../host/clone-file.js';
 import { CoveredRanges, fileExtents, type Extent } from '../host/extents.js';
 import type { EngineContext } from './context.js';
+import { ramClonesEnabled } from './snapshot-memory.js';
 
 /**
  * `cell system df`, as `docker system df`: what celld's home holds, by kind, as logical bytes
@@ -27,6 +28,8 @@ export interface DiskUsage {
   /** Action cache entries, with what their snapshots hold (counted under snapshots too, not in the total). */
   buildCache: UsageRow;
   total: { logicalBytes: number; usedBytes: number };
+  /** How snapshots' RAM is stored in this home: `shared` (clones of the parent's, by what changed) or `whole`, and why. */
+  snapshotRam: { mode: 'shared' | 'whole'; reason: string };
 }
 
 class Tally {
@@ -91,6 +94,12 @@ interface Sizes {
 
 const row = (count: number, m: Sizes): UsageRow => ({ count, logicalBytes: m.logical, usedBytes: m.used });
 
+function ramMode(reflinks: boolean): DiskUsage['snapshotRam'] {
+  if (!ramClonesEnabled()) return { mode: 'whole', reason: 'CELL_RAM_CLONES=0 on celld' };
+  if (!reflinks) return { mode: 'whole', reason: "the home's file system has no reflinks (a home on XFS or btrfs stores what each snapshot changed)" };
+  return { mode: 'shared', reason: "the home's file system has reflinks: a snapshot's RAM shares its parent's unchanged pages" };
+}
+
 export async function diskUsage(ctx: Pick<EngineContext, 'paths' | 'stores' | 'db'>): Promise<DiskUsage> {
   const { paths, stores } = ctx;
   const reflinks = await canClone(paths.home);
@@ -104,7 +113,7 @@ export async function diskUsage(ctx: Pick<EngineContext, 'paths' | 'stores' | 'd
   // What the cache entries' snapshots hold (already counted above: shown, not added to the total).
   const entries = stores.actionCache.list();
   const cached = await new Tally(reflinks).measureAll(new Set(entries.map((e) => paths.snapshotDir(e.snapshotId))));
-  const usage: Omit<DiskUsage, 'total'> = {
+  const usage: Omit<DiskUsage, 'total' | 'snapshotRam'> = {
     images: row(stores.images.list().length, images),
     snapshots: { ...row(all.length - retired, snap), retired },
     vms: row(stores.vms.list().length, vms),
@@ -112,5 +121,5 @@ export async function diskUsage(ctx: Pick<EngineContext, 'paths' | 'stores' | 'd
     buildCache: row(entries.length, cached),
   };
   const parts = [usage.images, usage.snapshots, usage.vms, usage.volumes];
-  return { ...usage, total: { logicalBytes: parts.reduce((n, p) => n + p.logicalBytes, 0), usedBytes: parts.reduce((n, p) => n + p.usedBytes, 0) } };
+  return { ...usage, snapshotRam: ramMode(reflinks), total: { logicalBytes: parts.reduce((n, p) => n + p.logicalBytes, 0), usedBytes: parts.reduce((n, p) => n + p.usedBytes, 0) } };
 }

@@ -13,6 +13,7 @@ interface SnapshotJson {
 }
 interface Usage {
   snapshots: { count: number; logicalBytes: number; usedBytes: number };
+  snapshotRam: { mode: string; reason: string };
 }
 
 const STEPS = 10;
@@ -48,7 +49,9 @@ describe('snapshot storage on XFS with reflinks', () => {
     const all = await snapshots();
     assert.equal(all.length, STEPS, 'one snapshot per step (the result is the last one)');
     const whole = all.reduce((n, s) => n + wholeRam(s), 0);
-    const used = (await df()).snapshots.usedBytes;
+    const usage = await df();
+    const used = usage.snapshots.usedBytes;
+    assert.equal(usage.snapshotRam.mode, 'shared', usage.snapshotRam.reason);
     // Whole, ten RAM files of an idle busybox guest; shared, the first step's and what the others changed.
     assert.ok(used < whole / 3, `the snapshots use ${used} bytes on disk against ${whole} for their RAM files stored whole`);
     const children = all.filter((s) => s.parentSnapshot);

@@ -106,5 +106,5 @@ export function dfText(u: DiskUsage): string {
       r('Build cache', String(u.buildCache.count), u.buildCache),
       r('Total', '', u.total),
     ],
-  );
+  ) + `Snapshot RAM: stored ${u.snapshotRam.mode === 'shared' ? 'by what changed' : 'whole'} (${u.snapshotRam.reason})\n`;
 }
