@@ -1,6 +1,6 @@
+import { createRequire } from 'node:module';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { createHash } from 'node:crypto';
 
 /**
  * Where cellvm keeps its state. CELL_HOME wins; root defaults to /var/lib/cellvm, others to the
@@ -46,7 +46,17 @@ export interface CellPaths {
  * celld that starts sweeps its own leftovers and never another CELL_HOME's.
  */
 export function homeTmpPrefix(home: string, kind: 'conv' | 'mig'): string {
-  return `/tmp/cell-${kind}-${createHash('sha256').update(home).digest('hex').slice(0, 12)}-`;
+  return `/tmp/cell-${kind}-${homeHash(home)}-`;
+}
+
+// Loading node:crypto costs every short-lived `cell` command ~7 ms, and only celld uses the names
+// hashed from the home: it is loaded on first use.
+const lazyRequire = createRequire(import.meta.url);
+
+/** 12 hex digits of the home's SHA-256: names of its folders outside it (scripts/test.sh computes the same). */
+function homeHash(home: string): string {
+  const { createHash } = lazyRequire('node:crypto') as typeof import('node:crypto');
+  return createHash('sha256').update(home).digest('hex').slice(0, 12);
 }
 
 export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
@@ -57,7 +67,8 @@ export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
 }
 
 export function cellPaths(home: string = defaultHome(), env: NodeJS.ProcessEnv = process.env): CellPaths {
-  const memory = env.CELL_MEMORY_DIR || join('/dev/shm', `cellvm-${createHash('sha256').update(home).digest('hex').slice(0, 12)}`);
+  let memory: string | undefined;
+  const memoryDir = () => (memory ??= env.CELL_MEMORY_DIR || join('/dev/shm', `cellvm-${homeHash(home)}`));
   return {
     home,
     cache: env.CELL_CACHE || join(home, 'cache'),
@@ -71,11 +82,13 @@ export function cellPaths(home: string = defaultHome(), env: NodeJS.ProcessEnv =
     daemonLog: join(home, 'celld.log'),
     daemonPid: join(home, 'celld.pid'),
     config: join(home, 'config.json'),
-    memory,
+    get memory() {
+      return memoryDir();
+    },
     spares: join(home, 'spares'),
     vmDir: (id) => join(home, 'vms', id),
     spareDir: (id) => join(home, 'spares', id),
-    memoryFile: (id) => join(memory, `${id}.mem`),
+    memoryFile: (id) => join(memoryDir(), `${id}.mem`),
     snapshotDir: (id) => join(home, 'snapshots', id),
   };
 }

@@ -96,7 +96,7 @@ const row = (count: number, m: Sizes): UsageRow => ({ count, logicalBytes: m.log
 
 function ramMode(reflinks: boolean): DiskUsage['snapshotRam'] {
   if (!ramClonesEnabled()) return { mode: 'whole', reason: 'CELL_RAM_CLONES=0 on celld' };
-  if (!reflinks) return { mode: 'whole', reason: "the home's file system has no reflinks (a home on XFS or btrfs stores what each snapshot changed)" };
+  if (!reflinks) return { mode: 'whole', reason: "the home's file system has no reflinks; a home on XFS or btrfs stores what each snapshot changed" };
   return { mode: 'shared', reason: "the home's file system has reflinks: a snapshot's RAM shares its parent's unchanged pages" };
 }
 
