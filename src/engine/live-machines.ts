@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { phaseTrace } from './phase-trace.js';
 import { AgentClient } from '../agent/client.js';
 import { connectWithRetry } from '../vmm/unix-socket.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -321,9 +322,3 @@ async function runAside(agent: AgentClient, argv: string[], deadline: number): P
   }
 }
 
-/** CELL_TRACE=1 logs boot phases with their times to celld's log (for finding where time goes). */
-function phaseTrace(id: string): (phase: string) => void {
-  if (!process.env.CELL_TRACE) return () => {};
-  const t0 = performance.now();
-  return (phase) => process.stderr.write(`[trace] ${id.slice(0, 12)} ${phase} +${(performance.now() - t0).toFixed(1)} ms\n`);
-}

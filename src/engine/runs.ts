@@ -6,6 +6,7 @@ import { validatePorts } from '../domain/network.js';
 import { validateName } from '../domain/ids.js';
 import { mergeEnv, validateEnv, type VmRecord } from '../domain/vm.js';
 import type { EngineContext } from './context.js';
+import { phaseTrace } from './phase-trace.js';
 import { parseUser, runGuestCommand } from './exec-runner.js';
 import { NULL_SINK, type ExecResult, type OutputSink } from './output.js';
 import type { Snapshots } from './snapshots.js';
@@ -79,8 +80,10 @@ export class Runs {
       return { vm };
     }
     let result: ExecResult;
+    const trace = phaseTrace(vm.id);
     try {
       result = await this.runMain(vm, sink, io, events, signal);
+      trace('run: command ended');
     } finally {
       // A VM about to be removed needs no clean shutdown (its disk goes too): ending QEMU at once
       // saves the guest's power-off, tens of milliseconds under TCG.
@@ -90,6 +93,7 @@ export class Runs {
     if (!vm.spec.autoRemove) return { vm: this.vms.get(vm.id) ?? vm, result };
     const final = { ...(this.vms.get(vm.id) ?? vm), state: 'stopped' as const, pid: null, stoppedAt: new Date().toISOString() };
     await this.vms.remove(vm.id, true);
+    trace('run: removed');
     return { vm: final, result };
   }
 
