@@ -24,6 +24,8 @@ await build({
   define: { 'import.meta.url': '__cellModuleUrl' },
   // The API's schemas are celld's business: scripts/cli-schema-stub.mjs says why and what stands in.
   alias: { '@sinclair/typebox': './scripts/cli-schema-stub.mjs' },
+  // A script run through node:vm has no dynamic import(): lazily loaded Node modules become require().
+  supported: { 'dynamic-import': false },
   // Smaller to read and compile; names kept, so stack traces still say where.
   minifyWhitespace: true,
   minifySyntax: true,

@@ -134,6 +134,10 @@ export function statusForCode(code: string): number {
       return 409;
     case 'permission_denied':
       return 403;
+    case 'unauthenticated':
+      return 401;
+    case 'rate_limited':
+      return 429;
     case 'host_missing_dependency':
       return 424;
     case 'resources_exhausted':

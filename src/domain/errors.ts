@@ -37,6 +37,10 @@ export const ErrorCodes = {
   RESOURCES_EXHAUSTED: 'resources_exhausted',
   /** The caller may not do this: not allowed to use celld, or no access to a host path it named. */
   PERMISSION_DENIED: 'permission_denied',
+  /** No valid bearer token on celld's TCP listener (401). */
+  UNAUTHENTICATED: 'unauthenticated',
+  /** Too many requests or VM creates at once for one token (429). */
+  RATE_LIMITED: 'rate_limited',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

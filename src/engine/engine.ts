@@ -11,6 +11,8 @@ import { TemplateStore } from '../store/template-store.js';
 import { VmStore } from '../store/vm-store.js';
 import { PoolStore } from '../store/pool-store.js';
 import { VolumeStore } from '../store/volume-store.js';
+import { TokenStore } from '../store/token-store.js';
+import { Tokens } from './tokens.js';
 import { EventStore } from '../store/event-store.js';
 import { EventFeed } from './event-feed.js';
 import { HealthMonitor } from './health-monitor.js';
@@ -132,6 +134,8 @@ export class Engine {
     readonly suspends: Suspends,
     /** `cell console`: the serial consoles (vm-console.ts). */
     readonly consoles: Consoles,
+    /** API tokens for the TCP listener (tokens.ts). */
+    readonly tokens: Tokens,
   ) {}
 
   /**
@@ -205,7 +209,7 @@ export class Engine {
     const stats = new VmStats({ vms, live: ctx.live, network: ctx.network });
     const suspends = new Suspends(ctx, vms, snapshots);
     const timeouts = new TimeoutMonitor(ctx, vms, (id) => suspends.suspend(id));
-    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, timeouts, stats, suspends, new Consoles(ctx, vms));
+    const engine = new Engine(ctx, images, vms, spares, snapshots, actions, builds, templates, runs, consoleCap, networks, feed, health, timeouts, stats, suspends, new Consoles(ctx, vms), new Tokens(new TokenStore(db)));
     await reconcile(ctx);
     await sweepOrphans(ctx);
     const cowHint = await preferPageSizedCopies(paths.snapshots);

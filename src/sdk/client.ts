@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { Api } from '../api/routes.js';
 import type { DiskUsage, Info } from '../api/system.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
@@ -13,6 +14,7 @@ import { SnapshotsClient } from './snapshots.js';
 import { TemplatesClient } from './templates.js';
 import { NetworksClient } from './networks.js';
 import { VolumesClient } from './volumes.js';
+import { TokensClient } from './tokens.js';
 import { EventsClient } from './events.js';
 import { Transport } from './transport.js';
 import { VmsClient } from './vms.js';
@@ -34,6 +36,17 @@ export interface ConnectOptions extends RequestOptions {
    * CLI's); the first request then may take a celld start-up, up to `timeoutMs`.
    */
   lazy?: boolean;
+  /**
+   * A celld elsewhere, over its TCP listener (docs/remote.md): `https://host:7070` (default
+   * CELL_HOST). Never started on demand; host paths are refused there (stream contents instead).
+   */
+  url?: string;
+  /** Its bearer token (default CELL_TOKEN). */
+  token?: string;
+  /** Pins celld's self-signed certificate by its SHA-256 fingerprint (default CELL_TLS_FINGERPRINT). */
+  tlsFingerprint?: string;
+  /** PEM certificates to trust instead of the system's (default: the file CELL_TLS_CA names). */
+  ca?: string;
 }
 
 export interface SetupOptions extends RequestOptions {
@@ -66,6 +79,8 @@ export class CellClient {
   readonly templates: TemplatesClient;
   readonly networks: NetworksClient;
   readonly volumes: VolumesClient;
+  /** API tokens for celld's TCP listener (docs/remote.md). */
+  readonly tokens: TokensClient;
   readonly events: EventsClient;
 
   private constructor(
@@ -83,6 +98,7 @@ export class CellClient {
     this.templates = new TemplatesClient(transport);
     this.networks = new NetworksClient(transport);
     this.volumes = new VolumesClient(transport);
+    this.tokens = new TokensClient(transport);
     this.events = new EventsClient(transport);
   }
 
@@ -92,9 +108,11 @@ export class CellClient {
    */
   static async connect(opts: ConnectOptions = {}): Promise<CellClient> {
     const paths = cellPaths(opts.home ?? defaultHome());
-    const socketPath = opts.socketPath ?? paths.socket;
     const timeoutMs = opts.timeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
-    const client = new CellClient(new Transport(socketPath), paths);
+    const url = opts.url ?? (opts.socketPath ? undefined : process.env.CELL_HOST || undefined);
+    if (url) return CellClient.connectRemote(url, opts, paths, timeoutMs);
+    const socketPath = opts.socketPath ?? paths.socket;
+    const client = new CellClient(new Transport({ socketPath }), paths);
     if (opts.lazy && opts.autoStart !== false && socketPath === paths.socket) {
       client.transport.whenNoDaemon(() => client.startAndWait(timeoutMs, opts.signal));
       return client;
@@ -111,6 +129,33 @@ export class CellClient {
       if (err instanceof DOMException && err.name === 'TimeoutError') {
         throw new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `celld on ${socketPath} does not answer within ${timeoutMs / 1000} s`);
       }
+      throw err;
+    }
+  }
+
+  private static async connectRemote(url: string, opts: ConnectOptions, paths: CellPaths, timeoutMs: number): Promise<CellClient> {
+    const { remoteEndpoint } = await import('./remote.js');
+    const caFile = process.env.CELL_TLS_CA;
+    let ca = opts.ca;
+    if (!ca && caFile) {
+      try {
+        ca = readFileSync(caFile, 'utf8');
+      } catch (err) {
+        throw new CellError(ErrorCodes.INVALID_ARGUMENT, `cannot read CELL_TLS_CA ${caFile}: ${(err as Error).message}`);
+      }
+    }
+    const endpoint = await remoteEndpoint(
+      { url, token: opts.token ?? process.env.CELL_TOKEN, tlsFingerprint: opts.tlsFingerprint ?? (process.env.CELL_TLS_FINGERPRINT || undefined), ca },
+      timeoutMs,
+    );
+    const client = new CellClient(new Transport(endpoint), paths);
+    if (opts.lazy) return client;
+    try {
+      // Its own error, not ping's false: why a remote celld cannot be reached is worth saying.
+      await client.transport.call(Api.system.ping, {}, { timeoutMs, signal: opts.signal });
+      return client;
+    } catch (err) {
+      client.close();
       throw err;
     }
   }

@@ -47,6 +47,8 @@ export { TemplatesClient, type TemplateBuildOptions } from './templates.js';
 export { NetworksClient } from './networks.js';
 export { VolumesClient, type CreateVolumeOptions } from './volumes.js';
 export type { VolumeView } from '../api/volumes.js';
+export { TokensClient, type CreateTokenOptions } from './tokens.js';
+export type { TokenView } from '../api/tokens.js';
 export { EventsClient, type CellEvent, type EventsOptions } from './events.js';
 export {
   Sandbox,

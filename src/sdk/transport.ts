@@ -42,7 +42,10 @@ function connectionError(err: NodeJS.ErrnoException, socketPath: string): CellEr
   if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
     return new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `celld is not running (nothing answers on ${socketPath})`, undefined, { cause: err });
   }
-  return new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `cannot talk to celld on ${socketPath}: ${err.message}`, undefined, { cause: err });
+  // A remote celld's own certificate (celld --listen made it): trusted only when pinned.
+  const untrusted = err.code === 'DEPTH_ZERO_SELF_SIGNED_CERT' || err.code === 'SELF_SIGNED_CERT_IN_CHAIN' || err.code === 'UNABLE_TO_VERIFY_LEAF_SIGNATURE';
+  const hint = untrusted ? ' (set CELL_TLS_FINGERPRINT to the fingerprint celld printed, or CELL_TLS_CA to a CA file)' : '';
+  return new CellError(ErrorCodes.DAEMON_UNAVAILABLE, `cannot talk to celld on ${socketPath}: ${err.message}${hint}`, undefined, { cause: err });
 }
 
 /** What an aborted call rejects with: the signal's reason (an AbortError by default), like fetch. */
@@ -64,21 +67,57 @@ async function readBody(res: http.IncomingMessage): Promise<unknown> {
   }
 }
 
+/** celld on this host (its unix socket), or elsewhere (its TCP listener, with a bearer token: docs/remote.md). */
+export type TransportEndpoint =
+  | { socketPath: string }
+  | { url: URL; token?: string; agent: http.Agent; request: typeof http.request };
+
 /**
- * HTTP over celld's unix socket: JSON calls, ndjson streams and raw uploads. Every failure is a
+ * HTTP over celld's unix socket or its TCP listener: JSON calls, ndjson streams and raw uploads. Every failure is a
  * CellError (`daemon_unavailable` when nothing answers), except an abort by the caller's signal.
  */
 export class Transport {
-  // `servername: ''`: otherwise the agent asks whether the socket's host name is an IP address (a
-  // TLS name for HTTPS only), and Node's first IPv6 check compiles a large regular expression: ~8 ms
-  // of every short-lived `cell` command.
-  private readonly agent = new http.Agent({ keepAlive: true, servername: '' } as http.AgentOptions);
+  private readonly agent: http.Agent;
+  /** The socket path or URL, for messages. */
+  readonly where: string;
+  private readonly target: http.RequestOptions;
+  private readonly requestFn: typeof http.request;
   /** Starts celld when a request finds nothing listening (CellClient.connect's `lazy`); once. */
   private startDaemon?: () => Promise<void>;
   private daemonStart?: Promise<void>;
   private starting = false;
 
-  constructor(readonly socketPath: string) {}
+  constructor(readonly endpoint: TransportEndpoint) {
+    if ('socketPath' in endpoint) {
+      // `servername: ''`: otherwise the agent asks whether the socket's host name is an IP address (a
+      // TLS name for HTTPS only), and Node's first IPv6 check compiles a large regular expression: ~8 ms
+      // of every short-lived `cell` command.
+      this.agent = new http.Agent({ keepAlive: true, servername: '' } as http.AgentOptions);
+      this.where = endpoint.socketPath;
+      this.target = { socketPath: endpoint.socketPath };
+      this.requestFn = http.request;
+    } else {
+      this.agent = endpoint.agent;
+      this.where = endpoint.url.origin;
+      this.target = {
+        protocol: endpoint.url.protocol,
+        hostname: endpoint.url.hostname.replace(/^\[(.*)\]$/, '$1'),
+        port: endpoint.url.port || (endpoint.url.protocol === 'https:' ? 443 : 80),
+      };
+      this.requestFn = endpoint.request;
+    }
+  }
+
+  /** The request options every request starts from: where celld is, and the token for a remote one. */
+  private options(method: string, path: string, headers: http.OutgoingHttpHeaders, signal?: AbortSignal): http.RequestOptions {
+    const token = 'token' in this.endpoint ? this.endpoint.token : undefined;
+    return { ...this.target, agent: this.agent, method, path, signal, headers: token ? { ...headers, authorization: `Bearer ${token}` } : headers };
+  }
+
+  /** A socket path: celld on this host, started on demand. */
+  get isLocal(): boolean {
+    return 'socketPath' in this.endpoint;
+  }
 
   whenNoDaemon(start: () => Promise<void>): void {
     this.startDaemon = start;
@@ -112,15 +151,8 @@ export class Transport {
     if (signal?.aborted) return Promise.reject(abortReason(signal));
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     return new Promise((resolve, reject) => {
-      const req = http.request({
-        socketPath: this.socketPath,
-        agent: this.agent,
-        method,
-        path,
-        signal,
-        headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {},
-      });
-      req.on('error', (err: NodeJS.ErrnoException) => reject(signal?.aborted ? abortReason(signal) : connectionError(err, this.socketPath)));
+      const req = this.requestFn(this.options(method, path, payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}, signal));
+      req.on('error', (err: NodeJS.ErrnoException) => reject(signal?.aborted ? abortReason(signal) : connectionError(err, this.where)));
       req.on('response', resolve);
       req.end(payload);
     });
@@ -157,7 +189,7 @@ export class Transport {
       parsed = await readBody(res);
     } catch (err) {
       if (signal?.aborted) throw abortReason(signal);
-      throw connectionError(err as NodeJS.ErrnoException, this.socketPath);
+      throw connectionError(err as NodeJS.ErrnoException, this.where);
     }
     if ((res.statusCode ?? 500) >= 400) throw toCellErrorFromBody(parsed, res.statusCode ?? 500);
     return parsed as T;
@@ -202,15 +234,8 @@ export class Transport {
   private rawUpload(path: string, source: AsyncIterable<Buffer | string>, signal?: AbortSignal, endSignal?: AbortSignal): Promise<unknown> {
     if (signal?.aborted) return Promise.reject(abortReason(signal));
     return new Promise<unknown>((resolve, reject) => {
-      const req = http.request({
-        socketPath: this.socketPath,
-        agent: this.agent,
-        method: 'POST',
-        path,
-        signal,
-        headers: { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' },
-      });
-      const failed = (err: NodeJS.ErrnoException) => reject(signal?.aborted ? abortReason(signal) : connectionError(err, this.socketPath));
+      const req = this.requestFn(this.options('POST', path, { 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' }, signal));
+      const failed = (err: NodeJS.ErrnoException) => reject(signal?.aborted ? abortReason(signal) : connectionError(err, this.where));
       req.on('error', failed);
       req.on('response', (res) => {
         readBody(res).then(

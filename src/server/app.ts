@@ -11,13 +11,22 @@ import { imageRoutes } from './routes/images.js';
 import { fileRoutes } from './routes/files.js';
 import { buildRoutes, templateRoutes } from './routes/builds.js';
 import { checkCallers } from './caller-access.js';
+import { checkTokens, type RemoteLimits } from './remote-access.js';
 import { networkRoutes } from './routes/networks.js';
 import { volumeRoutes } from './routes/volumes.js';
 import { eventRoutes } from './routes/events.js';
+import { tokenRoutes } from './routes/tokens.js';
 
 /** The HTTP API in front of the engine. Errors become `{ error: { code, message, details } }`. */
-export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = false, opts: { socketGroup?: number | null } = {}): FastifyInstance {
+export interface AppOptions {
+  socketGroup?: number | null;
+  /** The TCP listener's app: bearer tokens instead of peer credentials, no host paths (remote-access.ts). */
+  remote?: { limits?: RemoteLimits; tls?: { cert: string; key: string } };
+}
+
+export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = false, opts: AppOptions = {}): FastifyInstance {
   const app: FastifyInstance = Fastify({
+    ...(opts.remote?.tls ? { https: { cert: opts.remote.tls.cert, key: opts.remote.tls.key } } : {}),
     loggerInstance: logger || undefined,
     // Requests are not logged one by one (celld.log records what VMs did, not every poll).
     logController: new LogController({ disableRequestLogging: true }),
@@ -58,7 +67,8 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
     reply.code(404).send({ error: { code: ErrorCodes.NOT_FOUND, message: `no such endpoint: ${request.method} ${request.url}` } });
   });
 
-  checkCallers(app, opts.socketGroup ?? null);
+  if (opts.remote) checkTokens(app, engine.tokens, opts.remote.limits);
+  else checkCallers(app, opts.socketGroup ?? null);
   systemRoutes(app, engine);
   vmRoutes(app, engine);
   snapshotRoutes(app, engine);
@@ -69,6 +79,7 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
   networkRoutes(app, engine);
   volumeRoutes(app, engine);
   eventRoutes(app, engine);
+  tokenRoutes(app, engine);
   return app;
 }
 

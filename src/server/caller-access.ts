@@ -35,6 +35,11 @@ export function checkCallers(app: FastifyInstance, socketGroup: number | null): 
   });
 }
 
+/** Sets the host file access a request's routes use (the TCP listener's: none). */
+export function setHostFs(req: FastifyRequest, hostFs: HostFs): void {
+  (req as WithHostFs)[HOST_FS] = hostFs;
+}
+
 /** The host file access of a request's caller (celld's own where no caller is known). */
 export function hostFsOf(req: FastifyRequest): HostFs {
   return (req as WithHostFs)[HOST_FS] ?? CELLD_HOST_FS;

@@ -165,6 +165,16 @@ const MIGRATIONS: string[] = [
      reference TEXT PRIMARY KEY,
      snapshot_id TEXT NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE
    );`,
+  // Bearer tokens for the TCP listener; the secret only as its SHA-256 (domain/api-token.ts).
+  `CREATE TABLE api_tokens (
+     id TEXT PRIMARY KEY,
+     name TEXT NOT NULL UNIQUE,
+     scope TEXT NOT NULL,
+     secret_hash TEXT NOT NULL,
+     created_at TEXT NOT NULL,
+     expires_at TEXT,
+     last_used_at TEXT
+   );`,
 ];
 
 export type Db = Database.Database;

@@ -28,7 +28,7 @@ const routes = allRoutes();
 test('the route table: one entry per method and path, /v1 paths, stream routes with their own events', () => {
   const keys = routes.map((r) => `${r.method} ${r.path}`);
   assert.equal(new Set(keys).size, keys.length, 'no method and path twice');
-  assert.equal(routes.length, 75, '74 routes of the API plus GET /v1/openapi.json');
+  assert.equal(routes.length, 78, '77 routes of the API plus GET /v1/openapi.json');
   for (const r of routes) {
     assert.match(r.path, /^\/v1\//);
     assert.ok(r.summary.length > 0, `${r.method} ${r.path} says what it does`);

@@ -1,0 +1,40 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { created, empty, json, route } from './contract.js';
+
+/** Bearer tokens for celld's TCP listener (docs/remote.md). */
+
+export const TokenView = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  scope: Type.Union([Type.Literal('read'), Type.Literal('write'), Type.Literal('admin')]),
+  createdAt: Type.String(),
+  /** null: never expires. */
+  expiresAt: Type.Union([Type.String(), Type.Null()]),
+  lastUsedAt: Type.Union([Type.String(), Type.Null()]),
+});
+export type TokenView = Static<typeof TokenView>;
+
+export const CreateTokenRequest = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 63 }),
+    /** read: GET only; write: everything but tokens (the default); admin: tokens too. */
+    scope: Type.Optional(Type.Union([Type.Literal('read'), Type.Literal('write'), Type.Literal('admin')])),
+    /** From now; none: never expires. */
+    expiresInMs: Type.Optional(Type.Integer({ minimum: 1 })),
+  },
+  { additionalProperties: false },
+);
+
+const RefParams = Type.Object({ ref: Type.String({ minLength: 1 }) });
+
+export const tokens = {
+  list: route({ method: 'GET', path: '/v1/tokens', summary: 'API tokens (never their secrets)', reply: json(Type.Array(TokenView)) }),
+  create: route({
+    method: 'POST',
+    path: '/v1/tokens',
+    summary: 'make an API token; its secret is in this answer only',
+    body: CreateTokenRequest,
+    reply: created(Type.Object({ token: TokenView, secret: Type.String() })),
+  }),
+  remove: route({ method: 'DELETE', path: '/v1/tokens/:ref', summary: 'revoke a token (by name or id): it fails from the next request on', params: RefParams, reply: empty() }),
+};

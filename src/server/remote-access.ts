@@ -1,0 +1,84 @@
+import type { FastifyInstance } from 'fastify';
+import { scopeAllows, type TokenRecord } from '../domain/api-token.js';
+import { CellError, ErrorCodes } from '../domain/errors.js';
+import type { HostFs } from '../engine/host-fs.js';
+import type { Tokens } from '../engine/tokens.js';
+import { setHostFs } from './caller-access.js';
+
+/**
+ * The TCP listener's gate (docs/remote.md): every request carries a bearer token of the right
+ * scope; host paths are refused (the caller is on another machine: a path there means nothing
+ * here, and celld's own access to this host is not theirs to use); each token has a request rate
+ * and a number of VM creates in flight it may not pass.
+ */
+export interface RemoteLimits {
+  /** Requests a second per token, sustained; twice that at once. */
+  requestsPerSecond: number;
+  /** VM creates (create, run, fork) one token may have in flight. */
+  concurrentCreates: number;
+}
+
+export const DEFAULT_REMOTE_LIMITS: RemoteLimits = { requestsPerSecond: 50, concurrentCreates: 8 };
+
+const REFUSED = (): never => {
+  throw new CellError(
+    ErrorCodes.PERMISSION_DENIED,
+    "host paths are refused over TCP: they would name files on celld's host, not yours (stream the contents instead: SDK files.write/read, or use celld's unix socket on its host)",
+  );
+};
+
+/** A host file access that refuses every path. */
+export const NO_HOST_FS: HostFs = new Proxy({} as HostFs, {
+  get: (_target, name) => (name === 'who' ? 'a remote caller' : name === 'then' ? undefined : name === 'identity' ? REFUSED() : async () => REFUSED()),
+});
+
+const CREATES = [/^\/v1\/vms$/, /^\/v1\/vms\/run$/, /^\/v1\/snapshots\/[^/]+\/fork$/];
+
+class Bucket {
+  private tokens: number;
+  private at = Date.now();
+  constructor(private readonly rate: number) {
+    this.tokens = rate * 2;
+  }
+  take(now = Date.now()): boolean {
+    this.tokens = Math.min(this.rate * 2, this.tokens + ((now - this.at) / 1000) * this.rate);
+    this.at = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}
+
+export function checkTokens(app: FastifyInstance, tokens: Tokens, limits: RemoteLimits = DEFAULT_REMOTE_LIMITS): void {
+  const buckets = new Map<string, Bucket>();
+  const creating = new Map<string, number>();
+  const HELD = Symbol('create');
+  app.addHook('onRequest', async (req) => {
+    const token: TokenRecord = tokens.verify(req.headers.authorization);
+    const path = req.url.split('?')[0]!;
+    if (!scopeAllows(token.scope, req.method, path)) {
+      throw new CellError(ErrorCodes.PERMISSION_DENIED, `the token "${token.name}" has the ${token.scope} scope: it may not ${req.method} ${path}`);
+    }
+    let bucket = buckets.get(token.id);
+    if (!bucket) buckets.set(token.id, (bucket = new Bucket(limits.requestsPerSecond)));
+    if (!bucket.take()) throw new CellError(ErrorCodes.RATE_LIMITED, `the token "${token.name}" sent more than ${limits.requestsPerSecond} requests a second: slow down`);
+    if (req.method === 'POST' && CREATES.some((r) => r.test(path))) {
+      const n = creating.get(token.id) ?? 0;
+      if (n >= limits.concurrentCreates) {
+        throw new CellError(ErrorCodes.RATE_LIMITED, `the token "${token.name}" has ${n} VM creates in flight, its most: wait for one to finish`);
+      }
+      creating.set(token.id, n + 1);
+      (req as unknown as Record<symbol, string>)[HELD] = token.id;
+    }
+    setHostFs(req, NO_HOST_FS);
+  });
+  // A create in flight ends with its answer, or with its connection.
+  const release = async (req: object) => {
+    const id = (req as Record<symbol, string | undefined>)[HELD];
+    if (!id) return;
+    (req as Record<symbol, string | undefined>)[HELD] = undefined;
+    creating.set(id, Math.max(0, (creating.get(id) ?? 1) - 1));
+  };
+  app.addHook('onResponse', release);
+  app.addHook('onRequestAbort', release);
+}
