@@ -21,6 +21,8 @@ export const Info = Type.Object({
   /** Whether new VMs get a network here, and how (or why not). */
   network: Type.Object({ available: Type.Boolean(), reason: Type.String() }),
   daemonPid: Type.Integer(),
+  /** celld's TCP listener (docs/remote.md), or null when it serves its unix socket only. */
+  remote: Type.Union([Type.Object({ url: Type.String(), fingerprint: Type.Union([Type.String(), Type.Null()]) }), Type.Null()]),
 });
 export type Info = Static<typeof Info>;
 

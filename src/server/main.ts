@@ -1,6 +1,5 @@
 import { rmSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
 import pino from 'pino';
 import { cellPaths } from '../domain/paths.js';
 import { CellError, ErrorCodes, toCellError } from '../domain/errors.js';
@@ -10,8 +9,7 @@ import { buildApp } from './app.js';
 import { acquireDaemonLock } from './daemon-lock.js';
 import { restrictSocket, socketGroup } from './socket-access.js';
 import { CELLD_USAGE, parseCelldArgs } from './listen-options.js';
-import { tlsMaterial } from './tls.js';
-import { writeFileAtomic } from '../store/atomic-file.js';
+import { removeRemoteInfo, tlsMaterial, writeRemoteInfo } from '../engine/remote-listener.js';
 
 /**
  * celld: the daemon behind `cell`. Serves the HTTP API on CELL_HOME/celld.sock. VMs are separate
@@ -36,8 +34,7 @@ async function main(): Promise<void> {
   const engine = await Engine.open(paths, { log: { info: (message) => logger.info(message), warn: (message) => logger.warn(message) } });
   // The same API over TCP, behind tokens (docs/remote.md); up before the socket, so a client that
   // finds celld answering finds remote.json written.
-  const remoteFile = join(paths.home, 'remote.json');
-  rmSync(remoteFile, { force: true });
+  removeRemoteInfo(paths.home);
   let remote: ReturnType<typeof buildApp> | undefined;
   if (options.listen) {
     const tls = options.insecureHttp ? undefined : await tlsMaterial(paths.home, options.listen.host, options.tls);
@@ -46,7 +43,7 @@ async function main(): Promise<void> {
     const { port } = remote.server.address() as AddressInfo;
     const host = options.listen.host.includes(':') ? `[${options.listen.host}]` : options.listen.host;
     const url = `${tls ? 'https' : 'http'}://${host}:${port}`;
-    await writeFileAtomic(remoteFile, JSON.stringify({ url, fingerprint: tls?.fingerprint ?? null }) + '\n', 0o644);
+    await writeRemoteInfo(paths.home, { url, fingerprint: tls?.fingerprint ?? null });
     const line = `celld: API on ${url}${tls ? ` (TLS certificate SHA-256 ${tls.fingerprint}${tls.generated ? ', self-signed: clients set CELL_TLS_FINGERPRINT to it' : ''})` : ' (plain HTTP, loopback only)'}; requests need a bearer token (cell token create)`;
     logger.info({ url, fingerprint: tls?.fingerprint ?? null }, 'celld listening on TCP');
     process.stderr.write(line + '\n');
@@ -64,7 +61,7 @@ async function main(): Promise<void> {
     stopping = true;
     logger.info({ signal }, 'celld stopping (VMs keep running)');
     await remote?.close().catch(() => {});
-    rmSync(remoteFile, { force: true });
+    removeRemoteInfo(paths.home);
     await app.close().catch(() => {});
     await engine.close().catch(() => {});
     rmSync(paths.socket, { force: true });

@@ -80,8 +80,11 @@ test('cell info lines', () => {
     imageCacheMaxBytes: null,
     network: { available: false, reason: 'celld is not root' },
     daemonPid: 42,
+    remote: null,
   };
   const text = infoText(info);
+  assert.match(text, /^Remote API: +off \(celld --listen HOST:PORT/m);
+  assert.match(infoText({ ...info, remote: { url: 'https://h:7070', fingerprint: 'AB:CD' } }), /^Remote API: +https:\/\/h:7070 \(TLS certificate SHA-256 AB:CD\)/m);
   assert.match(text, /^Accelerator: +tcg \(no \/dev\/kvm\)$/m);
   assert.match(text, /^VMs: +0 running, 2 stopped$/m);
   assert.match(text, /^Daemon pid: +42$/m);

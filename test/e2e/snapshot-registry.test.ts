@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import { join } from 'node:path';
 import { registryBlobPath, startRegistry, type RunningRegistry } from '../image/registry-harness.js';
 import { TestHome } from '../helpers/cell-home.js';
+import { webTemplateToml } from '../helpers/web-template.js';
 import { CellClient } from '../../src/sdk/index.js';
 
 /**
@@ -168,22 +169,7 @@ describe('snapshot push and pull', () => {
     const dir = join(a.home, 'tmpl');
     mkdirSync(dir);
     const file = join(dir, 'web.toml');
-    writeFileSync(
-      file,
-      `template_id = "web"
-[build]
-base = "busybox"
-[[build.step]]
-run = "mkdir -p /www && echo 'hello from the registry' > /www/index.html"
-[service]
-start = "httpd -f -p 8080 -h /www"
-ready = "wget -q -O /dev/null http://127.0.0.1:8080/"
-[[variants]]
-role = "server"
-vcpus = 1
-mem_mib = 256
-`,
-    );
+    writeFileSync(file, webTemplateToml('hello from the registry'));
     await a.ok(['template', 'build', '--snapshot', file]);
     const [built] = JSON.parse((await a.ok(['template', 'ls', '--format', 'json'])).stdout) as { revision: { id: string; warmSnapshot: string; diskSnapshot: string } }[];
     const ref = `${registry.host}/e2e/tmpl:v1`;

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TestHome, waitFor } from '../helpers/cell-home.js';
+import { webTemplateToml } from '../helpers/web-template.js';
 
 interface TemplateJson {
   name: string;
@@ -36,23 +37,10 @@ describe('templates', () => {
     const file = join(dir, 'web.toml');
     writeFileSync(
       file,
-      `template_id = "web"
-
-[build]
-base = "busybox"
-[[build.step]]
-run = "mkdir -p /www && echo '${page}' > /www/index.html"
-
-[service]
-start = "httpd -f -p 8080 -h /www"
-ready = "wget -q -O /dev/null http://127.0.0.1:8080/"
-
-[[variants]]
-role = "server"
-vcpus = 1
-mem_mib = 256
-pool = { size = 1, warm = true }
-
+      webTemplateToml(
+        page,
+        'pool = { size = 1, warm = true }\n',
+        `
 [[variants]]
 role = "small"
 name = "web-tiny"
@@ -60,6 +48,7 @@ vcpus = 1
 mem_mib = 192
 data_disk_mib = 16
 `,
+      ),
     );
     return file;
   };

@@ -89,6 +89,7 @@ export function infoText(info: Info): string {
       `${info.pools.pools} snapshot${info.pools.pools === 1 ? '' : 's'}, ${info.pools.ready} spare${info.pools.ready === 1 ? '' : 's'} ready; spares hold ${bytes(info.pools.memoryBytes)} of ${bytes(info.pools.memoryMaxBytes)} (cell snapshot pool)`,
     ],
     ['Daemon pid', info.daemonPid],
+    ['Remote API', info.remote ? `${info.remote.url}${info.remote.fingerprint ? ` (TLS certificate SHA-256 ${info.remote.fingerprint})` : ''}; tokens: cell token ls` : 'off (celld --listen HOST:PORT serves it: docs/remote.md)'],
   ];
   return rows.map(([k, v]) => `${`${k}:`.padEnd(14)}${v}\n`).join('');
 }

@@ -1,3 +1,4 @@
+import { readRemoteInfo } from '../../engine/remote-listener.js';
 import { Api } from '../../api/routes.js';
 import { openApiDocument } from '../../api/openapi.js';
 import type { Engine } from '../../engine/engine.js';
@@ -11,7 +12,10 @@ const { system } = Api;
 export function systemRoutes(app: FastifyInstance, engine: Engine): void {
   serve(app, system.ping, async () => ({ ok: true, pid: process.pid }));
 
-  serve(app, system.info, async () => ({ version: CELL_VERSION, ...(await engine.info()), daemonPid: process.pid }));
+  serve(app, system.info, async () => {
+    const info = await engine.info();
+    return { version: CELL_VERSION, ...info, daemonPid: process.pid, remote: readRemoteInfo(info.home) };
+  });
 
   serve(app, system.df, async () => engine.diskUsage());
 

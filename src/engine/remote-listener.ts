@@ -1,11 +1,41 @@
 import { X509Certificate } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
+
+/**
+ * The files of celld's TCP listener in its home (docs/remote.md): its certificate when celld made
+ * one (tls/), and remote.json, which says where it listens while it does (`cell info`, clients on
+ * this host, tests with port 0).
+ */
+export interface RemoteInfo {
+  url: string;
+  /** The certificate's SHA-256; null for plain HTTP. */
+  fingerprint: string | null;
+}
+
+const remoteFile = (home: string) => join(home, 'remote.json');
+
+export async function writeRemoteInfo(home: string, info: RemoteInfo): Promise<void> {
+  await writeFileAtomic(remoteFile(home), JSON.stringify(info) + '\n', 0o644);
+}
+
+export function removeRemoteInfo(home: string): void {
+  rmSync(remoteFile(home), { force: true });
+}
+
+export function readRemoteInfo(home: string): RemoteInfo | null {
+  try {
+    const doc = JSON.parse(readFileSync(remoteFile(home), 'utf8')) as { url?: unknown; fingerprint?: unknown };
+    return typeof doc.url === 'string' ? { url: doc.url, fingerprint: typeof doc.fingerprint === 'string' ? doc.fingerprint : null } : null;
+  } catch {
+    return null;
+  }
+}
 
 export interface TlsMaterial {
   cert: string;
