@@ -149,7 +149,9 @@ export class Runs {
     if (req.name !== undefined) validateName(req.name);
     const name = req.name ?? this.vms.freshName();
     this.vms.assertNameFree(name);
-    return this.templates.startVm(req.template!, name, {
+    // A registry reference is pulled on first use (templates.resolveOrPull).
+    const template = await this.templates.resolveOrPull(req.template!);
+    return this.templates.startVm(template, name, {
       cmd: req.cmd ?? [],
       env: req.env ?? [],
       workingDir: req.workingDir ?? '',

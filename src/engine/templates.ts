@@ -13,6 +13,7 @@ import type { EngineContext } from './context.js';
 import type { Images } from './images.js';
 import type { Snapshots } from './snapshots.js';
 import { pullTemplate, pushTemplate, type TemplatePushResult } from './template-registry.js';
+import { formatReference, parseReference } from '../image/reference.js';
 import type { TransferProgress } from './snapshot-registry.js';
 import type { Vms } from './vms.js';
 import { parseUser, runGuestCommand } from './exec-runner.js';
@@ -222,6 +223,7 @@ export class Templates {
     this.ctx.db.transaction(() => {
       if (!store.revision(revision.id)) store.insertRevision(revision);
       store.setCurrent(record, revision.id, new Date().toISOString());
+      store.recordSource(pulled.reference, revision.id);
     })();
     await this.pruneRevisions(doc.name);
     // Pools are this host's choice (`pool` in a template file built here, or cell snapshot pool).
@@ -251,6 +253,19 @@ export class Templates {
    * backend restores snapshots), else a cold boot of the built disk with the service started and
    * awaited. Its spec records which it was.
    */
+  /**
+   * The variant `ref` names here, or a registry reference (it has a '/', which no variant name
+   * has) pulled on first use, as `docker run` pulls an image. Pulled again when the variant's
+   * current revision is no longer the one pulled as that reference (built or pulled since).
+   */
+  async resolveOrPull(ref: string, opts: { insecureRegistries?: string[] } = {}): Promise<string> {
+    if (!ref.includes('/')) return ref;
+    const store = this.ctx.stores.templates;
+    const known = store.pulledAs(formatReference(parseReference(ref)));
+    if (known && store.get(known.templateName)?.currentRevision === known.id) return known.templateName;
+    return (await this.pull(ref, opts)).template.name;
+  }
+
   async startVm(ref: string, name: string, overrides: Pick<VmSpec, 'cmd' | 'env' | 'workingDir' | 'user' | 'timeoutSec' | 'autoRemove' | 'health' | 'timeouts'>): Promise<VmRecord> {
     const { template, revision } = this.resolve(ref);
     const warm = revision.warmSnapshot ? this.snapshots.get(revision.warmSnapshot) : undefined;

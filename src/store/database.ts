@@ -175,6 +175,12 @@ const MIGRATIONS: string[] = [
      expires_at TEXT,
      last_used_at TEXT
    );`,
+  // Template revisions pulled from a registry, by the reference they were pulled as (`run
+  // --template REF` uses the revision here instead of pulling again).
+  `CREATE TABLE template_sources (
+     reference TEXT PRIMARY KEY,
+     revision_id TEXT NOT NULL REFERENCES template_revisions (id) ON DELETE CASCADE
+   );`,
 ];
 
 export type Db = Database.Database;

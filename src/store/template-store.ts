@@ -129,6 +129,21 @@ export class TemplateStore {
     ).map(revision);
   }
 
+  /** The revision pulled as registry `reference`, while it is here. */
+  pulledAs(reference: string): TemplateRevision | undefined {
+    const row = this.db
+      .prepare('SELECT r.* FROM template_sources s JOIN template_revisions r ON r.id = s.revision_id WHERE s.reference = ?')
+      .get(reference) as RevisionRow | undefined;
+    return row ? revision(row) : undefined;
+  }
+
+  /** Records that `revisionId` was pulled as `reference` (a later pull of the same reference wins). */
+  recordSource(reference: string, revisionId: string): void {
+    this.db
+      .prepare('INSERT INTO template_sources (reference, revision_id) VALUES (?, ?) ON CONFLICT (reference) DO UPDATE SET revision_id = excluded.revision_id')
+      .run(reference, revisionId);
+  }
+
   deleteRevision(id: string): void {
     this.db.prepare('DELETE FROM template_revisions WHERE id = ?').run(id);
   }

@@ -201,6 +201,16 @@ describe('snapshot push and pull', () => {
     assert.match((await b.ok(['template', 'pull', ref])).stdout, /^web-server\trevision/, 'pulling again keeps what is here');
     assert.equal(JSON.parse((await b.ok(['snapshots', '--format', 'json'])).stdout).length, 2);
 
+    // run --template with the registry reference pulls on first use; later runs use what is here
+    // (logged out, so a second pull could not have happened).
+    const d = home();
+    await d.ok(['login', '-u', 'cell', '--password-stdin', registry.host], { input: 'sekrit\n' });
+    const first = await d.ok(['run', '--rm', '--template', ref, '--', 'wget', '-q', '-O-', 'http://127.0.0.1:8080/'], { timeoutMs: 300_000 });
+    assert.equal(first.stdout, 'hello from the registry\n');
+    await d.ok(['logout', registry.host]);
+    assert.equal((await d.ok(['run', '--rm', '--template', ref, '--', 'cat', '/www/index.html'])).stdout, 'hello from the registry\n');
+    assert.deepEqual((JSON.parse((await d.ok(['template', 'ls', '--format', 'json'])).stdout) as { name: string }[]).map((x) => x.name), ['web-server']);
+
     // A RAM chunk only the warm snapshot has, changed at the registry: the pull fails after the disk
     // part was fetched, and removes it again; no template is recorded.
     const auth = { authorization: `Basic ${Buffer.from('cell:sekrit').toString('base64')}` };

@@ -142,7 +142,7 @@ export function register(program: Command): void {
     .option('--rm', 'remove the VM when the command ends')
     .option('-d, --detach', 'print the VM id and leave it running (exec into it later)')
     .option('--from <snapshot>', 'fork this snapshot instead of booting an image (a registry reference host/repo:tag is pulled on first use)')
-    .option('--template <name[:role]>', "start from a template: forked warm from its snapshot when it has one, else booted cold (says which)")
+    .option('--template <name[:role]>', "start from a template: forked warm from its snapshot when it has one, else booted cold (says which); a registry reference (REGISTRY/REPO:TAG) is pulled on first use")
     .passThroughOptions()
     .addHelpText(
       'after',
