@@ -32,7 +32,8 @@ export const NO_HOST_FS: HostFs = new Proxy({} as HostFs, {
   get: (_target, name) => (name === 'who' ? 'a remote caller' : name === 'then' ? undefined : name === 'identity' ? REFUSED() : async () => REFUSED()),
 });
 
-const CREATES = [/^\/v1\/vms$/, /^\/v1\/vms\/run$/, /^\/v1\/snapshots\/[^/]+\/fork$/];
+/** Route patterns that make VMs. */
+const CREATES = new Set(['/v1/vms', '/v1/vms/run', '/v1/snapshots/:ref/fork']);
 
 class Bucket {
   private tokens: number;
@@ -55,14 +56,17 @@ export function checkTokens(app: FastifyInstance, tokens: Tokens, limits: Remote
   const HELD = Symbol('create');
   app.addHook('onRequest', async (req) => {
     const token: TokenRecord = tokens.verify(req.headers.authorization);
-    const path = req.url.split('?')[0]!;
+    // The route fastify matched, not the URL as sent: `/v1/%74okens` is /v1/tokens to the router.
+    // No route: the answer is a 404 whatever the scope.
+    const path = req.routeOptions.url;
+    if (path === undefined) return;
     if (!scopeAllows(token.scope, req.method, path)) {
       throw new CellError(ErrorCodes.PERMISSION_DENIED, `the token "${token.name}" has the ${token.scope} scope: it may not ${req.method} ${path}`);
     }
     let bucket = buckets.get(token.id);
     if (!bucket) buckets.set(token.id, (bucket = new Bucket(limits.requestsPerSecond)));
     if (!bucket.take()) throw new CellError(ErrorCodes.RATE_LIMITED, `the token "${token.name}" sent more than ${limits.requestsPerSecond} requests a second: slow down`);
-    if (req.method === 'POST' && CREATES.some((r) => r.test(path))) {
+    if (req.method === 'POST' && CREATES.has(path)) {
       const n = creating.get(token.id) ?? 0;
       if (n >= limits.concurrentCreates) {
         throw new CellError(ErrorCodes.RATE_LIMITED, `the token "${token.name}" has ${n} VM creates in flight, its most: wait for one to finish`);

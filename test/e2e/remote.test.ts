@@ -96,6 +96,9 @@ describe('remote API', () => {
     // Tokens are the admin's: a write token may not list or make them.
     assert.equal(await codeOf(ci.tokens.list()), 'permission_denied');
     assert.equal(await codeOf(ci.tokens.create('more', { scope: 'admin' })), 'permission_denied');
+    // The scope is checked on the route the router matched, not on the URL as written.
+    assert.deepEqual(await raw('GET', '/v1/%74okens', tokens.ci), { status: 403, code: 'permission_denied' });
+    assert.deepEqual(await raw('GET', '/v1/tokens/', tokens.ci), { status: 404, code: 'not_found' });
     const admin = await remote(tokens.admin);
     const listed = await admin.tokens.list();
     assert.deepEqual(listed.map((t) => t.name).sort(), ['admin', 'brief', 'ci', 'viewer']);
