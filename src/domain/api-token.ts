@@ -37,13 +37,17 @@ export function validateScope(scope: string): TokenScope {
   return scope as TokenScope;
 }
 
+/** Routes only an admin token reaches: tokens, the host's set-up (installs packages as root), celld's registry credentials. */
+const ADMIN_ONLY = ['/v1/tokens', '/v1/setup', '/v1/registries/login', '/v1/registries/logout'];
+
 /**
- * What a scope may do: `read` only looks (GET); `write` does everything a user of VMs does;
- * `admin` also manages tokens. Token routes are under /v1/tokens.
+ * What a scope may do on a route (its pattern, as the router matched it): `read` only looks
+ * (GET); `write` does everything a user of VMs does; `admin` also manages tokens, set-up and
+ * registry credentials.
  */
 export function scopeAllows(scope: TokenScope, method: string, path: string): boolean {
   if (scope === 'admin') return true;
-  if (path === '/v1/tokens' || path.startsWith('/v1/tokens/') || path.startsWith('/v1/tokens?')) return false;
+  if (ADMIN_ONLY.some((p) => path === p || path.startsWith(`${p}/`))) return false;
   if (scope === 'write') return true;
   return method === 'GET' || method === 'HEAD';
 }

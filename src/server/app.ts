@@ -27,6 +27,8 @@ export interface AppOptions {
 export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = false, opts: AppOptions = {}): FastifyInstance {
   const app: FastifyInstance = Fastify({
     ...(opts.remote?.tls ? { https: { cert: opts.remote.tls.cert, key: opts.remote.tls.key } } : {}),
+    // A stopping celld does not wait for remote streams (a run may last hours): they end with it.
+    ...(opts.remote ? { forceCloseConnections: true } : {}),
     loggerInstance: logger || undefined,
     // Requests are not logged one by one (celld.log records what VMs did, not every poll).
     logController: new LogController({ disableRequestLogging: true }),

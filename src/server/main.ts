@@ -44,6 +44,8 @@ async function main(): Promise<void> {
     const host = options.listen.host.includes(':') ? `[${options.listen.host}]` : options.listen.host;
     const url = `${tls ? 'https' : 'http'}://${host}:${port}`;
     await writeRemoteInfo(paths.home, { url, fingerprint: tls?.fingerprint ?? null });
+    // However celld ends (a later start-up step failing too), it no longer listens there.
+    process.once('exit', () => removeRemoteInfo(paths.home));
     const line = `celld: API on ${url}${tls ? ` (TLS certificate SHA-256 ${tls.fingerprint}${tls.generated ? ', self-signed: clients set CELL_TLS_FINGERPRINT to it' : ''})` : ' (plain HTTP, loopback only)'}; requests need a bearer token (cell token create)`;
     logger.info({ url, fingerprint: tls?.fingerprint ?? null }, 'celld listening on TCP');
     process.stderr.write(line + '\n');

@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify';
+import { Api } from '../api/routes.js';
 import { scopeAllows, type TokenRecord } from '../domain/api-token.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { HostFs } from '../engine/host-fs.js';
@@ -33,7 +34,7 @@ export const NO_HOST_FS: HostFs = new Proxy({} as HostFs, {
 });
 
 /** Route patterns that make VMs. */
-const CREATES = new Set(['/v1/vms', '/v1/vms/run', '/v1/snapshots/:ref/fork']);
+const CREATES = new Set<string>([Api.vms.create.path, Api.vms.run.path, Api.snapshots.fork.path]);
 
 class Bucket {
   private tokens: number;
@@ -54,7 +55,7 @@ export function checkTokens(app: FastifyInstance, tokens: Tokens, limits: Remote
   const buckets = new Map<string, Bucket>();
   const creating = new Map<string, number>();
   const HELD = Symbol('create');
-  app.addHook('onRequest', async (req) => {
+  app.addHook('onRequest', async (req, reply) => {
     const token: TokenRecord = tokens.verify(req.headers.authorization);
     // The route fastify matched, not the URL as sent: `/v1/%74okens` is /v1/tokens to the router.
     // No route: the answer is a 404 whatever the scope.
@@ -73,16 +74,15 @@ export function checkTokens(app: FastifyInstance, tokens: Tokens, limits: Remote
       }
       creating.set(token.id, n + 1);
       (req as unknown as Record<symbol, string>)[HELD] = token.id;
+      // Ends with its answer, or with its connection (a streamed run whose client went away).
+      reply.raw.once('close', () => release(req));
     }
     setHostFs(req, NO_HOST_FS);
   });
-  // A create in flight ends with its answer, or with its connection.
-  const release = async (req: object) => {
+  function release(req: object): void {
     const id = (req as Record<symbol, string | undefined>)[HELD];
     if (!id) return;
     (req as Record<symbol, string | undefined>)[HELD] = undefined;
     creating.set(id, Math.max(0, (creating.get(id) ?? 1) - 1));
-  };
-  app.addHook('onResponse', release);
-  app.addHook('onRequestAbort', release);
+  }
 }

@@ -12,6 +12,10 @@ test('token scopes: read looks, write does all but tokens, admin all', () => {
   assert.equal(scopeAllows('write', 'GET', '/v1/tokens'), false);
   assert.equal(scopeAllows('write', 'DELETE', '/v1/tokens/ci'), false);
   assert.equal(scopeAllows('admin', 'POST', '/v1/tokens'), true);
+  assert.equal(scopeAllows('write', 'DELETE', '/v1/tokens/:ref'), false);
+  assert.equal(scopeAllows('write', 'POST', '/v1/setup'), false, 'set-up installs host packages as root');
+  assert.equal(scopeAllows('write', 'POST', '/v1/registries/login'), false, "celld's registry credentials");
+  assert.equal(scopeAllows('admin', 'POST', '/v1/registries/login'), true);
   assert.equal(parseToken(`cell_0123456789ab_${'x'.repeat(43)}`)?.id, '0123456789ab');
   assert.equal(parseToken(`cell_0123456789ab_${'x'.repeat(42)}`), null);
   assert.equal(parseToken(`Bearer cell_0123456789ab_${'x'.repeat(43)}`), null);
