@@ -163,3 +163,9 @@ export const GUEST_NET_ARG = `cell.net=${GUEST_ADDRESS}/${GUEST_PREFIX},${GUEST_
  */
 export const USER_NET = { cidr: '172.30.255.0/29', prefix: 29, resolver: '172.30.255.3' } as const;
 export const USER_NET_ARG = `cell.net=${GUEST_ADDRESS}/${USER_NET.prefix},${GUEST_GATEWAY},${USER_NET.resolver}`;
+
+/** Whether a host name (no port; an IPv6 address bare or in brackets) is this machine's loopback. */
+export function isLoopbackHostname(host: string): boolean {
+  const bare = host.replace(/^\[(.*)\]$/, '$1');
+  return bare === 'localhost' || bare === '::1' || /^127\.\d+\.\d+\.\d+$/.test(bare);
+}

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { SnapshotRecord } from '../domain/snapshot.js';
 import { MAX_DISK_DELTAS, MEMORY_CHUNK_BYTES } from '../domain/snapshot-artifact.js';
 import { writeFileSynced } from '../host/files.js';
+import { isDigest } from '../image/digest.js';
 import type { EngineContext } from './context.js';
 
 /**
@@ -18,7 +19,6 @@ export const BLOB_INDEX = 'blobs.json';
 
 /** How far up a snapshot's lineage a pull looks for chunks it has. */
 const MAX_ANCESTORS = 4;
-const DIGEST = /^sha256:[0-9a-f]{64}$/;
 
 export interface DiskBlob {
   digest: `sha256:${string}`;
@@ -43,12 +43,12 @@ export async function readBlobIndex(dir: string): Promise<BlobIndex> {
     if (doc.chunkBytes !== MEMORY_CHUNK_BYTES) return index;
     for (const [offset, digest] of Object.entries(doc.chunks ?? {})) {
       const at = Number(offset);
-      if (Number.isSafeInteger(at) && at % MEMORY_CHUNK_BYTES === 0 && typeof digest === 'string' && DIGEST.test(digest)) index.chunks.set(at, digest);
+      if (Number.isSafeInteger(at) && at % MEMORY_CHUNK_BYTES === 0 && isDigest(digest)) index.chunks.set(at, digest);
     }
     const disk = Array.isArray(doc.disk) ? (doc.disk as unknown[]) : [];
     const wellFormed = (d: unknown): d is DiskBlob => {
       const b = d as Partial<DiskBlob> | null;
-      return typeof b === 'object' && b !== null && typeof b.digest === 'string' && DIGEST.test(b.digest) && Number.isSafeInteger(b.size) && b.size! > 0;
+      return typeof b === 'object' && b !== null && isDigest(b.digest) && Number.isSafeInteger(b.size) && b.size! > 0;
     };
     if (disk.length <= MAX_DISK_DELTAS + 1 && disk.every(wellFormed)) index.disk = disk;
   } catch {
@@ -63,16 +63,27 @@ export interface LocalChunk {
   offset: number;
 }
 
+/** The snapshot `parentId` and its ancestors here (at most MAX_ANCESTORS, nearest first), each with its folder and blob index. */
+export async function* indexedAncestors(
+  ctx: Pick<EngineContext, 'paths' | 'stores'>,
+  parentId: string | null,
+): AsyncGenerator<{ ancestor: SnapshotRecord; dir: string; index: BlobIndex }> {
+  let id = parentId;
+  for (let depth = 0; id && depth < MAX_ANCESTORS; depth++) {
+    const ancestor = ctx.stores.snapshots.getAny(id);
+    if (!ancestor) return;
+    const dir = ctx.paths.snapshotDir(ancestor.id);
+    yield { ancestor, dir, index: await readBlobIndex(dir) };
+    id = ancestor.parentSnapshot;
+  }
+}
+
 /** Digests of the chunks the ancestors of `record` on this host have indexed (nearest ancestor first). */
 export async function ancestorChunks(ctx: Pick<EngineContext, 'paths' | 'stores'>, record: Pick<SnapshotRecord, 'parentSnapshot' | 'spec'>): Promise<Map<string, LocalChunk>> {
   const found = new Map<string, LocalChunk>();
-  let id = record.parentSnapshot;
-  for (let depth = 0; id && depth < MAX_ANCESTORS; depth++) {
-    const ancestor = ctx.stores.snapshots.getAny(id);
-    if (!ancestor || ancestor.spec.memoryMib !== record.spec.memoryMib) break;
-    const dir = ctx.paths.snapshotDir(ancestor.id);
-    for (const [offset, digest] of (await readBlobIndex(dir)).chunks) if (!found.has(digest)) found.set(digest, { path: join(dir, 'memory'), offset });
-    id = ancestor.parentSnapshot;
+  for await (const { ancestor, dir, index } of indexedAncestors(ctx, record.parentSnapshot)) {
+    if (ancestor.spec.memoryMib !== record.spec.memoryMib) break;
+    for (const [offset, digest] of index.chunks) if (!found.has(digest)) found.set(digest, { path: join(dir, 'memory'), offset });
   }
   return found;
 }

@@ -1,12 +1,11 @@
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { copyFile, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import type { SnapshotRecord } from '../domain/snapshot.js';
+import { fileDigest } from '../image/digest.js';
 import { ArtifactTypes, MAX_DISK_DELTAS, type Descriptor } from '../domain/snapshot-artifact.js';
-import { readBlobIndex, type DiskBlob } from './blob-index.js';
+import { indexedAncestors, readBlobIndex, type DiskBlob } from './blob-index.js';
 import type { EngineContext } from './context.js';
 import { assertStandaloneQcow2, flattenDisk, tool } from './snapshot-archive.js';
 
@@ -63,9 +62,7 @@ export async function diskForPush(
 }
 
 async function describe(path: string, mediaType: string): Promise<Descriptor> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return { mediaType, digest: `sha256:${hash.digest('hex')}`, size: (await stat(path)).size };
+  return { mediaType, digest: await fileDigest(path), size: (await stat(path)).size };
 }
 
 /** The artifact's disk layers, base first. */
@@ -82,15 +79,9 @@ export interface LocalDiskBase {
 /** The nearest ancestor (the snapshot it was taken on, and up) with the longest prefix of `layers`, that leaves at least the last layer to fetch. */
 export async function localDiskBase(ctx: Pick<EngineContext, 'paths' | 'stores'>, parentId: string | null, layers: readonly Descriptor[]): Promise<LocalDiskBase | null> {
   let best: LocalDiskBase | null = null;
-  let id = parentId;
-  for (let depth = 0; id && depth < 4; depth++) {
-    const ancestor = ctx.stores.snapshots.getAny(id);
-    if (!ancestor) break;
-    const dir = ctx.paths.snapshotDir(ancestor.id);
-    const { disk } = await readBlobIndex(dir);
+  for await (const { dir, index: { disk } } of indexedAncestors(ctx, parentId)) {
     const prefix = disk.length > 0 && disk.length < layers.length && disk.every((l, i) => l.digest === layers[i]!.digest);
     if (prefix && (!best || disk.length > best.count)) best = { path: join(dir, 'disk.qcow2'), count: disk.length };
-    id = ancestor.parentSnapshot;
   }
   return best;
 }

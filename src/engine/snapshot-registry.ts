@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, open, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -21,7 +20,7 @@ import {
   type Descriptor,
   type SnapshotArtifact,
 } from '../domain/snapshot-artifact.js';
-import { sha256Digest } from '../image/digest.js';
+import { fileDigest, sha256Digest } from '../image/digest.js';
 import { formatReference, manifestSelector, parseReference } from '../image/reference.js';
 import { RegistryClient } from '../image/registry/client.js';
 import { findCredential } from '../image/registry/credentials.js';
@@ -73,12 +72,6 @@ interface Source {
   desc: Descriptor;
   path: string;
   start: number;
-}
-
-async function digestOf(path: string): Promise<Descriptor['digest']> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return `sha256:${hash.digest('hex')}`;
 }
 
 /** Whether the registry has a blob: asked once per digest, remembered for the rest of the push. */
@@ -137,7 +130,7 @@ async function memoryLayers(
       const chunk = own.subarray(0, size);
       if (isZero(chunk)) continue;
       const packed = packChunk(chunk);
-      const digest = sha256(packed);
+      const digest = sha256Digest(packed);
       digests.set(offset, digest);
       const desc = (d: Descriptor['digest'], packedSize: number): Descriptor => ({ mediaType: ArtifactTypes.MEMORY, digest: d, size: packedSize, annotations: { [OFFSET_ANNOTATION]: String(offset) } });
       let based = false;
@@ -147,7 +140,7 @@ async function memoryLayers(
           const base = theirs.subarray(0, size);
           if (read.bytesRead !== size || isZero(base)) continue;
           const basePacked = packChunk(base);
-          const baseDigest = sha256(basePacked);
+          const baseDigest = sha256Digest(basePacked);
           if (!(await has(baseDigest))) continue;
           const differing: number[] = [];
           for (let p = 0; p < size; p += PAGE_BYTES) if (!chunk.subarray(p, p + PAGE_BYTES).equals(base.subarray(p, p + PAGE_BYTES))) differing.push(p);
@@ -185,10 +178,6 @@ function packChunk(chunk: Buffer): Buffer {
   return gzipSync(chunk, { level: 1 });
 }
 
-function sha256(buf: Buffer): Descriptor['digest'] {
-  return `sha256:${createHash('sha256').update(buf).digest('hex')}`;
-}
-
 /** A stored chunk unpacked, refused unless it is exactly `size` bytes (no gzip bomb gets further). */
 function unpackChunk(packed: Buffer, size: number, what: string): Buffer {
   let bytes: Buffer;
@@ -210,7 +199,7 @@ function isZero(buf: Buffer): boolean {
 }
 
 async function fileSource(path: string, mediaType: string): Promise<Source> {
-  return { desc: { mediaType, digest: await digestOf(path), size: (await stat(path)).size }, path, start: 0 };
+  return { desc: { mediaType, digest: await fileDigest(path), size: (await stat(path)).size }, path, start: 0 };
 }
 
 async function pushBlob(client: RegistryClient, has: RegistryHas, repository: string, source: Source, result: PushResult): Promise<void> {

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 
 /**
@@ -30,6 +31,13 @@ export function digestHex(digest: Digest): string {
 
 export function sha256Digest(data: Buffer | string): Digest {
   return `sha256:${createHash('sha256').update(data).digest('hex')}`;
+}
+
+/** The digest of a file's bytes, read as a stream. */
+export async function fileDigest(path: string): Promise<Digest> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return `sha256:${hash.digest('hex')}`;
 }
 
 export function digestMismatch(what: string, expected: string, actual: string): CellError {

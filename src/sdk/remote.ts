@@ -1,6 +1,7 @@
 import type http from 'node:http';
 import type { PeerCertificate } from 'node:tls';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import { isLoopbackHostname } from '../domain/network.js';
 import type { TransportEndpoint } from './transport.js';
 
 /** Where a remote celld is and how to trust it (docs/remote.md). */
@@ -16,7 +17,6 @@ export interface RemoteOptions {
 }
 
 const normalFingerprint = (f: string) => f.replace(/[^0-9a-fA-F]/g, '').toUpperCase();
-const LOOPBACK = /^(127\.\d+\.\d+\.\d+|\[::1\]|localhost)$/;
 
 function pem(cert: PeerCertificate): string {
   const b64 = cert.raw.toString('base64').replace(/(.{64})/g, '$1\n');
@@ -60,7 +60,7 @@ export async function remoteEndpoint(opts: RemoteOptions, timeoutMs: number): Pr
     throw new CellError(ErrorCodes.INVALID_ARGUMENT, `CELL_HOST must be a URL such as https://host:7070, not ${JSON.stringify(opts.url)}`);
   }
   if (url.protocol === 'http:') {
-    if (!LOOPBACK.test(url.hostname)) {
+    if (!isLoopbackHostname(url.hostname)) {
       throw new CellError(ErrorCodes.INVALID_ARGUMENT, `plain HTTP to ${url.host} would send the token in the clear: use https:// (celld serves TLS unless told --insecure-http on loopback)`);
     }
     const http = await import('node:http');

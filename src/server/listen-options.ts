@@ -1,6 +1,6 @@
-import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { CellError, ErrorCodes } from '../domain/errors.js';
+import { isLoopbackHostname } from '../domain/network.js';
 
 /** celld's command line: where else than its unix socket it listens (docs/remote.md). */
 export interface CelldOptions {
@@ -31,10 +31,6 @@ function parseListen(text: string): { host: string; port: number } {
   return { host: m[1] ?? m[2]!, port };
 }
 
-export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
-}
-
 export function parseCelldArgs(argv: readonly string[], env: NodeJS.ProcessEnv = process.env): CelldOptions {
   let values;
   try {
@@ -61,7 +57,7 @@ export function parseCelldArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
   const insecureHttp = values['insecure-http'] ?? false;
   if (!listen && (certFile || insecureHttp)) throw new CellError(ErrorCodes.INVALID_ARGUMENT, '--tls-cert, --tls-key and --insecure-http are for --listen');
   if (insecureHttp && certFile) throw new CellError(ErrorCodes.INVALID_ARGUMENT, '--insecure-http or a certificate, not both');
-  if (insecureHttp && listen && !isLoopback(listen.host)) {
+  if (insecureHttp && listen && !isLoopbackHostname(listen.host)) {
     throw new CellError(ErrorCodes.INVALID_ARGUMENT, `plain HTTP only on a loopback address, not ${listen.host}: tokens would cross the network in the clear (leave out --insecure-http for TLS)`);
   }
   return { help: values.help ?? false, ...(listen ? { listen } : {}), ...(certFile && keyFile ? { tls: { certFile, keyFile } } : {}), insecureHttp };

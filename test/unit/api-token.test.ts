@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isExpired, parseToken, scopeAllows } from '../../src/domain/api-token.js';
-import { isLoopback, parseCelldArgs } from '../../src/server/listen-options.js';
+import { isLoopbackHostname } from '../../src/domain/network.js';
+import { parseCelldArgs } from '../../src/server/listen-options.js';
 
 test('token scopes: read looks, write does all but tokens, admin all', () => {
   assert.equal(scopeAllows('read', 'GET', '/v1/vms'), true);
@@ -34,6 +35,7 @@ test("celld's --listen: HOST:PORT, TLS unless plain HTTP on loopback", () => {
   assert.throws(() => parseCelldArgs(['--listen', '1.2.3.4:1', '--tls-cert', 'c.pem'], {}), /go together/);
   assert.throws(() => parseCelldArgs(['--insecure-http'], {}), /for --listen/);
   assert.throws(() => parseCelldArgs(['--bogus'], {}), /celld --help/);
-  assert.equal(isLoopback('127.0.0.2'), true);
-  assert.equal(isLoopback('0.0.0.0'), false);
+  assert.equal(isLoopbackHostname('127.0.0.2'), true);
+  assert.equal(isLoopbackHostname('[::1]'), true);
+  assert.equal(isLoopbackHostname('0.0.0.0'), false);
 });

@@ -1,4 +1,5 @@
 import { CellError, ErrorCodes } from '../../domain/errors.js';
+import { isLoopbackHostname } from '../../domain/network.js';
 import { registryApiHost } from '../reference.js';
 import { Authenticator } from './authenticator.js';
 import type { Credential } from './credentials.js';
@@ -31,9 +32,9 @@ export interface RequestOptions {
 
 const USER_AGENT = 'cellvm/0.1';
 
+/** Whether a registry (`host[:port]`) is on this machine's loopback. */
 export function isLoopbackHost(registry: string): boolean {
-  const host = registry.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
-  return host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+  return isLoopbackHostname(registry.replace(/:\d+$/, ''));
 }
 
 export class RegistryTransport {
