@@ -21,7 +21,9 @@ export function percentile(values: number[], p: number): number {
 /** A throwaway CELL_HOME sharing the host-asset cache, with its celld stopped by `close`. */
 export function benchHome(): { home: string; env: NodeJS.ProcessEnv; close: () => void } {
   const home = mkdtempSync('/tmp/cellb-');
-  const env = { ...process.env, CELL_HOME: home, CELL_CACHE: process.env.CELL_CACHE ?? join(REPO, '.cell-test', 'cache') };
+  // VMs offline unless a benchmark turns networking on inside namespaces of its own (bench/network.ts):
+  // a celld with networking on makes its bridge and rules in the host's own namespace.
+  const env = { ...process.env, CELL_HOME: home, CELL_CACHE: process.env.CELL_CACHE ?? join(REPO, '.cell-test', 'cache'), CELL_NETWORK: 'off' };
   return {
     home,
     env,
