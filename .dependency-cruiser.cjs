@@ -31,6 +31,7 @@ module.exports = {
     only('server', ['domain', 'api', 'engine'], 'celld turns HTTP into engine calls; it does not reach past the engine'),
     only('sdk', ['domain', 'api'], 'the SDK speaks HTTP only: it never imports the engine or the server'),
     only('cli', ['domain', 'api', 'sdk'], 'the CLI uses only the SDK'),
+    only('ui', ['domain', 'api'], 'the dashboard is a browser page: it speaks the API over HTTP, as the SDK does'),
     {
       name: 'engine-knows-no-http',
       comment: 'the engine is below the API: it never imports api, server, sdk or cli',

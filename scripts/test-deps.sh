@@ -2,10 +2,10 @@
 # Host tools the tests use as real peers (not needed to run cellvm): Debian's CNCF Distribution
 # registry, skopeo and umoci to cross-check our OCI code, cpio to check our cpio writer, zstd and
 # openssl to build test layers and token-auth keys, xfsprogs for a loop-mounted file system with
-# reflinks (snapshots sharing their parents' pages). Idempotent: installs only what is missing.
+# reflinks (snapshots sharing their parents' pages), Debian's chromium for the dashboard's browser test. Idempotent: installs only what is missing.
 set -euo pipefail
 need=()
-for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci cpio:cpio zstd:zstd openssl:openssl debugfs:e2fsprogs mkfs.xfs:xfsprogs; do
+for pair in docker-registry:docker-registry skopeo:skopeo umoci:umoci cpio:cpio zstd:zstd openssl:openssl debugfs:e2fsprogs mkfs.xfs:xfsprogs chromium:chromium; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/bin/$cmd" ] || [ -x "/usr/sbin/$cmd" ] || need+=("$pkg")
 done

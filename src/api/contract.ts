@@ -30,7 +30,21 @@ export interface StreamReply<S extends TSchema = TSchema> {
   events: S;
 }
 
-export type Reply = JsonReply | EmptyReply | StreamReply;
+/**
+ * A WebSocket (`GET` with `Upgrade: websocket`, answered 101) speaking `subprotocol`: binary
+ * frames carry raw bytes both ways; text frames are one JSON message each, `fromClient` or
+ * `fromServer`. Browsers cannot set headers on a WebSocket: over TCP the bearer token comes as a
+ * second subprotocol, `bearer.TOKEN` (never echoed back).
+ */
+export interface SocketReply<C extends TSchema = TSchema, S extends TSchema = TSchema> {
+  kind: 'websocket';
+  status: 101;
+  subprotocol: string;
+  fromClient: C;
+  fromServer: S;
+}
+
+export type Reply = JsonReply | EmptyReply | StreamReply | SocketReply;
 
 export interface RouteDef {
   method: HttpMethod;
@@ -72,6 +86,13 @@ export const json = <S extends TSchema>(schema: S, status: 200 | 201 = 200): Jso
 export const created = <S extends TSchema>(schema: S): JsonReply<S> => json(schema, 201);
 export const empty = (): EmptyReply => ({ kind: 'empty', status: 204 });
 export const ndjson = <S extends TSchema>(events: S): StreamReply<S> => ({ kind: 'ndjson', events });
+export const websocket = <C extends TSchema, S extends TSchema>(subprotocol: string, fromClient: C, fromServer: S): SocketReply<C, S> => ({
+  kind: 'websocket',
+  status: 101,
+  subprotocol,
+  fromClient,
+  fromServer,
+});
 
 export type ParamsOf<R extends RouteDef> = R extends { params: infer S extends TSchema } ? Static<S> : Record<never, never>;
 export type QueryOf<R extends RouteDef> = R extends { query: infer S extends TSchema } ? Static<S> : Record<never, never>;
@@ -83,6 +104,13 @@ export type EventOf<R extends RouteDef> = R['reply'] extends StreamReply<infer S
 
 export type JsonRoute = RouteDef & { reply: JsonReply | EmptyReply };
 export type StreamRoute = RouteDef & { reply: StreamReply };
+export type SocketRoute = RouteDef & { reply: SocketReply };
+/** The JSON messages each side of a WebSocket route sends in text frames. */
+export type ClientMessageOf<R extends SocketRoute> = Static<R['reply']['fromClient']>;
+export type ServerMessageOf<R extends SocketRoute> = Static<R['reply']['fromServer']>;
+
+/** The subprotocol that carries a bearer token on a WebSocket (SocketReply). */
+export const BEARER_SUBPROTOCOL_PREFIX = 'bearer.';
 
 /** A route's concrete path: each `:name` replaced by its encoded value. */
 export function pathFor(def: RouteDef, params: Record<string, string> = {}): string {

@@ -54,6 +54,12 @@ function response(def: RouteDef): Record<string, unknown> {
         description: `${def.summary} (one JSON event per line)`,
         content: { 'application/x-ndjson': { schema: { oneOf: [plain(reply.events), { $ref: '#/components/schemas/ErrorEvent' }] } } },
       };
+    case 'websocket':
+      // OpenAPI has no WebSocket type either: the upgrade, and the JSON messages of text frames.
+      return {
+        description: `${def.summary} (WebSocket, subprotocol ${reply.subprotocol})`,
+        'x-websocket': { subprotocol: reply.subprotocol, fromClient: plain(reply.fromClient), fromServer: plain(reply.fromServer) },
+      };
   }
 }
 

@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { created, empty, json, ndjson, route } from './contract.js';
+import { created, empty, ErrorBody, json, ndjson, route, websocket } from './contract.js';
 import { event, ExitEvent, OutputEvents, ProgressEvent, PullEvent, RefParams, RemoveQuery } from './common.js';
 
 /** VMs: create, run (attached), start, stop, remove, exec with stdin, logs, stats. */
@@ -354,6 +354,25 @@ export const VmStats = Type.Object({
 export type VmStats = Static<typeof VmStats>;
 
 export const StatsEvent = event('stats', { stats: VmStats });
+
+/** A browser's terminal (the dashboard's): a shell on a pseudo-terminal, over a WebSocket. */
+export const TERMINAL_SUBPROTOCOL = 'cellvm.terminal.v1';
+export const TerminalQuery = Type.Object({
+  cols: Type.Optional(TerminalDim),
+  rows: Type.Optional(TerminalDim),
+  /** What runs on it, through `sh -c` (default: an interactive /bin/sh). */
+  cmd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+  user: Type.Optional(Type.String({ minLength: 1 })),
+});
+export const TerminalClientMessage = Type.Object({ type: Type.Literal('resize'), cols: TerminalDim, rows: TerminalDim }, { additionalProperties: false });
+export type TerminalClientMessage = Static<typeof TerminalClientMessage>;
+export const TerminalServerMessage = Type.Union([
+  /** The shell ended; the socket closes after it. */
+  ExitEvent,
+  /** It could not start or failed (no such VM, not running); the socket closes after it. */
+  Type.Object({ type: Type.Literal('error'), error: ErrorBody.properties.error }),
+]);
+export type TerminalServerMessage = Static<typeof TerminalServerMessage>;
 export type StatsEvent = Static<typeof StatsEvent>;
 
 export const vms = {
@@ -469,5 +488,20 @@ export const vms = {
     params: RefParams,
     query: StatsQuery,
     reply: ndjson(StatsEvent),
+  }),
+  statsAll: route({
+    method: 'GET',
+    path: '/v1/stats',
+    summary: 'a sample of every running VM over the same second (as /v1/vms/:ref/stats); ?stream=true: every second until the client leaves, VMs that start joining',
+    query: StatsQuery,
+    reply: ndjson(StatsEvent),
+  }),
+  terminal: route({
+    method: 'GET',
+    path: '/v1/vms/:ref/terminal',
+    summary: "a shell on a pseudo-terminal in a running VM: binary frames are what is typed and what the terminal shows; text frames resize it (client) or say how it ended (celld); the shell ends when the socket closes",
+    params: RefParams,
+    query: TerminalQuery,
+    reply: websocket(TERMINAL_SUBPROTOCOL, TerminalClientMessage, TerminalServerMessage),
   }),
 };

@@ -32,7 +32,7 @@ export const STATS_INTERVAL_MS = 1000;
 export interface VmStatsDeps {
   vms: { resolve(ref: string): VmRecord; get(id: string): VmRecord | undefined };
   /** The machines held now (LiveMachines): the VMM's pid and its control channel. */
-  live: { get(id: string): { pid: number; control: Pick<MachineControl, 'diskIo'> } | undefined };
+  live: { get(id: string): { pid: number; control: Pick<MachineControl, 'diskIo'> } | undefined; ids(): string[] };
   network: Pick<Networking, 'traffic'>;
   readProcess?: (pid: number) => Promise<ProcessSample | null>;
   /** Monotonic milliseconds (intervals); the wall clock only names a row's time. */
@@ -91,6 +91,34 @@ export class VmStats {
       if (!next) return;
       yield statsRow(prev, next);
       prev = next;
+    }
+  }
+
+  /**
+   * Rows of every VM with a machine, one batch per interval, all sampled over the same interval
+   * (the dashboard's sparklines: one stream instead of one per VM). A VM whose machine starts
+   * joins one interval later; one that stops or goes drops out.
+   */
+  async *everyRunning(opts: StatsStreamOptions = {}): AsyncGenerator<VmStatsRow[]> {
+    const interval = opts.intervalMs ?? STATS_INTERVAL_MS;
+    let prev = new Map<string, Sample>();
+    for (;;) {
+      const next = new Map<string, Sample>();
+      // Spares are live machines without a VM record: sample() leaves them out.
+      const samples = await Promise.all(this.deps.live.ids().map((id) => this.sample(id)));
+      for (const sample of samples) if (sample?.process) next.set(sample.vm.id, sample);
+      const rows = [...next.values()].flatMap((sample) => {
+        const before = prev.get(sample.vm.id);
+        return before ? [statsRow(before, sample)] : [];
+      });
+      if (prev.size > 0 || next.size === 0) yield rows;
+      prev = next;
+      if (opts.signal?.aborted) return;
+      try {
+        await sleep(interval, undefined, { signal: opts.signal });
+      } catch {
+        return;
+      }
     }
   }
 

@@ -16,6 +16,10 @@ import { networkRoutes } from './routes/networks.js';
 import { volumeRoutes } from './routes/volumes.js';
 import { eventRoutes } from './routes/events.js';
 import { tokenRoutes } from './routes/tokens.js';
+import websocket from '@fastify/websocket';
+import { terminalRoutes } from './routes/terminal.js';
+import { uiRoutes } from './ui-assets.js';
+import { socketProtocol } from './socket-protocol.js';
 
 /** The HTTP API in front of the engine. Errors become `{ error: { code, message, details } }`. */
 export interface AppOptions {
@@ -82,6 +86,12 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
   volumeRoutes(app, engine);
   eventRoutes(app, engine);
   tokenRoutes(app, engine);
+  // WebSocket routes: registered in a plugin after @fastify/websocket, so its route hook sees them.
+  // A text or binary message over 64 KiB is refused (a terminal's keystrokes are far smaller).
+  app.register(websocket, { options: { maxPayload: 64 * 1024, handleProtocols: socketProtocol } });
+  app.register(async (scoped) => terminalRoutes(scoped, engine));
+  // The dashboard is for a browser, which can only reach the TCP listener.
+  if (opts.remote) uiRoutes(app);
   return app;
 }
 

@@ -5,6 +5,8 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { HostFs } from '../engine/host-fs.js';
 import type { Tokens } from '../engine/tokens.js';
 import { setHostFs } from './caller-access.js';
+import { bearerFromSubprotocols } from './socket-protocol.js';
+import { UI_PREFIX } from './ui-assets.js';
 
 /**
  * The TCP listener's gate (docs/remote.md): every request carries a bearer token of the right
@@ -33,6 +35,9 @@ export const NO_HOST_FS: HostFs = new Proxy({} as HostFs, {
   get: (_target, name) => (name === 'who' ? 'a remote caller' : name === 'then' ? undefined : name === 'identity' ? REFUSED() : async () => REFUSED()),
 });
 
+/** GET routes that act rather than read: a terminal runs commands, so it takes a write token. */
+const ACTING_GETS = new Set<string>([Api.vms.terminal.path]);
+
 /** Route patterns that make VMs. */
 const CREATES = new Set<string>([Api.vms.create.path, Api.vms.run.path, Api.snapshots.fork.path]);
 
@@ -56,12 +61,15 @@ export function checkTokens(app: FastifyInstance, tokens: Tokens, limits: Remote
   const creating = new Map<string, number>();
   const HELD = Symbol('create');
   app.addHook('onRequest', async (req, reply) => {
-    const token: TokenRecord = tokens.verify(req.headers.authorization);
     // The route fastify matched, not the URL as sent: `/v1/%74okens` is /v1/tokens to the router.
     // No route: the answer is a 404 whatever the scope.
     const path = req.routeOptions.url;
+    // The dashboard's files: public (they hold no data; the page asks for a token).
+    if (path === UI_PREFIX || path?.startsWith(`${UI_PREFIX}/`)) return;
+    const token: TokenRecord = tokens.verify(req.headers.authorization ?? bearerFromSubprotocols(req.headers['sec-websocket-protocol']));
     if (path === undefined) return;
-    if (!scopeAllows(token.scope, req.method, path)) {
+    const method = ACTING_GETS.has(path) ? 'POST' : req.method;
+    if (!scopeAllows(token.scope, method, path)) {
       throw new CellError(ErrorCodes.PERMISSION_DENIED, `the token "${token.name}" has the ${token.scope} scope: it may not ${req.method} ${path}`);
     }
     let bucket = buckets.get(token.id);

@@ -1,5 +1,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify';
-import type { BodyOf, JsonRoute, ParamsOf, QueryOf, ReplyOf, RouteDef, StreamRoute } from '../api/contract.js';
+import type {} from '@fastify/websocket';
+import type { WebSocket } from 'ws';
+import type { BodyOf, JsonRoute, ParamsOf, QueryOf, ReplyOf, RouteDef, SocketRoute, StreamRoute } from '../api/contract.js';
+import { ErrorCodes } from '../domain/errors.js';
 
 export type RequestFor<R extends RouteDef> = FastifyRequest<{ Params: ParamsOf<R>; Querystring: QueryOf<R>; Body: BodyOf<R> }>;
 
@@ -30,5 +33,31 @@ export function serve(app: FastifyInstance, def: RouteDef, handler: (req: Fastif
       if (status !== undefined) reply.code(status);
       return handler(req, reply);
     },
+  });
+}
+
+/** A WebSocket route's handler: owns the socket from the upgrade on (errors go to the client as messages). */
+export type SocketHandler<R extends SocketRoute> = (socket: WebSocket, req: RequestFor<R>) => void;
+
+/**
+ * Registers a WebSocket route of the contract (@fastify/websocket, which the app registers first;
+ * call inside a plugin registered after it). Hooks (peer credentials, tokens, scopes) and the
+ * params and query schemas apply to the upgrade request as to any other; a plain GET is told to
+ * upgrade.
+ */
+export function serveSocket<R extends SocketRoute>(app: FastifyInstance, def: R, handler: SocketHandler<R>): void {
+  const schema: FastifySchema = {};
+  if (def.params) schema.params = def.params;
+  if (def.query) schema.querystring = def.query;
+  app.route({
+    method: 'GET',
+    url: def.path,
+    schema,
+    handler: async (_req, reply) => {
+      const code = ErrorCodes.INVALID_ARGUMENT;
+      reply.code(426).header('upgrade', 'websocket');
+      return { error: { code, message: `${def.path} is a WebSocket (subprotocol ${def.reply.subprotocol}): connect with Upgrade: websocket` } };
+    },
+    wsHandler: (socket, req) => handler(socket, req as RequestFor<R>),
   });
 }

@@ -109,7 +109,10 @@ function doubles(): Doubles {
       },
       get: () => d.vm.record,
     },
-    live: { get: () => d.machine && { pid: d.machine.pid, control: { diskIo: async () => ({ readBytes: 4 * MIB, writeBytes: MIB }) } } },
+    live: {
+      get: () => d.machine && { pid: d.machine.pid, control: { diskIo: async () => ({ readBytes: 4 * MIB, writeBytes: MIB }) } },
+      ids: () => (d.machine ? [d.vm.record!.id] : []),
+    },
     network: { traffic: async () => ({ rxBytes: 100, txBytes: 200 }) },
     // Each reading: the next CPU time in the list, and the clock advanced by a second.
     readProcess: async (): Promise<ProcessSample | null> => {
@@ -161,13 +164,33 @@ test('the sampler: a stopped VM is a row with CPU 0 and no memory, disk or netwo
 test('the sampler: a counter that cannot be read is null, not 0; user-mode networking gives null network', async () => {
   const d = doubles();
   d.cpu.push(1, 1.5);
-  d.deps.live = { get: () => ({ pid: 1, control: { diskIo: () => Promise.reject(new Error('QMP query-blockstats: connection closed')) } }) };
+  d.deps.live = { get: () => ({ pid: 1, control: { diskIo: () => Promise.reject(new Error('QMP query-blockstats: connection closed')) } }), ids: () => [] };
   d.deps.network = { traffic: async () => null };
   const row = await new VmStats(d.deps).once('web', { intervalMs: 1 });
   assert.equal(row.cpuPercent, 50);
   assert.equal(row.disk, null);
   assert.equal(row.network, null);
   assert.ok(row.memory);
+});
+
+test('every running VM: one batch per interval over the same readings; spares (no record) and stopped VMs left out; none: an empty batch at once', async () => {
+  const d = doubles();
+  d.cpu.push(10, 10.5, 11.5);
+  const live = d.deps.live;
+  // A spare: a machine without a VM record.
+  d.deps.live = { get: live.get, ids: () => [...live.ids(), 'spare'] };
+  d.deps.vms = { ...d.deps.vms, get: (id) => (id === 'spare' ? undefined : d.vm.record) };
+  const batches = [];
+  for await (const rows of new VmStats(d.deps).everyRunning({ intervalMs: 1 })) {
+    batches.push(rows.map((r) => [r.name, r.cpuPercent]));
+    if (batches.length === 2) break;
+  }
+  assert.deepEqual(batches, [[['web', 50]], [['web', 100]]], 'the first batch comes after two readings');
+  d.machine = undefined;
+  for await (const rows of new VmStats(d.deps).everyRunning({ intervalMs: 1 })) {
+    assert.deepEqual(rows, []);
+    break;
+  }
 });
 
 test('the sampler: removing the VM ends the stream; an unknown ref fails before any reading', async () => {

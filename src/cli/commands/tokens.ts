@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { CellError, ErrorCodes } from '../../domain/errors.js';
 import type { TokenView } from '../../sdk/index.js';
 import { forEachRef, withClient } from '../action.js';
 import { durationMs, oneOf } from '../errors.js';
@@ -6,6 +7,7 @@ import { ago, table } from '../format.js';
 import { examples } from '../help.js';
 
 export function register(program: Command): void {
+  registerUi(program);
   const token = program
     .command('token')
     .description("bearer tokens for celld's TCP listener (celld --listen HOST:PORT; docs/remote.md)")
@@ -57,6 +59,47 @@ export function register(program: Command): void {
           await client.tokens.remove(name);
           process.stdout.write(`${name}\n`);
         });
+      }),
+    );
+}
+
+/** The dashboard's link lasts this long unless --expires says otherwise. */
+const UI_TOKEN_MS = 12 * 3600 * 1000;
+
+function registerUi(program: Command): void {
+  program
+    .command('ui')
+    .description(
+      "print a link to the web dashboard on celld's TCP listener, with a new write token in its #fragment (browsers do not send the fragment; the page keeps the token for its tab only)",
+    )
+    .summary('open the web dashboard: VMs, logs, terminals, the snapshot tree')
+    .option('--expires <duration>', "how long the link's token is valid, e.g. 1h, 7d", durationMs('--expires'), UI_TOKEN_MS)
+    .option('--scope <scope>', 'read (look only) or write (stop, fork, terminals...)', oneOf('--scope', ['read', 'write']), 'write')
+    .addHelpText(
+      'after',
+      examples(
+        'celld --listen 127.0.0.1:7070 &   # or CELL_LISTEN=127.0.0.1:7070 for the celld cell starts',
+        'cell ui',
+        'ssh -L 7070:127.0.0.1:7070 build-host   # then open the link on your machine',
+      ),
+    )
+    .action(
+      withClient(async (client, flags: { expires: number; scope: 'read' | 'write' }) => {
+        const info = await client.info();
+        if (!info.remote) {
+          throw new CellError(
+            ErrorCodes.INVALID_STATE,
+            'celld serves no TCP listener, and the dashboard is on it: start celld with --listen 127.0.0.1:7070 (or set CELL_LISTEN before it starts; docs/remote.md)',
+          );
+        }
+        const name = `ui-${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}`;
+        const made = await client.tokens.create(name, { scope: flags.scope, expiresInMs: flags.expires });
+        const base = info.remote.url.replace(/\/+$/, '');
+        process.stdout.write(`${base}/ui/#token=${made.secret}\n`);
+        const note = info.remote.fingerprint
+          ? `; the certificate is celld's own (self-signed): check its SHA-256 fingerprint when the browser asks: ${info.remote.fingerprint}`
+          : '';
+        process.stderr.write(`token "${name}" (${flags.scope}, expires ${made.token.expiresAt}; revoke with cell token rm ${name})${note}\n`);
       }),
     );
 }

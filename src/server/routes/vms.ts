@@ -225,6 +225,20 @@ function statsRoute(app: FastifyInstance, engine: Engine): void {
       stream.fail(err);
     }
   });
+
+  serve(app, vms.statsAll, async (req, reply) => {
+    const stream = openStream(vms.statsAll, req, reply);
+    try {
+      for await (const rows of engine.stats.everyRunning({ signal: stream.signal })) {
+        for (const stats of rows) stream.send({ type: 'stats', stats });
+        if (!req.query.stream) break;
+        await stream.behind();
+      }
+      stream.end();
+    } catch (err) {
+      stream.fail(err);
+    }
+  });
 }
 
 function logOptions(query: Static<typeof LogsQuery>): LogReadOptions {
