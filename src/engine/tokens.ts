@@ -8,7 +8,15 @@ const hashOf = (secret: string) => createHash('sha256').update(secret).digest();
 
 /** `cell token create/ls/rm` and the check of a bearer token on the TCP listener (docs/remote.md). */
 export class Tokens {
+  private readonly revokedListeners = new Set<(id: string) => void>();
+
   constructor(private readonly store: TokenStore) {}
+
+  /** Called with a token's id once it is revoked (the TCP listener ends that token's open streams); returns the unsubscribe. */
+  onRevoked(listener: (id: string) => void): () => void {
+    this.revokedListeners.add(listener);
+    return () => this.revokedListeners.delete(listener);
+  }
 
   /** A new token; its secret is in the answer only (the store keeps its hash). */
   create(req: { name: string; scope?: string; expiresInMs?: number }, now = Date.now()): { token: TokenRecord; secret: string } {
@@ -40,6 +48,7 @@ export class Tokens {
   remove(ref: string): void {
     const token = this.store.byName(ref) ?? this.store.get(ref);
     if (!token || !this.store.delete(token.id)) throw new CellError(ErrorCodes.NOT_FOUND, `no token named or with id "${ref}"`);
+    for (const listener of this.revokedListeners) listener(token.id);
   }
 
   /**

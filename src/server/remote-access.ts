@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
-import { Api } from '../api/routes.js';
+import type { Socket } from 'node:net';
+import { Api, allRoutes } from '../api/routes.js';
 import { scopeAllows, type TokenRecord } from '../domain/api-token.js';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { HostFs } from '../engine/host-fs.js';
@@ -38,6 +39,9 @@ export const NO_HOST_FS: HostFs = new Proxy({} as HostFs, {
 /** GET routes that act rather than read: a terminal runs commands, so it takes a write token. */
 const ACTING_GETS = new Set<string>([Api.vms.terminal.path]);
 
+/** Routes that stay open (NDJSON streams, WebSockets): a revoked or expired token's are ended. */
+const LASTING = new Set(allRoutes().filter((r) => r.reply.kind === 'ndjson' || r.reply.kind === 'websocket').map((r) => `${r.method} ${r.path}`));
+
 /** Route patterns that make VMs. */
 const CREATES = new Set<string>([Api.vms.create.path, Api.vms.run.path, Api.snapshots.fork.path]);
 
@@ -60,6 +64,25 @@ export function checkTokens(app: FastifyInstance, tokens: Tokens, limits: Remote
   const buckets = new Map<string, Bucket>();
   const creating = new Map<string, number>();
   const HELD = Symbol('create');
+  // The connections of each token's open streams: revoking the token ends them, as its expiry does.
+  const lasting = new Map<string, Set<Socket>>();
+  const unsubscribe = tokens.onRevoked((id) => {
+    for (const socket of lasting.get(id) ?? []) socket.destroy();
+    lasting.delete(id);
+  });
+  app.addHook('onClose', async () => unsubscribe());
+  const holdOpen = (token: TokenRecord, socket: Socket, done: NodeJS.EventEmitter) => {
+    let set = lasting.get(token.id);
+    if (!set) lasting.set(token.id, (set = new Set()));
+    set.add(socket);
+    const expiry = token.expiresAt === null ? undefined : setTimeout(() => socket.destroy(), Math.max(0, Date.parse(token.expiresAt) - Date.now()));
+    expiry?.unref();
+    done.once('close', () => {
+      clearTimeout(expiry);
+      set.delete(socket);
+      if (set.size === 0 && lasting.get(token.id) === set) lasting.delete(token.id);
+    });
+  };
   app.addHook('onRequest', async (req, reply) => {
     // The route fastify matched, not the URL as sent: `/v1/%74okens` is /v1/tokens to the router.
     // No route: the answer is a 404 whatever the scope.
@@ -85,6 +108,8 @@ export function checkTokens(app: FastifyInstance, tokens: Tokens, limits: Remote
       // Ends with its answer, or with its connection (a streamed run whose client went away).
       reply.raw.once('close', () => release(req));
     }
+    // A WebSocket's response object is not the connection: its socket's close is the end.
+    if (LASTING.has(`${req.method} ${path}`)) holdOpen(token, req.raw.socket, req.headers.upgrade ? req.raw.socket : reply.raw);
     setHostFs(req, NO_HOST_FS);
   });
   function release(req: object): void {

@@ -6,6 +6,14 @@ import { after, before, describe, test } from 'node:test';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { REPO, TestHome } from '../helpers/cell-home.js';
 
+// The functions handed to page.* run in the browser; this file is compiled without the DOM's types
+// (they would clash with Node's), so the little they use is declared here.
+interface PageElement {
+  textContent: string | null;
+  getAttribute(name: string): string | null;
+}
+declare const document: { querySelector(selector: string): PageElement | null; querySelectorAll(selector: string): ArrayLike<PageElement> };
+
 const CHROMIUM = '/usr/bin/chromium';
 /** Screenshots of each step, for a person to look at (CI keeps the folder with the run). */
 const SHOTS = join(REPO, '.cell-test', 'output', 'dashboard');
@@ -115,7 +123,7 @@ describe('web dashboard', () => {
     await h.ok(['snapshot', 'web', '--name', 'base']);
     await page.goto(`${url}/ui/#/snapshots`);
     await page.waitForSelector('li[data-vm="web"] li[data-snapshot="base"]');
-    await page.$eval('#fork-count', (e) => ((e as HTMLInputElement).value = '2'));
+    await page.$eval('#fork-count', (e) => ((e as unknown as { value: string }).value = '2'));
     await page.click('button[data-fork="base"]');
     await page.waitForFunction(() => document.querySelectorAll('li[data-snapshot="base"] > ul > li.vm').length === 2, { timeout: 30_000 });
     await page.waitForFunction(() => document.querySelector('header .status')?.textContent?.startsWith('forked base'));

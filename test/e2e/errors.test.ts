@@ -33,6 +33,7 @@ describe('bad input', () => {
     ['unknown ref for stop', ['stop', 'ghost'], /no such VM: ghost/],
     ['unknown ref for rm', ['rm', 'ghost'], /no such VM: ghost/],
     ['unknown flag', ['run', '--frobnicate', 'busybox'], /unknown option/],
+    ['the dashboard without a TCP listener', ['ui'], /celld serves no TCP listener.*--listen 127\.0\.0\.1:7070/],
   ];
   for (const [what, args, message] of cases) {
     test(`${what}: clear error, nothing left`, async () => {

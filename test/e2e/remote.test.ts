@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import WebSocket from 'ws';
 import { CellClient } from '../../src/sdk/index.js';
 import { CellError } from '../../src/domain/errors.js';
 import { CELL_BIN, TestHome } from '../helpers/cell-home.js';
@@ -144,6 +145,66 @@ describe('remote API', () => {
     assert.ok(codes.filter((c) => c === 'ok').length >= 90);
     await new Promise((r) => setTimeout(r, 1500));
     assert.equal(await codeOf(viewer.ping()), 'ok');
+  });
+
+  test("the terminal WebSocket: token as a subprotocol (never echoed), write scope, errors as messages; the dashboard's files need no token; revoking a token ends its open streams", async () => {
+    const ws = (path: string, protocols: string[]) =>
+      new Promise<{ status?: number; protocol?: string; messages: string[]; close?: number }>((resolve) => {
+        // ws types this check as boolean; Node's TLS takes undefined for "fine".
+        const socket = new WebSocket(new URL(path, url.replace(/^https/, 'wss')), protocols, { ca: cert, checkServerIdentity: (() => undefined) as unknown as () => boolean });
+        const messages: string[] = [];
+        socket.on('unexpected-response', (req, res) => {
+          resolve({ status: res.statusCode, messages });
+          req.destroy(); // listening for this event makes ending the refused request ours
+        });
+        socket.on('message', (data, binary) => messages.push(binary ? `<${(data as Buffer).length} bytes>` : String(data)));
+        socket.on('close', (code) => resolve({ protocol: socket.protocol, messages, close: code }));
+        socket.on('error', () => {});
+      });
+    const proto = 'cellvm.terminal.v1';
+    assert.equal((await ws('/v1/vms/nope/terminal', [proto])).status, 401);
+    assert.equal((await ws('/v1/vms/nope/terminal', [proto, `bearer.${tokens.viewer}`])).status, 403, 'a read token opens no shell');
+    const admin = (await h.ok(['token', 'create', '--name', 'ws-admin', '--scope', 'admin'])).stdout.trim();
+    const refused = await ws('/v1/vms/nope/terminal', [proto, `bearer.${admin}`]);
+    assert.equal(refused.protocol, proto, 'the handshake names the terminal protocol, not the token');
+    assert.equal(refused.close, 1008);
+    assert.equal((JSON.parse(refused.messages[0]!) as { type: string; error: { code: string } }).error.code, 'not_found');
+    // A plain GET is told to upgrade.
+    assert.equal((await raw('GET', '/v1/vms/nope/terminal', admin)).status, 426);
+
+    // The page itself: public, no outside sources allowed.
+    const ui = (path: string) =>
+      new Promise<{ status: number; csp: string; body: string }>((resolve, reject) => {
+        https
+          .get(`${url}${path}`, { ca: cert, checkServerIdentity: () => undefined }, (res) => {
+            let body = '';
+            res.on('data', (c: Buffer) => (body += c));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, csp: String(res.headers['content-security-policy']), body }));
+          })
+          .on('error', reject);
+      });
+    const page = await ui('/ui/');
+    assert.equal(page.status, 200);
+    assert.match(page.csp, /default-src 'self'/);
+    assert.match(page.csp, /connect-src 'self'/);
+    assert.match(page.body, /<script src="app.js">/);
+    assert.equal((await ui('/ui/nothing.js')).status, 404);
+    assert.equal((await ui('/ui/..%2F..%2Fpackage.json')).status, 404, 'only the built files, by name');
+
+    // An open event stream of a token ends when the token is revoked on celld's host.
+    const watcher = (await h.ok(['token', 'create', '--name', 'watcher', '--scope', 'read'])).stdout.trim();
+    const client = await remote(watcher);
+    const seen: string[] = [];
+    const streaming = (async () => {
+      for await (const event of client.events.stream()) seen.push(event.action);
+    })().then(
+      () => 'ended',
+      (err: CellError) => err.code ?? String(err),
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    await h.ok(['token', 'rm', 'watcher']);
+    const outcome = await Promise.race([streaming, new Promise((r) => setTimeout(() => r('still open'), 5000))]);
+    assert.notEqual(outcome, 'still open', 'the stream ended with the revoke');
   });
 
   test('celld refuses plain HTTP off loopback, and a bad --listen, before it starts', async () => {
