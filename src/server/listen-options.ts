@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import { CellError, ErrorCodes } from '../domain/errors.js';
 import { isLoopbackHostname } from '../domain/network.js';
+import { DEFAULT_REMOTE_LIMITS, type RemoteLimits } from './remote-access.js';
 
 /** celld's command line: where else than its unix socket it listens (docs/remote.md). */
 export interface CelldOptions {
@@ -9,6 +10,8 @@ export interface CelldOptions {
   tls?: { certFile: string; keyFile: string };
   /** Plain HTTP on the TCP listener: loopback only. */
   insecureHttp: boolean;
+  /** What each token may do on the TCP listener. */
+  limits: RemoteLimits;
 }
 
 export const CELLD_USAGE = `Usage: celld [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE | --insecure-http]
@@ -21,6 +24,10 @@ CELL_LISTEN) it serves the same API over TCP too, to callers with a bearer token
                        CELL_HOME/tls and its SHA-256 fingerprint printed (clients pin it:
                        CELL_TLS_FINGERPRINT)
   --insecure-http      plain HTTP: only on a loopback address (127.0.0.1, ::1)
+  --token-rate N       requests a second each token may send, sustained; twice that at once
+                       (default ${DEFAULT_REMOTE_LIMITS.requestsPerSecond}; CELL_TOKEN_RATE)
+  --token-creates N    VM creates (run, create, fork, actions, builds) each token may have in flight
+                       (default ${DEFAULT_REMOTE_LIMITS.concurrentCreates}; CELL_TOKEN_CREATES)
 Host paths (copy, import, export, build files, -v folders) are refused over TCP. docs/remote.md.
 `;
 
@@ -42,6 +49,8 @@ export function parseCelldArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
         'tls-cert': { type: 'string' },
         'tls-key': { type: 'string' },
         'insecure-http': { type: 'boolean' },
+        'token-rate': { type: 'string' },
+        'token-creates': { type: 'string' },
       },
       strict: true,
       allowPositionals: false,
@@ -60,5 +69,16 @@ export function parseCelldArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
   if (insecureHttp && listen && !isLoopbackHostname(listen.host)) {
     throw new CellError(ErrorCodes.INVALID_ARGUMENT, `plain HTTP only on a loopback address, not ${listen.host}: tokens would cross the network in the clear (leave out --insecure-http for TLS)`);
   }
-  return { help: values.help ?? false, ...(listen ? { listen } : {}), ...(certFile && keyFile ? { tls: { certFile, keyFile } } : {}), insecureHttp };
+  const limits: RemoteLimits = {
+    requestsPerSecond: limit('--token-rate', values['token-rate'] ?? env.CELL_TOKEN_RATE, DEFAULT_REMOTE_LIMITS.requestsPerSecond, 100_000),
+    concurrentCreates: limit('--token-creates', values['token-creates'] ?? env.CELL_TOKEN_CREATES, DEFAULT_REMOTE_LIMITS.concurrentCreates, 10_000),
+  };
+  return { help: values.help ?? false, ...(listen ? { listen } : {}), ...(certFile && keyFile ? { tls: { certFile, keyFile } } : {}), insecureHttp, limits };
+}
+
+function limit(flag: string, text: string | undefined, fallback: number, max: number): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!/^\d+$/.test(text.trim()) || n < 1 || n > max) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${flag} takes a whole number from 1 to ${max}, not ${JSON.stringify(text)}`);
+  return n;
 }

@@ -38,7 +38,7 @@ async function main(): Promise<void> {
   let remote: ReturnType<typeof buildApp> | undefined;
   if (options.listen) {
     const tls = options.insecureHttp ? undefined : await tlsMaterial(paths.home, options.listen.host, options.tls);
-    remote = buildApp(engine, logger, { remote: { ...(tls ? { tls } : {}) } });
+    remote = buildApp(engine, logger, { remote: { limits: options.limits, ...(tls ? { tls } : {}) } });
     await remote.listen({ host: options.listen.host, port: options.listen.port });
     const { port } = remote.server.address() as AddressInfo;
     const host = options.listen.host.includes(':') ? `[${options.listen.host}]` : options.listen.host;

@@ -18,7 +18,7 @@ import { UI_PREFIX } from './ui-assets.js';
 export interface RemoteLimits {
   /** Requests a second per token, sustained; twice that at once. */
   requestsPerSecond: number;
-  /** VM creates (create, run, fork) one token may have in flight. */
+  /** VM creates (create, run, fork, actions, builds) one token may have in flight. */
   concurrentCreates: number;
 }
 
@@ -42,8 +42,8 @@ const ACTING_GETS = new Set<string>([Api.vms.terminal.path]);
 /** Routes that stay open (NDJSON streams, WebSockets): a revoked or expired token's are ended. */
 const LASTING = new Set(allRoutes().filter((r) => r.reply.kind === 'ndjson' || r.reply.kind === 'websocket').map((r) => `${r.method} ${r.path}`));
 
-/** Route patterns that make VMs. */
-const CREATES = new Set<string>([Api.vms.create.path, Api.vms.run.path, Api.snapshots.fork.path]);
+/** Route patterns that make VMs: runs, forks, and actions and builds (each boots VMs of its own). */
+const CREATES = new Set<string>([Api.vms.create.path, Api.vms.run.path, Api.snapshots.fork.path, Api.actions.run.path, Api.builds.build.path, Api.templates.build.path]);
 
 class Bucket {
   private tokens: number;

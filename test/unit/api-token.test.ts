@@ -3,6 +3,15 @@ import { test } from 'node:test';
 import { isExpired, parseToken, scopeAllows } from '../../src/domain/api-token.js';
 import { isLoopbackHostname } from '../../src/domain/network.js';
 import { parseCelldArgs } from '../../src/server/listen-options.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULT_REMOTE_LIMITS } from '../../src/server/remote-access.js';
+import { buildApp } from '../../src/server/app.js';
+import { openDatabase } from '../../src/store/database.js';
+import { TokenStore } from '../../src/store/token-store.js';
+import { Tokens } from '../../src/engine/tokens.js';
+import type { Engine } from '../../src/engine/engine.js';
 
 test('token scopes: read looks, write does all but tokens, admin all', () => {
   assert.equal(scopeAllows('read', 'GET', '/v1/vms'), true);
@@ -38,4 +47,34 @@ test("celld's --listen: HOST:PORT, TLS unless plain HTTP on loopback", () => {
   assert.equal(isLoopbackHostname('127.0.0.2'), true);
   assert.equal(isLoopbackHostname('[::1]'), true);
   assert.equal(isLoopbackHostname('0.0.0.0'), false);
+});
+
+test("celld's token limits: --token-rate and --token-creates (or CELL_TOKEN_RATE, CELL_TOKEN_CREATES), whole numbers in range", () => {
+  assert.deepEqual(parseCelldArgs([], {}).limits, DEFAULT_REMOTE_LIMITS);
+  assert.deepEqual(parseCelldArgs(['--token-rate', '5', '--token-creates', '2'], {}).limits, { requestsPerSecond: 5, concurrentCreates: 2 });
+  assert.deepEqual(parseCelldArgs([], { CELL_TOKEN_RATE: '7', CELL_TOKEN_CREATES: '3' }).limits, { requestsPerSecond: 7, concurrentCreates: 3 });
+  assert.throws(() => parseCelldArgs(['--token-rate', '0'], {}), /--token-rate takes a whole number from 1/);
+  assert.throws(() => parseCelldArgs(['--token-creates', '1.5'], {}), /--token-creates takes a whole number/);
+});
+
+test('the TCP listener holds each token to its limits: a burst of twice the rate, then 429 rate_limited; other tokens unaffected', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'cellt-limits-'));
+  const db = openDatabase(join(dir, 'cell.db'));
+  try {
+    const tokens = new Tokens(new TokenStore(db));
+    const engine = new Proxy({ tokens }, { get: (t, name) => (name in t ? t[name as 'tokens'] : undefined) }) as unknown as Engine;
+    const app = buildApp(engine, false, { remote: { limits: { requestsPerSecond: 2, concurrentCreates: 1 } } });
+    const a = tokens.create({ name: 'a', scope: 'read' }).secret;
+    const b = tokens.create({ name: 'b', scope: 'read' }).secret;
+    const ping = async (token: string) => (await app.inject({ method: 'GET', url: '/v1/ping', headers: { authorization: `Bearer ${token}` } })).statusCode;
+    const burst = [];
+    for (let i = 0; i < 6; i++) burst.push(await ping(a));
+    assert.deepEqual(burst.slice(0, 4), [200, 200, 200, 200], 'twice the rate at once');
+    assert.ok(burst.slice(4).includes(429), `then refused: ${burst.join(' ')}`);
+    assert.equal(await ping(b), 200, 'a token has its own bucket');
+    await app.close();
+  } finally {
+    db.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
