@@ -37,7 +37,7 @@ export const COMMAND_GROUPS: readonly CommandGroup[] = [
     load: () => import('./commands/images.js'),
   },
   { heading: 'This host:', names: ['info', 'system', 'setup'], load: () => import('./commands/system.js') },
-  { heading: 'This host:', names: ['token', 'ui'], load: () => import('./commands/tokens.js') },
+  { heading: 'This host:', names: ['ui', 'token'], load: () => import('./commands/tokens.js') },
 ];
 
 /** Global options that take a value (their value is not a subcommand name). */

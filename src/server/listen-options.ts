@@ -28,7 +28,8 @@ CELL_LISTEN) it serves the same API over TCP too, to callers with a bearer token
                        (default ${DEFAULT_REMOTE_LIMITS.requestsPerSecond}; CELL_TOKEN_RATE)
   --token-creates N    VM creates (run, create, fork, actions, builds) each token may have in flight
                        (default ${DEFAULT_REMOTE_LIMITS.concurrentCreates}; CELL_TOKEN_CREATES)
-Host paths (copy, import, export, build files, -v folders) are refused over TCP. docs/remote.md.
+Host paths (copy, import, export, build files, -v folders) are refused over TCP. The web dashboard
+is at /ui/ on the same listener (cell ui prints a link with a token). docs/remote.md.
 `;
 
 function parseListen(text: string): { host: string; port: number } {

@@ -73,7 +73,7 @@ function registerUi(program: Command): void {
       "print a link to the web dashboard on celld's TCP listener, with a new write token in its #fragment (browsers do not send the fragment; the page keeps the token for its tab only)",
     )
     .summary('open the web dashboard: VMs, logs, terminals, the snapshot tree')
-    .option('--expires <duration>', "how long the link's token is valid, e.g. 1h, 7d", durationMs('--expires'), UI_TOKEN_MS)
+    .option('--expires <duration>', "how long the link's token is valid, e.g. 1h, 7d (default: 12h)", durationMs('--expires'))
     .option('--scope <scope>', 'read (look only) or write (stop, fork, terminals...)', oneOf('--scope', ['read', 'write']), 'write')
     .addHelpText(
       'after',
@@ -84,7 +84,7 @@ function registerUi(program: Command): void {
       ),
     )
     .action(
-      withClient(async (client, flags: { expires: number; scope: 'read' | 'write' }) => {
+      withClient(async (client, flags: { expires?: number; scope: 'read' | 'write' }) => {
         const info = await client.info();
         if (!info.remote) {
           throw new CellError(
@@ -93,7 +93,7 @@ function registerUi(program: Command): void {
           );
         }
         const name = `ui-${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}`;
-        const made = await client.tokens.create(name, { scope: flags.scope, expiresInMs: flags.expires });
+        const made = await client.tokens.create(name, { scope: flags.scope, expiresInMs: flags.expires ?? UI_TOKEN_MS });
         const base = info.remote.url.replace(/\/+$/, '');
         process.stdout.write(`${base}/ui/#token=${made.secret}\n`);
         const note = info.remote.fingerprint
