@@ -42,6 +42,8 @@ const ACTING_GETS = new Set<string>([Api.vms.terminal.path]);
 /** Routes that stay open (NDJSON streams, WebSockets): a revoked or expired token's are ended. */
 const LASTING = new Set(allRoutes().filter((r) => r.reply.kind === 'ndjson' || r.reply.kind === 'websocket').map((r) => `${r.method} ${r.path}`));
 
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Route patterns that make VMs: runs, forks, and actions and builds (each boots VMs of its own). */
 const CREATES = new Set<string>([Api.vms.create.path, Api.vms.run.path, Api.snapshots.fork.path, Api.actions.run.path, Api.builds.build.path, Api.templates.build.path]);
 
@@ -75,8 +77,15 @@ export function checkTokens(app: FastifyInstance, tokens: Tokens, limits: Remote
     let set = lasting.get(token.id);
     if (!set) lasting.set(token.id, (set = new Set()));
     set.add(socket);
-    const expiry = token.expiresAt === null ? undefined : setTimeout(() => socket.destroy(), Math.max(0, Date.parse(token.expiresAt) - Date.now()));
-    expiry?.unref();
+    let expiry: NodeJS.Timeout | undefined;
+    // Node's timers hold at most 2^31-1 ms (about 24.8 days; more fires at once): a far expiry waits in steps.
+    const untilExpiry = () => {
+      const left = Date.parse(token.expiresAt!) - Date.now();
+      expiry = left <= 0 ? undefined : setTimeout(untilExpiry, Math.min(left, MAX_TIMER_MS));
+      expiry?.unref();
+      if (left <= 0) socket.destroy();
+    };
+    if (token.expiresAt !== null) untilExpiry();
     done.once('close', () => {
       clearTimeout(expiry);
       set.delete(socket);

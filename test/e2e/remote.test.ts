@@ -192,7 +192,8 @@ describe('remote API', () => {
     assert.equal((await ui('/ui/..%2F..%2Fpackage.json')).status, 404, 'only the built files, by name');
 
     // An open event stream of a token ends when the token is revoked on celld's host.
-    const watcher = (await h.ok(['token', 'create', '--name', 'watcher', '--scope', 'read'])).stdout.trim();
+    // 30 days: beyond what one Node timer holds (24.8 days), which would fire at once.
+    const watcher = (await h.ok(['token', 'create', '--name', 'watcher', '--scope', 'read', '--expires', '30d'])).stdout.trim();
     const client = await remote(watcher);
     const seen: string[] = [];
     const streaming = (async () => {
@@ -201,7 +202,7 @@ describe('remote API', () => {
       () => 'ended',
       (err: CellError) => err.code ?? String(err),
     );
-    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(await Promise.race([streaming, new Promise((r) => setTimeout(() => r('open'), 500))]), 'open', 'a valid token keeps its stream');
     await h.ok(['token', 'rm', 'watcher']);
     const outcome = await Promise.race([streaming, new Promise((r) => setTimeout(() => r('still open'), 5000))]);
     assert.notEqual(outcome, 'still open', 'the stream ended with the revoke');
