@@ -37,6 +37,13 @@ describe('web dashboard', () => {
     await page.screenshot({ path: join(SHOTS, `${String(++shot).padStart(2, '0')}-${name}.png`), fullPage: true });
   };
 
+  /** Clicks the button with this text in the element `within` selects. */
+  const clickButton = async (within: string, text: string) => {
+    const buttons = await page.$$(`${within} button`);
+    for (const b of buttons) if ((await b.evaluate((e) => e.textContent)) === text) return b.click();
+    assert.fail(`no ${text} button in ${within}`);
+  };
+
   before(async () => {
     rmSync(SHOTS, { recursive: true, force: true });
     mkdirSync(SHOTS, { recursive: true });
@@ -133,6 +140,16 @@ describe('web dashboard', () => {
     const vms = JSON.parse(ps) as { name: string; baseSnapshot: string | null; state: string }[];
     const base = vms.find((v) => v.name === 'web')!.baseSnapshot;
     assert.equal(vms.filter((v) => v.name !== 'web' && v.baseSnapshot === base && v.state === 'running').length, 2, 'two running forks of base');
+
+    // The VM list's buttons: stop a fork, then remove it (after the page's confirmation).
+    await page.goto(`${url}/ui/#/vms`);
+    await page.waitForSelector('tr[data-vm="base-1"] .state.running');
+    await clickButton('tr[data-vm="base-1"]', 'Stop');
+    await page.waitForSelector('tr[data-vm="base-1"] .state.stopped', { timeout: 30_000 });
+    page.once('dialog', (dialog) => void dialog.accept());
+    await clickButton('tr[data-vm="base-1"]', 'Remove');
+    await page.waitForFunction(() => !document.querySelector('tr[data-vm="base-1"]') && document.querySelector('tr[data-vm="base-2"]'), { timeout: 15_000 });
+    assert.deepEqual((JSON.parse((await h.ok(['ps', '-a', '--format', 'json'])).stdout) as { name: string }[]).map((v) => v.name).sort(), ['base-2', 'web']);
 
     // Images, volumes, networks and the cache, with sizes.
     await page.goto(`${url}/ui/#/resources`);
