@@ -56,6 +56,7 @@ export class Runs {
    */
   async run(req: RunRequest, sink: OutputSink = NULL_SINK, events: RunEvents = {}, signal?: AbortSignal): Promise<{ vm: VmRecord; result?: ExecResult }> {
     let vm: VmRecord;
+    const timeline = phaseTrace('run');
     if (req.fromSnapshot && req.template) throw new CellError(ErrorCodes.INVALID_ARGUMENT, 'give --from or --template, not both');
     if (req.fromSnapshot) {
       vm = await this.forkForRun(req);
@@ -65,9 +66,11 @@ export class Runs {
       events.onCreated?.(vm);
     } else {
       const created = await this.vms.create(req);
+      timeline(`created ${created.id.slice(0, 12)}`);
       events.onCreated?.(created);
       try {
         vm = await this.vms.start(created.id);
+        timeline('started');
       } catch (err) {
         await this.vms.remove(created.id, true).catch(() => {});
         throw err;
@@ -94,6 +97,7 @@ export class Runs {
     const final = { ...(this.vms.get(vm.id) ?? vm), state: 'stopped' as const, pid: null, stoppedAt: new Date().toISOString() };
     await this.vms.remove(vm.id, true);
     trace('run: removed');
+    timeline('run returns');
     return { vm: final, result };
   }
 

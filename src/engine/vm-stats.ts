@@ -97,10 +97,19 @@ export class VmStats {
   /**
    * Rows of every VM with a machine, one batch per interval, all sampled over the same interval
    * (the dashboard's sparklines: one stream instead of one per VM). A VM whose machine starts
-   * joins one interval later; one that stops or goes drops out.
+   * joins one interval later; one that stops or goes drops out. Every caller shares one sampling
+   * loop (ten dashboards cost what one does); a caller that reads slowly gets the latest batch.
    */
-  async *everyRunning(opts: StatsStreamOptions = {}): AsyncGenerator<VmStatsRow[]> {
+  everyRunning(opts: StatsStreamOptions = {}): AsyncGenerator<VmStatsRow[]> {
     const interval = opts.intervalMs ?? STATS_INTERVAL_MS;
+    let loop = this.fleetLoops.get(interval);
+    if (!loop) this.fleetLoops.set(interval, (loop = new SharedLoop((signal) => this.sampleFleet(interval, signal))));
+    return loop.subscribe(opts.signal);
+  }
+
+  private readonly fleetLoops = new Map<number, SharedLoop<VmStatsRow[]>>();
+
+  private async *sampleFleet(interval: number, signal: AbortSignal): AsyncGenerator<VmStatsRow[]> {
     let prev = new Map<string, Sample>();
     for (;;) {
       const next = new Map<string, Sample>();
@@ -113,9 +122,9 @@ export class VmStats {
       });
       if (prev.size > 0 || next.size === 0) yield rows;
       prev = next;
-      if (opts.signal?.aborted) return;
+      if (signal.aborted) return;
       try {
-        await sleep(interval, undefined, { signal: opts.signal });
+        await sleep(interval, undefined, { signal });
       } catch {
         return;
       }
@@ -130,10 +139,11 @@ export class VmStats {
     const time = new Date();
     const live = this.deps.live.get(id);
     if (!live) return { vm, atMs, time, process: null, disk: null, network: null };
+    // A machine whose QMP or namespace does not answer costs its own counters, not everyone's row.
     const [process, disk, network] = await Promise.all([
       this.readProcess(live.pid),
-      live.control.diskIo().catch(() => null),
-      this.deps.network.traffic(id, live.pid).catch(() => null),
+      within(live.control.diskIo(), COUNTER_TIMEOUT_MS).catch(() => null),
+      within(this.deps.network.traffic(id, live.pid), COUNTER_TIMEOUT_MS).catch(() => null),
     ]);
     // The process gone between the lookup and the reading: a machine that just ended.
     if (!process) return { vm, atMs, time, process: null, disk: null, network: null };
@@ -152,3 +162,74 @@ export function statsRow(prev: Pick<Sample, 'atMs' | 'process'>, next: Sample): 
 }
 
 const round2 = (n: number) => Math.round(n * 100) / 100;
+
+/** A counter that takes longer than this is left out of its row (null). */
+const COUNTER_TIMEOUT_MS = 2000;
+
+function within<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error('timed out')), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+interface Subscriber<T> {
+  latest: { value: T } | undefined;
+  wake: (() => void) | undefined;
+}
+
+/**
+ * One producer loop fanned out to every subscriber: it runs while anyone listens and stops with
+ * the last one. Each subscriber holds only the latest value it has not read yet.
+ */
+class SharedLoop<T> {
+  private readonly subscribers = new Set<Subscriber<T>>();
+  private running: AbortController | undefined;
+
+  constructor(private readonly produce: (signal: AbortSignal) => AsyncGenerator<T>) {}
+
+  async *subscribe(signal?: AbortSignal): AsyncGenerator<T> {
+    const sub: Subscriber<T> = { latest: undefined, wake: undefined };
+    const wake = () => sub.wake?.();
+    this.subscribers.add(sub);
+    signal?.addEventListener('abort', wake);
+    this.start();
+    try {
+      while (!signal?.aborted) {
+        if (!sub.latest) await new Promise<void>((resolve) => (sub.wake = resolve));
+        sub.wake = undefined;
+        const got = sub.latest;
+        sub.latest = undefined;
+        if (got && !signal?.aborted) yield got.value;
+      }
+    } finally {
+      this.subscribers.delete(sub);
+      signal?.removeEventListener('abort', wake);
+      if (this.subscribers.size === 0) this.running?.abort();
+    }
+  }
+
+  private start(): void {
+    // A loop still winding down after its last subscriber left restarts itself for new ones (below).
+    if (this.running) return;
+    const running = new AbortController();
+    this.running = running;
+    void (async () => {
+      try {
+        for await (const value of this.produce(running.signal)) {
+          for (const sub of this.subscribers) {
+            sub.latest = { value };
+            sub.wake?.();
+          }
+          if (running.signal.aborted) break;
+        }
+      } catch {
+        // A failed sample ends this round; subscribers still here get a new loop.
+      } finally {
+        this.running = undefined;
+        if (this.subscribers.size > 0) setTimeout(() => this.start(), running.signal.aborted ? 0 : STATS_INTERVAL_MS).unref();
+      }
+    })();
+  }
+}

@@ -19,7 +19,7 @@ import { tokenRoutes } from './routes/tokens.js';
 import websocket from '@fastify/websocket';
 import { terminalRoutes } from './routes/terminal.js';
 import { uiRoutes } from './ui-assets.js';
-import { socketProtocol } from './socket-protocol.js';
+import { isUpgrade, socketProtocol } from './socket-protocol.js';
 
 /** The HTTP API in front of the engine. Errors become `{ error: { code, message, details } }`. */
 export interface AppOptions {
@@ -73,6 +73,11 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
     reply.code(404).send({ error: { code: ErrorCodes.NOT_FOUND, message: `no such endpoint: ${request.method} ${request.url}` } });
   });
 
+  // An upgrade refused before it became a WebSocket (401, 403, 429, 404): Node handed its connection
+  // over to us, so no server timeout would ever close it. A WebSocket that opened never gets here.
+  app.addHook('onResponse', async (req) => {
+    if (isUpgrade(req.raw)) req.raw.socket.destroy();
+  });
   if (opts.remote) checkTokens(app, engine.tokens, opts.remote.limits);
   else checkCallers(app, opts.socketGroup ?? null);
   systemRoutes(app, engine);

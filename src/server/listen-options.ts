@@ -78,7 +78,7 @@ export function parseCelldArgs(argv: readonly string[], env: NodeJS.ProcessEnv =
 }
 
 function limit(flag: string, text: string | undefined, fallback: number, max: number): number {
-  if (text === undefined) return fallback;
+  if (text === undefined || text.trim() === '') return fallback;
   const n = Number(text);
   if (!/^\d+$/.test(text.trim()) || n < 1 || n > max) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${flag} takes a whole number from 1 to ${max}, not ${JSON.stringify(text)}`);
   return n;

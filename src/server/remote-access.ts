@@ -6,7 +6,7 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import type { HostFs } from '../engine/host-fs.js';
 import type { Tokens } from '../engine/tokens.js';
 import { setHostFs } from './caller-access.js';
-import { bearerFromSubprotocols } from './socket-protocol.js';
+import { bearerFromSubprotocols, isUpgrade } from './socket-protocol.js';
 import { UI_PREFIX } from './ui-assets.js';
 
 /**
@@ -43,6 +43,9 @@ const ACTING_GETS = new Set<string>([Api.vms.terminal.path]);
 const LASTING = new Set(allRoutes().filter((r) => r.reply.kind === 'ndjson' || r.reply.kind === 'websocket').map((r) => `${r.method} ${r.path}`));
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Streams and terminals one token may hold open at once (logs -f, events, stats, runs, shells). */
+export const MAX_OPEN_STREAMS = 32;
 
 /** Route patterns that make VMs: runs, forks, and actions and builds (each boots VMs of its own). */
 const CREATES = new Set<string>([Api.vms.create.path, Api.vms.run.path, Api.snapshots.fork.path, Api.actions.run.path, Api.builds.build.path, Api.templates.build.path]);
@@ -98,7 +101,9 @@ export function checkTokens(app: FastifyInstance, tokens: Tokens, limits: Remote
     const path = req.routeOptions.url;
     // The dashboard's files: public (they hold no data; the page asks for a token).
     if (path === UI_PREFIX || path?.startsWith(`${UI_PREFIX}/`)) return;
-    const token: TokenRecord = tokens.verify(req.headers.authorization ?? bearerFromSubprotocols(req.headers['sec-websocket-protocol']));
+    // A browser's WebSocket cannot carry an Authorization header: its token comes as a subprotocol.
+    const header = req.headers.authorization ?? (isUpgrade(req.raw) ? bearerFromSubprotocols(req.headers['sec-websocket-protocol']) : undefined);
+    const token: TokenRecord = tokens.verify(header);
     if (path === undefined) return;
     const method = ACTING_GETS.has(path) ? 'POST' : req.method;
     if (!scopeAllows(token.scope, method, path)) {
@@ -118,7 +123,13 @@ export function checkTokens(app: FastifyInstance, tokens: Tokens, limits: Remote
       reply.raw.once('close', () => release(req));
     }
     // A WebSocket's response object is not the connection: its socket's close is the end.
-    if (LASTING.has(`${req.method} ${path}`)) holdOpen(token, req.raw.socket, req.headers.upgrade ? req.raw.socket : reply.raw);
+    if (LASTING.has(`${req.method} ${path}`)) {
+      // Each open stream holds a connection and its work (a log follower, a sampler, a shell).
+      if ((lasting.get(token.id)?.size ?? 0) >= MAX_OPEN_STREAMS) {
+        throw new CellError(ErrorCodes.RATE_LIMITED, `the token "${token.name}" has ${MAX_OPEN_STREAMS} streams open, its most: close one first`);
+      }
+      holdOpen(token, req.raw.socket, isUpgrade(req.raw) ? req.raw.socket : reply.raw);
+    }
     setHostFs(req, NO_HOST_FS);
   });
   function release(req: object): void {

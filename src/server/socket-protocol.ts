@@ -5,8 +5,8 @@ const SUBPROTOCOLS = new Set(allRoutes().flatMap((r) => (r.reply.kind === 'webso
 
 /**
  * The subprotocol celld answers a WebSocket upgrade with: the route's own, never the one carrying
- * the token (a browser would otherwise see its token echoed in the handshake). None offered: the
- * upgrade is refused.
+ * the token (a browser would otherwise see its token echoed in the handshake). None of ours offered:
+ * the handshake names none (a browser that offered some then refuses the connection itself).
  */
 export function socketProtocol(offered: Set<string>): string | false {
   for (const protocol of offered) if (SUBPROTOCOLS.has(protocol)) return protocol;
@@ -18,4 +18,9 @@ export function bearerFromSubprotocols(header: string | string[] | undefined): s
   const entries = (Array.isArray(header) ? header.join(',') : (header ?? '')).split(',').map((p) => p.trim());
   const token = entries.find((p) => p.startsWith(BEARER_SUBPROTOCOL_PREFIX));
   return token ? `Bearer ${token.slice(BEARER_SUBPROTOCOL_PREFIX.length)}` : undefined;
+}
+
+/** Whether Node handed this request over as an upgrade (its `upgrade` flag, which @types/node 20 does not declare). */
+export function isUpgrade(raw: object): boolean {
+  return (raw as { upgrade?: unknown }).upgrade === true;
 }

@@ -110,7 +110,13 @@ function start(token: string): void {
     for (const a of nav.querySelectorAll('a')) a.classList.toggle('active', hash.startsWith(a.getAttribute('href')!));
     main.replaceChildren();
     if (!match) return ctx.go('#/vms');
-    stopView = match.r.view(main, ctx, match.m![1] ? decodeURIComponent(match.m![1]) : undefined);
+    let arg: string | undefined;
+    try {
+      arg = match.m![1] ? decodeURIComponent(match.m![1]) : undefined;
+    } catch {
+      return ctx.go('#/vms'); // a hand-typed address with a stray %
+    }
+    stopView = match.r.view(main, ctx, arg);
   };
   window.addEventListener('hashchange', route);
   stopAll = () => {

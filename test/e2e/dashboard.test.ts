@@ -4,6 +4,7 @@ import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
+import WebSocket from 'ws';
 import { REPO, TestHome } from '../helpers/cell-home.js';
 
 // The functions handed to page.* run in the browser; this file is compiled without the DOM's types
@@ -156,6 +157,34 @@ describe('web dashboard', () => {
     await page.waitForSelector('section#images td');
     assert.match(await page.$eval('section#images', (e) => e.textContent!), /busybox/);
     await screenshot('resources');
+
+    // A shell that cannot start (no such user) while the client keeps typing: an error message,
+    // the socket closed, celld unharmed.
+    const token = link.split('#token=')[1]!;
+    const celld = h.daemonPid();
+    const pem = readFileSync(join(h.home, 'tls', 'cert.pem'), 'utf8');
+    const refused = await new Promise<{ messages: string[]; code: number }>((resolve) => {
+      const socket = new WebSocket(`${url.replace(/^https/, 'wss')}/v1/vms/web/terminal?user=nobody-here`, ['cellvm.terminal.v1', `bearer.${token}`], {
+        ca: pem,
+        checkServerIdentity: (() => undefined) as unknown as () => boolean,
+      });
+      const messages: string[] = [];
+      let typing: NodeJS.Timeout | undefined;
+      socket.on('open', () => {
+        // A burst at once, before celld's close can arrive, then steady typing.
+        for (let i = 0; i < 200; i++) socket.send(Buffer.from('x'));
+        typing = setInterval(() => socket.readyState === WebSocket.OPEN && socket.send(Buffer.from('x')), 1);
+      });
+      socket.on('message', (data, binary) => !binary && messages.push(String(data)));
+      socket.on('close', (code) => {
+        clearInterval(typing);
+        resolve({ messages, code });
+      });
+      socket.on('error', () => {});
+    });
+    assert.match(refused.messages.join(), /"type":"error"/);
+    assert.equal((await h.ok(['ps'])).code, 0, 'celld still answers');
+    assert.equal(h.daemonPid(), celld, 'the same celld (the CLI would start a new one)');
 
     // Nothing but celld: no CDN, no outside request, not even a favicon elsewhere.
     const origin = new URL(url).origin;

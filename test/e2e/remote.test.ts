@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import type http from 'node:http';
 import https from 'node:https';
+import tls from 'node:tls';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
@@ -169,6 +171,23 @@ describe('remote API', () => {
     assert.equal(refused.protocol, proto, 'the handshake names the terminal protocol, not the token');
     assert.equal(refused.close, 1008);
     assert.equal((JSON.parse(refused.messages[0]!) as { type: string; error: { code: string } }).error.code, 'not_found');
+    // A refused upgrade's connection is closed after its answer (Node leaves such a socket to us).
+    const closed = await new Promise<{ status: string; closedMs: number }>((resolve, reject) => {
+      const started = Date.now();
+      let text = '';
+      const sock = tls.connect({ host: '127.0.0.1', port: Number(new URL(url).port), ca: cert, checkServerIdentity: () => undefined }, () =>
+        sock.write('GET /v1/vms/nope/terminal HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n'),
+      );
+      sock.on('data', (c: Buffer) => (text += c));
+      sock.on('close', () => resolve({ status: text.split('\r\n')[0]!, closedMs: Date.now() - started }));
+      sock.on('error', reject);
+      setTimeout(() => {
+        sock.destroy();
+        resolve({ status: text.split('\r\n')[0]!, closedMs: Infinity });
+      }, 5000).unref();
+    });
+    assert.match(closed.status, /^HTTP\/1\.1 401/);
+    assert.ok(closed.closedMs < 5000, 'celld closed the refused upgrade');
     // A plain GET is told to upgrade.
     assert.equal((await raw('GET', '/v1/vms/nope/terminal', admin)).status, 426);
 
@@ -203,9 +222,23 @@ describe('remote API', () => {
       (err: CellError) => err.code ?? String(err),
     );
     assert.equal(await Promise.race([streaming, new Promise((r) => setTimeout(() => r('open'), 500))]), 'open', 'a valid token keeps its stream');
+    // 32 streams open at once per token, the 33rd refused.
+    const opened: http.ClientRequest[] = [];
+    const openStream = () =>
+      new Promise<number>((resolve, reject) => {
+        const req = https.get(`${url}/v1/events`, { ca: cert, checkServerIdentity: () => undefined, agent: false, headers: { authorization: `Bearer ${watcher}` } }, (res) => resolve(res.statusCode ?? 0));
+        req.on('error', () => {});
+        opened.push(req);
+        setTimeout(() => reject(new Error('no answer')), 5000).unref();
+      });
+    const statuses = [];
+    for (let i = 0; i < 32; i++) statuses.push(await openStream());
+    assert.deepEqual(statuses.slice(0, 31), Array(31).fill(200));
+    assert.equal(statuses[31], 429, 'the 33rd stream of one token is refused');
     await h.ok(['token', 'rm', 'watcher']);
     const outcome = await Promise.race([streaming, new Promise((r) => setTimeout(() => r('still open'), 5000))]);
     assert.notEqual(outcome, 'still open', 'the stream ended with the revoke');
+    for (const req of opened) req.destroy();
   });
 
   test('celld refuses plain HTTP off loopback, and a bad --listen, before it starts', async () => {

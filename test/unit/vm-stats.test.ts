@@ -193,6 +193,32 @@ test('every running VM: one batch per interval over the same readings; spares (n
   }
 });
 
+test('every running VM: two readers share one sampling loop (one reading per VM per interval), which stops with the last', async () => {
+  const d = doubles();
+  let readings = 0;
+  const read = d.deps.readProcess!;
+  d.deps.readProcess = (pid) => {
+    readings++;
+    return read(pid);
+  };
+  d.cpu.push(1, 1.5, 2.5, 3, 4, 5, 6, 7);
+  const stats = new VmStats(d.deps);
+  const take = async (n: number) => {
+    const got = [];
+    for await (const rows of stats.everyRunning({ intervalMs: 20 })) {
+      got.push(rows.length);
+      if (got.length === n) break;
+    }
+    return got;
+  };
+  const [a, b] = await Promise.all([take(2), take(2)]);
+  assert.deepEqual([a, b], [[1, 1], [1, 1]]);
+  assert.ok(readings <= 4, `one reading per interval for both readers, not one each: ${readings}`);
+  const after = readings;
+  await new Promise((r) => setTimeout(r, 100));
+  assert.ok(readings - after <= 1, 'the loop stops once nobody reads');
+});
+
 test('the sampler: removing the VM ends the stream; an unknown ref fails before any reading', async () => {
   const d = doubles();
   d.cpu.push(1, 2, 3, 4);

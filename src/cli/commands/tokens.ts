@@ -92,7 +92,8 @@ function registerUi(program: Command): void {
             'celld serves no TCP listener, and the dashboard is on it: start celld with --listen 127.0.0.1:7070 (or set CELL_LISTEN before it starts; docs/remote.md)',
           );
         }
-        const name = `ui-${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}`;
+        // Dated for `cell token ls`, with a random tail so two links made in one second do not clash.
+        const name = `ui-${new Date().toISOString().slice(0, 19).replace(/[-:]/g, '').replace('T', '-')}-${Math.random().toString(16).slice(2, 6)}`;
         const made = await client.tokens.create(name, { scope: flags.scope, expiresInMs: flags.expires ?? UI_TOKEN_MS });
         const base = info.remote.url.replace(/\/+$/, '');
         process.stdout.write(`${base}/ui/#token=${made.secret}\n`);

@@ -13,6 +13,9 @@ import { wireError } from '../wire-error.js';
 
 const { terminal: terminalRoute } = Api.vms;
 
+/** How often a terminal's browser must answer a ping. */
+const HEARTBEAT_MS = 30_000;
+
 /** Output waiting in the socket beyond this holds the guest's shell back (as a slow NDJSON reader does). */
 const SEND_HIGH_WATER = 256 * 1024;
 
@@ -37,7 +40,28 @@ export function terminalRoutes(app: FastifyInstance, engine: Engine): void {
       socket.close(1008, 'refused');
       return;
     }
+    // Set once the shell has ended (or never started): frames still in flight until the client's
+    // close are dropped; a write to the ended stdin would throw in celld.
+    let done = false;
+    stdin.on('error', () => {});
+    // One resize on its way to the guest at a time, the latest size kept: a flood of them (or a
+    // guest that never answers) queues nothing.
+    let wanted: TerminalClientMessage | undefined;
+    let resizing = false;
+    const resizeTo = (size: TerminalClientMessage) => {
+      wanted = size;
+      if (resizing) return;
+      resizing = true;
+      void (async () => {
+        for (let next: TerminalClientMessage | undefined = wanted; next && !done; next = wanted) {
+          wanted = undefined;
+          await terminal.resize(next).catch(() => {});
+        }
+        resizing = false;
+      })();
+    };
     socket.on('message', (data: RawData, isBinary: boolean) => {
+      if (done || stdin.writableEnded) return;
       const bytes = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
       if (isBinary) {
         // Typing faster than the guest reads: stop reading the socket until it catches up.
@@ -52,9 +76,19 @@ export function terminalRoutes(app: FastifyInstance, engine: Engine): void {
         socket.close(1003, 'a text frame must be {"type":"resize","cols":N,"rows":N}');
         return;
       }
-      terminal.resize(resize).catch(() => {});
+      resizeTo(resize);
     });
+    // A browser gone without a close (a laptop put to sleep) answers no ping: its shell ends.
+    let answered = true;
+    socket.on('pong', () => (answered = true));
+    const heartbeat = setInterval(() => {
+      if (!answered) return socket.terminate();
+      answered = false;
+      socket.ping();
+    }, HEARTBEAT_MS);
+    heartbeat.unref();
     socket.on('close', () => {
+      clearInterval(heartbeat);
       abort.abort();
       stdin.end();
     });
@@ -80,6 +114,7 @@ export function terminalRoutes(app: FastifyInstance, engine: Engine): void {
         (err: unknown) => send({ type: 'error', error: wireError(toCellError(err)) }),
       )
       .finally(() => {
+        done = true;
         stdin.end();
         if (socket.readyState === socket.OPEN) socket.close(1000, 'ended');
       });

@@ -28,23 +28,22 @@ export const vmView: View = (root, ctx, ref) => {
     h('section', {}, h('h2', {}, 'Logs'), logs),
   );
   let vm: Vm | undefined;
-  let closeTerminal: (() => void) | undefined;
 
+  // The terminal on screen; `ended` once its shell is gone (its last screen stays until the next one).
+  let term: { close: () => void; ended: boolean } | undefined;
   const startTerminal = () => {
-    if (!vm || closeTerminal) return;
+    if (!vm || (term && !term.ended)) return;
+    term?.close();
+    termHost.replaceChildren();
     termButton.disabled = true;
     fill(termState, 'connected');
-    closeTerminal = openTerminal(termHost, ctx, vm.id, (message) => {
+    const current = { close: () => {}, ended: false };
+    term = current;
+    current.close = openTerminal(termHost, ctx, vm.id, (message) => {
+      current.ended = true;
+      if (term !== current) return;
       fill(termState, message);
-      termButton.disabled = false;
-      const close = closeTerminal;
-      closeTerminal = undefined;
-      // Keep the last screen up until a new terminal replaces it.
-      termButton.onclick = () => {
-        close?.();
-        termHost.replaceChildren();
-        startTerminal();
-      };
+      termButton.disabled = vm?.state !== 'running';
     });
   };
 
@@ -68,7 +67,7 @@ export const vmView: View = (root, ctx, ref) => {
       row('Labels', Object.entries(v.spec.labels ?? {}).map(([k, val]) => `${k}=${val}`).join(', ') || '-'),
       row('Exit', v.exit ? JSON.stringify(v.exit) : '-'),
     );
-    termButton.disabled = v.state !== 'running' || closeTerminal !== undefined;
+    termButton.disabled = v.state !== 'running' || (term !== undefined && !term.ended);
   };
 
   const load = async () => {
@@ -100,6 +99,6 @@ export const vmView: View = (root, ctx, ref) => {
   return () => {
     abort.abort();
     unsubscribe();
-    closeTerminal?.();
+    term?.close();
   };
 };

@@ -68,6 +68,7 @@ export const vmsView: View = (root, ctx) => {
       }),
     );
     for (const vm of vms) drawStats(vm.id);
+    for (const id of histories.keys()) if (!cells.has(id)) histories.delete(id);
   };
 
   const load = async () => {
@@ -99,8 +100,10 @@ export const vmsView: View = (root, ctx) => {
   const unsubscribe = ctx.onEvent((e) => {
     if (e.type === 'vm' || e.action === 'fork') refresh();
   });
-  // Ages and anything an event did not cover.
-  const timer = setInterval(refresh, 10_000);
+  // Ages and anything an event did not cover; not while a fork count is being typed in the table.
+  const timer = setInterval(() => {
+    if (!root.contains(document.activeElement) || document.activeElement?.tagName !== 'INPUT') refresh();
+  }, 30_000);
   void load();
   void stats();
   return () => {
