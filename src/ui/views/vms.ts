@@ -29,10 +29,12 @@ export const vmsView: View = (root, ctx) => {
       body,
     ),
   );
-  const cells = new Map<string, { cpu: HTMLElement; mem: HTMLElement }>();
+  /** Each VM's row, kept while what it shows is unchanged (a redraw keeps a fork count being typed). */
+  const rows = new Map<string, { shown: string; tr: HTMLTableRowElement; cpu: HTMLElement; mem: HTMLElement; age: HTMLElement; createdAt: string }>();
+  const empty = h('tr', {}, h('td', { colspan: 9, class: 'muted' }, 'No VMs. Start one: cell run -d busybox -- sleep 1d'));
 
   const drawStats = (id: string) => {
-    const c = cells.get(id);
+    const c = rows.get(id);
     const hist = histories.get(id);
     if (!c || !hist) return;
     const cpu = hist.cpu.at(-1) ?? 0;
@@ -41,34 +43,55 @@ export const vmsView: View = (root, ctx) => {
     fill(c.mem, sparkline(hist.mem, hist.guestBytes, 'memory'), h('span', { class: 'num' }, formatBytes(mem)));
   };
 
-  const draw = (vms: Vm[]) => {
-    cells.clear();
-    fill(count, `(${vms.length})`);
-    fill(
-      body,
-      vms.length === 0 ? h('tr', {}, h('td', { colspan: 9, class: 'muted' }, 'No VMs. Start one: cell run -d busybox -- sleep 1d')) : null,
-      vms.map((vm) => {
-        const cpu = h('td', { class: 'stat' });
-        const mem = h('td', { class: 'stat' });
-        cells.set(vm.id, { cpu, mem });
-        const labels = Object.entries(vm.spec.labels ?? {}).map(([k, v]) => h('span', { class: 'label' }, v ? `${k}=${v}` : k));
-        return h(
-          'tr',
-          { 'data-vm': vm.name },
-          h('td', {}, h('a', { href: `#/vms/${encodeURIComponent(vm.id)}` }, vm.name), h('div', { class: 'muted mono' }, shortId(vm.id))),
-          h('td', {}, h('span', { class: `state ${vm.state}` }, vm.state)),
-          h('td', {}, vm.health ? h('span', { class: `health ${vm.health.status}` }, vm.health.status) : h('span', { class: 'muted' }, '-')),
-          h('td', {}, labels),
-          h('td', { class: 'mono' }, vm.baseSnapshot ? `snapshot ${shortId(vm.baseSnapshot)}` : vm.spec.image),
-          cpu,
-          mem,
-          h('td', {}, formatAgo(vm.createdAt)),
-          h('td', {}, vmActions(ctx, vm, refresh)),
-        );
-      }),
+  const rowFor = (vm: Vm, shown: string) => {
+    const cpu = h('td', { class: 'stat' });
+    const mem = h('td', { class: 'stat' });
+    const age = h('td', {}, formatAgo(vm.createdAt));
+    const labels = Object.entries(vm.spec.labels ?? {}).map(([k, v]) => h('span', { class: 'label' }, v ? `${k}=${v}` : k));
+    const tr = h(
+      'tr',
+      { 'data-vm': vm.name },
+      h('td', {}, h('a', { href: `#/vms/${encodeURIComponent(vm.id)}` }, vm.name), h('div', { class: 'muted mono' }, shortId(vm.id))),
+      h('td', {}, h('span', { class: `state ${vm.state}` }, vm.state)),
+      h('td', {}, vm.health ? h('span', { class: `health ${vm.health.status}` }, vm.health.status) : h('span', { class: 'muted' }, '-')),
+      h('td', {}, labels),
+      h('td', { class: 'mono' }, vm.baseSnapshot ? `snapshot ${shortId(vm.baseSnapshot)}` : vm.spec.image),
+      cpu,
+      mem,
+      age,
+      h('td', {}, vmActions(ctx, vm, refresh)),
     );
-    for (const vm of vms) drawStats(vm.id);
-    for (const id of histories.keys()) if (!cells.has(id)) histories.delete(id);
+    return { shown, tr, cpu, mem, age, createdAt: vm.createdAt };
+  };
+
+  const draw = (vms: Vm[]) => {
+    fill(count, `(${vms.length})`);
+    const wanted = vms.map((vm) => {
+      const shown = JSON.stringify([vm.name, vm.state, vm.health?.status, vm.spec.labels, vm.baseSnapshot, vm.spec.image]);
+      let row = rows.get(vm.id);
+      if (!row || row.shown !== shown) {
+        row = rowFor(vm, shown);
+        rows.set(vm.id, row);
+        drawStats(vm.id);
+      }
+      fill(row.age, formatAgo(row.createdAt));
+      return row.tr;
+    });
+    const ids = new Set(vms.map((vm) => vm.id));
+    for (const id of [...rows.keys()]) if (!ids.has(id)) rows.delete(id);
+    for (const id of histories.keys()) if (!ids.has(id)) histories.delete(id);
+    // Rows already in place stay put (moving a row would take the focus from its input).
+    if (wanted.length === 0) wanted.push(empty);
+    let cursor = body.firstChild;
+    for (const tr of wanted) {
+      if (tr === cursor) cursor = cursor.nextSibling;
+      else body.insertBefore(tr, cursor);
+    }
+    while (cursor) {
+      const next: ChildNode | null = cursor.nextSibling;
+      cursor.remove();
+      cursor = next;
+    }
   };
 
   const load = async () => {
@@ -100,10 +123,8 @@ export const vmsView: View = (root, ctx) => {
   const unsubscribe = ctx.onEvent((e) => {
     if (e.type === 'vm' || e.action === 'fork') refresh();
   });
-  // Ages and anything an event did not cover; not while a fork count is being typed in the table.
-  const timer = setInterval(() => {
-    if (!root.contains(document.activeElement) || document.activeElement?.tagName !== 'INPUT') refresh();
-  }, 30_000);
+  // Ages and anything an event did not cover (rows that did not change are kept as they are).
+  const timer = setInterval(refresh, 10_000);
   void load();
   void stats();
   return () => {
