@@ -80,12 +80,21 @@ export const vmView: View = (root, ctx, ref) => {
   };
   const refresh = debounce(() => void load(), 150);
 
+  // Lines are added once per frame, however fast a guest writes them; the view follows the end
+  // unless the reader scrolled up.
+  let pending: HTMLElement[] = [];
+  const flush = () => {
+    const following = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
+    logs.append(...pending.splice(0).slice(-LOG_LINES));
+    while (logs.childNodes.length > LOG_LINES) logs.firstChild!.remove();
+    if (following) logs.scrollTop = logs.scrollHeight;
+  };
   const followLogs = async () => {
     await ctx.client
       .stream(Api.vms.logs, { params: { ref: ref! }, query: { follow: true, tail: 200 } }, ({ text, stream }) => {
-        logs.append(h('span', { class: stream }, text.endsWith('\n') ? text : `${text}\n`));
-        while (logs.childNodes.length > LOG_LINES) logs.firstChild!.remove();
-        logs.scrollTop = logs.scrollHeight;
+        if (pending.length === 0) requestAnimationFrame(flush);
+        pending.push(h('span', { class: stream }, text.endsWith('\n') ? text : `${text}\n`));
+        if (pending.length > LOG_LINES) pending = pending.slice(-LOG_LINES);
       }, abort.signal)
       .catch((err: Error) => {
         if (!abort.signal.aborted) logs.append(h('span', { class: 'muted' }, `[logs: ${err.message}]\n`));
