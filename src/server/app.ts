@@ -93,7 +93,15 @@ export function buildApp(engine: Engine, logger: FastifyBaseLogger | false = fal
   tokenRoutes(app, engine);
   // WebSocket routes: registered in a plugin after @fastify/websocket, so its route hook sees them.
   // A text or binary message over 64 KiB is refused (a terminal's keystrokes are far smaller).
-  app.register(websocket, { options: { maxPayload: 64 * 1024, handleProtocols: socketProtocol } });
+  app.register(websocket, {
+    options: { maxPayload: 64 * 1024, handleProtocols: socketProtocol },
+    // A client's broken frame (too big, bad UTF-8, unmasked) ends its socket; it is not celld's
+    // error to log at error level (a client could fill celld.log with them).
+    errorHandler: (err, socket, request) => {
+      request.log.debug({ err }, 'a WebSocket ended on a protocol error');
+      socket.terminate();
+    },
+  });
   app.register(async (scoped) => terminalRoutes(scoped, engine));
   // The dashboard is for a browser, which can only reach the TCP listener.
   if (opts.remote) uiRoutes(app);

@@ -171,6 +171,19 @@ describe('remote API', () => {
     assert.equal(refused.protocol, proto, 'the handshake names the terminal protocol, not the token');
     assert.equal(refused.close, 1008);
     assert.equal((JSON.parse(refused.messages[0]!) as { type: string; error: { code: string } }).error.code, 'not_found');
+    // A frame over the 64 KiB limit ends that socket, quietly: nothing at error level in celld.log.
+    const oversized = await new Promise<number>((resolve) => {
+      const socket = new WebSocket(new URL('/v1/vms/nope/terminal', url.replace(/^https/, 'wss')), [proto, `bearer.${admin}`], {
+        ca: cert,
+        checkServerIdentity: (() => undefined) as unknown as () => boolean,
+      });
+      socket.on('open', () => socket.send(Buffer.alloc(70 * 1024)));
+      socket.on('close', (code) => resolve(code));
+      socket.on('error', () => {});
+    });
+    assert.ok([1008, 1009].includes(oversized), `closed: ${oversized}`);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.doesNotMatch(readFileSync(join(h.home, 'celld.log'), 'utf8'), /"level":50[^\n]*(payload|WebSocket)/i);
     // A refused upgrade's connection is closed after its answer (Node leaves such a socket to us).
     const closed = await new Promise<{ status: string; closedMs: number }>((resolve, reject) => {
       const started = Date.now();
