@@ -284,4 +284,19 @@ export class VmsClient {
   async *statsStream(ref: string, opts: RequestOptions = {}): AsyncGenerator<VmStats> {
     for await (const event of this.transport.stream(vms.stats, { params: { ref }, query: { stream: true } }, opts)) yield event.stats;
   }
+
+  /** Every running VM's resource use over the same second (one request, however many VMs). */
+  async statsAll(opts: RequestOptions = {}): Promise<VmStats[]> {
+    const rows: VmStats[] = [];
+    for await (const event of this.transport.stream(vms.statsAll, { query: {} }, opts)) rows.push(event.stats);
+    return rows;
+  }
+
+  /**
+   * Every running VM's row each second, until `signal` aborts (the dashboard's sparklines); VMs
+   * that start join a second later. Rows of one second come one after another, each with its VM's id.
+   */
+  async *statsAllStream(opts: RequestOptions = {}): AsyncGenerator<VmStats> {
+    for await (const event of this.transport.stream(vms.statsAll, { query: { stream: true } }, opts)) yield event.stats;
+  }
 }

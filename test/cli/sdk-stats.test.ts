@@ -49,6 +49,13 @@ describe('stats over the app with an engine double', () => {
     const members: Record<string, unknown> = {
       vms: { resolve, inspect: async (ref: string) => resolve(ref) },
       stats: {
+        // Two VMs per batch, a batch every 5 ms, until the client leaves.
+        async *everyRunning(opts: StatsStreamOptions): AsyncGenerator<VmStatsRow[]> {
+          for (let n = 1; !opts.signal?.aborted; n++) {
+            yield [row(n), { ...row(n), id: 'd'.repeat(64), name: 'db' }];
+            await sleep(5, undefined, { signal: opts.signal }).catch(() => {});
+          }
+        },
         async *stream(ref: string, opts: StatsStreamOptions): AsyncGenerator<VmStatsRow> {
           resolve(ref);
           const sampler = { ended: false, aborted: () => opts.signal?.aborted === true };
@@ -102,6 +109,16 @@ describe('stats over the app with an engine double', () => {
     await assert.rejects(client.vms.stats('nope'), (err: unknown) => isNotFound(err) && /no such VM: nope/.test(err.message));
     const bad = await app.inject({ method: 'GET', url: '/v1/vms/web/stats?stream=maybe' });
     assert.equal(bad.statusCode, 400);
+  });
+
+  test('vms.statsAll: one batch of every running VM in one request; statsAllStream: a row per VM each second until left', async () => {
+    assert.deepEqual((await client.vms.statsAll()).map((r) => [r.name, r.cpuPercent]), [['web', 10], ['db', 10]]);
+    const seen: string[] = [];
+    for await (const s of client.vms.statsAllStream()) {
+      seen.push(`${s.name}:${s.cpuPercent}`);
+      if (seen.length === 4) break;
+    }
+    assert.deepEqual(seen, ['web:10', 'db:10', 'web:20', 'db:20']);
   });
 
   test('vms.statsStream: a sample at a time; leaving the loop closes the request, and celld stops sampling', async () => {
