@@ -24,6 +24,8 @@ export function benchHome(): { home: string; env: NodeJS.ProcessEnv; close: () =
   // VMs offline unless a benchmark turns networking on inside namespaces of its own (bench/network.ts):
   // a celld with networking on makes its bridge and rules in the host's own namespace.
   const env = { ...process.env, CELL_HOME: home, CELL_CACHE: process.env.CELL_CACHE ?? join(REPO, '.cell-test', 'cache'), CELL_NETWORK: 'off' };
+  // The SDK starts celld with this process's own environment (CellClient.connect({ home })): off there too.
+  process.env.CELL_NETWORK ??= 'off';
   return {
     home,
     env,
