@@ -70,6 +70,19 @@ test("TCG's code cache is bounded and counted in the memory limit: a guest short
   assert.ok(mib('tcg') >= 128 + 101 + 23 + 64, `limit ${mib('tcg')} MiB leaves room above the measured peak`);
 });
 
+test("TCG guests keep the kernel's LOCK prefixes (noreplace-smp: rewriting them costs a TCG boot ~145 ms); KVM guests take the UP forms", () => {
+  const spec: MachineSpec = {
+    id: 'abc', dir: '/tmp/x', kernelPath: '/k', initrdPath: '/i', baseDiskPath: '/b', baseDiskFormat: 'raw', cpus: 1, memoryMib: 128,
+    hostname: 'h', accelerator: 'tcg', memory: { path: '/m', shared: false },
+  };
+  const cmdline = (s: MachineSpec) => {
+    const argv = buildQemuArgv(s, machineFiles('/tmp/x'));
+    return argv[argv.indexOf('-append') + 1]!.split(' ');
+  };
+  assert.ok(cmdline(spec).includes('noreplace-smp'));
+  assert.ok(!cmdline({ ...spec, accelerator: 'kvm' }).includes('noreplace-smp'));
+});
+
 test('confined argv: seccomp sandbox, -runas uid:gid, disks as fdsets without locking, incoming over a unix socket', () => {
   const dir = '/tmp/cellvm-argv-test';
   const spec: MachineSpec = {
