@@ -1,12 +1,17 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { created, empty, json, route } from './contract.js';
+import { RefParams } from './common.js';
+import { TOKEN_SCOPES } from '../domain/api-token.js';
 
 /** Bearer tokens for celld's TCP listener (docs/remote.md). */
+
+/** read: GET only; write: everything but tokens; admin: tokens too (domain/api-token.ts). */
+const TokenScope = Type.Union(TOKEN_SCOPES.map((scope) => Type.Literal(scope)));
 
 export const TokenView = Type.Object({
   id: Type.String(),
   name: Type.String(),
-  scope: Type.Union([Type.Literal('read'), Type.Literal('write'), Type.Literal('admin')]),
+  scope: TokenScope,
   createdAt: Type.String(),
   /** null: never expires. */
   expiresAt: Type.Union([Type.String(), Type.Null()]),
@@ -17,15 +22,13 @@ export type TokenView = Static<typeof TokenView>;
 export const CreateTokenRequest = Type.Object(
   {
     name: Type.String({ minLength: 1, maxLength: 63 }),
-    /** read: GET only; write: everything but tokens (the default); admin: tokens too. */
-    scope: Type.Optional(Type.Union([Type.Literal('read'), Type.Literal('write'), Type.Literal('admin')])),
+    /** Default: write. */
+    scope: Type.Optional(TokenScope),
     /** From now; none: never expires. */
     expiresInMs: Type.Optional(Type.Integer({ minimum: 1 })),
   },
   { additionalProperties: false },
 );
-
-const RefParams = Type.Object({ ref: Type.String({ minLength: 1 }) });
 
 export const tokens = {
   list: route({ method: 'GET', path: '/v1/tokens', summary: 'API tokens (never their secrets)', reply: json(Type.Array(TokenView)) }),

@@ -20,10 +20,7 @@ export function serve<R extends JsonRoute>(app: FastifyInstance, def: R, handler
 export function serve<R extends StreamRoute>(app: FastifyInstance, def: R, handler: StreamHandler<R>): void;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- the overloads above carry the types
 export function serve(app: FastifyInstance, def: RouteDef, handler: (req: FastifyRequest<any>, reply: FastifyReply) => Promise<unknown>): void {
-  const schema: FastifySchema = {};
-  if (def.params) schema.params = def.params;
-  if (def.query) schema.querystring = def.query;
-  if (def.body && def.body !== 'octet-stream') schema.body = def.body;
+  const schema = validationSchema(def);
   const status = def.reply.kind === 'ndjson' ? undefined : def.reply.status;
   app.route({
     method: def.method,
@@ -46,13 +43,10 @@ export type SocketHandler<R extends SocketRoute> = (socket: WebSocket, req: Requ
  * upgrade.
  */
 export function serveSocket<R extends SocketRoute>(app: FastifyInstance, def: R, handler: SocketHandler<R>): void {
-  const schema: FastifySchema = {};
-  if (def.params) schema.params = def.params;
-  if (def.query) schema.querystring = def.query;
   app.route({
     method: 'GET',
     url: def.path,
-    schema,
+    schema: validationSchema(def),
     handler: async (_req, reply) => {
       const code = ErrorCodes.INVALID_ARGUMENT;
       reply.code(426).header('upgrade', 'websocket');
@@ -60,4 +54,13 @@ export function serveSocket<R extends SocketRoute>(app: FastifyInstance, def: R,
     },
     wsHandler: (socket, req) => handler(socket, req as RequestFor<R>),
   });
+}
+
+/** A route's params, query and JSON body as fastify's validation schemas. */
+function validationSchema(def: RouteDef): FastifySchema {
+  const schema: FastifySchema = {};
+  if (def.params) schema.params = def.params;
+  if (def.query) schema.querystring = def.query;
+  if (def.body && def.body !== 'octet-stream') schema.body = def.body;
+  return schema;
 }

@@ -1,4 +1,5 @@
 import type { CellEventBody } from '../api/events.js';
+import { Api } from '../api/routes.js';
 import type { Client } from './api.js';
 
 /** What every view gets from the page: the API, a place to say what happened, and live events. */
@@ -24,13 +25,28 @@ export function debounce(fn: () => void, ms: number): () => void {
   };
 }
 
-/** Runs an action, telling the user how it went; errors carry celld's one-line message. */
-export async function act(ctx: Ctx, what: string, fn: () => Promise<unknown>, done?: string): Promise<void> {
+/**
+ * Runs an action, telling the user how it went: what the action answers when it is a string (what
+ * it made), else "done"; errors carry celld's one-line message.
+ */
+export async function act(ctx: Ctx, what: string, fn: () => Promise<unknown>): Promise<void> {
   try {
     ctx.notify(`${what}...`);
-    await fn();
-    ctx.notify(done ?? `${what}: done`);
+    const result = await fn();
+    ctx.notify(typeof result === 'string' ? result : `${what}: done`);
   } catch (err) {
     ctx.notify(`${what}: ${(err as Error).message}`, 'error');
   }
+}
+
+/**
+ * Forks a snapshot as many times as `count` says (1-100), then names the forks. `snapshot` gives
+ * the snapshot's id (a VM's Fork button takes one first).
+ */
+export function forkFrom(ctx: Ctx, label: string, count: HTMLInputElement, snapshot: () => Promise<string>): Promise<void> {
+  const n = Math.max(1, Math.min(100, Number(count.value) || 1));
+  return act(ctx, `forking ${label} x${n}`, async () => {
+    const forks = await ctx.client.call(Api.snapshots.fork, { params: { ref: await snapshot() }, body: { count: n } });
+    return `forked ${label}: ${forks.map((f) => f.name).join(', ')}`;
+  });
 }

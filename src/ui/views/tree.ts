@@ -3,7 +3,7 @@ import { Api } from '../../api/routes.js';
 import type { Snapshot } from '../../api/snapshots.js';
 import type { TemplateView } from '../../api/templates.js';
 import type { Vm } from '../../api/vms.js';
-import { act, debounce, type View } from '../context.js';
+import { debounce, forkFrom, type View } from '../context.js';
 import { fill, formatBytes, h, shortId } from '../dom.js';
 import { lineage, type LineageNode } from '../lineage.js';
 
@@ -70,17 +70,7 @@ export const treeView: View = (root, ctx) => {
         {
           class: 'fork',
           'data-fork': s.name,
-          onclick: () => {
-            const n = Math.max(1, Math.min(100, Number(count.value) || 1));
-            let names = '';
-            void act(ctx, `forking ${s.name} x${n}`, async () => {
-              const forks = await ctx.client.call(Api.snapshots.fork, { params: { ref: s.id }, body: { count: n } });
-              names = forks.map((f) => f.name).join(', ');
-            }).then(() => {
-              if (names) ctx.notify(`forked ${s.name}: ${names}`);
-              refresh();
-            });
-          },
+          onclick: () => void forkFrom(ctx, s.name, count, async () => s.id).then(refresh),
         },
         'Fork',
       );

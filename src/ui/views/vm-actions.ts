@@ -1,6 +1,6 @@
 import { Api } from '../../api/routes.js';
 import type { Vm } from '../../api/vms.js';
-import { act, type Ctx } from '../context.js';
+import { act, forkFrom, type Ctx } from '../context.js';
 import { h } from '../dom.js';
 
 /**
@@ -27,8 +27,8 @@ export function vmActions(ctx: Ctx, vm: Vm, changed: () => void): HTMLElement {
             then(
               act(ctx, `snapshotting ${vm.name}`, async () => {
                 const snap = await client.call(Api.snapshots.take, { params: { ref }, body: {} });
-                ctx.notify(`snapshot ${snap.name} taken`);
-              }).then(() => undefined),
+                return `snapshot ${snap.name} taken`;
+              }),
             ),
         },
         'Snapshot',
@@ -37,23 +37,7 @@ export function vmActions(ctx: Ctx, vm: Vm, changed: () => void): HTMLElement {
     running &&
       h(
         'button',
-        {
-          onclick: () => {
-            const n = Math.max(1, Math.min(100, Number(count.value) || 1));
-            let names = '';
-            void then(
-              act(
-                ctx,
-                `forking ${vm.name} x${n}`,
-                async () => {
-                  const snap = await client.call(Api.snapshots.take, { params: { ref }, body: {} });
-                  const forks = await client.call(Api.snapshots.fork, { params: { ref: snap.id }, body: { count: n } });
-                  names = forks.map((f) => f.name).join(', ');
-                },
-              ).then(() => (names ? ctx.notify(`forked ${vm.name}: ${names}`) : undefined)),
-            );
-          },
-        },
+        { onclick: () => then(forkFrom(ctx, vm.name, count, async () => (await client.call(Api.snapshots.take, { params: { ref }, body: {} })).id)) },
         'Fork',
       ),
     h(
