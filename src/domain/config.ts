@@ -20,9 +20,13 @@ export interface CellConfig {
   /** Spares of every pool together stop being made past this many bytes of their processes' PSS
    * (default: a quarter of the host's memory). Env: CELL_POOL_MEMORY_MAX_BYTES. */
   poolMemoryMaxBytes?: number;
+  /** An absolute path to a guest kernel of your own (an ELF vmlinux with a PVH entry note, or a
+   * bzImage) with the guest's drivers built in, booted instead of Debian's: see docs/guest-kernel.md.
+   * Read when celld sets up its host. Env: CELL_GUEST_KERNEL. */
+  guestKernel?: string;
 }
 
-const KEYS = ['imageCacheMaxBytes', 'insecureRegistries', 'logMaxBytes', 'importMaxBytes', 'poolMemoryMaxBytes'] as const;
+const KEYS = ['imageCacheMaxBytes', 'insecureRegistries', 'logMaxBytes', 'importMaxBytes', 'poolMemoryMaxBytes', 'guestKernel'] as const;
 
 /** Checks a parsed config.json; `where` names the file in errors. */
 export function parseConfig(raw: unknown, where: string): CellConfig {
@@ -52,6 +56,7 @@ export function parseConfig(raw: unknown, where: string): CellConfig {
     }
     config.insecureRegistries = list as string[];
   }
+  if (obj.guestKernel !== undefined) config.guestKernel = kernelPath(obj.guestKernel, `${where}: guestKernel`);
   return config;
 }
 
@@ -73,7 +78,14 @@ export function withEnvironment(config: CellConfig, env: NodeJS.ProcessEnv): Cel
   if (env.CELL_INSECURE_REGISTRIES) {
     out.insecureRegistries = env.CELL_INSECURE_REGISTRIES.split(',').map((s) => s.trim()).filter(Boolean);
   }
+  if (env.CELL_GUEST_KERNEL) out.guestKernel = kernelPath(env.CELL_GUEST_KERNEL, 'CELL_GUEST_KERNEL');
   return out;
+}
+
+/** Absolute: celld's working directory is not the user's. */
+function kernelPath(value: unknown, what: string): string {
+  if (typeof value !== 'string' || !value.startsWith('/')) throw new CellError(ErrorCodes.INVALID_ARGUMENT, `${what} must be an absolute path to a kernel image`);
+  return value;
 }
 
 /** At least 4 KiB (one line of output has to fit), at most 1 TiB. */

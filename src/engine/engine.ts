@@ -173,12 +173,13 @@ export class Engine {
     const backend = deps.backend ?? new QemuBackend({ saveDirPrefix: homeTmpPrefix(paths.home, 'mig') });
     // The machines' end is reported to the VMs service, made below: a late-bound callback.
     let vms: Vms | undefined;
+    const config = deps.config ?? (await loadConfig(paths.config));
     const ctx: EngineContext = {
       paths,
       db,
       stores,
-      config: deps.config ?? (await loadConfig(paths.config)),
-      host: deps.host ?? new HostReadiness(paths.cache, stores.images),
+      config,
+      host: deps.host ?? new HostReadiness(paths.cache, stores.images, config.guestKernel),
       backend,
       live: new LiveMachines(
         backend,

@@ -21,6 +21,8 @@ export class HostReadiness {
   constructor(
     private readonly cacheDir: string,
     private readonly images: ImageStore,
+    /** The operator's own guest kernel (config guestKernel), else Debian's. */
+    private readonly guestKernel?: string,
   ) {}
 
   ensure(onProgress?: ProgressListener, opts: { reprobe?: boolean } = {}): Promise<HostReady> {
@@ -42,7 +44,7 @@ export class HostReadiness {
   }
 
   private async prepare(reprobe: boolean): Promise<HostReady> {
-    const assets = await ensureHostAssets({ cacheDir: this.cacheDir, install: true, onProgress: (e) => this.emit(e) });
+    const assets = await ensureHostAssets({ cacheDir: this.cacheDir, install: true, onProgress: (e) => this.emit(e), ...(this.guestKernel ? { guestKernel: this.guestKernel } : {}) });
     const now = new Date().toISOString();
     for (const image of assets.builtinImages) {
       const existing = this.images.get(image.reference);

@@ -88,7 +88,7 @@ export class LiveMachines {
         trace('agent ready');
       }
       // Volumes were unmounted for the snapshot (docs/volumes.md): mounted again as they are now.
-      await initialiseGuest(agent, restore?.identity, Boolean(restore && spec.volumes?.length));
+      await initialiseGuest(agent, restore === undefined, restore?.identity, Boolean(restore && spec.volumes?.length));
       trace('guest initialised');
       return this.track(spec.id, started.pid, spec.dir, started.control, agent, spec.memory.shared);
     } catch (err) {
@@ -294,13 +294,20 @@ export interface RestoreOptions {
  * Every boot and restore starts with the host's clock and fresh entropy (the agent reseeds the
  * kernel CRNG, so forks of one snapshot never share random bytes); forks also get a new identity.
  */
-async function initialiseGuest(agent: AgentClient, identity: GuestIdentity | undefined, mountVolumes: boolean): Promise<void> {
-  await Promise.all([
+async function initialiseGuest(agent: AgentClient, coldBoot: boolean, identity: GuestIdentity | undefined, mountVolumes: boolean): Promise<void> {
+  const setUp = [
     agent.setTime(),
     agent.addEntropy(randomBytes(256)),
     identity ? agent.setIdentity(identity) : Promise.resolve(),
     mountVolumes ? agent.mountVolumes() : Promise.resolve(),
-  ]);
+  ];
+  // A cold boot has nothing frozen: its THAW (a no-op) goes out with the rest, one round trip
+  // fewer before the first command (the agent handles frames in order either way).
+  if (coldBoot) {
+    await Promise.all([...setUp, agent.thaw()]);
+    return;
+  }
+  await Promise.all(setUp);
   // Processes a snapshot froze run again only now, with the right time, a reseeded CRNG and the new name.
   await agent.thaw();
 }

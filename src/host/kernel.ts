@@ -145,7 +145,7 @@ async function listCachedKernels(root: string): Promise<GuestKernel[]> {
   return kernels.sort((a, b) => b.manifest.createdAt.localeCompare(a.manifest.createdAt));
 }
 
-function toGuestKernel(dir: string, manifest: KernelManifest): GuestKernel {
+export function toGuestKernel(dir: string, manifest: KernelManifest): GuestKernel {
   return {
     dir,
     imagePath: join(dir, manifest.image.file),

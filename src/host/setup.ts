@@ -4,6 +4,7 @@ import { ensureAgent } from './agent-build.js';
 import { ensureBusyboxImage } from './busybox-image.js';
 import { ensureInitramfs } from './initramfs.js';
 import { ensureKernel } from './kernel.js';
+import { adoptOwnKernel } from './own-kernel.js';
 import { ensureHostPackages } from './packages.js';
 import { acquireSetupLock } from './setup-lock.js';
 import type { HostAssets, ProgressFn } from './types.js';
@@ -16,6 +17,8 @@ export interface EnsureHostAssetsOptions {
   onProgress?: ProgressFn;
   /** The directory of the guest agent's *.c and *.h files; guest/ by default (found above this module). */
   agentSource?: string;
+  /** A kernel of the operator's own with its drivers built in (own-kernel.ts) instead of Debian's. */
+  guestKernel?: string;
 }
 
 /**
@@ -36,7 +39,9 @@ export async function ensureHostAssets(opts: EnsureHostAssetsOptions): Promise<H
 
     // Independent of each other; the initramfs needs both the kernel's modules and the agent.
     const [kernel, agent, image] = await settleAll([
-      ensureKernel({ cacheDir, mayUpdateApt: install && process.getuid?.() === 0, onProgress }),
+      opts.guestKernel
+        ? adoptOwnKernel({ cacheDir, path: opts.guestKernel, onProgress })
+        : ensureKernel({ cacheDir, mayUpdateApt: install && process.getuid?.() === 0, onProgress }),
       ensureAgent({ cacheDir, source: opts.agentSource, onProgress }),
       ensureBusyboxImage({ cacheDir, onProgress }),
     ] as const);
