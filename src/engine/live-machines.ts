@@ -303,13 +303,10 @@ async function initialiseGuest(agent: AgentClient, coldBoot: boolean, identity: 
   ];
   // A cold boot has nothing frozen: its THAW (a no-op) goes out with the rest, one round trip
   // fewer before the first command (the agent handles frames in order either way).
-  if (coldBoot) {
-    await Promise.all([...setUp, agent.thaw()]);
-    return;
-  }
+  if (coldBoot) setUp.push(agent.thaw());
   await Promise.all(setUp);
   // Processes a snapshot froze run again only now, with the right time, a reseeded CRNG and the new name.
-  await agent.thaw();
+  if (!coldBoot) await agent.thaw();
 }
 
 /**

@@ -20,12 +20,29 @@ const FORMATS: { name: string; magic: Buffer; command?: [string, ...string[]] }[
 
 export type KernelImage = { format: 'elf'; data: Buffer; compression: string } | { format: 'bzimage'; why: string };
 
+/** The file QEMU's -kernel loads: the unpacked ELF when it could be made, else the bzImage as it came. */
+export interface BootableKernel {
+  file: 'vmlinux' | 'vmlinuz';
+  data: Buffer;
+  format: 'elf' | 'bzimage';
+  note: string;
+}
+
+export async function bootableKernel(bzImage: Buffer): Promise<BootableKernel> {
+  const unpacked = await uncompressedKernel(bzImage);
+  return unpacked.format === 'elf'
+    ? { file: 'vmlinux', data: unpacked.data, format: 'elf', note: `unpacked from its ${unpacked.compression} payload` }
+    : { file: 'vmlinuz', data: bzImage, format: 'bzimage', note: `bzImage kept: ${unpacked.why}` };
+}
+
+/** The boot protocol's header (Documentation/arch/x86/boot.rst): "HdrS" at 0x202. */
+export function isBzImage(file: Buffer): boolean {
+  return file.length >= 0x250 && file.toString('latin1', 0x202, 0x206) === 'HdrS';
+}
+
 export async function uncompressedKernel(bzImage: Buffer): Promise<KernelImage> {
-  // The boot protocol's header (Documentation/arch/x86/boot.rst): "HdrS" at 0x202, the setup
-  // sectors at 0x1f1 (0 means 4), the payload's offset (from the protected-mode code) and length.
-  if (bzImage.length < 0x250 || bzImage.toString('latin1', 0x202, 0x206) !== 'HdrS') {
-    return { format: 'bzimage', why: 'not a bzImage' };
-  }
+  // The setup sectors at 0x1f1 (0 means 4), the payload's offset (from the protected-mode code) and length.
+  if (!isBzImage(bzImage)) return { format: 'bzimage', why: 'not a bzImage' };
   if (bzImage.readUInt16LE(0x206) < 0x208) return { format: 'bzimage', why: 'boot protocol older than 2.08 (no payload fields)' };
   const setupSectors = bzImage[0x1f1] || 4;
   const start = (setupSectors + 1) * 512 + bzImage.readUInt32LE(0x248);

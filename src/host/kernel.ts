@@ -13,7 +13,7 @@ import {
   writeFileAtomic,
   writeFileSynced,
 } from './files.js';
-import { uncompressedKernel } from './kernel-image.js';
+import { bootableKernel } from './kernel-image.js';
 import { GUEST_MODULES, resolveGuestModules, SHARE_MODULES, type ModuleGroup } from './kernel-modules.js';
 import type { ProgressFn } from './types.js';
 
@@ -186,11 +186,7 @@ async function downloadAndExtract(cacheDir: string, root: string, metaVersion: s
     const out = join(work, release);
     await mkdir(join(out, 'modules'), { recursive: true });
     const bzImage = await readFile(vmlinuzSource);
-    const unpacked = await uncompressedKernel(bzImage);
-    const image =
-      unpacked.format === 'elf'
-        ? { file: 'vmlinux', data: unpacked.data, note: `unpacked from its ${unpacked.compression} payload` }
-        : { file: 'vmlinuz', data: bzImage, note: `bzImage kept: ${unpacked.why}` };
+    const image = await bootableKernel(bzImage);
     await writeFileSynced(join(out, image.file), image.data);
     const moduleEntries: KernelManifest['modules'] = [];
     for (const m of modules) {
@@ -207,7 +203,7 @@ async function downloadAndExtract(cacheDir: string, root: string, metaVersion: s
       package: pkg,
       packageVersion: pkgVersion,
       debSha256: await sha256File(deb),
-      image: { file: image.file, sha256: sha256Hex(image.data), size: image.data.length, format: unpacked.format, note: image.note },
+      image: { file: image.file, sha256: sha256Hex(image.data), size: image.data.length, format: image.format, note: image.note },
       modules: moduleEntries,
       createdAt: new Date().toISOString(),
     };

@@ -4,7 +4,7 @@ import { CellError, ErrorCodes } from '../domain/errors.js';
 import { hasPvhEntryNote } from './elf.js';
 import { makeWorkDir, publishDir, readJsonIfExists, sha256Hex, writeFileSynced } from './files.js';
 import { toGuestKernel, type GuestKernel, type KernelManifest } from './kernel.js';
-import { uncompressedKernel } from './kernel-image.js';
+import { bootableKernel, isBzImage, type BootableKernel } from './kernel-image.js';
 import type { ProgressFn } from './types.js';
 
 /**
@@ -61,7 +61,7 @@ export async function adoptOwnKernel(opts: { cacheDir: string; path: string; onP
   return report(opts, 'done', toGuestKernel(dir, manifest), image.note);
 }
 
-async function bootableImage(path: string, file: Buffer): Promise<{ file: string; data: Buffer; format: 'elf' | 'bzimage'; note: string }> {
+async function bootableImage(path: string, file: Buffer): Promise<BootableKernel> {
   if (file.subarray(0, 4).equals(ELF_MAGIC)) {
     let pvh: boolean;
     try {
@@ -73,10 +73,8 @@ async function bootableImage(path: string, file: Buffer): Promise<{ file: string
     if (!pvh) throw setupError(path, 'an ELF kernel without a PVH entry note (build it with CONFIG_PVH=y), or give its bzImage');
     return { file: 'vmlinux', data: file, format: 'elf', note: 'ELF with a PVH entry' };
   }
-  const unpacked = await uncompressedKernel(file);
-  if (unpacked.format === 'elf') return { file: 'vmlinux', data: unpacked.data, format: 'elf', note: `unpacked from its ${unpacked.compression} payload` };
-  if (unpacked.why === 'not a bzImage') throw setupError(path, 'neither an ELF vmlinux nor a bzImage');
-  return { file: 'vmlinuz', data: file, format: 'bzimage', note: `bzImage kept: ${unpacked.why}` };
+  if (!isBzImage(file)) throw setupError(path, 'neither an ELF vmlinux nor a bzImage');
+  return bootableKernel(file);
 }
 
 function report(opts: { onProgress?: ProgressFn }, status: 'cached' | 'done', kernel: GuestKernel, note?: string): GuestKernel {

@@ -52,17 +52,19 @@ test('cgroup v1: one group per controller; without the controllers, cgroups are 
   assert.ok(!existsSync(root));
 });
 
+/** A one-vCPU 128 MiB TCG guest, and the argument QEMU gets after `flag` for a spec. */
+const TCG_SPEC: MachineSpec = {
+  id: 'abc', dir: '/tmp/x', kernelPath: '/k', initrdPath: '/i', baseDiskPath: '/b', baseDiskFormat: 'raw', cpus: 1, memoryMib: 128,
+  hostname: 'h', accelerator: 'tcg', memory: { path: '/m', shared: false },
+};
+const argAfter = (spec: MachineSpec, flag: string) => {
+  const argv = buildQemuArgv(spec, machineFiles('/tmp/x'));
+  return argv[argv.indexOf(flag) + 1];
+};
+
 test("TCG's code cache is bounded and counted in the memory limit: a guest short of memory meets its own OOM killer, not the host's", () => {
-  const spec: MachineSpec = {
-    id: 'abc', dir: '/tmp/x', kernelPath: '/k', initrdPath: '/i', baseDiskPath: '/b', baseDiskFormat: 'raw', cpus: 1, memoryMib: 128,
-    hostname: 'h', accelerator: 'tcg', memory: { path: '/m', shared: false },
-  };
-  const accel = (s: MachineSpec) => {
-    const argv = buildQemuArgv(s, machineFiles('/tmp/x'));
-    return argv[argv.indexOf('-accel') + 1];
-  };
-  assert.equal(accel(spec), `tcg,tb-size=${TCG_CODE_CACHE_MIB}`);
-  assert.equal(accel({ ...spec, accelerator: 'kvm' }), 'kvm');
+  assert.equal(argAfter(TCG_SPEC, '-accel'), `tcg,tb-size=${TCG_CODE_CACHE_MIB}`);
+  assert.equal(argAfter({ ...TCG_SPEC, accelerator: 'kvm' }, '-accel'), 'kvm');
   const mib = (accelerator: 'kvm' | 'tcg') => cgroupLimits({ cpus: 1, memoryMib: 128, accelerator }).memoryBytes / 2 ** 20;
   assert.equal(mib('tcg') - mib('kvm'), TCG_CODE_CACHE_MIB);
   // Measured (TCG, a 128 MiB guest whose memory was full, code cache at its bound): RAM 127 MiB,
@@ -71,16 +73,9 @@ test("TCG's code cache is bounded and counted in the memory limit: a guest short
 });
 
 test("TCG guests keep the kernel's LOCK prefixes (noreplace-smp: rewriting them costs a TCG boot ~145 ms); KVM guests take the UP forms", () => {
-  const spec: MachineSpec = {
-    id: 'abc', dir: '/tmp/x', kernelPath: '/k', initrdPath: '/i', baseDiskPath: '/b', baseDiskFormat: 'raw', cpus: 1, memoryMib: 128,
-    hostname: 'h', accelerator: 'tcg', memory: { path: '/m', shared: false },
-  };
-  const cmdline = (s: MachineSpec) => {
-    const argv = buildQemuArgv(s, machineFiles('/tmp/x'));
-    return argv[argv.indexOf('-append') + 1]!.split(' ');
-  };
-  assert.ok(cmdline(spec).includes('noreplace-smp'));
-  assert.ok(!cmdline({ ...spec, accelerator: 'kvm' }).includes('noreplace-smp'));
+  const cmdline = (s: MachineSpec) => argAfter(s, '-append')!.split(' ');
+  assert.ok(cmdline(TCG_SPEC).includes('noreplace-smp'));
+  assert.ok(!cmdline({ ...TCG_SPEC, accelerator: 'kvm' }).includes('noreplace-smp'));
 });
 
 test('confined argv: seccomp sandbox, -runas uid:gid, disks as fdsets without locking, incoming over a unix socket', () => {
